@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages avgate and its tests need, if any is missing.
+# Runs `apt-get update` once, then one `apt-get install`. Needs root (or sudo).
+set -euo pipefail
+PACKAGES=(clamav-daemon clamav clamav-testfiles c-icap libc-icap-mod-virus-scan)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+echo "avgate: installing Debian packages: ${missing[*]}" >&2
+$SUDO apt-get update -q
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+# Debian's packages may start their own services; avgate runs its own clamd and c-icap.
+for svc in clamav-daemon clamav-freshclam c-icap; do
+  $SUDO service "$svc" stop >/dev/null 2>&1 || true
+done

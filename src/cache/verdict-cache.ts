@@ -1,0 +1,173 @@
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import type { VerdictResult } from '../core/verdict.js';
+
+/** Only these are cached: error, unknown and skipped say nothing lasting about the content. */
+export type CacheableResult = Extract<VerdictResult, { status: 'free' } | { status: 'found' }>;
+
+export interface VerdictCacheOptions {
+  /** Level 1: entries kept in memory (LRU). 0 turns level 1 off. */
+  memoryEntries: number;
+  /** Level 2: SQLite file; null turns level 2 off. */
+  sqlitePath: string | null;
+  /** Level 2 keeps at most this many rows; the oldest go first. */
+  sqliteMaxEntries: number;
+  /** An entry older than this is not used (ms); 0 = no age limit. */
+  maxAgeMs: number;
+}
+
+export interface CacheStats {
+  hits: number;
+  misses: number;
+  memoryEntries: number;
+}
+
+interface Entry {
+  result: CacheableResult;
+  at: number;
+}
+
+/**
+ * Content hash → verdict, valid only for one engine set at one signature version: the key is
+ * `sha256 | engines@versions`, so a database update makes every old entry unreachable (and the
+ * next prune removes it from SQLite).
+ */
+export class VerdictCache {
+  private readonly memory = new Map<string, Entry>();
+  private readonly db: Database.Database | null;
+  private readonly getStmt: Database.Statement<[string, string], { status: string; names: string; at: number }> | null;
+  private readonly putStmt: Database.Statement<[string, string, string, string, number]> | null;
+  private hits = 0;
+  private misses = 0;
+  private writesSincePrune = 0;
+  /** Engine ids (without versions) → the engine set last seen for them. */
+  private readonly lastEngineSet = new Map<string, string>();
+
+  constructor(private readonly options: VerdictCacheOptions) {
+    if (options.sqlitePath) {
+      if (options.sqlitePath !== ':memory:') mkdirSync(dirname(options.sqlitePath), { recursive: true });
+      const db = new Database(options.sqlitePath);
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = NORMAL');
+      db.exec(`CREATE TABLE IF NOT EXISTS verdict_cache (
+        hash TEXT NOT NULL, engines TEXT NOT NULL, status TEXT NOT NULL, names TEXT NOT NULL,
+        at INTEGER NOT NULL, PRIMARY KEY (hash, engines)) WITHOUT ROWID`);
+      db.exec('CREATE INDEX IF NOT EXISTS verdict_cache_at ON verdict_cache (at)');
+      this.db = db;
+      this.getStmt = db.prepare('SELECT status, names, at FROM verdict_cache WHERE hash = ? AND engines = ?');
+      this.putStmt = db.prepare(
+        'INSERT OR REPLACE INTO verdict_cache (hash, engines, status, names, at) VALUES (?, ?, ?, ?, ?)',
+      );
+    } else {
+      this.db = null;
+      this.getStmt = null;
+      this.putStmt = null;
+    }
+  }
+
+  get stats(): CacheStats {
+    return { hits: this.hits, misses: this.misses, memoryEntries: this.memory.size };
+  }
+
+  get(hash: string, engineSet: string): CacheableResult | null {
+    this.noteEngineSet(engineSet);
+    const key = `${hash}|${engineSet}`;
+    const now = Date.now();
+    const m = this.memory.get(key);
+    if (m && this.fresh(m.at, now)) {
+      this.memory.delete(key); // re-insert: most recently used goes last
+      this.memory.set(key, m);
+      this.hits++;
+      return m.result;
+    }
+    const row = this.getStmt?.get(hash, engineSet);
+    if (row && this.fresh(row.at, now)) {
+      const result: CacheableResult =
+        row.status === 'found' ? { status: 'found', names: JSON.parse(row.names) as string[] } : { status: 'free' };
+      this.remember(key, { result, at: row.at });
+      this.hits++;
+      return result;
+    }
+    this.misses++;
+    return null;
+  }
+
+  set(hash: string, engineSet: string, verdict: VerdictResult): void {
+    if (verdict.status !== 'free' && verdict.status !== 'found') return;
+    this.noteEngineSet(engineSet);
+    const result: CacheableResult = verdict.status === 'found' ? { status: 'found', names: [...verdict.names] } : { status: 'free' };
+    // Sub-millisecond time, so "oldest first" pruning has an order even for a burst of writes.
+    const at = performance.timeOrigin + performance.now();
+    this.remember(`${hash}|${engineSet}`, { result, at });
+    if (this.putStmt) {
+      this.putStmt.run(hash, engineSet, result.status, JSON.stringify(result.status === 'found' ? result.names : []), at);
+      if (++this.writesSincePrune >= 1000) this.prune();
+    }
+  }
+
+  /** Drops SQLite rows beyond sqliteMaxEntries (oldest first) and rows past maxAge. */
+  prune(): void {
+    this.writesSincePrune = 0;
+    if (!this.db) return;
+    if (this.options.maxAgeMs > 0) {
+      this.db.prepare('DELETE FROM verdict_cache WHERE at < ?').run(Date.now() - this.options.maxAgeMs);
+    }
+    const { n } = this.db.prepare('SELECT count(*) AS n FROM verdict_cache').get() as { n: number };
+    const excess = n - this.options.sqliteMaxEntries;
+    if (excess > 0) {
+      this.db
+        .prepare('DELETE FROM verdict_cache WHERE (hash, engines) IN (SELECT hash, engines FROM verdict_cache ORDER BY at ASC LIMIT ?)')
+        .run(excess);
+    }
+  }
+
+  close(): void {
+    this.db?.close();
+  }
+
+  private fresh(at: number, now: number): boolean {
+    return this.options.maxAgeMs <= 0 || now - at <= this.options.maxAgeMs;
+  }
+
+  private remember(key: string, entry: Entry): void {
+    if (this.options.memoryEntries <= 0) return;
+    this.memory.delete(key);
+    this.memory.set(key, entry);
+    while (this.memory.size > this.options.memoryEntries) {
+      const oldest = this.memory.keys().next();
+      if (oldest.done) break;
+      this.memory.delete(oldest.value);
+    }
+  }
+
+  /**
+   * A new version for the same engines (signature update): entries of the old version can never
+   * hit again, so they are dropped now rather than left to age out. Other engine sets (another
+   * service with other engines) are not touched.
+   */
+  private noteEngineSet(engineSet: string): void {
+    const ids = engineIds(engineSet);
+    const previous = this.lastEngineSet.get(ids);
+    if (previous === engineSet) return;
+    this.lastEngineSet.set(ids, engineSet);
+    if (previous === undefined) return;
+    for (const key of this.memory.keys()) if (key.endsWith(`|${previous}`)) this.memory.delete(key);
+    this.db?.prepare('DELETE FROM verdict_cache WHERE engines = ?').run(previous);
+  }
+}
+
+/** Builds the engine-set part of the key: `clamav@27432/...,icap@"5f3e"` (sorted by id). */
+export function engineSetKey(parts: ReadonlyArray<{ id: string; version: string }>): string {
+  return [...parts]
+    .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+    .map((p) => `${p.id}@${encodeURIComponent(p.version)}`)
+    .join(',');
+}
+
+function engineIds(engineSet: string): string {
+  return engineSet
+    .split(',')
+    .map((p) => p.slice(0, p.indexOf('@')))
+    .join(',');
+}

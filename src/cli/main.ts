@@ -1,0 +1,197 @@
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { stringify } from 'yaml';
+import { loadConfig, type LoadedConfig } from '../config/loader.js';
+import { AvgateError, messageOf } from '../core/errors.js';
+import { createLogger } from '../core/logging.js';
+import { formatBytes } from '../core/units.js';
+import { serveForever } from '../main.js';
+import { localClamdFor, openRuntime, streamMaxLengthBytes } from '../runtime.js';
+import { runScanCommand, SCAN_USAGE } from './scan.js';
+
+const USAGE = `usage: avgate [--config FILE] COMMAND [ARGS]
+
+commands:
+  serve                 run the gateway (engines, project-local clamd, front ends)
+  scan PATH...          scan files and directories (see: avgate scan --help)
+  config check          validate the config and check the engines answer
+  config show           print the effective config (defaults filled in, secrets masked)
+  clamd setup           write the test signature database and clamd.conf under state-dir
+  clamd run             run the project-local clamd in the foreground
+  version               print avgate's version
+
+The config file is --config FILE, else $AVGATE_CONFIG, else the embedded defaults.
+`;
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+/** Splits off `--config FILE` wherever it stands before the command. */
+function takeConfig(argv: string[]): { configPath: string | null; rest: string[] } {
+  const rest: string[] = [];
+  let configPath: string | null = process.env.AVGATE_CONFIG ?? null;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    if (a === '--config' || a === '-c') {
+      const v = argv[++i];
+      if (v === undefined) throw new AvgateError('AVG_ERR_CONFIG', '--config needs a file');
+      configPath = v;
+    } else if (a.startsWith('--config=')) {
+      configPath = a.slice('--config='.length);
+    } else {
+      rest.push(a);
+    }
+  }
+  return { configPath, rest };
+}
+
+const SECRET_KEY = /pass(word)?|secret|token|key$/i;
+
+function masked(value: unknown, key = ''): unknown {
+  if (Array.isArray(value)) return value.map((v) => masked(v, key));
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, masked(v, k)]));
+  }
+  return SECRET_KEY.test(key) && value !== null && value !== '' ? '********' : value;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let configPath: string | null;
+  let rest: string[];
+  try {
+    ({ configPath, rest } = takeConfig(argv));
+  } catch (err) {
+    process.stderr.write(`avgate: ${messageOf(err)}\n`);
+    return 2;
+  }
+  const [command, ...args] = rest;
+  const out = process.stdout;
+  const err = process.stderr;
+  if (command === undefined || command === 'help' || command === '--help' || command === '-h') {
+    out.write(USAGE);
+    return command === undefined ? 2 : 0;
+  }
+  if (command === 'version' || command === '--version') {
+    out.write(`avgate ${version()}\n`);
+    return 0;
+  }
+  let loaded: LoadedConfig;
+  try {
+    loaded = await loadConfig(configPath);
+  } catch (e) {
+    err.write(`avgate: ${messageOf(e)}\n`);
+    return 2;
+  }
+  switch (command) {
+    case 'serve':
+      return serveForever(loaded);
+    case 'scan':
+      return scanCommand(loaded, args);
+    case 'config':
+      return configCommand(loaded, args);
+    case 'clamd':
+      return clamdCommand(loaded, args);
+    default:
+      err.write(`avgate: unknown command "${command}"\n${USAGE}`);
+      return 2;
+  }
+}
+
+async function scanCommand(loaded: LoadedConfig, args: string[]): Promise<number> {
+  if (args.includes('--help') || args.includes('-h')) {
+    process.stdout.write(SCAN_USAGE);
+    return 0;
+  }
+  // Logs go to stderr and only when something is wrong: stdout belongs to the scan report.
+  const logger = createLogger({ level: loaded.config.log.level === 'info' ? 'warn' : loaded.config.log.level, file: loaded.config.log.file });
+  let runtime;
+  try {
+    runtime = await openRuntime(loaded.config, { logger, localClamd: 'if-needed' });
+  } catch (e) {
+    process.stderr.write(`avgate: ${messageOf(e)}\n`);
+    return 2;
+  }
+  try {
+    return await runScanCommand(args, {
+      scanner: runtime.scanner,
+      stdout: process.stdout,
+      stderr: process.stderr,
+      stdin: process.stdin,
+      isTTY: Boolean(process.stderr.isTTY),
+    });
+  } finally {
+    await runtime.close();
+  }
+}
+
+async function configCommand(loaded: LoadedConfig, args: string[]): Promise<number> {
+  const [sub] = args;
+  const { config } = loaded;
+  if (sub === 'show') {
+    process.stdout.write(`# effective configuration (${loaded.path ?? 'embedded defaults'}); sizes in bytes, durations in ms\n`);
+    process.stdout.write(stringify(masked(config)));
+    return 0;
+  }
+  if (sub !== 'check') {
+    process.stderr.write('usage: avgate config check|show\n');
+    return 2;
+  }
+  process.stdout.write(`config ${loaded.path ?? '(embedded defaults)'}: syntax and keys OK\n`);
+  const warnings: string[] = [];
+  const sml = streamMaxLengthBytes(config);
+  if (sml !== null && config.clamd.managed && config.scan['max-checked-size'] > sml) {
+    warnings.push(
+      `scan.max-checked-size (${formatBytes(config.scan['max-checked-size'])}) is above clamd.stream-max-length (${formatBytes(sml)}): objects in between come back skipped from clamd`,
+    );
+  }
+  for (const w of warnings) process.stdout.write(`warning: ${w}\n`);
+  const logger = createLogger({ level: 'error', file: null });
+  let failed = false;
+  let runtime;
+  try {
+    runtime = await openRuntime(config, { logger, localClamd: 'if-needed' });
+  } catch (e) {
+    process.stdout.write(`engines: FAILED: ${messageOf(e)}\n`);
+    return 1;
+  }
+  try {
+    for (const { id, engine } of runtime.engines) {
+      try {
+        const signal = AbortSignal.timeout(10_000);
+        const reply = engine.ping ? (await engine.ping(signal)).trim() : 'no ping';
+        const v = await engine.signatureVersion(signal);
+        process.stdout.write(`engine ${id} (${engine.info().name}): OK (${reply}; signatures ${v ?? 'unknown'})\n`);
+      } catch (e) {
+        failed = true;
+        process.stdout.write(`engine ${id} (${engine.info().name}): FAILED: ${messageOf(e)}\n`);
+      }
+    }
+  } finally {
+    await runtime.close();
+  }
+  return failed ? 1 : 0;
+}
+
+async function clamdCommand(loaded: LoadedConfig, args: string[]): Promise<number> {
+  const { positionals } = parseArgs({ args, allowPositionals: true, options: {} });
+  const local = localClamdFor(loaded.config);
+  if (positionals[0] === 'setup') {
+    await local.setup();
+    process.stdout.write(`clamd.conf: ${local.confPath}\ndatabase: ${local.dbDir}\n`);
+    return 0;
+  }
+  if (positionals[0] === 'run') {
+    await local.start();
+    process.stdout.write(`clamd running (pid ${local.pid}) on ${local.socketPath} and 127.0.0.1:${local.tcpPort}; Ctrl-C stops it\n`);
+    await new Promise<void>((resolve) => {
+      const stop = () => void local.stop().finally(resolve);
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+    });
+    return 0;
+  }
+  process.stderr.write('usage: avgate clamd setup|run\n');
+  return 2;
+}

@@ -1,0 +1,480 @@
+import { createReadStream } from 'node:fs';
+import { access, constants, stat } from 'node:fs/promises';
+import { basename } from 'node:path';
+import { createInterface } from 'node:readline';
+import { Readable } from 'node:stream';
+import { parseArgs } from 'node:util';
+import { formatBytes } from '../core/units.js';
+import { describeVerdict, type VerdictCommon, type VerdictResult } from '../core/verdict.js';
+import { moveInto, removeFile, ReportFile, runExec, EXEC_TIMEOUT_MS } from '../scan/actions.js';
+import type { ScanService } from '../scan/types.js';
+import { dirId, fsErrorText, walk, type WalkEntry } from '../scan/walk.js';
+
+export interface ScanCommandDeps {
+  scanner: ScanService;
+  stdout: NodeJS.WritableStream;
+  stderr: NodeJS.WritableStream;
+  stdin: NodeJS.ReadableStream;
+  /** Standard error is a terminal: show the progress line. */
+  isTTY: boolean;
+}
+
+export const SCAN_USAGE = `Usage: avgate scan [options] PATH... | -
+
+Scans files and directories (recursively) with the configured engines, like clamscan.
+"-" scans standard input.
+
+Options:
+  --list FILE          read more paths from FILE, one per line (repeatable; not "-")
+  --exclude GLOB       leave out entries matching GLOB (picomatch; repeatable). Matched against
+                       the path relative to the named directory and against the base name; a
+                       matching directory is not entered. Named paths are never excluded.
+  --max-depth N        deepest level scanned below a named directory: its entries are depth 1,
+                       their entries depth 2 ... 0 scans only files named directly.
+  --follow-symlinks    follow symbolic links inside the tree, wherever they point (loops are
+                       detected). Default: links inside a tree are not followed and are reported
+                       as SKIPPED; a path named on the command line is always resolved.
+  --json               one JSON object per line: {"type":"result", path, status, names | reason |
+                       raw | code+cause, engine, signatureVersion, bytes, ms, cached, actions?},
+                       and at the end {"type":"summary", ...}, all on standard output
+  --infected           print only results that are not OK (found, error, unknown, skipped)
+  --no-summary         do not print the summary
+  --move DIR           move infected files into DIR (name.1, name.2 ... on a collision)
+  --remove             remove infected files
+  --exec CMD           run CMD with /bin/sh -c for each infected file; %FULLPATH%, %FILENAME%
+                       and %VIRUSNAMES% are replaced by shell-quoted values (do not quote them
+                       again); the same values are in $AVGATE_FULLPATH, $AVGATE_FILENAME,
+                       $AVGATE_VIRUSNAMES. Killed after ${EXEC_TIMEOUT_MS / 1000} s.
+  --report FILE        append a line (time, path, verdict) for every infected or failed object
+  -h, --help           show this help
+
+Actions apply to infected files only, in this order: report, exec, move or remove. A file that
+is a symbolic link when the action runs is left in place. A failed action (including an --exec
+command that exits non-zero) counts as an error in the summary.
+
+Summary: "Errors" counts error and unknown verdicts, unreadable or missing paths and failed
+actions; "Skipped" counts objects not scanned (size limit, symbolic links, FIFOs and devices).
+
+Exit status: 0 nothing found, 1 something found, 2 errors and nothing found (also for bad usage).
+`;
+
+const OPTIONS = {
+  list: { type: 'string', multiple: true },
+  exclude: { type: 'string', multiple: true },
+  'max-depth': { type: 'string' },
+  'follow-symlinks': { type: 'boolean' },
+  json: { type: 'boolean' },
+  infected: { type: 'boolean' },
+  'no-summary': { type: 'boolean' },
+  move: { type: 'string' },
+  remove: { type: 'boolean' },
+  exec: { type: 'string' },
+  report: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+/** Milliseconds between redraws of the progress line. */
+const PROGRESS_INTERVAL_MS = 250;
+
+class UsageError extends Error {}
+
+interface ScanSettings {
+  roots: string[];
+  lists: string[];
+  exclude: string[];
+  maxDepth: number;
+  followSymlinks: boolean;
+  json: boolean;
+  infectedOnly: boolean;
+  summary: boolean;
+  move: string | null;
+  remove: boolean;
+  exec: string | null;
+  report: string | null;
+}
+
+function parseSettings(argv: string[]): ScanSettings | 'help' {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
+  } catch (err) {
+    throw new UsageError(err instanceof Error ? err.message : String(err));
+  }
+  const v = parsed.values;
+  if (v.help) return 'help';
+  let maxDepth = Number.POSITIVE_INFINITY;
+  if (v['max-depth'] !== undefined) {
+    if (!/^\d+$/.test(v['max-depth'])) throw new UsageError(`--max-depth: expected a whole number >= 0, got "${v['max-depth']}"`);
+    maxDepth = Number(v['max-depth']);
+  }
+  const lists = v.list ?? [];
+  if (lists.includes('-')) throw new UsageError('--list takes a file; to scan standard input give "-" as a path');
+  if (parsed.positionals.filter((p) => p === '-').length > 1) throw new UsageError('"-" (standard input) can be given only once');
+  if (parsed.positionals.length === 0 && lists.length === 0) throw new UsageError('nothing to scan: give a path, "-" or --list FILE');
+  if (v.move !== undefined && v.remove) throw new UsageError('--move and --remove exclude each other');
+  if (v.move === '' || v.exec === '' || v.report === '') throw new UsageError('--move, --exec and --report need a value');
+  return {
+    roots: parsed.positionals,
+    lists,
+    exclude: v.exclude ?? [],
+    maxDepth,
+    followSymlinks: v['follow-symlinks'] ?? false,
+    json: v.json ?? false,
+    infectedOnly: v.infected ?? false,
+    summary: !(v['no-summary'] ?? false),
+    move: v.move ?? null,
+    remove: v.remove ?? false,
+    exec: v.exec ?? null,
+    report: v.report ?? null,
+  };
+}
+
+/**
+ * A file name may hold a newline or a terminal escape: printed raw, `evil\n/etc/passwd: OK` forges
+ * a result line and ESC sequences rewrite the admin's terminal. Control characters and the
+ * backslash are written as escapes, so every output line is one object. JSON output is exact.
+ */
+export function printablePath(path: string): string {
+  // eslint-disable-next-line no-control-regex
+  return path.replace(/[\\\x00-\x1f\x7f]/g, (c) => (c === '\\' ? '\\\\' : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`));
+}
+
+type Item = WalkEntry | { kind: 'stdin'; path: string };
+
+interface ActionOutcome {
+  action: 'moved' | 'removed' | 'exec' | 'report';
+  ok: boolean;
+  detail: string;
+  to?: string;
+}
+
+interface Outcome {
+  path: string;
+  result: VerdictResult;
+  /** Null for what never reached the scanner (walk errors and skips). */
+  common: VerdictCommon | null;
+  actions: ActionOutcome[];
+}
+
+interface Totals {
+  scanned: number;
+  infected: number;
+  errors: number;
+  skipped: number;
+  bytes: number;
+}
+
+async function* listLines(file: string): AsyncGenerator<string> {
+  const lines = createInterface({ input: createReadStream(file), crlfDelay: Number.POSITIVE_INFINITY });
+  for await (const line of lines) {
+    // Only a CR is stripped: spaces at either end are legal in file names.
+    const path = line.endsWith('\r') ? line.slice(0, -1) : line;
+    if (path.length > 0) yield path;
+  }
+}
+
+/** Writes and waits for 'drain' when the stream asks for it, so a slow pipe throttles the scan instead of memory. */
+function writerFor(stream: NodeJS.WritableStream): (text: string) => Promise<void> {
+  return (text) =>
+    stream.write(text)
+      ? Promise.resolve()
+      : new Promise<void>((resolve) => {
+          const done = () => {
+            stream.removeListener('drain', done);
+            stream.removeListener('close', done);
+            stream.removeListener('error', done);
+            resolve();
+          };
+          stream.once('drain', done);
+          stream.once('close', done);
+          stream.once('error', done);
+        });
+}
+
+/** The `\r`-redrawn status line on a terminal; cleared before every result line so the two never mix. */
+class ProgressLine {
+  private timer: NodeJS.Timeout | null = null;
+  private shown = false;
+  current = '';
+
+  constructor(
+    private readonly stream: NodeJS.WritableStream,
+    private readonly totals: Totals,
+  ) {}
+
+  start(): void {
+    this.timer = setInterval(() => this.draw(), PROGRESS_INTERVAL_MS);
+    this.timer.unref();
+  }
+
+  private draw(): void {
+    const columns = (this.stream as { columns?: number }).columns ?? 80;
+    const t = this.totals;
+    const head = `Scanned ${t.scanned}, infected ${t.infected}, errors ${t.errors}, ${formatBytes(t.bytes)}: `;
+    // The end of a long path says more than its start; a line longer than the terminal would wrap
+    // and `\r` could no longer redraw it.
+    const room = Math.max(0, columns - 1 - head.length);
+    let path = printablePath(this.current);
+    if (path.length > room) path = room > 1 ? `…${path.slice(path.length - room + 1)}` : '';
+    this.stream.write(`\r\x1b[2K${(head + path).slice(0, Math.max(0, columns - 1))}`);
+    this.shown = true;
+  }
+
+  clear(): void {
+    if (!this.shown) return;
+    this.stream.write('\r\x1b[2K');
+    this.shown = false;
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    this.clear();
+  }
+}
+
+export async function runScanCommand(argv: string[], deps: ScanCommandDeps): Promise<number> {
+  const started = performance.now();
+  const errOut = writerFor(deps.stderr);
+  let settings: ScanSettings;
+  try {
+    const s = parseSettings(argv);
+    if (s === 'help') {
+      deps.stdout.write(SCAN_USAGE);
+      return 0;
+    }
+    settings = s;
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    await errOut(`avgate scan: ${err.message}\n${SCAN_USAGE}`);
+    return 2;
+  }
+
+  // Inputs and targets are checked before the first file is scanned: finding out after an hour
+  // of scanning that the quarantine directory does not exist would leave every infected file in place.
+  const skipDirectories = new Set<string>();
+  for (const file of settings.lists) {
+    try {
+      await access(file, constants.R_OK);
+    } catch (err) {
+      await errOut(`avgate scan: --list ${printablePath(file)}: ${fsErrorText(err)}\n`);
+      return 2;
+    }
+  }
+  if (settings.move !== null) {
+    try {
+      const st = await stat(settings.move);
+      if (!st.isDirectory()) throw new Error('not a directory');
+      await access(settings.move, constants.W_OK);
+      skipDirectories.add(dirId(st));
+    } catch (err) {
+      await errOut(`avgate scan: --move ${printablePath(settings.move)}: ${fsErrorText(err)}\n`);
+      return 2;
+    }
+  }
+  let report: ReportFile | null = null;
+  if (settings.report !== null) {
+    try {
+      report = await ReportFile.open(settings.report);
+    } catch (err) {
+      await errOut(`avgate scan: --report ${printablePath(settings.report)}: ${fsErrorText(err)}\n`);
+      return 2;
+    }
+  }
+
+  const totals: Totals = { scanned: 0, infected: 0, errors: 0, skipped: 0, bytes: 0 };
+  const out = writerFor(deps.stdout);
+  const progress = deps.isTTY ? new ProgressLine(deps.stderr, totals) : null;
+  const walkOptions = {
+    maxDepth: settings.maxDepth,
+    exclude: settings.exclude,
+    followSymlinks: settings.followSymlinks,
+    skipDirectories,
+  };
+
+  async function* items(): AsyncGenerator<Item> {
+    for (const p of settings.roots) {
+      if (p === '-') yield { kind: 'stdin', path: 'stdin' };
+      else yield* walk(p, walkOptions);
+    }
+    for (const file of settings.lists) {
+      // walk() reports its own failures as entries; what lands here is the list failing to read.
+      try {
+        for await (const p of listLines(file)) yield* walk(p, walkOptions);
+      } catch (err) {
+        yield { kind: 'error', path: file, cause: fsErrorText(err) };
+      }
+    }
+  }
+
+  async function scanItem(item: Item): Promise<Outcome> {
+    const base = { path: item.path, actions: [] as ActionOutcome[] };
+    switch (item.kind) {
+      case 'error':
+        return { ...base, result: { status: 'error', code: 'AVG_ERR_SOURCE', cause: item.cause }, common: null };
+      case 'skipped':
+        return { ...base, result: { status: 'skipped', reason: item.reason }, common: null };
+      case 'stdin': {
+        const stream = deps.stdin instanceof Readable ? deps.stdin : new Readable().wrap(deps.stdin);
+        return split(base, await deps.scanner.scan({ source: { kind: 'stream', stream }, name: 'stdin' }));
+      }
+      case 'file':
+        try {
+          // The scanner would report an unreadable file as an engine-side failure; say what it is.
+          await access(item.path, constants.R_OK);
+        } catch (err) {
+          return { ...base, result: { status: 'error', code: 'AVG_ERR_SOURCE', cause: fsErrorText(err) }, common: null };
+        }
+        return split(base, await deps.scanner.scan({ source: { kind: 'file', path: item.path }, name: item.path }));
+    }
+  }
+
+  async function applyActions(o: Outcome, isFile: boolean): Promise<void> {
+    const r = o.result;
+    if (report && (r.status === 'found' || r.status === 'error' || r.status === 'unknown')) {
+      await report.append(`${new Date().toISOString()} ${printablePath(o.path)}: ${describeVerdict(r)}`);
+    }
+    if (r.status !== 'found' || !isFile) return;
+    if (settings.exec !== null) {
+      const res = await runExec(settings.exec, { fullPath: o.path, fileName: basename(o.path), virusNames: r.names }, deps.stderr);
+      o.actions.push({ action: 'exec', ok: res.ok, detail: res.detail });
+    }
+    if (settings.move !== null) {
+      try {
+        const to = await moveInto(o.path, settings.move);
+        o.actions.push({ action: 'moved', ok: true, detail: `moved to ${printablePath(to)}`, to });
+      } catch (err) {
+        o.actions.push({ action: 'moved', ok: false, detail: `move failed: ${fsErrorText(err)}` });
+      }
+    } else if (settings.remove) {
+      try {
+        await removeFile(o.path);
+        o.actions.push({ action: 'removed', ok: true, detail: 'removed' });
+      } catch (err) {
+        o.actions.push({ action: 'removed', ok: false, detail: `remove failed: ${fsErrorText(err)}` });
+      }
+    }
+  }
+
+  function count(o: Outcome): void {
+    switch (o.result.status) {
+      case 'free':
+        totals.scanned++;
+        break;
+      case 'found':
+        totals.scanned++;
+        totals.infected++;
+        break;
+      case 'skipped':
+        totals.skipped++;
+        break;
+      case 'unknown':
+      case 'error':
+        totals.errors++;
+        break;
+    }
+    totals.errors += o.actions.filter((a) => !a.ok).length;
+    totals.bytes += o.common?.bytes ?? 0;
+  }
+
+  async function print(o: Outcome): Promise<void> {
+    if (settings.infectedOnly && o.result.status === 'free' && o.actions.length === 0) return;
+    progress?.clear();
+    if (settings.json) {
+      await out(`${JSON.stringify(jsonResult(o))}\n`);
+      return;
+    }
+    const p = printablePath(o.path);
+    let text = `${p}: ${describeVerdict(o.result)}\n`;
+    for (const a of o.actions) {
+      if (a.action === 'exec') text += `${p}: exec ${a.ok ? 'done' : 'failed'} (${a.detail})\n`;
+      else text += `${p}: ${a.detail}\n`;
+    }
+    await out(text);
+  }
+
+  async function handle(item: Item): Promise<void> {
+    if (progress) progress.current = item.path;
+    let o: Outcome;
+    try {
+      o = await scanItem(item);
+      await applyActions(o, item.kind === 'file');
+    } catch (err) {
+      // The scanner turns failures into verdicts; anything arriving here is a bug, still one path's.
+      o = { path: item.path, result: { status: 'error', code: 'AVG_ERR_INTERNAL', cause: fsErrorText(err) }, common: null, actions: [] };
+    }
+    count(o);
+    await print(o);
+  }
+
+  progress?.start();
+  // A fixed pool of workers pulls from one generator: the walk runs only as fast as the scans
+  // consume it, and no more scans run than the scanner admits at once (its queue stays empty).
+  const iterator = items();
+  const workers = Math.max(1, deps.scanner.concurrency);
+  await Promise.all(
+    Array.from({ length: workers }, async () => {
+      for (;;) {
+        const next = await iterator.next();
+        if (next.done) return;
+        await handle(next.value);
+      }
+    }),
+  );
+  progress?.stop();
+
+  if (report) {
+    await report.close();
+    if (report.error) {
+      totals.errors++;
+      await errOut(`avgate scan: --report ${printablePath(settings.report ?? '')}: ${fsErrorText(report.error)}\n`);
+    }
+  }
+
+  const seconds = (performance.now() - started) / 1000;
+  if (settings.summary) {
+    if (settings.json) {
+      await out(`${JSON.stringify({ type: 'summary', ...totals, seconds: Number(seconds.toFixed(3)) })}\n`);
+    } else {
+      await out(
+        [
+          '',
+          '----------- SCAN SUMMARY -----------',
+          `Scanned files: ${totals.scanned}`,
+          `Infected files: ${totals.infected}`,
+          `Errors: ${totals.errors}`,
+          `Skipped: ${totals.skipped}`,
+          `Data scanned: ${formatBytes(totals.bytes)}`,
+          `Time: ${seconds.toFixed(3)} sec (${Math.floor(seconds / 60)} m ${Math.floor(seconds % 60)} s)`,
+          '',
+        ].join('\n'),
+      );
+    }
+  }
+  if (totals.infected > 0) return 1;
+  if (totals.errors > 0) return 2;
+  return 0;
+}
+
+function split(base: { path: string; actions: ActionOutcome[] }, v: VerdictCommon & VerdictResult): Outcome {
+  const { engine, signatureVersion, durationMs, bytes, cached, ...result } = v;
+  return { ...base, result: result as VerdictResult, common: { engine, signatureVersion, durationMs, bytes, cached } };
+}
+
+function jsonResult(o: Outcome): Record<string, unknown> {
+  const { status, ...details } = o.result as VerdictResult & Record<string, unknown>;
+  return {
+    type: 'result',
+    path: o.path,
+    status,
+    ...details,
+    engine: o.common?.engine ?? null,
+    signatureVersion: o.common?.signatureVersion ?? null,
+    bytes: o.common?.bytes ?? 0,
+    ms: o.common ? Math.round(o.common.durationMs) : 0,
+    cached: o.common?.cached ?? false,
+    ...(o.actions.length > 0
+      ? { actions: o.actions.map((a) => ({ action: a.action, ok: a.ok, detail: a.detail, ...(a.to ? { to: a.to } : {}) })) }
+      : {}),
+  };
+}

@@ -1,0 +1,241 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { userInfo } from 'node:os';
+import { join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { AvgateError, messageOf } from '../../core/errors.js';
+import { clamdRequest } from './connection.js';
+import type { ClamdAddress } from './protocol.js';
+import { writeTestDatabase } from './testdb.js';
+
+export interface LocalClamdOptions {
+  /** Where clamd.conf, the socket, the log and (for `database: test`) the database live. */
+  stateDir: string;
+  /** `test` generates the test database; `system` uses ClamAV's standard directory; or a path. */
+  database: 'test' | 'system' | string;
+  /** Loopback TCP port; 0 picks a free one. */
+  tcpPort: number;
+  tcpAddr?: string;
+  /** clamd's StreamMaxLength (e.g. "100M"): INSTREAM objects above it are refused (skipped). */
+  streamMaxLength?: string;
+  maxThreads?: number;
+  /** How long clamd may take to load its databases and answer PING (ms). */
+  startTimeoutMs?: number;
+  clamdPath?: string;
+  /** More clamd.conf lines, key → value. */
+  extra?: Record<string, string>;
+}
+
+/** ClamAV's standard database directory on Debian (freshclam writes there). */
+export const SYSTEM_DATABASE_DIR = '/var/lib/clamav';
+
+export async function freeLoopbackPort(): Promise<number> {
+  const { createServer } = await import('node:net');
+  return new Promise((resolvePort, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() => (typeof addr === 'object' && addr ? resolvePort(addr.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+/**
+ * The project-local clamd: generates (or points at) a database, writes clamd.conf under the state
+ * directory, starts clamd in the foreground as a child, waits until PING answers PONG, and stops
+ * it with SIGTERM (SIGKILL after a grace period).
+ */
+export class LocalClamd {
+  readonly stateDir: string;
+  readonly socketPath: string;
+  readonly confPath: string;
+  readonly logPath: string;
+  dbDir: string;
+  tcpPort: number;
+  private child: ChildProcess | null = null;
+  private exited: Promise<void> | null = null;
+
+  constructor(private readonly options: LocalClamdOptions) {
+    this.stateDir = resolve(options.stateDir);
+    this.socketPath = join(this.stateDir, 'clamd.sock');
+    this.confPath = join(this.stateDir, 'clamd.conf');
+    this.logPath = join(this.stateDir, 'clamd.log');
+    this.tcpPort = options.tcpPort;
+    this.dbDir =
+      options.database === 'test'
+        ? join(this.stateDir, 'db')
+        : options.database === 'system'
+          ? SYSTEM_DATABASE_DIR
+          : resolve(options.database);
+  }
+
+  get unixAddress(): ClamdAddress {
+    return { kind: 'unix', path: this.socketPath };
+  }
+
+  get tcpAddress(): ClamdAddress {
+    return { kind: 'tcp', host: this.options.tcpAddr ?? '127.0.0.1', port: this.tcpPort };
+  }
+
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
+  /** Writes the database (for `test`) and clamd.conf. */
+  async setup(): Promise<void> {
+    await mkdir(this.stateDir, { recursive: true });
+    if (this.options.database === 'test') await writeTestDatabase(this.dbDir);
+    else if (!existsSync(this.dbDir)) {
+      throw new AvgateError('AVG_ERR_CLAMD_START', `clamd database directory ${this.dbDir} does not exist`);
+    }
+    if (this.tcpPort === 0) this.tcpPort = await freeLoopbackPort();
+    const lines: Record<string, string> = {
+      Foreground: 'yes',
+      DatabaseDirectory: this.dbDir,
+      LocalSocket: this.socketPath,
+      LocalSocketMode: '660',
+      TCPSocket: String(this.tcpPort),
+      TCPAddr: this.options.tcpAddr ?? '127.0.0.1',
+      LogFile: this.logPath,
+      LogTime: 'yes',
+      PidFile: join(this.stateDir, 'clamd.pid'),
+      TemporaryDirectory: join(this.stateDir, 'tmp'),
+      StreamMaxLength: this.options.streamMaxLength ?? '100M',
+      MaxThreads: String(this.options.maxThreads ?? 16),
+      // A session idle for this long is closed by clamd; avgate's pool closes its own earlier.
+      IdleTimeout: '60',
+      // Signature changes are picked up by RELOAD or by this periodic check.
+      SelfCheck: '60',
+      ...this.options.extra,
+    };
+    // As root, clamd would switch to the clamav user, which may not read the state directory.
+    if (process.getuid?.() === 0) lines.User = userInfo().username;
+    await mkdir(join(this.stateDir, 'tmp'), { recursive: true });
+    const text = Object.entries(lines)
+      .map(([k, v]) => `${k} ${v}`)
+      .join('\n');
+    await writeFile(this.confPath, `# written by avgate; changes are overwritten at the next start\n${text}\n`);
+  }
+
+  async start(): Promise<void> {
+    await this.setup();
+    await rm(this.socketPath, { force: true });
+    await this.stopLeftover();
+    // Its own process group: a terminal's Ctrl-C reaches avgate, which then stops clamd in order
+    // (and reaps it), instead of both racing to exit.
+    const child = spawn(this.options.clamdPath ?? 'clamd', ['-c', this.confPath], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      detached: true,
+    });
+    this.child = child;
+    let stderr = '';
+    child.stderr?.on('data', (d: Buffer) => {
+      stderr = (stderr + d.toString()).slice(-4000);
+    });
+    let exitInfo: string | null = null;
+    this.exited = new Promise((res) => {
+      child.once('exit', (code, sig) => {
+        exitInfo = `exit code ${code ?? '-'} signal ${sig ?? '-'}`;
+        res();
+      });
+      child.once('error', (err) => {
+        exitInfo = messageOf(err);
+        res();
+      });
+    });
+    const deadline = Date.now() + (this.options.startTimeoutMs ?? 120_000);
+    while (Date.now() < deadline) {
+      if (exitInfo !== null) {
+        throw new AvgateError(
+          'AVG_ERR_CLAMD_START',
+          `clamd ended during start-up (${exitInfo}): ${stderr.trim().split('\n').slice(-3).join(' | ') || (await this.logTail())}`,
+        );
+      }
+      if (await this.ping()) return;
+      await sleep(50);
+    }
+    await this.stop();
+    throw new AvgateError('AVG_ERR_CLAMD_START', `clamd did not answer PING within the start timeout; log: ${await this.logTail()}`);
+  }
+
+  /**
+   * A clamd left running from this state directory by an avgate that was killed (kill -9) would
+   * hold the socket and port: stop it, but only if its command line names our clamd.conf.
+   */
+  private async stopLeftover(): Promise<void> {
+    let pid: number;
+    try {
+      pid = Number((await readFile(join(this.stateDir, 'clamd.pid'), 'utf8')).trim());
+    } catch {
+      return;
+    }
+    if (!Number.isInteger(pid) || pid <= 1) return;
+    let cmdline: string;
+    try {
+      cmdline = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).replace(/\0/g, ' ');
+    } catch {
+      return; // not running
+    }
+    if (!cmdline.includes(this.confPath)) return;
+    process.kill(pid, 'SIGTERM');
+    for (let i = 0; i < 200; i++) {
+      try {
+        process.kill(pid, 0);
+      } catch {
+        return;
+      }
+      await sleep(50);
+    }
+    process.kill(pid, 'SIGKILL');
+  }
+
+  async ping(): Promise<boolean> {
+    try {
+      return (await clamdRequest(this.unixAddress, 'PING', { timeoutMs: 1000 })).trim() === 'PONG';
+    } catch {
+      return false;
+    }
+  }
+
+  /** RELOAD and wait until clamd logs that the new database is in use. */
+  async reload(timeoutMs = 60_000): Promise<void> {
+    const before = await this.countInLog(/Database correctly reloaded/g);
+    await clamdRequest(this.unixAddress, 'RELOAD', { timeoutMs: 5000 });
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if ((await this.countInLog(/Database correctly reloaded/g)) > before) return;
+      await sleep(50);
+    }
+    throw new AvgateError('AVG_ERR_CLAMD_START', 'clamd did not finish RELOAD in time');
+  }
+
+  async stop(graceMs = 10_000): Promise<void> {
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGTERM');
+    const killed = await Promise.race([this.exited?.then(() => true), sleep(graceMs).then(() => false)]);
+    if (!killed) {
+      child.kill('SIGKILL');
+      await this.exited;
+    }
+    this.child = null;
+  }
+
+  private async countInLog(re: RegExp): Promise<number> {
+    try {
+      return (await readFile(this.logPath, 'utf8')).match(re)?.length ?? 0;
+    } catch {
+      return 0;
+    }
+  }
+
+  private async logTail(): Promise<string> {
+    try {
+      return (await readFile(this.logPath, 'utf8')).trim().split('\n').slice(-3).join(' | ');
+    } catch {
+      return '(no log)';
+    }
+  }
+}

@@ -1,0 +1,224 @@
+import type { Readable } from 'node:stream';
+import { AvgateError, errorCodeOf, messageOf } from '../../core/errors.js';
+import { parseDuration, parseSize } from '../../core/units.js';
+import type { Engine, EngineOption, EngineScanResult, ScanMeta } from '../types.js';
+import { ClamdConnection, clamdRequest } from './connection.js';
+import { databaseFingerprint } from './fingerprint.js';
+import { parseAddress, parseScanReply, parseVersion, type ClamdAddress, formatAddress } from './protocol.js';
+
+export interface ClamdNetSettings {
+  addresses: ClamdAddress[];
+  session: boolean;
+  connectTimeoutMs: number;
+  chunkSizeBytes: number;
+  versionCheckIntervalMs: number;
+  databaseDir: string | null;
+  encryptedAsSkipped: boolean;
+}
+
+export const CLAMD_NET_DEFAULTS: ClamdNetSettings = {
+  addresses: [],
+  session: true,
+  connectTimeoutMs: 5000,
+  chunkSizeBytes: 256 * 1024,
+  versionCheckIntervalMs: 60_000,
+  databaseDir: null,
+  encryptedAsSkipped: false,
+};
+
+function parseBool(name: string, value: string): boolean {
+  if (/^(yes|true|on|1)$/i.test(value)) return true;
+  if (/^(no|false|off|0)$/i.test(value)) return false;
+  throw new AvgateError('AVG_ERR_CONFIG', `option ${name}: expected yes or no, got "${value}"`);
+}
+
+function need<T>(name: string, value: string, parsed: T | null): T {
+  if (parsed === null) throw new AvgateError('AVG_ERR_CONFIG', `option ${name}: invalid value "${value}"`);
+  return parsed;
+}
+
+/** Options shared by clamd-net and clamd-file (both talk to clamd over a socket). */
+export function parseClamdOptions(options: readonly EngineOption[], base: ClamdNetSettings): ClamdNetSettings {
+  const s = { ...base, addresses: [...base.addresses] };
+  let addressesGiven = false;
+  for (const { name, value } of options) {
+    switch (name) {
+      case 'address': {
+        if (!addressesGiven) s.addresses = [];
+        addressesGiven = true;
+        s.addresses.push(need(name, value, parseAddress(value)));
+        break;
+      }
+      case 'session':
+        s.session = parseBool(name, value);
+        break;
+      case 'connect-timeout':
+        s.connectTimeoutMs = need(name, value, parseDuration(value));
+        break;
+      case 'chunk-size': {
+        const n = need(name, value, parseSize(value));
+        if (n < 1024 || n > 64 * 1024 * 1024) throw new AvgateError('AVG_ERR_CONFIG', `option chunk-size: ${value} is outside 1KiB..64MiB`);
+        s.chunkSizeBytes = n;
+        break;
+      }
+      case 'version-check-interval':
+        s.versionCheckIntervalMs = need(name, value, parseDuration(value));
+        break;
+      case 'database-dir':
+        s.databaseDir = value.length > 0 ? value : null;
+        break;
+      case 'encrypted-as-skipped':
+        s.encryptedAsSkipped = parseBool(name, value);
+        break;
+      default:
+      // unknown options are ignored (plugin API contract)
+    }
+  }
+  return s;
+}
+
+/**
+ * Signature version of a clamd: the database part of VERSION (`27432/Sat Nov 21 ...`). clamd
+ * prints only `ClamAV 1.4.6` when it has no official database; then, if the database directory
+ * is known (the project-local clamd, or `database-dir`), a fingerprint of its files stands in, so
+ * that adding a signature still invalidates cached verdicts.
+ */
+export class ClamdVersionTracker {
+  private cached: { value: string | null; at: number } | null = null;
+  private inflight: Promise<string | null> | null = null;
+
+  constructor(private readonly settings: () => ClamdNetSettings) {}
+
+  async get(signal?: AbortSignal): Promise<string | null> {
+    const s = this.settings();
+    if (this.cached && Date.now() - this.cached.at < s.versionCheckIntervalMs) return this.cached.value;
+    this.inflight ??= this.fetch(signal).finally(() => {
+      this.inflight = null;
+    });
+    return this.inflight;
+  }
+
+  invalidate(): void {
+    this.cached = null;
+  }
+
+  private async fetch(signal?: AbortSignal): Promise<string | null> {
+    const s = this.settings();
+    let value: string | null;
+    try {
+      const raw = await requestFirst(s, 'VERSION', signal);
+      const v = parseVersion(raw);
+      value = v.signatures ?? (s.databaseDir ? `${v.engine}/db:${await databaseFingerprint(s.databaseDir)}` : null);
+    } catch {
+      value = null; // engine down: no version, so nothing is cached or taken from the cache
+    }
+    this.cached = { value, at: Date.now() };
+    return value;
+  }
+}
+
+/** Tries each configured address in order (failover) for a one-shot command. */
+export async function requestFirst(s: ClamdNetSettings, command: string, signal?: AbortSignal): Promise<string> {
+  let last: unknown = new AvgateError('AVG_ERR_CONFIG', 'no clamd address configured');
+  for (const address of s.addresses) {
+    try {
+      return await clamdRequest(address, command, { timeoutMs: s.connectTimeoutMs, ...(signal ? { signal } : {}) });
+    } catch (err) {
+      last = err;
+    }
+  }
+  throw last;
+}
+
+export async function openFirst(s: ClamdNetSettings, session: boolean, signal?: AbortSignal): Promise<ClamdConnection> {
+  let last: unknown = new AvgateError('AVG_ERR_CONFIG', 'no clamd address configured');
+  for (const address of s.addresses) {
+    try {
+      return await ClamdConnection.open(address, { connectTimeoutMs: s.connectTimeoutMs, session, ...(signal ? { signal } : {}) });
+    } catch (err) {
+      last = err;
+    }
+  }
+  throw last;
+}
+
+export function errorResult(err: unknown, bytes: number): EngineScanResult {
+  return { verdict: { status: 'error', code: errorCodeOf(err), cause: messageOf(err) }, bytes };
+}
+
+/**
+ * clamd-net: streams the object to clamd with INSTREAM over TCP or a unix socket. A context is a
+ * connection held open in an IDSESSION (or, with `session no`, nothing: one connection per scan).
+ */
+export class ClamdNetEngine implements Engine<ClamdNetContext> {
+  protected settings: ClamdNetSettings = { ...CLAMD_NET_DEFAULTS };
+  protected readonly versions = new ClamdVersionTracker(() => this.settings);
+
+  configure(options: readonly EngineOption[]): void {
+    this.settings = parseClamdOptions(options, CLAMD_NET_DEFAULTS);
+  }
+
+  info() {
+    return {
+      name: 'clamd-net',
+      description: `ClamAV clamd by INSTREAM over ${this.settings.addresses.map(formatAddress).join(', ') || '(no address)'}`,
+    };
+  }
+
+  async init(): Promise<void> {
+    if (this.settings.addresses.length === 0) {
+      throw new AvgateError('AVG_ERR_CONFIG', `${this.info().name}: option "address" is required`);
+    }
+  }
+
+  async close(): Promise<void> {}
+
+  async openContext(signal?: AbortSignal): Promise<ClamdNetContext> {
+    if (!this.settings.session) return { conn: null };
+    return { conn: await openFirst(this.settings, true, signal) };
+  }
+
+  async closeContext(ctx: ClamdNetContext): Promise<void> {
+    ctx.conn?.close();
+  }
+
+  contextUsable(ctx: ClamdNetContext): boolean {
+    return ctx.conn === null || ctx.conn.alive;
+  }
+
+  async scan(ctx: ClamdNetContext, stream: Readable, meta: ScanMeta): Promise<EngineScanResult> {
+    let conn = ctx.conn;
+    let bytes = 0;
+    try {
+      conn ??= await openFirst(this.settings, false, meta.signal);
+      const r = await conn.instream(stream, { chunkSize: this.settings.chunkSizeBytes, signal: meta.signal });
+      bytes = r.bytes;
+      return { verdict: parseScanReply(r.reply, { encryptedAsSkipped: this.settings.encryptedAsSkipped }), bytes };
+    } catch (err) {
+      return errorResult(err, bytes);
+    } finally {
+      if (ctx.conn === null) conn?.close();
+    }
+  }
+
+  signatureVersion(signal?: AbortSignal): Promise<string | null> {
+    return this.versions.get(signal);
+  }
+
+  /** For tests and the signature updater: forget the cached version now. */
+  invalidateVersion(): void {
+    this.versions.invalidate();
+  }
+
+  ping(signal?: AbortSignal): Promise<string> {
+    return requestFirst(this.settings, 'PING', signal);
+  }
+}
+
+export interface ClamdNetContext {
+  conn: ClamdConnection | null;
+}
+
+export function createClamdNetEngine(): Engine {
+  return new ClamdNetEngine() as Engine;
+}

@@ -1,0 +1,68 @@
+import type { Readable } from 'node:stream';
+import type { VerdictResult } from '../core/verdict.js';
+
+/**
+ * The engine plugin API. A plugin module's default export is an `EngineFactory`; avgate's own
+ * engines (clamd-net, clamd-file, icap) are written against exactly the same interface.
+ *
+ * Life cycle: configure() → init() → [openContext() → scan()* → closeContext()]* → close().
+ * A context is what one worker needs to scan (for clamd: a connection in an IDSESSION). Contexts
+ * are pooled by the scanner, reused, and closed after an idle timeout.
+ */
+export interface EngineOption {
+  name: string;
+  value: string;
+}
+
+export interface EngineInfo {
+  name: string;
+  description: string;
+}
+
+export interface ScanMeta {
+  /** File name or URL, for logs and for engines that take it into account. */
+  name?: string;
+  /** Size in bytes when known in advance. */
+  size?: number;
+  /** Aborted on the per-scan timeout or when the caller gives up: stop and release the context. */
+  signal: AbortSignal;
+}
+
+export interface EngineScanResult {
+  verdict: VerdictResult;
+  /** Bytes of the object that reached the engine. */
+  bytes: number;
+}
+
+export interface Engine<Ctx = unknown> {
+  /** Options from the config. Unknown names are ignored so a newer config works with an older engine. */
+  configure(options: readonly EngineOption[]): void;
+  info(): EngineInfo;
+  /** Checks the configuration against the world (comm-dir exists ...); throws AvgateError. */
+  init(): Promise<void>;
+  close(): Promise<void>;
+  openContext(signal?: AbortSignal): Promise<Ctx>;
+  closeContext(ctx: Ctx): Promise<void>;
+  /** False when a context must not go back to the pool (its connection broke). */
+  contextUsable(ctx: Ctx): boolean;
+  /**
+   * Scans the stream. Engine failures are answered as a verdict (error/unknown), not thrown:
+   * the engine knows best whether a failure is "could not talk" or "did not understand".
+   */
+  scan(ctx: Ctx, stream: Readable, meta: ScanMeta): Promise<EngineScanResult>;
+  /** Signature version for the verdict cache; null when the engine cannot tell. */
+  signatureVersion(signal?: AbortSignal): Promise<string | null>;
+  /** Optional: a cheap liveness check (clamd PING, ICAP OPTIONS) for health logging; throws when down. */
+  ping?(signal?: AbortSignal): Promise<string>;
+  /** Optional: list of signature names the engine can detect (for the dashboard). */
+  listSignatures?(): AsyncIterable<string>;
+}
+
+export type EngineFactory = () => Engine;
+
+/** Helper for engines: reads the last value of an option, or undefined. */
+export function optionValue(options: readonly EngineOption[], name: string): string | undefined {
+  let v: string | undefined;
+  for (const o of options) if (o.name === name) v = o.value;
+  return v;
+}

@@ -1,0 +1,149 @@
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { VerdictCache } from './cache/verdict-cache.js';
+import type { Config, EngineConfig } from './config/schema.js';
+import { AvgateError, messageOf } from './core/errors.js';
+import type { Logger } from './core/logging.js';
+import { parseSize } from './core/units.js';
+import { createEngine } from './engines/registry.js';
+import { LocalClamd } from './engines/clamd/local.js';
+import type { Engine, EngineFactory, EngineOption } from './engines/types.js';
+import { Scanner, type ScannerEngine } from './scan/scanner.js';
+
+/** The engine address meaning "the project-local clamd's unix socket". */
+export const LOCAL_ADDRESS = 'local';
+
+export interface Runtime {
+  config: Readonly<Config>;
+  scanner: Scanner;
+  engines: ScannerEngine[];
+  cache: VerdictCache | null;
+  /** The project-local clamd when this runtime started it. */
+  clamd: LocalClamd | null;
+  close(): Promise<void>;
+}
+
+export interface RuntimeOptions {
+  logger: Logger;
+  /**
+   * `always`: start the project-local clamd (avgate serve); `if-needed`: start it only when an
+   * engine uses address "local" and nothing answers on its socket (avgate scan); `never`.
+   */
+  localClamd: 'always' | 'if-needed' | 'never';
+}
+
+export function localClamdFor(config: Readonly<Config>): LocalClamd {
+  const c = config.clamd;
+  return new LocalClamd({
+    stateDir: join(resolve(config['state-dir']), 'clamd'),
+    database: c.database,
+    tcpPort: c['tcp-port'],
+    tcpAddr: c['tcp-addr'],
+    streamMaxLength: c['stream-max-length'],
+    maxThreads: c['max-threads'],
+    startTimeoutMs: c['start-timeout'],
+  });
+}
+
+function usesLocal(config: Readonly<Config>): boolean {
+  return Object.values(config.engines).some((e) => optionList(e).some((o) => o.name === 'address' && o.value === LOCAL_ADDRESS));
+}
+
+function optionList(e: EngineConfig): EngineOption[] {
+  const out: EngineOption[] = [];
+  for (const [name, value] of Object.entries(e.options)) {
+    for (const v of Array.isArray(value) ? value : [value]) {
+      out.push({ name, value: typeof v === 'boolean' ? (v ? 'yes' : 'no') : String(v) });
+    }
+  }
+  return out;
+}
+
+async function loadPlugin(modulePath: string): Promise<EngineFactory> {
+  const mod = (await import(pathToFileURL(resolve(modulePath)).href)) as { default?: unknown };
+  if (typeof mod.default !== 'function') {
+    throw new AvgateError('AVG_ERR_ENGINE_UNKNOWN', `plugin ${modulePath}: default export is not an engine factory`);
+  }
+  return mod.default as EngineFactory;
+}
+
+/** Builds engines, the verdict cache and the scanner from a config (and the local clamd if asked). */
+export async function openRuntime(config: Readonly<Config>, options: RuntimeOptions): Promise<Runtime> {
+  const log = options.logger;
+  let clamd: LocalClamd | null = null;
+  const local = localClamdFor(config);
+  if (config.clamd.managed && usesLocal(config) && options.localClamd !== 'never') {
+    const running = options.localClamd === 'if-needed' && (await local.ping());
+    if (!running) {
+      log.info({ stateDir: local.stateDir, database: local.dbDir }, 'starting the project-local clamd');
+      await local.start();
+      clamd = local;
+      log.info({ pid: local.pid, socket: local.socketPath, tcpPort: local.tcpPort }, 'clamd answers PING');
+    }
+  }
+  const engines: ScannerEngine[] = [];
+  try {
+    for (const id of config.scan.engines) {
+      const ec = config.engines[id] as EngineConfig;
+      const engine: Engine = ec.type === 'plugin' ? (await loadPlugin(ec.module as string))() : createEngine(ec.type);
+      const opts = optionList(ec).map((o) =>
+        o.name === 'address' && o.value === LOCAL_ADDRESS ? { name: 'address', value: `unix:${local.socketPath}` } : o,
+      );
+      // The local clamd's VERSION carries no database version: let the engine fingerprint the directory.
+      if (opts.some((o) => o.value === `unix:${local.socketPath}`) && !opts.some((o) => o.name === 'database-dir')) {
+        opts.push({ name: 'database-dir', value: local.dbDir });
+      }
+      engine.configure(opts);
+      await engine.init();
+      engines.push({ id, engine });
+      log.info({ engine: id, ...engine.info() }, 'engine ready');
+    }
+  } catch (err) {
+    await clamd?.stop();
+    throw err;
+  }
+  const cache = config.cache.enabled
+    ? new VerdictCache({
+        memoryEntries: config.cache['memory-entries'],
+        sqlitePath: config.cache.sqlite === null ? null : resolve(config['state-dir'], config.cache.sqlite),
+        sqliteMaxEntries: config.cache['sqlite-max-entries'],
+        maxAgeMs: config.cache['max-age'],
+      })
+    : null;
+  const scanner = new Scanner(
+    engines,
+    {
+      maxCheckedSize: config.scan['max-checked-size'],
+      scanTimeoutMs: config.scan['scan-timeout'],
+      maxConcurrentScans: config.scan['max-concurrent-scans'],
+      maxQueue: config.scan['max-queue'],
+      contextIdleTimeoutMs: config.scan['context-idle-timeout'],
+    },
+    cache,
+    log.child({ component: 'scanner' }),
+  );
+  return {
+    config,
+    scanner,
+    engines,
+    cache,
+    clamd,
+    async close() {
+      await scanner.close();
+      for (const e of engines) {
+        try {
+          await e.engine.close();
+        } catch (err) {
+          log.warn({ engine: e.id, err: messageOf(err) }, 'engine close failed');
+        }
+      }
+      cache?.close();
+      await clamd?.stop();
+    },
+  };
+}
+
+/** For `config check`: the clamd StreamMaxLength as bytes, to warn when max-checked-size exceeds it. */
+export function streamMaxLengthBytes(config: Readonly<Config>): number | null {
+  return parseSize(config.clamd['stream-max-length']);
+}

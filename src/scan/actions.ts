@@ -1,0 +1,212 @@
+import { spawn } from 'node:child_process';
+import { constants } from 'node:fs';
+import { link, lstat, open, unlink, type FileHandle } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+
+/**
+ * What `avgate scan` does to an object found infected: move it to a quarantine directory, remove
+ * it, run a command, write a report line. These run as whatever user runs the scan (often root)
+ * on files in trees other users can write, so every step refuses to follow a symbolic link and
+ * never lets a file name reach a shell unquoted.
+ */
+
+export interface FoundMacros {
+  fullPath: string;
+  fileName: string;
+  virusNames: readonly string[];
+}
+
+/** The --exec command may run this long before it is killed; a hung hook must not hang the scan. */
+export const EXEC_TIMEOUT_MS = 60_000;
+/** `name`, `name.1` ... `name.N`: beyond this the quarantine directory is more likely an attack than a coincidence. */
+const MAX_NAME_COLLISIONS = 10_000;
+
+export class ActionError extends Error {}
+
+/**
+ * The path must still be the regular file that was scanned. Between the scan and the action a
+ * hostile user can swap it for a symbolic link to /etc/shadow; link() and unlink() act on the
+ * link itself, and the copy below opens with O_NOFOLLOW, but refusing early gives a clear message.
+ */
+async function assertRegularFile(path: string): Promise<void> {
+  const st = await lstat(path);
+  if (st.isSymbolicLink()) throw new ActionError('is a symbolic link; left in place');
+  if (!st.isFile()) throw new ActionError('is no longer a regular file; left in place');
+}
+
+/**
+ * Moves the file into dir under its base name (`name.1`, `name.2` ... on a collision) and returns
+ * the new path. link()+unlink() instead of rename(): rename silently replaces an existing file,
+ * link fails with EEXIST, so two scans quarantining `invoice.pdf` at once never overwrite each
+ * other. Where a hard link is impossible (another file system, EXDEV, or a file system without
+ * links) the content is copied to a file created with O_EXCL, then the original is unlinked.
+ */
+export async function moveInto(path: string, dir: string): Promise<string> {
+  await assertRegularFile(path);
+  const base = basename(path);
+  for (let i = 0; i <= MAX_NAME_COLLISIONS; i++) {
+    const dest = join(dir, i === 0 ? base : `${base}.${i}`);
+    try {
+      await link(path, dest);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EEXIST') continue;
+      if (code === 'ENOENT') throw err;
+      if (!(await copyExclusive(path, dest))) continue;
+    }
+    try {
+      await unlink(path);
+    } catch (err) {
+      // Keep exactly one copy: a quarantined duplicate next to a live original misleads the admin.
+      await unlink(dest).catch(() => undefined);
+      throw err;
+    }
+    return dest;
+  }
+  throw new ActionError(`${MAX_NAME_COLLISIONS} files named ${base}* already in ${dir}`);
+}
+
+/** Copies src to dest; false when dest exists already. */
+async function copyExclusive(src: string, dest: string): Promise<boolean> {
+  let input: FileHandle | null = null;
+  let output: FileHandle | null = null;
+  try {
+    input = await open(src, constants.O_RDONLY | constants.O_NOFOLLOW);
+    const mode = (await input.stat()).mode & 0o777;
+    try {
+      output = await open(dest, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      throw err;
+    }
+    try {
+      await pipeline(input.createReadStream({ autoClose: false }), output.createWriteStream({ autoClose: false }));
+    } catch (err) {
+      await output.close();
+      output = null;
+      await unlink(dest).catch(() => undefined);
+      throw err;
+    }
+    return true;
+  } finally {
+    await output?.close();
+    await input?.close();
+  }
+}
+
+export async function removeFile(path: string): Promise<void> {
+  await assertRegularFile(path);
+  await unlink(path);
+}
+
+/** Single-quotes a value for /bin/sh: inside '...' nothing is special except ' itself. */
+export function shellQuote(value: string): string {
+  return `'${value.replace(/'/g, `'\\''`)}'`;
+}
+
+/**
+ * Substitutes %FULLPATH%, %FILENAME% and %VIRUSNAMES% (names joined by ", ") with shell-quoted
+ * values, in one pass, so a file literally named `%FULLPATH%` is not expanded a second time.
+ * The command must not quote the macros itself: `rm '%FULLPATH%'` would unquote the value again.
+ */
+export function expandExecMacros(template: string, macros: FoundMacros): string {
+  return template.replace(/%(FULLPATH|FILENAME|VIRUSNAMES)%/g, (_m, key: string) => {
+    switch (key) {
+      case 'FULLPATH':
+        return shellQuote(macros.fullPath);
+      case 'FILENAME':
+        return shellQuote(macros.fileName);
+      default:
+        return shellQuote(macros.virusNames.join(', '));
+    }
+  });
+}
+
+export interface ExecResult {
+  ok: boolean;
+  /** `exit code 0`, `killed after 60000 ms` ... */
+  detail: string;
+}
+
+/**
+ * Runs the --exec command with /bin/sh -c. The values are also passed in the environment
+ * (AVGATE_FULLPATH, AVGATE_FILENAME, AVGATE_VIRUSNAMES), which is the injection-proof way for
+ * scripts that prefer "$AVGATE_FULLPATH". The command's output goes to `output` (the CLI's
+ * standard error) so that standard output stays the scan result.
+ */
+export function runExec(
+  template: string,
+  macros: FoundMacros,
+  output: NodeJS.WritableStream,
+  timeoutMs = EXEC_TIMEOUT_MS,
+): Promise<ExecResult> {
+  const command = expandExecMacros(template, macros);
+  return new Promise((resolve) => {
+    const child = spawn('/bin/sh', ['-c', command], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: {
+        ...process.env,
+        AVGATE_FULLPATH: macros.fullPath,
+        AVGATE_FILENAME: macros.fileName,
+        AVGATE_VIRUSNAMES: macros.virusNames.join(', '),
+      },
+    });
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, timeoutMs);
+    timer.unref();
+    child.stdout?.on('data', (d: Buffer) => output.write(d));
+    child.stderr?.on('data', (d: Buffer) => output.write(d));
+    child.once('error', (err) => {
+      clearTimeout(timer);
+      resolve({ ok: false, detail: err.message });
+    });
+    child.once('close', (code, signal) => {
+      clearTimeout(timer);
+      if (timedOut) resolve({ ok: false, detail: `killed after ${timeoutMs} ms` });
+      else if (signal) resolve({ ok: false, detail: `killed by ${signal}` });
+      else resolve({ ok: code === 0, detail: `exit code ${code ?? '-'}` });
+    });
+  });
+}
+
+/**
+ * Appends one line per object to the --report file. Writes are chained so lines from parallel
+ * scans never interleave; the file is opened in append mode so several runs share one report.
+ */
+export class ReportFile {
+  private chain: Promise<void> = Promise.resolve();
+  private failure: unknown = null;
+
+  private constructor(private readonly handle: FileHandle) {}
+
+  static async open(path: string): Promise<ReportFile> {
+    return new ReportFile(await open(path, 'a', 0o640));
+  }
+
+  append(line: string): Promise<void> {
+    const text = `${line.replace(/\n/g, ' ')}\n`;
+    this.chain = this.chain.then(async () => {
+      if (this.failure) return;
+      try {
+        await this.handle.write(text);
+      } catch (err) {
+        this.failure = err;
+      }
+    });
+    return this.chain;
+  }
+
+  /** The first write error, if any: reported once at the end instead of once per object. */
+  get error(): unknown {
+    return this.failure;
+  }
+
+  async close(): Promise<void> {
+    await this.chain;
+    await this.handle.close();
+  }
+}

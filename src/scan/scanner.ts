@@ -1,0 +1,363 @@
+import { createHash, type Hash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { PassThrough, pipeline, Readable, Transform, type TransformCallback } from 'node:stream';
+import { engineSetKey, type VerdictCache } from '../cache/verdict-cache.js';
+import { AvgateError, errorCodeOf, messageOf } from '../core/errors.js';
+import type { Logger } from '../core/logging.js';
+import { Semaphore } from '../core/semaphore.js';
+import { combineVerdicts, type Verdict, type VerdictResult } from '../core/verdict.js';
+import { ContextPool } from '../engines/pool.js';
+import type { Engine, EngineScanResult } from '../engines/types.js';
+import type { ScanRequest, ScanService, ScanSource } from './types.js';
+
+export interface ScannerLimits {
+  /** Objects larger than this are skipped without contacting an engine (bytes). */
+  maxCheckedSize: number;
+  /** One scan (all engines) may take this long before it is an error (ms): clamd's MaxCheckTime idea. */
+  scanTimeoutMs: number;
+  /** Scans running at once. */
+  maxConcurrentScans: number;
+  /** Scans waiting for a slot; one more is refused at once (error, AVG_ERR_QUEUE_FULL). */
+  maxQueue: number;
+  /** Idle engine contexts (connections) are closed after this long (ms). */
+  contextIdleTimeoutMs: number;
+}
+
+export interface ScannerEngine {
+  id: string;
+  engine: Engine;
+}
+
+export interface ScannerCounters {
+  scans: number;
+  bytes: number;
+  byStatus: Record<Verdict['status'], number>;
+  cacheHits: number;
+}
+
+/** Transient failures after which a re-readable object is tried once more on a fresh context. */
+const RETRY_CODES = new Set(['AVG_ERR_ENGINE_RESET', 'AVG_ERR_ENGINE_PROTOCOL']);
+
+class SizeLimitExceeded extends Error {}
+
+/** Counts bytes, feeds the hash, and stops the flow when the object outgrows max-checked-size. */
+class Meter extends Transform {
+  bytes = 0;
+  constructor(
+    private readonly limit: number,
+    private readonly hash: Hash | null,
+  ) {
+    super();
+  }
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.bytes += chunk.length;
+    if (this.bytes > this.limit) {
+      cb(new SizeLimitExceeded(`larger than max-checked-size (${this.limit} bytes)`));
+      return;
+    }
+    this.hash?.update(chunk);
+    cb(null, chunk);
+  }
+}
+
+interface EngineSlot extends ScannerEngine {
+  pool: ContextPool<unknown>;
+}
+
+/**
+ * The scanning core every front end calls: limits, verdict cache, engine pools, timeouts and
+ * the combination of several engines' verdicts. It never throws for a scan: every failure is a
+ * verdict (error, skipped, unknown) that policy can act on.
+ */
+export class Scanner implements ScanService {
+  private readonly engines: EngineSlot[];
+  private readonly semaphore: Semaphore;
+  readonly counters: ScannerCounters = {
+    scans: 0,
+    bytes: 0,
+    byStatus: { free: 0, found: 0, skipped: 0, unknown: 0, error: 0 },
+    cacheHits: 0,
+  };
+
+  constructor(
+    engines: ScannerEngine[],
+    private readonly limits: ScannerLimits,
+    private readonly cache: VerdictCache | null,
+    private readonly log: Logger,
+  ) {
+    if (engines.length === 0) throw new AvgateError('AVG_ERR_CONFIG', 'a scanner needs at least one engine');
+    this.engines = engines.map((e) => ({
+      ...e,
+      pool: new ContextPool<unknown>(e.engine, {
+        maxSize: limits.maxConcurrentScans,
+        idleTimeoutMs: limits.contextIdleTimeoutMs,
+      }),
+    }));
+    this.semaphore = new Semaphore(limits.maxConcurrentScans, limits.maxQueue);
+  }
+
+  get concurrency(): number {
+    return this.limits.maxConcurrentScans;
+  }
+
+  get engineIds(): string[] {
+    return this.engines.map((e) => e.id);
+  }
+
+  async scan(request: ScanRequest): Promise<Verdict> {
+    const started = performance.now();
+    const verdict = await this.scanInner(request, started);
+    this.counters.scans++;
+    this.counters.bytes += verdict.bytes;
+    this.counters.byStatus[verdict.status]++;
+    if (verdict.cached) this.counters.cacheHits++;
+    const level = verdict.status === 'error' || verdict.status === 'unknown' ? 'warn' : 'debug';
+    this.log[level](
+      {
+        name: request.name,
+        status: verdict.status,
+        engine: verdict.engine,
+        ms: Math.round(verdict.durationMs),
+        bytes: verdict.bytes,
+        cached: verdict.cached,
+        ...(verdict.status === 'found' ? { names: verdict.names } : {}),
+        ...(verdict.status === 'error' ? { code: verdict.code, cause: verdict.cause } : {}),
+        ...(verdict.status === 'unknown' ? { raw: verdict.raw.slice(0, 200) } : {}),
+        ...(verdict.status === 'skipped' ? { reason: verdict.reason } : {}),
+      },
+      'scan',
+    );
+    return verdict;
+  }
+
+  private async scanInner(request: ScanRequest, started: number): Promise<Verdict> {
+    const { source } = request;
+    const engineLabel = this.engines.map((e) => e.id).join('+');
+    const finish = (result: VerdictResult, bytes: number, version: string | null, cached = false): Verdict => ({
+      ...result,
+      engine: engineLabel,
+      signatureVersion: version,
+      durationMs: performance.now() - started,
+      bytes,
+      cached,
+    });
+
+    let size: number | null;
+    try {
+      size = await sourceSize(source);
+    } catch (err) {
+      return finish({ status: 'error', code: 'AVG_ERR_SOURCE', cause: messageOf(err) }, 0, null);
+    }
+    if (size !== null && size > this.limits.maxCheckedSize) {
+      return finish({ status: 'skipped', reason: `larger than max-checked-size (${this.limits.maxCheckedSize} bytes)` }, 0, null);
+    }
+
+    // Cache look-up needs the hash first: possible for what can be read twice.
+    let versions: Array<string | null> = [];
+    let hash: string | null = null;
+    if (this.cache) {
+      versions = await Promise.all(this.engines.map((e) => e.engine.signatureVersion(request.signal)));
+      if (source.kind !== 'stream') {
+        try {
+          hash = await hashSource(source);
+        } catch (err) {
+          return finish({ status: 'error', code: 'AVG_ERR_SOURCE', cause: messageOf(err) }, 0, null);
+        }
+        const key = this.cacheKey(versions);
+        if (key) {
+          const hit = this.cache.get(hash, key);
+          if (hit) return finish(hit, size ?? 0, versionLabel(versions), true);
+        }
+      }
+    }
+
+    let release: () => void;
+    try {
+      release = await this.semaphore.acquire(request.signal);
+    } catch (err) {
+      return finish({ status: 'error', code: errorCodeOf(err), cause: messageOf(err) }, 0, null);
+    }
+    try {
+      const hasher = this.cache && source.kind === 'stream' ? createHash('sha256') : null;
+      const run = await this.runEngines(request, hasher);
+      const combined = combineVerdicts(run.verdicts);
+      if (run.sizeExceeded) {
+        return finish({ status: 'skipped', reason: `larger than max-checked-size (${this.limits.maxCheckedSize} bytes)` }, run.bytes, null);
+      }
+      // Cache only when the versions did not move during the scan.
+      if (this.cache && (combined.status === 'free' || combined.status === 'found')) {
+        const key = this.cacheKey(versions);
+        const h = hash ?? (hasher && run.complete ? hasher.digest('hex') : null);
+        if (key && h) this.cache.set(h, key, combined);
+      }
+      return { ...combined, durationMs: performance.now() - started, bytes: run.bytes };
+    } finally {
+      release();
+    }
+  }
+
+  private cacheKey(versions: Array<string | null>): string | null {
+    if (versions.some((v) => v === null)) return null; // engine cannot tell: never cache
+    return engineSetKey(this.engines.map((e, i) => ({ id: e.id, version: versions[i] as string })));
+  }
+
+  /** Feeds the object to every engine at once (a stream is split with backpressure). */
+  private async runEngines(
+    request: ScanRequest,
+    hasher: Hash | null,
+  ): Promise<{ verdicts: Verdict[]; bytes: number; sizeExceeded: boolean; complete: boolean }> {
+    const timeout = AbortSignal.timeout(this.limits.scanTimeoutMs);
+    const signal = request.signal ? AbortSignal.any([timeout, request.signal]) : timeout;
+    const { source } = request;
+    let meter: Meter | null = null;
+    let branches: Array<() => Readable>;
+    if (source.kind === 'stream') {
+      meter = new Meter(this.limits.maxCheckedSize, hasher);
+      // Errors (the source failing, the size limit) reach the engine through its read of `meter`.
+      const metered = pipeline(source.stream, meter, () => undefined);
+      if (this.engines.length === 1) {
+        branches = [() => metered];
+      } else {
+        const outs = this.engines.map(() => new PassThrough());
+        tee(metered, outs);
+        branches = outs.map((o) => () => o);
+      }
+    } else {
+      branches = this.engines.map(() => () => openSource(source));
+    }
+    const verdicts = await Promise.all(
+      this.engines.map((slot, i) => this.runOne(slot, branches[i] as () => Readable, source.kind !== 'stream', request, signal)),
+    );
+    const sizeExceeded = meter !== null && meter.bytes > this.limits.maxCheckedSize;
+    const bytes = meter ? meter.bytes : Math.max(...verdicts.map((v) => v.bytes));
+    return { verdicts, bytes, sizeExceeded, complete: meter !== null && meter.writableFinished && !sizeExceeded };
+  }
+
+  private async runOne(
+    slot: EngineSlot,
+    open: () => Readable,
+    rereadable: boolean,
+    request: ScanRequest,
+    signal: AbortSignal,
+  ): Promise<Verdict> {
+    const started = performance.now();
+    const version = await slot.engine.signatureVersion(signal).catch(() => null);
+    const done = (r: EngineScanResult): Verdict => ({
+      ...r.verdict,
+      engine: slot.id,
+      signatureVersion: version,
+      durationMs: performance.now() - started,
+      bytes: r.bytes,
+      cached: false,
+    });
+    for (let attempt = 1; ; attempt++) {
+      let ctx: unknown;
+      try {
+        ctx = await slot.pool.acquire(signal);
+      } catch (err) {
+        if (!rereadable) open().destroy(); // release this engine's share of the stream
+        return done({ verdict: { status: 'error', code: signal.aborted ? 'AVG_ERR_ENGINE_TIMEOUT' : errorCodeOf(err), cause: messageOf(err) }, bytes: 0 });
+      }
+      const stream = open();
+      const onAbort = () => stream.destroy();
+      signal.addEventListener('abort', onAbort, { once: true });
+      let result: EngineScanResult;
+      try {
+        result = await raceAbort(slot.engine.scan(ctx, stream, { ...(request.name ? { name: request.name } : {}), signal }), signal);
+      } catch (err) {
+        result = { verdict: { status: 'error', code: errorCodeOf(err), cause: messageOf(err) }, bytes: 0 };
+      } finally {
+        signal.removeEventListener('abort', onAbort);
+      }
+      if (signal.aborted && result.verdict.status === 'error') {
+        result = { verdict: { status: 'error', code: 'AVG_ERR_ENGINE_TIMEOUT', cause: `scan timeout (${this.limits.scanTimeoutMs} ms)` }, bytes: result.bytes };
+      }
+      if (signal.aborted || !slot.engine.contextUsable(ctx)) void slot.pool.discard(ctx);
+      else slot.pool.release(ctx);
+      // Whatever the engine left unread is not wanted any more (for a tee branch: lets the others go on).
+      if (!stream.destroyed) stream.destroy();
+      const v = result.verdict;
+      if (v.status === 'error' && RETRY_CODES.has(v.code) && rereadable && attempt === 1 && !signal.aborted) {
+        this.log.info({ engine: slot.id, code: v.code, cause: v.cause }, 'engine connection failed, retrying on a new one');
+        continue;
+      }
+      return done(result);
+    }
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.engines.map((e) => e.pool.close()));
+  }
+}
+
+function versionLabel(versions: Array<string | null>): string | null {
+  return versions.length === 1 ? (versions[0] ?? null) : versions.map((v) => v ?? '-').join('+');
+}
+
+async function sourceSize(source: ScanSource): Promise<number | null> {
+  switch (source.kind) {
+    case 'buffer':
+      return source.data.length;
+    case 'file':
+      return source.size ?? (await stat(source.path)).size;
+    case 'stream':
+      return source.size ?? null;
+  }
+}
+
+function openSource(source: Exclude<ScanSource, { kind: 'stream' }>): Readable {
+  return source.kind === 'file' ? createReadStream(source.path, { highWaterMark: 256 * 1024 }) : Readable.from([source.data]);
+}
+
+async function hashSource(source: Exclude<ScanSource, { kind: 'stream' }>): Promise<string> {
+  const h = createHash('sha256');
+  if (source.kind === 'buffer') return h.update(source.data).digest('hex');
+  for await (const chunk of createReadStream(source.path, { highWaterMark: 256 * 1024 })) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+/** Resolves with the engine's answer, or rejects as soon as the scan is aborted (timeout). */
+function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(new AvgateError('AVG_ERR_ENGINE_TIMEOUT', 'scan timeout'));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(new AvgateError('AVG_ERR_ENGINE_TIMEOUT', 'scan timeout'));
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(e instanceof Error ? e : new Error(String(e)));
+      },
+    );
+  });
+}
+
+/**
+ * Copies one stream into several, pausing the source until every live branch has drained.
+ * A branch that is destroyed (its engine finished or failed early) no longer holds the others back.
+ */
+function tee(source: Readable, outs: PassThrough[]): void {
+  let waiting = 0;
+  source.on('data', (chunk: Buffer) => {
+    for (const o of outs) {
+      if (o.destroyed) continue;
+      if (!o.write(chunk)) {
+        waiting++;
+        const done = () => {
+          o.off('drain', done);
+          o.off('close', done);
+          if (--waiting === 0) source.resume();
+        };
+        o.on('drain', done);
+        o.on('close', done);
+      }
+    }
+    if (waiting > 0) source.pause();
+  });
+  source.once('end', () => outs.forEach((o) => o.destroyed || o.end()));
+  source.once('error', (err) => outs.forEach((o) => o.destroy(err)));
+}

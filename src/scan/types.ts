@@ -1,0 +1,27 @@
+import type { Readable } from 'node:stream';
+import type { Verdict } from '../core/verdict.js';
+
+/**
+ * What a front end hands the scanner. A file or a buffer can be read twice, so the scanner can
+ * hash it first and answer from the verdict cache without contacting an engine; a stream is
+ * hashed while it flows to the engine and its verdict is cached afterwards.
+ */
+export type ScanSource =
+  | { kind: 'file'; path: string; size?: number }
+  | { kind: 'buffer'; data: Buffer }
+  | { kind: 'stream'; stream: Readable; size?: number };
+
+export interface ScanRequest {
+  source: ScanSource;
+  /** File name or URL for logs and engines. */
+  name?: string;
+  /** The caller gives up (client gone). */
+  signal?: AbortSignal;
+}
+
+export interface ScanService {
+  scan(request: ScanRequest): Promise<Verdict>;
+  /** Maximum simultaneous scans (max-concurrent-scans): callers size their own parallelism by it. */
+  readonly concurrency: number;
+  close(): Promise<void>;
+}

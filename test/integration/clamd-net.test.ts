@@ -1,0 +1,183 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { Readable } from 'node:stream';
+import { after, before, describe, test } from 'node:test';
+import { ClamdNetEngine, type ClamdNetContext } from '../../src/engines/clamd/net.js';
+import { eicarBytes } from '../../src/engines/clamd/testdb.js';
+import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
+import { afterBytes, closedPort, startFaultServer } from '../helpers/fault-server.js';
+
+const FOUND_NAME = /^Avgate\.Test\.EICAR\.(HDB|NDB)(\.UNOFFICIAL)?$/;
+
+function engineFor(address: string, extra: Array<[string, string]> = []): ClamdNetEngine {
+  const e = new ClamdNetEngine();
+  e.configure([{ name: 'address', value: address }, ...extra.map(([name, value]) => ({ name, value }))]);
+  return e;
+}
+
+async function scanOnce(e: ClamdNetEngine, data: Buffer | Readable, timeoutMs = 5000) {
+  const ctx = await e.openContext();
+  try {
+    return await e.scan(ctx, Buffer.isBuffer(data) ? Readable.from([data]) : data, { signal: AbortSignal.timeout(timeoutMs) });
+  } finally {
+    await e.closeContext(ctx);
+  }
+}
+
+describe('clamd-net against a real clamd', () => {
+  let clamd: TestClamd;
+  before(async () => {
+    clamd = await startTestClamd({ streamMaxLength: '1M' });
+  });
+  after(async () => {
+    await clamd.stop();
+  });
+
+  for (const [label, session] of [['session', 'yes'], ['one connection per scan', 'no']] as const) {
+    for (const transport of ['unix', 'tcp'] as const) {
+      test(`${transport}, ${label}: free, found, found in an archive, skipped over StreamMaxLength`, async () => {
+        const address = transport === 'unix' ? `unix:${clamd.socketPath}` : `tcp:127.0.0.1:${clamd.tcpPort}`;
+        const e = engineFor(address, [['session', session]]);
+        await e.init();
+        const ctx: ClamdNetContext = await e.openContext();
+        const scan = (s: Readable) => e.scan(ctx, s, { signal: AbortSignal.timeout(5000) });
+        const clean = await scan(Readable.from([randomBytes(10_000)]));
+        assert.equal(clean.verdict.status, 'free');
+        assert.equal(clean.bytes, 10_000);
+        const found = await scan(Readable.from([Buffer.from('prefix '), eicarBytes()]));
+        assert.equal(found.verdict.status, 'found');
+        assert.match(found.verdict.status === 'found' ? (found.verdict.names[0] ?? '') : '', FOUND_NAME);
+        const zip = await scan(createReadStream('/usr/share/clamav-testfiles/clam.zip'));
+        assert.equal(zip.verdict.status, 'found');
+        assert.match(zip.verdict.status === 'found' ? zip.verdict.names.join() : '', /^Avgate\.Test\.ClamExe/);
+        const big = await scan(Readable.from([randomBytes(3 * 1024 * 1024)]));
+        assert.equal(big.verdict.status, 'skipped');
+        assert.match(big.verdict.status === 'skipped' ? big.verdict.reason : '', /size limit/);
+        await e.closeContext(ctx);
+      });
+    }
+  }
+
+  test('a session is reused across scans (one connection for several scans)', async () => {
+    // Count connections through a transparent relay in front of clamd.
+    const { connect } = await import('node:net');
+    const relay = await startFaultServer((client) => {
+      const upstream = connect(clamd.socketPath);
+      client.pipe(upstream).pipe(client);
+      upstream.on('error', () => client.destroy());
+    });
+    try {
+      const e = engineFor(relay.address);
+      const ctx = await e.openContext();
+      for (let i = 0; i < 5; i++) {
+        const r = await e.scan(ctx, Readable.from([randomBytes(100)]), { signal: AbortSignal.timeout(5000) });
+        assert.equal(r.verdict.status, 'free');
+      }
+      assert.equal(e.contextUsable(ctx), true);
+      assert.equal(relay.connections, 1);
+      await e.closeContext(ctx);
+    } finally {
+      await relay.close();
+    }
+  });
+
+  test('signature version: engine version plus a database fingerprint when VERSION has none', async () => {
+    const e = engineFor(`unix:${clamd.socketPath}`, [['database-dir', clamd.dbDir]]);
+    const v = await e.signatureVersion();
+    assert.match(v ?? '', /^ClamAV [\d.]+\/db:[0-9a-f]{16}$/);
+    const bare = engineFor(`unix:${clamd.socketPath}`);
+    assert.equal(await bare.signatureVersion(), null, 'no database version and no directory: cannot tell');
+    assert.equal((await e.ping()).trim(), 'PONG');
+  });
+
+  test('a session clamd has closed is noticed and not reused', async () => {
+    const e = engineFor(`unix:${clamd.socketPath}`);
+    const ctx = await e.openContext();
+    ctx.conn?.kill('AVG_ERR_ENGINE_RESET', 'simulated');
+    assert.equal(e.contextUsable(ctx), false);
+    const r = await e.scan(ctx, Readable.from([Buffer.from('x')]), { signal: AbortSignal.timeout(2000) });
+    assert.equal(r.verdict.status, 'error');
+    assert.equal(r.verdict.status === 'error' ? r.verdict.code : '', 'AVG_ERR_ENGINE_RESET');
+  });
+
+  test('failover: the second address is used when the first refuses', async () => {
+    const dead = await closedPort();
+    const e = engineFor(`127.0.0.1:${dead}`, [['address', `unix:${clamd.socketPath}`]]);
+    e.configure([
+      { name: 'address', value: `127.0.0.1:${dead}` },
+      { name: 'address', value: `unix:${clamd.socketPath}` },
+    ]);
+    const r = await scanOnce(e, eicarBytes());
+    assert.equal(r.verdict.status, 'found');
+  });
+});
+
+describe('clamd-net against fault servers', () => {
+  test('connection refused → error AVG_ERR_ENGINE_CONNECT', async () => {
+    const port = await closedPort();
+    const e = engineFor(`127.0.0.1:${port}`, [['session', 'no']]);
+    const r = await scanOnce(e, Buffer.from('data'));
+    assert.equal(r.verdict.status, 'error');
+    assert.equal(r.verdict.status === 'error' ? r.verdict.code : '', 'AVG_ERR_ENGINE_CONNECT');
+    await assert.rejects(e.openContext.call(engineFor(`127.0.0.1:${port}`)), { code: 'AVG_ERR_ENGINE_CONNECT' });
+  });
+
+  test('reset in the middle of the stream → error AVG_ERR_ENGINE_RESET', async () => {
+    const srv = await startFaultServer((s) => afterBytes(s, 50_000, () => s.resetAndDestroy()));
+    try {
+      const e = engineFor(srv.address, [['session', 'no']]);
+      const r = await scanOnce(e, Readable.from((function* () {
+        for (let i = 0; i < 100; i++) yield randomBytes(16_384);
+      })()));
+      assert.equal(r.verdict.status, 'error');
+      assert.equal(r.verdict.status === 'error' ? r.verdict.code : '', 'AVG_ERR_ENGINE_RESET');
+    } finally {
+      await srv.close();
+    }
+  });
+
+  test('stalled past the scan timeout → error AVG_ERR_ENGINE_TIMEOUT, connection dropped', async () => {
+    const srv = await startFaultServer((s) => s.resume()); // reads everything, never answers
+    try {
+      const e = engineFor(srv.address);
+      const ctx = await e.openContext();
+      const started = Date.now();
+      const r = await e.scan(ctx, Readable.from([Buffer.from('data')]), { signal: AbortSignal.timeout(300) });
+      assert.equal(r.verdict.status, 'error');
+      assert.equal(r.verdict.status === 'error' ? r.verdict.code : '', 'AVG_ERR_ENGINE_TIMEOUT');
+      assert.ok(Date.now() - started < 5000);
+      assert.equal(e.contextUsable(ctx), false);
+    } finally {
+      await srv.close();
+    }
+  });
+
+  test('garbage reply → unknown with the raw text', async () => {
+    const srv = await startFaultServer((s) => afterBytes(s, 1, () => s.end('HELLO WORLD\0')));
+    try {
+      const e = engineFor(srv.address, [['session', 'no']]);
+      const r = await scanOnce(e, Buffer.from('data'));
+      assert.deepEqual(r.verdict, { status: 'unknown', raw: 'HELLO WORLD' });
+    } finally {
+      await srv.close();
+    }
+  });
+
+  test('a reply that never ends is cut at 64 KiB, not buffered without bound', async () => {
+    const srv = await startFaultServer((s) => afterBytes(s, 1, () => s.write(Buffer.alloc(200_000, 0x41))));
+    try {
+      const e = engineFor(srv.address, [['session', 'no']]);
+      const r = await scanOnce(e, Buffer.from('data'));
+      assert.equal(r.verdict.status, 'error');
+      assert.equal(r.verdict.status === 'error' ? r.verdict.code : '', 'AVG_ERR_ENGINE_PROTOCOL');
+    } finally {
+      await srv.close();
+    }
+  });
+
+  test('init without an address is a config error', async () => {
+    await assert.rejects(new ClamdNetEngine().init(), { code: 'AVG_ERR_CONFIG' });
+    assert.throws(() => engineFor('not an address'), { code: 'AVG_ERR_CONFIG' });
+  });
+});

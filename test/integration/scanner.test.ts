@@ -1,0 +1,231 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { after, before, describe, test } from 'node:test';
+import { VerdictCache } from '../../src/cache/verdict-cache.js';
+import { silentLogger } from '../../src/core/logging.js';
+import { ClamdNetEngine } from '../../src/engines/clamd/net.js';
+import { addBodySignature, eicarBytes } from '../../src/engines/clamd/testdb.js';
+import type { Engine, EngineScanResult } from '../../src/engines/types.js';
+import { Scanner, type ScannerLimits } from '../../src/scan/scanner.js';
+import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
+import { closedPort, startFaultServer } from '../helpers/fault-server.js';
+
+const LIMITS: ScannerLimits = {
+  maxCheckedSize: 10 * 1024 * 1024,
+  scanTimeoutMs: 10_000,
+  maxConcurrentScans: 4,
+  maxQueue: 16,
+  contextIdleTimeoutMs: 5000,
+};
+
+/** Wraps an engine and counts the scans that reach it. */
+function counted<C>(inner: Engine<C>): Engine<C> & { scans: number } {
+  const w = Object.create(inner) as Engine<C> & { scans: number };
+  w.scans = 0;
+  w.scan = (ctx, stream, meta): Promise<EngineScanResult> => {
+    w.scans++;
+    return inner.scan(ctx, stream, meta);
+  };
+  return w;
+}
+
+function clamdEngine(clamd: TestClamd, extra: Array<[string, string]> = []): ClamdNetEngine {
+  const e = new ClamdNetEngine();
+  e.configure([
+    { name: 'address', value: `unix:${clamd.socketPath}` },
+    { name: 'database-dir', value: clamd.dbDir },
+    ...extra.map(([name, value]) => ({ name, value })),
+  ]);
+  return e;
+}
+
+describe('scanner with a real clamd', () => {
+  let clamd: TestClamd;
+  let dir: string;
+  before(async () => {
+    clamd = await startTestClamd();
+    dir = await mkdtemp(join(tmpdir(), 'avgate-scanner-'));
+  });
+  after(async () => {
+    await clamd.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('verdicts carry engine id, signature version, duration and bytes', async () => {
+    const scanner = new Scanner([{ id: 'clamav', engine: clamdEngine(clamd) }], LIMITS, null, silentLogger());
+    const v = await scanner.scan({ source: { kind: 'buffer', data: eicarBytes() } });
+    assert.equal(v.status, 'found');
+    assert.equal(v.engine, 'clamav');
+    assert.match(v.signatureVersion ?? '', /^ClamAV .*\/db:/);
+    assert.equal(v.bytes, eicarBytes().length);
+    assert.ok(v.durationMs > 0);
+    assert.equal(v.cached, false);
+    await scanner.close();
+  });
+
+  test('cache: a second scan of the same content is a hit that does not reach the engine', async () => {
+    const engine = counted(clamdEngine(clamd));
+    const cache = new VerdictCache({ memoryEntries: 100, sqlitePath: join(dir, 'c1.sqlite'), sqliteMaxEntries: 1000, maxAgeMs: 0 });
+    const scanner = new Scanner([{ id: 'clamav', engine }], LIMITS, cache, silentLogger());
+    const file = join(dir, 'eicar.bin');
+    await writeFile(file, Buffer.concat([Buffer.from('junk '), eicarBytes()]));
+    const first = await scanner.scan({ source: { kind: 'file', path: file } });
+    assert.equal(first.status, 'found');
+    assert.equal(first.cached, false);
+    assert.equal(engine.scans, 1);
+    const second = await scanner.scan({ source: { kind: 'file', path: file } });
+    assert.equal(second.status, 'found');
+    assert.equal(second.cached, true);
+    assert.deepEqual(second.status === 'found' ? second.names : [], first.status === 'found' ? first.names : ['x']);
+    assert.equal(engine.scans, 1, 'the engine was not asked again');
+    // Same content as a buffer hits too; a stream is hashed on the way and fills the cache.
+    assert.equal((await scanner.scan({ source: { kind: 'buffer', data: Buffer.concat([Buffer.from('junk '), eicarBytes()]) } })).cached, true);
+    const clean = randomBytes(5000);
+    assert.equal((await scanner.scan({ source: { kind: 'stream', stream: Readable.from([clean]) } })).cached, false);
+    assert.equal((await scanner.scan({ source: { kind: 'buffer', data: clean } })).cached, true);
+    assert.equal(engine.scans, 2);
+    assert.equal(scanner.counters.cacheHits, 3);
+    await scanner.close();
+    cache.close();
+  });
+
+  test('cache: after a signature database change (RELOAD with one more signature) the old entry is not used', async () => {
+    const engine = counted(clamdEngine(clamd, [['version-check-interval', '0']]));
+    const cache = new VerdictCache({ memoryEntries: 100, sqlitePath: join(dir, 'c2.sqlite'), sqliteMaxEntries: 1000, maxAgeMs: 0 });
+    const scanner = new Scanner([{ id: 'clamav', engine }], LIMITS, cache, silentLogger());
+    const marker = Buffer.from(`avgate-cache-invalidation-${randomBytes(8).toString('hex')}`);
+    const data = Buffer.concat([randomBytes(1000), marker, randomBytes(1000)]);
+    assert.equal((await scanner.scan({ source: { kind: 'buffer', data } })).status, 'free');
+    assert.equal((await scanner.scan({ source: { kind: 'buffer', data } })).cached, true);
+    await addBodySignature(clamd.dbDir, 'Avgate.Test.Marker', marker);
+    await clamd.reload();
+    const after = await scanner.scan({ source: { kind: 'buffer', data } });
+    assert.equal(after.cached, false, 'the entry of the old signature version is not used');
+    assert.equal(after.status, 'found');
+    assert.match(after.status === 'found' ? (after.names[0] ?? '') : '', /^Avgate\.Test\.Marker/);
+    assert.equal(engine.scans, 2);
+    await rm(join(clamd.dbDir, 'Avgate.Test.Marker.ndb'));
+    await clamd.reload();
+    await scanner.close();
+    cache.close();
+  });
+
+  test('max-checked-size: known size → skipped without contacting the engine; a stream is cut when it outgrows it', async () => {
+    const engine = counted(clamdEngine(clamd));
+    const scanner = new Scanner([{ id: 'clamav', engine }], { ...LIMITS, maxCheckedSize: 1000 }, null, silentLogger());
+    const v = await scanner.scan({ source: { kind: 'buffer', data: randomBytes(1001) } });
+    assert.equal(v.status, 'skipped');
+    assert.match(v.status === 'skipped' ? v.reason : '', /max-checked-size/);
+    assert.equal(engine.scans, 0);
+    const s = await scanner.scan({ source: { kind: 'stream', stream: Readable.from([randomBytes(600), randomBytes(600)]) } });
+    assert.equal(s.status, 'skipped');
+    assert.equal((await scanner.scan({ source: { kind: 'buffer', data: randomBytes(1000) } })).status, 'free');
+    await scanner.close();
+  });
+
+  test('contexts are pooled: sequential scans reuse one clamd session', async () => {
+    const engine = clamdEngine(clamd);
+    let opened = 0;
+    const open = engine.openContext.bind(engine);
+    engine.openContext = (signal) => {
+      opened++;
+      return open(signal);
+    };
+    const scanner = new Scanner([{ id: 'clamav', engine }], LIMITS, null, silentLogger());
+    for (let i = 0; i < 5; i++) assert.equal((await scanner.scan({ source: { kind: 'buffer', data: randomBytes(100) } })).status, 'free');
+    assert.equal(opened, 1);
+    await Promise.all(Array.from({ length: 8 }, () => scanner.scan({ source: { kind: 'buffer', data: randomBytes(100_000) } })));
+    assert.ok(opened <= LIMITS.maxConcurrentScans, `opened ${opened}`);
+    await scanner.close();
+  });
+
+  test('a broken session is re-opened and the scan retried (re-readable source)', async () => {
+    const engine = clamdEngine(clamd);
+    const scanner = new Scanner([{ id: 'clamav', engine }], LIMITS, null, silentLogger());
+    assert.equal((await scanner.scan({ source: { kind: 'buffer', data: randomBytes(10) } })).status, 'free');
+    // Restart clamd: the pooled session is dead; the next scan must still succeed.
+    await clamd.clamd.stop();
+    await clamd.clamd.start();
+    const v = await scanner.scan({ source: { kind: 'buffer', data: eicarBytes() } });
+    assert.equal(v.status, 'found');
+    await scanner.close();
+  });
+
+  test('several engines: found wins over error; free wins over error', async () => {
+    const dead = new ClamdNetEngine();
+    dead.configure([{ name: 'address', value: `127.0.0.1:${await closedPort()}` }]);
+    const scanner = new Scanner(
+      [
+        { id: 'dead', engine: dead },
+        { id: 'clamav', engine: clamdEngine(clamd) },
+      ],
+      LIMITS,
+      null,
+      silentLogger(),
+    );
+    const found = await scanner.scan({ source: { kind: 'stream', stream: Readable.from([Buffer.from('x '), eicarBytes()]) } });
+    assert.equal(found.status, 'found');
+    assert.equal(found.engine, 'dead+clamav');
+    const free = await scanner.scan({ source: { kind: 'stream', stream: Readable.from([randomBytes(300_000)]) } });
+    assert.equal(free.status, 'free');
+    assert.equal(free.bytes, 300_000);
+    await scanner.close();
+  });
+});
+
+describe('scanner limits without a clamd', () => {
+  test('scan timeout → error AVG_ERR_ENGINE_TIMEOUT, never a hang', async () => {
+    const srv = await startFaultServer((s) => s.resume());
+    const e = new ClamdNetEngine();
+    e.configure([{ name: 'address', value: srv.address }]);
+    const scanner = new Scanner([{ id: 'stall', engine: e }], { ...LIMITS, scanTimeoutMs: 200 }, null, silentLogger());
+    const v = await scanner.scan({ source: { kind: 'buffer', data: Buffer.from('abc') } });
+    assert.equal(v.status, 'error');
+    assert.equal(v.status === 'error' ? v.code : '', 'AVG_ERR_ENGINE_TIMEOUT');
+    // A stream that never ends is cut by the timeout as well.
+    const never = new Readable({ read() {} });
+    const v2 = await scanner.scan({ source: { kind: 'stream', stream: never } });
+    assert.equal(v2.status, 'error');
+    await scanner.close();
+    await srv.close();
+  });
+
+  test('queue overflow → error AVG_ERR_QUEUE_FULL at once', async () => {
+    const srv = await startFaultServer((s) => s.resume());
+    const e = new ClamdNetEngine();
+    e.configure([{ name: 'address', value: srv.address }]);
+    const scanner = new Scanner([{ id: 'stall', engine: e }], { ...LIMITS, scanTimeoutMs: 500, maxConcurrentScans: 1, maxQueue: 1 }, null, silentLogger());
+    const scans = [1, 2, 3].map(() => scanner.scan({ source: { kind: 'buffer', data: Buffer.from('abc') } }));
+    const results = await Promise.all(scans);
+    const codes = results.map((r) => (r.status === 'error' ? r.code : r.status));
+    assert.equal(codes.filter((c) => c === 'AVG_ERR_QUEUE_FULL').length, 1, codes.join());
+    assert.equal(codes.filter((c) => c === 'AVG_ERR_ENGINE_TIMEOUT').length, 2, codes.join());
+    await scanner.close();
+    await srv.close();
+  });
+
+  test('engine down → error verdict (fail closed), with the cause', async () => {
+    const e = new ClamdNetEngine();
+    e.configure([{ name: 'address', value: `127.0.0.1:${await closedPort()}` }]);
+    const cache = new VerdictCache({ memoryEntries: 10, sqlitePath: null, sqliteMaxEntries: 10, maxAgeMs: 0 });
+    const scanner = new Scanner([{ id: 'down', engine: e }], LIMITS, cache, silentLogger());
+    const v = await scanner.scan({ source: { kind: 'buffer', data: Buffer.from('abc') } });
+    assert.equal(v.status, 'error');
+    assert.equal(v.status === 'error' ? v.code : '', 'AVG_ERR_ENGINE_CONNECT');
+    assert.equal(cache.stats.hits + cache.stats.memoryEntries, 0, 'nothing cached for an error');
+    await scanner.close();
+  });
+
+  test('a file that cannot be read → error AVG_ERR_SOURCE', async () => {
+    const e = new ClamdNetEngine();
+    e.configure([{ name: 'address', value: '127.0.0.1:1' }]);
+    const scanner = new Scanner([{ id: 'x', engine: e }], LIMITS, null, silentLogger());
+    const v = await scanner.scan({ source: { kind: 'file', path: '/nonexistent/file' } });
+    assert.equal(v.status === 'error' ? v.code : v.status, 'AVG_ERR_SOURCE');
+    await scanner.close();
+  });
+});

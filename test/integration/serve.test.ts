@@ -1,0 +1,126 @@
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { loadConfig } from '../../src/config/loader.js';
+import { silentLogger } from '../../src/core/logging.js';
+import { clamdRequest } from '../../src/engines/clamd/connection.js';
+import { eicarBytes } from '../../src/engines/clamd/testdb.js';
+import { serve } from '../../src/main.js';
+
+const ROOT = new URL('../..', import.meta.url).pathname;
+
+function cli(args: string[], env: NodeJS.ProcessEnv = {}) {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'test/helpers/cli.ts'), ...args], {
+    cwd: ROOT,
+    encoding: 'utf8',
+    env: { ...process.env, ...env },
+    timeout: 120_000,
+  });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+describe('avgate serve and the config commands', () => {
+  let dir: string;
+  let configPath: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'avgate-serve-'));
+    configPath = join(dir, 'avgate.yaml');
+    await writeFile(
+      configPath,
+      [`state-dir: ${join(dir, 'state')}`, 'log:', '  level: silent', 'clamd:', '  tcp-port: 0', 'health:', '  interval: 1s', ''].join('\n'),
+    );
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('serve starts the project-local clamd with the test database, scans, and stops it cleanly', async () => {
+    const loaded = await loadConfig(configPath);
+    const { runtime, stop } = await serve(loaded, { logger: silentLogger() });
+    const clamd = runtime.clamd;
+    assert.ok(clamd, 'serve started a clamd');
+    assert.equal((await clamdRequest(clamd.unixAddress, 'PING', { timeoutMs: 2000 })).trim(), 'PONG');
+    assert.equal((await clamdRequest(clamd.tcpAddress, 'PING', { timeoutMs: 2000 })).trim(), 'PONG');
+    const conf = await readFile(clamd.confPath, 'utf8');
+    assert.match(conf, /^TCPAddr 127\.0\.0\.1$/m, 'clamd listens on loopback only');
+    assert.equal((await runtime.scanner.scan({ source: { kind: 'buffer', data: eicarBytes() } })).status, 'found');
+    assert.equal((await runtime.scanner.scan({ source: { kind: 'buffer', data: randomBytes(100) } })).status, 'free');
+    const pid = clamd.pid as number;
+    await stop();
+    assert.throws(() => process.kill(pid, 0), 'clamd is gone after stop');
+    assert.equal(existsSync(clamd.socketPath), false, 'clamd removed its socket');
+  });
+
+  test('config check validates and pings the engines; config show prints the effective values', () => {
+    const check = cli(['--config', configPath, 'config', 'check']);
+    assert.equal(check.code, 0, check.stdout + check.stderr);
+    assert.match(check.stdout, /syntax and keys OK/);
+    assert.match(check.stdout, /engine clamav \(clamd-net\): OK \(PONG; signatures ClamAV [\d.]+\/db:[0-9a-f]+\)/);
+    const show = cli(['config', 'show'], { AVGATE_CONFIG: configPath });
+    assert.equal(show.code, 0);
+    assert.match(show.stdout, /max-checked-size: 104857600/);
+  });
+
+  test('a config with an unknown key is refused with its line, exit code 2', async () => {
+    const bad = join(dir, 'bad.yaml');
+    await writeFile(bad, 'scan:\n  max-checked-size: 1MiB\n  scan-timout: 5s\n');
+    const r = cli(['--config', bad, 'config', 'check']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /bad\.yaml:3: scan\.scan-timout: unknown key/);
+  });
+
+  test('an engine that does not answer makes config check fail (exit 1) and names it', async () => {
+    const down = join(dir, 'down.yaml');
+    await writeFile(
+      down,
+      'clamd:\n  managed: false\nengines:\n  clamav:\n    type: clamd-net\n    options:\n      address: 127.0.0.1:1\n      connect-timeout: 1s\n',
+    );
+    const r = cli(['--config', down, 'config', 'check']);
+    assert.equal(r.code, 1, r.stdout + r.stderr);
+    assert.match(r.stdout, /engine clamav \(clamd-net\): FAILED: tcp:127\.0\.0\.1:1: ECONNREFUSED/);
+  });
+
+  test('unknown commands and a missing config file are usage errors', () => {
+    assert.equal(cli(['frobnicate']).code, 2);
+    const r = cli(['--config', join(dir, 'missing.yaml'), 'config', 'check']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /cannot read config .*missing\.yaml: ENOENT/);
+  });
+});
+
+describe('npm start', () => {
+  test('brings up clamd and avgate serve with the embedded defaults; Ctrl-C (SIGINT to the group) stops both', async () => {
+    const child = spawn('npm', ['start'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    let log = '';
+    child.stdout.on('data', (d: Buffer) => (log += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (log += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    try {
+      const deadline = Date.now() + 240_000;
+      while (!/"msg":"avgate ready"/.test(log) && Date.now() < deadline && child.exitCode === null) {
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      assert.match(log, /"msg":"avgate ready"/, log.slice(-2000));
+      const pid = Number(/"clamdPid":(\d+)/.exec(log)?.[1]);
+      assert.ok(pid > 0);
+      const pong = await clamdRequest({ kind: 'tcp', host: '127.0.0.1', port: 3310 }, 'PING', { timeoutMs: 2000 });
+      assert.equal(pong.trim(), 'PONG', 'the project-local clamd listens on its default port 3310');
+      process.kill(-(child.pid as number), 'SIGINT');
+      await exited;
+      await new Promise((r) => setTimeout(r, 200));
+      assert.throws(() => process.kill(pid, 0), 'clamd stopped with avgate');
+      assert.match(log, /"msg":"avgate stopped"/);
+    } finally {
+      try {
+        process.kill(-(child.pid as number), 'SIGKILL');
+      } catch {
+        // the group is gone already: the normal case
+      }
+    }
+  });
+});

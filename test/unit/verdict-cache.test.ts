@@ -1,0 +1,76 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { engineSetKey, VerdictCache } from '../../src/cache/verdict-cache.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'avgate-cache-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+const V1 = engineSetKey([{ id: 'clamav', version: '1.4.6/100' }]);
+const V2 = engineSetKey([{ id: 'clamav', version: '1.4.6/101' }]);
+
+test('only free and found are cached', () => {
+  const c = new VerdictCache({ memoryEntries: 10, sqlitePath: null, sqliteMaxEntries: 10, maxAgeMs: 0 });
+  c.set('h1', V1, { status: 'error', code: 'AVG_ERR_ENGINE_CONNECT', cause: 'x' });
+  c.set('h2', V1, { status: 'skipped', reason: 'x' });
+  c.set('h3', V1, { status: 'unknown', raw: 'x' });
+  c.set('h4', V1, { status: 'found', names: ['Eicar'] });
+  c.set('h5', V1, { status: 'free' });
+  assert.equal(c.get('h1', V1), null);
+  assert.equal(c.get('h2', V1), null);
+  assert.equal(c.get('h3', V1), null);
+  assert.deepEqual(c.get('h4', V1), { status: 'found', names: ['Eicar'] });
+  assert.deepEqual(c.get('h5', V1), { status: 'free' });
+  assert.deepEqual(c.stats, { hits: 2, misses: 3, memoryEntries: 2 });
+});
+
+test('level 1 is a bounded LRU', () => {
+  const c = new VerdictCache({ memoryEntries: 2, sqlitePath: null, sqliteMaxEntries: 10, maxAgeMs: 0 });
+  c.set('a', V1, { status: 'free' });
+  c.set('b', V1, { status: 'free' });
+  assert.ok(c.get('a', V1)); // a is now the most recent
+  c.set('c', V1, { status: 'free' });
+  assert.equal(c.stats.memoryEntries, 2);
+  assert.ok(c.get('a', V1));
+  assert.equal(c.get('b', V1), null, 'the least recently used entry went');
+});
+
+test('level 2 (SQLite) survives a restart; a new signature version never hits old entries', () => {
+  const path = join(dir, 'c.sqlite');
+  const c1 = new VerdictCache({ memoryEntries: 0, sqlitePath: path, sqliteMaxEntries: 100, maxAgeMs: 0 });
+  c1.set('h', V1, { status: 'found', names: ['A', 'B'] });
+  c1.close();
+  const c2 = new VerdictCache({ memoryEntries: 10, sqlitePath: path, sqliteMaxEntries: 100, maxAgeMs: 0 });
+  assert.deepEqual(c2.get('h', V1), { status: 'found', names: ['A', 'B'] });
+  assert.equal(c2.get('h', V2), null, 'other signature version');
+  // Having seen V2, the V1 rows are gone for good.
+  assert.equal(c2.get('h', V1), null);
+  c2.close();
+});
+
+test('entries past max-age are not used; the SQLite level is pruned to its bound', () => {
+  const c = new VerdictCache({ memoryEntries: 10, sqlitePath: join(dir, 'd.sqlite'), sqliteMaxEntries: 5, maxAgeMs: 1 });
+  c.set('old', V1, { status: 'free' });
+  const until = Date.now() + 5;
+  while (Date.now() < until) {
+    // wait past max-age
+  }
+  assert.equal(c.get('old', V1), null);
+  const big = new VerdictCache({ memoryEntries: 0, sqlitePath: join(dir, 'e.sqlite'), sqliteMaxEntries: 5, maxAgeMs: 0 });
+  for (let i = 0; i < 20; i++) big.set(`k${i}`, V1, { status: 'free' });
+  big.prune();
+  let kept = 0;
+  for (let i = 0; i < 20; i++) if (big.get(`k${i}`, V1)) kept++;
+  assert.equal(kept, 5);
+  assert.ok(big.get('k19', V1), 'the newest stays');
+});
+
+test('engine set keys are order-independent and escape separators', () => {
+  assert.equal(
+    engineSetKey([{ id: 'b', version: '2' }, { id: 'a', version: '1,x@y' }]),
+    engineSetKey([{ id: 'a', version: '1,x@y' }, { id: 'b', version: '2' }]),
+  );
+  assert.equal(engineSetKey([{ id: 'a', version: '1,x@y' }]), 'a@1%2Cx%40y');
+});
