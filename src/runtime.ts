@@ -89,9 +89,13 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
       const opts = optionList(ec).map((o) =>
         o.name === 'address' && o.value === LOCAL_ADDRESS ? { name: 'address', value: `unix:${local.socketPath}` } : o,
       );
-      // The local clamd's VERSION carries no database version: let the engine fingerprint the directory.
-      if (opts.some((o) => o.value === `unix:${local.socketPath}`) && !opts.some((o) => o.name === 'database-dir')) {
-        opts.push({ name: 'database-dir', value: local.dbDir });
+      // The local clamd's VERSION carries no database version: let the engine fingerprint the directory,
+      // and knows its StreamMaxLength, so objects over it are skipped without racing clamd's close.
+      if (opts.some((o) => o.value === `unix:${local.socketPath}`)) {
+        if (!opts.some((o) => o.name === 'database-dir')) opts.push({ name: 'database-dir', value: local.dbDir });
+        if (!opts.some((o) => o.name === 'stream-max-length')) {
+          opts.push({ name: 'stream-max-length', value: config.clamd['stream-max-length'] });
+        }
       }
       engine.configure(opts);
       await engine.init();

@@ -15,7 +15,7 @@ export interface TestClamd {
 }
 
 /** A real clamd with the generated test database, in a temporary directory, on a free port. */
-export async function startTestClamd(opts: { streamMaxLength?: string } = {}): Promise<TestClamd> {
+export async function startTestClamd(opts: { streamMaxLength?: string; extra?: Record<string, string> } = {}): Promise<TestClamd> {
   const stateDir = await mkdtemp(join(tmpdir(), 'avgate-clamd-'));
   const clamd = new LocalClamd({
     stateDir,
@@ -23,6 +23,7 @@ export async function startTestClamd(opts: { streamMaxLength?: string } = {}): P
     tcpPort: 0,
     maxThreads: 8,
     ...(opts.streamMaxLength ? { streamMaxLength: opts.streamMaxLength } : {}),
+    ...(opts.extra ? { extra: opts.extra } : {}),
   });
   await clamd.start();
   return {

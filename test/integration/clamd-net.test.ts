@@ -7,6 +7,7 @@ import { ClamdNetEngine, type ClamdNetContext } from '../../src/engines/clamd/ne
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
 import { afterBytes, closedPort, startFaultServer } from '../helpers/fault-server.js';
+import { zipOneFile } from '../helpers/zip.js';
 
 const FOUND_NAME = /^Avgate\.Test\.EICAR\.(HDB|NDB)(\.UNOFFICIAL)?$/;
 
@@ -28,7 +29,7 @@ async function scanOnce(e: ClamdNetEngine, data: Buffer | Readable, timeoutMs = 
 describe('clamd-net against a real clamd', () => {
   let clamd: TestClamd;
   before(async () => {
-    clamd = await startTestClamd({ streamMaxLength: '1M' });
+    clamd = await startTestClamd({ streamMaxLength: '1M', extra: { AlertEncrypted: 'yes' } });
   });
   after(async () => {
     await clamd.stop();
@@ -38,7 +39,7 @@ describe('clamd-net against a real clamd', () => {
     for (const transport of ['unix', 'tcp'] as const) {
       test(`${transport}, ${label}: free, found, found in an archive, skipped over StreamMaxLength`, async () => {
         const address = transport === 'unix' ? `unix:${clamd.socketPath}` : `tcp:127.0.0.1:${clamd.tcpPort}`;
-        const e = engineFor(address, [['session', session]]);
+        const e = engineFor(address, [['session', session], ['stream-max-length', '1M']]);
         await e.init();
         const ctx: ClamdNetContext = await e.openContext();
         const scan = (s: Readable) => e.scan(ctx, s, { signal: AbortSignal.timeout(5000) });
@@ -53,11 +54,38 @@ describe('clamd-net against a real clamd', () => {
         assert.match(zip.verdict.status === 'found' ? zip.verdict.names.join() : '', /^Avgate\.Test\.ClamExe/);
         const big = await scan(Readable.from([randomBytes(3 * 1024 * 1024)]));
         assert.equal(big.verdict.status, 'skipped');
-        assert.match(big.verdict.status === 'skipped' ? big.verdict.reason : '', /size limit/);
+        assert.match(big.verdict.status === 'skipped' ? big.verdict.reason : '', /StreamMaxLength/);
         await e.closeContext(ctx);
       });
     }
   }
+
+  test('without stream-max-length, an object over clamd\'s limit is never free (skipped, or reset when clamd closes first)', async () => {
+    for (const session of ['yes', 'no']) {
+      const e = engineFor(`unix:${clamd.socketPath}`, [['session', session]]);
+      const r = await scanOnce(e, Readable.from([randomBytes(3 * 1024 * 1024)]));
+      const outcome = r.verdict.status === 'error' ? r.verdict.code : r.verdict.status;
+      assert.ok(outcome === 'skipped' || outcome === 'AVG_ERR_ENGINE_RESET', outcome);
+    }
+  });
+
+  test('an encrypted archive: clamd says Heuristics.Encrypted; skipped when so configured, found otherwise', async () => {
+    const zip = zipOneFile('secret.txt', randomBytes(200), { encrypted: true });
+    const plain = await scanOnce(engineFor(`unix:${clamd.socketPath}`), zip);
+    assert.equal(plain.verdict.status, 'found');
+    assert.match(plain.verdict.status === 'found' ? (plain.verdict.names[0] ?? '') : '', /^Heuristics\.Encrypted\.Zip/);
+    const skipping = await scanOnce(engineFor(`unix:${clamd.socketPath}`, [['encrypted-as-skipped', 'yes']]), zip);
+    assert.equal(skipping.verdict.status, 'skipped');
+    assert.match(skipping.verdict.status === 'skipped' ? skipping.verdict.reason : '', /encrypted/);
+    const clearZip = await scanOnce(engineFor(`unix:${clamd.socketPath}`), zipOneFile('clear.txt', randomBytes(200)));
+    assert.equal(clearZip.verdict.status, 'free', 'the same archive unencrypted is free');
+  });
+
+  test('stream-max-length known in advance: skipped without contacting clamd', async () => {
+    const e = engineFor('127.0.0.1:1', [['stream-max-length', '1K']]);
+    const r = await e.scan({ conn: null }, Readable.from([randomBytes(10)]), { size: 2048, signal: AbortSignal.timeout(1000) });
+    assert.equal(r.verdict.status, 'skipped');
+  });
 
   test('a session is reused across scans (one connection for several scans)', async () => {
     // Count connections through a transparent relay in front of clamd.

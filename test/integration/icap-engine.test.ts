@@ -101,9 +101,9 @@ describe('icap engine against a real c-icap (virus_scan + clamd_mod) and a real 
     assert.equal(deep.verdict.status, 'found', JSON.stringify(deep.verdict));
     assert.match(names(deep.verdict)[0] ?? '', EICAR_NAME);
 
-    // 4 RESPMOD + the OPTIONS before them, all on the first socket
+    // 4 RESPMOD, all on the first socket (OPTIONS goes over a connection of its own)
     assert.equal(e.contextUsable(ctx), true);
-    assert.equal(ctx.conn.completed, 5);
+    assert.equal(ctx.conn.completed, 4);
     assert.equal(ctx.conn.localPort, port);
     await e.closeContext(ctx);
   });
@@ -431,7 +431,7 @@ describe('icap engine against fault servers', () => {
       assert.deepEqual(r.verdict, { status: 'found', names: ['Fault.Test.Threat'] });
       assert.equal(e.contextUsable(ctx), true);
     }
-    assert.equal(s.connections, 1);
+    assert.equal(s.connections, 2); // OPTIONS + the scans' one connection
     await e.closeContext(ctx);
   });
 
@@ -462,7 +462,7 @@ describe('icap engine against fault servers', () => {
     tamper = true;
     const r = await scan(e, ctx, randomBytes(1000));
     assert.deepEqual(r.verdict, { status: 'found', names: ['ICAP.Modified'] });
-    assert.equal(s.connections, 1);
+    assert.equal(s.connections, 2);
     await e.closeContext(ctx);
   });
 
@@ -483,7 +483,7 @@ describe('icap engine against fault servers', () => {
     }
     assert.deepEqual(previews, [16, 16, 16]);
     assert.equal(e.contextUsable(ctx), true);
-    assert.equal(s.connections, 1);
+    assert.equal(s.connections, 2);
     assert.equal(await e.signatureVersion(), 'fault-1');
     await e.closeContext(ctx);
   });
@@ -507,6 +507,41 @@ describe('icap engine against fault servers', () => {
     assert.ok(r.bytes < 64 * 1024 * 1024, String(r.bytes));
     assert.equal(e.contextUsable(ctx), false); // the request was cut short
     await e.closeContext(ctx);
+  });
+
+  test('a source that fails → error AVG_ERR_SOURCE, context unusable', async () => {
+    const s = await fault(async (peer, req) => {
+      await readBody(peer, req);
+    });
+    const e = engineFor(s.url);
+    const ctx = await e.openContext();
+    let n = 0;
+    const failing = new Readable({
+      read() {
+        if (n++ < 3) this.push(randomBytes(1000));
+        else this.destroy(new Error('disk on fire'));
+      },
+    });
+    const r = await scan(e, ctx, failing);
+    assert.equal(r.verdict.status === 'error' && r.verdict.code, 'AVG_ERR_SOURCE', JSON.stringify(r.verdict));
+    assert.match(r.verdict.status === 'error' ? r.verdict.cause : '', /disk on fire/);
+    assert.equal(e.contextUsable(ctx), false);
+    await e.closeContext(ctx);
+  });
+
+  test('a server that closes after every response (Connection: close) still scans', async () => {
+    const s = await fault(
+      async (peer) => {
+        await peer.chunks();
+        peer.sock.end('ICAP/1.0 204 No Content\r\nConnection: close\r\nEncapsulated: null-body=0\r\n\r\n');
+      },
+      OPTIONS_REPLY.replace('Allow: 204\r\n', 'Allow: 204\r\nConnection: close\r\n'),
+    );
+    const e = engineFor(s.url);
+    for (let i = 0; i < 2; i++) {
+      const r = await scanOnce(e, Buffer.from('abc'));
+      assert.deepEqual(r.verdict, { status: 'free' });
+    }
   });
 
   test('ICAP 500 → error AVG_ERR_ENGINE_FAILED; Connection: close makes the context unusable', async () => {

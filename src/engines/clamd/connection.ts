@@ -89,8 +89,8 @@ export class ClamdConnection {
    */
   async instream(
     source: Readable,
-    options: { chunkSize: number; signal: AbortSignal },
-  ): Promise<{ reply: string; bytes: number }> {
+    options: { chunkSize: number; signal: AbortSignal; maxBytes?: number | null },
+  ): Promise<{ reply: string; bytes: number } | { reply: null; bytes: number; overLimit: true }> {
     const reply = this.expectReply(options.signal);
     reply.catch(() => undefined); // observed below; avoid an unhandled rejection while sending
     this.earlyReply = false;
@@ -103,6 +103,13 @@ export class ClamdConnection {
         for (let off = 0; off < buf.length; off += options.chunkSize) {
           if (!this.alive || this.earlyReply) break;
           const part = off === 0 && buf.length <= options.chunkSize ? buf : buf.subarray(off, off + options.chunkSize);
+          if (options.maxBytes !== undefined && options.maxBytes !== null && bytes + part.length > options.maxBytes) {
+            // Past clamd's StreamMaxLength clamd answers and closes while we may still be writing,
+            // and the write error can win over its reply; stopping here is deterministic.
+            this.kill('AVG_ERR_ENGINE_RESET', 'object larger than the stream-max-length');
+            await reply.catch(() => undefined);
+            return { reply: null, bytes, overLimit: true };
+          }
           socket.cork();
           socket.write(chunkHeader(part.length));
           const ok = socket.write(part);

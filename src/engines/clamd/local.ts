@@ -215,7 +215,12 @@ export class LocalClamd {
     const child = this.child;
     if (!child || child.exitCode !== null || child.signalCode !== null) return;
     child.kill('SIGTERM');
-    const killed = await Promise.race([this.exited?.then(() => true), sleep(graceMs).then(() => false)]);
+    const grace = new AbortController();
+    const killed = await Promise.race([
+      this.exited?.then(() => true),
+      sleep(graceMs, false, { signal: grace.signal }).catch(() => false),
+    ]);
+    grace.abort(); // do not keep the process alive for the rest of the grace period
     if (!killed) {
       child.kill('SIGKILL');
       await this.exited;

@@ -14,6 +14,8 @@ export interface ClamdNetSettings {
   versionCheckIntervalMs: number;
   databaseDir: string | null;
   encryptedAsSkipped: boolean;
+  /** clamd's StreamMaxLength when known: larger objects are skipped without a race with clamd. */
+  streamMaxLength: number | null;
 }
 
 export const CLAMD_NET_DEFAULTS: ClamdNetSettings = {
@@ -24,6 +26,7 @@ export const CLAMD_NET_DEFAULTS: ClamdNetSettings = {
   versionCheckIntervalMs: 60_000,
   databaseDir: null,
   encryptedAsSkipped: false,
+  streamMaxLength: null,
 };
 
 function parseBool(name: string, value: string): boolean {
@@ -66,6 +69,9 @@ export function parseClamdOptions(options: readonly EngineOption[], base: ClamdN
         break;
       case 'database-dir':
         s.databaseDir = value.length > 0 ? value : null;
+        break;
+      case 'stream-max-length':
+        s.streamMaxLength = need(name, value, parseSize(value));
         break;
       case 'encrypted-as-skipped':
         s.encryptedAsSkipped = parseBool(name, value);
@@ -187,12 +193,19 @@ export class ClamdNetEngine implements Engine<ClamdNetContext> {
   }
 
   async scan(ctx: ClamdNetContext, stream: Readable, meta: ScanMeta): Promise<EngineScanResult> {
+    const max = this.settings.streamMaxLength;
+    const overLimit = (bytes: number): EngineScanResult => ({
+      verdict: { status: 'skipped', reason: `engine: larger than clamd's StreamMaxLength (${max} bytes)` },
+      bytes,
+    });
+    if (max !== null && meta.size !== undefined && meta.size > max) return overLimit(0);
     let conn = ctx.conn;
     let bytes = 0;
     try {
       conn ??= await openFirst(this.settings, false, meta.signal);
-      const r = await conn.instream(stream, { chunkSize: this.settings.chunkSizeBytes, signal: meta.signal });
+      const r = await conn.instream(stream, { chunkSize: this.settings.chunkSizeBytes, signal: meta.signal, maxBytes: max });
       bytes = r.bytes;
+      if (r.reply === null) return overLimit(bytes);
       return { verdict: parseScanReply(r.reply, { encryptedAsSkipped: this.settings.encryptedAsSkipped }), bytes };
     } catch (err) {
       return errorResult(err, bytes);

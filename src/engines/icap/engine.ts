@@ -117,13 +117,20 @@ class UnknownReply extends Error {
 
 /** Wakes whoever waits for "something changed" (a head arrived, the connection died ...). */
 class Notifier {
-  private waiters: Array<() => void> = [];
+  private waiters = new Set<() => void>();
   wait(): Promise<void> {
-    return new Promise((resolve) => this.waiters.push(resolve));
+    return this.waitCancellable().promise;
+  }
+  /** A wait that can be withdrawn, for races that another event may win (nothing piles up). */
+  waitCancellable(): { promise: Promise<void>; cancel: () => void } {
+    let resolve!: () => void;
+    const promise = new Promise<void>((r) => (resolve = r));
+    this.waiters.add(resolve);
+    return { promise, cancel: () => this.waiters.delete(resolve) };
   }
   fire(): void {
-    const w = this.waiters;
-    this.waiters = [];
+    const w = [...this.waiters];
+    this.waiters.clear();
     for (const f of w) f();
   }
 }
@@ -403,7 +410,7 @@ export class IcapEngine implements Engine<IcapContext> {
 
   async signatureVersion(signal?: AbortSignal): Promise<string | null> {
     try {
-      const opts = await this.serviceOptions(null, signal);
+      const opts = await untilAborted(this.serviceOptions(), signal);
       return opts.istag;
     } catch {
       return null; // server unreachable: no version, so nothing is cached or taken from the cache
@@ -426,7 +433,7 @@ export class IcapEngine implements Engine<IcapContext> {
 
     let opts: IcapServiceOptions;
     try {
-      opts = await this.serviceOptions(conn, meta.signal);
+      opts = await untilAborted(this.serviceOptions(), meta.signal);
     } catch (err) {
       if (meta.signal.aborted) return { verdict: { status: 'error', code: 'AVG_ERR_ENGINE_TIMEOUT', cause: 'scan timeout' }, bytes: 0 };
       if (err instanceof UnknownReply) return { verdict: { status: 'unknown', raw: err.raw }, bytes: 0 };
@@ -462,18 +469,19 @@ export class IcapEngine implements Engine<IcapContext> {
   }
 
   /**
-   * OPTIONS, cached for its Options-TTL. With a connection (from scan) the request goes over it, so
-   * a refresh costs no extra connect; without one (signatureVersion) a short-lived connection is used.
+   * OPTIONS, cached for its Options-TTL and fetched over a short-lived connection of its own: one
+   * fetch serves every context waiting for it, and a server that closes after each response
+   * (`Connection: close`) cannot take a scan's connection down with it. Bounded by connect-timeout
+   * and socket-timeout; callers wait for it only as long as their own signal allows.
    */
-  private async serviceOptions(conn: IcapConnection | null, signal?: AbortSignal): Promise<IcapServiceOptions> {
+  private serviceOptions(): Promise<IcapServiceOptions> {
     const cached = this.currentOptions();
-    if (cached) return cached;
-    if (conn) return this.storeOptions(await this.optionsExchange(conn, signal));
+    if (cached) return Promise.resolve(cached);
     this.optionsInflight ??= (async () => {
       const url = this.requireUrl();
-      const temp = await IcapConnection.open(url, { connectTimeoutMs: this.settings.connectTimeoutMs, ...(signal ? { signal } : {}) });
+      const temp = await IcapConnection.open(url, { connectTimeoutMs: this.settings.connectTimeoutMs });
       try {
-        return this.storeOptions(await this.optionsExchange(temp, signal));
+        return this.storeOptions(await this.optionsExchange(temp));
       } finally {
         temp.close();
       }
@@ -488,9 +496,9 @@ export class IcapEngine implements Engine<IcapContext> {
     return value;
   }
 
-  private async optionsExchange(conn: IcapConnection, signal?: AbortSignal): Promise<IcapServiceOptions> {
+  private async optionsExchange(conn: IcapConnection): Promise<IcapServiceOptions> {
     const label = formatIcapUrl(conn.url);
-    conn.begin(this.settings.socketTimeoutMs, signal);
+    conn.begin(this.settings.socketTimeoutMs);
     let head: IcapResponseHead;
     try {
       conn.write(buildOptionsRequest(conn.url));
@@ -584,7 +592,12 @@ export class IcapEngine implements Engine<IcapContext> {
             exhausted = true;
             return null;
           }
-          const b = typeof r.value === 'string' ? Buffer.from(r.value) : (r.value as Buffer);
+          const v = r.value;
+          const b = Buffer.isBuffer(v)
+            ? v
+            : typeof v === 'string'
+              ? Buffer.from(v)
+              : Buffer.from((v as Uint8Array).buffer, (v as Uint8Array).byteOffset, (v as Uint8Array).byteLength);
           if (b.length > 0) return b;
         }
       } finally {
@@ -604,7 +617,11 @@ export class IcapEngine implements Engine<IcapContext> {
           const drain = conn.drained().then(() => {
             drained = true;
           });
-          while (!drained && !mustStop()) await Promise.race([drain, rx.changed.wait()]);
+          while (!drained && !mustStop()) {
+            const change = rx.changed.waitCancellable();
+            await Promise.race([drain, change.promise]);
+            change.cancel();
+          }
         }
       }
       return !mustStop();
@@ -714,6 +731,29 @@ export class IcapEngine implements Engine<IcapContext> {
       rx.changed.fire();
     }
   }
+}
+
+/** Waits for the promise, but no longer than the signal allows (then: scan timeout). */
+function untilAborted<T>(promise: Promise<T>, signal?: AbortSignal): Promise<T> {
+  if (!signal) return promise;
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(new AvgateError('AVG_ERR_ENGINE_TIMEOUT', 'scan timeout'));
+    if (signal.aborted) {
+      onAbort();
+      return;
+    }
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err);
+      },
+    );
+  });
 }
 
 /** Reads one whole response (skipping interim 100s); its body, if any, is discarded. */
