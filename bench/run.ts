@@ -88,8 +88,14 @@ function cleanupAll(): Promise<void> {
   })();
   return cleaning;
 }
+/** Set on SIGINT/SIGTERM: workers take no new request, main stops at the next phase. */
+let stopping = false;
+function checkStop(): void {
+  if (stopping) throw new Error('interrupted');
+}
 for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   process.once(sig, () => {
+    stopping = true;
     process.stderr.write(`\n${sig}: stopping clamd and cleaning up\n`);
     void cleanupAll().finally(() => process.exit(130));
   });
@@ -164,7 +170,7 @@ async function drive(
   const worker = async () => {
     for (;;) {
       const i = next++;
-      if (i >= total) return;
+      if (i >= total || stopping) return;
       const item = corpus[i % corpus.length];
       if (!item) throw new Error('empty corpus');
       const body = unique ? uniqueBody(item) : item.data;
@@ -217,7 +223,7 @@ function log(line: string): void {
 async function main(): Promise<void> {
   const benchStarted = performance.now();
   const tmp = await mkdtemp(join(tmpdir(), 'avgate-bench-'));
-  cleanups.push(() => rm(tmp, { recursive: true, force: true }));
+  cleanups.push(() => rm(tmp, { recursive: true, force: true, maxRetries: 5 }));
 
   log(`avgate benchmark${opts.quick ? ' (--quick)' : ''} — node ${process.version}, ${compiled ? 'compiled' : 'tsx'}, gc ${gc ? 'exposed' : 'not exposed'}`);
   const corpus = await loadCorpus(opts.corpusScale);
@@ -272,7 +278,10 @@ async function main(): Promise<void> {
         [e, sendEngine],
       ];
       if (s % 2 === 1) pair.reverse();
-      for (const [cell, send] of pair) await runSlice(cell, corpus, sliceCount, true, send, clamd.pid);
+      for (const [cell, send] of pair) {
+        checkStop();
+        await runSlice(cell, corpus, sliceCount, true, send, clamd.pid);
+      }
     }
     for (const r of [d.result(), e.result()]) {
       log(
@@ -289,12 +298,14 @@ async function main(): Promise<void> {
   };
 
   // warm cache: one pass fills it (verdicts checked), then the same content again and again.
+  checkStop();
   const fillCell = new Cell('warm-fill', 4);
   await runSlice(fillCell, corpus, corpus.length, false, sendWarm, clamd.pid);
   const fill = fillCell.result();
   log(`  cache fill: ${fill.requests} objects, ${fill.mismatches} wrong`);
   const warm: CellResult[] = [];
   for (const c of CONCURRENCIES) {
+    checkStop();
     const cell = new Cell('engine-warm', c);
     await warmUp(c, corpus, false, sendWarm);
     // Hits are far cheaper than scans: more of them, so the cell lasts long enough to measure.
@@ -310,6 +321,7 @@ async function main(): Promise<void> {
 
   // big object
   let big: Awaited<ReturnType<typeof runBigObject>> | null = null;
+  checkStop();
   if (!opts.skipBig) {
     const extra: Record<string, string> = opts.bigFullScan ? { MaxFileSize: '4000M', MaxScanSize: '4000M' } : {};
     const bigClamd = new LocalClamd({ stateDir: join(tmp, 'clamd-big'), database: 'test', tcpPort: 0, maxThreads: 2, streamMaxLength: '4000M', extra });
@@ -320,6 +332,7 @@ async function main(): Promise<void> {
     await bigClamd.stop();
   }
 
+  checkStop();
   // ------------------------------------------------------------ report
   log('');
   log(table(CELL_HEADERS, rows.map(cellRow)));
@@ -338,9 +351,11 @@ async function main(): Promise<void> {
           `[baseline ${b.baselineRssMB.toFixed(1)} MB, +${(b.peakRssMB - b.baselineRssMB).toFixed(1)} MB; peak heapUsed ${b.peakHeapUsedMB.toFixed(1)} MB, external ${b.peakExternalMB.toFixed(1)} MB; ${b.samples} samples]`,
         `big-object verdict: ${b.verdict} (${b.status}), ${(b.bytesSent / 1024 ** 2).toFixed(0)} MiB sent in ${b.seconds.toFixed(1)} s = ${b.mbPerSec.toFixed(0)} MiB/s; runner: ${big.runner}`,
       );
-      if (!opts.bigFullScan) {
-        bigLines.push(`big-object note: clamd StreamMaxLength 4000M but default MaxFileSize/MaxScanSize (100M/400M): clamd took the whole stream and answered without scanning past its limits (--big-full-scan raises them)`);
-      }
+      bigLines.push(
+        opts.bigFullScan
+          ? 'big-object note: MaxFileSize/MaxScanSize raised to 4000M, but clamd.conf(5) says ClamAV cannot scan files over 2 GB: above that clamd receives the stream and answers without scanning it'
+          : 'big-object note: clamd StreamMaxLength 4000M with default MaxFileSize 100M / MaxScanSize 400M: clamd receives the whole stream and answers without scanning past its limits (the figure is avgate streaming, not clamd scanning)',
+      );
     } else {
       bigLines.push(`big-object FAILED: ${big.error ?? 'no result'}`);
     }
@@ -373,7 +388,8 @@ async function main(): Promise<void> {
 try {
   await main();
 } catch (err) {
-  process.stderr.write(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  if (stopping) process.stderr.write('bench interrupted\n');
+  else process.stderr.write(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   process.exitCode = 1;
 } finally {
   await cleanupAll();
