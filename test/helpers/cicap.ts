@@ -1,7 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, openSync, closeSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
+import { freeLoopbackPort } from '../../src/core/net.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -20,17 +21,6 @@ export interface TestCicap {
   /** The ISTag c-icap announces right now, without quotes (a raw OPTIONS request). */
   istag(): Promise<string | null>;
   stop(): Promise<void>;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no port'))));
-    });
-  });
 }
 
 /** One raw OPTIONS round trip; resolves to the response head text, or null if nothing answers. */
@@ -115,7 +105,7 @@ export async function startTestCicap(opts: { clamdSocket: string; startTimeoutMs
   let lastError = 'not started';
   // The free port may be taken between probing and binding: then c-icap exits and we retry.
   for (let attempt = 0; attempt < 3; attempt++) {
-    const port = await freePort();
+    const port = await freeLoopbackPort();
     await writeFile(confPath, configText(dir, port, opts.clamdSocket));
     const out = openSync(logPath, 'a');
     const child = spawn('c-icap', ['-f', confPath, '-N', '-D'], { stdio: ['ignore', out, out] });

@@ -1,6 +1,7 @@
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { AvgateError, type ErrorCode } from '../../core/errors.js';
+import { connectWithTimeout } from '../../core/net.js';
 import { chunkHeader, commandBytes, END_OF_STREAM, splitSessionReply, type ClamdAddress, formatAddress } from './protocol.js';
 
 /** Replies longer than this are not clamd talking: refuse to buffer more (a garbage peer). */
@@ -44,27 +45,10 @@ export class ClamdConnection {
     address: ClamdAddress,
     options: { connectTimeoutMs: number; session: boolean; signal?: AbortSignal },
   ): Promise<ClamdConnection> {
-    const socket = await new Promise<Socket>((resolve, reject) => {
-      const s = address.kind === 'unix' ? connect(address.path) : connect(address.port, address.host);
-      const fail = (message: string) => {
-        cleanup();
-        s.destroy();
-        reject(new AvgateError('AVG_ERR_ENGINE_CONNECT', `${formatAddress(address)}: ${message}`));
-      };
-      const timer = setTimeout(() => fail(`connect timeout after ${options.connectTimeoutMs} ms`), options.connectTimeoutMs);
-      const onError = (err: NodeJS.ErrnoException) => fail(err.code ?? err.message);
-      const onAbort = () => fail('aborted while connecting');
-      const cleanup = () => {
-        clearTimeout(timer);
-        s.off('error', onError);
-        options.signal?.removeEventListener('abort', onAbort);
-      };
-      s.once('error', onError);
-      options.signal?.addEventListener('abort', onAbort, { once: true });
-      s.once('connect', () => {
-        cleanup();
-        resolve(s);
-      });
+    const socket = await connectWithTimeout(address.kind === 'unix' ? { path: address.path } : address, {
+      timeoutMs: options.connectTimeoutMs,
+      label: formatAddress(address),
+      ...(options.signal ? { signal: options.signal } : {}),
     });
     const conn = new ClamdConnection(socket, address, options.session);
     if (options.session) socket.write(commandBytes('IDSESSION'));

@@ -6,7 +6,7 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { AvgateError } from '../../core/errors.js';
 import type { Engine, EngineOption, EngineScanResult, ScanMeta } from '../types.js';
-import { CLAMD_NET_DEFAULTS, ClamdVersionTracker, errorResult, openFirst, parseClamdOptions, requestFirst, type ClamdNetSettings } from './net.js';
+import { CLAMD_NET_DEFAULTS, ClamdEngineBase, errorResult, openFirst, parseClamdOptions, type ClamdNetSettings } from './net.js';
 import { formatAddress, parseScanReply } from './protocol.js';
 
 interface FileSettings extends ClamdNetSettings {
@@ -18,9 +18,10 @@ interface FileSettings extends ClamdNetSettings {
  * another machine with a shared mount). The object is written into `comm-dir`, clamd is asked to
  * `SCAN` that path, and the file is removed afterwards whatever happened.
  */
-export class ClamdFileEngine implements Engine<null> {
-  private settings: FileSettings = { ...CLAMD_NET_DEFAULTS, commDir: null };
-  private readonly versions = new ClamdVersionTracker(() => this.settings);
+export class ClamdFileEngine extends ClamdEngineBase<FileSettings> implements Engine<null> {
+  constructor() {
+    super({ ...CLAMD_NET_DEFAULTS, commDir: null });
+  }
 
   configure(options: readonly EngineOption[]): void {
     let commDir: string | null = null;
@@ -96,18 +97,6 @@ export class ClamdFileEngine implements Engine<null> {
     } finally {
       await rm(path, { force: true });
     }
-  }
-
-  signatureVersion(signal?: AbortSignal): Promise<string | null> {
-    return this.versions.get(signal);
-  }
-
-  invalidateVersion(): void {
-    this.versions.invalidate();
-  }
-
-  ping(signal?: AbortSignal): Promise<string> {
-    return requestFirst(this.settings, 'PING', signal);
   }
 }
 

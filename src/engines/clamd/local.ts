@@ -5,6 +5,7 @@ import { userInfo } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AvgateError, messageOf } from '../../core/errors.js';
+import { freeLoopbackPort } from '../../core/net.js';
 import { clamdRequest } from './connection.js';
 import type { ClamdAddress } from './protocol.js';
 import { writeTestDatabase } from './testdb.js';
@@ -29,18 +30,6 @@ export interface LocalClamdOptions {
 
 /** ClamAV's standard database directory on Debian (freshclam writes there). */
 export const SYSTEM_DATABASE_DIR = '/var/lib/clamav';
-
-export async function freeLoopbackPort(): Promise<number> {
-  const { createServer } = await import('node:net');
-  return new Promise((resolvePort, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (typeof addr === 'object' && addr ? resolvePort(addr.port) : reject(new Error('no port'))));
-    });
-  });
-}
 
 /**
  * The project-local clamd: generates (or points at) a database, writes clamd.conf under the state

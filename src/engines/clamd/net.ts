@@ -152,13 +152,33 @@ export function errorResult(err: unknown, bytes: number): EngineScanResult {
   return { verdict: { status: 'error', code: errorCodeOf(err), cause: messageOf(err) }, bytes };
 }
 
+/** What both clamd engines share: settings with addresses, the version tracker, PING. */
+export abstract class ClamdEngineBase<S extends ClamdNetSettings> {
+  protected readonly versions = new ClamdVersionTracker(() => this.settings);
+  constructor(protected settings: S) {}
+
+  signatureVersion(signal?: AbortSignal): Promise<string | null> {
+    return this.versions.get(signal);
+  }
+
+  /** For tests and the signature updater: forget the cached version now. */
+  invalidateVersion(): void {
+    this.versions.invalidate();
+  }
+
+  ping(signal?: AbortSignal): Promise<string> {
+    return requestFirst(this.settings, 'PING', signal);
+  }
+}
+
 /**
  * clamd-net: streams the object to clamd with INSTREAM over TCP or a unix socket. A context is a
  * connection held open in an IDSESSION (or, with `session no`, nothing: one connection per scan).
  */
-export class ClamdNetEngine implements Engine<ClamdNetContext> {
-  protected settings: ClamdNetSettings = { ...CLAMD_NET_DEFAULTS };
-  protected readonly versions = new ClamdVersionTracker(() => this.settings);
+export class ClamdNetEngine extends ClamdEngineBase<ClamdNetSettings> implements Engine<ClamdNetContext> {
+  constructor() {
+    super({ ...CLAMD_NET_DEFAULTS });
+  }
 
   configure(options: readonly EngineOption[]): void {
     this.settings = parseClamdOptions(options, CLAMD_NET_DEFAULTS);
@@ -212,19 +232,6 @@ export class ClamdNetEngine implements Engine<ClamdNetContext> {
     } finally {
       if (ctx.conn === null) conn?.close();
     }
-  }
-
-  signatureVersion(signal?: AbortSignal): Promise<string | null> {
-    return this.versions.get(signal);
-  }
-
-  /** For tests and the signature updater: forget the cached version now. */
-  invalidateVersion(): void {
-    this.versions.invalidate();
-  }
-
-  ping(signal?: AbortSignal): Promise<string> {
-    return requestFirst(this.settings, 'PING', signal);
   }
 }
 

@@ -1,7 +1,8 @@
 import { createHash, type Hash } from 'node:crypto';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { AvgateError, errorCodeOf, messageOf, type ErrorCode } from '../../core/errors.js';
+import { connectWithTimeout } from '../../core/net.js';
 import { parseDuration, parseSize } from '../../core/units.js';
 import type { VerdictResult } from '../../core/verdict.js';
 import type { Engine, EngineInfo, EngineOption, EngineScanResult, ScanMeta } from '../types.js';
@@ -175,32 +176,10 @@ export class IcapConnection {
 
   static open(url: IcapUrl, options: { connectTimeoutMs: number; signal?: AbortSignal }): Promise<IcapConnection> {
     const label = formatIcapUrl(url);
-    return new Promise<IcapConnection>((resolve, reject) => {
-      const s = connect(url.port, url.host);
-      const fail = (message: string) => {
-        cleanup();
-        s.destroy();
-        reject(new AvgateError('AVG_ERR_ENGINE_CONNECT', `${label}: ${message}`));
-      };
-      const timer = setTimeout(() => fail(`connect timeout after ${options.connectTimeoutMs} ms`), options.connectTimeoutMs);
-      const onError = (err: NodeJS.ErrnoException) => fail(err.code ?? err.message);
-      const onAbort = () => fail('aborted while connecting');
-      const cleanup = () => {
-        clearTimeout(timer);
-        s.off('error', onError);
-        options.signal?.removeEventListener('abort', onAbort);
-      };
-      s.once('error', onError);
-      if (options.signal?.aborted) {
-        onAbort();
-        return;
-      }
-      options.signal?.addEventListener('abort', onAbort, { once: true });
-      s.once('connect', () => {
-        cleanup();
-        resolve(new IcapConnection(s, url));
-      });
-    });
+    return connectWithTimeout(
+      { host: url.host, port: url.port },
+      { timeoutMs: options.connectTimeoutMs, label, ...(options.signal ? { signal: options.signal } : {}) },
+    ).then((s) => new IcapConnection(s, url));
   }
 
   get alive(): boolean {
