@@ -2,7 +2,7 @@
 # Installs the Debian packages avgate and its tests need, if any is missing.
 # Runs `apt-get update` once, then one `apt-get install`. Needs root (or sudo).
 set -euo pipefail
-PACKAGES=(clamav-daemon clamav clamav-testfiles c-icap libc-icap-mod-virus-scan)
+PACKAGES=(clamav-daemon clamav clamav-testfiles c-icap libc-icap-mod-virus-scan squid curl)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -14,6 +14,6 @@ echo "avgate: installing Debian packages: ${missing[*]}" >&2
 $SUDO apt-get update -q
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 # Debian's packages may start their own services; avgate runs its own clamd and c-icap.
-for svc in clamav-daemon clamav-freshclam c-icap; do
+for svc in clamav-daemon clamav-freshclam c-icap squid; do
   $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done

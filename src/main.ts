@@ -1,6 +1,8 @@
 import type { LoadedConfig } from './config/loader.js';
 import { messageOf } from './core/errors.js';
 import { createLogger, type Logger } from './core/logging.js';
+import { VERSION } from './core/version.js';
+import { IcapServer } from './protocols/icap/server.js';
 import { openRuntime, type Runtime } from './runtime.js';
 
 /** How long a graceful stop may take before the process exits anyway. */
@@ -8,26 +10,47 @@ const STOP_DEADLINE_MS = 10_000;
 
 /**
  * `avgate serve`: config → engines (and the project-local clamd) → front ends → signals.
- * This issue's serve runs the engines and logs their health; front ends are added by later issues.
+ * Front ends so far: the ICAP server. Engines' health is logged every health.interval.
  */
-export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}): Promise<{ runtime: Runtime; stop: () => Promise<void> }> {
+export interface Serving {
+  runtime: Runtime;
+  icap: IcapServer | null;
+  icapPort: number | null;
+  stop: () => Promise<void>;
+}
+
+export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}): Promise<Serving> {
   const { config } = loaded;
+  let icapPort: number | null = null;
   const log = opts.logger ?? createLogger({ level: config.log.level, file: config.log.file });
   log.info({ config: loaded.path ?? '(embedded defaults)' }, 'avgate starting');
   const runtime = await openRuntime(config, { logger: log, localClamd: 'always' });
+  let icap: IcapServer | null = null;
+  try {
+    if (config.icap.enabled) {
+      icap = new IcapServer(config.icap, { stateDir: config['state-dir'], scannerFor: runtime.scannerFor, log, version: VERSION });
+      const bound = await icap.listen();
+      icapPort = bound.port;
+    }
+  } catch (err) {
+    await icap?.close(0);
+    await runtime.close();
+    throw err;
+  }
   const health = startHealthLog(runtime, log, config.health.interval);
   let stopping: Promise<void> | null = null;
   const stop = () => {
     stopping ??= (async () => {
       log.info('avgate stopping');
       clearInterval(health);
+      await icap?.close(STOP_DEADLINE_MS / 2);
       await runtime.close();
       log.info('avgate stopped');
     })();
     return stopping;
   };
-  log.info({ engines: runtime.engines.map((e) => e.id), clamdPid: runtime.clamd?.pid }, 'avgate ready');
-  return { runtime, stop };
+  log.info({ engines: runtime.engines.map((e) => e.id), clamdPid: runtime.clamd?.pid, icapPort }, 'avgate ready');
+  return { runtime, icap, icapPort, stop };
 }
 
 /** Pings every engine now and then; a failure is logged with its cause, recovery too. */

@@ -15,8 +15,14 @@ export const LOCAL_ADDRESS = 'local';
 
 export interface Runtime {
   config: Readonly<Config>;
+  /** The scanner for scan.engines. */
   scanner: Scanner;
+  /** Engines of scan.engines. */
   engines: ScannerEngine[];
+  /** Every engine built (scan.engines and those the front ends name). */
+  allEngines: ScannerEngine[];
+  /** The scanner for another list of engine ids (one per distinct list, sharing the cache). */
+  scannerFor(engineIds: readonly string[] | null): { scanner: Scanner; engines: ScannerEngine[] };
   cache: VerdictCache | null;
   /** The project-local clamd when this runtime started it. */
   clamd: LocalClamd | null;
@@ -81,9 +87,13 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
       log.info({ pid: local.pid, socket: local.socketPath, tcpPort: local.tcpPort }, 'clamd answers PING');
     }
   }
-  const engines: ScannerEngine[] = [];
+  const byId = new Map<string, ScannerEngine>();
+  const wanted = new Set<string>([
+    ...config.scan.engines,
+    ...Object.values(config.icap.services).flatMap((s) => s.engines ?? []),
+  ]);
   try {
-    for (const id of config.scan.engines) {
+    for (const id of wanted) {
       const ec = config.engines[id] as EngineConfig;
       const engine: Engine = ec.type === 'plugin' ? (await loadPlugin(ec.module as string))() : createEngine(ec.type);
       const opts = optionList(ec).map((o) =>
@@ -99,7 +109,7 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
       }
       engine.configure(opts);
       await engine.init();
-      engines.push({ id, engine });
+      byId.set(id, { id, engine });
       log.info({ engine: id, ...engine.info() }, 'engine ready');
     }
   } catch (err) {
@@ -114,27 +124,42 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
         maxAgeMs: config.cache['max-age'],
       })
     : null;
-  const scanner = new Scanner(
-    engines,
-    {
-      maxCheckedSize: config.scan['max-checked-size'],
-      scanTimeoutMs: config.scan['scan-timeout'],
-      maxConcurrentScans: config.scan['max-concurrent-scans'],
-      maxQueue: config.scan['max-queue'],
-      contextIdleTimeoutMs: config.scan['context-idle-timeout'],
-    },
-    cache,
-    log.child({ component: 'scanner' }),
-  );
+  const limits = {
+    maxCheckedSize: config.scan['max-checked-size'],
+    scanTimeoutMs: config.scan['scan-timeout'],
+    maxConcurrentScans: config.scan['max-concurrent-scans'],
+    maxQueue: config.scan['max-queue'],
+    contextIdleTimeoutMs: config.scan['context-idle-timeout'],
+  };
+  const scanners = new Map<string, { scanner: Scanner; engines: ScannerEngine[] }>();
+  const scannerFor = (ids: readonly string[] | null) => {
+    const list = ids ?? config.scan.engines;
+    const key = list.join(',');
+    let entry = scanners.get(key);
+    if (!entry) {
+      const engines = list.map((id) => {
+        const e = byId.get(id);
+        if (!e) throw new AvgateError('AVG_ERR_ENGINE_UNKNOWN', `no engine "${id}" in engines`);
+        return e;
+      });
+      entry = { scanner: new Scanner(engines, limits, cache, log.child({ component: 'scanner', engines: key })), engines };
+      scanners.set(key, entry);
+    }
+    return entry;
+  };
+  const main = scannerFor(null);
+  const allEngines = [...byId.values()];
   return {
     config,
-    scanner,
-    engines,
+    scanner: main.scanner,
+    engines: main.engines,
+    allEngines,
+    scannerFor,
     cache,
     clamd,
     async close() {
-      await scanner.close();
-      for (const e of engines) {
+      for (const { scanner } of scanners.values()) await scanner.close();
+      for (const e of allEngines) {
         try {
           await e.engine.close();
         } catch (err) {

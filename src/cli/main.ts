@@ -1,10 +1,10 @@
-import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { stringify } from 'yaml';
 import { loadConfig, type LoadedConfig } from '../config/loader.js';
 import { AvgateError, messageOf } from '../core/errors.js';
 import { createLogger } from '../core/logging.js';
 import { formatBytes } from '../core/units.js';
+import { VERSION } from '../core/version.js';
 import { serveForever } from '../main.js';
 import { localClamdFor, openRuntime, streamMaxLengthBytes } from '../runtime.js';
 import { runScanCommand, SCAN_USAGE } from './scan.js';
@@ -22,11 +22,6 @@ commands:
 
 The config file is --config FILE, else $AVGATE_CONFIG, else the embedded defaults.
 `;
-
-function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
-}
 
 /** Splits off `--config FILE` wherever it stands before the command. */
 function takeConfig(argv: string[]): { configPath: string | null; rest: string[] } {
@@ -74,7 +69,7 @@ export async function main(argv: string[]): Promise<number> {
     return command === undefined ? 2 : 0;
   }
   if (command === 'version' || command === '--version') {
-    out.write(`avgate ${version()}\n`);
+    out.write(`avgate ${VERSION}\n`);
     return 0;
   }
   let loaded: LoadedConfig;

@@ -60,6 +60,13 @@ export function parseConfigText(text: string, label: string): Config {
       problems.push(`${label}:${lineOf(doc, lineCounter, ['scan', 'engines'], false)}: scan.engines: no engine "${id}" in engines`);
     }
   }
+  for (const [name, svc] of Object.entries(config.icap.services)) {
+    for (const id of svc.engines ?? []) {
+      if (!(id in config.engines)) {
+        problems.push(`${label}:${lineOf(doc, lineCounter, ['icap', 'services', name, 'engines'], false)}: icap.services.${name}.engines: no engine "${id}" in engines`);
+      }
+    }
+  }
   for (const [id, e] of Object.entries(config.engines)) {
     if (!ENGINE_ID.test(id)) {
       problems.push(`${label}:${lineOf(doc, lineCounter, ['engines', id], true)}: engines.${id}: engine ids are 1-32 lower-case letters, digits, - and _, starting with a letter`);

@@ -79,6 +79,77 @@ const healthSchema = z.strictObject({
   interval: duration.prefault('30s'),
 });
 
+const STATUS = z.enum(['free', 'found', 'skipped', 'unknown', 'error']);
+
+const icapServiceSchema = z.strictObject({
+  /** Other names the service answers to (c-icap's srv_clamav, virus_scan ...). */
+  aliases: z.array(z.string()).default([]),
+  methods: z.array(z.enum(['RESPMOD', 'REQMOD'])).min(1).default(['RESPMOD', 'REQMOD']),
+  /** Engine ids; default: scan.engines. */
+  engines: z.array(z.string()).min(1).nullable().default(null),
+  /** Bodies over this are not scanned: they get the skipped policy. */
+  'max-object-size': size.prefault('100MiB'),
+  /** Verdicts that let the object through; by default only free. */
+  'accept-status': z.array(STATUS).min(1).default(['free']),
+  /** HTTP status of the page for a verdict that does not pass. */
+  'block-status': z
+    .strictObject({
+      found: z.number().int().min(400).max(599).default(403),
+      skipped: z.number().int().min(400).max(599).default(403),
+      unknown: z.number().int().min(400).max(599).default(403),
+      error: z.number().int().min(400).max(599).default(503),
+    })
+    .prefault({}),
+  /** Preview size offered in OPTIONS (bytes); 0 = previews not wanted. */
+  preview: size.prefault('1024'),
+  'transfer-preview': z.array(z.string()).default(['*']),
+  'transfer-ignore': z.array(z.string()).default([]),
+  'transfer-complete': z.array(z.string()).default([]),
+  'options-ttl': duration.prefault('1h'),
+  /**
+   * Early response (for Squid 5.7, bug 5352): when the client did not offer 204, a body still
+   * arriving after this many bytes gets the 200 response head at once; the body is held back until
+   * the verdict, and the connection is aborted if it is not clean. 0 = never.
+   */
+  'early-response-after': size.prefault('32KiB'),
+  /** HTML template of the block page ({{VIRUS_NAMES}}, {{URL}}, {{SERVICE}}, {{ENGINE}}, {{SIGNATURE_VERSION}}, {{STATUS}}, {{REASON}}); null = built in. */
+  'block-page': z.string().nullable().default(null),
+});
+
+const icapSchema = z.strictObject({
+  enabled: z.boolean().default(true),
+  /** host:port; loopback by default. */
+  listen: z.string().default('127.0.0.1:1344'),
+  tls: z
+    .strictObject({
+      listen: z.string().default('127.0.0.1:11344'),
+      cert: z.string(),
+      key: z.string(),
+    })
+    .nullable()
+    .default(null),
+  'max-connections': positiveInt.default(200),
+  /** A connection without a request for this long is closed. */
+  'idle-timeout': duration.prefault('60s'),
+  /** A request head must arrive, and body bytes must keep coming, within this (slowloris). */
+  'read-timeout': duration.prefault('30s'),
+  'max-header-size': size.prefault('64KiB'),
+  'max-request-line': size.prefault('8KiB'),
+  /**
+   * Memory per request before the body is spooled to a temp file. Bodies up to this size are
+   * assembled and checked against the verdict cache before any engine is asked; larger ones are
+   * streamed to the engine as they arrive (and spooled to disk for the echo).
+   */
+  'spool-memory': size.prefault('1MiB'),
+  /** Where spooled bodies go; relative to state-dir. */
+  'spool-dir': z.string().default('spool'),
+  'access-log': z.string().nullable().default(null),
+  services: z.record(z.string(), icapServiceSchema).default(() => ({ avscan: icapServiceSchema.parse({ aliases: ['srv_clamav', 'virus_scan'] }) })),
+});
+
+export type IcapConfig = z.output<typeof icapSchema>;
+export type IcapServiceConfig = z.output<typeof icapServiceSchema>;
+
 export const configSchema = z.strictObject({
   /** Runtime files: clamd socket/conf/db, cache, quarantine. Relative to the working directory. */
   'state-dir': z.string().default('var'),
@@ -90,6 +161,7 @@ export const configSchema = z.strictObject({
   scan: scanSchema.default(() => scanSchema.parse({})),
   cache: cacheSchema.default(() => cacheSchema.parse({})),
   health: healthSchema.default(() => healthSchema.parse({})),
+  icap: icapSchema.default(() => icapSchema.parse({})),
 });
 
 export type Config = z.output<typeof configSchema>;

@@ -160,7 +160,7 @@ export class Scanner implements ScanService {
       versions = await Promise.all(this.engines.map((e) => e.engine.signatureVersion(request.signal)));
       if (source.kind !== 'stream') {
         try {
-          hash = await hashSource(source);
+          hash = request.hash ?? (await hashSource(source));
         } catch (err) {
           return finish({ status: 'error', code: 'AVG_ERR_SOURCE', cause: messageOf(err) }, 0, null);
         }

@@ -15,6 +15,8 @@ export interface ScanRequest {
   source: ScanSource;
   /** File name or URL for logs and engines. */
   name?: string;
+  /** SHA-256 (hex) of the content when the caller already computed it (a spool does, on the way). */
+  hash?: string;
   /** The caller gives up (client gone). */
   signal?: AbortSignal;
 }

@@ -1,0 +1,101 @@
+import { createHash, randomBytes, type Hash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+
+/**
+ * Holds an object being received: in memory up to `memoryLimit`, then in a temp file (mode 0600)
+ * in `dir`. Hashes what it is given on the way (SHA-256, for the verdict cache), and can be read
+ * back as often as needed once ended. dispose() removes the file; call it in every path.
+ */
+export class Spool {
+  private memory: Buffer[] = [];
+  private file: { handle: FileHandle; path: string } | null = null;
+  private hash: Hash | null = createHash('sha256');
+  private digest: string | null = null;
+  private ended = false;
+  size = 0;
+
+  constructor(
+    private readonly dir: string,
+    private readonly memoryLimit: number,
+  ) {}
+
+  get onDisk(): boolean {
+    return this.file !== null;
+  }
+
+  /** Bytes held in memory (all of them while the spool has not gone to disk). */
+  get memoryChunks(): readonly Buffer[] {
+    return this.memory;
+  }
+
+  async write(chunk: Buffer): Promise<void> {
+    if (this.ended) throw new Error('spool already ended');
+    this.hash?.update(chunk);
+    this.size += chunk.length;
+    if (!this.file && this.size <= this.memoryLimit) {
+      this.memory.push(chunk);
+      return;
+    }
+    if (!this.file) {
+      await mkdir(this.dir, { recursive: true, mode: 0o700 });
+      const path = join(this.dir, `spool-${process.pid}-${randomBytes(9).toString('hex')}`);
+      const handle = await open(path, 'wx', 0o600);
+      this.file = { handle, path };
+      const held = this.memory;
+      this.memory = [];
+      for (const b of held) await writeAll(handle, b);
+    }
+    await writeAll(this.file.handle, chunk);
+  }
+
+  async end(): Promise<void> {
+    if (this.ended) return;
+    this.ended = true;
+    this.digest = this.hash?.digest('hex') ?? null;
+    this.hash = null;
+    if (this.file) await this.file.handle.close();
+  }
+
+  /** SHA-256 (hex) of everything written; available after end(). */
+  get sha256(): string | null {
+    return this.digest;
+  }
+
+  /** The whole object as a buffer (memory spools only). */
+  buffer(): Buffer | null {
+    if (this.file) return null;
+    return this.memory.length === 1 ? (this.memory[0] as Buffer) : Buffer.concat(this.memory, this.size);
+  }
+
+  filePath(): string | null {
+    return this.file?.path ?? null;
+  }
+
+  /** Reads the object back (after end()). */
+  createReadStream(): Readable {
+    if (!this.ended) throw new Error('spool not ended');
+    if (this.file) return createReadStream(this.file.path, { highWaterMark: 256 * 1024 });
+    return Readable.from(this.memory);
+  }
+
+  async dispose(): Promise<void> {
+    this.memory = [];
+    const f = this.file;
+    this.file = null;
+    if (f) {
+      await f.handle.close().catch(() => undefined);
+      await rm(f.path, { force: true });
+    }
+  }
+}
+
+async function writeAll(handle: FileHandle, chunk: Buffer): Promise<void> {
+  let off = 0;
+  while (off < chunk.length) {
+    const { bytesWritten } = await handle.write(chunk, off, chunk.length - off);
+    off += bytesWritten;
+  }
+}

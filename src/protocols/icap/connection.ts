@@ -1,0 +1,481 @@
+import type { Socket } from 'node:net';
+import { PassThrough } from 'node:stream';
+import { messageOf } from '../../core/errors.js';
+import type { Logger } from '../../core/logging.js';
+import { Spool } from '../../core/spool.js';
+import type { Verdict } from '../../core/verdict.js';
+import type { Decision } from '../../policy/verdict-policy.js';
+import { LimitExceeded, ReadTimeout, UnexpectedEof, ByteReader } from './reader.js';
+import { infectionHeaders, type IcapService } from './service.js';
+import {
+  chunk,
+  formatResponseHead,
+  headerSafe,
+  IcapProtocolError,
+  LAST_CHUNK,
+  parseChunkSizeLine,
+  parseHttpHead,
+  parseRequestHead,
+  type EncapsulatedName,
+  type HttpHead,
+  type IcapRequestHead,
+} from './wire.js';
+
+export interface IcapLimits {
+  idleTimeoutMs: number;
+  readTimeoutMs: number;
+  maxHeaderSize: number;
+  maxRequestLine: number;
+  spoolMemory: number;
+  spoolDir: string;
+}
+
+export interface AccessRecord {
+  client: string;
+  service: string;
+  method: string;
+  status: number;
+  verdict: string;
+  bytes: number;
+  ms: number;
+}
+
+/** What a connection needs from its server. */
+export interface ConnectionContext {
+  limits: IcapLimits;
+  serviceFor(name: string): IcapService | undefined;
+  options(service: IcapService): Promise<Array<[string, string]>>;
+  serverHeader: string;
+  log: Logger;
+  access(record: AccessRecord): void;
+  onVerdict(service: IcapService, v: Verdict): void;
+}
+
+/** Chunk-size lines longer than this are not chunk sizes (16 hex digits plus extensions). */
+const MAX_CHUNK_LINE = 4096;
+/** Body bytes read from the socket at a time. */
+const READ_PIECE = 256 * 1024;
+
+const CONTINUE = Buffer.from('ICAP/1.0 100 Continue\r\n\r\n');
+
+/**
+ * One ICAP connection: reads requests one after the other (pipelined requests wait in the reader),
+ * answers each, and closes on `Connection: close`, on any protocol error (after answering it), or
+ * when the client goes. Policy comes from the service; this class only frames.
+ */
+export class IcapConnection {
+  private readonly reader: ByteReader;
+  private readonly client: string;
+  /** Set once any byte of the current response has been written. */
+  private responding = false;
+  /** Waiting for the next request with nothing of it received: safe to close on shutdown. */
+  idle = true;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly ctx: ConnectionContext,
+  ) {
+    socket.setNoDelay(true);
+    this.reader = new ByteReader(socket);
+    this.client = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+  }
+
+  async run(): Promise<void> {
+    const { limits } = this.ctx;
+    try {
+      for (;;) {
+        this.responding = false;
+        this.idle = this.reader.buffered === 0;
+        let block: Buffer | null;
+        try {
+          block = await this.reader.readHead(limits.maxHeaderSize, limits.readTimeoutMs, limits.idleTimeoutMs);
+          this.idle = false;
+        } catch (err) {
+          if (err instanceof ReadTimeout && this.reader.buffered === 0) break; // idle connection: just close
+          throw err;
+        }
+        if (block === null) break;
+        const keepGoing = await this.handle(block);
+        if (!keepGoing) break;
+      }
+      this.socket.end();
+    } catch (err) {
+      this.fail(err);
+    }
+  }
+
+  private fail(err: unknown): void {
+    if (err instanceof UnexpectedEof || this.socket.destroyed) {
+      this.socket.destroy();
+      return;
+    }
+    const status =
+      err instanceof IcapProtocolError ? err.status : err instanceof ReadTimeout ? 408 : err instanceof LimitExceeded ? 400 : 500;
+    if (status === 500) this.ctx.log.error({ client: this.client, err: messageOf(err) }, 'icap internal error');
+    else this.ctx.log.info({ client: this.client, status, err: messageOf(err) }, 'icap request refused');
+    if (!this.responding) {
+      const head = formatResponseHead({
+        status,
+        headers: [
+          ['Server', this.ctx.serverHeader],
+          ['Date', new Date().toUTCString()],
+          ['Connection', 'close'],
+          ['Encapsulated', 'null-body=0'],
+        ],
+      });
+      this.socket.end(head);
+      this.ctx.access({ client: this.client, service: '-', method: '-', status, verdict: '-', bytes: 0, ms: 0 });
+    } else {
+      this.socket.destroy();
+    }
+  }
+
+  /** Handles one request; false = close the connection afterwards. */
+  private async handle(block: Buffer): Promise<boolean> {
+    const started = performance.now();
+    const head = parseRequestHead(block, { maxRequestLine: this.ctx.limits.maxRequestLine });
+    const service = this.ctx.serviceFor(head.service);
+    if (!service) throw new IcapProtocolError(404, `no service "${head.service}"`);
+    if (head.method === 'OPTIONS') {
+      await this.skipOptionsBody(head);
+      const headers = await this.ctx.options(service);
+      await this.write(formatResponseHead({ status: 200, headers: [...headers, ['Encapsulated', 'null-body=0']] }));
+      this.ctx.access({ client: this.client, service: service.name, method: 'OPTIONS', status: 200, verdict: '-', bytes: 0, ms: performance.now() - started });
+      return !head.connectionClose;
+    }
+    if (!service.allows(head.method)) throw new IcapProtocolError(405, `${head.method} is not allowed for service ${service.name}`);
+    const outcome = await this.adapt(head, service);
+    this.ctx.access({
+      client: this.client,
+      service: service.name,
+      method: head.method,
+      status: outcome.status,
+      verdict: outcome.verdict ? verdictLabel(outcome.verdict) : '-',
+      bytes: outcome.bytes,
+      ms: performance.now() - started,
+    });
+    return !head.connectionClose && !outcome.close;
+  }
+
+  private async skipOptionsBody(head: IcapRequestHead): Promise<void> {
+    const last = head.encapsulated?.[head.encapsulated.length - 1];
+    if (last?.name === 'opt-body') {
+      for await (const piece of this.chunks()) void piece; // opt-body has no meaning for us
+    }
+  }
+
+  /** Reads the encapsulated header blocks by the lengths the Encapsulated offsets give. */
+  private async readEncapsulatedHeads(head: IcapRequestHead): Promise<{ req: HttpHead | null; res: HttpHead | null }> {
+    const parts = head.encapsulated ?? [];
+    let req: HttpHead | null = null;
+    let res: HttpHead | null = null;
+    let total = 0;
+    for (let i = 0; i < parts.length - 1; i++) {
+      const part = parts[i] as { name: EncapsulatedName; offset: number };
+      const length = (parts[i + 1] as { offset: number }).offset - part.offset;
+      total += length;
+      if (total > this.ctx.limits.maxHeaderSize) throw new IcapProtocolError(400, 'encapsulated headers too large');
+      const raw = await this.reader.readExactly(length, this.ctx.limits.readTimeoutMs);
+      if (part.name === 'req-hdr') req = parseHttpHead(raw, 'request');
+      else res = parseHttpHead(raw, 'response');
+    }
+    return { req, res };
+  }
+
+  /**
+   * The chunked body: yields data pieces as they arrive and returns whether the last chunk said
+   * `ieof` (the whole object fitted in the preview).
+   */
+  private async *chunks(): AsyncGenerator<Buffer, { ieof: boolean }> {
+    const t = this.ctx.limits.readTimeoutMs;
+    for (;;) {
+      const line = (await this.reader.readLine(MAX_CHUNK_LINE, t)).toString('latin1');
+      const { size, ieof } = parseChunkSizeLine(line);
+      if (size === 0) {
+        // Trailer lines (none expected) up to the empty line.
+        let trailerBytes = 0;
+        for (;;) {
+          const trailer = await this.reader.readLine(MAX_CHUNK_LINE, t);
+          if (trailer.length === 0) break;
+          trailerBytes += trailer.length;
+          if (trailerBytes > this.ctx.limits.maxHeaderSize) throw new IcapProtocolError(400, 'chunk trailer too large');
+        }
+        return { ieof };
+      }
+      if (ieof) throw new IcapProtocolError(400, 'ieof on a chunk that is not the last one');
+      let left = size;
+      while (left > 0) {
+        const piece = await this.reader.readSome(Math.min(left, READ_PIECE), t);
+        left -= piece.length;
+        yield piece;
+      }
+      const crlf = await this.reader.readExactly(2, t);
+      if (crlf[0] !== 13 || crlf[1] !== 10) throw new IcapProtocolError(400, 'chunk data longer than its size');
+    }
+  }
+
+  private write(...buffers: Buffer[]): Promise<void> {
+    this.responding = true;
+    const s = this.socket;
+    if (s.destroyed) return Promise.reject(new UnexpectedEof('client gone'));
+    s.cork();
+    let ok = true;
+    for (const b of buffers) ok = s.write(b);
+    s.uncork();
+    if (ok) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const done = () => {
+        s.off('drain', done);
+        s.off('close', gone);
+        resolve();
+      };
+      const gone = () => {
+        s.off('drain', done);
+        reject(new UnexpectedEof('client gone'));
+      };
+      s.once('drain', done);
+      s.once('close', gone);
+    });
+  }
+
+  /** REQMOD/RESPMOD: receive, scan, decide, answer. */
+  private async adapt(
+    head: IcapRequestHead,
+    service: IcapService,
+  ): Promise<{ status: number; verdict: Verdict | null; bytes: number; close: boolean }> {
+    const { req, res } = await this.readEncapsulatedHeads(head);
+    const parts = head.encapsulated ?? [];
+    const bodyName = (parts[parts.length - 1] as { name: EncapsulatedName }).name;
+    const url = urlOf(req);
+    const istag = await service.istag();
+    const base: Array<[string, string]> = [
+      ['ISTag', istag],
+      ['Server', this.ctx.serverHeader],
+      ['Date', new Date().toUTCString()],
+    ];
+    // The message to echo: the HTTP response for RESPMOD, the HTTP request for REQMOD.
+    const echoHead = head.method === 'RESPMOD' ? res : req;
+    const echoHeadName: EncapsulatedName = head.method === 'RESPMOD' ? 'res-hdr' : 'req-hdr';
+    const echoBodyName: EncapsulatedName = head.method === 'RESPMOD' ? 'res-body' : 'req-body';
+
+    if (bodyName === 'null-body') {
+      // Nothing to scan: no body, nothing that could carry a virus.
+      if (head.allow204 || head.preview !== null) {
+        await this.write(formatResponseHead({ status: 204, headers: base }));
+        return { status: 204, verdict: null, bytes: 0, close: false };
+      }
+      await this.write(
+        formatResponseHead({
+          status: 200,
+          headers: base,
+          encapsulated: { headers: echoHead ? [{ name: echoHeadName, block: echoHead.raw }] : [], body: 'null-body' },
+        }),
+      );
+      return { status: 200, verdict: null, bytes: 0, close: false };
+    }
+
+    const limits = this.ctx.limits;
+    const maxObject = service.config['max-object-size'];
+    const earlyAfter = service.config['early-response-after'];
+    const spool = new Spool(limits.spoolDir, limits.spoolMemory);
+    const scanAbort = new AbortController();
+    const onGone = () => scanAbort.abort(new Error('client gone'));
+    this.socket.once('close', onGone);
+    let scanStream: PassThrough | null = null;
+    let scanPromise: Promise<Verdict> | null = null;
+    let overLimit = false;
+    let early = false;
+    let inPreview = head.preview !== null;
+    let ieofInPreview = false;
+    const startedAt = performance.now();
+    const declaredLength = Number(echoHead?.headers.get('content-length'));
+    try {
+      // An object known to be too big is decided at once; in a preview we need not read the rest.
+      if (Number.isFinite(declaredLength) && declaredLength > maxObject) overLimit = true;
+
+      const sendEarlyHead = async () => {
+        early = true;
+        await this.write(
+          formatResponseHead({
+            status: 200,
+            headers: base,
+            encapsulated: { headers: echoHead ? [{ name: echoHeadName, block: echoHead.raw }] : [], body: echoBodyName },
+          }),
+        );
+      };
+
+      let bodyDone = false;
+      while (!bodyDone) {
+        const it = this.chunks();
+        for (;;) {
+          const next = await it.next();
+          if (next.done) {
+            if (inPreview) {
+              ieofInPreview = next.value.ieof;
+              inPreview = false;
+              if (!next.value.ieof) {
+                if (overLimit) {
+                  // Decided without the rest: the client must not send it (RFC 3507 4.5).
+                  await spool.end();
+                  return await this.finish(head, service, base, spool, this.skippedVerdict(service, spool.size, startedAt), url, echoHead, echoHeadName, echoBodyName, true, false);
+                }
+                await this.write(CONTINUE);
+                this.responding = false; // 100 Continue is not the final response
+                break; // read the rest as a new chunk sequence
+              }
+            }
+            bodyDone = true;
+            break;
+          }
+          const piece = next.value;
+          if (!overLimit && spool.size + piece.length > maxObject) {
+            overLimit = true;
+            scanStream?.destroy();
+          }
+          if (!overLimit && !scanStream && spool.size + piece.length > limits.spoolMemory) {
+            // Too big to assemble first: stream to the engine from here on, while spooling for the echo.
+            scanStream = new PassThrough({ highWaterMark: READ_PIECE });
+            scanPromise = service.scanner.scan({ source: { kind: 'stream', stream: scanStream }, name: url, signal: scanAbort.signal });
+            for (const held of spool.memoryChunks) await feed(scanStream, held);
+          }
+          await spool.write(piece);
+          if (scanStream && !overLimit) await feed(scanStream, piece);
+          // Only for clients that did not offer 204: Squid offers it only for bodies it can hold (< 64 KB).
+          if (!early && earlyAfter > 0 && !head.allow204 && spool.size > earlyAfter && !inPreview) await sendEarlyHead();
+        }
+      }
+      scanStream?.end();
+      await spool.end();
+
+      let verdict: Verdict;
+      if (overLimit) {
+        verdict = this.skippedVerdict(service, spool.size, startedAt);
+      } else if (scanPromise) {
+        verdict = await scanPromise;
+      } else {
+        const data = spool.buffer();
+        const source = data ? ({ kind: 'buffer', data } as const) : ({ kind: 'file', path: spool.filePath() as string } as const);
+        verdict = await service.scanner.scan({ source, name: url, hash: spool.sha256 ?? undefined, signal: scanAbort.signal });
+      }
+      return await this.finish(head, service, base, spool, verdict, url, echoHead, echoHeadName, echoBodyName, ieofInPreview, early);
+    } finally {
+      this.socket.off('close', onGone);
+      scanStream?.destroy();
+      await spool.dispose();
+    }
+  }
+
+  private skippedVerdict(service: IcapService, bytes: number, startedAt: number): Verdict {
+    return {
+      status: 'skipped',
+      reason: `larger than max-object-size (${service.config['max-object-size']} bytes)`,
+      engine: '-',
+      signatureVersion: null,
+      durationMs: performance.now() - startedAt,
+      bytes,
+      cached: false,
+    };
+  }
+
+  /** Answers after the verdict: 204, 200 echo, the block page, or (after an early head) the body or an abort. */
+  private async finish(
+    head: IcapRequestHead,
+    service: IcapService,
+    base: Array<[string, string]>,
+    spool: Spool,
+    verdict: Verdict,
+    url: string,
+    echoHead: HttpHead | null,
+    echoHeadName: EncapsulatedName,
+    echoBodyName: EncapsulatedName,
+    answerToPreview: boolean,
+    early: boolean,
+  ): Promise<{ status: number; verdict: Verdict; bytes: number; close: boolean }> {
+    this.ctx.onVerdict(service, verdict);
+    const decision: Decision = service.decide(verdict);
+    const bytes = spool.size;
+    if (decision.action === 'block') {
+      if (early) {
+        // Headers are out; the body must never arrive complete: abort the connection.
+        this.ctx.log.warn({ client: this.client, url, status: verdict.status }, 'icap: verdict after the early response, connection aborted');
+        this.socket.destroy();
+        return { status: 200, verdict, bytes, close: true };
+      }
+      const page = service.blockPage(verdict, decision, url);
+      await this.write(
+        formatResponseHead({
+          status: 200,
+          headers: [...base, ...infectionHeaders(verdict, url)],
+          encapsulated: { headers: [{ name: 'res-hdr', block: page.head }], body: 'res-body' },
+        }),
+        ...chunk(page.body),
+        LAST_CHUNK,
+      );
+      // A preview answered without reading the rest leaves nothing unread; otherwise all was read.
+      return { status: 200, verdict, bytes, close: false };
+    }
+    if (early) {
+      await this.streamBody(spool);
+      return { status: 200, verdict, bytes, close: false };
+    }
+    // 204 is always allowed in answer to a preview (RFC 3507 4.5), otherwise only with Allow: 204.
+    if ((decision.note === null && head.allow204) || answerToPreview) {
+      const note: Array<[string, string]> = decision.note === null ? [] : [['X-Avgate-Verdict', headerSafe(decision.note)]];
+      await this.write(formatResponseHead({ status: 204, headers: [...base, ...note] }));
+      return { status: 204, verdict, bytes, close: false };
+    }
+    const headers = [...base];
+    let block = echoHead?.raw ?? null;
+    if (decision.note !== null && block) block = withHeader(block, 'X-Avgate-Verdict', decision.note);
+    await this.write(
+      formatResponseHead({
+        status: 200,
+        headers,
+        encapsulated: { headers: block ? [{ name: echoHeadName, block }] : [], body: echoBodyName },
+      }),
+    );
+    await this.streamBody(spool);
+    return { status: 200, verdict, bytes, close: false };
+  }
+
+  private async streamBody(spool: Spool): Promise<void> {
+    for await (const piece of spool.createReadStream()) {
+      const b = piece as Buffer;
+      if (b.length > 0) await this.write(...chunk(b));
+    }
+    await this.write(LAST_CHUNK);
+  }
+}
+
+/** Writes to the scan stream with backpressure; a stream the scanner dropped is skipped. */
+async function feed(stream: PassThrough, piece: Buffer): Promise<void> {
+  if (stream.destroyed || stream.writableEnded) return;
+  if (stream.write(piece)) return;
+  await new Promise<void>((resolve) => {
+    const done = () => {
+      stream.off('drain', done);
+      stream.off('close', done);
+      resolve();
+    };
+    stream.on('drain', done);
+    stream.on('close', done);
+  });
+}
+
+function urlOf(req: HttpHead | null): string {
+  if (!req) return '';
+  const target = req.startLine.split(' ')[1] ?? '';
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(target)) return target;
+  const host = req.headers.get('host');
+  return host ? `http://${host}${target}` : target;
+}
+
+function verdictLabel(v: Verdict): string {
+  return v.status === 'found' ? `found:${v.names.join(',')}` : v.status;
+}
+
+/** Adds a header line to an HTTP header block (before its empty line). */
+function withHeader(block: Buffer, name: string, value: string): Buffer {
+  const text = block.toString('latin1');
+  return Buffer.from(`${text.slice(0, -2)}${name}: ${value.replace(/[\r\n]/g, ' ')}\r\n\r\n`, 'latin1');
+}

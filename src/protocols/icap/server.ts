@@ -1,0 +1,182 @@
+import { createWriteStream, readFileSync, type WriteStream } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { resolve } from 'node:path';
+import { createServer as createTlsServer } from 'node:tls';
+import type { IcapConfig } from '../../config/schema.js';
+import { AvgateError } from '../../core/errors.js';
+import type { Logger } from '../../core/logging.js';
+import type { Verdict, VerdictStatus } from '../../core/verdict.js';
+import type { Engine } from '../../engines/types.js';
+import type { ScanService } from '../../scan/types.js';
+import { IcapConnection, type AccessRecord, type ConnectionContext } from './connection.js';
+import { IcapService } from './service.js';
+
+export interface IcapCounters {
+  requests: number;
+  byMethod: Record<string, number>;
+  byStatus: Record<string, number>;
+  byVerdict: Record<VerdictStatus, number>;
+  bytes: number;
+  connections: number;
+}
+
+export interface IcapServerDeps {
+  stateDir: string;
+  /** The scanner (and its engines) for a list of engine ids; null = scan.engines. */
+  scannerFor(engineIds: readonly string[] | null): { scanner: ScanService; engines: Array<{ id: string; engine: Engine }> };
+  log: Logger;
+  version: string;
+}
+
+export function parseListen(text: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text.trim());
+  const port = Number(m?.[3]);
+  if (!m || port > 65535) throw new AvgateError('AVG_ERR_CONFIG', `listen address "${text}": expected host:port`);
+  return { host: (m[1] ?? m[2]) as string, port };
+}
+
+/**
+ * The ICAP server: one listener (plus an optional TLS one), services by name and alias, each
+ * connection handled by IcapConnection. close() stops accepting, lets running requests finish
+ * within the deadline, then cuts what is left.
+ */
+export class IcapServer {
+  private readonly services = new Map<string, IcapService>();
+  private readonly servers: Server[] = [];
+  private readonly sockets = new Map<Socket, IcapConnection>();
+  private readonly accessFile: WriteStream | null;
+  readonly counters: IcapCounters = {
+    requests: 0,
+    byMethod: {},
+    byStatus: {},
+    byVerdict: { free: 0, found: 0, skipped: 0, unknown: 0, error: 0 },
+    bytes: 0,
+    connections: 0,
+  };
+  private readonly ctx: ConnectionContext;
+
+  constructor(
+    private readonly config: IcapConfig,
+    private readonly deps: IcapServerDeps,
+  ) {
+    for (const [name, sc] of Object.entries(config.services)) {
+      const { scanner, engines } = deps.scannerFor(sc.engines);
+      const service = new IcapService(name, sc, scanner, engines);
+      for (const n of [name, ...sc.aliases]) {
+        if (this.services.has(n)) throw new AvgateError('AVG_ERR_CONFIG', `icap service name "${n}" is used twice`);
+        this.services.set(n, service);
+      }
+    }
+    const log = deps.log.child({ component: 'icap' });
+    this.accessFile = config['access-log'] ? createWriteStream(resolve(config['access-log']), { flags: 'a' }) : null;
+    const accessLog = deps.log.child({ component: 'icap-access' });
+    this.ctx = {
+      limits: {
+        idleTimeoutMs: config['idle-timeout'],
+        readTimeoutMs: config['read-timeout'],
+        maxHeaderSize: config['max-header-size'],
+        maxRequestLine: config['max-request-line'],
+        spoolMemory: config['spool-memory'],
+        spoolDir: resolve(deps.stateDir, config['spool-dir']),
+      },
+      serviceFor: (name) => this.services.get(name),
+      options: (service) => this.optionsHeaders(service),
+      serverHeader: `avgate/${deps.version}`,
+      log,
+      access: (r) => {
+        this.counters.requests++;
+        this.counters.byMethod[r.method] = (this.counters.byMethod[r.method] ?? 0) + 1;
+        this.counters.byStatus[String(r.status)] = (this.counters.byStatus[String(r.status)] ?? 0) + 1;
+        this.counters.bytes += r.bytes;
+        this.writeAccess(r, accessLog);
+      },
+      onVerdict: (_s, v: Verdict) => {
+        this.counters.byVerdict[v.status]++;
+      },
+    };
+  }
+
+  private writeAccess(r: AccessRecord, accessLog: Logger): void {
+    if (this.accessFile) {
+      this.accessFile.write(
+        `${new Date().toISOString()} ${r.client} ${r.service} ${r.method} ${r.status} ${r.verdict} ${r.bytes} ${Math.round(r.ms)}\n`,
+      );
+    } else {
+      accessLog.info({ client: r.client, service: r.service, method: r.method, status: r.status, verdict: r.verdict, bytes: r.bytes, ms: Math.round(r.ms) }, 'icap');
+    }
+  }
+
+  async optionsHeaders(service: IcapService): Promise<Array<[string, string]>> {
+    const c = service.config;
+    const h: Array<[string, string]> = [
+      ['Methods', c.methods.join(', ')],
+      ['Service', `avgate/${this.deps.version} antivirus (${service.name})`],
+      ['Service-ID', service.name],
+      ['ISTag', await service.istag()],
+      ['Options-TTL', String(Math.round(c['options-ttl'] / 1000))],
+      ['Max-Connections', String(this.config['max-connections'])],
+      ['Allow', '204'],
+      ['Date', new Date().toUTCString()],
+      ['Server', `avgate/${this.deps.version}`],
+    ];
+    if (c.preview > 0) h.push(['Preview', String(c.preview)]);
+    if (c['transfer-preview'].length > 0) h.push(['Transfer-Preview', c['transfer-preview'].join(', ')]);
+    if (c['transfer-ignore'].length > 0) h.push(['Transfer-Ignore', c['transfer-ignore'].join(', ')]);
+    if (c['transfer-complete'].length > 0) h.push(['Transfer-Complete', c['transfer-complete'].join(', ')]);
+    return h;
+  }
+
+  /** Binds the listeners; returns the bound ports (useful with port 0). */
+  async listen(): Promise<{ port: number; tlsPort: number | null }> {
+    const plain = createServer((s) => this.accept(s));
+    const { host, port } = parseListen(this.config.listen);
+    const bound = await this.bind(plain, host, port);
+    let tlsPort: number | null = null;
+    if (this.config.tls) {
+      const t = this.config.tls;
+      const tlsServer = createTlsServer({ cert: readFileSync(t.cert), key: readFileSync(t.key) }, (s) => this.accept(s));
+      const l = parseListen(t.listen);
+      tlsPort = await this.bind(tlsServer, l.host, l.port);
+    }
+    this.deps.log.info({ listen: `${host}:${bound}`, tlsPort, services: [...new Set(this.services.values())].map((s) => s.name) }, 'icap server listening');
+    return { port: bound, tlsPort };
+  }
+
+  private bind(server: Server, host: string, port: number): Promise<number> {
+    server.maxConnections = this.config['max-connections'];
+    this.servers.push(server);
+    return new Promise((resolvePort, reject) => {
+      server.once('error', (err) => reject(new AvgateError('AVG_ERR_CONFIG', `icap listen ${host}:${port}: ${(err as NodeJS.ErrnoException).code ?? err.message}`)));
+      server.listen(port, host, () => {
+        const a = server.address();
+        resolvePort(typeof a === 'object' && a ? a.port : port);
+      });
+    });
+  }
+
+  private accept(socket: Socket): void {
+    const conn = new IcapConnection(socket, this.ctx);
+    this.sockets.set(socket, conn);
+    this.counters.connections++;
+    socket.on('error', () => undefined); // reported through the reader; never crash on a reset
+    socket.once('close', () => this.sockets.delete(socket));
+    void conn.run();
+  }
+
+  get openConnections(): number {
+    return this.sockets.size;
+  }
+
+  async close(deadlineMs = 5000): Promise<void> {
+    await Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    const until = Date.now() + deadlineMs;
+    // Idle keep-alive connections end now; busy ones get until the deadline.
+    for (const [s, c] of this.sockets) if (c.idle) s.destroy();
+    while (this.sockets.size > 0 && Date.now() < until) {
+      await new Promise((r) => setTimeout(r, 50));
+      for (const [s, c] of this.sockets) if (c.idle) s.destroy();
+    }
+    for (const s of this.sockets.keys()) s.destroy();
+    this.accessFile?.end();
+  }
+}
