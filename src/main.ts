@@ -16,12 +16,14 @@ export interface Serving {
   runtime: Runtime;
   icap: IcapServer | null;
   icapPort: number | null;
+  icapTlsPort: number | null;
   stop: () => Promise<void>;
 }
 
 export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}): Promise<Serving> {
   const { config } = loaded;
   let icapPort: number | null = null;
+  let icapTlsPort: number | null = null;
   const log = opts.logger ?? createLogger({ level: config.log.level, file: config.log.file });
   log.info({ config: loaded.path ?? '(embedded defaults)' }, 'avgate starting');
   const runtime = await openRuntime(config, { logger: log, localClamd: 'always' });
@@ -31,6 +33,7 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
       icap = new IcapServer(config.icap, { stateDir: config['state-dir'], scannerFor: runtime.scannerFor, log, version: VERSION });
       const bound = await icap.listen();
       icapPort = bound.port;
+      icapTlsPort = bound.tlsPort;
     }
   } catch (err) {
     await icap?.close(0);
@@ -50,7 +53,7 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
     return stopping;
   };
   log.info({ engines: runtime.engines.map((e) => e.id), clamdPid: runtime.clamd?.pid, icapPort }, 'avgate ready');
-  return { runtime, icap, icapPort, stop };
+  return { runtime, icap, icapPort, icapTlsPort, stop };
 }
 
 /** Pings every engine now and then; a failure is logged with its cause, recovery too. */

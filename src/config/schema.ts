@@ -143,6 +143,7 @@ const icapSchema = z.strictObject({
   'spool-memory': size.prefault('1MiB'),
   /** Where spooled bodies go; relative to state-dir. */
   'spool-dir': z.string().default('spool'),
+  /** One line per request (time client service method status verdict bytes ms), relative to state-dir; null = the main log. */
   'access-log': z.string().nullable().default(null),
   services: z.record(z.string(), icapServiceSchema).default(() => ({ avscan: icapServiceSchema.parse({ aliases: ['srv_clamav', 'virus_scan'] }) })),
 });

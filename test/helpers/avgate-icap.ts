@@ -10,6 +10,7 @@ import type { TestClamd } from './clamd.js';
 
 export interface TestIcap {
   port: number;
+  tlsPort: number | null;
   url: (service?: string) => string;
   server: IcapServer;
   runtime: Runtime;
@@ -20,9 +21,9 @@ export interface TestIcap {
 /**
  * avgate (serve) with its ICAP server on a free loopback port, scanning with a test clamd.
  * `icapYaml` is extra YAML inside the `icap:` section (written unindented); `yaml` is extra
- * top-level YAML (cache, scan ...).
+ * top-level YAML (cache, scan ...); `extraEngines` more entries under `engines:` besides `clamav`.
  */
-export async function startTestIcap(opts: { clamd: TestClamd; icapYaml?: string; yaml?: string }): Promise<TestIcap> {
+export async function startTestIcap(opts: { clamd: TestClamd; icapYaml?: string; yaml?: string; extraEngines?: string }): Promise<TestIcap> {
   const stateDir = await mkdtemp(join(tmpdir(), 'avgate-icap-'));
   const indent = (text: string) =>
     text
@@ -42,6 +43,7 @@ export async function startTestIcap(opts: { clamd: TestClamd; icapYaml?: string;
     '    options:',
     `      address: unix:${opts.clamd.socketPath}`,
     `      database-dir: ${opts.clamd.dbDir}`,
+    indent(opts.extraEngines ?? ''),
     'icap:',
     '  listen: 127.0.0.1:0',
     indent(opts.icapYaml ?? ''),
@@ -53,6 +55,7 @@ export async function startTestIcap(opts: { clamd: TestClamd; icapYaml?: string;
   const port = s.icapPort;
   return {
     port,
+    tlsPort: s.icapTlsPort,
     url: (service = 'avscan') => `icap://127.0.0.1:${port}/${service}`,
     server: s.icap,
     runtime: s.runtime,

@@ -68,7 +68,7 @@ export class IcapServer {
       }
     }
     const log = deps.log.child({ component: 'icap' });
-    this.accessFile = config['access-log'] ? createWriteStream(resolve(config['access-log']), { flags: 'a' }) : null;
+    this.accessFile = config['access-log'] ? createWriteStream(resolve(deps.stateDir, config['access-log']), { flags: 'a' }) : null;
     const accessLog = deps.log.child({ component: 'icap-access' });
     this.ctx = {
       limits: {

@@ -299,5 +299,10 @@ export function httpResponseHead(status: number, reason: string, headers: Array<
 
 /** Quoted string for ISTag and X-Infection-Found values: no quotes, CR, LF or control bytes inside. */
 export function headerSafe(s: string): string {
-  return s.replace(/[\0-\x1f\x7f"]/g, '?');
+  let out = '';
+  for (const ch of s) {
+    const c = ch.charCodeAt(0);
+    out += c < 0x20 || c === 0x7f || ch === '"' ? '?' : ch;
+  }
+  return out;
 }
