@@ -11,6 +11,7 @@ import { silentLogger } from '../../src/core/logging.js';
 import { clamdRequest } from '../../src/engines/clamd/connection.js';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import { serve } from '../../src/main.js';
+import { icapExchange } from '../helpers/icap-client.js';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
 
@@ -32,7 +33,7 @@ describe('avgate serve and the config commands', () => {
     configPath = join(dir, 'avgate.yaml');
     await writeFile(
       configPath,
-      [`state-dir: ${join(dir, 'state')}`, 'log:', '  level: silent', 'clamd:', '  tcp-port: 0', 'health:', '  interval: 1s', ''].join('\n'),
+      [`state-dir: ${join(dir, 'state')}`, 'log:', '  level: silent', 'clamd:', '  tcp-port: 0', 'health:', '  interval: 1s', 'icap:', '  listen: 127.0.0.1:0', ''].join('\n'),
     );
   });
   after(async () => {
@@ -110,6 +111,9 @@ describe('npm start', () => {
       assert.ok(pid > 0);
       const pong = await clamdRequest({ kind: 'tcp', host: '127.0.0.1', port: 3310 }, 'PING', { timeoutMs: 2000 });
       assert.equal(pong.trim(), 'PONG', 'the project-local clamd listens on its default port 3310');
+      const options = await icapExchange(1344, ['OPTIONS icap://127.0.0.1:1344/avscan ICAP/1.0\r\nHost: 127.0.0.1\r\n\r\n']);
+      options.socket.destroy();
+      assert.equal(options.responses[0]?.head.status, 200, 'ICAP service avscan on its default port 1344');
       process.kill(-(child.pid as number), 'SIGINT');
       await exited;
       await new Promise((r) => setTimeout(r, 200));
