@@ -40,7 +40,7 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
     await runtime.close();
     throw err;
   }
-  const health = startHealthLog(runtime, log, config.health.interval);
+  const health = startHealthLog(runtime, log, config.health.interval, () => (icap ? { icap: icap.counters } : {}));
   let stopping: Promise<void> | null = null;
   const stop = () => {
     stopping ??= (async () => {
@@ -57,7 +57,7 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
 }
 
 /** Pings every engine now and then; a failure is logged with its cause, recovery too. */
-export function startHealthLog(runtime: Runtime, log: Logger, intervalMs: number): NodeJS.Timeout {
+export function startHealthLog(runtime: Runtime, log: Logger, intervalMs: number, frontEnds: () => object = () => ({})): NodeJS.Timeout {
   const healthy = new Map<string, boolean>();
   const check = async () => {
     for (const { id, engine } of runtime.engines) {
@@ -74,7 +74,7 @@ export function startHealthLog(runtime: Runtime, log: Logger, intervalMs: number
       }
     }
     const c = runtime.scanner.counters;
-    log.info({ scans: c.scans, bytes: c.bytes, byStatus: c.byStatus, cacheHits: c.cacheHits }, 'scan counters');
+    log.info({ scans: c.scans, bytes: c.bytes, byStatus: c.byStatus, cacheHits: c.cacheHits, ...frontEnds() }, 'counters');
   };
   void check();
   const timer = setInterval(() => void check(), intervalMs);
