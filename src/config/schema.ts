@@ -112,6 +112,12 @@ const icapServiceSchema = z.strictObject({
    * the verdict, and the connection is aborted if it is not clean. 0 = never.
    */
   'early-response-after': size.prefault('32KiB'),
+  /**
+   * After an early head, the body is sent on as it arrives except for its last keep-back bytes,
+   * which wait for the verdict (Squid 5.7 stalls when ~2.7 MB wait unanswered). An object that is
+   * not clean is cut off, so the client never has it whole.
+   */
+  'early-response-keep-back': size.prefault('1MiB'),
   /** HTML template of the block page ({{VIRUS_NAMES}}, {{URL}}, {{SERVICE}}, {{ENGINE}}, {{SIGNATURE_VERSION}}, {{STATUS}}, {{REASON}}); null = built in. */
   'block-page': z.string().nullable().default(null),
 });

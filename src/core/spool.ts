@@ -42,7 +42,7 @@ export class Spool {
     if (!this.file) {
       await mkdir(this.dir, { recursive: true, mode: 0o700 });
       const path = join(this.dir, `spool-${process.pid}-${randomBytes(9).toString('hex')}`);
-      const handle = await open(path, 'wx', 0o600);
+      const handle = await open(path, 'wx+', 0o600);
       this.file = { handle, path };
       const held = this.memory;
       this.memory = [];
@@ -51,12 +51,41 @@ export class Spool {
     await writeAll(this.file.handle, chunk);
   }
 
+  /**
+   * Bytes [start, end) of what has been written so far, also while writing goes on (for sending a
+   * body on while it is still arriving).
+   */
+  async readRange(start: number, end: number): Promise<Buffer> {
+    const length = Math.max(0, Math.min(end, this.size) - start);
+    if (length === 0) return Buffer.alloc(0);
+    if (this.file) {
+      const out = Buffer.allocUnsafe(length);
+      let got = 0;
+      while (got < length) {
+        const { bytesRead } = await this.file.handle.read(out, got, length - got, start + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      return out.subarray(0, got);
+    }
+    const parts: Buffer[] = [];
+    let pos = 0;
+    for (const b of this.memory) {
+      const from = Math.max(start, pos);
+      const to = Math.min(start + length, pos + b.length);
+      if (from < to) parts.push(b.subarray(from - pos, to - pos));
+      pos += b.length;
+      if (pos >= start + length) break;
+    }
+    return parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts);
+  }
+
   async end(): Promise<void> {
     if (this.ended) return;
     this.ended = true;
     this.digest = this.hash?.digest('hex') ?? null;
     this.hash = null;
-    if (this.file) await this.file.handle.close();
+    // The file stays open for readRange() until dispose().
   }
 
   /** SHA-256 (hex) of everything written; available after end(). */

@@ -16,6 +16,10 @@ export interface Exchange {
   /** performance.now() when each response head arrived, and when each piece was written. */
   headAt: number[];
   sentAt: number[];
+  /** A response that had started but not ended when the exchange stopped (body so far). */
+  partial: IcapTestResponse | null;
+  /** Body bytes received by the time each piece after the first was written. */
+  bodyBytesAtSend: number[];
 }
 
 /**
@@ -38,6 +42,7 @@ export async function icapExchange(
   let finals = 0;
   const headAt: number[] = [];
   const sentAt: number[] = [];
+  const bodyBytesAtSend: number[] = [];
   const want = opts.count ?? 1;
   const done = new Promise<void>((resolve) => {
     const timer = setTimeout(resolve, opts.timeoutMs ?? 10_000);
@@ -72,11 +77,12 @@ export async function icapExchange(
   if (!opts.socket) await new Promise<void>((r) => socket.once('connect', () => r()));
   for (const p of pieces) {
     sentAt.push(performance.now());
+    bodyBytesAtSend.push((current as IcapTestResponse | null)?.body.length ?? 0);
     socket.write(typeof p === 'string' ? Buffer.from(p, 'latin1') : p);
     if (opts.pauseMs) await new Promise((r) => setTimeout(r, opts.pauseMs));
   }
   await done;
-  return { responses, closed, error, socket, headAt, sentAt };
+  return { responses, closed, error, socket, headAt, sentAt, partial: current, bodyBytesAtSend };
 }
 
 export function chunked(data: Buffer, opts: { ieof?: boolean; chunkSize?: number } = {}): Buffer {

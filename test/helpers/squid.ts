@@ -31,7 +31,7 @@ function proxyUser(): { uid: number; gid: number } | null {
   return null;
 }
 
-function configText(dir: string, port: number, icapUrl: string, preview: boolean, asRoot: boolean): string {
+function configText(dir: string, port: number, icapUrl: string, preview: boolean, asRoot: boolean, extra: readonly string[]): string {
   return [
     `pid_filename ${join(dir, 'squid.pid')}`,
     `cache_log ${join(dir, 'cache.log')}`,
@@ -72,6 +72,7 @@ function configText(dir: string, port: number, icapUrl: string, preview: boolean
     // a failed transaction must not mark the service down for the following tests of the file
     'icap_service_failure_limit -1',
     'adaptation_access svc allow all',
+    ...extra,
     '',
   ].join('\n');
 }
@@ -107,7 +108,13 @@ function tail(path: string, chars: number): string {
  * (`bypass=0`: an ICAP failure is an error for the client, never an unscanned object).
  * Resolves once Squid accepts connections.
  */
-export async function startTestSquid(opts: { icapUrl: string; preview?: boolean; startTimeoutMs?: number }): Promise<TestSquid> {
+export async function startTestSquid(opts: {
+  icapUrl: string;
+  preview?: boolean;
+  /** More squid.conf lines, after the ones above. */
+  extraConfig?: readonly string[];
+  startTimeoutMs?: number;
+}): Promise<TestSquid> {
   const dir = await mkdtemp(join(tmpdir(), 'avgate-squid-'));
   const asRoot = process.getuid?.() === 0;
   const owner = asRoot ? proxyUser() : null;
@@ -125,7 +132,7 @@ export async function startTestSquid(opts: { icapUrl: string; preview?: boolean;
   // The free port may be taken between probing and binding: then Squid exits and we retry.
   for (let attempt = 0; attempt < 3; attempt++) {
     const port = await freeLoopbackPort();
-    await writeFile(confPath, configText(dir, port, opts.icapUrl, opts.preview ?? true, asRoot));
+    await writeFile(confPath, configText(dir, port, opts.icapUrl, opts.preview ?? true, asRoot, opts.extraConfig ?? []));
     const out = openSync(outPath, 'a');
     const child = spawn('squid', ['-N', '-f', confPath], { stdio: ['ignore', out, out] });
     closeSync(out);

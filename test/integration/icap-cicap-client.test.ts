@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { CLAMAV_TESTFILES_DIR, eicarBytes } from '../../src/engines/clamd/testdb.js';
-import { startTestCicap } from '../helpers/cicap.js';
+import { startTestIcap } from '../helpers/avgate-icap.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
 
 // Debian's c-icap-client against avgate's ICAP server. c-icap-client exits 0 even when the exchange
@@ -23,12 +23,6 @@ interface Target {
   port: number;
   url(service?: string): string;
   stop(): Promise<void>;
-}
-
-const AVGATE = false;
-async function startTarget(clamd: TestClamd): Promise<Target> {
-  const c = await startTestCicap({ clamdSocket: clamd.socketPath });
-  return { port: c.port, url: (s = 'avscan') => `icap://127.0.0.1:${c.port}/${s}`, stop: () => c.stop() };
 }
 
 interface Head {
@@ -48,6 +42,8 @@ interface ClientRun {
   http: Head | null;
   /** SHA-256 of the -o file, or null when c-icap-client did not write one (204). */
   outSha256: string | null;
+  /** The first 64 KB of the body: of the -o file, or of stdout without -o. */
+  body: Buffer;
   outBytes: number;
   timedOut: boolean;
 }
@@ -101,10 +97,12 @@ function runClient(target: Target, workDir: string, args: string[], opts: { serv
       }
       let outSha256: string | null = null;
       let outBytes = 0;
+      let body = stdout.subarray(0, 64 * 1024);
       if (outPath && existsSync(outPath)) {
         const data = readFileSync(outPath);
         outSha256 = sha256(data);
         outBytes = data.length;
+        body = data.subarray(0, 64 * 1024);
       }
       const run: ClientRun = {
         args: full,
@@ -114,6 +112,7 @@ function runClient(target: Target, workDir: string, args: string[], opts: { serv
         icap: parseHead(section(stderr, 'ICAP HEADERS:')),
         http: parseHead(section(stderr, 'RESPMOD HEADERS:')),
         outSha256,
+        body,
         outBytes,
         timedOut: Boolean(err && err.killed),
       };
@@ -124,11 +123,24 @@ function runClient(target: Target, workDir: string, args: string[], opts: { serv
 }
 
 function describeRun(r: ClientRun): string {
-  return `c-icap-client ${r.args.join(' ')}${r.timedOut ? ` (killed after ${CLIENT_TIMEOUT_MS} ms)` : ''}\n--- stderr ---\n${r.stderr.slice(0, 3000)}\n--- stdout (${r.stdout.length} bytes) ---\n${r.stdout.toString('latin1').slice(0, 600)}`;
+  return `c-icap-client ${r.args.join(' ')}${r.timedOut ? ` (killed after ${CLIENT_TIMEOUT_MS} ms)` : ''}\n--- stderr ---\n${r.stderr.slice(0, 3000)}\n--- body (${r.outSha256 === null ? `stdout, ${r.stdout.length}` : `-o file, ${r.outBytes}`} bytes) ---\n${r.body.toString('latin1').slice(0, 600)}`;
 }
 
 function sha256(data: Buffer): string {
   return createHash('sha256').update(data).digest('hex');
+}
+
+/** Runs every cleanup even when one fails (a failed stop must not leave the next process running). */
+async function cleanupAll(...steps: Array<(() => Promise<unknown>) | undefined>): Promise<void> {
+  const errors: unknown[] = [];
+  for (const step of steps) {
+    try {
+      await step?.();
+    } catch (err) {
+      errors.push(err);
+    }
+  }
+  if (errors.length > 0) throw errors[0];
 }
 
 /** Runs `fn` over `items` with at most `limit` at a time; results in input order. */
@@ -154,11 +166,9 @@ function notInfected(r: ClientRun): string | null {
   const m = /^Type=0; Resolution=2; Threat=([^;]+);$/.exec(xif.trim());
   if (!m) return `X-Infection-Found not in c-icap's form: ${xif}`;
   if (!THREAT.test(m[1] as string)) return `unexpected threat name ${m[1]}`;
-  if (AVGATE) {
-    const page = r.stdout.toString('utf8');
-    if (!page.includes(m[1] as string) && !page.includes((m[1] as string).replace(/\.UNOFFICIAL$/, ''))) return 'block page does not name the virus';
-    if (!/avgate/i.test(page)) return 'block page does not say avgate';
-  }
+  const page = r.body.toString('utf8');
+  if (!page.includes((m[1] as string).replace(/\.UNOFFICIAL$/, ''))) return 'block page does not name the virus';
+  if (!/avgate/i.test(page)) return 'block page does not say avgate';
   return null;
 }
 
@@ -194,10 +204,11 @@ describe('c-icap-client (Debian c-icap 0.5.10) against the ICAP server', () => {
   before(async () => {
     work = await mkdtemp(join(tmpdir(), 'avgate-cicap-client-'));
     clamd = await startTestClamd();
-    target = await startTarget(clamd);
+    target = await startTestIcap({ clamd });
     // built at runtime: no file of the repository holds these bytes
     const eicar = eicarBytes();
     const clean: Record<string, Buffer> = {
+      'clean-empty.bin': Buffer.alloc(0),
       'clean-100.txt': Buffer.from('a clean text file, smaller than the preview\n'.repeat(2).slice(0, 100)),
       'clean-1024.bin': randomBytes(PREVIEW),
       'clean-1025.bin': randomBytes(PREVIEW + 1),
@@ -218,11 +229,13 @@ describe('c-icap-client (Debian c-icap 0.5.10) against the ICAP server', () => {
     }
   });
 
-  after(async () => {
-    await target?.stop();
-    await clamd?.stop();
-    if (work) await rm(work, { recursive: true, force: true });
-  });
+  after(() =>
+    cleanupAll(
+      target && (() => target.stop()),
+      clamd && (() => clamd.stop()),
+      work ? () => rm(work, { recursive: true, force: true }) : undefined,
+    ),
+  );
 
   test('OPTIONS: methods, ISTag, preview, Allow 204, TTL, null body', async () => {
     const r = await runClient(target, work, [], { output: false });
@@ -245,14 +258,12 @@ describe('c-icap-client (Debian c-icap 0.5.10) against the ICAP server', () => {
     assert.equal(r.summary.get('Allow 204'), 'Yes', ctx);
     assert.equal(r.summary.get('Preview'), String(PREVIEW), ctx);
     assert.equal(r.summary.get('Keep alive'), 'Yes', ctx);
-    if (AVGATE) {
-      assert.match(header(r.icap, 'Max-Connections') ?? '', /^\d+$/, ctx);
-      // the same service under its aliases, same ISTag
-      for (const alias of ['srv_clamav', 'virus_scan']) {
-        const a = await runClient(target, work, [], { service: alias, output: false });
-        assert.equal(a.icap?.code, 200, describeRun(a));
-        assert.equal(header(a.icap, 'ISTag'), istag, describeRun(a));
-      }
+    assert.match(header(r.icap, 'Max-Connections') ?? '', /^\d+$/, ctx);
+    // the same service under its default aliases, same ISTag
+    for (const alias of ['srv_clamav', 'virus_scan']) {
+      const a = await runClient(target, work, [], { service: alias, output: false });
+      assert.equal(a.icap?.code, 200, describeRun(a));
+      assert.equal(header(a.icap, 'ISTag'), istag, describeRun(a));
     }
   });
 
@@ -270,6 +281,20 @@ describe('c-icap-client (Debian c-icap 0.5.10) against the ICAP server', () => {
   test('EICAR deep inside a 300 KB object is found, with and without preview', async () => {
     for (const args of [[], ['-nopreview']]) {
       assertInfected(await runClient(target, work, [...args, '-f', file('eicar-inside-300k.bin')]));
+    }
+  });
+
+  test('-no204: an infected 300 KB object is blocked or broken off, never delivered whole', async () => {
+    const sent = files.get('eicar-inside-300k.bin') as Buffer;
+    for (const args of [['-no204'], ['-no204', '-nopreview']]) {
+      const r = await runClient(target, work, [...args, '-f', file('eicar-inside-300k.bin')]);
+      const ctx = describeRun(r);
+      assert.ok(!r.timedOut, `timed out\n${ctx}`);
+      // Without Allow: 204 the server may have started a 200 echo before the verdict (early
+      // response); then the only safe ending is to break the connection off before the last byte.
+      assert.notEqual(r.outSha256, sha256(sent), `the infected object was delivered whole\n${ctx}`);
+      assert.ok(r.outBytes < sent.length, `the infected object was delivered whole\n${ctx}`);
+      if (header(r.icap, 'X-Infection-Found') !== undefined) assertInfected(r);
     }
   });
 

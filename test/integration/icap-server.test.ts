@@ -217,6 +217,23 @@ describe('avgate ICAP server', () => {
     assert.equal(r.responses.length, 0, 'no complete response');
   });
 
+  test('early response keep-back: a big body flows on while it arrives, except its last MiB', async () => {
+    const body = randomBytes(4 * 1024 * 1024);
+    const all = buildRequest(icap.port, body).first;
+    const cut = all.length - 5;
+    const r = await icapExchange(icap.port, [all.subarray(0, cut), all.subarray(cut)], { pauseMs: 500, timeoutMs: 10_000 });
+    const sentBeforeEnd = r.bodyBytesAtSend[1] as number;
+    assert.ok(sentBeforeEnd >= body.length - 1024 * 1024 - 256 * 1024, `only ${sentBeforeEnd} bytes before the end`);
+    assert.ok(sentBeforeEnd <= body.length - 1024 * 1024, 'the last MiB waited for the verdict');
+    assert.ok(r.responses[0]?.body.equals(body));
+    const infected = Buffer.concat([randomBytes(3 * 1024 * 1024), eicarBytes(), randomBytes(100)]);
+    const bad = await icapExchange(icap.port, [buildRequest(icap.port, infected).first], { timeoutMs: 10_000 });
+    assert.equal(bad.closed, true);
+    assert.equal(bad.responses.length, 0);
+    const got = bad.partial?.body.length ?? 0;
+    assert.ok(got <= infected.length - 1024 * 1024, `received ${got} of ${infected.length}: never the whole object`);
+  });
+
   test('access log has one line per request', async () => {
     const log = await readFile(join(icap.stateDir, 'access.log'), 'utf8');
     assert.match(log, /^\S+ 127\.0\.0\.1:\d+ avscan RESPMOD 200 found:Avgate\.Test\.EICAR\S* \d+ \d+$/m);

@@ -70,6 +70,8 @@ export class IcapConnection {
   private responding = false;
   /** Waiting for the next request with nothing of it received: safe to close on shutdown. */
   idle = true;
+  /** The request being handled, for the access log when it ends in an abort. */
+  private current: { service: string; method: string; started: number } | null = null;
 
   constructor(
     private readonly socket: Socket,
@@ -107,6 +109,7 @@ export class IcapConnection {
   private fail(err: unknown): void {
     if (err instanceof UnexpectedEof || this.socket.destroyed) {
       this.socket.destroy();
+      this.logAbort('client-gone');
       return;
     }
     const status =
@@ -127,6 +130,15 @@ export class IcapConnection {
       this.ctx.access({ client: this.client, service: '-', method: '-', status, verdict: '-', bytes: 0, ms: 0 });
     } else {
       this.socket.destroy();
+      this.logAbort(String(status));
+    }
+  }
+
+  private logAbort(why: string): void {
+    const c = this.current;
+    this.current = null;
+    if (c) {
+      this.ctx.access({ client: this.client, service: c.service, method: c.method, status: 0, verdict: `aborted:${why}`, bytes: 0, ms: performance.now() - c.started });
     }
   }
 
@@ -144,7 +156,9 @@ export class IcapConnection {
       return !head.connectionClose;
     }
     if (!service.allows(head.method)) throw new IcapProtocolError(405, `${head.method} is not allowed for service ${service.name}`);
+    this.current = { service: service.name, method: head.method, started };
     const outcome = await this.adapt(head, service);
+    this.current = null;
     this.ctx.access({
       client: this.client,
       service: service.name,
@@ -277,6 +291,9 @@ export class IcapConnection {
     const limits = this.ctx.limits;
     const maxObject = service.config['max-object-size'];
     const earlyAfter = service.config['early-response-after'];
+    const keepBack = service.config['early-response-keep-back'];
+    /** Body bytes already sent on after an early head. */
+    let forwarded = 0;
     const spool = new Spool(limits.spoolDir, limits.spoolMemory);
     const scanAbort = new AbortController();
     const onGone = () => scanAbort.abort(new Error('client gone'));
@@ -342,6 +359,9 @@ export class IcapConnection {
           if (scanStream && !overLimit) await feed(scanStream, piece);
           // Only for clients that did not offer 204: Squid offers it only for bodies it can hold (< 64 KB).
           if (!early && earlyAfter > 0 && !head.allow204 && spool.size > earlyAfter && !inPreview) await sendEarlyHead();
+          // Squid 5.7 also stops sending once about 2.7 MB wait unanswered: after the early head,
+          // everything but the last keep-back bytes goes on as it arrives (never the whole object).
+          if (early && spool.size - keepBack - forwarded >= READ_PIECE) forwarded = await this.forward(spool, forwarded, spool.size - keepBack);
         }
       }
       scanStream?.end();
@@ -357,7 +377,7 @@ export class IcapConnection {
         const source = data ? ({ kind: 'buffer', data } as const) : ({ kind: 'file', path: spool.filePath() as string } as const);
         verdict = await service.scanner.scan({ source, name: url, hash: spool.sha256 ?? undefined, signal: scanAbort.signal });
       }
-      return await this.finish(head, service, base, spool, verdict, url, echoHead, echoHeadName, echoBodyName, ieofInPreview, early);
+      return await this.finish(head, service, base, spool, verdict, url, echoHead, echoHeadName, echoBodyName, ieofInPreview, early, forwarded);
     } finally {
       this.socket.off('close', onGone);
       scanStream?.destroy();
@@ -390,6 +410,7 @@ export class IcapConnection {
     echoBodyName: EncapsulatedName,
     answerToPreview: boolean,
     early: boolean,
+    forwarded = 0,
   ): Promise<{ status: number; verdict: Verdict; bytes: number; close: boolean }> {
     this.ctx.onVerdict(service, verdict);
     const decision: Decision = service.decide(verdict);
@@ -415,7 +436,8 @@ export class IcapConnection {
       return { status: 200, verdict, bytes, close: false };
     }
     if (early) {
-      await this.streamBody(spool);
+      await this.forward(spool, forwarded, spool.size);
+      await this.write(LAST_CHUNK);
       return { status: 200, verdict, bytes, close: false };
     }
     // 204 is always allowed in answer to a preview (RFC 3507 4.5), otherwise only with Allow: 204.
@@ -436,6 +458,18 @@ export class IcapConnection {
     );
     await this.streamBody(spool);
     return { status: 200, verdict, bytes, close: false };
+  }
+
+  /** Sends spooled bytes [from, to) as chunks; returns the new send position. */
+  private async forward(spool: Spool, from: number, to: number): Promise<number> {
+    let pos = from;
+    while (pos < to) {
+      const piece = await spool.readRange(pos, Math.min(to, pos + READ_PIECE));
+      if (piece.length === 0) break;
+      await this.write(...chunk(piece));
+      pos += piece.length;
+    }
+    return pos;
   }
 
   private async streamBody(spool: Spool): Promise<void> {
