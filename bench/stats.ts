@@ -13,6 +13,8 @@ export interface CellResult {
   nodeCpuMsPerReq: number;
   /** CPU of clamd per request (all its threads). */
   clamdCpuMsPerReq: number;
+  /** CPU of the server process under test per request (c-icap's process tree, avgate's ICAP child); NaN if none. */
+  serverCpuMsPerReq: number;
   /** Throughput of each slice (a cell is measured in slices interleaved with the other mode). */
   sliceReqPerSec: number[];
   mismatches: number;
@@ -43,10 +45,20 @@ export class Cell {
   seconds = 0;
   nodeCpuMs = 0;
   clamdCpuMs = 0;
+  serverCpuMs = 0;
   mismatches = 0;
   notCached = 0;
   readonly samples: string[] = [];
   readonly sliceReqPerSec: number[] = [];
+  /** Latencies per corpus object (by name), for paired comparisons between modes. */
+  readonly byItem = new Map<string, number[]>();
+
+  record(item: string, ms: number): void {
+    this.latencies.push(ms);
+    const l = this.byItem.get(item);
+    if (l) l.push(ms);
+    else this.byItem.set(item, [ms]);
+  }
 
   constructor(
     readonly mode: string,
@@ -73,6 +85,7 @@ export class Cell {
       p99Ms: percentile(sorted, 99),
       nodeCpuMsPerReq: this.nodeCpuMs / n,
       clamdCpuMsPerReq: this.clamdCpuMs / n,
+      serverCpuMsPerReq: this.serverCpuMs / n,
       sliceReqPerSec: [...this.sliceReqPerSec],
       mismatches: this.mismatches,
       mismatchSamples: [...this.samples],
@@ -118,4 +131,71 @@ export function ratio(a: number, b: number): string {
 
 export function signed(n: number, digits: number): string {
   return Number.isFinite(n) ? `${n >= 0 ? '+' : ''}${n.toFixed(digits)}` : '-';
+}
+
+export const ICAP_CELL_HEADERS = [
+  'mode',
+  'regime',
+  'conc',
+  'requests',
+  'time s',
+  'req/s',
+  'MB/s',
+  'p50 ms',
+  'p99 ms',
+  'client cpu ms/req',
+  'server cpu ms/req',
+  'clamd cpu ms/req',
+  'wrong',
+  'note',
+];
+
+export function icapCellRow(r: CellResult, regime: string): string[] {
+  return [
+    r.mode,
+    regime,
+    String(r.concurrency),
+    String(r.requests),
+    fmt(r.seconds, 2),
+    fmt(r.reqPerSec, 1),
+    fmt(r.mbPerSec, 1),
+    fmt(r.p50Ms, 2),
+    fmt(r.p99Ms, 2),
+    fmt(r.nodeCpuMsPerReq, 3),
+    fmt(r.serverCpuMsPerReq, 3),
+    fmt(r.clamdCpuMsPerReq, 2),
+    String(r.mismatches),
+    r.note,
+  ];
+}
+
+/**
+ * Paired added latency of mode `a` over mode `b` per corpus object: for every object measured in
+ * both, median(a) - median(b); returns the given percentile over objects (ms).
+ */
+export function pairedAddedMs(a: Cell, b: Cell, p: number): number {
+  const diffs: number[] = [];
+  for (const [name, la] of a.byItem) {
+    const lb = b.byItem.get(name);
+    if (!lb || la.length === 0 || lb.length === 0) continue;
+    diffs.push(median(la) - median(lb));
+  }
+  return percentile(Float64Array.from(diffs).sort(), p);
+}
+
+/**
+ * Paired added latency by group (size bucket): for every object measured in both cells, median(a)
+ * minus median(b); per group, the median of those differences (ms).
+ */
+export function pairedAddedByGroup(a: Cell, b: Cell, groupOf: (item: string) => string | undefined): Map<string, number> {
+  const diffs = new Map<string, number[]>();
+  for (const [name, la] of a.byItem) {
+    const lb = b.byItem.get(name);
+    const g = groupOf(name);
+    if (!lb || g === undefined || la.length === 0 || lb.length === 0) continue;
+    const d = diffs.get(g) ?? [];
+    d.push(median(la) - median(lb));
+    diffs.set(g, d);
+  }
+  return new Map([...diffs.entries()].map(([g, d]) => [g, median(d)]));
 }

@@ -1,0 +1,83 @@
+/**
+ * A focused latency comparison for working on avgate's ICAP server: one object size, one request
+ * at a time, unique content (random bytes appended), direct clamd INSTREAM vs c-icap vs avgate's
+ * ICAP server (child process, verdict cache off), with and without preview; two rounds so that
+ * noise shows. Optionally profiles avgate (V8 CPU profile) or traces its garbage collector.
+ *
+ *   node dist/bench/icap-micro.js [--size BYTES] [--requests N] [--profile DIR] [--trace-gc]
+ *   npx tsx bench/icap-micro.ts --size 3000000 --requests 100 --profile /tmp/prof
+ *   node dist/bench/cpuprofile-top.js /tmp/prof/CPU.*.cpuprofile
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { LocalClamd } from '../src/engines/clamd/local.js';
+import { startAvgateIcap } from './avgate-icap.js';
+import { startBenchCicap } from './cicap.js';
+import { directInstream } from './direct.js';
+import { cleanupAll, log, onCleanup } from './harness.js';
+import { IcapBenchClient } from './icap-client.js';
+import { percentile } from './stats.js';
+
+function arg(name: string): string | undefined {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : undefined;
+}
+
+async function main(): Promise<void> {
+  const size = Number(arg('--size') ?? 5000);
+  const n = Number(arg('--requests') ?? 1000);
+  const profile = arg('--profile');
+  const traceGc = process.argv.includes('--trace-gc');
+  const tmp = await mkdtemp(join(tmpdir(), 'avgate-icap-micro-'));
+  onCleanup(() => rm(tmp, { recursive: true, force: true, maxRetries: 5 }));
+  const clamd = new LocalClamd({ stateDir: join(tmp, 'clamd'), database: 'test', tcpPort: 0, maxThreads: 16, streamMaxLength: '100M' });
+  onCleanup(() => clamd.stop());
+  await clamd.start();
+  const cicap = await startBenchCicap({ dir: join(tmp, 'c-icap'), clamdSocket: clamd.socketPath });
+  onCleanup(() => cicap.stop());
+  const flags = [...(profile ? ['--cpu-prof', '--cpu-prof-dir', profile] : []), ...(traceGc ? ['--trace-gc'] : [])];
+  const avgate = await startAvgateIcap({ clamdSocket: clamd.socketPath, dbDir: clamd.dbDir, stateDir: join(tmp, 'avgate'), cache: false, nodeFlags: flags, echoOutput: traceGc });
+
+  const base = randomBytes(size);
+  const body = () => Buffer.concat([base, randomBytes(16)]);
+  const run = async (name: string, send: (b: Buffer) => Promise<unknown>) => {
+    for (let i = 0; i < Math.min(200, n); i++) await send(body());
+    const lat = new Float64Array(n);
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) {
+      const b = body();
+      const s = performance.now();
+      await send(b);
+      lat[i] = performance.now() - s;
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    lat.sort();
+    log(`${name.padEnd(18)} ${(n / seconds).toFixed(0).padStart(6)} req/s  p50 ${percentile(lat, 50).toFixed(3)} ms  p99 ${percentile(lat, 99).toFixed(3)} ms`);
+  };
+  const c = new IcapBenchClient(cicap.port, cicap.service);
+  const a = avgate ? new IcapBenchClient(avgate.port, '/avscan') : null;
+  log(`${size} bytes, ${n} requests per line, concurrency 1, unique content`);
+  for (let round = 0; round < 2; round++) {
+    await run('direct', (b) => directInstream(clamd.socketPath, [b], 256 * 1024));
+    await run('c-icap', (b) => c.respmod(b, { preview: 1024, allow204: true }));
+    await run('c-icap-nopreview', (b) => c.respmod(b, { preview: null, allow204: true }));
+    if (a) {
+      await run('avgate', (b) => a.respmod(b, { preview: 1024, allow204: true }));
+      await run('avgate-nopreview', (b) => a.respmod(b, { preview: null, allow204: true }));
+    }
+  }
+  c.close();
+  a?.close();
+  await avgate?.stop(); // writes the CPU profile
+}
+
+try {
+  await main();
+} catch (err) {
+  process.stderr.write(`icap-micro: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exitCode = 1;
+} finally {
+  await cleanupAll();
+}

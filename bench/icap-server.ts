@@ -1,0 +1,47 @@
+/**
+ * Child process of the benchmark: avgate's ICAP server, started through
+ * bench/glue.ts (`startIcapForBench`), in a process of its own so that its CPU and memory
+ * are its own (not the load generator's) — as avgate runs in production. Prints
+ * `READY {"port":N}` once it listens; stops when stdin closes or on SIGTERM/SIGINT.
+ *
+ *   node dist/bench/icap-server.js --clamd-socket PATH --db-dir DIR --state-dir DIR [--cache yes|no] [--max-object-size BYTES]
+ */
+import { startIcapForBench, type IcapBenchOptions } from './glue.js';
+
+function arg(name: string): string {
+  const i = process.argv.indexOf(name);
+  const v = i >= 0 ? process.argv[i + 1] : undefined;
+  if (v === undefined) throw new Error(`${name} is required`);
+  return v;
+}
+
+async function main(): Promise<void> {
+  const options: IcapBenchOptions = {
+    clamdSocket: arg('--clamd-socket'),
+    dbDir: arg('--db-dir'),
+    stateDir: arg('--state-dir'),
+    cache: /^(yes|on|true|1)$/i.test(process.argv.includes('--cache') ? arg('--cache') : 'yes'),
+  };
+  if (process.argv.includes('--max-object-size')) options.maxObjectSize = Number(arg('--max-object-size'));
+  const server = await startIcapForBench(options);
+  let stopping: Promise<void> | null = null;
+  const stop = () => {
+    stopping ??= server
+      .stop()
+      .catch((err: unknown) => {
+        process.stderr.write(`icap-server: stop: ${err instanceof Error ? err.message : String(err)}\n`);
+      })
+      .finally(() => process.exit(0));
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+  process.stdin.on('end', stop);
+  process.stdin.on('error', stop);
+  process.stdin.resume();
+  process.stdout.write(`READY ${JSON.stringify({ port: server.port })}\n`);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`icap-server: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exit(1);
+});
