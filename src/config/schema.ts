@@ -146,7 +146,7 @@ const icapSchema = z.strictObject({
    * assembled and checked against the verdict cache before any engine is asked; larger ones are
    * streamed to the engine as they arrive (and spooled to disk for the echo).
    */
-  'spool-memory': size.prefault('1MiB'),
+  'spool-memory': size.prefault('8MiB'),
   /** Where spooled bodies go; relative to state-dir. */
   'spool-dir': z.string().default('spool'),
   /** One line per request (time client service method status verdict bytes ms), relative to state-dir; null = the main log. */

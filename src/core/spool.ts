@@ -93,12 +93,6 @@ export class Spool {
     return this.digest;
   }
 
-  /** The whole object as a buffer (memory spools only). */
-  buffer(): Buffer | null {
-    if (this.file) return null;
-    return this.memory.length === 1 ? (this.memory[0] as Buffer) : Buffer.concat(this.memory, this.size);
-  }
-
   filePath(): string | null {
     return this.file?.path ?? null;
   }

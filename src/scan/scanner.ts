@@ -207,8 +207,26 @@ export class Scanner implements ScanService {
     request: ScanRequest,
     hasher: Hash | null,
   ): Promise<{ verdicts: Verdict[]; bytes: number; sizeExceeded: boolean; complete: boolean }> {
-    const timeout = AbortSignal.timeout(this.limits.scanTimeoutMs);
-    const signal = request.signal ? AbortSignal.any([timeout, request.signal]) : timeout;
+    // One controller and one timer per scan (AbortSignal.timeout + any cost more per scan).
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(new Error('scan timeout')), this.limits.scanTimeoutMs);
+    const onCallerAbort = () => controller.abort(request.signal?.reason);
+    if (request.signal?.aborted) onCallerAbort();
+    request.signal?.addEventListener('abort', onCallerAbort, { once: true });
+    const signal = controller.signal;
+    try {
+      return await this.runEnginesWith(request, hasher, signal);
+    } finally {
+      clearTimeout(timer);
+      request.signal?.removeEventListener('abort', onCallerAbort);
+    }
+  }
+
+  private async runEnginesWith(
+    request: ScanRequest,
+    hasher: Hash | null,
+    signal: AbortSignal,
+  ): Promise<{ verdicts: Verdict[]; bytes: number; sizeExceeded: boolean; complete: boolean }> {
     const { source } = request;
     let meter: Meter | null = null;
     let branches: Array<() => Readable>;
@@ -299,6 +317,8 @@ async function sourceSize(source: ScanSource): Promise<number | null> {
   switch (source.kind) {
     case 'buffer':
       return source.data.length;
+    case 'chunks':
+      return source.chunks.reduce((n, c) => n + c.length, 0);
     case 'file':
       return source.size ?? (await stat(source.path)).size;
     case 'stream':
@@ -307,12 +327,17 @@ async function sourceSize(source: ScanSource): Promise<number | null> {
 }
 
 function openSource(source: Exclude<ScanSource, { kind: 'stream' }>): Readable {
-  return source.kind === 'file' ? createReadStream(source.path, { highWaterMark: 256 * 1024 }) : Readable.from([source.data]);
+  if (source.kind === 'file') return createReadStream(source.path, { highWaterMark: 256 * 1024 });
+  return Readable.from(source.kind === 'chunks' ? source.chunks : [source.data]);
 }
 
 async function hashSource(source: Exclude<ScanSource, { kind: 'stream' }>): Promise<string> {
   const h = createHash('sha256');
   if (source.kind === 'buffer') return h.update(source.data).digest('hex');
+  if (source.kind === 'chunks') {
+    for (const c of source.chunks) h.update(c);
+    return h.digest('hex');
+  }
   for await (const chunk of createReadStream(source.path, { highWaterMark: 256 * 1024 })) h.update(chunk as Buffer);
   return h.digest('hex');
 }

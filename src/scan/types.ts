@@ -9,6 +9,8 @@ import type { Verdict } from '../core/verdict.js';
 export type ScanSource =
   | { kind: 'file'; path: string; size?: number }
   | { kind: 'buffer'; data: Buffer }
+  /** A buffer received in pieces (a spool in memory): no copy into one buffer. */
+  | { kind: 'chunks'; chunks: readonly Buffer[] }
   | { kind: 'stream'; stream: Readable; size?: number };
 
 export interface ScanRequest {

@@ -25,7 +25,7 @@ describe('avgate ICAP server', () => {
       clamd,
       extraEngines: ['dead:', '  type: clamd-net', '  options:', `    address: 127.0.0.1:${deadPort}`].join('\n'),
       icapYaml: [
-        'read-timeout: 400ms',
+        'read-timeout: 1s',
         'idle-timeout: 2s',
         'access-log: access.log',
         'services:',
@@ -82,7 +82,7 @@ describe('avgate ICAP server', () => {
   test('preview without ieof: 100 Continue, then the verdict after the rest', async () => {
     const body = Buffer.concat([randomBytes(3000), eicarBytes()]);
     const req = buildRequest(icap.port, body, { preview: 1024, allow204: true });
-    // Within read-timeout (400 ms here): the client answers 100 Continue promptly.
+    // Within read-timeout (1 s here): the client answers 100 Continue promptly.
     const first = await icapExchange(icap.port, [req.first], { count: 0, timeoutMs: 150, keepOpen: true });
     assert.equal(first.responses[0]?.head.status, 100);
     const rest = await icapExchange(icap.port, [req.rest as Buffer], { socket: first.socket });
@@ -203,7 +203,7 @@ describe('avgate ICAP server', () => {
     const body = randomBytes(200_000);
     const all = buildRequest(icap.port, body).first;
     // Everything but the last chunk, a pause, then the last chunk: the head must come in the pause.
-    const r = await icapExchange(icap.port, [all.subarray(0, all.length - 5), all.subarray(all.length - 5)], { pauseMs: 300 });
+    const r = await icapExchange(icap.port, [all.subarray(0, all.length - 5), all.subarray(all.length - 5)], { pauseMs: 250 });
     const res = r.responses[0];
     assert.equal(res?.head.status, 200);
     assert.ok((r.headAt[0] as number) < (r.sentAt[1] as number), 'head before the body was complete');
@@ -221,7 +221,7 @@ describe('avgate ICAP server', () => {
     const body = randomBytes(4 * 1024 * 1024);
     const all = buildRequest(icap.port, body).first;
     const cut = all.length - 5;
-    const r = await icapExchange(icap.port, [all.subarray(0, cut), all.subarray(cut)], { pauseMs: 500, timeoutMs: 10_000 });
+    const r = await icapExchange(icap.port, [all.subarray(0, cut), all.subarray(cut)], { pauseMs: 250, timeoutMs: 10_000 });
     const sentBeforeEnd = r.bodyBytesAtSend[1] as number;
     assert.ok(sentBeforeEnd >= body.length - 1024 * 1024 - 256 * 1024, `only ${sentBeforeEnd} bytes before the end`);
     assert.ok(sentBeforeEnd <= body.length - 1024 * 1024, 'the last MiB waited for the verdict');

@@ -348,6 +348,10 @@ export class IcapConnection {
           if (!overLimit && spool.size + piece.length > maxObject) {
             overLimit = true;
             scanStream?.destroy();
+            if (early && service.decide(this.skippedVerdict(service, spool.size, startedAt)).action === 'block') {
+              // The head is out and the object will not pass: cut it off now, not after receiving it all.
+              return await this.finish(head, service, base, spool, this.skippedVerdict(service, spool.size, startedAt), url, echoHead, echoHeadName, echoBodyName, false, true);
+            }
           }
           if (!overLimit && !scanStream && spool.size + piece.length > limits.spoolMemory) {
             // Too big to assemble first: stream to the engine from here on, while spooling for the echo.
@@ -373,8 +377,8 @@ export class IcapConnection {
       } else if (scanPromise) {
         verdict = await scanPromise;
       } else {
-        const data = spool.buffer();
-        const source = data ? ({ kind: 'buffer', data } as const) : ({ kind: 'file', path: spool.filePath() as string } as const);
+        const path = spool.filePath();
+        const source = path ? ({ kind: 'file', path } as const) : ({ kind: 'chunks', chunks: spool.memoryChunks } as const);
         verdict = await service.scanner.scan({ source, name: url, hash: spool.sha256 ?? undefined, signal: scanAbort.signal });
       }
       return await this.finish(head, service, base, spool, verdict, url, echoHead, echoHeadName, echoBodyName, ieofInPreview, early, forwarded);

@@ -15,7 +15,9 @@ const CRLFCRLF = Buffer.from('\r\n\r\n');
  * client down instead of filling memory.
  */
 export class ByteReader {
-  private buf: Buffer = Buffer.alloc(0);
+  /** Unread bytes as received: no copying on arrival; body reads hand out views of them. */
+  private chunks: Buffer[] = [];
+  private length = 0;
   private ended = false;
   private failure: Error | null = null;
   private wake: (() => void) | null = null;
@@ -25,8 +27,9 @@ export class ByteReader {
     private readonly highWater = 256 * 1024,
   ) {
     socket.on('data', (d: Buffer) => {
-      this.buf = this.buf.length === 0 ? d : Buffer.concat([this.buf, d]);
-      if (this.buf.length > this.highWater) socket.pause();
+      this.chunks.push(d);
+      this.length += d.length;
+      if (this.length > this.highWater) socket.pause();
       this.notify();
     });
     socket.on('end', () => {
@@ -44,12 +47,12 @@ export class ByteReader {
   }
 
   get buffered(): number {
-    return this.buf.length;
+    return this.length;
   }
 
   /** True when the peer has closed its side and nothing is left to read. */
   get exhausted(): boolean {
-    return this.ended && this.buf.length === 0;
+    return this.ended && this.length === 0;
   }
 
   private notify(): void {
@@ -58,11 +61,26 @@ export class ByteReader {
     w?.();
   }
 
-  private consume(n: number): Buffer {
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    if (this.buf.length <= this.highWater && this.socket.isPaused()) this.socket.resume();
+  /** Takes n bytes (n <= first chunk's length) off the front. */
+  private take(n: number): Buffer {
+    const first = this.chunks[0] as Buffer;
+    let out: Buffer;
+    if (n === first.length) {
+      out = first;
+      this.chunks.shift();
+    } else {
+      out = first.subarray(0, n);
+      this.chunks[0] = first.subarray(n);
+    }
+    this.length -= n;
+    if (this.length <= this.highWater && this.socket.isPaused()) this.socket.resume();
     return out;
+  }
+
+  /** Joins the first two chunks (only for a head or line that straddles them). */
+  private joinFirstTwo(): void {
+    const [a, b] = this.chunks as [Buffer, Buffer];
+    this.chunks.splice(0, 2, Buffer.concat([a, b]));
   }
 
   /** Waits for more bytes; false when the peer has closed. */
@@ -91,16 +109,23 @@ export class ByteReader {
   async readUntil(delim: Buffer, max: number, timeoutMs: number, firstByteTimeoutMs = timeoutMs): Promise<Buffer | null> {
     let searchFrom = 0;
     for (;;) {
-      const i = this.buf.indexOf(delim, searchFrom);
-      if (i >= 0) {
-        if (i + delim.length > max) throw new LimitExceeded(`more than ${max} bytes`);
-        return this.consume(i + delim.length);
+      const first = this.chunks[0];
+      if (first) {
+        const i = first.indexOf(delim, searchFrom);
+        if (i >= 0) {
+          if (i + delim.length > max) throw new LimitExceeded(`more than ${max} bytes`);
+          return this.take(i + delim.length);
+        }
+        if (first.length > max) throw new LimitExceeded(`more than ${max} bytes`);
+        searchFrom = Math.max(0, first.length - delim.length + 1);
+        if (this.chunks.length > 1) {
+          this.joinFirstTwo();
+          continue;
+        }
       }
-      if (this.buf.length > max) throw new LimitExceeded(`more than ${max} bytes`);
-      searchFrom = Math.max(0, this.buf.length - delim.length + 1);
-      const hadData = this.buf.length > 0;
+      const hadData = this.length > 0;
       if (!(await this.more(hadData ? timeoutMs : firstByteTimeoutMs))) {
-        if (this.buf.length === 0) return null;
+        if (this.length === 0) return null;
         throw new UnexpectedEof('connection closed in the middle of a message');
       }
     }
@@ -119,17 +144,19 @@ export class ByteReader {
   }
 
   async readExactly(n: number, timeoutMs: number): Promise<Buffer> {
-    while (this.buf.length < n) {
+    while (this.length < n) {
       if (!(await this.more(timeoutMs))) throw new UnexpectedEof('connection closed in the middle of a message');
     }
-    return this.consume(n);
+    while ((this.chunks[0] as Buffer).length < n) this.joinFirstTwo();
+    return this.take(n);
   }
 
-  /** Between 1 and `max` bytes, as soon as any are there. */
+  /** Between 1 and `max` bytes, as soon as any are there (a view, never a copy). */
   async readSome(max: number, timeoutMs: number): Promise<Buffer> {
-    while (this.buf.length === 0) {
+    while (this.length === 0) {
       if (!(await this.more(timeoutMs))) throw new UnexpectedEof('connection closed in the middle of a message');
     }
-    return this.consume(Math.min(max, this.buf.length));
+    const first = this.chunks[0] as Buffer;
+    return this.take(Math.min(max, first.length));
   }
 }
