@@ -6,13 +6,13 @@ import { Readable } from 'node:stream';
 
 /**
  * Holds an object being received: in memory up to `memoryLimit`, then in a temp file (mode 0600)
- * in `dir`. Hashes what it is given on the way (SHA-256, for the verdict cache), and can be read
+ * in `dir`. Hashes what it is given on the way (SHA-256, for the verdict cache; optional), and can be read
  * back as often as needed once ended. dispose() removes the file; call it in every path.
  */
 export class Spool {
   private memory: Buffer[] = [];
   private file: { handle: FileHandle; path: string } | null = null;
-  private hash: Hash | null = createHash('sha256');
+  private hash: Hash | null;
   private digest: string | null = null;
   private ended = false;
   size = 0;
@@ -20,7 +20,10 @@ export class Spool {
   constructor(
     private readonly dir: string,
     private readonly memoryLimit: number,
-  ) {}
+    options: { hash: boolean } = { hash: true },
+  ) {
+    this.hash = options.hash ? createHash('sha256') : null;
+  }
 
   get onDisk(): boolean {
     return this.file !== null;
@@ -29,6 +32,11 @@ export class Spool {
   /** Bytes held in memory (all of them while the spool has not gone to disk). */
   get memoryChunks(): readonly Buffer[] {
     return this.memory;
+  }
+
+  /** The hash is not wanted after all (the scanner hashes a streamed object itself). */
+  stopHashing(): void {
+    this.hash = null;
   }
 
   async write(chunk: Buffer): Promise<void> {

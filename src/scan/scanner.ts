@@ -97,6 +97,10 @@ export class Scanner implements ScanService {
     this.semaphore = new Semaphore(limits.maxConcurrentScans, limits.maxQueue);
   }
 
+  get wantsHash(): boolean {
+    return this.cache !== null;
+  }
+
   get concurrency(): number {
     return this.limits.maxConcurrentScans;
   }

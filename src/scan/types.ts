@@ -25,6 +25,8 @@ export interface ScanRequest {
 
 export interface ScanService {
   scan(request: ScanRequest): Promise<Verdict>;
+  /** True when a verdict cache is in use: only then is a content hash worth computing. */
+  readonly wantsHash: boolean;
   /** Maximum simultaneous scans (max-concurrent-scans): callers size their own parallelism by it. */
   readonly concurrency: number;
   close(): Promise<void>;

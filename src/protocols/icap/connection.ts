@@ -294,7 +294,7 @@ export class IcapConnection {
     const keepBack = service.config['early-response-keep-back'];
     /** Body bytes already sent on after an early head. */
     let forwarded = 0;
-    const spool = new Spool(limits.spoolDir, limits.spoolMemory);
+    const spool = new Spool(limits.spoolDir, limits.spoolMemory, { hash: service.scanner.wantsHash });
     const scanAbort = new AbortController();
     const onGone = () => scanAbort.abort(new Error('client gone'));
     this.socket.once('close', onGone);
@@ -355,6 +355,7 @@ export class IcapConnection {
           }
           if (!overLimit && !scanStream && spool.size + piece.length > limits.spoolMemory) {
             // Too big to assemble first: stream to the engine from here on, while spooling for the echo.
+            spool.stopHashing(); // the scanner hashes the stream for the cache: once is enough
             scanStream = new PassThrough({ highWaterMark: READ_PIECE });
             scanPromise = service.scanner.scan({ source: { kind: 'stream', stream: scanStream }, name: url, signal: scanAbort.signal });
             for (const held of spool.memoryChunks) await feed(scanStream, held);
