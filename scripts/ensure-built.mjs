@@ -15,7 +15,7 @@ function newest(dir) {
 }
 
 const stamp = join(root, 'dist', 'src', 'cli', 'main.js');
-const sources = Math.max(newest(join(root, 'src')), newest(join(root, 'bench')));
+const sources = Math.max(newest(join(root, 'src')), newest(join(root, 'bench')), newest(join(root, 'tools')));
 if (!existsSync(stamp) || statSync(stamp).mtimeMs < sources) {
   process.stderr.write('avgate: building (tsc)\n');
   execFileSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(root, 'tsconfig.build.json')], {

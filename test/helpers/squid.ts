@@ -1,11 +1,8 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { freeLoopbackPort } from '../../src/core/net.js';
+import { accepts, startPeer, tail } from '../../tools/peers/process.js';
 
 export interface TestSquid {
   port: number;
@@ -77,31 +74,6 @@ function configText(dir: string, port: number, icapUrl: string, preview: boolean
   ].join('\n');
 }
 
-function waitExit(child: ChildProcess): Promise<void> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) resolve();
-    else child.once('exit', () => resolve());
-  });
-}
-
-function accepts(port: number, timeoutMs = 500): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(port, '127.0.0.1');
-    const done = (ok: boolean) => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve(ok);
-    };
-    const timer = setTimeout(() => done(false), timeoutMs);
-    s.once('connect', () => done(true));
-    s.once('error', () => done(false));
-  });
-}
-
-function tail(path: string, chars: number): string {
-  return existsSync(path) ? readFileSync(path, 'latin1').slice(-chars) : '';
-}
-
 /**
  * A real Squid in the foreground (`squid -N -f CONF`) with its own config, pid file and log in a
  * fresh directory, listening on a free loopback port, using `icapUrl` as its RESPMOD service
@@ -127,62 +99,29 @@ export async function startTestSquid(opts: {
     await chown(dir, owner.uid, owner.gid);
     await chown(join(dir, 'cache'), owner.uid, owner.gid);
   }
-  const deadline = Date.now() + (opts.startTimeoutMs ?? 20_000);
-  let lastError = 'not started';
-  // The free port may be taken between probing and binding: then Squid exits and we retry.
-  for (let attempt = 0; attempt < 3; attempt++) {
-    const port = await freeLoopbackPort();
-    await writeFile(confPath, configText(dir, port, opts.icapUrl, opts.preview ?? true, asRoot, opts.extraConfig ?? []));
-    const out = openSync(outPath, 'a');
-    const child = spawn('squid', ['-N', '-f', confPath], { stdio: ['ignore', out, out] });
-    closeSync(out);
-    let exited = false;
-    child.once('exit', () => {
-      exited = true;
+  try {
+    const peer = await startPeer({
+      name: 'Squid',
+      command: 'squid',
+      args: ['-N', '-f', confPath],
+      writeConfig: (port) => writeFile(confPath, configText(dir, port, opts.icapUrl, opts.preview ?? true, asRoot, opts.extraConfig ?? [])),
+      ready: (port) => accepts(port),
+      outPath,
+      diagnostics: () => `${tail(outPath, 2000)}\n${tail(logPath, 3000)}`,
+      ...(opts.startTimeoutMs ? { startTimeoutMs: opts.startTimeoutMs } : {}),
     });
-    child.once('error', (err) => {
-      exited = true;
-      lastError = err.message;
-    });
-    while (!exited && Date.now() < deadline) {
-      if (await accepts(port)) {
-        const pid = child.pid as number;
-        return {
-          port,
-          proxyUrl: `http://127.0.0.1:${port}`,
-          dir,
-          pid,
-          logTail: (chars = 3000) => tail(logPath, chars),
-          async stop() {
-            if (child.exitCode === null && child.signalCode === null) {
-              process.kill(pid, 'SIGTERM');
-              // the grace timer is cancelled once Squid is gone, so it does not hold the test process
-              const grace = new AbortController();
-              const exitedInTime = await Promise.race([
-                waitExit(child).then(() => true),
-                sleep(5000, false, { signal: grace.signal }).catch(() => false),
-              ]);
-              grace.abort();
-              if (!exitedInTime) {
-                process.kill(pid, 'SIGKILL');
-                await waitExit(child);
-              }
-            }
-            await rm(dir, { recursive: true, force: true });
-          },
-        };
-      }
-      await sleep(100);
-    }
-    if (!exited) {
-      child.kill('SIGKILL');
-      await waitExit(child);
-      lastError = 'Squid did not accept connections in time';
-      break;
-    }
-    lastError = `Squid exited with ${child.exitCode ?? child.signalCode}`;
+    return {
+      ...peer,
+      proxyUrl: `http://127.0.0.1:${peer.port}`,
+      dir,
+      logTail: (chars = 3000) => tail(logPath, chars),
+      async stop() {
+        await peer.stop();
+        await rm(dir, { recursive: true, force: true });
+      },
+    };
+  } catch (err) {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
   }
-  const log = `${tail(outPath, 2000)}\n${tail(logPath, 3000)}`;
-  await rm(dir, { recursive: true, force: true });
-  throw new Error(`Squid did not start: ${lastError}\n${log}`);
 }

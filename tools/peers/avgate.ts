@@ -1,0 +1,52 @@
+/**
+ * avgate itself (serve) as a peer for tests and the benchmark: the ICAP server on a free loopback
+ * port, scanning with a given clamd, everything else from the embedded defaults.
+ */
+import { parseConfigText } from '../../src/config/loader.js';
+import { silentLogger } from '../../src/core/logging.js';
+import { serve, type Serving } from '../../src/main.js';
+
+export interface AvgatePeerOptions {
+  stateDir: string;
+  clamd: { socketPath: string; dbDir: string };
+  /** YAML inside `icap:` (written unindented). */
+  icapYaml?: string;
+  /** More entries under `engines:` besides `clamav` (written unindented). */
+  extraEngines?: string;
+  /** More top-level YAML (cache, scan ...). */
+  yaml?: string;
+}
+
+const indent = (text: string, by: string) =>
+  text
+    .split('\n')
+    .filter((l) => l.trim().length > 0)
+    .map((l) => `${by}${l}`)
+    .join('\n');
+
+export async function startAvgatePeer(o: AvgatePeerOptions): Promise<Serving & { icapPort: number }> {
+  const text = [
+    `state-dir: ${o.stateDir}`,
+    'log:',
+    '  level: silent',
+    'clamd:',
+    '  managed: false',
+    'engines:',
+    '  clamav:',
+    '    type: clamd-net',
+    '    options:',
+    `      address: unix:${o.clamd.socketPath}`,
+    `      database-dir: ${o.clamd.dbDir}`,
+    indent(o.extraEngines ?? '', '  '),
+    'icap:',
+    '  listen: 127.0.0.1:0',
+    indent(o.icapYaml ?? '', '  '),
+    o.yaml ?? '',
+  ].join('\n');
+  const s = await serve({ config: parseConfigText(text, 'avgate-peer.yaml'), path: null }, { logger: silentLogger() });
+  if (s.icapPort === null) {
+    await s.stop();
+    throw new Error('icap server not started');
+  }
+  return { ...s, icapPort: s.icapPort };
+}
