@@ -2,7 +2,8 @@
 # Installs the Debian packages avgate and its tests need, if any is missing.
 # Runs `apt-get update` once, then one `apt-get install`. Needs root (or sudo).
 set -euo pipefail
-PACKAGES=(clamav-daemon clamav clamav-testfiles c-icap libc-icap-mod-virus-scan squid curl)
+PACKAGES=(clamav-daemon clamav clamav-testfiles c-icap libc-icap-mod-virus-scan squid curl
+  postfix swaks clamsmtp amavisd-new)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -12,8 +13,10 @@ SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 echo "avgate: installing Debian packages: ${missing[*]}" >&2
 $SUDO apt-get update -q
+# Postfix asks how to configure itself; avgate's tests give it their own config directory.
+echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections 2>/dev/null || true
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 # Debian's packages may start their own services; avgate runs its own clamd and c-icap.
-for svc in clamav-daemon clamav-freshclam c-icap squid; do
+for svc in clamav-daemon clamav-freshclam c-icap squid postfix clamsmtp amavis; do
   $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done
