@@ -18,6 +18,7 @@ import { startBenchCicap } from './cicap.js';
 import { directInstream } from './direct.js';
 import { cleanupAll, log, onCleanup } from './harness.js';
 import { IcapBenchClient } from './icap-client.js';
+import { treeCpuMs } from './proc-cpu.js';
 import { percentile } from './stats.js';
 
 function arg(name: string): string | undefined {
@@ -40,11 +41,18 @@ async function main(): Promise<void> {
   const flags = [...(profile ? ['--cpu-prof', '--cpu-prof-dir', profile] : []), ...(traceGc ? ['--trace-gc'] : [])];
   const avgate = await startAvgateIcap({ clamdSocket: clamd.socketPath, dbDir: clamd.dbDir, stateDir: join(tmp, 'avgate'), cache: false, nodeFlags: flags, echoOutput: traceGc });
 
+  const cpuSnapshot = async () => ({
+    clamd: clamd.pid ? await treeCpuMs(clamd.pid) : 0,
+    cicap: await treeCpuMs(cicap.pid),
+    avgate: avgate ? await treeCpuMs(avgate.pid) : 0,
+    client: (process.cpuUsage().user + process.cpuUsage().system) / 1000,
+  });
   const base = randomBytes(size);
   const body = () => Buffer.concat([base, randomBytes(16)]);
   const run = async (name: string, send: (b: Buffer) => Promise<unknown>) => {
     for (let i = 0; i < Math.min(200, n); i++) await send(body());
     const lat = new Float64Array(n);
+    const cpu0 = await cpuSnapshot();
     const t0 = performance.now();
     for (let i = 0; i < n; i++) {
       const b = body();
@@ -53,8 +61,13 @@ async function main(): Promise<void> {
       lat[i] = performance.now() - s;
     }
     const seconds = (performance.now() - t0) / 1000;
+    const cpu1 = await cpuSnapshot();
     lat.sort();
-    log(`${name.padEnd(18)} ${(n / seconds).toFixed(0).padStart(6)} req/s  p50 ${percentile(lat, 50).toFixed(3)} ms  p99 ${percentile(lat, 99).toFixed(3)} ms`);
+    const per = (a: number, b: number) => ((b - a) / n).toFixed(2);
+    log(
+      `${name.padEnd(18)} ${(n / seconds).toFixed(0).padStart(6)} req/s  p50 ${percentile(lat, 50).toFixed(3)} ms  p99 ${percentile(lat, 99).toFixed(3)} ms` +
+        `  CPU ms/req: clamd ${per(cpu0.clamd, cpu1.clamd)} c-icap ${per(cpu0.cicap, cpu1.cicap)} avgate ${per(cpu0.avgate, cpu1.avgate)} client ${per(cpu0.client, cpu1.client)}`,
+    );
   };
   const c = new IcapBenchClient(cicap.port, cicap.service);
   const a = avgate ? new IcapBenchClient(avgate.port, '/avscan') : null;

@@ -1,6 +1,6 @@
 import { createHash, randomBytes, type Hash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
+import { closeSync, createReadStream, openSync, writevSync } from 'node:fs';
+import { mkdir, open, rm, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 
@@ -12,6 +12,8 @@ import { Readable } from 'node:stream';
 export class Spool {
   private memory: Buffer[] = [];
   private file: { handle: FileHandle; path: string } | null = null;
+  /** A copy of an in-memory object written for an engine that reads files (see fileForScan). */
+  private scanCopy: string | null = null;
   private hash: Hash | null;
   private digest: string | null = null;
   private ended = false;
@@ -48,9 +50,9 @@ export class Spool {
       return;
     }
     if (!this.file) {
-      await mkdir(this.dir, { recursive: true, mode: 0o700 });
-      const path = join(this.dir, `spool-${process.pid}-${randomBytes(9).toString('hex')}`);
-      const handle = await open(path, 'wx+', 0o600);
+      await ensureDir(this.dir);
+      const path = join(this.dir, uniqueName('spool'));
+      const handle = await withDir(this.dir, () => open(path, 'wx+', 0o600));
       this.file = { handle, path };
       const held = this.memory;
       this.memory = [];
@@ -105,6 +107,43 @@ export class Spool {
     return this.file?.path ?? null;
   }
 
+  /**
+   * A path holding the whole object (after end()): the spool's own file, or the bytes held in
+   * memory written once to a file next to it (removed by dispose()), for engines that read files
+   * themselves instead of taking a stream.
+   */
+  async fileForScan(): Promise<string> {
+    if (!this.ended) throw new Error('spool not ended');
+    if (this.file) return this.file.path;
+    if (this.scanCopy) return this.scanCopy;
+    await ensureDir(this.dir);
+    const path = join(this.dir, uniqueName('scan'));
+    this.scanCopy = path;
+    if (this.size <= SYNC_COPY_LIMIT) {
+      // A small copy lands in the page cache in microseconds: cheaper in the calling thread than
+      // four round trips through the thread pool.
+      const fd = await withDir(this.dir, () => openSync(path, 'wx', 0o600));
+      try {
+        let chunks = this.memory;
+        while (chunks.length > 0) chunks = dropBytes(chunks, writevSync(fd, chunks));
+      } finally {
+        closeSync(fd);
+      }
+      return path;
+    }
+    const handle = await withDir(this.dir, () => open(path, 'wx', 0o600));
+    try {
+      let chunks = this.memory;
+      while (chunks.length > 0) {
+        const { bytesWritten } = await handle.writev(chunks);
+        chunks = dropBytes(chunks, bytesWritten);
+      }
+    } finally {
+      await handle.close();
+    }
+    return path;
+  }
+
   /** Reads the object back (after end()). */
   createReadStream(): Readable {
     if (!this.ended) throw new Error('spool not ended');
@@ -116,11 +155,59 @@ export class Spool {
     this.memory = [];
     const f = this.file;
     this.file = null;
+    const copy = this.scanCopy;
+    this.scanCopy = null;
+    if (copy) await unlink(copy).catch(() => undefined);
     if (f) {
       await f.handle.close().catch(() => undefined);
       await rm(f.path, { force: true });
     }
   }
+}
+
+/** In-memory objects up to this size are copied to a file with synchronous calls. */
+const SYNC_COPY_LIMIT = 1024 * 1024;
+
+/** Directories known to exist (created once per process, not once per object). */
+const knownDirs = new Set<string>();
+
+async function ensureDir(dir: string): Promise<void> {
+  if (knownDirs.has(dir)) return;
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  knownDirs.add(dir);
+}
+
+/** Runs `create`; if the directory went away meanwhile (ENOENT), makes it again and retries once. */
+async function withDir<T>(dir: string, create: () => T | Promise<T>): Promise<T> {
+  try {
+    return await create();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    knownDirs.delete(dir);
+    await ensureDir(dir);
+    return await create();
+  }
+}
+
+/** Unpredictable per process, unique per file: a random prefix and a counter. */
+const namePrefix = `${process.pid}-${randomBytes(6).toString('hex')}`;
+let nameCounter = 0;
+function uniqueName(kind: string): string {
+  return `${kind}-${namePrefix}-${(nameCounter++).toString(36)}`;
+}
+
+/** What is left of `chunks` after the first `n` bytes. */
+function dropBytes(chunks: readonly Buffer[], n: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (const c of chunks) {
+    if (n >= c.length) {
+      n -= c.length;
+      continue;
+    }
+    out.push(n > 0 ? c.subarray(n) : c);
+    n = 0;
+  }
+  return out;
 }
 
 async function writeAll(handle: FileHandle, chunk: Buffer): Promise<void> {

@@ -50,6 +50,14 @@ export interface Engine<Ctx = unknown> {
    * the engine knows best whether a failure is "could not talk" or "did not understand".
    */
   scan(ctx: Ctx, stream: Readable, meta: ScanMeta): Promise<EngineScanResult>;
+  /**
+   * Optional: scans an object that is a file on this host by its path (clamd's SCAN: the engine
+   * reads the file itself, no copy through a socket). Returns null to decline this time; the
+   * scanner then streams the file through scan().
+   */
+  scanFile?(ctx: Ctx, path: string, meta: ScanMeta): Promise<EngineScanResult | null>;
+  /** Optional: true when scanFile() is cheaper than a stream, so front ends hand over files. */
+  prefersFiles?(): boolean;
   /** Signature version for the verdict cache; null when the engine cannot tell. */
   signatureVersion(signal?: AbortSignal): Promise<string | null>;
   /** Optional: a cheap liveness check (clamd PING, ICAP OPTIONS) for health logging; throws when down. */

@@ -105,6 +105,11 @@ export class Scanner implements ScanService {
     return this.limits.maxConcurrentScans;
   }
 
+  /** True when every engine reads local files itself (clamd SCAN): worth writing an object to a file. */
+  get prefersFiles(): boolean {
+    return this.engines.every((e) => e.engine.prefersFiles?.() === true);
+  }
+
   get engineIds(): string[] {
     return this.engines.map((e) => e.id);
   }
@@ -184,6 +189,14 @@ export class Scanner implements ScanService {
     }
     try {
       const hasher = this.cache && source.kind === 'stream' ? createHash('sha256') : null;
+      if (request.toFile && source.kind !== 'stream' && source.kind !== 'file' && this.prefersFiles) {
+        try {
+          const path = await request.toFile();
+          request = { ...request, source: { kind: 'file', path, ...(size !== null ? { size } : {}) } };
+        } catch (err) {
+          this.log.warn({ err: messageOf(err) }, 'could not write the object to a file for the engine; streaming it');
+        }
+      }
       const run = await this.runEngines(request, hasher);
       const combined = combineVerdicts(run.verdicts);
       if (run.sizeExceeded) {
@@ -248,8 +261,9 @@ export class Scanner implements ScanService {
     } else {
       branches = this.engines.map(() => () => openSource(source));
     }
+    const file = source.kind === 'file' ? source : null;
     const verdicts = await Promise.all(
-      this.engines.map((slot, i) => this.runOne(slot, branches[i] as () => Readable, source.kind !== 'stream', request, signal)),
+      this.engines.map((slot, i) => this.runOne(slot, branches[i] as () => Readable, source.kind !== 'stream', request, signal, file)),
     );
     const sizeExceeded = meter !== null && meter.bytes > this.limits.maxCheckedSize;
     const bytes = meter ? meter.bytes : Math.max(...verdicts.map((v) => v.bytes));
@@ -262,6 +276,7 @@ export class Scanner implements ScanService {
     rereadable: boolean,
     request: ScanRequest,
     signal: AbortSignal,
+    file: { path: string; size?: number } | null,
   ): Promise<Verdict> {
     const started = performance.now();
     const version = await slot.engine.signatureVersion(signal).catch(() => null);
@@ -281,12 +296,22 @@ export class Scanner implements ScanService {
         if (!rereadable) open().destroy(); // release this engine's share of the stream
         return done({ verdict: { status: 'error', code: signal.aborted ? 'AVG_ERR_ENGINE_TIMEOUT' : errorCodeOf(err), cause: messageOf(err) }, bytes: 0 });
       }
-      const stream = open();
-      const onAbort = () => stream.destroy();
+      const meta = { ...(request.name ? { name: request.name } : {}), ...(file?.size !== undefined ? { size: file.size } : {}), signal };
+      // A local file goes by path to engines that read files themselves (no stream is opened).
+      let byPath: EngineScanResult | null = null;
+      if (file && slot.engine.scanFile) {
+        try {
+          byPath = await raceAbort(slot.engine.scanFile(ctx, file.path, meta), signal);
+        } catch (err) {
+          byPath = { verdict: { status: 'error', code: errorCodeOf(err), cause: messageOf(err) }, bytes: 0 };
+        }
+      }
+      const stream = byPath ? null : open();
+      const onAbort = () => stream?.destroy();
       signal.addEventListener('abort', onAbort, { once: true });
       let result: EngineScanResult;
       try {
-        result = await raceAbort(slot.engine.scan(ctx, stream, { ...(request.name ? { name: request.name } : {}), signal }), signal);
+        result = byPath ?? (await raceAbort(slot.engine.scan(ctx, stream as Readable, meta), signal));
       } catch (err) {
         result = { verdict: { status: 'error', code: errorCodeOf(err), cause: messageOf(err) }, bytes: 0 };
       } finally {
@@ -298,7 +323,7 @@ export class Scanner implements ScanService {
       if (signal.aborted || !slot.engine.contextUsable(ctx)) void slot.pool.discard(ctx);
       else slot.pool.release(ctx);
       // Whatever the engine left unread is not wanted any more (for a tee branch: lets the others go on).
-      if (!stream.destroyed) stream.destroy();
+      if (stream && !stream.destroyed) stream.destroy();
       const v = result.verdict;
       if (v.status === 'error' && RETRY_CODES.has(v.code) && rereadable && attempt === 1 && !signal.aborted) {
         this.log.info({ engine: slot.id, code: v.code, cause: v.cause }, 'engine connection failed, retrying on a new one');

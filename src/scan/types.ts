@@ -19,6 +19,11 @@ export interface ScanRequest {
   name?: string;
   /** SHA-256 (hex) of the content when the caller already computed it (a spool does, on the way). */
   hash?: string;
+  /**
+   * For an object held in memory: writes it to a local file and returns the path. Called at most
+   * once, after the cache missed, when the engines prefer files (the caller removes the file).
+   */
+  toFile?: () => Promise<string>;
   /** The caller gives up (client gone). */
   signal?: AbortSignal;
 }
@@ -27,6 +32,8 @@ export interface ScanService {
   scan(request: ScanRequest): Promise<Verdict>;
   /** True when a verdict cache is in use: only then is a content hash worth computing. */
   readonly wantsHash: boolean;
+  /** True when the engines read local files themselves (clamd SCAN): hand them a file, not a stream. */
+  readonly prefersFiles: boolean;
   /** Maximum simultaneous scans (max-concurrent-scans): callers size their own parallelism by it. */
   readonly concurrency: number;
   close(): Promise<void>;

@@ -1,6 +1,9 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { ClamdNetEngine, type ClamdNetContext } from '../../src/engines/clamd/net.js';
@@ -85,6 +88,40 @@ describe('clamd-net against a real clamd', () => {
     const e = engineFor('127.0.0.1:1', [['stream-max-length', '1K']]);
     const r = await e.scan({ conn: null }, Readable.from([randomBytes(10)]), { size: 2048, signal: AbortSignal.timeout(1000) });
     assert.equal(r.verdict.status, 'skipped');
+  });
+
+  test('scan-files: a local file goes to clamd by path (SCAN) with the same verdicts as INSTREAM', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'avgate-scanfile-'));
+    try {
+      const e = engineFor(`unix:${clamd.socketPath}`, [['stream-max-length', '1M']]);
+      assert.equal(e.prefersFiles(), true, 'auto: a unix socket means clamd on this host');
+      assert.equal(engineFor(`tcp:192.0.2.1:3310`).prefersFiles(), false, 'auto: a remote address streams');
+      assert.equal(engineFor(`unix:${clamd.socketPath}`, [['scan-files', 'no']]).prefersFiles(), false);
+      const ctx = await e.openContext();
+      const clean = join(dir, 'clean');
+      const infected = join(dir, 'infected');
+      const big = join(dir, 'big');
+      await writeFile(clean, randomBytes(20_000));
+      await writeFile(infected, Buffer.concat([Buffer.from('prefix '), eicarBytes()]));
+      await writeFile(big, randomBytes(2 * 1024 * 1024));
+      const meta = { signal: AbortSignal.timeout(5000) };
+      const c = await e.scanFile(ctx, clean, meta);
+      assert.deepEqual(c, { verdict: { status: 'free' }, bytes: 20_000 });
+      const f = await e.scanFile(ctx, infected, meta);
+      assert.equal(f?.verdict.status, 'found');
+      assert.match(f?.verdict.status === 'found' ? (f.verdict.names[0] ?? '') : '', FOUND_NAME);
+      const z = await e.scanFile(ctx, '/usr/share/clamav-testfiles/clam.zip', meta);
+      assert.equal(z?.verdict.status, 'found');
+      // Over StreamMaxLength: skipped like INSTREAM would answer, not scanned in part.
+      const b = await e.scanFile(ctx, big, meta);
+      assert.equal(b?.verdict.status, 'skipped');
+      assert.equal(e.contextUsable(ctx), true, 'the session carries on after SCAN');
+      const after = await e.scan(ctx, Readable.from([randomBytes(1000)]), meta);
+      assert.equal(after.verdict.status, 'free');
+      await e.closeContext(ctx);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   test('a session is reused across scans (one connection for several scans)', async () => {
@@ -178,6 +215,45 @@ describe('clamd-net against fault servers', () => {
       assert.equal(e.contextUsable(ctx), false);
     } finally {
       await srv.close();
+    }
+  });
+
+  test('scan-files: clamd cannot open our file (another user) → streamed instead, and from then on', async () => {
+    const commands: string[] = [];
+    const srv = await startFaultServer((s) => {
+      let buf = Buffer.alloc(0);
+      s.on('data', (d: Buffer) => {
+        buf = Buffer.concat([buf, d]);
+        if (buf[0] === 0x7a /* z */) {
+          const end = buf.indexOf(0);
+          if (end < 0) return;
+          const cmd = buf.subarray(1, end).toString();
+          commands.push(cmd.split(' ')[0] ?? '');
+          buf = buf.subarray(end + 1);
+          if (cmd.startsWith('SCAN ')) s.write(`${cmd.slice(5)}: lstat() failed: Permission denied. ERROR\0`);
+        }
+        // INSTREAM: answer once the zero-length chunk arrived
+        if (commands.at(-1) === 'INSTREAM' && buf.length >= 4 && buf.subarray(-4).equals(Buffer.alloc(4))) {
+          buf = Buffer.alloc(0);
+          s.end('stream: OK\0');
+        }
+      });
+    });
+    const dir = await mkdtemp(join(tmpdir(), 'avgate-scanfile-'));
+    try {
+      const e = engineFor(srv.address, [['session', 'no'], ['scan-files', 'yes']]);
+      const path = join(dir, 'object');
+      await writeFile(path, randomBytes(5000));
+      const ctx = await e.openContext();
+      assert.equal(await e.scanFile(ctx, path, { signal: AbortSignal.timeout(5000) }), null, 'declined: the scanner streams it');
+      assert.equal(e.prefersFiles(), false);
+      assert.match(e.fileScanRefusal ?? '', /Permission denied/);
+      const r = await scanOnce(e, createReadStream(path));
+      assert.deepEqual(r.verdict, { status: 'free' });
+      assert.deepEqual(commands, ['SCAN', 'INSTREAM']);
+    } finally {
+      await srv.close();
+      await rm(dir, { recursive: true, force: true });
     }
   });
 

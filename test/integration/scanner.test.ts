@@ -30,6 +30,13 @@ function counted<C>(inner: Engine<C>): Engine<C> & { scans: number } {
     w.scans++;
     return inner.scan(ctx, stream, meta);
   };
+  if (inner.scanFile) {
+    const byPath = inner.scanFile.bind(inner);
+    w.scanFile = (ctx, path, meta) => {
+      w.scans++;
+      return byPath(ctx, path, meta);
+    };
+  }
   return w;
 }
 
@@ -89,6 +96,45 @@ describe('scanner with a real clamd', () => {
     assert.equal((await scanner.scan({ source: { kind: 'buffer', data: clean } })).cached, true);
     assert.equal(engine.scans, 2);
     assert.equal(scanner.counters.cacheHits, 3);
+    await scanner.close();
+    cache.close();
+  });
+
+  test('files by path: an in-memory object is written to a file for clamd only after the cache missed, and scanned by SCAN', async () => {
+    const inner = clamdEngine(clamd);
+    let byPath = 0;
+    let byStream = 0;
+    const engine = Object.create(inner) as ClamdNetEngine;
+    engine.scan = (ctx, stream, meta) => {
+      byStream++;
+      return inner.scan(ctx, stream, meta);
+    };
+    engine.scanFile = (ctx, path, meta) => {
+      byPath++;
+      return inner.scanFile(ctx, path, meta);
+    };
+    const cache = new VerdictCache({ memoryEntries: 100, sqlitePath: join(dir, 'c-files.sqlite'), sqliteMaxEntries: 1000, maxAgeMs: 0 });
+    const scanner = new Scanner([{ id: 'clamav', engine }], LIMITS, cache, silentLogger());
+    assert.equal(scanner.prefersFiles, true);
+    const data = Buffer.concat([randomBytes(3000), eicarBytes()]);
+    const written: string[] = [];
+    const toFile = async () => {
+      const p = join(dir, `copy-${written.length}`);
+      await writeFile(p, data);
+      written.push(p);
+      return p;
+    };
+    const first = await scanner.scan({ source: { kind: 'chunks', chunks: [data] }, toFile });
+    assert.equal(first.status, 'found');
+    assert.equal(written.length, 1);
+    assert.deepEqual([byPath, byStream], [1, 0]);
+    const second = await scanner.scan({ source: { kind: 'chunks', chunks: [data] }, toFile });
+    assert.equal(second.cached, true);
+    assert.equal(written.length, 1, 'a cache hit writes no file');
+    // Without toFile, memory objects are streamed as before.
+    const third = await scanner.scan({ source: { kind: 'buffer', data: randomBytes(2000) } });
+    assert.equal(third.status, 'free');
+    assert.deepEqual([byPath, byStream], [1, 1]);
     await scanner.close();
     cache.close();
   });

@@ -1,3 +1,4 @@
+import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { AvgateError, errorCodeOf, messageOf } from '../../core/errors.js';
 import { parseDuration, parseSize } from '../../core/units.js';
@@ -16,6 +17,11 @@ export interface ClamdNetSettings {
   encryptedAsSkipped: boolean;
   /** clamd's StreamMaxLength when known: larger objects are skipped without a race with clamd. */
   streamMaxLength: number | null;
+  /**
+   * Objects that are files here go to clamd by path (SCAN) instead of INSTREAM: 'auto' when every
+   * address is a unix socket or a loopback TCP address (clamd on this host).
+   */
+  scanFiles: 'auto' | 'yes' | 'no';
 }
 
 export const CLAMD_NET_DEFAULTS: ClamdNetSettings = {
@@ -27,6 +33,7 @@ export const CLAMD_NET_DEFAULTS: ClamdNetSettings = {
   databaseDir: null,
   encryptedAsSkipped: false,
   streamMaxLength: null,
+  scanFiles: 'auto',
 };
 
 function parseBool(name: string, value: string): boolean {
@@ -75,6 +82,9 @@ export function parseClamdOptions(options: readonly EngineOption[], base: ClamdN
         break;
       case 'encrypted-as-skipped':
         s.encryptedAsSkipped = parseBool(name, value);
+        break;
+      case 'scan-files':
+        s.scanFiles = /^auto$/i.test(value) ? 'auto' : parseBool(name, value) ? 'yes' : 'no';
         break;
       default:
       // unknown options are ignored (plugin API contract)
@@ -176,12 +186,57 @@ export abstract class ClamdEngineBase<S extends ClamdNetSettings> {
  * connection held open in an IDSESSION (or, with `session no`, nothing: one connection per scan).
  */
 export class ClamdNetEngine extends ClamdEngineBase<ClamdNetSettings> implements Engine<ClamdNetContext> {
+  /** Set when clamd could not open one of our files (another user, another host): stream from then on. */
+  private filesRefused: string | null = null;
+
   constructor() {
     super({ ...CLAMD_NET_DEFAULTS });
   }
 
   configure(options: readonly EngineOption[]): void {
     this.settings = parseClamdOptions(options, CLAMD_NET_DEFAULTS);
+    this.filesRefused = null;
+  }
+
+  prefersFiles(): boolean {
+    if (this.filesRefused !== null) return false;
+    const mode = this.settings.scanFiles;
+    if (mode !== 'auto') return mode === 'yes';
+    return this.settings.addresses.length > 0 && this.settings.addresses.every((a) => a.kind === 'unix' || isLoopbackHost(a.host));
+  }
+
+  /** Why files are streamed although scan-files allowed paths (for health output and tests). */
+  get fileScanRefusal(): string | null {
+    return this.filesRefused;
+  }
+
+  /**
+   * SCAN of a local file in the session: clamd maps the file itself, sparing the copy through the
+   * socket and its own temp file (what c-icap does with FILDES). If clamd cannot open the file
+   * (it runs as another user), the file is streamed instead, now and from then on.
+   */
+  async scanFile(ctx: ClamdNetContext, path: string, meta: ScanMeta): Promise<EngineScanResult | null> {
+    if (!this.prefersFiles() || /[\n\r\0]/.test(path)) return null;
+    const max = this.settings.streamMaxLength;
+    const size = meta.size ?? (await stat(path)).size;
+    // Same answer as INSTREAM would give: objects over StreamMaxLength are skipped, not cut.
+    if (max !== null && size > max) {
+      return { verdict: { status: 'skipped', reason: `engine: larger than clamd's StreamMaxLength (${max} bytes)` }, bytes: 0 };
+    }
+    let conn = ctx.conn;
+    try {
+      conn ??= await openFirst(this.settings, false, meta.signal);
+      const reply = await conn.command(`SCAN ${path}`, meta.signal);
+      if (FILE_ACCESS_ERROR.test(reply)) {
+        this.filesRefused = reply.trim();
+        return null;
+      }
+      return { verdict: parseScanReply(reply, { encryptedAsSkipped: this.settings.encryptedAsSkipped }), bytes: size };
+    } catch (err) {
+      return errorResult(err, 0);
+    } finally {
+      if (ctx.conn === null) conn?.close();
+    }
   }
 
   info() {
@@ -233,6 +288,13 @@ export class ClamdNetEngine extends ClamdEngineBase<ClamdNetSettings> implements
       if (ctx.conn === null) conn?.close();
     }
   }
+}
+
+/** clamd's replies when it cannot open the path it was given (not a verdict on the content). */
+const FILE_ACCESS_ERROR = /(lstat\(\) failed|Access denied|Permission denied|No such file|File path check failure|Not supported file type).*ERROR\s*$/;
+
+function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\./.test(host);
 }
 
 export interface ClamdNetContext {

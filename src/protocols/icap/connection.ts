@@ -80,7 +80,11 @@ export class IcapConnection {
     socket.setNoDelay(true);
     this.reader = new ByteReader(socket);
     this.client = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    // One signal for the connection's life: a scan under way stops when the client goes away.
+    socket.once('close', () => this.gone.abort(new Error('client gone')));
   }
+
+  private readonly gone = new AbortController();
 
   async run(): Promise<void> {
     const { limits } = this.ctx;
@@ -295,9 +299,7 @@ export class IcapConnection {
     /** Body bytes already sent on after an early head. */
     let forwarded = 0;
     const spool = new Spool(limits.spoolDir, limits.spoolMemory, { hash: service.scanner.wantsHash });
-    const scanAbort = new AbortController();
-    const onGone = () => scanAbort.abort(new Error('client gone'));
-    this.socket.once('close', onGone);
+    const scanAbort = this.gone;
     let scanStream: PassThrough | null = null;
     let scanPromise: Promise<Verdict> | null = null;
     let overLimit = false;
@@ -353,7 +355,7 @@ export class IcapConnection {
               return await this.finish(head, service, base, spool, this.skippedVerdict(service, spool.size, startedAt), url, echoHead, echoHeadName, echoBodyName, false, true);
             }
           }
-          if (!overLimit && !scanStream && spool.size + piece.length > limits.spoolMemory) {
+          if (!overLimit && !scanStream && !service.scanner.prefersFiles && spool.size + piece.length > limits.spoolMemory) {
             // Too big to assemble first: stream to the engine from here on, while spooling for the echo.
             spool.stopHashing(); // the scanner hashes the stream for the cache: once is enough
             scanStream = new PassThrough({ highWaterMark: READ_PIECE });
@@ -380,11 +382,16 @@ export class IcapConnection {
       } else {
         const path = spool.filePath();
         const source = path ? ({ kind: 'file', path } as const) : ({ kind: 'chunks', chunks: spool.memoryChunks } as const);
-        verdict = await service.scanner.scan({ source, name: url, hash: spool.sha256 ?? undefined, signal: scanAbort.signal });
+        verdict = await service.scanner.scan({
+          source,
+          name: url,
+          hash: spool.sha256 ?? undefined,
+          signal: scanAbort.signal,
+          ...(path ? {} : { toFile: () => spool.fileForScan() }),
+        });
       }
       return await this.finish(head, service, base, spool, verdict, url, echoHead, echoHeadName, echoBodyName, ieofInPreview, early, forwarded);
     } finally {
-      this.socket.off('close', onGone);
       scanStream?.destroy();
       await spool.dispose();
     }
