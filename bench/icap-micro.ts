@@ -39,7 +39,7 @@ async function main(): Promise<void> {
   const cicap = await startBenchCicap({ dir: join(tmp, 'c-icap'), clamdSocket: clamd.socketPath });
   onCleanup(() => cicap.stop());
   const flags = [...(profile ? ['--cpu-prof', '--cpu-prof-dir', profile] : []), ...(traceGc ? ['--trace-gc'] : [])];
-  const avgate = await startAvgateIcap({ clamdSocket: clamd.socketPath, dbDir: clamd.dbDir, stateDir: join(tmp, 'avgate'), cache: false, nodeFlags: flags, echoOutput: traceGc });
+  const avgate = await startAvgateIcap({ clamdSocket: clamd.socketPath, dbDir: clamd.dbDir, stateDir: join(tmp, 'avgate'), cache: process.argv.includes('--cache'), nodeFlags: flags, echoOutput: traceGc });
 
   const cpuSnapshot = async () => ({
     clamd: clamd.pid ? await treeCpuMs(clamd.pid) : 0,

@@ -17,14 +17,19 @@ export class Spool {
   private hash: Hash | null;
   private digest: string | null = null;
   private ended = false;
+  /** With a slab pool: the slabs holding `memory`, and how much of the last one is used. */
+  private readonly pool: SlabPool | null;
+  private slabs: Buffer[] = [];
+  private slabUsed = 0;
   size = 0;
 
   constructor(
     private readonly dir: string,
     private readonly memoryLimit: number,
-    options: { hash: boolean } = { hash: true },
+    options: { hash: boolean; slabs?: SlabPool } = { hash: true },
   ) {
     this.hash = options.hash ? createHash('sha256') : null;
+    this.pool = options.slabs ?? null;
   }
 
   get onDisk(): boolean {
@@ -34,6 +39,35 @@ export class Spool {
   /** Bytes held in memory (all of them while the spool has not gone to disk). */
   get memoryChunks(): readonly Buffer[] {
     return this.memory;
+  }
+
+  /**
+   * Copies a received piece into pooled slabs: the socket's read buffers die young (cheap for the
+   * garbage collector) and the slabs are reused from object to object, instead of every read buffer
+   * of a large body living until the verdict and needing a full collection to be freed.
+   */
+  private copyIn(chunk: Buffer): void {
+    const pool = this.pool as SlabPool;
+    let off = 0;
+    while (off < chunk.length) {
+      let slab = this.slabs.at(-1);
+      if (!slab || this.slabUsed === slab.length) {
+        slab = pool.take();
+        this.slabs.push(slab);
+        this.slabUsed = 0;
+      }
+      const n = Math.min(chunk.length - off, slab.length - this.slabUsed);
+      chunk.copy(slab, this.slabUsed, off, off + n);
+      const last = this.memory.at(-1);
+      // Extend the previous view when it ends where this copy starts (same slab): fewer pieces.
+      if (last && last.buffer === slab.buffer && last.byteOffset + last.length === slab.byteOffset + this.slabUsed) {
+        this.memory[this.memory.length - 1] = slab.subarray(last.byteOffset - slab.byteOffset, this.slabUsed + n);
+      } else {
+        this.memory.push(slab.subarray(this.slabUsed, this.slabUsed + n));
+      }
+      this.slabUsed += n;
+      off += n;
+    }
   }
 
   /** The hash is not wanted after all (the scanner hashes a streamed object itself). */
@@ -46,7 +80,8 @@ export class Spool {
     this.hash?.update(chunk);
     this.size += chunk.length;
     if (!this.file && this.size <= this.memoryLimit) {
-      this.memory.push(chunk);
+      if (this.pool) this.copyIn(chunk);
+      else this.memory.push(chunk);
       return;
     }
     if (!this.file) {
@@ -57,6 +92,7 @@ export class Spool {
       const held = this.memory;
       this.memory = [];
       for (const b of held) await writeAll(handle, b);
+      this.slabs = []; // not recycled: a caller may still hold views of them
     }
     await writeAll(this.file.handle, chunk);
   }
@@ -151,8 +187,14 @@ export class Spool {
     return Readable.from(this.memory);
   }
 
-  async dispose(): Promise<void> {
+  /**
+   * Releases everything. `recycle`: the caller guarantees that no view of the memory chunks is still
+   * in use (e.g. queued in a socket's write buffer), so pooled slabs may be handed out again.
+   */
+  async dispose(recycle = false): Promise<void> {
     this.memory = [];
+    if (recycle && this.pool) for (const slab of this.slabs) this.pool.give(slab);
+    this.slabs = [];
     const f = this.file;
     this.file = null;
     const copy = this.scanCopy;
@@ -162,6 +204,31 @@ export class Spool {
       await f.handle.close().catch(() => undefined);
       await rm(f.path, { force: true });
     }
+  }
+}
+
+/**
+ * Fixed-size buffers reused by spools (see Spool.copyIn). Bounded: slabs beyond `maxIdle` are left
+ * to the garbage collector.
+ */
+export class SlabPool {
+  private idle: Buffer[] = [];
+
+  constructor(
+    readonly slabSize = 256 * 1024,
+    private readonly maxIdle = 64,
+  ) {}
+
+  take(): Buffer {
+    return this.idle.pop() ?? Buffer.allocUnsafeSlow(this.slabSize);
+  }
+
+  give(slab: Buffer): void {
+    if (slab.length === this.slabSize && this.idle.length < this.maxIdle) this.idle.push(slab);
+  }
+
+  get idleCount(): number {
+    return this.idle.length;
   }
 }
 

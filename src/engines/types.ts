@@ -56,8 +56,11 @@ export interface Engine<Ctx = unknown> {
    * scanner then streams the file through scan().
    */
   scanFile?(ctx: Ctx, path: string, meta: ScanMeta): Promise<EngineScanResult | null>;
-  /** Optional: true when scanFile() is cheaper than a stream, so front ends hand over files. */
-  prefersFiles?(): boolean;
+  /**
+   * Optional: true when scanFile() is cheaper than a stream for an object of this size (any size
+   * when omitted), so front ends hand over files.
+   */
+  prefersFiles?(size?: number): boolean;
   /** Signature version for the verdict cache; null when the engine cannot tell. */
   signatureVersion(signal?: AbortSignal): Promise<string | null>;
   /** Optional: a cheap liveness check (clamd PING, ICAP OPTIONS) for health logging; throws when down. */

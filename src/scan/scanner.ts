@@ -105,9 +105,12 @@ export class Scanner implements ScanService {
     return this.limits.maxConcurrentScans;
   }
 
-  /** True when every engine reads local files itself (clamd SCAN): worth writing an object to a file. */
-  get prefersFiles(): boolean {
-    return this.engines.every((e) => e.engine.prefersFiles?.() === true);
+  /**
+   * True when every engine reads local files itself (clamd SCAN) and, for an object of `size`
+   * bytes, that beats a stream: worth writing the object to a file.
+   */
+  prefersFiles(size?: number): boolean {
+    return this.engines.every((e) => e.engine.prefersFiles?.(size) === true);
   }
 
   get engineIds(): string[] {
@@ -189,7 +192,7 @@ export class Scanner implements ScanService {
     }
     try {
       const hasher = this.cache && source.kind === 'stream' ? createHash('sha256') : null;
-      if (request.toFile && source.kind !== 'stream' && source.kind !== 'file' && this.prefersFiles) {
+      if (request.toFile && source.kind !== 'stream' && source.kind !== 'file' && this.prefersFiles(size ?? undefined)) {
         try {
           const path = await request.toFile();
           request = { ...request, source: { kind: 'file', path, ...(size !== null ? { size } : {}) } };

@@ -115,8 +115,9 @@ describe('scanner with a real clamd', () => {
     };
     const cache = new VerdictCache({ memoryEntries: 100, sqlitePath: join(dir, 'c-files.sqlite'), sqliteMaxEntries: 1000, maxAgeMs: 0 });
     const scanner = new Scanner([{ id: 'clamav', engine }], LIMITS, cache, silentLogger());
-    assert.equal(scanner.prefersFiles, true);
-    const data = Buffer.concat([randomBytes(3000), eicarBytes()]);
+    assert.equal(scanner.prefersFiles(), true);
+    assert.equal(scanner.prefersFiles(1000), false, 'below scan-files-min-size a stream is cheaper');
+    const data = Buffer.concat([randomBytes(100_000), eicarBytes()]);
     const written: string[] = [];
     const toFile = async () => {
       const p = join(dir, `copy-${written.length}`);
@@ -131,10 +132,13 @@ describe('scanner with a real clamd', () => {
     const second = await scanner.scan({ source: { kind: 'chunks', chunks: [data] }, toFile });
     assert.equal(second.cached, true);
     assert.equal(written.length, 1, 'a cache hit writes no file');
-    // Without toFile, memory objects are streamed as before.
+    // Without toFile, memory objects are streamed as before; so are small ones with it.
     const third = await scanner.scan({ source: { kind: 'buffer', data: randomBytes(2000) } });
     assert.equal(third.status, 'free');
-    assert.deepEqual([byPath, byStream], [1, 1]);
+    const small = await scanner.scan({ source: { kind: 'chunks', chunks: [randomBytes(2000)] }, toFile });
+    assert.equal(small.status, 'free');
+    assert.equal(written.length, 1);
+    assert.deepEqual([byPath, byStream], [1, 2]);
     await scanner.close();
     cache.close();
   });

@@ -22,6 +22,8 @@ export interface ClamdNetSettings {
    * address is a unix socket or a loopback TCP address (clamd on this host).
    */
   scanFiles: 'auto' | 'yes' | 'no';
+  /** Below this size a stream is cheaper than a file (its creation costs more than the copy). */
+  scanFilesMinSize: number;
 }
 
 export const CLAMD_NET_DEFAULTS: ClamdNetSettings = {
@@ -34,6 +36,7 @@ export const CLAMD_NET_DEFAULTS: ClamdNetSettings = {
   encryptedAsSkipped: false,
   streamMaxLength: null,
   scanFiles: 'auto',
+  scanFilesMinSize: 64 * 1024,
 };
 
 function parseBool(name: string, value: string): boolean {
@@ -82,6 +85,9 @@ export function parseClamdOptions(options: readonly EngineOption[], base: ClamdN
         break;
       case 'encrypted-as-skipped':
         s.encryptedAsSkipped = parseBool(name, value);
+        break;
+      case 'scan-files-min-size':
+        s.scanFilesMinSize = need(name, value, parseSize(value));
         break;
       case 'scan-files':
         s.scanFiles = /^auto$/i.test(value) ? 'auto' : parseBool(name, value) ? 'yes' : 'no';
@@ -198,8 +204,9 @@ export class ClamdNetEngine extends ClamdEngineBase<ClamdNetSettings> implements
     this.filesRefused = null;
   }
 
-  prefersFiles(): boolean {
+  prefersFiles(size?: number): boolean {
     if (this.filesRefused !== null) return false;
+    if (size !== undefined && size < this.settings.scanFilesMinSize) return false;
     const mode = this.settings.scanFiles;
     if (mode !== 'auto') return mode === 'yes';
     return this.settings.addresses.length > 0 && this.settings.addresses.every((a) => a.kind === 'unix' || isLoopbackHost(a.host));

@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import { PassThrough } from 'node:stream';
 import { messageOf } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
-import { Spool } from '../../core/spool.js';
+import { SlabPool, Spool } from '../../core/spool.js';
 import type { Verdict } from '../../core/verdict.js';
 import type { Decision } from '../../policy/verdict-policy.js';
 import { LimitExceeded, ReadTimeout, UnexpectedEof, ByteReader } from './reader.js';
@@ -298,7 +298,7 @@ export class IcapConnection {
     const keepBack = service.config['early-response-keep-back'];
     /** Body bytes already sent on after an early head. */
     let forwarded = 0;
-    const spool = new Spool(limits.spoolDir, limits.spoolMemory, { hash: service.scanner.wantsHash });
+    const spool = new Spool(limits.spoolDir, limits.spoolMemory, { hash: service.scanner.wantsHash, slabs: SLABS });
     const scanAbort = this.gone;
     let scanStream: PassThrough | null = null;
     let scanPromise: Promise<Verdict> | null = null;
@@ -355,7 +355,7 @@ export class IcapConnection {
               return await this.finish(head, service, base, spool, this.skippedVerdict(service, spool.size, startedAt), url, echoHead, echoHeadName, echoBodyName, false, true);
             }
           }
-          if (!overLimit && !scanStream && !service.scanner.prefersFiles && spool.size + piece.length > limits.spoolMemory) {
+          if (!overLimit && !scanStream && !service.scanner.prefersFiles(spool.size + piece.length) && spool.size + piece.length > limits.spoolMemory) {
             // Too big to assemble first: stream to the engine from here on, while spooling for the echo.
             spool.stopHashing(); // the scanner hashes the stream for the cache: once is enough
             scanStream = new PassThrough({ highWaterMark: READ_PIECE });
@@ -393,7 +393,8 @@ export class IcapConnection {
       return await this.finish(head, service, base, spool, verdict, url, echoHead, echoHeadName, echoBodyName, ieofInPreview, early, forwarded);
     } finally {
       scanStream?.destroy();
-      await spool.dispose();
+      // Slabs go back to the pool only when no view of them waits in the socket's write buffer.
+      await spool.dispose(this.socket.writableLength === 0);
     }
   }
 
@@ -492,6 +493,9 @@ export class IcapConnection {
     await this.write(LAST_CHUNK);
   }
 }
+
+/** Body buffers shared by every connection of the process (see Spool.copyIn). */
+const SLABS = new SlabPool();
 
 /** Writes to the scan stream with backpressure; a stream the scanner dropped is skipped. */
 async function feed(stream: PassThrough, piece: Buffer): Promise<void> {

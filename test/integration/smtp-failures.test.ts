@@ -1,0 +1,345 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { reply } from '../../src/protocols/smtp/reply.js';
+import type { MessageHandler } from '../../src/protocols/smtp/types.js';
+import { startSmtpSink } from '../../tools/peers/postfix.js';
+import { closedPort, startFaultServer } from '../helpers/fault-server.js';
+import { crlf, SmtpTestClient, startRecordingServer, startTestFilter, swaks, swaksReplies, type TestFilter } from '../helpers/smtp.js';
+
+/** One transaction over a fresh connection; returns every reply from MAIL on. */
+async function transaction(port: number, rcpts: string[], message: Buffer, mailParams = ''): Promise<{ mail: number; rcpt: number[]; data: Array<{ code: number; text: string }> }> {
+  const { client } = await SmtpTestClient.connect(port);
+  try {
+    await client.command('EHLO client.test');
+    const mail = (await client.command(`MAIL FROM:<a@example.com>${mailParams}`)).code;
+    const rcpt: number[] = [];
+    for (const r of rcpts) rcpt.push((await client.command(`RCPT TO:<${r}>`)).code);
+    const data = mail === 250 && rcpt.includes(250) ? await client.data(message) : [];
+    return { mail, rcpt, data };
+  } finally {
+    await client.quit();
+  }
+}
+
+const small = crlf(['Subject: test', '', 'hello']);
+
+describe('SMTP filter: next hop trouble is a temporary failure, a next hop refusal is relayed', () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'avgate-smtp-fail-'));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('next hop down → 451 4.4.1 naming the next hop and the cause', async () => {
+    const port = await closedPort();
+    const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${port}` });
+    try {
+      const r = await swaks(['--server', `127.0.0.1:${filter.port}`, '--from', 'a@example.com', '--to', 'b@example.com']);
+      assert.notEqual(r.code, 0);
+      const last = swaksReplies(r.stdout).find((l) => l.startsWith('451'));
+      assert.ok(last, r.stdout);
+      assert.equal(last, `451 4.4.1 next hop smtp:127.0.0.1:${port}: ECONNREFUSED`);
+    } finally {
+      await filter.stop();
+    }
+  });
+
+  test('a next hop that refuses the session (554 greeting, 421 after RCPT) → 451 with its text', async () => {
+    const greeter = await startFaultServer((s) => s.end('554 5.7.1 go away\r\n'));
+    const sink421 = await startSmtpSink({ dir: join(dir, 'q421'), args: ['-Q', 'RCPT'] });
+    const f1 = await startTestFilter({ nextHop: `smtp:127.0.0.1:${greeter.port}` });
+    const f2 = await startTestFilter({ nextHop: `smtp:127.0.0.1:${sink421.port}` });
+    try {
+      const r1 = await transaction(f1.port, ['b@example.com'], small);
+      assert.equal(r1.data[0]?.code, 451);
+      assert.match(r1.data[0]?.text ?? '', /^4\.4\.1 next hop .*refused the connection: 554 5\.7\.1 go away/);
+      const r2 = await transaction(f2.port, ['b@example.com'], small);
+      assert.equal(r2.data[0]?.code, 451);
+      assert.match(r2.data[0]?.text ?? '', /421/);
+      assert.equal((await sink421.messages()).length, 0);
+    } finally {
+      await f1.stop();
+      await f2.stop();
+      await greeter.close();
+      await sink421.stop();
+    }
+  });
+
+  test('next hop 5xx (at the final dot, at RCPT) is relayed as 5xx', async () => {
+    const dotSink = await startSmtpSink({ dir: join(dir, 'dot'), args: ['-f', '.', '-B', '550 5.7.1 Message refused by policy'] });
+    const rcptSink = await startSmtpSink({ dir: join(dir, 'rcpt'), args: ['-f', 'RCPT', '-B', '550 5.1.1 No such user'] });
+    const f1 = await startTestFilter({ nextHop: `smtp:127.0.0.1:${dotSink.port}` });
+    const f2 = await startTestFilter({ nextHop: `smtp:127.0.0.1:${rcptSink.port}` });
+    try {
+      const r1 = await transaction(f1.port, ['b@example.com'], small);
+      assert.deepEqual(r1.data.map((d) => [d.code, d.text]), [[550, '5.7.1 Message refused by policy']]);
+      const r2 = await transaction(f2.port, ['b@example.com', 'c@example.com'], small);
+      assert.deepEqual(r2.data.map((d) => [d.code, d.text]), [[550, '5.1.1 No such user']]);
+    } finally {
+      await f1.stop();
+      await f2.stop();
+      await dotSink.stop();
+      await rcptSink.stop();
+    }
+  });
+
+  test('a next hop that stops answering after the dot → 451 4.4.2 after data-done', async () => {
+    // Answers everything up to DATA, then swallows the message and never replies.
+    const silent = await startFaultServer((s) => {
+      s.write('220 slow.test ESMTP\r\n');
+      let inData = false;
+      s.on('data', (d: Buffer) => {
+        if (inData) return;
+        for (const line of d.toString('latin1').split('\r\n').filter((l) => l.length > 0)) {
+          if (/^EHLO/i.test(line)) s.write('250-slow.test\r\n250 PIPELINING\r\n');
+          else if (/^DATA/i.test(line)) {
+            s.write('354 go on\r\n');
+            inData = true;
+            return;
+          } else s.write('250 ok\r\n');
+        }
+      });
+    });
+    const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${silent.port}`, smtp: { 'next-hop': { timeouts: { 'data-done': '400ms' } } } });
+    try {
+      const r = await transaction(filter.port, ['b@example.com'], small);
+      assert.equal(r.data[0]?.code, 451);
+      assert.match(r.data[0]?.text ?? '', /^4\.4\.2 next hop .*no reply within 400 ms \(data-done\)/);
+    } finally {
+      await filter.stop();
+      await silent.close();
+    }
+  });
+});
+
+describe('SMTP filter: limits and the never-lose rules', () => {
+  let rec: Awaited<ReturnType<typeof startRecordingServer>>;
+  before(async () => {
+    rec = await startRecordingServer();
+  });
+  after(async () => {
+    await rec.close();
+  });
+
+  test('over max-message-size → 552 5.3.4 (announced SIZE, and on the data itself); the session goes on', async () => {
+    const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${rec.port}`, smtp: { 'max-message-size': '64KiB', 'spool-memory': '16KiB' } });
+    const before = rec.messages.length;
+    const { client } = await SmtpTestClient.connect(filter.port);
+    try {
+      const ehlo = await client.command('EHLO client.test');
+      assert.ok(ehlo.lines.includes('SIZE 65536'));
+      const early = await client.command('MAIL FROM:<a@example.com> SIZE=100000');
+      assert.equal(early.code, 552);
+      assert.equal((await client.command('MAIL FROM:<a@example.com>')).code, 250);
+      assert.equal((await client.command('RCPT TO:<b@example.com>')).code, 250);
+      const big = crlf(Array.from({ length: 2000 }, (_, i) => `line ${i} ${'x'.repeat(60)}`));
+      const [r] = await client.data(big);
+      assert.equal(r?.code, 552);
+      assert.equal(r?.text, '5.3.4 Message size exceeds fixed maximum message size');
+      assert.equal(rec.messages.length, before, 'nothing delivered');
+      // In step: the next transaction on the same connection works.
+      assert.equal((await client.command('MAIL FROM:<a@example.com>')).code, 250);
+      assert.equal((await client.command('RCPT TO:<b@example.com>')).code, 250);
+      assert.equal((await client.data(small))[0]?.code, 250);
+      assert.equal(rec.messages.length, before + 1);
+      assert.equal(filter.server.counters.oversize, 1);
+      assert.deepEqual(await filter.spoolFiles(), []);
+    } finally {
+      await client.quit();
+      await filter.stop();
+    }
+  });
+
+  test('client gone in the middle of DATA → nothing delivered, spool file removed, the server goes on', async () => {
+    const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${rec.port}`, smtp: { 'spool-memory': '16KiB' } });
+    const before = rec.messages.length;
+    try {
+      const { client } = await SmtpTestClient.connect(filter.port);
+      await client.command('EHLO client.test');
+      await client.command('MAIL FROM:<a@example.com>');
+      await client.command('RCPT TO:<b@example.com>');
+      assert.equal((await client.command('DATA')).code, 354);
+      client.socket.write(crlf(Array.from({ length: 3000 }, (_, i) => `line ${i} ${'y'.repeat(60)}`)));
+      // The spool went to disk (over spool-memory) before the client vanished.
+      const until = Date.now() + 5000;
+      while ((await filter.spoolFiles()).length === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+      assert.equal((await filter.spoolFiles()).length, 1, 'spooled to a file');
+      client.destroy();
+      const until2 = Date.now() + 5000;
+      while (filter.server.counters.clientAborts === 0 && Date.now() < until2) await new Promise((r) => setTimeout(r, 10));
+      assert.equal(filter.server.counters.clientAborts, 1);
+      await new Promise((r) => setTimeout(r, 100));
+      assert.deepEqual(await filter.spoolFiles(), [], 'spool file removed');
+      assert.equal(rec.messages.length, before, 'nothing delivered');
+      const again = await transaction(filter.port, ['b@example.com'], small);
+      assert.equal(again.data[0]?.code, 250);
+    } finally {
+      await filter.stop();
+    }
+  });
+
+  test('the spool cannot be written (disk trouble) → 452 4.3.1, nothing delivered, the session goes on', async () => {
+    const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${rec.port}`, smtp: { 'spool-memory': '1KiB', 'spool-dir': 'not-a-dir/spool' } });
+    const before = rec.messages.length;
+    try {
+      await writeFile(join(filter.stateDir, 'not-a-dir'), 'a file where the spool directory should be');
+      const big = await transaction(filter.port, ['b@example.com'], crlf(Array.from({ length: 100 }, () => 'w'.repeat(70))));
+      assert.deepEqual(
+        big.data.map((d) => [d.code, d.text]),
+        [[452, '4.3.1 Insufficient system storage']],
+      );
+      assert.equal(rec.messages.length, before);
+      const fits = await transaction(filter.port, ['b@example.com'], small);
+      assert.equal(fits.data[0]?.code, 250, 'a message that fits in memory still passes');
+    } finally {
+      await filter.stop();
+    }
+  });
+
+  test('handler throws → 451 4.3.0; wrong number of replies → 451; too slow → 451 4.4.7 and its signal aborts', async () => {
+    let aborted = false;
+    const handlers: Record<string, MessageHandler> = {
+      throws: async () => {
+        throw new Error('scanner exploded');
+      },
+      short: async () => [],
+      slow: (msg) =>
+        new Promise((resolve) => {
+          msg.signal.addEventListener('abort', () => {
+            aborted = true;
+            resolve(msg.rcptTo.map(() => reply(250, '2.0.0', 'too late')));
+          });
+        }),
+    };
+    for (const [name, handler] of Object.entries(handlers)) {
+      const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${rec.port}`, handler, smtp: { timeouts: { handler: '300ms' } } });
+      try {
+        const r = await transaction(filter.port, ['b@example.com'], small);
+        assert.equal(r.data[0]?.code, 451, name);
+        assert.match(r.data[0]?.text ?? '', name === 'slow' ? /^4\.4\.7 / : /^4\.3\.0 /, name);
+      } finally {
+        await filter.stop();
+      }
+    }
+    assert.ok(aborted, 'the slow handler saw its signal abort');
+  });
+
+  test('partition hook: a recipient of another group gets 452 4.5.3 and goes in its own transaction', async () => {
+    const seen: string[][] = [];
+    const filter = await startTestFilter({
+      nextHop: `smtp:127.0.0.1:${rec.port}`,
+      partition: (_from, rcpt) => (rcpt.address.endsWith('@scanned.test') ? 'scan' : 'plain'),
+      handler: async (msg) => {
+        seen.push(msg.rcptTo.map((r) => r.address));
+        return msg.rcptTo.map(() => reply(250, '2.0.0', 'Ok'));
+      },
+    });
+    try {
+      const r = await transaction(filter.port, ['a@scanned.test', 'b@plain.test', 'c@scanned.test'], small);
+      assert.deepEqual(r.rcpt, [250, 452, 250]);
+      const r2 = await transaction(filter.port, ['b@plain.test'], small);
+      assert.deepEqual(r2.rcpt, [250]);
+      assert.deepEqual(seen, [['a@scanned.test', 'c@scanned.test'], ['b@plain.test']]);
+      // A refused RCPT's text says what to do.
+      const { client } = await SmtpTestClient.connect(filter.port);
+      await client.command('EHLO x.test');
+      await client.command('MAIL FROM:<a@example.com>');
+      await client.command('RCPT TO:<a@plain.test>');
+      const refused = await client.command('RCPT TO:<z@scanned.test>');
+      assert.equal(refused.code, 452);
+      assert.match(refused.text, /^4\.5\.3 /);
+      await client.quit();
+    } finally {
+      await filter.stop();
+    }
+  });
+
+  test('max-recipients → 452 4.5.3 for the one too many', async () => {
+    const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${rec.port}`, smtp: { 'max-recipients': 2 } });
+    try {
+      const r = await transaction(filter.port, ['a@x.test', 'b@x.test', 'a@x.test', 'c@x.test'], small);
+      assert.deepEqual(r.rcpt, [250, 250, 250, 452], 'a repeated recipient does not count twice');
+      assert.equal(r.data[0]?.code, 250);
+    } finally {
+      await filter.stop();
+    }
+  });
+
+  test('max-connections: one more connection gets 421 at once; the greeting names the server', async () => {
+    const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${rec.port}`, smtp: { 'max-connections': 2, banner: 'test filter' } });
+    try {
+      const a = await SmtpTestClient.connect(filter.port);
+      const b = await SmtpTestClient.connect(filter.port);
+      assert.equal(a.greeting.code, 220);
+      assert.equal(a.greeting.text, 'avgate.test ESMTP test filter');
+      assert.equal(b.greeting.code, 220);
+      const c = await SmtpTestClient.connect(filter.port);
+      assert.equal(c.greeting.code, 421);
+      c.client.destroy();
+      await a.client.quit();
+      await b.client.quit();
+    } finally {
+      await filter.stop();
+    }
+  });
+
+  test('SMTP: the DATA reply of recipients with different replies (any 4xx → 4xx, all 5xx → 5xx, else 250)', async () => {
+    const table: Array<{ codes: number[]; want: number }> = [
+      { codes: [250, 550], want: 250 },
+      { codes: [550, 450, 250], want: 450 },
+      { codes: [550, 554], want: 550 },
+      { codes: [250, 250], want: 250 },
+    ];
+    for (const row of table) {
+      const filter = await startTestFilter({
+        nextHop: `smtp:127.0.0.1:${rec.port}`,
+        handler: async (msg) => msg.rcptTo.map((_, i) => reply(row.codes[i] as number, null, `reply ${i}`)),
+      });
+      try {
+        const r = await transaction(
+          filter.port,
+          row.codes.map((_, i) => `r${i}@example.com`),
+          small,
+        );
+        assert.equal(r.data[0]?.code, row.want, JSON.stringify(row));
+      } finally {
+        await filter.stop();
+      }
+    }
+  });
+
+  test('graceful stop: a message being handled is answered; idle sessions get 421', async () => {
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((r) => (release = r));
+    let filter: TestFilter | null = await startTestFilter({
+      nextHop: `smtp:127.0.0.1:${rec.port}`,
+      handler: async (msg) => {
+        await gate;
+        return msg.rcptTo.map(() => reply(250, '2.0.0', 'handled'));
+      },
+    });
+    try {
+      const idle = await SmtpTestClient.connect(filter.port);
+      await idle.client.command('EHLO idle.test');
+      const busy = transaction(filter.port, ['b@example.com'], small);
+      while (filter.server.inFlight === 0) await new Promise((r) => setTimeout(r, 10));
+      const stopping = filter.stop();
+      const idleReply = await idle.client.reply();
+      assert.equal(idleReply.code, 421);
+      setTimeout(release, 100);
+      const r = await busy;
+      assert.equal(r.data[0]?.code, 250);
+      assert.equal(r.data[0]?.text, '2.0.0 handled');
+      await stopping;
+      filter = null;
+    } finally {
+      release();
+      await filter?.stop();
+    }
+  });
+});
