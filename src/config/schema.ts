@@ -1,30 +1,13 @@
 import { z } from 'zod';
-import { parseDuration, parseSize } from '../core/units.js';
+import { duration, positiveInt, size } from './units-schema.js';
+import { smtpSchema } from './smtp-schema.js';
+import { mailSchema } from './mail-schema.js';
 
 /**
  * The configuration schema. Every key is kebab-case, every object is strict (an unknown key is an
  * error with its line, never silently ignored), every size and duration carries its unit, and the
  * defaults here are the ones documented in docs/config.md (a test checks that every key is there).
  */
-const size = z.union([z.string(), z.number()]).transform((v, ctx) => {
-  const n = parseSize(v);
-  if (n === null) {
-    ctx.addIssue({ code: 'custom', message: `invalid size "${v}" (examples: 512KiB, 100MiB, 2GB)` });
-    return z.NEVER;
-  }
-  return n;
-});
-
-const duration = z.union([z.string(), z.number()]).transform((v, ctx) => {
-  const n = parseDuration(v);
-  if (n === null) {
-    ctx.addIssue({ code: 'custom', message: `invalid duration "${v}" (examples: 250ms, 30s, 5m, 7d)` });
-    return z.NEVER;
-  }
-  return n;
-});
-
-const positiveInt = z.number().int().min(1);
 const optionValue = z.union([z.string(), z.number(), z.boolean()]);
 
 export const ENGINE_ID = /^[a-z][a-z0-9_-]{0,31}$/;
@@ -169,6 +152,8 @@ export const configSchema = z.strictObject({
   cache: cacheSchema.default(() => cacheSchema.parse({})),
   health: healthSchema.default(() => healthSchema.parse({})),
   icap: icapSchema.default(() => icapSchema.parse({})),
+  smtp: smtpSchema.prefault({}),
+  mail: mailSchema.prefault({}),
 });
 
 export type Config = z.output<typeof configSchema>;
