@@ -2,6 +2,7 @@ import type { LoadedConfig } from './config/loader.js';
 import { messageOf } from './core/errors.js';
 import { createLogger, type Logger } from './core/logging.js';
 import { VERSION } from './core/version.js';
+import { startMailFilter, type MailFrontEnd } from './mail/index.js';
 import { IcapServer } from './protocols/icap/server.js';
 import { openRuntime, type Runtime } from './runtime.js';
 
@@ -10,13 +11,15 @@ const STOP_DEADLINE_MS = 10_000;
 
 /**
  * `avgate serve`: config → engines (and the project-local clamd) → front ends → signals.
- * Front ends so far: the ICAP server. Engines' health is logged every health.interval.
+ * Front ends so far: the ICAP server and the SMTP/LMTP mail filter. Engines' health is logged every health.interval.
  */
 export interface Serving {
   runtime: Runtime;
   icap: IcapServer | null;
   icapPort: number | null;
   icapTlsPort: number | null;
+  mail: MailFrontEnd | null;
+  smtpPort: number | null;
   stop: () => Promise<void>;
 }
 
@@ -28,6 +31,7 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
   log.info({ config: loaded.path ?? '(embedded defaults)' }, 'avgate starting');
   const runtime = await openRuntime(config, { logger: log, localClamd: 'always' });
   let icap: IcapServer | null = null;
+  let mail: MailFrontEnd | null = null;
   try {
     if (config.icap.enabled) {
       icap = new IcapServer(config.icap, { stateDir: config['state-dir'], scannerFor: runtime.scannerFor, log, version: VERSION });
@@ -35,25 +39,31 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
       icapPort = bound.port;
       icapTlsPort = bound.tlsPort;
     }
+    if (config.smtp.enabled) mail = await startMailFilter(config, runtime, log);
   } catch (err) {
+    await mail?.server.close(0);
     await icap?.close(0);
     await runtime.close();
     throw err;
   }
-  const health = startHealthLog(runtime, log, config.health.interval, () => (icap ? { icap: icap.counters } : {}));
+  const health = startHealthLog(runtime, log, config.health.interval, () => ({
+    ...(icap ? { icap: icap.counters } : {}),
+    ...(mail ? { smtp: mail.server.counters, mail: mail.filter.counters } : {}),
+  }));
   let stopping: Promise<void> | null = null;
   const stop = () => {
     stopping ??= (async () => {
       log.info('avgate stopping');
       clearInterval(health);
-      await icap?.close(STOP_DEADLINE_MS / 2);
+      await Promise.all([icap?.close(STOP_DEADLINE_MS / 2), mail?.server.close(STOP_DEADLINE_MS / 2)]);
       await runtime.close();
       log.info('avgate stopped');
     })();
     return stopping;
   };
-  log.info({ engines: runtime.engines.map((e) => e.id), clamdPid: runtime.clamd?.pid, icapPort }, 'avgate ready');
-  return { runtime, icap, icapPort, icapTlsPort, stop };
+  const smtpPort = mail?.port ?? null;
+  log.info({ engines: runtime.engines.map((e) => e.id), clamdPid: runtime.clamd?.pid, icapPort, smtpPort }, 'avgate ready');
+  return { runtime, icap, icapPort, icapTlsPort, mail, smtpPort, stop };
 }
 
 /** Pings every engine now and then; a failure is logged with its cause, recovery too. */

@@ -1,4 +1,6 @@
 import { z } from 'zod';
+import { DEFAULT_MIME_LIMITS } from '../mime/limits.js';
+import { positiveInt, size } from './units-schema.js';
 import { MIME_GLOB } from '../policy/mail/filter.js';
 import { MAIL_ACTIONS, MAIL_STATUSES, NAME_STATUSES, type MailAction, type MailStatus } from '../policy/mail/status.js';
 
@@ -136,6 +138,20 @@ export const DEFAULT_SENDER_FORGING_NAMES = [
 
 export const mailSchema = z
   .strictObject({
+    /** Engine ids asked about every document; default: scan.engines. */
+    engines: z.array(z.string()).min(1).nullable().default(null),
+    /** Also scan the whole raw message once (for what only the engine's own mail parser finds). */
+    'scan-whole-message': z.boolean().default(false),
+    /** MIME walker limits (src/mime/limits.ts); exceeding one makes the message corrupted. */
+    'max-depth': positiveInt.default(DEFAULT_MIME_LIMITS.maxDepth),
+    'max-parts': positiveInt.default(DEFAULT_MIME_LIMITS.maxParts),
+    'max-header-size': size.default(DEFAULT_MIME_LIMITS.maxHeaderSize),
+    'max-decoded-size': size.default(DEFAULT_MIME_LIMITS.maxDecodedSize),
+    'max-line-length': size.default(DEFAULT_MIME_LIMITS.maxLineLength),
+    /** Decoded documents are held in memory up to this size, then spooled to a temp file. */
+    'document-memory': size.default(1024 * 1024),
+    /** A stray "=" in quoted-printable text (common in real mail) does not make a message corrupted. */
+    'lenient-quoted-printable': z.boolean().default(true),
     /** From: of every notification. */
     'notify-from': address.default('postmaster@localhost'),
     /** Value of the X-Virus-Scanned header; null = not added. */

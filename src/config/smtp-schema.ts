@@ -79,7 +79,7 @@ const timeoutsSchema = z.strictObject({
 });
 
 export const smtpSchema = z.strictObject({
-  enabled: z.boolean().default(false),
+  enabled: z.boolean().default(true),
   protocol: z.enum(['smtp', 'lmtp']).default('smtp'),
   /** host:port; loopback by default. */
   listen: z.string().default('127.0.0.1:10025'),

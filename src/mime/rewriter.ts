@@ -38,6 +38,8 @@ export interface RewritePlan {
   addHeaders?: readonly HeaderLine[];
   /** Put before every Subject (not again when it is already there); a message without one gets one. */
   subjectPrefix?: string;
+  /** Top-level header fields dropped (case-insensitive names), e.g. a forged X-AV-Status. */
+  removeHeaders?: readonly string[];
 }
 
 export interface RewriteOptions {
@@ -89,7 +91,7 @@ function partOf(id: string): string {
 export async function rewriteMessage(input: MessageInput, output: Writable, plan: RewritePlan, options: RewriteOptions = {}): Promise<RewriteResult> {
   const limits = options.limits ? validateMimeLimits(options.limits) : DEFAULT_MIME_LIMITS;
   const wanted = new Set((plan.parts ?? []).map((p) => partOf(p.id)));
-  const needHeader = (plan.addHeaders?.length ?? 0) > 0 || (plan.subjectPrefix ?? '') !== '';
+  const needHeader = (plan.addHeaders?.length ?? 0) > 0 || (plan.subjectPrefix ?? '') !== '' || (plan.removeHeaders?.length ?? 0) > 0;
   let edits: Edit[] = [];
   const applied: string[] = [];
   const missing: string[] = [];
@@ -158,6 +160,10 @@ function planEdits(s: Structure, plan: RewritePlan, applied: string[], missing: 
       const edit = subjectEdit(f, prefix, eol);
       if (edit) edits.push(edit);
     }
+  }
+  const drop = new Set((plan.removeHeaders ?? []).map((n) => n.toLowerCase()));
+  if (root && drop.size > 0) {
+    for (const f of root.fields) if (drop.has(f.name)) edits.push({ start: f.start, end: f.end, bytes: Buffer.alloc(0) });
   }
   if (top.length > 0) {
     // after an mbox "From " line, if there is one

@@ -202,6 +202,12 @@ describe('rewriteMessage', () => {
     assert.deepEqual((await documents(out)).map((d) => d.data), ['uu removed\r\n']);
   });
 
+  it('drops the top-level fields named in removeHeaders (a forged X-AV-Status), folded lines included, nothing else', async () => {
+    const m = msg(['X-AV-Status: clean', 'Subject: hi', 'x-av-status: clean (forged', ' continued)', 'From: a@example.com', '', 'body', '']);
+    const { out } = await rewrite(m, { removeHeaders: ['X-AV-Status'], addHeaders: [{ name: 'X-AV-Status', value: 'infected (X)' }] });
+    assert.equal(out.toString('latin1'), ['X-AV-Status: infected (X)', 'Subject: hi', 'From: a@example.com', '', 'body', ''].join('\r\n'));
+  });
+
   it('adds header fields at the top, folded, encoded when not ASCII, with no header injection', async () => {
     const m = msg(MESSAGE);
     const { out } = await rewrite(m, {

@@ -9,6 +9,8 @@ import { serve, type Serving } from '../../src/main.js';
 export interface AvgatePeerOptions {
   stateDir: string;
   clamd: { socketPath: string; dbDir: string };
+  /** YAML inside `smtp:` (written unindented); the filter listens on a free port unless it says otherwise. */
+  smtpYaml?: string;
   /** YAML inside `icap:` (written unindented). */
   icapYaml?: string;
   /** More entries under `engines:` besides `clamav` (written unindented). */
@@ -41,6 +43,9 @@ export async function startAvgatePeer(o: AvgatePeerOptions): Promise<Serving & {
     'icap:',
     '  listen: 127.0.0.1:0',
     indent(o.icapYaml ?? '', '  '),
+    'smtp:',
+    /^\s*listen:/m.test(o.smtpYaml ?? '') ? '' : '  listen: 127.0.0.1:0',
+    indent(o.smtpYaml ?? '', '  '),
     o.yaml ?? '',
   ].join('\n');
   const s = await serve({ config: parseConfigText(text, 'avgate-peer.yaml'), path: null }, { logger: silentLogger() });

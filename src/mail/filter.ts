@@ -1,0 +1,351 @@
+import { readFile } from 'node:fs/promises';
+import { PassThrough, type Readable } from 'node:stream';
+import type { Logger } from 'pino';
+import { messageOf } from '../core/errors.js';
+import type { VerdictResult } from '../core/verdict.js';
+import { zipNamesFromBuffer, zipNamesFromFile } from '../formats/zip-names.js';
+import { decodeEncodedWords, rewriteMessage, walkMessage, type MimeLimits, type MimeProblem, type PartEdit } from '../mime/index.js';
+import { buildNotification, decideMessage, type MailDocument, type MailHeader, type MailPlan, type MailPolicy, type MessageFacts } from '../policy/mail/index.js';
+import type { InboundMessage, MessageHandler, NextHop, PartitionHook, Recipient, SmtpReply } from '../protocols/smtp/types.js';
+import type { Quarantine } from '../quarantine/types.js';
+import type { ScanService, ScanSource } from '../scan/types.js';
+import { readTopHeaders } from './headers.js';
+
+/**
+ * The mail filter: the handler the SMTP/LMTP transport calls for each message. It walks the
+ * message (src/mime), scans every document (src/scan), lets the policy decide per recipient group
+ * (src/policy/mail), then acts: delivers the (possibly rewritten) message through the next hop,
+ * or discards, rejects or tempfails; quarantines, copies and notifies. Replies are per recipient;
+ * the transport answers the client only after this returns (never lose mail).
+ */
+export interface MailFilterOptions {
+  scanner: ScanService;
+  policy: MailPolicy;
+  quarantine: Quarantine;
+  limits: MimeLimits;
+  spoolDir: string;
+  documentMemory: number;
+  scanWholeMessage: boolean;
+  lenientQuotedPrintable: boolean;
+  log: Logger;
+}
+
+export interface MailFilterCounters {
+  messages: number;
+  byStatus: Record<string, number>;
+  byAction: Record<string, number>;
+  notifications: number;
+  notificationFailures: number;
+  quarantined: number;
+}
+
+/** What a document is, for the zip-name filter: the type or name says zip, or the bytes begin like one. */
+const ZIP_TYPES = /zip|compressed/i;
+
+export class MailFilter {
+  readonly counters: MailFilterCounters = { messages: 0, byStatus: {}, byAction: {}, notifications: 0, notificationFailures: 0, quarantined: 0 };
+  private readonly replacements = new Map<string, Buffer>();
+
+  constructor(private readonly o: MailFilterOptions) {}
+
+  /** SMTP: one group per transaction, so one DATA reply can be exact (see PartitionHook). */
+  readonly partition: PartitionHook = (mailFrom, rcpt) => this.o.policy.groupKey(mailFrom.address, rcpt.address);
+
+  readonly handler: MessageHandler = (msg, nextHop) => this.handle(msg, nextHop);
+
+  private async handle(msg: InboundMessage, nextHop: NextHop): Promise<SmtpReply[]> {
+    const started = performance.now();
+    const { documents, headers } = await this.inspect(msg);
+    const facts = factsOf(msg, headers);
+    const sender = msg.mailFrom.address;
+
+    // Recipients by group, keeping each recipient's position for the replies.
+    const shares = new Map<string, number[]>();
+    msg.rcptTo.forEach((r, i) => {
+      const key = this.o.policy.groupKey(sender, r.address);
+      const list = shares.get(key) ?? [];
+      list.push(i);
+      shares.set(key, list);
+    });
+
+    const replies: SmtpReply[] = new Array<SmtpReply>(msg.rcptTo.length);
+    let quarantineId: string | null = null;
+    const logShares: unknown[] = [];
+    for (const [groupName, indexes] of shares) {
+      const group = this.o.policy.group(groupName);
+      const rcpts = indexes.map((i) => msg.rcptTo[i] as Recipient);
+      const shareFacts: MessageFacts = { ...facts, recipients: rcpts.map((r) => r.address) };
+      let plan = decideMessage(group, documents, shareFacts);
+      if (plan.quarantine) {
+        quarantineId ??= await this.quarantine(msg, plan);
+        if (quarantineId) plan = decideMessage(group, documents, { ...shareFacts, quarantineId });
+      }
+      const shareReplies = await this.act(msg, nextHop, plan, rcpts);
+      indexes.forEach((idx, k) => (replies[idx] = shareReplies[k] as SmtpReply));
+      if (plan.reply.kind !== 'tempfail') await this.sideEffects(msg, nextHop, plan);
+      this.count(plan);
+      logShares.push({
+        group: groupName,
+        rcpts: plan.recipients,
+        status: plan.status,
+        action: plan.reply.kind === 'deliver' ? deliverLabel(plan) : plan.reply.kind,
+        reply: shareReplies.map(replyLabel),
+      });
+    }
+    this.counters.messages++;
+    this.o.log.info(
+      {
+        queueId: msg.queueId,
+        from: sender,
+        size: msg.size,
+        documents: documents.map((d) => ({ id: d.id, name: d.fileName, status: statusLabel(d), ...(verdictNames(d.verdict) ? { names: verdictNames(d.verdict) } : {}) })),
+        shares: logShares,
+        quarantineId,
+        ms: Math.round(performance.now() - started),
+      },
+      'mail',
+    );
+    return replies;
+  }
+
+  /** Walks the message and scans each document; MIME problems become facts of their documents. */
+  private async inspect(msg: InboundMessage): Promise<{ documents: MailDocument[]; headers: MailHeader[] }> {
+    const headers = await readTopHeaders(msg.spool, this.o.limits.maxHeaderSize);
+    const walk = await walkMessage(
+      msg.spool,
+      { limits: this.o.limits, spoolDir: this.o.spoolDir, spoolMemoryLimit: this.o.documentMemory, hash: this.o.scanner.wantsHash, signal: msg.signal },
+      async (doc) => {
+        const source = doc.source();
+        const verdict = await this.o.scanner.scan({
+          source,
+          name: `${msg.queueId}/${doc.id}${doc.filename ? ` ${doc.filename}` : ''}`,
+          ...(doc.sha256 ? { hash: doc.sha256 } : {}),
+          ...(source.kind !== 'file' ? { toFile: () => doc.spool.fileForScan() } : {}),
+          signal: msg.signal,
+        });
+        const archive = await this.archiveNames(doc.contentType, doc.filename, source);
+        return { verdict, archive };
+      },
+    );
+    const relevant = (p: MimeProblem) => !(this.o.lenientQuotedPrintable && p.code === 'encoding' && /quoted-printable/i.test(p.message));
+    const documents: MailDocument[] = walk.documents.map(({ document: d, result }) => ({
+      id: d.id,
+      fileName: d.filename,
+      contentType: d.contentType,
+      problems: [...new Set([...d.problems, ...walk.problems.filter((p) => p.partId === d.id)].filter(relevant).map((p) => p.code))],
+      verdict: stripCommon(result.verdict),
+      size: d.size,
+      ...(result.archive ? { archiveNames: result.archive.names, encrypted: result.archive.encrypted } : {}),
+    }));
+    const known = new Set(documents.map((d) => d.id));
+    const loose = walk.problems.filter((p) => !known.has(p.partId) && relevant(p));
+    if (loose.length > 0) {
+      documents.push({ id: '', whole: true, fileName: null, contentType: null, problems: [...new Set(loose.map((p) => p.code))], verdict: null, size: msg.size });
+    }
+    if (this.o.scanWholeMessage) {
+      const path = msg.spool.filePath();
+      const verdict = await this.o.scanner.scan({
+        source: path ? { kind: 'file', path } : { kind: 'chunks', chunks: msg.spool.memoryChunks },
+        name: `${msg.queueId}/(message)`,
+        ...(path ? {} : { toFile: () => msg.spool.fileForScan() }),
+        signal: msg.signal,
+      });
+      documents.push({ id: '', whole: true, fileName: null, contentType: 'message/rfc822', verdict: stripCommon(verdict), size: msg.size });
+    }
+    return { documents, headers };
+  }
+
+  private async archiveNames(
+    contentType: string,
+    filename: string | null,
+    source: ScanSource,
+  ): Promise<{ names: string[]; encrypted: boolean } | null> {
+    const looksZip = ZIP_TYPES.test(contentType) || /\.(zip|jar|docx|xlsx|pptx|odt|apk)$/i.test(filename ?? '');
+    let r;
+    if (source.kind === 'file') {
+      if (!looksZip) return null;
+      r = await zipNamesFromFile(source.path);
+    } else if (source.kind === 'chunks' || source.kind === 'buffer') {
+      const data = source.kind === 'buffer' ? source.data : Buffer.concat(source.chunks);
+      if (!looksZip && !(data[0] === 0x50 && data[1] === 0x4b)) return null;
+      r = zipNamesFromBuffer(data);
+    } else {
+      return null;
+    }
+    return r.ok ? { names: [...r.names], encrypted: r.encrypted } : null;
+  }
+
+  private async quarantine(msg: InboundMessage, plan: MailPlan): Promise<string | null> {
+    try {
+      const path = msg.spool.filePath();
+      const { id } = await this.o.quarantine.put(path ?? msg.spool.createReadStream(), {
+        sender: msg.mailFrom.address,
+        recipients: msg.rcptTo.map((r) => r.address),
+        group: plan.group,
+        statuses: plan.statuses,
+        virusNames: plan.names,
+        queueId: msg.queueId,
+        note: plan.report.split('\n').slice(0, 5).join('\n'),
+      });
+      this.counters.quarantined++;
+      return id;
+    } catch (err) {
+      // The message is still delivered or refused by policy; losing the copy is logged loudly.
+      this.o.log.error({ queueId: msg.queueId, err: messageOf(err) }, 'mail: quarantine failed');
+      return null;
+    }
+  }
+
+  /** The share's replies: delivery through the next hop, or the policy's own reply. */
+  private async act(msg: InboundMessage, nextHop: NextHop, plan: MailPlan, rcpts: Recipient[]): Promise<SmtpReply[]> {
+    const r = plan.reply;
+    if (r.kind !== 'deliver') return rcpts.map(() => ({ code: r.code, status: r.enhanced, lines: [r.text] }));
+    const parts: PartEdit[] = [];
+    for (const d of plan.documents) {
+      if (d.edit.kind === 'remove') parts.push({ action: 'remove', id: d.id, notice: d.edit.notice });
+      else if (d.edit.kind === 'replace') {
+        parts.push({ action: 'replace', id: d.id, data: await this.replacement(d.edit.file), contentType: d.edit.contentType, filename: d.edit.fileName });
+      }
+    }
+    const rewrite = parts.length > 0 || plan.addHeaders.length > 0 || plan.subjectPrefix !== null || plan.removeHeaders.length > 0;
+    let body: Readable;
+    let rewriting: Promise<unknown> | null = null;
+    if (rewrite) {
+      const out = new PassThrough({ highWaterMark: 256 * 1024 });
+      rewriting = rewriteMessage(
+        msg.spool,
+        out,
+        {
+          parts,
+          addHeaders: plan.addHeaders,
+          removeHeaders: plan.removeHeaders,
+          ...(plan.subjectPrefix !== null ? { subjectPrefix: plan.subjectPrefix } : {}),
+        },
+        { limits: this.o.limits, signal: msg.signal },
+      ).catch((err: unknown) => {
+        out.destroy(err instanceof Error ? err : new Error(String(err)));
+        throw err;
+      });
+      body = out;
+    } else {
+      body = msg.spool.createReadStream();
+    }
+    const result = await nextHop.deliver({
+      mailFrom: msg.mailFrom,
+      rcpts,
+      body,
+      ...(rewrite ? {} : { size: msg.size }),
+      xforward: msg.origin,
+      xclient: msg.origin,
+      signal: msg.signal,
+      queueId: msg.queueId,
+    });
+    if (rewriting) {
+      try {
+        await rewriting;
+      } catch (err) {
+        // The next hop saw a broken body only if it accepted it: that cannot happen (the stream
+        // failed before its end), so its replies are already 4xx. Say why.
+        this.o.log.warn({ queueId: msg.queueId, err: messageOf(err) }, 'mail: rewriting failed');
+      }
+    }
+    return result.replies;
+  }
+
+  /** Copies of the original and notifications: failures are logged, never change the replies. */
+  private async sideEffects(msg: InboundMessage, nextHop: NextHop, plan: MailPlan): Promise<void> {
+    const nullSender = { address: '', params: {} };
+    if (plan.copyTo.length > 0) {
+      const res = await nextHop.deliver({
+        mailFrom: nullSender,
+        rcpts: plan.copyTo.map((address) => ({ address, params: {} })),
+        body: msg.spool.createReadStream(),
+        size: msg.size,
+        queueId: msg.queueId,
+      });
+      this.logFailures(msg, 'copy-to', plan.copyTo, res.replies);
+    }
+    for (const n of plan.notifications) {
+      const res = await nextHop.deliver({
+        mailFrom: nullSender,
+        rcpts: n.to.map((address) => ({ address, params: {} })),
+        body: buildNotification(n, { original: () => msg.spool.createReadStream() }),
+        queueId: msg.queueId,
+      });
+      this.counters.notifications++;
+      this.logFailures(msg, `notify-${n.kind}`, n.to, res.replies);
+    }
+  }
+
+  private logFailures(msg: InboundMessage, what: string, to: readonly string[], replies: readonly SmtpReply[]): void {
+    const failed = replies.filter((r) => r.code >= 400);
+    if (failed.length === 0) return;
+    if (what.startsWith('notify')) this.counters.notificationFailures++;
+    this.o.log.warn({ queueId: msg.queueId, what, to, replies: replies.map(replyLabel) }, 'mail: not accepted by the next hop');
+  }
+
+  private async replacement(file: string): Promise<Buffer> {
+    let b = this.replacements.get(file);
+    if (!b) {
+      b = await readFile(file);
+      this.replacements.set(file, b);
+    }
+    return b;
+  }
+
+  private count(plan: MailPlan): void {
+    this.counters.byStatus[plan.status] = (this.counters.byStatus[plan.status] ?? 0) + 1;
+    const action = plan.reply.kind === 'deliver' ? deliverLabel(plan) : plan.reply.kind;
+    this.counters.byAction[action] = (this.counters.byAction[action] ?? 0) + 1;
+  }
+}
+
+function factsOf(msg: InboundMessage, headers: MailHeader[]): MessageFacts {
+  const first = (name: string) => headers.find((h) => h.name.toLowerCase() === name)?.value ?? null;
+  const subject = first('subject');
+  return {
+    sender: msg.mailFrom.address,
+    recipients: msg.rcptTo.map((r) => r.address),
+    headers,
+    subject: subject === null ? null : decodeEncodedWords(subject),
+    messageId: first('message-id'),
+    date: first('date'),
+    queueId: msg.queueId,
+    size: msg.size,
+  };
+}
+
+/** The policy reads the verdict result only (engine, timing and cache flags stay in the log). */
+function stripCommon(v: VerdictResult): VerdictResult {
+  switch (v.status) {
+    case 'found':
+      return { status: 'found', names: v.names };
+    case 'skipped':
+      return { status: 'skipped', reason: v.reason };
+    case 'unknown':
+      return { status: 'unknown', raw: v.raw };
+    case 'error':
+      return { status: 'error', code: v.code, cause: v.cause };
+    default:
+      return { status: 'free' };
+  }
+}
+
+function verdictNames(v: VerdictResult | null): string[] | null {
+  return v?.status === 'found' ? v.names : null;
+}
+
+function statusLabel(d: MailDocument): string {
+  const parts = [d.verdict?.status ?? 'not-scanned', ...(d.problems ?? [])];
+  return parts.join('+');
+}
+
+function deliverLabel(plan: MailPlan): string {
+  const edits = plan.documents.filter((d) => d.edit.kind !== 'keep').map((d) => d.edit.kind);
+  return edits.length > 0 ? `deliver(${[...new Set(edits)].join(',')})` : 'deliver';
+}
+
+function replyLabel(r: SmtpReply): string {
+  return `${r.code}${r.status ? ` ${r.status}` : ''} ${r.lines.join(' ')}`.trim();
+}
+

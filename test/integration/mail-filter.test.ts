@@ -1,0 +1,270 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { walkMessage } from '../../src/mime/index.js';
+import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
+import { closedPort } from '../helpers/fault-server.js';
+import { clamZipAttachment, eicarAttachment, forwardedEicar, mailWith, startMailAvgate } from '../helpers/mail.js';
+import { crlf, SmtpTestClient, startRecordingServer, type RecordedMessage, type RecordingServer, type TestReply } from '../helpers/smtp.js';
+
+const EICAR_NAME = /Avgate\.Test\.EICAR\.(HDB|NDB)/;
+
+/** One SMTP (or LMTP) transaction; returns the DATA replies (or the first refusal). */
+async function send(port: number, from: string, to: string[], message: Buffer, lmtp = false): Promise<{ rcpt: TestReply[]; data: TestReply[] }> {
+  const { client } = await SmtpTestClient.connect(port);
+  try {
+    await client.command(`${lmtp ? 'LHLO' : 'EHLO'} client.test`);
+    const mail = await client.command(`MAIL FROM:<${from}>`);
+    assert.equal(mail.code, 250, mail.text);
+    const rcpt: TestReply[] = [];
+    for (const r of to) rcpt.push(await client.command(`RCPT TO:<${r}>`));
+    const accepted = rcpt.filter((r) => r.code === 250).length;
+    const data = accepted === 0 ? [] : await client.data(message, lmtp ? accepted : 1);
+    return { rcpt, data };
+  } finally {
+    await client.quit();
+  }
+}
+
+/** Decoded documents of a delivered message, by file name (or content type). */
+async function documentsOf(body: Buffer): Promise<Map<string, string>> {
+  const docs = new Map<string, string>();
+  await walkMessage(body, {}, async (d) => {
+    const chunks = d.source();
+    const text = chunks.kind === 'chunks' ? Buffer.concat(chunks.chunks).toString('utf8') : chunks.kind === 'buffer' ? chunks.data.toString('utf8') : '';
+    docs.set(d.filename ?? `${d.contentType}#${d.id}`, text);
+  });
+  return docs;
+}
+
+function header(body: Buffer, name: string): string | null {
+  const head = body.toString('latin1').split(/\r\n\r\n/)[0] ?? '';
+  const m = new RegExp(`^${name}: (.*(?:\\r\\n[ \\t].*)*)`, 'mi').exec(head);
+  return m ? (m[1] as string).replace(/\r\n[ \t]+/g, ' ') : null;
+}
+
+const MAIL_POLICY = [
+  'notify-from: postmaster@gw.test',
+  'default-group:',
+  '  admin: [admin@gw.test]',
+  'groups:',
+  '  - name: strict',
+  "    recipients: ['strict.*@example\\.net']",
+  '    actions: {infected: reject}',
+  '  - name: quiet',
+  "    recipients: ['quiet@example\\.net']",
+  '    actions: {infected: discard}',
+  '    notify-sender: []',
+  '    notify-recipients: []',
+  '    notify-admin: []',
+  '  - name: filtered',
+  "    recipients: ['filter@example\\.net']",
+  "    filter-by-name: ['\\.exe$']",
+].join('\n');
+
+describe('mail filter: scanning, groups and actions (recording next hop)', () => {
+  let clamd: TestClamd;
+  let dir: string;
+  let hop: RecordingServer;
+  let av: Awaited<ReturnType<typeof startMailAvgate>>;
+  const delivered = (rcpt: string): RecordedMessage[] => hop.messages.filter((m) => m.rcptTo.some((r) => r.address === rcpt) && m.mailFrom.address !== '');
+  const notices = (): RecordedMessage[] => hop.messages.filter((m) => m.mailFrom.address === '');
+  before(async () => {
+    clamd = await startTestClamd();
+    dir = await mkdtemp(join(tmpdir(), 'avgate-mail-'));
+    hop = await startRecordingServer();
+    av = await startMailAvgate({ clamd, stateDir: join(dir, 'state'), nextHop: `smtp:127.0.0.1:${hop.port}`, mailYaml: MAIL_POLICY });
+  });
+  after(async () => {
+    await av?.stop();
+    await hop?.close();
+    await clamd?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('clean mail: delivered once, the original bytes after the added headers', async () => {
+    const msg = mailWith('clean-1', [{ name: 'data.bin', type: 'application/octet-stream', data: randomBytes(30_000) }]);
+    const r = await send(av.smtpPort, 'a@example.com', ['b@example.net'], msg);
+    assert.equal(r.data[0]?.code, 250, r.data[0]?.text);
+    const [m] = delivered('b@example.net');
+    assert.ok(m);
+    const body = m.body;
+    const at = body.indexOf(msg);
+    assert.ok(at > 0, 'the original follows the added headers unchanged');
+    assert.equal(at + msg.length, body.length);
+    const added = body.subarray(0, at).toString();
+    assert.match(added, /^X-Virus-Scanned: avgate\r\n/m);
+    assert.match(added, /^X-AV-Status: clean/m);
+    assert.equal(notices().length, 0);
+  });
+
+  test('EICAR attachment, default group: attachment removed with a notice, subject tagged, sender/recipient/admin notified', async () => {
+    const before = hop.messages.length;
+    const msg = mailWith('eicar-1', [eicarAttachment(), { name: 'keep.txt', type: 'text/plain', data: Buffer.from('keep me') }]);
+    const r = await send(av.smtpPort, 'a@example.com', ['b@example.net'], msg);
+    assert.equal(r.data[0]?.code, 250, r.data[0]?.text);
+    const fresh = hop.messages.slice(before);
+    const main = fresh.find((m) => m.mailFrom.address === 'a@example.com');
+    assert.ok(main, 'the cleaned message was delivered');
+    assert.match(header(main.body, 'Subject') ?? '', /^\[VIRUS REMOVED\] test eicar-1$/);
+    assert.match(header(main.body, 'X-AV-Status') ?? '', /^infected \(.*Avgate\.Test\.EICAR/);
+    const docs = await documentsOf(main.body);
+    assert.equal(docs.has('eicar.com'), false, 'the infected attachment is gone');
+    assert.equal(docs.get('keep.txt'), 'keep me', 'the clean attachment stays');
+    assert.ok([...docs.values()].some((t) => /eicar\.com/.test(t) && EICAR_NAME.test(t)), 'a text part says what was removed and why');
+    const noticeRcpts = fresh.filter((m) => m.mailFrom.address === '').flatMap((m) => m.rcptTo.map((x) => x.address)).sort();
+    assert.deepEqual(noticeRcpts, ['a@example.com', 'admin@gw.test', 'b@example.net']);
+    for (const n of fresh.filter((m) => m.mailFrom.address === '')) {
+      const text = n.body.toString();
+      assert.match(text, EICAR_NAME, 'the virus name macro is filled');
+      assert.match(text, /test eicar-1/, 'the subject macro is filled');
+      assert.match(header(n.body, 'From') ?? '', /postmaster@gw\.test/);
+      assert.match(header(n.body, 'Auto-Submitted') ?? '', /auto-generated/);
+    }
+    const quarantined = (await readdir(join(dir, 'state', 'quarantine'))).filter((f) => f.endsWith('.json'));
+    assert.ok(quarantined.length >= 1, 'the original is in quarantine');
+    const meta = JSON.parse(await readFile(join(dir, 'state', 'quarantine', quarantined.at(-1) as string), 'utf8')) as { virusNames: string[] };
+    assert.match(meta.virusNames.join(), EICAR_NAME);
+  });
+
+  test('clam.zip and EICAR inside an attached message are found and removed', async () => {
+    for (const [id, msg] of [
+      ['zip-1', mailWith('zip-1', [clamZipAttachment()])],
+      ['fwd-1', forwardedEicar('fwd-1')],
+    ] as const) {
+      const before = hop.messages.length;
+      const r = await send(av.smtpPort, 'a@example.com', ['b@example.net'], msg);
+      assert.equal(r.data[0]?.code, 250, `${id}: ${r.data[0]?.text}`);
+      const main = hop.messages.slice(before).find((m) => m.mailFrom.address === 'a@example.com');
+      assert.ok(main, id);
+      assert.match(header(main.body, 'X-AV-Status') ?? '', /^infected/, id);
+      const docs = await documentsOf(main.body);
+      assert.equal(docs.has('clam.zip') || docs.has('inner.com'), false, `${id}: infected document removed`);
+    }
+  });
+
+  test('groups: reject (5xx), discard (250, nothing delivered), filter by name', async () => {
+    const before = hop.messages.length;
+    const rej = await send(av.smtpPort, 'a@example.com', ['strict1@example.net'], mailWith('rej-1', [eicarAttachment()]));
+    assert.equal(rej.data[0]?.code, 554, rej.data[0]?.text);
+    const dis = await send(av.smtpPort, 'a@example.com', ['quiet@example.net'], mailWith('dis-1', [eicarAttachment()]));
+    assert.equal(dis.data[0]?.code, 250);
+    const fresh = hop.messages.slice(before);
+    assert.equal(fresh.filter((m) => m.mailFrom.address === 'a@example.com').length, 0, 'nothing delivered for reject and discard');
+    assert.equal(fresh.filter((m) => m.rcptTo.some((x) => x.address === 'quiet@example.net')).length, 0, 'no notices in the quiet group');
+    // An SMTP transaction takes one group: a recipient of another group is deferred (452) to another transaction.
+    const mixed = await send(av.smtpPort, 'a@example.com', ['b@example.net', 'strict2@example.net'], mailWith('mix-1', []));
+    assert.deepEqual(
+      mixed.rcpt.map((r) => r.code),
+      [250, 452],
+    );
+    const f = await send(av.smtpPort, 'a@example.com', ['filter@example.net'], mailWith('filt-1', [{ name: 'setup.exe', type: 'application/octet-stream', data: randomBytes(100) }]));
+    assert.equal(f.data[0]?.code, 250);
+    const filtered = delivered('filter@example.net').at(-1);
+    assert.ok(filtered);
+    assert.match(header(filtered.body, 'X-AV-Status') ?? '', /^filtered/);
+    assert.equal((await documentsOf(filtered.body)).has('setup.exe'), false);
+  });
+
+  test('malformed mail gets its status and the action, never a crash: 10 000 parts, nesting 200 deep, 1 MB header line, bad base64, broken boundary', async () => {
+    const many = crlf([
+      'Subject: many',
+      'Content-Type: multipart/mixed; boundary=x',
+      '',
+      ...Array.from({ length: 10_000 }, (_, i) => ['--x', 'Content-Type: text/plain', '', `part ${i}`]).flat(),
+      '--x--',
+      '',
+    ]);
+    const deep = crlf([
+      'Subject: deep',
+      ...Array.from({ length: 200 }, (_, i) => [`Content-Type: multipart/mixed; boundary=d${i}`, '', `--d${i}`]).flat(),
+      'Content-Type: text/plain',
+      '',
+      'bottom',
+      '',
+    ]);
+    const longHeader = crlf(['Subject: long', `X-Long: ${'a'.repeat(1024 * 1024)}`, '', 'body', '']);
+    const badBase64 = crlf([
+      'Subject: bad64',
+      'Content-Type: multipart/mixed; boundary=b',
+      '',
+      '--b',
+      'Content-Type: application/octet-stream; name=x.bin',
+      'Content-Transfer-Encoding: base64',
+      '',
+      '!!!! not base64 @@@@ ****',
+      '--b--',
+      '',
+    ]);
+    const broken = crlf(['Subject: broken', 'Content-Type: multipart/mixed; boundary=zz', '', '--zz', 'Content-Type: text/plain', '', 'never closed', '']);
+    for (const [name, msg] of Object.entries({ many, deep, longHeader, badBase64, broken })) {
+      const before = hop.messages.length;
+      const r = await send(av.smtpPort, 'a@example.com', ['b@example.net'], msg);
+      assert.equal(r.data[0]?.code, 250, `${name}: ${r.data[0]?.text}`);
+      const main = hop.messages.slice(before).find((m) => m.mailFrom.address === 'a@example.com');
+      assert.ok(main, `${name}: delivered (corrupted → remove with notice, the default)`);
+      assert.match(header(main.body, 'X-AV-Status') ?? '', /^corrupted/, name);
+    }
+  });
+});
+
+describe('mail filter: LMTP, engine and next hop failures', () => {
+  let clamd: TestClamd;
+  let dir: string;
+  before(async () => {
+    clamd = await startTestClamd();
+    dir = await mkdtemp(join(tmpdir(), 'avgate-mail-f-'));
+  });
+  after(async () => {
+    await clamd?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('LMTP, three recipients in two groups: per-recipient replies; one group gets the cleaned message, the other a rejection', async () => {
+    const hop = await startRecordingServer();
+    const av = await startMailAvgate({ clamd, stateDir: join(dir, 'lmtp'), nextHop: `smtp:127.0.0.1:${hop.port}`, smtpYaml: 'protocol: lmtp', mailYaml: MAIL_POLICY });
+    try {
+      const r = await send(av.smtpPort, 'a@example.com', ['strict1@example.net', 'b@example.net', 'strict2@example.net'], mailWith('lmtp-1', [eicarAttachment()]), true);
+      assert.deepEqual(
+        r.data.map((x) => x.code),
+        [554, 250, 554],
+      );
+      const main = hop.messages.filter((m) => m.mailFrom.address === 'a@example.com');
+      assert.equal(main.length, 1);
+      assert.deepEqual(
+        main[0]?.rcptTo.map((x) => x.address),
+        ['b@example.net'],
+      );
+      assert.match(header(main[0]?.body as Buffer, 'X-AV-Status') ?? '', /^infected/);
+    } finally {
+      await av.stop();
+      await hop.close();
+    }
+  });
+
+  test('engine down → 451 (the client keeps the mail); next hop refusing → 4xx', async () => {
+    const hop = await startRecordingServer();
+    const down = await startTestClamd();
+    const av = await startMailAvgate({ clamd: down, stateDir: join(dir, 'down'), nextHop: `smtp:127.0.0.1:${hop.port}` });
+    try {
+      await down.stop();
+      const r = await send(av.smtpPort, 'a@example.com', ['b@example.net'], mailWith('down-1', []));
+      assert.equal(r.data[0]?.code, 451, r.data[0]?.text);
+      assert.equal(hop.messages.length, 0, 'nothing passed unscanned');
+    } finally {
+      await av.stop();
+      await hop.close();
+    }
+    const port = await closedPort();
+    const av2 = await startMailAvgate({ clamd, stateDir: join(dir, 'nohop'), nextHop: `smtp:127.0.0.1:${port}` });
+    try {
+      const r = await send(av2.smtpPort, 'a@example.com', ['b@example.net'], mailWith('nohop-1', []));
+      assert.equal(Math.floor((r.data[0]?.code ?? 0) / 100), 4, r.data[0]?.text);
+    } finally {
+      await av2.stop();
+    }
+  });
+});
