@@ -15,14 +15,14 @@ export interface TestPostfix {
  * A real Postfix whose mail goes through avgate on `contentFilterPort` (content_filter) and is
  * then relayed to an smtp-sink; everything in a fresh directory that stop() removes.
  */
-export async function startTestPostfix(opts: { contentFilterPort: number | null }): Promise<TestPostfix> {
+export async function startTestPostfix(opts: { contentFilterPort: number | null; main?: Record<string, string> }): Promise<TestPostfix> {
   const dir = await mkdtemp(join(tmpdir(), 'avgate-postfix-'));
   // Postfix's daemons run as the postfix user and must reach the queue inside.
   await chmod(dir, 0o755);
   let sink: SmtpSink | null = null;
   try {
     sink = await startSmtpSink({ dir: join(dir, 'sink') });
-    const postfix = await startPostfix({ dir: join(dir, 'postfix'), relayhost: `[127.0.0.1]:${sink.port}`, contentFilterPort: opts.contentFilterPort });
+    const postfix = await startPostfix({ dir: join(dir, 'postfix'), relayhost: `[127.0.0.1]:${sink.port}`, contentFilterPort: opts.contentFilterPort, ...(opts.main ? { main: opts.main } : {}) });
     const s = sink;
     return {
       postfix,
