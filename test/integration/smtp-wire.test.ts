@@ -97,7 +97,7 @@ test('next hop targets', () => {
 
 test('smtp config: defaults, targets and host patterns are validated', () => {
   const d = smtpSchema.parse({});
-  assert.equal(d.enabled, false);
+  assert.equal(d.enabled, true, "npm start serves the mail filter on its default port");
   assert.equal(d.listen, '127.0.0.1:10025');
   assert.equal(d['max-message-size'], 100 * 1024 * 1024);
   assert.equal(d['next-hop'].target, 'smtp:127.0.0.1:10026');
