@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -60,6 +60,11 @@ const MAIL_POLICY = [
   '    notify-sender: []',
   '    notify-recipients: []',
   '    notify-admin: []',
+  '  - name: replace',
+  "    recipients: ['replace@example\\.net']",
+  '    actions: {infected: replace}',
+  '    replace-with: {infected: REPLACEMENT}',
+  '    copy-to: {infected: [audit@gw.test]}',
   '  - name: filtered',
   "    recipients: ['filter@example\\.net']",
   "    filter-by-name: ['\\.exe$']",
@@ -76,7 +81,8 @@ describe('mail filter: scanning, groups and actions (recording next hop)', () =>
     clamd = await startTestClamd();
     dir = await mkdtemp(join(tmpdir(), 'avgate-mail-'));
     hop = await startRecordingServer();
-    av = await startMailAvgate({ clamd, stateDir: join(dir, 'state'), nextHop: `smtp:127.0.0.1:${hop.port}`, mailYaml: MAIL_POLICY });
+    await writeFile(join(dir, 'replacement.txt'), 'This file was infected and has been replaced.\n');
+    av = await startMailAvgate({ clamd, stateDir: join(dir, 'state'), nextHop: `smtp:127.0.0.1:${hop.port}`, mailYaml: MAIL_POLICY.replace('REPLACEMENT', join(dir, 'replacement.txt')) });
   });
   after(async () => {
     await av?.stop();
@@ -167,6 +173,22 @@ describe('mail filter: scanning, groups and actions (recording next hop)', () =>
     assert.ok(filtered);
     assert.match(header(filtered.body, 'X-AV-Status') ?? '', /^filtered/);
     assert.equal((await documentsOf(filtered.body)).has('setup.exe'), false);
+  });
+
+  test('replace: the infected document is replaced by the configured file; copy-to gets the unchanged original', async () => {
+    const before = hop.messages.length;
+    const msg = mailWith('repl-1', [eicarAttachment('bad.com')]);
+    const r = await send(av.smtpPort, 'a@example.com', ['replace@example.net'], msg);
+    assert.equal(r.data[0]?.code, 250, r.data[0]?.text);
+    const fresh = hop.messages.slice(before);
+    const main = fresh.find((m) => m.mailFrom.address === 'a@example.com');
+    assert.ok(main);
+    const docs = await documentsOf(main.body);
+    assert.equal(docs.has('bad.com'), false);
+    assert.ok([...docs.values()].includes('This file was infected and has been replaced.\n'), [...docs.keys()].join());
+    const copy = fresh.find((m) => m.rcptTo.some((x) => x.address === 'audit@gw.test'));
+    assert.ok(copy, 'copy-to got a copy');
+    assert.ok(copy.body.equals(msg), 'the copy is the unchanged original');
   });
 
   test('malformed mail gets its status and the action, never a crash: 10 000 parts, nesting 200 deep, 1 MB header line, bad base64, broken boundary', async () => {
