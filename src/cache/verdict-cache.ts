@@ -41,6 +41,9 @@ export class VerdictCache {
   private hits = 0;
   private misses = 0;
   private writesSincePrune = 0;
+  /** Rows not yet in SQLite: written together in one transaction (one WAL commit, not one per verdict). */
+  private pending = new Map<string, { hash: string; engines: string; status: string; names: string; at: number }>();
+  private flushTimer: NodeJS.Timeout | null = null;
   /** Engine ids (without versions) → the engine set last seen for them. */
   private readonly lastEngineSet = new Map<string, string>();
 
@@ -81,7 +84,8 @@ export class VerdictCache {
       this.hits++;
       return m.result;
     }
-    const row = this.getStmt?.get(hash, engineSet);
+    const queued = this.pending.get(key);
+    const row = queued ?? this.getStmt?.get(hash, engineSet);
     if (row && this.fresh(row.at, now)) {
       const result: CacheableResult =
         row.status === 'found' ? { status: 'found', names: JSON.parse(row.names) as string[] } : { status: 'free' };
@@ -101,13 +105,30 @@ export class VerdictCache {
     const at = performance.timeOrigin + performance.now();
     this.remember(`${hash}|${engineSet}`, { result, at });
     if (this.putStmt) {
-      this.putStmt.run(hash, engineSet, result.status, JSON.stringify(result.status === 'found' ? result.names : []), at);
-      if (++this.writesSincePrune >= 1000) this.prune();
+      this.pending.set(`${hash}|${engineSet}`, { hash, engines: engineSet, status: result.status, names: JSON.stringify(result.status === 'found' ? result.names : []), at });
+      if (this.pending.size >= FLUSH_ROWS) this.flush();
+      else this.flushTimer ??= setTimeout(() => this.flush(), FLUSH_DELAY_MS).unref();
     }
+  }
+
+  /** Writes queued rows to SQLite now (also done by a short timer, by close() and before pruning). */
+  flush(): void {
+    if (this.flushTimer) clearTimeout(this.flushTimer);
+    this.flushTimer = null;
+    if (!this.db || !this.putStmt || this.pending.size === 0) return;
+    const rows = [...this.pending.values()];
+    this.pending.clear();
+    const put = this.putStmt;
+    this.db.transaction(() => {
+      for (const r of rows) put.run(r.hash, r.engines, r.status, r.names, r.at);
+    })();
+    this.writesSincePrune += rows.length;
+    if (this.writesSincePrune >= 1000) this.prune();
   }
 
   /** Drops SQLite rows beyond sqliteMaxEntries (oldest first) and rows past maxAge. */
   prune(): void {
+    if (this.pending.size > 0) this.flush();
     this.writesSincePrune = 0;
     if (!this.db) return;
     if (this.options.maxAgeMs > 0) {
@@ -123,6 +144,7 @@ export class VerdictCache {
   }
 
   close(): void {
+    this.flush();
     this.db?.close();
   }
 
@@ -153,9 +175,14 @@ export class VerdictCache {
     this.lastEngineSet.set(ids, engineSet);
     if (previous === undefined) return;
     for (const key of this.memory.keys()) if (key.endsWith(`|${previous}`)) this.memory.delete(key);
+    for (const key of this.pending.keys()) if (key.endsWith(`|${previous}`)) this.pending.delete(key);
     this.db?.prepare('DELETE FROM verdict_cache WHERE engines = ?').run(previous);
   }
 }
+
+/** Queued cache rows are written at this count, or this long after the first one at the latest. */
+const FLUSH_ROWS = 256;
+const FLUSH_DELAY_MS = 100;
 
 /** Builds the engine-set part of the key: `clamav@27432/...,icap@"5f3e"` (sorted by id). */
 export function engineSetKey(parts: ReadonlyArray<{ id: string; version: string }>): string {
