@@ -6,19 +6,25 @@
  *   (bench/engine-section.ts);
  * - icap: direct clamd vs c-icap 0.5.10 (virus_scan + clamd_mod) vs avgate's ICAP server, with
  *   and without preview, cold (unique content) and warm (repeated content), plus the memory of
- *   avgate's ICAP server while a 2 GiB object passes through it (bench/icap-section.ts).
+ *   avgate's ICAP server while a 2 GiB object passes through it (bench/icap-section.ts);
+ * - mail: messages/s through avgate's mail filter vs ClamSMTP vs amavisd-new vs direct clamd, unique
+ *   5 KB / 100 KiB / 2 MiB messages (5% EICAR) over 10 and 50 SMTP sessions, into one smtp-sink,
+ *   plus the RSS of avgate's mail filter over a longer run (bench/mail-section.ts).
  *
  *   npm run bench                                (compiled: node --expose-gc dist/bench/run.js)
- *   npx tsx bench/run.ts [--quick] [--only engine|icap]   (development)
+ *   npx tsx bench/run.ts [--quick] [--only engine|icap|mail]   (development)
  *
- * Flags: --quick (half corpus, two passes per cell, 256 MiB big objects), --only engine|icap,
+ * Flags: --quick (half corpus, two passes per cell, 256 MiB big objects; mail: half the time and
+ * messages per cell), --only engine|icap|mail,
  * --passes N (engine: corpus passes per direct/engine cell), --icap-passes N (icap: corpus passes
  * per cold cell), --icap-warm-passes N, --preview N (icap preview bytes, default 1024),
  * --big-bytes N, --skip-big, --big-full-scan (raise clamd's MaxFileSize/MaxScanSize for the big
  * objects), --direct-chunk N, --profile-avgate DIR (V8 CPU profile of avgate's ICAP server during
  * the icap cells), --avgate-cold-nocache (cold icap cells against a second avgate server whose
  * verdict cache is off), --avgate-node-flags "FLAGS" (node flags for avgate's ICAP server
- * processes, e.g. "--max-semi-space-size=32").
+ * processes, e.g. "--max-semi-space-size=32"); mail: --mail-seconds N (per cell, default 10),
+ * --mail-kinds 5KB,100KB,2MB, --mail-sessions 10,50, --mail-rss-messages N (default 20000; 0 = no
+ * RSS run).
  *
  * Fairness: one clamd for everything; every cold request is made unique by the same scheme (16
  * random bytes appended) so clamd's own clean cache never answers; cells of one concurrency are
@@ -35,6 +41,8 @@ import { corpusSummary, loadCorpus } from './corpus.js';
 import { runEngineSection, type SectionResult } from './engine-section.js';
 import { checkStop, cleanupAll, compiled, gc, installSignalHandlers, isStopping, log, onCleanup } from './harness.js';
 import { runIcapSection } from './icap-section.js';
+import { MESSAGE_KINDS } from './mail-messages.js';
+import { MAIL_SESSIONS, runMailSection } from './mail-section.js';
 
 // ---------------------------------------------------------------- options
 
@@ -56,13 +64,21 @@ function numArg(name: string, fallback: number): number {
 }
 const quick = flag('--quick');
 const only = strArg('--only');
-if (only !== undefined && only !== 'engine' && only !== 'icap') throw new Error(`--only: expected engine or icap, got "${only}"`);
+if (only !== undefined && only !== 'engine' && only !== 'icap' && only !== 'mail') throw new Error(`--only: expected engine, icap or mail, got "${only}"`);
+function listArg(name: string, fallback: readonly string[], allowed: readonly string[]): string[] {
+  const s = strArg(name);
+  if (s === undefined) return [...fallback];
+  const list = s.split(',').map((x) => x.trim()).filter(Boolean);
+  for (const x of list) if (!allowed.includes(x)) throw new Error(`${name}: expected some of ${allowed.join(',')}, got "${x}"`);
+  return list;
+}
 const profileDir = strArg('--profile-avgate');
 const opts = {
   quick,
   corpusScale: quick ? 0.5 : 1,
-  engine: only !== 'icap',
-  icap: only !== 'engine',
+  engine: only === undefined || only === 'engine',
+  icap: only === undefined || only === 'icap',
+  mail: only === undefined || only === 'mail',
   passes: numArg('--passes', quick ? 2 : 12),
   /** Corpus passes per slice: direct and engine alternate slice by slice. */
   slicePasses: quick ? 1 : 2,
@@ -77,6 +93,10 @@ const opts = {
   profileDir: profileDir === undefined ? null : resolve(profileDir),
   coldNoCache: flag('--avgate-cold-nocache'),
   avgateNodeFlags: (strArg('--avgate-node-flags', true) ?? '').split(/\s+/).filter(Boolean),
+  mailSeconds: numArg('--mail-seconds', quick ? 5 : 10),
+  mailKinds: listArg('--mail-kinds', MESSAGE_KINDS.map((k) => k.label), MESSAGE_KINDS.map((k) => k.label)),
+  mailSessions: listArg('--mail-sessions', MAIL_SESSIONS.map(String), ['1', '2', '4', '10', '20', '50', '100']).map(Number),
+  mailRssMessages: strArg('--mail-rss-messages') === '0' ? 0 : numArg('--mail-rss-messages', quick ? 10_000 : 20_000),
 };
 
 installSignalHandlers();
@@ -88,12 +108,13 @@ async function main(): Promise<void> {
   const tmp = await mkdtemp(join(tmpdir(), 'avgate-bench-'));
   onCleanup(() => rm(tmp, { recursive: true, force: true, maxRetries: 5 }));
 
-  const sections = [opts.engine ? 'engine' : '', opts.icap ? 'icap' : ''].filter(Boolean).join(' + ');
+  const sections = [opts.engine ? 'engine' : '', opts.icap ? 'icap' : '', opts.mail ? 'mail' : ''].filter(Boolean).join(' + ');
   log(
     `avgate benchmark${opts.quick ? ' (--quick)' : ''}: ${sections} — node ${process.version}, ${compiled ? 'compiled' : 'tsx'}, gc ${gc ? 'exposed' : 'not exposed'}`,
   );
-  const corpus = await loadCorpus(opts.corpusScale);
-  log(`corpus: ${corpusSummary(corpus)}`);
+  // The mail section makes its own messages: no corpus when it runs alone.
+  const corpus = opts.engine || opts.icap ? await loadCorpus(opts.corpusScale) : [];
+  if (opts.engine || opts.icap) log(`corpus: ${corpusSummary(corpus)}`);
 
   const clamd = new LocalClamd({ stateDir: join(tmp, 'clamd'), database: 'test', tcpPort: 0, maxThreads: 16, streamMaxLength: '100M' });
   onCleanup(() => clamd.stop());
@@ -151,6 +172,28 @@ async function main(): Promise<void> {
       bigClamd: getBigClamd,
     });
     done.push(['icap', r]);
+  }
+  if (opts.mail) {
+    checkStop();
+    const mailStarted = performance.now();
+    const half = opts.quick ? 0.5 : 1;
+    const r = await runMailSection({
+      clamd,
+      tmp,
+      opts: {
+        cellMs: opts.mailSeconds * 1000,
+        slices: 2,
+        maxMessages: { '5KB': 20_000 * half, '100KB': 8_000 * half, '2MB': 1_000 * half },
+        sessions: opts.mailSessions,
+        kinds: opts.mailKinds,
+        rssMessages: opts.mailRssMessages,
+        infectedEvery: 20,
+        amavisdChildren: 4,
+        directChunk: opts.directChunk,
+      },
+    });
+    done.push(['mail', r]);
+    log(`mail section: ${((performance.now() - mailStarted) / 1000).toFixed(0)} s`);
   }
   checkStop();
 

@@ -1,0 +1,67 @@
+/**
+ * Child process of the mail section: `avgate serve` with its mail filter (default policy) on a
+ * free loopback port, scanning with the benchmark's clamd and delivering to the benchmark's
+ * smtp-sink — in a process of its own, so that the load generator does not share its event loop
+ * and its CPU and RSS are its own (as in bench/icap-server.ts). Prints `READY {"port":N}` once it
+ * listens; stops when stdin closes or on SIGTERM/SIGINT. A `MEM` line on stdin is answered with
+ * `MEM {...}` on stdout: process.memoryUsage() after a full garbage collection (the child runs with
+ * --expose-gc), to tell live memory from garbage not collected yet.
+ *
+ *   node dist/bench/mail-server.js --clamd-socket PATH --db-dir DIR --state-dir DIR --next-hop-port N
+ */
+import { startAvgatePeer } from '../tools/peers/avgate.js';
+
+function arg(name: string): string {
+  const i = process.argv.indexOf(name);
+  const v = i >= 0 ? process.argv[i + 1] : undefined;
+  if (v === undefined) throw new Error(`${name} is required`);
+  return v;
+}
+
+async function main(): Promise<void> {
+  const nextHopPort = Number(arg('--next-hop-port'));
+  if (!Number.isInteger(nextHopPort) || nextHopPort <= 0) throw new Error('--next-hop-port: expected a port');
+  const s = await startAvgatePeer({
+    stateDir: arg('--state-dir'),
+    clamd: { socketPath: arg('--clamd-socket'), dbDir: arg('--db-dir') },
+    // Everything else (smtp limits, pool, mail policy, cache) stays at its default.
+    smtpYaml: `next-hop:\n  target: smtp:127.0.0.1:${nextHopPort}`,
+  });
+  if (s.smtpPort === null) {
+    await s.stop();
+    throw new Error('the mail filter did not start');
+  }
+  let stopping: Promise<void> | null = null;
+  const stop = () => {
+    stopping ??= s
+      .stop()
+      .catch((err: unknown) => {
+        process.stderr.write(`mail-server: stop: ${err instanceof Error ? err.message : String(err)}\n`);
+      })
+      .finally(() => process.exit(0));
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+  process.stdin.on('end', stop);
+  process.stdin.on('error', stop);
+  let input = '';
+  process.stdin.on('data', (d: Buffer) => {
+    input += d.toString();
+    let nl: number;
+    while ((nl = input.indexOf('\n')) >= 0) {
+      const line = input.slice(0, nl).trim();
+      input = input.slice(nl + 1);
+      if (line !== 'MEM') continue;
+      const gc = (globalThis as { gc?: () => void }).gc;
+      gc?.();
+      const m = process.memoryUsage();
+      process.stdout.write(`MEM ${JSON.stringify({ gc: gc !== undefined, rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, external: m.external, arrayBuffers: m.arrayBuffers })}\n`);
+    }
+  });
+  process.stdout.write(`READY ${JSON.stringify({ port: s.smtpPort })}\n`);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`mail-server: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exit(1);
+});
