@@ -4,9 +4,8 @@
  * would charge the client's work to avgate, and c-icap too runs in processes of its own), and RSS
  * must be the server's alone.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
-import { childScript, onCleanup, projectRoot } from './harness.js';
+import { startBenchChild } from './child.js';
 
 export interface AvgateIcapChild {
   port: number;
@@ -29,45 +28,19 @@ export async function startAvgateIcap(p: {
   echoOutput?: boolean;
   startTimeoutMs?: number;
 }): Promise<AvgateIcapChild> {
-  const { args, runner } = childScript('icap-server', p.nodeFlags ?? []);
-  args.push('--clamd-socket', p.clamdSocket, '--db-dir', p.dbDir, '--state-dir', p.stateDir, '--cache', p.cache ? 'yes' : 'no');
+  const args = ['--clamd-socket', p.clamdSocket, '--db-dir', p.dbDir, '--state-dir', p.stateDir, '--cache', p.cache ? 'yes' : 'no'];
   if (p.maxObjectSize !== undefined) args.push('--max-object-size', String(p.maxObjectSize));
-  const child: ChildProcess = spawn(process.execPath, args, { cwd: projectRoot, stdio: ['pipe', 'pipe', 'pipe'] });
-  let stderr = '';
-  child.stderr?.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
-  const exited = new Promise<void>((res) => {
-    if (child.exitCode !== null || child.signalCode !== null) res();
-    else child.once('exit', () => res());
+  const c = await startBenchChild({
+    script: 'icap-server',
+    args,
+    label: 'avgate ICAP server',
+    ...(p.nodeFlags ? { nodeFlags: p.nodeFlags } : {}),
+    ...(p.startTimeoutMs !== undefined ? { startTimeoutMs: p.startTimeoutMs } : {}),
   });
-  const stop = async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    child.stdin?.end(); // the child stops its server and exits
-    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-    await exited;
-    clearTimeout(timer);
-  };
-  onCleanup(stop);
-  const port = await new Promise<number>((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`avgate ICAP server did not start in time: ${stderr.trim()}`)), p.startTimeoutMs ?? 30_000);
-    child.stdout?.on('data', (d: Buffer) => {
-      out += d.toString();
-      const line = out.split('\n').find((l) => l.startsWith('READY '));
-      if (line) {
-        clearTimeout(timer);
-        resolve((JSON.parse(line.slice(6)) as { port: number }).port);
-      }
-    });
-    child.once('exit', (code, sig) => {
-      clearTimeout(timer);
-      reject(new Error(`avgate ICAP server exited during start-up (${code ?? sig}): ${stderr.trim()}`));
-    });
-  });
-  child.stdout?.on('data', (d: Buffer) => {
+  c.child.stdout?.on('data', (d: Buffer) => {
     if (p.echoOutput) process.stderr.write(d);
   });
-  if (child.pid === undefined) throw new Error('avgate ICAP server: no pid');
-  return { port, pid: child.pid, runner, stderrTail: () => stderr.trim(), stop };
+  return { port: c.port, pid: c.pid, runner: c.runner, stderrTail: c.stderrTail, stop: c.stop };
 }
 
 /** VmRSS and VmHWM (peak RSS since the process started) of a process, in MiB. */

@@ -6,6 +6,7 @@
  *
  *   node dist/bench/icap-server.js --clamd-socket PATH --db-dir DIR --state-dir DIR [--cache yes|no] [--max-object-size BYTES]
  */
+import { stopWhenParentSays } from './child.js';
 import { startIcapForBench, type IcapBenchOptions } from './glue.js';
 
 function arg(name: string): string {
@@ -24,19 +25,7 @@ async function main(): Promise<void> {
   };
   if (process.argv.includes('--max-object-size')) options.maxObjectSize = Number(arg('--max-object-size'));
   const server = await startIcapForBench(options);
-  let stopping: Promise<void> | null = null;
-  const stop = () => {
-    stopping ??= server
-      .stop()
-      .catch((err: unknown) => {
-        process.stderr.write(`icap-server: stop: ${err instanceof Error ? err.message : String(err)}\n`);
-      })
-      .finally(() => process.exit(0));
-  };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
-  process.stdin.on('end', stop);
-  process.stdin.on('error', stop);
+  stopWhenParentSays('icap-server', () => server.stop());
   process.stdin.resume();
   process.stdout.write(`READY ${JSON.stringify({ port: server.port })}\n`);
 }

@@ -3,8 +3,7 @@
  * does for the ICAP server: the child prints `READY {"port":N}`, and stops when its stdin closes
  * (SIGKILL after 10 s). The stop is registered for the clean-up of every exit path.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { childScript, onCleanup, projectRoot } from './harness.js';
+import { startBenchChild } from './child.js';
 
 export interface AvgateMailChild {
   port: number;
@@ -34,40 +33,14 @@ export async function startAvgateMail(p: {
   nodeFlags?: string[];
   startTimeoutMs?: number;
 }): Promise<AvgateMailChild> {
-  const { args, runner } = childScript('mail-server', p.nodeFlags ?? []);
-  args.push('--clamd-socket', p.clamdSocket, '--db-dir', p.dbDir, '--state-dir', p.stateDir, '--next-hop-port', String(p.nextHopPort));
-  const child: ChildProcess = spawn(process.execPath, args, { cwd: projectRoot, stdio: ['pipe', 'pipe', 'pipe'] });
-  let stderr = '';
-  child.stderr?.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
-  const exited = new Promise<void>((res) => {
-    if (child.exitCode !== null || child.signalCode !== null) res();
-    else child.once('exit', () => res());
+  const c = await startBenchChild({
+    script: 'mail-server',
+    args: ['--clamd-socket', p.clamdSocket, '--db-dir', p.dbDir, '--state-dir', p.stateDir, '--next-hop-port', String(p.nextHopPort)],
+    label: 'avgate mail filter',
+    ...(p.nodeFlags ? { nodeFlags: p.nodeFlags } : {}),
+    ...(p.startTimeoutMs !== undefined ? { startTimeoutMs: p.startTimeoutMs } : {}),
   });
-  const stop = async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    child.stdin?.end();
-    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-    await exited;
-    clearTimeout(timer);
-  };
-  onCleanup(stop);
-  const port = await new Promise<number>((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`avgate mail filter did not start in time: ${stderr.trim()}`)), p.startTimeoutMs ?? 30_000);
-    child.stdout?.on('data', (d: Buffer) => {
-      out += d.toString();
-      const line = out.split('\n').find((l) => l.startsWith('READY '));
-      if (line) {
-        clearTimeout(timer);
-        resolve((JSON.parse(line.slice(6)) as { port: number }).port);
-      }
-    });
-    child.once('exit', (code, sig) => {
-      clearTimeout(timer);
-      reject(new Error(`avgate mail filter exited during start-up (${code ?? sig}): ${stderr.trim()}`));
-    });
-  });
-  if (child.pid === undefined) throw new Error('avgate mail filter: no pid');
+  const child = c.child;
   let pendingMem: Array<(m: ChildMemory | null) => void> = [];
   let lines = '';
   child.stdout?.on('data', (d: Buffer) => {
@@ -92,5 +65,5 @@ export async function startAvgateMail(p: {
       pendingMem.push(answer);
       child.stdin?.write('MEM\n');
     });
-  return { port, pid: child.pid, runner, stderrTail: () => stderr.trim(), memory, stop };
+  return { port: c.port, pid: c.pid, runner: c.runner, stderrTail: c.stderrTail, memory, stop: c.stop };
 }

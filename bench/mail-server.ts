@@ -9,6 +9,7 @@
  *
  *   node dist/bench/mail-server.js --clamd-socket PATH --db-dir DIR --state-dir DIR --next-hop-port N
  */
+import { stopWhenParentSays } from './child.js';
 import { startAvgatePeer } from '../tools/peers/avgate.js';
 
 function arg(name: string): string {
@@ -31,19 +32,7 @@ async function main(): Promise<void> {
     await s.stop();
     throw new Error('the mail filter did not start');
   }
-  let stopping: Promise<void> | null = null;
-  const stop = () => {
-    stopping ??= s
-      .stop()
-      .catch((err: unknown) => {
-        process.stderr.write(`mail-server: stop: ${err instanceof Error ? err.message : String(err)}\n`);
-      })
-      .finally(() => process.exit(0));
-  };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
-  process.stdin.on('end', stop);
-  process.stdin.on('error', stop);
+  stopWhenParentSays('mail-server', () => s.stop());
   let input = '';
   process.stdin.on('data', (d: Buffer) => {
     input += d.toString();

@@ -127,18 +127,19 @@ export class MailFilter {
         return { verdict, archive };
       },
     );
-    const relevant = (p: MimeProblem) => !(this.o.lenientQuotedPrintable && p.code === 'encoding' && /quoted-printable/i.test(p.message));
+    // A stray "=" in quoted-printable text is common in real mail: not "corrupted" when lenient.
+    const relevant = (p: MimeProblem, encoding: string | null) => !(this.o.lenientQuotedPrintable && p.code === 'encoding' && encoding === 'quoted-printable');
     const documents: MailDocument[] = walk.documents.map(({ document: d, result }) => ({
       id: d.id,
       fileName: d.filename,
       contentType: d.contentType,
-      problems: [...new Set([...d.problems, ...walk.problems.filter((p) => p.partId === d.id)].filter(relevant).map((p) => p.code))],
+      problems: [...new Set([...d.problems, ...walk.problems.filter((p) => p.partId === d.id)].filter((p) => relevant(p, d.encoding)).map((p) => p.code))],
       verdict: stripCommon(result.verdict),
       size: d.size,
       ...(result.archive ? { archiveNames: result.archive.names, encrypted: result.archive.encrypted } : {}),
     }));
     const known = new Set(documents.map((d) => d.id));
-    const loose = walk.problems.filter((p) => !known.has(p.partId) && relevant(p));
+    const loose = walk.problems.filter((p) => !known.has(p.partId) && relevant(p, null));
     if (loose.length > 0) {
       documents.push({ id: '', whole: true, fileName: null, contentType: null, problems: [...new Set(loose.map((p) => p.code))], verdict: null, size: msg.size });
     }
@@ -166,9 +167,10 @@ export class MailFilter {
       if (!looksZip) return null;
       r = await zipNamesFromFile(source.path);
     } else if (source.kind === 'chunks' || source.kind === 'buffer') {
-      const data = source.kind === 'buffer' ? source.data : Buffer.concat(source.chunks);
-      if (!looksZip && !(data[0] === 0x50 && data[1] === 0x4b)) return null;
-      r = zipNamesFromBuffer(data);
+      // Joined only when it is a zip: the check looks at the declared type, the name and "PK".
+      const first = source.kind === 'buffer' ? source.data : source.chunks[0];
+      if (!looksZip && !(first?.[0] === 0x50 && first[1] === 0x4b)) return null;
+      r = zipNamesFromBuffer(source.kind === 'buffer' ? source.data : Buffer.concat(source.chunks));
     } else {
       return null;
     }

@@ -10,21 +10,13 @@ import { postfixAvailable, type SinkMessage } from '../../tools/peers/postfix.js
 import { stopChild } from '../../tools/peers/process.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
 import { eicarAttachment, mailWith, startMailAvgate } from '../helpers/mail.js';
+import { waitFor } from '../helpers/wait.js';
 import { startTestPostfix, type TestPostfix } from '../helpers/postfix.js';
 import { asSinkContent, SmtpTestClient, swaks } from '../helpers/smtp.js';
 
 const skip = postfixAvailable() ? false : 'needs Postfix and root';
 const root = new URL('../..', import.meta.url).pathname;
 
-async function waitFor<T>(what: string, fn: () => Promise<T | null>, timeoutMs = 30_000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== null) return v;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 const byId = (ms: SinkMessage[], id: string) => ms.filter((m) => m.content.includes(Buffer.from(`<${id}@example.com>`)));
 

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { freeLoopbackPort } from '../../src/core/net.js';
 import { filterMainCf, filterMasterCf, postfixAvailable, type SinkMessage } from '../../tools/peers/postfix.js';
+import { waitFor } from '../helpers/wait.js';
 import { startTestPostfix, type TestPostfix } from '../helpers/postfix.js';
 import { asSinkContent, crlf, startTestFilter, swaks, type TestFilter } from '../helpers/smtp.js';
 
@@ -41,15 +42,6 @@ function message(id: string): Buffer {
   ]);
 }
 
-async function waitFor<T>(what: string, fn: () => Promise<T | null>, timeoutMs = 20_000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== null) return v;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 describe('real Postfix with avgate as after-queue content_filter', { skip }, () => {
   let pf: TestPostfix;
