@@ -22,7 +22,7 @@
  * objects), --direct-chunk N, --profile-avgate DIR (V8 CPU profile of avgate's ICAP server during
  * the icap cells), --avgate-cold-nocache (cold icap cells against a second avgate server whose
  * verdict cache is off), --avgate-node-flags "FLAGS" (node flags for avgate's ICAP server
- * processes, e.g. "--max-semi-space-size=32"); mail: --mail-seconds N (per cell, default 10),
+ * processes, e.g. "--max-semi-space-size=32"; also for the mail filter's); mail: --mail-seconds N (per cell, default 10),
  * --mail-kinds 5KB,100KB,2MB, --mail-sessions 10,50, --mail-rss-messages N (default 20000; 0 = no
  * RSS run).
  *
@@ -190,6 +190,7 @@ async function main(): Promise<void> {
         infectedEvery: 20,
         amavisdChildren: 4,
         directChunk: opts.directChunk,
+        avgateNodeFlags: opts.avgateNodeFlags,
       },
     });
     done.push(['mail', r]);

@@ -3,7 +3,7 @@
 # Runs `apt-get update` once, then one `apt-get install`. Needs root (or sudo).
 set -euo pipefail
 PACKAGES=(clamav-daemon clamav clamav-testfiles c-icap libc-icap-mod-virus-scan squid curl
-  postfix swaks clamsmtp amavisd-new)
+  postfix swaks clamsmtp amavisd-new chromium)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

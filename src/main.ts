@@ -2,9 +2,16 @@ import type { LoadedConfig } from './config/loader.js';
 import { messageOf } from './core/errors.js';
 import { createLogger, type Logger } from './core/logging.js';
 import { VERSION } from './core/version.js';
+import { configWarnings } from './config/check.js';
+import { EngineHealth } from './engines/health.js';
 import { startMailFilter, type MailFrontEnd } from './mail/index.js';
 import { IcapServer } from './protocols/icap/server.js';
+import { startQuarantinePurge } from './quarantine/retention.js';
+import { openQuarantine } from './quarantine/store.js';
+import type { Quarantine } from './quarantine/types.js';
 import { openRuntime, type Runtime } from './runtime.js';
+import { openStatsStore, type StatsStore } from './stats/store.js';
+import { ConsoleServer } from './web/server.js';
 
 /** How long a graceful stop may take before the process exits anyway. */
 const STOP_DEADLINE_MS = 10_000;
@@ -20,6 +27,13 @@ export interface Serving {
   icapTlsPort: number | null;
   mail: MailFrontEnd | null;
   smtpPort: number | null;
+  /** The statistics store (null when stats.enabled is false); flushed and closed by stop. */
+  stats: StatsStore | null;
+  /** The one quarantine store of every front end (closed by stop). */
+  quarantine: Quarantine;
+  /** The web console, scanning API and /metrics (null when console.enabled is false). */
+  web: ConsoleServer | null;
+  consolePort: number | null;
   stop: () => Promise<void>;
 }
 
@@ -29,9 +43,23 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
   let icapTlsPort: number | null = null;
   const log = opts.logger ?? createLogger({ level: config.log.level, file: config.log.file });
   log.info({ config: loaded.path ?? '(embedded defaults)' }, 'avgate starting');
-  const runtime = await openRuntime(config, { logger: log, localClamd: 'always' });
+  // Statistics first: every scanner the runtime builds reports its verdicts to it.
+  const stats = config.stats.enabled ? openStatsStore(config.stats, config['state-dir'], log.child({ component: 'stats' })) : null;
+  const runtime = await openRuntime(config, { logger: log, localClamd: 'always', stats }).catch((err: unknown) => {
+    stats?.close();
+    throw err;
+  });
+  // One quarantine for every front end; opening it creates the key file on first start.
+  const quarantine = await openQuarantine(config).catch(async (err: unknown) => {
+    await runtime.close();
+    stats?.close();
+    throw err;
+  });
   let icap: IcapServer | null = null;
   let mail: MailFrontEnd | null = null;
+  let web: ConsoleServer | null = null;
+  let consolePort: number | null = null;
+  const engineHealth = new EngineHealth(runtime.engines.map((e) => e.id));
   try {
     if (config.icap.enabled) {
       icap = new IcapServer(config.icap, { stateDir: config['state-dir'], scannerFor: runtime.scannerFor, log, version: VERSION });
@@ -39,35 +67,63 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
       icapPort = bound.port;
       icapTlsPort = bound.tlsPort;
     }
-    if (config.smtp.enabled) mail = await startMailFilter(config, runtime, log);
+    if (config.smtp.enabled) mail = await startMailFilter(config, runtime, log, quarantine);
+    if (config.console.enabled) {
+      web = new ConsoleServer({
+        config,
+        configSource: loaded.path ?? '(embedded defaults)',
+        scanner: runtime.scanner,
+        engines: runtime.engines,
+        health: engineHealth,
+        quarantine,
+        stats,
+        configWarnings: configWarnings(config),
+        log,
+      });
+      consolePort = (await web.listen()).port;
+    }
   } catch (err) {
+    await web?.close();
     await mail?.server.close(0);
     await icap?.close(0);
+    await quarantine.close();
     await runtime.close();
+    stats?.close();
     throw err;
   }
+  const stopPurge = startQuarantinePurge(quarantine, config.quarantine, log.child({ component: 'quarantine' }));
   const health = startHealthLog(runtime, log, config.health.interval, () => ({
     ...(icap ? { icap: icap.counters } : {}),
     ...(mail ? { smtp: mail.server.counters, mail: mail.filter.counters } : {}),
-  }));
+    ...(web ? { console: web.counters } : {}),
+  }), engineHealth);
   let stopping: Promise<void> | null = null;
   const stop = () => {
     stopping ??= (async () => {
       log.info('avgate stopping');
       clearInterval(health);
-      await Promise.all([icap?.close(STOP_DEADLINE_MS / 2), mail?.server.close(STOP_DEADLINE_MS / 2)]);
+      await Promise.all([icap?.close(STOP_DEADLINE_MS / 2), mail?.server.close(STOP_DEADLINE_MS / 2), web?.close()]);
+      await stopPurge();
+      await quarantine.close();
       await runtime.close();
+      stats?.close(); // after the scanners: their last verdicts are written
       log.info('avgate stopped');
     })();
     return stopping;
   };
   const smtpPort = mail?.port ?? null;
-  log.info({ engines: runtime.engines.map((e) => e.id), clamdPid: runtime.clamd?.pid, icapPort, smtpPort }, 'avgate ready');
-  return { runtime, icap, icapPort, icapTlsPort, mail, smtpPort, stop };
+  log.info({ engines: runtime.engines.map((e) => e.id), clamdPid: runtime.clamd?.pid, icapPort, smtpPort, consolePort }, 'avgate ready');
+  return { runtime, icap, icapPort, icapTlsPort, mail, smtpPort, quarantine, stats, web, consolePort, stop };
 }
 
 /** Pings every engine now and then; a failure is logged with its cause, recovery too. */
-export function startHealthLog(runtime: Runtime, log: Logger, intervalMs: number, frontEnds: () => object = () => ({})): NodeJS.Timeout {
+export function startHealthLog(
+  runtime: Runtime,
+  log: Logger,
+  intervalMs: number,
+  frontEnds: () => object = () => ({}),
+  board: EngineHealth | null = null,
+): NodeJS.Timeout {
   const healthy = new Map<string, boolean>();
   const check = async () => {
     for (const { id, engine } of runtime.engines) {
@@ -75,10 +131,13 @@ export function startHealthLog(runtime: Runtime, log: Logger, intervalMs: number
       try {
         const reply = engine.ping ? await engine.ping(signal) : 'no ping';
         const version = await engine.signatureVersion(signal);
+        const own = engine.version ? await engine.version(signal).catch(() => null) : null;
+        board?.ok(id, { reply: reply.trim(), version: own, signatureVersion: version });
         if (healthy.get(id) !== true) log.info({ engine: id, reply: reply.trim(), signatureVersion: version }, 'engine healthy');
         else log.debug({ engine: id, reply: reply.trim(), signatureVersion: version }, 'engine healthy');
         healthy.set(id, true);
       } catch (err) {
+        board?.failed(id, messageOf(err));
         log.error({ engine: id, err: messageOf(err) }, 'engine not answering: scans fail closed (error verdicts)');
         healthy.set(id, false);
       }

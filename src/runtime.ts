@@ -9,6 +9,7 @@ import { createEngine } from './engines/registry.js';
 import { LocalClamd } from './engines/clamd/local.js';
 import type { Engine, EngineFactory, EngineOption } from './engines/types.js';
 import { Scanner, type ScannerEngine } from './scan/scanner.js';
+import type { ScanOrigin, StatsRecorder } from './stats/types.js';
 
 /** The engine address meaning "the project-local clamd's unix socket". */
 export const LOCAL_ADDRESS = 'local';
@@ -36,6 +37,10 @@ export interface RuntimeOptions {
    * engine uses address "local" and nothing answers on its socket (avgate scan); `never`.
    */
   localClamd: 'always' | 'if-needed' | 'never';
+  /** Every scanner reports each verdict here (avgate serve: the statistics store). */
+  stats?: StatsRecorder | null;
+  /** The origin of scans whose request names none (avgate scan: fs). */
+  defaultOrigin?: ScanOrigin;
 }
 
 export function localClamdFor(config: Readonly<Config>): LocalClamd {
@@ -142,7 +147,8 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
         if (!e) throw new AvgateError('AVG_ERR_ENGINE_UNKNOWN', `no engine "${id}" in engines`);
         return e;
       });
-      entry = { scanner: new Scanner(engines, limits, cache, log.child({ component: 'scanner', engines: key })), engines };
+      const scannerOptions = { stats: options.stats ?? null, ...(options.defaultOrigin ? { defaultOrigin: options.defaultOrigin } : {}) };
+      entry = { scanner: new Scanner(engines, limits, cache, log.child({ component: 'scanner', engines: key }), scannerOptions), engines };
       scanners.set(key, entry);
     }
     return entry;

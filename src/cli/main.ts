@@ -1,13 +1,16 @@
 import { parseArgs } from 'node:util';
 import { stringify } from 'yaml';
 import { loadConfig, type LoadedConfig } from '../config/loader.js';
+import { configWarnings } from '../config/check.js';
+import { masked } from '../config/mask.js';
 import { AvgateError, messageOf } from '../core/errors.js';
 import { createLogger } from '../core/logging.js';
-import { formatBytes } from '../core/units.js';
 import { VERSION } from '../core/version.js';
 import { serveForever } from '../main.js';
-import { localClamdFor, openRuntime, streamMaxLengthBytes } from '../runtime.js';
+import { localClamdFor, openRuntime } from '../runtime.js';
+import { runAdminCommand } from './admin.js';
 import { runScanCommand, SCAN_USAGE } from './scan.js';
+import { runQuarantineCommand } from './quarantine.js';
 
 const USAGE = `usage: avgate [--config FILE] COMMAND [ARGS]
 
@@ -18,6 +21,12 @@ commands:
   config show           print the effective config (defaults filled in, secrets masked)
   clamd setup           write the test signature database and clamd.conf under state-dir
   clamd run             run the project-local clamd in the foreground
+  admin passwd [--user NAME] [--password-stdin]
+                        set a web console user's password
+  admin token add NAME | list | remove NAME
+                        API tokens for the scanning API and /metrics
+  quarantine list|show|export|release|restore|delete|purge
+                        manage the encrypted quarantine (see: avgate quarantine --help)
   version               print avgate's version
 
 The config file is --config FILE, else $AVGATE_CONFIG, else the embedded defaults.
@@ -40,16 +49,6 @@ function takeConfig(argv: string[]): { configPath: string | null; rest: string[]
     }
   }
   return { configPath, rest };
-}
-
-const SECRET_KEY = /pass(word)?|secret|token|key$/i;
-
-function masked(value: unknown, key = ''): unknown {
-  if (Array.isArray(value)) return value.map((v) => masked(v, key));
-  if (value && typeof value === 'object') {
-    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, masked(v, k)]));
-  }
-  return SECRET_KEY.test(key) && value !== null && value !== '' ? '********' : value;
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -88,6 +87,10 @@ export async function main(argv: string[]): Promise<number> {
       return configCommand(loaded, args);
     case 'clamd':
       return clamdCommand(loaded, args);
+    case 'admin':
+      return runAdminCommand(loaded.config, args, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr });
+    case 'quarantine':
+      return runQuarantineCommand(loaded, args);
     default:
       err.write(`avgate: unknown command "${command}"\n${USAGE}`);
       return 2;
@@ -103,7 +106,7 @@ async function scanCommand(loaded: LoadedConfig, args: string[]): Promise<number
   const logger = createLogger({ level: loaded.config.log.level === 'info' ? 'warn' : loaded.config.log.level, file: loaded.config.log.file });
   let runtime;
   try {
-    runtime = await openRuntime(loaded.config, { logger, localClamd: 'if-needed' });
+    runtime = await openRuntime(loaded.config, { logger, localClamd: 'if-needed', defaultOrigin: { source: 'fs' } });
   } catch (e) {
     process.stderr.write(`avgate: ${messageOf(e)}\n`);
     return 2;
@@ -134,13 +137,7 @@ async function configCommand(loaded: LoadedConfig, args: string[]): Promise<numb
     return 2;
   }
   process.stdout.write(`config ${loaded.path ?? '(embedded defaults)'}: syntax and keys OK\n`);
-  const warnings: string[] = [];
-  const sml = streamMaxLengthBytes(config);
-  if (sml !== null && config.clamd.managed && config.scan['max-checked-size'] > sml) {
-    warnings.push(
-      `scan.max-checked-size (${formatBytes(config.scan['max-checked-size'])}) is above clamd.stream-max-length (${formatBytes(sml)}): objects in between come back skipped from clamd`,
-    );
-  }
+  const warnings = configWarnings(config);
   for (const w of warnings) process.stdout.write(`warning: ${w}\n`);
   const logger = createLogger({ level: 'error', file: null });
   let failed = false;

@@ -142,6 +142,12 @@ export const mailSchema = z
     engines: z.array(z.string()).min(1).nullable().default(null),
     /** Also scan the whole raw message once (for what only the engine's own mail parser finds). */
     'scan-whole-message': z.boolean().default(false),
+    /**
+     * Messages up to this size are first scanned whole, in one engine call (the engine decodes
+     * MIME itself); only when that is not clean, or the walker finds a MIME problem, are the
+     * documents scanned one by one to name the culprit. 0 = always document by document.
+     */
+    'prescan-max-size': size.default(32 * 1024),
     /** MIME walker limits (src/mime/limits.ts); exceeding one makes the message corrupted. */
     'max-depth': positiveInt.default(DEFAULT_MIME_LIMITS.maxDepth),
     'max-parts': positiveInt.default(DEFAULT_MIME_LIMITS.maxParts),
@@ -156,8 +162,6 @@ export const mailSchema = z
     'notify-from': address.default('postmaster@localhost'),
     /** Value of the X-Virus-Scanned header; null = not added. */
     'x-virus-scanned': z.string().regex(/^[^\r\n]+$/, 'one non-empty line').nullable().default('avgate'),
-    /** Directory of the local quarantine, relative to state-dir. */
-    'quarantine-dir': z.string().min(1).default('quarantine'),
     /** Ordered: the first pattern that matches a virus name decides its status; others are infected. */
     'virus-name-status': z
       .array(z.strictObject({ pattern: regex, status: z.enum(NAME_STATUSES) }))

@@ -2,6 +2,9 @@ import { z } from 'zod';
 import { duration, positiveInt, size } from './units-schema.js';
 import { smtpSchema } from './smtp-schema.js';
 import { mailSchema } from './mail-schema.js';
+import { quarantineSchema } from './quarantine-schema.js';
+import { statsSchema } from './stats-schema.js';
+import { consoleSchema } from './console-schema.js';
 
 /**
  * The configuration schema. Every key is kebab-case, every object is strict (an unknown key is an
@@ -154,6 +157,9 @@ export const configSchema = z.strictObject({
   icap: icapSchema.default(() => icapSchema.parse({})),
   smtp: smtpSchema.prefault({}),
   mail: mailSchema.prefault({}),
+  quarantine: quarantineSchema.prefault({}),
+  stats: statsSchema.prefault({}),
+  console: consoleSchema.prefault({}),
 });
 
 export type Config = z.output<typeof configSchema>;

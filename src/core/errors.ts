@@ -15,6 +15,8 @@ export const ERROR_CODES = {
   AVG_ERR_QUEUE_FULL: 'too many scans in progress and the wait queue is full',
   AVG_ERR_SOURCE: 'the object to scan could not be read',
   AVG_ERR_CLAMD_START: 'the project-local clamd did not start',
+  AVG_ERR_BAD_ADDRESS: 'a mail address given for a release is not one plain mailbox',
+  AVG_ERR_QUARANTINE: 'the quarantine store refused or could not do the operation',
   AVG_ERR_INTERNAL: 'an unexpected internal failure',
 } as const;
 

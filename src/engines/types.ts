@@ -65,6 +65,10 @@ export interface Engine<Ctx = unknown> {
   signatureVersion(signal?: AbortSignal): Promise<string | null>;
   /** Optional: a cheap liveness check (clamd PING, ICAP OPTIONS) for health logging; throws when down. */
   ping?(signal?: AbortSignal): Promise<string>;
+  /** Optional: the engine's own version text (clamd VERSION), for the dashboard. */
+  version?(signal?: AbortSignal): Promise<string>;
+  /** Optional: the local directory of the engine's signature databases (clamd), for the dashboard. */
+  databaseDir?(): string | null;
   /** Optional: list of signature names the engine can detect (for the dashboard). */
   listSignatures?(): AsyncIterable<string>;
 }

@@ -2,11 +2,12 @@ import { readFile } from 'node:fs/promises';
 import { PassThrough, type Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { messageOf } from '../core/errors.js';
-import type { VerdictResult } from '../core/verdict.js';
+import type { Verdict, VerdictResult } from '../core/verdict.js';
 import { zipNamesFromBuffer, zipNamesFromFile } from '../formats/zip-names.js';
-import { decodeEncodedWords, rewriteMessage, walkMessage, type MimeLimits, type MimeProblem, type PartEdit } from '../mime/index.js';
+import { decodeEncodedWords, rewriteMessage, walkMessage, type MimeLimits, type MimeProblem, type PartEdit, type WalkResult } from '../mime/index.js';
 import { buildNotification, decideMessage, type MailDocument, type MailHeader, type MailPlan, type MailPolicy, type MessageFacts } from '../policy/mail/index.js';
 import type { InboundMessage, MessageHandler, NextHop, PartitionHook, Recipient, SmtpReply } from '../protocols/smtp/types.js';
+import type { ScanOrigin } from '../stats/types.js';
 import type { Quarantine } from '../quarantine/types.js';
 import type { ScanService, ScanSource } from '../scan/types.js';
 import { readTopHeaders } from './headers.js';
@@ -26,6 +27,8 @@ export interface MailFilterOptions {
   spoolDir: string;
   documentMemory: number;
   scanWholeMessage: boolean;
+  /** Messages up to this size are scanned whole first; documents one by one only if that is not clean (0 = never). */
+  prescanMaxSize: number;
   lenientQuotedPrintable: boolean;
   log: Logger;
 }
@@ -37,13 +40,17 @@ export interface MailFilterCounters {
   notifications: number;
   notificationFailures: number;
   quarantined: number;
+  /** Engine calls (documents and whole messages). */
+  scans: number;
+  /** Messages settled by one scan of the whole message (prescan-max-size). */
+  prescanned: number;
 }
 
 /** What a document is, for the zip-name filter: the type or name says zip, or the bytes begin like one. */
 const ZIP_TYPES = /zip|compressed/i;
 
 export class MailFilter {
-  readonly counters: MailFilterCounters = { messages: 0, byStatus: {}, byAction: {}, notifications: 0, notificationFailures: 0, quarantined: 0 };
+  readonly counters: MailFilterCounters = { messages: 0, byStatus: {}, byAction: {}, notifications: 0, notificationFailures: 0, quarantined: 0, scans: 0, prescanned: 0 };
   private readonly replacements = new Map<string, Buffer>();
 
   constructor(private readonly o: MailFilterOptions) {}
@@ -77,7 +84,7 @@ export class MailFilter {
       const shareFacts: MessageFacts = { ...facts, recipients: rcpts.map((r) => r.address) };
       let plan = decideMessage(group, documents, shareFacts);
       if (plan.quarantine) {
-        quarantineId ??= await this.quarantine(msg, plan);
+        quarantineId ??= await this.quarantine(msg, plan, facts);
         if (quarantineId) plan = decideMessage(group, documents, { ...shareFacts, quarantineId });
       }
       const shareReplies = await this.act(msg, nextHop, plan, rcpts);
@@ -108,25 +115,82 @@ export class MailFilter {
     return replies;
   }
 
-  /** Walks the message and scans each document; MIME problems become facts of their documents. */
+  /**
+   * Walks the message and scans each document; MIME problems become facts of their documents.
+   * A small message is first scanned whole: when the engine finds it clean and the walker finds no
+   * MIME problem, every document takes that verdict (one engine call instead of one per document).
+   * Otherwise the documents are scanned one by one, so the policy knows which one is the culprit.
+   */
   private async inspect(msg: InboundMessage): Promise<{ documents: MailDocument[]; headers: MailHeader[] }> {
     const headers = await readTopHeaders(msg.spool, this.o.limits.maxHeaderSize);
-    const walk = await walkMessage(
+    let whole: Verdict | null = null;
+    if (msg.size <= this.o.prescanMaxSize) {
+      whole = await this.scanWhole(msg);
+      if (whole.status === 'free') {
+        const documents = this.documents(msg, await this.walk(msg, whole), this.o.scanWholeMessage ? whole : null);
+        if (!documents.some((d) => (d.problems ?? []).length > 0)) {
+          this.counters.prescanned++;
+          return { documents, headers };
+        }
+      }
+    }
+    const walk = await this.walk(msg, null);
+    if (this.o.scanWholeMessage) whole ??= await this.scanWhole(msg);
+    // A finding on the whole message that no single document explains stays a finding.
+    const unexplained = whole !== null && whole.status !== 'free' && walk.documents.every(({ result }) => result.verdict.status === 'free');
+    return { documents: this.documents(msg, walk, this.o.scanWholeMessage || unexplained ? whole : null), headers };
+  }
+
+  /** The walk; each document is scanned, or takes `given` (the clean verdict of the whole message). */
+  private walk(msg: InboundMessage, given: Verdict | null): Promise<WalkResult<ScannedDocument>> {
+    return walkMessage(
       msg.spool,
-      { limits: this.o.limits, spoolDir: this.o.spoolDir, spoolMemoryLimit: this.o.documentMemory, hash: this.o.scanner.wantsHash, signal: msg.signal },
+      {
+        limits: this.o.limits,
+        spoolDir: this.o.spoolDir,
+        spoolMemoryLimit: this.o.documentMemory,
+        hash: given === null && this.o.scanner.wantsHash,
+        signal: msg.signal,
+      },
       async (doc) => {
         const source = doc.source();
-        const verdict = await this.o.scanner.scan({
-          source,
-          name: `${msg.queueId}/${doc.id}${doc.filename ? ` ${doc.filename}` : ''}`,
-          ...(doc.sha256 ? { hash: doc.sha256 } : {}),
-          ...(source.kind !== 'file' ? { toFile: () => doc.spool.fileForScan() } : {}),
-          signal: msg.signal,
-        });
+        if (!given) this.counters.scans++;
+        const verdict =
+          given ??
+          (await this.o.scanner.scan({
+            source,
+            name: `${msg.queueId}/${doc.id}${doc.filename ? ` ${doc.filename}` : ''}`,
+            ...(doc.sha256 ? { hash: doc.sha256 } : {}),
+            ...(source.kind !== 'file' ? { toFile: () => doc.spool.fileForScan() } : {}),
+            signal: msg.signal,
+            origin: this.origin(msg),
+          }));
         const archive = await this.archiveNames(doc.contentType, doc.filename, source);
         return { verdict, archive };
       },
     );
+  }
+
+  /** For statistics: the front end and the first recipient's group (SMTP transactions hold one group). */
+  private origin(msg: InboundMessage): ScanOrigin {
+    const first = msg.rcptTo[0];
+    return { source: msg.protocol, group: first ? this.o.policy.groupKey(msg.mailFrom.address, first.address) : null };
+  }
+
+  private scanWhole(msg: InboundMessage): Promise<Verdict> {
+    this.counters.scans++;
+    const path = msg.spool.filePath();
+    return this.o.scanner.scan({
+      source: path ? { kind: 'file', path } : { kind: 'chunks', chunks: msg.spool.memoryChunks },
+      name: `${msg.queueId}/(message)`,
+      ...(path ? {} : { toFile: () => msg.spool.fileForScan() }),
+      signal: msg.signal,
+      origin: this.origin(msg),
+    });
+  }
+
+  /** The policy's view of the walk: documents with their verdicts and problem codes. */
+  private documents(msg: InboundMessage, walk: WalkResult<ScannedDocument>, wholeVerdict: Verdict | null): MailDocument[] {
     // A stray "=" in quoted-printable text is common in real mail: not "corrupted" when lenient.
     const relevant = (p: MimeProblem, encoding: string | null) => !(this.o.lenientQuotedPrintable && p.code === 'encoding' && encoding === 'quoted-printable');
     const documents: MailDocument[] = walk.documents.map(({ document: d, result }) => ({
@@ -143,17 +207,10 @@ export class MailFilter {
     if (loose.length > 0) {
       documents.push({ id: '', whole: true, fileName: null, contentType: null, problems: [...new Set(loose.map((p) => p.code))], verdict: null, size: msg.size });
     }
-    if (this.o.scanWholeMessage) {
-      const path = msg.spool.filePath();
-      const verdict = await this.o.scanner.scan({
-        source: path ? { kind: 'file', path } : { kind: 'chunks', chunks: msg.spool.memoryChunks },
-        name: `${msg.queueId}/(message)`,
-        ...(path ? {} : { toFile: () => msg.spool.fileForScan() }),
-        signal: msg.signal,
-      });
-      documents.push({ id: '', whole: true, fileName: null, contentType: 'message/rfc822', verdict: stripCommon(verdict), size: msg.size });
+    if (wholeVerdict) {
+      documents.push({ id: '', whole: true, fileName: null, contentType: 'message/rfc822', verdict: stripCommon(wholeVerdict), size: msg.size });
     }
-    return { documents, headers };
+    return documents;
   }
 
   private async archiveNames(
@@ -177,16 +234,20 @@ export class MailFilter {
     return r.ok ? { names: [...r.names], encrypted: r.encrypted } : null;
   }
 
-  private async quarantine(msg: InboundMessage, plan: MailPlan): Promise<string | null> {
+  private async quarantine(msg: InboundMessage, plan: MailPlan, facts: MessageFacts): Promise<string | null> {
     try {
       const path = msg.spool.filePath();
       const { id } = await this.o.quarantine.put(path ?? msg.spool.createReadStream(), {
+        source: msg.protocol,
         sender: msg.mailFrom.address,
         recipients: msg.rcptTo.map((r) => r.address),
         group: plan.group,
         statuses: plan.statuses,
         virusNames: plan.names,
         queueId: msg.queueId,
+        subject: facts.subject,
+        messageId: facts.messageId,
+        action: plan.reply.kind === 'deliver' ? deliverLabel(plan) : plan.reply.kind,
         note: plan.report.split('\n').slice(0, 5).join('\n'),
       });
       this.counters.quarantined++;
@@ -300,6 +361,11 @@ export class MailFilter {
     const action = plan.reply.kind === 'deliver' ? deliverLabel(plan) : plan.reply.kind;
     this.counters.byAction[action] = (this.counters.byAction[action] ?? 0) + 1;
   }
+}
+
+interface ScannedDocument {
+  verdict: Verdict;
+  archive: { names: string[]; encrypted: boolean } | null;
 }
 
 function factsOf(msg: InboundMessage, headers: MailHeader[]): MessageFacts {

@@ -3,7 +3,7 @@ import type { Config } from '../config/schema.js';
 import type { Logger } from '../core/logging.js';
 import { compileMailPolicy } from '../policy/mail/index.js';
 import { SmtpFilterServer } from '../protocols/smtp/server.js';
-import { LocalDirQuarantine } from '../quarantine/local-dir.js';
+import type { Quarantine } from '../quarantine/types.js';
 import type { Runtime } from '../runtime.js';
 import { MailFilter } from './filter.js';
 
@@ -15,14 +15,17 @@ export interface MailFrontEnd {
   port: number;
 }
 
-/** The SMTP/LMTP content filter as `avgate serve` runs it: transport + filter + policy + quarantine. */
-export async function startMailFilter(config: Readonly<Config>, runtime: Runtime, log: Logger): Promise<MailFrontEnd> {
+/**
+ * The SMTP/LMTP content filter as `avgate serve` runs it: transport + filter + policy, putting
+ * originals in `quarantine` (the one store serve opened for every front end; the caller closes it).
+ */
+export async function startMailFilter(config: Readonly<Config>, runtime: Runtime, log: Logger, quarantine: Quarantine): Promise<MailFrontEnd> {
   const mail = config.mail;
   const stateDir = config['state-dir'];
   const filter = new MailFilter({
     scanner: runtime.scannerFor(mail.engines).scanner,
     policy: compileMailPolicy(mail),
-    quarantine: await LocalDirQuarantine.open(resolve(stateDir, mail['quarantine-dir'])),
+    quarantine,
     limits: {
       maxDepth: mail['max-depth'],
       maxParts: mail['max-parts'],
@@ -33,6 +36,7 @@ export async function startMailFilter(config: Readonly<Config>, runtime: Runtime
     spoolDir: join(resolve(stateDir, config.smtp['spool-dir']), 'documents'),
     documentMemory: mail['document-memory'],
     scanWholeMessage: mail['scan-whole-message'],
+    prescanMaxSize: mail['prescan-max-size'],
     lenientQuotedPrintable: mail['lenient-quoted-printable'],
     log: log.child({ component: 'mail' }),
   });

@@ -9,6 +9,7 @@ import { Semaphore } from '../core/semaphore.js';
 import { combineVerdicts, type Verdict, type VerdictResult } from '../core/verdict.js';
 import { ContextPool } from '../engines/pool.js';
 import type { Engine, EngineScanResult } from '../engines/types.js';
+import type { ScanOrigin, StatsRecorder } from '../stats/types.js';
 import type { ScanRequest, ScanService, ScanSource } from './types.js';
 
 export interface ScannerLimits {
@@ -61,6 +62,13 @@ class Meter extends Transform {
   }
 }
 
+export interface ScannerOptions {
+  /** Told about every verdict (cache hits too). */
+  stats?: StatsRecorder | null;
+  /** The origin of requests that name none (the CLI's scanner: fs); default api. */
+  defaultOrigin?: ScanOrigin;
+}
+
 interface EngineSlot extends ScannerEngine {
   pool: ContextPool<unknown>;
 }
@@ -85,6 +93,7 @@ export class Scanner implements ScanService {
     private readonly limits: ScannerLimits,
     private readonly cache: VerdictCache | null,
     private readonly log: Logger,
+    private readonly options: ScannerOptions = {},
   ) {
     if (engines.length === 0) throw new AvgateError('AVG_ERR_CONFIG', 'a scanner needs at least one engine');
     this.engines = engines.map((e) => ({
@@ -124,6 +133,7 @@ export class Scanner implements ScanService {
     this.counters.bytes += verdict.bytes;
     this.counters.byStatus[verdict.status]++;
     if (verdict.cached) this.counters.cacheHits++;
+    if (this.options.stats) this.report(this.options.stats, request, verdict);
     const level = verdict.status === 'error' || verdict.status === 'unknown' ? 'warn' : 'debug';
     this.log[level](
       {
@@ -141,6 +151,26 @@ export class Scanner implements ScanService {
       'scan',
     );
     return verdict;
+  }
+
+  /** One event per verdict; a recorder's trouble never reaches the scan. */
+  private report(stats: StatsRecorder, request: ScanRequest, verdict: Verdict): void {
+    const origin = request.origin ?? this.options.defaultOrigin ?? { source: 'api' };
+    try {
+      stats.record({
+        time: Date.now(),
+        source: origin.source,
+        status: verdict.status,
+        virus: verdict.status === 'found' ? (verdict.names[0] ?? null) : null,
+        group: origin.group ?? null,
+        engine: verdict.engine,
+        bytes: verdict.bytes,
+        durationMs: verdict.durationMs,
+        cached: verdict.cached,
+      });
+    } catch (err) {
+      this.log.debug({ err: messageOf(err) }, 'statistics recorder failed');
+    }
   }
 
   private async scanInner(request: ScanRequest, started: number): Promise<Verdict> {

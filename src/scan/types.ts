@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream';
 import type { Verdict } from '../core/verdict.js';
+import type { ScanOrigin } from '../stats/types.js';
 
 /**
  * What a front end hands the scanner. A file or a buffer can be read twice, so the scanner can
@@ -26,6 +27,8 @@ export interface ScanRequest {
   toFile?: () => Promise<string>;
   /** The caller gives up (client gone). */
   signal?: AbortSignal;
+  /** Where the object came from, for statistics (front end, group or ICAP service). */
+  origin?: ScanOrigin;
 }
 
 export interface ScanService {

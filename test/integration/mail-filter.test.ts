@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -107,6 +107,38 @@ describe('mail filter: scanning, groups and actions (recording next hop)', () =>
     assert.equal(notices().length, 0);
   });
 
+  test('prescan: a small clean message takes one engine call; an infected one is then scanned document by document', async () => {
+    const c = av.mail.filter.counters;
+    const scans0 = c.scans;
+    const pre0 = c.prescanned;
+    const clean = mailWith('prescan-clean', [{ name: 'small.bin', type: 'application/octet-stream', data: randomBytes(3000) }]);
+    assert.ok(clean.length < 32 * 1024);
+    assert.equal((await send(av.smtpPort, 'a@example.com', ['b@example.net'], clean)).data[0]?.code, 250);
+    assert.equal(c.scans - scans0, 1, 'one scan of the whole message');
+    assert.equal(c.prescanned - pre0, 1);
+    const [m] = delivered('b@example.net').filter((d) => d.body.includes(Buffer.from('prescan-clean')));
+    assert.match(header(m?.body ?? Buffer.alloc(0), 'X-AV-Status') ?? '', /^clean/);
+
+    const scans1 = c.scans;
+    const dirty = mailWith('prescan-dirty', [eicarAttachment(), { name: 'other.txt', type: 'text/plain', data: Buffer.from('other') }]);
+    assert.equal((await send(av.smtpPort, 'a@example.com', ['b@example.net'], dirty)).data[0]?.code, 250);
+    // The whole message, then its three documents (text, eicar.com, other.txt).
+    assert.equal(c.scans - scans1, 4);
+    assert.equal(c.prescanned - pre0, 1);
+    const [d] = delivered('b@example.net').filter((x) => x.body.includes(Buffer.from('prescan-dirty')));
+    assert.ok(d);
+    const docs = await documentsOf(d.body);
+    assert.equal(docs.get('other.txt'), 'other', 'the clean document stays');
+    assert.equal(docs.has('eicar.com'), false, 'the culprit is found and removed');
+
+    // A MIME problem (invalid base64) makes the documents be scanned one by one despite a clean prescan.
+    const scans2 = c.scans;
+    const broken = Buffer.from(mailWith('prescan-broken', [{ name: 'x.bin', type: 'application/octet-stream', data: Buffer.from('hello') }]).toString().replace('aGVsbG8=', 'a$$$GVsbG8'));
+    await send(av.smtpPort, 'a@example.com', ['b@example.net'], broken);
+    assert.equal(c.scans - scans2, 3, 'whole message, then the two documents');
+    assert.equal(c.prescanned - pre0, 1);
+  });
+
   test('EICAR attachment, default group: attachment removed with a notice, subject tagged, sender/recipient/admin notified', async () => {
     const before = hop.messages.length;
     const msg = mailWith('eicar-1', [eicarAttachment(), { name: 'keep.txt', type: 'text/plain', data: Buffer.from('keep me') }]);
@@ -130,10 +162,10 @@ describe('mail filter: scanning, groups and actions (recording next hop)', () =>
       assert.match(header(n.body, 'From') ?? '', /postmaster@gw\.test/);
       assert.match(header(n.body, 'Auto-Submitted') ?? '', /auto-generated/);
     }
-    const quarantined = (await readdir(join(dir, 'state', 'quarantine'))).filter((f) => f.endsWith('.json'));
-    assert.ok(quarantined.length >= 1, 'the original is in quarantine');
-    const meta = JSON.parse(await readFile(join(dir, 'state', 'quarantine', quarantined.at(-1) as string), 'utf8')) as { virusNames: string[] };
-    assert.match(meta.virusNames.join(), EICAR_NAME);
+    const [quarantined] = await av.quarantine.list({ text: 'test eicar-1' });
+    assert.ok(quarantined, 'the original is in quarantine');
+    assert.match(quarantined.virusNames.join(), EICAR_NAME);
+    assert.equal(quarantined.source, 'smtp');
   });
 
   test('clam.zip and EICAR inside an attached message are found and removed', async () => {

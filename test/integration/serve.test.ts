@@ -33,7 +33,7 @@ describe('avgate serve and the config commands', () => {
     configPath = join(dir, 'avgate.yaml');
     await writeFile(
       configPath,
-      [`state-dir: ${join(dir, 'state')}`, 'log:', '  level: silent', 'clamd:', '  tcp-port: 0', 'health:', '  interval: 1s', 'icap:', '  listen: 127.0.0.1:0', 'smtp:', '  listen: 127.0.0.1:0', ''].join('\n'),
+      [`state-dir: ${join(dir, 'state')}`, 'log:', '  level: silent', 'clamd:', '  tcp-port: 0', 'health:', '  interval: 1s', 'icap:', '  listen: 127.0.0.1:0', 'smtp:', '  listen: 127.0.0.1:0', 'console:', '  listen: 127.0.0.1:0', ''].join('\n'),
     );
   });
   after(async () => {

@@ -15,6 +15,8 @@ export interface AvgatePeerOptions {
   icapYaml?: string;
   /** More entries under `engines:` besides `clamav` (written unindented). */
   extraEngines?: string;
+  /** YAML inside `console:` (written unindented); the console listens on a free loopback port. */
+  consoleYaml?: string;
   /** More top-level YAML (cache, scan ...). */
   yaml?: string;
 }
@@ -46,6 +48,9 @@ export async function startAvgatePeer(o: AvgatePeerOptions): Promise<Serving & {
     'smtp:',
     /^\s*listen:/m.test(o.smtpYaml ?? '') ? '' : '  listen: 127.0.0.1:0',
     indent(o.smtpYaml ?? '', '  '),
+    'console:',
+    '  listen: 127.0.0.1:0',
+    indent(o.consoleYaml ?? '', '  '),
     o.yaml ?? '',
   ].join('\n');
   const s = await serve({ config: parseConfigText(text, 'avgate-peer.yaml'), path: null }, { logger: silentLogger() });

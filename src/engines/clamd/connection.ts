@@ -80,7 +80,13 @@ export class ClamdConnection {
     this.earlyReply = false;
     let bytes = 0;
     const socket = this.socket;
+    // Corked until a chunk's worth is queued: a small object goes out as one segment
+    // (command, chunk, end of stream) instead of three writes.
+    socket.cork();
     socket.write(commandBytes('INSTREAM'));
+    const flush = () => {
+      while (socket.writableCorked > 0) socket.uncork();
+    };
     try {
       for await (const piece of source) {
         const buf: Buffer = typeof piece === 'string' ? Buffer.from(piece) : (piece as Buffer);
@@ -94,12 +100,14 @@ export class ClamdConnection {
             await reply.catch(() => undefined);
             return { reply: null, bytes, overLimit: true };
           }
-          socket.cork();
           socket.write(chunkHeader(part.length));
           const ok = socket.write(part);
-          socket.uncork();
           bytes += part.length;
-          if (!ok) await this.drained();
+          if (!ok || socket.writableLength >= options.chunkSize) {
+            flush();
+            if (!ok) await this.drained();
+            socket.cork();
+          }
         }
         if (!this.alive || this.earlyReply) break;
       }
@@ -117,6 +125,7 @@ export class ClamdConnection {
     } else if (this.alive) {
       socket.write(END_OF_STREAM);
     }
+    flush();
     return { reply: await reply, bytes };
   }
 

@@ -185,6 +185,16 @@ export abstract class ClamdEngineBase<S extends ClamdNetSettings> {
   ping(signal?: AbortSignal): Promise<string> {
     return requestFirst(this.settings, 'PING', signal);
   }
+
+  /** clamd's own VERSION line (`ClamAV 1.4.6/27432/Sat Nov 21 ...`), for the dashboard's engine health. */
+  async version(signal?: AbortSignal): Promise<string> {
+    return (await requestFirst(this.settings, 'VERSION', signal)).replace(/\0/g, '').trim();
+  }
+
+  /** The database directory when known (database-dir, or the project-local clamd's). */
+  databaseDir(): string | null {
+    return this.settings.databaseDir;
+  }
 }
 
 /**

@@ -359,7 +359,7 @@ export class IcapConnection {
             // Too big to assemble first: stream to the engine from here on, while spooling for the echo.
             spool.stopHashing(); // the scanner hashes the stream for the cache: once is enough
             scanStream = new PassThrough({ highWaterMark: READ_PIECE });
-            scanPromise = service.scanner.scan({ source: { kind: 'stream', stream: scanStream }, name: url, signal: scanAbort.signal });
+            scanPromise = service.scanner.scan({ source: { kind: 'stream', stream: scanStream }, name: url, signal: scanAbort.signal, origin: { source: 'icap', group: service.name } });
             for (const held of spool.memoryChunks) await feed(scanStream, held);
           }
           await spool.write(piece);
@@ -387,6 +387,7 @@ export class IcapConnection {
           name: url,
           hash: spool.sha256 ?? undefined,
           signal: scanAbort.signal,
+          origin: { source: 'icap', group: service.name },
           ...(path ? {} : { toFile: () => spool.fileForScan() }),
         });
       }

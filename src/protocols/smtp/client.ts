@@ -303,28 +303,44 @@ export class SmtpClientConnection {
     let last: Buffer = Buffer.alloc(0);
     let total = 0;
     const source: AsyncIterable<Buffer> | Buffer[] = Buffer.isBuffer(body) ? [body] : (body as AsyncIterable<Buffer>);
+    // Corked until 64 KiB are queued: a small message and its final dot leave in one segment.
+    const out = this.output;
+    const flush = () => {
+      while (out.writableCorked > 0) out.uncork();
+    };
+    out.cork();
     try {
       for await (const raw of source) {
         const chunk = Buffer.isBuffer(raw) ? raw : Buffer.from(raw as string);
         if (chunk.length === 0) continue;
         if (signal?.aborted) throw new NextHopFailure('abort', `${this.label}: delivery aborted while sending the message`);
         if (this.failure) throw this.phaseOf(this.failure, 'data');
-        const out = dotStuff(chunk, atLineStart);
+        const stuffed = dotStuff(chunk, atLineStart);
         atLineStart = chunk[chunk.length - 1] === 0x0a;
         last = chunk.length >= 2 ? chunk.subarray(chunk.length - 2) : Buffer.concat([last, chunk]).subarray(-2);
         total += chunk.length;
-        if (!this.output.write(out)) await this.drain(timeoutMs);
+        const ok = out.write(stuffed);
+        if (!ok || out.writableLength >= 64 * 1024) {
+          flush();
+          if (!ok) await this.drain(timeoutMs);
+          out.cork();
+        }
       }
     } catch (err) {
       // The final dot was not sent: the next hop discards what it got when the connection ends.
+      flush();
       this.destroy();
       if (err instanceof NextHopFailure) throw err;
       throw new NextHopFailure('local', `cannot read the message: ${messageOf(err)}`);
     }
-    if (this.failure) throw this.phaseOf(this.failure, 'data');
+    if (this.failure) {
+      flush();
+      throw this.phaseOf(this.failure, 'data');
+    }
     this.record(`C: (${total} bytes)`);
     this.record('C: .');
-    this.output.write(total === 0 || last.equals(CRLF) ? DOT_CRLF : CRLF_DOT_CRLF);
+    out.write(total === 0 || last.equals(CRLF) ? DOT_CRLF : CRLF_DOT_CRLF);
+    flush();
   }
 
   private drain(timeoutMs: number): Promise<void> {

@@ -53,6 +53,9 @@ interface ConnState {
   busy: boolean;
 }
 
+
+/** Why a message's signal aborts once its handler settled (lets pending work go). */
+const HANDLER_SETTLED = new Error('message handled');
 /** A reply as the error smtp-server turns into a reply line. */
 function smtpError(code: number, text: string): Error & { responseCode: number } {
   return Object.assign(new Error(text), { responseCode: code });
@@ -293,7 +296,8 @@ export class SmtpFilterServer {
     this.pendingHandlers.add(tracked);
     void tracked.finally(() => {
       this.pendingHandlers.delete(tracked);
-      controller.abort();
+      // A shared reason: abort() without one builds a DOMException (with a stack) per message.
+      controller.abort(HANDLER_SETTLED);
       onSettled();
     });
     const timeoutMs = this.config.timeouts.handler;

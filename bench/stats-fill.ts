@@ -1,0 +1,155 @@
+/**
+ * Statistics store under load: fills a fresh store with 1 000 000 events spread over 90 days, then
+ * times every StatsReader query over short and long periods, and the set of queries one dashboard
+ * page makes. Targets: < 50 ms per query, < 200 ms per page.
+ *
+ *   node --import tsx bench/stats-fill.ts [--events N] [--days D] [--db FILE]
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import type { VerdictStatus } from '../src/core/verdict.js';
+import { DAY_MS, StatsStore } from '../src/stats/store.js';
+import type { EventSource, Period, ScanEvent } from '../src/stats/types.js';
+
+/** Deterministic (mulberry32): the same store every run. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function weighted<T>(r: () => number, items: ReadonlyArray<readonly [T, number]>): T {
+  const total = items.reduce((n, [, w]) => n + w, 0);
+  let x = r() * total;
+  for (const [v, w] of items) {
+    x -= w;
+    if (x <= 0) return v;
+  }
+  return (items[items.length - 1] as readonly [T, number])[0];
+}
+
+const SOURCES: ReadonlyArray<readonly [EventSource, number]> = [
+  ['icap', 60], ['smtp', 20], ['lmtp', 5], ['http', 4], ['ftp', 1], ['pop3', 2], ['imap', 3], ['fs', 3], ['api', 2],
+];
+const STATUSES: ReadonlyArray<readonly [VerdictStatus, number]> = [
+  ['free', 950], ['found', 25], ['skipped', 15], ['unknown', 3], ['error', 7],
+];
+const GROUPS: Record<EventSource, string[]> = {
+  icap: ['avscan', 'srv_clamav'], smtp: ['default', 'sales', 'staff', 'it'], lmtp: ['default', 'staff'],
+  http: ['proxy'], ftp: ['proxy'], pop3: ['default', 'staff'], imap: ['default', 'staff'], fs: [], api: ['api'],
+};
+/** A long tail of names, the first far more frequent (Zipf-like). */
+const VIRUSES = Array.from({ length: 400 }, (_, i) => `Win.Trojan.Agent-${1000 + i}`);
+
+export function makeEvents(count: number, days: number, end: number, seed = 1): Generator<ScanEvent> {
+  const r = rng(seed);
+  const start = end - days * DAY_MS;
+  return (function* () {
+    for (let i = 0; i < count; i++) {
+      const source = weighted(r, SOURCES);
+      const status = weighted(r, STATUSES);
+      const groups = GROUPS[source];
+      const cached = status !== 'error' && r() < 0.3;
+      yield {
+        time: Math.floor(start + (i / count) * (end - start)),
+        source,
+        status,
+        virus: status === 'found' ? (VIRUSES[Math.floor(VIRUSES.length * r() ** 3)] as string) : null,
+        group: groups.length ? (groups[Math.floor(r() * groups.length)] as string) : null,
+        engine: r() < 0.9 ? 'clamav' : 'clamav+icap',
+        bytes: Math.floor(r() ** 4 * 5_000_000),
+        durationMs: cached ? r() * 0.2 : 1 + r() ** 3 * 400,
+        cached,
+      };
+    }
+  })();
+}
+
+function time<T>(fn: () => T): [T, number] {
+  const t0 = performance.now();
+  const v = fn();
+  return [v, performance.now() - t0];
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { events: { type: 'string', default: '1000000' }, days: { type: 'string', default: '90' }, db: { type: 'string' } } });
+  const count = Number(values.events);
+  const days = Number(values.days);
+  const dir = values.db ? null : mkdtempSync(join(tmpdir(), 'avgate-stats-bench-'));
+  const path = values.db ?? join(dir as string, 'stats.sqlite');
+  const now = Date.now();
+  const store = new StatsStore({ path, eventRetentionMs: 400 * DAY_MS, rollupRetentionMs: 400 * DAY_MS, flushIntervalMs: 100 });
+  try {
+    const t0 = performance.now();
+    let n = 0;
+    // The store's own batches: one transaction per 256 events.
+    for (const e of makeEvents(count, days, now)) {
+      store.record(e);
+      if (++n % 256 === 0) store.flush();
+    }
+    store.flush();
+    const fillS = (performance.now() - t0) / 1000;
+    console.log(`filled ${count} events over ${days} days in ${fillS.toFixed(1)} s (${Math.round(count / fillS)} events/s)`);
+    const sizes = (['events', 'rollup_hour', 'rollup_day'] as const).map((t) => `${t} ${store.rowCount(t)}`);
+    console.log(`rows: ${sizes.join(', ')}`);
+
+    const last = (ms: number): Period => ({ from: now - ms, to: now });
+    const periods: Array<[string, Period]> = [
+      ['24h', last(DAY_MS)], ['7d', last(7 * DAY_MS)], ['14d', last(14 * DAY_MS)], ['30d', last(30 * DAY_MS)], ['90d', last(90 * DAY_MS)],
+    ];
+    const queries: Array<[string, (p: Period) => unknown]> = [
+      ['activity(hour)', (p) => store.activity(p, 'hour')],
+      ['activity(day)', (p) => store.activity(p, 'day')],
+      ['topViruses(10)', (p) => store.topViruses(p, 10)],
+      ['statusesBySource', (p) => store.statusesBySource(p)],
+      ['trafficPerHour', (p) => store.trafficPerHour(p)],
+      ['cacheHitRate', (p) => store.cacheHitRate(p)],
+      ['engineLatency', (p) => store.engineLatency(p)],
+      ['byGroup', (p) => store.byGroup(p)],
+    ];
+    // One warm-up pass (statement preparation, page cache), then the timed pass: best of three.
+    for (const [, q] of queries) q(last(DAY_MS));
+    let worst = 0;
+    console.log(`\n${'query'.padEnd(20)}${periods.map(([name]) => name.padStart(10)).join('')}   (ms, best of 3)`);
+    for (const [name, q] of queries) {
+      const cells = periods.map(([, p]) => {
+        const ms = Math.min(...[0, 1, 2].map(() => time(() => q(p))[1]));
+        worst = Math.max(worst, ms);
+        return ms.toFixed(2).padStart(10);
+      });
+      console.log(`${name.padEnd(20)}${cells.join('')}`);
+    }
+    const prom = Math.min(...[0, 1, 2].map(() => time(() => store.prometheus())[1]));
+    worst = Math.max(worst, prom);
+    console.log(`${'prometheus()'.padEnd(20)}${prom.toFixed(2).padStart(10)}`);
+
+    // What the dashboard page asks for: the last 24 hours in detail, the last 30 days in outline.
+    const page = (p: Period, long: Period) => {
+      store.activity(p, 'hour');
+      store.activity(long, 'day');
+      store.topViruses(long, 10);
+      store.statusesBySource(p);
+      store.trafficPerHour(p);
+      store.cacheHitRate(p);
+      store.engineLatency(p);
+      store.byGroup(p);
+      store.prometheus();
+    };
+    const pageMs = Math.min(...[0, 1, 2].map(() => time(() => page(last(DAY_MS), last(30 * DAY_MS)))[1]));
+    const pageLongMs = Math.min(...[0, 1, 2].map(() => time(() => page(last(14 * DAY_MS), last(90 * DAY_MS)))[1]));
+    console.log(`\ndashboard page (24h + 30d): ${pageMs.toFixed(1)} ms; (14d + 90d): ${pageLongMs.toFixed(1)} ms  (target < 200 ms)`);
+    console.log(`slowest query: ${worst.toFixed(2)} ms (target < 50 ms) ${worst < 50 && Math.max(pageMs, pageLongMs) < 200 ? 'OK' : 'OVER TARGET'}`);
+  } finally {
+    store.close();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) await main();

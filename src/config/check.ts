@@ -1,0 +1,14 @@
+import { formatBytes, parseSize } from '../core/units.js';
+import type { Config } from './schema.js';
+
+/** What `config check` (and the console's configuration page) warns about beyond schema errors. */
+export function configWarnings(config: Readonly<Config>): string[] {
+  const warnings: string[] = [];
+  const sml = parseSize(config.clamd['stream-max-length']);
+  if (sml !== null && config.clamd.managed && config.scan['max-checked-size'] > sml) {
+    warnings.push(
+      `scan.max-checked-size (${formatBytes(config.scan['max-checked-size'])}) is above clamd.stream-max-length (${formatBytes(sml)}): objects in between come back skipped from clamd`,
+    );
+  }
+  return warnings;
+}

@@ -1,0 +1,32 @@
+import { z } from 'zod';
+import { duration, positiveInt, size } from './units-schema.js';
+
+/**
+ * The `console` section: the web console (dashboard, quarantine browser), the scanning API and
+ * /metrics (docs/console.md). Same conventions as the rest of the schema; the defaults are the ones
+ * in config/avgate.example.yaml and docs/config.md.
+ */
+export const consoleSchema = z.strictObject({
+  enabled: z.boolean().default(true),
+  /** host:port; loopback by default (the console is for the admin's machine or an SSH tunnel). */
+  listen: z.string().default('127.0.0.1:8080'),
+  /** HTTPS instead of HTTP (session cookies then get `Secure`). */
+  tls: z.strictObject({ cert: z.string(), key: z.string() }).nullable().default(null),
+  /** Console users with scrypt hashes (`avgate admin passwd`); relative to state-dir. */
+  'password-file': z.string().default('console/passwords.json'),
+  /** API tokens, stored as SHA-256 only (`avgate admin token add`); relative to state-dir. */
+  'tokens-file': z.string().default('console/tokens.json'),
+  /** A session unused this long is logged out. */
+  'session-idle-timeout': duration.prefault('30m'),
+  /** A session ends this long after login, used or not. */
+  'session-max-age': duration.prefault('12h'),
+  /** Failed logins per client address within login-window before 429. */
+  'login-max-failures': positiveInt.default(5),
+  'login-window': duration.prefault('5m'),
+  /** Largest object the scanning API takes (413 above). */
+  'max-upload-size': size.prefault('1GiB'),
+  /** /metrics only with an API token (Authorization: Bearer). */
+  'metrics-token-required': z.boolean().default(false),
+});
+
+export type ConsoleConfig = z.output<typeof consoleSchema>;

@@ -1,0 +1,99 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { Spool } from '../core/spool.js';
+import type { Verdict } from '../core/verdict.js';
+import type { ScanRequest, ScanService } from '../scan/types.js';
+import type { TokenStore } from './auth.js';
+import { HttpError, queryOf, sendJson } from './http.js';
+import { multipartBoundary, MultipartError, readMultipartFile } from './multipart.js';
+
+/**
+ * The scanning API: `POST /api/v1/scan?name=FILE` with a bearer token. The body (raw, or the one
+ * file of a multipart/form-data form) is spooled like an ICAP body (memory, then a 0600 file)
+ * and scanned by the runtime's scanner — the same limits and verdict cache as every front end.
+ */
+export interface ScanApiDeps {
+  scanner: ScanService;
+  tokens: TokenStore;
+  maxUploadSize: number;
+  spoolDir: string;
+  /** Bodies up to this stay in memory. */
+  spoolMemory: number;
+}
+
+/** The token name for `Authorization: Bearer TOKEN`, or a 401. */
+export async function bearer(req: IncomingMessage, tokens: TokenStore): Promise<string> {
+  const m = /^Bearer[ \t]+([A-Za-z0-9._~+/=-]{1,256})[ \t]*$/i.exec(req.headers.authorization ?? '');
+  const name = m ? await tokens.verify(m[1] as string) : null;
+  if (name === null) throw new HttpError(401, 'a valid API token is required (Authorization: Bearer TOKEN)', { 'WWW-Authenticate': 'Bearer realm="avgate"' });
+  return name;
+}
+
+/** The request body, failing with 413 as soon as it outgrows `max`. */
+async function* metered(req: IncomingMessage, max: number): AsyncGenerator<Buffer> {
+  let n = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    n += chunk.length;
+    if (n > max) throw new HttpError(413, `the body is larger than console.max-upload-size (${max} bytes)`);
+    yield chunk;
+  }
+}
+
+export function verdictJson(v: Verdict, sha256: string | null): Record<string, unknown> {
+  const out: Record<string, unknown> = { status: v.status };
+  if (v.status === 'found') out.names = v.names;
+  if (v.status === 'skipped') out.reason = v.reason;
+  if (v.status === 'unknown') out.reason = v.raw;
+  if (v.status === 'error') out.reason = `${v.code}: ${v.cause}`;
+  Object.assign(out, { engine: v.engine, signatureVersion: v.signatureVersion, durationMs: v.durationMs, cached: v.cached, bytes: v.bytes });
+  if (sha256) out.sha256 = sha256;
+  return out;
+}
+
+export async function handleScan(req: IncomingMessage, res: ServerResponse, deps: ScanApiDeps): Promise<void> {
+  await bearer(req, deps.tokens);
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) > deps.maxUploadSize) {
+    // Refused before reading: the connection is closed rather than drained.
+    throw new HttpError(413, `the body is larger than console.max-upload-size (${deps.maxUploadSize} bytes)`, { Connection: 'close' });
+  }
+  const query = queryOf(req.url ?? '/');
+  let name = (query.get('name') ?? '').slice(0, 1024);
+  const spool = new Spool(deps.spoolDir, deps.spoolMemory, { hash: true });
+  const abort = new AbortController();
+  const onClose = () => {
+    if (!res.writableEnded) abort.abort();
+  };
+  res.on('close', onClose);
+  try {
+    const body = metered(req, deps.maxUploadSize);
+    const boundary = multipartBoundary(req.headers['content-type']);
+    if (/^multipart\//i.test(req.headers['content-type'] ?? '') && boundary === null) throw new HttpError(400, 'multipart body without a boundary');
+    if (boundary !== null) {
+      try {
+        const file = await readMultipartFile(body, boundary, (chunk) => spool.write(chunk));
+        if (!name) name = file.fileName.slice(0, 1024);
+      } catch (err) {
+        if (err instanceof MultipartError) throw new HttpError(400, `bad multipart body: ${err.message}`);
+        throw err;
+      }
+    } else {
+      for await (const chunk of body) await spool.write(chunk);
+    }
+    await spool.end();
+    const path = spool.filePath();
+    const request: ScanRequest = {
+      source: path ? { kind: 'file', path, size: spool.size } : { kind: 'chunks', chunks: spool.memoryChunks },
+      ...(name ? { name } : {}),
+      ...(spool.sha256 ? { hash: spool.sha256 } : {}),
+      ...(path ? {} : { toFile: () => spool.fileForScan() }),
+      signal: abort.signal,
+      origin: { source: 'api' },
+    };
+    const verdict = await deps.scanner.scan(request);
+    // Fail closed: an engine error is not an answer about the content.
+    sendJson(res, verdict.status === 'error' ? 503 : 200, verdictJson(verdict, spool.sha256));
+  } finally {
+    res.off('close', onClose);
+    await spool.dispose();
+  }
+}

@@ -1,0 +1,260 @@
+import { createHash, randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions } from 'node:crypto';
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { AvgateError } from '../core/errors.js';
+
+/**
+ * Console authentication: users with scrypt password hashes, API tokens stored as SHA-256 only,
+ * server-side sessions with idle and absolute expiry, per-session CSRF tokens, and a login rate
+ * limit per client address. Files are read at each use, so `avgate admin ...` takes effect
+ * without a restart.
+ */
+
+function scrypt(password: string, salt: Buffer, keylen: number, o: ScryptOptions): Promise<Buffer> {
+  return new Promise((resolve, reject) => scryptCb(password, salt, keylen, o, (err, key) => (err ? reject(err) : resolve(key))));
+}
+
+/** OWASP's scrypt floor (N=2^17 would cost 128 MiB per login; 2^15 is 32 MiB and ~100 ms). */
+export const SCRYPT_DEFAULTS = { N: 32768, r: 8, p: 1, keylen: 64 } as const;
+/** Bounds on parameters read from the file: a tampered file must not make a login cost gigabytes. */
+const SCRYPT_MAX = { N: 1 << 20, r: 16, p: 4, keylen: 128 };
+
+/** `scrypt$N$r$p$<salt b64>$<hash b64>`: the parameters travel with the hash. */
+export async function hashPassword(password: string, params: { N: number; r: number; p: number; keylen: number } = SCRYPT_DEFAULTS): Promise<string> {
+  const salt = randomBytes(16);
+  const key = await scrypt(password, salt, params.keylen, { N: params.N, r: params.r, p: params.p, maxmem: 256 * params.N * params.r });
+  return ['scrypt', params.N, params.r, params.p, salt.toString('base64'), key.toString('base64')].join('$');
+}
+
+function parseHash(stored: string): { N: number; r: number; p: number; salt: Buffer; key: Buffer } | null {
+  const m = /^scrypt\$(\d+)\$(\d+)\$(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$/.exec(stored);
+  if (!m) return null;
+  const [N, r, p] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  const salt = Buffer.from(m[4] as string, 'base64');
+  const key = Buffer.from(m[5] as string, 'base64');
+  if (N < 2 || N > SCRYPT_MAX.N || (N & (N - 1)) !== 0 || r < 1 || r > SCRYPT_MAX.r || p < 1 || p > SCRYPT_MAX.p) return null;
+  if (key.length < 16 || key.length > SCRYPT_MAX.keylen || salt.length < 8) return null;
+  return { N, r, p, salt, key };
+}
+
+export async function verifyPassword(password: string, stored: string): Promise<boolean> {
+  const h = parseHash(stored);
+  if (!h) return false;
+  const key = await scrypt(password, h.salt, h.key.length, { N: h.N, r: h.r, p: h.p, maxmem: 256 * h.N * h.r });
+  return timingSafeEqual(key, h.key);
+}
+
+/** Compares two strings in time independent of where they differ (lengths may leak; tokens are fixed-length). */
+export function safeEqual(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
+}
+
+/** Reads a JSON file of ours; a missing file is the empty value. */
+async function readJson<T>(path: string, empty: T): Promise<T> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return empty;
+    throw err;
+  }
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    throw new AvgateError('AVG_ERR_CONFIG', `${path}: not valid JSON`);
+  }
+}
+
+/** Replaces the file atomically, mode 0600 in a 0700 directory (it holds hashes). */
+async function writeJson(path: string, value: unknown): Promise<void> {
+  await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+  const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  await writeFile(tmp, `${JSON.stringify(value, null, 2)}\n`, { mode: 0o600, flag: 'wx' });
+  await rename(tmp, path);
+}
+
+export const USER_NAME = /^[A-Za-z0-9._@-]{1,64}$/;
+export const TOKEN_NAME = USER_NAME;
+
+interface PasswordFile {
+  users: Record<string, { hash: string; changed: string }>;
+}
+
+export class PasswordStore {
+  /** Verified against when the user does not exist, so both failures cost the same time. */
+  private dummy: Promise<string> | null = null;
+
+  constructor(readonly path: string) {}
+
+  private async load(): Promise<PasswordFile> {
+    const f = await readJson<PasswordFile>(this.path, { users: {} });
+    return f && typeof f.users === 'object' && f.users !== null ? f : { users: {} };
+  }
+
+  async setPassword(user: string, password: string): Promise<void> {
+    if (!USER_NAME.test(user)) throw new AvgateError('AVG_ERR_CONFIG', `user name "${user}": use letters, digits and . _ @ - (at most 64)`);
+    if (password.length < 8) throw new AvgateError('AVG_ERR_CONFIG', 'the password needs at least 8 characters');
+    const f = await this.load();
+    f.users[user] = { hash: await hashPassword(password), changed: new Date().toISOString() };
+    await writeJson(this.path, f);
+  }
+
+  async users(): Promise<string[]> {
+    return Object.keys((await this.load()).users).sort();
+  }
+
+  /** True only for a known user with this password; unknown users cost a full scrypt too. */
+  async verify(user: string, password: string): Promise<boolean> {
+    const { users } = await this.load();
+    const entry = Object.hasOwn(users, user) ? users[user] : undefined;
+    if (!entry) {
+      this.dummy ??= hashPassword(randomBytes(16).toString('hex'));
+      await verifyPassword(password, await this.dummy);
+      return false;
+    }
+    return verifyPassword(password, entry.hash);
+  }
+}
+
+interface TokenFile {
+  tokens: Record<string, { sha256: string; created: string }>;
+}
+
+const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
+
+export class TokenStore {
+  constructor(readonly path: string) {}
+
+  private async load(): Promise<TokenFile> {
+    const f = await readJson<TokenFile>(this.path, { tokens: {} });
+    return f && typeof f.tokens === 'object' && f.tokens !== null ? f : { tokens: {} };
+  }
+
+  /** Creates a token; the plaintext is returned once and never stored. */
+  async add(name: string): Promise<string> {
+    if (!TOKEN_NAME.test(name)) throw new AvgateError('AVG_ERR_CONFIG', `token name "${name}": use letters, digits and . _ @ - (at most 64)`);
+    const f = await this.load();
+    if (Object.hasOwn(f.tokens, name)) throw new AvgateError('AVG_ERR_CONFIG', `a token named "${name}" exists; remove it first`);
+    const token = `avg_${randomBytes(32).toString('base64url')}`;
+    f.tokens[name] = { sha256: sha256(token), created: new Date().toISOString() };
+    await writeJson(this.path, f);
+    return token;
+  }
+
+  async list(): Promise<Array<{ name: string; created: string }>> {
+    return Object.entries((await this.load()).tokens)
+      .map(([name, t]) => ({ name, created: t.created }))
+      .sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  async remove(name: string): Promise<boolean> {
+    const f = await this.load();
+    if (!Object.hasOwn(f.tokens, name)) return false;
+    delete f.tokens[name];
+    await writeJson(this.path, f);
+    return true;
+  }
+
+  /** The token's name, or null. Every stored hash is compared (no early exit on a match). */
+  async verify(token: string): Promise<string | null> {
+    if (token.length === 0 || token.length > 256) return null;
+    const h = sha256(token);
+    let found: string | null = null;
+    for (const [name, t] of Object.entries((await this.load()).tokens)) {
+      if (typeof t.sha256 === 'string' && safeEqual(h, t.sha256) && found === null) found = name;
+    }
+    return found;
+  }
+}
+
+export interface Session {
+  id: string;
+  user: string;
+  /** Sent as a hidden field in every form, checked on every POST. */
+  csrf: string;
+  createdAt: number;
+  lastSeenAt: number;
+}
+
+/** Server-side sessions: the cookie carries only a random id (32 bytes). */
+export class SessionTable {
+  private readonly sessions = new Map<string, Session>();
+
+  constructor(
+    private readonly idleMs: number,
+    private readonly maxAgeMs: number,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  create(user: string): Session {
+    this.sweep();
+    const t = this.now();
+    const s: Session = { id: randomBytes(32).toString('base64url'), user, csrf: randomBytes(32).toString('base64url'), createdAt: t, lastSeenAt: t };
+    this.sessions.set(s.id, s);
+    return s;
+  }
+
+  /** The live session for a cookie value (touching it), or null when unknown or expired. */
+  get(id: string | undefined): Session | null {
+    if (!id) return null;
+    const s = this.sessions.get(id);
+    if (!s) return null;
+    const t = this.now();
+    if (t - s.lastSeenAt > this.idleMs || t - s.createdAt > this.maxAgeMs) {
+      this.sessions.delete(id);
+      return null;
+    }
+    s.lastSeenAt = t;
+    return s;
+  }
+
+  destroy(id: string): void {
+    this.sessions.delete(id);
+  }
+
+  get size(): number {
+    return this.sessions.size;
+  }
+
+  private sweep(): void {
+    const t = this.now();
+    for (const [id, s] of this.sessions) if (t - s.lastSeenAt > this.idleMs || t - s.createdAt > this.maxAgeMs) this.sessions.delete(id);
+  }
+}
+
+/** Failed logins per client address in a sliding window (brute force and password spraying). */
+export class LoginLimiter {
+  private readonly failures = new Map<string, number[]>();
+
+  constructor(
+    private readonly maxFailures: number,
+    private readonly windowMs: number,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  private recent(ip: string): number[] {
+    const t = this.now();
+    const list = (this.failures.get(ip) ?? []).filter((x) => t - x < this.windowMs);
+    if (list.length === 0) this.failures.delete(ip);
+    else this.failures.set(ip, list);
+    return list;
+  }
+
+  /** Seconds until the next attempt is allowed, or 0 when it is allowed now. */
+  retryAfter(ip: string): number {
+    const list = this.recent(ip);
+    if (list.length < this.maxFailures) return 0;
+    return Math.max(1, Math.ceil(((list[0] as number) + this.windowMs - this.now()) / 1000));
+  }
+
+  fail(ip: string): void {
+    if (this.failures.size > 100_000) this.failures.clear(); // bounded memory under a spray from many addresses
+    this.failures.set(ip, [...this.recent(ip), this.now()]);
+  }
+
+  succeed(ip: string): void {
+    this.failures.delete(ip);
+  }
+}

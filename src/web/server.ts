@@ -1,0 +1,476 @@
+import { readFileSync } from 'node:fs';
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { hostname as osHostname } from 'node:os';
+import { join, resolve } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { stringify } from 'yaml';
+import type { ConsoleConfig } from '../config/console-schema.js';
+import { masked } from '../config/mask.js';
+import type { Config } from '../config/schema.js';
+import { AvgateError, errorCodeOf, messageOf } from '../core/errors.js';
+import type { Logger } from '../core/logging.js';
+import type { EngineHealth } from '../engines/health.js';
+import { parseListen } from '../protocols/icap/server.js';
+import { NextHopClient, nextHopOptions } from '../protocols/smtp/next-hop.js';
+import type { NextHop } from '../protocols/smtp/types.js';
+import { exportZip } from '../quarantine/export.js';
+import { releaseItem } from '../quarantine/release.js';
+import { QUARANTINE_SOURCES, type Quarantine, type QuarantineFilter } from '../quarantine/types.js';
+import type { ScannerEngine } from '../scan/scanner.js';
+import type { ScanService } from '../scan/types.js';
+import type { StatsReader } from '../stats/types.js';
+import { MAIL_STATUSES } from '../policy/mail/status.js';
+import { bearer, handleScan } from './api.js';
+import { LoginLimiter, PasswordStore, safeEqual, SessionTable, TokenStore, type Session } from './auth.js';
+import { CONSOLE_CSS, type PageContext } from './html.js';
+import {
+  clientAddress,
+  cookie,
+  HttpError,
+  match,
+  parseCookies,
+  pathSegments,
+  queryOf,
+  readForm,
+  redirect,
+  sameOrigin,
+  securityHeaders,
+  sendHtml,
+  sendJson,
+  sendText,
+  type Route,
+} from './http.js';
+import { configPage, errorPage, loginPage, MAIL_SOURCES, overviewPage, PERIODS, quarantineItemPage, quarantineListPage, signaturesPage, type PeriodName } from './pages.js';
+import { listSignatures } from './signatures.js';
+import { randomBytes } from 'node:crypto';
+
+/**
+ * The web console: dashboard, quarantine browser, signatures and configuration pages, the
+ * scanning API, /metrics and /healthz on one node:http listener. Everything it shows or changes
+ * comes from injected services, so tests run it without the rest of `serve`.
+ */
+export interface ConsoleDeps {
+  config: Readonly<Config>;
+  /** Where the config came from, for the configuration page. */
+  configSource: string;
+  scanner: ScanService;
+  engines: readonly ScannerEngine[];
+  health: EngineHealth;
+  quarantine: Quarantine | null;
+  stats: StatsReader | null;
+  /** Default: a NextHopClient for smtp.next-hop, created on the first release. */
+  nextHop?: NextHop;
+  /** Warnings of the config check. */
+  configWarnings?: string[];
+  log: Logger;
+}
+
+const SESSION_COOKIE = 'avgate_session';
+const LOGIN_COOKIE = 'avgate_login';
+const ITEM_ID = /^[0-9a-z]{20,64}$/;
+const ENGINE_ID = /^[a-z][a-z0-9_-]{0,31}$/;
+const PAGE_SIZE = 50;
+/** Statuses an item can carry: the mail statuses and the scanner's verdicts (found for ICAP and files). */
+const STATUSES = [...new Set<string>([...MAIL_STATUSES.filter((x) => x !== 'clean'), 'found'])];
+const SIGNATURE_PAGE = 200;
+
+interface Ctx {
+  req: IncomingMessage;
+  res: ServerResponse;
+  url: string;
+  session: Session | null;
+}
+
+export class ConsoleServer {
+  private server: Server | null = null;
+  private readonly cfg: ConsoleConfig;
+  private readonly tls: { cert: Buffer; key: Buffer } | null;
+  readonly passwords: PasswordStore;
+  readonly tokens: TokenStore;
+  readonly sessions: SessionTable;
+  private readonly limiter: LoginLimiter;
+  private readonly routes: Route<Ctx>[];
+  private readonly log: Logger;
+  private nextHop: NextHop | null;
+  private ownsNextHop = false;
+  readonly counters = { requests: 0, logins: 0, loginFailures: 0, apiScans: 0 };
+
+  constructor(private readonly deps: ConsoleDeps) {
+    this.cfg = deps.config.console;
+    const stateDir = resolve(deps.config['state-dir']);
+    this.passwords = new PasswordStore(resolve(stateDir, this.cfg['password-file']));
+    this.tokens = new TokenStore(resolve(stateDir, this.cfg['tokens-file']));
+    this.sessions = new SessionTable(this.cfg['session-idle-timeout'], this.cfg['session-max-age']);
+    this.limiter = new LoginLimiter(this.cfg['login-max-failures'], this.cfg['login-window']);
+    this.tls = this.cfg.tls ? { cert: readFileSync(this.cfg.tls.cert), key: readFileSync(this.cfg.tls.key) } : null;
+    this.log = deps.log.child({ component: 'console' });
+    this.nextHop = deps.nextHop ?? null;
+    const id = { id: ITEM_ID };
+    this.routes = [
+      { method: 'GET', path: '/healthz', handler: (c) => this.healthz(c) },
+      { method: 'GET', path: '/metrics', handler: (c) => this.metrics(c) },
+      { method: 'GET', path: '/static/console.css', handler: (c) => this.css(c) },
+      { method: 'POST', path: '/api/v1/scan', handler: (c) => this.apiScan(c) },
+      { method: 'GET', path: '/login', handler: (c) => this.loginForm(c) },
+      { method: 'POST', path: '/login', handler: (c) => this.login(c) },
+      { method: 'POST', path: '/logout', handler: (c) => this.logout(c) },
+      { method: 'GET', path: '/', handler: (c) => this.overview(c) },
+      { method: 'GET', path: '/quarantine', handler: (c) => this.quarantineList(c) },
+      { method: 'GET', path: '/quarantine/:id', params: id, handler: (c, p) => this.quarantineItem(c, p.id as string) },
+      { method: 'GET', path: '/quarantine/:id/export.zip', params: id, handler: (c, p) => this.quarantineExport(c, p.id as string) },
+      { method: 'POST', path: '/quarantine/:id/release', params: id, handler: (c, p) => this.quarantineRelease(c, p.id as string) },
+      { method: 'POST', path: '/quarantine/:id/delete', params: id, handler: (c, p) => this.quarantineDelete(c, p.id as string) },
+      { method: 'GET', path: '/signatures', handler: (c) => this.signatures(c) },
+      { method: 'GET', path: '/config', handler: (c) => this.configShow(c) },
+    ];
+  }
+
+  get secure(): boolean {
+    return this.tls !== null;
+  }
+
+  async listen(): Promise<{ port: number }> {
+    const { host, port } = parseListen(this.cfg.listen);
+    const handler = (req: IncomingMessage, res: ServerResponse) => void this.handle(req, res);
+    const server = this.tls ? createHttpsServer({ cert: this.tls.cert, key: this.tls.key }, handler) : createHttpServer(handler);
+    server.headersTimeout = 30_000;
+    server.requestTimeout = 0; // uploads may be long; the scanner has its own timeout
+    server.maxHeadersCount = 100;
+    this.server = server;
+    await new Promise<void>((ok, fail) => {
+      server.once('error', (err) => fail(new AvgateError('AVG_ERR_CONFIG', `console listen ${host}:${port}: ${(err as NodeJS.ErrnoException).code ?? err.message}`)));
+      server.listen(port, host, () => ok());
+    });
+    const a = server.address();
+    const bound = a && typeof a === 'object' ? a.port : port;
+    this.log.info({ listen: `${host}:${bound}`, tls: this.secure }, 'console listening');
+    return { port: bound };
+  }
+
+  async close(): Promise<void> {
+    const s = this.server;
+    this.server = null;
+    if (s) {
+      await new Promise<void>((ok) => {
+        s.close(() => ok());
+        s.closeIdleConnections();
+        setTimeout(() => s.closeAllConnections(), 2000).unref();
+      });
+    }
+    if (this.ownsNextHop && this.nextHop) await (this.nextHop as NextHopClient).close();
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    this.counters.requests++;
+    const url = req.url ?? '/';
+    const ctx: Ctx = { req, res, url, session: null };
+    try {
+      const segments = pathSegments(url);
+      const found = segments === null ? null : match(this.routes, req.method ?? 'GET', segments);
+      if (found === null) throw new HttpError(404, 'not found');
+      if (found === 'method') throw new HttpError(405, 'method not allowed');
+      ctx.session = this.sessions.get(parseCookies(req.headers.cookie).get(SESSION_COOKIE));
+      await found.route.handler(ctx, found.params);
+    } catch (err) {
+      this.fail(ctx, err);
+    }
+  }
+
+  private fail(ctx: Ctx, err: unknown): void {
+    const { req, res } = ctx;
+    const status = err instanceof HttpError ? err.status : 500;
+    const message = err instanceof HttpError ? err.message : 'internal error';
+    if (!(err instanceof HttpError)) this.log.error({ err: messageOf(err), url: ctx.url }, 'console request failed');
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    const headers = err instanceof HttpError ? { ...err.headers } : {};
+    if (status === 413 || !req.complete) {
+      // The rest of the body is not read: say so and close, so it is not taken for the next request.
+      headers.Connection = 'close';
+      res.once('finish', () => setTimeout(() => req.socket.destroy(), 1000).unref());
+    }
+    const wantsJson = ctx.url.startsWith('/api/') || ctx.url.startsWith('/metrics') || ctx.url.startsWith('/healthz');
+    if (wantsJson) sendJson(res, status, { status: 'error', reason: message }, headers);
+    else sendHtml(res, status, errorPage(this.page(ctx, `${status}`), status, message), headers);
+  }
+
+  private page(ctx: Ctx, title: string): PageContext {
+    return { title, user: ctx.session?.user ?? null, csrf: ctx.session?.csrf ?? null };
+  }
+
+  /** Pages need a session; without one the browser goes to the login form. */
+  private requireSession(ctx: Ctx): Session | null {
+    if (ctx.session) return ctx.session;
+    redirect(ctx.res, '/login');
+    return null;
+  }
+
+  /** Every state-changing request: same origin, and the session's CSRF token in the form. */
+  private async checkedForm(ctx: Ctx, expectedCsrf: string | undefined): Promise<URLSearchParams> {
+    if (!sameOrigin(ctx.req, this.secure)) throw new HttpError(403, 'cross-origin request refused');
+    const form = await readForm(ctx.req);
+    const sent = form.get('_csrf') ?? '';
+    if (!expectedCsrf || !safeEqual(sent, expectedCsrf)) throw new HttpError(403, 'missing or wrong CSRF token');
+    return form;
+  }
+
+  private engineInfo = (id: string): string => this.deps.engines.find((e) => e.id === id)?.engine.info().name ?? '';
+
+  // --- unauthenticated -------------------------------------------------------------------------
+
+  private async css(ctx: Ctx): Promise<void> {
+    securityHeaders(ctx.res, { page: false });
+    ctx.res.writeHead(200, { 'Content-Type': 'text/css; charset=utf-8', 'Cache-Control': 'max-age=3600' });
+    ctx.res.end(CONSOLE_CSS);
+  }
+
+  private async healthz(ctx: Ctx): Promise<void> {
+    const engines = this.deps.health.snapshot().map((h) => ({ id: h.id, healthy: h.healthy }));
+    const down = engines.some((e) => e.healthy === false);
+    sendJson(ctx.res, down ? 503 : 200, { status: down ? 'degraded' : 'ok', engines });
+  }
+
+  private async metrics(ctx: Ctx): Promise<void> {
+    if (this.cfg['metrics-token-required']) await bearer(ctx.req, this.tokens);
+    const stats = this.deps.stats;
+    const text = stats ? stats.prometheus() : '# avgate: statistics are not collected\n';
+    sendText(ctx.res, 200, text, { 'Content-Type': 'text/plain; version=0.0.4; charset=utf-8' });
+  }
+
+  private async apiScan(ctx: Ctx): Promise<void> {
+    this.counters.apiScans++;
+    await handleScan(ctx.req, ctx.res, {
+      scanner: this.deps.scanner,
+      tokens: this.tokens,
+      maxUploadSize: this.cfg['max-upload-size'],
+      spoolDir: join(resolve(this.deps.config['state-dir']), 'spool', 'api'),
+      spoolMemory: 8 * 1024 * 1024,
+    });
+  }
+
+  private async loginForm(ctx: Ctx, status = 200, error?: string, user?: string): Promise<void> {
+    if (ctx.session && status === 200) return redirect(ctx.res, '/');
+    // Login CSRF: the form carries a token that must match a cookie set with it.
+    const token = randomBytes(24).toString('base64url');
+    sendHtml(ctx.res, status, loginPage({ csrf: token, ...(error ? { error } : {}), ...(user ? { user } : {}) }), {
+      'Set-Cookie': cookie(LOGIN_COOKIE, token, { secure: this.secure, maxAgeSec: 3600 }),
+    });
+  }
+
+  private async login(ctx: Ctx): Promise<void> {
+    const ip = clientAddress(ctx.req);
+    const wait = this.limiter.retryAfter(ip);
+    if (wait > 0) throw new HttpError(429, 'too many failed logins; try again later', { 'Retry-After': String(wait) });
+    const form = await this.checkedForm(ctx, parseCookies(ctx.req.headers.cookie).get(LOGIN_COOKIE));
+    const user = (form.get('user') ?? '').slice(0, 64);
+    const password = (form.get('password') ?? '').slice(0, 1024);
+    if (!(await this.passwords.verify(user, password))) {
+      this.limiter.fail(ip);
+      this.counters.loginFailures++;
+      this.log.warn({ client: ip }, 'console login failed');
+      // One message for an unknown user and a wrong password.
+      return this.loginForm(ctx, 401, 'wrong user name or password', user);
+    }
+    this.limiter.succeed(ip);
+    this.counters.logins++;
+    const old = parseCookies(ctx.req.headers.cookie).get(SESSION_COOKIE);
+    if (old) this.sessions.destroy(old); // a fresh id at login (session fixation)
+    const s = this.sessions.create(user);
+    this.log.info({ client: ip, user }, 'console login');
+    redirect(ctx.res, '/', {
+      'Set-Cookie': [
+        cookie(SESSION_COOKIE, s.id, { secure: this.secure }),
+        cookie(LOGIN_COOKIE, '', { secure: this.secure, maxAgeSec: 0 }),
+      ],
+    });
+  }
+
+  private async logout(ctx: Ctx): Promise<void> {
+    await this.checkedForm(ctx, ctx.session?.csrf);
+    if (ctx.session) this.sessions.destroy(ctx.session.id);
+    redirect(ctx.res, '/login', { 'Set-Cookie': cookie(SESSION_COOKIE, '', { secure: this.secure, maxAgeSec: 0 }) });
+  }
+
+  // --- pages -----------------------------------------------------------------------------------
+
+  private async overview(ctx: Ctx): Promise<void> {
+    if (!this.requireSession(ctx)) return;
+    const p = queryOf(ctx.url).get('period') ?? '24h';
+    const period: PeriodName = Object.hasOwn(PERIODS, p) ? (p as PeriodName) : '24h';
+    const q = this.deps.quarantine ? await this.deps.quarantine.usage() : null;
+    sendHtml(
+      ctx.res,
+      200,
+      overviewPage(this.page(ctx, 'Overview'), {
+        period,
+        now: Date.now(),
+        stats: this.deps.stats,
+        health: this.deps.health.snapshot(),
+        engineInfo: this.engineInfo,
+        quarantine: q ? { items: q.items, bytes: q.bytes } : null,
+      }),
+    );
+  }
+
+  private requireQuarantine(): Quarantine {
+    if (!this.deps.quarantine) throw new HttpError(404, 'no quarantine is configured');
+    return this.deps.quarantine;
+  }
+
+  private async quarantineList(ctx: Ctx): Promise<void> {
+    if (!this.requireSession(ctx)) return;
+    const q = this.requireQuarantine();
+    const query = queryOf(ctx.url);
+    const status = (query.get('status') ?? '').slice(0, 40);
+    const source = query.get('source') ?? '';
+    const text = (query.get('text') ?? '').slice(0, 200);
+    const sinceText = (query.get('since') ?? '').slice(0, 40);
+    const page = Math.min(100_000, Math.max(1, Number.parseInt(query.get('page') ?? '1', 10) || 1));
+    const filter: QuarantineFilter = {};
+    let error: string | undefined;
+    if (status) filter.status = status;
+    if (source) {
+      if ((QUARANTINE_SOURCES as readonly string[]).includes(source)) filter.source = source as QuarantineFilter['source'];
+      else error = `unknown source "${source}"`;
+    }
+    if (text) filter.text = text;
+    if (sinceText) {
+      const d = new Date(sinceText);
+      if (Number.isNaN(d.getTime())) error = `"since" is not a date: ${sinceText}`;
+      else filter.since = d;
+    }
+    const [records, total] = error ? [[], 0] : await Promise.all([q.list({ ...filter, limit: PAGE_SIZE, offset: (page - 1) * PAGE_SIZE }), q.count(filter)]);
+    sendHtml(
+      ctx.res,
+      200,
+      quarantineListPage(this.page(ctx, 'Quarantine'), {
+        records,
+        total,
+        page,
+        pageSize: PAGE_SIZE,
+        filter: { status, source, text, since: sinceText },
+        statuses: STATUSES,
+        sources: QUARANTINE_SOURCES,
+        ...(error ? { error } : {}),
+      }),
+    );
+  }
+
+  private async itemPage(ctx: Ctx, id: string, notice?: { ok: boolean; text: string }, status = 200): Promise<void> {
+    const q = this.requireQuarantine();
+    const item = await q.get(id);
+    if (!item) throw new HttpError(404, 'no such quarantine item');
+    const isMail = MAIL_SOURCES.has(item.record.source);
+    const headers = isMail ? await headerBlock(item.open()) : null;
+    sendHtml(
+      ctx.res,
+      status,
+      quarantineItemPage(this.page(ctx, 'Quarantine item'), { record: item.record, headers, audit: await q.auditTrail(id), canRelease: isMail, ...(notice ? { notice } : {}) }),
+    );
+  }
+
+  private async quarantineItem(ctx: Ctx, id: string): Promise<void> {
+    if (!this.requireSession(ctx)) return;
+    await this.itemPage(ctx, id);
+  }
+
+  private async quarantineExport(ctx: Ctx, id: string): Promise<void> {
+    const s = this.requireSession(ctx);
+    if (!s) return;
+    const q = this.requireQuarantine();
+    const item = await q.get(id);
+    if (!item) throw new HttpError(404, 'no such quarantine item');
+    await q.audit({ itemId: id, action: 'export', actor: `web:${s.user}`, detail: { format: 'zip' } });
+    securityHeaders(ctx.res, { page: true });
+    ctx.res.writeHead(200, { 'Content-Type': 'application/zip', 'Content-Disposition': `attachment; filename="${id}.zip"` });
+    await pipeline(exportZip(item, this.deps.config.quarantine['export-password']), ctx.res);
+  }
+
+  private async quarantineRelease(ctx: Ctx, id: string): Promise<void> {
+    const form = await this.checkedForm(ctx, ctx.session?.csrf);
+    const s = ctx.session as Session;
+    const q = this.requireQuarantine();
+    const toText = (form.get('to') ?? '').trim();
+    const to = toText ? toText.split(/[,\s]+/).filter((a) => a.length > 0) : undefined;
+    if (!(await q.get(id))) throw new HttpError(404, 'no such quarantine item');
+    let notice: { ok: boolean; text: string };
+    try {
+      const r = await releaseItem(q, id, { ...(to ? { to } : {}), nextHop: this.releaseHop(), actor: `web:${s.user}` });
+      const replies = r.replies.map((x) => `${x.code} ${x.lines.join(' ')}`).join('; ');
+      notice = r.ok ? { ok: true, text: `released to ${r.recipients.join(', ')}: ${replies}` } : { ok: false, text: `release failed for some recipients: ${replies}` };
+      this.log.info({ item: id, user: s.user, recipients: r.recipients, ok: r.ok }, 'quarantine item released');
+    } catch (err) {
+      if (errorCodeOf(err) === 'AVG_ERR_BAD_ADDRESS') throw new HttpError(400, messageOf(err));
+      throw err;
+    }
+    await this.itemPage(ctx, id, notice, notice.ok ? 200 : 502);
+  }
+
+  private async quarantineDelete(ctx: Ctx, id: string): Promise<void> {
+    await this.checkedForm(ctx, ctx.session?.csrf);
+    const s = ctx.session as Session;
+    const removed = await this.requireQuarantine().remove(id, `web:${s.user}`);
+    if (!removed) throw new HttpError(404, 'no such quarantine item');
+    this.log.info({ item: id, user: s.user }, 'quarantine item deleted');
+    redirect(ctx.res, '/quarantine');
+  }
+
+  private releaseHop(): NextHop {
+    if (!this.nextHop) {
+      const c = this.deps.config.smtp;
+      this.nextHop = new NextHopClient(c['next-hop'].target, nextHopOptions(c['next-hop'], c.hostname ?? osHostname(), this.log));
+      this.ownsNextHop = true;
+    }
+    return this.nextHop;
+  }
+
+  private async signatures(ctx: Ctx): Promise<void> {
+    if (!this.requireSession(ctx)) return;
+    const query = queryOf(ctx.url);
+    const only = query.get('engine');
+    const q = (query.get('q') ?? '').slice(0, 200);
+    const page = Math.min(100_000, Math.max(1, Number.parseInt(query.get('page') ?? '1', 10) || 1));
+    if (only !== null && !ENGINE_ID.test(only)) throw new HttpError(404, 'no such engine');
+    const listings = [];
+    for (const e of this.deps.engines) {
+      listings.push({ engine: e.id, listing: await listSignatures(e.engine, { page: e.id === only ? page : 1, pageSize: SIGNATURE_PAGE, q }) });
+    }
+    sendHtml(ctx.res, 200, signaturesPage(this.page(ctx, 'Signatures'), listings, q));
+  }
+
+  private async configShow(ctx: Ctx): Promise<void> {
+    if (!this.requireSession(ctx)) return;
+    sendHtml(
+      ctx.res,
+      200,
+      configPage(this.page(ctx, 'Configuration'), {
+        yaml: stringify(masked(this.deps.config)),
+        source: this.deps.configSource,
+        warnings: this.deps.configWarnings ?? [],
+        health: this.deps.health.snapshot(),
+        engineInfo: this.engineInfo,
+      }),
+    );
+  }
+}
+
+/** The message's header block (up to the first empty line, at most 64 KiB) as text. */
+export async function headerBlock(stream: NodeJS.ReadableStream & { destroy(): void }, max = 64 * 1024): Promise<string> {
+  const parts: Buffer[] = [];
+  let n = 0;
+  try {
+    for await (const chunk of stream as AsyncIterable<Buffer>) {
+      parts.push(chunk);
+      n += chunk.length;
+      const all = Buffer.concat(parts);
+      const end = all.indexOf('\r\n\r\n') >= 0 ? all.indexOf('\r\n\r\n') : all.indexOf('\n\n');
+      if (end >= 0 || n >= max) return all.subarray(0, end >= 0 ? end : max).toString('utf8');
+    }
+    return Buffer.concat(parts).subarray(0, max).toString('utf8');
+  } finally {
+    stream.destroy();
+  }
+}

@@ -1,0 +1,211 @@
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { eicarBytes } from '../../src/engines/clamd/testdb.js';
+import type { QuarantineRecord } from '../../src/quarantine/types.js';
+import { startSmtpSink, type SmtpSink } from '../../tools/peers/postfix.js';
+import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
+import { eicarAttachment, mailWith, startMailAvgate } from '../helpers/mail.js';
+import { SmtpTestClient } from '../helpers/smtp.js';
+import { filesUnder } from '../helpers/files.js';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const EICAR_NAME = /Avgate\.Test\.EICAR\.(HDB|NDB)/;
+
+/** `avgate --config CFG ARGS` as a child (async: serve runs in this process and must keep answering). */
+function cli(config: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'test/helpers/cli.ts'), '--config', config, ...args], {
+      cwd: ROOT,
+      env: { ...process.env, USER: 'tester' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+  });
+}
+
+async function send(port: number, from: string, to: string[], message: Buffer): Promise<number | undefined> {
+  const { client } = await SmtpTestClient.connect(port);
+  try {
+    await client.command('EHLO client.test');
+    await client.command(`MAIL FROM:<${from}>`);
+    for (const r of to) await client.command(`RCPT TO:<${r}>`);
+    return (await client.data(message))[0]?.code;
+  } finally {
+    await client.quit();
+  }
+}
+
+// Infected mail is discarded and kept in quarantine; no notices, so the sink sees only releases.
+const MAIL_POLICY = [
+  'default-group:',
+  '  actions: {infected: discard}',
+  '  quarantine: [infected]',
+  '  notify-sender: []',
+  '  notify-recipients: []',
+  '  notify-admin: []',
+].join('\n');
+
+describe('avgate quarantine: the mail filter quarantines, the CLI lists, exports, releases, deletes', () => {
+  let dir: string;
+  let clamd: TestClamd;
+  let sink: SmtpSink;
+  let av: Awaited<ReturnType<typeof startMailAvgate>>;
+  let config: string;
+  let stateDir: string;
+  const original = mailWith('q-1', [eicarAttachment()]);
+  let id: string;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'avgate-qcli-'));
+    stateDir = join(dir, 'state');
+    clamd = await startTestClamd();
+    sink = await startSmtpSink({ dir: join(dir, 'sink') });
+    av = await startMailAvgate({ clamd, stateDir, nextHop: `smtp:127.0.0.1:${sink.port}`, mailYaml: MAIL_POLICY });
+    config = join(dir, 'cli.yaml');
+    await writeFile(config, [`state-dir: ${stateDir}`, 'smtp:', '  hostname: avgate.test', '  next-hop:', `    target: smtp:127.0.0.1:${sink.port}`, ''].join('\n'));
+  });
+  after(async () => {
+    await av?.stop();
+    await sink?.stop();
+    await clamd?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('an EICAR mail is discarded and listed with its facts; the key file exists 0600', async () => {
+    assert.equal(await send(av.smtpPort, 'a@example.com', ['b@example.net', 'c@example.net'], original), 250);
+    const r = await cli(config, ['quarantine', 'list', '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    const items = JSON.parse(r.stdout) as QuarantineRecord[];
+    assert.equal(items.length, 1);
+    const item = items[0]!;
+    id = item.id;
+    assert.match(id, /^[0-9a-z]{20,}$/);
+    assert.equal(item.source, 'smtp');
+    assert.deepEqual(item.statuses, ['infected']);
+    assert.match(item.virusNames.join(), EICAR_NAME);
+    assert.equal(item.sender, 'a@example.com');
+    assert.deepEqual(item.recipients, ['b@example.net', 'c@example.net']);
+    assert.equal(item.subject, 'test q-1');
+    assert.equal(item.messageId, '<q-1@example.com>');
+    assert.equal(item.action, 'discard');
+    assert.equal(item.size, original.length);
+    assert.equal((await stat(join(stateDir, 'quarantine.key'))).mode & 0o777, 0o600);
+    // Filters reach the store: a text that is not there lists nothing, one that is lists it.
+    assert.deepEqual(JSON.parse((await cli(config, ['quarantine', 'list', '--json', '--text', "' OR 1=1 --"])).stdout), []);
+    assert.equal((JSON.parse((await cli(config, ['quarantine', 'list', '--json', '--status', 'infected', '--since', '1h'])).stdout) as unknown[]).length, 1);
+    assert.equal((JSON.parse((await cli(config, ['quarantine', 'list', '--json', '--source', 'lmtp'])).stdout) as unknown[]).length, 0);
+    const text = await cli(config, ['quarantine', 'list']);
+    assert.match(text.stdout, new RegExp(`^${id}  .*smtp  infected  Avgate\\.Test\\.EICAR`, 'm'));
+  });
+
+  test('show: record, audit trail and the header block', async () => {
+    const r = await cli(config, ['quarantine', 'show', id]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^subject: +test q-1$/m);
+    assert.match(r.stdout, /^audit:\n {2}\S+ {2}put {2}system/m);
+    assert.match(r.stdout, /^headers:\nFrom: Alice <a@example\.com>\nTo: Bob <b@example\.net>\nSubject: test q-1\n/m);
+    assert.doesNotMatch(r.stdout, /preamble/, 'only the header block');
+    const missing = await cli(config, ['quarantine', 'show', 'zzzzzzzzzzzzzzzzzzzzzzzz']);
+    assert.equal(missing.code, 1);
+    assert.equal((await cli(config, ['quarantine', 'show', '../../etc/passwd'])).code, 1);
+  });
+
+  test('export: the exact original, 0600, never over an existing file; --zip opens with "infected" only', async () => {
+    const plain = join(dir, 'out.eml');
+    const r = await cli(config, ['quarantine', 'export', id, plain]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(await readFile(plain), original);
+    assert.equal((await stat(plain)).mode & 0o777, 0o600);
+    assert.equal((await cli(config, ['quarantine', 'export', id, plain])).code, 1, 'an existing file is not replaced');
+    assert.deepEqual(await readFile(plain), original);
+    const zip = join(dir, 'out.zip');
+    assert.equal((await cli(config, ['quarantine', 'export', id, zip, '--zip'])).code, 0);
+    const zipped = await readFile(zip);
+    assert.equal(zipped.indexOf(eicarBytes().subarray(0, 40)), -1);
+    const unzip = spawnSync('unzip', ['-p', '-P', 'infected', zip, `${id}.eml`], { maxBuffer: 1 << 24 });
+    const py = spawnSync('python3', ['-c', 'import zipfile,sys\nz=zipfile.ZipFile(sys.argv[1])\nsys.stdout.buffer.write(z.read(sys.argv[2], pwd=sys.argv[3].encode() if len(sys.argv)>3 else None))', zip, `${id}.eml`, 'infected']);
+    assert.ok(!unzip.error || !py.error, 'unzip or python3 is needed to check the archive');
+    if (!unzip.error) assert.deepEqual(unzip.stdout, original);
+    if (!py.error) {
+      assert.deepEqual(py.stdout, original);
+      const noPassword = spawnSync('python3', ['-c', 'import zipfile,sys\nz=zipfile.ZipFile(sys.argv[1])\nsys.stdout.buffer.write(z.read(sys.argv[2]))', zip, `${id}.eml`]);
+      assert.notEqual(noPassword.status, 0);
+      assert.match(noPassword.stderr.toString(), /password/i);
+    }
+    const trail = await av.quarantine.auditTrail(id);
+    assert.deepEqual(
+      trail.filter((a) => a.action === 'export').map((a) => [a.actor, a.detail.zip]),
+      [
+        ['cli:tester', false],
+        ['cli:tester', true],
+      ],
+    );
+  });
+
+  test('release --to with header/SMTP injection is refused and nothing is sent', async () => {
+    const before = (await sink.messages()).length;
+    for (const evil of ['a@b>\r\nRCPT TO:<evil@x>', 'x@y.example\nBcc: evil@x', 'a b@c', 'evil']) {
+      const r = await cli(config, ['quarantine', 'release', id, '--to', 'ok@y.example', '--to', evil]);
+      assert.equal(r.code, 1, `${JSON.stringify(evil)}: ${r.stdout}${r.stderr}`);
+      assert.match(r.stderr, /refusing address .*nothing was sent/);
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal((await sink.messages()).length, before);
+    assert.equal((await av.quarantine.get(id))?.record.releasedAt, null);
+  });
+
+  test('release --to delivers the original byte for byte to smtp-sink', async () => {
+    const r = await cli(config, ['quarantine', 'release', id, '--to', 'x@y.example']);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.match(r.stdout, /^x@y\.example: 250/m);
+    const [msg] = await sink.waitForMessages(1, 10_000);
+    assert.ok(msg, 'smtp-sink got the release');
+    assert.match(msg.mailArgs, /^<a@example\.com>/);
+    assert.deepEqual(msg.rcptArgs.map((a) => a.split(' ')[0]), ['<x@y.example>']);
+    // smtp-sink dumps lines with LF endings; everything else is the original's bytes.
+    assert.deepEqual(msg.content, Buffer.from(original.toString('latin1').replace(/\r\n/g, '\n'), 'latin1'));
+    const record = (await av.quarantine.get(id))!.record;
+    assert.match(record.releasedAt ?? '', /^\d{4}-\d\d-\d\dT/);
+    const release = (await av.quarantine.auditTrail(id)).filter((a) => a.action === 'release');
+    assert.equal(release.length, 1);
+    assert.equal(release[0]!.actor, 'cli:tester');
+    assert.deepEqual(release[0]!.detail.recipients, ['x@y.example']);
+  });
+
+  test('no EICAR bytes anywhere in the quarantine directory', async () => {
+    const eicar = eicarBytes();
+    const files = await filesUnder(join(stateDir, 'quarantine'));
+    assert.ok(files.some((f) => f.includes('objects')), 'the object is there to be searched');
+    for (const f of files) {
+      const data = await readFile(f);
+      assert.equal(data.indexOf(eicar.subarray(0, 30)), -1, f);
+      assert.equal(data.indexOf(Buffer.from(eicar.toString('base64').slice(0, 40))), -1, `${f} (base64 form)`);
+    }
+  });
+
+  test('usage errors exit 2; delete removes the item', async () => {
+    assert.equal((await cli(config, ['quarantine', 'list', '--bogus'])).code, 2);
+    assert.equal((await cli(config, ['quarantine', 'list', '--source', 'nntp'])).code, 2);
+    assert.equal((await cli(config, ['quarantine', 'release'])).code, 2);
+    assert.equal((await cli(config, ['quarantine', 'frobnicate'])).code, 2);
+    const del = await cli(config, ['quarantine', 'delete', id]);
+    assert.equal(del.code, 0, del.stderr);
+    assert.equal((await cli(config, ['quarantine', 'delete', id])).code, 1);
+    assert.deepEqual(JSON.parse((await cli(config, ['quarantine', 'list', '--json'])).stdout), []);
+    assert.equal(await av.quarantine.get(id), null);
+    assert.deepEqual(await readdir(join(stateDir, 'quarantine', 'objects')), []);
+    const purge = await cli(config, ['quarantine', 'purge', '--older-than', '0s']);
+    assert.equal(purge.code, 0, purge.stderr);
+    assert.match(purge.stdout, /^purged 0 item/);
+  });
+});
