@@ -62,7 +62,7 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
   const engineHealth = new EngineHealth(runtime.engines.map((e) => e.id));
   try {
     if (config.icap.enabled) {
-      icap = new IcapServer(config.icap, { stateDir: config['state-dir'], scannerFor: runtime.scannerFor, log, version: VERSION });
+      icap = new IcapServer(config.icap, { stateDir: config['state-dir'], scannerFor: runtime.scannerFor, log, version: VERSION, quarantine });
       const bound = await icap.listen();
       icapPort = bound.port;
       icapTlsPort = bound.tlsPort;

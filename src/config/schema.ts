@@ -104,6 +104,8 @@ const icapServiceSchema = z.strictObject({
    * not clean is cut off, so the client never has it whole.
    */
   'early-response-keep-back': size.prefault('1MiB'),
+  /** Verdict statuses whose blocked objects are kept in the quarantine (e.g. [found]); [] = none. */
+  quarantine: z.array(STATUS).default([]),
   /** HTML template of the block page ({{VIRUS_NAMES}}, {{URL}}, {{SERVICE}}, {{ENGINE}}, {{SIGNATURE_VERSION}}, {{STATUS}}, {{REASON}}); null = built in. */
   'block-page': z.string().nullable().default(null),
 });

@@ -2,6 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { IcapServer } from '../../src/protocols/icap/server.js';
+import type { Quarantine } from '../../src/quarantine/types.js';
 import type { Runtime } from '../../src/runtime.js';
 import { startAvgatePeer } from '../../tools/peers/avgate.js';
 import type { TestClamd } from './clamd.js';
@@ -12,6 +13,7 @@ export interface TestIcap {
   url: (service?: string) => string;
   server: IcapServer;
   runtime: Runtime;
+  quarantine: Quarantine;
   stateDir: string;
   stop(): Promise<void>;
 }
@@ -33,6 +35,7 @@ export async function startTestIcap(opts: { clamd: TestClamd; icapYaml?: string;
     url: (service = 'avscan') => `icap://127.0.0.1:${port}/${service}`,
     server: s.icap as IcapServer,
     runtime: s.runtime,
+    quarantine: s.quarantine,
     stateDir,
     async stop() {
       await s.stop();

@@ -49,6 +49,8 @@ export interface ConnectionContext {
   log: Logger;
   access(record: AccessRecord): void;
   onVerdict(service: IcapService, v: Verdict): void;
+  /** Keeps a blocked object (service option `quarantine`); resolves to the item id, null when not kept. */
+  quarantine(service: IcapService, v: Verdict, spool: Spool, url: string, head: HttpHead | null): Promise<string | null>;
 }
 
 /** Chunk-size lines longer than this are not chunk sizes (16 hex digits plus extensions). */
@@ -430,6 +432,10 @@ export class IcapConnection {
     const decision: Decision = service.decide(verdict);
     const bytes = spool.size;
     if (decision.action === 'block') {
+      // Before the answer, while the spool is whole: the client learns nothing from the delay.
+      if (service.config.quarantine.includes(verdict.status)) {
+        await this.ctx.quarantine(service, verdict, spool, url, echoHead);
+      }
       if (early) {
         // Headers are out; the body must never arrive complete: abort the connection.
         this.ctx.log.warn({ client: this.client, url, status: verdict.status }, 'icap: verdict after the early response, connection aborted');

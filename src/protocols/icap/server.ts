@@ -3,10 +3,13 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { resolve } from 'node:path';
 import { createServer as createTlsServer } from 'node:tls';
 import type { IcapConfig } from '../../config/schema.js';
-import { AvgateError } from '../../core/errors.js';
+import { AvgateError, messageOf } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
 import type { Verdict, VerdictStatus } from '../../core/verdict.js';
+import type { Spool } from '../../core/spool.js';
 import type { Engine } from '../../engines/types.js';
+import { verdictReason } from '../../policy/verdict-policy.js';
+import type { Quarantine } from '../../quarantine/types.js';
 import type { ScanService } from '../../scan/types.js';
 import { IcapConnection, type AccessRecord, type ConnectionContext } from './connection.js';
 import { IcapService } from './service.js';
@@ -18,6 +21,8 @@ export interface IcapCounters {
   byVerdict: Record<VerdictStatus, number>;
   bytes: number;
   connections: number;
+  /** Blocked objects kept in the quarantine. */
+  quarantined: number;
 }
 
 export interface IcapServerDeps {
@@ -26,6 +31,8 @@ export interface IcapServerDeps {
   scannerFor(engineIds: readonly string[] | null): { scanner: ScanService; engines: Array<{ id: string; engine: Engine }> };
   log: Logger;
   version: string;
+  /** Where services with a `quarantine` list keep blocked objects; none = nothing is kept. */
+  quarantine?: Quarantine;
 }
 
 export function parseListen(text: string): { host: string; port: number } {
@@ -52,6 +59,7 @@ export class IcapServer {
     byVerdict: { free: 0, found: 0, skipped: 0, unknown: 0, error: 0 },
     bytes: 0,
     connections: 0,
+    quarantined: 0,
   };
   private readonly ctx: ConnectionContext;
 
@@ -93,7 +101,35 @@ export class IcapServer {
       onVerdict: (_s, v: Verdict) => {
         this.counters.byVerdict[v.status]++;
       },
+      quarantine: (service, v, spool, url) => this.keep(service, v, spool, url, log),
     };
+  }
+
+  /** A blocked object into the quarantine; a failure is logged and never changes the answer. */
+  private async keep(service: IcapService, v: Verdict, spool: Spool, url: string, log: Logger): Promise<string | null> {
+    const q = this.deps.quarantine;
+    if (!q) return null;
+    try {
+      const path = spool.filePath();
+      const { id } = await q.put(path ?? spool.createReadStream(), {
+        source: 'icap',
+        sender: '',
+        recipients: [],
+        group: service.name,
+        statuses: [v.status],
+        virusNames: v.status === 'found' ? v.names : [],
+        url,
+        fileName: fileNameOf(url),
+        action: 'block',
+        note: v.status === 'found' ? null : verdictReason(v),
+      });
+      this.counters.quarantined++;
+      log.info({ url, service: service.name, quarantineId: id }, 'icap: blocked object quarantined');
+      return id;
+    } catch (err) {
+      log.error({ url, err: messageOf(err) }, 'icap: quarantine failed');
+      return null;
+    }
   }
 
   private writeAccess(r: AccessRecord, accessLog: Logger): void {
@@ -178,5 +214,17 @@ export class IcapServer {
     }
     for (const s of this.sockets.keys()) s.destroy();
     this.accessFile?.end();
+  }
+}
+
+/** The last path segment of a URL, decoded, as the object's file name (null when there is none). */
+function fileNameOf(url: string): string | null {
+  try {
+    const seg = new URL(url).pathname.split('/').pop() ?? '';
+    const name = decodeURIComponent(seg);
+    const clean = name.length > 0 && ![...name].some((c) => c.charCodeAt(0) < 0x20 || c === '/' || c === '\\');
+    return clean ? name.slice(0, 255) : null;
+  } catch {
+    return null;
   }
 }
