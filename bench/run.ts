@@ -9,13 +9,19 @@
  *   avgate's ICAP server while a 2 GiB object passes through it (bench/icap-section.ts);
  * - mail: messages/s through avgate's mail filter vs ClamSMTP vs amavisd-new vs direct clamd, unique
  *   5 KB / 100 KiB / 2 MiB messages (5% EICAR) over 10 and 50 SMTP sessions, into one smtp-sink,
- *   plus the RSS of avgate's mail filter over a longer run (bench/mail-section.ts).
+ *   plus the RSS of avgate's mail filter over a longer run (bench/mail-section.ts);
+ * - console: one avgate child with both the ICAP server and the web console: the scanning API
+ *   (POST /api/v1/scan, bearer token, keep-alive) vs ICAP RESPMOD (no preview, Allow: 204) on the
+ *   icap corpus, cold and warm, concurrency 1/4/16, objects/s and MB/s and their ratio (target
+ *   api >= 0.9 x icap); and the dashboard pages (overview 24h/7d/30d, quarantine, signatures,
+ *   config) after a real login, with 1 000 000 events in the statistics store: median and p95
+ *   of 20 fetches each (target p95 < 200 ms) (bench/console-section.ts).
  *
  *   npm run bench                                (compiled: node --expose-gc dist/bench/run.js)
- *   npx tsx bench/run.ts [--quick] [--only engine|icap|mail]   (development)
+ *   npx tsx bench/run.ts [--quick] [--only engine|icap|mail|console]   (development)
  *
  * Flags: --quick (half corpus, two passes per cell, 256 MiB big objects; mail: half the time and
- * messages per cell), --only engine|icap|mail,
+ * messages per cell; console: 4 cold and 8 warm passes per cell), --only engine|icap|mail|console,
  * --passes N (engine: corpus passes per direct/engine cell), --icap-passes N (icap: corpus passes
  * per cold cell), --icap-warm-passes N, --preview N (icap preview bytes, default 1024),
  * --big-bytes N, --skip-big, --big-full-scan (raise clamd's MaxFileSize/MaxScanSize for the big
@@ -24,7 +30,8 @@
  * verdict cache is off), --avgate-node-flags "FLAGS" (node flags for avgate's ICAP server
  * processes, e.g. "--max-semi-space-size=32"; also for the mail filter's); mail: --mail-seconds N (per cell, default 10),
  * --mail-kinds 5KB,100KB,2MB, --mail-sessions 10,50, --mail-rss-messages N (default 20000; 0 = no
- * RSS run).
+ * RSS run); console: --console-passes N (corpus passes per cold cell, default 10), --console-warm-passes N
+ * (default 20), --console-events N (statistics events, default 1000000), --console-page-runs N (default 20).
  *
  * Fairness: one clamd for everything; every cold request is made unique by the same scheme (16
  * random bytes appended) so clamd's own clean cache never answers; cells of one concurrency are
@@ -40,6 +47,7 @@ import { LocalClamd } from '../src/engines/clamd/local.js';
 import { corpusSummary, loadCorpus } from './corpus.js';
 import { runEngineSection, type SectionResult } from './engine-section.js';
 import { checkStop, cleanupAll, compiled, gc, installSignalHandlers, isStopping, log, onCleanup } from './harness.js';
+import { runConsoleSection } from './console-section.js';
 import { runIcapSection } from './icap-section.js';
 import { MESSAGE_KINDS } from './mail-messages.js';
 import { MAIL_SESSIONS, runMailSection } from './mail-section.js';
@@ -64,7 +72,9 @@ function numArg(name: string, fallback: number): number {
 }
 const quick = flag('--quick');
 const only = strArg('--only');
-if (only !== undefined && only !== 'engine' && only !== 'icap' && only !== 'mail') throw new Error(`--only: expected engine, icap or mail, got "${only}"`);
+if (only !== undefined && only !== 'engine' && only !== 'icap' && only !== 'mail' && only !== 'console') {
+  throw new Error(`--only: expected engine, icap, mail or console, got "${only}"`);
+}
 function listArg(name: string, fallback: readonly string[], allowed: readonly string[]): string[] {
   const s = strArg(name);
   if (s === undefined) return [...fallback];
@@ -79,6 +89,7 @@ const opts = {
   engine: only === undefined || only === 'engine',
   icap: only === undefined || only === 'icap',
   mail: only === undefined || only === 'mail',
+  console: only === undefined || only === 'console',
   passes: numArg('--passes', quick ? 2 : 12),
   /** Corpus passes per slice: direct and engine alternate slice by slice. */
   slicePasses: quick ? 1 : 2,
@@ -97,6 +108,10 @@ const opts = {
   mailKinds: listArg('--mail-kinds', MESSAGE_KINDS.map((k) => k.label), MESSAGE_KINDS.map((k) => k.label)),
   mailSessions: listArg('--mail-sessions', MAIL_SESSIONS.map(String), ['1', '2', '4', '10', '20', '50', '100']).map(Number),
   mailRssMessages: strArg('--mail-rss-messages') === '0' ? 0 : numArg('--mail-rss-messages', quick ? 10_000 : 20_000),
+  consolePasses: numArg('--console-passes', quick ? 4 : 10),
+  consoleWarmPasses: numArg('--console-warm-passes', quick ? 8 : 20),
+  consoleEvents: numArg('--console-events', 1_000_000),
+  consolePageRuns: numArg('--console-page-runs', 20),
 };
 
 installSignalHandlers();
@@ -108,13 +123,13 @@ async function main(): Promise<void> {
   const tmp = await mkdtemp(join(tmpdir(), 'avgate-bench-'));
   onCleanup(() => rm(tmp, { recursive: true, force: true, maxRetries: 5 }));
 
-  const sections = [opts.engine ? 'engine' : '', opts.icap ? 'icap' : '', opts.mail ? 'mail' : ''].filter(Boolean).join(' + ');
+  const sections = [opts.engine ? 'engine' : '', opts.icap ? 'icap' : '', opts.mail ? 'mail' : '', opts.console ? 'console' : ''].filter(Boolean).join(' + ');
   log(
     `avgate benchmark${opts.quick ? ' (--quick)' : ''}: ${sections} — node ${process.version}, ${compiled ? 'compiled' : 'tsx'}, gc ${gc ? 'exposed' : 'not exposed'}`,
   );
   // The mail section makes its own messages: no corpus when it runs alone.
-  const corpus = opts.engine || opts.icap ? await loadCorpus(opts.corpusScale) : [];
-  if (opts.engine || opts.icap) log(`corpus: ${corpusSummary(corpus)}`);
+  const corpus = opts.engine || opts.icap || opts.console ? await loadCorpus(opts.corpusScale) : [];
+  if (opts.engine || opts.icap || opts.console) log(`corpus: ${corpusSummary(corpus)}`);
 
   const clamd = new LocalClamd({ stateDir: join(tmp, 'clamd'), database: 'test', tcpPort: 0, maxThreads: 16, streamMaxLength: '100M' });
   onCleanup(() => clamd.stop());
@@ -195,6 +210,24 @@ async function main(): Promise<void> {
     });
     done.push(['mail', r]);
     log(`mail section: ${((performance.now() - mailStarted) / 1000).toFixed(0)} s`);
+  }
+  if (opts.console) {
+    checkStop();
+    const consoleStarted = performance.now();
+    const r = await runConsoleSection({
+      corpus,
+      clamd,
+      tmp,
+      opts: {
+        coldPasses: opts.consolePasses,
+        warmPasses: opts.consoleWarmPasses,
+        events: opts.consoleEvents,
+        pageRuns: opts.consolePageRuns,
+        avgateNodeFlags: opts.avgateNodeFlags,
+      },
+    });
+    done.push(['console', r]);
+    log(`console section: ${((performance.now() - consoleStarted) / 1000).toFixed(0)} s`);
   }
   checkStop();
 
