@@ -20,6 +20,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Agent, request, type IncomingHttpHeaders } from 'node:http';
+import { HttpBenchClient } from './http-client.js';
 import { mkdir, readFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { LocalClamd } from '../src/engines/clamd/local.js';
@@ -102,19 +103,15 @@ function httpRequest(
   });
 }
 
-/** `POST /api/v1/scan?name=F` with the raw body; one keep-alive connection per worker. */
+/** `POST /api/v1/scan?name=F` with the raw body; one keep-alive connection per worker (bench/http-client.ts). */
 function apiMode(port: number, token: string): Mode {
-  const agents: Agent[] = [];
+  const clients: HttpBenchClient[] = [];
   return {
     name: 'api',
     send: async (body, item, w) => {
-      const agent = (agents[w] ??= new Agent({ keepAlive: true, maxSockets: 1 }));
+      const client = (clients[w] ??= new HttpBenchClient(port));
       const path = `/api/v1/scan?name=${encodeURIComponent(basename(item.name))}`;
-      const a = await httpRequest(agent, port, 'POST', path, {
-        Authorization: `Bearer ${token}`,
-        'Content-Type': 'application/octet-stream',
-        'Content-Length': body.length,
-      }, body);
+      const a = await client.request('POST', path, [`Authorization: Bearer ${token}`, 'Content-Type: application/octet-stream'], body);
       const text = a.body.toString('utf8');
       let v: { status?: unknown; names?: unknown; cached?: unknown };
       try {
@@ -128,8 +125,8 @@ function apiMode(port: number, token: string): Mode {
       return { status, detail, cached: v.cached === true } satisfies Outcome;
     },
     close: () => {
-      for (const a of agents) a.destroy();
-      agents.length = 0;
+      for (const c of clients) c.close();
+      clients.length = 0;
     },
   };
 }

@@ -284,3 +284,6 @@ async function writeAll(handle: FileHandle, chunk: Buffer): Promise<void> {
     off += bytesWritten;
   }
 }
+
+/** Body buffers shared by every front end of the process (ICAP bodies, API uploads). */
+export const SHARED_SLABS = new SlabPool();

@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { Spool } from '../core/spool.js';
+import { SHARED_SLABS, Spool } from '../core/spool.js';
 import type { Verdict } from '../core/verdict.js';
 import type { ScanRequest, ScanService } from '../scan/types.js';
 import type { TokenStore } from './auth.js';
@@ -58,7 +58,7 @@ export async function handleScan(req: IncomingMessage, res: ServerResponse, deps
   }
   const query = queryOf(req.url ?? '/');
   let name = (query.get('name') ?? '').slice(0, 1024);
-  const spool = new Spool(deps.spoolDir, deps.spoolMemory, { hash: true });
+  const spool = new Spool(deps.spoolDir, deps.spoolMemory, { hash: deps.scanner.wantsHash, slabs: SHARED_SLABS });
   const abort = new AbortController();
   const onClose = () => {
     if (!res.writableEnded) abort.abort();
@@ -94,6 +94,7 @@ export async function handleScan(req: IncomingMessage, res: ServerResponse, deps
     sendJson(res, verdict.status === 'error' ? 503 : 200, verdictJson(verdict, spool.sha256));
   } finally {
     res.off('close', onClose);
-    await spool.dispose();
+    // Nothing of the body is still being written anywhere: its slabs go back to the pool.
+    await spool.dispose(true);
   }
 }

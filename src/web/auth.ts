@@ -1,5 +1,5 @@
 import { createHash, randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions } from 'node:crypto';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { AvgateError } from '../core/errors.js';
 
@@ -125,7 +125,27 @@ interface TokenFile {
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
 
 export class TokenStore {
+  /** The file as last read for verify(), re-checked (stat) at most once per second. */
+  private cached: { file: TokenFile; mtimeMs: number; size: number; checkedAt: number } | null = null;
+
   constructor(readonly path: string) {}
+
+  /** The tokens for verify(): a token added or removed by the CLI counts within a second. */
+  private async current(): Promise<TokenFile> {
+    const now = Date.now();
+    const c = this.cached;
+    if (c && now - c.checkedAt < 1000) return c.file;
+    const st = await stat(this.path).catch(() => null);
+    const mtimeMs = st?.mtimeMs ?? -1;
+    const size = st?.size ?? -1;
+    if (c && c.mtimeMs === mtimeMs && c.size === size) {
+      c.checkedAt = now;
+      return c.file;
+    }
+    const file = await this.load();
+    this.cached = { file, mtimeMs, size, checkedAt: now };
+    return file;
+  }
 
   private async load(): Promise<TokenFile> {
     const f = await readJson<TokenFile>(this.path, { tokens: {} });
@@ -140,6 +160,7 @@ export class TokenStore {
     const token = `avg_${randomBytes(32).toString('base64url')}`;
     f.tokens[name] = { sha256: sha256(token), created: new Date().toISOString() };
     await writeJson(this.path, f);
+    this.cached = null;
     return token;
   }
 
@@ -154,6 +175,7 @@ export class TokenStore {
     if (!Object.hasOwn(f.tokens, name)) return false;
     delete f.tokens[name];
     await writeJson(this.path, f);
+    this.cached = null;
     return true;
   }
 
@@ -162,7 +184,7 @@ export class TokenStore {
     if (token.length === 0 || token.length > 256) return null;
     const h = sha256(token);
     let found: string | null = null;
-    for (const [name, t] of Object.entries((await this.load()).tokens)) {
+    for (const [name, t] of Object.entries((await this.current()).tokens)) {
       if (typeof t.sha256 === 'string' && safeEqual(h, t.sha256) && found === null) found = name;
     }
     return found;

@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import { PassThrough } from 'node:stream';
 import { messageOf } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
-import { SlabPool, Spool } from '../../core/spool.js';
+import { SHARED_SLABS, Spool } from '../../core/spool.js';
 import type { Verdict } from '../../core/verdict.js';
 import type { Decision } from '../../policy/verdict-policy.js';
 import { LimitExceeded, ReadTimeout, UnexpectedEof, ByteReader } from './reader.js';
@@ -300,7 +300,7 @@ export class IcapConnection {
     const keepBack = service.config['early-response-keep-back'];
     /** Body bytes already sent on after an early head. */
     let forwarded = 0;
-    const spool = new Spool(limits.spoolDir, limits.spoolMemory, { hash: service.scanner.wantsHash, slabs: SLABS });
+    const spool = new Spool(limits.spoolDir, limits.spoolMemory, { hash: service.scanner.wantsHash, slabs: SHARED_SLABS });
     const scanAbort = this.gone;
     let scanStream: PassThrough | null = null;
     let scanPromise: Promise<Verdict> | null = null;
@@ -500,9 +500,6 @@ export class IcapConnection {
     await this.write(LAST_CHUNK);
   }
 }
-
-/** Body buffers shared by every connection of the process (see Spool.copyIn). */
-const SLABS = new SlabPool();
 
 /** Writes to the scan stream with backpressure; a stream the scanner dropped is skipped. */
 async function feed(stream: PassThrough, piece: Buffer): Promise<void> {
