@@ -151,7 +151,7 @@ export function clientAddress(req: IncomingMessage): string {
 }
 
 export interface Route<C> {
-  method: 'GET' | 'POST';
+  method: 'GET' | 'POST' | 'DELETE';
   /** Literal segments, or `:name` for a parameter that must match `params[name]`. */
   path: string;
   params?: Record<string, RegExp>;

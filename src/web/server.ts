@@ -112,6 +112,10 @@ export class ConsoleServer {
       { method: 'GET', path: '/metrics', handler: (c) => this.metrics(c) },
       { method: 'GET', path: '/static/console.css', handler: (c) => this.css(c) },
       { method: 'POST', path: '/api/v1/scan', handler: (c) => this.apiScan(c) },
+      { method: 'GET', path: '/api/v1/quarantine', handler: (c) => this.apiQuarantineList(c) },
+      { method: 'GET', path: '/api/v1/quarantine/:id', params: id, handler: (c, p) => this.apiQuarantineItem(c, p.id as string) },
+      { method: 'POST', path: '/api/v1/quarantine/:id/release', params: id, handler: (c, p) => this.apiQuarantineRelease(c, p.id as string) },
+      { method: 'DELETE', path: '/api/v1/quarantine/:id', params: id, handler: (c, p) => this.apiQuarantineDelete(c, p.id as string) },
       { method: 'GET', path: '/login', handler: (c) => this.loginForm(c) },
       { method: 'POST', path: '/login', handler: (c) => this.login(c) },
       { method: 'POST', path: '/logout', handler: (c) => this.logout(c) },
@@ -324,24 +328,9 @@ export class ConsoleServer {
     if (!this.requireSession(ctx)) return;
     const q = this.requireQuarantine();
     const query = queryOf(ctx.url);
-    const status = (query.get('status') ?? '').slice(0, 40);
-    const source = query.get('source') ?? '';
-    const text = (query.get('text') ?? '').slice(0, 200);
-    const sinceText = (query.get('since') ?? '').slice(0, 40);
+    const { filter, error, form } = quarantineFilterOf(query);
+    const { status, source, text, since: sinceText } = form;
     const page = Math.min(100_000, Math.max(1, Number.parseInt(query.get('page') ?? '1', 10) || 1));
-    const filter: QuarantineFilter = {};
-    let error: string | undefined;
-    if (status) filter.status = status;
-    if (source) {
-      if ((QUARANTINE_SOURCES as readonly string[]).includes(source)) filter.source = source as QuarantineFilter['source'];
-      else error = `unknown source "${source}"`;
-    }
-    if (text) filter.text = text;
-    if (sinceText) {
-      const d = new Date(sinceText);
-      if (Number.isNaN(d.getTime())) error = `"since" is not a date: ${sinceText}`;
-      else filter.since = d;
-    }
     const [records, total] = error ? [[], 0] : await Promise.all([q.list({ ...filter, limit: PAGE_SIZE, offset: (page - 1) * PAGE_SIZE }), q.count(filter)]);
     sendHtml(
       ctx.res,
@@ -387,6 +376,66 @@ export class ConsoleServer {
     securityHeaders(ctx.res, { page: true });
     ctx.res.writeHead(200, { 'Content-Type': 'application/zip', 'Content-Disposition': `attachment; filename="${id}.zip"` });
     await pipeline(exportZip(item, this.deps.config.quarantine['export-password']), ctx.res);
+  }
+
+  // ------------------------------------------------------------ JSON API (bearer token; no cookies, so no CSRF)
+
+  private async apiQuarantineList(ctx: Ctx): Promise<void> {
+    await bearer(ctx.req, this.tokens);
+    const q = this.requireQuarantine();
+    const query = queryOf(ctx.url);
+    const { filter, error } = quarantineFilterOf(query);
+    if (error) throw new HttpError(400, error);
+    const limit = Math.min(1000, Math.max(1, Number.parseInt(query.get('limit') ?? '100', 10) || 100));
+    const offset = Math.min(10_000_000, Math.max(0, Number.parseInt(query.get('offset') ?? '0', 10) || 0));
+    const [items, total] = await Promise.all([q.list({ ...filter, limit, offset }), q.count(filter)]);
+    sendJson(ctx.res, 200, { total, limit, offset, items });
+  }
+
+  private async apiQuarantineItem(ctx: Ctx, id: string): Promise<void> {
+    await bearer(ctx.req, this.tokens);
+    const q = this.requireQuarantine();
+    const item = await q.get(id);
+    if (!item) throw new HttpError(404, 'no such quarantine item');
+    const headers = MAIL_SOURCES.has(item.record.source) ? await headerBlock(item.open()) : null;
+    sendJson(ctx.res, 200, { record: item.record, headers, audit: await q.auditTrail(id) });
+  }
+
+  /** Body: nothing, or JSON `{"to": ["addr", ...]}` (at most 64 KiB); the original recipients otherwise. */
+  private async apiQuarantineRelease(ctx: Ctx, id: string): Promise<void> {
+    const who = await bearer(ctx.req, this.tokens);
+    const q = this.requireQuarantine();
+    const body = await readBody(ctx.req, 64 * 1024);
+    let to: string[] | undefined;
+    if (body.length > 0) {
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(body.toString('utf8'));
+      } catch {
+        throw new HttpError(400, 'the body is not JSON');
+      }
+      const list = (parsed as { to?: unknown } | null)?.to;
+      if (list !== undefined && (!Array.isArray(list) || list.length > 100 || !list.every((a) => typeof a === 'string'))) {
+        throw new HttpError(400, '"to" must be a list of at most 100 addresses');
+      }
+      to = list as string[] | undefined;
+    }
+    if (!(await q.get(id))) throw new HttpError(404, 'no such quarantine item');
+    try {
+      const r = await releaseItem(q, id, { ...(to ? { to } : {}), nextHop: this.releaseHop(), actor: `api:${who}` });
+      this.log.info({ item: id, token: who, recipients: r.recipients, ok: r.ok }, 'quarantine item released');
+      sendJson(ctx.res, r.ok ? 200 : 502, { ok: r.ok, recipients: r.recipients, replies: r.replies });
+    } catch (err) {
+      if (errorCodeOf(err) === 'AVG_ERR_BAD_ADDRESS' || errorCodeOf(err) === 'AVG_ERR_QUARANTINE') throw new HttpError(400, messageOf(err));
+      throw err;
+    }
+  }
+
+  private async apiQuarantineDelete(ctx: Ctx, id: string): Promise<void> {
+    const who = await bearer(ctx.req, this.tokens);
+    if (!(await this.requireQuarantine().remove(id, `api:${who}`))) throw new HttpError(404, 'no such quarantine item');
+    this.log.info({ item: id, token: who }, 'quarantine item deleted');
+    sendJson(ctx.res, 200, { deleted: id });
   }
 
   private async quarantineRelease(ctx: Ctx, id: string): Promise<void> {
@@ -473,4 +522,39 @@ export async function headerBlock(stream: NodeJS.ReadableStream & { destroy(): v
   } finally {
     stream.destroy();
   }
+}
+
+/** The quarantine filter of a list request (page and API alike), with what the form shows. */
+function quarantineFilterOf(query: URLSearchParams): { filter: QuarantineFilter; error: string | undefined; form: { status: string; source: string; text: string; since: string } } {
+  const status = (query.get('status') ?? '').slice(0, 40);
+  const source = query.get('source') ?? '';
+  const text = (query.get('text') ?? '').slice(0, 200);
+  const since = (query.get('since') ?? '').slice(0, 40);
+  const filter: QuarantineFilter = {};
+  let error: string | undefined;
+  if (status) filter.status = status;
+  if (source) {
+    if ((QUARANTINE_SOURCES as readonly string[]).includes(source)) filter.source = source as QuarantineFilter['source'];
+    else error = `unknown source "${source.slice(0, 40)}"`;
+  }
+  if (text) filter.text = text;
+  if (since) {
+    const d = new Date(since);
+    if (Number.isNaN(d.getTime())) error = `"since" is not a date: ${since}`;
+    else filter.since = d;
+  }
+  return { filter, error, form: { status, source, text, since } };
+}
+
+/** A small request body, 413 past `max`. */
+async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
+  if (Number(req.headers['content-length'] ?? 0) > max) throw new HttpError(413, `the body is larger than ${max} bytes`);
+  const parts: Buffer[] = [];
+  let n = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    n += chunk.length;
+    if (n > max) throw new HttpError(413, `the body is larger than ${max} bytes`);
+    parts.push(chunk);
+  }
+  return Buffer.concat(parts);
 }

@@ -208,4 +208,42 @@ describe('avgate quarantine: the mail filter quarantines, the CLI lists, exports
     assert.equal(purge.code, 0, purge.stderr);
     assert.match(purge.stdout, /^purged 0 item/);
   });
+
+  test('the JSON API: list, show, release (addresses checked), delete — with a bearer token only', async () => {
+    const web = av.web;
+    assert.ok(web && av.consolePort, 'the console runs');
+    const token = await web.tokens.add('qapi');
+    const base = `http://127.0.0.1:${av.consolePort}/api/v1/quarantine`;
+    const auth = { Authorization: `Bearer ${token}` };
+    const second = mailWith('q-api', [eicarAttachment()]);
+    assert.equal(await send(av.smtpPort, 'api@example.com', ['d@example.net'], second), 250);
+
+    assert.equal((await fetch(base)).status, 401, 'no token');
+    assert.equal((await fetch(base, { headers: { Authorization: 'Bearer avg_wrong' } })).status, 401);
+    const list = (await (await fetch(`${base}?text=q-api`, { headers: auth })).json()) as { total: number; items: QuarantineRecord[] };
+    assert.equal(list.total, 1);
+    const item = list.items[0]!;
+    assert.equal(item.sender, 'api@example.com');
+    assert.equal((await fetch(`${base}?source=nntp`, { headers: auth })).status, 400);
+    const shown = (await (await fetch(`${base}/${item.id}`, { headers: auth })).json()) as { record: QuarantineRecord; headers: string };
+    assert.equal(shown.record.id, item.id);
+    assert.match(shown.headers, /^Subject: test q-api$/m);
+    assert.equal((await fetch(`${base}/..%2f..%2fetc%2fpasswd`, { headers: auth })).status, 404);
+
+    const before = (await sink.messages()).length;
+    const bad = await fetch(`${base}/${item.id}/release`, { method: 'POST', headers: auth, body: JSON.stringify({ to: ['x@y.example>\r\nRCPT TO:<evil@x.example'] }) });
+    assert.equal(bad.status, 400);
+    assert.equal((await sink.messages()).length, before, 'nothing sent for an injected address');
+    const ok = await fetch(`${base}/${item.id}/release`, { method: 'POST', headers: auth, body: JSON.stringify({ to: ['z@y.example'] }) });
+    assert.equal(ok.status, 200, await ok.clone().text());
+    assert.deepEqual(((await ok.json()) as { recipients: string[] }).recipients, ['z@y.example']);
+    const got = await sink.waitForMessages(before + 1, 10_000);
+    const msg = got[got.length - 1]!;
+    assert.deepEqual(msg.content, Buffer.from(second.toString('latin1').replace(/\r\n/g, '\n'), 'latin1'));
+    assert.equal((await av.quarantine.auditTrail(item.id)).find((a) => a.action === 'release')?.actor, 'api:qapi');
+
+    assert.equal((await fetch(`${base}/${item.id}`, { method: 'DELETE', headers: auth })).status, 200);
+    assert.equal((await fetch(`${base}/${item.id}`, { headers: auth })).status, 404);
+    assert.equal((await fetch(`${base}/${item.id}`, { method: 'DELETE', headers: auth })).status, 404);
+  });
 });
