@@ -194,7 +194,9 @@ export class ConsoleServer {
     if (status === 413 || !req.complete) {
       // The rest of the body is not read: say so and close, so it is not taken for the next request.
       headers.Connection = 'close';
-      res.once('finish', () => setTimeout(() => req.socket.destroy(), 1000).unref());
+      // Taken now: once the response is done the request may no longer point at its socket.
+      const socket = req.socket as typeof req.socket | null;
+      res.once('finish', () => setTimeout(() => socket?.destroy(), 1000).unref());
     }
     const wantsJson = ctx.url.startsWith('/api/') || ctx.url.startsWith('/metrics') || ctx.url.startsWith('/healthz');
     if (wantsJson) sendJson(res, status, { status: 'error', reason: message }, headers);
