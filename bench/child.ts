@@ -61,6 +61,14 @@ export async function startBenchChild(o: {
 }
 
 /** In the child: stop (then exit 0) on SIGTERM, SIGINT, or when the parent closes stdin. */
+/** In a child: the value after `--name` on the command line (required). */
+export function arg(name: string): string {
+  const i = process.argv.indexOf(name);
+  const v = i >= 0 ? process.argv[i + 1] : undefined;
+  if (v === undefined) throw new Error(`${name} is required`);
+  return v;
+}
+
 export function stopWhenParentSays(name: string, stopServer: () => Promise<void>): void {
   let stopping: Promise<void> | null = null;
   const stop = () => {

@@ -9,14 +9,7 @@
  */
 import { writeFile } from 'node:fs/promises';
 import { startAvgatePeer } from '../tools/peers/avgate.js';
-import { stopWhenParentSays } from './child.js';
-
-function arg(name: string): string {
-  const i = process.argv.indexOf(name);
-  const v = i >= 0 ? process.argv[i + 1] : undefined;
-  if (v === undefined) throw new Error(`${name} is required`);
-  return v;
-}
+import { arg, stopWhenParentSays } from './child.js';
 
 async function main(): Promise<void> {
   const s = await startAvgatePeer({

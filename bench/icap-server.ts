@@ -6,15 +6,8 @@
  *
  *   node dist/bench/icap-server.js --clamd-socket PATH --db-dir DIR --state-dir DIR [--cache yes|no] [--max-object-size BYTES]
  */
-import { stopWhenParentSays } from './child.js';
+import { arg, stopWhenParentSays } from './child.js';
 import { startIcapForBench, type IcapBenchOptions } from './glue.js';
-
-function arg(name: string): string {
-  const i = process.argv.indexOf(name);
-  const v = i >= 0 ? process.argv[i + 1] : undefined;
-  if (v === undefined) throw new Error(`${name} is required`);
-  return v;
-}
 
 async function main(): Promise<void> {
   const options: IcapBenchOptions = {

@@ -9,15 +9,8 @@
  *
  *   node dist/bench/mail-server.js --clamd-socket PATH --db-dir DIR --state-dir DIR --next-hop-port N
  */
-import { stopWhenParentSays } from './child.js';
+import { arg, stopWhenParentSays } from './child.js';
 import { startAvgatePeer } from '../tools/peers/avgate.js';
-
-function arg(name: string): string {
-  const i = process.argv.indexOf(name);
-  const v = i >= 0 ? process.argv[i + 1] : undefined;
-  if (v === undefined) throw new Error(`${name} is required`);
-  return v;
-}
 
 async function main(): Promise<void> {
   const nextHopPort = Number(arg('--next-hop-port'));

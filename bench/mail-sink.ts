@@ -8,7 +8,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { freeLoopbackPort } from '../src/core/net.js';
-import { accepts, stopChild } from '../tools/peers/process.js';
+import { accepts, stopChild, waitReady } from '../tools/peers/process.js';
 
 export interface CountingSink {
   port: number;
@@ -39,41 +39,31 @@ export async function startCountingSink(): Promise<CountingSink> {
       if (m) mesg = Number(m[1]);
     });
     child.stderr?.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-2000)));
-    let exited = false;
-    child.once('exit', () => (exited = true));
-    child.once('error', (err) => {
-      exited = true;
-      lastError = err.message;
-    });
-    const until = Date.now() + 10_000;
-    while (!exited && Date.now() < until) {
-      if (await accepts(port)) {
-        // The probe connection counts as a session, not as a message.
-        const sink: CountingSink = {
-          port,
-          pid: child.pid as number,
-          count: () => mesg,
-          async settle(n, quietMs = 1500, timeoutMs = 30_000) {
-            const end = Date.now() + timeoutMs;
-            let last = mesg;
-            let still = Date.now();
-            while (mesg < n && Date.now() < end) {
-              await sleep(25);
-              if (mesg !== last) {
-                last = mesg;
-                still = Date.now();
-              } else if (Date.now() - still >= quietMs) break;
-            }
-            return mesg;
-          },
-          stop: () => stopChild(child, 2000),
-        };
-        return sink;
-      }
-      await sleep(50);
+    const r = await waitReady(child, () => accepts(port), Date.now() + 10_000, 50);
+    if (r.kind === 'ready') {
+      // The probe connection counts as a session, not as a message.
+      return {
+        port,
+        pid: child.pid as number,
+        count: () => mesg,
+        async settle(n, quietMs = 1500, timeoutMs = 30_000) {
+          const end = Date.now() + timeoutMs;
+          let last = mesg;
+          let still = Date.now();
+          while (mesg < n && Date.now() < end) {
+            await sleep(25);
+            if (mesg !== last) {
+              last = mesg;
+              still = Date.now();
+            } else if (Date.now() - still >= quietMs) break;
+          }
+          return mesg;
+        },
+        stop: () => stopChild(child, 2000),
+      };
     }
-    if (!exited) await stopChild(child, 1000);
-    lastError = exited ? `smtp-sink exited (${child.exitCode ?? child.signalCode}): ${stderr.trim()}` : 'smtp-sink was not ready in time';
+    if (r.kind === 'timeout') await stopChild(child, 1000);
+    lastError = r.kind === 'exited' ? `smtp-sink ${r.reason}: ${stderr.trim()}` : 'smtp-sink was not ready in time';
   }
   throw new Error(`smtp-sink did not start: ${lastError}`);
 }

@@ -123,26 +123,27 @@ export class MailFilter {
    */
   private async inspect(msg: InboundMessage): Promise<{ documents: MailDocument[]; headers: MailHeader[] }> {
     const headers = await readTopHeaders(msg.spool, this.o.limits.maxHeaderSize);
+    const origin = this.origin(msg);
     let whole: Verdict | null = null;
     if (msg.size <= this.o.prescanMaxSize) {
-      whole = await this.scanWhole(msg);
+      whole = await this.scanWhole(msg, origin);
       if (whole.status === 'free') {
-        const documents = this.documents(msg, await this.walk(msg, whole), this.o.scanWholeMessage ? whole : null);
+        const documents = this.documents(msg, await this.walk(msg, whole, origin), this.o.scanWholeMessage ? whole : null);
         if (!documents.some((d) => (d.problems ?? []).length > 0)) {
           this.counters.prescanned++;
           return { documents, headers };
         }
       }
     }
-    const walk = await this.walk(msg, null);
-    if (this.o.scanWholeMessage) whole ??= await this.scanWhole(msg);
+    const walk = await this.walk(msg, null, origin);
+    if (this.o.scanWholeMessage) whole ??= await this.scanWhole(msg, origin);
     // A finding on the whole message that no single document explains stays a finding.
     const unexplained = whole !== null && whole.status !== 'free' && walk.documents.every(({ result }) => result.verdict.status === 'free');
     return { documents: this.documents(msg, walk, this.o.scanWholeMessage || unexplained ? whole : null), headers };
   }
 
   /** The walk; each document is scanned, or takes `given` (the clean verdict of the whole message). */
-  private walk(msg: InboundMessage, given: Verdict | null): Promise<WalkResult<ScannedDocument>> {
+  private walk(msg: InboundMessage, given: Verdict | null, origin: ScanOrigin): Promise<WalkResult<ScannedDocument>> {
     return walkMessage(
       msg.spool,
       {
@@ -163,7 +164,7 @@ export class MailFilter {
             ...(doc.sha256 ? { hash: doc.sha256 } : {}),
             ...(source.kind !== 'file' ? { toFile: () => doc.spool.fileForScan() } : {}),
             signal: msg.signal,
-            origin: this.origin(msg),
+            origin,
           }));
         const archive = await this.archiveNames(doc.contentType, doc.filename, source);
         return { verdict, archive };
@@ -177,7 +178,7 @@ export class MailFilter {
     return { source: msg.protocol, group: first ? this.o.policy.groupKey(msg.mailFrom.address, first.address) : null };
   }
 
-  private scanWhole(msg: InboundMessage): Promise<Verdict> {
+  private scanWhole(msg: InboundMessage, origin: ScanOrigin): Promise<Verdict> {
     this.counters.scans++;
     const path = msg.spool.filePath();
     return this.o.scanner.scan({
@@ -185,7 +186,7 @@ export class MailFilter {
       name: `${msg.queueId}/(message)`,
       ...(path ? {} : { toFile: () => msg.spool.fileForScan() }),
       signal: msg.signal,
-      origin: this.origin(msg),
+      origin,
     });
   }
 

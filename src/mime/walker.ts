@@ -249,13 +249,19 @@ class Walk<T> {
     return s;
   }
 
+  /** A document under construction: nothing decoded yet. */
+  private fresh(info: Builder['info'], decoder: BodyDecoder = new IdentityDecoder(), uu: UuScanner | null = null, nested = false): Builder {
+    return { info, spool: this.newSpool(), decoder, uu, nested, uuCount: 0, uuDoc: null, size: 0, cut: false, encodingReported: false };
+  }
+
   private builder(e: Entity): Builder {
     const enc = e.encoding;
     const decoder: BodyDecoder =
       enc === 'base64' ? new Base64Decoder() : enc === 'quoted-printable' ? new QuotedPrintableDecoder(this.limits.maxLineLength) : new IdentityDecoder();
     const uu = !e.opaque && (e.contentType.startsWith('text/') || UU_ENCODINGS.has(enc)) ? new UuScanner(this.limits.maxLineLength) : null;
-    return {
-      info: {
+    const nested = !e.opaque && (e.contentType === 'message/rfc822' || e.contentType === 'message/global') && !IDENTITY.has(enc);
+    return this.fresh(
+      {
         id: e.id,
         partId: this.attached?.partId ?? e.id,
         kind: 'part',
@@ -268,44 +274,27 @@ class Walk<T> {
         inAttachedMessage: e.inMessage,
         opaque: e.opaque,
       },
-      spool: this.newSpool(),
       decoder,
       uu,
-      nested: !e.opaque && (e.contentType === 'message/rfc822' || e.contentType === 'message/global') && !IDENTITY.has(enc),
-      uuCount: 0,
-      uuDoc: null,
-      size: 0,
-      cut: false,
-      encodingReported: false,
-    };
+      nested,
+    );
   }
 
   private preambleBuilder(e: Entity): Builder {
     const id = e.messageTop ? joinId(e.childPrefix, 1) : e.id;
-    return {
-      info: {
-        id,
-        partId: this.attached?.partId ?? id,
-        kind: 'preamble',
-        depth: e.depth,
-        contentType: e.contentType,
-        charset: null,
-        filename: e.filename,
-        disposition: e.disposition,
-        encoding: e.encoding,
-        inAttachedMessage: e.inMessage,
-        opaque: true,
-      },
-      spool: this.newSpool(),
-      decoder: new IdentityDecoder(),
-      uu: null,
-      nested: false,
-      uuCount: 0,
-      uuDoc: null,
-      size: 0,
-      cut: false,
-      encodingReported: false,
-    };
+    return this.fresh({
+      id,
+      partId: this.attached?.partId ?? id,
+      kind: 'preamble',
+      depth: e.depth,
+      contentType: e.contentType,
+      charset: null,
+      filename: e.filename,
+      disposition: e.disposition,
+      encoding: e.encoding,
+      inAttachedMessage: e.inMessage,
+      opaque: true,
+    });
   }
 
   private checkDecoder(b: Builder): void {
@@ -347,30 +336,19 @@ class Walk<T> {
         const counted = this.parser.countDocument(id);
         for (const p of this.parser.takeEvents()) if (p.type === 'problem') this.problem(p.code, p.partId, p.message);
         b.uuDoc = counted
-          ? {
-              info: {
-                id,
-                partId: b.info.partId,
-                kind: 'uuencode',
-                depth: b.info.depth + 1,
-                contentType: 'application/octet-stream',
-                charset: null,
-                filename: ev.name,
-                disposition: null,
-                encoding: ev.base64 ? 'base64' : 'uuencode',
-                inAttachedMessage: b.info.inAttachedMessage,
-                opaque: false,
-              },
-              spool: this.newSpool(),
-              decoder: new IdentityDecoder(),
-              uu: null,
-              nested: false,
-              uuCount: 0,
-              uuDoc: null,
-              size: 0,
-              cut: false,
-              encodingReported: false,
-            }
+          ? this.fresh({
+              id,
+              partId: b.info.partId,
+              kind: 'uuencode',
+              depth: b.info.depth + 1,
+              contentType: 'application/octet-stream',
+              charset: null,
+              filename: ev.name,
+              disposition: null,
+              encoding: ev.base64 ? 'base64' : 'uuencode',
+              inAttachedMessage: b.info.inAttachedMessage,
+              opaque: false,
+            })
           : null;
       } else if (ev.type === 'data') {
         if (b.uuDoc) await this.put(b.uuDoc, ev.data);

@@ -1,6 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { basename } from 'node:path';
 import { Readable } from 'node:stream';
+import { crc32 } from 'node:zlib';
+import { zipCentralAndEnd, zipLocalHeader, type ZipEntry } from '../formats/zip-write.js';
 import type { QuarantineItem } from './types.js';
 
 /**
@@ -32,73 +34,37 @@ export function zipEntryName(item: QuarantineItem): string {
 const MAX_STORED = 0xffffffff - 12;
 
 async function* zipChunks(item: QuarantineItem, password: string): AsyncGenerator<Buffer> {
-  let crc = 0xffffffff;
+  let crc = 0;
   let size = 0;
   for await (const chunk of item.open() as AsyncIterable<Buffer>) {
-    crc = crc32Update(crc, chunk);
+    crc = crc32(chunk, crc);
     size += chunk.length;
   }
-  crc = (crc ^ 0xffffffff) >>> 0;
   if (size > MAX_STORED) throw new Error('object too large for a ZIP without ZIP64');
 
   const name = Buffer.from(zipEntryName(item), 'utf8');
   const utf8 = /[^\x20-\x7e]/.test(name.toString('latin1'));
   const flags = 0x0001 | (utf8 ? 0x0800 : 0);
   const { time, date } = dosDateTime(new Date(item.record.date));
-  const compressed = size + 12;
 
-  const local = Buffer.alloc(30);
-  local.writeUInt32LE(0x04034b50, 0);
-  local.writeUInt16LE(20, 4); // version needed: 2.0 (encryption)
-  local.writeUInt16LE(flags, 6);
-  local.writeUInt16LE(0, 8); // stored
-  local.writeUInt16LE(time, 10);
-  local.writeUInt16LE(date, 12);
-  local.writeUInt32LE(crc, 14);
-  local.writeUInt32LE(compressed, 18);
-  local.writeUInt32LE(size, 22);
-  local.writeUInt16LE(name.length, 26);
-  local.writeUInt16LE(0, 28);
-  yield Buffer.concat([local, name]);
+  const entry: ZipEntry = { name, flags, crc, compressedSize: size + 12, size, time, date, unixMode: 0o100600 };
+  yield zipLocalHeader(entry);
 
   const cipher = new ZipCrypto(Buffer.from(password, 'utf8'));
   const header = randomBytes(12);
   header[11] = crc >>> 24; // the check byte readers compare after decrypting the header
   yield cipher.encrypt(header);
   let second = 0;
-  let crc2 = 0xffffffff;
+  let crc2 = 0;
   for await (const chunk of item.open() as AsyncIterable<Buffer>) {
     second += chunk.length;
-    crc2 = crc32Update(crc2, chunk);
+    crc2 = crc32(chunk, crc2);
     yield cipher.encrypt(chunk);
   }
   // The object is authenticated on each read; still, the header already promised these numbers.
-  if (second !== size || ((crc2 ^ 0xffffffff) >>> 0) !== crc) throw new Error('object changed between the two reads');
+  if (second !== size || crc2 !== crc) throw new Error('object changed between the two reads');
 
-  const central = Buffer.alloc(46);
-  central.writeUInt32LE(0x02014b50, 0);
-  central.writeUInt16LE((3 << 8) | 20, 4); // made by: Unix, 2.0
-  central.writeUInt16LE(20, 6);
-  central.writeUInt16LE(flags, 8);
-  central.writeUInt16LE(0, 10);
-  central.writeUInt16LE(time, 12);
-  central.writeUInt16LE(date, 14);
-  central.writeUInt32LE(crc, 16);
-  central.writeUInt32LE(compressed, 20);
-  central.writeUInt32LE(size, 24);
-  central.writeUInt16LE(name.length, 28);
-  // extra 0, comment 0, disk 0, internal attributes 0
-  central.writeUInt32LE((0o100600 << 16) >>> 0, 38); // external attributes: regular file, 0600
-  central.writeUInt32LE(0, 42); // local header at offset 0
-  const centralOffset = 30 + name.length + compressed;
-  const centralSize = 46 + name.length;
-  const end = Buffer.alloc(22);
-  end.writeUInt32LE(0x06054b50, 0);
-  end.writeUInt16LE(1, 8);
-  end.writeUInt16LE(1, 10);
-  end.writeUInt32LE(centralSize, 12);
-  end.writeUInt32LE(centralOffset, 16);
-  yield Buffer.concat([central, name, end]);
+  yield zipCentralAndEnd(entry);
 }
 
 function dosDateTime(d: Date): { time: number; date: number } {
@@ -110,6 +76,7 @@ function dosDateTime(d: Date): { time: number; date: number } {
   };
 }
 
+/** The CRC-32 table: ZipCrypto's key schedule steps with it byte by byte (the data's CRC is node:zlib's). */
 const CRC_TABLE = (() => {
   const table = new Uint32Array(256);
   for (let n = 0; n < 256; n++) {
@@ -119,13 +86,6 @@ const CRC_TABLE = (() => {
   }
   return table;
 })();
-
-/** Running CRC-32 (start with 0xffffffff, finish with ^ 0xffffffff). */
-export function crc32Update(crc: number, data: Uint8Array): number {
-  let c = crc;
-  for (let i = 0; i < data.length; i++) c = CRC_TABLE[(c ^ data[i]!) & 0xff]! ^ (c >>> 8);
-  return c >>> 0;
-}
 
 /** The traditional PKWARE stream cipher (APPNOTE 6.1): three 32-bit keys updated per plaintext byte. */
 export class ZipCrypto {

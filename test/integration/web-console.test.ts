@@ -18,6 +18,7 @@ import { ConsoleServer } from '../../src/web/server.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
 import { ConsoleClient, rawRequest } from '../helpers/console.js';
 import { startRecordingServer, type RecordingServer } from '../helpers/smtp.js';
+import { externalClamdYaml } from '../../tools/peers/avgate.js';
 
 const PASSWORD = 'test-password-1';
 const XSS = '<script>alert(1)</script>';
@@ -26,14 +27,7 @@ function configFor(stateDir: string, clamdSocket: string, dbDir: string, nextHop
   return parseConfigText(
     [
       `state-dir: ${stateDir}`,
-      'clamd:',
-      '  managed: false',
-      'engines:',
-      '  clamav:',
-      '    type: clamd-net',
-      '    options:',
-      `      address: unix:${clamdSocket}`,
-      `      database-dir: ${dbDir}`,
+      ...externalClamdYaml({ socketPath: clamdSocket, dbDir }),
       'smtp:',
       '  next-hop:',
       `    target: smtp:127.0.0.1:${nextHopPort}`,

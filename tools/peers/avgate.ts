@@ -28,19 +28,26 @@ const indent = (text: string, by: string) =>
     .map((l) => `${by}${l}`)
     .join('\n');
 
-export async function startAvgatePeer(o: AvgatePeerOptions): Promise<Serving & { icapPort: number }> {
-  const text = [
-    `state-dir: ${o.stateDir}`,
-    'log:',
-    '  level: silent',
+/** Config lines for a clamd run elsewhere (not managed by avgate) as the engine `clamav`. */
+export function externalClamdYaml(clamd: { socketPath: string; dbDir: string }): string[] {
+  return [
     'clamd:',
     '  managed: false',
     'engines:',
     '  clamav:',
     '    type: clamd-net',
     '    options:',
-    `      address: unix:${o.clamd.socketPath}`,
-    `      database-dir: ${o.clamd.dbDir}`,
+    `      address: unix:${clamd.socketPath}`,
+    `      database-dir: ${clamd.dbDir}`,
+  ];
+}
+
+export async function startAvgatePeer(o: AvgatePeerOptions): Promise<Serving & { icapPort: number }> {
+  const text = [
+    `state-dir: ${o.stateDir}`,
+    'log:',
+    '  level: silent',
+    ...externalClamdYaml(o.clamd),
     indent(o.extraEngines ?? '', '  '),
     'icap:',
     '  listen: 127.0.0.1:0',

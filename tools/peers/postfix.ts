@@ -22,7 +22,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { freeLoopbackPort } from '../../src/core/net.js';
-import { accepts, stopChild, tail, waitExit } from './process.js';
+import { accepts, stopChild, tail, waitExit, waitReady } from './process.js';
 
 const run = promisify(execFile);
 
@@ -222,26 +222,14 @@ export async function startPostfix(o: PostfixOptions): Promise<Postfix> {
     const out = openSync(outPath, 'a');
     const child = spawn(join(POSTFIX_DAEMON_DIR, 'master'), ['-d', '-c', configDir], { stdio: ['ignore', out, out], detached: true });
     closeSync(out);
-    let exited = false;
-    child.once('exit', () => {
-      exited = true;
-    });
-    child.once('error', (err) => {
-      exited = true;
-      lastError = err.message;
-    });
-    while (!exited && Date.now() < deadline) {
-      if ((await accepts(port)) && (await accepts(reinjectPort))) {
-        return postfixHandle(dir, configDir, port, reinjectPort, child);
-      }
-      await sleep(100);
-    }
-    if (!exited) {
+    const r = await waitReady(child, async () => (await accepts(port)) && (await accepts(reinjectPort)), deadline);
+    if (r.kind === 'ready') return postfixHandle(dir, configDir, port, reinjectPort, child);
+    if (r.kind === 'timeout') {
       await stopMaster(child);
       lastError = 'postfix was not ready in time';
       break;
     }
-    lastError = `postfix master exited with ${child.exitCode ?? child.signalCode}`;
+    lastError = `postfix master ${r.reason}`;
   }
   throw new Error(`postfix did not start: ${lastError}\n${tail(maillog, 3000)}\n${tail(outPath, 1000)}`);
 }
@@ -393,27 +381,13 @@ export async function startSmtpSink(opts: { dir: string; lmtp?: boolean; args?: 
     const args = [...asRoot, ...(opts.lmtp ? ['-L'] : []), '-d', `${dumpDir}/%Y%m%d%H%M%S.`, ...(opts.args ?? []), `127.0.0.1:${port}`, '256'];
     const child = spawn('/usr/sbin/smtp-sink', args, { stdio: ['ignore', out, out] });
     closeSync(out);
-    let exited = false;
-    child.once('exit', () => {
-      exited = true;
-    });
-    child.once('error', (err) => {
-      exited = true;
-      lastError = err.message;
-    });
-    const until = Date.now() + 10_000;
-    while (!exited && Date.now() < until) {
-      if (await accepts(port)) {
-        peer = { port, pid: child.pid as number, stop: () => stopChild(child) };
-        break;
-      }
-      await sleep(50);
-    }
-    if (!peer && !exited) {
+    const r = await waitReady(child, () => accepts(port), Date.now() + 10_000, 50);
+    if (r.kind === 'ready') peer = { port, pid: child.pid as number, stop: () => stopChild(child) };
+    else if (r.kind === 'timeout') {
       await stopChild(child, 1000);
       lastError = `${name} was not ready in time`;
-    } else if (!peer) {
-      lastError = `${name} exited with ${child.exitCode ?? child.signalCode}`;
+    } else {
+      lastError = `${name} ${r.reason}`;
     }
   }
   if (!peer) throw new Error(`${name} did not start: ${lastError}\n${tail(outPath, 1000)}`);

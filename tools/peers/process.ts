@@ -54,6 +54,33 @@ export function accepts(port: number, timeoutMs = 500): Promise<boolean> {
   });
 }
 
+/** How a wait for a fresh child ended: ready, exited (with the spawn error, if any), or out of time. */
+export type Readiness = { kind: 'ready' } | { kind: 'exited'; reason: string } | { kind: 'timeout' };
+
+/**
+ * Polls `ready()` every `everyMs` until it holds, the child exits (or fails to spawn), or the
+ * deadline (epoch ms) passes. The one readiness loop of every peer launcher.
+ */
+export async function waitReady(child: ChildProcess, ready: () => Promise<boolean>, deadline: number, everyMs = 100): Promise<Readiness> {
+  let exited: string | null = child.exitCode !== null || child.signalCode !== null ? `exited with ${child.exitCode ?? child.signalCode}` : null;
+  const onExit = () => (exited ??= `exited with ${child.exitCode ?? child.signalCode}`);
+  const onError = (err: Error) => (exited ??= err.message);
+  child.once('exit', onExit);
+  child.once('error', onError);
+  try {
+    while (exited === null && Date.now() < deadline) {
+      if (await ready()) return { kind: 'ready' };
+      await sleep(everyMs);
+    }
+    return exited === null ? { kind: 'timeout' } : { kind: 'exited', reason: exited };
+  } finally {
+    child.off('exit', onExit);
+    // A later spawn error must not become an uncaught 'error' event.
+    child.off('error', onError);
+    child.on('error', () => undefined);
+  }
+}
+
 /**
  * Starts `command` with the config `writeConfig(port)` wrote for a free port; resolves once
  * `ready(port)` says so. The port may be taken between probing and binding: then the peer exits
@@ -79,27 +106,15 @@ export async function startPeer(opts: {
     const out = openSync(opts.outPath, 'a');
     const child = spawn(opts.command, [...opts.args], { stdio: ['ignore', out, out] });
     closeSync(out);
-    let exited = false;
-    child.once('exit', () => {
-      exited = true;
-    });
-    child.once('error', (err) => {
-      exited = true;
-      lastError = err.message;
-    });
-    while (!exited && Date.now() < deadline) {
-      if (await opts.ready(port)) {
-        return { port, pid: child.pid as number, stop: () => stopChild(child) };
-      }
-      await sleep(100);
-    }
-    if (!exited) {
+    const r = await waitReady(child, () => opts.ready(port), deadline);
+    if (r.kind === 'ready') return { port, pid: child.pid as number, stop: () => stopChild(child) };
+    if (r.kind === 'timeout') {
       child.kill('SIGKILL');
       await waitExit(child);
       lastError = `${opts.name} was not ready in time`;
       break;
     }
-    lastError = `${opts.name} exited with ${child.exitCode ?? child.signalCode}`;
+    lastError = `${opts.name} ${r.reason}`;
   }
   throw new Error(`${opts.name} did not start: ${lastError}\n${opts.diagnostics()}`);
 }
