@@ -15,10 +15,19 @@
  *   icap corpus, cold and warm, concurrency 1/4/16, objects/s and MB/s and their ratio (target
  *   api >= 0.9 x icap); and the dashboard pages (overview 24h/7d/30d, quarantine, signatures,
  *   config) after a real login, with 1 000 000 events in the statistics store: median and p95
- *   of 20 fetches each (target p95 < 200 ms) (bench/console-section.ts).
+ *   of 20 fetches each (target p95 < 200 ms) (bench/console-section.ts);
+ * - http: downloads of 1 KB-100 MB objects from a local origin (a child process) through avgate's
+ *   HTTP proxy vs straight from the origin vs Squid 5.7 + c-icap (virus_scan/clamd_mod, as
+ *   respmod_precache service), concurrency 1/8/32, cold (every URL new content) and warm (the same
+ *   URLs again: avgate's verdict cache), MB/s and req/s per cell and the ratios avgate/Squid+c-icap
+ *   (targets 1.2 up to 100 KB, 1.0 above) and avgate/direct (warm target 0.8) (bench/http-section.ts);
+ * - mailproxy: messages/s read through avgate's POP3 and IMAP proxies vs straight from Dovecot,
+ *   mailboxes of 5-100 KB messages (5% EICAR) delivered once, N sessions each reading its whole
+ *   mailbox, cold (first pass) and warm (later passes), ratios avgate/direct (targets 0.5 cold,
+ *   0.9 warm) (bench/mailproxy-section.ts). docs/bench.md describes both.
  *
  *   npm run bench                                (compiled: node --expose-gc dist/bench/run.js)
- *   npx tsx bench/run.ts [--quick] [--only engine|icap|mail|console]   (development)
+ *   npx tsx bench/run.ts [--quick] [--only engine|icap|mail|console|http|mailproxy]   (development)
  *
  * Flags: --quick (half corpus, two passes per cell, 256 MiB big objects; mail: half the time and
  * messages per cell; console: 4 cold and 8 warm passes per cell), --only engine|icap|mail|console,
@@ -31,7 +40,13 @@
  * processes, e.g. "--max-semi-space-size=32"; also for the mail filter's); mail: --mail-seconds N (per cell, default 10),
  * --mail-kinds 5KB,100KB,2MB, --mail-sessions 10,50, --mail-rss-messages N (default 20000; 0 = no
  * RSS run); console: --console-passes N (corpus passes per cold cell, default 10), --console-warm-passes N
- * (default 20), --console-events N (statistics events, default 1000000), --console-page-runs N (default 20).
+ * (default 20), --console-events N (statistics events, default 1000000), --console-page-runs N (default 20);
+ * http: --http-sizes 1KB,10KB,100KB,1MB,10MB,100MB, --http-conc 1,8,32, --http-seconds N (per mode and
+ * cell, default 3; --quick 1), --http-budget-mb N (bytes per mode and cell, default 200; --quick 10),
+ * --http-max-requests N (default 2000; --quick 100), --http-max-inflight-mb N (cells with concurrency
+ * x size above it are left out, default 800; --quick 100); mailproxy: --mailproxy-messages N (per
+ * mailbox, default 200; --quick 50), --mailproxy-sessions N (default 4; --quick 2),
+ * --mailproxy-warm-passes N (default 2; --quick 1).
  *
  * Fairness: one clamd for everything; every cold request is made unique by the same scheme (16
  * random bytes appended) so clamd's own clean cache never answers; cells of one concurrency are
@@ -51,6 +66,8 @@ import { runConsoleSection } from './console-section.js';
 import { runIcapSection } from './icap-section.js';
 import { MESSAGE_KINDS } from './mail-messages.js';
 import { MAIL_SESSIONS, runMailSection } from './mail-section.js';
+import { HTTP_CONCURRENCIES, HTTP_SIZES, runHttpSection, sizeLabel } from './http-section.js';
+import { runMailProxySection } from './mailproxy-section.js';
 
 // ---------------------------------------------------------------- options
 
@@ -72,8 +89,9 @@ function numArg(name: string, fallback: number): number {
 }
 const quick = flag('--quick');
 const only = strArg('--only');
-if (only !== undefined && only !== 'engine' && only !== 'icap' && only !== 'mail' && only !== 'console') {
-  throw new Error(`--only: expected engine, icap, mail or console, got "${only}"`);
+const SECTIONS = ['engine', 'icap', 'mail', 'console', 'http', 'mailproxy'] as const;
+if (only !== undefined && !(SECTIONS as readonly string[]).includes(only)) {
+  throw new Error(`--only: expected one of ${SECTIONS.join(', ')}, got "${only}"`);
 }
 function listArg(name: string, fallback: readonly string[], allowed: readonly string[]): string[] {
   const s = strArg(name);
@@ -90,6 +108,8 @@ const opts = {
   icap: only === undefined || only === 'icap',
   mail: only === undefined || only === 'mail',
   console: only === undefined || only === 'console',
+  http: only === undefined || only === 'http',
+  mailproxy: only === undefined || only === 'mailproxy',
   passes: numArg('--passes', quick ? 2 : 12),
   /** Corpus passes per slice: direct and engine alternate slice by slice. */
   slicePasses: quick ? 1 : 2,
@@ -112,6 +132,15 @@ const opts = {
   consoleWarmPasses: numArg('--console-warm-passes', quick ? 8 : 20),
   consoleEvents: numArg('--console-events', 1_000_000),
   consolePageRuns: numArg('--console-page-runs', 20),
+  httpSizes: listArg('--http-sizes', HTTP_SIZES.map(sizeLabel), HTTP_SIZES.map(sizeLabel)).map((l) => HTTP_SIZES[HTTP_SIZES.map(sizeLabel).indexOf(l)] as number),
+  httpConcurrencies: listArg('--http-conc', HTTP_CONCURRENCIES.map(String), ['1', '2', '4', '8', '16', '32', '64']).map(Number),
+  httpSeconds: numArg('--http-seconds', quick ? 1 : 3),
+  httpBudgetMB: numArg('--http-budget-mb', quick ? 10 : 200),
+  httpMaxRequests: numArg('--http-max-requests', quick ? 100 : 2000),
+  httpMaxInflightMB: numArg('--http-max-inflight-mb', quick ? 100 : 800),
+  mailproxyMessages: numArg('--mailproxy-messages', quick ? 50 : 200),
+  mailproxySessions: numArg('--mailproxy-sessions', quick ? 2 : 4),
+  mailproxyWarmPasses: numArg('--mailproxy-warm-passes', quick ? 1 : 2),
 };
 
 installSignalHandlers();
@@ -123,7 +152,7 @@ async function main(): Promise<void> {
   const tmp = await mkdtemp(join(tmpdir(), 'avgate-bench-'));
   onCleanup(() => rm(tmp, { recursive: true, force: true, maxRetries: 5 }));
 
-  const sections = [opts.engine ? 'engine' : '', opts.icap ? 'icap' : '', opts.mail ? 'mail' : '', opts.console ? 'console' : ''].filter(Boolean).join(' + ');
+  const sections = SECTIONS.filter((name) => opts[name]).join(' + ');
   log(
     `avgate benchmark${opts.quick ? ' (--quick)' : ''}: ${sections} — node ${process.version}, ${compiled ? 'compiled' : 'tsx'}, gc ${gc ? 'exposed' : 'not exposed'}`,
   );
@@ -228,6 +257,45 @@ async function main(): Promise<void> {
     });
     done.push(['console', r]);
     log(`console section: ${((performance.now() - consoleStarted) / 1000).toFixed(0)} s`);
+  }
+  if (opts.http) {
+    checkStop();
+    const httpStarted = performance.now();
+    const r = await runHttpSection({
+      clamd,
+      tmp,
+      opts: {
+        sizes: opts.httpSizes,
+        concurrencies: opts.httpConcurrencies,
+        budgetBytes: opts.httpBudgetMB * 1e6,
+        maxRequests: opts.httpMaxRequests,
+        cellSeconds: opts.httpSeconds,
+        maxInflightBytes: opts.httpMaxInflightMB * 1e6,
+        slices: opts.quick ? 1 : 2,
+        timeoutMs: 120_000,
+        avgateNodeFlags: opts.avgateNodeFlags,
+      },
+    });
+    done.push(['http', r]);
+    log(`http section: ${((performance.now() - httpStarted) / 1000).toFixed(0)} s`);
+  }
+  if (opts.mailproxy) {
+    checkStop();
+    const mpStarted = performance.now();
+    const r = await runMailProxySection({
+      clamd,
+      tmp,
+      opts: {
+        messages: opts.mailproxyMessages,
+        sessions: opts.mailproxySessions,
+        warmPasses: opts.mailproxyWarmPasses,
+        infectedEvery: 20,
+        sessionTimeoutMs: 300_000,
+        avgateNodeFlags: opts.avgateNodeFlags,
+      },
+    });
+    done.push(['mailproxy', r]);
+    log(`mailproxy section: ${((performance.now() - mpStarted) / 1000).toFixed(0)} s`);
   }
   checkStop();
 

@@ -6,6 +6,10 @@ import { configWarnings } from './config/check.js';
 import { EngineHealth } from './engines/health.js';
 import { startMailFilter, type MailFrontEnd } from './mail/index.js';
 import { IcapServer } from './protocols/icap/server.js';
+import { startPop3Proxy, type Pop3FrontEnd } from './protocols/pop3/index.js';
+import { HttpProxyServer } from './protocols/http-proxy/server.js';
+import { FtpProxyServer } from './protocols/ftp/server.js';
+import { ImapProxyServer } from './protocols/imap/server.js';
 import { startQuarantinePurge } from './quarantine/retention.js';
 import { openQuarantine } from './quarantine/store.js';
 import type { Quarantine } from './quarantine/types.js';
@@ -34,6 +38,18 @@ export interface Serving {
   /** The web console, scanning API and /metrics (null when console.enabled is false). */
   web: ConsoleServer | null;
   consolePort: number | null;
+  /** The FTP proxy (null when ftp-proxy.enabled is false). */
+  ftp: FtpProxyServer | null;
+  ftpProxyPort: number | null;
+  /** The IMAP4 proxy (null when imap-proxy.enabled is false); its bound port. */
+  imapProxy: ImapProxyServer | null;
+  imapProxyPort: number | null;
+  /** The POP3 proxy (null when pop3-proxy.enabled is false); its bound port. */
+  pop3: Pop3FrontEnd | null;
+  pop3ProxyPort: number | null;
+  /** The HTTP forward proxy (null when http-proxy.enabled is false); its bound port. */
+  httpProxy: HttpProxyServer | null;
+  httpProxyPort: number | null;
   stop: () => Promise<void>;
 }
 
@@ -59,6 +75,13 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
   let mail: MailFrontEnd | null = null;
   let web: ConsoleServer | null = null;
   let consolePort: number | null = null;
+  let httpProxy: HttpProxyServer | null = null;
+  let httpProxyPort: number | null = null;
+  let ftp: FtpProxyServer | null = null;
+  let ftpProxyPort: number | null = null;
+  let imapProxy: ImapProxyServer | null = null;
+  let imapProxyPort: number | null = null;
+  let pop3: Pop3FrontEnd | null = null;
   const engineHealth = new EngineHealth(runtime.engines.map((e) => e.id));
   try {
     if (config.icap.enabled) {
@@ -68,6 +91,25 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
       icapTlsPort = bound.tlsPort;
     }
     if (config.smtp.enabled) mail = await startMailFilter(config, runtime, log, quarantine);
+    if (config['pop3-proxy'].enabled) pop3 = await startPop3Proxy(config, runtime, log);
+    if (config['ftp-proxy'].enabled) {
+      ftp = new FtpProxyServer(config['ftp-proxy'], { stateDir: config['state-dir'], scannerFor: runtime.scannerFor, log, quarantine });
+      ftpProxyPort = (await ftp.listen()).port;
+    }
+    if (config['imap-proxy'].enabled) {
+      imapProxy = new ImapProxyServer(config['imap-proxy'], { stateDir: config['state-dir'], scannerFor: runtime.scannerFor, log });
+      imapProxyPort = (await imapProxy.listen()).port;
+    }
+    if (config['http-proxy'].enabled) {
+      httpProxy = new HttpProxyServer(config['http-proxy'], {
+        stateDir: config['state-dir'],
+        scannerFor: runtime.scannerFor,
+        maxCheckedSize: config.scan['max-checked-size'],
+        log,
+        quarantine,
+      });
+      httpProxyPort = (await httpProxy.listen()).port;
+    }
     if (config.console.enabled) {
       web = new ConsoleServer({
         config,
@@ -85,6 +127,10 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
   } catch (err) {
     await web?.close();
     await mail?.server.close(0);
+    await httpProxy?.close(0);
+    await ftp?.close(0);
+    await imapProxy?.close(0);
+    await pop3?.server.close(0);
     await icap?.close(0);
     await quarantine.close();
     await runtime.close();
@@ -96,13 +142,19 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
     ...(icap ? { icap: icap.counters } : {}),
     ...(mail ? { smtp: mail.server.counters, mail: mail.filter.counters } : {}),
     ...(web ? { console: web.counters } : {}),
+    ...(httpProxy ? { http: httpProxy.counters } : {}),
+    ...(ftp ? { ftp: ftp.counters } : {}),
+    ...(imapProxy ? { imap: imapProxy.counters } : {}),
+    ...(pop3 ? { pop3: pop3.server.counters } : {}),
   }), engineHealth);
   let stopping: Promise<void> | null = null;
   const stop = () => {
     stopping ??= (async () => {
       log.info('avgate stopping');
       clearInterval(health);
-      await Promise.all([icap?.close(STOP_DEADLINE_MS / 2), mail?.server.close(STOP_DEADLINE_MS / 2), web?.close()]);
+      await Promise.all([icap?.close(STOP_DEADLINE_MS / 2), httpProxy?.close(STOP_DEADLINE_MS / 2), mail?.server.close(STOP_DEADLINE_MS / 2), web?.close(), ftp?.close(STOP_DEADLINE_MS / 2)]);
+      await imapProxy?.close(STOP_DEADLINE_MS / 2);
+      await pop3?.server.close(STOP_DEADLINE_MS / 2);
       await stopPurge();
       await quarantine.close();
       await runtime.close();
@@ -112,8 +164,8 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
     return stopping;
   };
   const smtpPort = mail?.port ?? null;
-  log.info({ engines: runtime.engines.map((e) => e.id), clamdPid: runtime.clamd?.pid, icapPort, smtpPort, consolePort }, 'avgate ready');
-  return { runtime, icap, icapPort, icapTlsPort, mail, smtpPort, quarantine, stats, web, consolePort, stop };
+  log.info({ engines: runtime.engines.map((e) => e.id), clamdPid: runtime.clamd?.pid, icapPort, smtpPort, consolePort, ftpProxyPort, httpProxyPort, imapProxyPort, pop3ProxyPort: pop3?.port ?? null }, 'avgate ready');
+  return { runtime, httpProxy, httpProxyPort, icap, icapPort, icapTlsPort, mail, smtpPort, quarantine, stats, web, consolePort, ftp, ftpProxyPort, imapProxy, imapProxyPort, pop3, pop3ProxyPort: pop3?.port ?? null, stop };
 }
 
 /** Pings every engine now and then; a failure is logged with its cause, recovery too. */

@@ -96,6 +96,9 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
   const wanted = new Set<string>([
     ...config.scan.engines,
     ...Object.values(config.icap.services).flatMap((s) => s.engines ?? []),
+    ...(config['pop3-proxy'].antivirus ?? []),
+    ...config['http-proxy']['doc-acl'].flatMap((r) => (r.antivirus === null || r.antivirus === 'none' ? [] : r.antivirus)),
+    ...config['ftp-proxy']['doc-acl'].flatMap((r) => (r.antivirus === null || r.antivirus === 'none' ? [] : r.antivirus)),
   ]);
   try {
     for (const id of wanted) {

@@ -10,5 +10,9 @@ export function configWarnings(config: Readonly<Config>): string[] {
       `scan.max-checked-size (${formatBytes(config.scan['max-checked-size'])}) is above clamd.stream-max-length (${formatBytes(sml)}): objects in between come back skipped from clamd`,
     );
   }
+  const hp = config['http-proxy'];
+  if (hp.enabled && hp['allowed-clients'].some((c) => /\/0$/.test(c.trim()))) {
+    warnings.push(`http-proxy.allowed-clients lets any address use the proxy on ${hp.listen}: an open proxy relays for anyone who reaches it`);
+  }
   return warnings;
 }

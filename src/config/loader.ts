@@ -67,6 +67,25 @@ export function parseConfigText(text: string, label: string): Config {
       }
     }
   }
+  config['http-proxy']['doc-acl'].forEach((rule, i) => {
+    for (const id of rule.antivirus === 'none' ? [] : (rule.antivirus ?? [])) {
+      if (!(id in config.engines)) {
+        problems.push(`${label}:${lineOf(doc, lineCounter, ['http-proxy', 'doc-acl'], false)}: http-proxy.doc-acl.${i}.antivirus: no engine "${id}" in engines`);
+      }
+    }
+  });
+  config['ftp-proxy']['doc-acl'].forEach((rule, i) => {
+    for (const id of rule.antivirus === 'none' ? [] : (rule.antivirus ?? [])) {
+      if (!(id in config.engines)) {
+        problems.push(`${label}:${lineOf(doc, lineCounter, ['ftp-proxy', 'doc-acl'], false)}: ftp-proxy.doc-acl.${i}.antivirus: no engine "${id}" in engines`);
+      }
+    }
+  });
+  for (const id of config['pop3-proxy'].antivirus ?? []) {
+    if (!(id in config.engines)) {
+      problems.push(`${label}:${lineOf(doc, lineCounter, ['pop3-proxy', 'antivirus'], false)}: pop3-proxy.antivirus: no engine "${id}" in engines`);
+    }
+  }
   for (const [id, e] of Object.entries(config.engines)) {
     if (!ENGINE_ID.test(id)) {
       problems.push(`${label}:${lineOf(doc, lineCounter, ['engines', id], true)}: engines.${id}: engine ids are 1-32 lower-case letters, digits, - and _, starting with a letter`);

@@ -5,6 +5,10 @@ import { mailSchema } from './mail-schema.js';
 import { quarantineSchema } from './quarantine-schema.js';
 import { statsSchema } from './stats-schema.js';
 import { consoleSchema } from './console-schema.js';
+import { pop3ProxySchema } from './mail-proxy-schema.js';
+import { httpProxySchema } from './proxy-schema.js';
+import { ftpProxySchema } from './ftp-schema.js';
+import { imapProxySchema } from './imap-schema.js';
 
 /**
  * The configuration schema. Every key is kebab-case, every object is strict (an unknown key is an
@@ -162,6 +166,10 @@ export const configSchema = z.strictObject({
   quarantine: quarantineSchema.prefault({}),
   stats: statsSchema.prefault({}),
   console: consoleSchema.prefault({}),
+  'pop3-proxy': pop3ProxySchema.prefault({}),
+  'http-proxy': httpProxySchema.prefault({}),
+  'ftp-proxy': ftpProxySchema.prefault({}),
+  'imap-proxy': imapProxySchema.prefault({}),
 });
 
 export type Config = z.output<typeof configSchema>;

@@ -111,7 +111,13 @@ describe('real Postfix with avgate\'s mail filter as content_filter, smtp-sink a
         '  clamav:',
         '    type: clamd-net',
         `    options: {address: "unix:${clamd.socketPath}", database-dir: "${clamd.dbDir}"}`,
+        // Only the mail filter: the other front ends' default ports may be taken by the `npm start` test running beside this one.
         'icap: {enabled: false}',
+        'console: {enabled: false}',
+        'http-proxy: {enabled: false}',
+        'ftp-proxy: {enabled: false}',
+        'pop3-proxy: {enabled: false}',
+        'imap-proxy: {enabled: false}',
         'smtp:',
         `  listen: 127.0.0.1:${filterPort}`,
         '  spool-memory: 64KiB',

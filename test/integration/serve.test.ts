@@ -33,7 +33,7 @@ describe('avgate serve and the config commands', () => {
     configPath = join(dir, 'avgate.yaml');
     await writeFile(
       configPath,
-      [`state-dir: ${join(dir, 'state')}`, 'log:', '  level: silent', 'clamd:', '  tcp-port: 0', 'health:', '  interval: 1s', 'icap:', '  listen: 127.0.0.1:0', 'smtp:', '  listen: 127.0.0.1:0', 'console:', '  listen: 127.0.0.1:0', ''].join('\n'),
+      [`state-dir: ${join(dir, 'state')}`, 'log:', '  level: silent', 'clamd:', '  tcp-port: 0', 'health:', '  interval: 1s', 'icap:', '  listen: 127.0.0.1:0', 'smtp:', '  listen: 127.0.0.1:0', 'console:', '  listen: 127.0.0.1:0', 'ftp-proxy:', '  listen: 127.0.0.1:0', 'http-proxy:', '  listen: 127.0.0.1:0', 'pop3-proxy:', '  listen: 127.0.0.1:0', 'imap-proxy:', '  listen: 127.0.0.1:0', ''].join('\n'),
     );
   });
   after(async () => {
@@ -42,7 +42,8 @@ describe('avgate serve and the config commands', () => {
 
   test('serve starts the project-local clamd with the test database, scans, and stops it cleanly', async () => {
     const loaded = await loadConfig(configPath);
-    const { runtime, stop } = await serve(loaded, { logger: silentLogger() });
+    const { runtime, stop, imapProxyPort } = await serve(loaded, { logger: silentLogger() });
+    assert.ok(typeof imapProxyPort === 'number' && imapProxyPort > 0, 'the IMAP proxy is bound');
     const clamd = runtime.clamd;
     assert.ok(clamd, 'serve started a clamd');
     assert.equal((await clamdRequest(clamd.unixAddress, 'PING', { timeoutMs: 2000 })).trim(), 'PONG');
@@ -111,6 +112,7 @@ describe('npm start', () => {
       assert.ok(pid > 0);
       const pong = await clamdRequest({ kind: 'tcp', host: '127.0.0.1', port: 3310 }, 'PING', { timeoutMs: 2000 });
       assert.equal(pong.trim(), 'PONG', 'the project-local clamd listens on its default port 3310');
+      assert.match(log, /"httpProxyPort":3128/, 'the HTTP proxy serves on its default port');
       const options = await icapExchange(1344, ['OPTIONS icap://127.0.0.1:1344/avscan ICAP/1.0\r\nHost: 127.0.0.1\r\n\r\n']);
       options.socket.destroy();
       assert.equal(options.responses[0]?.head.status, 200, 'ICAP service avscan on its default port 1344');

@@ -17,6 +17,14 @@ export interface AvgatePeerOptions {
   extraEngines?: string;
   /** YAML inside `console:` (written unindented); the console listens on a free loopback port. */
   consoleYaml?: string;
+  /** YAML inside `http-proxy:` (written unindented); the HTTP proxy listens on a free loopback port unless it says otherwise. */
+  httpProxyYaml?: string;
+  /** YAML inside `ftp-proxy:` (written unindented); the FTP proxy listens on a free loopback port unless it says otherwise. */
+  ftpYaml?: string;
+  /** YAML inside `pop3-proxy:` (written unindented); the POP3 proxy listens on a free loopback port unless it says otherwise. */
+  pop3Yaml?: string;
+  /** YAML inside `imap-proxy:` (written unindented); the IMAP proxy listens on a free loopback port unless it says otherwise. */
+  imapYaml?: string;
   /** More top-level YAML (cache, scan ...). */
   yaml?: string;
 }
@@ -58,6 +66,18 @@ export async function startAvgatePeer(o: AvgatePeerOptions): Promise<Serving & {
     'console:',
     '  listen: 127.0.0.1:0',
     indent(o.consoleYaml ?? '', '  '),
+    'ftp-proxy:',
+    /^\s*listen:/m.test(o.ftpYaml ?? '') ? '' : '  listen: 127.0.0.1:0',
+    indent(o.ftpYaml ?? '', '  '),
+    'http-proxy:',
+    /^\s*listen:/m.test(o.httpProxyYaml ?? '') ? '' : '  listen: 127.0.0.1:0',
+    indent(o.httpProxyYaml ?? '', '  '),
+    'pop3-proxy:',
+    /^\s*listen:/m.test(o.pop3Yaml ?? '') ? '' : '  listen: 127.0.0.1:0',
+    indent(o.pop3Yaml ?? '', '  '),
+    'imap-proxy:',
+    /^\s*listen:/m.test(o.imapYaml ?? '') ? '' : '  listen: 127.0.0.1:0',
+    indent(o.imapYaml ?? '', '  '),
     o.yaml ?? '',
   ].join('\n');
   const s = await serve({ config: parseConfigText(text, 'avgate-peer.yaml'), path: null }, { logger: silentLogger() });

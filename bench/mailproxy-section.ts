@@ -1,0 +1,304 @@
+/**
+ * Mail-proxy section (issue 7): messages per second read through avgate's POP3 proxy and IMAP
+ * proxy vs straight from Dovecot 2.3 (tools/peers/dovecot.ts), on the same clamd.
+ *
+ * - Mailboxes: one per mode and session, each with `messages` unique messages of 5-100 KB
+ *   (bench/mailproxy-messages.ts, one in 20 with EICAR in its attachment), delivered once into
+ *   Dovecot's maildir before anything is measured. Modes: pop3 direct, pop3 avgate, imap direct,
+ *   imap avgate; avgate's two proxies run as two children (bench/http-avgate.ts), each with only
+ *   its front end enabled and its own verdict cache.
+ * - Load: `sessions` concurrent sessions, each reading its whole mailbox one message at a time
+ *   (POP3 RETR, IMAP FETCH BODY.PEEK[]).
+ * - cold: the first pass over a mailbox (nothing of it was ever scanned); warm: later passes over
+ *   the same mailboxes (avgate's verdict cache answers). Passes rotate through the modes.
+ * - Checked: every message (its token, the attachment there when clean; through avgate an infected
+ *   attachment must be gone, directly it must be there) and the count per session.
+ */
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { LocalClamd } from '../src/engines/clamd/local.js';
+import { dovecotAvailable, startDovecot, type DovecotUser } from '../tools/peers/dovecot.js';
+import type { SectionResult } from './engine-section.js';
+import { checkStop, log, onCleanup, processCpuMs } from './harness.js';
+import { startAvgateFront, type AvgateFrontChild } from './http-avgate.js';
+import { imapReadAll, pop3ReadAll, type SessionParams } from './mailproxy-clients.js';
+import { checkFetched, MAX_MESSAGE_BYTES, messageSizes, ProxyMessageFactory, type ProxyBenchMessage } from './mailproxy-messages.js';
+import { treeCpuMs } from './proc-cpu.js';
+import { percentile, ratio, table } from './stats.js';
+
+export const MAILPROXY_TARGET_COLD = 0.5;
+export const MAILPROXY_TARGET_WARM = 0.9;
+
+export interface MailProxySectionOptions {
+  /** Messages per mailbox. */
+  messages: number;
+  /** Concurrent sessions per mode (one mailbox each). */
+  sessions: number;
+  /** Warm passes per mode after the cold one. */
+  warmPasses: number;
+  /** One message in this many carries EICAR. */
+  infectedEvery: number;
+  /** A session that has not read its mailbox within this fails. */
+  sessionTimeoutMs: number;
+  avgateNodeFlags: readonly string[];
+}
+
+type Protocol = 'pop3' | 'imap';
+type Regime = 'cold' | 'warm';
+
+interface Mode {
+  name: string;
+  protocol: Protocol;
+  scanned: boolean;
+  port: number;
+  pid: number | null;
+  mailboxes: Array<{ user: string; byToken: Map<string, ProxyBenchMessage> }>;
+}
+
+interface Acc {
+  messages: number;
+  seconds: number;
+  bytes: number;
+  latencies: number[];
+  serverCpuMs: number;
+  dovecotCpuMs: number;
+  clamdCpuMs: number;
+  wrong: number;
+  samples: string[];
+  passes: number[];
+}
+
+const newAcc = (): Acc => ({ messages: 0, seconds: 0, bytes: 0, latencies: [], serverCpuMs: 0, dovecotCpuMs: 0, clamdCpuMs: 0, wrong: 0, samples: [], passes: [] });
+
+const PASSWORD = 'bench-secret';
+
+/**
+ * CPU (ms) of Dovecot: its live process tree plus the children its master has reaped (cutime +
+ * cstime): a POP3 or IMAP process lives for one session and is gone when the pass ends.
+ */
+async function dovecotCpuMs(pid: number): Promise<number> {
+  let reaped = Number.NaN;
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    reaped = (Number(f[13]) + Number(f[14])) * 10;
+  } catch {
+    // gone
+  }
+  return (await treeCpuMs(pid)) + reaped;
+}
+
+export async function runMailProxySection(p: { clamd: LocalClamd; tmp: string; opts: MailProxySectionOptions }): Promise<SectionResult> {
+  const { clamd, tmp, opts } = p;
+  const report: string[] = [];
+  const result: string[] = [];
+  let failed = false;
+  if (!dovecotAvailable()) {
+    return { report: ['mailproxy: Dovecot is not available here (dovecot-pop3d/imapd, root, users dovecot/dovenull/mail)'], result: ['mailproxy: NOT RUN (no Dovecot)'], wrong: 0, checked: 0, failed: true };
+  }
+
+  // ------------------------------------------------------------ Dovecot and the mailboxes
+  const modeSpecs: Array<{ name: string; protocol: Protocol; scanned: boolean }> = [
+    { name: 'pop3 direct', protocol: 'pop3', scanned: false },
+    { name: 'pop3 avgate', protocol: 'pop3', scanned: true },
+    { name: 'imap direct', protocol: 'imap', scanned: false },
+    { name: 'imap avgate', protocol: 'imap', scanned: true },
+  ];
+  const userOf = (mode: string, s: number) => `bench-${mode.replace(' ', '-')}-${s}`;
+  const users: DovecotUser[] = modeSpecs.flatMap((m) => Array.from({ length: opts.sessions }, (_, s) => ({ user: userOf(m.name, s), password: PASSWORD })));
+  // Not under the bench's temporary directory (0700): Dovecot's auth and login processes run as
+  // its own users and must reach the passwd file and the maildirs.
+  const dir = await mkdtemp(join(tmpdir(), 'avgate-bench-dovecot-'));
+  onCleanup(() => rm(dir, { recursive: true, force: true, maxRetries: 5 }));
+  const dovecot = await startDovecot({ dir, users });
+  onCleanup(() => dovecot.stop());
+
+  const factory = new ProxyMessageFactory();
+  const t0 = performance.now();
+  let delivered = 0;
+  let deliveredBytes = 0;
+  const boxes = new Map<string, Map<string, ProxyBenchMessage>>();
+  for (const u of users) {
+    const byToken = new Map<string, ProxyBenchMessage>();
+    const sizes = messageSizes(opts.messages);
+    for (let i = 0; i < opts.messages; i++) {
+      const m = factory.make(sizes[i] as number, i % opts.infectedEvery === opts.infectedEvery - 1);
+      byToken.set(m.token, m);
+      await dovecot.deliver(u.user, m.wire);
+      delivered++;
+      deliveredBytes += m.wire.length;
+    }
+    boxes.set(u.user, byToken);
+  }
+  log(
+    `mailproxy section: Dovecot pid ${dovecot.pid} (pop3 ${dovecot.pop3Port}, imap ${dovecot.imapPort}); ${users.length} mailboxes x ${opts.messages} messages ` +
+      `(${delivered} unique, ${(deliveredBytes / 1e6).toFixed(1)} MB, 1 in ${opts.infectedEvery} with EICAR) delivered in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+  );
+
+  // ------------------------------------------------------------ avgate's proxies
+  const children = new Map<Protocol, AvgateFrontChild | string>();
+  for (const protocol of ['pop3', 'imap'] as const) {
+    try {
+      const c = await startAvgateFront({
+        front: protocol === 'pop3' ? 'pop3-proxy' : 'imap-proxy',
+        clamdSocket: clamd.socketPath,
+        dbDir: clamd.dbDir,
+        stateDir: join(tmp, `mailproxy-avgate-${protocol}`),
+        frontYaml: `upstream: 127.0.0.1:${protocol === 'pop3' ? dovecot.pop3Port : dovecot.imapPort}`,
+        nodeFlags: [...opts.avgateNodeFlags],
+      });
+      children.set(protocol, c);
+      log(`  avgate ${protocol}-proxy: child pid ${c.pid} (${c.runner}), port ${c.port}`);
+    } catch (err) {
+      const msg = err instanceof Error ? (err.message.split('\n')[0] ?? err.message) : String(err);
+      children.set(protocol, msg);
+      log(`  avgate ${protocol}-proxy NOT STARTED: ${msg}`);
+      failed = true;
+    }
+  }
+
+  const modes: Mode[] = [];
+  for (const spec of modeSpecs) {
+    const child = children.get(spec.protocol);
+    if (spec.scanned && typeof child !== 'object') continue;
+    const port = spec.scanned ? (child as AvgateFrontChild).port : spec.protocol === 'pop3' ? dovecot.pop3Port : dovecot.imapPort;
+    modes.push({
+      ...spec,
+      port,
+      pid: spec.scanned ? (child as AvgateFrontChild).pid : null,
+      mailboxes: Array.from({ length: opts.sessions }, (_, s) => {
+        const user = userOf(spec.name, s);
+        return { user, byToken: boxes.get(user) as Map<string, ProxyBenchMessage> };
+      }),
+    });
+  }
+
+  // ------------------------------------------------------------ passes
+  const accs = new Map<string, Acc>(); // `${regime} ${mode}`
+  const accOf = (regime: Regime, mode: string) => {
+    let a = accs.get(`${regime} ${mode}`);
+    if (!a) {
+      a = newAcc();
+      accs.set(`${regime} ${mode}`, a);
+    }
+    return a;
+  };
+  const sectionStarted = performance.now();
+  const runPass = async (m: Mode, regime: Regime) => {
+    checkStop();
+    const acc = accOf(regime, m.name);
+    const server0 = m.pid !== null ? await treeCpuMs(m.pid) : Number.NaN;
+    const dovecot0 = await dovecotCpuMs(dovecot.pid);
+    const clamd0 = await processCpuMs(clamd.pid);
+    const started = performance.now();
+    let messages = 0;
+    await Promise.all(
+      m.mailboxes.map(async (box) => {
+        const seen = new Set<string>();
+        const params: SessionParams = {
+          port: m.port,
+          user: box.user,
+          password: PASSWORD,
+          deadline: Date.now() + opts.sessionTimeoutMs,
+          maxBytes: 4 * MAX_MESSAGE_BYTES,
+          onMessage: (raw, ms) => {
+            messages++;
+            acc.bytes += raw.length;
+            acc.latencies.push(ms);
+            const c = checkFetched(raw, box.byToken, m.scanned);
+            const problem = c.problem ?? (c.token && seen.has(c.token) ? 'read twice in one session' : null);
+            if (c.token) seen.add(c.token);
+            if (problem) {
+              acc.wrong++;
+              if (acc.samples.length < 5) acc.samples.push(`${box.user} ${c.token ?? '?'}: ${problem}`);
+            }
+          },
+        };
+        try {
+          const n = await (m.protocol === 'pop3' ? pop3ReadAll(params) : imapReadAll(params));
+          if (n !== box.byToken.size || seen.size !== box.byToken.size) throw new Error(`${seen.size} of ${box.byToken.size} messages read (server listed ${n})`);
+        } catch (err) {
+          acc.wrong++;
+          if (acc.samples.length < 5) acc.samples.push(`${box.user}: session failed: ${err instanceof Error ? err.message : String(err)}`);
+        }
+      }),
+    );
+    const seconds = (performance.now() - started) / 1000;
+    acc.messages += messages;
+    acc.seconds += seconds;
+    acc.passes.push(messages / seconds);
+    if (m.pid !== null) acc.serverCpuMs += (await treeCpuMs(m.pid)) - server0;
+    acc.dovecotCpuMs += (await dovecotCpuMs(dovecot.pid)) - dovecot0;
+    acc.clamdCpuMs += (await processCpuMs(clamd.pid)) - clamd0;
+    log(`  ${regime} ${m.name.padEnd(11)} ${opts.sessions} sessions: ${messages} messages in ${seconds.toFixed(2)} s = ${(messages / seconds).toFixed(1)} msg/s${acc.wrong ? `  WRONG ${acc.wrong}` : ''}`);
+  };
+  // cold: every mailbox read for the first time; warm: again, in a rotated order each pass
+  for (const m of modes) await runPass(m, 'cold');
+  for (let pass = 0; pass < opts.warmPasses; pass++) {
+    const k = pass % modes.length;
+    const order = [...modes.slice(k), ...modes.slice(0, k)].reverse();
+    for (const m of order) await runPass(m, 'warm');
+  }
+  const seconds = (performance.now() - sectionStarted) / 1000;
+
+  // ------------------------------------------------------------ report
+  const fmt = (n: number, d: number) => (Number.isFinite(n) ? n.toFixed(d) : '-');
+  const rows: string[][] = [];
+  let wrong = 0;
+  let checked = 0;
+  for (const regime of ['cold', 'warm'] as const) {
+    for (const m of modes) {
+      const a = accs.get(`${regime} ${m.name}`);
+      if (!a) continue;
+      wrong += a.wrong;
+      checked += a.messages;
+      const sorted = Float64Array.from(a.latencies).sort();
+      rows.push([
+        regime,
+        m.name,
+        String(opts.sessions),
+        String(a.messages),
+        fmt(a.seconds, 2),
+        fmt(a.messages / a.seconds, 1),
+        fmt(a.bytes / 1e6 / a.seconds, 1),
+        fmt(percentile(sorted, 50), 2),
+        fmt(percentile(sorted, 99), 2),
+        a.passes.map((x) => x.toFixed(0)).join('/'),
+        fmt(a.serverCpuMs / a.messages, 3),
+        fmt(a.dovecotCpuMs / a.messages, 3),
+        fmt(a.clamdCpuMs / a.messages, 3),
+        String(a.wrong),
+      ]);
+      for (const s of a.samples) report.push(`WRONG ${regime} ${m.name}: ${s}`);
+    }
+  }
+  report.push(
+    '',
+    `Mail-proxy section: whole mailboxes read (${opts.messages} messages of 5-100 KB each, 1 in ${opts.infectedEvery} with EICAR), one mailbox per session`,
+    table(['regime', 'mode', 'sessions', 'messages', 'time s', 'msg/s', 'MB/s', 'p50 ms', 'p99 ms', 'msg/s per pass', 'avgate cpu ms/msg', 'dovecot cpu ms/msg', 'clamd cpu ms/msg', 'wrong'], rows),
+  );
+  const ratioRows: string[][] = [];
+  let met = 0;
+  for (const protocol of ['pop3', 'imap'] as const) {
+    for (const regime of ['cold', 'warm'] as const) {
+      const d = accs.get(`${regime} ${protocol} direct`);
+      const a = accs.get(`${regime} ${protocol} avgate`);
+      if (!d || !a) continue;
+      const target = regime === 'cold' ? MAILPROXY_TARGET_COLD : MAILPROXY_TARGET_WARM;
+      const rd = d.messages / d.seconds;
+      const ra = a.messages / a.seconds;
+      const ok = ra / rd >= target;
+      if (ok) met++;
+      ratioRows.push([protocol, regime, fmt(ra, 1), fmt(rd, 1), ratio(ra, rd), `>= ${target.toFixed(1)}`, ok ? 'ok' : 'BELOW']);
+    }
+  }
+  if (ratioRows.length > 0) report.push('', 'Mail-proxy section: avgate / direct (msg/s)', table(['protocol', 'regime', 'avgate msg/s', 'direct msg/s', 'ratio', 'target', ''], ratioRows));
+  const missing = [...children.entries()].filter(([, c]) => typeof c === 'string').map(([proto, c]) => `${proto}: ${String(c)}`);
+  result.push(
+    `mailproxy: ${met} of ${ratioRows.length} ratios meet their targets (avgate >= ${MAILPROXY_TARGET_COLD}x direct cold, >= ${MAILPROXY_TARGET_WARM}x warm); ${seconds.toFixed(0)} s` +
+      (missing.length > 0 ? `; avgate NOT STARTED (${missing.join('; ')})` : ''),
+  );
+  if (wrong > 0) failed = true;
+  return { report, result, wrong, checked, failed };
+}

@@ -1,0 +1,44 @@
+import { z } from 'zod';
+import { mailProxyPolicySchema } from './mail-proxy-schema.js';
+import { duration, positiveInt, size } from './units-schema.js';
+
+/**
+ * The `imap-proxy` section: the IMAP4 proxy (docs/mail-proxies.md). Messages and body parts are
+ * scanned as the client fetches them, uploads (APPEND) before they reach the server. The policy keys
+ * (antivirus, command-acl, mail-acl, doc-acl, replacement, on-error, spool-*, max-message-size) are
+ * the ones shared with `pop3-proxy`. Same conventions as the rest of the schema.
+ */
+
+const hostPort = z.string().regex(/^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected host:port');
+
+const imapTimeoutsSchema = z.strictObject({
+  /** Connecting to the upstream server, including its greeting and a STARTTLS/TLS handshake. */
+  connect: duration.prefault('30s'),
+  /** A client silent this long is closed (RFC 3501 §5.4: an autologout timer is at least 30 minutes; IDLE clients re-issue within 29). */
+  idle: duration.prefault('30m'),
+  /** The rest of a started command line or literal must come within this (slowloris); likewise the rest of a started server response. */
+  read: duration.prefault('2m'),
+});
+
+export const imapProxySchema = z.strictObject({
+  enabled: z.boolean().default(true),
+  /** host:port; loopback by default; port 0 = any free port. */
+  listen: z.string().default('127.0.0.1:1143'),
+  /** host:port of the IMAP server. */
+  upstream: hostPort.default('127.0.0.1:143'),
+  /** none: plain TCP; starttls: STARTTLS before the client's first command; tls: implicit TLS (imaps). */
+  'upstream-tls': z.enum(['none', 'starttls', 'tls']).default('none'),
+  /** Check the upstream's certificate (name and chain); false only for test servers. */
+  'tls-verify': z.boolean().default(true),
+  /** PEM file of the CA(s) trusted for the upstream; null = the system's. */
+  'tls-ca': z.string().nullable().default(null),
+  'max-connections': positiveInt.default(100),
+  /** Longest text segment of a command or response line (bytes, without CRLF); longer: BAD (client) or BYE (server). */
+  'max-line-length': size.prefault('64KiB'),
+  /** Largest literal a client may APPEND; larger: NO [TOOBIG] before any byte is sent (a LITERAL+ one is read and dropped). */
+  'max-literal-size': size.prefault('50MiB'),
+  timeouts: imapTimeoutsSchema.prefault({}),
+  ...mailProxyPolicySchema.shape,
+});
+
+export type ImapProxyConfig = z.output<typeof imapProxySchema>;

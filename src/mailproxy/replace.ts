@@ -1,0 +1,259 @@
+import { open, stat } from 'node:fs/promises';
+import { Writable } from 'node:stream';
+import type { Logger } from 'pino';
+import type { MailProxyPolicyConfig } from '../config/mail-proxy-schema.js';
+import { DEFAULT_VIRUS_NAME_STATUS } from '../config/mail-schema.js';
+import { Spool } from '../core/spool.js';
+import type { VerdictResult } from '../core/verdict.js';
+import { DEFAULT_MIME_LIMITS, rewriteMessage, walkMessage, type MessageInput, type MimeLimits, type MimeProblem, type PartEdit } from '../mime/index.js';
+import { documentStatus, type MailDocument, type MailStatus, type NameRule } from '../policy/mail/index.js';
+import type { ScanService } from '../scan/types.js';
+import type { ScanOrigin } from '../stats/types.js';
+import { compilePolicy, shouldReplace } from './acl.js';
+import { renderReplacement, type ReplacementTemplate } from './template.js';
+
+/**
+ * The mail proxies' document replacer (POP3 and IMAP): walks a message with the one MIME walker
+ * (src/mime), scans every document, asks the doc-acl which ones to replace, and writes the
+ * rewritten message (every untouched byte copied as it was) into a spool. Shared by
+ * src/protocols/pop3 and src/protocols/imap; protocol code frames, this decides nothing about
+ * the wire.
+ */
+export interface ReplaceDeps {
+  scanner: ScanService;
+  policy: MailProxyPolicyConfig;
+  replacement: ReplacementTemplate;
+  spoolDir: string;
+  log: Logger;
+  origin: ScanOrigin;
+  /** MIME walker limits (mail.max-depth ...); default DEFAULT_MIME_LIMITS. */
+  limits?: MimeLimits;
+  /** Login name, for doc-acl `users` (null = unknown). */
+  user?: string | null;
+  /** Name of the message in logs and scan requests (e.g. `pop3 alice 3`). */
+  label?: string;
+  /** Virus names → status (mail.virus-name-status); default: the built-in rules (Heuristics.Encrypted → protected ...). */
+  nameRules?: readonly NameRule[];
+  /** A stray "=" in quoted-printable text is not a problem (mail.lenient-quoted-printable); default true. */
+  lenientQuotedPrintable?: boolean;
+  /**
+   * The message is cut on purpose (POP3 TOP, an IMAP partial fetch): the MIME problems a cut
+   * causes (unclosed boundaries, a broken last line of base64) do not make it corrupted.
+   */
+  partial?: boolean;
+}
+
+/** Problems a deliberately cut message has anyway. */
+const CUT_PROBLEMS: ReadonlySet<string> = new Set(['boundary', 'truncated', 'encoding']);
+
+export interface ReplacedDocument {
+  /** Walker part id ('' = the whole message body). */
+  path: string;
+  filename: string | null;
+  status: string;
+  names: string[];
+}
+
+export interface ReplaceResult {
+  /** The original input when unchanged, else an ended Spool with the rewritten message. */
+  output: MessageInput;
+  /** Bytes of output. */
+  size: number;
+  changed: boolean;
+  replaced: ReplacedDocument[];
+  /** error: at least one document's scan failed (replaced or passed per on-error). */
+  status: 'clean' | 'replaced' | 'error';
+  /** Every document with its status and the doc-acl rule that decided (for logs and tests). */
+  documents: Array<{ path: string; filename: string | null; contentType: string | null; status: MailStatus; names: string[]; rule: string | null; replaced: boolean }>;
+  /** Removes the rewritten spool (a no-op when unchanged). */
+  dispose(): Promise<void>;
+}
+
+const DEFAULT_NAME_RULES: readonly NameRule[] = DEFAULT_VIRUS_NAME_STATUS.map((r) => ({ source: r.pattern, re: new RegExp(r.pattern, 'i'), status: r.status }));
+
+const ADDRESS = /[^\s<>@,;:"()[\]]+@[^\s<>@,;:"()[\]]+/g;
+
+/** Why a document is replaced, for the notice's {{REASON}}. */
+function reasonFor(status: MailStatus, names: readonly string[]): string {
+  switch (status) {
+    case 'infected':
+      return `a virus was found in it (${names.join(', ') || 'no name'})`;
+    case 'suspicious':
+      return `it looks harmful (${names.join(', ') || 'no name'})`;
+    case 'protected':
+      return 'it is encrypted and could not be checked';
+    case 'corrupted':
+      return 'its MIME structure is broken and it could not be checked';
+    case 'error':
+      return 'it could not be scanned (the virus scanner failed)';
+    case 'unknown':
+      return 'it could not be scanned (no verdict from the virus scanner)';
+    case 'skipped':
+      return 'it could not be scanned (over a scanning limit)';
+    default:
+      return `its status is ${status}`;
+  }
+}
+
+async function sizeOf(input: MessageInput): Promise<number> {
+  if (Buffer.isBuffer(input)) return input.length;
+  if (input instanceof Spool) return input.size;
+  return (await stat(input)).size;
+}
+
+/** First bytes of the message, for the top header (mail-acl). */
+async function headOf(input: MessageInput, max: number): Promise<Buffer> {
+  if (Buffer.isBuffer(input)) return input.subarray(0, max);
+  if (input instanceof Spool) return input.readRange(0, Math.min(input.size, max));
+  const h = await open(input, 'r');
+  try {
+    const b = Buffer.alloc(max);
+    const { bytesRead } = await h.read(b, 0, max, 0);
+    return b.subarray(0, bytesRead);
+  } finally {
+    await h.close();
+  }
+}
+
+/** From: and To:/Cc: addresses of the top header (unfolded; RFC 2047 words are left alone). */
+function addressesOf(head: Buffer): { senders: string[]; recipients: string[] } {
+  const text = head.toString('latin1');
+  const end = text.search(/\r?\n\r?\n/);
+  const block = (end >= 0 ? text.slice(0, end) : text).replace(/\r?\n[ \t]+/g, ' ');
+  const senders: string[] = [];
+  const recipients: string[] = [];
+  for (const line of block.split(/\r?\n/)) {
+    const m = /^([A-Za-z-]+)[ \t]*:(.*)$/.exec(line);
+    if (!m) continue;
+    const name = (m[1] as string).toLowerCase();
+    const found = (m[2] as string).match(ADDRESS) ?? [];
+    if (name === 'from') senders.push(...found);
+    else if (name === 'to' || name === 'cc') recipients.push(...found);
+  }
+  return { senders, recipients };
+}
+
+/** A Writable that fills a spool (with backpressure: the next write waits for the spool). */
+function spoolWriter(spool: Spool): Writable {
+  return new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      spool.write(chunk).then(() => cb(), cb);
+    },
+  });
+}
+
+interface Scanned {
+  verdict: VerdictResult;
+}
+
+/**
+ * Scans the message document by document and replaces what the doc-acl says (see
+ * src/mailproxy/acl.ts). Engine trouble never throws: the document gets status error and is
+ * replaced or passed per on-error. Reading the input, or the signal, does reject.
+ */
+export async function scanAndReplace(input: MessageInput, deps: ReplaceDeps, signal?: AbortSignal): Promise<ReplaceResult> {
+  const policy = compilePolicy(deps.policy);
+  const limits = deps.limits ?? DEFAULT_MIME_LIMITS;
+  const user = deps.user ?? null;
+  const label = deps.label ?? 'message';
+  const lenient = deps.lenientQuotedPrintable ?? true;
+  const size = await sizeOf(input);
+  const unchanged = (status: 'clean' | 'error', documents: ReplaceResult['documents']): ReplaceResult => ({
+    output: input,
+    size,
+    changed: false,
+    replaced: [],
+    status,
+    documents,
+    dispose: async () => undefined,
+  });
+
+  const edits: PartEdit[] = [];
+  const replaced: ReplacedDocument[] = [];
+  const documents: ReplaceResult['documents'] = [];
+  let anyError = false;
+  const notice = (path: string, filename: string | null, contentType: string | null, status: string, names: string[], reason: string) =>
+    renderReplacement(deps.replacement, { virusNames: names, filename, status, reason, contentType, part: path });
+
+  const mailDecision = policy.mail({ ...addressesOf(await headOf(input, limits.maxHeaderSize)), size });
+  if (mailDecision.action === 'reject') {
+    const reason = `the message was refused by rule ${mailDecision.rule ?? '-'}`;
+    edits.push({ action: 'remove', id: '', notice: notice('', null, 'message/rfc822', 'rejected', [], reason) });
+    replaced.push({ path: '', filename: null, status: 'rejected', names: [] });
+  } else {
+    const walk = await walkMessage<Scanned>(
+      input,
+      { limits, spoolDir: deps.spoolDir, spoolMemoryLimit: deps.policy['document-memory'], hash: deps.scanner.wantsHash, ...(signal ? { signal } : {}) },
+      async (doc) => {
+        const source = doc.source();
+        const verdict = await deps.scanner.scan({
+          source,
+          name: `${label}/${doc.id}${doc.filename ? ` ${doc.filename}` : ''}`,
+          ...(doc.sha256 ? { hash: doc.sha256 } : {}),
+          ...(source.kind !== 'file' ? { toFile: () => doc.spool.fileForScan() } : {}),
+          ...(signal ? { signal } : {}),
+          origin: deps.origin,
+        });
+        return { verdict };
+      },
+    );
+    const relevant = (p: MimeProblem, encoding: string | null) => !(lenient && p.code === 'encoding' && encoding === 'quoted-printable') && !(deps.partial === true && CUT_PROBLEMS.has(p.code));
+    const facts: Array<{ doc: MailDocument; partId: string }> = walk.documents.map(({ document: d, result }) => ({
+      partId: d.partId,
+      doc: {
+        id: d.id,
+        fileName: d.filename,
+        contentType: d.contentType,
+        problems: [...new Set([...d.problems, ...walk.problems.filter((p) => p.partId === d.id)].filter((p) => relevant(p, d.encoding)).map((p) => p.code))],
+        verdict: result.verdict,
+        size: d.size,
+      },
+    }));
+    const known = new Set(walk.documents.map((d) => d.document.id));
+    const loose = walk.problems.filter((p) => !known.has(p.partId) && relevant(p, null));
+    if (loose.length > 0) {
+      // A problem not tied to one document (max-parts, a broken boundary): parts may have gone
+      // unscanned, so it is judged as the whole message.
+      facts.push({ partId: '', doc: { id: '', whole: true, fileName: null, contentType: 'message/rfc822', problems: [...new Set(loose.map((p) => p.code))], verdict: { status: 'free' }, size } });
+    }
+    const editedParts = new Set<string>();
+    for (const { doc, partId } of facts) {
+      const st = documentStatus(doc, deps.nameRules ?? DEFAULT_NAME_RULES, null);
+      if (st.status === 'error') anyError = true;
+      const decision = policy.doc({ status: st.status, contentType: doc.contentType, filename: doc.fileName, user });
+      const replace = shouldReplace(decision.action, st.status, deps.policy['on-error']);
+      documents.push({ path: doc.id, filename: doc.fileName, contentType: doc.contentType, status: st.status, names: st.names, rule: decision.rule, replaced: replace });
+      if (!replace) continue;
+      // A uuencoded file is replaced with the text part holding it; one edit per part.
+      const target = partId;
+      replaced.push({ path: doc.id, filename: doc.fileName, status: st.status, names: st.names });
+      if (editedParts.has(target)) continue;
+      editedParts.add(target);
+      edits.push({ action: 'remove', id: target, notice: notice(doc.id, doc.fileName, doc.contentType, st.status, st.names, reasonFor(st.status, st.names)) });
+    }
+    // The whole body replaced makes every other edit moot (and the rewriter wants one or the other).
+    if (editedParts.has('')) edits.splice(0, edits.length, ...edits.filter((e) => e.id === ''));
+  }
+
+  if (edits.length === 0) return unchanged(anyError ? 'error' : 'clean', documents);
+
+  const out = new Spool(deps.spoolDir, deps.policy['spool-memory'], { hash: false });
+  try {
+    const r = await rewriteMessage(input, spoolWriter(out), { parts: edits }, { limits, ...(signal ? { signal } : {}) });
+    await out.end();
+    if (r.missing.length > 0) deps.log.warn({ message: label, missing: r.missing }, 'mail proxy: parts to replace not found by the rewriter');
+  } catch (err) {
+    await out.dispose();
+    throw err;
+  }
+  deps.log.info({ message: label, replaced: replaced.map((d) => ({ part: d.path, name: d.filename, status: d.status, names: d.names })) }, 'mail proxy: documents replaced');
+  return {
+    output: out,
+    size: out.size,
+    changed: true,
+    replaced,
+    status: anyError ? 'error' : 'replaced',
+    documents,
+    dispose: () => out.dispose(),
+  };
+}

@@ -1,0 +1,173 @@
+import { createWriteStream, type WriteStream } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { resolve } from 'node:path';
+import type { FtpProxyConfig } from '../../config/ftp-schema.js';
+import { AvgateError, messageOf } from '../../core/errors.js';
+import type { Spool } from '../../core/spool.js';
+import { verdictReason } from '../../policy/verdict-policy.js';
+import type { Logger } from '../../core/logging.js';
+import type { Verdict, VerdictStatus } from '../../core/verdict.js';
+import { DocAcl } from '../../proxy/doc-acl.js';
+import type { Quarantine } from '../../quarantine/types.js';
+import type { ScanService } from '../../scan/types.js';
+import { parseListen } from '../icap/server.js';
+import { FtpSession, type FtpAccessRecord } from './session.js';
+import { formatReply } from './wire.js';
+
+export interface FtpCounters {
+  sessions: number;
+  /** Sessions refused at max-connections. */
+  refused: number;
+  transfers: number;
+  byCommand: Record<string, number>;
+  byStatus: Record<string, number>;
+  byVerdict: Record<VerdictStatus, number>;
+  /** Bytes of transfers (to the client for downloads, from it for uploads). */
+  bytes: number;
+  /** Blocked files kept in the quarantine. */
+  quarantined: number;
+}
+
+export interface FtpProxyDeps {
+  stateDir: string;
+  /** The scanner for a list of engine ids; null = scan.engines. */
+  scannerFor(engineIds: readonly string[] | null): { scanner: ScanService };
+  log: Logger;
+  /** Where blocked files whose status is in ftp-proxy.quarantine are kept; none = nothing is kept. */
+  quarantine?: Quarantine;
+}
+
+/**
+ * The FTP proxy: one listener, one FtpSession per client. close() stops accepting, lets running
+ * sessions go on until the deadline, then cuts what is left.
+ */
+export class FtpProxyServer {
+  private server: Server | null = null;
+  private readonly sessions = new Map<Socket, FtpSession>();
+  private readonly accessFile: WriteStream | null;
+  private readonly docAcl: DocAcl;
+  readonly counters: FtpCounters = {
+    sessions: 0,
+    refused: 0,
+    transfers: 0,
+    byCommand: {},
+    byStatus: {},
+    byVerdict: { free: 0, found: 0, skipped: 0, unknown: 0, error: 0 },
+    bytes: 0,
+    quarantined: 0,
+  };
+
+  constructor(
+    private readonly config: FtpProxyConfig,
+    private readonly deps: FtpProxyDeps,
+  ) {
+    this.docAcl = new DocAcl(config['doc-acl']);
+    this.accessFile = config['access-log'] ? createWriteStream(resolve(deps.stateDir, config['access-log']), { flags: 'a' }) : null;
+  }
+
+  private access(r: FtpAccessRecord, accessLog: Logger): void {
+    const c = this.counters;
+    c.transfers++;
+    c.byCommand[r.command] = (c.byCommand[r.command] ?? 0) + 1;
+    c.byStatus[String(r.status)] = (c.byStatus[String(r.status)] ?? 0) + 1;
+    c.bytes += r.bytes;
+    if (this.accessFile) {
+      this.accessFile.write(`${new Date().toISOString()} ${r.client} ${r.target} ${r.command} ${JSON.stringify(r.path)} ${r.status} ${r.verdict} ${r.bytes} ${Math.round(r.ms)}\n`);
+    } else {
+      accessLog.info({ client: r.client, target: r.target, command: r.command, path: r.path, status: r.status, verdict: r.verdict, rule: r.rule, bytes: r.bytes, ms: Math.round(r.ms) }, 'ftp');
+    }
+  }
+
+  /** A blocked file into the quarantine (when its status is listed); a failure is logged and never changes the answer. */
+  private async keep(v: Verdict, spool: Spool, meta: { url: string; rule: string; direction: 'download' | 'upload' }, log: Logger): Promise<void> {
+    const q = this.deps.quarantine;
+    if (!q || !this.config.quarantine.includes(v.status)) return;
+    try {
+      const { id } = await q.put(spool.filePath() ?? spool.createReadStream(), {
+        source: 'ftp',
+        sender: '',
+        recipients: [],
+        group: meta.rule,
+        statuses: [v.status],
+        virusNames: v.status === 'found' ? v.names : [],
+        url: meta.url,
+        fileName: (meta.url.split('/').pop() ?? '').slice(0, 255) || null,
+        action: meta.direction === 'upload' ? 'block-upload' : 'block',
+        note: v.status === 'found' ? null : verdictReason(v),
+      });
+      this.counters.quarantined++;
+      log.info({ url: meta.url, rule: meta.rule, quarantineId: id }, 'ftp: blocked file quarantined');
+    } catch (err) {
+      log.error({ url: meta.url, err: messageOf(err) }, 'ftp: quarantine failed');
+    }
+  }
+
+  /** Binds the listener; returns the bound port (useful with port 0). */
+  async listen(): Promise<{ port: number }> {
+    const log = this.deps.log.child({ component: 'ftp-proxy' });
+    const accessLog = this.deps.log.child({ component: 'ftp-access' });
+    const ctx = {
+      config: this.config,
+      spoolDir: resolve(this.deps.stateDir, this.config['spool-dir']),
+      docAcl: this.docAcl,
+      scannerFor: (ids: readonly string[] | null) => this.deps.scannerFor(ids).scanner,
+      log,
+      access: (r: FtpAccessRecord) => this.access(r, accessLog),
+      onVerdict: (v: Verdict) => void this.counters.byVerdict[v.status]++,
+      quarantine: (v: Verdict, spool: Spool, meta: { url: string; rule: string; direction: 'download' | 'upload' }) => this.keep(v, spool, meta, log),
+    };
+    const server = createServer((socket) => {
+      socket.on('error', () => undefined);
+      if (this.sessions.size >= this.config['max-connections']) {
+        this.counters.refused++;
+        socket.end(formatReply(421, 'Too many connections; try again later'));
+        setTimeout(() => socket.destroy(), 1000).unref();
+        return;
+      }
+      const session = new FtpSession(socket, ctx);
+      this.sessions.set(socket, session);
+      this.counters.sessions++;
+      socket.once('close', () => this.sessions.delete(socket));
+      void session.run();
+    });
+    this.server = server;
+    const { host, port } = parseListen(this.config.listen);
+    const bound = await new Promise<number>((resolvePort, reject) => {
+      server.once('error', (err) => reject(new AvgateError('AVG_ERR_CONFIG', `ftp-proxy listen ${host}:${port}: ${(err as NodeJS.ErrnoException).code ?? err.message}`)));
+      server.listen(port, host, () => {
+        const a = server.address();
+        resolvePort(typeof a === 'object' && a ? a.port : port);
+      });
+    });
+    log.info({ listen: `${host}:${bound}`, upstream: this.config.upstream }, 'ftp proxy listening');
+    return { port: bound };
+  }
+
+  get openSessions(): number {
+    return this.sessions.size;
+  }
+
+  async close(deadlineMs = 5000): Promise<void> {
+    const server = this.server;
+    if (server) await new Promise<void>((r) => server.close(() => r()));
+    const until = Date.now() + deadlineMs;
+    // Sessions between commands end now; those in a transfer get until the deadline.
+    const cutIdle = () => {
+      for (const [s, session] of this.sessions) {
+        if (session.busy) continue;
+        session.close();
+        s.destroy();
+      }
+    };
+    cutIdle();
+    while (this.sessions.size > 0 && Date.now() < until) {
+      await new Promise((r) => setTimeout(r, 50));
+      cutIdle();
+    }
+    for (const [s, session] of this.sessions) {
+      session.close();
+      s.destroy();
+    }
+    this.accessFile?.end();
+  }
+}

@@ -1,0 +1,886 @@
+import { Socket } from 'node:net';
+import { posix } from 'node:path';
+import picomatch from 'picomatch';
+import type { FtpProxyConfig } from '../../config/ftp-schema.js';
+import type { DocAclRule } from '../../config/proxy-schema.js';
+import { messageOf } from '../../core/errors.js';
+import type { Logger } from '../../core/logging.js';
+import { Spool } from '../../core/spool.js';
+import type { Verdict } from '../../core/verdict.js';
+import { decide, verdictReason } from '../../policy/verdict-policy.js';
+import type { DocAcl } from '../../proxy/doc-acl.js';
+import { SpoolFeed, trickle, type TrickleOutcome } from '../../proxy/trickle.js';
+import type { ScanService } from '../../scan/types.js';
+import { activeAddressAllowed, ActiveTarget, connectData, DataError, PassiveListener, type ClientDataSetup } from './data.js';
+import { LineReader } from './lines.js';
+import { UpstreamControl, UpstreamGone } from './upstream.js';
+import {
+  formatHostPortNumbers,
+  formatReply,
+  parseCommand,
+  parseEprt,
+  parseEpsvReply,
+  parseHostPortNumbers,
+  parsePasvReply,
+  parsePwdReply,
+  parseUserAtHost,
+  plainAddress,
+  printable,
+  type FtpCommand,
+  type FtpReply,
+} from './wire.js';
+
+/** One transfer, for the access log and the counters. */
+export interface FtpAccessRecord {
+  client: string;
+  /** user@host:port of the session. */
+  target: string;
+  command: string;
+  path: string;
+  /** The final reply code the client got. */
+  status: number;
+  /** Verdict status, `unscanned` (rule accept / none, listings), `-` when none was reached. */
+  verdict: string;
+  /** The doc-ACL rule applied (null for listings). */
+  rule: string | null;
+  bytes: number;
+  ms: number;
+}
+
+export interface FtpSessionContext {
+  config: FtpProxyConfig;
+  spoolDir: string;
+  docAcl: DocAcl;
+  scannerFor(engineIds: readonly string[] | null): ScanService;
+  log: Logger;
+  access(r: FtpAccessRecord): void;
+  onVerdict(v: Verdict): void;
+  /** Keeps a blocked file in the quarantine when the config says so (never throws). */
+  quarantine(v: Verdict, spool: Spool, meta: { url: string; rule: string; direction: 'download' | 'upload' }): Promise<void>;
+}
+
+const DOWNLOADS = new Set(['RETR']);
+const LISTINGS = new Set(['LIST', 'NLST', 'MLSD']);
+const UPLOADS = new Set(['STOR', 'APPE', 'STOU']);
+/** Commands a session without a server may still get an answer to. */
+const BEFORE_LOGIN = new Set(['USER', 'QUIT', 'NOOP', 'SYST', 'FEAT', 'HELP', 'AUTH', 'OPTS']);
+/** Security extensions (RFC 2228/4217): the proxy must read the control channel, so none. */
+const SECURITY = new Set(['AUTH', 'ADAT', 'PBSZ', 'PROT', 'CCC', 'MIC', 'CONF', 'ENC']);
+/** Commands that change the working directory: the proxy asks PWD afterwards (doc-ACL paths). */
+const CWD_VERBS = new Set(['CWD', 'CDUP', 'XCWD', 'XCUP']);
+const FEATURES_DROPPED = /^\s*(AUTH|PBSZ|PROT|CCC|MODE\s+Z|LPSV|LPRT)\b/i;
+
+class TransferLimit extends Error {}
+
+let nextSessionId = 1;
+
+/**
+ * One client session: reads the client's commands one at a time, relays them to the server and
+ * the replies back, and handles everything data-related itself (PASV/EPSV/PORT/EPRT are answered
+ * by the proxy; the server is always used in passive mode). Downloads (RETR) are held or trickled
+ * until the verdict; uploads (STOR/APPE/STOU) are received whole and scanned before the server
+ * hears of them.
+ */
+export class FtpSession {
+  private readonly id = nextSessionId++;
+  private readonly reader: LineReader;
+  private readonly abort = new AbortController();
+  private readonly clientAddress: string;
+  private readonly localAddress: string;
+  private readonly log: Logger;
+  private upstream: UpstreamControl | null = null;
+  private target = '-';
+  private targetHost = '';
+  /** The server's working directory as PWD reported it: doc-ACL URLs are absolute and normalised. */
+  private cwd = '/';
+  private setup: ClientDataSetup | null = null;
+  private restart: string | null = null;
+  private epsvAll = false;
+  private closed = false;
+  /** True while a transfer runs (a graceful stop waits for those, and cuts idle sessions at once). */
+  busy = false;
+  /** The running transfer: ABOR aborts its signal, which destroys its data connections. */
+  private xfer: { abort: AbortController; sockets: Set<Socket> } | null = null;
+
+  constructor(
+    private readonly client: Socket,
+    private readonly ctx: FtpSessionContext,
+  ) {
+    this.clientAddress = plainAddress(client.remoteAddress ?? '');
+    this.localAddress = client.localAddress ?? '127.0.0.1';
+    this.reader = new LineReader(client, ctx.config['max-line-length']);
+    this.log = ctx.log.child({ session: this.id, client: this.clientAddress });
+    client.on('error', () => undefined);
+    client.once('close', () => this.abort.abort());
+    client.setNoDelay(true);
+  }
+
+  get signal(): AbortSignal {
+    return this.abort.signal;
+  }
+
+  /** For data connections and scans: ends with the session, or with the transfer on ABOR. */
+  private get dataSignal(): AbortSignal {
+    return this.xfer?.abort.signal ?? this.signal;
+  }
+
+  /** A data connection of the running transfer (destroyed when it is aborted). */
+  private track(s: Socket): Socket {
+    const x = this.xfer;
+    if (x) {
+      if (x.abort.signal.aborted) s.destroy();
+      else x.sockets.add(s);
+    }
+    return s;
+  }
+
+  /**
+   * Reads the client's control connection while a transfer runs: ABOR aborts the transfer (RFC 959:
+   * 426 for the transfer, then 226 for the ABOR); any other command is put back and handled after
+   * the transfer, in order.
+   */
+  private async watchForAbort(stop: AbortSignal, onAbort: () => void): Promise<void> {
+    for (;;) {
+      const ev = await this.reader.next(this.t['control-idle'], stop);
+      if (stop.aborted) {
+        if (ev.kind !== 'eof') this.reader.unshift(ev);
+        return;
+      }
+      if (ev.kind === 'timeout') continue;
+      if (ev.kind === 'line' && parseCommand(ev.line)?.verb === 'ABOR') {
+        onAbort();
+        return;
+      }
+      if (ev.kind !== 'eof') this.reader.unshift(ev);
+      return;
+    }
+  }
+
+  private reply(code: number, text: string | readonly string[]): void {
+    if (!this.client.destroyed) this.client.write(formatReply(code, text), 'latin1');
+  }
+
+  /** A server reply passed on as received (multi-line replies keep their lines). */
+  private relay(r: FtpReply): void {
+    if (!this.client.destroyed) this.client.write(`${r.lines.join('\r\n')}\r\n`, 'latin1');
+  }
+
+  private get t(): FtpProxyConfig['timeouts'] {
+    return this.ctx.config.timeouts;
+  }
+
+  async run(): Promise<void> {
+    try {
+      if (this.ctx.config.upstream) {
+        const { host, port } = splitHostPort(this.ctx.config.upstream);
+        const greeting = await this.connectUpstream(host, port, null);
+        if (!greeting) return;
+        this.relay(greeting);
+      } else {
+        this.reply(220, 'avgate FTP proxy ready; log in as USER user@host[:port]');
+      }
+      for (;;) {
+        const ev = await this.reader.next(this.t['control-idle'], this.signal);
+        if (ev.kind === 'eof') return;
+        if (ev.kind === 'timeout') {
+          this.reply(421, 'Idle timeout; closing the control connection');
+          return;
+        }
+        if (ev.kind === 'too-long') {
+          this.reply(500, 'Command line too long');
+          continue;
+        }
+        const cmd = parseCommand(ev.line);
+        if (!cmd) {
+          this.reply(500, 'Syntax error, command unrecognized');
+          continue;
+        }
+        if (!(await this.handle(cmd))) return;
+      }
+    } catch (err) {
+      if (err instanceof UpstreamGone) {
+        this.log.warn({ target: this.target, err: err.message }, 'ftp: server connection lost');
+        this.reply(421, 'Service not available: the FTP server connection was lost');
+      } else {
+        this.log.error({ err: messageOf(err) }, 'ftp: session failed');
+        this.reply(421, 'Service not available: internal error');
+      }
+    } finally {
+      this.close();
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.setup?.close();
+    this.setup = null;
+    this.upstream?.close();
+    this.abort.abort();
+    if (!this.client.destroyed) this.client.end();
+    setTimeout(() => this.client.destroy(), 2000).unref();
+  }
+
+  /** Connects to the server and reads its greeting; null (the client told why) when it fails. */
+  private async connectUpstream(host: string, port: number, user: string | null): Promise<FtpReply | null> {
+    const c = this.ctx.config;
+    try {
+      this.upstream = await UpstreamControl.connect(host, port, {
+        timeoutMs: this.t.connect,
+        signal: this.signal,
+        maxLine: c['max-line-length'],
+        maxLines: c['max-reply-lines'],
+      });
+    } catch (err) {
+      this.log.warn({ host, port, err: messageOf(err) }, 'ftp: cannot connect to the server');
+      this.reply(421, `Cannot connect to ${host}:${port}`);
+      return null;
+    }
+    this.targetHost = host;
+    this.target = `${user ?? ''}${user ? '@' : ''}${host}:${port}`;
+    let greeting: FtpReply;
+    // A server may send 120 (ready in n minutes) before its 220.
+    do greeting = await this.upstream.reply(this.t.reply, this.signal);
+    while (greeting.code < 200);
+    if (greeting.code !== 220) {
+      this.relay(greeting);
+      this.upstream.close();
+      this.upstream = null;
+      return null;
+    }
+    this.log.debug({ target: this.target }, 'ftp: connected to the server');
+    return greeting;
+  }
+
+  /** One command; false = the session ends. */
+  private async handle(cmd: FtpCommand): Promise<boolean> {
+    const { verb, arg } = cmd;
+    this.log.trace({ verb, arg: verb === 'PASS' || verb === 'ACCT' ? '***' : printable(arg) }, 'ftp: command');
+    if (verb === 'USER') return this.user(arg);
+    if (verb === 'QUIT') {
+      if (this.upstream) this.relay(await this.upstream.command('QUIT', '', this.t.reply, this.signal).catch(() => ({ code: 221, lines: ['221 Goodbye'] })));
+      else this.reply(221, 'Goodbye');
+      return false;
+    }
+    if (SECURITY.has(verb)) {
+      this.reply(verb === 'AUTH' ? 502 : 503, 'TLS is not supported through this proxy');
+      return true;
+    }
+    if (!this.upstream) {
+      if (verb === 'NOOP') this.reply(200, 'NOOP ok');
+      else if (verb === 'SYST') this.reply(215, 'UNIX Type: L8');
+      else if (verb === 'FEAT') this.reply(211, ['Features:', 'EPSV', 'EPRT', 'PASV', 'REST STREAM', 'End']);
+      else if (BEFORE_LOGIN.has(verb)) this.reply(530, 'Log in with USER user@host[:port] first');
+      else this.reply(530, 'Not logged in: USER user@host[:port] first');
+      return true;
+    }
+    const up = this.upstream;
+    switch (verb) {
+      case 'PASV':
+      case 'EPSV':
+        await this.passive(verb, arg);
+        return true;
+      case 'PORT':
+      case 'EPRT':
+        this.active(verb, arg);
+        return true;
+      case 'LPRT':
+      case 'LPSV':
+        this.reply(502, `${verb} is not supported; use EPRT/EPSV`);
+        return true;
+      case 'REST':
+        if (!/^\d{1,18}$/.test(arg.trim())) {
+          this.reply(501, 'REST needs a byte offset');
+          return true;
+        }
+        // Kept here and sent just before the transfer: REST must immediately precede it upstream,
+        // and the proxy's own EPSV/PASV come in between.
+        this.restart = arg.trim();
+        this.reply(350, `Restarting at ${this.restart}; send RETR or STOR`);
+        return true;
+      case 'MODE':
+        if (arg.trim().toUpperCase() !== 'S') {
+          this.reply(504, 'Only stream mode is supported');
+          return true;
+        }
+        break;
+      case 'FEAT': {
+        const r = await up.command('FEAT', arg, this.t.reply, this.signal);
+        this.relay({ code: r.code, lines: r.lines.filter((l, i) => i === 0 || i === r.lines.length - 1 || !FEATURES_DROPPED.test(l)) });
+        return true;
+      }
+      default:
+        if (DOWNLOADS.has(verb) || LISTINGS.has(verb) || UPLOADS.has(verb)) {
+          await this.transfer(cmd);
+          return true;
+        }
+    }
+    const r = await up.command(verb, arg, this.t.reply, this.signal);
+    this.relay(r);
+    await this.afterReply(verb, r);
+    return true;
+  }
+
+  /** After a login (230) or a directory change, learn the working directory (PWD). */
+  private async afterReply(verb: string, r: FtpReply): Promise<void> {
+    if (!this.upstream || !(r.code === 230 || (CWD_VERBS.has(verb) && r.code >= 200 && r.code < 300))) return;
+    const pwd = await this.upstream.command('PWD', '', this.t.reply, this.signal);
+    this.cwd = (pwd.code === 257 ? parsePwdReply(pwd.lines[0] as string) : null) ?? '/';
+  }
+
+  private async user(arg: string): Promise<boolean> {
+    if (this.ctx.config.upstream) {
+      const r = await (this.upstream as UpstreamControl).command('USER', arg, this.t.reply, this.signal);
+      this.relay(r);
+      await this.afterReply('USER', r);
+      return true;
+    }
+    const u = parseUserAtHost(arg);
+    if (!u) {
+      if (this.upstream) this.relay(await this.upstream.command('USER', arg, this.t.reply, this.signal));
+      else this.reply(501, 'Log in as USER user@host[:port]');
+      return true;
+    }
+    const port = u.port ?? 21;
+    if (this.upstream) {
+      // One server per session: a second USER may only name the same one.
+      if (u.host.toLowerCase() !== this.targetHost.toLowerCase() || port !== this.upstream.port) {
+        this.reply(530, 'Already connected to another server; reconnect to change servers');
+        return true;
+      }
+      const r = await this.upstream.command('USER', u.user, this.t.reply, this.signal);
+      this.relay(r);
+      await this.afterReply('USER', r);
+      return true;
+    }
+    if (!upstreamAllowed(this.ctx.config['allowed-upstreams'], u.host, port)) {
+      this.log.warn({ host: u.host, port }, 'ftp: server not in allowed-upstreams');
+      this.reply(530, `Server ${u.host}:${port} is not allowed through this proxy`);
+      return true;
+    }
+    const greeting = await this.connectUpstream(u.host, port, u.user);
+    if (!greeting) return true;
+    const r = await (this.upstream as unknown as UpstreamControl).command('USER', u.user, this.t.reply, this.signal);
+    this.relay(r);
+    await this.afterReply('USER', r);
+    return true;
+  }
+
+  private replaceSetup(s: ClientDataSetup | null): void {
+    this.setup?.close();
+    this.setup = s;
+  }
+
+  private async passive(verb: 'PASV' | 'EPSV', arg: string): Promise<void> {
+    const a = arg.trim().toUpperCase();
+    if (verb === 'EPSV' && a === 'ALL') {
+      this.epsvAll = true;
+      this.reply(200, 'EPSV ALL ok');
+      return;
+    }
+    if (verb === 'EPSV' && a !== '' && a !== '1' && a !== '2') {
+      this.reply(501, 'EPSV: unknown argument');
+      return;
+    }
+    const v4 = plainAddress(this.localAddress).includes('.');
+    if (verb === 'EPSV' && a !== '' && (a === '1') !== v4) {
+      this.reply(522, `Network protocol not supported, use (${v4 ? 1 : 2})`);
+      return;
+    }
+    if (verb === 'PASV' && !v4) {
+      this.reply(502, 'PASV needs IPv4; use EPSV');
+      return;
+    }
+    this.replaceSetup(null);
+    let l: PassiveListener;
+    try {
+      l = await PassiveListener.open(plainAddress(this.localAddress), this.clientAddress, this.ctx.config['data-ports']);
+    } catch (err) {
+      this.log.warn({ err: messageOf(err) }, 'ftp: no passive data port');
+      this.reply(425, 'Cannot open a passive data connection');
+      return;
+    }
+    this.setup = l;
+    if (verb === 'PASV') this.reply(227, `Entering Passive Mode (${formatHostPortNumbers({ host: plainAddress(this.localAddress), port: l.port })})`);
+    else this.reply(229, `Entering Extended Passive Mode (|||${l.port}|)`);
+  }
+
+  private active(verb: 'PORT' | 'EPRT', arg: string): void {
+    if (this.epsvAll) {
+      this.reply(501, `${verb} refused after EPSV ALL`);
+      return;
+    }
+    const hp = verb === 'PORT' ? parseHostPortNumbers(arg) : parseEprt(arg);
+    if (!hp) {
+      this.reply(501, `${verb}: syntax error in the address`);
+      return;
+    }
+    const refused = activeAddressAllowed(hp, this.clientAddress);
+    if (refused) {
+      this.log.warn({ verb, host: hp.host, port: hp.port }, 'ftp: bounce attempt refused');
+      this.reply(501, `${verb} refused: ${refused}`);
+      return;
+    }
+    this.replaceSetup(new ActiveTarget(hp.host, hp.port, this.localAddress));
+    this.reply(200, `${verb} command successful`);
+  }
+
+  /** A data connection to the server (EPSV, else PASV); always to the control connection's address. */
+  private async upstreamData(up: UpstreamControl): Promise<Socket | FtpReply> {
+    let port: number | null;
+    const epsv = await up.command('EPSV', '', this.t.reply, this.signal);
+    if (epsv.code === 229) port = parseEpsvReply(epsv.lines.at(-1) as string);
+    else if (up.address.includes('.')) {
+      const pasv = await up.command('PASV', '', this.t.reply, this.signal);
+      if (pasv.code !== 227) return pasv;
+      port = parsePasvReply(pasv.lines.join(' '))?.port ?? null;
+    } else return epsv;
+    if (port === null) return { code: 425, lines: ['425 The server gave no usable passive address'] };
+    try {
+      return this.track(await connectData(up.address, port, this.t.connect, this.dataSignal));
+    } catch (err) {
+      this.log.warn({ target: this.target, err: messageOf(err) }, 'ftp: server data connection failed');
+      return { code: 425, lines: ['425 Cannot open the data connection to the server'] };
+    }
+  }
+
+  /** Sends REST (if one is pending) and the transfer command; the server's first reply. */
+  private async startUpstream(up: UpstreamControl, cmd: FtpCommand, restart: string | null): Promise<FtpReply> {
+    if (restart !== null) {
+      const r = await up.command('REST', restart, this.t.reply, this.signal);
+      if (r.code !== 350) return r;
+    }
+    return up.command(cmd.verb, cmd.arg, this.t.reply, this.signal);
+  }
+
+  private facts(cmd: FtpCommand, direction: 'download' | 'upload'): Parameters<DocAcl['match']>[0] {
+    const host = this.targetHost;
+    // Absolute and normalised: `CWD secret` + `RETR x` and `RETR /ok/../secret/x` both match rules for /secret/*.
+    const path = posix.normalize(cmd.arg.startsWith('/') ? cmd.arg : posix.join(this.cwd, cmd.arg));
+    return { client: this.clientAddress, host, url: `ftp://${host.includes(':') ? `[${host}]` : host}${path}`, method: cmd.verb, contentType: null, size: null, direction };
+  }
+
+  private async transfer(cmd: FtpCommand): Promise<void> {
+    const setup = this.setup;
+    this.setup = null;
+    const restart = this.restart;
+    this.restart = null;
+    if (!setup) {
+      this.reply(425, 'Use PORT, EPRT, PASV or EPSV first');
+      return;
+    }
+    this.busy = true;
+    const xfer = { abort: new AbortController(), sockets: new Set<Socket>() };
+    this.xfer = xfer;
+    const onSessionEnd = () => xfer.abort.abort();
+    this.signal.addEventListener('abort', onSessionEnd, { once: true });
+    xfer.abort.signal.addEventListener('abort', () => {
+      for (const s of xfer.sockets) s.destroy();
+    });
+    let aborted = false;
+    const stopWatch = new AbortController();
+    const watching = this.watchForAbort(stopWatch.signal, () => {
+      aborted = true;
+      this.log.info({ verb: cmd.verb }, 'ftp: transfer aborted by the client (ABOR)');
+      xfer.abort.abort();
+    });
+    const started = performance.now();
+    const rec: FtpAccessRecord = { client: this.clientAddress, target: this.target, command: cmd.verb, path: printable(cmd.arg), status: 0, verdict: '-', rule: null, bytes: 0, ms: 0 };
+    const finalReply = (code: number, text: string | readonly string[]) => {
+      rec.status = code;
+      this.reply(code, text);
+    };
+    const finalRelay = (r: FtpReply) => {
+      rec.status = r.code;
+      this.relay(r);
+    };
+    try {
+      if (LISTINGS.has(cmd.verb)) {
+        await this.download(cmd, setup, restart, null, rec, finalReply, finalRelay);
+        return;
+      }
+      const direction = UPLOADS.has(cmd.verb) ? 'upload' : 'download';
+      const m = this.ctx.docAcl.match(this.facts(cmd, direction));
+      rec.rule = m.name;
+      if (m.rule.action === 'deny') {
+        rec.verdict = 'denied';
+        finalReply(550, `${cmd.verb} denied by policy (${m.name})`);
+        return;
+      }
+      const scan = m.rule.action === 'scan' && m.rule.antivirus !== 'none' ? { rule: m.rule, name: m.name } : null;
+      if (!scan) rec.verdict = 'unscanned';
+      if (direction === 'upload') await this.upload(cmd, setup, restart, scan, rec, finalReply, finalRelay);
+      else await this.download(cmd, setup, restart, scan, rec, finalReply, finalRelay);
+    } finally {
+      stopWatch.abort();
+      await watching;
+      this.signal.removeEventListener('abort', onSessionEnd);
+      this.xfer = null;
+      this.busy = false;
+      setup.close();
+      rec.ms = performance.now() - started;
+      this.ctx.access(rec);
+      if (aborted) this.reply(226, 'ABOR command successful');
+    }
+  }
+
+  private scannerOf(rule: DocAclRule): ScanService {
+    return this.ctx.scannerFor(rule.antivirus === 'none' ? null : rule.antivirus);
+  }
+
+  private async scanSpool(spool: Spool, cmd: FtpCommand, scan: { rule: DocAclRule; name: string }): Promise<Verdict> {
+    const path = spool.filePath();
+    const source = path ? ({ kind: 'file', path, size: spool.size } as const) : ({ kind: 'chunks', chunks: spool.memoryChunks } as const);
+    const v = await this.scannerOf(scan.rule).scan({
+      source,
+      name: this.facts(cmd, 'download').url,
+      hash: spool.sha256 ?? undefined,
+      signal: this.dataSignal,
+      origin: { source: 'ftp', group: scan.name },
+      ...(path ? {} : { toFile: () => spool.fileForScan() }),
+    });
+    this.ctx.onVerdict(v);
+    return v;
+  }
+
+  /** 550 for what is blocked for good (found, skipped, unknown); 451 when the engine failed (try again). */
+  private static blockCode(v: Verdict | null): number {
+    return v?.status === 'error' ? 451 : 550;
+  }
+
+  private async download(
+    cmd: FtpCommand,
+    setup: ClientDataSetup,
+    restart: string | null,
+    scan: { rule: DocAclRule; name: string } | null,
+    rec: FtpAccessRecord,
+    finalReply: (code: number, text: string | readonly string[]) => void,
+    finalRelay: (r: FtpReply) => void,
+  ): Promise<void> {
+    const up = this.upstream as UpstreamControl;
+    const upData = await this.upstreamData(up);
+    if (!(upData instanceof Socket)) {
+      finalRelay(upData);
+      return;
+    }
+    const first = await this.startUpstream(up, cmd, restart).catch((err: unknown) => {
+      upData.destroy();
+      throw err;
+    });
+    if (first.code >= 200) {
+      upData.destroy();
+      finalRelay(first);
+      return;
+    }
+    this.relay(first);
+    let clientData: Socket;
+    try {
+      clientData = this.track(await setup.connect(this.t['data-connect'], this.dataSignal));
+    } catch (err) {
+      upData.destroy();
+      await this.drainFinal(up);
+      this.log.info({ err: messageOf(err) }, 'ftp: client data connection failed');
+      finalReply(425, 'Cannot open the data connection');
+      return;
+    }
+    const idle = this.t['data-idle'];
+    for (const s of [upData, clientData]) s.setTimeout(idle, () => s.destroy(new DataError('data connection idle too long')));
+    const max = this.ctx.config['max-object-size'];
+    if (!scan) {
+      try {
+        for await (const chunk of upData as AsyncIterable<Buffer>) {
+          rec.bytes += chunk.length;
+          await writeChunk(clientData, chunk);
+        }
+        await endSocket(clientData);
+      } catch (err) {
+        upData.destroy();
+        clientData.destroy();
+        await this.drainFinal(up);
+        this.log.info({ err: messageOf(err) }, 'ftp: transfer aborted');
+        finalReply(426, 'Connection closed; transfer aborted');
+        return;
+      }
+      finalRelay(await up.reply(this.t.reply, this.signal));
+      return;
+    }
+    const spool = new Spool(this.ctx.spoolDir, this.ctx.config['spool-memory'], { hash: this.scannerOf(scan.rule).wantsHash });
+    const feed = new SpoolFeed(spool);
+    let verdict: Verdict | null = null;
+    try {
+      const receiving = (async () => {
+        try {
+          for await (const chunk of upData as AsyncIterable<Buffer>) {
+            if (feed.size + chunk.length > max) throw new TransferLimit(`larger than max-object-size (${max} bytes)`);
+            await feed.write(chunk);
+          }
+          await feed.end();
+        } catch (err) {
+          upData.destroy();
+          feed.fail(err);
+        }
+      })();
+      const decision = feed.settled.then(async () => {
+        if (!feed.complete) throw feed.error ?? new Error('download failed');
+        verdict = await this.scanSpool(spool, cmd, scan);
+        return decide(verdict, { acceptStatus: scan.rule['accept-status'], blockStatus: BLOCK_STATUS }).action;
+      });
+      decision.catch(() => undefined);
+      const outcome: TrickleOutcome = await trickle({
+        feed,
+        decision,
+        params: scan.rule.trickle,
+        totalSize: null,
+        sink: { begin: () => undefined, write: (c) => writeChunk(clientData, c) },
+        signal: this.dataSignal,
+      });
+      await receiving;
+      rec.bytes = outcome.sent;
+      const v = verdict as Verdict | null;
+      rec.verdict = v?.status ?? '-';
+      switch (outcome.kind) {
+        case 'passed':
+          await endSocket(clientData);
+          finalRelay(await up.reply(this.t.reply, this.signal));
+          return;
+        case 'blocked':
+        case 'aborted': {
+          if (outcome.kind === 'aborted') clientData.resetAndDestroy();
+          else await endSocket(clientData).catch(() => undefined);
+          await this.drainFinal(up);
+          const reason = v ? verdictReason(v) : 'not scanned';
+          if (v) await this.ctx.quarantine(v, spool, { url: this.facts(cmd, 'download').url, rule: scan.name, direction: 'download' });
+          this.log.info({ target: this.target, path: rec.path, verdict: v?.status, reason, sent: outcome.sent, rule: scan.name }, 'ftp: download blocked');
+          finalReply(FtpSession.blockCode(v), `${outcome.kind === 'aborted' ? 'Transfer aborted' : 'Transfer refused'}: ${reason}`);
+          return;
+        }
+        case 'failed': {
+          clientData.resetAndDestroy();
+          await this.drainFinal(up);
+          const limit = feed.error instanceof TransferLimit;
+          this.log.info({ target: this.target, path: rec.path, err: messageOf(outcome.error) }, 'ftp: download failed');
+          if (limit) finalReply(552, `Transfer aborted: ${messageOf(feed.error)}`);
+          else finalReply(426, 'Connection closed; transfer aborted');
+          return;
+        }
+      }
+    } finally {
+      upData.destroy();
+      await spool.dispose();
+    }
+  }
+
+  private async upload(
+    cmd: FtpCommand,
+    setup: ClientDataSetup,
+    restart: string | null,
+    scan: { rule: DocAclRule; name: string } | null,
+    rec: FtpAccessRecord,
+    finalReply: (code: number, text: string | readonly string[]) => void,
+    finalRelay: (r: FtpReply) => void,
+  ): Promise<void> {
+    const up = this.upstream as UpstreamControl;
+    if (!scan) {
+      await this.uploadPassThrough(cmd, setup, restart, rec, finalReply, finalRelay);
+      return;
+    }
+    // The whole upload is received and scanned before the server hears of it: nothing of an
+    // infected file is ever written on the server.
+    this.reply(150, 'Ok to send data; the file is scanned before it goes to the server');
+    let clientData: Socket;
+    try {
+      clientData = this.track(await setup.connect(this.t['data-connect'], this.dataSignal));
+    } catch (err) {
+      this.log.info({ err: messageOf(err) }, 'ftp: client data connection failed');
+      finalReply(425, 'Cannot open the data connection');
+      return;
+    }
+    clientData.setTimeout(this.t['data-idle'], () => clientData.destroy(new DataError('data connection idle too long')));
+    const max = this.ctx.config['max-object-size'];
+    const spool = new Spool(this.ctx.spoolDir, this.ctx.config['spool-memory'], { hash: this.scannerOf(scan.rule).wantsHash });
+    try {
+      try {
+        for await (const chunk of clientData as AsyncIterable<Buffer>) {
+          if (spool.size + chunk.length > max) throw new TransferLimit(`larger than max-object-size (${max} bytes)`);
+          await spool.write(chunk);
+        }
+        await spool.end();
+      } catch (err) {
+        clientData.destroy();
+        this.log.info({ err: messageOf(err) }, 'ftp: upload aborted');
+        if (err instanceof TransferLimit) finalReply(552, `Upload refused: ${err.message}`);
+        else finalReply(426, 'Connection closed; transfer aborted');
+        return;
+      }
+      clientData.destroy();
+      rec.bytes = spool.size;
+      const v = await this.scanSpool(spool, cmd, scan);
+      rec.verdict = v.status;
+      const d = decide(v, { acceptStatus: scan.rule['accept-status'], blockStatus: BLOCK_STATUS });
+      if (d.action === 'block') {
+        this.log.info({ target: this.target, path: rec.path, verdict: v.status, reason: d.reason, rule: scan.name }, 'ftp: upload blocked');
+        await this.ctx.quarantine(v, spool, { url: this.facts(cmd, 'upload').url, rule: scan.name, direction: 'upload' });
+        finalReply(FtpSession.blockCode(v), `Upload refused: ${d.reason}`);
+        return;
+      }
+      const upData = await this.upstreamData(up);
+      if (!(upData instanceof Socket)) {
+        finalRelay(upData);
+        return;
+      }
+      try {
+        const first = await this.startUpstream(up, cmd, restart);
+        if (first.code >= 200) {
+          finalRelay(first);
+          return;
+        }
+        upData.setTimeout(this.t['data-idle'], () => upData.destroy(new DataError('data connection idle too long')));
+        upData.resume();
+        try {
+          for await (const chunk of spool.createReadStream() as AsyncIterable<Buffer>) await writeChunk(upData, chunk);
+          await endSocket(upData);
+        } catch (err) {
+          upData.destroy();
+          await this.drainFinal(up);
+          this.log.info({ err: messageOf(err) }, 'ftp: upload to the server failed');
+          finalReply(426, 'The server data connection failed; transfer aborted');
+          return;
+        }
+        finalRelay(await up.reply(this.t.reply, this.signal));
+      } finally {
+        upData.destroy();
+      }
+    } finally {
+      await spool.dispose();
+    }
+  }
+
+  private async uploadPassThrough(
+    cmd: FtpCommand,
+    setup: ClientDataSetup,
+    restart: string | null,
+    rec: FtpAccessRecord,
+    finalReply: (code: number, text: string | readonly string[]) => void,
+    finalRelay: (r: FtpReply) => void,
+  ): Promise<void> {
+    const up = this.upstream as UpstreamControl;
+    const upData = await this.upstreamData(up);
+    if (!(upData instanceof Socket)) {
+      finalRelay(upData);
+      return;
+    }
+    try {
+      const first = await this.startUpstream(up, cmd, restart);
+      if (first.code >= 200) {
+        finalRelay(first);
+        return;
+      }
+      this.relay(first);
+      let clientData: Socket;
+      try {
+        clientData = this.track(await setup.connect(this.t['data-connect'], this.dataSignal));
+      } catch {
+        upData.destroy();
+        await this.drainFinal(up);
+        finalReply(425, 'Cannot open the data connection');
+        return;
+      }
+      for (const s of [upData, clientData]) s.setTimeout(this.t['data-idle'], () => s.destroy(new DataError('data connection idle too long')));
+      upData.resume();
+      try {
+        for await (const chunk of clientData as AsyncIterable<Buffer>) {
+          rec.bytes += chunk.length;
+          await writeChunk(upData, chunk);
+        }
+        await endSocket(upData);
+      } catch (err) {
+        upData.destroy();
+        clientData.destroy();
+        await this.drainFinal(up);
+        this.log.info({ err: messageOf(err) }, 'ftp: transfer aborted');
+        finalReply(426, 'Connection closed; transfer aborted');
+        return;
+      } finally {
+        clientData.destroy();
+      }
+      finalRelay(await up.reply(this.t.reply, this.signal));
+    } finally {
+      upData.destroy();
+    }
+  }
+
+  /** Reads (and drops) the server's final reply of a transfer the proxy cut short. */
+  private async drainFinal(up: UpstreamControl): Promise<void> {
+    const r = await up.reply(this.t.reply, this.signal);
+    this.log.debug({ code: r.code }, 'ftp: final reply of an aborted transfer dropped');
+  }
+}
+
+/** Block statuses for decide(): FTP answers with its own codes (blockCode), these are not used. */
+const BLOCK_STATUS = { found: 550, skipped: 550, unknown: 550, error: 451 } as const;
+
+export function splitHostPort(text: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text.trim());
+  if (!m) throw new Error(`expected host:port, got "${text}"`);
+  return { host: (m[1] ?? m[2]) as string, port: Number(m[3]) };
+}
+
+/** `host:port` against globs like `*:21`, `ftp.example.com:*`, `127.0.0.1:*` (case-insensitive). */
+export function upstreamAllowed(patterns: readonly string[], host: string, port: number): boolean {
+  const subject = `${host.toLowerCase()}:${port}`;
+  return patterns.some((p) => picomatch.isMatch(subject, p.toLowerCase(), { dot: true, bash: false }));
+}
+
+/** Writes with backpressure: resolves when the socket can take more; rejects when it is gone. */
+export function writeChunk(s: Socket, chunk: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (s.destroyed || s.writableEnded) {
+      reject(new DataError('data connection closed'));
+      return;
+    }
+    if (s.write(chunk)) {
+      resolve();
+      return;
+    }
+    const onDrain = () => {
+      cleanup();
+      resolve();
+    };
+    const onClose = () => {
+      cleanup();
+      reject(new DataError('data connection closed'));
+    };
+    const cleanup = () => {
+      s.off('drain', onDrain);
+      s.off('close', onClose);
+    };
+    s.once('drain', onDrain);
+    s.once('close', onClose);
+  });
+}
+
+/** Ends the socket and waits until everything written has been handed to the kernel. */
+export function endSocket(s: Socket): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (s.destroyed) {
+      reject(new DataError('data connection closed'));
+      return;
+    }
+    const onFinish = () => {
+      cleanup();
+      resolve();
+    };
+    const onClose = () => {
+      cleanup();
+      if (s.writableFinished) resolve();
+      else reject(new DataError('data connection closed'));
+    };
+    const cleanup = () => {
+      s.off('finish', onFinish);
+      s.off('close', onClose);
+    };
+    s.once('finish', onFinish);
+    s.once('close', onClose);
+    s.end();
+  });
+}

@@ -1,0 +1,521 @@
+import { request as httpRequest, type Agent, type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
+import { Readable, Transform, type TransformCallback } from 'node:stream';
+import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
+import type { DocAclRule, HttpProxyConfig } from '../../config/proxy-schema.js';
+import { messageOf } from '../../core/errors.js';
+import type { Logger } from '../../core/logging.js';
+import { SHARED_SLABS, Spool } from '../../core/spool.js';
+import type { Verdict } from '../../core/verdict.js';
+import { renderPage } from '../../policy/block-page.js';
+import { decide, verdictReason, type Decision } from '../../policy/verdict-policy.js';
+import type { DocAcl, DocAclMatch, DocFacts } from '../../proxy/doc-acl.js';
+import { SpoolFeed, trickle, type TrickleOutcome, type TrickleSink } from '../../proxy/trickle.js';
+import type { ScanService } from '../../scan/types.js';
+import {
+  forwardHeaders,
+  headerPairs,
+  headerSafe,
+  headerValue,
+  parseProxyTarget,
+  requestHeadProblem,
+  responseHasNoBody,
+  viaLoops,
+  type ProxyTarget,
+} from './headers.js';
+
+/** One line of the access log. */
+export interface AccessRecord {
+  client: string;
+  method: string;
+  url: string;
+  status: number;
+  /** Verdict status, `-` when nothing was scanned, `aborted` when a trickled body was cut. */
+  verdict: string;
+  rule: string;
+  /** Body bytes sent to the client. */
+  bytes: number;
+  ms: number;
+}
+
+/** What one exchange needs from the server; built once per server. */
+export interface ExchangeContext {
+  config: HttpProxyConfig;
+  /** http-proxy.allowed-clients. */
+  clientAllowed(address: string): boolean;
+  acl: DocAcl;
+  scannerFor(ids: readonly string[] | null): ScanService;
+  /** scan.max-checked-size: longer bodies are `skipped` at once, without waiting for the end. */
+  maxCheckedSize: number;
+  spoolDir: string;
+  template: string;
+  agent: Agent;
+  log: Logger;
+  access(r: AccessRecord): void;
+  onVerdict(v: Verdict): void;
+  /** A blocked object into the quarantine (when its status is listed); never throws. */
+  keep(v: Verdict, spool: Spool, url: string, rule: string): Promise<void>;
+  counters: { aborted: number; trickled: number; uploadsBlocked: number };
+}
+
+const BLOCK_STATUS = { found: 403, skipped: 403, unknown: 403, error: 503 } as const;
+
+/** A page of our own (400, 403, 502 ...): small, HTML-escaped, never cached. */
+function sendPage(res: ServerResponse, status: number, title: string, reason: string, url: string, extra: Record<string, string> = {}, ctx?: ExchangeContext, v?: Verdict): void {
+  if (res.headersSent || res.destroyed) {
+    res.destroy();
+    return;
+  }
+  const html = renderPage(ctx?.template ?? '<!DOCTYPE html><title>{{TITLE}}</title><h1>{{TITLE}}</h1><p>{{REASON}}</p>\n', {
+    TITLE: title,
+    STATUS: v?.status ?? '-',
+    REASON: reason,
+    VIRUS_NAMES: v?.status === 'found' ? v.names.join(', ') : '-',
+    URL: url,
+    SERVICE: 'avgate http-proxy',
+    ENGINE: v?.engine ?? '-',
+    SIGNATURE_VERSION: v?.signatureVersion ?? 'unknown',
+    TIME: new Date().toISOString(),
+  });
+  const body = Buffer.from(html, 'utf8');
+  res.writeHead(status, {
+    'Content-Type': 'text/html; charset=utf-8',
+    'Content-Length': String(body.length),
+    'Cache-Control': 'no-store',
+    ...extra,
+  });
+  res.end(body);
+}
+
+/** Writes with backpressure: resolves when the response can take more, rejects when it is gone. */
+function writeTo(res: ServerResponse, chunk: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (res.destroyed || res.writableEnded) {
+      reject(new Error('client gone'));
+      return;
+    }
+    if (res.write(chunk)) {
+      resolve();
+      return;
+    }
+    const done = (err?: Error) => {
+      res.off('drain', onDrain);
+      res.off('close', onClose);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onDrain = () => done();
+    const onClose = () => done(new Error('client gone'));
+    res.on('drain', onDrain);
+    res.on('close', onClose);
+  });
+}
+
+/**
+ * Reads a message body into a feed, failing it when bytes stop coming for `stallMs`. Bytes past
+ * `keepUpTo` are read and dropped (the feed then ends short). Resolves to the bytes read.
+ */
+async function receive(body: Readable, feed: SpoolFeed, stallMs: number, onProgress: () => void, keepUpTo = Infinity): Promise<number> {
+  let timer: NodeJS.Timeout | null = null;
+  let total = 0;
+  const arm = () => {
+    if (timer) clearTimeout(timer);
+    timer = setTimeout(() => body.destroy(new Error(`no body bytes for ${stallMs} ms`)), stallMs);
+  };
+  try {
+    arm();
+    for await (const chunk of body) {
+      arm();
+      const c = chunk as Buffer;
+      total += c.length;
+      if (total - c.length < keepUpTo) await feed.write(total > keepUpTo ? c.subarray(0, c.length - (total - keepUpTo)) : c);
+      onProgress();
+    }
+    await feed.end();
+  } catch (err) {
+    feed.fail(err);
+  } finally {
+    if (timer) clearTimeout(timer);
+  }
+  return total;
+}
+
+/** Counts decoded bytes against the compressed size: a zip bomb stops here. */
+class RatioMeter extends Transform {
+  out = 0;
+  exceeded = false;
+  constructor(
+    private readonly encoded: number,
+    private readonly ratio: number,
+  ) {
+    super();
+  }
+  override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
+    this.out += chunk.length;
+    // A floor of 1 MiB: tiny bodies may legitimately expand a lot.
+    if (this.out > Math.max(1024 * 1024, this.encoded * this.ratio)) {
+      this.exceeded = true;
+      cb(new Error('decompression ratio exceeded'));
+      return;
+    }
+    cb(null, chunk);
+  }
+}
+
+function decoderFor(encoding: string | null): Transform | null {
+  switch ((encoding ?? '').trim().toLowerCase()) {
+    case 'gzip':
+    case 'x-gzip':
+      return createGunzip();
+    case 'deflate':
+      return createInflate();
+    case 'br':
+      return createBrotliDecompress();
+    default:
+      return null;
+  }
+}
+
+/** Access-log verdict of an object a rule lets through unscanned. */
+function unscannedLabel(m: DocAclMatch): string {
+  return m.rule.action === 'accept' ? 'accepted' : 'not-scanned';
+}
+
+function skippedVerdict(reason: string, bytes: number): Verdict {
+  return { status: 'skipped', reason, engine: '-', signatureVersion: null, durationMs: 0, bytes, cached: false };
+}
+
+/**
+ * One request through the proxy: head checks, the doc-ACL per direction, the upload held and
+ * scanned when its rule says so, the upstream request, and the response body spooled, scanned and
+ * trickled (or passed / refused) per its rule.
+ */
+export class Exchange {
+  private readonly started = performance.now();
+  private readonly rec: AccessRecord;
+  private readonly ac = new AbortController();
+  private upstreamReq: ClientRequest | null = null;
+
+  constructor(
+    private readonly ctx: ExchangeContext,
+    private readonly req: IncomingMessage,
+    private readonly res: ServerResponse,
+  ) {
+    this.rec = { client: req.socket.remoteAddress ?? '-', method: req.method ?? '-', url: req.url ?? '-', status: 0, verdict: '-', rule: '-', bytes: 0, ms: 0 };
+    res.on('close', () => {
+      if (!res.writableFinished) this.ac.abort();
+    });
+  }
+
+  async run(): Promise<void> {
+    try {
+      await this.handle();
+    } catch (err) {
+      this.ctx.log.error({ url: this.rec.url, err: messageOf(err) }, 'http-proxy: request failed');
+      this.res.destroy();
+    } finally {
+      this.upstreamReq?.destroy();
+      this.rec.status = this.res.statusCode;
+      this.rec.ms = performance.now() - this.started;
+      this.ctx.access(this.rec);
+    }
+  }
+
+  private refuse(status: number, title: string, reason: string): void {
+    // The request body (if any) is not read: the connection cannot be reused.
+    this.res.shouldKeepAlive = false;
+    sendPage(this.res, status, title, reason, this.rec.url, { Connection: 'close' });
+  }
+
+  private facts(target: ProxyTarget, direction: 'download' | 'upload', type: string | null, size: number | null): DocFacts {
+    return { client: this.rec.client, host: target.host, url: target.url, method: this.rec.method, contentType: type, size, direction };
+  }
+
+  private async handle(): Promise<void> {
+    const { req, ctx } = this;
+    if (!ctx.clientAllowed(this.rec.client)) return this.refuse(403, 'Forbidden', 'this client may not use the proxy');
+    const pairs = headerPairs(req.rawHeaders);
+    const problem = requestHeadProblem(pairs);
+    if (problem) return this.refuse(400, 'Bad request', problem);
+    const target = parseProxyTarget(req.url ?? '');
+    if (!target) return this.refuse(400, 'Bad request', 'a proxy request needs an absolute http:// URL');
+    this.rec.url = target.url;
+    if (viaLoops(pairs, ctx.config.via)) return this.refuse(508, 'Loop detected', 'this request already went through this proxy');
+
+    const cl = headerValue(pairs, 'content-length');
+    const chunked = headerValue(pairs, 'transfer-encoding') !== null;
+    const requestSize = cl === null ? null : Number(cl);
+    const hasBody = chunked || (requestSize !== null && requestSize > 0);
+
+    // Uploads: a body the rule wants scanned is held whole; nothing goes upstream before its verdict.
+    let upload: Spool | null = null;
+    try {
+      if (hasBody) {
+        const uploadRule = ctx.acl.match(this.facts(target, 'upload', headerValue(pairs, 'content-type'), requestSize));
+        this.rec.rule = uploadRule.name;
+        if (uploadRule.rule.action === 'deny') {
+          // Read (and drop) the body first: see holdUpload on answering under unread bytes.
+          await receive(req, new SpoolFeed(new Spool(ctx.spoolDir, 0, { hash: false })), ctx.config.timeouts.body, () => undefined, 0);
+          return this.refuse(403, 'Upload refused', `the upload is refused by rule ${uploadRule.name}`);
+        }
+        if (uploadRule.rule.action === 'scan' && uploadRule.rule.antivirus !== 'none') {
+          upload = await this.holdUpload(target, uploadRule);
+          if (!upload) return;
+        }
+      }
+      await this.forward(target, pairs, hasBody, requestSize, upload);
+    } finally {
+      await upload?.dispose();
+    }
+  }
+
+  /** Receives and scans a request body; returns the spool when it may go upstream, null when answered here. */
+  private async holdUpload(target: ProxyTarget, m: DocAclMatch): Promise<Spool | null> {
+    const { ctx, req } = this;
+    const max = ctx.maxCheckedSize;
+    const policy = { acceptStatus: m.rule['accept-status'], blockStatus: BLOCK_STATUS };
+    const tooBig = (bytes: number) => skippedVerdict(`larger than max-checked-size (${max} bytes)`, bytes);
+    const scanner = ctx.scannerFor(m.rule.antivirus === 'none' ? null : m.rule.antivirus);
+    const spool = new Spool(ctx.spoolDir, ctx.config['spool-memory'], { hash: scanner.wantsHash, slabs: SHARED_SLABS });
+    const feed = new SpoolFeed(spool);
+    // Past max-checked-size the body is kept only when "skipped" passes (it must go upstream
+    // whole); otherwise it is read to its end and dropped: answering while the client still sends
+    // would close the connection under unread bytes, a reset that can lose the 403.
+    const keepOversize = decide(tooBig(max + 1), policy).action === 'pass';
+    const received = await receive(req, feed, ctx.config.timeouts.body, () => undefined, keepOversize ? Infinity : max);
+    if (feed.failed) {
+      await spool.dispose();
+      if (!this.res.headersSent) this.refuse(400, 'Bad request', `the request body could not be read: ${messageOf(feed.error)}`);
+      return null;
+    }
+    const verdict = received > max ? tooBig(received) : await this.scan(scanner, spool, target.url, m.name, null);
+    this.rec.verdict = verdict.status;
+    ctx.onVerdict(verdict);
+    const d = decide(verdict, policy);
+    if (d.action === 'pass') return spool;
+    ctx.counters.uploadsBlocked++;
+    if (received <= max) await ctx.keep(verdict, spool, target.url, m.name);
+    await spool.dispose();
+    this.blockPage(verdict, d, target.url, m.name);
+    return null;
+  }
+
+  private scan(scanner: ScanService, spool: Spool, url: string, rule: string, encoding: string | null): Promise<Verdict> {
+    const decoder = this.ctx.config['decode-content-encoding'] ? decoderFor(encoding) : null;
+    const base = { name: url, signal: this.ac.signal, origin: { source: 'http' as const, group: rule } };
+    if (decoder) {
+      // The client gets the encoded bytes; the engines see what the client will see after decoding.
+      const meter = new RatioMeter(spool.size, this.ctx.config['max-decompression-ratio']);
+      const raw = spool.createReadStream();
+      raw.on('error', (e) => decoder.destroy(e));
+      decoder.on('error', (e) => meter.destroy(e));
+      raw.pipe(decoder).pipe(meter);
+      return scanner.scan({ ...base, source: { kind: 'stream', stream: meter } }).then((v) => {
+        raw.destroy();
+        return meter.exceeded ? skippedVerdict(`decoded body over max-decompression-ratio (${this.ctx.config['max-decompression-ratio']})`, v.bytes) : v;
+      });
+    }
+    const path = spool.filePath();
+    return scanner.scan({
+      ...base,
+      source: path ? { kind: 'file', path, size: spool.size } : { kind: 'chunks', chunks: spool.memoryChunks },
+      hash: spool.sha256 ?? undefined,
+      ...(path ? {} : { toFile: () => spool.fileForScan() }),
+    });
+  }
+
+  private blockPage(v: Verdict, d: Extract<Decision, { action: 'block' }>, url: string, rule: string): void {
+    const title = v.status === 'found' ? 'Virus found: access denied' : v.status === 'error' ? 'Antivirus unavailable' : 'Content could not be checked';
+    this.ctx.log.info({ url, rule, status: v.status, reason: d.reason }, 'http-proxy: blocked');
+    this.res.shouldKeepAlive = false;
+    sendPage(this.res, d.httpStatus, title, d.reason, url, { 'X-Avgate-Verdict': headerSafe(`${v.status}; ${verdictReason(v)}`), Connection: 'close' }, this.ctx, v);
+  }
+
+  /** Sends the request upstream and handles the response. */
+  private async forward(target: ProxyTarget, pairs: Array<[string, string]>, hasBody: boolean, size: number | null, upload: Spool | null): Promise<void> {
+    const { ctx, req, res } = this;
+    const cfg = ctx.config;
+    const headers = forwardHeaders(pairs, cfg.via, req.httpVersion, ['host', 'content-length', 'expect']);
+    const flat: string[] = ['Host', target.authority];
+    for (const [k, v] of headers) flat.push(k, v);
+    if (upload) flat.push('Content-Length', String(upload.size));
+    else if (hasBody && size !== null) flat.push('Content-Length', String(size));
+    else if (hasBody) flat.push('Transfer-Encoding', 'chunked');
+    const parent = cfg['parent-proxy'] === null ? null : /^\[?(.*?)\]?:(\d+)$/.exec(cfg['parent-proxy']);
+    const upReq = httpRequest({
+      host: parent ? parent[1] : target.host,
+      port: parent ? Number(parent[2]) : target.port,
+      method: req.method,
+      path: parent ? target.url : target.path,
+      headers: flat as unknown as Record<string, string>,
+      agent: ctx.agent,
+      maxHeaderSize: cfg['max-header-size'],
+      setHost: false,
+    });
+    this.upstreamReq = upReq;
+    // Errors after the response head (a reset mid-body) surface through the body stream; this
+    // keeps any later one from being an unhandled 'error' event.
+    upReq.on('error', () => undefined);
+    const response = new Promise<IncomingMessage>((resolve, reject) => {
+      const timer = setTimeout(() => upReq.destroy(new Error(`no response head within ${cfg.timeouts.upstream} ms`)), cfg.timeouts.upstream);
+      upReq.once('response', (r) => (clearTimeout(timer), resolve(r)));
+      upReq.once('error', (e) => (clearTimeout(timer), reject(e)));
+    });
+    response.catch(() => undefined);
+    // The request body: the scanned spool, or the client's bytes as they come (accept rules).
+    const sending = (async () => {
+      if (upload) {
+        const rs = upload.createReadStream();
+        for await (const c of rs) if (!upReq.write(c as Buffer)) await new Promise((r) => upReq.once('drain', r));
+      } else if (hasBody) {
+        for await (const c of req) if (!upReq.write(c as Buffer)) await new Promise((r) => upReq.once('drain', r));
+      }
+      upReq.end();
+    })().catch((err: unknown) => upReq.destroy(err as Error));
+    let upRes: IncomingMessage;
+    try {
+      upRes = await response;
+    } catch (err) {
+      const msg = messageOf(err);
+      const timeout = /no response head/.test(msg);
+      ctx.log.warn({ url: target.url, err: msg }, 'http-proxy: upstream failed');
+      if (!res.headersSent) this.refuse(timeout ? 504 : 502, timeout ? 'Gateway timeout' : 'Bad gateway', `the server could not be reached: ${msg}`);
+      else res.destroy();
+      return;
+    }
+    void sending;
+    await this.respond(target, upRes);
+  }
+
+  private responseHead(upRes: IncomingMessage): () => void {
+    return () => {
+      const headers = forwardHeaders(headerPairs(upRes.rawHeaders), this.ctx.config.via, upRes.httpVersion);
+      const flat: string[] = [];
+      for (const [k, v] of headers) flat.push(k, v);
+      this.res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, flat);
+    };
+  }
+
+  private async respond(target: ProxyTarget, upRes: IncomingMessage): Promise<void> {
+    const { ctx, res } = this;
+    // A reset of a body nobody reads any more must not be an unhandled 'error' event.
+    upRes.on('error', () => undefined);
+    const status = upRes.statusCode ?? 502;
+    const head = this.responseHead(upRes);
+    const pairs = headerPairs(upRes.rawHeaders);
+    if (responseHasNoBody(this.rec.method, status)) {
+      upRes.resume();
+      head();
+      res.end();
+      return;
+    }
+    const clText = headerValue(pairs, 'content-length');
+    const size = clText !== null && /^\d{1,15}$/.test(clText.trim()) ? Number(clText) : null;
+    const m = ctx.acl.match(this.facts(target, 'download', headerValue(pairs, 'content-type'), size));
+    this.rec.rule = m.name;
+    if (m.rule.action === 'deny') {
+      upRes.destroy();
+      return this.refuse(403, 'Download refused', `the object is refused by rule ${m.name}`);
+    }
+    if (m.rule.action === 'accept' || m.rule.antivirus === 'none') {
+      this.rec.verdict = unscannedLabel(m);
+      head();
+      await this.passThrough(upRes);
+      return;
+    }
+    await this.scanDownload(target, upRes, m, size, head, headerValue(pairs, 'content-encoding'));
+  }
+
+  /** An object the rule does not scan: streamed with backpressure. */
+  private async passThrough(upRes: IncomingMessage): Promise<void> {
+    const stall = this.ctx.config.timeouts.body;
+    let timer = setTimeout(() => upRes.destroy(new Error('stalled')), stall);
+    try {
+      for await (const c of upRes) {
+        clearTimeout(timer);
+        timer = setTimeout(() => upRes.destroy(new Error('stalled')), stall);
+        this.rec.bytes += (c as Buffer).length;
+        await writeTo(this.res, c as Buffer);
+      }
+      this.res.end();
+    } catch {
+      this.res.destroy();
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private async scanDownload(target: ProxyTarget, upRes: IncomingMessage, m: DocAclMatch, size: number | null, head: () => void, encoding: string | null): Promise<void> {
+    const { ctx, res } = this;
+    const rule: DocAclRule = m.rule;
+    const scanner = ctx.scannerFor(rule.antivirus === 'none' ? null : rule.antivirus);
+    const spool = new Spool(ctx.spoolDir, ctx.config['spool-memory'], { hash: scanner.wantsHash, slabs: SHARED_SLABS });
+    const feed = new SpoolFeed(spool);
+    let tooBig: (v: Verdict) => void = () => undefined;
+    const overLimit = new Promise<Verdict>((resolve) => (tooBig = resolve));
+    const maxChecked = ctx.maxCheckedSize;
+    const receiving = receive(upRes, feed, ctx.config.timeouts.body, () => {
+      if (feed.size > maxChecked) tooBig(skippedVerdict(`larger than max-checked-size (${maxChecked} bytes)`, feed.size));
+    });
+    let verdict: Verdict | null = null;
+    let decision: Decision | null = null;
+    const verdictP: Promise<Verdict> =
+      size !== null && size > maxChecked
+        ? Promise.resolve(skippedVerdict(`larger than max-checked-size (${maxChecked} bytes)`, size))
+        : Promise.race([
+            overLimit,
+            feed.settled.then(() =>
+              feed.failed ? new Promise<Verdict>(() => undefined) : this.scan(scanner, spool, target.url, m.name, encoding),
+            ),
+          ]);
+    const decided = verdictP.then((v) => {
+      verdict = v;
+      ctx.onVerdict(v);
+      decision = decide(v, { acceptStatus: rule['accept-status'], blockStatus: BLOCK_STATUS });
+      return decision.action;
+    });
+    const sink: TrickleSink = { begin: head, write: (c) => writeTo(res, c) };
+    let outcome: TrickleOutcome;
+    try {
+      outcome = await trickle({ feed, decision: decided, params: rule.trickle, totalSize: size, sink, signal: this.ac.signal });
+      this.rec.bytes = outcome.sent;
+      const v = verdict as Verdict | null;
+      this.rec.verdict = v?.status ?? '-';
+      if (outcome.sent > 0 && outcome.kind !== 'passed') ctx.counters.trickled++;
+      switch (outcome.kind) {
+        case 'passed':
+          res.end();
+          break;
+        case 'blocked':
+        case 'aborted': {
+          // Stop receiving what will never be sent; keep a complete object when asked to.
+          if (!feed.complete) upRes.destroy();
+          await receiving;
+          if (v && feed.complete) await ctx.keep(v, spool, target.url, m.name);
+          if (outcome.kind === 'blocked') {
+            this.blockPage(v as Verdict, decision as unknown as Extract<Decision, { action: 'block' }>, target.url, m.name);
+          } else {
+            // Bytes already went out: cut the connection so the client never has the whole object.
+            ctx.counters.aborted++;
+            this.rec.verdict = `${v?.status ?? '-'}/aborted`;
+            ctx.log.info({ url: target.url, rule: m.name, status: v?.status, sent: outcome.sent }, 'http-proxy: blocked after trickling: connection aborted');
+            res.destroy();
+          }
+          break;
+        }
+        case 'failed':
+          this.rec.verdict = v?.status ?? 'failed';
+          ctx.log.warn({ url: target.url, err: messageOf(outcome.error), sent: outcome.sent }, 'http-proxy: transfer failed');
+          upRes.destroy();
+          if (outcome.sent === 0 && !res.headersSent) this.refuse(502, 'Bad gateway', `the transfer from the server failed: ${messageOf(outcome.error)}`);
+          else res.destroy();
+          break;
+      }
+    } finally {
+      this.ac.abort();
+      if (!feed.complete) upRes.destroy();
+      await receiving;
+      // Not recycled: views of the slabs may still wait in the socket's write buffer.
+      await spool.dispose();
+    }
+  }
+}

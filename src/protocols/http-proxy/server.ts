@@ -1,0 +1,354 @@
+import { createWriteStream, type WriteStream } from 'node:fs';
+import { Agent, createServer, type IncomingMessage, type Server } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { resolve } from 'node:path';
+import type { HttpProxyConfig } from '../../config/proxy-schema.js';
+import { hostMatcher } from '../../config/smtp-schema.js';
+import { AvgateError, messageOf } from '../../core/errors.js';
+import type { Logger } from '../../core/logging.js';
+import { connectWithTimeout } from '../../core/net.js';
+import type { Spool } from '../../core/spool.js';
+import type { Verdict, VerdictStatus } from '../../core/verdict.js';
+import { loadTemplate } from '../../policy/block-page.js';
+import { verdictReason } from '../../policy/verdict-policy.js';
+import { DocAcl } from '../../proxy/doc-acl.js';
+import type { Quarantine } from '../../quarantine/types.js';
+import type { ScanService } from '../../scan/types.js';
+import { parseListen } from '../icap/server.js';
+import { Exchange, type AccessRecord, type ExchangeContext } from './exchange.js';
+import { headerPairs, parseConnectTarget, requestHeadProblem } from './headers.js';
+
+export interface HttpProxyCounters {
+  requests: number;
+  byStatus: Record<string, number>;
+  byVerdict: Record<VerdictStatus, number>;
+  /** Body bytes sent to clients. */
+  bytes: number;
+  connections: number;
+  tunnels: number;
+  /** Malformed requests refused by the parser (400/408/431) before any handler. */
+  badRequests: number;
+  /** Trickled objects cut off because their verdict blocked. */
+  aborted: number;
+  /** Objects that had bytes trickled before their verdict. */
+  trickled: number;
+  uploadsBlocked: number;
+  quarantined: number;
+}
+
+export interface HttpProxyDeps {
+  stateDir: string;
+  scannerFor(engineIds: readonly string[] | null): { scanner: ScanService };
+  /** scan.max-checked-size. */
+  maxCheckedSize: number;
+  log: Logger;
+  quarantine?: Quarantine;
+}
+
+/** Reason phrases of the answers written on a raw socket. */
+const RAW_REASON: Record<number, string> = { 400: 'Bad Request', 403: 'Forbidden', 408: 'Request Timeout', 431: 'Request Header Fields Too Large', 502: 'Bad Gateway', 504: 'Gateway Timeout' };
+
+function rawAnswer(status: number): string {
+  return `HTTP/1.1 ${status} ${RAW_REASON[status] ?? 'Error'}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`;
+}
+
+/**
+ * The HTTP forward proxy: node:http parses (strict parser; our own checks on top, see headers.ts),
+ * every request is an Exchange; CONNECT is tunnelled unscanned to the allowed ports. close() stops
+ * accepting, lets running exchanges finish within the deadline, then cuts what is left.
+ */
+export class HttpProxyServer {
+  private server: Server | null = null;
+  private readonly sockets = new Set<Socket>();
+  private readonly busy = new Set<Socket>();
+  private readonly tunnels = new Set<Duplex>();
+  /** Connections already answered by clientError. */
+  private readonly refused = new WeakSet<Duplex>();
+  private readonly accessFile: WriteStream | null;
+  private readonly agent: Agent;
+  private readonly ctx: ExchangeContext;
+  private readonly log: Logger;
+  readonly counters: HttpProxyCounters = {
+    requests: 0,
+    byStatus: {},
+    byVerdict: { free: 0, found: 0, skipped: 0, unknown: 0, error: 0 },
+    bytes: 0,
+    connections: 0,
+    tunnels: 0,
+    badRequests: 0,
+    aborted: 0,
+    trickled: 0,
+    uploadsBlocked: 0,
+    quarantined: 0,
+  };
+
+  constructor(
+    private readonly config: HttpProxyConfig,
+    private readonly deps: HttpProxyDeps,
+  ) {
+    this.log = deps.log.child({ component: 'http-proxy' });
+    const accessLog = deps.log.child({ component: 'http-access' });
+    this.accessFile = config['access-log'] ? createWriteStream(resolve(deps.stateDir, config['access-log']), { flags: 'a' }) : null;
+    this.agent = new Agent({ keepAlive: true, maxSockets: config['max-connections'], maxFreeSockets: 64, timeout: config.timeouts.idle });
+    const scanners = new Map<string, ScanService>();
+    this.ctx = {
+      config,
+      clientAllowed: hostMatcher(config['allowed-clients']),
+      acl: new DocAcl(config['doc-acl']),
+      scannerFor: (ids) => {
+        const key = ids === null ? '' : ids.join(',');
+        let s = scanners.get(key);
+        if (!s) scanners.set(key, (s = deps.scannerFor(ids).scanner));
+        return s;
+      },
+      maxCheckedSize: deps.maxCheckedSize,
+      spoolDir: resolve(deps.stateDir, config['spool-dir']),
+      template: loadTemplate(config['block-page']),
+      agent: this.agent,
+      log: this.log,
+      access: (r) => {
+        this.counters.requests++;
+        this.counters.byStatus[String(r.status)] = (this.counters.byStatus[String(r.status)] ?? 0) + 1;
+        this.counters.bytes += r.bytes;
+        this.writeAccess(r, accessLog);
+      },
+      onVerdict: (v) => void this.counters.byVerdict[v.status]++,
+      keep: (v, spool, url, rule) => this.keep(v, spool, url, rule),
+      counters: this.counters,
+    };
+    // Every engine id a rule names must exist now, not at the first request.
+    for (const r of config['doc-acl']) if (r.antivirus !== 'none') this.ctx.scannerFor(r.antivirus);
+  }
+
+  private writeAccess(r: AccessRecord, accessLog: Logger): void {
+    const ms = Math.round(r.ms);
+    if (this.accessFile) {
+      this.accessFile.write(`${new Date().toISOString()} ${r.client} ${r.method} ${r.url.replace(/\s/g, '%20')} ${r.status} ${r.verdict} ${r.rule} ${r.bytes} ${ms}\n`);
+    } else {
+      accessLog.info({ client: r.client, method: r.method, url: r.url, status: r.status, verdict: r.verdict, rule: r.rule, bytes: r.bytes, ms }, 'http');
+    }
+  }
+
+  /** A blocked object into the quarantine when its status is listed; a failure is logged, never changes the answer. */
+  private async keep(v: Verdict, spool: Spool, url: string, rule: string): Promise<void> {
+    const q = this.deps.quarantine;
+    if (!q || !this.config.quarantine.includes(v.status)) return;
+    try {
+      const { id } = await q.put(spool.filePath() ?? spool.createReadStream(), {
+        source: 'http',
+        sender: '',
+        recipients: [],
+        group: rule,
+        statuses: [v.status],
+        virusNames: v.status === 'found' ? v.names : [],
+        url,
+        fileName: fileNameOf(url),
+        action: 'block',
+        note: v.status === 'found' ? null : verdictReason(v),
+      });
+      this.counters.quarantined++;
+      this.log.info({ url, rule, quarantineId: id }, 'http-proxy: blocked object quarantined');
+    } catch (err) {
+      this.log.error({ url, err: messageOf(err) }, 'http-proxy: quarantine failed');
+    }
+  }
+
+  /** Binds the listener; returns the bound port (useful with port 0). */
+  async listen(): Promise<{ port: number }> {
+    const t = this.config.timeouts;
+    const server = createServer(
+      {
+        maxHeaderSize: this.config['max-header-size'],
+        headersTimeout: t.header,
+        // How often node checks that timeout (default 30 s, far too coarse for a short header timeout).
+        connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(t.header / 4))),
+        // Whole requests may take long (large uploads); stalls are caught per body read instead.
+        requestTimeout: 0,
+        keepAliveTimeout: t.idle,
+        insecureHTTPParser: false,
+      },
+      (req, res) => {
+        const socket = req.socket;
+        this.busy.add(socket);
+        res.once('close', () => this.busy.delete(socket));
+        void new Exchange(this.ctx, req, res).run();
+      },
+    );
+    server.maxConnections = this.config['max-connections'];
+    server.on('connection', (s: Socket) => {
+      this.sockets.add(s);
+      this.counters.connections++;
+      s.on('error', () => undefined);
+      s.once('close', () => this.sockets.delete(s));
+    });
+    server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.clientError(err, socket));
+    server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => void this.tunnel(req, socket, head));
+    this.server = server;
+    const { host, port } = parseListen(this.config.listen);
+    const bound = await new Promise<number>((ok, fail) => {
+      server.once('error', (err) => fail(new AvgateError('AVG_ERR_CONFIG', `http-proxy listen ${host}:${port}: ${(err as NodeJS.ErrnoException).code ?? err.message}`)));
+      server.listen(port, host, () => {
+        const a = server.address();
+        ok(typeof a === 'object' && a ? a.port : port);
+      });
+    });
+    this.log.info({ listen: `${host}:${bound}`, rules: this.config['doc-acl'].length }, 'http proxy listening');
+    return { port: bound };
+  }
+
+  /**
+   * A request the parser refused (smuggling shapes, bad syntax, oversized head, slow head): a bare
+   * 400/431/408 and the connection closed. Never written into a response already under way.
+   */
+  private clientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+    // node may report more errors for the same connection (the rest of the bytes): answer once.
+    if (this.refused.has(socket)) return;
+    this.refused.add(socket);
+    this.counters.badRequests++;
+    const code = err.code ?? '';
+    this.log.debug({ code, err: err.message }, 'http-proxy: malformed request');
+    // The response of the request whose body failed to parse (bad chunk): answered here while
+    // nothing of it went out yet, since node ends that request before its handler could.
+    const inResponse = (socket as unknown as { _httpMessage?: { headersSent: boolean } | null })._httpMessage;
+    if (code === 'ECONNRESET' || !socket.writable || inResponse?.headersSent === true) {
+      socket.destroy();
+      return;
+    }
+    const status = code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+    socket.end(rawAnswer(status));
+    // Lingering close: read and drop what the client still sends, so closing with unread bytes
+    // does not turn into a reset that makes the client lose the answer.
+    socket.on('data', () => undefined);
+    socket.resume();
+    setTimeout(() => socket.destroy(), 1000).unref();
+  }
+
+  /** CONNECT: a byte tunnel to an allowed port (through the parent proxy when there is one). Not scanned. */
+  private async tunnel(req: IncomingMessage, client: Duplex, head: Buffer): Promise<void> {
+    const started = performance.now();
+    const rec: AccessRecord = { client: req.socket.remoteAddress ?? '-', method: 'CONNECT', url: req.url ?? '-', status: 200, verdict: 'tunnel', rule: '-', bytes: 0, ms: 0 };
+    const done = () => {
+      rec.ms = performance.now() - started;
+      this.ctx.access(rec);
+    };
+    client.on('error', () => undefined);
+    const target = parseConnectTarget(req.url ?? '');
+    const ports = this.config['connect-ports'];
+    const refuse = (status: number) => {
+      rec.status = status;
+      client.end(rawAnswer(status));
+      done();
+    };
+    if (!this.ctx.clientAllowed(rec.client)) return refuse(403);
+    if (!target || requestHeadProblem(headerPairs(req.rawHeaders))) return refuse(400);
+    if (ports.length > 0 && !ports.includes(target.port)) return refuse(403);
+    const parent = this.config['parent-proxy'] === null ? null : /^\[?(.*?)\]?:(\d+)$/.exec(this.config['parent-proxy']);
+    let upstream: Duplex;
+    try {
+      upstream = await connectWithTimeout(parent ? { host: parent[1] as string, port: Number(parent[2]) } : target, {
+        timeoutMs: this.config.timeouts.upstream,
+        label: `${target.host}:${target.port}`,
+      });
+      if (parent) await this.parentConnect(upstream, `${req.url}`);
+    } catch (err) {
+      this.log.warn({ target: req.url, err: messageOf(err) }, 'http-proxy: tunnel target not reachable');
+      return refuse(502);
+    }
+    if (client.destroyed) {
+      upstream.destroy();
+      return done();
+    }
+    this.counters.tunnels++;
+    this.tunnels.add(client);
+    upstream.on('error', () => client.destroy());
+    client.on('error', () => upstream.destroy());
+    const idle = this.config.timeouts.body;
+    (upstream as Socket).setTimeout(idle, () => (upstream.destroy(), client.destroy()));
+    client.write(`HTTP/1.1 200 Connection established\r\nVia: 1.1 ${this.config.via}\r\n\r\n`);
+    if (head.length > 0) upstream.write(head);
+    let bytes = 0;
+    upstream.on('data', (c: Buffer) => void (bytes += c.length));
+    upstream.pipe(client);
+    client.pipe(upstream);
+    await new Promise<void>((ok) => {
+      let closed = 0;
+      const one = () => {
+        if (++closed === 2) ok();
+      };
+      client.once('close', () => (upstream.destroy(), one()));
+      upstream.once('close', () => (client.destroy(), one()));
+    });
+    this.tunnels.delete(client);
+    rec.bytes = bytes;
+    done();
+  }
+
+  /** Asks the parent proxy for a tunnel; resolves once it answered 2xx. */
+  private parentConnect(s: Duplex, authority: string): Promise<void> {
+    return new Promise((ok, fail) => {
+      let buf = Buffer.alloc(0);
+      const max = this.config['max-header-size'];
+      const timer = setTimeout(() => finish(new Error('parent proxy did not answer CONNECT')), this.config.timeouts.upstream);
+      const finish = (err: Error | null) => {
+        clearTimeout(timer);
+        s.off('data', onData);
+        s.off('error', onErr);
+        if (err) {
+          s.destroy();
+          fail(err);
+        } else ok();
+      };
+      const onErr = (e: Error) => finish(e);
+      const onData = (c: Buffer) => {
+        buf = Buffer.concat([buf, c]);
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) {
+          if (buf.length > max) finish(new Error('parent proxy head too large'));
+          return;
+        }
+        const status = /^HTTP\/1\.[01] (\d{3})/.exec(buf.toString('latin1', 0, end));
+        if (!status || !(status[1] as string).startsWith('2')) return finish(new Error(`parent proxy refused CONNECT: ${buf.toString('latin1', 0, Math.min(end, 80))}`));
+        const rest = buf.subarray(end + 4);
+        finish(null);
+        if (rest.length > 0) s.unshift(rest);
+      };
+      s.on('data', onData);
+      s.on('error', onErr);
+      s.write(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\nVia: 1.1 ${this.config.via}\r\n\r\n`);
+    });
+  }
+
+  get openConnections(): number {
+    return this.sockets.size;
+  }
+
+  async close(deadlineMs = 5000): Promise<void> {
+    const server = this.server;
+    // close() resolves once every connection ended; idle keep-alive ones end now, busy ones get until the deadline.
+    const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
+    server?.closeIdleConnections();
+    const until = Date.now() + deadlineMs;
+    for (const t of this.tunnels) t.destroy();
+    while (this.busy.size > 0 && Date.now() < until) {
+      await new Promise((r) => setTimeout(r, 50));
+      server?.closeIdleConnections();
+    }
+    for (const s of this.sockets) s.destroy();
+    await closed;
+    this.agent.destroy();
+    this.accessFile?.end();
+  }
+}
+
+/** The last path segment of a URL, decoded, as the object's file name (null when there is none). */
+function fileNameOf(url: string): string | null {
+  try {
+    const seg = new URL(url).pathname.split('/').pop() ?? '';
+    const name = decodeURIComponent(seg);
+    const clean = name.length > 0 && ![...name].some((c) => c.charCodeAt(0) < 0x20 || c === '/' || c === '\\');
+    return clean ? name.slice(0, 255) : null;
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,96 @@
+import { createServer, type Server, type Socket } from 'node:net';
+import { resolve } from 'node:path';
+import type { ImapProxyConfig } from '../../config/imap-schema.js';
+import { AvgateError } from '../../core/errors.js';
+import type { Logger } from '../../core/logging.js';
+import { compilePolicy, loadReplacement, type ReplacementTemplate } from '../../mailproxy/index.js';
+import type { ScanService } from '../../scan/types.js';
+import { ImapSession, type ImapCounters, type SessionContext } from './session.js';
+import { parseHostPort } from './upstream.js';
+
+export interface ImapProxyDeps {
+  stateDir: string;
+  /** The scanner for a list of engine ids; null = scan.engines. */
+  scannerFor(engineIds: readonly string[] | null): { scanner: ScanService };
+  log: Logger;
+}
+
+/**
+ * The IMAP4 proxy's listener: one ImapSession per client, at most max-connections (one more gets
+ * `* BYE` at once). close() stops accepting and ends the sessions within a deadline.
+ */
+export class ImapProxyServer {
+  private server: Server | null = null;
+  private readonly sessions = new Map<Socket, ImapSession>();
+  private seq = 0;
+  readonly counters: ImapCounters = { connections: 0, commands: 0, scanned: 0, replaced: 0, appends: 0, appendsRefused: 0, upstreamFailures: 0 };
+  private ctx: SessionContext | null = null;
+  private readonly log: Logger;
+
+  constructor(
+    private readonly config: ImapProxyConfig,
+    private readonly deps: ImapProxyDeps,
+  ) {
+    this.log = deps.log.child({ component: 'imap-proxy' });
+  }
+
+  /** Loads the replacement notice (a missing file stops startup) and binds; returns the port. */
+  async listen(): Promise<{ port: number }> {
+    const replacement: ReplacementTemplate = await loadReplacement(this.config.replacement, 'imap-proxy.replacement');
+    parseHostPort(this.config.upstream);
+    this.ctx = {
+      config: this.config,
+      scanner: this.deps.scannerFor(this.config.antivirus).scanner,
+      policy: compilePolicy(this.config),
+      replacement,
+      spoolDir: resolve(this.deps.stateDir, this.config['spool-dir']),
+      log: this.log,
+      counters: this.counters,
+    };
+    const { host, port } = parseHostPort(this.config.listen);
+    const server = createServer((s) => this.accept(s));
+    this.server = server;
+    const bound = await new Promise<number>((ok, fail) => {
+      server.once('error', (err) => fail(new AvgateError('AVG_ERR_CONFIG', `imap-proxy listen ${host}:${port}: ${(err as NodeJS.ErrnoException).code ?? err.message}`)));
+      server.listen(port, host, () => {
+        const a = server.address();
+        ok(typeof a === 'object' && a ? a.port : port);
+      });
+    });
+    this.log.info({ listen: `${host}:${bound}`, upstream: this.config.upstream, upstreamTls: this.config['upstream-tls'] }, 'imap proxy listening');
+    return { port: bound };
+  }
+
+  private accept(socket: Socket): void {
+    socket.on('error', () => undefined);
+    if (this.sessions.size >= this.config['max-connections'] || !this.ctx) {
+      socket.end('* BYE [UNAVAILABLE] Too many connections, try again later\r\n');
+      setTimeout(() => socket.destroy(), 1000).unref();
+      return;
+    }
+    this.counters.connections++;
+    const session = new ImapSession(socket, this.ctx, `i${(++this.seq).toString(36)}`);
+    this.sessions.set(socket, session);
+    socket.once('close', () => this.sessions.delete(socket));
+    session.run().catch((err: unknown) => {
+      this.log.error({ err: (err as Error).message }, 'imap: session failed');
+      socket.destroy();
+    });
+  }
+
+  get openConnections(): number {
+    return this.sessions.size;
+  }
+
+  async close(deadlineMs = 5000): Promise<void> {
+    const server = this.server;
+    // Stop accepting now; the callback only comes once every connection is gone.
+    const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
+    // Each session says BYE between responses (never inside a literal being relayed) and ends.
+    await Promise.all([...this.sessions.values()].map((s) => s.shutdown('Server shutting down')));
+    const until = Date.now() + deadlineMs;
+    while (this.sessions.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    for (const s of this.sessions.keys()) s.destroy();
+    await closed;
+  }
+}

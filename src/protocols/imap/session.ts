@@ -1,0 +1,661 @@
+import { createReadStream } from 'node:fs';
+import type { Socket } from 'node:net';
+import type { ImapProxyConfig } from '../../config/imap-schema.js';
+import { messageOf } from '../../core/errors.js';
+import type { Logger } from '../../core/logging.js';
+import { Spool } from '../../core/spool.js';
+import type { CompiledPolicy, ReplaceDeps, ReplacementTemplate } from '../../mailproxy/index.js';
+import type { MessageInput } from '../../mime/input.js';
+import type { ScanService } from '../../scan/types.js';
+import { filterMessage, filterPart, reasonOf, unscannedNotice, type FilterOutcome } from './content.js';
+import { connectUpstream } from './upstream.js';
+import {
+  capabilitiesOf,
+  commandName,
+  commandTag,
+  contentKindOf,
+  FetchItemTracker,
+  filterCapabilities,
+  ImapWireParser,
+  rewriteMarker,
+  type LiteralSpec,
+  type WireEvent,
+} from './wire.js';
+
+export interface ImapCounters {
+  connections: number;
+  commands: number;
+  /** Fetched messages and parts scanned. */
+  scanned: number;
+  /** Fetched messages and parts sent with something replaced. */
+  replaced: number;
+  appends: number;
+  appendsRefused: number;
+  upstreamFailures: number;
+}
+
+export interface SessionContext {
+  config: ImapProxyConfig;
+  scanner: ScanService;
+  policy: CompiledPolicy;
+  replacement: ReplacementTemplate;
+  spoolDir: string;
+  log: Logger;
+  counters: ImapCounters;
+}
+
+const CRLF = Buffer.from('\r\n');
+
+/** A FIFO lock: one writer at a time on the client socket (a FETCH response is written in pieces). */
+class Lock {
+  private tail: Promise<void> = Promise.resolve();
+  acquire(): Promise<() => void> {
+    let release!: () => void;
+    const next = new Promise<void>((r) => (release = r));
+    const ready = this.tail.then(() => release);
+    this.tail = this.tail.then(() => next);
+    return ready;
+  }
+}
+
+/** Writes with backpressure; resolves false when the socket is gone. */
+function writeTo(socket: Socket, data: Buffer): Promise<boolean> {
+  if (socket.destroyed || !socket.writable) return Promise.resolve(false);
+  if (socket.write(data)) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const done = (ok: boolean) => {
+      socket.off('drain', onDrain);
+      socket.off('close', onClose);
+      resolve(ok);
+    };
+    const onDrain = () => done(true);
+    const onClose = () => done(false);
+    socket.once('drain', onDrain);
+    socket.once('close', onClose);
+  });
+}
+
+async function* readInput(input: MessageInput): AsyncGenerator<Buffer> {
+  if (Buffer.isBuffer(input)) {
+    yield input;
+    return;
+  }
+  const stream = typeof input === 'string' ? createReadStream(input) : input.createReadStream();
+  try {
+    for await (const chunk of stream as AsyncIterable<Buffer>) yield chunk;
+  } finally {
+    stream.destroy();
+  }
+}
+
+/** A literal of a FETCH response being collected for scanning. */
+interface Collect {
+  text: Buffer;
+  spec: LiteralSpec;
+  item: string;
+  part: boolean;
+  partial: boolean;
+  binary: boolean;
+  /** null: over max-message-size, the bytes are dropped and a notice is sent. */
+  spool: Spool | null;
+}
+
+/** An APPEND being received from the client (nothing of it has gone upstream yet). */
+interface Append {
+  tag: string;
+  texts: Buffer[];
+  literals: Array<{ spec: LiteralSpec; spool: Spool }>;
+  textBytes: number;
+  literalBytes: number;
+  /** Over a limit: the rest is read and dropped, then NO. */
+  refused: string | null;
+  /** Receiving the current literal into this spool (null while dropping). */
+  current: Spool | null;
+}
+
+type ClientMode =
+  | { kind: 'pass' }
+  /** A refused command: the rest of it (LITERAL+ data) is dropped. */
+  | { kind: 'drop' }
+  | { kind: 'append'; a: Append };
+
+/**
+ * One client session: the upstream connection, then two pumps. Client → server: commands are
+ * relayed as they are, except APPEND (spooled, scanned, then sent upstream, or refused with NO),
+ * commands the proxy cannot carry (STARTTLS, COMPRESS: NO) and what the command-acl denies.
+ * Server → client: responses are relayed as they are, except capability lists (filtered) and the
+ * message content of untagged FETCH responses (spooled, scanned, rewritten with the new octet count).
+ */
+export class ImapSession {
+  private upstream: Socket | null = null;
+  private readonly clientLock = new Lock();
+  private readonly clientParser: ImapWireParser;
+  private readonly serverParser: ImapWireParser;
+  private user: string | null = null;
+  private pendingLogin: { tag: string; user: string | null } | null = null;
+  /** Tags of relayed commands awaiting their tagged response, with the command-acl's use-antivirus. */
+  private readonly inflight = new Map<string, boolean>();
+  /** A client command waits for the server's `+` for its synchronising literal. */
+  private clientSyncTag: string | null = null;
+  /** The proxy itself waits for the server's `+` (forwarding an APPEND). */
+  private continuation: { tag: string; resolve: (ok: boolean) => void } | null = null;
+  private serverLiteralPlus = false;
+  private clientMode: ClientMode = { kind: 'pass' };
+  private closed = false;
+  private readonly log: Logger;
+  private readonly abort = new AbortController();
+
+  constructor(
+    private readonly client: Socket,
+    private readonly ctx: SessionContext,
+    readonly id: string,
+  ) {
+    const maxLineLength = ctx.config['max-line-length'];
+    this.clientParser = new ImapWireParser({ role: 'client', maxLineLength });
+    this.serverParser = new ImapWireParser({ role: 'server', maxLineLength });
+    this.log = ctx.log.child({ session: id, client: client.remoteAddress ?? null });
+  }
+
+  private deps(label: string): ReplaceDeps {
+    const policy = this.ctx.config;
+    return {
+      scanner: this.ctx.scanner,
+      policy,
+      replacement: this.ctx.replacement,
+      spoolDir: this.ctx.spoolDir,
+      log: this.log,
+      origin: { source: 'imap', group: null },
+      user: this.user,
+      label,
+    };
+  }
+
+  async run(): Promise<void> {
+    const client = this.client;
+    client.on('error', () => undefined);
+    client.setNoDelay(true);
+    let up;
+    try {
+      up = await connectUpstream(this.ctx.config);
+    } catch (err) {
+      this.ctx.counters.upstreamFailures++;
+      this.log.warn({ upstream: this.ctx.config.upstream, err: messageOf(err) }, 'imap: upstream not available');
+      await writeTo(client, Buffer.from('* BYE [UNAVAILABLE] The mail server is not available, try again later\r\n'));
+      client.end();
+      return;
+    }
+    const server = up.socket;
+    if (this.closed) {
+      server.destroy();
+      return;
+    }
+    this.upstream = server;
+    server.on('error', () => undefined);
+    server.setNoDelay(true);
+    server.on('timeout', () => {
+      this.log.warn({ readMs: this.ctx.config.timeouts.read }, 'imap: the server stopped in the middle of a response');
+      void this.shutdown('[UNAVAILABLE] The mail server stopped answering');
+    });
+    const greeting = filterCapabilities(up.greeting, { dropCode: up.staleGreetingCapabilities, appendLimit: this.ctx.config['max-literal-size'] });
+    this.noteCapabilities(up.greeting);
+    if (!(await writeTo(client, Buffer.concat([greeting, CRLF])))) return this.close();
+    if (/^\* BYE/i.test(up.greeting.toString('latin1'))) {
+      client.end();
+      return this.close();
+    }
+    if (up.leftover.length > 0) this.serverParser.push(up.leftover);
+    const idle = this.ctx.config.timeouts.idle;
+    const read = this.ctx.config.timeouts.read;
+    client.setTimeout(idle);
+    client.on('timeout', () => {
+      this.log.info({ idleMs: this.clientParser.atMessageStart ? idle : read }, 'imap: client timeout');
+      void this.shutdown('Autologout; idle for too long');
+    });
+    await Promise.allSettled([
+      this.pump(server, this.serverParser, (e) => this.fromServer(e)).finally(() => this.serverGone()),
+      this.pump(client, this.clientParser, (e) => this.fromClient(e)).finally(() => this.close()),
+    ]);
+    await this.close();
+  }
+
+  private async pump(socket: Socket, parser: ImapWireParser, handle: (e: WireEvent) => Promise<void>): Promise<void> {
+    try {
+      // Async iteration reads the next chunk only after every event of this one was handled:
+      // a slow scan or a slow peer pauses the other side (backpressure), memory stays bounded.
+      for await (const chunk of socket as AsyncIterable<Buffer>) {
+        if (this.closed) return;
+        // The timers measure the peer, not the proxy's own work (a long scan, a slow other side):
+        // off while this chunk is handled, armed again while waiting for the next one.
+        socket.setTimeout(0);
+        parser.push(chunk);
+        for (let e = parser.next(); e; e = parser.next()) {
+          await handle(e);
+          if (this.closed) return;
+        }
+        if (socket === this.client) this.client.setTimeout(parser.atMessageStart ? this.ctx.config.timeouts.idle : this.ctx.config.timeouts.read);
+        // A server may stay silent between responses (IDLE), never in the middle of one.
+        else socket.setTimeout(parser.atMessageStart ? 0 : this.ctx.config.timeouts.read);
+      }
+    } catch (err) {
+      if (!this.closed) this.log.warn({ side: socket === this.client ? 'client' : 'server', err: messageOf(err) }, 'imap: session ended by an error');
+    }
+  }
+
+  private async serverGone(): Promise<void> {
+    if (this.closed) return;
+    // Whatever the server said last (a BYE) has been relayed; the session ends with it.
+    this.client.end();
+    await this.close();
+  }
+
+  private async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.abort.abort();
+    this.continuation?.resolve(false);
+    this.continuation = null;
+    this.upstream?.destroy();
+    if (!this.client.destroyed) this.client.end();
+    setTimeout(() => this.client.destroy(), 1000).unref();
+    if (this.clientMode.kind === 'append') await this.disposeAppend(this.clientMode.a);
+    const c = this.collect;
+    this.collect = null;
+    await c?.spool?.dispose();
+  }
+
+  /**
+   * Ends the session with a BYE when one can be sent: not through the lock (a client that stopped
+   * reading would keep it forever), and only between server responses, so it never lands inside
+   * a literal.
+   */
+  async shutdown(text: string): Promise<void> {
+    if (!this.serverMessage && !this.client.destroyed && this.client.writable) this.client.write(`* BYE ${text}\r\n`);
+    await this.close();
+  }
+
+  private async bye(text: string): Promise<void> {
+    const release = await this.clientLock.acquire();
+    try {
+      await writeTo(this.client, Buffer.from(`* BYE ${text}\r\n`));
+    } finally {
+      release();
+    }
+  }
+
+  /** A complete response line of the proxy's own (never inside a relayed response). */
+  private async reply(line: string): Promise<void> {
+    const release = await this.clientLock.acquire();
+    try {
+      await writeTo(this.client, Buffer.from(`${line}\r\n`, 'latin1'));
+    } finally {
+      release();
+    }
+  }
+
+  private noteCapabilities(text: Buffer): void {
+    const caps = capabilitiesOf(text);
+    if (caps) this.serverLiteralPlus = caps.has('LITERAL+');
+  }
+
+  private scanningOn(): boolean {
+    // Unsolicited or pipelined FETCH responses cannot be tied to one command: content is scanned
+    // unless every command in flight was let through unscanned by the command-acl.
+    if (this.inflight.size === 0) return true;
+    for (const v of this.inflight.values()) if (v) return true;
+    return false;
+  }
+
+  // ---------------------------------------------------------------- server → client
+
+  private serverMessage: { release: (() => void) | null; tracker: FetchItemTracker | null; swallow: boolean } | null = null;
+  private collect: Collect | null = null;
+
+  private async fromServer(e: WireEvent): Promise<void> {
+    switch (e.kind) {
+      case 'overflow':
+        this.log.warn({ head: e.head.subarray(0, 40).toString('latin1') }, 'imap: server line over max-line-length');
+        await this.endServerMessage();
+        await this.bye('[ALERT] The mail server sent a line longer than the proxy accepts');
+        return this.close();
+      case 'data':
+        if (this.collect) {
+          if (this.collect.spool) await this.collect.spool.write(e.data);
+        } else if (!this.serverMessage?.swallow) await writeTo(this.client, e.data);
+        return;
+      case 'literal-end':
+        if (this.collect) {
+          const c = this.collect;
+          this.collect = null;
+          await this.emitScanned(c);
+        }
+        return;
+      case 'text':
+        return this.serverText(e.text, e.raw, e.first, e.literal);
+    }
+  }
+
+  private async serverText(text: Buffer, raw: Buffer, first: boolean, literal: LiteralSpec | null): Promise<void> {
+    if (first) {
+      const release = await this.clientLock.acquire();
+      this.serverMessage = { release, tracker: null, swallow: false };
+      const s = text.toString('latin1');
+      if (s.startsWith('+')) {
+        if (this.continuation) {
+          const c = this.continuation;
+          this.continuation = null;
+          c.resolve(true);
+          this.serverMessage.swallow = true;
+        } else this.clientSyncTag = null;
+      } else if (!s.startsWith('*')) {
+        const tag = commandTag(text);
+        if (tag !== null) this.taggedResponse(tag, s);
+      }
+      if (/^\* \d+ FETCH \(/i.test(s)) {
+        const tracker = new FetchItemTracker();
+        tracker.start(literal ? text.subarray(0, literal.markerStart) : text);
+        this.serverMessage.tracker = tracker;
+      } else {
+        this.noteCapabilities(text);
+        const filtered = filterCapabilities(text, { appendLimit: this.ctx.config['max-literal-size'] });
+        if (filtered !== text) raw = Buffer.concat([filtered, CRLF]);
+      }
+    } else if (this.serverMessage?.tracker) {
+      this.serverMessage.tracker.continue(literal ? text.subarray(0, literal.markerStart) : text);
+    }
+    const msg = this.serverMessage;
+    if (literal && msg?.tracker) {
+      const item = msg.tracker.literalItem();
+      const kind = item ? contentKindOf(item) : { kind: 'other' as const };
+      if (item && kind.kind !== 'other' && this.scanningOn()) {
+        const tooBig = literal.size > this.ctx.config['max-message-size'];
+        this.collect = {
+          text,
+          spec: literal,
+          item,
+          part: kind.kind === 'part' || kind.partial,
+          partial: kind.partial,
+          binary: kind.binary,
+          spool: tooBig ? null : new Spool(this.ctx.spoolDir, this.ctx.config['spool-memory'], { hash: false }),
+        };
+        return;
+      }
+    }
+    if (!msg?.swallow) await writeTo(this.client, raw);
+    if (!literal) await this.endServerMessage();
+  }
+
+  private taggedResponse(tag: string, s: string): void {
+    this.inflight.delete(tag);
+    if (this.clientSyncTag === tag) {
+      // The server refused a synchronising literal: the client will not send it.
+      this.clientSyncTag = null;
+      this.clientParser.cancelLiteral();
+    }
+    if (this.continuation?.tag === tag) {
+      const c = this.continuation;
+      this.continuation = null;
+      c.resolve(false);
+    }
+    if (this.pendingLogin?.tag === tag) {
+      if (/^\S+ OK\b/i.test(s)) this.user = this.pendingLogin.user;
+      this.pendingLogin = null;
+    }
+  }
+
+  private async endServerMessage(): Promise<void> {
+    const m = this.serverMessage;
+    this.serverMessage = null;
+    m?.release?.();
+  }
+
+  /** The scanned literal (or its replacement) with its new octet count. */
+  private async emitScanned(c: Collect): Promise<void> {
+    let outcome: FilterOutcome | null = null;
+    let output: MessageInput;
+    let size: number;
+    const label = `imap ${this.user ?? '-'} ${c.item}`;
+    try {
+      if (!c.spool) {
+        output = unscannedNotice(this.deps(label), `it is larger than max-message-size (${c.spec.size} bytes) and was not scanned`);
+        size = output.length;
+        this.log.warn({ item: c.item, size: c.spec.size }, 'imap: fetched content over max-message-size replaced unscanned');
+      } else {
+        await c.spool.end();
+        this.ctx.counters.scanned++;
+        this.log.debug({ item: c.item, size: c.spec.size }, 'imap: scanning fetched content');
+        try {
+          outcome = c.part
+            ? await filterPart(c.spool, c.binary, this.deps(label), this.abort.signal, { partial: c.partial })
+            : await filterMessage(c.spool, this.deps(label), this.abort.signal);
+          output = outcome.output;
+          size = outcome.size;
+          if (outcome.changed) {
+            this.ctx.counters.replaced++;
+            this.log.info({ item: c.item, user: this.user, replaced: outcome.replaced }, 'imap: fetched content replaced');
+          }
+        } catch (err) {
+          if (this.closed) return;
+          // Fail closed: content that could not be checked is not delivered.
+          this.log.error({ item: c.item, err: messageOf(err) }, 'imap: scanning fetched content failed; replaced by a notice');
+          output = unscannedNotice(this.deps(label), 'it could not be scanned (internal error)');
+          size = output.length;
+        }
+      }
+      this.log.debug({ item: c.item, size, changed: outcome?.changed ?? true }, 'imap: sending fetched content');
+      if (!(await writeTo(this.client, rewriteMarker(c.text, c.spec, size)))) return;
+      for await (const chunk of readInput(output)) if (!(await writeTo(this.client, chunk))) return;
+    } finally {
+      await outcome?.dispose();
+      await c.spool?.dispose();
+    }
+  }
+
+  // ---------------------------------------------------------------- client → server
+
+  private async toServer(data: Buffer): Promise<void> {
+    const s = this.upstream;
+    if (s) await writeTo(s, data);
+  }
+
+  private async fromClient(e: WireEvent): Promise<void> {
+    const mode = this.clientMode;
+    switch (e.kind) {
+      case 'overflow': {
+        if (mode.kind === 'pass' && !e.first) {
+          // Part of this command already went upstream; the stream cannot be resynchronised.
+          await this.bye('Command line too long');
+          return this.close();
+        }
+        if (mode.kind === 'append') await this.disposeAppend(mode.a);
+        this.clientMode = { kind: 'pass' };
+        const tag = (e.first ? commandTag(e.head) : mode.kind === 'append' ? mode.a.tag : null) ?? '*';
+        this.log.info({ tag }, 'imap: client line over max-line-length');
+        return this.reply(`${tag} BAD [TOOBIG] Command line too long`);
+      }
+      case 'data':
+        if (mode.kind === 'pass') return this.toServer(e.data);
+        if (mode.kind === 'append' && mode.a.current) await mode.a.current.write(e.data);
+        return;
+      case 'literal-end':
+        if (mode.kind === 'append' && mode.a.current) {
+          await mode.a.current.end();
+          mode.a.current = null;
+        }
+        return;
+      case 'text':
+        if (e.first) return this.clientCommand(e.text, e.raw, e.literal);
+        if (mode.kind === 'pass') {
+          await this.toServer(e.raw);
+          if (e.literal && !e.literal.plus) this.clientSyncTag = this.currentTag;
+          return;
+        }
+        if (mode.kind === 'append') return this.appendText(mode.a, e.text, e.literal);
+        // drop: the rest of a refused command
+        if (e.literal && !e.literal.plus) this.clientParser.cancelLiteral();
+        if (!e.literal) this.clientMode = { kind: 'pass' };
+        return;
+    }
+  }
+
+  private currentTag: string | null = null;
+  /** AUTHENTICATE PLAIN without an initial response: the next client line carries the name. */
+  private pendingAuth: string | null = null;
+
+  private async clientCommand(text: Buffer, raw: Buffer, literal: LiteralSpec | null): Promise<void> {
+    this.ctx.counters.commands++;
+    const cmd = commandName(text);
+    this.currentTag = cmd?.tag ?? null;
+    if (!cmd) {
+      // Not a command: IDLE's DONE, an AUTHENTICATE response, or garbage the server answers itself.
+      if (this.pendingAuth && !literal) {
+        this.pendingLogin = { tag: this.pendingAuth, user: plainAuthUser(text.toString('latin1')) };
+        this.pendingAuth = null;
+      }
+      this.clientMode = { kind: 'pass' };
+      await this.toServer(raw);
+      if (literal && !literal.plus) this.clientSyncTag = null;
+      return;
+    }
+    const base = cmd.name.startsWith('UID ') ? cmd.name.slice(4) : cmd.name;
+    const refuse = async (line: string) => {
+      await this.reply(`${cmd.tag} ${line}`);
+      if (literal && !literal.plus) this.clientParser.cancelLiteral();
+      this.clientMode = literal && literal.plus ? { kind: 'drop' } : { kind: 'pass' };
+    };
+    if (base === 'STARTTLS' || base === 'COMPRESS') return refuse(`NO [CANNOT] ${base} is not available through this proxy`);
+    const decision = this.ctx.policy.command({ client: this.client.remoteAddress ?? null, user: this.user, command: base });
+    if (decision.action === 'deny') {
+      this.log.info({ command: base, rule: decision.rule, user: this.user }, 'imap: command denied by command-acl');
+      return refuse(`NO [NOPERM] ${base} is not allowed here`);
+    }
+    if (base === 'LOGIN') this.pendingLogin = { tag: cmd.tag, user: loginUser(cmd.rest) };
+    if (base === 'AUTHENTICATE') {
+      // The login name for the ACLs' `users`: from SASL PLAIN (initial response or the next line).
+      const m = /^ PLAIN(?: (\S+))?$/i.exec(cmd.rest);
+      this.pendingAuth = null;
+      if (m?.[1]) this.pendingLogin = { tag: cmd.tag, user: plainAuthUser(m[1]) };
+      else if (m) this.pendingAuth = cmd.tag;
+    }
+    if (base === 'APPEND' && decision.useAntivirus && literal) {
+      this.ctx.counters.appends++;
+      const a: Append = { tag: cmd.tag, texts: [], literals: [], textBytes: 0, literalBytes: 0, refused: null, current: null };
+      this.clientMode = { kind: 'append', a };
+      return this.appendText(a, text, literal);
+    }
+    this.clientMode = { kind: 'pass' };
+    this.inflight.set(cmd.tag, decision.useAntivirus);
+    await this.toServer(raw);
+    this.clientSyncTag = literal && !literal.plus ? cmd.tag : null;
+  }
+
+  private async appendText(a: Append, text: Buffer, literal: LiteralSpec | null): Promise<void> {
+    a.texts.push(text);
+    a.textBytes += text.length;
+    const maxLiteral = this.ctx.config['max-literal-size'];
+    if (a.refused === null && a.textBytes > this.ctx.config['max-line-length']) a.refused = 'BAD [TOOBIG] Command too long';
+    if (literal) {
+      a.literalBytes += literal.size;
+      if (a.refused === null && a.literalBytes > maxLiteral) a.refused = `NO [TOOBIG] Message larger than ${maxLiteral} bytes`;
+      if (a.refused !== null) {
+        if (!literal.plus) {
+          // Refused before the client sends a byte (RFC 3501 §7.5: a tagged NO instead of "+").
+          this.clientParser.cancelLiteral();
+          await this.finishAppend(a);
+        }
+        return; // LITERAL+: its bytes are read and dropped (a.current stays null)
+      }
+      const spool = new Spool(this.ctx.spoolDir, this.ctx.config['spool-memory'], { hash: false });
+      a.literals.push({ spec: literal, spool });
+      a.current = spool;
+      if (!literal.plus) await this.reply('+ Ready for literal data');
+      return;
+    }
+    await this.finishAppend(a);
+  }
+
+  private async disposeAppend(a: Append): Promise<void> {
+    for (const l of a.literals) await l.spool.dispose();
+    a.literals = [];
+  }
+
+  private async finishAppend(a: Append): Promise<void> {
+    this.clientMode = { kind: 'pass' };
+    try {
+      if (a.refused !== null) {
+        this.ctx.counters.appendsRefused++;
+        this.log.info({ tag: a.tag, reason: a.refused }, 'imap: APPEND refused');
+        return await this.reply(`${a.tag} ${a.refused}`);
+      }
+      for (const [i, l] of a.literals.entries()) {
+        const label = `imap ${this.user ?? '-'} APPEND #${i + 1}`;
+        let outcome: FilterOutcome;
+        try {
+          outcome = await filterMessage(l.spool, this.deps(label), this.abort.signal);
+        } catch (err) {
+          if (this.closed) return;
+          this.log.error({ err: messageOf(err) }, 'imap: scanning an APPEND failed');
+          this.ctx.counters.appendsRefused++;
+          return await this.reply(`${a.tag} NO [UNAVAILABLE] The message could not be scanned, try again later`);
+        }
+        await outcome.dispose();
+        if (outcome.changed) {
+          this.ctx.counters.appendsRefused++;
+          const first = outcome.replaced[0];
+          const reason = reasonOf(first?.status ?? 'refused', first?.names ?? []).replace(/[\r\n[\]]/g, ' ');
+          this.log.info({ tag: a.tag, user: this.user, replaced: outcome.replaced }, 'imap: APPEND refused');
+          return await this.reply(`${a.tag} NO [CANNOT] Message refused by the virus filter: ${reason}`);
+        }
+      }
+      await this.forwardAppend(a);
+    } finally {
+      await this.disposeAppend(a);
+    }
+  }
+
+  /** Sends a scanned APPEND upstream: LITERAL+ when the server has it, else waits for each `+`. */
+  private async forwardAppend(a: Append): Promise<void> {
+    this.inflight.set(a.tag, true);
+    for (const [i, text] of a.texts.entries()) {
+      const lit = a.literals[i];
+      if (!lit) {
+        await this.toServer(Buffer.concat([text, CRLF]));
+        return;
+      }
+      const plus = this.serverLiteralPlus && !lit.spec.binary;
+      if (plus) {
+        await this.toServer(rewriteMarker(text, lit.spec, lit.spool.size, { plus: true }));
+      } else {
+        this.log.debug({ tag: a.tag, size: lit.spool.size }, 'imap: APPEND forwarded with a synchronising literal');
+        const go = new Promise<boolean>((resolve) => (this.continuation = { tag: a.tag, resolve }));
+        await this.toServer(rewriteMarker(text, lit.spec, lit.spool.size));
+        // The server's tagged NO instead of "+" goes to the client as it is; nothing more is sent.
+        let timer: NodeJS.Timeout | undefined;
+        const timedOut = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), this.ctx.config.timeouts.read)));
+        const answer = await Promise.race([go, timedOut]);
+        clearTimeout(timer);
+        if (answer === 'timeout') {
+          this.log.warn({ tag: a.tag }, 'imap: the server did not ask for the APPEND literal');
+          return this.shutdown('[UNAVAILABLE] The mail server stopped answering');
+        }
+        if (!answer) return;
+      }
+      for await (const chunk of readInput(lit.spool)) await this.toServer(chunk);
+    }
+  }
+}
+
+/** The user name of `LOGIN user pass` (atom or quoted string; null for a literal). */
+export function loginUser(rest: string): string | null {
+  const s = rest.trimStart();
+  const q = /^"((?:[^"\\]|\\.)*)"/.exec(s);
+  if (q) return (q[1] as string).replace(/\\(.)/g, '$1');
+  const a = /^([^\s{"]+)/.exec(s);
+  return a ? (a[1] as string) : null;
+}
+
+/** The authentication identity of a SASL PLAIN response (base64 of authzid NUL authcid NUL password). */
+export function plainAuthUser(b64: string): string | null {
+  if (!/^[A-Za-z0-9+/=]+$/.test(b64.trim())) return null;
+  const parts = Buffer.from(b64.trim(), 'base64').toString('utf8').split('\0');
+  return parts.length === 3 && parts[1] ? (parts[1] as string) : null;
+}

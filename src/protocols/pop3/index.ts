@@ -1,0 +1,46 @@
+import { join, resolve } from 'node:path';
+import type { Config } from '../../config/schema.js';
+import type { Logger } from '../../core/logging.js';
+import { loadReplacement } from '../../mailproxy/index.js';
+import type { Runtime } from '../../runtime.js';
+import { Pop3ProxyServer } from './server.js';
+
+export { Pop3ProxyServer } from './server.js';
+export type { Pop3Counters } from './session.js';
+
+export interface Pop3FrontEnd {
+  server: Pop3ProxyServer;
+  port: number;
+}
+
+/**
+ * The POP3 proxy as `avgate serve` runs it. The replacement file is read here, so a missing one
+ * stops startup with the key's name (AVG_ERR_CONFIG).
+ */
+export async function startPop3Proxy(config: Readonly<Config>, runtime: Runtime, log: Logger): Promise<Pop3FrontEnd> {
+  const c = config['pop3-proxy'];
+  const mail = config.mail;
+  const replacement = await loadReplacement(c.replacement, 'pop3-proxy.replacement');
+  const plog = log.child({ component: 'pop3' });
+  const server = new Pop3ProxyServer(c, {
+    replace: {
+      scanner: runtime.scannerFor(c.antivirus).scanner,
+      policy: c,
+      replacement,
+      spoolDir: join(resolve(config['state-dir'], c['spool-dir']), 'pop3'),
+      log: plog,
+      origin: { source: 'pop3' },
+      limits: {
+        maxDepth: mail['max-depth'],
+        maxParts: mail['max-parts'],
+        maxHeaderSize: mail['max-header-size'],
+        maxDecodedSize: mail['max-decoded-size'],
+        maxLineLength: mail['max-line-length'],
+      },
+      lenientQuotedPrintable: mail['lenient-quoted-printable'],
+    },
+    log: plog,
+  });
+  const { port } = await server.listen();
+  return { server, port };
+}

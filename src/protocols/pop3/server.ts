@@ -1,0 +1,90 @@
+import { createServer, type Server, type Socket } from 'node:net';
+import type { Logger } from 'pino';
+import type { Pop3ProxyConfig } from '../../config/mail-proxy-schema.js';
+import { AvgateError } from '../../core/errors.js';
+import { compilePolicy, globRegExp, type ReplaceDeps } from '../../mailproxy/index.js';
+import { parseListen } from '../icap/server.js';
+import { Pop3Session, type Pop3Counters } from './session.js';
+
+export interface Pop3ServerDeps {
+  /** The replacer's dependencies (scanner, policy, replacement, spool dir, limits, origin). */
+  replace: ReplaceDeps;
+  log: Logger;
+}
+
+/**
+ * The POP3 proxy's listener: one Pop3Session per client, at most max-connections at once (one
+ * more gets -ERR and is closed). close() stops accepting, lets sessions end within the deadline,
+ * then cuts what is left.
+ */
+export class Pop3ProxyServer {
+  private server: Server | null = null;
+  private readonly sockets = new Set<Socket>();
+  private nextId = 1;
+  private readonly allowed: RegExp[];
+  readonly counters: Pop3Counters = { connections: 0, active: 0, scanned: 0, replaced: 0, engineErrors: 0, refused: 0, upstreamFailures: 0 };
+
+  constructor(
+    private readonly config: Pop3ProxyConfig,
+    private readonly deps: Pop3ServerDeps,
+  ) {
+    this.allowed = config['allowed-upstreams'].map((g) => globRegExp(g.toLowerCase()));
+  }
+
+  async listen(): Promise<{ port: number }> {
+    const { host, port } = parseListen(this.config.listen);
+    const server = createServer((s) => this.accept(s));
+    this.server = server;
+    const bound = await new Promise<number>((resolve, reject) => {
+      server.once('error', (err) => reject(new AvgateError('AVG_ERR_CONFIG', `pop3-proxy listen ${host}:${port}: ${(err as NodeJS.ErrnoException).code ?? err.message}`)));
+      server.listen(port, host, () => {
+        const a = server.address();
+        resolve(typeof a === 'object' && a ? a.port : port);
+      });
+    });
+    this.deps.log.info({ listen: `${host}:${bound}`, upstream: this.config.upstream }, 'pop3 proxy listening');
+    return { port: bound };
+  }
+
+  private accept(socket: Socket): void {
+    socket.on('error', () => undefined); // reported through the reader; never crash on a reset
+    this.counters.connections++;
+    if (this.sockets.size >= this.config['max-connections']) {
+      this.counters.refused++;
+      socket.end('-ERR too many connections, try again later\r\n');
+      setTimeout(() => socket.destroy(), 1000).unref();
+      return;
+    }
+    this.sockets.add(socket);
+    this.counters.active = this.sockets.size;
+    socket.once('close', () => {
+      this.sockets.delete(socket);
+      this.counters.active = this.sockets.size;
+    });
+    const session = new Pop3Session(
+      socket,
+      {
+        config: this.config,
+        policy: compilePolicy(this.deps.replace.policy),
+        replace: this.deps.replace,
+        allowedUpstream: (hp) => this.allowed.some((re) => re.test(hp)),
+        log: this.deps.log,
+        counters: this.counters,
+      },
+      this.nextId++,
+    );
+    void session.run();
+  }
+
+  /** Stops accepting; sessions still open after `deadlineMs` are cut. */
+  async close(deadlineMs = 5000): Promise<void> {
+    const server = this.server;
+    this.server = null;
+    if (!server) return;
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    const deadline = new Promise<void>((resolve) => setTimeout(resolve, deadlineMs).unref());
+    await Promise.race([closed, deadline]);
+    for (const s of this.sockets) s.destroy();
+    await closed;
+  }
+}

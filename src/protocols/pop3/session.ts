@@ -1,0 +1,674 @@
+import type { Socket } from 'node:net';
+import type { Logger } from 'pino';
+import type { Pop3ProxyConfig } from '../../config/mail-proxy-schema.js';
+import { messageOf } from '../../core/errors.js';
+import { connectWithTimeout } from '../../core/net.js';
+import { Spool } from '../../core/spool.js';
+import type { CompiledPolicy, ReplaceDeps, ReplaceResult } from '../../mailproxy/index.js';
+import { renderReplacement, scanAndReplace } from '../../mailproxy/index.js';
+import { readMessage, type MessageInput } from '../../mime/input.js';
+import { DotStuffer, LineReader, LineTooLong, MultilineDecoder, MultilineScanner, parseCommand, PeerClosed, ReadTimeout, responseKind } from './wire.js';
+
+/**
+ * One POP3 client session through the proxy: commands relayed one at a time (so responses stay in
+ * step), multi-line responses framed, RETR and TOP answers spooled, scanned and rewritten before
+ * the client gets a byte of them (src/mailproxy decides what is replaced). Policy comes in through
+ * `ctx`; nothing here decides what is infected.
+ */
+export interface Pop3Counters {
+  connections: number;
+  active: number;
+  /** RETR/TOP answers scanned. */
+  scanned: number;
+  /** Of those, rewritten (documents replaced). */
+  replaced: number;
+  /** Of those, with an engine error on a document. */
+  engineErrors: number;
+  /** Commands refused (command-acl, unknown, malformed, too long). */
+  refused: number;
+  /** Sessions ended because the upstream server failed (connect, timeout, close, garbage). */
+  upstreamFailures: number;
+}
+
+export interface Pop3Context {
+  config: Pop3ProxyConfig;
+  policy: CompiledPolicy;
+  /** The replacer's dependencies; `user` and `label` are set per message. */
+  replace: ReplaceDeps;
+  /** Is host:port (lower case) one a client may name with USER user@host? */
+  allowedUpstream(hostPort: string): boolean;
+  log: Logger;
+  counters: Pop3Counters;
+}
+
+/** The upstream server failed: the session ends with -ERR. */
+class UpstreamError extends Error {}
+
+/** Capabilities relayed from the server's CAPA; the rest (PIPELINING, STLS, UTF8, LANG ...) are things the proxy does not do. */
+const RELAYED_CAPABILITIES = new Set(['TOP', 'USER', 'SASL', 'RESP-CODES', 'AUTH-RESP-CODE', 'LOGIN-DELAY', 'EXPIRE', 'UIDL', 'IMPLEMENTATION']);
+/** Bounds of a CAPA answer kept to be filtered. */
+const MAX_CAPA_BYTES = 64 * 1024;
+/** Header fields the rewriter may change (a replaced body): never sent early by the keep-alive. */
+const CHANGEABLE_FIELD = /^(content-|mime-version\s*:)/i;
+
+const CRLF = Buffer.from('\r\n');
+
+/** `host:port` / `[v6]:port` / `host` (default port). */
+export function parseHostPort(text: string, defaultPort: number): { host: string; port: number } | null {
+  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9._-]+))(?::(\d{1,5}))?$/.exec(text);
+  if (!m) return null;
+  const port = m[3] === undefined ? defaultPort : Number(m[3]);
+  if (port < 1 || port > 65535) return null;
+  return { host: (m[1] ?? m[2]) as string, port };
+}
+
+/** Padding of `n` bytes: lines of blanks (each at most 78 bytes with CRLF); none when n < 2. */
+export function paddingLines(n: number): Buffer {
+  if (n < 2) return Buffer.alloc(0);
+  const parts: string[] = [];
+  let left = n;
+  while (left > 0) {
+    let take = Math.min(78, left);
+    if (left - take === 1) take -= 1; // never leave a single byte: a line needs two
+    parts.push(`${' '.repeat(take - 2)}\r\n`);
+    left -= take;
+  }
+  return Buffer.from(parts.join(''), 'latin1');
+}
+
+export class Pop3Session {
+  private readonly cr: LineReader;
+  private up: Socket | null = null;
+  private ur: LineReader | null = null;
+  private user: string | null = null;
+  private readonly abort = new AbortController();
+  private readonly clientAddress: string | null;
+  private readonly log: Logger;
+
+  constructor(
+    private readonly client: Socket,
+    private readonly ctx: Pop3Context,
+    id: number,
+  ) {
+    // Answers go out in several writes (status, body pieces, terminator): without NODELAY each
+    // small write after the first waits for the client's delayed ACK (~40 ms).
+    client.setNoDelay(true);
+    this.cr = new LineReader(client);
+    this.clientAddress = client.remoteAddress ?? null;
+    this.log = ctx.log.child({ session: id });
+    client.once('close', () => this.abort.abort(new PeerClosed('client closed the connection')));
+  }
+
+  private get cfg(): Pop3ProxyConfig {
+    return this.ctx.config;
+  }
+
+  async run(): Promise<void> {
+    try {
+      if (this.cfg.upstream !== null) {
+        const target = parseHostPort(this.cfg.upstream, 110) as { host: string; port: number };
+        const greeting = await this.connectUpstream(target.host, target.port);
+        // The server's own greeting: its APOP timestamp must reach the client.
+        await this.send(Buffer.concat([greeting, CRLF]));
+      } else {
+        await this.sendLine('+OK avgate POP3 proxy ready (log in as USER name@server)');
+      }
+      for (;;) {
+        let line: Buffer | null;
+        try {
+          line = await this.cr.readLine(this.cfg['max-line-length'], this.cfg.timeouts.idle);
+        } catch (err) {
+          if (err instanceof LineTooLong) {
+            this.ctx.counters.refused++;
+            await this.sendLine('-ERR command line too long');
+            continue;
+          }
+          throw err;
+        }
+        if (line === null) break;
+        const cmd = parseCommand(line);
+        if (!cmd) {
+          this.ctx.counters.refused++;
+          await this.sendLine('-ERR malformed command');
+          continue;
+        }
+        if (!(await this.command(cmd))) break;
+      }
+    } catch (err) {
+      if (err instanceof UpstreamError) {
+        this.ctx.counters.upstreamFailures++;
+        this.log.warn({ err: err.message }, 'pop3: upstream failed');
+        await this.sendLine(`-ERR ${err.message}`).catch(() => undefined);
+      } else if (err instanceof ReadTimeout) {
+        this.log.info('pop3: client idle, closing');
+        await this.sendLine('-ERR idle timeout, closing').catch(() => undefined);
+      } else if (!(err instanceof PeerClosed) && !this.client.destroyed) {
+        this.log.warn({ err: messageOf(err) }, 'pop3: session failed');
+        await this.sendLine('-ERR proxy error, closing').catch(() => undefined);
+      }
+    } finally {
+      this.up?.destroy();
+      this.client.end();
+      setTimeout(() => this.client.destroy(), 1000).unref();
+    }
+  }
+
+  private async connectUpstream(host: string, port: number): Promise<Buffer> {
+    const label = `pop3 upstream ${host}:${port}`;
+    let sock: Socket;
+    try {
+      sock = await connectWithTimeout({ host, port }, { timeoutMs: this.cfg.timeouts.connect, label, signal: this.abort.signal });
+    } catch (err) {
+      throw new UpstreamError(`cannot connect to the POP3 server: ${messageOf(err)}`);
+    }
+    sock.on('error', () => undefined); // reported through the reader
+    sock.setNoDelay(true);
+    this.up = sock;
+    this.ur = new LineReader(sock);
+    const greeting = await this.upLine();
+    if (responseKind(greeting) !== 'ok') throw new UpstreamError('the POP3 server did not greet with +OK');
+    return greeting;
+  }
+
+  /** One line of the server; its trouble becomes UpstreamError. */
+  private async upLine(): Promise<Buffer> {
+    try {
+      const line = await (this.ur as LineReader).readLine(this.cfg['max-line-length'], this.cfg.timeouts.upstream, this.abort.signal);
+      if (line === null) throw new UpstreamError('the POP3 server closed the connection');
+      return line;
+    } catch (err) {
+      if (err instanceof UpstreamError || this.abort.signal.aborted) throw err;
+      throw new UpstreamError(`POP3 server: ${err instanceof ReadTimeout ? 'no answer in time' : err instanceof LineTooLong ? 'response line too long' : messageOf(err)}`);
+    }
+  }
+
+  private async upSome(): Promise<Buffer> {
+    try {
+      return await (this.ur as LineReader).readSome(this.cfg.timeouts.upstream, this.abort.signal);
+    } catch (err) {
+      if (this.abort.signal.aborted) throw err;
+      throw new UpstreamError(`POP3 server: ${err instanceof ReadTimeout ? 'no data in time' : messageOf(err)}`);
+    }
+  }
+
+  /** Writes to the client, waiting for the socket to drain (backpressure). */
+  private async send(b: Buffer): Promise<void> {
+    if (this.client.destroyed) throw new PeerClosed('client gone');
+    if (!this.client.write(b)) {
+      await new Promise<void>((resolve, reject) => {
+        const done = () => {
+          this.client.off('drain', done);
+          this.client.off('close', gone);
+          resolve();
+        };
+        const gone = () => {
+          this.client.off('drain', done);
+          reject(new PeerClosed('client gone'));
+        };
+        this.client.once('drain', done);
+        this.client.once('close', gone);
+      });
+    }
+  }
+
+  private sendLine(text: string): Promise<void> {
+    return this.send(Buffer.from(`${text}\r\n`, 'latin1'));
+  }
+
+  private upWrite(text: string): void {
+    (this.up as Socket).write(`${text}\r\n`, 'latin1');
+  }
+
+  /** Sends a command upstream and relays its one-line answer; returns the answer's kind. */
+  private async relaySingle(raw: string): Promise<'ok' | 'err'> {
+    this.upWrite(raw);
+    const line = await this.upLine();
+    const kind = responseKind(line);
+    if (kind !== 'ok' && kind !== 'err') throw new UpstreamError('malformed response from the POP3 server');
+    await this.send(Buffer.concat([line, CRLF]));
+    return kind;
+  }
+
+  /** Relays the rest of a multi-line answer as it is (the status line is already sent). */
+  private async relayMultilineBody(): Promise<void> {
+    const scanner = new MultilineScanner();
+    while (!scanner.done) {
+      const chunk = await this.upSome();
+      const n = scanner.push(chunk);
+      await this.send(chunk.subarray(0, n));
+      if (n < chunk.length) (this.ur as LineReader).unshift(chunk.subarray(n));
+    }
+  }
+
+  /** Sends a command whose +OK answer is multi-line and relays all of it. */
+  private async relayMultiline(raw: string): Promise<void> {
+    this.upWrite(raw);
+    const status = await this.upLine();
+    const kind = responseKind(status);
+    if (kind !== 'ok' && kind !== 'err') throw new UpstreamError('malformed response from the POP3 server');
+    await this.send(Buffer.concat([status, CRLF]));
+    if (kind === 'ok') await this.relayMultilineBody();
+  }
+
+  /** Handles one command; false when the session ends (QUIT). */
+  private async command(cmd: { verb: string; args: string[]; raw: string }): Promise<boolean> {
+    const { verb, args } = cmd;
+    const decision = this.ctx.policy.command({ client: this.clientAddress, user: this.user, command: verb });
+    if (decision.action === 'deny' && verb !== 'QUIT') {
+      this.ctx.counters.refused++;
+      this.log.info({ command: verb, user: this.user, rule: decision.rule }, 'pop3: command refused by command-acl');
+      await this.sendLine('-ERR command refused by policy');
+      return true;
+    }
+    switch (verb) {
+      case 'QUIT':
+        if (this.up) await this.relaySingle('QUIT').catch(() => this.sendLine('+OK bye'));
+        else await this.sendLine('+OK bye');
+        return false;
+      case 'CAPA':
+        await this.capa();
+        return true;
+      case 'STLS':
+        await this.sendLine('-ERR STLS is not available through this proxy');
+        return true;
+      case 'USER':
+        await this.userCommand(args);
+        return true;
+      case 'APOP':
+      case 'AUTH':
+        if (!this.up) {
+          await this.sendLine(`-ERR ${verb} needs a fixed upstream server; log in with USER name@server`);
+          return true;
+        }
+        if (verb === 'APOP') {
+          if (args.length !== 2) return this.refuse('-ERR APOP takes a name and a digest');
+          this.user = loginName(args[0] as string);
+          await this.relaySingle(`APOP ${args.join(' ')}`);
+        } else {
+          await this.auth(args);
+        }
+        return true;
+      case 'RETR':
+      case 'TOP':
+        if (!this.up) return this.refuse('-ERR log in first (USER name@server)');
+        if (!validMessageArgs(verb, args)) return this.refuse(`-ERR ${verb} ${verb === 'TOP' ? 'msg n' : 'msg'}: bad arguments`);
+        if (decision.useAntivirus) await this.fetchScanned(verb, args);
+        else await this.relayMultiline(`${verb} ${args.join(' ')}`);
+        return true;
+      case 'LIST':
+      case 'UIDL':
+        if (!this.up) return this.refuse('-ERR log in first (USER name@server)');
+        if (args.length > 1 || (args.length === 1 && !/^\d{1,10}$/.test(args[0] as string))) return this.refuse(`-ERR ${verb}: bad arguments`);
+        if (args.length === 0) await this.relayMultiline(verb);
+        else await this.relaySingle(`${verb} ${args[0]}`);
+        return true;
+      case 'PASS':
+        if (!this.up) return this.refuse('-ERR USER first');
+        // The password may hold blanks: relayed as typed.
+        await this.relaySingle(cmd.raw.replace(/^\S+/, 'PASS'));
+        return true;
+      case 'STAT':
+      case 'NOOP':
+      case 'RSET':
+      case 'LAST':
+      case 'DELE':
+        if (!this.up) return this.refuse('-ERR log in first (USER name@server)');
+        if (verb === 'DELE' ? !(args.length === 1 && /^\d{1,10}$/.test(args[0] as string)) : args.length > 0) return this.refuse(`-ERR ${verb}: bad arguments`);
+        await this.relaySingle([verb, ...args].join(' '));
+        return true;
+      default:
+        // Unknown commands are not relayed: whether their answer is multi-line is unknown, and a
+        // wrong guess would put the session out of step.
+        return this.refuse('-ERR command not supported by the proxy');
+    }
+  }
+
+  private async refuse(text: string): Promise<true> {
+    this.ctx.counters.refused++;
+    await this.sendLine(text);
+    return true;
+  }
+
+  private async userCommand(args: string[]): Promise<void> {
+    if (args.length !== 1) {
+      await this.refuse('-ERR USER takes one name');
+      return;
+    }
+    const arg = args[0] as string;
+    if (this.up) {
+      this.user = loginName(arg);
+      await this.relaySingle(`USER ${arg}`);
+      return;
+    }
+    const at = arg.lastIndexOf('@');
+    const target = at > 0 ? parseHostPort(arg.slice(at + 1), this.cfg['upstream-port']) : null;
+    if (!target) {
+      await this.refuse('-ERR log in as USER name@server[:port]');
+      return;
+    }
+    const hostPort = `${target.host.toLowerCase()}:${target.port}`;
+    if (!this.ctx.allowedUpstream(hostPort)) {
+      this.log.info({ upstream: hostPort }, 'pop3: upstream not allowed');
+      await this.refuse(`-ERR server ${hostPort} is not allowed`);
+      return;
+    }
+    const name = arg.slice(0, at);
+    try {
+      await this.connectUpstream(target.host, target.port);
+    } catch (err) {
+      // The client may try another server: this session goes on.
+      (this.up as Socket | null)?.destroy();
+      this.up = null;
+      this.ur = null;
+      this.ctx.counters.upstreamFailures++;
+      this.log.warn({ upstream: hostPort, err: messageOf(err) }, 'pop3: upstream failed');
+      await this.sendLine(`-ERR ${messageOf(err)}`);
+      return;
+    }
+    this.user = loginName(name);
+    await this.relaySingle(`USER ${name}`);
+  }
+
+  /** SASL (RFC 5034): continuation lines relayed both ways until +OK or -ERR. */
+  private async auth(args: string[]): Promise<void> {
+    if (args.length === 0) {
+      // Some servers list their mechanisms as a multi-line answer.
+      await this.relayMultiline('AUTH');
+      return;
+    }
+    this.upWrite(`AUTH ${args.join(' ')}`);
+    for (let round = 0; round < 20; round++) {
+      const line = await this.upLine();
+      const kind = responseKind(line);
+      if (kind === null) throw new UpstreamError('malformed response from the POP3 server');
+      await this.send(Buffer.concat([line, CRLF]));
+      if (kind !== 'cont') return;
+      const answer = await this.cr.readLine(this.cfg['max-line-length'], this.cfg.timeouts.idle);
+      if (answer === null) throw new PeerClosed('client closed during AUTH');
+      this.upWrite(answer.toString('latin1'));
+    }
+    throw new UpstreamError('too many AUTH rounds');
+  }
+
+  private async capa(): Promise<void> {
+    if (!this.up) {
+      await this.send(Buffer.from('+OK capability list follows\r\nUSER\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nIMPLEMENTATION avgate\r\n.\r\n', 'latin1'));
+      return;
+    }
+    this.upWrite('CAPA');
+    const status = await this.upLine();
+    const kind = responseKind(status);
+    if (kind !== 'ok' && kind !== 'err') throw new UpstreamError('malformed response from the POP3 server');
+    if (kind === 'err') {
+      await this.send(Buffer.concat([status, CRLF]));
+      return;
+    }
+    const decoder = new MultilineDecoder();
+    const body: Buffer[] = [];
+    let size = 0;
+    while (!decoder.done) {
+      const { data, rest } = decoder.push(await this.upSome());
+      for (const d of data) {
+        size += d.length;
+        if (size <= MAX_CAPA_BYTES) body.push(d);
+      }
+      if (rest) (this.ur as LineReader).unshift(rest);
+    }
+    const lines = Buffer.concat(body)
+      .toString('latin1')
+      .split(/\r?\n/)
+      .filter((l) => RELAYED_CAPABILITIES.has((l.split(' ')[0] ?? '').toUpperCase()));
+    await this.send(Buffer.from([status.toString('latin1'), ...lines, '.', ''].join('\r\n'), 'latin1'));
+  }
+
+  /**
+   * RETR / TOP with antivirus: the answer is spooled (un-stuffed), scanned and rewritten, then
+   * sent re-stuffed. Nothing of it reaches the client before the verdict, except what the
+   * keep-alive sends (the status line and top header fields the rewrite never changes).
+   */
+  private async fetchScanned(verb: string, args: string[]): Promise<void> {
+    this.upWrite(`${verb} ${args.join(' ')}`);
+    const status = await this.upLine();
+    const kind = responseKind(status);
+    if (kind !== 'ok' && kind !== 'err') throw new UpstreamError('malformed response from the POP3 server');
+    if (kind === 'err') {
+      await this.send(Buffer.concat([status, CRLF]));
+      return;
+    }
+    const deps = this.ctx.replace;
+    const spool = new Spool(deps.spoolDir, deps.policy['spool-memory'], { hash: false });
+    let result: ReplaceResult | null = null;
+    const stuffer = new DotStuffer();
+    let early: KeepAlive | null = null;
+    try {
+      const { total, tooLarge } = await this.spoolBody(spool);
+      const label = `pop3 ${this.user ?? '-'} ${args[0]}`;
+      let output: MessageInput;
+      let size: number;
+      if (tooLarge) {
+        this.log.warn({ message: label, size: total, limit: deps.policy['max-message-size'] }, 'pop3: message over max-message-size, replaced unscanned');
+        output = await this.tooLargeNotice(spool, total);
+        size = output.length;
+        this.ctx.counters.scanned++;
+        this.ctx.counters.replaced++;
+      } else {
+        early = this.keepAlive(spool, stuffer);
+        result = await scanAndReplace(spool, { ...deps, user: this.user, label, ...(verb === 'TOP' ? { partial: true } : {}) }, this.abort.signal);
+        await early.stop();
+        this.ctx.counters.scanned++;
+        if (result.changed) this.ctx.counters.replaced++;
+        if (result.status === 'error') this.ctx.counters.engineErrors++;
+        output = result.output;
+        size = result.size;
+      }
+      // A message too large to scan is not padded: its notice stands for the whole of it.
+      const pad = verb === 'RETR' && !tooLarge && this.cfg['pad-to-listed-size'] && size < total ? paddingLines(total - size) : Buffer.alloc(0);
+      let skip = 0;
+      if (early && early.sentBytes >= 0) {
+        // The keep-alive already sent the status and some header lines: they must be the output's first bytes.
+        skip = early.sentBytes;
+        const head = early.sent();
+        const outHead = await headBytes(output, skip);
+        if (!outHead.equals(head)) {
+          this.log.error({ message: label }, 'pop3: early header lines differ from the rewritten message; closing');
+          this.client.destroy();
+          throw new PeerClosed('closed: early lines differ');
+        }
+      } else {
+        await this.send(Buffer.from(`${statusLine(status, size + pad.length)}\r\n`, 'latin1'));
+      }
+      let offset = 0;
+      for await (const chunk of readMessage(output)) {
+        let piece = chunk;
+        if (offset < skip) {
+          const drop = Math.min(skip - offset, piece.length);
+          offset += drop;
+          piece = piece.subarray(drop);
+          if (piece.length === 0) continue;
+        }
+        offset += piece.length;
+        for (const b of stuffer.push(piece)) await this.send(b);
+      }
+      if (pad.length > 0) for (const b of stuffer.push(pad)) await this.send(b);
+      await this.send(stuffer.end());
+    } catch (err) {
+      await early?.stop();
+      if (err instanceof UpstreamError || err instanceof PeerClosed || this.abort.signal.aborted) throw err;
+      this.log.error({ err: messageOf(err) }, 'pop3: scanning a message failed');
+      if (early && early.sentBytes >= 0) {
+        // Part of an answer is out: the only safe end is to cut the connection.
+        this.client.destroy();
+        throw new PeerClosed('closed after a failed scan');
+      }
+      await this.sendLine('-ERR the message could not be scanned');
+    } finally {
+      await result?.dispose();
+      await spool.dispose();
+    }
+  }
+
+  /** Reads the multi-line body into the spool (un-stuffed); past max-message-size the rest is read and dropped. */
+  private async spoolBody(spool: Spool): Promise<{ total: number; tooLarge: boolean }> {
+    const max = this.ctx.replace.policy['max-message-size'];
+    const decoder = new MultilineDecoder();
+    let total = 0;
+    let tooLarge = false;
+    while (!decoder.done) {
+      const { data, rest } = decoder.push(await this.upSome());
+      for (const d of data) {
+        const room = max - total;
+        total += d.length;
+        if (total > max) tooLarge = true;
+        // Up to the limit the bytes are kept (the header of a message too large to scan is reused).
+        if (room > 0) await spool.write(room >= d.length ? d : d.subarray(0, room));
+      }
+      if (rest) (this.ur as LineReader).unshift(rest);
+    }
+    await spool.end();
+    return { total, tooLarge };
+  }
+
+  /** The message in place of one over max-message-size: its top header fields and the notice. */
+  private async tooLargeNotice(spool: Spool, total: number): Promise<Buffer> {
+    const deps = this.ctx.replace;
+    const maxHead = deps.limits?.maxHeaderSize ?? 64 * 1024;
+    const head = (await spool.readRange(0, Math.min(spool.size, maxHead))).toString('latin1');
+    const end = head.search(/\r?\n\r?\n/);
+    const fields: string[] = [];
+    if (end >= 0) {
+      let keep = false;
+      for (const line of head.slice(0, end).split(/\r?\n/)) {
+        if (/^[ \t]/.test(line)) {
+          if (keep) fields.push(line);
+          continue;
+        }
+        keep = !CHANGEABLE_FIELD.test(line) && /^[!-9;-~]+[ \t]*:/.test(line);
+        if (keep) fields.push(line);
+      }
+    }
+    const text = renderReplacement(deps.replacement, {
+      virusNames: [],
+      filename: null,
+      status: 'skipped',
+      reason: `the message (${total} bytes) is larger than the scanning limit (${deps.policy['max-message-size']} bytes) and was not scanned`,
+      contentType: 'message/rfc822',
+      part: '',
+    });
+    return Buffer.from(
+      [...fields, 'MIME-Version: 1.0', 'Content-Type: text/plain; charset=utf-8', 'Content-Transfer-Encoding: 8bit', '', ...text.split(/\r?\n/)].join('\r\n').replace(/(\r\n)*$/, '\r\n'),
+      'utf8',
+    );
+  }
+
+  /**
+   * p3scan's keep-alive: once a scan has taken `after`, the status line and then one top header
+   * line every `interval` go out, so the client does not time out. Only fields the rewriter never
+   * changes are sent (none after the first Content-* or MIME-Version field), never body bytes.
+   */
+  private keepAlive(spool: Spool, stuffer: DotStuffer): KeepAlive {
+    const ka = this.cfg['keep-alive'];
+    const state: KeepAlive = { sentBytes: -1, sent: () => Buffer.alloc(0), stop: async () => undefined };
+    if (ka.after <= 0) return state;
+    const sentParts: Buffer[] = [];
+    let lines: Buffer[] | null = null;
+    let stopped = false;
+    let timer: NodeJS.Timeout | null = null;
+    const tick = async () => {
+      if (stopped) return;
+      if (lines === null) {
+        lines = await earlyLines(spool, ka['max-lines'], this.ctx.replace.limits?.maxHeaderSize ?? 64 * 1024);
+        if (stopped) return;
+        state.sentBytes = 0;
+        await this.send(Buffer.from('+OK message follows (scanned by avgate)\r\n', 'latin1'));
+      } else {
+        const next = lines.shift();
+        if (next) {
+          sentParts.push(next);
+          state.sentBytes += next.length;
+          for (const b of stuffer.push(next)) await this.send(b);
+        }
+      }
+      if (!stopped) schedule(ka.interval);
+    };
+    let running: Promise<void> = Promise.resolve();
+    const schedule = (ms: number) => {
+      timer = setTimeout(() => {
+        running = tick().catch(() => undefined);
+      }, ms);
+    };
+    schedule(ka.after);
+    state.stop = async () => {
+      stopped = true;
+      if (timer) clearTimeout(timer);
+      // A line being written finishes first: the answer goes on after it, never through it.
+      await running;
+    };
+    state.sent = () => Buffer.concat(sentParts);
+    return state;
+  }
+}
+
+interface KeepAlive {
+  /** Message bytes sent early (-1 = not even the status line). */
+  sentBytes: number;
+  sent(): Buffer;
+  /** Stops it; resolves once a line being written is out. */
+  stop(): Promise<void>;
+}
+
+/** Top header lines (with their line ends) before the first field the rewriter may change. */
+async function earlyLines(spool: Spool, max: number, maxHead: number): Promise<Buffer[]> {
+  const head = await spool.readRange(0, Math.min(spool.size, maxHead));
+  const out: Buffer[] = [];
+  let pos = 0;
+  while (out.length < max) {
+    const lf = head.indexOf(0x0a, pos);
+    if (lf < 0) break;
+    const line = head.subarray(pos, lf + 1);
+    const text = line.toString('latin1');
+    if (/^\r?\n$/.test(text)) break; // end of the header
+    if (CHANGEABLE_FIELD.test(text)) break;
+    if (pos === 0 && !/^[!-9;-~]+[ \t]*:/.test(text)) break; // not a header field at all
+    out.push(line);
+    pos = lf + 1;
+  }
+  // A field's continuation lines may follow the last one taken: drop back to a field start.
+  while (out.length > 0) {
+    const nextStart = out.reduce((n, b) => n + b.length, 0);
+    const following = head[nextStart];
+    if (following === 0x20 || following === 0x09) out.pop();
+    else break;
+  }
+  return out;
+}
+
+async function headBytes(input: MessageInput, n: number): Promise<Buffer> {
+  if (n === 0) return Buffer.alloc(0);
+  if (Buffer.isBuffer(input)) return input.subarray(0, n);
+  if (input instanceof Spool) return input.readRange(0, n);
+  const parts: Buffer[] = [];
+  let got = 0;
+  for await (const c of readMessage(input)) {
+    parts.push(c);
+    got += c.length;
+    if (got >= n) break;
+  }
+  return Buffer.concat(parts).subarray(0, n);
+}
+
+/** `+OK 1234 octets` gets the size actually sent; other status texts are kept. */
+function statusLine(status: Buffer, size: number): string {
+  const text = status.toString('latin1');
+  return /^\+OK \d+ octets\b/i.test(text) ? text.replace(/^\+OK \d+/i, `+OK ${size}`) : text;
+}
+
+/** The login name for ACLs: the part before @ of user@host. */
+function loginName(arg: string): string {
+  const at = arg.lastIndexOf('@');
+  return at > 0 ? arg.slice(0, at) : arg;
+}
+
+function validMessageArgs(verb: string, args: string[]): boolean {
+  const n = (s: string | undefined) => s !== undefined && /^\d{1,10}$/.test(s);
+  return verb === 'TOP' ? args.length === 2 && n(args[0]) && n(args[1]) : args.length === 1 && n(args[0]);
+}

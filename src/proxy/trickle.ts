@@ -1,0 +1,214 @@
+import type { TrickleConfig } from '../config/proxy-schema.js';
+import type { Spool } from '../core/spool.js';
+
+/**
+ * Trickling, protocol-neutral (HTTP responses, the FTP data channel). A body is received into a
+ * Spool while it is scanned; the client would otherwise wait in silence for the whole transfer and
+ * scan, and give up. So, once the scan has taken `interval`, a `chunk` of the body is sent every
+ * `interval`, never more than `limit` in all and never the last `keep-back` bytes (Kernun's
+ * interval/chunk/limit, HAVP's keep-back). When the verdict blocks after bytes went out the caller
+ * aborts the connection: the client holds an incomplete object, never the whole infected file.
+ */
+
+/** How much is sent per write while passing a body on (after a pass verdict). */
+const PIECE = 256 * 1024;
+
+/**
+ * A Spool being filled, with notice of progress: the receiving side writes, ends or fails it; the
+ * trickle reads from it while it grows.
+ */
+export class SpoolFeed {
+  private waiters: Array<() => void> = [];
+  private _size = 0;
+  private _complete = false;
+  private _error: unknown = null;
+  private _failed = false;
+  /** Settles (never rejects) when the body is complete or failed. */
+  readonly settled: Promise<void>;
+  private settle!: () => void;
+
+  constructor(readonly spool: Spool) {
+    this.settled = new Promise((resolve) => (this.settle = resolve));
+  }
+
+  /** Bytes received and readable from the spool (writes completed). */
+  get size(): number {
+    return this._size;
+  }
+
+  get complete(): boolean {
+    return this._complete;
+  }
+
+  get failed(): boolean {
+    return this._failed;
+  }
+
+  get error(): unknown {
+    return this._error;
+  }
+
+  async write(chunk: Buffer): Promise<void> {
+    await this.spool.write(chunk);
+    // Counted only now: while a write moves the spool from memory to its file, the bytes are in
+    // neither place a reader could see.
+    this._size += chunk.length;
+    this.wake();
+  }
+
+  /** The whole body is in the spool. */
+  async end(): Promise<void> {
+    await this.spool.end();
+    this._complete = true;
+    this.settle();
+    this.wake();
+  }
+
+  /** Receiving broke (upstream reset, timeout, limit). */
+  fail(err: unknown): void {
+    if (this._complete || this._failed) return;
+    this._failed = true;
+    this._error = err;
+    this.settle();
+    this.wake();
+  }
+
+  /** Resolves at the next write, end or failure. */
+  changed(): Promise<void> {
+    if (this._complete || this._failed) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+}
+
+/** Where the body goes (an HTTP response, an FTP data connection). */
+export interface TrickleSink {
+  /** Called once, before the first body byte (or at a pass with an empty body): send the head. */
+  begin(): void | Promise<void>;
+  /** Writes a piece; resolves when the receiver can take more (backpressure); rejects when it is gone. */
+  write(chunk: Buffer): Promise<void>;
+}
+
+export interface TrickleOptions {
+  feed: SpoolFeed;
+  /** The policy's answer for the whole body; a rejection counts as block (fail closed). */
+  decision: Promise<'pass' | 'block'>;
+  /** null = hold everything until the verdict. */
+  params: TrickleConfig | null;
+  /** The body's final size when announced (Content-Length), for `limit: N%` and keep-back. */
+  totalSize: number | null;
+  sink: TrickleSink;
+  /** The client went away or the transfer is given up. */
+  signal?: AbortSignal;
+}
+
+export type TrickleOutcome =
+  /** The verdict passed and the whole body was sent (the caller ends the response). */
+  | { kind: 'passed'; sent: number }
+  /** The verdict blocked before any byte was sent: the client can get the block page. */
+  | { kind: 'blocked'; sent: 0 }
+  /** The verdict blocked after bytes were sent: the caller must abort the connection. */
+  | { kind: 'aborted'; sent: number }
+  /** Receiving or sending failed, or the signal fired; `sent` bytes went out. */
+  | { kind: 'failed'; sent: number; error: unknown };
+
+/**
+ * Most bytes that may have been sent before the verdict, given what has arrived: at most
+ * `limit` (a size, or a share of the announced size, else of what arrived), and never the
+ * last `keep-back` bytes (of the announced size, else of what arrived, which is always safe).
+ */
+export function trickleCap(p: TrickleConfig, received: number, totalSize: number | null): number {
+  const base = totalSize ?? received;
+  const limit = p.limit.kind === 'bytes' ? p.limit.value : Math.floor((base * p.limit.value) / 100);
+  return Math.max(0, Math.min(received, base - p['keep-back'], limit));
+}
+
+/** Sends the body per the trickle parameters and the verdict; see TrickleOutcome. */
+export async function trickle(o: TrickleOptions): Promise<TrickleOutcome> {
+  const { feed, sink, params } = o;
+  let sent = 0;
+  let begun = false;
+  let verdict: 'pass' | 'block' | null = null;
+  const verdictKnown = o.decision.then(
+    (v) => void (verdict = v),
+    () => void (verdict = 'block'),
+  );
+  let aborted = false;
+  const onAbort = () => void (aborted = true);
+  const abortedP = new Promise<void>((resolve) => {
+    if (!o.signal) return;
+    if (o.signal.aborted) {
+      onAbort();
+      resolve();
+      return;
+    }
+    o.signal.addEventListener('abort', () => (onAbort(), resolve()), { once: true });
+  });
+  const send = async (end: number): Promise<void> => {
+    if (!begun) {
+      begun = true;
+      await sink.begin();
+    }
+    while (sent < end) {
+      if (aborted) return;
+      const piece = await feed.spool.readRange(sent, Math.min(end, sent + PIECE));
+      if (piece.length === 0) {
+        // Not readable yet (the spool is moving to its file): let that I/O run, then retry. An
+        // await on a promise alone would loop in microtasks and starve the very I/O awaited.
+        await new Promise((resolve) => setImmediate(resolve));
+        continue;
+      }
+      // Count before writing: a block verdict during this write must abort, not page.
+      sent += piece.length;
+      await sink.write(piece);
+    }
+  };
+  const interval = params ? Math.max(1, params.interval) : 0;
+  let nextTick = Date.now() + interval;
+  try {
+    for (;;) {
+      if (aborted) return { kind: 'failed', sent, error: new Error('transfer abandoned') };
+      if (verdict === 'block') return sent === 0 ? { kind: 'blocked', sent: 0 } : { kind: 'aborted', sent };
+      if (feed.failed) return { kind: 'failed', sent, error: feed.error };
+      if (verdict === 'pass') {
+        if (sent < feed.size) {
+          await send(feed.size);
+          continue;
+        }
+        if (feed.complete) {
+          if (!begun) {
+            begun = true;
+            await sink.begin();
+          }
+          return { kind: 'passed', sent };
+        }
+        await Promise.race([feed.changed(), abortedP]);
+        continue;
+      }
+      // No verdict yet.
+      if (params && Date.now() >= nextTick) {
+        const cap = trickleCap(params, feed.size, feed.complete ? feed.size : o.totalSize);
+        const upTo = Math.min(cap, sent + params.chunk);
+        if (upTo > sent) await send(upTo);
+        nextTick = Math.max(nextTick + interval, Date.now() + 1);
+        continue;
+      }
+      let timer: NodeJS.Timeout | undefined;
+      // A complete body needs no watching; a receiving one may still fail.
+      const waits: Array<Promise<unknown>> = feed.complete ? [verdictKnown, abortedP] : [verdictKnown, feed.settled, abortedP];
+      if (params) waits.push(new Promise<void>((resolve) => (timer = setTimeout(resolve, Math.max(0, nextTick - Date.now())))));
+      try {
+        await Promise.race(waits);
+      } finally {
+        if (timer) clearTimeout(timer);
+      }
+    }
+  } catch (err) {
+    return { kind: 'failed', sent, error: err };
+  }
+}

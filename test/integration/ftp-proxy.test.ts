@@ -1,0 +1,381 @@
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { copyFile, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { connect } from 'node:net';
+import { after, before, describe, test } from 'node:test';
+import { eicarBytes } from '../../src/engines/clamd/testdb.js';
+import type { Serving } from '../../src/main.js';
+import { startAvgatePeer } from '../../tools/peers/avgate.js';
+import { startVsftpd, type Vsftpd } from '../../tools/peers/vsftpd.js';
+import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
+import { FtpControl, run } from '../helpers/ftp-control.js';
+
+const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+const CLAM_ZIP = '/usr/share/clamav-testfiles/clam.zip';
+
+describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
+  let clamd: TestClamd;
+  let vsftpd: Vsftpd;
+  let avgate: Serving;
+  let dir: string;
+  let stateDir: string;
+  let proxyPort: number;
+  /** USER for the proxy: anonymous@127.0.0.1:PORT (URL-encoded for curl). */
+  let userAtHost: string;
+  let curlBase: string;
+  const clean = randomBytes(3 * 1024 * 1024 + 17);
+  const eicarText = Buffer.concat([Buffer.from('some text before\n'), eicarBytes(), Buffer.from('\nand after\n')]);
+  const bigInfected = Buffer.concat([randomBytes(6 * 1024 * 1024), eicarBytes(), randomBytes(2 * 1024 * 1024)]);
+  const bigClean = randomBytes(8 * 1024 * 1024 + 5);
+  const heldInfected = Buffer.concat([randomBytes(1024 * 1024), eicarBytes(), randomBytes(1024 * 1024)]);
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'avgate-ftp-'));
+    stateDir = await mkdtemp(join(tmpdir(), 'avgate-ftp-state-'));
+    clamd = await startTestClamd();
+    vsftpd = await startVsftpd({ dir });
+    await writeFile(join(vsftpd.root, 'clean.bin'), clean, { mode: 0o644 });
+    await writeFile(join(vsftpd.root, 'eicar.txt'), eicarText, { mode: 0o644 });
+    await copyFile(CLAM_ZIP, join(vsftpd.root, 'clam.zip'));
+    await import('node:fs/promises').then((fs) => fs.chmod(join(vsftpd.root, 'clam.zip'), 0o644));
+    await writeFile(join(dir, 'clean.bin'), clean);
+    await writeFile(join(dir, 'eicar.txt'), eicarText);
+    await writeFile(join(vsftpd.root, 'big-infected.bin'), bigInfected, { mode: 0o644 });
+    await writeFile(join(vsftpd.root, 'big-clean.bin'), bigClean, { mode: 0o644 });
+    await writeFile(join(vsftpd.root, 'held-infected.bin'), heldInfected, { mode: 0o644 });
+    await writeFile(join(vsftpd.root, 'held-clean.bin'), clean.subarray(0, 100_000), { mode: 0o644 });
+    await writeFile(join(vsftpd.root, 'lines.txt'), 'one\ntwo\n', { mode: 0o644 });
+    avgate = await startAvgatePeer({
+      stateDir,
+      clamd,
+      // The delay engine: clamd's verdicts, 3 s late (test/fixtures/ftp-delay-engine.ts).
+      extraEngines: [
+        'delay:',
+        '  type: plugin',
+        `  module: ${fileURLToPath(new URL('../fixtures/ftp-delay-engine.ts', import.meta.url))}`,
+        '  options:',
+        `    address: unix:${clamd.socketPath}`,
+        `    database-dir: ${clamd.dbDir}`,
+        '    delay-ms: 3000',
+      ].join('\n'),
+      ftpYaml: [
+        "allowed-upstreams: ['127.0.0.1:*']",
+        'access-log: ftp-access.log',
+        'quarantine: [found]',
+        'doc-acl:',
+        '  - name: trickled',
+        "    match: {url: 'ftp://*/big-*', methods: [RETR]}",
+        '    antivirus: [delay]',
+        '    trickle: {interval: 100ms, chunk: 256KiB, limit: 90%, keep-back: 1MiB}',
+        '  - name: held',
+        "    match: {url: 'ftp://*/held-*'}",
+        '    antivirus: [delay]',
+        '    trickle: null',
+        '  - name: default',
+      ].join('\n'),
+    });
+    proxyPort = avgate.ftpProxyPort as number;
+    userAtHost = `anonymous@127.0.0.1:${vsftpd.port}`;
+    curlBase = `ftp://${encodeURIComponent(userAtHost)}:x@127.0.0.1:${proxyPort}`;
+  });
+
+  after(async () => {
+    await avgate?.stop();
+    await vsftpd?.stop();
+    await clamd?.stop();
+    await rm(dir, { recursive: true, force: true });
+    await rm(stateDir, { recursive: true, force: true });
+  });
+
+  const uploaded = async () => (await readdir(vsftpd.uploadDir)).sort();
+
+  for (const mode of ['passive', 'active'] as const) {
+    const modeArgs = mode === 'active' ? ['-P', '127.0.0.1'] : [];
+
+    test(`curl ${mode}: RETR of a clean file is byte-identical`, async () => {
+      const out = join(dir, `got-${mode}.bin`);
+      const r = await run('curl', ['-sS', '--max-time', '60', ...modeArgs, '-o', out, `${curlBase}/clean.bin`]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(sha256(await readFile(out)), sha256(clean));
+    });
+
+    test(`curl ${mode}: RETR of EICAR and of clam.zip is refused, no complete file reaches the client`, async () => {
+      for (const [name, size] of [
+        ['eicar.txt', eicarText.length],
+        ['clam.zip', (await readFile(CLAM_ZIP)).length],
+      ] as const) {
+        const out = join(dir, `got-${mode}-${name}`);
+        const r = await run('curl', ['-sS', '--max-time', '60', ...modeArgs, '-o', out, `${curlBase}/${name}`]);
+        assert.notEqual(r.code, 0, `${name}: curl must fail`);
+        const got = await readFile(out).catch(() => Buffer.alloc(0));
+        assert.ok(got.length < size, `${name}: the client must not hold the whole file (${got.length} of ${size})`);
+      }
+    });
+
+    test(`curl ${mode}: STOR of a clean file arrives byte-identical on the server`, async () => {
+      const name = `clean-${mode}.bin`;
+      const r = await run('curl', ['-sS', '--max-time', '60', ...modeArgs, '-T', join(dir, 'clean.bin'), `${curlBase}/upload/${name}`]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(sha256(await readFile(join(vsftpd.uploadDir, name))), sha256(clean));
+    });
+
+    test(`curl ${mode}: STOR of EICAR and of clam.zip gets 550 and nothing is written on the server`, async () => {
+      for (const [src, name] of [
+        [join(dir, 'eicar.txt'), `eicar-${mode}.txt`],
+        [CLAM_ZIP, `clam-${mode}.zip`],
+      ] as const) {
+        const r = await run('curl', ['-v', '--max-time', '60', ...modeArgs, '-T', src, `${curlBase}/upload/${name}`]);
+        assert.notEqual(r.code, 0);
+        assert.match(r.stderr, /< 550 Upload refused: infected: \S+/, r.stderr.slice(-1500));
+        assert.ok(!(await uploaded()).includes(name), `${name} must not exist on the server`);
+      }
+    });
+  }
+
+  test('curl: REST (-C) resumes a download at the offset; LIST and NLST work', async () => {
+    const out = join(dir, 'resumed.bin');
+    await writeFile(out, clean.subarray(0, 1_000_000));
+    const r = await run('curl', ['-sS', '--max-time', '60', '-C', '-', '-o', out, `${curlBase}/clean.bin`]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(sha256(await readFile(out)), sha256(clean));
+    const list = await run('curl', ['-sS', '--max-time', '30', `${curlBase}/`]);
+    assert.equal(list.code, 0, list.stderr);
+    assert.match(list.stdout, /^-.*\bclean\.bin$/m, 'LIST gives long lines');
+    const nlst = await run('curl', ['-sS', '--max-time', '30', '--list-only', `${curlBase}/`]);
+    assert.equal(nlst.code, 0, nlst.stderr);
+    assert.deepEqual(nlst.stdout.split(/\r?\n/).filter(Boolean).sort(), ['big-clean.bin', 'big-infected.bin', 'clam.zip', 'clean.bin', 'eicar.txt', 'held-clean.bin', 'held-infected.bin', 'lines.txt', 'upload']);
+  });
+
+  test('lftp: get (passive and active) and put of clean files, ls; an infected get and put fail', async () => {
+    const lftp = (script: string) =>
+      run('lftp', ['-u', `${userAtHost},x`, '-p', String(proxyPort), '-e', `set ftp:ssl-allow no; set net:max-retries 1; set net:timeout 20; ${script}; bye`, '127.0.0.1'], 90_000);
+    const out = join(dir, 'lftp-got.bin');
+    const got = await lftp(`get clean.bin -o ${out}`);
+    assert.equal(got.code, 0, got.stderr);
+    assert.equal(sha256(await readFile(out)), sha256(clean));
+    const outActive = join(dir, 'lftp-got-active.bin');
+    const active = await lftp(`set ftp:passive-mode off; get clean.bin -o ${outActive}`);
+    assert.equal(active.code, 0, active.stderr);
+    assert.equal(sha256(await readFile(outActive)), sha256(clean), 'lftp in active mode (PORT)');
+    const put = await lftp(`put ${join(dir, 'clean.bin')} -o upload/lftp.bin`);
+    assert.equal(put.code, 0, put.stderr);
+    assert.equal(sha256(await readFile(join(vsftpd.uploadDir, 'lftp.bin'))), sha256(clean));
+    const ls = await lftp('cls -1');
+    assert.equal(ls.code, 0, ls.stderr);
+    assert.match(ls.stdout, /clean\.bin/);
+    const bad = await lftp(`get eicar.txt -o ${join(dir, 'lftp-eicar.txt')}`);
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /550|451|infected/i, bad.stderr);
+    const badPut = await lftp(`put ${join(dir, 'eicar.txt')} -o upload/lftp-eicar.txt`);
+    assert.notEqual(badPut.code, 0);
+    assert.ok(!(await uploaded()).includes('lftp-eicar.txt'));
+  });
+
+  test('bounce attempts (PORT/EPRT to another address or a privileged port) get 501; malformed commands 500/501; the session goes on', async () => {
+    const c = await FtpControl.open(proxyPort);
+    try {
+      assert.equal((await c.reply()).code, 220);
+      assert.equal((await c.command('NOOP')).code, 200);
+      assert.equal((await c.command('LIST')).code, 530, 'nothing but login before USER user@host');
+      assert.equal((await c.command('USER anonymous@nowhere.invalid:21')).code, 530, 'not in allowed-upstreams');
+      assert.equal((await c.command(`USER ${userAtHost}`)).code, 230);
+      for (const line of ['PORT 127,0,0,2,100,100', 'PORT 127,0,0,1,0,25', 'EPRT |1|127.0.0.2|40000|', 'EPRT |1|127.0.0.1|21|', 'PORT 10,0,0,1,100,100']) {
+        const r = await c.command(line);
+        assert.equal(r.code, 501, `${line}: ${r.lines.join(' ')}`);
+      }
+      for (const line of ['PORT 1,2,3', 'PORT 300,0,0,1,100,100', 'EPRT |9|x|1|', 'EPRT garbage', 'REST abc', 'EPSV 7']) {
+        assert.equal((await c.command(line)).code, 501, line);
+      }
+      assert.equal((await c.command('RETR clean.bin')).code, 425, 'a transfer without PORT/PASV first');
+      assert.equal((await c.command('\x01\x02 zz')).code, 500);
+      assert.equal((await c.command('X'.repeat(10_000))).code, 500, 'line over max-line-length');
+      assert.equal((await c.command('')).code, 500);
+      assert.equal((await c.command('MODE B')).code, 504);
+      assert.equal((await c.command('AUTH TLS')).code, 502);
+      const p = await c.command('PASV');
+      assert.equal(p.code, 227);
+      assert.match(p.lines[0] as string, /\(127,0,0,1,\d+,\d+\)/);
+      assert.equal((await c.command('NOOP')).code, 200, 'still alive');
+      assert.equal((await c.command('QUIT')).code, 221);
+    } finally {
+      c.close();
+    }
+  });
+
+  test('passive data port theft: a connection from another address is closed, the client\'s own one gets the file', async () => {
+    const c = await FtpControl.open(proxyPort);
+    try {
+      await c.reply();
+      assert.equal((await c.command(`USER ${userAtHost}`)).code, 230);
+      assert.equal((await c.command('TYPE I')).code, 200);
+      const p = await c.command('PASV');
+      const m = /\((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)/.exec(p.lines[0] as string);
+      assert.ok(m);
+      const port = Number(m[5]) * 256 + Number(m[6]);
+      const open = (localAddress: string) =>
+        new Promise<import('node:net').Socket>((resolve, reject) => {
+          const s = connect({ port, host: '127.0.0.1', localAddress }, () => resolve(s));
+          s.once('error', reject);
+        });
+      const thief = await open('127.0.0.2');
+      const thiefClosed = new Promise<number>((resolve) => {
+        let n = 0;
+        thief.on('data', (d: Buffer) => (n += d.length));
+        thief.on('error', () => undefined);
+        thief.once('close', () => resolve(n));
+      });
+      assert.equal(await thiefClosed, 0, 'the other address gets no byte and is closed');
+      const data = await open('127.0.0.1');
+      const chunks: Buffer[] = [];
+      data.on('data', (d: Buffer) => chunks.push(d));
+      const closed = new Promise((resolve) => data.once('close', resolve));
+      assert.equal((await c.command('RETR clean.bin')).code, 150);
+      assert.equal((await c.reply(30_000)).code, 226);
+      await closed;
+      assert.equal(sha256(Buffer.concat(chunks)), sha256(clean));
+    } finally {
+      c.close();
+    }
+  });
+
+  test('TYPE A and TYPE I: the server converts line ends in ASCII mode, the proxy passes bytes as they come', async () => {
+    const c = await FtpControl.open(proxyPort);
+    try {
+      await c.reply();
+      assert.equal((await c.command(`USER ${userAtHost}`)).code, 230);
+      const fetch = async () => {
+        const p = await c.command('EPSV');
+        const port = Number(/\(\|\|\|(\d+)\|\)/.exec(p.lines[0] as string)?.[1]);
+        const data = connect(port, '127.0.0.1');
+        const got: Buffer[] = [];
+        data.on('data', (d: Buffer) => got.push(d));
+        const closed = new Promise((resolve) => data.once('close', resolve));
+        assert.equal((await c.command('RETR lines.txt')).code, 150);
+        assert.equal((await c.reply(30_000)).code, 226);
+        await closed;
+        return Buffer.concat(got).toString('latin1');
+      };
+      assert.equal((await c.command('TYPE A')).code, 200);
+      assert.equal(await fetch(), 'one\r\ntwo\r\n');
+      assert.equal((await c.command('TYPE I')).code, 200);
+      assert.equal(await fetch(), 'one\ntwo\n');
+    } finally {
+      c.close();
+    }
+  });
+
+  test('trickle (doc-acl rule with a slow engine): an infected download is cut off after part of it was sent, 550 with the virus name', async (t) => {
+    const out = join(dir, 'big-infected.out');
+    const r = await run('curl', ['-v', '--max-time', '60', '-o', out, `${curlBase}/big-infected.bin`]);
+    assert.notEqual(r.code, 0, 'curl must fail');
+    const got = await readFile(out).catch(() => Buffer.alloc(0));
+    assert.ok(got.length > 0, 'bytes were trickled while the scan ran');
+    assert.ok(got.length <= bigInfected.length - 1024 * 1024, `the last keep-back bytes never left (${got.length} of ${bigInfected.length})`);
+    assert.deepEqual(got, bigInfected.subarray(0, got.length), 'what was sent is the start of the file');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const log = await readFile(join(stateDir, 'ftp-access.log'), 'utf8');
+    const m = / RETR "big-infected\.bin" 550 found (\d+) /.exec(log);
+    assert.ok(m, log);
+    assert.equal(Number(m[1]), got.length, 'the access log counts the bytes the client got');
+    t.diagnostic(`trickled ${got.length} of ${bigInfected.length} bytes before the verdict`);
+  });
+
+  test('trickle: a clean large file arrives whole through the slow engine', async () => {
+    const out = join(dir, 'big-clean.out');
+    const r = await run('curl', ['-sS', '--max-time', '60', '-P', '127.0.0.1', '-o', out, `${curlBase}/big-clean.bin`]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(sha256(await readFile(out)), sha256(bigClean));
+  });
+
+  test('held (rule with trickle null): an infected download sends no byte at all and gets 550', async () => {
+    const c = await FtpControl.open(proxyPort);
+    try {
+      await c.reply();
+      assert.equal((await c.command(`USER ${userAtHost}`)).code, 230);
+      assert.equal((await c.command('TYPE I')).code, 200);
+      const p = await c.command('EPSV');
+      const port = Number(/\(\|\|\|(\d+)\|\)/.exec(p.lines[0] as string)?.[1]);
+      const data = await new Promise<import('node:net').Socket>((resolve, reject) => {
+        const s = connect(port, '127.0.0.1', () => resolve(s));
+        s.once('error', reject);
+      });
+      const chunks: Buffer[] = [];
+      data.on('data', (d: Buffer) => chunks.push(d));
+      const closed = new Promise((resolve) => data.once('close', resolve));
+      assert.equal((await c.command('RETR held-infected.bin')).code, 150);
+      const final = await c.reply(30_000);
+      await closed;
+      assert.equal(final.code, 550);
+      assert.match(final.lines[0] as string, /^550 Transfer refused: infected: \S+/);
+      assert.equal(Buffer.concat(chunks).length, 0, 'no byte of a held file before the verdict');
+      assert.equal((await c.command('NOOP')).code, 200, 'the session goes on');
+    } finally {
+      c.close();
+    }
+  });
+
+  test('ABOR during a held transfer: 426 then 226, no byte sent; a command sent during a transfer is answered after it', async () => {
+    const c = await FtpControl.open(proxyPort);
+    try {
+      await c.reply();
+      assert.equal((await c.command(`USER ${userAtHost}`)).code, 230);
+      assert.equal((await c.command('TYPE I')).code, 200);
+      const epsv = async () => {
+        const p = await c.command('EPSV');
+        const port = Number(/\(\|\|\|(\d+)\|\)/.exec(p.lines[0] as string)?.[1]);
+        const data = connect(port, '127.0.0.1');
+        data.on('error', () => undefined);
+        const got: Buffer[] = [];
+        data.on('data', (d: Buffer) => got.push(d));
+        const closed = new Promise((resolve) => data.once('close', resolve));
+        return { got, closed };
+      };
+      let d = await epsv();
+      assert.equal((await c.command('RETR held-clean.bin')).code, 150);
+      c.send('\xff\xf4\xff\xf2ABOR\r\n');
+      assert.equal((await c.reply(30_000)).code, 426);
+      assert.equal((await c.reply()).code, 226);
+      await d.closed;
+      assert.equal(Buffer.concat(d.got).length, 0);
+      d = await epsv();
+      assert.equal((await c.command('RETR held-clean.bin')).code, 150);
+      c.send('NOOP\r\n');
+      assert.equal((await c.reply(30_000)).code, 226, 'the transfer ends first');
+      assert.equal((await c.reply()).code, 200, 'then the NOOP sent meanwhile is answered');
+      await d.closed;
+      assert.deepEqual(Buffer.concat(d.got), clean.subarray(0, 100_000));
+    } finally {
+      c.close();
+    }
+  });
+
+  test('counters, the access log and the quarantine record transfers and verdicts', async () => {
+    const ftp = avgate.ftp;
+    assert.ok(ftp);
+    assert.ok(ftp.counters.byVerdict.found >= 4, JSON.stringify(ftp.counters));
+    assert.ok(ftp.counters.byVerdict.free >= 4, JSON.stringify(ftp.counters));
+    // The access log is written asynchronously.
+    await new Promise((r) => setTimeout(r, 200));
+    const log = await readFile(join(stateDir, 'ftp-access.log'), 'utf8');
+    assert.match(log, / STOR "eicar-passive\.txt" 550 found \d+ \d+$/m);
+    assert.match(log, / RETR "clean\.bin" 226 free 3145745 \d+$/m);
+    const kept = await avgate.quarantine.list({ source: 'ftp' });
+    const up = kept.find((r) => r.url === 'ftp://127.0.0.1/upload/eicar-passive.txt');
+    assert.ok(up, JSON.stringify(kept.map((r) => r.url)));
+    assert.equal(up.action, 'block-upload');
+    assert.match(up.virusNames[0] ?? '', /\S/);
+    assert.ok(kept.some((r) => r.url === 'ftp://127.0.0.1/eicar.txt' && r.action === 'block'), 'blocked downloads are kept too');
+    assert.equal(ftp.counters.quarantined, kept.length);
+    const stats = avgate.stats;
+    assert.ok(stats);
+    stats.flush();
+    const bySource = stats.statusesBySource({ from: 0, to: Date.now() + 3_600_000 }).filter((r) => r.source === 'ftp');
+    assert.ok(bySource.some((r) => r.status === 'found' && r.count >= 4), JSON.stringify(bySource));
+    assert.ok(bySource.some((r) => r.status === 'free'), 'statistics carry the origin ftp');
+    const left = await readdir(join(stateDir, 'spool')).catch(() => [] as string[]);
+    assert.deepEqual(left, [], 'every spool file of every transfer was removed');
+  });
+});

@@ -1,0 +1,676 @@
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { promisify } from 'node:util';
+import fc from 'fast-check';
+import { imapProxySchema, type ImapProxyConfig } from '../../src/config/imap-schema.js';
+import { createLogger, silentLogger } from '../../src/core/logging.js';
+import { eicarBytes } from '../../src/engines/clamd/testdb.js';
+import { ImapProxyServer } from '../../src/protocols/imap/server.js';
+import type { Scanner } from '../../src/scan/scanner.js';
+import type { Dovecot } from '../../tools/peers/dovecot.js';
+import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
+import { startTestDovecot } from '../helpers/dovecot.js';
+import { closedPort, startFaultServer } from '../helpers/fault-server.js';
+import { freeLoopbackPort } from '../../src/core/net.js';
+import { fetchLiterals, ImapTestClient } from '../helpers/imap-client.js';
+import { mailWith } from '../helpers/mail.js';
+import { mailCorpus, partDigests, proxyScanner, type CorpusMessage } from '../helpers/mailproxy.js';
+
+const run = promisify(execFile);
+
+/** EICAR's text must never reach a client through the proxy. */
+const EICAR_MARK = 'EICAR-STANDARD-ANTIVIRUS-TEST-FILE';
+
+describe('imap proxy (Dovecot, clamd)', () => {
+  let dir: string;
+  let clamd: TestClamd;
+  let dovecot: Dovecot;
+  let scanner: Scanner;
+  const proxies: ImapProxyServer[] = [];
+  let port: number;
+  const corpus: CorpusMessage[] = mailCorpus('imap');
+
+  async function startProxy(over: Record<string, unknown>, withScanner: Scanner = scanner): Promise<{ proxy: ImapProxyServer; port: number }> {
+    const config: ImapProxyConfig = imapProxySchema.parse({ listen: '127.0.0.1:0', upstream: `127.0.0.1:${dovecot.imapPort}`, ...over });
+    const proxy = new ImapProxyServer(config, { stateDir: dir, scannerFor: () => ({ scanner: withScanner }), log: process.env.IMAP_DEBUG_LOG ? createLogger({ level: 'debug', file: process.env.IMAP_DEBUG_LOG }) : silentLogger() });
+    proxies.push(proxy);
+    return { proxy, port: (await proxy.listen()).port };
+  }
+
+  async function session(p = port): Promise<ImapTestClient> {
+    const { client, greeting } = await ImapTestClient.connect(p);
+    assert.match(greeting.text, /^\* OK/);
+    await client.login(dovecot.user, dovecot.password);
+    return client;
+  }
+
+  /** A FETCH straight from Dovecot (the reference for byte identity). */
+  async function direct(command: string, mailbox = 'INBOX'): Promise<Array<{ seq: number; item: string; data: Buffer }>> {
+    const c = await session(dovecot.imapPort);
+    try {
+      await c.command(`SELECT ${mailbox}`);
+      const r = await c.command(command);
+      assert.match(r.tagged, / OK/);
+      return fetchLiterals(r.untagged);
+    } finally {
+      c.close();
+    }
+  }
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'avgate-imap-'));
+    clamd = await startTestClamd();
+    dovecot = await startTestDovecot();
+    for (const m of corpus) {
+      await dovecot.deliver(dovecot.user, m.raw);
+      // Dovecot numbers new mail in directory order: let it take each one before the next, so
+      // sequence number i + 1 is corpus[i].
+      const c = await session(dovecot.imapPort);
+      await c.command('STATUS INBOX (MESSAGES)');
+      c.close();
+    }
+    scanner = proxyScanner(`unix:${clamd.socketPath}`, clamd.dbDir);
+    port = (await startProxy({})).port;
+  });
+
+  after(async () => {
+    for (const p of proxies) await p.close(100);
+    await scanner?.close();
+    await dovecot?.stop();
+    await clamd?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('greeting and CAPABILITY do not offer what the proxy cannot carry', async () => {
+    const c = await session();
+    try {
+      const r = await c.command('CAPABILITY');
+      const caps = r.untagged.find((u) => u.text.startsWith('* CAPABILITY'));
+      assert.ok(caps);
+      assert.match(caps.text, /IMAP4rev1/);
+      assert.doesNotMatch(caps.text, /STARTTLS|COMPRESS=|CATENATE/);
+      // COMPRESS asked anyway is refused, and the session goes on.
+      assert.match((await c.command('COMPRESS DEFLATE')).tagged, /^t\d+ NO /);
+      assert.match((await c.command('NOOP')).tagged, / OK/);
+    } finally {
+      c.close();
+    }
+  });
+
+  test('FETCH 1:* BODY[]: clean messages byte-identical, infected parts replaced, counts right', async () => {
+    const reference = await direct('FETCH 1:* BODY.PEEK[]');
+    const c = await session();
+    try {
+      await c.command('SELECT INBOX');
+      const r = await c.command('FETCH 1:* BODY.PEEK[]');
+      assert.match(r.tagged, / OK/);
+      const got = fetchLiterals(r.untagged);
+      assert.equal(got.length, corpus.length);
+      for (const [i, m] of corpus.entries()) {
+        const mine = got[i] as { item: string; data: Buffer };
+        const ref = reference[i] as { data: Buffer };
+        assert.equal(mine.item, 'BODY[]');
+        assert.ok(ref.data.equals(m.raw), `${m.name}: Dovecot stores the message as delivered`);
+        if (m.infected.length === 0) {
+          assert.ok(mine.data.equals(ref.data), `${m.name}: clean message byte-identical`);
+          continue;
+        }
+        assert.ok(!mine.data.includes(EICAR_MARK), `${m.name}: no EICAR left`);
+        const before = await partDigests(ref.data);
+        const afterParts = await partDigests(mine.data);
+        for (const p of before) {
+          const now = afterParts.find((q) => q.key === p.key);
+          if (m.infected.includes(p.key)) {
+            assert.ok(!now || now.sha256 !== p.sha256, `${m.name}: ${p.key} replaced`);
+          } else if (!m.infected.some((k) => p.key.includes(k)) && p.contentType !== 'message/rfc822') {
+            // Clean documents keep their decoded bytes (inside a replaced forwarded mail only the infected one changes).
+            if (now) assert.equal(now.sha256, p.sha256, `${m.name}: clean part ${p.key} unchanged`);
+          }
+        }
+        assert.match(mine.data.toString('utf8'), /replaced by avgate/);
+      }
+    } finally {
+      c.close();
+    }
+  });
+
+  test('UID FETCH of single parts (BODY.PEEK[2], BODY[3]) and RFC822 of the clean message', async () => {
+    const eicarSeq = corpus.findIndex((m) => m.name === 'eicar') + 1;
+    const cleanSeq = corpus.findIndex((m) => m.name === 'clean') + 1;
+    const ref = await direct(`FETCH ${eicarSeq} (BODY.PEEK[2] BODY.PEEK[3])`);
+    const refClean = await direct(`FETCH ${cleanSeq} RFC822`);
+    const c = await session();
+    try {
+      await c.command('SELECT INBOX');
+      const r = await c.command(`UID FETCH ${eicarSeq} (UID BODY.PEEK[2] BODY.PEEK[3])`);
+      assert.match(r.tagged, / OK/);
+      const parts = fetchLiterals(r.untagged);
+      const p2 = parts.find((p) => p.item === 'BODY[2]');
+      const p3 = parts.find((p) => p.item === 'BODY[3]');
+      assert.ok(p2 && p3);
+      // The EICAR attachment (base64 on the wire) is replaced by the notice, still base64.
+      const decoded = Buffer.from(p2.data.toString('latin1'), 'base64').toString('utf8');
+      assert.match(decoded, /replaced by avgate/);
+      assert.ok(!decoded.includes(EICAR_MARK));
+      assert.ok(p3.data.equals((ref.find((x) => x.item === 'BODY[3]') as { data: Buffer }).data), 'clean part byte-identical');
+      const rc = await c.command(`FETCH ${cleanSeq} RFC822`);
+      const lit = fetchLiterals(rc.untagged);
+      assert.equal(lit[0]?.item, 'RFC822');
+      assert.ok(lit[0]?.data.equals((refClean[0] as { data: Buffer }).data));
+    } finally {
+      c.close();
+    }
+  });
+
+  test('BODY[TEXT], BINARY[2] and a partial BODY[]<0.200> are scanned as documents', async () => {
+    const eicarSeq = corpus.findIndex((m) => m.name === 'eicar') + 1;
+    const cleanSeq = corpus.findIndex((m) => m.name === 'clean') + 1;
+    const ref = await direct(`FETCH ${eicarSeq} (BODY.PEEK[TEXT] BODY.PEEK[3])`);
+    const refPartial = await direct(`FETCH ${cleanSeq} BODY.PEEK[]<0.200>`);
+    const c = await session();
+    try {
+      await c.command('SELECT INBOX');
+      const r = await c.command(`FETCH ${eicarSeq} (BODY.PEEK[TEXT] BINARY.PEEK[2])`);
+      assert.match(r.tagged, / OK/);
+      const lits = fetchLiterals(r.untagged);
+      const text = lits.find((l) => l.item === 'BODY[TEXT]');
+      const bin = lits.find((l) => l.item === 'BINARY[2]');
+      assert.ok(text && bin, JSON.stringify(lits.map((l) => l.item)));
+      const refText = (ref.find((l) => l.item === 'BODY[TEXT]') as { data: Buffer }).data;
+      const eicarB64 = eicarBytes().toString('base64').slice(0, 40);
+      assert.ok(refText.includes(eicarB64));
+      assert.ok(!text.data.includes(eicarB64), 'the EICAR attachment is gone from BODY[TEXT]');
+      // The clean attachment's encoded bytes are still there, as they were.
+      const clean3 = (ref.find((l) => l.item === 'BODY[3]') as { data: Buffer }).data;
+      assert.ok(text.data.includes(clean3.subarray(0, clean3.length - 2)));
+      assert.match(text.data.toString('utf8'), /replaced by avgate/);
+      // BINARY[2] is the decoded attachment: replaced by the plain notice.
+      assert.ok(!bin.data.includes(EICAR_MARK));
+      assert.match(bin.data.toString('utf8'), /replaced by avgate/);
+      const p = await c.command(`FETCH ${cleanSeq} BODY.PEEK[]<0.200>`);
+      const [partial] = fetchLiterals(p.untagged);
+      assert.equal(partial?.item, 'BODY[]<0>');
+      assert.equal(partial.data.length, 200);
+      assert.ok(partial.data.equals((refPartial[0] as { data: Buffer }).data));
+    } finally {
+      c.close();
+    }
+  });
+
+  test('partial fetches: clean pieces cut anywhere pass unchanged, an infected piece is replaced', async () => {
+    const cleanSeq = corpus.findIndex((m) => m.name === 'clean') + 1;
+    const eicarSeq = corpus.findIndex((m) => m.name === 'eicar') + 1;
+    const items = `BODY.PEEK[]<0.2000> BODY.PEEK[]<1500.3001> BODY.PEEK[3]<0.1001>`;
+    const ref = await direct(`FETCH ${cleanSeq} (${items})`);
+    assert.equal(ref.length, 3);
+    const c = await session();
+    try {
+      await c.command('SELECT INBOX');
+      const r = await c.command(`FETCH ${cleanSeq} (${items})`);
+      const got = fetchLiterals(r.untagged);
+      assert.equal(got.length, 3);
+      for (const [i, g] of got.entries()) assert.ok(g.data.equals((ref[i] as { data: Buffer }).data), `${g.item} unchanged`);
+      const bad = await c.command(`FETCH ${eicarSeq} BODY.PEEK[2]<0.5000>`);
+      const [piece] = fetchLiterals(bad.untagged);
+      assert.equal(piece?.item, 'BODY[2]<0>');
+      assert.match(Buffer.from(piece.data.toString('latin1'), 'base64').toString('utf8'), /replaced by avgate/);
+    } finally {
+      c.close();
+    }
+  });
+
+  test('max-message-size: a larger fetched message is replaced by a notice unscanned', async () => {
+    const small = await startProxy({ 'max-message-size': '1KiB' });
+    const c = await session(small.port);
+    try {
+      await c.command('SELECT INBOX');
+      const seq = corpus.findIndex((m) => m.name === 'clean') + 1;
+      const r = await c.command(`FETCH ${seq} BODY.PEEK[]`);
+      const [lit] = fetchLiterals(r.untagged);
+      assert.match(lit?.data.toString('utf8') ?? '', /larger than max-message-size/);
+      assert.match(r.tagged, / OK/);
+    } finally {
+      c.close();
+    }
+  });
+
+  test('stop: an idle session gets * BYE', async () => {
+    const p = await startProxy({});
+    const c = await session(p.port);
+    await p.proxy.close(1000);
+    const bye = await c.next();
+    assert.match(bye.text, /^\* BYE /);
+    c.close();
+  });
+
+  test('pipelined commands: every command answered, infected content replaced, framing intact', async () => {
+    const c = await session();
+    try {
+      await c.command('SELECT INBOX');
+      c.send('p1 NOOP\r\np2 FETCH 1:* (UID BODY.PEEK[])\r\np3 UID FETCH 1:* (FLAGS)\r\np4 NOOP\r\n');
+      // Dovecot may finish pipelined commands out of order (NOOP waits for the FETCH): collect all four.
+      const tagged = new Map<string, string>();
+      const untagged = [];
+      while (tagged.size < 4) {
+        const r = await c.next();
+        const m = /^(p\d) /.exec(r.text);
+        if (m) tagged.set(m[1] as string, r.text);
+        else untagged.push(r);
+      }
+      for (const t of ['p1', 'p2', 'p3', 'p4']) assert.match(tagged.get(t) ?? '', new RegExp(`^${t} OK`));
+      const lits = fetchLiterals(untagged);
+      assert.equal(lits.length, corpus.length);
+      for (const l of lits) assert.ok(!l.data.includes(EICAR_MARK));
+      assert.equal(untagged.filter((u) => /FLAGS \(/.test(u.text)).length, corpus.length);
+    } finally {
+      c.close();
+    }
+  });
+
+  test('command-acl: deny answers NO [NOPERM] (per login name); use-antivirus false relays unscanned', async () => {
+    const acl = await startProxy({
+      'command-acl': [
+        { name: 'no-expunge', match: { users: [dovecot.user], commands: ['EXPUNGE'] }, action: 'deny' },
+        { name: 'raw-fetch', match: { commands: ['FETCH'] }, 'use-antivirus': false },
+      ],
+    });
+    const eicarSeq = corpus.findIndex((m) => m.name === 'eicar') + 1;
+    const ref = await direct(`FETCH ${eicarSeq} BODY.PEEK[]`);
+    const c = await session(acl.port);
+    try {
+      await c.command('SELECT INBOX');
+      assert.match((await c.command('EXPUNGE')).tagged, /^t\d+ NO \[NOPERM\]/);
+      const r = await c.command(`UID FETCH ${eicarSeq} BODY.PEEK[]`);
+      const [lit] = fetchLiterals(r.untagged);
+      assert.ok(lit?.data.equals((ref[0] as { data: Buffer }).data), 'relayed as it is');
+    } finally {
+      c.close();
+    }
+  });
+
+  test('max-connections: one session more gets * BYE at once', async () => {
+    const one = await startProxy({ 'max-connections': 1 });
+    const c = await session(one.port);
+    try {
+      const { client, greeting } = await ImapTestClient.connect(one.port);
+      assert.match(greeting.text, /^\* BYE \[UNAVAILABLE\]/);
+      client.close();
+      assert.match((await c.command('NOOP')).tagged, / OK/);
+    } finally {
+      c.close();
+    }
+  });
+
+  test('curl imap:// through the proxy: clean message identical, infected one rewritten', async () => {
+    const cleanUid = corpus.findIndex((m) => m.name === 'clean') + 1;
+    const eicarUid = corpus.findIndex((m) => m.name === 'nested') + 1;
+    const auth = `${dovecot.user}:${dovecot.password}`;
+    const curl = async (p: number, uid: number) => (await run('curl', ['-sS', '--max-time', '60', `imap://127.0.0.1:${p}/INBOX;UID=${uid}`, '-u', auth], { encoding: 'buffer', maxBuffer: 16 << 20 })).stdout;
+    const cleanDirect = await curl(dovecot.imapPort, cleanUid);
+    const cleanProxied = await curl(port, cleanUid);
+    assert.ok(cleanDirect.length > 100, `direct curl gave ${cleanDirect.length} bytes`);
+    assert.equal(cleanProxied.toString('latin1'), cleanDirect.toString('latin1'));
+    const infectedDirect = await curl(dovecot.imapPort, eicarUid);
+    const infectedProxied = await curl(port, eicarUid);
+    assert.ok(infectedDirect.includes('Content-Type: message/rfc822'), 'direct curl gets the forwarded mail');
+    assert.ok(!infectedProxied.includes(EICAR_MARK));
+    assert.match(infectedProxied.toString('utf8'), /replaced by avgate/);
+    assert.match(infectedProxied.toString('utf8'), /see attached/, 'the clean text part is still there');
+  });
+
+  test('APPEND: infected refused with NO (nothing reaches Dovecot), clean one lands byte-identical', async () => {
+    const newDir = join(dovecot.maildir(dovecot.user), '.Uploads');
+    const c = await session();
+    try {
+      assert.match((await c.command('CREATE Uploads')).tagged, / OK/);
+      const infected = mailWith('up-bad', [{ name: 'e.com', type: 'application/octet-stream', data: eicarBytes() }]);
+      const sync = await c.append('Uploads', infected);
+      assert.equal(sync.continued, true, 'the proxy asked for the literal');
+      assert.match(sync.tagged, /^t\d+ NO \[CANNOT\] .*virus/i);
+      const plus = await c.append('Uploads', infected, { plus: true });
+      assert.match(plus.tagged, /^t\d+ NO /);
+      const st = await c.command('STATUS Uploads (MESSAGES)');
+      assert.match(st.untagged.map((u) => u.text).join('\n'), /MESSAGES 0/);
+      const clean = mailWith('up-good', [{ name: 'ok.txt', type: 'text/plain', data: Buffer.from('harmless\r\n') }]);
+      const ok = await c.append('Uploads', clean);
+      assert.match(ok.tagged, /^t\d+ OK/);
+      const ok2 = await c.append('Uploads', clean, { plus: true });
+      assert.match(ok2.tagged, /^t\d+ OK/);
+    } finally {
+      c.close();
+    }
+    // Checked at Dovecot directly: exactly the two clean messages, byte-identical.
+    const expected = mailWith('up-good', [{ name: 'ok.txt', type: 'text/plain', data: Buffer.from('harmless\r\n') }]);
+    const ref = await direct('FETCH 1:* BODY.PEEK[]', 'Uploads');
+    assert.equal(ref.length, 2);
+    for (const r of ref) assert.ok(r.data.equals(expected));
+    const onDisk: Buffer[] = [];
+    for (const sub of ['new', 'cur']) {
+      for (const f of await readdir(join(newDir, sub)).catch(() => [] as string[])) onDisk.push(await readFile(join(newDir, sub, f)));
+    }
+    assert.equal(onDisk.length, 2);
+    for (const d of onDisk) assert.ok(!d.includes(EICAR_MARK));
+  });
+
+  test('curl upload (APPEND) through the proxy: infected refused, clean stored', async () => {
+    const auth = `${dovecot.user}:${dovecot.password}`;
+    // curl wants to know the size before APPEND: a file (temporary, removed at once).
+    const upload = async (message: Buffer) => {
+      const file = join(dir, `upload-${Date.now()}.eml`);
+      await writeFile(file, message, { mode: 0o600 });
+      try {
+        return await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+          const child = spawn('curl', ['-sS', '--max-time', '60', '-T', file, `imap://127.0.0.1:${port}/CurlBox`, '-u', auth]);
+          let stderr = '';
+          child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+          child.on('close', (code) => resolve({ code, stderr }));
+        });
+      } finally {
+        await rm(file, { force: true });
+      }
+    };
+    const c = await session();
+    assert.match((await c.command('CREATE CurlBox')).tagged, / OK/);
+    c.close();
+    const bad = await upload(mailWith('curl-bad', [{ name: 'e.com', type: 'application/octet-stream', data: eicarBytes() }]));
+    assert.notEqual(bad.code, 0, 'curl reports the refused upload');
+    assert.match(bad.stderr, /APPEND|denied|refused|78|Upload failed/i);
+    const good = mailWith('curl-good', [{ name: 'g.txt', type: 'text/plain', data: Buffer.from('good\r\n') }]);
+    const ok = await upload(good);
+    assert.equal(ok.code, 0, ok.stderr);
+    const stored = await direct('FETCH 1:* BODY.PEEK[]', 'CurlBox');
+    assert.equal(stored.length, 1);
+    assert.ok(stored[0]?.data.equals(good));
+  });
+
+  test('APPEND over max-literal-size: NO [TOOBIG] before any byte, session goes on', async () => {
+    const small = await startProxy({ 'max-literal-size': '1KiB' });
+    const c = await session(small.port);
+    try {
+      const big = Buffer.alloc(4096, 0x61);
+      const r = await c.append('INBOX', big);
+      assert.equal(r.continued, false);
+      assert.match(r.tagged, /^t\d+ NO \[TOOBIG\]/);
+      const p = await c.append('INBOX', big, { plus: true });
+      assert.match(p.tagged, /^t\d+ NO \[TOOBIG\]/);
+      assert.match((await c.command('NOOP')).tagged, / OK/);
+    } finally {
+      c.close();
+    }
+  });
+
+  test('malformed client input: overlong line gets BAD, garbage is answered, no crash', async () => {
+    const strict = await startProxy({ 'max-line-length': '1KiB' });
+    const c = await session(strict.port);
+    try {
+      c.send(`t90 NOOP ${'x'.repeat(5000)}\r\n`);
+      const r = await c.next();
+      assert.match(r.text, /^t90 BAD /);
+      c.send('\x00\x01\x02 garbage {3}\r\nabc\r\n');
+      c.send('t91 NOOP\r\n');
+      const after = await c.until('t91');
+      assert.match(after.tagged, /^t91 OK/);
+      assert.equal(strict.proxy.openConnections, 1);
+    } finally {
+      c.close();
+    }
+  });
+
+  test('random client bytes (fast-check): the proxy answers or closes, and keeps serving', async () => {
+    const sample = fc.sample(fc.uint8Array({ minLength: 1, maxLength: 3000 }), { numRuns: 12, seed: 7 });
+    for (const bytes of sample) {
+      const { client } = await ImapTestClient.connect(port);
+      client.send(Buffer.from(bytes));
+      client.send('\r\nz1 LOGOUT\r\n');
+      // Either LOGOUT is answered or the session is closed; never a hang or a crash.
+      await client.until('z1', 10_000).catch((err: Error) => assert.match(err.message, /closed/));
+      client.close();
+    }
+    const c = await session();
+    assert.match((await c.command('NOOP')).tagged, / OK/);
+    c.close();
+  });
+
+  test('synchronising literals of other commands pass through (LOGIN with literals, the server answers "+")', async () => {
+    const { client: c } = await ImapTestClient.connect(port);
+    try {
+      c.send(`l1 LOGIN {${dovecot.user.length}}\r\n`);
+      assert.match((await c.next()).text, /^\+/);
+      c.send(`${dovecot.user} {${dovecot.password.length}}\r\n`);
+      assert.match((await c.next()).text, /^\+/);
+      c.send(`${dovecot.password}\r\n`);
+      assert.match((await c.until('l1')).tagged, /^l1 OK/);
+      assert.match((await c.command('SELECT INBOX')).tagged, / OK/);
+    } finally {
+      c.close();
+    }
+  });
+
+  test('IDLE and DONE pass through', async () => {
+    const c = await session();
+    try {
+      await c.command('SELECT INBOX');
+      c.send('t50 IDLE\r\n');
+      const cont = await c.next();
+      assert.match(cont.text, /^\+ /);
+      c.send('DONE\r\n');
+      assert.match((await c.until('t50')).tagged, /^t50 OK/);
+    } finally {
+      c.close();
+    }
+  });
+
+  test('upstream down: the client gets * BYE, the proxy keeps serving', async () => {
+    const down = await startProxy({ upstream: `127.0.0.1:${await closedPort()}` });
+    const { client, greeting } = await ImapTestClient.connect(down.port);
+    assert.match(greeting.text, /^\* BYE /);
+    client.close();
+  });
+
+  test('malformed server: an overlong line or a broken literal ends the session with BYE, never a crash', async () => {
+    const fault = await startFaultServer((s) => {
+      s.write('* OK fake ready\r\n');
+      s.on('data', (d: Buffer) => {
+        const tag = d.toString('latin1').split(' ')[0];
+        if (d.includes('LOGIN')) s.write(`${tag} OK logged in\r\n`);
+        else if (d.includes('LONG')) s.write(`* ${'y'.repeat(5000)}\r\n`);
+        else if (d.includes('FETCH')) s.end(`* 1 FETCH (BODY[] {100}\r\nshort`);
+      });
+    });
+    try {
+      const f = await startProxy({ upstream: fault.address, 'max-line-length': '1KiB' });
+      const c1 = await session(f.port);
+      c1.send('t1 LONG\r\n');
+      const bye = await c1.next();
+      assert.match(bye.text, /^\* BYE /);
+      c1.close();
+      const c2 = await session(f.port);
+      c2.send('t1 FETCH 1 BODY[]\r\n');
+      await assert.rejects(c2.next(10_000), /closed/);
+      c2.close();
+      // The proxy still accepts sessions.
+      const c3 = await session(f.port);
+      c3.close();
+    } finally {
+      await fault.close();
+    }
+  });
+
+  test('engine down with on-error: pass: content is relayed unscanned (configured)', async () => {
+    const dead = proxyScanner(`127.0.0.1:${await closedPort()}`);
+    try {
+      const d = await startProxy({ 'on-error': 'pass' }, dead);
+      const cleanSeq = corpus.findIndex((m) => m.name === 'clean') + 1;
+      const ref = await direct(`FETCH ${cleanSeq} BODY.PEEK[]`);
+      const c = await session(d.port);
+      try {
+        await c.command('SELECT INBOX');
+        const r = await c.command(`FETCH ${cleanSeq} BODY.PEEK[]`);
+        const [lit] = fetchLiterals(r.untagged);
+        assert.ok(lit?.data.equals((ref[0] as { data: Buffer }).data));
+      } finally {
+        c.close();
+      }
+    } finally {
+      await dead.close();
+    }
+  });
+
+  test('a server that stops in the middle of a response: the session ends after timeouts.read', async () => {
+    const fault = await startFaultServer((s) => {
+      s.write('* OK fake ready\r\n');
+      s.on('data', (d: Buffer) => {
+        const tag = d.toString('latin1').split(' ')[0];
+        if (d.includes('LOGIN')) s.write(`${tag} OK logged in\r\n`);
+        else if (d.includes('FETCH')) s.write('* 1 FETCH (BODY[] {100}\r\nonly a few bytes'); // and silence
+      });
+    });
+    try {
+      const f = await startProxy({ upstream: fault.address, timeouts: { read: '300ms' } });
+      const c = await session(f.port);
+      c.send('t9 FETCH 1 BODY[]\r\n');
+      await assert.rejects(c.next(10_000), /closed/);
+      c.close();
+    } finally {
+      await fault.close();
+    }
+  });
+
+  test('engine down: fetched content is replaced by a could-not-be-scanned notice, nothing hangs', async () => {
+    const dead = proxyScanner(`127.0.0.1:${await closedPort()}`);
+    try {
+      const d = await startProxy({}, dead);
+      const c = await session(d.port);
+      try {
+        await c.command('SELECT INBOX');
+        const seq = corpus.findIndex((m) => m.name === 'eicar') + 1;
+        const r = await c.command(`FETCH ${seq} BODY.PEEK[]`);
+        assert.match(r.tagged, / OK/);
+        const [lit] = fetchLiterals(r.untagged);
+        assert.ok(lit);
+        assert.ok(!lit.data.includes(EICAR_MARK));
+        assert.match(lit.data.toString('utf8'), /could not be scanned/);
+      } finally {
+        c.close();
+      }
+    } finally {
+      await dead.close();
+    }
+  });
+});
+
+describe('imap proxy to a TLS upstream without LITERAL+ (Dovecot ssl, imap_capability)', () => {
+  let dir: string;
+  let clamd: TestClamd;
+  let dovecot: Dovecot;
+  let scanner: Scanner;
+  let tlsPort: number;
+  const proxies: ImapProxyServer[] = [];
+
+  async function startProxy(over: Record<string, unknown>): Promise<number> {
+    const config = imapProxySchema.parse({ listen: '127.0.0.1:0', upstream: `127.0.0.1:${dovecot.imapPort}`, 'tls-ca': join(dir, 'cert.pem'), ...over });
+    const proxy = new ImapProxyServer(config, { stateDir: dir, scannerFor: () => ({ scanner }), log: process.env.IMAP_DEBUG_LOG ? createLogger({ level: 'debug', file: process.env.IMAP_DEBUG_LOG }) : silentLogger() });
+    proxies.push(proxy);
+    return (await proxy.listen()).port;
+  }
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'avgate-imaptls-'));
+    // A self-signed certificate for 127.0.0.1, trusted by the proxy through tls-ca.
+    await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-days', '2', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost']);
+    tlsPort = await freeLoopbackPort();
+    clamd = await startTestClamd();
+    dovecot = await startTestDovecot({
+      extraConfig: [
+        'ssl = yes',
+        `ssl_cert = <${join(dir, 'cert.pem')}`,
+        `ssl_key = <${join(dir, 'key.pem')}`,
+        // No LITERAL+: the proxy must wait for "+" before each literal it forwards.
+        'imap_capability = IMAP4rev1 IDLE BINARY MULTIAPPEND UIDPLUS',
+        'service imap-login {',
+        '  inet_listener imaps {',
+        '    address = 127.0.0.1',
+        `    port = ${tlsPort}`,
+        '  }',
+        '}',
+      ].join('\n'),
+    });
+    await dovecot.deliver(dovecot.user, mailWith('tls-eicar', [{ name: 'e.com', type: 'application/octet-stream', data: eicarBytes() }]));
+    scanner = proxyScanner(`unix:${clamd.socketPath}`, clamd.dbDir);
+  });
+
+  after(async () => {
+    for (const p of proxies) await p.close(100);
+    await scanner?.close();
+    await dovecot?.stop();
+    await clamd?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('STARTTLS upstream (certificate checked): stale greeting capabilities dropped, FETCH scanned', async () => {
+    const port = await startProxy({ 'upstream-tls': 'starttls' });
+    const { client: c, greeting } = await ImapTestClient.connect(port);
+    try {
+      assert.match(greeting.text, /^\* OK /);
+      assert.doesNotMatch(greeting.text, /STARTTLS|CAPABILITY/);
+      await c.login(dovecot.user, dovecot.password);
+      const caps = await c.command('CAPABILITY');
+      assert.doesNotMatch(caps.untagged.map((u) => u.text).join(' '), /STARTTLS|LITERAL\+/);
+      await c.command('SELECT INBOX');
+      const r = await c.command('FETCH 1 BODY.PEEK[]');
+      const [lit] = fetchLiterals(r.untagged);
+      assert.ok(lit);
+      assert.ok(!lit.data.includes(EICAR_MARK));
+      assert.match(lit.data.toString('utf8'), /replaced by avgate/);
+    } finally {
+      c.close();
+    }
+  });
+
+  test('implicit TLS upstream: APPEND (client LITERAL+) forwarded with synchronising literals; MULTIAPPEND with one infected message stores nothing', async () => {
+    const port = await startProxy({ 'upstream-tls': 'tls', upstream: `127.0.0.1:${tlsPort}` });
+    const c = await session(port);
+    try {
+      assert.match((await c.command('CREATE Sync')).tagged, / OK/);
+      const clean = mailWith('tls-clean', [{ name: 'a.txt', type: 'text/plain', data: Buffer.from('fine\r\n') }]);
+      const bad = mailWith('tls-bad', [{ name: 'e.com', type: 'application/octet-stream', data: eicarBytes() }]);
+      assert.match((await c.append('Sync', clean, { plus: true })).tagged, /^t\d+ OK/);
+      const tag = c.nextTag();
+      c.send(Buffer.concat([Buffer.from(`${tag} APPEND Sync {${clean.length}+}\r\n`), clean, Buffer.from(` {${bad.length}+}\r\n`), bad, Buffer.from('\r\n')]));
+      assert.match((await c.until(tag)).tagged, new RegExp(`^${tag} NO `));
+      const two = c.nextTag();
+      c.send(Buffer.concat([Buffer.from(`${two} APPEND Sync (\\Seen) {${clean.length}+}\r\n`), clean, Buffer.from(` {${clean.length}+}\r\n`), clean, Buffer.from('\r\n')]));
+      assert.match((await c.until(two)).tagged, new RegExp(`^${two} OK`));
+    } finally {
+      c.close();
+    }
+    const direct = await session(dovecot.imapPort);
+    try {
+      await direct.command('SELECT Sync');
+      const r = await direct.command('FETCH 1:* BODY.PEEK[]');
+      const lits = fetchLiterals(r.untagged);
+      assert.equal(lits.length, 3, 'one single APPEND and one MULTIAPPEND of two; the infected MULTIAPPEND stored nothing');
+      for (const l of lits) assert.ok(l.data.equals(mailWith('tls-clean', [{ name: 'a.txt', type: 'text/plain', data: Buffer.from('fine\r\n') }])));
+    } finally {
+      direct.close();
+    }
+  });
+
+  test('an upstream certificate that is not trusted: * BYE, nothing relayed', async () => {
+    const port = await startProxy({ 'upstream-tls': 'tls', upstream: `127.0.0.1:${tlsPort}`, 'tls-ca': null });
+    const { client, greeting } = await ImapTestClient.connect(port);
+    assert.match(greeting.text, /^\* BYE /);
+    client.close();
+  });
+
+  async function session(port: number): Promise<ImapTestClient> {
+    const { client, greeting } = await ImapTestClient.connect(port);
+    assert.match(greeting.text, /^\* OK/);
+    await client.login(dovecot.user, dovecot.password);
+    return client;
+  }
+});

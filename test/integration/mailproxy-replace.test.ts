@@ -1,0 +1,195 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { silentLogger } from '../../src/core/logging.js';
+import { Spool } from '../../src/core/spool.js';
+import { loadReplacement, scanAndReplace, BUILT_IN_REPLACEMENT, type ReplaceDeps, type ReplaceResult } from '../../src/mailproxy/index.js';
+import type { MessageInput } from '../../src/mime/index.js';
+import type { Scanner } from '../../src/scan/scanner.js';
+import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
+import { closedPort } from '../helpers/fault-server.js';
+import { mailCorpus, partDigests, proxyPolicy, proxyScanner, sha256, type CorpusMessage } from '../helpers/mailproxy.js';
+
+async function bytesOf(out: MessageInput): Promise<Buffer> {
+  if (Buffer.isBuffer(out)) return out;
+  if (out instanceof Spool) return out.readRange(0, out.size);
+  throw new Error('unexpected output kind');
+}
+
+describe('mail proxy replacer (src/mailproxy) with a real clamd', () => {
+  let clamd: TestClamd;
+  let dir: string;
+  let scanner: Scanner;
+  let dead: Scanner;
+  const corpus = mailCorpus('r');
+  const msg = (name: string) => corpus.find((m) => m.name === name) as CorpusMessage;
+  const deps = (over: Partial<ReplaceDeps> = {}): ReplaceDeps => ({
+    scanner,
+    policy: proxyPolicy(),
+    replacement: BUILT_IN_REPLACEMENT,
+    spoolDir: join(dir, 'spool'),
+    log: silentLogger(),
+    origin: { source: 'pop3' },
+    ...over,
+  });
+  const results: ReplaceResult[] = [];
+  const run = async (input: MessageInput, d: ReplaceDeps = deps()) => {
+    const r = await scanAndReplace(input, d);
+    results.push(r);
+    return { r, out: await bytesOf(r.output) };
+  };
+
+  before(async () => {
+    clamd = await startTestClamd();
+    dir = await mkdtemp(join(tmpdir(), 'avgate-mailproxy-'));
+    scanner = proxyScanner(`unix:${clamd.socketPath}`, clamd.dbDir);
+    dead = proxyScanner(`127.0.0.1:${await closedPort()}`);
+  });
+  after(async () => {
+    for (const r of results) await r.dispose();
+    await scanner.close();
+    await dead.close();
+    await clamd.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('a clean message is returned as it was (same object, clean status)', async () => {
+    for (const name of ['clean', 'plain']) {
+      const m = msg(name);
+      const { r, out } = await run(m.raw);
+      assert.equal(r.changed, false, name);
+      assert.equal(r.status, 'clean');
+      assert.equal(r.output, m.raw);
+      assert.equal(sha256(out), sha256(m.raw));
+      assert.ok(r.documents.length > 0 && r.documents.every((d) => d.status === 'clean'));
+    }
+  });
+
+  for (const name of ['eicar', 'clamzip', 'nested']) {
+    test(`${name}: infected documents replaced by the notice, clean ones byte-identical, output walks again`, async () => {
+      const m = msg(name);
+      const { r, out } = await run(m.raw);
+      assert.equal(r.changed, true);
+      assert.equal(r.status, 'replaced');
+      assert.equal(r.size, out.length);
+      assert.deepEqual(
+        r.replaced.map((d) => d.filename),
+        m.infected,
+      );
+      for (const d of r.replaced) {
+        assert.equal(d.status, 'infected');
+        assert.ok(d.names.length > 0 && d.names.every((n) => n.endsWith('.UNOFFICIAL')), d.names.join());
+      }
+      const before = await partDigests(m.raw);
+      const after = await partDigests(out);
+      // Every clean document is still there with the same decoded bytes.
+      for (const p of before.filter((p) => !m.infected.includes(p.key))) {
+        assert.ok(after.some((q) => q.sha256 === p.sha256), `clean part ${p.key} changed`);
+      }
+      // The infected ones are gone; a notice naming the file stands in their place.
+      for (const bad of m.infected) {
+        const orig = before.find((p) => p.key === bad);
+        assert.ok(orig);
+        assert.ok(!after.some((q) => q.sha256 === orig.sha256), `${bad} still there`);
+        assert.ok(after.some((q) => q.text?.includes('replaced by avgate') && q.text.includes(bad) && q.text.includes('.UNOFFICIAL')), `no notice for ${bad}`);
+      }
+      // The rewritten message is clean for the scanner.
+      const again = await scanAndReplace(out, deps());
+      assert.equal(again.changed, false);
+      assert.equal(again.status, 'clean');
+    });
+  }
+
+  test('the message header and the bytes outside replaced parts are copied as they were', async () => {
+    const m = msg('eicar');
+    const { out } = await run(m.raw);
+    const head = (b: Buffer) => b.subarray(0, b.indexOf('\r\n\r\n') + 4);
+    assert.equal(head(out).toString('latin1'), head(m.raw).toString('latin1'));
+    // Everything before the infected part's header is byte-identical.
+    const cut = m.raw.indexOf('Content-Type: application/octet-stream; name="eicar.com"');
+    assert.ok(cut > 0);
+    assert.equal(sha256(out.subarray(0, cut)), sha256(m.raw.subarray(0, cut)));
+  });
+
+  test('a spooled input (memory and disk) gives the same output as a buffer', async () => {
+    const m = msg('nested');
+    const ref = (await run(m.raw)).out;
+    for (const limit of [1 << 20, 64]) {
+      const s = new Spool(join(dir, 'spool'), limit, { hash: false });
+      await s.write(m.raw);
+      await s.end();
+      const { out } = await run(s);
+      assert.equal(sha256(out), sha256(ref), `memory limit ${limit}`);
+      await s.dispose();
+    }
+  });
+
+  test('engine error: the document is replaced by an unscanned notice; on-error pass keeps it', async () => {
+    const m = msg('clean');
+    const { r, out } = await run(m.raw, deps({ scanner: dead }));
+    assert.equal(r.status, 'error');
+    assert.equal(r.changed, true);
+    assert.ok(r.replaced.length > 0 && r.replaced.every((d) => d.status === 'error'));
+    const after = await partDigests(out);
+    assert.ok(after.some((q) => q.text?.includes('could not be scanned')));
+    assert.ok(!after.some((q) => q.key === 'report.bin'));
+
+    const passed = await run(m.raw, deps({ scanner: dead, policy: proxyPolicy({ 'on-error': 'pass' }) }));
+    assert.equal(passed.r.status, 'error');
+    assert.equal(passed.r.changed, false);
+    assert.equal(sha256(passed.out), sha256(m.raw));
+  });
+
+  test('doc-acl: first match wins; docok for a file name keeps EICAR, replace-infected keeps unknown', async () => {
+    const m = msg('eicar');
+    const policy = proxyPolicy({
+      'doc-acl': [
+        { name: 'trusted', match: { filenames: ['*.com'] }, action: 'docok' },
+        { name: 'rest', action: 'replace-av-unknown' },
+      ],
+    });
+    const { r } = await run(m.raw, deps({ policy }));
+    assert.equal(r.changed, false);
+    assert.equal(r.documents.find((d) => d.filename === 'eicar.com')?.rule, 'trusted');
+    assert.equal(r.documents.find((d) => d.filename === 'eicar.com')?.status, 'infected');
+
+    // replace-infected leaves engine errors to on-error, and unknown/skipped alone.
+    const infectedOnly = proxyPolicy({ 'doc-acl': [{ name: 'only-infected', action: 'replace-infected' }], 'on-error': 'pass' });
+    const e = await run(msg('clean').raw, deps({ scanner: dead, policy: infectedOnly }));
+    assert.equal(e.r.changed, false);
+    const i = await run(m.raw, deps({ policy: infectedOnly }));
+    assert.deepEqual(
+      i.r.replaced.map((d) => d.filename),
+      ['eicar.com'],
+    );
+  });
+
+  test('mail-acl reject replaces the whole body; a non-matching rule accepts', async () => {
+    const m = msg('clean');
+    const policy = proxyPolicy({ 'mail-acl': [{ name: 'no-alice', match: { senders: ['^a@example\\.com$'] }, action: 'reject' }] });
+    const { r, out } = await run(m.raw, deps({ policy }));
+    assert.equal(r.changed, true);
+    assert.deepEqual(r.replaced, [{ path: '', filename: null, status: 'rejected', names: [] }]);
+    const docs = await partDigests(out);
+    assert.equal(docs.length, 1);
+    assert.match(docs[0]?.text ?? '', /refused by rule no-alice/);
+    const other = proxyPolicy({ 'mail-acl': [{ name: 'no-carol', match: { senders: ['carol@'] }, action: 'reject' }] });
+    assert.equal((await run(m.raw, deps({ policy: other }))).r.changed, false);
+  });
+
+  test('replacement file: macros filled in; a missing file fails at load with the key and path', async () => {
+    const file = join(dir, 'notice.txt');
+    await writeFile(file, 'REMOVED {{FILENAME}} [{{STATUS}}] {{VIRUS_NAMES}} part {{PART}} {{UNKNOWN}}\n');
+    const replacement = await loadReplacement(file, 'pop3-proxy.replacement');
+    const { out } = await run(msg('eicar').raw, deps({ replacement }));
+    const notice = (await partDigests(out)).find((p) => p.text?.startsWith('REMOVED'));
+    assert.match(notice?.text ?? '', /^REMOVED eicar\.com \[infected\] \S+\.UNOFFICIAL part 2 \{\{UNKNOWN\}\}/);
+    await assert.rejects(loadReplacement(join(dir, 'missing.txt'), 'pop3-proxy.replacement'), (err: Error & { code?: string }) => {
+      assert.equal(err.code, 'AVG_ERR_CONFIG');
+      assert.match(err.message, /pop3-proxy\.replacement: cannot read the replacement file .*missing\.txt/);
+      return true;
+    });
+  });
+});

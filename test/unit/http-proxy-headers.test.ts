@@ -1,0 +1,86 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import {
+  forwardHeaders,
+  parseConnectTarget,
+  parseProxyTarget,
+  requestHeadProblem,
+  responseHasNoBody,
+  viaLoops,
+} from '../../src/protocols/http-proxy/headers.js';
+
+test('requestHeadProblem: smuggling shapes are named, ordinary heads pass', () => {
+  const table: Array<[Array<[string, string]>, RegExp | null]> = [
+    [[['Host', 'x'], ['Content-Length', '5']], null],
+    [[['Host', 'x'], ['Transfer-Encoding', 'chunked']], null],
+    [[['Content-Length', '5'], ['content-length', '5']], /several Content-Length/],
+    [[['Content-Length', '5, 5']], /invalid Content-Length/],
+    [[['Content-Length', '-1']], /invalid Content-Length/],
+    [[['Content-Length', '5'], ['Transfer-Encoding', 'chunked']], /together/],
+    [[['Transfer-Encoding', 'gzip, chunked']], /unsupported Transfer-Encoding/],
+    [[['Transfer-Encoding', 'chunked'], ['Transfer-Encoding', 'chunked']], /several Transfer-Encoding/],
+    [[['Host', 'a'], ['Host', 'b']], /several Host/],
+    [[['X-A', 'a\r\nX-B: b']], /CR, LF or NUL/],
+    [[['X A', 'a']], /invalid header name/],
+  ];
+  for (const [pairs, want] of table) {
+    const got = requestHeadProblem(pairs);
+    if (want === null) assert.equal(got, null, JSON.stringify(pairs));
+    else assert.match(got ?? '', want, JSON.stringify(pairs));
+  }
+});
+
+test('forwardHeaders: hop-by-hop and Connection-listed headers dropped, Via appended to an existing one', () => {
+  const out = forwardHeaders(
+    [
+      ['Connection', 'keep-alive, X-Private'],
+      ['Keep-Alive', 'timeout=5'],
+      ['X-Private', 'secret'],
+      ['Proxy-Authorization', 'Basic x'],
+      ['Transfer-Encoding', 'chunked'],
+      ['Upgrade', 'h2c'],
+      ['Via', '1.1 first'],
+      ['Accept', '*/*'],
+      ['Host', 'old'],
+    ],
+    'avgate',
+    '1.1',
+    ['host'],
+  );
+  assert.deepEqual(out, [
+    ['Accept', '*/*'],
+    ['Via', '1.1 first, 1.1 avgate'],
+  ]);
+  assert.deepEqual(forwardHeaders([], 'avgate', '1.0'), [['Via', '1.0 avgate']]);
+});
+
+test('viaLoops: our own Via entry anywhere in the list', () => {
+  assert.equal(viaLoops([['Via', '1.1 a, 1.1 avgate (x)']], 'avgate'), true);
+  assert.equal(viaLoops([['Via', '1.1 avgate-parent']], 'avgate'), false);
+  assert.equal(viaLoops([], 'avgate'), false);
+});
+
+test('parseProxyTarget: absolute http:// URLs only', () => {
+  assert.deepEqual(parseProxyTarget('http://Example.COM:8080/a/b?c=d'), {
+    host: 'example.com',
+    port: 8080,
+    authority: 'example.com:8080',
+    path: '/a/b?c=d',
+    url: 'http://example.com:8080/a/b?c=d',
+  });
+  assert.equal(parseProxyTarget('http://[::1]/x')?.host, '::1');
+  assert.equal(parseProxyTarget('http://h/')?.port, 80);
+  for (const bad of ['/relative', 'https://h/', 'ftp://h/', 'http://u:p@h/', 'http:///x', 'http://h/a b', 'http://h/\r\n', 'http://a\\b/', 'http://%61/', 'http://h:/x', 'http://h:99999/']) {
+    assert.equal(parseProxyTarget(bad), null, bad);
+  }
+});
+
+test('parseConnectTarget and bodiless responses', () => {
+  assert.deepEqual(parseConnectTarget('example.com:443'), { host: 'example.com', port: 443 });
+  assert.deepEqual(parseConnectTarget('[::1]:8443'), { host: '::1', port: 8443 });
+  for (const bad of ['example.com', 'example.com:0', 'example.com:99999', 'a b:443', 'http://x:443']) assert.equal(parseConnectTarget(bad), null, bad);
+  assert.equal(responseHasNoBody('HEAD', 200), true);
+  assert.equal(responseHasNoBody('GET', 204), true);
+  assert.equal(responseHasNoBody('GET', 304), true);
+  assert.equal(responseHasNoBody('GET', 200), false);
+});

@@ -1,0 +1,176 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { trickleSchema, type TrickleConfig } from '../../src/config/proxy-schema.js';
+import { Spool } from '../../src/core/spool.js';
+import { SpoolFeed, trickle, trickleCap, type TrickleSink } from '../../src/proxy/trickle.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'avg-trickle-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+/** A sink recording what it got; `slow` makes each write wait (backpressure) and checks writes never overlap. */
+function recorder(slow = 0) {
+  const got: Buffer[] = [];
+  let begins = 0;
+  let inFlight = 0;
+  let overlap = false;
+  const waiters: Array<{ n: number; resolve: () => void }> = [];
+  const total = () => got.reduce((n, b) => n + b.length, 0);
+  const sink: TrickleSink = {
+    begin: () => void begins++,
+    write: async (chunk) => {
+      if (inFlight++ > 0) overlap = true;
+      got.push(Buffer.from(chunk));
+      if (slow) await new Promise((r) => setTimeout(r, slow));
+      inFlight--;
+      for (const w of [...waiters]) {
+        if (total() < w.n) continue;
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve();
+      }
+    },
+  };
+  return {
+    sink,
+    body: () => Buffer.concat(got),
+    begins: () => begins,
+    overlap: () => overlap,
+    /** Resolves once at least n bytes arrived. */
+    atLeast: (n: number) => new Promise<void>((resolve) => (total() >= n ? resolve() : waiters.push({ n, resolve }))),
+  };
+}
+
+function deferred<T>() {
+  let resolve!: (v: T) => void;
+  let reject!: (e: unknown) => void;
+  const promise = new Promise<T>((a, b) => ((resolve = a), (reject = b)));
+  return { promise, resolve, reject };
+}
+
+async function filledFeed(data: Buffer, memory = 1 << 20): Promise<SpoolFeed> {
+  const feed = new SpoolFeed(new Spool(dir, memory, { hash: false }));
+  for (let i = 0; i < data.length; i += 1000) await feed.write(data.subarray(i, i + 1000));
+  await feed.end();
+  return feed;
+}
+
+const body = (n: number) => Buffer.from(Array.from({ length: n }, (_, i) => i % 251));
+const params = (o: Record<string, unknown>): TrickleConfig => trickleSchema.parse(o);
+
+test('trickleCap: limit as bytes or share, keep-back of the announced or received size', () => {
+  const p = params({ limit: '50%', 'keep-back': 10 });
+  assert.equal(trickleCap(p, 100, 100), 50);
+  assert.equal(trickleCap(p, 30, 100), 30, 'never more than arrived');
+  assert.equal(trickleCap(p, 100, null), 50, 'share of what arrived when the size is unknown');
+  assert.equal(trickleCap(params({ limit: '95%', 'keep-back': 10 }), 100, 100), 90, 'keep-back wins over the limit');
+  assert.equal(trickleCap(params({ limit: 20, 'keep-back': 0 }), 100, null), 20);
+  assert.equal(trickleCap(params({ limit: '90%', 'keep-back': 1000 }), 100, 100), 0, 'a body under keep-back is never trickled');
+});
+
+test('no trickle: a pass sends the whole body once, byte-identical, head first', async () => {
+  const data = body(300_000);
+  const feed = await filledFeed(data, 64 * 1024); // on disk
+  const r = recorder();
+  const out = await trickle({ feed, decision: Promise.resolve('pass'), params: null, totalSize: data.length, sink: r.sink });
+  assert.deepEqual(out, { kind: 'passed', sent: data.length });
+  assert.equal(r.begins(), 1);
+  assert.ok(r.body().equals(data));
+  await feed.spool.dispose();
+});
+
+test('no trickle: a block sends nothing (block page possible); an engine failure (rejection) blocks', async () => {
+  for (const decision of [Promise.resolve('block' as const), Promise.reject(new Error('engine down'))]) {
+    const feed = await filledFeed(body(5000));
+    const r = recorder();
+    const out = await trickle({ feed, decision, params: null, totalSize: null, sink: r.sink });
+    assert.deepEqual(out, { kind: 'blocked', sent: 0 });
+    assert.equal(r.begins(), 0);
+    assert.equal(r.body().length, 0);
+    await feed.spool.dispose();
+  }
+});
+
+test('trickle: chunks go out before the verdict, within limit and keep-back; a late block aborts', async () => {
+  const data = body(100_000);
+  const feed = await filledFeed(data);
+  const r = recorder();
+  const d = deferred<'pass' | 'block'>();
+  const p = params({ interval: '5ms', chunk: 1000, limit: '50%', 'keep-back': 10_000 });
+  const run = trickle({ feed, decision: d.promise, params: p, totalSize: data.length, sink: r.sink });
+  await r.atLeast(3000); // three chunks at least
+  d.resolve('block');
+  const out = await run;
+  assert.equal(out.kind, 'aborted');
+  assert.ok(out.sent >= 3000 && out.sent <= 50_000, `sent ${out.sent}`);
+  assert.equal(r.body().length, out.sent);
+  assert.ok(r.body().equals(data.subarray(0, out.sent)), 'the sent bytes are the start of the body');
+  assert.equal(r.begins(), 1);
+  await feed.spool.dispose();
+});
+
+test('trickle: the limit is never passed however long the scan takes, then a pass sends the rest', async () => {
+  const data = body(20_000);
+  const feed = await filledFeed(data);
+  const r = recorder();
+  const d = deferred<'pass' | 'block'>();
+  const p = params({ interval: '1ms', chunk: 4000, limit: 6000, 'keep-back': 1000 });
+  const run = trickle({ feed, decision: d.promise, params: p, totalSize: null, sink: r.sink });
+  await r.atLeast(6000);
+  await new Promise((res) => setTimeout(res, 50)); // many more intervals
+  assert.equal(r.body().length, 6000, 'stops at limit');
+  d.resolve('pass');
+  const out = await run;
+  assert.deepEqual(out, { kind: 'passed', sent: data.length });
+  assert.ok(r.body().equals(data));
+  await feed.spool.dispose();
+});
+
+test('trickle: a body within keep-back is never trickled, so a block still gets the page', async () => {
+  const feed = await filledFeed(body(800));
+  const r = recorder();
+  const d = deferred<'pass' | 'block'>();
+  const run = trickle({ feed, decision: d.promise, params: params({ interval: '1ms', chunk: 100, 'keep-back': 1000 }), totalSize: 800, sink: r.sink });
+  await new Promise((res) => setTimeout(res, 40));
+  d.resolve('block');
+  assert.deepEqual(await run, { kind: 'blocked', sent: 0 });
+  assert.equal(r.begins(), 0);
+  await feed.spool.dispose();
+});
+
+test('trickle: a pass while the body still arrives streams it on, with backpressure (no overlapping writes)', async () => {
+  const data = body(600_000);
+  const feed = new SpoolFeed(new Spool(dir, 100_000, { hash: false }));
+  const r = recorder(1);
+  const run = trickle({ feed, decision: Promise.resolve('pass'), params: params({}), totalSize: null, sink: r.sink });
+  for (let i = 0; i < data.length; i += 50_000) {
+    await feed.write(data.subarray(i, i + 50_000));
+    await new Promise((res) => setImmediate(res));
+  }
+  await feed.end();
+  const out = await run;
+  assert.deepEqual(out, { kind: 'passed', sent: data.length });
+  assert.ok(r.body().equals(data));
+  assert.equal(r.overlap(), false);
+  await feed.spool.dispose();
+});
+
+test('trickle: receiving failure and an abandoned transfer end as failed', async () => {
+  const feed = new SpoolFeed(new Spool(dir, 1000, { hash: false }));
+  await feed.write(body(500));
+  const r = recorder();
+  const run = trickle({ feed, decision: new Promise(() => undefined), params: null, totalSize: null, sink: r.sink });
+  feed.fail(new Error('upstream reset'));
+  const out = await run;
+  assert.equal(out.kind, 'failed');
+  assert.match(String((out as { error: unknown }).error), /upstream reset/);
+
+  const feed2 = await filledFeed(body(500));
+  const ac = new AbortController();
+  const run2 = trickle({ feed: feed2, decision: new Promise(() => undefined), params: null, totalSize: null, sink: r.sink, signal: ac.signal });
+  ac.abort();
+  assert.equal((await run2).kind, 'failed');
+  await feed.spool.dispose();
+  await feed2.spool.dispose();
+});

@@ -1,0 +1,126 @@
+/**
+ * vsftpd 3.0 (Debian `vsftpd`) in the foreground (`background=NO`) with its own config file, on a
+ * free loopback port, serving anonymous FTP from a directory of its own: `root` (read-only, for
+ * downloads) with a writable `upload` folder (anonymous uploads, overwrite, append, REST). Used by
+ * the FTP proxy tests.
+ */
+import { chown, chmod, mkdir, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import { startPeer, tail, type PeerProcess } from './process.js';
+
+export interface VsftpdOptions {
+  /** Working directory (must exist): config, logs, the FTP root below it. */
+  dir: string;
+  startTimeoutMs?: number;
+}
+
+export interface Vsftpd extends PeerProcess {
+  /** The anonymous FTP root (chmod 0755, owned by root: vsftpd refuses a writable anonymous root). */
+  root: string;
+  /** `root/upload`, owned by the ftp user: anonymous uploads land here. */
+  uploadDir: string;
+  logTail(): string;
+}
+
+/** The uid/gid vsftpd's anonymous sessions run as (Debian's `ftp` user; see /etc/passwd). */
+async function ftpUser(): Promise<{ uid: number; gid: number } | null> {
+  const { readFile } = await import('node:fs/promises');
+  const line = (await readFile('/etc/passwd', 'utf8')).split('\n').find((l) => l.startsWith('ftp:'));
+  if (!line) return null;
+  const f = line.split(':');
+  return { uid: Number(f[2]), gid: Number(f[3]) };
+}
+
+/** True when a TCP connection on the port gets a `220` greeting. */
+export function greets(port: number, timeoutMs = 1000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(port, '127.0.0.1');
+    let got = '';
+    const done = (ok: boolean) => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve(ok);
+    };
+    const timer = setTimeout(() => done(false), timeoutMs);
+    s.on('error', () => done(false));
+    s.on('data', (d: Buffer) => {
+      got += d.toString('latin1');
+      if (got.includes('\n')) done(got.startsWith('220'));
+    });
+  });
+}
+
+function configText(dir: string, root: string, port: number): string {
+  // Passive ports right above the control port: free at the time with high probability, and the
+  // proxy only ever uses the server in passive mode.
+  const pasvMin = port < 60000 ? port + 1 : port - 200;
+  return [
+    'listen=YES',
+    'listen_ipv6=NO',
+    'listen_address=127.0.0.1',
+    `listen_port=${port}`,
+    'background=NO',
+    // Containers without the syscalls vsftpd's sandbox and network isolation need.
+    'seccomp_sandbox=NO',
+    'isolate_network=NO',
+    'isolate=NO',
+    `secure_chroot_dir=${join(dir, 'empty')}`,
+    'anonymous_enable=YES',
+    'local_enable=NO',
+    'no_anon_password=YES',
+    `anon_root=${root}`,
+    'write_enable=YES',
+    'anon_upload_enable=YES',
+    'anon_mkdir_write_enable=YES',
+    'anon_other_write_enable=YES',
+    'anon_umask=022',
+    // TYPE A converts line ends both ways (vsftpd's default is to ignore TYPE A).
+    'ascii_download_enable=YES',
+    'ascii_upload_enable=YES',
+    'pasv_enable=YES',
+    `pasv_min_port=${pasvMin}`,
+    `pasv_max_port=${pasvMin + 100}`,
+    'pasv_address=127.0.0.1',
+    'port_enable=YES',
+    'connect_from_port_20=NO',
+    'max_clients=50',
+    'idle_session_timeout=120',
+    'data_connection_timeout=60',
+    'xferlog_enable=YES',
+    `vsftpd_log_file=${join(dir, 'vsftpd.log')}`,
+    'log_ftp_protocol=YES',
+    'dual_log_enable=NO',
+    'use_localtime=NO',
+    'hide_ids=YES',
+    'ssl_enable=NO',
+    '',
+  ].join('\n');
+}
+
+/** Starts vsftpd in `dir` (which must exist); resolves once it greets with 220. */
+export async function startVsftpd(o: VsftpdOptions): Promise<Vsftpd> {
+  const root = join(o.dir, 'root');
+  const uploadDir = join(root, 'upload');
+  await mkdir(join(o.dir, 'empty'), { recursive: true, mode: 0o755 });
+  await mkdir(uploadDir, { recursive: true });
+  await chmod(o.dir, 0o755);
+  await chmod(root, 0o755);
+  await chmod(uploadDir, 0o755);
+  const ftp = await ftpUser();
+  if (ftp) await chown(uploadDir, ftp.uid, ftp.gid);
+  const confPath = join(o.dir, 'vsftpd.conf');
+  const outPath = join(o.dir, 'stdout.log');
+  const logTail = () => `${tail(outPath, 1500)}\n${tail(join(o.dir, 'vsftpd.log'), 1500)}`.trim();
+  const peer = await startPeer({
+    name: 'vsftpd',
+    command: 'vsftpd',
+    args: [confPath],
+    writeConfig: (port) => writeFile(confPath, configText(o.dir, root, port), { mode: 0o600 }),
+    ready: (port) => greets(port),
+    outPath,
+    diagnostics: logTail,
+    ...(o.startTimeoutMs ? { startTimeoutMs: o.startTimeoutMs } : {}),
+  });
+  return { ...peer, root, uploadDir, logTail };
+}
