@@ -1,6 +1,7 @@
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { VerdictCache } from './cache/verdict-cache.js';
+import { engineReferences } from './config/engine-refs.js';
 import type { Config, EngineConfig } from './config/schema.js';
 import { AvgateError, messageOf } from './core/errors.js';
 import type { Logger } from './core/logging.js';
@@ -93,13 +94,7 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
     }
   }
   const byId = new Map<string, ScannerEngine>();
-  const wanted = new Set<string>([
-    ...config.scan.engines,
-    ...Object.values(config.icap.services).flatMap((s) => s.engines ?? []),
-    ...(config['pop3-proxy'].antivirus ?? []),
-    ...config['http-proxy']['doc-acl'].flatMap((r) => (r.antivirus === null || r.antivirus === 'none' ? [] : r.antivirus)),
-    ...config['ftp-proxy']['doc-acl'].flatMap((r) => (r.antivirus === null || r.antivirus === 'none' ? [] : r.antivirus)),
-  ]);
+  const wanted = new Set<string>(engineReferences(config).flatMap((r) => r.ids));
   try {
     for (const id of wanted) {
       const ec = config.engines[id] as EngineConfig;

@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { isMap, isScalar, LineCounter, parseDocument, type Document } from 'yaml';
 import { AvgateError } from '../core/errors.js';
+import { engineReferences } from './engine-refs.js';
 import { configSchema, ENGINE_ID, type Config } from './schema.js';
 
 export interface LoadedConfig {
@@ -55,35 +56,12 @@ export function parseConfigText(text: string, label: string): Config {
   }
   const config = result.data;
   const problems: string[] = [];
-  for (const id of config.scan.engines) {
-    if (!(id in config.engines)) {
-      problems.push(`${label}:${lineOf(doc, lineCounter, ['scan', 'engines'], false)}: scan.engines: no engine "${id}" in engines`);
-    }
-  }
-  for (const [name, svc] of Object.entries(config.icap.services)) {
-    for (const id of svc.engines ?? []) {
+  for (const ref of engineReferences(config)) {
+    const key = ref.path.join('.');
+    for (const id of ref.ids) {
       if (!(id in config.engines)) {
-        problems.push(`${label}:${lineOf(doc, lineCounter, ['icap', 'services', name, 'engines'], false)}: icap.services.${name}.engines: no engine "${id}" in engines`);
+        problems.push(`${label}:${lineOf(doc, lineCounter, ref.path.map(String), false)}: ${key}: no engine "${id}" in engines`);
       }
-    }
-  }
-  config['http-proxy']['doc-acl'].forEach((rule, i) => {
-    for (const id of rule.antivirus === 'none' ? [] : (rule.antivirus ?? [])) {
-      if (!(id in config.engines)) {
-        problems.push(`${label}:${lineOf(doc, lineCounter, ['http-proxy', 'doc-acl'], false)}: http-proxy.doc-acl.${i}.antivirus: no engine "${id}" in engines`);
-      }
-    }
-  });
-  config['ftp-proxy']['doc-acl'].forEach((rule, i) => {
-    for (const id of rule.antivirus === 'none' ? [] : (rule.antivirus ?? [])) {
-      if (!(id in config.engines)) {
-        problems.push(`${label}:${lineOf(doc, lineCounter, ['ftp-proxy', 'doc-acl'], false)}: ftp-proxy.doc-acl.${i}.antivirus: no engine "${id}" in engines`);
-      }
-    }
-  });
-  for (const id of config['pop3-proxy'].antivirus ?? []) {
-    if (!(id in config.engines)) {
-      problems.push(`${label}:${lineOf(doc, lineCounter, ['pop3-proxy', 'antivirus'], false)}: pop3-proxy.antivirus: no engine "${id}" in engines`);
     }
   }
   for (const [id, e] of Object.entries(config.engines)) {

@@ -70,9 +70,38 @@ export class FtpControl {
     return this.reply();
   }
 
+  /** EPSV, and the data port of the 229 reply (NaN when there is none). */
+  async epsvPort(): Promise<number> {
+    const p = await this.command('EPSV');
+    return Number(/\(\|\|\|(\d+)\|\)/.exec(p.lines[0] as string)?.[1]);
+  }
+
   close(): void {
     this.socket.destroy();
   }
+}
+
+/** A data connection opened by the test, read to its end. */
+export interface DataReceiver {
+  socket: Socket;
+  /** Everything received so far. */
+  received(): Buffer;
+  closed: Promise<void>;
+}
+
+/** Connects to a passive data port (from `localAddress`) and collects what arrives; errors are ignored. */
+export function openData(port: number, localAddress = '127.0.0.1'): Promise<DataReceiver> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ port, host: '127.0.0.1', localAddress }, () => {
+      socket.off('error', reject);
+      socket.on('error', () => undefined);
+      resolve({ socket, received: () => Buffer.concat(chunks), closed });
+    });
+    const chunks: Buffer[] = [];
+    socket.on('data', (d: Buffer) => chunks.push(d));
+    const closed = new Promise<void>((done) => socket.once('close', () => done()));
+    socket.once('error', reject);
+  });
 }
 
 export interface RunResult {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -15,7 +15,7 @@ import { startAvgatePeer } from '../../tools/peers/avgate.js';
 import { startVsftpd, type Vsftpd } from '../../tools/peers/vsftpd.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
 import { startFaultServer, type FaultServer } from '../helpers/fault-server.js';
-import { FtpControl, run } from '../helpers/ftp-control.js';
+import { FtpControl, openData, run } from '../helpers/ftp-control.js';
 
 describe('FTP proxy: fixed upstream, limits, fail-closed engine errors (vsftpd, real clamd)', () => {
   let clamd: TestClamd;
@@ -91,20 +91,16 @@ describe('FTP proxy: fixed upstream, limits, fail-closed engine errors (vsftpd, 
     try {
       await c.reply();
       await c.command('USER anonymous');
-      const p = await c.command('EPSV');
-      const dataPort = Number(/\(\|\|\|(\d+)\|\)/.exec(p.lines[0] as string)?.[1]);
+      const dataPort = await c.epsvPort();
       assert.ok(dataPort >= 41000 && dataPort <= 41999, `passive port ${dataPort} from data-ports`);
-      const data = connect(dataPort, '127.0.0.1');
-      data.on('error', () => undefined);
-      let got = 0;
-      data.on('data', (d: Buffer) => (got += d.length));
+      const data = await openData(dataPort);
       const r = await c.command('RETR dead-clean.txt');
       // RETR: 150 from the server first, then the proxy's verdict.
       const final = r.code === 150 ? await c.reply() : r;
       assert.equal(final.code, 451, final.lines.join(' '));
       assert.match(final.lines[0] as string, /could not be reached/);
-      assert.equal(got, 0, 'no byte of an unscanned file');
-      data.destroy();
+      assert.equal(data.received().length, 0, 'no byte of an unscanned file');
+      data.socket.destroy();
     } finally {
       c.close();
     }

@@ -4,14 +4,13 @@ import { copyFile, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/pro
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { connect } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import type { Serving } from '../../src/main.js';
 import { startAvgatePeer } from '../../tools/peers/avgate.js';
 import { startVsftpd, type Vsftpd } from '../../tools/peers/vsftpd.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
-import { FtpControl, run } from '../helpers/ftp-control.js';
+import { FtpControl, openData, run } from '../helpers/ftp-control.js';
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const CLAM_ZIP = '/usr/share/clamav-testfiles/clam.zip';
@@ -91,6 +90,15 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
   });
 
   const uploaded = async () => (await readdir(vsftpd.uploadDir)).sort();
+
+  /** A raw control connection through the proxy, logged in to vsftpd (in binary mode unless `binary` is false). */
+  const loggedIn = async (binary = true): Promise<FtpControl> => {
+    const c = await FtpControl.open(proxyPort);
+    await c.reply();
+    assert.equal((await c.command(`USER ${userAtHost}`)).code, 230);
+    if (binary) assert.equal((await c.command('TYPE I')).code, 200);
+    return c;
+  };
 
   for (const mode of ['passive', 'active'] as const) {
     const modeArgs = mode === 'active' ? ['-P', '127.0.0.1'] : [];
@@ -206,57 +214,34 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
   });
 
   test('passive data port theft: a connection from another address is closed, the client\'s own one gets the file', async () => {
-    const c = await FtpControl.open(proxyPort);
+    const c = await loggedIn();
     try {
-      await c.reply();
-      assert.equal((await c.command(`USER ${userAtHost}`)).code, 230);
-      assert.equal((await c.command('TYPE I')).code, 200);
       const p = await c.command('PASV');
       const m = /\((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)/.exec(p.lines[0] as string);
       assert.ok(m);
       const port = Number(m[5]) * 256 + Number(m[6]);
-      const open = (localAddress: string) =>
-        new Promise<import('node:net').Socket>((resolve, reject) => {
-          const s = connect({ port, host: '127.0.0.1', localAddress }, () => resolve(s));
-          s.once('error', reject);
-        });
-      const thief = await open('127.0.0.2');
-      const thiefClosed = new Promise<number>((resolve) => {
-        let n = 0;
-        thief.on('data', (d: Buffer) => (n += d.length));
-        thief.on('error', () => undefined);
-        thief.once('close', () => resolve(n));
-      });
-      assert.equal(await thiefClosed, 0, 'the other address gets no byte and is closed');
-      const data = await open('127.0.0.1');
-      const chunks: Buffer[] = [];
-      data.on('data', (d: Buffer) => chunks.push(d));
-      const closed = new Promise((resolve) => data.once('close', resolve));
+      const thief = await openData(port, '127.0.0.2');
+      await thief.closed;
+      assert.equal(thief.received().length, 0, 'the other address gets no byte and is closed');
+      const data = await openData(port);
       assert.equal((await c.command('RETR clean.bin')).code, 150);
       assert.equal((await c.reply(30_000)).code, 226);
-      await closed;
-      assert.equal(sha256(Buffer.concat(chunks)), sha256(clean));
+      await data.closed;
+      assert.equal(sha256(data.received()), sha256(clean));
     } finally {
       c.close();
     }
   });
 
   test('TYPE A and TYPE I: the server converts line ends in ASCII mode, the proxy passes bytes as they come', async () => {
-    const c = await FtpControl.open(proxyPort);
+    const c = await loggedIn(false);
     try {
-      await c.reply();
-      assert.equal((await c.command(`USER ${userAtHost}`)).code, 230);
       const fetch = async () => {
-        const p = await c.command('EPSV');
-        const port = Number(/\(\|\|\|(\d+)\|\)/.exec(p.lines[0] as string)?.[1]);
-        const data = connect(port, '127.0.0.1');
-        const got: Buffer[] = [];
-        data.on('data', (d: Buffer) => got.push(d));
-        const closed = new Promise((resolve) => data.once('close', resolve));
+        const data = await openData(await c.epsvPort());
         assert.equal((await c.command('RETR lines.txt')).code, 150);
         assert.equal((await c.reply(30_000)).code, 226);
-        await closed;
-        return Buffer.concat(got).toString('latin1');
+        await data.closed;
+        return data.received().toString('latin1');
       };
       assert.equal((await c.command('TYPE A')).code, 200);
       assert.equal(await fetch(), 'one\r\ntwo\r\n');
@@ -291,26 +276,15 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
   });
 
   test('held (rule with trickle null): an infected download sends no byte at all and gets 550', async () => {
-    const c = await FtpControl.open(proxyPort);
+    const c = await loggedIn();
     try {
-      await c.reply();
-      assert.equal((await c.command(`USER ${userAtHost}`)).code, 230);
-      assert.equal((await c.command('TYPE I')).code, 200);
-      const p = await c.command('EPSV');
-      const port = Number(/\(\|\|\|(\d+)\|\)/.exec(p.lines[0] as string)?.[1]);
-      const data = await new Promise<import('node:net').Socket>((resolve, reject) => {
-        const s = connect(port, '127.0.0.1', () => resolve(s));
-        s.once('error', reject);
-      });
-      const chunks: Buffer[] = [];
-      data.on('data', (d: Buffer) => chunks.push(d));
-      const closed = new Promise((resolve) => data.once('close', resolve));
+      const data = await openData(await c.epsvPort());
       assert.equal((await c.command('RETR held-infected.bin')).code, 150);
       const final = await c.reply(30_000);
-      await closed;
+      await data.closed;
       assert.equal(final.code, 550);
       assert.match(final.lines[0] as string, /^550 Transfer refused: infected: \S+/);
-      assert.equal(Buffer.concat(chunks).length, 0, 'no byte of a held file before the verdict');
+      assert.equal(data.received().length, 0, 'no byte of a held file before the verdict');
       assert.equal((await c.command('NOOP')).code, 200, 'the session goes on');
     } finally {
       c.close();
@@ -318,35 +292,22 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
   });
 
   test('ABOR during a held transfer: 426 then 226, no byte sent; a command sent during a transfer is answered after it', async () => {
-    const c = await FtpControl.open(proxyPort);
+    const c = await loggedIn();
     try {
-      await c.reply();
-      assert.equal((await c.command(`USER ${userAtHost}`)).code, 230);
-      assert.equal((await c.command('TYPE I')).code, 200);
-      const epsv = async () => {
-        const p = await c.command('EPSV');
-        const port = Number(/\(\|\|\|(\d+)\|\)/.exec(p.lines[0] as string)?.[1]);
-        const data = connect(port, '127.0.0.1');
-        data.on('error', () => undefined);
-        const got: Buffer[] = [];
-        data.on('data', (d: Buffer) => got.push(d));
-        const closed = new Promise((resolve) => data.once('close', resolve));
-        return { got, closed };
-      };
-      let d = await epsv();
+      let d = await openData(await c.epsvPort());
       assert.equal((await c.command('RETR held-clean.bin')).code, 150);
       c.send('\xff\xf4\xff\xf2ABOR\r\n');
       assert.equal((await c.reply(30_000)).code, 426);
       assert.equal((await c.reply()).code, 226);
       await d.closed;
-      assert.equal(Buffer.concat(d.got).length, 0);
-      d = await epsv();
+      assert.equal(d.received().length, 0);
+      d = await openData(await c.epsvPort());
       assert.equal((await c.command('RETR held-clean.bin')).code, 150);
       c.send('NOOP\r\n');
       assert.equal((await c.reply(30_000)).code, 226, 'the transfer ends first');
       assert.equal((await c.reply()).code, 200, 'then the NOOP sent meanwhile is answered');
       await d.closed;
-      assert.deepEqual(Buffer.concat(d.got), clean.subarray(0, 100_000));
+      assert.deepEqual(d.received(), clean.subarray(0, 100_000));
     } finally {
       c.close();
     }

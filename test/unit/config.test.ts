@@ -53,6 +53,20 @@ test('scan.engines must name configured engines; plugins need a module', () => {
   assert.match(configError('engines:\n  Bad Id:\n    type: icap\n'), /engine ids are/);
 });
 
+test('every place that names engines is checked against engines, with its path and line', () => {
+  const cases: Array<[string, RegExp]> = [
+    ['icap:\n  services:\n    av:\n      engines: [nope]\n', /avgate\.yaml:4: icap\.services\.av\.engines: no engine "nope"/],
+    ['http-proxy:\n  doc-acl:\n    - antivirus: [nope]\n', /avgate\.yaml:3: http-proxy\.doc-acl\.0\.antivirus: no engine "nope"/],
+    ['ftp-proxy:\n  doc-acl:\n    - antivirus: [nope]\n', /avgate\.yaml:3: ftp-proxy\.doc-acl\.0\.antivirus: no engine "nope"/],
+    ['pop3-proxy:\n  antivirus: [nope]\n', /avgate\.yaml:2: pop3-proxy\.antivirus: no engine "nope"/],
+    ['imap-proxy:\n  antivirus: [nope]\n', /avgate\.yaml:2: imap-proxy\.antivirus: no engine "nope"/],
+    ['mail:\n  engines: [nope]\n', /avgate\.yaml:2: mail\.engines: no engine "nope"/],
+  ];
+  for (const [text, re] of cases) assert.match(configError(text), re, text);
+  // `none` and null name no engine.
+  assert.doesNotThrow(() => parseConfigText('http-proxy:\n  doc-acl:\n    - antivirus: none\n    - antivirus: null\n', 'avgate.yaml'));
+});
+
 test('YAML syntax errors and duplicate keys carry a line', () => {
   assert.match(configError('scan:\n  engines: [a\n'), /^avgate\.yaml:\d+: /);
   assert.match(configError('log:\n  level: info\nlog:\n  level: debug\n'), /avgate\.yaml:3: .*[Uu]nique|avgate\.yaml:3: /);

@@ -15,10 +15,8 @@
  *   quarantine, no notices to admin, sender or recipients.
  */
 import { chmod, chown, mkdir, writeFile } from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { smtpGreets } from './clamsmtp.js';
-import { startPeer, tail, type PeerProcess } from './process.js';
+import { greets, startPeer, systemUser, tail, type PeerProcess } from './process.js';
 
 export interface AmavisdOptions {
   /** Base directory (created, made 0755; its parents must be traversable by the amavis user). */
@@ -44,11 +42,9 @@ export interface Amavisd extends PeerProcess {
 }
 
 function userIds(name: string): { uid: number; gid: number } {
-  for (const line of readFileSync('/etc/passwd', 'utf8').split('\n')) {
-    const f = line.split(':');
-    if (f[0] === name) return { uid: Number(f[2]), gid: Number(f[3]) };
-  }
-  throw new Error(`amavisd: no system user "${name}" (is amavisd-new installed?)`);
+  const ids = systemUser(name);
+  if (!ids) throw new Error(`amavisd: no system user "${name}" (is amavisd-new installed?)`);
+  return ids;
 }
 
 /** A Perl single-quoted string literal. */
@@ -142,7 +138,7 @@ export async function startAmavisd(o: AmavisdOptions): Promise<Amavisd> {
       await writeFile(confPath, configText(o, home, port), { mode: 0o644 });
       await chmod(confPath, 0o644);
     },
-    ready: (port) => smtpGreets(port, 2000),
+    ready: (port) => greets(port, 2000),
     outPath,
     diagnostics: () => logTail(),
     startTimeoutMs: o.startTimeoutMs ?? 60_000,

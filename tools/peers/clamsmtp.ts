@@ -13,9 +13,8 @@
  *   greeting the client sees comes from there.
  */
 import { mkdir, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { join } from 'node:path';
-import { startPeer, tail, type PeerProcess } from './process.js';
+import { greets, startPeer, tail, type PeerProcess } from './process.js';
 
 export interface ClamsmtpOptions {
   /** Config, temporary files and output go here (created). */
@@ -37,30 +36,6 @@ export interface Clamsmtp extends PeerProcess {
   confPath: string;
   /** The last part of its output (stderr with `-d 1`). */
   logTail(chars?: number): string;
-}
-
-/** True when something on the port answers with an SMTP greeting (`220`) within the timeout. */
-export function smtpGreets(port: number, timeoutMs = 1000): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(port, '127.0.0.1');
-    let got = '';
-    const done = (ok: boolean) => {
-      clearTimeout(timer);
-      if (!s.destroyed) {
-        if (ok) s.end('QUIT\r\n');
-        s.destroy();
-      }
-      resolve(ok);
-    };
-    const timer = setTimeout(() => done(false), timeoutMs);
-    s.on('error', () => done(false));
-    s.on('close', () => done(false));
-    s.on('data', (d: Buffer) => {
-      got += d.toString('latin1');
-      if (/^220[ -]/m.test(got)) done(true);
-      else if (got.includes('\n')) done(false);
-    });
-  });
 }
 
 function configText(o: ClamsmtpOptions, port: number): string {
@@ -88,7 +63,7 @@ export async function startClamsmtp(o: ClamsmtpOptions): Promise<Clamsmtp> {
     command: 'clamsmtpd',
     args: ['-d', '1', '-f', confPath],
     writeConfig: (port) => writeFile(confPath, configText(o, port)),
-    ready: (port) => smtpGreets(port),
+    ready: (port) => greets(port),
     outPath,
     diagnostics: () => logTail(),
     ...(o.startTimeoutMs ? { startTimeoutMs: o.startTimeoutMs } : {}),

@@ -15,26 +15,13 @@
  *   "Dovecot is already running".
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync } from 'node:fs';
 import { chmod, chown, mkdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { freeLoopbackPort } from '../../src/core/net.js';
-import { accepts, stopChild, tail, waitExit, waitReady } from './process.js';
+import { accepts, stopChild, systemUser, tail, waitExit, waitReady } from './process.js';
 
 export const DOVECOT_BIN = '/usr/sbin/dovecot';
-
-/** uid/gid of a system user from /etc/passwd (null when there is none). */
-function systemUser(name: string): { uid: number; gid: number } | null {
-  try {
-    for (const line of readFileSync('/etc/passwd', 'utf8').split('\n')) {
-      const f = line.split(':');
-      if (f[0] === name) return { uid: Number(f[2]), gid: Number(f[3]) };
-    }
-  } catch {
-    // no /etc/passwd
-  }
-  return null;
-}
 
 /** True when Dovecot can be run here: installed, root, and its system users exist. */
 export function dovecotAvailable(): boolean {

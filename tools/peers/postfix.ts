@@ -16,30 +16,17 @@
  * - `postqueue -c DIR -p|-j|-f` works for root with any config directory.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync } from 'node:fs';
 import { chmod, chown, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { freeLoopbackPort } from '../../src/core/net.js';
-import { accepts, stopChild, tail, waitExit, waitReady } from './process.js';
+import { accepts, stopChild, systemUser, tail, waitExit, waitReady } from './process.js';
 
 const run = promisify(execFile);
 
 export const POSTFIX_DAEMON_DIR = '/usr/lib/postfix/sbin';
-
-/** uid/gid of a system user from /etc/passwd (null when there is none). */
-function systemUser(name: string): { uid: number; gid: number } | null {
-  try {
-    for (const line of readFileSync('/etc/passwd', 'utf8').split('\n')) {
-      const f = line.split(':');
-      if (f[0] === name) return { uid: Number(f[2]), gid: Number(f[3]) };
-    }
-  } catch {
-    // no /etc/passwd
-  }
-  return null;
-}
 
 /** True when a Postfix can be run here: installed, and we are root (Postfix insists on its users). */
 export function postfixAvailable(): boolean {

@@ -35,6 +35,19 @@ export async function stopChild(child: ChildProcess, graceMs = 5000): Promise<vo
   }
 }
 
+/** uid/gid of a system user from /etc/passwd (null when there is none). */
+export function systemUser(name: string): { uid: number; gid: number } | null {
+  try {
+    for (const line of readFileSync('/etc/passwd', 'utf8').split('\n')) {
+      const f = line.split(':');
+      if (f[0] === name) return { uid: Number(f[2]), gid: Number(f[3]) };
+    }
+  } catch {
+    // no /etc/passwd
+  }
+  return null;
+}
+
 export function tail(path: string, chars: number): string {
   return existsSync(path) ? readFileSync(path, 'latin1').slice(-chars) : '';
 }
@@ -51,6 +64,33 @@ export function accepts(port: number, timeoutMs = 500): Promise<boolean> {
     const timer = setTimeout(() => done(false), timeoutMs);
     s.once('connect', () => done(true));
     s.once('error', () => done(false));
+  });
+}
+
+/**
+ * True when something on the port greets with `220` (SMTP, FTP) within the timeout; it is sent
+ * QUIT then.
+ */
+export function greets(port: number, timeoutMs = 1000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(port, '127.0.0.1');
+    let got = '';
+    const done = (ok: boolean) => {
+      clearTimeout(timer);
+      if (!s.destroyed) {
+        if (ok) s.end('QUIT\r\n');
+        s.destroy();
+      }
+      resolve(ok);
+    };
+    const timer = setTimeout(() => done(false), timeoutMs);
+    s.on('error', () => done(false));
+    s.on('close', () => done(false));
+    s.on('data', (d: Buffer) => {
+      got += d.toString('latin1');
+      if (/^220[ -]/m.test(got)) done(true);
+      else if (got.includes('\n')) done(false);
+    });
   });
 }
 

@@ -5,9 +5,8 @@
  * the FTP proxy tests.
  */
 import { chown, chmod, mkdir, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { join } from 'node:path';
-import { startPeer, tail, type PeerProcess } from './process.js';
+import { greets, startPeer, systemUser, tail, type PeerProcess } from './process.js';
 
 export interface VsftpdOptions {
   /** Working directory (must exist): config, logs, the FTP root below it. */
@@ -21,34 +20,6 @@ export interface Vsftpd extends PeerProcess {
   /** `root/upload`, owned by the ftp user: anonymous uploads land here. */
   uploadDir: string;
   logTail(): string;
-}
-
-/** The uid/gid vsftpd's anonymous sessions run as (Debian's `ftp` user; see /etc/passwd). */
-async function ftpUser(): Promise<{ uid: number; gid: number } | null> {
-  const { readFile } = await import('node:fs/promises');
-  const line = (await readFile('/etc/passwd', 'utf8')).split('\n').find((l) => l.startsWith('ftp:'));
-  if (!line) return null;
-  const f = line.split(':');
-  return { uid: Number(f[2]), gid: Number(f[3]) };
-}
-
-/** True when a TCP connection on the port gets a `220` greeting. */
-export function greets(port: number, timeoutMs = 1000): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(port, '127.0.0.1');
-    let got = '';
-    const done = (ok: boolean) => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve(ok);
-    };
-    const timer = setTimeout(() => done(false), timeoutMs);
-    s.on('error', () => done(false));
-    s.on('data', (d: Buffer) => {
-      got += d.toString('latin1');
-      if (got.includes('\n')) done(got.startsWith('220'));
-    });
-  });
 }
 
 function configText(dir: string, root: string, port: number): string {
@@ -107,7 +78,8 @@ export async function startVsftpd(o: VsftpdOptions): Promise<Vsftpd> {
   await chmod(o.dir, 0o755);
   await chmod(root, 0o755);
   await chmod(uploadDir, 0o755);
-  const ftp = await ftpUser();
+  // Anonymous sessions run as Debian's `ftp` user.
+  const ftp = systemUser('ftp');
   if (ftp) await chown(uploadDir, ftp.uid, ftp.gid);
   const confPath = join(o.dir, 'vsftpd.conf');
   const outPath = join(o.dir, 'stdout.log');

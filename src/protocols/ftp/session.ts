@@ -72,6 +72,9 @@ const FEATURES_DROPPED = /^\s*(AUTH|PBSZ|PROT|CCC|MODE\s+Z|LPSV|LPRT)\b/i;
 
 class TransferLimit extends Error {}
 
+/** The least of a too-large upload read on and dropped so the client can read the 552 (see receiveAll). */
+const UPLOAD_DRAIN_MIN = 8 * 1024 * 1024;
+
 let nextSessionId = 1;
 
 /**
@@ -486,17 +489,23 @@ export class FtpSession {
     });
     const started = performance.now();
     const rec: FtpAccessRecord = { client: this.clientAddress, target: this.target, command: cmd.verb, path: printable(cmd.arg), status: 0, verdict: '-', rule: null, bytes: 0, ms: 0 };
-    const finalReply = (code: number, text: string | readonly string[]) => {
-      rec.status = code;
-      this.reply(code, text);
-    };
-    const finalRelay = (r: FtpReply) => {
-      rec.status = r.code;
-      this.relay(r);
+    const x: Transfer = {
+      cmd,
+      setup,
+      restart,
+      rec,
+      finalReply: (code, text) => {
+        rec.status = code;
+        this.reply(code, text);
+      },
+      finalRelay: (r) => {
+        rec.status = r.code;
+        this.relay(r);
+      },
     };
     try {
       if (LISTINGS.has(cmd.verb)) {
-        await this.download(cmd, setup, restart, null, rec, finalReply, finalRelay);
+        await this.downloadUnscanned(x);
         return;
       }
       const direction = UPLOADS.has(cmd.verb) ? 'upload' : 'download';
@@ -504,13 +513,13 @@ export class FtpSession {
       rec.rule = m.name;
       if (m.rule.action === 'deny') {
         rec.verdict = 'denied';
-        finalReply(550, `${cmd.verb} denied by policy (${m.name})`);
+        x.finalReply(550, `${cmd.verb} denied by policy (${m.name})`);
         return;
       }
       const scan = m.rule.action === 'scan' && m.rule.antivirus !== 'none' ? { rule: m.rule, name: m.name } : null;
       if (!scan) rec.verdict = 'unscanned';
-      if (direction === 'upload') await this.upload(cmd, setup, restart, scan, rec, finalReply, finalRelay);
-      else await this.download(cmd, setup, restart, scan, rec, finalReply, finalRelay);
+      if (direction === 'upload') await (scan ? this.uploadScanned(x, scan) : this.uploadUnscanned(x));
+      else await (scan ? this.downloadScanned(x, scan) : this.downloadUnscanned(x));
     } finally {
       stopWatch.abort();
       await watching;
@@ -528,7 +537,11 @@ export class FtpSession {
     return this.ctx.scannerFor(rule.antivirus === 'none' ? null : rule.antivirus);
   }
 
-  private async scanSpool(spool: Spool, cmd: FtpCommand, scan: { rule: DocAclRule; name: string }): Promise<Verdict> {
+  private newSpool(scan: ScanRule): Spool {
+    return new Spool(this.ctx.spoolDir, this.ctx.config['spool-memory'], { hash: this.scannerOf(scan.rule).wantsHash });
+  }
+
+  private async scanSpool(spool: Spool, cmd: FtpCommand, scan: ScanRule): Promise<Verdict> {
     const path = spool.filePath();
     const source = path ? ({ kind: 'file', path, size: spool.size } as const) : ({ kind: 'chunks', chunks: spool.memoryChunks } as const);
     const v = await this.scannerOf(scan.rule).scan({
@@ -548,82 +561,36 @@ export class FtpSession {
     return v?.status === 'error' ? 451 : 550;
   }
 
-  private async download(
-    cmd: FtpCommand,
-    setup: ClientDataSetup,
-    restart: string | null,
-    scan: { rule: DocAclRule; name: string } | null,
-    rec: FtpAccessRecord,
-    finalReply: (code: number, text: string | readonly string[]) => void,
-    finalRelay: (r: FtpReply) => void,
-  ): Promise<void> {
-    const up = this.upstream as UpstreamControl;
-    const upData = await this.upstreamData(up);
-    if (!(upData instanceof Socket)) {
-      finalRelay(upData);
-      return;
-    }
-    const first = await this.startUpstream(up, cmd, restart).catch((err: unknown) => {
-      upData.destroy();
-      throw err;
-    });
-    if (first.code >= 200) {
-      upData.destroy();
-      finalRelay(first);
-      return;
-    }
-    this.relay(first);
-    let clientData: Socket;
-    try {
-      clientData = this.track(await setup.connect(this.t['data-connect'], this.dataSignal));
-    } catch (err) {
-      upData.destroy();
-      await this.drainFinal(up);
-      this.log.info({ err: messageOf(err) }, 'ftp: client data connection failed');
-      finalReply(425, 'Cannot open the data connection');
-      return;
-    }
-    const idle = this.t['data-idle'];
-    for (const s of [upData, clientData]) s.setTimeout(idle, () => s.destroy(new DataError('data connection idle too long')));
-    const max = this.ctx.config['max-object-size'];
-    if (!scan) {
-      try {
-        for await (const chunk of upData as AsyncIterable<Buffer>) {
-          rec.bytes += chunk.length;
-          await writeChunk(clientData, chunk);
-        }
-        await endSocket(clientData);
-      } catch (err) {
-        upData.destroy();
-        clientData.destroy();
-        await this.drainFinal(up);
-        this.log.info({ err: messageOf(err) }, 'ftp: transfer aborted');
-        finalReply(426, 'Connection closed; transfer aborted');
-        return;
-      }
-      finalRelay(await up.reply(this.t.reply, this.signal));
-      return;
-    }
-    const spool = new Spool(this.ctx.spoolDir, this.ctx.config['spool-memory'], { hash: this.scannerOf(scan.rule).wantsHash });
+  /** Listings and downloads the doc-ACL lets through unscanned: relayed as they arrive. */
+  private async downloadUnscanned(x: Transfer): Promise<void> {
+    const upData = await this.startServer(x, true);
+    if (!upData) return;
+    const clientData = await this.connectClient(x, upData);
+    if (!clientData) return;
+    this.idleLimit(upData, clientData);
+    await this.pipe(x, upData, clientData);
+  }
+
+  /** Downloads: spooled and scanned while the client gets a held or trickled share (src/proxy/trickle.ts). */
+  private async downloadScanned(x: Transfer, scan: ScanRule): Promise<void> {
+    const upData = await this.startServer(x, true);
+    if (!upData) return;
+    const clientData = await this.connectClient(x, upData);
+    if (!clientData) return;
+    this.idleLimit(upData, clientData);
+    const { cmd, rec } = x;
+    const spool = this.newSpool(scan);
     const feed = new SpoolFeed(spool);
     let verdict: Verdict | null = null;
     try {
-      const receiving = (async () => {
-        try {
-          for await (const chunk of upData as AsyncIterable<Buffer>) {
-            if (feed.size + chunk.length > max) throw new TransferLimit(`larger than max-object-size (${max} bytes)`);
-            await feed.write(chunk);
-          }
-          await feed.end();
-        } catch (err) {
-          upData.destroy();
-          feed.fail(err);
-        }
-      })();
+      const receiving = receiveAll(upData, feed, this.ctx.config['max-object-size']).catch((err: unknown) => {
+        upData.destroy();
+        feed.fail(err);
+      });
       const decision = feed.settled.then(async () => {
         if (!feed.complete) throw feed.error ?? new Error('download failed');
         verdict = await this.scanSpool(spool, cmd, scan);
-        return decide(verdict, { acceptStatus: scan.rule['accept-status'], blockStatus: BLOCK_STATUS }).action;
+        return decideFor(scan, verdict).action;
       });
       decision.catch(() => undefined);
       const outcome: TrickleOutcome = await trickle({
@@ -641,26 +608,23 @@ export class FtpSession {
       switch (outcome.kind) {
         case 'passed':
           await endSocket(clientData);
-          finalRelay(await up.reply(this.t.reply, this.signal));
+          await this.relayFinal(x);
           return;
         case 'blocked':
         case 'aborted': {
           if (outcome.kind === 'aborted') clientData.resetAndDestroy();
           else await endSocket(clientData).catch(() => undefined);
-          await this.drainFinal(up);
           const reason = v ? verdictReason(v) : 'not scanned';
           if (v) await this.ctx.quarantine(v, spool, { url: this.facts(cmd, 'download').url, rule: scan.name, direction: 'download' });
           this.log.info({ target: this.target, path: rec.path, verdict: v?.status, reason, sent: outcome.sent, rule: scan.name }, 'ftp: download blocked');
-          finalReply(FtpSession.blockCode(v), `${outcome.kind === 'aborted' ? 'Transfer aborted' : 'Transfer refused'}: ${reason}`);
+          await this.cutShort(x, FtpSession.blockCode(v), `${outcome.kind === 'aborted' ? 'Transfer aborted' : 'Transfer refused'}: ${reason}`);
           return;
         }
         case 'failed': {
           clientData.resetAndDestroy();
-          await this.drainFinal(up);
-          const limit = feed.error instanceof TransferLimit;
           this.log.info({ target: this.target, path: rec.path, err: messageOf(outcome.error) }, 'ftp: download failed');
-          if (limit) finalReply(552, `Transfer aborted: ${messageOf(feed.error)}`);
-          else finalReply(426, 'Connection closed; transfer aborted');
+          if (feed.error instanceof TransferLimit) await this.cutShort(x, 552, `Transfer aborted: ${messageOf(feed.error)}`);
+          else await this.cutShort(x, 426, 'Connection closed; transfer aborted');
           return;
         }
       }
@@ -670,154 +634,213 @@ export class FtpSession {
     }
   }
 
-  private async upload(
-    cmd: FtpCommand,
-    setup: ClientDataSetup,
-    restart: string | null,
-    scan: { rule: DocAclRule; name: string } | null,
-    rec: FtpAccessRecord,
-    finalReply: (code: number, text: string | readonly string[]) => void,
-    finalRelay: (r: FtpReply) => void,
-  ): Promise<void> {
-    const up = this.upstream as UpstreamControl;
-    if (!scan) {
-      await this.uploadPassThrough(cmd, setup, restart, rec, finalReply, finalRelay);
-      return;
-    }
-    // The whole upload is received and scanned before the server hears of it: nothing of an
-    // infected file is ever written on the server.
-    this.reply(150, 'Ok to send data; the file is scanned before it goes to the server');
-    let clientData: Socket;
+  /** Uploads the doc-ACL lets through unscanned: relayed as they arrive. */
+  private async uploadUnscanned(x: Transfer): Promise<void> {
+    const upData = await this.startServer(x, true);
+    if (!upData) return;
     try {
-      clientData = this.track(await setup.connect(this.t['data-connect'], this.dataSignal));
-    } catch (err) {
-      this.log.info({ err: messageOf(err) }, 'ftp: client data connection failed');
-      finalReply(425, 'Cannot open the data connection');
-      return;
+      const clientData = await this.connectClient(x, upData);
+      if (!clientData) return;
+      this.idleLimit(upData, clientData);
+      upData.resume();
+      await this.pipe(x, clientData, upData);
+    } finally {
+      upData.destroy();
     }
-    clientData.setTimeout(this.t['data-idle'], () => clientData.destroy(new DataError('data connection idle too long')));
-    const max = this.ctx.config['max-object-size'];
-    const spool = new Spool(this.ctx.spoolDir, this.ctx.config['spool-memory'], { hash: this.scannerOf(scan.rule).wantsHash });
+  }
+
+  /**
+   * Uploads: received whole and scanned before the server hears of them, so nothing of an infected
+   * file is ever written on the server.
+   */
+  private async uploadScanned(x: Transfer, scan: ScanRule): Promise<void> {
+    this.reply(150, 'Ok to send data; the file is scanned before it goes to the server');
+    const clientData = await this.connectClient(x, null);
+    if (!clientData) return;
+    this.idleLimit(clientData);
+    const spool = this.newSpool(scan);
     try {
       try {
-        for await (const chunk of clientData as AsyncIterable<Buffer>) {
-          if (spool.size + chunk.length > max) throw new TransferLimit(`larger than max-object-size (${max} bytes)`);
-          await spool.write(chunk);
-        }
-        await spool.end();
+        await receiveAll(clientData, spool, this.ctx.config['max-object-size']);
       } catch (err) {
         clientData.destroy();
         this.log.info({ err: messageOf(err) }, 'ftp: upload aborted');
-        if (err instanceof TransferLimit) finalReply(552, `Upload refused: ${err.message}`);
-        else finalReply(426, 'Connection closed; transfer aborted');
+        if (err instanceof TransferLimit) x.finalReply(552, `Upload refused: ${err.message}`);
+        else x.finalReply(426, 'Connection closed; transfer aborted');
         return;
       }
       clientData.destroy();
-      rec.bytes = spool.size;
-      const v = await this.scanSpool(spool, cmd, scan);
-      rec.verdict = v.status;
-      const d = decide(v, { acceptStatus: scan.rule['accept-status'], blockStatus: BLOCK_STATUS });
+      x.rec.bytes = spool.size;
+      const v = await this.scanSpool(spool, x.cmd, scan);
+      x.rec.verdict = v.status;
+      const d = decideFor(scan, v);
       if (d.action === 'block') {
-        this.log.info({ target: this.target, path: rec.path, verdict: v.status, reason: d.reason, rule: scan.name }, 'ftp: upload blocked');
-        await this.ctx.quarantine(v, spool, { url: this.facts(cmd, 'upload').url, rule: scan.name, direction: 'upload' });
-        finalReply(FtpSession.blockCode(v), `Upload refused: ${d.reason}`);
+        this.log.info({ target: this.target, path: x.rec.path, verdict: v.status, reason: d.reason, rule: scan.name }, 'ftp: upload blocked');
+        await this.ctx.quarantine(v, spool, { url: this.facts(x.cmd, 'upload').url, rule: scan.name, direction: 'upload' });
+        x.finalReply(FtpSession.blockCode(v), `Upload refused: ${d.reason}`);
         return;
       }
-      const upData = await this.upstreamData(up);
-      if (!(upData instanceof Socket)) {
-        finalRelay(upData);
-        return;
-      }
-      try {
-        const first = await this.startUpstream(up, cmd, restart);
-        if (first.code >= 200) {
-          finalRelay(first);
-          return;
-        }
-        upData.setTimeout(this.t['data-idle'], () => upData.destroy(new DataError('data connection idle too long')));
-        upData.resume();
-        try {
-          for await (const chunk of spool.createReadStream() as AsyncIterable<Buffer>) await writeChunk(upData, chunk);
-          await endSocket(upData);
-        } catch (err) {
-          upData.destroy();
-          await this.drainFinal(up);
-          this.log.info({ err: messageOf(err) }, 'ftp: upload to the server failed');
-          finalReply(426, 'The server data connection failed; transfer aborted');
-          return;
-        }
-        finalRelay(await up.reply(this.t.reply, this.signal));
-      } finally {
-        upData.destroy();
-      }
+      await this.sendSpool(x, spool);
     } finally {
       await spool.dispose();
     }
   }
 
-  private async uploadPassThrough(
-    cmd: FtpCommand,
-    setup: ClientDataSetup,
-    restart: string | null,
-    rec: FtpAccessRecord,
-    finalReply: (code: number, text: string | readonly string[]) => void,
-    finalRelay: (r: FtpReply) => void,
-  ): Promise<void> {
-    const up = this.upstream as UpstreamControl;
-    const upData = await this.upstreamData(up);
-    if (!(upData instanceof Socket)) {
-      finalRelay(upData);
-      return;
-    }
+  /** A scanned upload that passed: only now is the transfer started on the server. */
+  private async sendSpool(x: Transfer, spool: Spool): Promise<void> {
+    const upData = await this.startServer(x, false);
+    if (!upData) return;
     try {
-      const first = await this.startUpstream(up, cmd, restart);
-      if (first.code >= 200) {
-        finalRelay(first);
-        return;
-      }
-      this.relay(first);
-      let clientData: Socket;
-      try {
-        clientData = this.track(await setup.connect(this.t['data-connect'], this.dataSignal));
-      } catch {
-        upData.destroy();
-        await this.drainFinal(up);
-        finalReply(425, 'Cannot open the data connection');
-        return;
-      }
-      for (const s of [upData, clientData]) s.setTimeout(this.t['data-idle'], () => s.destroy(new DataError('data connection idle too long')));
+      this.idleLimit(upData);
       upData.resume();
       try {
-        for await (const chunk of clientData as AsyncIterable<Buffer>) {
-          rec.bytes += chunk.length;
-          await writeChunk(upData, chunk);
-        }
-        await endSocket(upData);
+        await copyData(spool.createReadStream() as AsyncIterable<Buffer>, upData);
       } catch (err) {
         upData.destroy();
-        clientData.destroy();
-        await this.drainFinal(up);
-        this.log.info({ err: messageOf(err) }, 'ftp: transfer aborted');
-        finalReply(426, 'Connection closed; transfer aborted');
+        this.log.info({ err: messageOf(err) }, 'ftp: upload to the server failed');
+        await this.cutShort(x, 426, 'The server data connection failed; transfer aborted');
         return;
-      } finally {
-        clientData.destroy();
       }
-      finalRelay(await up.reply(this.t.reply, this.signal));
+      await this.relayFinal(x);
     } finally {
       upData.destroy();
     }
   }
 
-  /** Reads (and drops) the server's final reply of a transfer the proxy cut short. */
-  private async drainFinal(up: UpstreamControl): Promise<void> {
-    const r = await up.reply(this.t.reply, this.signal);
-    this.log.debug({ code: r.code }, 'ftp: final reply of an aborted transfer dropped');
+  /**
+   * Opens the server's data connection and starts the transfer there (REST, then the command).
+   * Null when the server refused: its reply was the final one. `announce` passes the server's 1xx
+   * on (false when the proxy has already said 150 itself).
+   */
+  private async startServer(x: Transfer, announce: boolean): Promise<Socket | null> {
+    const up = this.upstream as UpstreamControl;
+    const upData = await this.upstreamData(up);
+    if (!(upData instanceof Socket)) {
+      x.finalRelay(upData);
+      return null;
+    }
+    const first = await this.startUpstream(up, x.cmd, x.restart).catch((err: unknown) => {
+      upData.destroy();
+      throw err;
+    });
+    if (first.code >= 200) {
+      upData.destroy();
+      x.finalRelay(first);
+      return null;
+    }
+    if (announce) this.relay(first);
+    return upData;
   }
+
+  /**
+   * The client's data connection. Null when it cannot be opened: the client got 425, and a transfer
+   * the server already started (`upData`) was cut short.
+   */
+  private async connectClient(x: Transfer, upData: Socket | null): Promise<Socket | null> {
+    try {
+      return this.track(await x.setup.connect(this.t['data-connect'], this.dataSignal));
+    } catch (err) {
+      this.log.info({ err: messageOf(err) }, 'ftp: client data connection failed');
+      if (!upData) {
+        x.finalReply(425, 'Cannot open the data connection');
+        return null;
+      }
+      upData.destroy();
+      await this.cutShort(x, 425, 'Cannot open the data connection');
+      return null;
+    }
+  }
+
+  /** A data connection silent for longer than `timeouts.data-idle` is cut. */
+  private idleLimit(...sockets: Socket[]): void {
+    for (const s of sockets) s.setTimeout(this.t['data-idle'], () => s.destroy(new DataError('data connection idle too long')));
+  }
+
+  /** Unscanned: `from` is copied to `to` as it arrives; either side breaking ends the transfer with 426. */
+  private async pipe(x: Transfer, from: Socket, to: Socket): Promise<void> {
+    try {
+      await copyData(from as AsyncIterable<Buffer>, to, x.rec);
+    } catch (err) {
+      from.destroy();
+      to.destroy();
+      this.log.info({ err: messageOf(err) }, 'ftp: transfer aborted');
+      await this.cutShort(x, 426, 'Connection closed; transfer aborted');
+      return;
+    }
+    await this.relayFinal(x);
+  }
+
+  /** The server's final reply of the transfer goes to the client. */
+  private async relayFinal(x: Transfer): Promise<void> {
+    x.finalRelay(await (this.upstream as UpstreamControl).reply(this.t.reply, this.signal));
+  }
+
+  /** A transfer the proxy cut short: the server's final reply is read and dropped, the client gets `code`. */
+  private async cutShort(x: Transfer, code: number, text: string): Promise<void> {
+    // The outcome is decided: it is recorded even when the client leaves while the server's reply is awaited.
+    x.rec.status = code;
+    const r = await (this.upstream as UpstreamControl).reply(this.t.reply, this.signal);
+    this.log.debug({ code: r.code }, 'ftp: final reply of an aborted transfer dropped');
+    x.finalReply(code, text);
+  }
+}
+
+/** One transfer: what the client asked, and the final reply (recorded for the access log). */
+interface Transfer {
+  cmd: FtpCommand;
+  setup: ClientDataSetup;
+  /** REST offset to send just before the command. */
+  restart: string | null;
+  rec: FtpAccessRecord;
+  finalReply(code: number, text: string | readonly string[]): void;
+  finalRelay(r: FtpReply): void;
+}
+
+/** The doc-ACL rule (and its name) that asks for a scan. */
+interface ScanRule {
+  rule: DocAclRule;
+  name: string;
 }
 
 /** Block statuses for decide(): FTP answers with its own codes (blockCode), these are not used. */
 const BLOCK_STATUS = { found: 550, skipped: 550, unknown: 550, error: 451 } as const;
+
+function decideFor(scan: ScanRule, v: Verdict): ReturnType<typeof decide> {
+  return decide(v, { acceptStatus: scan.rule['accept-status'], blockStatus: BLOCK_STATUS });
+}
+
+/** Writes everything `from` yields to `to` with backpressure, then ends `to`; counts into `rec` if given. */
+async function copyData(from: AsyncIterable<Buffer>, to: Socket, rec?: FtpAccessRecord): Promise<void> {
+  for await (const chunk of from) {
+    if (rec) rec.bytes += chunk.length;
+    await writeChunk(to, chunk);
+  }
+  await endSocket(to);
+}
+
+/**
+ * Reads a data connection to its end into `into`; TransferLimit once it would pass `max` bytes. The
+ * rest of an upload that is too large is read on and dropped (up to `max` bytes more, at least
+ * UPLOAD_DRAIN_MIN) before that, so the client finishes sending and reads the 552 instead of meeting a
+ * reset in the middle of its send.
+ */
+async function receiveAll(from: Socket, into: { readonly size: number; write(c: Buffer): Promise<void>; end(): Promise<void> }, max: number): Promise<void> {
+  let over = -1;
+  for await (const chunk of from as AsyncIterable<Buffer>) {
+    if (over >= 0) {
+      over += chunk.length;
+      if (over > Math.max(max, UPLOAD_DRAIN_MIN)) break;
+      continue;
+    }
+    if (into.size + chunk.length > max) {
+      over = chunk.length;
+      continue;
+    }
+    await into.write(chunk);
+  }
+  if (over >= 0) throw new TransferLimit(`larger than max-object-size (${max} bytes)`);
+  await into.end();
+}
 
 export function splitHostPort(text: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text.trim());
