@@ -137,6 +137,13 @@ export async function runMailProxySection(p: { clamd: LocalClamd; tmp: string; o
   );
 
   // ------------------------------------------------------------ avgate's proxies
+  // AVGATE_BENCH_MAILPROXY_YAML: extra keys for both proxies' sections, one `key: value` per line
+  // separated by ';' (to compare settings, e.g. `prescan-max-size: 0`); reported with the results.
+  const extraFrontYaml = (process.env['AVGATE_BENCH_MAILPROXY_YAML'] ?? '')
+    .split(';')
+    .map((l) => l.trim())
+    .filter(Boolean);
+  if (extraFrontYaml.length > 0) log(`  avgate proxies with extra settings: ${extraFrontYaml.join('; ')}`);
   const children = new Map<Protocol, AvgateFrontChild | string>();
   for (const protocol of ['pop3', 'imap'] as const) {
     try {
@@ -145,7 +152,7 @@ export async function runMailProxySection(p: { clamd: LocalClamd; tmp: string; o
         clamdSocket: clamd.socketPath,
         dbDir: clamd.dbDir,
         stateDir: join(tmp, `mailproxy-avgate-${protocol}`),
-        frontYaml: `upstream: 127.0.0.1:${protocol === 'pop3' ? dovecot.pop3Port : dovecot.imapPort}`,
+        frontYaml: [`upstream: 127.0.0.1:${protocol === 'pop3' ? dovecot.pop3Port : dovecot.imapPort}`, ...extraFrontYaml].join('\n'),
         nodeFlags: [...opts.avgateNodeFlags],
       });
       children.set(protocol, c);

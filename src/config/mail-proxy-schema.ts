@@ -118,6 +118,13 @@ export const mailProxyPolicySchema = z.strictObject({
   'spool-memory': size.prefault('1MiB'),
   /** Decoded bytes of one document kept in memory before spooling. */
   'document-memory': size.prefault('1MiB'),
+  /**
+   * Messages up to this size are first scanned whole, in one engine call (clamd decodes MIME
+   * itself); only when that is not clean, or the walker finds a MIME problem, are their documents
+   * scanned one by one (to know which to replace). Larger than mail.prescan-max-size: a proxy
+   * rarely meets a virus (the MTA's filter saw the mail first), so the second scan is rare. 0 = off.
+   */
+  'prescan-max-size': size.prefault('1MiB'),
   /** Where spooled messages go; relative to state-dir. */
   'spool-dir': z.string().default('spool'),
   /**

@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { PassThrough, type Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { messageOf } from '../core/errors.js';
+import type { Spool } from '../core/spool.js';
 import type { Verdict, VerdictResult } from '../core/verdict.js';
 import { zipNamesFromBuffer, zipNamesFromFile } from '../formats/zip-names.js';
 import { decodeEncodedWords, rewriteMessage, walkMessage, type MimeLimits, type MimeProblem, type PartEdit, type WalkResult } from '../mime/index.js';
@@ -180,14 +181,7 @@ export class MailFilter {
 
   private scanWhole(msg: InboundMessage, origin: ScanOrigin): Promise<Verdict> {
     this.counters.scans++;
-    const path = msg.spool.filePath();
-    return this.o.scanner.scan({
-      source: path ? { kind: 'file', path } : { kind: 'chunks', chunks: msg.spool.memoryChunks },
-      name: `${msg.queueId}/(message)`,
-      ...(path ? {} : { toFile: () => msg.spool.fileForScan() }),
-      signal: msg.signal,
-      origin,
-    });
+    return scanWholeMessage(this.o.scanner, msg.spool, { name: `${msg.queueId}/(message)`, signal: msg.signal, origin });
   }
 
   /** The policy's view of the walk: documents with their verdicts and problem codes. */
@@ -362,6 +356,28 @@ export class MailFilter {
     const action = plan.reply.kind === 'deliver' ? deliverLabel(plan) : plan.reply.kind;
     this.counters.byAction[action] = (this.counters.byAction[action] ?? 0) + 1;
   }
+}
+
+/**
+ * One engine call on the whole message (the prescan, shared with the mail proxies in
+ * src/mailproxy): clamd decodes MIME itself, so a clean answer covers every document in it. The
+ * spool's own file when it has one, else its memory chunks (written to a file only if the engine
+ * wants one). `hash` (the spool's SHA-256, when it computed one) lets the verdict cache answer.
+ */
+export function scanWholeMessage(
+  scanner: ScanService,
+  spool: Spool,
+  req: { name: string; hash?: string | null; signal?: AbortSignal | undefined; origin?: ScanOrigin },
+): Promise<Verdict> {
+  const path = spool.filePath();
+  return scanner.scan({
+    source: path ? { kind: 'file', path } : { kind: 'chunks', chunks: spool.memoryChunks },
+    name: req.name,
+    ...(req.hash ? { hash: req.hash } : {}),
+    ...(path ? {} : { toFile: () => spool.fileForScan() }),
+    ...(req.signal ? { signal: req.signal } : {}),
+    ...(req.origin ? { origin: req.origin } : {}),
+  });
 }
 
 interface ScannedDocument {

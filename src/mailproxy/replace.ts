@@ -5,7 +5,8 @@ import type { MailProxyPolicyConfig } from '../config/mail-proxy-schema.js';
 import { DEFAULT_VIRUS_NAME_STATUS } from '../config/mail-schema.js';
 import { Spool } from '../core/spool.js';
 import type { VerdictResult } from '../core/verdict.js';
-import { DEFAULT_MIME_LIMITS, rewriteMessage, walkMessage, type MessageInput, type MimeLimits, type MimeProblem, type PartEdit } from '../mime/index.js';
+import { DEFAULT_MIME_LIMITS, rewriteMessage, walkMessage, type MessageInput, type MimeLimits, type MimeProblem, type PartEdit, type WalkResult } from '../mime/index.js';
+import { scanWholeMessage } from '../mail/filter.js';
 import { documentStatus, type MailDocument, type MailStatus, type NameRule } from '../policy/mail/index.js';
 import type { ScanService } from '../scan/types.js';
 import type { ScanOrigin } from '../stats/types.js';
@@ -146,6 +147,46 @@ interface Scanned {
   verdict: VerdictResult;
 }
 
+interface Fact {
+  doc: MailDocument;
+  /** The part an edit replaces (a uuencoded file: the text part holding it). */
+  partId: string;
+}
+
+const CLEAN: VerdictResult = { status: 'free' };
+
+/**
+ * Deepest part (MIME nesting) a clean whole-message verdict is trusted for. clamd stops unpacking
+ * at its MaxRecursion (17 by default) and then answers OK, not FOUND; the walker allows
+ * mail.max-depth (20). Deeper documents are scanned one by one, so nothing hides below clamd's limit.
+ */
+const PRESCAN_MAX_DEPTH = 8;
+
+/**
+ * Messages (SHA-256, cut or not, leniency, MIME limits) whose walk found no MIME problem, with
+ * their documents: the walk is a function of those alone, so a message read again (a second POP3
+ * client, an IMAP client fetching it again) whose whole-message verdict is clean (the verdict
+ * cache answers) costs a hash and a copy. Bounded; the oldest entry goes first.
+ */
+const wellFormed = new Map<string, readonly Fact[]>();
+const WELL_FORMED_MAX = 4096;
+
+function remember(key: string, facts: readonly Fact[]): void {
+  wellFormed.delete(key);
+  wellFormed.set(key, facts);
+  if (wellFormed.size > WELL_FORMED_MAX) wellFormed.delete(wellFormed.keys().next().value as string);
+}
+
+const limitsKeys = new WeakMap<MimeLimits, string>();
+function limitsKey(limits: MimeLimits): string {
+  let k = limitsKeys.get(limits);
+  if (k === undefined) {
+    k = JSON.stringify(limits);
+    limitsKeys.set(limits, k);
+  }
+  return k;
+}
+
 /**
  * Scans the message document by document and replaces what the doc-acl says (see
  * src/mailproxy/acl.ts). Engine trouble never throws: the document gets status error and is
@@ -175,46 +216,84 @@ export async function scanAndReplace(input: MessageInput, deps: ReplaceDeps, sig
   const notice = (path: string, filename: string | null, contentType: string | null, status: string, names: string[], reason: string) =>
     renderReplacement(deps.replacement, { virusNames: names, filename, status, reason, contentType, part: path });
 
-  const mailDecision = policy.mail({ ...addressesOf(await headOf(input, limits.maxHeaderSize)), size });
+  // No mail-acl rule (the default): the header is not read for addresses nobody asks about.
+  const addresses = deps.policy['mail-acl'].length > 0 ? addressesOf(await headOf(input, limits.maxHeaderSize)) : { senders: [], recipients: [] };
+  const mailDecision = policy.mail({ ...addresses, size });
   if (mailDecision.action === 'reject') {
     const reason = `the message was refused by rule ${mailDecision.rule ?? '-'}`;
     edits.push({ action: 'remove', id: '', notice: notice('', null, 'message/rfc822', 'rejected', [], reason) });
     replaced.push({ path: '', filename: null, status: 'rejected', names: [] });
   } else {
-    const walk = await walkMessage<Scanned>(
-      input,
-      { limits, spoolDir: deps.spoolDir, spoolMemoryLimit: deps.policy['document-memory'], hash: deps.scanner.wantsHash, ...(signal ? { signal } : {}) },
-      async (doc) => {
-        const source = doc.source();
-        const verdict = await deps.scanner.scan({
-          source,
-          name: `${label}/${doc.id}${doc.filename ? ` ${doc.filename}` : ''}`,
-          ...(doc.sha256 ? { hash: doc.sha256 } : {}),
-          ...(source.kind !== 'file' ? { toFile: () => doc.spool.fileForScan() } : {}),
-          ...(signal ? { signal } : {}),
-          origin: deps.origin,
-        });
-        return { verdict };
-      },
-    );
     const relevant = (p: MimeProblem, encoding: string | null) => !(lenient && p.code === 'encoding' && encoding === 'quoted-printable') && !(deps.partial === true && CUT_PROBLEMS.has(p.code));
-    const facts: Array<{ doc: MailDocument; partId: string }> = walk.documents.map(({ document: d, result }) => ({
-      partId: d.partId,
-      doc: {
-        id: d.id,
-        fileName: d.filename,
-        contentType: d.contentType,
-        problems: [...new Set([...d.problems, ...walk.problems.filter((p) => p.partId === d.id)].filter((p) => relevant(p, d.encoding)).map((p) => p.code))],
-        verdict: result.verdict,
-        size: d.size,
-      },
-    }));
-    const known = new Set(walk.documents.map((d) => d.document.id));
-    const loose = walk.problems.filter((p) => !known.has(p.partId) && relevant(p, null));
-    if (loose.length > 0) {
-      // A problem not tied to one document (max-parts, a broken boundary): parts may have gone
-      // unscanned, so it is judged as the whole message.
-      facts.push({ partId: '', doc: { id: '', whole: true, fileName: null, contentType: 'message/rfc822', problems: [...new Set(loose.map((p) => p.code))], verdict: { status: 'free' }, size } });
+    /** The walk; each document is scanned, or takes `given` (the clean verdict of the whole message). */
+    const walkAndScan = (given: VerdictResult | null) =>
+      walkMessage<Scanned>(
+        input,
+        { limits, spoolDir: deps.spoolDir, spoolMemoryLimit: deps.policy['document-memory'], hash: given === null && deps.scanner.wantsHash, ...(signal ? { signal } : {}) },
+        async (doc) => {
+          if (given) return { verdict: given };
+          const source = doc.source();
+          const verdict = await deps.scanner.scan({
+            source,
+            name: `${label}/${doc.id}${doc.filename ? ` ${doc.filename}` : ''}`,
+            ...(doc.sha256 ? { hash: doc.sha256 } : {}),
+            ...(source.kind !== 'file' ? { toFile: () => doc.spool.fileForScan() } : {}),
+            ...(signal ? { signal } : {}),
+            origin: deps.origin,
+          });
+          return { verdict };
+        },
+      );
+    const factsOf = (walk: WalkResult<Scanned>): Fact[] => {
+      const facts: Fact[] = walk.documents.map(({ document: d, result }) => ({
+        partId: d.partId,
+        doc: {
+          id: d.id,
+          fileName: d.filename,
+          contentType: d.contentType,
+          problems: [...new Set([...d.problems, ...walk.problems.filter((p) => p.partId === d.id)].filter((p) => relevant(p, d.encoding)).map((p) => p.code))],
+          verdict: result.verdict,
+          size: d.size,
+        },
+      }));
+      const known = new Set(walk.documents.map((d) => d.document.id));
+      const loose = walk.problems.filter((p) => !known.has(p.partId) && relevant(p, null));
+      if (loose.length > 0) {
+        // A problem not tied to one document (max-parts, a broken boundary): parts may have gone
+        // unscanned, so it is judged as the whole message.
+        facts.push({ partId: '', doc: { id: '', whole: true, fileName: null, contentType: 'message/rfc822', problems: [...new Set(loose.map((p) => p.code))], verdict: { status: 'free' }, size } });
+      }
+      return facts;
+    };
+
+    let facts: Fact[] | null = null;
+    let whole: VerdictResult | null = null;
+    if (input instanceof Spool && size <= deps.policy['prescan-max-size']) {
+      // The prescan (as the mail filter's, src/mail/filter.ts): clamd decodes MIME itself, so one
+      // engine call on the whole message settles a clean one; its documents are scanned one by one
+      // only when that is not clean or the walker finds a MIME problem (to know what to replace).
+      whole = await scanWholeMessage(deps.scanner, input, { name: `${label}/(message)`, hash: input.sha256, signal, origin: deps.origin });
+      if (whole.status === 'free') {
+        const key = input.sha256 === null ? null : `${input.sha256}/${deps.partial === true ? 1 : 0}${lenient ? 1 : 0}/${limitsKey(limits)}`;
+        const known = key === null ? undefined : wellFormed.get(key);
+        if (known) {
+          // The same bytes walked before without a problem: they walk the same way again.
+          facts = known.map((f) => ({ partId: f.partId, doc: { ...f.doc, problems: [], verdict: CLEAN } }));
+        } else {
+          const clean = factsOf(await walkAndScan(CLEAN));
+          if (clean.every((f) => (f.doc.problems ?? []).length === 0 && f.doc.id.split('.').length <= PRESCAN_MAX_DEPTH)) {
+            facts = clean;
+            if (key !== null) remember(key, clean);
+          }
+        }
+      }
+    }
+    if (facts === null) {
+      facts = factsOf(await walkAndScan(null));
+      // A finding on the whole message that no single document explains stays a finding.
+      if (whole?.status === 'found' && facts.every((f) => f.doc.verdict?.status === 'free')) {
+        facts.push({ partId: '', doc: { id: '', whole: true, fileName: null, contentType: 'message/rfc822', problems: [], verdict: whole, size } });
+      }
     }
     const editedParts = new Set<string>();
     for (const { doc, partId } of facts) {

@@ -192,4 +192,52 @@ describe('mail proxy replacer (src/mailproxy) with a real clamd', () => {
       return true;
     });
   });
+  /** The message in a hashed Spool, as the proxies hand it over (the prescan applies to spools). */
+  const spooled = async (raw: Buffer): Promise<Spool> => {
+    const sp = new Spool(join(dir, 'spool'), 1 << 20, { hash: true });
+    await sp.write(raw);
+    await sp.end();
+    return sp;
+  };
+  const scansFor = async (raw: Buffer, d: ReplaceDeps = deps()) => {
+    const sp = await spooled(raw);
+    const before = scanner.counters.scans;
+    const { r, out } = await run(sp, d);
+    const scans = scanner.counters.scans - before;
+    return { r, out, scans, sp };
+  };
+
+  test('prescan: a clean message costs one engine call; an infected one is then scanned part by part and its culprit replaced', async () => {
+    const clean = await scansFor(msg('clean').raw);
+    assert.equal(clean.scans, 1, 'one whole-message scan');
+    assert.equal(clean.r.changed, false);
+    assert.ok(clean.r.documents.length >= 2 && clean.r.documents.every((d) => d.status === 'clean'));
+    // Read again: the same bytes, remembered as well formed, still one call (no cache in this scanner).
+    assert.equal((await scansFor(msg('clean').raw)).scans, 1);
+    const infected = await scansFor(msg('eicar').raw);
+    assert.equal(infected.scans, 1 + infected.r.documents.length, 'the whole message, then every document');
+    assert.deepEqual(infected.r.replaced.map((d) => d.filename), ['eicar.com']);
+    assert.ok(!infected.out.includes(Buffer.from('EICAR-STANDARD-ANTIVIRUS-TEST-FILE')));
+    // prescan-max-size 0: every document on its own, as before.
+    const off = await scansFor(msg('clean').raw, deps({ policy: proxyPolicy({ 'prescan-max-size': 0 }) }));
+    assert.equal(off.scans, off.r.documents.length);
+    for (const x of [clean, infected, off]) await x.sp.dispose();
+  });
+
+  test('prescan: a clean answer is not trusted for documents nested deeper than clamd unpacks', async () => {
+    // Nine levels of forwarded mail around a clean text: clamd's whole-message answer stops being
+    // evidence below its recursion limit, so the documents are scanned one by one.
+    let raw = msg('plain').raw;
+    for (let i = 0; i < 9; i++) {
+      raw = Buffer.concat([
+        Buffer.from(`From: a@example.com\r\nTo: b@example.net\r\nSubject: level ${i}\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="n${i}"\r\n\r\n--n${i}\r\nContent-Type: message/rfc822\r\n\r\n`),
+        raw,
+        Buffer.from(`\r\n--n${i}--\r\n`),
+      ]);
+    }
+    const deep = await scansFor(raw);
+    assert.equal(deep.r.changed, false);
+    assert.ok(deep.scans > 1, `scanned part by part (${deep.scans} scans)`);
+    await deep.sp.dispose();
+  });
 });

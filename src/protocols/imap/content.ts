@@ -92,7 +92,7 @@ async function scanWrapped(
   tolerate: ReadonlySet<string>,
 ): Promise<FilterOutcome> {
   const header = syntheticHeader(kind);
-  const wrapped = new Spool(deps.spoolDir, deps.policy['spool-memory'], { hash: false });
+  const wrapped = new Spool(deps.spoolDir, deps.policy['spool-memory'], { hash: deps.scanner.wantsHash });
   let result: ReplaceResult | null = null;
   try {
     await wrapped.write(header);

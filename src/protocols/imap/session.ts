@@ -58,10 +58,26 @@ class Lock {
   }
 }
 
-/** Writes with backpressure; resolves false when the socket is gone. */
+/** Bytes buffered on a corked socket before they are pushed out (see pump). */
+const CORK_LIMIT = 256 * 1024;
+
+/** Ends every cork() of the socket: what was buffered goes out in one writev. */
+function uncorkAll(socket: Socket): void {
+  while (socket.writableCorked > 0) socket.uncork();
+}
+
+/**
+ * Writes with backpressure; resolves false when the socket is gone. On a corked socket the bytes
+ * wait (up to CORK_LIMIT) for the uncork; beyond, they are pushed out before waiting for 'drain'.
+ */
 function writeTo(socket: Socket, data: Buffer): Promise<boolean> {
   if (socket.destroyed || !socket.writable) return Promise.resolve(false);
   if (socket.write(data)) return Promise.resolve(true);
+  if (socket.writableCorked > 0) {
+    if (socket.writableLength < CORK_LIMIT) return Promise.resolve(true);
+    uncorkAll(socket);
+    if (!socket.writableNeedDrain) return Promise.resolve(true);
+  }
   return new Promise((resolve) => {
     const done = (ok: boolean) => {
       socket.off('drain', onDrain);
@@ -78,6 +94,11 @@ function writeTo(socket: Socket, data: Buffer): Promise<boolean> {
 async function* readInput(input: MessageInput): AsyncGenerator<Buffer> {
   if (Buffer.isBuffer(input)) {
     yield input;
+    return;
+  }
+  // A spool held in memory: its pieces as they are (no stream per message).
+  if (input instanceof Spool && !input.onDisk) {
+    yield* input.memoryChunks;
     return;
   }
   const stream = typeof input === 'string' ? createReadStream(input) : input.createReadStream();
@@ -228,9 +249,18 @@ export class ImapSession {
         // off while this chunk is handled, armed again while waiting for the next one.
         socket.setTimeout(0);
         parser.push(chunk);
-        for (let e = parser.next(); e; e = parser.next()) {
-          await handle(e);
-          if (this.closed) return;
+        // What one chunk of the server makes the proxy send (a FETCH response: its line, the
+        // literal, the closing parenthesis, the tagged OK) goes out in one writev, not one
+        // segment each; uncorked before anything slow (a scan) and at the end of the chunk.
+        const corked = socket !== this.client;
+        if (corked) this.client.cork();
+        try {
+          for (let e = parser.next(); e; e = parser.next()) {
+            await handle(e);
+            if (this.closed) return;
+          }
+        } finally {
+          if (corked) uncorkAll(this.client);
         }
         if (socket === this.client) this.client.setTimeout(parser.atMessageStart ? this.ctx.config.timeouts.idle : this.ctx.config.timeouts.read);
         // A server may stay silent between responses (IDLE), never in the middle of one.
@@ -375,7 +405,8 @@ export class ImapSession {
           part: kind.kind === 'part' || kind.partial,
           partial: kind.partial,
           binary: kind.binary,
-          spool: tooBig ? null : new Spool(this.ctx.spoolDir, this.ctx.config['spool-memory'], { hash: false }),
+          // Hashed while it arrives: the whole-message prescan can then be answered by the verdict cache.
+          spool: tooBig ? null : new Spool(this.ctx.spoolDir, this.ctx.config['spool-memory'], { hash: this.ctx.scanner.wantsHash && !(kind.kind === 'part' || kind.partial) }),
         };
         return;
       }
@@ -421,6 +452,8 @@ export class ImapSession {
         this.log.warn({ item: c.item, size: c.spec.size }, 'imap: fetched content over max-message-size replaced unscanned');
       } else {
         await c.spool.end();
+        // Responses before this one are not held back while it is scanned.
+        uncorkAll(this.client);
         this.ctx.counters.scanned++;
         this.log.debug({ item: c.item, size: c.spec.size }, 'imap: scanning fetched content');
         try {
@@ -442,6 +475,7 @@ export class ImapSession {
         }
       }
       this.log.debug({ item: c.item, size, changed: outcome?.changed ?? true }, 'imap: sending fetched content');
+      this.client.cork();
       if (!(await writeTo(this.client, rewriteMarker(c.text, c.spec, size)))) return;
       for await (const chunk of readInput(output)) if (!(await writeTo(this.client, chunk))) return;
     } finally {
@@ -564,7 +598,7 @@ export class ImapSession {
         }
         return; // LITERAL+: its bytes are read and dropped (a.current stays null)
       }
-      const spool = new Spool(this.ctx.spoolDir, this.ctx.config['spool-memory'], { hash: false });
+      const spool = new Spool(this.ctx.spoolDir, this.ctx.config['spool-memory'], { hash: this.ctx.scanner.wantsHash });
       a.literals.push({ spec: literal, spool });
       a.current = spool;
       if (!literal.plus) await this.reply('+ Ready for literal data');
