@@ -97,6 +97,24 @@ export class Spool {
     await writeAll(this.file.handle, chunk);
   }
 
+  /** Several pieces in order: once on disk, one writev for all of them instead of a write each. */
+  async writeMany(chunks: readonly Buffer[]): Promise<void> {
+    let i = 0;
+    while (i < chunks.length && !this.file) await this.write(chunks[i++] as Buffer);
+    if (i === chunks.length) return;
+    if (this.ended) throw new Error('spool already ended');
+    let rest = chunks.slice(i);
+    for (const c of rest) {
+      this.hash?.update(c);
+      this.size += c.length;
+    }
+    const handle = (this.file as unknown as { handle: FileHandle }).handle;
+    while (rest.length > 0) {
+      const { bytesWritten } = await handle.writev(rest);
+      rest = dropBytes(rest, bytesWritten);
+    }
+  }
+
   /**
    * Bytes [start, end) of what has been written so far, also while writing goes on (for sending a
    * body on while it is still arriving).

@@ -13,6 +13,12 @@ import type { Spool } from '../core/spool.js';
 /** How much is sent per write while passing a body on (after a pass verdict). */
 const PIECE = 256 * 1024;
 
+/** Bytes gathered for one writeMany() of the sink (one system call instead of one per piece). */
+const BATCH = 1024 * 1024;
+
+/** Received bytes that may wait for the spool (its file) before the receiver waits too. */
+const QUEUE_MAX = 1024 * 1024;
+
 /**
  * A Spool being filled, with notice of progress: the receiving side writes, ends or fails it; the
  * trickle reads from it while it grows.
@@ -26,9 +32,43 @@ export class SpoolFeed {
   /** Settles (never rejects) when the body is complete or failed. */
   readonly settled: Promise<void>;
   private settle!: () => void;
+  /**
+   * The last pieces received, as they came (see `recentWindow`): a reader close behind the writer
+   * takes them from here instead of reading back what the spool just wrote to its file.
+   */
+  private recent: Buffer[] = [];
+  private recentStart = 0;
+  private recentBytes = 0;
+  /**
+   * Pieces received but not yet in the spool: the receiver goes on reading the socket while the
+   * spool writes what came meanwhile in one go (a file write per piece would pace the transfer).
+   */
+  private queue: Buffer[] = [];
+  private queued = 0;
+  private flushing: Promise<void> | null = null;
+  private writeError: unknown = null;
 
-  constructor(readonly spool: Spool) {
+  private readonly recentWindow: number;
+  private readonly queueing: boolean;
+
+  /**
+   * `recentWindow`: bytes of the latest pieces kept for read() (0 = none). Only worth it when the
+   * body is sent on while it arrives (an eager trickle); bounded, so a slow reader costs no more.
+   * `queue`: write() returns before the spool has the piece (up to QUEUE_MAX); the receiver must
+   * then await idle() after fail() before disposing of the spool.
+   */
+  constructor(
+    readonly spool: Spool,
+    options: { recentWindow?: number; queue?: boolean } = {},
+  ) {
+    this.recentWindow = options.recentWindow ?? 0;
+    this.queueing = options.queue ?? false;
     this.settled = new Promise((resolve) => (this.settle = resolve));
+  }
+
+  /** Resolves once no spool write is under way (after fail(), nothing more is written). */
+  async idle(): Promise<void> {
+    while (this.flushing) await this.flushing;
   }
 
   /** Bytes received and readable from the spool (writes completed). */
@@ -48,16 +88,80 @@ export class SpoolFeed {
     return this._error;
   }
 
+  /** Queues a piece for the spool; waits only when too much is queued. Throws a failed spool write. */
   async write(chunk: Buffer): Promise<void> {
-    await this.spool.write(chunk);
-    // Counted only now: while a write moves the spool from memory to its file, the bytes are in
-    // neither place a reader could see.
-    this._size += chunk.length;
-    this.wake();
+    if (this.writeError !== null) throw this.writeError;
+    this.queue.push(chunk);
+    this.queued += chunk.length;
+    this.flushing ??= this.flush();
+    if (!this.queueing || this.queued > QUEUE_MAX) await this.flushing;
+    if (this.writeError !== null) throw this.writeError;
+  }
+
+  private async flush(): Promise<void> {
+    // Starts after the caller stored this promise (an await first), so the finally below clears it.
+    await Promise.resolve();
+    try {
+      while (this.queue.length > 0 && !this._failed) {
+        const batch = this.queue;
+        this.queue = [];
+        await this.spool.writeMany(batch);
+        // Counted only now: while a write moves the spool from memory to its file, the bytes are
+        // in neither place a reader could see.
+        for (const chunk of batch) {
+          this.queued -= chunk.length;
+          this._size += chunk.length;
+          if (this.recentWindow > 0) {
+            this.recent.push(chunk);
+            this.recentBytes += chunk.length;
+          }
+        }
+        if (this.recentWindow > 0) this.trimRecent(this.recentStart);
+        this.wake();
+      }
+    } catch (err) {
+      this.writeError = err;
+      this.queue = [];
+    } finally {
+      this.flushing = null;
+    }
+  }
+
+  /** Drops pieces wholly before `keepFrom`, and the oldest ones beyond the window. */
+  private trimRecent(keepFrom: number): void {
+    for (;;) {
+      const first = this.recent[0];
+      if (!first) return;
+      const before = this.recentStart + first.length <= keepFrom;
+      if (!before && this.recentBytes <= this.recentWindow) return;
+      this.recent.shift();
+      this.recentStart += first.length;
+      this.recentBytes -= first.length;
+    }
+  }
+
+  /**
+   * Up to `max` bytes from `start` (of what was written): from the recent pieces without a copy
+   * when they still hold `start`, else from the spool. Empty when nothing is readable yet.
+   */
+  async read(start: number, max: number): Promise<Buffer> {
+    if (this.recentWindow > 0) {
+      this.trimRecent(start);
+      if (start >= this.recentStart) {
+        let pos = this.recentStart;
+        for (const c of this.recent) {
+          if (start < pos + c.length) return c.subarray(start - pos, Math.min(c.length, start - pos + max));
+          pos += c.length;
+        }
+      }
+    }
+    return this.spool.readRange(start, start + max);
   }
 
   /** The whole body is in the spool. */
   async end(): Promise<void> {
+    while (this.flushing) await this.flushing;
+    if (this.writeError !== null) throw this.writeError;
     await this.spool.end();
     this._complete = true;
     this.settle();
@@ -69,6 +173,7 @@ export class SpoolFeed {
     if (this._complete || this._failed) return;
     this._failed = true;
     this._error = err;
+    this.queue = [];
     this.settle();
     this.wake();
   }
@@ -92,6 +197,8 @@ export interface TrickleSink {
   begin(): void | Promise<void>;
   /** Writes a piece; resolves when the receiver can take more (backpressure); rejects when it is gone. */
   write(chunk: Buffer): Promise<void>;
+  /** Optional: several pieces in order, as one write where the sink can (same promise as write). */
+  writeMany?(chunks: Buffer[]): Promise<void>;
 }
 
 export interface TrickleOptions {
@@ -105,6 +212,12 @@ export interface TrickleOptions {
   sink: TrickleSink;
   /** The client went away or the transfer is given up. */
   signal?: AbortSignal;
+  /**
+   * The same object passed its scan before (see the HTTP proxy's clean hints): with `params` set,
+   * bytes go out as they arrive instead of by `interval` and `chunk`, still within `limit` and
+   * never the last `keep-back` bytes, so a changed object that blocks is cut off as in trickling.
+   */
+  eager?: boolean;
 }
 
 export type TrickleOutcome =
@@ -156,16 +269,24 @@ export async function trickle(o: TrickleOptions): Promise<TrickleOutcome> {
     }
     while (sent < end) {
       if (aborted) return;
-      const piece = await feed.spool.readRange(sent, Math.min(end, sent + PIECE));
-      if (piece.length === 0) {
+      const pieces: Buffer[] = [];
+      let n = 0;
+      do {
+        const piece = await feed.read(sent + n, Math.min(end - sent - n, PIECE));
+        if (piece.length === 0) break;
+        pieces.push(piece);
+        n += piece.length;
+      } while (sink.writeMany && sent + n < end && n < BATCH);
+      if (n === 0) {
         // Not readable yet (the spool is moving to its file): let that I/O run, then retry. An
         // await on a promise alone would loop in microtasks and starve the very I/O awaited.
         await new Promise((resolve) => setImmediate(resolve));
         continue;
       }
       // Count before writing: a block verdict during this write must abort, not page.
-      sent += piece.length;
-      await sink.write(piece);
+      sent += n;
+      if (pieces.length > 1 && sink.writeMany) await sink.writeMany(pieces);
+      else await sink.write(pieces[0] as Buffer);
     }
   };
   const interval = params ? Math.max(1, params.interval) : 0;
@@ -191,6 +312,16 @@ export async function trickle(o: TrickleOptions): Promise<TrickleOutcome> {
         continue;
       }
       // No verdict yet.
+      if (params && o.eager) {
+        const cap = trickleCap(params, feed.size, feed.complete ? feed.size : o.totalSize);
+        if (cap > sent) {
+          await send(cap);
+          continue;
+        }
+        // A complete body changes no more: only the verdict (or the client leaving) is awaited.
+        await Promise.race(feed.complete ? [verdictKnown, abortedP] : [verdictKnown, feed.changed(), abortedP]);
+        continue;
+      }
       if (params && Date.now() >= nextTick) {
         const cap = trickleCap(params, feed.size, feed.complete ? feed.size : o.totalSize);
         const upTo = Math.min(cap, sent + params.chunk);

@@ -263,6 +263,30 @@ describe('HTTP proxy against a Node origin (curl, real clamd)', () => {
     assert.ok((avgate.httpProxy?.counters.aborted ?? 0) >= 1);
   });
 
+  test('an object seen clean goes out as it arrives next time, within keep-back: changed to EICAR (same URL and size), it is cut off', async () => {
+    const path = join(dir, 'www', 'swap.bin');
+    await writeFile(path, clean);
+    const first = await curlVia(port, origin.url('swap.bin'), out);
+    assert.equal(first.code, 0, first.stderr);
+    assert.equal(await fileSha256(out), sha256(clean));
+    const again = await curlVia(port, origin.url('swap.bin'), out);
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(await fileSha256(out), sha256(clean), 'the repeated object whole and byte-identical');
+    const infected = Buffer.concat([eicarText, clean.subarray(eicarText.length)]);
+    await writeFile(path, infected);
+    const r = await curlVia(port, origin.url('swap.bin'), out);
+    const got = existsSync(out) ? (await stat(out)).size : 0;
+    if (r.status === 200) {
+      assert.notEqual(r.code, 0, 'curl reports an incomplete transfer');
+      assert.ok(got <= clean.length - 1024 * 1024, `never past keep-back before the verdict (${got})`);
+      assert.equal(await fileSha256(out), sha256(infected.subarray(0, got)), 'the bytes sent are the start of the object');
+    } else {
+      assert.equal(r.status, 403, 'blocked before any byte went out');
+    }
+    const line = new RegExp(`GET ${origin.url('swap.bin').replace(/[.?*+^$[\]\\(){}|-]/g, '\\$&')} (200 found/aborted|403 found) default `);
+    await waitFor('the access log line', async () => (line.test(await readFile(join(stateDir, 'http-access.log'), 'utf8')) ? true : null), 20_000);
+  });
+
   test('every spool file is gone once the transfers ended (blocked, aborted, abandoned ones too)', async () => {
     const spoolDir = join(stateDir, 'spool');
     const left = async () => (existsSync(spoolDir) ? (await readdir(spoolDir)).length : 0);

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { trickleSchema, type TrickleConfig } from '../../src/config/proxy-schema.js';
 import { Spool } from '../../src/core/spool.js';
+import { CleanHints } from '../../src/proxy/clean-hints.js';
 import { SpoolFeed, trickle, trickleCap, type TrickleSink } from '../../src/proxy/trickle.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'avg-trickle-'));
@@ -173,4 +174,89 @@ test('trickle: receiving failure and an abandoned transfer end as failed', async
   assert.equal((await run2).kind, 'failed');
   await feed.spool.dispose();
   await feed2.spool.dispose();
+});
+
+test('eager trickle: bytes go out as they arrive, up to the cap and no further, with no interval; a block then aborts', async () => {
+  const data = body(200_000);
+  // A long interval: an eager trickle must not wait for it.
+  const p = params({ interval: '1h', chunk: 1000, limit: '50%', 'keep-back': 10_000 });
+  for (const recentWindow of [0, 64 * 1024]) {
+    const feed = new SpoolFeed(new Spool(dir, 32 * 1024, { hash: false }), { queue: true, recentWindow });
+    const r = recorder();
+    const d = deferred<'pass' | 'block'>();
+    const run = trickle({ feed, decision: d.promise, params: p, totalSize: data.length, sink: r.sink, eager: true });
+    for (let i = 0; i < data.length; i += 7000) await feed.write(data.subarray(i, i + 7000));
+    await feed.end();
+    await r.atLeast(100_000);
+    d.resolve('block');
+    const out = await run;
+    assert.deepEqual(out, { kind: 'aborted', sent: 100_000 }, `window ${recentWindow}`);
+    assert.ok(r.body().equals(data.subarray(0, 100_000)), 'the start of the body, in order');
+    await feed.spool.dispose();
+  }
+});
+
+test('eager trickle: a pass sends the whole body byte-identical; the cap still holds keep-back back', async () => {
+  const data = body(300_000);
+  const p = params({ interval: '1h', limit: '100%', 'keep-back': 50_000 });
+  const feed = new SpoolFeed(new Spool(dir, 16 * 1024, { hash: false }), { queue: true, recentWindow: 80_000 });
+  const r = recorder();
+  const d = deferred<'pass' | 'block'>();
+  const run = trickle({ feed, decision: d.promise, params: p, totalSize: data.length, sink: r.sink, eager: true });
+  for (let i = 0; i < data.length; i += 5000) await feed.write(data.subarray(i, i + 5000));
+  await feed.end();
+  await r.atLeast(250_000);
+  assert.equal(r.body().length, 250_000, 'never the last keep-back bytes before the verdict');
+  d.resolve('pass');
+  const out = await run;
+  assert.deepEqual(out, { kind: 'passed', sent: data.length });
+  assert.ok(r.body().equals(data));
+  await feed.spool.dispose();
+});
+
+test('queued feed: a failure stops the spool writes; idle() waits for the one under way', async () => {
+  const feed = new SpoolFeed(new Spool(dir, 1000, { hash: false }), { queue: true });
+  for (let i = 0; i < 20; i++) await feed.write(body(3000));
+  feed.fail(new Error('reset'));
+  await feed.idle();
+  assert.ok(feed.failed);
+  assert.ok(feed.size <= 60_000);
+  await feed.spool.dispose();
+});
+
+test('clean hints: only objects with an announced size; most recent kept, oldest dropped', () => {
+  const key = (url: string, size: number | null) => CleanHints.key({ rule: 'r', url, size, etag: null, lastModified: null, encoding: null });
+  assert.equal(key('http://a/x', null), null);
+  assert.notEqual(key('http://a/x', 1), key('http://a/x', 2));
+  const h = new CleanHints(2);
+  h.add(key('http://a/1', 1));
+  h.add(key('http://a/2', 1));
+  h.add(key('http://a/1', 1)); // refreshed
+  h.add(key('http://a/3', 1));
+  assert.ok(h.has(key('http://a/1', 1)));
+  assert.ok(!h.has(key('http://a/2', 1)));
+  assert.ok(h.has(key('http://a/3', 1)));
+  h.delete(key('http://a/3', 1));
+  assert.ok(!h.has(key('http://a/3', 1)));
+  assert.ok(!h.has(null));
+});
+
+test('trickle: a sink taking several pieces at once gets them in order, byte-identical', async () => {
+  const data = body(3_000_000);
+  const feed = await filledFeed(data, 64 * 1024); // on disk: read back in pieces
+  const got: Buffer[] = [];
+  let batches = 0;
+  const sink: TrickleSink = {
+    begin: () => undefined,
+    write: async (c) => void got.push(Buffer.from(c)),
+    writeMany: async (cs) => {
+      batches++;
+      for (const c of cs) got.push(Buffer.from(c));
+    },
+  };
+  const out = await trickle({ feed, decision: Promise.resolve('pass'), params: null, totalSize: data.length, sink });
+  assert.deepEqual(out, { kind: 'passed', sent: data.length });
+  assert.ok(batches > 0, 'several pieces went out together');
+  assert.ok(Buffer.concat(got).equals(data));
+  await feed.spool.dispose();
 });

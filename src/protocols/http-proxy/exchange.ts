@@ -8,6 +8,7 @@ import { SHARED_SLABS, Spool } from '../../core/spool.js';
 import type { Verdict } from '../../core/verdict.js';
 import { renderPage } from '../../policy/block-page.js';
 import { decide, verdictReason, type Decision } from '../../policy/verdict-policy.js';
+import { CleanHints } from '../../proxy/clean-hints.js';
 import type { DocAcl, DocAclMatch, DocFacts } from '../../proxy/doc-acl.js';
 import { SpoolFeed, trickle, type TrickleOutcome, type TrickleSink } from '../../proxy/trickle.js';
 import type { ScanService } from '../../scan/types.js';
@@ -55,7 +56,12 @@ export interface ExchangeContext {
   /** A blocked object into the quarantine (when its status is listed); never throws. */
   keep(v: Verdict, spool: Spool, url: string, rule: string): Promise<void>;
   counters: { aborted: number; trickled: number; uploadsBlocked: number };
+  /** Downloads that passed recently: the same object again goes out as it arrives (within the trickle limits). */
+  hints: CleanHints;
 }
+
+/** Received bytes kept in memory past keep-back for an eager trickle (see SpoolFeed). */
+const EAGER_WINDOW = 2 * 1024 * 1024;
 
 const BLOCK_STATUS = { found: 403, skipped: 403, unknown: 403, error: 503 } as const;
 
@@ -86,14 +92,25 @@ function sendPage(res: ServerResponse, status: number, title: string, reason: st
   res.end(body);
 }
 
-/** Writes with backpressure: resolves when the response can take more, rejects when it is gone. */
-function writeTo(res: ServerResponse, chunk: Buffer): Promise<void> {
+/**
+ * Writes with backpressure: resolves when the response can take more, rejects when it is gone.
+ * Several pieces go out corked: one system call for all of them.
+ */
+function writeTo(res: ServerResponse, chunk: Buffer | Buffer[]): Promise<void> {
   return new Promise((resolve, reject) => {
     if (res.destroyed || res.writableEnded) {
       reject(new Error('client gone'));
       return;
     }
-    if (res.write(chunk)) {
+    let ok = true;
+    if (Array.isArray(chunk)) {
+      res.cork();
+      for (const c of chunk) ok = res.write(c);
+      res.uncork();
+    } else {
+      ok = res.write(chunk);
+    }
+    if (ok) {
       resolve();
       return;
     }
@@ -114,27 +131,25 @@ function writeTo(res: ServerResponse, chunk: Buffer): Promise<void> {
  * Reads a message body into a feed, failing it when bytes stop coming for `stallMs`. Bytes past
  * `keepUpTo` are read and dropped (the feed then ends short). Resolves to the bytes read.
  */
-async function receive(body: Readable, feed: SpoolFeed, stallMs: number, onProgress: () => void, keepUpTo = Infinity): Promise<number> {
-  let timer: NodeJS.Timeout | null = null;
+async function receive(body: Readable, feed: SpoolFeed, stallMs: number, onProgress: (received: number) => void, keepUpTo = Infinity): Promise<number> {
   let total = 0;
-  const arm = () => {
-    if (timer) clearTimeout(timer);
-    timer = setTimeout(() => body.destroy(new Error(`no body bytes for ${stallMs} ms`)), stallMs);
-  };
+  // One timer per body, pushed back per chunk (refresh() is far cheaper than a new timer per read).
+  const timer = setTimeout(() => body.destroy(new Error(`no body bytes for ${stallMs} ms`)), stallMs);
   try {
-    arm();
     for await (const chunk of body) {
-      arm();
+      timer.refresh();
       const c = chunk as Buffer;
       total += c.length;
       if (total - c.length < keepUpTo) await feed.write(total > keepUpTo ? c.subarray(0, c.length - (total - keepUpTo)) : c);
-      onProgress();
+      onProgress(total);
     }
     await feed.end();
   } catch (err) {
     feed.fail(err);
+    // A spool write may still be under way: the caller disposes of the spool once we return.
+    await feed.idle();
   } finally {
-    if (timer) clearTimeout(timer);
+    clearTimeout(timer);
   }
   return total;
 }
@@ -276,7 +291,7 @@ export class Exchange {
     const tooBig = (bytes: number) => skippedVerdict(`larger than max-checked-size (${max} bytes)`, bytes);
     const scanner = ctx.scannerFor(m.rule.antivirus === 'none' ? null : m.rule.antivirus);
     const spool = new Spool(ctx.spoolDir, ctx.config['spool-memory'], { hash: scanner.wantsHash, slabs: SHARED_SLABS });
-    const feed = new SpoolFeed(spool);
+    const feed = new SpoolFeed(spool, { queue: true });
     // Past max-checked-size the body is kept only when "skipped" passes (it must go upstream
     // whole); otherwise it is read to its end and dropped: answering while the client still sends
     // would close the connection under unread bytes, a reset that can lose the 403.
@@ -352,6 +367,8 @@ export class Exchange {
       setHost: false,
     });
     this.upstreamReq = upReq;
+    // Small requests and heads must not wait for an ACK (Nagle against delayed ACK).
+    upReq.once('socket', (s) => s.setNoDelay(true));
     // Errors after the response head (a reset mid-body) surface through the body stream; this
     // keeps any later one from being an unhandled 'error' event.
     upReq.on('error', () => undefined);
@@ -422,17 +439,18 @@ export class Exchange {
       await this.passThrough(upRes);
       return;
     }
-    await this.scanDownload(target, upRes, m, size, head, headerValue(pairs, 'content-encoding'));
+    const encoding = headerValue(pairs, 'content-encoding');
+    const hint = CleanHints.key({ rule: m.name, url: target.url, size, etag: headerValue(pairs, 'etag'), lastModified: headerValue(pairs, 'last-modified'), encoding });
+    await this.scanDownload(target, upRes, m, size, head, encoding, hint);
   }
 
   /** An object the rule does not scan: streamed with backpressure. */
   private async passThrough(upRes: IncomingMessage): Promise<void> {
     const stall = this.ctx.config.timeouts.body;
-    let timer = setTimeout(() => upRes.destroy(new Error('stalled')), stall);
+    const timer = setTimeout(() => upRes.destroy(new Error('stalled')), stall);
     try {
       for await (const c of upRes) {
-        clearTimeout(timer);
-        timer = setTimeout(() => upRes.destroy(new Error('stalled')), stall);
+        timer.refresh();
         this.rec.bytes += (c as Buffer).length;
         await writeTo(this.res, c as Buffer);
       }
@@ -444,27 +462,33 @@ export class Exchange {
     }
   }
 
-  private async scanDownload(target: ProxyTarget, upRes: IncomingMessage, m: DocAclMatch, size: number | null, head: () => void, encoding: string | null): Promise<void> {
+  private async scanDownload(target: ProxyTarget, upRes: IncomingMessage, m: DocAclMatch, size: number | null, head: () => void, encoding: string | null, hint: string | null): Promise<void> {
     const { ctx, res } = this;
     const rule: DocAclRule = m.rule;
     const scanner = ctx.scannerFor(rule.antivirus === 'none' ? null : rule.antivirus);
     const spool = new Spool(ctx.spoolDir, ctx.config['spool-memory'], { hash: scanner.wantsHash, slabs: SHARED_SLABS });
-    const feed = new SpoolFeed(spool);
+    const eager = rule.trickle !== null && ctx.hints.has(hint);
+    // Sent on while arriving: from the received pieces, not read back from the spool's file.
+    const feed = new SpoolFeed(spool, { queue: true, recentWindow: eager && rule.trickle ? rule.trickle['keep-back'] + EAGER_WINDOW : 0 });
     let tooBig: (v: Verdict) => void = () => undefined;
     const overLimit = new Promise<Verdict>((resolve) => (tooBig = resolve));
     const maxChecked = ctx.maxCheckedSize;
-    const receiving = receive(upRes, feed, ctx.config.timeouts.body, () => {
-      if (feed.size > maxChecked) tooBig(skippedVerdict(`larger than max-checked-size (${maxChecked} bytes)`, feed.size));
+    const receiving = receive(upRes, feed, ctx.config.timeouts.body, (received) => {
+      if (received > maxChecked) tooBig(skippedVerdict(`larger than max-checked-size (${maxChecked} bytes)`, received));
     });
     let verdict: Verdict | null = null;
     let decision: Decision | null = null;
+    /** The engines are done (or were never asked): nothing left for the abort signal to stop. */
+    let scanDone = false;
     const verdictP: Promise<Verdict> =
       size !== null && size > maxChecked
         ? Promise.resolve(skippedVerdict(`larger than max-checked-size (${maxChecked} bytes)`, size))
         : Promise.race([
             overLimit,
             feed.settled.then(() =>
-              feed.failed ? new Promise<Verdict>(() => undefined) : this.scan(scanner, spool, target.url, m.name, encoding),
+              feed.failed
+                ? new Promise<Verdict>(() => undefined)
+                : this.scan(scanner, spool, target.url, m.name, encoding).finally(() => void (scanDone = true)),
             ),
           ]);
     const decided = verdictP.then((v) => {
@@ -473,14 +497,16 @@ export class Exchange {
       decision = decide(v, { acceptStatus: rule['accept-status'], blockStatus: BLOCK_STATUS });
       return decision.action;
     });
-    const sink: TrickleSink = { begin: head, write: (c) => writeTo(res, c) };
+    const sink: TrickleSink = { begin: head, write: (c) => writeTo(res, c), writeMany: (cs) => writeTo(res, cs) };
     let outcome: TrickleOutcome;
     try {
-      outcome = await trickle({ feed, decision: decided, params: rule.trickle, totalSize: size, sink, signal: this.ac.signal });
+      outcome = await trickle({ feed, decision: decided, params: rule.trickle, totalSize: size, sink, signal: this.ac.signal, eager });
       this.rec.bytes = outcome.sent;
       const v = verdict as Verdict | null;
       this.rec.verdict = v?.status ?? '-';
       if (outcome.sent > 0 && outcome.kind !== 'passed') ctx.counters.trickled++;
+      if (v && decision !== null && (decision as Decision).action === 'pass' && v.status === 'free' && feed.complete) ctx.hints.add(hint);
+      else if (outcome.kind === 'blocked' || outcome.kind === 'aborted') ctx.hints.delete(hint);
       switch (outcome.kind) {
         case 'passed':
           res.end();
@@ -511,7 +537,8 @@ export class Exchange {
           break;
       }
     } finally {
-      this.ac.abort();
+      // Aborting builds a DOMException (a stack trace): only when a scan may still be running.
+      if (!scanDone) this.ac.abort();
       if (!feed.complete) upRes.destroy();
       await receiving;
       // Not recycled: views of the slabs may still wait in the socket's write buffer.

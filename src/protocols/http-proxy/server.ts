@@ -12,6 +12,7 @@ import type { Spool } from '../../core/spool.js';
 import type { Verdict, VerdictStatus } from '../../core/verdict.js';
 import { loadTemplate } from '../../policy/block-page.js';
 import { verdictReason } from '../../policy/verdict-policy.js';
+import { CleanHints } from '../../proxy/clean-hints.js';
 import { DocAcl } from '../../proxy/doc-acl.js';
 import type { Quarantine } from '../../quarantine/types.js';
 import type { ScanService } from '../../scan/types.js';
@@ -116,6 +117,7 @@ export class HttpProxyServer {
       onVerdict: (v) => void this.counters.byVerdict[v.status]++,
       keep: (v, spool, url, rule) => this.keep(v, spool, url, rule),
       counters: this.counters,
+      hints: new CleanHints(),
     };
     // Every engine id a rule names must exist now, not at the first request.
     for (const r of config['doc-acl']) if (r.antivirus !== 'none') this.ctx.scannerFor(r.antivirus);
@@ -177,6 +179,8 @@ export class HttpProxyServer {
     );
     server.maxConnections = this.config['max-connections'];
     server.on('connection', (s: Socket) => {
+      // A response head and a small body must not wait for the client's ACK (Nagle vs delayed ACK).
+      s.setNoDelay(true);
       this.sockets.add(s);
       this.counters.connections++;
       s.on('error', () => undefined);
