@@ -26,6 +26,10 @@ export interface CicapOptions {
   maxObjectSize?: string;
   threads?: number;
   startTimeoutMs?: number;
+  /** virus_scan's mode: `simple` (the whole body held for the verdict, the default) or `streamed`. */
+  mode?: 'simple' | 'streamed';
+  /** More lines at the end of c-icap.conf (e.g. virus_scan.SendPercentData for streamed mode). */
+  extra?: readonly string[];
 }
 
 export interface Cicap extends PeerProcess {
@@ -92,10 +96,11 @@ function configText(o: CicapOptions, port: number): string {
     'Module common clamd_mod.so',
     `clamd_mod.ClamdSocket ${o.clamdSocket}`,
     'Service antivirus_module virus_scan.so',
-    'ServiceAlias avscan virus_scan?allow204=on&sizelimit=off&mode=simple',
+    `ServiceAlias avscan virus_scan?allow204=on&sizelimit=off&mode=${o.mode ?? 'simple'}`,
     'virus_scan.DefaultEngine clamd',
     `virus_scan.ScanFileTypes ${o.fileTypes ?? PACKAGE_FILE_TYPES}`,
     `virus_scan.MaxObjectSize ${o.maxObjectSize ?? '100M'}`,
+    ...(o.extra ?? []),
     '',
   ].join('\n');
 }

@@ -19,6 +19,7 @@ import type { ScanService } from '../../scan/types.js';
 import { parseListen } from '../icap/server.js';
 import { Exchange, type AccessRecord, type ExchangeContext } from './exchange.js';
 import { headerPairs, parseConnectTarget, requestHeadProblem } from './headers.js';
+import { fileNameOf } from '../../formats/url-name.js';
 
 export interface HttpProxyCounters {
   requests: number;
@@ -342,17 +343,5 @@ export class HttpProxyServer {
     await closed;
     this.agent.destroy();
     this.accessFile?.end();
-  }
-}
-
-/** The last path segment of a URL, decoded, as the object's file name (null when there is none). */
-function fileNameOf(url: string): string | null {
-  try {
-    const seg = new URL(url).pathname.split('/').pop() ?? '';
-    const name = decodeURIComponent(seg);
-    const clean = name.length > 0 && ![...name].some((c) => c.charCodeAt(0) < 0x20 || c === '/' || c === '\\');
-    return clean ? name.slice(0, 255) : null;
-  } catch {
-    return null;
   }
 }

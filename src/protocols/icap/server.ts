@@ -13,6 +13,7 @@ import type { Quarantine } from '../../quarantine/types.js';
 import type { ScanService } from '../../scan/types.js';
 import { IcapConnection, type AccessRecord, type ConnectionContext } from './connection.js';
 import { IcapService } from './service.js';
+import { fileNameOf } from '../../formats/url-name.js';
 
 export interface IcapCounters {
   requests: number;
@@ -214,17 +215,5 @@ export class IcapServer {
     }
     for (const s of this.sockets.keys()) s.destroy();
     this.accessFile?.end();
-  }
-}
-
-/** The last path segment of a URL, decoded, as the object's file name (null when there is none). */
-function fileNameOf(url: string): string | null {
-  try {
-    const seg = new URL(url).pathname.split('/').pop() ?? '';
-    const name = decodeURIComponent(seg);
-    const clean = name.length > 0 && ![...name].some((c) => c.charCodeAt(0) < 0x20 || c === '/' || c === '\\');
-    return clean ? name.slice(0, 255) : null;
-  } catch {
-    return null;
   }
 }
