@@ -38,7 +38,7 @@ async function main(): Promise<void> {
   await clamd.start();
   const cicap = await startBenchCicap({ dir: join(tmp, 'c-icap'), clamdSocket: clamd.socketPath });
   onCleanup(() => cicap.stop());
-  const flags = [...(profile ? ['--cpu-prof', '--cpu-prof-dir', profile] : []), ...(traceGc ? ['--trace-gc'] : [])];
+  const flags = [...(profile ? ['--cpu-prof', '--cpu-prof-dir', profile] : []), ...(traceGc ? ['--trace-gc'] : []), ...(arg('--node-flags')?.split(' ').filter(Boolean) ?? [])];
   const avgate = await startAvgateIcap({ clamdSocket: clamd.socketPath, dbDir: clamd.dbDir, stateDir: join(tmp, 'avgate'), cache: process.argv.includes('--cache'), nodeFlags: flags, echoOutput: traceGc });
 
   const cpuSnapshot = async () => ({
@@ -48,7 +48,8 @@ async function main(): Promise<void> {
     client: (process.cpuUsage().user + process.cpuUsage().system) / 1000,
   });
   const base = randomBytes(size);
-  const body = () => Buffer.concat([base, randomBytes(16)]);
+  const warm = process.argv.includes('--warm'); // the same body again and again (with --cache: cache hits)
+  const body = () => (warm ? base : Buffer.concat([base, randomBytes(16)]));
   const run = async (name: string, send: (b: Buffer) => Promise<unknown>) => {
     for (let i = 0; i < Math.min(200, n); i++) await send(body());
     const lat = new Float64Array(n);

@@ -1,3 +1,4 @@
+import { tuneGarbageCollector } from './core/gc-tuning.js';
 import type { LoadedConfig } from './config/loader.js';
 import { messageOf } from './core/errors.js';
 import { createLogger, type Logger } from './core/logging.js';
@@ -55,6 +56,7 @@ export interface Serving {
 
 export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}): Promise<Serving> {
   const { config } = loaded;
+  if (config['gc-tuning']) tuneGarbageCollector();
   let icapPort: number | null = null;
   let icapTlsPort: number | null = null;
   const log = opts.logger ?? createLogger({ level: config.log.level, file: config.log.file });

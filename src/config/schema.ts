@@ -152,6 +152,8 @@ export type IcapServiceConfig = z.output<typeof icapServiceSchema>;
 export const configSchema = z.strictObject({
   /** Runtime files: clamd socket/conf/db, cache, quarantine. Relative to the working directory. */
   'state-dir': z.string().default('var'),
+  /** Garbage-collector settings for a long-running gateway (src/core/gc-tuning.ts). */
+  'gc-tuning': z.boolean().default(true),
   log: logSchema.default(() => logSchema.parse({})),
   clamd: clamdSchema.default(() => clamdSchema.parse({})),
   engines: z
