@@ -14,6 +14,8 @@ export class Spool {
   private file: { handle: FileHandle; path: string } | null = null;
   /** A copy of an in-memory object written for an engine that reads files (see fileForScan). */
   private scanCopy: string | null = null;
+  /** The scan copy while it is written as the object arrives (see startScanCopy). */
+  private eager: EagerCopy | null = null;
   private hash: Hash | null;
   private digest: string | null = null;
   private ended = false;
@@ -46,7 +48,7 @@ export class Spool {
    * garbage collector) and the slabs are reused from object to object, instead of every read buffer
    * of a large body living until the verdict and needing a full collection to be freed.
    */
-  private copyIn(chunk: Buffer): void {
+  private copyIn(chunk: Buffer, copied: Buffer[] | null): void {
     const pool = this.pool as SlabPool;
     let off = 0;
     while (off < chunk.length) {
@@ -58,6 +60,7 @@ export class Spool {
       }
       const n = Math.min(chunk.length - off, slab.length - this.slabUsed);
       chunk.copy(slab, this.slabUsed, off, off + n);
+      copied?.push(slab.subarray(this.slabUsed, this.slabUsed + n));
       const last = this.memory.at(-1);
       // Extend the previous view when it ends where this copy starts (same slab): fewer pieces.
       if (last && last.buffer === slab.buffer && last.byteOffset + last.length === slab.byteOffset + this.slabUsed) {
@@ -80,11 +83,14 @@ export class Spool {
     this.hash?.update(chunk);
     this.size += chunk.length;
     if (!this.file && this.size <= this.memoryLimit) {
-      if (this.pool) this.copyIn(chunk);
+      const copied = this.eager ? [] : null;
+      if (this.pool) this.copyIn(chunk, copied);
       else this.memory.push(chunk);
+      if (this.eager) this.eager.add(copied ?? [chunk]);
       return;
     }
     if (!this.file) {
+      await this.dropScanCopy(); // the spool's own file will do
       await ensureDir(this.dir);
       const path = join(this.dir, uniqueName('spool'));
       const handle = await withDir(this.dir, () => open(path, 'wx+', 0o600));
@@ -162,6 +168,39 @@ export class Spool {
   }
 
   /**
+   * Starts the scan copy (fileForScan) now, while the object is still arriving: what is held so
+   * far at once, later pieces as they come, written in the thread pool while the next ones are
+   * received (pieces that arrive during a write go together in the next writev). The copy is
+   * then complete soon after the last byte instead of being written after it — less latency for
+   * an object that will be scanned from a file; wasted work when the verdict cache answers, so the
+   * caller starts it only when that is unlikely. No-op once on disk, ended or already started.
+   */
+  async startScanCopy(): Promise<void> {
+    if (this.file || this.scanCopy || this.ended) return;
+    await ensureDir(this.dir);
+    const path = join(this.dir, uniqueName('scan'));
+    const handle = await withDir(this.dir, () => open(path, 'wx', 0o600));
+    this.scanCopy = path;
+    this.eager = new EagerCopy(handle);
+    this.eager.add(this.memory.slice());
+  }
+
+  get copyingForScan(): boolean {
+    return this.eager !== null;
+  }
+
+  /** Stops and removes a scan copy that is being written (the spool went to disk, or disposal). */
+  private async dropScanCopy(): Promise<void> {
+    const e = this.eager;
+    if (!e) return;
+    this.eager = null;
+    await e.close().catch(() => undefined);
+    const copy = this.scanCopy;
+    this.scanCopy = null;
+    if (copy) await unlink(copy).catch(() => undefined);
+  }
+
+  /**
    * A path holding the whole object (after end()): the spool's own file, or the bytes held in
    * memory written once to a file next to it (removed by dispose()), for engines that read files
    * themselves instead of taking a stream.
@@ -169,6 +208,20 @@ export class Spool {
   async fileForScan(): Promise<string> {
     if (!this.ended) throw new Error('spool not ended');
     if (this.file) return this.file.path;
+    if (this.eager) {
+      const e = this.eager;
+      this.eager = null;
+      try {
+        await e.close(); // waits for the last writes
+      } catch (err) {
+        // A partial copy is no copy: removed, and the caller streams instead (a later call rewrites it).
+        const partial = this.scanCopy;
+        this.scanCopy = null;
+        if (partial) await unlink(partial).catch(() => undefined);
+        throw err;
+      }
+      return this.scanCopy as string;
+    }
     if (this.scanCopy) return this.scanCopy;
     await ensureDir(this.dir);
     const path = join(this.dir, uniqueName('scan'));
@@ -210,6 +263,7 @@ export class Spool {
    * in use (e.g. queued in a socket's write buffer), so pooled slabs may be handed out again.
    */
   async dispose(recycle = false): Promise<void> {
+    await this.dropScanCopy(); // before the slabs go back: its writes read from them
     this.memory = [];
     if (recycle && this.pool) for (const slab of this.slabs) this.pool.give(slab);
     this.slabs = [];
@@ -247,6 +301,50 @@ export class SlabPool {
 
   get idleCount(): number {
     return this.idle.length;
+  }
+}
+
+/**
+ * A file written behind the data as it arrives: one writev at a time in the thread pool, the
+ * pieces that arrived meanwhile gathered for the next one. The pieces must stay unchanged until
+ * close() has resolved (the spool's slabs do: they are recycled only after dispose()).
+ */
+class EagerCopy {
+  private queued: Buffer[] = [];
+  private writing: Promise<void> | null = null;
+  private failed: unknown = null;
+
+  constructor(private readonly handle: FileHandle) {}
+
+  add(pieces: readonly Buffer[]): void {
+    if (this.failed !== null || pieces.length === 0) return;
+    this.queued.push(...pieces);
+    this.writing ??= this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    try {
+      while (this.queued.length > 0 && this.failed === null) {
+        let batch = this.queued;
+        this.queued = [];
+        while (batch.length > 0) {
+          const { bytesWritten } = await this.handle.writev(batch);
+          batch = dropBytes(batch, bytesWritten);
+        }
+      }
+    } catch (err) {
+      this.failed = err;
+      this.queued = [];
+    } finally {
+      this.writing = null;
+    }
+  }
+
+  /** Waits for the writes under way, closes the file; rejects if a write failed. */
+  async close(): Promise<void> {
+    while (this.writing) await this.writing;
+    await this.handle.close();
+    if (this.failed !== null) throw this.failed instanceof Error ? this.failed : new Error(String(this.failed));
   }
 }
 

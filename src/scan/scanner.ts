@@ -40,6 +40,9 @@ export interface ScannerCounters {
 /** Transient failures after which a re-readable object is tried once more on a fresh context. */
 const RETRY_CODES = new Set(['AVG_ERR_ENGINE_RESET', 'AVG_ERR_ENGINE_PROTOCOL']);
 
+/** Look-ups the cache hit rate is averaged over (exponential moving average). */
+const HIT_WINDOW = 32;
+
 class SizeLimitExceeded extends Error {}
 
 /** Counts bytes, feeds the hash, and stops the flow when the object outgrows max-checked-size. */
@@ -81,6 +84,8 @@ interface EngineSlot extends ScannerEngine {
 export class Scanner implements ScanService {
   private readonly engines: EngineSlot[];
   private readonly semaphore: Semaphore;
+  /** Share of recent cache look-ups that hit (moving average over about HIT_WINDOW look-ups). */
+  private hitRate = 0;
   readonly counters: ScannerCounters = {
     scans: 0,
     bytes: 0,
@@ -108,6 +113,16 @@ export class Scanner implements ScanService {
 
   get wantsHash(): boolean {
     return this.cache !== null;
+  }
+
+  /**
+   * True when an object about to arrive will most likely need an engine: there is no verdict
+   * cache, or fewer than half of its recent look-ups hit. Front ends use it to prepare the
+   * engine's input while the object is still arriving (Spool.startScanCopy) — work that a cache
+   * hit would waste.
+   */
+  get engineLikely(): boolean {
+    return this.cache === null || this.hitRate < 0.5;
   }
 
   get concurrency(): number {
@@ -209,6 +224,7 @@ export class Scanner implements ScanService {
         const key = this.cacheKey(versions);
         if (key) {
           const hit = this.cache.get(hash, key);
+          this.hitRate += ((hit ? 1 : 0) - this.hitRate) / HIT_WINDOW;
           if (hit) return finish(hit, size ?? 0, versionLabel(versions), true);
         }
       }

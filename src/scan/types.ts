@@ -35,6 +35,8 @@ export interface ScanService {
   scan(request: ScanRequest): Promise<Verdict>;
   /** True when a verdict cache is in use: only then is a content hash worth computing. */
   readonly wantsHash: boolean;
+  /** True when the next object will most likely need an engine (no cache, or it seldom answers lately). */
+  readonly engineLikely: boolean;
   /** True when the engines read local files themselves (clamd SCAN) and that pays for this size: hand them a file. */
   prefersFiles(size?: number): boolean;
   /** Maximum simultaneous scans (max-concurrent-scans): callers size their own parallelism by it. */

@@ -21,6 +21,7 @@ const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const NEVER: ScanService = {
   scan: () => Promise.reject(new Error('the parent proxy must not scan')),
   wantsHash: false,
+  engineLikely: true,
   prefersFiles: () => false,
   concurrency: 1,
   close: async () => undefined,

@@ -283,6 +283,7 @@ describe('POP3 proxy with a real Dovecot and clamd', () => {
     let held = 0;
     const slow: ScanService = {
       wantsHash: false,
+      engineLikely: true,
       concurrency: 1,
       prefersFiles: () => false,
       close: async () => undefined,

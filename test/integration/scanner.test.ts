@@ -129,16 +129,22 @@ describe('scanner with a real clamd', () => {
     assert.equal(first.status, 'found');
     assert.equal(written.length, 1);
     assert.deepEqual([byPath, byStream], [1, 0]);
+    assert.equal(scanner.engineLikely, true, 'no look-up hit yet: the next object will need the engine');
     const second = await scanner.scan({ source: { kind: 'chunks', chunks: [data] }, toFile });
     assert.equal(second.cached, true);
     assert.equal(written.length, 1, 'a cache hit writes no file');
+    // The recent hit rate decides whether front ends prepare the engine's input early.
+    for (let i = 0; i < 40; i++) await scanner.scan({ source: { kind: 'chunks', chunks: [data] } });
+    assert.equal(scanner.engineLikely, false, 'after a run of hits the cache is expected to answer');
+    for (let i = 0; i < 40; i++) await scanner.scan({ source: { kind: 'buffer', data: randomBytes(100) } });
+    assert.equal(scanner.engineLikely, true, 'after a run of misses the engine is expected again');
     // Without toFile, memory objects are streamed as before; so are small ones with it.
     const third = await scanner.scan({ source: { kind: 'buffer', data: randomBytes(2000) } });
     assert.equal(third.status, 'free');
     const small = await scanner.scan({ source: { kind: 'chunks', chunks: [randomBytes(2000)] }, toFile });
     assert.equal(small.status, 'free');
     assert.equal(written.length, 1);
-    assert.deepEqual([byPath, byStream], [1, 2]);
+    assert.deepEqual([byPath, byStream], [1, 42]);
     await scanner.close();
     cache.close();
   });

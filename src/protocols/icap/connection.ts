@@ -313,6 +313,8 @@ export class IcapConnection {
     try {
       // An object known to be too big is decided at once; in a preview we need not read the rest.
       if (Number.isFinite(declaredLength) && declaredLength > maxObject) overLimit = true;
+      const expectedSize = Number.isFinite(declaredLength) && declaredLength <= limits.spoolMemory ? declaredLength : 0;
+      let eagerCopy = service.scanner.engineLikely;
 
       const sendEarlyHead = async () => {
         early = true;
@@ -366,6 +368,12 @@ export class IcapConnection {
           }
           await spool.write(piece);
           if (scanStream && !overLimit) await feed(scanStream, piece);
+          // An object the engine will read from a file (and the cache will likely not answer):
+          // its file is written while the rest arrives, not after.
+          if (eagerCopy && !overLimit && !scanStream && !spool.onDisk && !spool.copyingForScan && service.scanner.prefersFiles(Math.max(spool.size, expectedSize))) {
+            eagerCopy = false;
+            await spool.startScanCopy().catch((err: unknown) => this.ctx.log.debug({ err: messageOf(err) }, 'scan copy not started'));
+          }
           // Only for clients that did not offer 204: Squid offers it only for bodies it can hold (< 64 KB).
           if (!early && earlyAfter > 0 && !head.allow204 && spool.size > earlyAfter && !inPreview) await sendEarlyHead();
           // Squid 5.7 also stops sending once about 2.7 MB wait unanswered: after the early head,

@@ -1,0 +1,66 @@
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { SlabPool, Spool } from '../../src/core/spool.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'avgate-spool-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+/** Random pieces of 1..max bytes adding up to `total`. */
+function pieces(total: number, max: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (let left = total; left > 0; ) {
+    const n = Math.min(left, 1 + Math.floor(Math.random() * max));
+    out.push(randomBytes(n));
+    left -= n;
+  }
+  return out;
+}
+
+test('scan copy written while the object arrives holds exactly the object, and goes with dispose()', async () => {
+  const pool = new SlabPool(64 * 1024, 8);
+  for (let round = 0; round < 5; round++) {
+    const parts = pieces(300_000 + round * 77_777, 70_000);
+    const whole = Buffer.concat(parts);
+    const spool = new Spool(join(dir, 'a'), 8 * 1024 * 1024, { hash: true, slabs: pool });
+    const startAt = round % parts.length; // started before the first piece, after some, ...
+    for (let i = 0; i < parts.length; i++) {
+      if (i === startAt) await spool.startScanCopy();
+      await spool.write(parts[i] as Buffer);
+    }
+    assert.equal(spool.copyingForScan, true);
+    await spool.end();
+    const path = await spool.fileForScan();
+    assert.equal(sha(readFileSync(path)), sha(whole));
+    assert.equal(spool.sha256, sha(whole));
+    assert.equal(await spool.fileForScan(), path, 'asked again: the same file');
+    await spool.dispose(true);
+    assert.equal(existsSync(path), false);
+  }
+  assert.deepEqual(readdirSync(join(dir, 'a')), []);
+});
+
+test('scan copy: dropped when the spool goes to disk (its own file is then the copy), removed when disposed unused', async () => {
+  const spool = new Spool(join(dir, 'b'), 100_000, { hash: false });
+  await spool.write(randomBytes(60_000));
+  await spool.startScanCopy();
+  assert.equal(readdirSync(join(dir, 'b')).length, 1);
+  await spool.write(randomBytes(60_000)); // past the memory limit
+  assert.equal(spool.onDisk, true);
+  assert.equal(spool.copyingForScan, false);
+  await spool.end();
+  assert.equal(await spool.fileForScan(), spool.filePath());
+  assert.equal(readdirSync(join(dir, 'b')).length, 1, 'only the spool file is left');
+  await spool.dispose();
+
+  const unused = new Spool(join(dir, 'b'), 1_000_000, { hash: false });
+  await unused.startScanCopy();
+  await unused.write(randomBytes(10_000));
+  await unused.dispose(); // never ended: e.g. the client went away
+  assert.deepEqual(readdirSync(join(dir, 'b')), []);
+});
