@@ -468,6 +468,11 @@ export class Exchange {
     const scanner = ctx.scannerFor(rule.antivirus === 'none' ? null : rule.antivirus);
     const spool = new Spool(ctx.spoolDir, ctx.config['spool-memory'], { hash: scanner.wantsHash, slabs: SHARED_SLABS });
     const eager = rule.trickle !== null && ctx.hints.has(hint);
+    // A new object clamd will read from a file: the file is written as the body arrives, not after
+    // (skipped when the cache has lately been answering, or the URL scanned clean before).
+    if (!eager && size !== null && size <= ctx.config['spool-memory'] && scanner.engineLikely && scanner.prefersFiles(size)) {
+      await spool.startScanCopy().catch(() => undefined);
+    }
     // Sent on while arriving: from the received pieces, not read back from the spool's file.
     const feed = new SpoolFeed(spool, { queue: true, recentWindow: eager && rule.trickle ? rule.trickle['keep-back'] + EAGER_WINDOW : 0 });
     let tooBig: (v: Verdict) => void = () => undefined;
