@@ -1,10 +1,12 @@
 /**
  * A focused latency comparison for working on avgate's ICAP server: one object size, one request
  * at a time, unique content (random bytes appended), direct clamd INSTREAM vs c-icap vs avgate's
- * ICAP server (child process, verdict cache off), with and without preview; two rounds so that
- * noise shows. Optionally profiles avgate (V8 CPU profile) or traces its garbage collector.
+ * ICAP server (child process, verdict cache off unless --cache), with and without preview; two
+ * rounds so that noise shows. Optionally profiles avgate (V8 CPU profile) or traces its garbage
+ * collector. --warm sends the same body every time (with --cache: the verdict cache answers);
+ * --node-flags "FLAGS" passes V8/node flags to avgate's process (e.g. "--trace-gc-nvp").
  *
- *   node dist/bench/icap-micro.js [--size BYTES] [--requests N] [--profile DIR] [--trace-gc]
+ *   node dist/bench/icap-micro.js [--size BYTES] [--requests N] [--cache] [--warm] [--profile DIR] [--trace-gc] [--node-flags "F"]
  *   npx tsx bench/icap-micro.ts --size 3000000 --requests 100 --profile /tmp/prof
  *   node dist/bench/cpuprofile-top.js /tmp/prof/CPU.*.cpuprofile
  */
