@@ -83,7 +83,7 @@ export class Spool {
     this.hash?.update(chunk);
     this.size += chunk.length;
     if (!this.file && this.size <= this.memoryLimit) {
-      const copied = this.eager ? [] : null;
+      const copied = this.eager && this.pool ? [] : null; // without a pool the piece itself is kept
       if (this.pool) this.copyIn(chunk, copied);
       else this.memory.push(chunk);
       if (this.eager) this.eager.add(copied ?? [chunk]);
