@@ -1,4 +1,5 @@
 import { tuneGarbageCollector } from './core/gc-tuning.js';
+import { mimeLimitsFrom } from './mime/index.js';
 import type { LoadedConfig } from './config/loader.js';
 import { messageOf } from './core/errors.js';
 import { createLogger, type Logger } from './core/logging.js';
@@ -99,7 +100,8 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
       ftpProxyPort = (await ftp.listen()).port;
     }
     if (config['imap-proxy'].enabled) {
-      imapProxy = new ImapProxyServer(config['imap-proxy'], { stateDir: config['state-dir'], scannerFor: runtime.scannerFor, log });
+      const mime = { limits: mimeLimitsFrom(config.mail), lenientQuotedPrintable: config.mail['lenient-quoted-printable'] };
+      imapProxy = new ImapProxyServer(config['imap-proxy'], { stateDir: config['state-dir'], scannerFor: runtime.scannerFor, log, mime });
       imapProxyPort = (await imapProxy.listen()).port;
     }
     if (config['http-proxy'].enabled) {

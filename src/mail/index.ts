@@ -1,6 +1,7 @@
 import { join, resolve } from 'node:path';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../core/logging.js';
+import { mimeLimitsFrom } from '../mime/index.js';
 import { compileMailPolicy } from '../policy/mail/index.js';
 import { SmtpFilterServer } from '../protocols/smtp/server.js';
 import type { Quarantine } from '../quarantine/types.js';
@@ -26,13 +27,7 @@ export async function startMailFilter(config: Readonly<Config>, runtime: Runtime
     scanner: runtime.scannerFor(mail.engines).scanner,
     policy: compileMailPolicy(mail),
     quarantine,
-    limits: {
-      maxDepth: mail['max-depth'],
-      maxParts: mail['max-parts'],
-      maxHeaderSize: mail['max-header-size'],
-      maxDecodedSize: mail['max-decoded-size'],
-      maxLineLength: mail['max-line-length'],
-    },
+    limits: mimeLimitsFrom(mail),
     spoolDir: join(resolve(stateDir, config.smtp['spool-dir']), 'documents'),
     documentMemory: mail['document-memory'],
     scanWholeMessage: mail['scan-whole-message'],

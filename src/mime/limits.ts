@@ -40,6 +40,19 @@ export const MIME_LIMIT_KEYS: Readonly<Record<keyof MimeLimits, string>> = Objec
   maxLineLength: 'max-line-length',
 });
 
+/** The limits as the config holds them (`mail.max-depth` ..., see MIME_LIMIT_KEYS): one reading for every front end. */
+export function mimeLimitsFrom(
+  mail: Readonly<Record<'max-depth' | 'max-parts' | 'max-header-size' | 'max-decoded-size' | 'max-line-length', number>>,
+): MimeLimits {
+  return {
+    maxDepth: mail['max-depth'],
+    maxParts: mail['max-parts'],
+    maxHeaderSize: mail['max-header-size'],
+    maxDecodedSize: mail['max-decoded-size'],
+    maxLineLength: mail['max-line-length'],
+  };
+}
+
 /** Throws AVG_ERR_CONFIG unless every limit is a positive safe integer. Returns a frozen copy. */
 export function validateMimeLimits(limits: MimeLimits): Readonly<MimeLimits> {
   const out = {} as MimeLimits;

@@ -8,6 +8,7 @@ import fc from 'fast-check';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import { objectPath, objectPieces, objectPrefix, parseObjectPath } from '../../bench/http-content.js';
 import { HttpLoadClient } from '../../bench/http-load.js';
+import { splitAt } from '../helpers/split.js';
 
 // The HTTP benchmark's origin content (bench/http-content.ts) and its client (bench/http-load.ts):
 // the figures are only worth something if every download is counted right whatever framing the
@@ -122,17 +123,7 @@ describe('bench http client: framings split anywhere, and stalls', () => {
     return new Promise<void>((resolve) => server.close(() => resolve()));
   });
 
-  const cut = (buf: Buffer, cuts: number[]) => {
-    const points = [...new Set(cuts.map((x) => x % (buf.length + 1)))].sort((a, b) => a - b);
-    const out: Buffer[] = [];
-    let prev = 0;
-    for (const p of points) {
-      out.push(buf.subarray(prev, p));
-      prev = p;
-    }
-    out.push(buf.subarray(prev));
-    return out.filter((b) => b.length > 0);
-  };
+  const cut = (buf: Buffer, cuts: number[]) => splitAt(buf, cuts).filter((b) => b.length > 0);
 
   test('chunked (with extensions and a trailer), close-delimited and after-100-Continue bodies, split at random points', async () => {
     const payload = Buffer.from('0123456789abcdefghij'.repeat(50));

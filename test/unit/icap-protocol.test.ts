@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
+import { splitAt } from '../helpers/split.js';
 import {
   buildOptionsRequest,
   buildRespmodHead,
@@ -53,17 +54,6 @@ function feed(pieces: Buffer[]): ResponseEvent[] {
   return merged;
 }
 
-function splitAt(buf: Buffer, cuts: number[]): Buffer[] {
-  const points = [...new Set(cuts.map((c) => c % (buf.length + 1)))].sort((a, b) => a - b);
-  const out: Buffer[] = [];
-  let last = 0;
-  for (const p of points) {
-    out.push(buf.subarray(last, p));
-    last = p;
-  }
-  out.push(buf.subarray(last));
-  return out;
-}
 
 describe('URLs', () => {
   test('icap URLs', () => {

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
+import { splitAt } from '../helpers/split.js';
 import {
   commandName,
   contentKindOf,
@@ -38,17 +39,6 @@ function tokensOf(chunks: Buffer[], role: WireRole = 'client', maxLineLength = 2
   return out;
 }
 
-function splitAt(buf: Buffer, cuts: number[]): Buffer[] {
-  const points = [...new Set(cuts.map((c) => c % (buf.length + 1)))].sort((a, b) => a - b);
-  const out: Buffer[] = [];
-  let prev = 0;
-  for (const p of points) {
-    out.push(buf.subarray(prev, p));
-    prev = p;
-  }
-  out.push(buf.subarray(prev));
-  return out;
-}
 
 /** Text without CR/LF, not ending in something that looks like a marker. */
 const textArb = fc.string({ unit: fc.constantFrom('a', 'B', ' ', '(', ')', '[', ']', '"', '1', '.', '<', '>', '\\', '*'), maxLength: 40 }).map((s) => `A${s}x`);

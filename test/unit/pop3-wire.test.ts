@@ -5,19 +5,8 @@ import { DotStuffer, MultilineDecoder, MultilineScanner, parseCommand, responseK
 import { paddingLines, parseHostPort } from '../../src/protocols/pop3/session.js';
 import { shouldReplace, compilePolicy } from '../../src/mailproxy/index.js';
 import { proxyPolicy } from '../helpers/mailproxy.js';
+import { splitAt as split } from '../helpers/split.js';
 
-/** Splits `buf` at the given cut points (sorted, deduplicated, inside the buffer). */
-function split(buf: Buffer, cuts: number[]): Buffer[] {
-  const points = [...new Set(cuts.map((c) => c % (buf.length + 1)))].sort((a, b) => a - b);
-  const out: Buffer[] = [];
-  let prev = 0;
-  for (const p of points) {
-    out.push(buf.subarray(prev, p));
-    prev = p;
-  }
-  out.push(buf.subarray(prev));
-  return out;
-}
 
 function stuff(payload: Buffer, cuts: number[] = []): Buffer {
   const s = new DotStuffer();

@@ -2,12 +2,12 @@ import { createWriteStream, type WriteStream } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { resolve } from 'node:path';
 import type { FtpProxyConfig } from '../../config/ftp-schema.js';
-import { AvgateError, messageOf } from '../../core/errors.js';
+import { AvgateError } from '../../core/errors.js';
 import type { Spool } from '../../core/spool.js';
-import { verdictReason } from '../../policy/verdict-policy.js';
 import type { Logger } from '../../core/logging.js';
 import type { Verdict, VerdictStatus } from '../../core/verdict.js';
 import { DocAcl } from '../../proxy/doc-acl.js';
+import { keepBlockedObject } from '../../quarantine/blocked.js';
 import type { Quarantine } from '../../quarantine/types.js';
 import type { ScanService } from '../../scan/types.js';
 import { parseListen } from '../icap/server.js';
@@ -82,24 +82,10 @@ export class FtpProxyServer {
   private async keep(v: Verdict, spool: Spool, meta: { url: string; rule: string; direction: 'download' | 'upload' }, log: Logger): Promise<void> {
     const q = this.deps.quarantine;
     if (!q || !this.config.quarantine.includes(v.status)) return;
-    try {
-      const { id } = await q.put(spool.filePath() ?? spool.createReadStream(), {
-        source: 'ftp',
-        sender: '',
-        recipients: [],
-        group: meta.rule,
-        statuses: [v.status],
-        virusNames: v.status === 'found' ? v.names : [],
-        url: meta.url,
-        fileName: (meta.url.split('/').pop() ?? '').slice(0, 255) || null,
-        action: meta.direction === 'upload' ? 'block-upload' : 'block',
-        note: v.status === 'found' ? null : verdictReason(v),
-      });
-      this.counters.quarantined++;
-      log.info({ url: meta.url, rule: meta.rule, quarantineId: id }, 'ftp: blocked file quarantined');
-    } catch (err) {
-      log.error({ url: meta.url, err: messageOf(err) }, 'ftp: quarantine failed');
-    }
+    const fileName = (meta.url.split('/').pop() ?? '').slice(0, 255) || null;
+    const action = meta.direction === 'upload' ? 'block-upload' : 'block';
+    const id = await keepBlockedObject(q, spool, v, { source: 'ftp', group: meta.rule, url: meta.url, fileName, action }, log, { rule: meta.rule });
+    if (id !== null) this.counters.quarantined++;
   }
 
   /** Binds the listener; returns the bound port (useful with port 0). */

@@ -11,9 +11,9 @@ import { connectWithTimeout } from '../../core/net.js';
 import type { Spool } from '../../core/spool.js';
 import type { Verdict, VerdictStatus } from '../../core/verdict.js';
 import { loadTemplate } from '../../policy/block-page.js';
-import { verdictReason } from '../../policy/verdict-policy.js';
 import { CleanHints } from '../../proxy/clean-hints.js';
 import { DocAcl } from '../../proxy/doc-acl.js';
+import { keepBlockedObject } from '../../quarantine/blocked.js';
 import type { Quarantine } from '../../quarantine/types.js';
 import type { ScanService } from '../../scan/types.js';
 import { parseListen } from '../icap/server.js';
@@ -137,24 +137,8 @@ export class HttpProxyServer {
   private async keep(v: Verdict, spool: Spool, url: string, rule: string): Promise<void> {
     const q = this.deps.quarantine;
     if (!q || !this.config.quarantine.includes(v.status)) return;
-    try {
-      const { id } = await q.put(spool.filePath() ?? spool.createReadStream(), {
-        source: 'http',
-        sender: '',
-        recipients: [],
-        group: rule,
-        statuses: [v.status],
-        virusNames: v.status === 'found' ? v.names : [],
-        url,
-        fileName: fileNameOf(url),
-        action: 'block',
-        note: v.status === 'found' ? null : verdictReason(v),
-      });
-      this.counters.quarantined++;
-      this.log.info({ url, rule, quarantineId: id }, 'http-proxy: blocked object quarantined');
-    } catch (err) {
-      this.log.error({ url, err: messageOf(err) }, 'http-proxy: quarantine failed');
-    }
+    const id = await keepBlockedObject(q, spool, v, { source: 'http', group: rule, url, fileName: fileNameOf(url), action: 'block' }, this.log, { rule });
+    if (id !== null) this.counters.quarantined++;
   }
 
   /** Binds the listener; returns the bound port (useful with port 0). */

@@ -3,12 +3,12 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { resolve } from 'node:path';
 import { createServer as createTlsServer } from 'node:tls';
 import type { IcapConfig } from '../../config/schema.js';
-import { AvgateError, messageOf } from '../../core/errors.js';
+import { AvgateError } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
 import type { Verdict, VerdictStatus } from '../../core/verdict.js';
 import type { Spool } from '../../core/spool.js';
 import type { Engine } from '../../engines/types.js';
-import { verdictReason } from '../../policy/verdict-policy.js';
+import { keepBlockedObject } from '../../quarantine/blocked.js';
 import type { Quarantine } from '../../quarantine/types.js';
 import type { ScanService } from '../../scan/types.js';
 import { IcapConnection, type AccessRecord, type ConnectionContext } from './connection.js';
@@ -110,27 +110,9 @@ export class IcapServer {
   private async keep(service: IcapService, v: Verdict, spool: Spool, url: string, log: Logger): Promise<string | null> {
     const q = this.deps.quarantine;
     if (!q) return null;
-    try {
-      const path = spool.filePath();
-      const { id } = await q.put(path ?? spool.createReadStream(), {
-        source: 'icap',
-        sender: '',
-        recipients: [],
-        group: service.name,
-        statuses: [v.status],
-        virusNames: v.status === 'found' ? v.names : [],
-        url,
-        fileName: fileNameOf(url),
-        action: 'block',
-        note: v.status === 'found' ? null : verdictReason(v),
-      });
-      this.counters.quarantined++;
-      log.info({ url, service: service.name, quarantineId: id }, 'icap: blocked object quarantined');
-      return id;
-    } catch (err) {
-      log.error({ url, err: messageOf(err) }, 'icap: quarantine failed');
-      return null;
-    }
+    const id = await keepBlockedObject(q, spool, v, { source: 'icap', group: service.name, url, fileName: fileNameOf(url), action: 'block' }, log, { service: service.name });
+    if (id !== null) this.counters.quarantined++;
+    return id;
   }
 
   private writeAccess(r: AccessRecord, accessLog: Logger): void {

@@ -4,6 +4,7 @@ import type { ImapProxyConfig } from '../../config/imap-schema.js';
 import { AvgateError } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
 import { compilePolicy, loadReplacement, type ReplacementTemplate } from '../../mailproxy/index.js';
+import type { MimeLimits } from '../../mime/index.js';
 import type { ScanService } from '../../scan/types.js';
 import { ImapSession, type ImapCounters, type SessionContext } from './session.js';
 import { parseHostPort } from './upstream.js';
@@ -13,6 +14,8 @@ export interface ImapProxyDeps {
   /** The scanner for a list of engine ids; null = scan.engines. */
   scannerFor(engineIds: readonly string[] | null): { scanner: ScanService };
   log: Logger;
+  /** The MIME walker's limits and leniency (`mail.max-depth` ..., `mail.lenient-quoted-printable`); default the built-in ones. */
+  mime?: { limits: MimeLimits; lenientQuotedPrintable: boolean };
 }
 
 /**
@@ -46,6 +49,7 @@ export class ImapProxyServer {
       spoolDir: resolve(this.deps.stateDir, this.config['spool-dir']),
       log: this.log,
       counters: this.counters,
+      mime: this.deps.mime ?? null,
     };
     const { host, port } = parseHostPort(this.config.listen);
     const server = createServer((s) => this.accept(s));

@@ -6,6 +6,7 @@ import type { Logger } from '../../core/logging.js';
 import { Spool } from '../../core/spool.js';
 import type { CompiledPolicy, ReplaceDeps, ReplacementTemplate } from '../../mailproxy/index.js';
 import type { MessageInput } from '../../mime/input.js';
+import type { MimeLimits } from '../../mime/index.js';
 import type { ScanService } from '../../scan/types.js';
 import { filterMessage, filterPart, reasonOf, unscannedNotice, type FilterOutcome } from './content.js';
 import { connectUpstream } from './upstream.js';
@@ -42,6 +43,8 @@ export interface SessionContext {
   spoolDir: string;
   log: Logger;
   counters: ImapCounters;
+  /** The MIME walker's limits and leniency from the mail section; null = built-in defaults. */
+  mime: { limits: MimeLimits; lenientQuotedPrintable: boolean } | null;
 }
 
 const CRLF = Buffer.from('\r\n');
@@ -188,6 +191,7 @@ export class ImapSession {
       origin: { source: 'imap', group: null },
       user: this.user,
       label,
+      ...(this.ctx.mime ?? {}),
     };
   }
 

@@ -2,6 +2,7 @@ import { join, resolve } from 'node:path';
 import type { Config } from '../../config/schema.js';
 import type { Logger } from '../../core/logging.js';
 import { loadReplacement } from '../../mailproxy/index.js';
+import { mimeLimitsFrom } from '../../mime/index.js';
 import type { Runtime } from '../../runtime.js';
 import { Pop3ProxyServer } from './server.js';
 
@@ -30,13 +31,7 @@ export async function startPop3Proxy(config: Readonly<Config>, runtime: Runtime,
       spoolDir: join(resolve(config['state-dir'], c['spool-dir']), 'pop3'),
       log: plog,
       origin: { source: 'pop3' },
-      limits: {
-        maxDepth: mail['max-depth'],
-        maxParts: mail['max-parts'],
-        maxHeaderSize: mail['max-header-size'],
-        maxDecodedSize: mail['max-decoded-size'],
-        maxLineLength: mail['max-line-length'],
-      },
+      limits: mimeLimitsFrom(mail),
       lenientQuotedPrintable: mail['lenient-quoted-printable'],
     },
     log: plog,

@@ -239,6 +239,17 @@ export class Pop3Session {
     return kind;
   }
 
+  /** Sends a command upstream and reads its status line: the line when +OK; an -ERR is relayed to the client (null). */
+  private async upStatus(raw: string): Promise<Buffer | null> {
+    this.upWrite(raw);
+    const line = await this.upLine();
+    const kind = responseKind(line);
+    if (kind !== 'ok' && kind !== 'err') throw new UpstreamError('malformed response from the POP3 server');
+    if (kind === 'ok') return line;
+    await this.send(Buffer.concat([line, CRLF]));
+    return null;
+  }
+
   /** Relays the rest of a multi-line answer as it is (the status line is already sent). */
   private async relayMultilineBody(): Promise<void> {
     const scanner = new MultilineScanner();
@@ -252,12 +263,10 @@ export class Pop3Session {
 
   /** Sends a command whose +OK answer is multi-line and relays all of it. */
   private async relayMultiline(raw: string): Promise<void> {
-    this.upWrite(raw);
-    const status = await this.upLine();
-    const kind = responseKind(status);
-    if (kind !== 'ok' && kind !== 'err') throw new UpstreamError('malformed response from the POP3 server');
+    const status = await this.upStatus(raw);
+    if (!status) return;
     await this.send(Buffer.concat([status, CRLF]));
-    if (kind === 'ok') await this.relayMultilineBody();
+    await this.relayMultilineBody();
   }
 
   /** Handles one command; false when the session ends (QUIT). */
@@ -405,14 +414,8 @@ export class Pop3Session {
       await this.send(Buffer.from('+OK capability list follows\r\nUSER\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nIMPLEMENTATION avgate\r\n.\r\n', 'latin1'));
       return;
     }
-    this.upWrite('CAPA');
-    const status = await this.upLine();
-    const kind = responseKind(status);
-    if (kind !== 'ok' && kind !== 'err') throw new UpstreamError('malformed response from the POP3 server');
-    if (kind === 'err') {
-      await this.send(Buffer.concat([status, CRLF]));
-      return;
-    }
+    const status = await this.upStatus('CAPA');
+    if (!status) return;
     const decoder = new MultilineDecoder();
     const body: Buffer[] = [];
     let size = 0;
@@ -437,14 +440,8 @@ export class Pop3Session {
    * keep-alive sends (the status line and top header fields the rewrite never changes).
    */
   private async fetchScanned(verb: string, args: string[]): Promise<void> {
-    this.upWrite(`${verb} ${args.join(' ')}`);
-    const status = await this.upLine();
-    const kind = responseKind(status);
-    if (kind !== 'ok' && kind !== 'err') throw new UpstreamError('malformed response from the POP3 server');
-    if (kind === 'err') {
-      await this.send(Buffer.concat([status, CRLF]));
-      return;
-    }
+    const status = await this.upStatus(`${verb} ${args.join(' ')}`);
+    if (!status) return;
     const deps = this.ctx.replace;
     // Hashed while it arrives: the whole-message prescan can then be answered by the verdict cache.
     const spool = new Spool(deps.spoolDir, deps.policy['spool-memory'], { hash: deps.scanner.wantsHash });
