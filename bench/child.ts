@@ -60,7 +60,6 @@ export async function startBenchChild(o: {
   return { child, port, pid: child.pid, runner, stderrTail: () => stderr.trim(), stop };
 }
 
-/** In the child: stop (then exit 0) on SIGTERM, SIGINT, or when the parent closes stdin. */
 /** In a child: the value after `--name` on the command line (required). */
 export function arg(name: string): string {
   const i = process.argv.indexOf(name);
@@ -69,6 +68,7 @@ export function arg(name: string): string {
   return v;
 }
 
+/** In the child: stop (then exit 0) on SIGTERM, SIGINT, or when the parent closes stdin. */
 export function stopWhenParentSays(name: string, stopServer: () => Promise<void>): void {
   let stopping: Promise<void> | null = null;
   const stop = () => {
@@ -82,4 +82,17 @@ export function stopWhenParentSays(name: string, stopServer: () => Promise<void>
   process.once('SIGINT', stop);
   process.stdin.on('end', stop);
   process.stdin.on('error', stop);
+}
+
+/** In a child: `onLine` for each line (trimmed) the parent writes to stdin (commands such as COUNT or MEM). */
+export function onParentLine(onLine: (line: string) => void): void {
+  let input = '';
+  process.stdin.on('data', (d: Buffer) => {
+    input += d.toString();
+    for (let nl = input.indexOf('\n'); nl >= 0; nl = input.indexOf('\n')) {
+      const line = input.slice(0, nl).trim();
+      input = input.slice(nl + 1);
+      onLine(line);
+    }
+  });
 }

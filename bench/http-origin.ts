@@ -11,7 +11,7 @@
 import { createServer, type ServerResponse } from 'node:http';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import { stopWhenParentSays } from './child.js';
+import { onParentLine, stopWhenParentSays } from './child.js';
 import { objectPieces, parseObjectPath } from './http-content.js';
 
 async function send(res: ServerResponse, pieces: Generator<Buffer>): Promise<void> {
@@ -50,15 +50,8 @@ async function main(): Promise<void> {
     server.closeAllConnections();
     await new Promise<void>((resolve) => server.close(() => resolve()));
   });
-  let input = '';
-  process.stdin.on('data', (d: Buffer) => {
-    input += d.toString();
-    let nl: number;
-    while ((nl = input.indexOf('\n')) >= 0) {
-      const line = input.slice(0, nl).trim();
-      input = input.slice(nl + 1);
-      if (line === 'COUNT') process.stdout.write(`COUNT ${JSON.stringify({ requests, bytes })}\n`);
-    }
+  onParentLine((line) => {
+    if (line === 'COUNT') process.stdout.write(`COUNT ${JSON.stringify({ requests, bytes })}\n`);
   });
   process.stdout.write(`READY ${JSON.stringify({ port: (server.address() as AddressInfo).port })}\n`);
 }

@@ -9,7 +9,7 @@
  *
  *   node dist/bench/mail-server.js --clamd-socket PATH --db-dir DIR --state-dir DIR --next-hop-port N
  */
-import { arg, stopWhenParentSays } from './child.js';
+import { arg, onParentLine, stopWhenParentSays } from './child.js';
 import { startAvgatePeer } from '../tools/peers/avgate.js';
 
 async function main(): Promise<void> {
@@ -26,19 +26,12 @@ async function main(): Promise<void> {
     throw new Error('the mail filter did not start');
   }
   stopWhenParentSays('mail-server', () => s.stop());
-  let input = '';
-  process.stdin.on('data', (d: Buffer) => {
-    input += d.toString();
-    let nl: number;
-    while ((nl = input.indexOf('\n')) >= 0) {
-      const line = input.slice(0, nl).trim();
-      input = input.slice(nl + 1);
-      if (line !== 'MEM') continue;
-      const gc = (globalThis as { gc?: () => void }).gc;
-      gc?.();
-      const m = process.memoryUsage();
-      process.stdout.write(`MEM ${JSON.stringify({ gc: gc !== undefined, rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, external: m.external, arrayBuffers: m.arrayBuffers })}\n`);
-    }
+  onParentLine((line) => {
+    if (line !== 'MEM') return;
+    const gc = (globalThis as { gc?: () => void }).gc;
+    gc?.();
+    const m = process.memoryUsage();
+    process.stdout.write(`MEM ${JSON.stringify({ gc: gc !== undefined, rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, external: m.external, arrayBuffers: m.arrayBuffers })}\n`);
   });
   process.stdout.write(`READY ${JSON.stringify({ port: s.smtpPort })}\n`);
 }
