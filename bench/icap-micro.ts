@@ -4,9 +4,9 @@
  * ICAP server (child process, verdict cache off unless --cache), with and without preview; two
  * rounds so that noise shows. Optionally profiles avgate (V8 CPU profile) or traces its garbage
  * collector. --warm sends the same body every time (with --cache: the verdict cache answers);
- * --node-flags "FLAGS" passes V8/node flags to avgate's process (e.g. "--trace-gc-nvp").
+ * --mix 5000,2000000 cycles through several sizes (per-size medians). --node-flags "FLAGS" passes V8/node flags to avgate's process (e.g. "--trace-gc-nvp").
  *
- *   node dist/bench/icap-micro.js [--size BYTES] [--requests N] [--cache] [--warm] [--profile DIR] [--trace-gc] [--node-flags "F"]
+ *   node dist/bench/icap-micro.js [--size BYTES] [--requests N] [--cache] [--warm] [--profile DIR] [--trace-gc] [--node-flags "F"] [--mix S1,S2,...]
  *   npx tsx bench/icap-micro.ts --size 3000000 --requests 100 --profile /tmp/prof
  *   node dist/bench/cpuprofile-top.js /tmp/prof/CPU.*.cpuprofile
  */
@@ -49,19 +49,26 @@ async function main(): Promise<void> {
     avgate: avgate ? await treeCpuMs(avgate.pid) : 0,
     client: (process.cpuUsage().user + process.cpuUsage().system) / 1000,
   });
-  const base = randomBytes(size);
+  // --mix 5000,300000,2000000: requests cycle through these sizes (per-size medians are printed too).
+  const sizes = arg('--mix')?.split(',').map(Number) ?? [size];
+  const bases = sizes.map((s) => randomBytes(s));
   const warm = process.argv.includes('--warm'); // the same body again and again (with --cache: cache hits)
-  const body = () => (warm ? base : Buffer.concat([base, randomBytes(16)]));
+  const body = (i: number) => {
+    const base = bases[i % bases.length] as Buffer;
+    return warm ? base : Buffer.concat([base, randomBytes(16)]);
+  };
   const run = async (name: string, send: (b: Buffer) => Promise<unknown>) => {
-    for (let i = 0; i < Math.min(200, n); i++) await send(body());
+    for (let i = 0; i < Math.min(200, n); i++) await send(body(i));
     const lat = new Float64Array(n);
+    const bySize = sizes.map(() => [] as number[]);
     const cpu0 = await cpuSnapshot();
     const t0 = performance.now();
     for (let i = 0; i < n; i++) {
-      const b = body();
+      const b = body(i);
       const s = performance.now();
       await send(b);
       lat[i] = performance.now() - s;
+      bySize[i % sizes.length]?.push(lat[i] as number);
     }
     const seconds = (performance.now() - t0) / 1000;
     const cpu1 = await cpuSnapshot();
@@ -69,12 +76,13 @@ async function main(): Promise<void> {
     const per = (a: number, b: number) => ((b - a) / n).toFixed(2);
     log(
       `${name.padEnd(18)} ${(n / seconds).toFixed(0).padStart(6)} req/s  p50 ${percentile(lat, 50).toFixed(3)} ms  p99 ${percentile(lat, 99).toFixed(3)} ms` +
-        `  CPU ms/req: clamd ${per(cpu0.clamd, cpu1.clamd)} c-icap ${per(cpu0.cicap, cpu1.cicap)} avgate ${per(cpu0.avgate, cpu1.avgate)} client ${per(cpu0.client, cpu1.client)}`,
+        `  CPU ms/req: clamd ${per(cpu0.clamd, cpu1.clamd)} c-icap ${per(cpu0.cicap, cpu1.cicap)} avgate ${per(cpu0.avgate, cpu1.avgate)} client ${per(cpu0.client, cpu1.client)}` +
+        (sizes.length > 1 ? `  p50 by size: ${sizes.map((s, k) => `${s} ${percentile(Float64Array.from(bySize[k] ?? []).sort(), 50).toFixed(2)}`).join(', ')}` : ''),
     );
   };
   const c = new IcapBenchClient(cicap.port, cicap.service);
   const a = avgate ? new IcapBenchClient(avgate.port, '/avscan') : null;
-  log(`${size} bytes, ${n} requests per line, concurrency 1, unique content`);
+  log(`${sizes.join('/')} bytes, ${n} requests per line, concurrency 1, unique content`);
   for (let round = 0; round < 2; round++) {
     await run('direct', (b) => directInstream(clamd.socketPath, [b], 256 * 1024));
     await run('c-icap', (b) => c.respmod(b, { preview: 1024, allow204: true }));

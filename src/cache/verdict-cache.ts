@@ -46,6 +46,8 @@ export class VerdictCache {
   private flushTimer: NodeJS.Timeout | null = null;
   /** Engine ids (without versions) → the engine set last seen for them. */
   private readonly lastEngineSet = new Map<string, string>();
+  /** The engine set of the previous call to noteEngineSet. */
+  private lastNoted: string | null = null;
 
   constructor(private readonly options: VerdictCacheOptions) {
     if (options.sqlitePath) {
@@ -169,6 +171,8 @@ export class VerdictCache {
    * service with other engines) are not touched.
    */
   private noteEngineSet(engineSet: string): void {
+    if (engineSet === this.lastNoted) return; // the usual case: the same set as last time
+    this.lastNoted = engineSet;
     const ids = engineIds(engineSet);
     const previous = this.lastEngineSet.get(ids);
     if (previous === engineSet) return;

@@ -215,6 +215,9 @@ export class Scanner implements ScanService {
     let hash: string | null = null;
     if (this.cache) {
       versions = await Promise.all(this.engines.map((e) => e.engine.signatureVersion(request.signal)));
+      if (source.kind !== 'stream' && request.hashWhileScanning && request.hash === undefined) {
+        return this.scanWhileHashing(this.cache, { ...request, source }, versions, size, finish, started);
+      }
       if (source.kind !== 'stream') {
         try {
           hash = request.hash ?? (await hashSource(source));
@@ -230,6 +233,57 @@ export class Scanner implements ScanService {
       }
     }
 
+    return this.engineScan(request, versions, hash, size, finish, started);
+  }
+
+  /**
+   * The engines start at once; the hash is computed meanwhile (in slices, so the engines' I/O goes
+   * on) and looked up: a hit answers and stops the engines, a miss waits for them and caches
+   * their verdict under the hash.
+   */
+  private async scanWhileHashing(
+    cache: VerdictCache,
+    request: ScanRequest & { source: Exclude<ScanSource, { kind: 'stream' }> },
+    versions: Array<string | null>,
+    size: number | null,
+    finish: (result: VerdictResult, bytes: number, version: string | null, cached?: boolean) => Verdict,
+    started: number,
+  ): Promise<Verdict> {
+    const stop = new AbortController();
+    const onCallerAbort = () => stop.abort(request.signal?.reason);
+    if (request.signal?.aborted) onCallerAbort();
+    request.signal?.addEventListener('abort', onCallerAbort, { once: true });
+    try {
+      const hashing = hashSource(request.source, true);
+      const engines = this.engineScan({ ...request, signal: stop.signal }, versions, hashing, size, finish, started);
+      let hash: string;
+      try {
+        hash = await hashing;
+      } catch {
+        return await engines; // unreadable for the hash: the engines say what they can
+      }
+      const key = this.cacheKey(versions);
+      const hit = key ? cache.get(hash, key) : null;
+      if (key) this.hitRate += ((hit ? 1 : 0) - this.hitRate) / HIT_WINDOW;
+      if (!hit) return await engines;
+      stop.abort(new Error('answered from the verdict cache'));
+      await engines; // settles at once: nothing of the object is in use when the caller frees it
+      return finish(hit, size ?? 0, versionLabel(versions), true);
+    } finally {
+      request.signal?.removeEventListener('abort', onCallerAbort);
+    }
+  }
+
+  /** Runs the engines under the concurrency limit and caches what they say (free or found). */
+  private async engineScan(
+    request: ScanRequest,
+    versions: Array<string | null>,
+    known: string | null | Promise<string>,
+    size: number | null,
+    finish: (result: VerdictResult, bytes: number, version: string | null, cached?: boolean) => Verdict,
+    started: number,
+  ): Promise<Verdict> {
+    const { source } = request;
     let release: () => void;
     try {
       release = await this.semaphore.acquire(request.signal);
@@ -254,8 +308,8 @@ export class Scanner implements ScanService {
       // Cache only when the versions did not move during the scan.
       if (this.cache && (combined.status === 'free' || combined.status === 'found')) {
         const key = this.cacheKey(versions);
-        const h = hash ?? (hasher && run.complete ? hasher.digest('hex') : null);
-        if (key && h) this.cache.set(h, key, combined);
+        const h = (await Promise.resolve(known).catch(() => null)) ?? (hasher && run.complete ? hasher.digest('hex') : null);
+        if (key && h && !request.signal?.aborted) this.cache.set(h, key, combined);
       }
       return { ...combined, durationMs: performance.now() - started, bytes: run.bytes };
     } finally {
@@ -265,8 +319,15 @@ export class Scanner implements ScanService {
 
   private cacheKey(versions: Array<string | null>): string | null {
     if (versions.some((v) => v === null)) return null; // engine cannot tell: never cache
-    return engineSetKey(this.engines.map((e, i) => ({ id: e.id, version: versions[i] as string })));
+    const last = this.lastKey;
+    if (last && last.versions.length === versions.length && last.versions.every((v, i) => v === versions[i])) return last.key;
+    const key = engineSetKey(this.engines.map((e, i) => ({ id: e.id, version: versions[i] as string })));
+    this.lastKey = { versions: [...versions], key };
+    return key;
   }
+
+  /** The key of the last versions seen: they change only with a signature update. */
+  private lastKey: { versions: Array<string | null>; key: string } | null = null;
 
   /** Feeds the object to every engine at once (a stream is split with backpressure). */
   private async runEngines(
@@ -409,11 +470,28 @@ function openSource(source: Exclude<ScanSource, { kind: 'stream' }>): Readable {
   return Readable.from(source.kind === 'chunks' ? source.chunks : [source.data]);
 }
 
-async function hashSource(source: Exclude<ScanSource, { kind: 'stream' }>): Promise<string> {
+/** Bytes hashed between two turns of the event loop when hashing alongside a scan. */
+const HASH_SLICE = 256 * 1024;
+
+/** SHA-256 of a re-readable source; `yielding`: memory is hashed in slices with I/O in between. */
+async function hashSource(source: Exclude<ScanSource, { kind: 'stream' }>, yielding = false): Promise<string> {
   const h = createHash('sha256');
-  if (source.kind === 'buffer') return h.update(source.data).digest('hex');
-  if (source.kind === 'chunks') {
-    for (const c of source.chunks) h.update(c);
+  if (source.kind === 'buffer' || source.kind === 'chunks') {
+    const chunks = source.kind === 'buffer' ? [source.data] : source.chunks;
+    // At once a turn for the engines' start, then one after every slice.
+    let sinceYield = yielding ? HASH_SLICE : 0;
+    for (const c of chunks) {
+      for (let off = 0; off < c.length; ) {
+        if (sinceYield >= HASH_SLICE) {
+          await new Promise<void>((resolve) => setImmediate(resolve));
+          sinceYield = 0;
+        }
+        const end = Math.min(c.length, off + HASH_SLICE - (yielding ? sinceYield : 0));
+        h.update(off === 0 && end === c.length ? c : c.subarray(off, end));
+        sinceYield += yielding ? end - off : 0;
+        off = end;
+      }
+    }
     return h.digest('hex');
   }
   for await (const chunk of createReadStream(source.path, { highWaterMark: 256 * 1024 })) h.update(chunk as Buffer);

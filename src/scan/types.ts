@@ -21,6 +21,13 @@ export interface ScanRequest {
   /** SHA-256 (hex) of the content when the caller already computed it (a spool does, on the way). */
   hash?: string;
   /**
+   * The content is most likely new (see ScanService.engineLikely) and its hash is not known: the
+   * engines start at once and the hash is computed while they work, instead of before them; a
+   * cache hit found meanwhile still answers (the engines are stopped). Takes the hash off the
+   * object's latency. Ignored for streams and when there is no verdict cache.
+   */
+  hashWhileScanning?: boolean;
+  /**
    * For an object held in memory: writes it to a local file and returns the path. Called at most
    * once, after the cache missed, when the engines prefer files (the caller removes the file).
    */

@@ -149,6 +149,61 @@ describe('scanner with a real clamd', () => {
     cache.close();
   });
 
+  test('hashWhileScanning: the engine starts before the hash; a hit found meanwhile answers and stops it, a miss is cached under the same hash', async () => {
+    const inner = clamdEngine(clamd);
+    let started = 0;
+    let stopped = 0;
+    const engine = Object.create(inner) as ClamdNetEngine;
+    // Slow engine: answers after 400 ms unless the scan is stopped first.
+    engine.scan = async (ctx, stream, meta) => {
+      started++;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, 400);
+        meta.signal?.addEventListener('abort', () => {
+          stopped++;
+          clearTimeout(t);
+          resolve();
+        });
+      });
+      return inner.scan(ctx, stream, meta);
+    };
+    const cache = new VerdictCache({ memoryEntries: 100, sqlitePath: join(dir, 'c-while.sqlite'), sqliteMaxEntries: 1000, maxAgeMs: 0 });
+    const scanner = new Scanner([{ id: 'clamav', engine }], LIMITS, cache, silentLogger());
+    // Several pieces, one larger than the hash slice (256 KiB), EICAR at the end of the last one.
+    const chunks = [randomBytes(1000), randomBytes(700_000), Buffer.concat([randomBytes(3000), eicarBytes()])];
+    const first = await scanner.scan({ source: { kind: 'chunks', chunks }, hashWhileScanning: true });
+    assert.equal(first.status, 'found');
+    assert.equal(first.cached, false);
+    assert.equal(started, 1);
+    // Cached under the content's SHA-256: the ordinary path (hash first) finds it.
+    const plain = await scanner.scan({ source: { kind: 'buffer', data: Buffer.concat(chunks) } });
+    assert.equal(plain.cached, true);
+    assert.equal(plain.status, 'found');
+    assert.equal(started, 1);
+    // Again while scanning: the engine is started, the cache answers first, the engine is stopped.
+    const t0 = performance.now();
+    const again = await scanner.scan({ source: { kind: 'chunks', chunks }, hashWhileScanning: true });
+    assert.equal(again.cached, true);
+    assert.equal(again.status, 'found');
+    assert.deepEqual(again.status === 'found' ? again.names : [], first.status === 'found' ? first.names : ['?']);
+    assert.equal(started, 2);
+    assert.equal(stopped, 1);
+    assert.ok(performance.now() - t0 < 400, 'answered before the slow engine would have');
+    // A clean new object: the engine's verdict, then cached.
+    const clean = [randomBytes(300_000)];
+    assert.equal((await scanner.scan({ source: { kind: 'chunks', chunks: clean }, hashWhileScanning: true })).status, 'free');
+    assert.equal((await scanner.scan({ source: { kind: 'chunks', chunks: clean } })).cached, true);
+    // The caller giving up stops the scan too (error verdict, nothing cached).
+    const gone = new AbortController();
+    const fresh = [randomBytes(5000)];
+    const p = scanner.scan({ source: { kind: 'chunks', chunks: fresh }, hashWhileScanning: true, signal: gone.signal });
+    setTimeout(() => gone.abort(new Error('client gone')), 50);
+    assert.equal((await p).status, 'error');
+    assert.equal((await scanner.scan({ source: { kind: 'chunks', chunks: fresh } })).cached, false);
+    await scanner.close();
+    cache.close();
+  });
+
   test('cache: after a signature database change (RELOAD with one more signature) the old entry is not used', async () => {
     const engine = counted(clamdEngine(clamd, [['version-check-interval', '0']]));
     const cache = new VerdictCache({ memoryEntries: 100, sqlitePath: join(dir, 'c2.sqlite'), sqliteMaxEntries: 1000, maxAgeMs: 0 });

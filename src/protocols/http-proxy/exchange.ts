@@ -334,6 +334,7 @@ export class Exchange {
       ...base,
       source: path ? { kind: 'file', path, size: spool.size } : { kind: 'chunks', chunks: spool.memoryChunks },
       hash: spool.sha256 ?? undefined,
+      hashWhileScanning: spool.sha256 === null,
       ...(path ? {} : { toFile: () => spool.fileForScan() }),
     });
   }
@@ -472,6 +473,8 @@ export class Exchange {
     // (skipped when the cache has lately been answering, or the URL scanned clean before).
     if (!eager && size !== null && size <= ctx.config['spool-memory'] && scanner.engineLikely && scanner.prefersFiles(size)) {
       await spool.startScanCopy().catch(() => undefined);
+      // The same bet: the hash is computed while the engine works (hashWhileScanning), not on the way in.
+      if (spool.copyingForScan) spool.stopHashing();
     }
     // Sent on while arriving: from the received pieces, not read back from the spool's file.
     const feed = new SpoolFeed(spool, { queue: true, recentWindow: eager && rule.trickle ? rule.trickle['keep-back'] + EAGER_WINDOW : 0 });

@@ -315,6 +315,7 @@ export class IcapConnection {
       if (Number.isFinite(declaredLength) && declaredLength > maxObject) overLimit = true;
       const expectedSize = Number.isFinite(declaredLength) && declaredLength <= limits.spoolMemory ? declaredLength : 0;
       let eagerCopy = service.scanner.engineLikely;
+      let hashWhileScanning = false;
 
       const sendEarlyHead = async () => {
         early = true;
@@ -373,6 +374,12 @@ export class IcapConnection {
           if (eagerCopy && !overLimit && !scanStream && !spool.onDisk && !spool.copyingForScan && service.scanner.prefersFiles(Math.max(spool.size, expectedSize))) {
             eagerCopy = false;
             await spool.startScanCopy().catch((err: unknown) => this.ctx.log.debug({ err: messageOf(err) }, 'scan copy not started'));
+            // The same bet: the engine, not the cache, will answer — so the hash is computed
+            // while the engine works, not while the object arrives.
+            if (spool.copyingForScan) {
+              spool.stopHashing();
+              hashWhileScanning = service.scanner.wantsHash;
+            }
           }
           // Only for clients that did not offer 204: Squid offers it only for bodies it can hold (< 64 KB).
           if (!early && earlyAfter > 0 && !head.allow204 && spool.size > earlyAfter && !inPreview) await sendEarlyHead();
@@ -396,6 +403,7 @@ export class IcapConnection {
           source,
           name: url,
           hash: spool.sha256 ?? undefined,
+          hashWhileScanning,
           signal: scanAbort.signal,
           origin: { source: 'icap', group: service.name },
           ...(path ? {} : { toFile: () => spool.fileForScan() }),
