@@ -2,16 +2,12 @@
 // `avgate serve` with the embedded defaults (or $AVGATE_CONFIG): project-local clamd with the
 // generated test database, every front end on its default loopback port.
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 
 const root = new URL('..', import.meta.url).pathname;
 const run = (cmd, args) => execFileSync(cmd, args, { stdio: 'inherit', cwd: root });
 
-run('bash', [join(root, 'scripts', 'system-deps.sh')]);
-if (!existsSync(join(root, 'node_modules', '.package-lock.json'))) {
-  run('npm', existsSync(join(root, 'package-lock.json')) ? ['ci'] : ['install']);
-}
+run(process.execPath, [join(root, 'scripts', 'ensure-deps.mjs')]);
 run(process.execPath, [join(root, 'scripts', 'ensure-built.mjs')]);
 
 const child = spawn(process.execPath, [join(root, 'bin', 'avgate.js'), 'serve', ...process.argv.slice(2)], {
