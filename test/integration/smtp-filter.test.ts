@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -67,6 +68,46 @@ describe('SMTP filter, pass-through to smtp-sink', () => {
       // CRLF.CRLF after the file's own last CRLF, so the message it sends has one more empty line.
       assert.ok(m.content.equals(asSinkContent(Buffer.concat([message, Buffer.from('\r\n')]))), 'byte-identical apart from smtp-sink line ends');
       assert.deepEqual(await filter.spoolFiles(), [], 'spool removed');
+    } finally {
+      await filter.stop();
+    }
+  });
+
+  test('pipelined MAIL, RCPT, RCPT, DATA (RFC 2920): the four replies reach a client process in one read, and the mail is delivered', async () => {
+    const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${sink.port}` });
+    try {
+      const token = randomBytes(8).toString('hex');
+      // The client runs in a process of its own: in this one it could read only after the server
+      // had written everything anyway. It reads as soon as a segment arrives.
+      const script = `
+        const s = require('node:net').connect(${filter.port}, '127.0.0.1');
+        let buf = '', stage = 0, reads = [];
+        const done = (re) => re.test(buf);
+        s.on('data', (d) => {
+          buf += d.toString('latin1');
+          if (stage === 2) reads.push(d.toString('latin1'));
+          if (stage === 0 && done(/^220 .*\\r\\n/m)) { stage = 1; buf = ''; s.write('EHLO client.test\\r\\n'); }
+          else if (stage === 1 && done(/^250 .*\\r\\n/m)) {
+            stage = 2; buf = '';
+            s.write('MAIL FROM:<a@example.com>\\r\\nRCPT TO:<b@example.com>\\r\\nRCPT TO:<c@example.com>\\r\\nDATA\\r\\n');
+          } else if (stage === 2 && (buf.match(/^\\d{3} .*\\r\\n/gm) || []).length === 4) {
+            stage = 3; buf = '';
+            s.write('Subject: pipelined\\r\\n\\r\\n${token}\\r\\n.\\r\\n');
+          } else if (stage === 3 && done(/^\\d{3} .*\\r\\n/m)) {
+            stage = 4;
+            process.stdout.write(JSON.stringify({ reads, final: buf }));
+            s.end('QUIT\\r\\n');
+          }
+        });`;
+      const out = await new Promise<string>((resolve, reject) => {
+        execFile(process.execPath, ['-e', script], { timeout: 30_000 }, (err, stdout) => (err ? reject(err) : resolve(stdout)));
+      });
+      const { reads, final } = JSON.parse(out) as { reads: string[]; final: string };
+      assert.deepEqual(reads.join('').match(/^\d{3}(?= )/gm), ['250', '250', '250', '354']);
+      assert.equal(reads.length, 1, `replies in ${reads.length} reads: ${JSON.stringify(reads)}`);
+      assert.match(final, /^250 /);
+      const got = await sink.messages();
+      assert.ok(got.some((m) => m.content.includes(Buffer.from(token))), 'delivered');
     } finally {
       await filter.stop();
     }

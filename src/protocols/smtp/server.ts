@@ -166,7 +166,9 @@ export class SmtpFilterServer {
         const st: ConnState = { peer, partitionKey: null, xforward: {}, forwarded: false, heloUnavailable: false, busy: false };
         this.states.set(session.id, st);
         for (const c of this.server.connections) {
-          if (c.session === session) guardXforwardHelo(c, () => (st.heloUnavailable = true));
+          if (c.session !== session) continue;
+          guardXforwardHelo(c, () => (st.heloUnavailable = true));
+          batchReplies(c);
         }
         session.disabledCommands = ['AUTH', 'STARTTLS', ...(xforwardOk(peer.address) ? [] : ['XFORWARD']), ...(xclientOk(peer.address) ? [] : ['XCLIENT'])];
         if (this.closing) return cb(smtpError(421, '4.3.2 Service shutting down'));
@@ -490,6 +492,28 @@ export function guardXforwardHelo(conn: SMTPConnection, onUnavailable: () => voi
     }
     original(Buffer.from([verb, ...kept].join(' '), 'latin1'), callback);
   };
+}
+
+/**
+ * smtp-server writes every reply at once, so a pipelined MAIL/RCPT/DATA group (RFC 2920) costs
+ * three writes and wakes the client three times. The socket is corked from the moment a read
+ * arrives until the event loop's next turn: the replies to everything in that read leave in one
+ * write. A reply that waits for something (the scan, the next hop) is not held back. Left alone
+ * if smtp-server's connection has no `_socket` (internals other than the 3.x ones).
+ */
+export function batchReplies(conn: SMTPConnection): void {
+  const socket = (conn as unknown as { _socket?: { prependListener?: unknown; cork(): void; uncork(): void; writableCorked: number } })._socket;
+  if (!socket || typeof socket.prependListener !== 'function') return;
+  let corked = false;
+  (socket as unknown as NodeJS.EventEmitter).prependListener('data', () => {
+    if (corked) return;
+    corked = true;
+    socket.cork();
+    setImmediate(() => {
+      corked = false;
+      if (socket.writableCorked > 0) socket.uncork();
+    });
+  });
 }
 
 /**
