@@ -1,6 +1,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
+import { setImmediate } from 'node:timers/promises';
 import { PassThrough, pipeline, Readable, Transform, type TransformCallback } from 'node:stream';
 import { engineSetKey, type VerdictCache } from '../cache/verdict-cache.js';
 import { AvgateError, errorCodeOf, messageOf } from '../core/errors.js';
@@ -473,24 +474,18 @@ function openSource(source: Exclude<ScanSource, { kind: 'stream' }>): Readable {
 /** Bytes hashed between two turns of the event loop when hashing alongside a scan. */
 const HASH_SLICE = 256 * 1024;
 
-/** SHA-256 of a re-readable source; `yielding`: memory is hashed in slices with I/O in between. */
+/** SHA-256 of a re-readable source; `yielding`: memory is hashed in slices, a turn of the event loop before each. */
 async function hashSource(source: Exclude<ScanSource, { kind: 'stream' }>, yielding = false): Promise<string> {
   const h = createHash('sha256');
   if (source.kind === 'buffer' || source.kind === 'chunks') {
     const chunks = source.kind === 'buffer' ? [source.data] : source.chunks;
-    // At once a turn for the engines' start, then one after every slice.
-    let sinceYield = yielding ? HASH_SLICE : 0;
     for (const c of chunks) {
-      for (let off = 0; off < c.length; ) {
-        if (sinceYield >= HASH_SLICE) {
-          await new Promise<void>((resolve) => setImmediate(resolve));
-          sinceYield = 0;
+      if (!yielding) h.update(c);
+      else
+        for (let off = 0; off < c.length; off += HASH_SLICE) {
+          await setImmediate();
+          h.update(c.subarray(off, off + HASH_SLICE));
         }
-        const end = Math.min(c.length, off + HASH_SLICE - (yielding ? sinceYield : 0));
-        h.update(off === 0 && end === c.length ? c : c.subarray(off, end));
-        sinceYield += yielding ? end - off : 0;
-        off = end;
-      }
     }
     return h.digest('hex');
   }

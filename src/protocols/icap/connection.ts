@@ -315,7 +315,6 @@ export class IcapConnection {
       if (Number.isFinite(declaredLength) && declaredLength > maxObject) overLimit = true;
       const expectedSize = Number.isFinite(declaredLength) && declaredLength <= limits.spoolMemory ? declaredLength : 0;
       let eagerCopy = service.scanner.engineLikely;
-      let hashWhileScanning = false;
 
       const sendEarlyHead = async () => {
         early = true;
@@ -375,11 +374,8 @@ export class IcapConnection {
             eagerCopy = false;
             await spool.startScanCopy().catch((err: unknown) => this.ctx.log.debug({ err: messageOf(err) }, 'scan copy not started'));
             // The same bet: the engine, not the cache, will answer — so the hash is computed
-            // while the engine works, not while the object arrives.
-            if (spool.copyingForScan) {
-              spool.stopHashing();
-              hashWhileScanning = service.scanner.wantsHash;
-            }
+            // while the engine works (hashWhileScanning), not while the object arrives.
+            if (spool.copyingForScan) spool.stopHashing();
           }
           // Only for clients that did not offer 204: Squid offers it only for bodies it can hold (< 64 KB).
           if (!early && earlyAfter > 0 && !head.allow204 && spool.size > earlyAfter && !inPreview) await sendEarlyHead();
@@ -403,7 +399,7 @@ export class IcapConnection {
           source,
           name: url,
           hash: spool.sha256 ?? undefined,
-          hashWhileScanning,
+          hashWhileScanning: spool.sha256 === null,
           signal: scanAbort.signal,
           origin: { source: 'icap', group: service.name },
           ...(path ? {} : { toFile: () => spool.fileForScan() }),

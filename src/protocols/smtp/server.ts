@@ -1,3 +1,4 @@
+import { Socket } from 'node:net';
 import { hostname as osHostname } from 'node:os';
 import { resolve } from 'node:path';
 import { domainToASCII } from 'node:url';
@@ -502,10 +503,10 @@ export function guardXforwardHelo(conn: SMTPConnection, onUnavailable: () => voi
  * if smtp-server's connection has no `_socket` (internals other than the 3.x ones).
  */
 export function batchReplies(conn: SMTPConnection): void {
-  const socket = (conn as unknown as { _socket?: { prependListener?: unknown; cork(): void; uncork(): void; writableCorked: number } })._socket;
-  if (!socket || typeof socket.prependListener !== 'function') return;
+  const socket = (conn as unknown as { _socket?: unknown })._socket;
+  if (!(socket instanceof Socket)) return;
   let corked = false;
-  (socket as unknown as NodeJS.EventEmitter).prependListener('data', () => {
+  socket.prependListener('data', () => {
     if (corked) return;
     corked = true;
     socket.cork();
