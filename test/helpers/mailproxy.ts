@@ -1,5 +1,7 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { silentLogger } from '../../src/core/logging.js';
 import { ClamdNetEngine } from '../../src/engines/clamd/net.js';
 import { mailProxyPolicySchema, type MailProxyPolicyConfig } from '../../src/config/mail-proxy-schema.js';
@@ -24,6 +26,14 @@ export function proxyScanner(address: string, dbDir?: string): Scanner {
   const e = new ClamdNetEngine();
   e.configure([{ name: 'address', value: address }, ...(dbDir ? [{ name: 'database-dir', value: dbDir }] : [])]);
   return new Scanner([{ id: 'clamav', engine: e }], PROXY_SCANNER_LIMITS, null, silentLogger());
+}
+
+/**
+ * A scanner whose clamd is not there: a unix socket in a directory nobody creates, so every
+ * connect fails at once (ENOENT). A closed TCP port could be taken by another test meanwhile.
+ */
+export function deadScanner(): Scanner {
+  return proxyScanner(`unix:${join(tmpdir(), `avgate-no-clamd-${randomBytes(6).toString('hex')}`, 'clamd.sock')}`);
 }
 
 export function proxyPolicy(over: Record<string, unknown> = {}): MailProxyPolicyConfig {

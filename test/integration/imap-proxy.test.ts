@@ -18,7 +18,7 @@ import { closedPort, startFaultServer } from '../helpers/fault-server.js';
 import { freeLoopbackPort } from '../../src/core/net.js';
 import { fetchLiterals, ImapTestClient } from '../helpers/imap-client.js';
 import { mailWith } from '../helpers/mail.js';
-import { mailCorpus, partDigests, proxyScanner, type CorpusMessage } from '../helpers/mailproxy.js';
+import { type CorpusMessage, deadScanner, mailCorpus, partDigests, proxyScanner } from '../helpers/mailproxy.js';
 
 const run = promisify(execFile);
 
@@ -501,7 +501,7 @@ describe('imap proxy (Dovecot, clamd)', () => {
   });
 
   test('engine down with on-error: pass: content is relayed unscanned (configured)', async () => {
-    const dead = proxyScanner(`127.0.0.1:${await closedPort()}`);
+    const dead = deadScanner();
     try {
       const d = await startProxy({ 'on-error': 'pass' }, dead);
       const cleanSeq = corpus.findIndex((m) => m.name === 'clean') + 1;
@@ -541,7 +541,7 @@ describe('imap proxy (Dovecot, clamd)', () => {
   });
 
   test('engine down: fetched content is replaced by a could-not-be-scanned notice, nothing hangs', async () => {
-    const dead = proxyScanner(`127.0.0.1:${await closedPort()}`);
+    const dead = deadScanner();
     try {
       const d = await startProxy({}, dead);
       const c = await session(d.port);

@@ -9,8 +9,7 @@ import { loadReplacement, scanAndReplace, BUILT_IN_REPLACEMENT, type ReplaceDeps
 import type { MessageInput } from '../../src/mime/index.js';
 import type { Scanner } from '../../src/scan/scanner.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
-import { closedPort } from '../helpers/fault-server.js';
-import { mailCorpus, partDigests, proxyPolicy, proxyScanner, sha256, type CorpusMessage } from '../helpers/mailproxy.js';
+import { type CorpusMessage, deadScanner, mailCorpus, partDigests, proxyPolicy, proxyScanner, sha256 } from '../helpers/mailproxy.js';
 
 async function bytesOf(out: MessageInput): Promise<Buffer> {
   if (Buffer.isBuffer(out)) return out;
@@ -45,7 +44,7 @@ describe('mail proxy replacer (src/mailproxy) with a real clamd', () => {
     clamd = await startTestClamd();
     dir = await mkdtemp(join(tmpdir(), 'avgate-mailproxy-'));
     scanner = proxyScanner(`unix:${clamd.socketPath}`, clamd.dbDir);
-    dead = proxyScanner(`127.0.0.1:${await closedPort()}`);
+    dead = deadScanner();
   });
   after(async () => {
     for (const r of results) await r.dispose();

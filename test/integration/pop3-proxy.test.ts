@@ -15,7 +15,7 @@ import type { ScanService } from '../../src/scan/types.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
 import { startTestDovecot } from '../helpers/dovecot.js';
 import { closedPort, startFaultServer } from '../helpers/fault-server.js';
-import { mailCorpus, partDigests, proxyPolicy, proxyScanner, sha256, type CorpusMessage } from '../helpers/mailproxy.js';
+import { type CorpusMessage, deadScanner, mailCorpus, partDigests, proxyPolicy, proxyScanner, sha256 } from '../helpers/mailproxy.js';
 import { Pop3TestClient } from '../helpers/pop3.js';
 import type { Dovecot } from '../../tools/peers/dovecot.js';
 import { startAvgatePeer } from '../../tools/peers/avgate.js';
@@ -58,7 +58,7 @@ describe('POP3 proxy with a real Dovecot and clamd', () => {
     dovecot = await startTestDovecot({ users: [{ user: 'alice', password: 'alice-pw' }] });
     dir = await mkdtemp(join(tmpdir(), 'avgate-pop3-'));
     scanner = proxyScanner(`unix:${clamd.socketPath}`, clamd.dbDir);
-    dead = proxyScanner(`127.0.0.1:${await closedPort()}`);
+    dead = deadScanner();
     for (const m of corpus) await dovecot.deliver('alice', m.raw);
     // What Dovecot itself serves: the reference for byte comparisons.
     const direct = await Pop3TestClient.connect(dovecot.pop3Port);
