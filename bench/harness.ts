@@ -171,7 +171,15 @@ export async function runSlice(
   cell.sliceReqPerSec.push(count / seconds);
 }
 
-/** A few untimed requests: connections opened, code paths warm. */
+/**
+ * Untimed requests (or messages) per mode before a section's first cell (`--warmup`). A server
+ * just started is not yet the server that runs for weeks: avgate's JIT compiler spends its first
+ * thousand requests or so compiling hot code on two of the machine's threads, and a cell of a few
+ * seconds measured then shows that instead of the steady state. Every mode gets the same load.
+ */
+export const WARMUP_DEFAULT = 1000;
+
+/** A few untimed requests before each cell: connections opened, code paths warm. */
 export function warmUp(concurrency: number, corpus: readonly CorpusItem[], unique: boolean, send: Send): Promise<void> {
   return drive(concurrency, Math.min(corpus.length, concurrency * 2), corpus, unique, send, null);
 }

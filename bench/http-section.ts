@@ -56,6 +56,8 @@ export interface HttpSectionOptions {
   /** A download with no complete answer within this is a stall. */
   timeoutMs: number;
   avgateNodeFlags: readonly string[];
+  /** Untimed requests per mode before the first cell (sizes of the run up to 1 MB, half unique); 0 = none. */
+  warmup: number;
 }
 
 type Regime = 'cold' | 'warm';
@@ -214,6 +216,35 @@ export async function runHttpSection(p: { clamd: LocalClamd; tmp: string; opts: 
     if (!ok) failed = true;
   }
   for (const l of eicarLines) log(l);
+
+  if (opts.warmup > 0) {
+    const t0 = performance.now();
+    const sizes = opts.sizes.filter((x) => x <= 1e6);
+    if (sizes.length === 0) sizes.push(100_000);
+    let bad = 0;
+    const samples: string[] = [];
+    for (const m of modes) {
+      // 4 workers; every other request a URL of its own (a scan), the rest a few repeated ones (cache hits)
+      let next = 0;
+      await Promise.all(
+        Array.from({ length: 4 }, async (_, w) => {
+          for (;;) {
+            const i = next++;
+            if (i >= opts.warmup || isStopping()) return;
+            const size = sizes[i % sizes.length] as number;
+            const path = i % 2 === 0 ? objectPath(size, `warmup-${m.name.replace(/[^a-z]/g, '')}-${i}`) : objectPath(size, `warmup-same-${i % 8}`);
+            const trouble = problem(await m.client(w).get(path), path);
+            if (trouble) {
+              bad++;
+              if (samples.length < 3) samples.push(`${m.name} ${path}: ${trouble}`);
+            }
+          }
+        }),
+      );
+    }
+    log(`  warm-up: ${opts.warmup} untimed requests per mode (${sizes.map(sizeLabel).join(', ')}; half unique, half 8 repeated URLs; 4 workers) in ${((performance.now() - t0) / 1000).toFixed(1)} s${bad ? `; ${bad} WRONG: ${samples.join('; ')}` : ''}`);
+    if (bad > 0) failed = true;
+  }
 
   // ------------------------------------------------------------ cells
   const accs = new Map<string, Acc>(); // `${regime} ${size} ${c} ${mode}`

@@ -44,6 +44,8 @@ export interface IcapSectionOptions {
   coldNoCache: boolean;
   /** Extra node flags for avgate's ICAP server processes (e.g. --max-semi-space-size=32). */
   avgateNodeFlags: string[];
+  /** Untimed requests per mode before the first cell (half unique, half the corpus as it is); 0 = none. */
+  warmup: number;
 }
 
 interface Mode {
@@ -193,6 +195,19 @@ export async function runIcapSection(p: {
   const cellOf = (regime: Regime, mode: string, c: number): Cell | undefined => cells.get(`${regime} ${mode} ${c}`);
   const fills: Cell[] = [];
   const modeNames: Record<Regime, string[]> = { cold: [], warm: [] };
+
+  if (opts.warmup > 0) {
+    const t0 = performance.now();
+    const warmupModes = [...modesFor('cold'), ...modesFor('warm')].filter((m, i, all) => all.findIndex((x) => x.name === m.name && x.serverPid === m.serverPid) === i);
+    for (const m of warmupModes) {
+      checkStop();
+      const half = Math.ceil(opts.warmup / 2);
+      await drive(4, half, corpus, true, m.send, null);
+      await drive(4, opts.warmup - half, corpus, false, m.send, null);
+      m.close?.();
+    }
+    log(`  warm-up: ${opts.warmup} untimed requests per mode (half unique, half the corpus as it is, concurrency 4) in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  }
 
   for (const regime of ['cold', 'warm'] as const) {
     const modes = modesFor(regime);

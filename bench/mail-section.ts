@@ -51,6 +51,8 @@ export interface MailSectionOptions {
   directChunk: number;
   /** Node flags for avgate's mail filter process (e.g. --cpu-prof). */
   avgateNodeFlags?: readonly string[];
+  /** Untimed messages per mode before the first cell (first kind, 10 sessions, infected as in the cells); 0 = none. */
+  warmup: number;
 }
 
 export const MAIL_SESSIONS = [10, 50] as const;
@@ -278,6 +280,24 @@ export async function runMailSection(p: { clamd: LocalClamd; tmp: string; opts: 
   const sinkNow = () => sink.settle(Number.MAX_SAFE_INTEGER, 0, 0);
   const expectedSink = (m: Mode, c: MailCounts) =>
     m.sinkPerClean === null ? 0 : (c.accepted - c.acceptedInfected) * m.sinkPerClean + c.acceptedInfected * m.sinkPerInfected;
+
+  if (opts.warmup > 0 && kinds.length > 0) {
+    const t0 = performance.now();
+    const factory = new MessageFactory(kinds[0] as MessageKind, FROM, TO);
+    const done: string[] = [];
+    for (const m of modes) {
+      checkStop();
+      const sessions = 10;
+      if (m.target.kind === 'smtp' && !m.target.reconnectEachMessage) await openPool(poolOf(m), m.target.port, sessions);
+      const before = await sinkNow();
+      const w = await driveMail({ sessions, maxMessages: opts.warmup, maxMs: 60_000, infectedEvery: opts.infectedEvery, factory, target: m.target, verdictOfReply: m.verdictOfReply, pool: poolOf(m), from: FROM, to: TO });
+      if (m.sinkPerClean !== null) await sink.settle(before + expectedSink(m, w), 1500, 30_000);
+      if (m.target.kind === 'smtp') await closePool(poolOf(m));
+      done.push(`${m.name} ${w.sent}${w.wrong ? ` (WRONG ${w.wrong})` : ''}`);
+      if (w.wrong > 0) failed = true;
+    }
+    log(`  warm-up: untimed ${kinds[0]?.label ?? ''} messages over 10 sessions, 1 in ${opts.infectedEvery} infected: ${done.join(', ')} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  }
 
   for (const kind of kinds) {
     const factory = new MessageFactory(kind, FROM, TO);

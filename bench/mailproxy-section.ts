@@ -42,6 +42,8 @@ export interface MailProxySectionOptions {
   /** A session that has not read its mailbox within this fails. */
   sessionTimeoutMs: number;
   avgateNodeFlags: readonly string[];
+  /** Untimed messages per mode (read from a mailbox of their own, half of them twice) before the first pass; 0 = none. */
+  warmup: number;
 }
 
 type Protocol = 'pop3' | 'imap';
@@ -107,6 +109,10 @@ export async function runMailProxySection(p: { clamd: LocalClamd; tmp: string; o
   ];
   const userOf = (mode: string, s: number) => `bench-${mode.replace(' ', '-')}-${s}`;
   const users: DovecotUser[] = modeSpecs.flatMap((m) => Array.from({ length: opts.sessions }, (_, s) => ({ user: userOf(m.name, s), password: PASSWORD })));
+  // The warm-up mailbox (one, read by every mode): half the warm-up's messages, read twice.
+  const warmupMessages = Math.ceil(opts.warmup / 2);
+  const warmupUser = 'bench-warmup';
+  if (warmupMessages > 0) users.push({ user: warmupUser, password: PASSWORD });
   // Not under the bench's temporary directory (0700): Dovecot's auth and login processes run as
   // its own users and must reach the passwd file and the maildirs.
   const dir = await mkdtemp(join(tmpdir(), 'avgate-bench-dovecot-'));
@@ -121,8 +127,9 @@ export async function runMailProxySection(p: { clamd: LocalClamd; tmp: string; o
   const boxes = new Map<string, Map<string, ProxyBenchMessage>>();
   for (const u of users) {
     const byToken = new Map<string, ProxyBenchMessage>();
-    const sizes = messageSizes(opts.messages);
-    for (let i = 0; i < opts.messages; i++) {
+    const count = u.user === warmupUser ? warmupMessages : opts.messages;
+    const sizes = messageSizes(count);
+    for (let i = 0; i < count; i++) {
       const m = factory.make(sizes[i] as number, i % opts.infectedEvery === opts.infectedEvery - 1);
       byToken.set(m.token, m);
       await dovecot.deliver(u.user, m.wire);
@@ -132,7 +139,7 @@ export async function runMailProxySection(p: { clamd: LocalClamd; tmp: string; o
     boxes.set(u.user, byToken);
   }
   log(
-    `mailproxy section: Dovecot pid ${dovecot.pid} (pop3 ${dovecot.pop3Port}, imap ${dovecot.imapPort}); ${users.length} mailboxes x ${opts.messages} messages ` +
+    `mailproxy section: Dovecot pid ${dovecot.pid} (pop3 ${dovecot.pop3Port}, imap ${dovecot.imapPort}); ${users.length - (warmupMessages > 0 ? 1 : 0)} mailboxes x ${opts.messages} messages${warmupMessages > 0 ? ` + a warm-up mailbox of ${warmupMessages}` : ''} ` +
       `(${delivered} unique, ${(deliveredBytes / 1e6).toFixed(1)} MB, 1 in ${opts.infectedEvery} with EICAR) delivered in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
   );
 
@@ -240,6 +247,34 @@ export async function runMailProxySection(p: { clamd: LocalClamd; tmp: string; o
     acc.clamdCpuMs += (await processCpuMs(clamd.pid)) - clamd0;
     log(`  ${regime} ${m.name.padEnd(11)} ${opts.sessions} sessions: ${messages} messages in ${seconds.toFixed(2)} s = ${(messages / seconds).toFixed(1)} msg/s${acc.wrong ? `  WRONG ${acc.wrong}` : ''}`);
   };
+  if (warmupMessages > 0) {
+    const t0 = performance.now();
+    const byToken = boxes.get(warmupUser) as Map<string, ProxyBenchMessage>;
+    let bad = 0;
+    for (const m of modes) {
+      for (let pass = 0; pass < 2; pass++) {
+        checkStop();
+        const params: SessionParams = {
+          port: m.port,
+          user: warmupUser,
+          password: PASSWORD,
+          deadline: Date.now() + opts.sessionTimeoutMs,
+          maxBytes: 4 * MAX_MESSAGE_BYTES,
+          onMessage: (raw) => {
+            if (checkFetched(raw, byToken, m.scanned).problem) bad++;
+          },
+        };
+        try {
+          await (m.protocol === 'pop3' ? pop3ReadAll(params) : imapReadAll(params));
+        } catch {
+          bad++;
+        }
+      }
+    }
+    log(`  warm-up: a mailbox of ${warmupMessages} messages read twice by every mode in ${((performance.now() - t0) / 1000).toFixed(1)} s${bad ? `; ${bad} WRONG` : ''}`);
+    if (bad > 0) failed = true;
+  }
+
   // cold: every mailbox read for the first time; warm: again, in a rotated order each pass
   for (const m of modes) await runPass(m, 'cold');
   for (let pass = 0; pass < opts.warmPasses; pass++) {

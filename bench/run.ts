@@ -46,7 +46,10 @@
  * --http-max-requests N (default 2000; --quick 100), --http-max-inflight-mb N (cells with concurrency
  * x size above it are left out, default 800; --quick 100); mailproxy: --mailproxy-messages N (per
  * mailbox, default 200; --quick 50), --mailproxy-sessions N (default 4; --quick 2),
- * --mailproxy-warm-passes N (default 2; --quick 1).
+ * --mailproxy-warm-passes N (default 2; --quick 1); every section but engine and console: --warmup N
+ * (untimed requests or messages per mode before the section's first cell, so that no server is
+ * measured while it is still starting up: avgate's JIT compiler, connection pools and caches of
+ * code paths; default 1000, --quick 300, 0 = none).
  *
  * Fairness: one clamd for everything; every cold request is made unique by the same scheme (16
  * random bytes appended) so clamd's own clean cache never answers; cells of one concurrency are
@@ -61,7 +64,7 @@ import { join, resolve } from 'node:path';
 import { LocalClamd } from '../src/engines/clamd/local.js';
 import { corpusSummary, loadCorpus } from './corpus.js';
 import { runEngineSection, type SectionResult } from './engine-section.js';
-import { checkStop, cleanupAll, compiled, gc, installSignalHandlers, isStopping, log, onCleanup } from './harness.js';
+import { checkStop, cleanupAll, compiled, gc, installSignalHandlers, isStopping, log, onCleanup, WARMUP_DEFAULT } from './harness.js';
 import { runConsoleSection } from './console-section.js';
 import { runIcapSection } from './icap-section.js';
 import { MESSAGE_KINDS } from './mail-messages.js';
@@ -141,6 +144,8 @@ const opts = {
   mailproxyMessages: numArg('--mailproxy-messages', quick ? 50 : 200),
   mailproxySessions: numArg('--mailproxy-sessions', quick ? 2 : 4),
   mailproxyWarmPasses: numArg('--mailproxy-warm-passes', quick ? 1 : 2),
+  /** Untimed requests (messages) per mode before a section's first cell; 0 = none. */
+  warmup: strArg('--warmup') === '0' ? 0 : numArg('--warmup', quick ? 300 : WARMUP_DEFAULT),
 };
 
 installSignalHandlers();
@@ -212,6 +217,7 @@ async function main(): Promise<void> {
         profileDir: opts.profileDir,
         coldNoCache: opts.coldNoCache,
         avgateNodeFlags: opts.avgateNodeFlags,
+        warmup: opts.warmup,
       },
       bigClamd: getBigClamd,
     });
@@ -235,6 +241,7 @@ async function main(): Promise<void> {
         amavisdChildren: 4,
         directChunk: opts.directChunk,
         avgateNodeFlags: opts.avgateNodeFlags,
+        warmup: opts.warmup,
       },
     });
     done.push(['mail', r]);
@@ -274,6 +281,7 @@ async function main(): Promise<void> {
         slices: opts.quick ? 1 : 2,
         timeoutMs: 120_000,
         avgateNodeFlags: opts.avgateNodeFlags,
+        warmup: opts.warmup,
       },
     });
     done.push(['http', r]);
@@ -292,6 +300,7 @@ async function main(): Promise<void> {
         infectedEvery: 20,
         sessionTimeoutMs: 300_000,
         avgateNodeFlags: opts.avgateNodeFlags,
+        warmup: opts.warmup,
       },
     });
     done.push(['mailproxy', r]);
