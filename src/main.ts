@@ -63,7 +63,7 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
   const log = opts.logger ?? createLogger({ level: config.log.level, file: config.log.file });
   log.info({ config: loaded.path ?? '(embedded defaults)' }, 'avgate starting');
   // Statistics first: every scanner the runtime builds reports its verdicts to it.
-  const stats = config.stats.enabled ? openStatsStore(config.stats, config['state-dir'], log.child({ component: 'stats' })) : null;
+  const stats = config.stats.enabled ? openStatsStore(config.stats, config['state-dir'], log.child({ component: 'stats' }), config['sqlite-cache-size']) : null;
   const runtime = await openRuntime(config, { logger: log, localClamd: 'always', stats }).catch((err: unknown) => {
     stats?.close();
     throw err;

@@ -125,6 +125,7 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
         sqlitePath: config.cache.sqlite === null ? null : resolve(config['state-dir'], config.cache.sqlite),
         sqliteMaxEntries: config.cache['sqlite-max-entries'],
         maxAgeMs: config.cache['max-age'],
+        sqliteCacheBytes: config['sqlite-cache-size'],
       })
     : null;
   const limits = {

@@ -1,4 +1,5 @@
 import Database from 'better-sqlite3';
+import { setPageCache } from '../core/sqlite.js';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { VerdictResult } from '../core/verdict.js';
@@ -15,6 +16,8 @@ export interface VerdictCacheOptions {
   sqliteMaxEntries: number;
   /** An entry older than this is not used (ms); 0 = no age limit. */
   maxAgeMs: number;
+  /** SQLite page cache of level 2 (bytes); DEFAULT_SQLITE_CACHE_BYTES when absent. */
+  sqliteCacheBytes?: number;
 }
 
 export interface CacheStats {
@@ -55,6 +58,7 @@ export class VerdictCache {
       const db = new Database(options.sqlitePath);
       db.pragma('journal_mode = WAL');
       db.pragma('synchronous = NORMAL');
+      setPageCache(db, options.sqliteCacheBytes);
       db.exec(`CREATE TABLE IF NOT EXISTS verdict_cache (
         hash TEXT NOT NULL, engines TEXT NOT NULL, status TEXT NOT NULL, names TEXT NOT NULL,
         at INTEGER NOT NULL, PRIMARY KEY (hash, engines)) WITHOUT ROWID`);

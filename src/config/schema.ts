@@ -154,6 +154,8 @@ export const configSchema = z.strictObject({
   'state-dir': z.string().default('var'),
   /** Garbage-collector settings for a long-running gateway (src/core/gc-tuning.ts). */
   'gc-tuning': z.boolean().default(true),
+  /** Page cache of each SQLite database (verdict cache, statistics, quarantine). */
+  'sqlite-cache-size': size.prefault('2MiB'),
   log: logSchema.default(() => logSchema.parse({})),
   clamd: clamdSchema.default(() => clamdSchema.parse({})),
   engines: z

@@ -7,6 +7,7 @@ import { pipeline as streamPipeline, Transform, type Readable, type TransformCal
 import { pipeline } from 'node:stream/promises';
 import type { Config } from '../config/schema.js';
 import { AvgateError } from '../core/errors.js';
+import { setPageCache } from '../core/sqlite.js';
 import type { AuditRecord, PurgeResult, Quarantine, QuarantineFilter, QuarantineItem, QuarantineMeta, QuarantineRecord, QuarantineSource } from './types.js';
 
 /**
@@ -42,12 +43,14 @@ export interface QuarantineOptions {
   dir: string;
   /** The key file: created (32 random bytes, 0600) when missing; refused when group/other may read it. */
   keyFile: string;
+  /** SQLite page cache (bytes); DEFAULT_SQLITE_CACHE_BYTES when absent. */
+  sqliteCacheBytes?: number;
 }
 
 /** Opens the quarantine configured in `config.quarantine`, paths relative to `stateDir`. */
 export function openQuarantine(config: Readonly<Config>, stateDir: string = config['state-dir']): Promise<EncryptedQuarantine> {
   const q = config.quarantine;
-  return EncryptedQuarantine.open({ dir: resolve(stateDir, q.dir), keyFile: resolve(stateDir, q['key-file']) });
+  return EncryptedQuarantine.open({ dir: resolve(stateDir, q.dir), keyFile: resolve(stateDir, q['key-file']), sqliteCacheBytes: config['sqlite-cache-size'] });
 }
 
 /** Reads the key file, creating it first when missing ('wx': never overwrites a key another process just made). */
@@ -168,6 +171,7 @@ export class EncryptedQuarantine implements Quarantine {
   private constructor(
     readonly dir: string,
     key: Buffer,
+    sqliteCacheBytes?: number,
   ) {
     this.encKey = createHmac('sha256', key).update('avgate quarantine v1 encryption').digest();
     this.nameKey = createHmac('sha256', key).update('avgate quarantine v1 object names').digest();
@@ -183,6 +187,7 @@ export class EncryptedQuarantine implements Quarantine {
     // power loss, like the object it points to, once the caller has been answered.
     this.db.pragma('synchronous = NORMAL');
     this.db.pragma('busy_timeout = 10000');
+    setPageCache(this.db, sqliteCacheBytes);
     this.db.exec(SCHEMA);
     for (const f of [dbPath, `${dbPath}-wal`, `${dbPath}-shm`]) {
       try {
@@ -199,7 +204,7 @@ export class EncryptedQuarantine implements Quarantine {
     await mkdir(o.dir, { recursive: true, mode: 0o700 });
     await chmod(o.dir, 0o700);
     for (const sub of ['objects', 'tmp']) await mkdir(join(o.dir, sub), { recursive: true, mode: 0o700 });
-    const q = new EncryptedQuarantine(o.dir, key);
+    const q = new EncryptedQuarantine(o.dir, key, o.sqliteCacheBytes);
     q.sweep();
     return q;
   }

@@ -1,4 +1,5 @@
 import Database from 'better-sqlite3';
+import { setPageCache } from '../core/sqlite.js';
 import { mkdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import type { StatsConfig } from '../config/stats-schema.js';
@@ -16,6 +17,8 @@ export interface StatsStoreOptions {
   rollupRetentionMs: number;
   /** Queued events are written at most this long after the first of them (ms). */
   flushIntervalMs: number;
+  /** SQLite page cache (bytes); DEFAULT_SQLITE_CACHE_BYTES when absent. */
+  sqliteCacheBytes?: number;
   log?: Logger;
   /** The clock of retention (tests move it); events carry their own time. */
   now?: () => number;
@@ -97,6 +100,7 @@ export class StatsStore implements StatsRecorder, StatsReader {
     this.db = db;
     db.pragma('journal_mode = WAL');
     db.pragma('synchronous = NORMAL');
+    setPageCache(db, options.sqliteCacheBytes);
     db.exec(`
       CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
       CREATE TABLE IF NOT EXISTS events (
@@ -406,12 +410,13 @@ export function escapeLabel(value: string): string {
 }
 
 /** Opens the store of a config's `stats` section (`db` relative to state-dir). */
-export function openStatsStore(stats: StatsConfig, stateDir: string, log?: Logger): StatsStore {
+export function openStatsStore(stats: StatsConfig, stateDir: string, log?: Logger, sqliteCacheBytes?: number): StatsStore {
   return new StatsStore({
     path: stats.db === ':memory:' ? stats.db : resolve(stateDir, stats.db),
     eventRetentionMs: stats['event-retention'],
     rollupRetentionMs: stats['rollup-retention'],
     flushIntervalMs: stats['flush-interval'],
     ...(log ? { log } : {}),
+    ...(sqliteCacheBytes !== undefined ? { sqliteCacheBytes } : {}),
   });
 }

@@ -21,6 +21,7 @@ test('embedded defaults', async () => {
   assert.equal(config.scan['scan-timeout'], 120_000);
   assert.deepEqual(config.scan.engines, ['clamav']);
   assert.equal(config.engines.clamav?.type, 'clamd-net');
+  assert.equal(config['sqlite-cache-size'], 2 * 1024 * 1024);
   assert.ok(Object.isFrozen(config.scan), 'config is frozen after validation');
 });
 

@@ -3,7 +3,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
+import Database from 'better-sqlite3';
 import { engineSetKey, VerdictCache } from '../../src/cache/verdict-cache.js';
+import { setPageCache } from '../../src/core/sqlite.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'avgate-cache-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -73,4 +75,20 @@ test('engine set keys are order-independent and escape separators', () => {
     engineSetKey([{ id: 'a', version: '1,x@y' }, { id: 'b', version: '2' }]),
   );
   assert.equal(engineSetKey([{ id: 'a', version: '1,x@y' }]), 'a@1%2Cx%40y');
+});
+
+test('SQLite page cache: 2 MiB unless configured (better-sqlite3 would allow 16 MB per connection), never under 64 KiB', () => {
+  const db = new Database(':memory:');
+  try {
+    const kib = () => -Number(db.pragma('cache_size', { simple: true }));
+    assert.equal(kib(), 16000, "better-sqlite3's build default, the reason for the setting");
+    setPageCache(db);
+    assert.equal(kib(), 2048);
+    setPageCache(db, 512 * 1024);
+    assert.equal(kib(), 512);
+    setPageCache(db, 1000);
+    assert.equal(kib(), 64);
+  } finally {
+    db.close();
+  }
 });
