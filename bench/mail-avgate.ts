@@ -23,6 +23,10 @@ export interface ChildMemory {
   heapTotal: number;
   external: number;
   arrayBuffers: number;
+  /** V8's heap pages in memory (getHeapStatistics().total_physical_size). */
+  heapPhysical: number;
+  /** What V8 itself holds from malloc. */
+  malloced: number;
 }
 
 export async function startAvgateMail(p: {

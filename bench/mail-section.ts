@@ -429,7 +429,7 @@ export async function runMailSection(p: { clamd: LocalClamd; tmp: string; opts: 
     const mb = (n: number | undefined) => fmt((n ?? Number.NaN) / 1024 ** 2, 1);
     const gcLine =
       mem0 && mem1
-        ? `after a full GC${mem0.gc ? '' : ' (gc not exposed!)'} at start/end: heapUsed ${mb(mem0.heapUsed)}/${mb(mem1.heapUsed)} MB, external ${mb(mem0.external)}/${mb(mem1.external)} MB, RSS ${mb(mem0.rss)}/${mb(mem1.rss)} MB`
+        ? `after a full GC${mem0.gc ? '' : ' (gc not exposed!)'} at start/end: heapUsed ${mb(mem0.heapUsed)}/${mb(mem1.heapUsed)} MB, V8 heap in memory ${mb(mem0.heapPhysical)}/${mb(mem1.heapPhysical)} MB, external ${mb(mem0.external)}/${mb(mem1.external)} MB, RSS ${mb(mem0.rss)}/${mb(mem1.rss)} MB`
         : 'after-GC figures: the child did not answer';
     const want = expectedSink(m, r);
     const got = (await sink.settle(sink0 + want, 1500, 30_000)) - sink0;

@@ -9,6 +9,7 @@
  *
  *   node dist/bench/mail-server.js --clamd-socket PATH --db-dir DIR --state-dir DIR --next-hop-port N
  */
+import { getHeapStatistics } from 'node:v8';
 import { arg, onParentLine, stopWhenParentSays } from './child.js';
 import { startAvgatePeer } from '../tools/peers/avgate.js';
 
@@ -31,7 +32,10 @@ async function main(): Promise<void> {
     const gc = (globalThis as { gc?: () => void }).gc;
     gc?.();
     const m = process.memoryUsage();
-    process.stdout.write(`MEM ${JSON.stringify({ gc: gc !== undefined, rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, external: m.external, arrayBuffers: m.arrayBuffers })}\n`);
+    const h = getHeapStatistics();
+    process.stdout.write(
+      `MEM ${JSON.stringify({ gc: gc !== undefined, rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, external: m.external, arrayBuffers: m.arrayBuffers, heapPhysical: h.total_physical_size, malloced: h.malloced_memory })}\n`,
+    );
   });
   process.stdout.write(`READY ${JSON.stringify({ port: s.smtpPort })}\n`);
 }
