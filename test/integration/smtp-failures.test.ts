@@ -229,6 +229,31 @@ describe('SMTP filter: limits and the never-lose rules', () => {
     assert.ok(aborted, 'the slow handler saw its signal abort');
   });
 
+  test('close() while a handler runs: after the deadline the handler signal aborts with "server stopping", and close returns', async () => {
+    let reason: unknown = null;
+    let entered!: () => void;
+    const inHandler = new Promise<void>((r) => (entered = r));
+    const handler: MessageHandler = (msg) =>
+      new Promise((resolve) => {
+        entered();
+        msg.signal.addEventListener('abort', () => {
+          reason = msg.signal.reason;
+          resolve(msg.rcptTo.map(() => reply(451, '4.3.2', 'stopping')));
+        });
+      });
+    const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${rec.port}`, handler, smtp: { timeouts: { handler: '60s' } } });
+    const sent = transaction(filter.port, ['b@example.com'], small).catch(() => null);
+    await inHandler;
+    assert.equal(filter.server.inFlight, 1);
+    const t0 = Date.now();
+    await filter.server.close(200);
+    assert.ok(reason instanceof Error && reason.message === 'server stopping', `reason: ${String(reason)}`);
+    assert.ok(Date.now() - t0 < 10_000);
+    assert.equal(filter.server.inFlight, 0);
+    await sent;
+    await filter.stop();
+  });
+
   test('partition hook: a recipient of another group gets 452 4.5.3 and goes in its own transaction', async () => {
     const seen: string[][] = [];
     const filter = await startTestFilter({

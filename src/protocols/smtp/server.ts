@@ -123,7 +123,8 @@ export class SmtpFilterServer {
   private readonly log: Logger;
   private readonly spoolDir: string;
   private readonly lmtp: boolean;
-  private readonly stopping = new AbortController();
+  /** The controllers of the handlers running now: stop() aborts them (a Set, not a listener per message on a shared signal). */
+  private readonly running = new Set<AbortController>();
   private readonly pendingHandlers = new Set<Promise<unknown>>();
   private closing = false;
 
@@ -297,8 +298,10 @@ export class SmtpFilterServer {
       () => undefined,
     );
     this.pendingHandlers.add(tracked);
+    this.running.add(controller);
     void tracked.finally(() => {
       this.pendingHandlers.delete(tracked);
+      this.running.delete(controller);
       // A shared reason: abort() without one builds a DOMException (with a stack) per message.
       controller.abort(HANDLER_SETTLED);
       onSettled();
@@ -374,9 +377,6 @@ export class SmtpFilterServer {
     const env = session.envelope;
     const controller = new AbortController();
     const signal = controller.signal;
-    const stop = () => controller.abort(new Error('server stopping'));
-    this.stopping.signal.addEventListener('abort', stop, { once: true });
-    signal.addEventListener('abort', () => this.stopping.signal.removeEventListener('abort', stop), { once: true });
     const xclient = attributes(session.xClient);
     const xforward = st?.xforward ?? {};
     const peer = st?.peer ?? { address: session.remoteAddress, port: session.remotePort };
@@ -464,7 +464,8 @@ export class SmtpFilterServer {
       cutIdle();
     }
     if (this.pendingHandlers.size > 0) {
-      this.stopping.abort();
+      const reason = new Error('server stopping');
+      for (const c of this.running) c.abort(reason);
       const grace = Date.now() + 2000;
       while (this.pendingHandlers.size > 0 && Date.now() < grace) await new Promise((r) => setTimeout(r, 20));
     }
