@@ -94,14 +94,14 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
       icapTlsPort = bound.tlsPort;
     }
     if (config.smtp.enabled) mail = await startMailFilter(config, runtime, log, quarantine);
-    if (config['pop3-proxy'].enabled) pop3 = await startPop3Proxy(config, runtime, log);
+    if (config['pop3-proxy'].enabled) pop3 = await startPop3Proxy(config, runtime, log, quarantine);
     if (config['ftp-proxy'].enabled) {
       ftp = new FtpProxyServer(config['ftp-proxy'], { stateDir: config['state-dir'], scannerFor: runtime.scannerFor, log, quarantine });
       ftpProxyPort = (await ftp.listen()).port;
     }
     if (config['imap-proxy'].enabled) {
       const mime = { limits: mimeLimitsFrom(config.mail), lenientQuotedPrintable: config.mail['lenient-quoted-printable'] };
-      imapProxy = new ImapProxyServer(config['imap-proxy'], { stateDir: config['state-dir'], scannerFor: runtime.scannerFor, log, mime });
+      imapProxy = new ImapProxyServer(config['imap-proxy'], { stateDir: config['state-dir'], scannerFor: runtime.scannerFor, log, mime, quarantine });
       imapProxyPort = (await imapProxy.listen()).port;
     }
     if (config['http-proxy'].enabled) {

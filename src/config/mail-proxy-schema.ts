@@ -132,6 +132,12 @@ export const mailProxyPolicySchema = z.strictObject({
    * place unless the command-acl turned antivirus off. The MIME limits are mail.max-depth ...
    */
   'max-message-size': size.prefault('100MiB'),
+  /**
+   * Whole messages (RETR, FETCH BODY[] ..., APPEND) with a document of one of these statuses
+   * replaced (or refused) are kept in the quarantine first, e.g. [infected]; [] = none. Every
+   * download of such a message adds an item (the encrypted object is stored once).
+   */
+  quarantine: z.array(z.enum(MAIL_STATUSES)).default([]),
 });
 
 export type MailProxyPolicyConfig = z.output<typeof mailProxyPolicySchema>;

@@ -8,6 +8,7 @@ import type { VerdictResult } from '../core/verdict.js';
 import { DEFAULT_MIME_LIMITS, rewriteMessage, walkMessage, type MessageInput, type MimeLimits, type MimeProblem, type PartEdit, type WalkResult } from '../mime/index.js';
 import { scanWholeMessage } from '../mail/filter.js';
 import { documentStatus, type MailDocument, type MailStatus, type NameRule } from '../policy/mail/index.js';
+import type { Quarantine, QuarantineSource } from '../quarantine/types.js';
 import type { ScanService } from '../scan/types.js';
 import type { ScanOrigin } from '../stats/types.js';
 import { compilePolicy, shouldReplace } from './acl.js';
@@ -42,6 +43,11 @@ export interface ReplaceDeps {
    * causes (unclosed boundaries, a broken last line of base64) do not make it corrupted.
    */
   partial?: boolean;
+  /**
+   * Where a whole message goes before documents of the statuses in policy.quarantine are
+   * replaced (null or absent = nowhere). Cut messages (partial) and headerless parts are not kept.
+   */
+  quarantine?: Quarantine | null;
 }
 
 /** Problems a deliberately cut message has anyway. */
@@ -117,10 +123,15 @@ async function headOf(input: MessageInput, max: number): Promise<Buffer> {
 }
 
 /** From: and To:/Cc: addresses of the top header (unfolded; RFC 2047 words are left alone). */
-function addressesOf(head: Buffer): { senders: string[]; recipients: string[] } {
+/** The top header block of `head` (up to the blank line), unfolded. */
+function headerBlock(head: Buffer): string {
   const text = head.toString('latin1');
   const end = text.search(/\r?\n\r?\n/);
-  const block = (end >= 0 ? text.slice(0, end) : text).replace(/\r?\n[ \t]+/g, ' ');
+  return (end >= 0 ? text.slice(0, end) : text).replace(/\r?\n[ \t]+/g, ' ');
+}
+
+function addressesOf(head: Buffer): { senders: string[]; recipients: string[] } {
+  const block = headerBlock(head);
   const senders: string[] = [];
   const recipients: string[] = [];
   for (const line of block.split(/\r?\n/)) {
@@ -185,6 +196,52 @@ function limitsKey(limits: MimeLimits): string {
     limitsKeys.set(limits, k);
   }
   return k;
+}
+
+/** The value of the first `name:` field of a header block (unfolded), or null. */
+function headerField(head: Buffer, name: string): string | null {
+  const m = new RegExp(`^${name}[ \\t]*:[ \\t]*(.*)$`, 'im').exec(headerBlock(head));
+  return m ? (m[1] as string).trim().slice(0, 998) : null;
+}
+
+/**
+ * Keeps the original of a message whose documents of a policy.quarantine status are about to be
+ * replaced: whole messages only (not TOP, partial fetches or headerless parts). A failure is
+ * logged and changes nothing for the client; the item's id, or null.
+ */
+async function keepOriginal(
+  input: MessageInput,
+  deps: ReplaceDeps,
+  replaced: readonly ReplacedDocument[],
+  documents: ReplaceResult['documents'],
+  label: string,
+  user: string | null,
+  maxHeaderSize: number,
+): Promise<string | null> {
+  const statuses: readonly string[] = deps.policy.quarantine;
+  const kept = replaced.filter((d) => statuses.includes(d.status));
+  if (!deps.quarantine || deps.partial === true || !(input instanceof Spool) || kept.length === 0) return null;
+  try {
+    const head = await headOf(input, maxHeaderSize);
+    const addresses = addressesOf(head);
+    const { id } = await deps.quarantine.put(input.filePath() ?? input.createReadStream(), {
+      source: deps.origin.source as QuarantineSource,
+      sender: addresses.senders[0] ?? '',
+      recipients: user !== null ? [user] : addresses.recipients,
+      group: documents.find((d) => d.replaced && statuses.includes(d.status))?.rule ?? 'default',
+      statuses: [...new Set(kept.map((d) => d.status))],
+      virusNames: [...new Set(kept.flatMap((d) => d.names))],
+      messageId: headerField(head, 'Message-ID'),
+      subject: headerField(head, 'Subject'),
+      fileName: kept.find((d) => d.filename)?.filename ?? null,
+      action: 'replaced',
+      note: `${label}: ${kept.length} document${kept.length === 1 ? '' : 's'} replaced`,
+    });
+    return id;
+  } catch (err) {
+    deps.log.error({ message: label, err: err instanceof Error ? err.message : String(err) }, 'mail proxy: quarantine failed');
+    return null;
+  }
 }
 
 /**
@@ -316,6 +373,7 @@ export async function scanAndReplace(input: MessageInput, deps: ReplaceDeps, sig
 
   if (edits.length === 0) return unchanged(anyError ? 'error' : 'clean', documents);
 
+  const quarantineId = await keepOriginal(input, deps, replaced, documents, label, user, limits.maxHeaderSize);
   const out = new Spool(deps.spoolDir, deps.policy['spool-memory'], { hash: false });
   try {
     const r = await rewriteMessage(input, spoolWriter(out), { parts: edits }, { limits, ...(signal ? { signal } : {}) });
@@ -325,7 +383,10 @@ export async function scanAndReplace(input: MessageInput, deps: ReplaceDeps, sig
     await out.dispose();
     throw err;
   }
-  deps.log.info({ message: label, replaced: replaced.map((d) => ({ part: d.path, name: d.filename, status: d.status, names: d.names })) }, 'mail proxy: documents replaced');
+  deps.log.info(
+    { message: label, replaced: replaced.map((d) => ({ part: d.path, name: d.filename, status: d.status, names: d.names })), ...(quarantineId ? { quarantineId } : {}) },
+    'mail proxy: documents replaced',
+  );
   return {
     output: out,
     size: out.size,

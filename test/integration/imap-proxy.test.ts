@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,6 +11,8 @@ import { imapProxySchema, type ImapProxyConfig } from '../../src/config/imap-sch
 import { createLogger, silentLogger } from '../../src/core/logging.js';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import { ImapProxyServer } from '../../src/protocols/imap/server.js';
+import { EncryptedQuarantine } from '../../src/quarantine/store.js';
+import type { Quarantine } from '../../src/quarantine/types.js';
 import type { Scanner } from '../../src/scan/scanner.js';
 import type { Dovecot } from '../../tools/peers/dovecot.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
@@ -34,9 +37,14 @@ describe('imap proxy (Dovecot, clamd)', () => {
   let port: number;
   const corpus: CorpusMessage[] = mailCorpus('imap');
 
-  async function startProxy(over: Record<string, unknown>, withScanner: Scanner = scanner): Promise<{ proxy: ImapProxyServer; port: number }> {
+  async function startProxy(over: Record<string, unknown>, withScanner: Scanner = scanner, quarantine: Quarantine | null = null): Promise<{ proxy: ImapProxyServer; port: number }> {
     const config: ImapProxyConfig = imapProxySchema.parse({ listen: '127.0.0.1:0', upstream: `127.0.0.1:${dovecot.imapPort}`, ...over });
-    const proxy = new ImapProxyServer(config, { stateDir: dir, scannerFor: () => ({ scanner: withScanner }), log: process.env.IMAP_DEBUG_LOG ? createLogger({ level: 'debug', file: process.env.IMAP_DEBUG_LOG }) : silentLogger() });
+    const proxy = new ImapProxyServer(config, {
+      stateDir: dir,
+      scannerFor: () => ({ scanner: withScanner }),
+      log: process.env.IMAP_DEBUG_LOG ? createLogger({ level: 'debug', file: process.env.IMAP_DEBUG_LOG }) : silentLogger(),
+      quarantine,
+    });
     proxies.push(proxy);
     return { proxy, port: (await proxy.listen()).port };
   }
@@ -302,6 +310,38 @@ describe('imap proxy (Dovecot, clamd)', () => {
       assert.match((await c.command('NOOP')).tagged, / OK/);
     } finally {
       c.close();
+    }
+  });
+
+  test('quarantine: [infected] keeps an infected message fetched whole (BODY.PEEK[]) as Dovecot holds it; a single part or a partial fetch adds nothing', async () => {
+    const q = await EncryptedQuarantine.open({ dir: join(dir, 'quarantine'), keyFile: join(dir, 'quarantine.key') });
+    try {
+      const { port: qport } = await startProxy({ quarantine: ['infected'] }, scanner, q);
+      const seq = corpus.findIndex((m) => m.name === 'eicar') + 1;
+      const c = await session(qport);
+      try {
+        await c.command('SELECT INBOX');
+        // The part keeps its transfer encoding (base64): the notice is decoded to be read.
+        const part = Buffer.from(fetchLiterals((await c.command(`FETCH ${seq} (BODY.PEEK[2])`)).untagged)[0]?.data.toString('latin1') ?? '', 'base64').toString('utf8');
+        assert.match(part, /replaced by avgate/, 'part 2 (eicar.com) was replaced');
+        await c.command(`FETCH ${seq} (BODY.PEEK[]<0.400>)`);
+        assert.equal((await q.list()).length, 0, 'parts and partial fetches are not kept');
+        const r = await c.command(`FETCH ${seq} (BODY.PEEK[])`);
+        assert.match(r.tagged, / OK/);
+      } finally {
+        c.close();
+      }
+      const [want] = await direct(`FETCH ${seq} (BODY.PEEK[])`);
+      const items = await q.list();
+      assert.equal(items.length, 1);
+      const item = items[0] as (typeof items)[number];
+      assert.equal(item.source, 'imap');
+      assert.deepEqual(item.statuses, ['infected']);
+      assert.deepEqual(item.recipients, [dovecot.user]);
+      assert.equal(item.fileName, 'eicar.com');
+      assert.equal(item.sha256, createHash('sha256').update((want as { data: Buffer }).data).digest('hex'), 'kept as Dovecot holds it');
+    } finally {
+      await q.close();
     }
   });
 

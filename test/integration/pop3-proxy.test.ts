@@ -10,6 +10,8 @@ import { silentLogger } from '../../src/core/logging.js';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import { BUILT_IN_REPLACEMENT, scanAndReplace } from '../../src/mailproxy/index.js';
 import { Pop3ProxyServer } from '../../src/protocols/pop3/index.js';
+import { EncryptedQuarantine } from '../../src/quarantine/store.js';
+import type { Quarantine } from '../../src/quarantine/types.js';
 import type { Scanner } from '../../src/scan/scanner.js';
 import type { ScanService } from '../../src/scan/types.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
@@ -42,10 +44,10 @@ describe('POP3 proxy with a real Dovecot and clamd', () => {
   /** Message number on the server → corpus entry, and the bytes Dovecot serves directly. */
   const byNumber = new Map<number, { m: CorpusMessage; direct: Buffer; listed: number }>();
 
-  async function proxy(yaml: Record<string, unknown>, scan: ScanService = scanner): Promise<number> {
+  async function proxy(yaml: Record<string, unknown>, scan: ScanService = scanner, quarantine: Quarantine | null = null): Promise<number> {
     const config = pop3ProxySchema.parse({ listen: '127.0.0.1:0', 'keep-alive': { after: 0 }, ...yaml });
     const server = new Pop3ProxyServer(config, {
-      replace: { scanner: scan, policy: config, replacement: BUILT_IN_REPLACEMENT, spoolDir: join(dir, 'spool'), log: silentLogger(), origin: { source: 'pop3' } },
+      replace: { scanner: scan, policy: config, replacement: BUILT_IN_REPLACEMENT, spoolDir: join(dir, 'spool'), log: silentLogger(), origin: { source: 'pop3' }, quarantine },
       log: silentLogger(),
     });
     proxies.push(server);
@@ -120,6 +122,41 @@ describe('POP3 proxy with a real Dovecot and clamd', () => {
     }
     // The big infected attachment's notice is shorter: that message came padded to its listed size.
     assert.ok(paddedSeen.has('bigvirus'), [...paddedSeen].join());
+  });
+
+  test('quarantine: [infected] keeps each infected message fetched whole (RETR) as Dovecot served it, with its facts; TOP and clean messages add nothing', async () => {
+    const q = await EncryptedQuarantine.open({ dir: join(dir, 'quarantine'), keyFile: join(dir, 'quarantine.key') });
+    try {
+      const port = await proxy({ upstream: `127.0.0.1:${dovecot.pop3Port}`, quarantine: ['infected'] }, scanner, q);
+      const c = await Pop3TestClient.connect(port);
+      await c.login('alice', 'alice-pw');
+      for (const [n, { m }] of byNumber) {
+        if (m.infected.length > 0) await c.multi(`TOP ${n} 0`);
+      }
+      assert.equal((await q.list()).length, 0, 'TOP (a cut message) is not kept');
+      for (const [n] of byNumber) await c.multi(`RETR ${n}`);
+      await c.quit();
+      const items = await q.list();
+      const infected = [...byNumber.values()].filter((v) => v.m.infected.length > 0);
+      assert.equal(items.length, infected.length, items.map((i) => i.subject).join('; '));
+      for (const { m, direct } of infected) {
+        const item = items.find((i) => i.sha256 === sha256(direct));
+        assert.ok(item, `${m.name}: kept as Dovecot served it`);
+        assert.equal(item.source, 'pop3');
+        assert.deepEqual(item.recipients, ['alice']);
+        assert.deepEqual(item.statuses, ['infected']);
+        assert.ok(item.virusNames.length > 0, `${m.name}: virus names`);
+        assert.equal(item.action, 'replaced');
+        const subject = /^Subject: (.*)$/im.exec(m.raw.toString('latin1'))?.[1]?.trim() ?? null;
+        assert.equal(item.subject, subject);
+        const got = await q.get(item.id);
+        const chunks: Buffer[] = [];
+        for await (const chunk of (got as NonNullable<typeof got>).open()) chunks.push(chunk as Buffer);
+        assert.equal(sha256(Buffer.concat(chunks)), sha256(direct), `${m.name}: the kept bytes decrypt to the original`);
+      }
+    } finally {
+      await q.close();
+    }
   });
 
   test('scripted client: CAPA filtered, STAT/LIST/UIDL/TOP/RETR/DELE/RSET/QUIT relayed and framed', async () => {

@@ -98,7 +98,8 @@ async function scanWrapped(
     await wrapped.write(header);
     for await (const chunk of input.createReadStream() as AsyncIterable<Buffer>) await wrapped.write(chunk);
     await wrapped.end();
-    result = await scanAndReplace(wrapped, deps, signal);
+    // A headerless part with a made-up header is no message to keep: the quarantine takes whole ones.
+    result = await scanAndReplace(wrapped, { ...deps, quarantine: null }, signal);
     if (!result.changed || result.replaced.every((d) => tolerate.has(d.status))) {
       const status = result.status === 'error' ? 'error' : 'clean';
       return { output: input, size: input.size, changed: false, replaced: [], status, dispose: async () => undefined };

@@ -5,6 +5,7 @@ import { AvgateError } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
 import { compilePolicy, loadReplacement, type ReplacementTemplate } from '../../mailproxy/index.js';
 import type { MimeLimits } from '../../mime/index.js';
+import type { Quarantine } from '../../quarantine/types.js';
 import type { ScanService } from '../../scan/types.js';
 import { ImapSession, type ImapCounters, type SessionContext } from './session.js';
 import { parseHostPort } from './upstream.js';
@@ -16,6 +17,8 @@ export interface ImapProxyDeps {
   log: Logger;
   /** The MIME walker's limits and leniency (`mail.max-depth` ..., `mail.lenient-quoted-printable`); default the built-in ones. */
   mime?: { limits: MimeLimits; lenientQuotedPrintable: boolean };
+  /** Where whole messages with replaced documents of the `quarantine` statuses are kept; absent = nowhere. */
+  quarantine?: Quarantine | null;
 }
 
 /**
@@ -50,6 +53,7 @@ export class ImapProxyServer {
       log: this.log,
       counters: this.counters,
       mime: this.deps.mime ?? null,
+      quarantine: this.deps.quarantine ?? null,
     };
     const { host, port } = parseHostPort(this.config.listen);
     const server = createServer((s) => this.accept(s));

@@ -7,6 +7,7 @@ import { Spool } from '../../core/spool.js';
 import type { CompiledPolicy, ReplaceDeps, ReplacementTemplate } from '../../mailproxy/index.js';
 import type { MessageInput } from '../../mime/input.js';
 import type { MimeLimits } from '../../mime/index.js';
+import type { Quarantine } from '../../quarantine/types.js';
 import type { ScanService } from '../../scan/types.js';
 import { filterMessage, filterPart, reasonOf, unscannedNotice, type FilterOutcome } from './content.js';
 import { connectUpstream } from './upstream.js';
@@ -45,6 +46,8 @@ export interface SessionContext {
   counters: ImapCounters;
   /** The MIME walker's limits and leniency from the mail section; null = built-in defaults. */
   mime: { limits: MimeLimits; lenientQuotedPrintable: boolean } | null;
+  /** The quarantine for whole messages with replaced documents (policy `quarantine`); null = none. */
+  quarantine: Quarantine | null;
 }
 
 const CRLF = Buffer.from('\r\n');
@@ -191,6 +194,7 @@ export class ImapSession {
       origin: { source: 'imap', group: null },
       user: this.user,
       label,
+      quarantine: this.ctx.quarantine,
       ...(this.ctx.mime ?? {}),
     };
   }

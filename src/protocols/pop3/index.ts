@@ -3,6 +3,7 @@ import type { Config } from '../../config/schema.js';
 import type { Logger } from '../../core/logging.js';
 import { loadReplacement } from '../../mailproxy/index.js';
 import { mimeLimitsFrom } from '../../mime/index.js';
+import type { Quarantine } from '../../quarantine/types.js';
 import type { Runtime } from '../../runtime.js';
 import { Pop3ProxyServer } from './server.js';
 
@@ -18,7 +19,7 @@ export interface Pop3FrontEnd {
  * The POP3 proxy as `avgate serve` runs it. The replacement file is read here, so a missing one
  * stops startup with the key's name (AVG_ERR_CONFIG).
  */
-export async function startPop3Proxy(config: Readonly<Config>, runtime: Runtime, log: Logger): Promise<Pop3FrontEnd> {
+export async function startPop3Proxy(config: Readonly<Config>, runtime: Runtime, log: Logger, quarantine: Quarantine | null = null): Promise<Pop3FrontEnd> {
   const c = config['pop3-proxy'];
   const mail = config.mail;
   const replacement = await loadReplacement(c.replacement, 'pop3-proxy.replacement');
@@ -33,6 +34,7 @@ export async function startPop3Proxy(config: Readonly<Config>, runtime: Runtime,
       origin: { source: 'pop3' },
       limits: mimeLimitsFrom(mail),
       lenientQuotedPrintable: mail['lenient-quoted-printable'],
+      quarantine,
     },
     log: plog,
   });
