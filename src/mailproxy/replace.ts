@@ -122,7 +122,6 @@ async function headOf(input: MessageInput, max: number): Promise<Buffer> {
   }
 }
 
-/** From: and To:/Cc: addresses of the top header (unfolded; RFC 2047 words are left alone). */
 /** The top header block of `head` (up to the blank line), unfolded. */
 function headerBlock(head: Buffer): string {
   const text = head.toString('latin1');
@@ -130,6 +129,7 @@ function headerBlock(head: Buffer): string {
   return (end >= 0 ? text.slice(0, end) : text).replace(/\r?\n[ \t]+/g, ' ');
 }
 
+/** From: and To:/Cc: addresses of the top header (unfolded; RFC 2047 words are left alone). */
 function addressesOf(head: Buffer): { senders: string[]; recipients: string[] } {
   const block = headerBlock(head);
   const senders: string[] = [];
