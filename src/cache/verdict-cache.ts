@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
-import { setPageCache } from '../core/sqlite.js';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { setPageCache } from '../core/sqlite.js';
 import type { VerdictResult } from '../core/verdict.js';
 
 /** Only these are cached: error, unknown and skipped say nothing lasting about the content. */

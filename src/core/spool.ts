@@ -174,8 +174,10 @@ export class Spool {
    * then complete soon after the last byte instead of being written after it — less latency for
    * an object that will be scanned from a file; wasted work when the verdict cache answers, so the
    * caller starts it only when that is unlikely. No-op once on disk, ended or already started.
+   * `hashLater`: the same bet on the hash — once the copy is started the spool stops hashing, and
+   * the scanner hashes while the engine works (ScanRequest.hashWhileScanning; sha256 stays null).
    */
-  async startScanCopy(): Promise<void> {
+  async startScanCopy(opts: { hashLater?: boolean } = {}): Promise<void> {
     if (this.file || this.scanCopy || this.ended) return;
     await ensureDir(this.dir);
     const path = join(this.dir, uniqueName('scan'));
@@ -183,6 +185,7 @@ export class Spool {
     this.scanCopy = path;
     this.eager = new EagerCopy(handle);
     this.eager.add(this.memory.slice());
+    if (opts.hashLater) this.hash = null;
   }
 
   get copyingForScan(): boolean {

@@ -198,9 +198,9 @@ function limitsKey(limits: MimeLimits): string {
   return k;
 }
 
-/** The value of the first `name:` field of a header block (unfolded), or null. */
-function headerField(head: Buffer, name: string): string | null {
-  const m = new RegExp(`^${name}[ \\t]*:[ \\t]*(.*)$`, 'im').exec(headerBlock(head));
+/** The value of the first `name:` field of an unfolded header block (headerBlock), or null. */
+function headerField(block: string, name: string): string | null {
+  const m = new RegExp(`^${name}[ \\t]*:[ \\t]*(.*)$`, 'im').exec(block);
   return m ? (m[1] as string).trim().slice(0, 998) : null;
 }
 
@@ -224,6 +224,7 @@ async function keepOriginal(
   try {
     const head = await headOf(input, maxHeaderSize);
     const addresses = addressesOf(head);
+    const block = headerBlock(head);
     const { id } = await deps.quarantine.put(input.filePath() ?? input.createReadStream(), {
       source: deps.origin.source as QuarantineSource,
       sender: addresses.senders[0] ?? '',
@@ -231,8 +232,8 @@ async function keepOriginal(
       group: documents.find((d) => d.replaced && statuses.includes(d.status))?.rule ?? 'default',
       statuses: [...new Set(kept.map((d) => d.status))],
       virusNames: [...new Set(kept.flatMap((d) => d.names))],
-      messageId: headerField(head, 'Message-ID'),
-      subject: headerField(head, 'Subject'),
+      messageId: headerField(block, 'Message-ID'),
+      subject: headerField(block, 'Subject'),
       fileName: kept.find((d) => d.filename)?.filename ?? null,
       action: 'replaced',
       note: `${label}: ${kept.length} document${kept.length === 1 ? '' : 's'} replaced`,

@@ -1,10 +1,10 @@
 import Database from 'better-sqlite3';
-import { setPageCache } from '../core/sqlite.js';
 import { mkdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import type { StatsConfig } from '../config/stats-schema.js';
 import { messageOf } from '../core/errors.js';
 import type { Logger } from '../core/logging.js';
+import { setPageCache } from '../core/sqlite.js';
 import { VERDICT_STATUSES, type VerdictStatus } from '../core/verdict.js';
 import type { ActivityPoint, Bucket, EventSource, Period, ScanEvent, StatsReader, StatsRecorder } from './types.js';
 

@@ -65,3 +65,18 @@ test('scan copy: dropped when the spool goes to disk (its own file is then the c
   await unused.dispose(); // never ended: e.g. the client went away
   assert.deepEqual(readdirSync(join(dir, 'b')), []);
 });
+
+test('scan copy with hashLater: the spool stops hashing once the copy is started (the scanner hashes meanwhile); without it the hash stays', async () => {
+  const data = randomBytes(50_000);
+  for (const hashLater of [true, false]) {
+    const spool = new Spool(join(dir, 'h'), 1_000_000, { hash: true });
+    await spool.write(data.subarray(0, 20_000));
+    await spool.startScanCopy({ hashLater });
+    await spool.write(data.subarray(20_000));
+    await spool.end();
+    assert.equal(spool.copyingForScan, true);
+    assert.equal(spool.sha256, hashLater ? null : sha(data));
+    assert.equal(sha(readFileSync(await spool.fileForScan())), sha(data), 'the copy is whole either way');
+    await spool.dispose(true);
+  }
+});

@@ -472,9 +472,8 @@ export class Exchange {
     // A new object clamd will read from a file: the file is written as the body arrives, not after
     // (skipped when the cache has lately been answering, or the URL scanned clean before).
     if (!eager && size !== null && size <= ctx.config['spool-memory'] && scanner.engineLikely && scanner.prefersFiles(size)) {
-      await spool.startScanCopy().catch(() => undefined);
       // The same bet: the hash is computed while the engine works (hashWhileScanning), not on the way in.
-      if (spool.copyingForScan) spool.stopHashing();
+      await spool.startScanCopy({ hashLater: true }).catch(() => undefined);
     }
     // Sent on while arriving: from the received pieces, not read back from the spool's file.
     const feed = new SpoolFeed(spool, { queue: true, recentWindow: eager && rule.trickle ? rule.trickle['keep-back'] + EAGER_WINDOW : 0 });

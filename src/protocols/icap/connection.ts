@@ -372,10 +372,9 @@ export class IcapConnection {
           // its file is written while the rest arrives, not after.
           if (eagerCopy && !overLimit && !scanStream && !spool.onDisk && !spool.copyingForScan && service.scanner.prefersFiles(Math.max(spool.size, expectedSize))) {
             eagerCopy = false;
-            await spool.startScanCopy().catch((err: unknown) => this.ctx.log.debug({ err: messageOf(err) }, 'scan copy not started'));
             // The same bet: the engine, not the cache, will answer — so the hash is computed
             // while the engine works (hashWhileScanning), not while the object arrives.
-            if (spool.copyingForScan) spool.stopHashing();
+            await spool.startScanCopy({ hashLater: true }).catch((err: unknown) => this.ctx.log.debug({ err: messageOf(err) }, 'scan copy not started'));
           }
           // Only for clients that did not offer 204: Squid offers it only for bodies it can hold (< 64 KB).
           if (!early && earlyAfter > 0 && !head.allow204 && spool.size > earlyAfter && !inPreview) await sendEarlyHead();

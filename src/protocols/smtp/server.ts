@@ -123,9 +123,8 @@ export class SmtpFilterServer {
   private readonly log: Logger;
   private readonly spoolDir: string;
   private readonly lmtp: boolean;
-  /** The controllers of the handlers running now: stop() aborts them (a Set, not a listener per message on a shared signal). */
+  /** The controllers of the handlers running now: close() aborts them (a Set, not a listener per message on a shared signal). */
   private readonly running = new Set<AbortController>();
-  private readonly pendingHandlers = new Set<Promise<unknown>>();
   private closing = false;
 
   constructor(
@@ -297,10 +296,8 @@ export class SmtpFilterServer {
       () => undefined,
       () => undefined,
     );
-    this.pendingHandlers.add(tracked);
     this.running.add(controller);
     void tracked.finally(() => {
-      this.pendingHandlers.delete(tracked);
       this.running.delete(controller);
       // A shared reason: abort() without one builds a DOMException (with a stack) per message.
       controller.abort(HANDLER_SETTLED);
@@ -438,7 +435,7 @@ export class SmtpFilterServer {
 
   /** Messages whose handler is still running. */
   get inFlight(): number {
-    return this.pendingHandlers.size;
+    return this.running.size;
   }
 
   /**
@@ -459,15 +456,15 @@ export class SmtpFilterServer {
       }
     };
     cutIdle();
-    while ((this.pendingHandlers.size > 0 || this.server.connections.size > 0) && Date.now() < until) {
+    while ((this.running.size > 0 || this.server.connections.size > 0) && Date.now() < until) {
       await new Promise((r) => setTimeout(r, 50));
       cutIdle();
     }
-    if (this.pendingHandlers.size > 0) {
+    if (this.running.size > 0) {
       const reason = new Error('server stopping');
       for (const c of this.running) c.abort(reason);
       const grace = Date.now() + 2000;
-      while (this.pendingHandlers.size > 0 && Date.now() < grace) await new Promise((r) => setTimeout(r, 20));
+      while (this.running.size > 0 && Date.now() < grace) await new Promise((r) => setTimeout(r, 20));
     }
     for (const c of this.server.connections) c.close();
     await Promise.race([listening, new Promise((r) => setTimeout(r, 1000))]);
