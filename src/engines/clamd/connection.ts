@@ -100,13 +100,19 @@ export class ClamdConnection {
             await reply.catch(() => undefined);
             return { reply: null, bytes, overLimit: true };
           }
-          socket.write(chunkHeader(part.length));
-          const ok = socket.write(part);
-          bytes += part.length;
-          if (!ok || socket.writableLength >= options.chunkSize) {
-            flush();
-            if (!ok) await this.drained();
+          // Backpressure is honoured before the next chunk, not after this one: the last chunk's
+          // end-of-stream marker goes out with it instead of one drain event later.
+          if (socket.writableNeedDrain) {
+            await this.drained();
+            if (!this.alive || this.earlyReply) break;
             socket.cork();
+          }
+          socket.write(chunkHeader(part.length));
+          socket.write(part);
+          bytes += part.length;
+          if (socket.writableNeedDrain || socket.writableLength >= options.chunkSize) {
+            flush();
+            if (!socket.writableNeedDrain) socket.cork();
           }
         }
         if (!this.alive || this.earlyReply) break;
