@@ -1,5 +1,5 @@
 import { createHash, randomBytes, type Hash } from 'node:crypto';
-import { closeSync, createReadStream, openSync, writevSync } from 'node:fs';
+import { closeSync, createReadStream, openSync, writev, writevSync } from 'node:fs';
 import { mkdir, open, rm, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -169,9 +169,9 @@ export class Spool {
 
   /**
    * Starts the scan copy (fileForScan) now, while the object is still arriving: what is held so
-   * far at once, later pieces as they come, written in the thread pool while the next ones are
-   * received (pieces that arrive during a write go together in the next writev). The copy is
-   * then complete soon after the last byte instead of being written after it — less latency for
+   * far at once, later pieces as they come (see EagerCopy: a received piece is written at once,
+   * a larger batch in the thread pool). The copy is then complete with the last byte instead of
+   * being written after it — less latency for
    * an object that will be scanned from a file; wasted work when the verdict cache answers, so the
    * caller starts it only when that is unlikely. No-op once on disk, ended or already started.
    * `hashLater`: the same bet on the hash — once the copy is started the spool stops hashing, and
@@ -181,9 +181,9 @@ export class Spool {
     if (this.file || this.scanCopy || this.ended) return;
     await ensureDir(this.dir);
     const path = join(this.dir, uniqueName('scan'));
-    const handle = await withDir(this.dir, () => open(path, 'wx', 0o600));
+    const fd = await withDir(this.dir, () => openSync(path, 'wx', 0o600));
     this.scanCopy = path;
-    this.eager = new EagerCopy(handle);
+    this.eager = new EagerCopy(fd);
     this.eager.add(this.memory.slice());
     if (opts.hashLater) this.hash = null;
   }
@@ -308,19 +308,31 @@ export class SlabPool {
 }
 
 /**
- * A file written behind the data as it arrives: one writev at a time in the thread pool, the
- * pieces that arrived meanwhile gathered for the next one. The pieces must stay unchanged until
- * close() has resolved (the spool's slabs do: they are recycled only after dispose()).
+ * A file written behind the data as it arrives. A piece that arrives while nothing is being
+ * written goes straight to the page cache with a synchronous writev (what arrives from a socket is
+ * one read, at most READ_PIECE bytes: microseconds), so the copy is complete with the last byte;
+ * a larger batch, or pieces arriving while one is written, go in the thread pool, gathered into one
+ * writev. The pieces must stay unchanged until close() has resolved (the spool's slabs do: they
+ * are recycled only after dispose()).
  */
 class EagerCopy {
   private queued: Buffer[] = [];
   private writing: Promise<void> | null = null;
   private failed: unknown = null;
 
-  constructor(private readonly handle: FileHandle) {}
+  constructor(private readonly fd: number) {}
 
   add(pieces: readonly Buffer[]): void {
     if (this.failed !== null || pieces.length === 0) return;
+    if (this.writing === null && byteLength(pieces) <= SYNC_COPY_LIMIT) {
+      try {
+        let rest: readonly Buffer[] = pieces;
+        while (rest.length > 0) rest = dropBytes(rest, writevSync(this.fd, rest));
+      } catch (err) {
+        this.failed = err;
+      }
+      return;
+    }
     this.queued.push(...pieces);
     this.writing ??= this.pump();
   }
@@ -330,10 +342,7 @@ class EagerCopy {
       while (this.queued.length > 0 && this.failed === null) {
         let batch = this.queued;
         this.queued = [];
-        while (batch.length > 0) {
-          const { bytesWritten } = await this.handle.writev(batch);
-          batch = dropBytes(batch, bytesWritten);
-        }
+        while (batch.length > 0) batch = dropBytes(batch, await writevAsync(this.fd, batch));
       }
     } catch (err) {
       this.failed = err;
@@ -346,9 +355,19 @@ class EagerCopy {
   /** Waits for the writes under way, closes the file; rejects if a write failed. */
   async close(): Promise<void> {
     while (this.writing) await this.writing;
-    await this.handle.close();
+    closeSync(this.fd);
     if (this.failed !== null) throw this.failed instanceof Error ? this.failed : new Error(String(this.failed));
   }
+}
+
+function writevAsync(fd: number, chunks: readonly Buffer[]): Promise<number> {
+  return new Promise((resolve, reject) => writev(fd, chunks, (err, n) => (err ? reject(err) : resolve(n))));
+}
+
+function byteLength(chunks: readonly Buffer[]): number {
+  let n = 0;
+  for (const c of chunks) n += c.length;
+  return n;
 }
 
 /** In-memory objects up to this size are copied to a file with synchronous calls. */

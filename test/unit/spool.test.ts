@@ -46,6 +46,31 @@ test('scan copy written while the object arrives holds exactly the object, and g
   assert.deepEqual(readdirSync(join(dir, 'a')), []);
 });
 
+test('scan copy: a piece arriving while no write is under way is in the file when write() returns; a batch over 1 MiB goes through the thread pool and fileForScan waits for it', async () => {
+  const spool = new Spool(join(dir, 'c'), 8 * 1024 * 1024, { hash: false });
+  await spool.startScanCopy();
+  const [copy] = readdirSync(join(dir, 'c'));
+  const small = [randomBytes(65_536), randomBytes(1_000), randomBytes(200_000)];
+  for (let i = 0; i < small.length; i++) {
+    await spool.write(small[i] as Buffer);
+    // No turn of the event loop in between: nothing but a synchronous write can have put it there.
+    assert.equal(sha(readFileSync(join(dir, 'c', copy as string))), sha(Buffer.concat(small.slice(0, i + 1))));
+  }
+  await spool.dispose();
+
+  const late = new Spool(join(dir, 'c'), 8 * 1024 * 1024, { hash: false });
+  const held = [randomBytes(700_000), randomBytes(700_000)];
+  for (const b of held) await late.write(b);
+  await late.startScanCopy(); // 1.4 MB held: one writev in the thread pool
+  const tail = randomBytes(10_000); // arrives while that write is under way: queued behind it
+  await late.write(tail);
+  await late.end();
+  const path = await late.fileForScan();
+  assert.equal(sha(readFileSync(path)), sha(Buffer.concat([...held, tail])));
+  await late.dispose();
+  assert.deepEqual(readdirSync(join(dir, 'c')), []);
+});
+
 test('scan copy: dropped when the spool goes to disk (its own file is then the copy), removed when disposed unused', async () => {
   const spool = new Spool(join(dir, 'b'), 100_000, { hash: false });
   await spool.write(randomBytes(60_000));
