@@ -4,9 +4,10 @@
  * ICAP server (child process, verdict cache off unless --cache), with and without preview; two
  * rounds so that noise shows. Optionally profiles avgate (V8 CPU profile) or traces its garbage
  * collector. --warm sends the same body every time (with --cache: the verdict cache answers);
- * --mix 5000,2000000 cycles through several sizes (per-size medians). --node-flags "FLAGS" passes V8/node flags to avgate's process (e.g. "--trace-gc-nvp").
+ * --mix 5000,2000000 cycles through several sizes (per-size medians); --gap MS pauses before each
+ * timed request (a server woken from idle, as after a long scan). --node-flags "FLAGS" passes V8/node flags to avgate's process (e.g. "--trace-gc-nvp").
  *
- *   node dist/bench/icap-micro.js [--size BYTES] [--requests N] [--cache] [--warm] [--profile DIR] [--trace-gc] [--node-flags "F"] [--mix S1,S2,...]
+ *   node dist/bench/icap-micro.js [--size BYTES] [--requests N] [--cache] [--warm] [--profile DIR] [--trace-gc] [--node-flags "F"] [--mix S1,S2,...] [--gap MS]
  *   npx tsx bench/icap-micro.ts --size 3000000 --requests 100 --profile /tmp/prof
  *   node dist/bench/cpuprofile-top.js /tmp/prof/CPU.*.cpuprofile
  */
@@ -14,6 +15,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { LocalClamd } from '../src/engines/clamd/local.js';
 import { startAvgateIcap } from './avgate-icap.js';
 import { startBenchCicap } from './cicap.js';
@@ -52,6 +54,8 @@ async function main(): Promise<void> {
   // --mix 5000,300000,2000000: requests cycle through these sizes (per-size medians are printed too).
   const sizes = arg('--mix')?.split(',').map(Number) ?? [size];
   const bases = sizes.map((s) => randomBytes(s));
+  // --gap MS: an idle pause before each timed request (as behind a long scan): what a request costs a server that was asleep.
+  const gapMs = Number(arg('--gap') ?? 0);
   const warm = process.argv.includes('--warm'); // the same body again and again (with --cache: cache hits)
   const body = (i: number) => {
     const base = bases[i % bases.length] as Buffer;
@@ -65,6 +69,7 @@ async function main(): Promise<void> {
     const t0 = performance.now();
     for (let i = 0; i < n; i++) {
       const b = body(i);
+      if (gapMs > 0) await sleep(gapMs);
       const s = performance.now();
       await send(b);
       lat[i] = performance.now() - s;

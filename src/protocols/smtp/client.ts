@@ -319,11 +319,15 @@ export class SmtpClientConnection {
         atLineStart = chunk[chunk.length - 1] === 0x0a;
         last = chunk.length >= 2 ? chunk.subarray(chunk.length - 2) : Buffer.concat([last, chunk]).subarray(-2);
         total += chunk.length;
-        const ok = out.write(stuffed);
-        if (!ok || out.writableLength >= 64 * 1024) {
-          flush();
-          if (!ok) await this.drain(timeoutMs);
+        // Backpressure before the next piece, not after the last: the final dot leaves with it.
+        if (out.writableNeedDrain) {
+          await this.drain(timeoutMs);
           out.cork();
+        }
+        out.write(stuffed);
+        if (out.writableNeedDrain || out.writableLength >= 64 * 1024) {
+          flush();
+          if (!out.writableNeedDrain) out.cork();
         }
       }
     } catch (err) {
