@@ -248,35 +248,43 @@ export function decideMessage(group: MailGroup, documents: readonly MailDocument
   }
 
   const action = actionText(reply, docPlans);
-  const report = buildReport({ facts, group: group.name, recipients, status, action, quarantineId, documents: docPlans });
-  const removedFiles = docPlans.filter((d) => d.edit.kind !== 'keep').map(docLabel);
-  const values: Record<string, string> = {
-    VIRUS_NAMES: names.length > 0 ? names.join(', ') : 'none',
-    STATUS: status,
-    ACTION: action,
-    SENDER: facts.sender === '' ? '<>' : facts.sender,
-    RECIPIENTS: recipients.join(', '),
-    SUBJECT: facts.subject ?? '(no subject)',
-    MESSAGE_ID: facts.messageId ?? '(none)',
-    DATE: facts.date ?? '(none)',
-    QUEUE_ID: facts.queueId ?? '(none)',
-    QUARANTINE_ID: quarantineId ?? 'none',
-    REMOVED_FILES: removedFiles.length > 0 ? removedFiles.join(', ') : 'none',
-    GROUP: group.name,
-    HEADERS: facts.headers.map((h) => `${h.name}: ${h.value}`).join('\n'),
-    REPORT: report,
+  // The report and the macro values are built only when something uses them: most messages are
+  // clean and notify nobody.
+  let reportText: string | null = null;
+  const report = (): string => (reportText ??= buildReport({ facts, group: group.name, recipients, status, action, quarantineId, documents: docPlans }));
+  let macroValues: Record<string, string> | null = null;
+  const values = (): Record<string, string> => {
+    if (macroValues) return macroValues;
+    const removedFiles = docPlans.filter((d) => d.edit.kind !== 'keep').map(docLabel);
+    return (macroValues = {
+      VIRUS_NAMES: names.length > 0 ? names.join(', ') : 'none',
+      STATUS: status,
+      ACTION: action,
+      SENDER: facts.sender === '' ? '<>' : facts.sender,
+      RECIPIENTS: recipients.join(', '),
+      SUBJECT: facts.subject ?? '(no subject)',
+      MESSAGE_ID: facts.messageId ?? '(none)',
+      DATE: facts.date ?? '(none)',
+      QUEUE_ID: facts.queueId ?? '(none)',
+      QUARANTINE_ID: quarantineId ?? 'none',
+      REMOVED_FILES: removedFiles.length > 0 ? removedFiles.join(', ') : 'none',
+      GROUP: group.name,
+      HEADERS: facts.headers.map((h) => `${h.name}: ${h.value}`).join('\n'),
+      REPORT: report(),
+    });
   };
 
   const notifications: NotificationPlan[] = [];
   const suppressed: MailPlan['suppressed'] = [];
-  const base = { from: group.common.notifyFrom, envelopeFrom: '' as const, inReplyTo: facts.messageId ?? null, date: now, report };
+  const base = { from: group.common.notifyFrom, envelopeFrom: '' as const, inReplyTo: facts.messageId ?? null, date: now };
   const wants = (set: ReadonlySet<MailStatus>): boolean => final && statuses.some((s) => set.has(s));
   const make = (kind: NotificationPlan['kind'], to: string[], t: { subject: string; body: string }, attach: NotificationPlan['attach']): NotificationPlan => ({
     ...base,
+    report: report(),
     kind,
     to,
-    subject: renderTemplate(t.subject, values, 'header'),
-    body: renderTemplate(t.body, values, 'body'),
+    subject: renderTemplate(t.subject, values(), 'header'),
+    body: renderTemplate(t.body, values(), 'body'),
     attach,
   });
 
@@ -318,6 +326,8 @@ export function decideMessage(group: MailGroup, documents: readonly MailDocument
     copyTo,
     notifications,
     suppressed,
-    report,
+    get report() {
+      return report();
+    },
   };
 }
