@@ -1,8 +1,10 @@
 import Database from 'better-sqlite3';
+import { setImmediate } from 'node:timers/promises';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { setPageCache } from '../core/sqlite.js';
 import type { VerdictResult } from '../core/verdict.js';
+import { HashFilter } from './hash-filter.js';
 
 /** Only these are cached: error, unknown and skipped say nothing lasting about the content. */
 export type CacheableResult = Extract<VerdictResult, { status: 'free' } | { status: 'found' }>;
@@ -24,6 +26,8 @@ export interface CacheStats {
   hits: number;
   misses: number;
   memoryEntries: number;
+  /** Look-ups that reached SQLite (the hash filter let the others miss at once). */
+  sqliteLookups: number;
 }
 
 interface Entry {
@@ -43,6 +47,22 @@ export class VerdictCache {
   private readonly putStmt: Database.Statement<[string, string, string, string, number]> | null;
   private hits = 0;
   private misses = 0;
+  private sqliteLookups = 0;
+  /**
+   * Hashes level 2 may hold: once loaded, a miss in memory is a miss for sure unless it says
+   * "maybe". Until then (the rows already stored are read in pages, a turn of the event loop
+   * between pages, so a full level 2 does not hold up the start) every miss asks SQLite.
+   */
+  private readonly filter: HashFilter | null;
+  private filterReady = false;
+  /** Resolves once the filter covers the rows stored at open (tests wait for it). */
+  readonly filterLoaded: Promise<void>;
+  /** Rows written by other processes (avgate scan on the same file) are added to the filter by this timer. */
+  private refreshTimer: NodeJS.Timeout | null = null;
+  private dataVersion = 0;
+  private refreshedAt = 0;
+  private readonly sinceStmt: Database.Statement<[number], string> | null;
+  private closed = false;
   private writesSincePrune = 0;
   /** Rows not yet in SQLite: written together in one transaction (one WAL commit, not one per verdict). */
   private pending = new Map<string, { hash: string; engines: string; status: string; names: string; at: number }>();
@@ -68,15 +88,56 @@ export class VerdictCache {
       this.putStmt = db.prepare(
         'INSERT OR REPLACE INTO verdict_cache (hash, engines, status, names, at) VALUES (?, ?, ?, ?, ?)',
       );
+      this.sinceStmt = db.prepare<[number], string>('SELECT hash FROM verdict_cache WHERE at > ?').pluck();
+      this.filter = new HashFilter(options.sqliteMaxEntries);
+      this.filterLoaded = this.loadFilter(db, this.filter);
     } else {
       this.db = null;
       this.getStmt = null;
       this.putStmt = null;
+      this.sinceStmt = null;
+      this.filter = null;
+      this.filterLoaded = Promise.resolve();
     }
   }
 
+  /** Reads every stored hash into the filter, FILTER_LOAD_PAGE at a time, then starts refresh(). */
+  private async loadFilter(db: Database.Database, filter: HashFilter): Promise<void> {
+    // Rows other processes commit from now on are picked up by refresh().
+    this.dataVersion = db.pragma('data_version', { simple: true }) as number;
+    this.refreshedAt = Date.now();
+    const page = db.prepare<[string, number], string>('SELECT hash FROM verdict_cache WHERE hash > ? ORDER BY hash LIMIT ?').pluck();
+    let after = '';
+    for (;;) {
+      if (this.closed) return;
+      const hashes = page.all(after, FILTER_LOAD_PAGE);
+      for (const h of hashes) filter.add(h);
+      if (hashes.length < FILTER_LOAD_PAGE) break;
+      after = hashes[hashes.length - 1] as string;
+      await setImmediate();
+    }
+    this.filterReady = true;
+    this.refreshTimer = setInterval(() => this.refresh(), FILTER_REFRESH_MS).unref();
+  }
+
+  /**
+   * Adds to the hash filter the rows another connection wrote since the last call (every second
+   * by a timer). SQLite's data_version changes only for other connections' commits, so this costs
+   * one pragma when nobody else writes.
+   */
+  refresh(): void {
+    if (!this.db || !this.filter || !this.sinceStmt || !this.filterReady || this.closed) return;
+    const version = this.db.pragma('data_version', { simple: true }) as number;
+    if (version === this.dataVersion) return;
+    this.dataVersion = version;
+    // Another process stamps a row when it decides, and commits up to its flush delay later.
+    const since = this.refreshedAt - FILTER_REFRESH_OVERLAP_MS;
+    this.refreshedAt = Date.now();
+    for (const hash of this.sinceStmt.iterate(since)) this.filter.add(hash);
+  }
+
   get stats(): CacheStats {
-    return { hits: this.hits, misses: this.misses, memoryEntries: this.memory.size };
+    return { hits: this.hits, misses: this.misses, memoryEntries: this.memory.size, sqliteLookups: this.sqliteLookups };
   }
 
   get(hash: string, engineSet: string): CacheableResult | null {
@@ -91,7 +152,7 @@ export class VerdictCache {
       return m.result;
     }
     const queued = this.pending.get(key);
-    const row = queued ?? this.getStmt?.get(hash, engineSet);
+    const row = queued ?? this.lookUp(hash, engineSet);
     if (row && this.fresh(row.at, now)) {
       const result: CacheableResult =
         row.status === 'found' ? { status: 'found', names: JSON.parse(row.names) as string[] } : { status: 'free' };
@@ -103,6 +164,12 @@ export class VerdictCache {
     return null;
   }
 
+  private lookUp(hash: string, engineSet: string): { status: string; names: string; at: number } | undefined {
+    if (!this.getStmt || (this.filterReady && this.filter && !this.filter.mayHave(hash))) return undefined;
+    this.sqliteLookups++;
+    return this.getStmt.get(hash, engineSet);
+  }
+
   set(hash: string, engineSet: string, verdict: VerdictResult): void {
     if (verdict.status !== 'free' && verdict.status !== 'found') return;
     this.noteEngineSet(engineSet);
@@ -112,6 +179,7 @@ export class VerdictCache {
     this.remember(`${hash}|${engineSet}`, { result, at });
     if (this.putStmt) {
       this.pending.set(`${hash}|${engineSet}`, { hash, engines: engineSet, status: result.status, names: JSON.stringify(result.status === 'found' ? result.names : []), at });
+      this.filter?.add(hash);
       if (this.pending.size >= FLUSH_ROWS) this.flush();
       else this.flushTimer ??= setTimeout(() => this.flush(), FLUSH_DELAY_MS).unref();
     }
@@ -150,6 +218,8 @@ export class VerdictCache {
   }
 
   close(): void {
+    this.closed = true;
+    if (this.refreshTimer) clearInterval(this.refreshTimer);
     this.flush();
     this.db?.close();
   }
@@ -191,6 +261,11 @@ export class VerdictCache {
 /** Queued cache rows are written at this count, or this long after the first one at the latest. */
 const FLUSH_ROWS = 256;
 const FLUSH_DELAY_MS = 100;
+/** How often rows of other processes are looked for (see refresh), and how far back. */
+const FILTER_REFRESH_MS = 1000;
+const FILTER_REFRESH_OVERLAP_MS = 60_000;
+/** Stored hashes read into the filter per turn of the event loop at open. */
+const FILTER_LOAD_PAGE = 5000;
 
 /** Builds the engine-set part of the key: `clamav@27432/...,icap@"5f3e"` (sorted by id). */
 export function engineSetKey(parts: ReadonlyArray<{ id: string; version: string }>): string {

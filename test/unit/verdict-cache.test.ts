@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,7 +26,7 @@ test('only free and found are cached', () => {
   assert.equal(c.get('h3', V1), null);
   assert.deepEqual(c.get('h4', V1), { status: 'found', names: ['Eicar'] });
   assert.deepEqual(c.get('h5', V1), { status: 'free' });
-  assert.deepEqual(c.stats, { hits: 2, misses: 3, memoryEntries: 2 });
+  assert.deepEqual(c.stats, { hits: 2, misses: 3, memoryEntries: 2, sqliteLookups: 0 });
 });
 
 test('level 1 is a bounded LRU', () => {
@@ -50,6 +51,38 @@ test('level 2 (SQLite) survives a restart; a new signature version never hits ol
   // Having seen V2, the V1 rows are gone for good.
   assert.equal(c2.get('h', V1), null);
   c2.close();
+});
+
+test('level 2 hash filter: a hash never stored misses without a SQLite look-up; rows another process wrote are found after refresh(); the newest sqlite-max-entries rows stay covered when the filter changes generation', async () => {
+  const path = join(dir, 'filter.sqlite');
+  const hex = (i: number) => createHash('sha256').update(`object ${i}`).digest('hex');
+  const options = { memoryEntries: 0, sqlitePath: path, sqliteMaxEntries: 100, maxAgeMs: 0 };
+  const a = new VerdictCache(options);
+  await a.filterLoaded;
+  a.set(hex(1), V1, { status: 'free' });
+  a.flush();
+  for (let i = 1000; i < 1200; i++) assert.equal(a.get(hex(i), V1), null);
+  assert.ok(a.stats.sqliteLookups <= 10, `${a.stats.sqliteLookups} of 200 misses went to SQLite`);
+  const before = a.stats.sqliteLookups;
+  assert.deepEqual(a.get(hex(1), V1), { status: 'free' });
+  assert.equal(a.stats.sqliteLookups, before + 1, 'a stored hash is looked up');
+
+  // Another process on the same file: it sees what is there when it opens; its rows reach `a` on refresh.
+  const b = new VerdictCache(options);
+  await b.filterLoaded;
+  assert.equal(b.get(hex(3), V1), null);
+  assert.deepEqual(b.get(hex(1), V1), { status: 'free' });
+  assert.equal(b.stats.sqliteLookups, 1, 'loaded at open: only the stored hash went to SQLite');
+  b.set(hex(2), V1, { status: 'found', names: ['Eicar'] });
+  b.close();
+  assert.equal(a.get(hex(2), V1), null, 'not known to the filter yet');
+  a.refresh();
+  assert.deepEqual(a.get(hex(2), V1), { status: 'found', names: ['Eicar'] });
+
+  for (let i = 10; i < 260; i++) a.set(hex(i), V1, { status: 'free' });
+  a.flush();
+  for (let i = 160; i < 260; i++) assert.deepEqual(a.get(hex(i), V1), { status: 'free' }, `row ${i}`);
+  a.close();
 });
 
 test('entries past max-age are not used; the SQLite level is pruned to its bound', () => {
