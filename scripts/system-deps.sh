@@ -3,7 +3,8 @@
 # Runs `apt-get update` once, then one `apt-get install`. Needs root (or sudo).
 set -euo pipefail
 PACKAGES=(clamav-daemon clamav clamav-testfiles c-icap libc-icap-mod-virus-scan squid curl
-  postfix swaks clamsmtp amavisd-new chromium dovecot-imapd dovecot-pop3d vsftpd nginx-light lftp)
+  postfix swaks libio-socket-ssl-perl libnet-ssleay-perl openssl clamsmtp amavisd-new chromium dovecot-imapd
+  dovecot-pop3d vsftpd nginx-light lftp)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -78,6 +78,20 @@ const timeoutsSchema = z.strictObject({
   handler: duration.prefault('8m'),
 });
 
+/**
+ * STARTTLS on the listening side (in-line proxy facing other MTAs): offered only with a
+ * certificate and its key (PEM files); `required` refuses MAIL on a connection that has not
+ * started TLS (for a relay whose clients are known to speak it; an MX must not, RFC 3207).
+ */
+const tlsSchema = z
+  .strictObject({
+    cert: z.string().min(1).nullable().default(null),
+    key: z.string().min(1).nullable().default(null),
+    required: z.boolean().default(false),
+  })
+  .refine((t) => (t.cert === null) === (t.key === null), { message: 'cert and key go together' })
+  .refine((t) => !t.required || t.cert !== null, { message: 'required needs cert and key' });
+
 export const smtpSchema = z.strictObject({
   enabled: z.boolean().default(true),
   protocol: z.enum(['smtp', 'lmtp']).default('smtp'),
@@ -96,6 +110,7 @@ export const smtpSchema = z.strictObject({
   'xforward-hosts': hostList.default(['127.0.0.0/8', '::1']),
   'xclient-hosts': hostList.default([]),
   timeouts: timeoutsSchema.prefault({}),
+  tls: tlsSchema.prefault({}),
   'next-hop': nextHopSchema.prefault({}),
 });
 

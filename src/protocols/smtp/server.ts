@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { hostname as osHostname } from 'node:os';
 import { resolve } from 'node:path';
@@ -140,6 +141,9 @@ export class SmtpFilterServer {
     this.nextHop = deps.nextHop ?? new NextHopClient(config['next-hop'].target, nextHopOptions(config['next-hop'], name, this.log));
     const xforwardOk = hostMatcher(config['xforward-hosts']);
     const xclientOk = hostMatcher(config['xclient-hosts']);
+    // smtp-server would offer STARTTLS with a certificate of its own: only with the admin's.
+    const tls = config.tls.cert && config.tls.key ? { cert: readPem(config.tls.cert, 'smtp.tls.cert'), key: readPem(config.tls.key, 'smtp.tls.key') } : null;
+    const off = tls ? ['AUTH'] : ['AUTH', 'STARTTLS'];
 
     this.server = new SMTPServer({
       lmtp: this.lmtp,
@@ -151,7 +155,8 @@ export class SmtpFilterServer {
       hideENHANCEDSTATUSCODES: true,
       hideDSN: false,
       hideREQUIRETLS: true,
-      disabledCommands: ['AUTH', 'STARTTLS'],
+      disabledCommands: off,
+      ...(tls ?? {}),
       authOptional: true,
       disableReverseLookup: true,
       lenientAddressParsing: true,
@@ -171,13 +176,14 @@ export class SmtpFilterServer {
           guardXforwardHelo(c, () => (st.heloUnavailable = true));
           batchReplies(c);
         }
-        session.disabledCommands = ['AUTH', 'STARTTLS', ...(xforwardOk(peer.address) ? [] : ['XFORWARD']), ...(xclientOk(peer.address) ? [] : ['XCLIENT'])];
+        session.disabledCommands = [...off, ...(xforwardOk(peer.address) ? [] : ['XFORWARD']), ...(xclientOk(peer.address) ? [] : ['XCLIENT'])];
         if (this.closing) return cb(smtpError(421, '4.3.2 Service shutting down'));
         cb();
       },
       onMailFrom: (address, session, cb) => {
         const st = this.states.get(session.id);
         if (this.closing || !st) return cb(smtpError(421, '4.3.2 Service shutting down'));
+        if (config.tls.required && !session.secure) return cb(smtpError(530, '5.7.0 Must issue a STARTTLS command first'));
         st.partitionKey = null;
         // XFORWARD attributes belong to the transaction that follows them (as in Postfix).
         st.xforward = attributes(session.xForward);
@@ -217,7 +223,7 @@ export class SmtpFilterServer {
     const st = this.states.get(session.id);
     const env = session.envelope;
     const queueId = newQueueId();
-    const log = this.log.child({ cid: session.id, qid: queueId });
+    const log = this.log.child({ cid: session.id, qid: queueId, ...(session.secure ? { tls: true } : {}) });
     const max = this.config['max-message-size'];
     const spool = new Spool(this.spoolDir, this.config['spool-memory'], { hash: false });
     let spoolInUse = false;
@@ -491,6 +497,15 @@ export function guardXforwardHelo(conn: SMTPConnection, onUnavailable: () => voi
     }
     original(Buffer.from([verb, ...kept].join(' '), 'latin1'), callback);
   };
+}
+
+/** A PEM file of the config, read at start: unreadable is a configuration error. */
+function readPem(path: string, key: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new AvgateError('AVG_ERR_CONFIG', `${key}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? messageOf(err)}`);
+  }
 }
 
 /**

@@ -1,0 +1,98 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { after, before, describe, test } from 'node:test';
+import { smtpSchema } from '../../src/config/smtp-schema.js';
+import { SmtpFilterServer } from '../../src/protocols/smtp/server.js';
+import { silentLogger } from '../../src/core/logging.js';
+import { startSmtpSink, type SmtpSink } from '../../tools/peers/postfix.js';
+import { startTestFilter, swaks, swaksReplies } from '../helpers/smtp.js';
+
+const run = promisify(execFile);
+
+describe('SMTP filter: STARTTLS on the listening side (smtp.tls), swaks as the client, smtp-sink as the next hop', () => {
+  let dir: string;
+  let sink: SmtpSink;
+  let cert: string;
+  let key: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'avgate-smtp-tls-'));
+    sink = await startSmtpSink({ dir });
+    cert = join(dir, 'cert.pem');
+    key = join(dir, 'key.pem');
+    await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=avgate.test']);
+  });
+  after(async () => {
+    await sink?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const send = (port: number, extra: string[]) =>
+    swaks(['--server', `127.0.0.1:${port}`, '--from', 'a@example.com', '--to', 'b@example.com', '--body', 'hello over tls', ...extra]);
+
+  test('with a certificate: EHLO offers STARTTLS, a message sent after it is relayed; a client that does not start TLS is still served', async () => {
+    const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${sink.port}`, smtp: { tls: { cert, key } } });
+    try {
+      const before = (await sink.messages()).length;
+      const r = await send(filter.port, ['--tls']);
+      assert.equal(r.code, 0, r.stdout + r.stderr);
+      assert.match(r.stdout, /<- {2}250-STARTTLS/, 'offered in the first EHLO');
+      assert.match(r.stdout, /TLS started with cipher/);
+      const replies = swaksReplies(r.stdout);
+      assert.ok(replies.some((l) => /^220 /.test(l) && /TLS/i.test(l)), `the STARTTLS reply: ${replies.join(' | ')}`);
+      assert.ok(
+        r.stdout.split('\n').some((l) => /^<~ {1,2}250 2\.0\.0 Ok/.test(l)),
+        'the sink reply, read over TLS',
+      );
+      const plain = await send(filter.port, []);
+      assert.equal(plain.code, 0, plain.stdout);
+      const got = await sink.waitForMessages(before + 2);
+      assert.equal(got.length, before + 2);
+    } finally {
+      await filter.stop();
+    }
+  });
+
+  test('tls.required: MAIL before STARTTLS gets 530 5.7.0 and nothing is relayed; after STARTTLS the message goes through', async () => {
+    const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${sink.port}`, smtp: { tls: { cert, key, required: true } } });
+    try {
+      const before = (await sink.messages()).length;
+      const plain = await send(filter.port, []);
+      assert.notEqual(plain.code, 0);
+      assert.ok(swaksReplies(plain.stdout).some((l) => /^530 5\.7\.0 /.test(l)), plain.stdout);
+      const r = await send(filter.port, ['--tls']);
+      assert.equal(r.code, 0, r.stdout + r.stderr);
+      const got = await sink.waitForMessages(before + 1);
+      assert.equal(got.length, before + 1, 'only the message sent over TLS arrived');
+    } finally {
+      await filter.stop();
+    }
+  });
+
+  test('without a certificate STARTTLS is neither offered nor accepted', async () => {
+    const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${sink.port}` });
+    try {
+      const before = (await sink.messages()).length;
+      const r = await send(filter.port, ['--tls']);
+      assert.notEqual(r.code, 0, 'swaks --tls gives up');
+      assert.doesNotMatch(r.stdout, /STARTTLS$/m);
+      assert.equal((await sink.messages()).length, before);
+    } finally {
+      await filter.stop();
+    }
+  });
+
+  test('config: cert and key go together; required needs them; an unreadable file is a configuration error naming the key', () => {
+    assert.throws(() => smtpSchema.parse({ tls: { cert } }), /cert and key go together/);
+    assert.throws(() => smtpSchema.parse({ tls: { required: true } }), /required needs cert and key/);
+    assert.deepEqual(smtpSchema.parse({}).tls, { cert: null, key: null, required: false });
+    const config = smtpSchema.parse({ listen: '127.0.0.1:0', tls: { cert: join(dir, 'missing.pem'), key } });
+    assert.throws(
+      () => new SmtpFilterServer(config, { stateDir: dir, log: silentLogger() }),
+      (err: Error & { code?: string }) => err.code === 'AVG_ERR_CONFIG' && /smtp\.tls\.cert: cannot read .*missing\.pem: ENOENT/.test(err.message),
+    );
+  });
+});
