@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { parseHostPattern } from './smtp-schema.js';
+import { listenerTlsSchema } from './tls-schema.js';
 import { duration, positiveInt, size } from './units-schema.js';
 import { MAIL_STATUSES } from '../policy/mail/status.js';
 
@@ -171,6 +172,8 @@ export const pop3ProxySchema = z.strictObject({
   /** Longest command line from the client and status line from the server (bytes, with CRLF); longer → -ERR / close. */
   'max-line-length': size.prefault('8KiB'),
   timeouts: pop3TimeoutsSchema.prefault({}),
+  /** STLS (RFC 2595) for the clients: offered with a certificate and key; `required`: nothing but CAPA, STLS, NOOP and QUIT before it. */
+  tls: listenerTlsSchema.prefault({}),
   /**
    * p3scan's keep-alive: when a scan takes longer than `after`, `+OK` and the message's first
    * header lines (never body bytes) are sent, one line every `interval`, so the client does not give

@@ -1,5 +1,6 @@
 import { BlockList, isIP } from 'node:net';
 import { z } from 'zod';
+import { listenerTlsSchema } from './tls-schema.js';
 import { duration, positiveInt, size } from './units-schema.js';
 
 /**
@@ -78,20 +79,6 @@ const timeoutsSchema = z.strictObject({
   handler: duration.prefault('8m'),
 });
 
-/**
- * STARTTLS on the listening side (in-line proxy facing other MTAs): offered only with a
- * certificate and its key (PEM files); `required` refuses MAIL on a connection that has not
- * started TLS (for a relay whose clients are known to speak it; an MX must not, RFC 3207).
- */
-const tlsSchema = z
-  .strictObject({
-    cert: z.string().min(1).nullable().default(null),
-    key: z.string().min(1).nullable().default(null),
-    required: z.boolean().default(false),
-  })
-  .refine((t) => (t.cert === null) === (t.key === null), { message: 'cert and key go together' })
-  .refine((t) => !t.required || t.cert !== null, { message: 'required needs cert and key' });
-
 export const smtpSchema = z.strictObject({
   enabled: z.boolean().default(true),
   protocol: z.enum(['smtp', 'lmtp']).default('smtp'),
@@ -110,7 +97,8 @@ export const smtpSchema = z.strictObject({
   'xforward-hosts': hostList.default(['127.0.0.0/8', '::1']),
   'xclient-hosts': hostList.default([]),
   timeouts: timeoutsSchema.prefault({}),
-  tls: tlsSchema.prefault({}),
+  /** STARTTLS for the in-line proxy in front of an MX (an MX must not require it, RFC 3207). */
+  tls: listenerTlsSchema.prefault({}),
   'next-hop': nextHopSchema.prefault({}),
 });
 

@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { pop3ProxySchema } from '../../src/config/mail-proxy-schema.js';
@@ -10,12 +12,14 @@ import { silentLogger } from '../../src/core/logging.js';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import { BUILT_IN_REPLACEMENT, scanAndReplace } from '../../src/mailproxy/index.js';
 import { Pop3ProxyServer } from '../../src/protocols/pop3/index.js';
+import { LineReader } from '../../src/protocols/pop3/wire.js';
 import { EncryptedQuarantine } from '../../src/quarantine/store.js';
 import type { Quarantine } from '../../src/quarantine/types.js';
 import type { Scanner } from '../../src/scan/scanner.js';
 import type { ScanService } from '../../src/scan/types.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
 import { startTestDovecot } from '../helpers/dovecot.js';
+import { selfSignedCert } from '../helpers/files.js';
 import { closedPort, startFaultServer } from '../helpers/fault-server.js';
 import { type CorpusMessage, deadScanner, mailCorpus, partDigests, proxyPolicy, proxyScanner, sha256 } from '../helpers/mailproxy.js';
 import { Pop3TestClient } from '../helpers/pop3.js';
@@ -412,5 +416,95 @@ describe('POP3 proxy with a real Dovecot and clamd', () => {
     const small = await c.multi(`RETR ${numberOf('plain')}`);
     assert.equal(sha256(small.body), sha256(byNumber.get(numberOf('plain'))?.direct as Buffer));
     await c.quit();
+  });
+  describe('STLS (pop3-proxy.tls)', () => {
+    let cert: string;
+    let key: string;
+    before(async () => {
+      ({ cert, key } = await selfSignedCert(dir));
+    });
+
+    /** The client's side of STLS after the +OK: TLS on the same socket, a reader over it. */
+    async function clientTls(socket: Socket, plain: LineReader): Promise<{ secure: TLSSocket; tr: LineReader }> {
+      plain.detach();
+      const secure = tlsConnect({ socket, rejectUnauthorized: false });
+      await new Promise<void>((resolve, reject) => {
+        secure.once('secureConnect', resolve);
+        secure.once('error', reject);
+      });
+      return { secure, tr: new LineReader(secure) };
+    }
+
+    /** Connects, reads the greeting, sends CAPA; returns the socket, a reader and the CAPA lines. */
+    async function capaLines(port: number): Promise<{ socket: Socket; reader: LineReader; capa: string[] }> {
+      const socket = connect(port, '127.0.0.1');
+      socket.on('error', () => undefined);
+      const reader = new LineReader(socket);
+      await reader.readLine(4096, 10_000); // greeting
+      socket.write('CAPA\r\n');
+      return { socket, reader, capa: await multiLines(reader) };
+    }
+
+    async function multiLines(reader: LineReader): Promise<string[]> {
+      const lines: string[] = [];
+      for (;;) {
+        const l = (await reader.readLine(4096, 10_000))?.toString('latin1');
+        if (l === undefined || l === '.') return lines;
+        lines.push(l);
+      }
+    }
+
+    test('CAPA offers STLS; after it the session goes on in TLS (CAPA without STLS); curl --ssl-reqd gets the infected message rewritten', async () => {
+      const port = await proxy({ upstream: `127.0.0.1:${dovecot.pop3Port}`, tls: { cert, key } });
+      const { socket, reader, capa } = await capaLines(port);
+      assert.ok(capa.includes('STLS'), capa.join('|'));
+      socket.write('STLS\r\n');
+      assert.match((await reader.readLine(4096, 10_000))?.toString('latin1') ?? '', /^\+OK/);
+      const { secure, tr } = await clientTls(socket, reader);
+      secure.write('CAPA\r\n');
+      const again = await multiLines(tr);
+      assert.match(again[0] ?? '', /^\+OK/);
+      assert.ok(!again.includes('STLS'), 'not offered twice');
+      secure.write('USER alice\r\n');
+      assert.match((await tr.readLine(4096, 10_000))?.toString('latin1') ?? '', /^\+OK/);
+      secure.end('QUIT\r\n');
+
+      const n = numberOf('eicar');
+      const { stdout } = await run('curl', ['-sS', '--max-time', '60', '--ssl-reqd', '-k', `pop3://alice:alice-pw@127.0.0.1:${port}/${n}`], { encoding: 'buffer', maxBuffer: 16 * 1024 * 1024 });
+      await checkRewritten('eicar', stdout, byNumber.get(n)?.listed as number);
+      // Sessions that moved to TLS are counted out when they end (the listener tracks the TCP sockets).
+      const server = proxies.at(-1) as Pop3ProxyServer;
+      for (let i = 0; i < 100 && server.counters.active > 0; i++) await new Promise((r) => setTimeout(r, 50));
+      assert.equal(server.counters.active, 0);
+    });
+
+    test('tls.required: no USER in clear, curl without TLS fails; commands sent in clear right behind STLS are never answered', async () => {
+      const port = await proxy({ upstream: `127.0.0.1:${dovecot.pop3Port}`, tls: { cert, key, required: true } });
+      const c = await Pop3TestClient.connect(port);
+      assert.match(await c.command('USER alice'), /^-ERR TLS required/);
+      await c.quit();
+      await assert.rejects(run('curl', ['-sS', '--max-time', '30', `pop3://alice:alice-pw@127.0.0.1:${port}/1`]));
+
+      // STLS and USER in one packet: the USER is plain text the client sent before TLS (RFC 2595 / CVE-2011-0411 kind of injection).
+      const socket = connect(port, '127.0.0.1');
+      socket.on('error', () => undefined);
+      const reader = new LineReader(socket);
+      await reader.readLine(4096, 10_000);
+      socket.write('STLS\r\nUSER alice\r\n');
+      assert.match((await reader.readLine(4096, 10_000))?.toString('latin1') ?? '', /^\+OK begin TLS/);
+      const { secure, tr } = await clientTls(socket, reader);
+      // Had the USER been taken, this PASS would log in.
+      secure.write('PASS alice-pw\r\n');
+      assert.match((await tr.readLine(4096, 10_000))?.toString('latin1') ?? '', /^-ERR/);
+      secure.destroy();
+    });
+
+    test('without pop3-proxy.tls STLS is refused as before and not offered', async () => {
+      const { socket, reader, capa } = await capaLines(fixedPort);
+      assert.ok(!capa.includes('STLS'));
+      socket.write('STLS\r\n');
+      assert.match((await reader.readLine(4096, 10_000))?.toString('latin1') ?? '', /^-ERR STLS is not available/);
+      socket.destroy();
+    });
   });
 });

@@ -1,17 +1,14 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
 import { smtpSchema } from '../../src/config/smtp-schema.js';
 import { SmtpFilterServer } from '../../src/protocols/smtp/server.js';
 import { silentLogger } from '../../src/core/logging.js';
 import { startSmtpSink, type SmtpSink } from '../../tools/peers/postfix.js';
+import { selfSignedCert } from '../helpers/files.js';
 import { startTestFilter, swaks, swaksReplies } from '../helpers/smtp.js';
-
-const run = promisify(execFile);
 
 describe('SMTP filter: STARTTLS on the listening side (smtp.tls), swaks as the client, smtp-sink as the next hop', () => {
   let dir: string;
@@ -21,9 +18,7 @@ describe('SMTP filter: STARTTLS on the listening side (smtp.tls), swaks as the c
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'avgate-smtp-tls-'));
     sink = await startSmtpSink({ dir });
-    cert = join(dir, 'cert.pem');
-    key = join(dir, 'key.pem');
-    await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=avgate.test']);
+    ({ cert, key } = await selfSignedCert(dir));
   });
   after(async () => {
     await sink?.stop();

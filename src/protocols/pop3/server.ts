@@ -1,6 +1,8 @@
 import { createServer, type Server, type Socket } from 'node:net';
+import { createSecureContext, type SecureContext } from 'node:tls';
 import type { Logger } from 'pino';
 import type { Pop3ProxyConfig } from '../../config/mail-proxy-schema.js';
+import { listenerCredentials } from '../../config/tls-schema.js';
 import { AvgateError } from '../../core/errors.js';
 import { compilePolicy, globRegExp, type ReplaceDeps } from '../../mailproxy/index.js';
 import { parseListen } from '../icap/server.js';
@@ -22,6 +24,8 @@ export class Pop3ProxyServer {
   private readonly sockets = new Set<Socket>();
   private nextId = 1;
   private readonly allowed: RegExp[];
+  /** The certificate for STLS (pop3-proxy.tls), read once at start; null = STLS not offered. */
+  private readonly tls: SecureContext | null;
   readonly counters: Pop3Counters = { connections: 0, active: 0, scanned: 0, replaced: 0, engineErrors: 0, refused: 0, upstreamFailures: 0 };
 
   constructor(
@@ -29,6 +33,8 @@ export class Pop3ProxyServer {
     private readonly deps: Pop3ServerDeps,
   ) {
     this.allowed = config['allowed-upstreams'].map((g) => globRegExp(g.toLowerCase()));
+    const credentials = listenerCredentials(config.tls, 'pop3-proxy.tls');
+    this.tls = credentials ? createSecureContext(credentials) : null;
   }
 
   async listen(): Promise<{ port: number }> {
@@ -70,6 +76,7 @@ export class Pop3ProxyServer {
         allowedUpstream: (hp) => this.allowed.some((re) => re.test(hp)),
         log: this.deps.log,
         counters: this.counters,
+        tls: this.tls,
       },
       this.nextId++,
     );

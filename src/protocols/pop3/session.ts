@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net';
+import { TLSSocket, type SecureContext } from 'node:tls';
 import type { Logger } from 'pino';
 import type { Pop3ProxyConfig } from '../../config/mail-proxy-schema.js';
 import { messageOf } from '../../core/errors.js';
@@ -39,6 +40,8 @@ export interface Pop3Context {
   allowedUpstream(hostPort: string): boolean;
   log: Logger;
   counters: Pop3Counters;
+  /** For STLS; null = not offered. */
+  tls: SecureContext | null;
 }
 
 /** The upstream server failed: the session ends with -ERR. */
@@ -81,7 +84,10 @@ export function paddingLines(n: number): Buffer {
 }
 
 export class Pop3Session {
-  private readonly cr: LineReader;
+  /** The client's connection: replaced by its TLS layer after STLS, as is the reader. */
+  private client: Socket;
+  private cr: LineReader;
+  private secure = false;
   private up: Socket | null = null;
   private ur: LineReader | null = null;
   private user: string | null = null;
@@ -90,10 +96,11 @@ export class Pop3Session {
   private readonly log: Logger;
 
   constructor(
-    private readonly client: Socket,
+    client: Socket,
     private readonly ctx: Pop3Context,
     id: number,
   ) {
+    this.client = client;
     // Answers go out in several writes (status, body pieces, terminator): without NODELAY each
     // small write after the first waits for the client's delayed ACK (~40 ms).
     client.setNoDelay(true);
@@ -288,8 +295,14 @@ export class Pop3Session {
         await this.capa();
         return true;
       case 'STLS':
-        await this.sendLine('-ERR STLS is not available through this proxy');
+        await this.startTls();
         return true;
+      default:
+        break;
+    }
+    // pop3-proxy.tls.required: no name or password crosses in clear (QUIT, CAPA and STLS are above).
+    if (this.cfg.tls.required && !this.secure && verb !== 'NOOP') return this.refuse('-ERR TLS required: STLS first');
+    switch (verb) {
       case 'USER':
         await this.userCommand(args);
         return true;
@@ -409,9 +422,56 @@ export class Pop3Session {
     throw new UpstreamError('too many AUTH rounds');
   }
 
+  /** STLS while the client may still upgrade (RFC 2595): a certificate configured, not yet in TLS, not logged in. */
+  private get stlsOffered(): boolean {
+    return this.ctx.tls !== null && !this.secure && this.user === null;
+  }
+
+  /**
+   * STLS (RFC 2595): +OK, then the TLS handshake on the same connection; the session goes on in
+   * TLS from where it was (not logged in). Whatever the client sent after STLS in clear is dropped
+   * with the old reader (no command injection into the TLS session).
+   */
+  private async startTls(): Promise<void> {
+    if (!this.ctx.tls) return void (await this.sendLine('-ERR STLS is not available through this proxy'));
+    if (this.secure) return void (await this.refuse('-ERR already in TLS'));
+    if (this.user !== null) return void (await this.refuse('-ERR STLS only before logging in'));
+    await this.sendLine('+OK begin TLS negotiation');
+    this.cr.detach();
+    const secure = new TLSSocket(this.client, { isServer: true, secureContext: this.ctx.tls });
+    secure.on('error', () => undefined); // reported through the reader
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new PeerClosed('TLS handshake timed out')), this.cfg.timeouts.idle);
+        secure.once('secure', () => {
+          clearTimeout(timer);
+          resolve();
+        });
+        secure.once('error', (err) => {
+          clearTimeout(timer);
+          reject(new PeerClosed(`TLS handshake failed: ${messageOf(err)}`));
+        });
+        secure.once('close', () => {
+          clearTimeout(timer);
+          reject(new PeerClosed('client closed during the TLS handshake'));
+        });
+      });
+    } catch (err) {
+      this.log.info({ err: messageOf(err) }, 'pop3: STLS failed');
+      secure.destroy();
+      throw err;
+    }
+    this.client = secure;
+    this.cr = new LineReader(secure);
+    this.secure = true;
+    secure.once('close', () => this.abort.abort(new PeerClosed('client closed the connection')));
+    this.log.debug({ protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'pop3: client in TLS');
+  }
+
   private async capa(): Promise<void> {
+    const stls = this.stlsOffered ? ['STLS'] : [];
     if (!this.up) {
-      await this.send(Buffer.from('+OK capability list follows\r\nUSER\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nIMPLEMENTATION avgate\r\n.\r\n', 'latin1'));
+      await this.send(Buffer.from(['+OK capability list follows', 'USER', 'TOP', 'UIDL', 'RESP-CODES', ...stls, 'IMPLEMENTATION avgate', '.', ''].join('\r\n'), 'latin1'));
       return;
     }
     const status = await this.upStatus('CAPA');
@@ -431,7 +491,7 @@ export class Pop3Session {
       .toString('latin1')
       .split(/\r?\n/)
       .filter((l) => RELAYED_CAPABILITIES.has((l.split(' ')[0] ?? '').toUpperCase()));
-    await this.send(Buffer.from([status.toString('latin1'), ...lines, '.', ''].join('\r\n'), 'latin1'));
+    await this.send(Buffer.from([status.toString('latin1'), ...lines, ...stls, '.', ''].join('\r\n'), 'latin1'));
   }
 
   /**

@@ -31,22 +31,37 @@ export class LineReader {
     private readonly socket: Socket,
     private readonly highWater = 256 * 1024,
   ) {
-    socket.on('data', (d: Buffer) => {
-      this.chunks.push(d);
-      this.length += d.length;
-      if (this.length > this.highWater) socket.pause();
-      this.notify();
-    });
-    const end = () => {
-      this.ended = true;
-      this.notify();
-    };
-    socket.on('end', end);
-    socket.on('close', end);
-    socket.on('error', (err) => {
-      this.failure ??= err;
-      this.notify();
-    });
+    socket.on('data', this.onData);
+    socket.on('end', this.onEnd);
+    socket.on('close', this.onEnd);
+    socket.on('error', this.onError);
+  }
+
+  private readonly onData = (d: Buffer): void => {
+    this.chunks.push(d);
+    this.length += d.length;
+    if (this.length > this.highWater) this.socket.pause();
+    this.notify();
+  };
+
+  private readonly onEnd = (): void => {
+    this.ended = true;
+    this.notify();
+  };
+
+  private readonly onError = (err: Error): void => {
+    this.failure ??= err;
+    this.notify();
+  };
+
+  /** Stops reading the socket and drops what is buffered (the connection moves to TLS). */
+  detach(): void {
+    this.socket.off('data', this.onData);
+    this.socket.off('end', this.onEnd);
+    this.socket.off('close', this.onEnd);
+    this.socket.off('error', this.onError);
+    this.chunks = [];
+    this.length = 0;
   }
 
   get buffered(): number {

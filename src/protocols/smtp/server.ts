@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { hostname as osHostname } from 'node:os';
 import { resolve } from 'node:path';
@@ -6,6 +5,7 @@ import { domainToASCII } from 'node:url';
 import { SMTPServer, type SMTPServerAddress, type SMTPServerDataStream, type SMTPServerSession } from 'smtp-server';
 import type { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import { hostMatcher, type SmtpConfig } from '../../config/smtp-schema.js';
+import { listenerCredentials } from '../../config/tls-schema.js';
 import { AvgateError, messageOf } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
 import { Spool } from '../../core/spool.js';
@@ -142,7 +142,7 @@ export class SmtpFilterServer {
     const xforwardOk = hostMatcher(config['xforward-hosts']);
     const xclientOk = hostMatcher(config['xclient-hosts']);
     // smtp-server would offer STARTTLS with a certificate of its own: only with the admin's.
-    const tls = config.tls.cert && config.tls.key ? { cert: readPem(config.tls.cert, 'smtp.tls.cert'), key: readPem(config.tls.key, 'smtp.tls.key') } : null;
+    const tls = listenerCredentials(config.tls, 'smtp.tls');
     const off = tls ? ['AUTH'] : ['AUTH', 'STARTTLS'];
 
     this.server = new SMTPServer({
@@ -497,15 +497,6 @@ export function guardXforwardHelo(conn: SMTPConnection, onUnavailable: () => voi
     }
     original(Buffer.from([verb, ...kept].join(' '), 'latin1'), callback);
   };
-}
-
-/** A PEM file of the config, read at start: unreadable is a configuration error. */
-function readPem(path: string, key: string): Buffer {
-  try {
-    return readFileSync(path);
-  } catch (err) {
-    throw new AvgateError('AVG_ERR_CONFIG', `${key}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? messageOf(err)}`);
-  }
 }
 
 /**
