@@ -1,9 +1,12 @@
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import { smtpSchema } from '../../src/config/smtp-schema.js';
+import { LineReader } from '../../src/protocols/pop3/wire.js';
 import { SmtpFilterServer } from '../../src/protocols/smtp/server.js';
 import { silentLogger } from '../../src/core/logging.js';
 import { startSmtpSink, type SmtpSink } from '../../tools/peers/postfix.js';
@@ -46,6 +49,41 @@ describe('SMTP filter: STARTTLS on the listening side (smtp.tls), swaks as the c
       assert.equal(plain.code, 0, plain.stdout);
       const got = await sink.waitForMessages(before + 2);
       assert.equal(got.length, before + 2);
+    } finally {
+      await filter.stop();
+    }
+  });
+
+  test('a command sent in clear right behind STARTTLS is not taken inside TLS (plaintext injection, CVE-2011-0411 kind)', async () => {
+    const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${sink.port}`, smtp: { tls: { cert, key } } });
+    try {
+      const socket = connect(filter.port, '127.0.0.1');
+      socket.on('error', () => undefined);
+      const plain = new LineReader(socket);
+      const reply = async (r: LineReader) => {
+        for (;;) {
+          const l = (await r.readLine(4096, 10_000))?.toString('latin1') ?? '';
+          if (!/^\d{3}-/.test(l)) return l;
+        }
+      };
+      assert.match(await reply(plain), /^220 /);
+      socket.write('EHLO client.test\r\n');
+      assert.match(await reply(plain), /^250 /);
+      socket.write('STARTTLS\r\nMAIL FROM:<injected@example.com>\r\n');
+      assert.match(await reply(plain), /^220 /);
+      plain.detach();
+      const secure = tlsConnect({ socket, rejectUnauthorized: false });
+      await new Promise<void>((resolve, reject) => {
+        secure.once('secureConnect', resolve);
+        secure.once('error', reject);
+      });
+      const tr = new LineReader(secure);
+      secure.write('EHLO client.test\r\n');
+      assert.match(await reply(tr), /^250 /);
+      // Had the MAIL been taken, this RCPT would be accepted.
+      secure.write('RCPT TO:<b@example.com>\r\n');
+      assert.match(await reply(tr), /^503 /);
+      secure.destroy();
     } finally {
       await filter.stop();
     }
