@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
-import { setImmediate } from 'node:timers/promises';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { setImmediate } from 'node:timers/promises';
 import { setPageCache } from '../core/sqlite.js';
 import type { VerdictResult } from '../core/verdict.js';
 import { HashFilter } from './hash-filter.js';
@@ -130,7 +130,8 @@ export class VerdictCache {
     const version = this.db.pragma('data_version', { simple: true }) as number;
     if (version === this.dataVersion) return;
     this.dataVersion = version;
-    // Another process stamps a row when it decides, and commits up to its flush delay later.
+    // Another process stamps a row when it decides and commits it within its flush delay (100 ms):
+    // looking 5 s back covers that, and re-adds only a few seconds of our own rows.
     const since = this.refreshedAt - FILTER_REFRESH_OVERLAP_MS;
     this.refreshedAt = Date.now();
     for (const hash of this.sinceStmt.iterate(since)) this.filter.add(hash);
@@ -263,7 +264,7 @@ const FLUSH_ROWS = 256;
 const FLUSH_DELAY_MS = 100;
 /** How often rows of other processes are looked for (see refresh), and how far back. */
 const FILTER_REFRESH_MS = 1000;
-const FILTER_REFRESH_OVERLAP_MS = 60_000;
+const FILTER_REFRESH_OVERLAP_MS = 5000;
 /** Stored hashes read into the filter per turn of the event loop at open. */
 const FILTER_LOAD_PAGE = 5000;
 
