@@ -19,7 +19,7 @@ export const listenerTlsSchema = z
 export type ListenerTlsConfig = z.output<typeof listenerTlsSchema>;
 
 /** A PEM file named by the config, read at start: unreadable is a configuration error naming `key`. */
-export function readPem(path: string, key: string): Buffer {
+function readPem(path: string, key: string): Buffer {
   try {
     return readFileSync(path);
   } catch (err) {
@@ -28,7 +28,7 @@ export function readPem(path: string, key: string): Buffer {
 }
 
 /** The certificate and key of a listener's `tls` section (`prefix`: its config key), or null when TLS is off. */
-export function listenerCredentials(tls: { cert: string | null; key: string | null }, prefix: string): { cert: Buffer; key: Buffer } | null {
+export function listenerCredentials(tls: ListenerTlsConfig, prefix: string): { cert: Buffer; key: Buffer } | null {
   if (tls.cert === null || tls.key === null) return null;
   return { cert: readPem(tls.cert, `${prefix}.cert`), key: readPem(tls.key, `${prefix}.key`) };
 }

@@ -4,7 +4,6 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { pop3ProxySchema } from '../../src/config/mail-proxy-schema.js';
@@ -19,10 +18,10 @@ import type { Scanner } from '../../src/scan/scanner.js';
 import type { ScanService } from '../../src/scan/types.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
 import { startTestDovecot } from '../helpers/dovecot.js';
-import { selfSignedCert } from '../helpers/files.js';
 import { closedPort, startFaultServer } from '../helpers/fault-server.js';
 import { type CorpusMessage, deadScanner, mailCorpus, partDigests, proxyPolicy, proxyScanner, sha256 } from '../helpers/mailproxy.js';
 import { Pop3TestClient } from '../helpers/pop3.js';
+import { clientTls, selfSignedCert } from '../helpers/tls.js';
 import type { Dovecot } from '../../tools/peers/dovecot.js';
 import { startAvgatePeer } from '../../tools/peers/avgate.js';
 
@@ -424,17 +423,6 @@ describe('POP3 proxy with a real Dovecot and clamd', () => {
       ({ cert, key } = await selfSignedCert(dir));
     });
 
-    /** The client's side of STLS after the +OK: TLS on the same socket, a reader over it. */
-    async function clientTls(socket: Socket, plain: LineReader): Promise<{ secure: TLSSocket; tr: LineReader }> {
-      plain.detach();
-      const secure = tlsConnect({ socket, rejectUnauthorized: false });
-      await new Promise<void>((resolve, reject) => {
-        secure.once('secureConnect', resolve);
-        secure.once('error', reject);
-      });
-      return { secure, tr: new LineReader(secure) };
-    }
-
     /** Connects, reads the greeting, sends CAPA; returns the socket, a reader and the CAPA lines. */
     async function capaLines(port: number): Promise<{ socket: Socket; reader: LineReader; capa: string[] }> {
       const socket = connect(port, '127.0.0.1');
@@ -460,7 +448,7 @@ describe('POP3 proxy with a real Dovecot and clamd', () => {
       assert.ok(capa.includes('STLS'), capa.join('|'));
       socket.write('STLS\r\n');
       assert.match((await reader.readLine(4096, 10_000))?.toString('latin1') ?? '', /^\+OK/);
-      const { secure, tr } = await clientTls(socket, reader);
+      const { secure, reader: tr } = await clientTls(socket, reader);
       secure.write('CAPA\r\n');
       const again = await multiLines(tr);
       assert.match(again[0] ?? '', /^\+OK/);
@@ -492,7 +480,7 @@ describe('POP3 proxy with a real Dovecot and clamd', () => {
       await reader.readLine(4096, 10_000);
       socket.write('STLS\r\nUSER alice\r\n');
       assert.match((await reader.readLine(4096, 10_000))?.toString('latin1') ?? '', /^\+OK begin TLS/);
-      const { secure, tr } = await clientTls(socket, reader);
+      const { secure, reader: tr } = await clientTls(socket, reader);
       // Had the USER been taken, this PASS would log in.
       secure.write('PASS alice-pw\r\n');
       assert.match((await tr.readLine(4096, 10_000))?.toString('latin1') ?? '', /^-ERR/);

@@ -3,15 +3,14 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect as tlsConnect } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import { smtpSchema } from '../../src/config/smtp-schema.js';
 import { LineReader } from '../../src/protocols/pop3/wire.js';
 import { SmtpFilterServer } from '../../src/protocols/smtp/server.js';
 import { silentLogger } from '../../src/core/logging.js';
 import { startSmtpSink, type SmtpSink } from '../../tools/peers/postfix.js';
-import { selfSignedCert } from '../helpers/files.js';
 import { startTestFilter, swaks, swaksReplies } from '../helpers/smtp.js';
+import { clientTls, selfSignedCert } from '../helpers/tls.js';
 
 describe('SMTP filter: STARTTLS on the listening side (smtp.tls), swaks as the client, smtp-sink as the next hop', () => {
   let dir: string;
@@ -71,13 +70,7 @@ describe('SMTP filter: STARTTLS on the listening side (smtp.tls), swaks as the c
       assert.match(await reply(plain), /^250 /);
       socket.write('STARTTLS\r\nMAIL FROM:<injected@example.com>\r\n');
       assert.match(await reply(plain), /^220 /);
-      plain.detach();
-      const secure = tlsConnect({ socket, rejectUnauthorized: false });
-      await new Promise<void>((resolve, reject) => {
-        secure.once('secureConnect', resolve);
-        secure.once('error', reject);
-      });
-      const tr = new LineReader(secure);
+      const { secure, reader: tr } = await clientTls(socket, plain);
       secure.write('EHLO client.test\r\n');
       assert.match(await reply(tr), /^250 /);
       // Had the MAIL been taken, this RCPT would be accepted.
