@@ -19,7 +19,7 @@ export const listenerTlsSchema = z
 export type ListenerTlsConfig = z.output<typeof listenerTlsSchema>;
 
 /** A PEM file named by the config, read at start: unreadable is a configuration error naming `key`. */
-function readPem(path: string, key: string): Buffer {
+export function readPem(path: string, key: string): Buffer {
   try {
     return readFileSync(path);
   } catch (err) {

@@ -700,6 +700,13 @@ describe('imap proxy to a TLS upstream without LITERAL+ (Dovecot ssl, imap_capab
     }
   });
 
+  test('tls-ca is read once at start: an unreadable file stops the proxy from starting, naming the key', async () => {
+    await assert.rejects(
+      startProxy({ 'upstream-tls': 'tls', upstream: `127.0.0.1:${tlsPort}`, 'tls-ca': join(dir, 'missing-ca.pem') }),
+      (err: Error & { code?: string }) => err.code === 'AVG_ERR_CONFIG' && /imap-proxy\.tls-ca: cannot read .*missing-ca\.pem: ENOENT/.test(err.message),
+    );
+  });
+
   test('an upstream certificate that is not trusted: * BYE, nothing relayed', async () => {
     const port = await startProxy({ 'upstream-tls': 'tls', upstream: `127.0.0.1:${tlsPort}`, 'tls-ca': null });
     const { client, greeting } = await ImapTestClient.connect(port);

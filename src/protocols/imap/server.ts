@@ -1,6 +1,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { resolve } from 'node:path';
 import type { ImapProxyConfig } from '../../config/imap-schema.js';
+import { readPem } from '../../config/tls-schema.js';
 import { AvgateError } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
 import { compilePolicy, loadReplacement, type ReplacementTemplate } from '../../mailproxy/index.js';
@@ -54,6 +55,7 @@ export class ImapProxyServer {
       counters: this.counters,
       mime: this.deps.mime ?? null,
       quarantine: this.deps.quarantine ?? null,
+      upstreamCa: this.config['tls-ca'] ? readPem(this.config['tls-ca'], 'imap-proxy.tls-ca') : null,
     };
     const { host, port } = parseHostPort(this.config.listen);
     const server = createServer((s) => this.accept(s));

@@ -48,6 +48,8 @@ export interface SessionContext {
   mime: { limits: MimeLimits; lenientQuotedPrintable: boolean } | null;
   /** The quarantine for whole messages with replaced documents (policy `quarantine`); null = none. */
   quarantine: Quarantine | null;
+  /** imap-proxy.tls-ca, read once at start; null = the system's CAs. */
+  upstreamCa: Buffer | null;
 }
 
 const CRLF = Buffer.from('\r\n');
@@ -205,7 +207,7 @@ export class ImapSession {
     client.setNoDelay(true);
     let up;
     try {
-      up = await connectUpstream(this.ctx.config);
+      up = await connectUpstream(this.ctx.config, this.ctx.upstreamCa);
     } catch (err) {
       this.ctx.counters.upstreamFailures++;
       this.log.warn({ upstream: this.ctx.config.upstream, err: messageOf(err) }, 'imap: upstream not available');

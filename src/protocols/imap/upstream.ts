@@ -1,6 +1,5 @@
 import type { Socket } from 'node:net';
 import { isIP } from 'node:net';
-import { readFileSync } from 'node:fs';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import type { ImapProxyConfig } from '../../config/imap-schema.js';
 import { AvgateError } from '../../core/errors.js';
@@ -92,11 +91,11 @@ class SetupReader {
   }
 }
 
-function tlsOptions(config: ImapProxyConfig, host: string) {
+function tlsOptions(config: ImapProxyConfig, host: string, ca: Buffer | null) {
   return {
     rejectUnauthorized: config['tls-verify'],
     ...(isIP(host) === 0 ? { servername: host } : {}),
-    ...(config['tls-ca'] ? { ca: readFileSync(config['tls-ca']) } : {}),
+    ...(ca ? { ca } : {}),
   };
 }
 
@@ -118,13 +117,13 @@ function handshake(s: TLSSocket, deadline: number): Promise<void> {
 }
 
 /** Connects, handles TLS, reads the greeting. Every failure rejects with AVG_ERR_ENGINE_CONNECT-style text. */
-export async function connectUpstream(config: ImapProxyConfig): Promise<Upstream> {
+export async function connectUpstream(config: ImapProxyConfig, ca: Buffer | null): Promise<Upstream> {
   const { host, port } = parseHostPort(config.upstream);
   const deadline = Date.now() + config.timeouts.connect;
   const maxLine = config['max-line-length'];
   let socket: Socket;
   if (config['upstream-tls'] === 'tls') {
-    const s = tlsConnect({ host, port, ...tlsOptions(config, host) });
+    const s = tlsConnect({ host, port, ...tlsOptions(config, host, ca) });
     await handshake(s, deadline);
     socket = s;
   } else {
@@ -147,7 +146,7 @@ export async function connectUpstream(config: ImapProxyConfig): Promise<Upstream
     }
     // Bytes after the OK but before the handshake would be plaintext injected into the TLS session.
     if (reader.detach().length > 0) throw new Error('data after the STARTTLS reply (injection attempt)');
-    const secure = tlsConnect({ socket, ...tlsOptions(config, host) });
+    const secure = tlsConnect({ socket, ...tlsOptions(config, host, ca) });
     await handshake(secure, deadline);
     socket = secure;
     reader = new SetupReader(secure);
