@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { mailProxyPolicySchema } from './mail-proxy-schema.js';
+import { listenerTlsSchema } from './tls-schema.js';
 import { duration, positiveInt, size } from './units-schema.js';
 
 /**
@@ -38,6 +39,11 @@ export const imapProxySchema = z.strictObject({
   /** Largest literal a client may APPEND; larger: NO [TOOBIG] before any byte is sent (a LITERAL+ one is read and dropped). */
   'max-literal-size': size.prefault('50MiB'),
   timeouts: imapTimeoutsSchema.prefault({}),
+  /**
+   * STARTTLS (RFC 3501 §6.2.1) for the clients: offered with a certificate and key until the client
+   * logs in; `required`: LOGINDISABLED and no LOGIN or AUTHENTICATE before it.
+   */
+  tls: listenerTlsSchema.prefault({}),
   ...mailProxyPolicySchema.shape,
 });
 

@@ -1,5 +1,6 @@
 import { connect, createServer, type Socket } from 'node:net';
-import { AvgateError } from './errors.js';
+import { TLSSocket, type SecureContext } from 'node:tls';
+import { AvgateError, messageOf } from './errors.js';
 
 export type ConnectTarget = { path: string } | { host: string; port: number };
 
@@ -49,4 +50,31 @@ export function freeLoopbackPort(): Promise<number> {
       srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no port'))));
     });
   });
+}
+
+/**
+ * The server side of an in-protocol TLS upgrade (IMAP STARTTLS, POP3 STLS) on an accepted socket,
+ * once the go-ahead is out: resolves with the TLS socket when the handshake is done; rejects (the
+ * socket destroyed) when it fails, the client closes or `timeoutMs` passes.
+ */
+export async function acceptTls(plain: Socket, secureContext: SecureContext, timeoutMs: number): Promise<TLSSocket> {
+  const secure = new TLSSocket(plain, { isServer: true, secureContext });
+  secure.on('error', () => undefined); // reported below, then by the session's reader
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('TLS handshake timed out')), timeoutMs);
+      const settle = (err: Error | null) => {
+        clearTimeout(timer);
+        if (err) reject(err);
+        else resolve();
+      };
+      secure.once('secure', () => settle(null));
+      secure.once('error', (err) => settle(new Error(`TLS handshake failed: ${messageOf(err)}`)));
+      secure.once('close', () => settle(new Error('client closed during the TLS handshake')));
+    });
+  } catch (err) {
+    secure.destroy();
+    throw err;
+  }
+  return secure;
 }

@@ -1,4 +1,5 @@
 import { connect, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { ImapWireParser } from '../../src/protocols/imap/wire.js';
 
 /** One response (or continuation request) as received: its text segments and literals. */
@@ -25,30 +26,62 @@ export class ImapTestClient {
   /** Every byte received (for assertions on the raw stream). */
   received: Buffer[] = [];
 
-  private constructor(readonly socket: Socket) {
-    socket.on('data', (d: Buffer) => {
-      this.received.push(d);
-      this.parser.push(d);
-      for (let e = this.parser.next(); e; e = this.parser.next()) {
-        if (e.kind === 'text') {
-          this.current ??= { segments: [], literals: [], text: '' };
-          this.current.segments.push(e.text.toString('latin1'));
-          if (!e.literal) {
-            const r = this.current;
-            r.text = r.segments.join('{LITERAL}');
-            this.current = null;
-            this.queue.push(r);
-          } else this.literal = [];
-        } else if (e.kind === 'data') this.literal.push(Buffer.from(e.data));
-        else if (e.kind === 'literal-end') this.current?.literals.push(Buffer.concat(this.literal));
-      }
-      this.wake();
-    });
-    socket.on('close', () => {
-      this.closed = true;
-      this.wake();
-    });
+  private constructor(public socket: Socket) {
+    this.listen(socket);
+  }
+
+  private readonly onData = (d: Buffer): void => {
+    this.received.push(d);
+    this.parser.push(d);
+    for (let e = this.parser.next(); e; e = this.parser.next()) {
+      if (e.kind === 'text') {
+        this.current ??= { segments: [], literals: [], text: '' };
+        this.current.segments.push(e.text.toString('latin1'));
+        if (!e.literal) {
+          const r = this.current;
+          r.text = r.segments.join('{LITERAL}');
+          this.current = null;
+          this.queue.push(r);
+        } else this.literal = [];
+      } else if (e.kind === 'data') this.literal.push(Buffer.from(e.data));
+      else if (e.kind === 'literal-end') this.current?.literals.push(Buffer.concat(this.literal));
+    }
+    this.wake();
+  };
+
+  private readonly onClose = (): void => {
+    this.closed = true;
+    this.wake();
+  };
+
+  private listen(socket: Socket): void {
+    socket.on('data', this.onData);
+    socket.on('close', this.onClose);
     socket.on('error', () => undefined);
+  }
+
+  /**
+   * STARTTLS: sends it (with `behind`, text written in the same packet right after the command)
+   * and, on OK, goes on in TLS on the same connection (any certificate accepted). Returns the
+   * tagged answer.
+   */
+  async startTls(behind = ''): Promise<string> {
+    const tag = this.nextTag();
+    this.send(`${tag} STARTTLS\r\n${behind}`);
+    const { tagged } = await this.until(tag);
+    if (!new RegExp(`^${tag} OK`).test(tagged)) return tagged;
+    const plain = this.socket;
+    plain.pause();
+    plain.off('data', this.onData);
+    plain.off('close', this.onClose);
+    const secure = tlsConnect({ socket: plain, rejectUnauthorized: false });
+    await new Promise<void>((resolve, reject) => {
+      secure.once('secureConnect', resolve);
+      secure.once('error', reject);
+    });
+    this.socket = secure;
+    this.listen(secure);
+    return tagged;
   }
 
   static async connect(port: number): Promise<{ client: ImapTestClient; greeting: ImapResponse }> {

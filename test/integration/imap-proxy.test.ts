@@ -21,6 +21,7 @@ import { closedPort, startFaultServer } from '../helpers/fault-server.js';
 import { freeLoopbackPort } from '../../src/core/net.js';
 import { fetchLiterals, ImapTestClient } from '../helpers/imap-client.js';
 import { mailWith } from '../helpers/mail.js';
+import { selfSignedCert } from '../helpers/tls.js';
 import { type CorpusMessage, deadScanner, mailCorpus, partDigests, proxyScanner } from '../helpers/mailproxy.js';
 
 const run = promisify(execFile);
@@ -600,6 +601,89 @@ describe('imap proxy (Dovecot, clamd)', () => {
     } finally {
       await dead.close();
     }
+  });
+
+  describe('STARTTLS towards the clients (imap-proxy.tls)', () => {
+    let cert: string;
+    let key: string;
+    before(async () => {
+      ({ cert, key } = await selfSignedCert(dir));
+    });
+
+    const capabilities = async (c: ImapTestClient): Promise<string> => (await c.command('CAPABILITY')).untagged.find((u) => u.text.startsWith('* CAPABILITY'))?.text ?? '';
+
+    test('STARTTLS offered until used; the session goes on in TLS; curl --ssl-reqd gets the infected message rewritten', async () => {
+      const { proxy, port: p } = await startProxy({ tls: { cert, key } });
+      const { client: c, greeting } = await ImapTestClient.connect(p);
+      try {
+        assert.match(greeting.text, /^\* OK \[CAPABILITY [^\]]*\bSTARTTLS\b/, greeting.text);
+        const before = await capabilities(c);
+        assert.match(before, /\bSTARTTLS\b/);
+        assert.doesNotMatch(before, /LOGINDISABLED/);
+        assert.match(await c.startTls(), /^t\d+ OK /);
+        assert.ok(c.socket.constructor.name === 'TLSSocket');
+        const after = await capabilities(c);
+        assert.match(after, /IMAP4rev1/);
+        assert.doesNotMatch(after, /STARTTLS/, 'not offered twice');
+        assert.match((await c.command('STARTTLS')).tagged, /^t\d+ BAD /);
+        await c.login(dovecot.user, dovecot.password);
+        await c.command('SELECT INBOX');
+        const seq = corpus.findIndex((m) => m.name === 'eicar') + 1;
+        const [lit] = fetchLiterals((await c.command(`FETCH ${seq} BODY.PEEK[]`)).untagged);
+        assert.ok(lit && !lit.data.includes(EICAR_MARK));
+        assert.match(lit.data.toString('utf8'), /replaced by avgate/);
+      } finally {
+        c.close();
+      }
+      const uid = corpus.findIndex((m) => m.name === 'nested') + 1;
+      const { stdout } = await run('curl', ['-sS', '--max-time', '60', '--ssl-reqd', '-k', `imap://127.0.0.1:${p}/INBOX;UID=${uid}`, '-u', `${dovecot.user}:${dovecot.password}`], { encoding: 'buffer', maxBuffer: 16 << 20 });
+      assert.ok(!stdout.includes(EICAR_MARK));
+      assert.match(stdout.toString('utf8'), /replaced by avgate/);
+      // Sessions that moved to TLS are counted out when they end (the listener tracks the TCP sockets).
+      for (let i = 0; i < 100 && proxy.openConnections > 0; i++) await new Promise((r) => setTimeout(r, 50));
+      assert.equal(proxy.openConnections, 0);
+    });
+
+    test('tls.required: LOGINDISABLED, no LOGIN in clear, curl without TLS fails; a command sent in clear behind STARTTLS is never taken', async () => {
+      const { port: p } = await startProxy({ tls: { cert, key, required: true } });
+      const { client: c } = await ImapTestClient.connect(p);
+      try {
+        const caps = await capabilities(c);
+        assert.match(caps, /\bSTARTTLS\b/);
+        assert.match(caps, /\bLOGINDISABLED\b/);
+        assert.doesNotMatch(caps, /AUTH=/);
+        assert.match((await c.command(`LOGIN ${dovecot.user} ${dovecot.password}`)).tagged, /^t\d+ NO \[PRIVACYREQUIRED\]/);
+        assert.match((await c.command('AUTHENTICATE PLAIN')).tagged, /^t\d+ NO \[PRIVACYREQUIRED\]/);
+      } finally {
+        c.close();
+      }
+      await assert.rejects(run('curl', ['-sS', '--max-time', '30', `imap://127.0.0.1:${p}/INBOX;UID=1`, '-u', `${dovecot.user}:${dovecot.password}`]));
+
+      // STARTTLS and LOGIN in one packet: the LOGIN is plain text sent before TLS (CVE-2011-0411 kind of injection).
+      const { client: d } = await ImapTestClient.connect(p);
+      try {
+        assert.match(await d.startTls(`x1 LOGIN ${dovecot.user} ${dovecot.password}\r\n`), /^t\d+ OK /);
+        // Had the LOGIN been taken, this SELECT would work.
+        assert.match((await d.command('SELECT INBOX')).tagged, /^t\d+ (?:NO|BAD) /);
+        assert.ok(!Buffer.concat(d.received).toString('latin1').includes('x1 '), 'no answer to the injected command');
+        await d.login(dovecot.user, dovecot.password);
+        assert.match((await d.command('SELECT INBOX')).tagged, / OK/);
+      } finally {
+        d.close();
+      }
+    });
+
+    test('without imap-proxy.tls STARTTLS is refused as before; unreadable certificate stops the start naming the key', async () => {
+      const c = await session();
+      try {
+        assert.match((await c.command('STARTTLS')).tagged, /^t\d+ NO \[CANNOT\]/);
+        assert.match((await c.command('NOOP')).tagged, / OK/);
+      } finally {
+        c.close();
+      }
+      await assert.rejects(startProxy({ tls: { cert: join(dir, 'missing.pem'), key } }), (err: Error & { code?: string }) => err.code === 'AVG_ERR_CONFIG' && /imap-proxy\.tls\.cert: cannot read/.test(err.message));
+      assert.throws(() => imapProxySchema.parse({ tls: { cert } }), /cert and key go together/);
+    });
   });
 });
 

@@ -1,7 +1,8 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { resolve } from 'node:path';
+import { createSecureContext } from 'node:tls';
 import type { ImapProxyConfig } from '../../config/imap-schema.js';
-import { readPem } from '../../config/tls-schema.js';
+import { listenerCredentials, readPem } from '../../config/tls-schema.js';
 import { AvgateError } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
 import { compilePolicy, loadReplacement, type ReplacementTemplate } from '../../mailproxy/index.js';
@@ -45,6 +46,7 @@ export class ImapProxyServer {
   async listen(): Promise<{ port: number }> {
     const replacement: ReplacementTemplate = await loadReplacement(this.config.replacement, 'imap-proxy.replacement');
     parseHostPort(this.config.upstream);
+    const credentials = listenerCredentials(this.config.tls, 'imap-proxy.tls');
     this.ctx = {
       config: this.config,
       scanner: this.deps.scannerFor(this.config.antivirus).scanner,
@@ -56,6 +58,7 @@ export class ImapProxyServer {
       mime: this.deps.mime ?? null,
       quarantine: this.deps.quarantine ?? null,
       upstreamCa: this.config['tls-ca'] ? readPem(this.config['tls-ca'], 'imap-proxy.tls-ca') : null,
+      tls: credentials ? createSecureContext(credentials) : null,
     };
     const { host, port } = parseHostPort(this.config.listen);
     const server = createServer((s) => this.accept(s));
@@ -67,7 +70,7 @@ export class ImapProxyServer {
         ok(typeof a === 'object' && a ? a.port : port);
       });
     });
-    this.log.info({ listen: `${host}:${bound}`, upstream: this.config.upstream, upstreamTls: this.config['upstream-tls'] }, 'imap proxy listening');
+    this.log.info({ listen: `${host}:${bound}`, upstream: this.config.upstream, upstreamTls: this.config['upstream-tls'], starttls: this.ctx.tls !== null }, 'imap proxy listening');
     return { port: bound };
   }
 

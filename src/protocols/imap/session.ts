@@ -1,7 +1,9 @@
 import { createReadStream } from 'node:fs';
 import type { Socket } from 'node:net';
+import type { SecureContext, TLSSocket } from 'node:tls';
 import type { ImapProxyConfig } from '../../config/imap-schema.js';
 import { messageOf } from '../../core/errors.js';
+import { acceptTls } from '../../core/net.js';
 import type { Logger } from '../../core/logging.js';
 import { Spool } from '../../core/spool.js';
 import type { CompiledPolicy, ReplaceDeps, ReplacementTemplate } from '../../mailproxy/index.js';
@@ -50,6 +52,8 @@ export interface SessionContext {
   quarantine: Quarantine | null;
   /** imap-proxy.tls-ca, read once at start; null = the system's CAs. */
   upstreamCa: Buffer | null;
+  /** The certificate for STARTTLS towards the clients (imap-proxy.tls), read once at start; null = not offered. */
+  tls: SecureContext | null;
 }
 
 const CRLF = Buffer.from('\r\n');
@@ -151,14 +155,15 @@ type ClientMode =
 /**
  * One client session: the upstream connection, then two pumps. Client → server: commands are
  * relayed as they are, except APPEND (spooled, scanned, then sent upstream, or refused with NO),
- * commands the proxy cannot carry (STARTTLS, COMPRESS: NO) and what the command-acl denies.
+ * STARTTLS (the proxy's own, with imap-proxy.tls; else NO), COMPRESS (NO) and what the
+ * command-acl denies.
  * Server → client: responses are relayed as they are, except capability lists (filtered) and the
  * message content of untagged FETCH responses (spooled, scanned, rewritten with the new octet count).
  */
 export class ImapSession {
   private upstream: Socket | null = null;
   private readonly clientLock = new Lock();
-  private readonly clientParser: ImapWireParser;
+  private clientParser: ImapWireParser;
   private readonly serverParser: ImapWireParser;
   private user: string | null = null;
   private pendingLogin: { tag: string; user: string | null } | null = null;
@@ -173,16 +178,22 @@ export class ImapSession {
   private closed = false;
   private readonly log: Logger;
   private readonly abort = new AbortController();
+  /** The client's connection: the accepted TCP socket, or a TLSSocket over it after STARTTLS. */
+  private client: Socket;
+  private secure = false;
+  /** The tag of a STARTTLS the proxy answers once the client pump has stopped reading in clear. */
+  private startTlsTag: string | null = null;
 
   constructor(
-    private readonly client: Socket,
+    private readonly plain: Socket,
     private readonly ctx: SessionContext,
     readonly id: string,
   ) {
+    this.client = plain;
     const maxLineLength = ctx.config['max-line-length'];
     this.clientParser = new ImapWireParser({ role: 'client', maxLineLength });
     this.serverParser = new ImapWireParser({ role: 'server', maxLineLength });
-    this.log = ctx.log.child({ session: id, client: client.remoteAddress ?? null });
+    this.log = ctx.log.child({ session: id, client: plain.remoteAddress ?? null });
   }
 
   private deps(label: string): ReplaceDeps {
@@ -227,7 +238,7 @@ export class ImapSession {
       this.log.warn({ readMs: this.ctx.config.timeouts.read }, 'imap: the server stopped in the middle of a response');
       void this.shutdown('[UNAVAILABLE] The mail server stopped answering');
     });
-    const greeting = filterCapabilities(up.greeting, { dropCode: up.staleGreetingCapabilities, appendLimit: this.ctx.config['max-literal-size'] });
+    const greeting = filterCapabilities(up.greeting, { ...this.capabilityFilter(), dropCode: up.staleGreetingCapabilities });
     this.noteCapabilities(up.greeting);
     if (!(await writeTo(client, Buffer.concat([greeting, CRLF])))) return this.close();
     if (/^\* BYE/i.test(up.greeting.toString('latin1'))) {
@@ -235,25 +246,91 @@ export class ImapSession {
       return this.close();
     }
     if (up.leftover.length > 0) this.serverParser.push(up.leftover);
-    const idle = this.ctx.config.timeouts.idle;
-    const read = this.ctx.config.timeouts.read;
-    client.setTimeout(idle);
-    client.on('timeout', () => {
+    this.watchClient(client);
+    await Promise.allSettled([
+      this.pump(server, this.serverParser, (e) => this.fromServer(e)).finally(() => this.serverGone()),
+      this.clientLoop().finally(() => this.close()),
+    ]);
+    await this.close();
+  }
+
+  /** The idle/read timer of the client's connection (the plain one, then the TLS one). */
+  private watchClient(socket: Socket): void {
+    const { idle, read } = this.ctx.config.timeouts;
+    socket.setTimeout(idle);
+    socket.on('timeout', () => {
       this.log.info({ idleMs: this.clientParser.atMessageStart ? idle : read }, 'imap: client timeout');
       void this.shutdown('Autologout; idle for too long');
     });
-    await Promise.allSettled([
-      this.pump(server, this.serverParser, (e) => this.fromServer(e)).finally(() => this.serverGone()),
-      this.pump(client, this.clientParser, (e) => this.fromClient(e)).finally(() => this.close()),
-    ]);
-    await this.close();
+  }
+
+  /** Reads the client: in clear, then, after a STARTTLS, in TLS on the same connection. */
+  private async clientLoop(): Promise<void> {
+    for (;;) {
+      const socket = this.client;
+      await this.pump(socket, this.clientParser, (e) => this.fromClient(e));
+      const tag = this.startTlsTag;
+      this.startTlsTag = null;
+      if (tag === null || this.closed) return;
+      if (!(await this.upgradeClient(socket, tag))) return;
+    }
+  }
+
+  /** What the proxy's capability lists say of itself: STARTTLS while the client may still upgrade. */
+  private capabilityFilter(): { appendLimit: number; add: string[]; dropAuth: boolean } {
+    const offered = this.ctx.tls !== null && !this.secure && this.user === null;
+    const mustUpgrade = this.ctx.config.tls.required && !this.secure;
+    return {
+      appendLimit: this.ctx.config['max-literal-size'],
+      add: [...(offered ? ['STARTTLS'] : []), ...(mustUpgrade ? ['LOGINDISABLED'] : [])],
+      dropAuth: mustUpgrade,
+    };
+  }
+
+  /**
+   * STARTTLS (RFC 3501 §6.2.1): the client pump has stopped reading in clear. What the client sent
+   * behind the command before it could see the answer is dropped (the parser's rest and the
+   * socket's buffer: never taken as commands inside TLS); the OK goes out under the client lock
+   * (no server response is cut), then the TLS handshake on the same connection. A failed
+   * handshake ends the session.
+   */
+  private async upgradeClient(plain: Socket, tag: string): Promise<boolean> {
+    const release = await this.clientLock.acquire();
+    try {
+      plain.pause();
+      while (plain.read() !== null);
+      this.clientParser = new ImapWireParser({ role: 'client', maxLineLength: this.ctx.config['max-line-length'] });
+      // Server responses written before this one (corked by the server pump) go first.
+      uncorkAll(plain);
+      const written = await new Promise<boolean>((resolve) => {
+        if (plain.destroyed || !plain.writable) return resolve(false);
+        plain.write(`${tag} OK Begin TLS negotiation now\r\n`, (err) => resolve(!err));
+      });
+      if (!written) return false;
+      let secure: TLSSocket;
+      try {
+        secure = await acceptTls(plain, this.ctx.tls as SecureContext, this.ctx.config.timeouts.read);
+      } catch (err) {
+        this.log.info({ err: messageOf(err) }, 'imap: STARTTLS failed');
+        return false;
+      }
+      this.client = secure;
+      this.secure = true;
+      this.watchClient(secure);
+      this.log.debug({ protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'imap: client in TLS');
+      return true;
+    } finally {
+      release();
+    }
   }
 
   private async pump(socket: Socket, parser: ImapWireParser, handle: (e: WireEvent) => Promise<void>): Promise<void> {
     try {
       // Async iteration reads the next chunk only after every event of this one was handled:
       // a slow scan or a slow peer pauses the other side (backpressure), memory stays bounded.
-      for await (const chunk of socket as AsyncIterable<Buffer>) {
+      // The client's socket outlives a stop for STARTTLS (the TLS socket takes it over).
+      const chunks: AsyncIterable<Buffer> = socket === this.plain && !this.secure ? socket.iterator({ destroyOnReturn: false }) : socket;
+      for await (const chunk of chunks) {
         if (this.closed) return;
         // The timers measure the peer, not the proxy's own work (a long scan, a slow other side):
         // off while this chunk is handled, armed again while waiting for the next one.
@@ -268,6 +345,8 @@ export class ImapSession {
           for (let e = parser.next(); e; e = parser.next()) {
             await handle(e);
             if (this.closed) return;
+            // STARTTLS: nothing after it is read in clear (see upgradeClient).
+            if (this.startTlsTag !== null && socket === this.client) return;
           }
         } finally {
           if (corked) uncorkAll(this.client);
@@ -296,7 +375,10 @@ export class ImapSession {
     this.continuation = null;
     this.upstream?.destroy();
     if (!this.client.destroyed) this.client.end();
-    setTimeout(() => this.client.destroy(), 1000).unref();
+    setTimeout(() => {
+      this.client.destroy();
+      this.plain.destroy();
+    }, 1000).unref();
     if (this.clientMode.kind === 'append') await this.disposeAppend(this.clientMode.a);
     const c = this.collect;
     this.collect = null;
@@ -396,7 +478,7 @@ export class ImapSession {
         this.serverMessage.tracker = tracker;
       } else {
         this.noteCapabilities(text);
-        const filtered = filterCapabilities(text, { appendLimit: this.ctx.config['max-literal-size'] });
+        const filtered = filterCapabilities(text, this.capabilityFilter());
         if (filtered !== text) raw = Buffer.concat([filtered, CRLF]);
       }
     } else if (this.serverMessage?.tracker) {
@@ -566,8 +648,20 @@ export class ImapSession {
       if (literal && !literal.plus) this.clientParser.cancelLiteral();
       this.clientMode = literal && literal.plus ? { kind: 'drop' } : { kind: 'pass' };
     };
+    if (base === 'STARTTLS' && this.ctx.tls !== null) {
+      if (this.secure) return refuse('BAD TLS is already active');
+      if (this.user !== null || this.pendingLogin !== null) return refuse('BAD STARTTLS is only valid before logging in');
+      if (literal) return refuse('BAD STARTTLS takes no arguments');
+      this.clientMode = { kind: 'pass' };
+      this.startTlsTag = cmd.tag;
+      return;
+    }
     if (base === 'STARTTLS' || base === 'COMPRESS') return refuse(`NO [CANNOT] ${base} is not available through this proxy`);
-    const decision = this.ctx.policy.command({ client: this.client.remoteAddress ?? null, user: this.user, command: base });
+    if ((base === 'LOGIN' || base === 'AUTHENTICATE') && this.ctx.config.tls.required && !this.secure) {
+      this.log.info({ command: base }, 'imap: login refused before STARTTLS (tls.required)');
+      return refuse('NO [PRIVACYREQUIRED] Use STARTTLS first');
+    }
+    const decision = this.ctx.policy.command({ client: this.plain.remoteAddress ?? null, user: this.user, command: base });
     if (decision.action === 'deny') {
       this.log.info({ command: base, rule: decision.rule, user: this.user }, 'imap: command denied by command-acl');
       return refuse(`NO [NOPERM] ${base} is not allowed here`);

@@ -404,37 +404,54 @@ export function contentKindOf(item: string): ContentKind {
 }
 
 /**
- * Capabilities the proxy cannot honour toward the client: STARTTLS (the client side is plain),
- * COMPRESS (the stream would no longer be parseable), CATENATE (the message would be put together
- * on the server from pieces the proxy cannot scan as one).
+ * Capabilities of the server the proxy cannot honour toward the client: STARTTLS (the proxy's own
+ * STARTTLS is added instead when it has a certificate), COMPRESS (the stream would no longer be
+ * parseable), CATENATE (the message would be put together on the server from pieces the proxy
+ * cannot scan as one).
  */
 const UNSUPPORTED_CAPABILITY = /^(?:STARTTLS|COMPRESS=\S+|CATENATE)$/i;
 
-function filterCapabilityList(list: string, appendLimit: number | undefined): string {
-  return list
-    .split(' ')
-    .filter((c) => c !== '' && !UNSUPPORTED_CAPABILITY.test(c))
-    .map((c) => {
-      // RFC 7889: the server's limit, lowered to the proxy's own (max-literal-size).
-      const m = /^APPENDLIMIT=(\d+)$/i.exec(c);
-      return m && appendLimit !== undefined && Number(m[1]) > appendLimit ? `APPENDLIMIT=${appendLimit}` : c;
-    })
+export interface CapabilityFilter {
+  /** Remove the `[CAPABILITY ...]` response code entirely (stale after an upstream STARTTLS). */
+  dropCode?: boolean;
+  /** The proxy's max-literal-size: a larger APPENDLIMIT is lowered to it. */
+  appendLimit?: number;
+  /** The proxy's own capabilities, appended (STARTTLS, LOGINDISABLED). */
+  add?: readonly string[];
+  /** Leave out AUTH=... (logging in is refused before STARTTLS). */
+  dropAuth?: boolean;
+}
+
+function filterCapabilityList(list: string, opts: CapabilityFilter): string {
+  const { appendLimit } = opts;
+  return [
+    ...list
+      .split(' ')
+      .filter((c) => c !== '' && !UNSUPPORTED_CAPABILITY.test(c) && !(opts.dropAuth === true && /^AUTH=/i.test(c)))
+      .map((c) => {
+        // RFC 7889: the server's limit, lowered to the proxy's own (max-literal-size).
+        const m = /^APPENDLIMIT=(\d+)$/i.exec(c);
+        return m && appendLimit !== undefined && Number(m[1]) > appendLimit ? `APPENDLIMIT=${appendLimit}` : c;
+      }),
+    ...(opts.add ?? []),
+  ]
+    .filter((c, i, all) => all.indexOf(c) === i)
     .join(' ');
 }
 
 /**
  * A server line with its capability list filtered: `* CAPABILITY ...` and a `[CAPABILITY ...]`
  * response code (greeting, tagged OK after login). Other lines come back unchanged (the same
- * Buffer). `dropCode`: remove the response code entirely (stale after STARTTLS).
+ * Buffer).
  */
-export function filterCapabilities(text: Buffer, opts: { dropCode?: boolean; appendLimit?: number } = {}): Buffer {
+export function filterCapabilities(text: Buffer, opts: CapabilityFilter = {}): Buffer {
   const s = text.toString('latin1');
   const untagged = /^\* CAPABILITY (.*)$/i.exec(s);
-  if (untagged) return Buffer.from(`* CAPABILITY ${filterCapabilityList(untagged[1] as string, opts.appendLimit)}`, 'latin1');
+  if (untagged) return Buffer.from(`* CAPABILITY ${filterCapabilityList(untagged[1] as string, opts)}`, 'latin1');
   const code = /^(\S+ (?:OK|PREAUTH) )\[CAPABILITY ([^\]]*)\] ?(.*)$/i.exec(s);
   if (!code) return text;
   if (opts.dropCode) return Buffer.from(`${code[1]}${code[3]}`, 'latin1');
-  return Buffer.from(`${code[1]}[CAPABILITY ${filterCapabilityList(code[2] as string, opts.appendLimit)}] ${code[3]}`, 'latin1');
+  return Buffer.from(`${code[1]}[CAPABILITY ${filterCapabilityList(code[2] as string, opts)}] ${code[3]}`, 'latin1');
 }
 
 /** The capability names in a line filtered by filterCapabilities (upper case), or null when it has none. */

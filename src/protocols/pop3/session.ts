@@ -1,9 +1,9 @@
 import type { Socket } from 'node:net';
-import { TLSSocket, type SecureContext } from 'node:tls';
+import type { SecureContext, TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import type { Pop3ProxyConfig } from '../../config/mail-proxy-schema.js';
 import { messageOf } from '../../core/errors.js';
-import { connectWithTimeout } from '../../core/net.js';
+import { acceptTls, connectWithTimeout } from '../../core/net.js';
 import { Spool } from '../../core/spool.js';
 import type { CompiledPolicy, ReplaceDeps, ReplaceResult } from '../../mailproxy/index.js';
 import { renderReplacement, scanAndReplace } from '../../mailproxy/index.js';
@@ -436,30 +436,16 @@ export class Pop3Session {
     if (!this.ctx.tls) return void (await this.sendLine('-ERR STLS is not available through this proxy'));
     if (this.secure) return void (await this.refuse('-ERR already in TLS'));
     if (this.user !== null) return void (await this.refuse('-ERR STLS only before logging in'));
-    await this.sendLine('+OK begin TLS negotiation');
+    // The reader lets go before the +OK: what it holds was sent in clear before the client could
+    // see the answer (dropped); what comes after (the ClientHello) waits in the paused socket for TLS.
     this.cr.detach();
-    const secure = new TLSSocket(this.client, { isServer: true, secureContext: this.ctx.tls });
-    secure.on('error', () => undefined); // reported through the reader
+    await this.sendLine('+OK begin TLS negotiation');
+    let secure: TLSSocket;
     try {
-      await new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new PeerClosed('TLS handshake timed out')), this.cfg.timeouts.idle);
-        secure.once('secure', () => {
-          clearTimeout(timer);
-          resolve();
-        });
-        secure.once('error', (err) => {
-          clearTimeout(timer);
-          reject(new PeerClosed(`TLS handshake failed: ${messageOf(err)}`));
-        });
-        secure.once('close', () => {
-          clearTimeout(timer);
-          reject(new PeerClosed('client closed during the TLS handshake'));
-        });
-      });
+      secure = await acceptTls(this.client, this.ctx.tls, this.cfg.timeouts.idle);
     } catch (err) {
       this.log.info({ err: messageOf(err) }, 'pop3: STLS failed');
-      secure.destroy();
-      throw err;
+      throw new PeerClosed(messageOf(err));
     }
     this.client = secure;
     this.cr = new LineReader(secure);

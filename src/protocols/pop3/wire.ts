@@ -54,8 +54,12 @@ export class LineReader {
     this.notify();
   };
 
-  /** Stops reading the socket and drops what is buffered (the connection moves to TLS). */
+  /**
+   * Stops reading the socket and drops what is buffered (the connection moves to TLS). The socket
+   * is paused: bytes that arrive from now on stay in it for the next reader (a TLSSocket takes them).
+   */
   detach(): void {
+    this.socket.pause();
     this.socket.off('data', this.onData);
     this.socket.off('end', this.onEnd);
     this.socket.off('close', this.onEnd);
