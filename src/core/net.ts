@@ -1,5 +1,5 @@
-import { connect, createServer, type Socket } from 'node:net';
-import { TLSSocket, type SecureContext } from 'node:tls';
+import { connect, createServer, isIP, type Socket } from 'node:net';
+import { connect as tlsConnect, TLSSocket, type SecureContext } from 'node:tls';
 import { AvgateError, messageOf } from './errors.js';
 
 export type ConnectTarget = { path: string } | { host: string; port: number };
@@ -77,4 +77,45 @@ export async function acceptTls(plain: Socket, secureContext: SecureContext, tim
     throw err;
   }
   return secure;
+}
+
+/** How a proxy checks the mail server it connects to over TLS (imap-proxy / pop3-proxy `tls-verify`, `tls-ca`). */
+export interface UpstreamTls {
+  verify: boolean;
+  /** PEM of the trusted CAs, read at start; null = the system's. */
+  ca: Buffer | null;
+}
+
+/**
+ * The client side of TLS towards a mail server: on a new connection to host:port (implicit TLS),
+ * or on `socket` after the server's go-ahead (STARTTLS, STLS). The certificate is checked against
+ * `host` (a name is also sent as SNI) unless `verify` is off. Rejects (the socket destroyed) on a
+ * failed handshake or after `timeoutMs`.
+ */
+export async function connectTls(target: { host: string; port: number; socket?: Socket }, tls: UpstreamTls, timeoutMs: number): Promise<TLSSocket> {
+  const { host, port, socket } = target;
+  const s = tlsConnect({
+    ...(socket ? { socket } : { host, port }),
+    host,
+    rejectUnauthorized: tls.verify,
+    ...(isIP(host) === 0 ? { servername: host } : {}),
+    ...(tls.ca ? { ca: tls.ca } : {}),
+  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error('TLS handshake timeout')), Math.max(1, timeoutMs));
+      s.once('secureConnect', () => {
+        clearTimeout(t);
+        resolve();
+      });
+      s.once('error', (err) => {
+        clearTimeout(t);
+        reject(err);
+      });
+    });
+  } catch (err) {
+    s.destroy();
+    throw err;
+  }
+  return s;
 }

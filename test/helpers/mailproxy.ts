@@ -3,6 +3,11 @@ import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { silentLogger } from '../../src/core/logging.js';
+import { pop3ProxySchema } from '../../src/config/mail-proxy-schema.js';
+import { BUILT_IN_REPLACEMENT } from '../../src/mailproxy/index.js';
+import { Pop3ProxyServer } from '../../src/protocols/pop3/index.js';
+import type { Quarantine } from '../../src/quarantine/types.js';
+import type { ScanService } from '../../src/scan/types.js';
 import { ClamdNetEngine } from '../../src/engines/clamd/net.js';
 import { mailProxyPolicySchema, type MailProxyPolicyConfig } from '../../src/config/mail-proxy-schema.js';
 import { walkMessage } from '../../src/mime/index.js';
@@ -87,3 +92,21 @@ export async function partDigests(raw: Buffer): Promise<PartDigest[]> {
 }
 
 export const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+/**
+ * A POP3 proxy listening on a free loopback port (keep-alive off unless `yaml` sets it), added to
+ * `into` for the test's after(); returns its port.
+ */
+export async function listenPop3Proxy(
+  yaml: Record<string, unknown>,
+  deps: { scanner: ScanService; spoolDir: string; quarantine?: Quarantine | null },
+  into: Pop3ProxyServer[],
+): Promise<number> {
+  const config = pop3ProxySchema.parse({ listen: '127.0.0.1:0', 'keep-alive': { after: 0 }, ...yaml });
+  const server = new Pop3ProxyServer(config, {
+    replace: { scanner: deps.scanner, policy: config, replacement: BUILT_IN_REPLACEMENT, spoolDir: deps.spoolDir, log: silentLogger(), origin: { source: 'pop3' }, quarantine: deps.quarantine ?? null },
+    log: silentLogger(),
+  });
+  into.push(server);
+  return (await server.listen()).port;
+}

@@ -5,11 +5,14 @@ import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { promisify } from 'node:util';
 import { LineReader } from '../../src/protocols/pop3/wire.js';
 
-/** A self-signed EC certificate and key for `cn` (PEM files in `dir`), made with openssl. */
+/** A self-signed EC certificate and key for `cn` and 127.0.0.1 (PEM files in `dir`), made with openssl. */
 export async function selfSignedCert(dir: string, cn = 'avgate.test'): Promise<{ cert: string; key: string }> {
   const cert = join(dir, `${cn}-cert.pem`);
   const key = join(dir, `${cn}-key.pem`);
-  await promisify(execFile)('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', `/CN=${cn}`]);
+  await promisify(execFile)('openssl', [
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', `/CN=${cn}`,
+    '-addext', `subjectAltName=DNS:${cn},IP:127.0.0.1`,
+  ]);
   return { cert, key };
 }
 

@@ -16,9 +16,8 @@ import type { Quarantine } from '../../src/quarantine/types.js';
 import type { Scanner } from '../../src/scan/scanner.js';
 import type { Dovecot } from '../../tools/peers/dovecot.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
-import { startTestDovecot } from '../helpers/dovecot.js';
+import { startTestDovecot, startTlsDovecot } from '../helpers/dovecot.js';
 import { closedPort, startFaultServer } from '../helpers/fault-server.js';
-import { freeLoopbackPort } from '../../src/core/net.js';
 import { fetchLiterals, ImapTestClient } from '../helpers/imap-client.js';
 import { mailWith } from '../helpers/mail.js';
 import { selfSignedCert } from '../helpers/tls.js';
@@ -693,10 +692,12 @@ describe('imap proxy to a TLS upstream without LITERAL+ (Dovecot ssl, imap_capab
   let dovecot: Dovecot;
   let scanner: Scanner;
   let tlsPort: number;
+  /** Dovecot's certificate, trusted by the proxy through tls-ca. */
+  let cert: string;
   const proxies: ImapProxyServer[] = [];
 
   async function startProxy(over: Record<string, unknown>): Promise<number> {
-    const config = imapProxySchema.parse({ listen: '127.0.0.1:0', upstream: `127.0.0.1:${dovecot.imapPort}`, 'tls-ca': join(dir, 'cert.pem'), ...over });
+    const config = imapProxySchema.parse({ listen: '127.0.0.1:0', upstream: `127.0.0.1:${dovecot.imapPort}`, 'tls-ca': cert, ...over });
     const proxy = new ImapProxyServer(config, { stateDir: dir, scannerFor: () => ({ scanner }), log: process.env.IMAP_DEBUG_LOG ? createLogger({ level: 'debug', file: process.env.IMAP_DEBUG_LOG }) : silentLogger() });
     proxies.push(proxy);
     return (await proxy.listen()).port;
@@ -704,25 +705,9 @@ describe('imap proxy to a TLS upstream without LITERAL+ (Dovecot ssl, imap_capab
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'avgate-imaptls-'));
-    // A self-signed certificate for 127.0.0.1, trusted by the proxy through tls-ca.
-    await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-days', '2', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost']);
-    tlsPort = await freeLoopbackPort();
     clamd = await startTestClamd();
-    dovecot = await startTestDovecot({
-      extraConfig: [
-        'ssl = yes',
-        `ssl_cert = <${join(dir, 'cert.pem')}`,
-        `ssl_key = <${join(dir, 'key.pem')}`,
-        // No LITERAL+: the proxy must wait for "+" before each literal it forwards.
-        'imap_capability = IMAP4rev1 IDLE BINARY MULTIAPPEND UIDPLUS',
-        'service imap-login {',
-        '  inet_listener imaps {',
-        '    address = 127.0.0.1',
-        `    port = ${tlsPort}`,
-        '  }',
-        '}',
-      ].join('\n'),
-    });
+    // No LITERAL+: the proxy must wait for "+" before each literal it forwards.
+    ({ dovecot, tlsPort, cert } = await startTlsDovecot(dir, 'imap', { extraConfig: 'imap_capability = IMAP4rev1 IDLE BINARY MULTIAPPEND UIDPLUS' }));
     await dovecot.deliver(dovecot.user, mailWith('tls-eicar', [{ name: 'e.com', type: 'application/octet-stream', data: eicarBytes() }]));
     scanner = proxyScanner(`unix:${clamd.socketPath}`, clamd.dbDir);
   });

@@ -6,7 +6,6 @@ import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
-import { pop3ProxySchema } from '../../src/config/mail-proxy-schema.js';
 import { silentLogger } from '../../src/core/logging.js';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import { BUILT_IN_REPLACEMENT, scanAndReplace } from '../../src/mailproxy/index.js';
@@ -17,9 +16,10 @@ import type { Quarantine } from '../../src/quarantine/types.js';
 import type { Scanner } from '../../src/scan/scanner.js';
 import type { ScanService } from '../../src/scan/types.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
-import { startTestDovecot } from '../helpers/dovecot.js';
+import { startTestDovecot, startTlsDovecot } from '../helpers/dovecot.js';
 import { closedPort, startFaultServer } from '../helpers/fault-server.js';
-import { type CorpusMessage, deadScanner, mailCorpus, partDigests, proxyPolicy, proxyScanner, sha256 } from '../helpers/mailproxy.js';
+import { type CorpusMessage, deadScanner, listenPop3Proxy, mailCorpus, partDigests, proxyPolicy, proxyScanner, sha256 } from '../helpers/mailproxy.js';
+import { mailWith } from '../helpers/mail.js';
 import { Pop3TestClient } from '../helpers/pop3.js';
 import { clientTls, selfSignedCert } from '../helpers/tls.js';
 import type { Dovecot } from '../../tools/peers/dovecot.js';
@@ -47,15 +47,8 @@ describe('POP3 proxy with a real Dovecot and clamd', () => {
   /** Message number on the server → corpus entry, and the bytes Dovecot serves directly. */
   const byNumber = new Map<number, { m: CorpusMessage; direct: Buffer; listed: number }>();
 
-  async function proxy(yaml: Record<string, unknown>, scan: ScanService = scanner, quarantine: Quarantine | null = null): Promise<number> {
-    const config = pop3ProxySchema.parse({ listen: '127.0.0.1:0', 'keep-alive': { after: 0 }, ...yaml });
-    const server = new Pop3ProxyServer(config, {
-      replace: { scanner: scan, policy: config, replacement: BUILT_IN_REPLACEMENT, spoolDir: join(dir, 'spool'), log: silentLogger(), origin: { source: 'pop3' }, quarantine },
-      log: silentLogger(),
-    });
-    proxies.push(server);
-    return (await server.listen()).port;
-  }
+  const proxy = (yaml: Record<string, unknown>, scan: ScanService = scanner, quarantine: Quarantine | null = null): Promise<number> =>
+    listenPop3Proxy(yaml, { scanner: scan, spoolDir: join(dir, 'spool'), quarantine }, proxies);
 
   let fixedPort: number;
   before(async () => {
@@ -494,5 +487,70 @@ describe('POP3 proxy with a real Dovecot and clamd', () => {
       assert.match((await reader.readLine(4096, 10_000))?.toString('latin1') ?? '', /^-ERR STLS is not available/);
       socket.destroy();
     });
+  });
+});
+
+describe('POP3 proxy to a TLS upstream (Dovecot with ssl: STLS and pop3s)', () => {
+  let clamd: TestClamd;
+  let dovecot: Dovecot;
+  let dir: string;
+  let scanner: Scanner;
+  let pop3sPort: number;
+  let cert: string;
+  const proxies: Pop3ProxyServer[] = [];
+  const clean = mailWith('tls-clean', [{ name: 'a.txt', type: 'text/plain', data: Buffer.from('nothing to see\r\n') }]);
+  const infected = mailWith('tls-eicar', [{ name: 'e.com', type: 'application/octet-stream', data: eicarBytes() }]);
+
+  const proxy = (yaml: Record<string, unknown>): Promise<number> =>
+    listenPop3Proxy({ upstream: `127.0.0.1:${dovecot.pop3Port}`, 'tls-ca': cert, ...yaml }, { scanner, spoolDir: join(dir, 'spool') }, proxies);
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'avgate-pop3tls-'));
+    clamd = await startTestClamd();
+    ({ dovecot, tlsPort: pop3sPort, cert } = await startTlsDovecot(dir, 'pop3', { users: [{ user: 'alice', password: 'alice-pw' }] }));
+    await dovecot.deliver('alice', clean);
+    await dovecot.deliver('alice', infected);
+    scanner = proxyScanner(`unix:${clamd.socketPath}`, clamd.dbDir);
+  });
+  after(async () => {
+    for (const p of proxies) await p.close(100);
+    await scanner?.close();
+    await dovecot?.stop();
+    await clamd?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  /** Both messages through the proxy: the clean one as delivered, the infected one rewritten. */
+  async function fetchBoth(port: number): Promise<void> {
+    const got = await Promise.all([1, 2].map((n) => curl(`pop3://127.0.0.1:${port}/${n}`, 'alice', 'alice-pw')));
+    const byContent = got.find((b) => b.includes('tls-clean')) as Buffer;
+    const rewritten = got.find((b) => b.includes('tls-eicar')) as Buffer;
+    assert.equal(sha256(byContent), sha256(clean));
+    assert.ok(!rewritten.includes(eicarBytes().toString('base64').slice(0, 40)), 'EICAR removed');
+    assert.match(rewritten.toString('utf8'), /replaced by avgate/);
+  }
+
+  test('upstream-tls: starttls (STLS, certificate checked with tls-ca): messages scanned; Dovecot saw the login in TLS', async () => {
+    const port = await proxy({ 'upstream-tls': 'starttls' });
+    const before = dovecot.logTail(1 << 20).split('\n').filter((l) => /pop3-login: Info: Login: user=<alice>.*, TLS, /.test(l)).length;
+    await fetchBoth(port);
+    const after = dovecot.logTail(1 << 20).split('\n').filter((l) => /pop3-login: Info: Login: user=<alice>.*, TLS, /.test(l)).length;
+    assert.ok(after >= before + 2, `logins in TLS: ${before} -> ${after}\n${dovecot.logTail(2000)}`);
+  });
+
+  test('upstream-tls: tls (implicit, pop3s): messages scanned', async () => {
+    await fetchBoth(await proxy({ 'upstream-tls': 'tls', upstream: `127.0.0.1:${pop3sPort}` }));
+  });
+
+  test('an upstream certificate that is not trusted: -ERR, no login relayed; tls-verify: false accepts it', async () => {
+    const port = await proxy({ 'upstream-tls': 'starttls', 'tls-ca': null });
+    const c = await Pop3TestClient.connect(port).catch((err: Error) => err);
+    const greeting = c instanceof Error ? c.message : c.greeting;
+    assert.match(greeting, /-ERR .*(?:TLS|certificate)/i);
+    await fetchBoth(await proxy({ 'upstream-tls': 'tls', upstream: `127.0.0.1:${pop3sPort}`, 'tls-ca': null, 'tls-verify': false }));
+  });
+
+  test('tls-ca is read once at start: an unreadable file stops the proxy, naming the key', async () => {
+    await assert.rejects(proxy({ 'upstream-tls': 'tls', 'tls-ca': join(dir, 'missing-ca.pem') }), (err: Error & { code?: string }) => err.code === 'AVG_ERR_CONFIG' && /pop3-proxy\.tls-ca: cannot read .*ENOENT/.test(err.message));
   });
 });

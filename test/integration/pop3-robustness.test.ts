@@ -5,14 +5,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
-import { pop3ProxySchema } from '../../src/config/mail-proxy-schema.js';
-import { silentLogger } from '../../src/core/logging.js';
-import { BUILT_IN_REPLACEMENT } from '../../src/mailproxy/index.js';
 import { Pop3ProxyServer } from '../../src/protocols/pop3/index.js';
 import type { Scanner } from '../../src/scan/scanner.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
 import { startFaultServer, type FaultServer } from '../helpers/fault-server.js';
-import { proxyScanner } from '../helpers/mailproxy.js';
+import { listenPop3Proxy, proxyScanner } from '../helpers/mailproxy.js';
 import { Pop3TestClient } from '../helpers/pop3.js';
 
 /** Everything the client got until the proxy closed (or `ms` passed). */
@@ -56,15 +53,8 @@ describe('POP3 proxy: hostile clients and servers never crash it', () => {
   const proxies: Pop3ProxyServer[] = [];
   const servers: FaultServer[] = [];
 
-  async function proxy(upstream: string): Promise<number> {
-    const config = pop3ProxySchema.parse({ listen: '127.0.0.1:0', upstream, 'max-line-length': '1KiB', timeouts: { upstream: '300ms', idle: '2s' }, 'keep-alive': { after: 0 } });
-    const server = new Pop3ProxyServer(config, {
-      replace: { scanner, policy: config, replacement: BUILT_IN_REPLACEMENT, spoolDir: join(dir, 'spool'), log: silentLogger(), origin: { source: 'pop3' } },
-      log: silentLogger(),
-    });
-    proxies.push(server);
-    return (await server.listen()).port;
-  }
+  const proxy = (upstream: string): Promise<number> =>
+    listenPop3Proxy({ upstream, 'max-line-length': '1KiB', timeouts: { upstream: '300ms', idle: '2s' } }, { scanner, spoolDir: join(dir, 'spool') }, proxies);
 
   before(async () => {
     clamd = await startTestClamd();

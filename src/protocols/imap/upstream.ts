@@ -1,9 +1,7 @@
 import type { Socket } from 'node:net';
-import { isIP } from 'node:net';
-import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import type { ImapProxyConfig } from '../../config/imap-schema.js';
 import { AvgateError } from '../../core/errors.js';
-import { connectWithTimeout } from '../../core/net.js';
+import { connectTls, connectWithTimeout } from '../../core/net.js';
 
 /**
  * The proxy's side toward the IMAP server: TCP, implicit TLS or STARTTLS, and the greeting. Ends
@@ -91,41 +89,15 @@ class SetupReader {
   }
 }
 
-function tlsOptions(config: ImapProxyConfig, host: string, ca: Buffer | null) {
-  return {
-    rejectUnauthorized: config['tls-verify'],
-    ...(isIP(host) === 0 ? { servername: host } : {}),
-    ...(ca ? { ca } : {}),
-  };
-}
-
-function handshake(s: TLSSocket, deadline: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(() => {
-      s.destroy();
-      reject(new Error('TLS handshake timeout'));
-    }, Math.max(1, deadline - Date.now()));
-    s.once('secureConnect', () => {
-      clearTimeout(t);
-      resolve();
-    });
-    s.once('error', (err) => {
-      clearTimeout(t);
-      reject(err);
-    });
-  });
-}
-
 /** Connects, handles TLS, reads the greeting. Every failure rejects with AVG_ERR_ENGINE_CONNECT-style text. */
 export async function connectUpstream(config: ImapProxyConfig, ca: Buffer | null): Promise<Upstream> {
   const { host, port } = parseHostPort(config.upstream);
   const deadline = Date.now() + config.timeouts.connect;
   const maxLine = config['max-line-length'];
+  const tls = { verify: config['tls-verify'], ca };
   let socket: Socket;
   if (config['upstream-tls'] === 'tls') {
-    const s = tlsConnect({ host, port, ...tlsOptions(config, host, ca) });
-    await handshake(s, deadline);
-    socket = s;
+    socket = await connectTls({ host, port }, tls, config.timeouts.connect);
   } else {
     socket = await connectWithTimeout({ host, port }, { timeoutMs: config.timeouts.connect, label: `imap upstream ${host}:${port}` });
   }
@@ -146,8 +118,7 @@ export async function connectUpstream(config: ImapProxyConfig, ca: Buffer | null
     }
     // Bytes after the OK but before the handshake would be plaintext injected into the TLS session.
     if (reader.detach().length > 0) throw new Error('data after the STARTTLS reply (injection attempt)');
-    const secure = tlsConnect({ socket, ...tlsOptions(config, host, ca) });
-    await handshake(secure, deadline);
+    const secure = await connectTls({ host, port, socket }, tls, deadline - Date.now());
     socket = secure;
     reader = new SetupReader(secure);
     return { socket: secure, greeting, leftover: reader.detach(), staleGreetingCapabilities: true };

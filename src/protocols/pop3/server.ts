@@ -2,8 +2,9 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { createSecureContext, type SecureContext } from 'node:tls';
 import type { Logger } from 'pino';
 import type { Pop3ProxyConfig } from '../../config/mail-proxy-schema.js';
-import { listenerCredentials } from '../../config/tls-schema.js';
+import { listenerCredentials, readPem } from '../../config/tls-schema.js';
 import { AvgateError } from '../../core/errors.js';
+import type { UpstreamTls } from '../../core/net.js';
 import { compilePolicy, globRegExp, type ReplaceDeps } from '../../mailproxy/index.js';
 import { parseListen } from '../icap/server.js';
 import { Pop3Session, type Pop3Counters } from './session.js';
@@ -26,6 +27,8 @@ export class Pop3ProxyServer {
   private readonly allowed: RegExp[];
   /** The certificate for STLS (pop3-proxy.tls), read once at start; null = STLS not offered. */
   private readonly tls: SecureContext | null;
+  /** tls-verify and tls-ca (read once at start) for TLS towards the POP3 servers. */
+  private readonly upstreamTls: UpstreamTls;
   readonly counters: Pop3Counters = { connections: 0, active: 0, scanned: 0, replaced: 0, engineErrors: 0, refused: 0, upstreamFailures: 0 };
 
   constructor(
@@ -35,6 +38,7 @@ export class Pop3ProxyServer {
     this.allowed = config['allowed-upstreams'].map((g) => globRegExp(g.toLowerCase()));
     const credentials = listenerCredentials(config.tls, 'pop3-proxy.tls');
     this.tls = credentials ? createSecureContext(credentials) : null;
+    this.upstreamTls = { verify: config['tls-verify'], ca: config['tls-ca'] ? readPem(config['tls-ca'], 'pop3-proxy.tls-ca') : null };
   }
 
   async listen(): Promise<{ port: number }> {
@@ -48,7 +52,7 @@ export class Pop3ProxyServer {
         resolve(typeof a === 'object' && a ? a.port : port);
       });
     });
-    this.deps.log.info({ listen: `${host}:${bound}`, upstream: this.config.upstream }, 'pop3 proxy listening');
+    this.deps.log.info({ listen: `${host}:${bound}`, upstream: this.config.upstream, upstreamTls: this.config['upstream-tls'], stls: this.tls !== null }, 'pop3 proxy listening');
     return { port: bound };
   }
 
@@ -77,6 +81,7 @@ export class Pop3ProxyServer {
         log: this.deps.log,
         counters: this.counters,
         tls: this.tls,
+        upstreamTls: this.upstreamTls,
       },
       this.nextId++,
     );

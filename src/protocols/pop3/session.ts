@@ -3,7 +3,7 @@ import type { SecureContext, TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import type { Pop3ProxyConfig } from '../../config/mail-proxy-schema.js';
 import { messageOf } from '../../core/errors.js';
-import { acceptTls, connectWithTimeout } from '../../core/net.js';
+import { acceptTls, connectTls, connectWithTimeout, type UpstreamTls } from '../../core/net.js';
 import { Spool } from '../../core/spool.js';
 import type { CompiledPolicy, ReplaceDeps, ReplaceResult } from '../../mailproxy/index.js';
 import { renderReplacement, scanAndReplace } from '../../mailproxy/index.js';
@@ -42,6 +42,8 @@ export interface Pop3Context {
   counters: Pop3Counters;
   /** For STLS; null = not offered. */
   tls: SecureContext | null;
+  /** How the upstream's certificate is checked (tls-verify, tls-ca read at start). */
+  upstreamTls: UpstreamTls;
 }
 
 /** The upstream server failed: the session ends with -ERR. */
@@ -164,11 +166,22 @@ export class Pop3Session {
     }
   }
 
+  /**
+   * Connects to the POP3 server (upstream-tls: plain, STLS, or implicit TLS) and returns its
+   * greeting. With STLS the greeting is the one from before TLS (its APOP timestamp stays valid:
+   * it is the same session); bytes the server sends between its +OK and the handshake end the
+   * connection (injection).
+   */
   private async connectUpstream(host: string, port: number): Promise<Buffer> {
     const label = `pop3 upstream ${host}:${port}`;
+    const mode = this.cfg['upstream-tls'];
+    const deadline = Date.now() + this.cfg.timeouts.connect;
     let sock: Socket;
     try {
-      sock = await connectWithTimeout({ host, port }, { timeoutMs: this.cfg.timeouts.connect, label, signal: this.abort.signal });
+      sock =
+        mode === 'tls'
+          ? await connectTls({ host, port }, this.ctx.upstreamTls, this.cfg.timeouts.connect)
+          : await connectWithTimeout({ host, port }, { timeoutMs: this.cfg.timeouts.connect, label, signal: this.abort.signal });
     } catch (err) {
       throw new UpstreamError(`cannot connect to the POP3 server: ${messageOf(err)}`);
     }
@@ -178,6 +191,22 @@ export class Pop3Session {
     this.ur = new LineReader(sock);
     const greeting = await this.upLine();
     if (responseKind(greeting) !== 'ok') throw new UpstreamError('the POP3 server did not greet with +OK');
+    if (mode !== 'starttls') return greeting;
+    this.upWrite('STLS');
+    const answer = await this.upLine();
+    if (responseKind(answer) !== 'ok') throw new UpstreamError(`the POP3 server refused STLS: ${answer.subarray(0, 120).toString('latin1')}`);
+    const reader = this.ur;
+    const injected = reader.buffered > 0;
+    reader.detach();
+    if (injected) throw new UpstreamError('the POP3 server sent data between its STLS answer and TLS (injection attempt)');
+    try {
+      sock = await connectTls({ host, port, socket: sock }, this.ctx.upstreamTls, deadline - Date.now());
+    } catch (err) {
+      throw new UpstreamError(`TLS with the POP3 server failed: ${messageOf(err)}`);
+    }
+    sock.on('error', () => undefined);
+    this.up = sock;
+    this.ur = new LineReader(sock);
     return greeting;
   }
 
@@ -373,7 +402,7 @@ export class Pop3Session {
       return;
     }
     const at = arg.lastIndexOf('@');
-    const target = at > 0 ? parseHostPort(arg.slice(at + 1), this.cfg['upstream-port']) : null;
+    const target = at > 0 ? parseHostPort(arg.slice(at + 1), this.cfg['upstream-port'] ?? (this.cfg['upstream-tls'] === 'tls' ? 995 : 110)) : null;
     if (!target) {
       await this.refuse('-ERR log in as USER name@server[:port]');
       return;
