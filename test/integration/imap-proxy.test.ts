@@ -672,6 +672,22 @@ describe('imap proxy (Dovecot, clamd)', () => {
       }
     });
 
+    test('plain text instead of a TLS handshake after the OK: the session ends, nothing is answered in clear, the proxy goes on', async () => {
+      const { proxy, port: p } = await startProxy({ tls: { cert, key } });
+      const { client: c } = await ImapTestClient.connect(p);
+      const tag = c.nextTag();
+      c.send(`${tag} STARTTLS\r\n`);
+      assert.match((await c.until(tag)).tagged, / OK /);
+      c.send('x1 NOOP\r\n');
+      await assert.rejects(c.next(10_000), /connection closed/);
+      assert.ok(!Buffer.concat(c.received).toString('latin1').includes('x1 '), 'the plain command was not taken');
+      for (let i = 0; i < 100 && proxy.openConnections > 0; i++) await new Promise((r) => setTimeout(r, 50));
+      assert.equal(proxy.openConnections, 0);
+      const d = await session(p);
+      assert.match((await d.command('NOOP')).tagged, / OK/);
+      d.close();
+    });
+
     test('without imap-proxy.tls STARTTLS is refused as before; unreadable certificate stops the start naming the key', async () => {
       const c = await session();
       try {

@@ -183,6 +183,8 @@ export class ImapSession {
   private secure = false;
   /** The tag of a STARTTLS the proxy answers once the client pump has stopped reading in clear. */
   private startTlsTag: string | null = null;
+  /** Between the STARTTLS OK and the end of the handshake: nothing may be written in clear. */
+  private upgrading = false;
 
   constructor(
     private readonly plain: Socket,
@@ -297,6 +299,7 @@ export class ImapSession {
   private async upgradeClient(plain: Socket, tag: string): Promise<boolean> {
     const release = await this.clientLock.acquire();
     try {
+      this.upgrading = true;
       plain.pause();
       while (plain.read() !== null);
       this.clientParser = new ImapWireParser({ role: 'client', maxLineLength: this.ctx.config['max-line-length'] });
@@ -320,6 +323,7 @@ export class ImapSession {
       this.log.debug({ protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'imap: client in TLS');
       return true;
     } finally {
+      this.upgrading = false;
       release();
     }
   }
@@ -388,10 +392,10 @@ export class ImapSession {
   /**
    * Ends the session with a BYE when one can be sent: not through the lock (a client that stopped
    * reading would keep it forever), and only between server responses, so it never lands inside
-   * a literal.
+   * a literal (nor into a client's TLS handshake).
    */
   async shutdown(text: string): Promise<void> {
-    if (!this.serverMessage && !this.client.destroyed && this.client.writable) this.client.write(`* BYE ${text}\r\n`);
+    if (!this.serverMessage && !this.upgrading && !this.client.destroyed && this.client.writable) this.client.write(`* BYE ${text}\r\n`);
     await this.close();
   }
 
