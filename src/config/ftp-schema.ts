@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { defaultDocAcl, docAclRuleSchema } from './proxy-schema.js';
+import { listenerTlsSchema } from './tls-schema.js';
 import { duration, positiveInt, size } from './units-schema.js';
 
 /**
@@ -49,6 +50,11 @@ export const ftpProxySchema = z.strictObject({
   'data-ports': dataPorts.prefault(0),
   timeouts: timeoutsSchema.prefault({}),
   'max-connections': positiveInt.default(100),
+  /**
+   * Explicit FTPS towards the clients (AUTH TLS, PBSZ, PROT; RFC 4217): offered with a certificate
+   * and key. `required`: no USER before AUTH TLS, and no transfer without PROT P.
+   */
+  tls: listenerTlsSchema.prefault({}),
   /** Command and reply lines above this are refused (500) or end the session (server side). */
   'max-line-length': size.prefault('4KiB'),
   /** Lines of one multi-line server reply at most. */

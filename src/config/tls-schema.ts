@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { AvgateError, messageOf } from '../core/errors.js';
 
 /**
- * TLS on a listening side that upgrades in the protocol (SMTP and IMAP STARTTLS, POP3 STLS): offered only
+ * TLS on a listening side that upgrades in the protocol (SMTP and IMAP STARTTLS, POP3 STLS, FTP AUTH TLS): offered only
  * with a certificate and its key (PEM files); `required` refuses the protocol's next step on a
  * connection that has not upgraded.
  */

@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { connect, type Socket } from 'node:net';
 import { ReplyAssembler, type FtpReply } from '../../src/protocols/ftp/wire.js';
+import { attachReader, moveReaderToTls } from './tls.js';
 
 /** A raw FTP control connection for wire-level tests: send a line, read the next whole reply. */
 export class FtpControl {
@@ -10,23 +11,38 @@ export class FtpControl {
   private wake: (() => void) | null = null;
   closed = false;
 
-  private constructor(readonly socket: Socket) {
-    socket.on('data', (d: Buffer) => {
-      this.buffer += d.toString('latin1');
-      let nl: number;
-      while ((nl = this.buffer.indexOf('\n')) >= 0) {
-        const line = this.buffer.slice(0, nl).replace(/\r$/, '');
-        this.buffer = this.buffer.slice(nl + 1);
-        const r = this.assembler.push(line);
-        if (r && !('error' in r)) this.replies.push(r);
-      }
-      this.notify();
-    });
-    socket.on('close', () => {
-      this.closed = true;
-      this.notify();
-    });
-    socket.on('error', () => undefined);
+  private constructor(public socket: Socket) {
+    attachReader(socket, this.onData, this.onClose);
+  }
+
+  private readonly onData = (d: Buffer): void => {
+    this.buffer += d.toString('latin1');
+    let nl: number;
+    while ((nl = this.buffer.indexOf('\n')) >= 0) {
+      const line = this.buffer.slice(0, nl).replace(/\r$/, '');
+      this.buffer = this.buffer.slice(nl + 1);
+      const r = this.assembler.push(line);
+      if (r && !('error' in r)) this.replies.push(r);
+    }
+    this.notify();
+  };
+
+  private readonly onClose = (): void => {
+    this.closed = true;
+    this.notify();
+  };
+
+
+  /**
+   * AUTH TLS (with `behind`, text written in the same packet right after it); on 234 the control
+   * connection goes on in TLS (any certificate accepted). Returns the reply to AUTH TLS.
+   */
+  async startTls(behind = ''): Promise<FtpReply> {
+    this.send(`AUTH TLS\r\n${behind}`);
+    const r = await this.reply();
+    if (r.code !== 234) return r;
+    this.socket = await moveReaderToTls(this.socket, this.onData, this.onClose);
+    return r;
   }
 
   private notify(): void {

@@ -1,6 +1,6 @@
 import { connect, type Socket } from 'node:net';
-import { connect as tlsConnect } from 'node:tls';
 import { ImapWireParser } from '../../src/protocols/imap/wire.js';
+import { attachReader, moveReaderToTls } from './tls.js';
 
 /** One response (or continuation request) as received: its text segments and literals. */
 export interface ImapResponse {
@@ -27,7 +27,7 @@ export class ImapTestClient {
   received: Buffer[] = [];
 
   private constructor(public socket: Socket) {
-    this.listen(socket);
+    attachReader(socket, this.onData, this.onClose);
   }
 
   private readonly onData = (d: Buffer): void => {
@@ -54,11 +54,6 @@ export class ImapTestClient {
     this.wake();
   };
 
-  private listen(socket: Socket): void {
-    socket.on('data', this.onData);
-    socket.on('close', this.onClose);
-    socket.on('error', () => undefined);
-  }
 
   /**
    * STARTTLS: sends it (with `behind`, text written in the same packet right after the command)
@@ -70,17 +65,7 @@ export class ImapTestClient {
     this.send(`${tag} STARTTLS\r\n${behind}`);
     const { tagged } = await this.until(tag);
     if (!new RegExp(`^${tag} OK`).test(tagged)) return tagged;
-    const plain = this.socket;
-    plain.pause();
-    plain.off('data', this.onData);
-    plain.off('close', this.onClose);
-    const secure = tlsConnect({ socket: plain, rejectUnauthorized: false });
-    await new Promise<void>((resolve, reject) => {
-      secure.once('secureConnect', resolve);
-      secure.once('error', reject);
-    });
-    this.socket = secure;
-    this.listen(secure);
+    this.socket = await moveReaderToTls(this.socket, this.onData, this.onClose);
     return tagged;
   }
 

@@ -11,6 +11,7 @@ import { startAvgatePeer } from '../../tools/peers/avgate.js';
 import { startVsftpd, type Vsftpd } from '../../tools/peers/vsftpd.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
 import { FtpControl, openData, run } from '../helpers/ftp-control.js';
+import { selfSignedCert } from '../helpers/tls.js';
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const CLAM_ZIP = '/usr/share/clamav-testfiles/clam.zip';
@@ -338,5 +339,110 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
     assert.ok(bySource.some((r) => r.status === 'free'), 'statistics carry the origin ftp');
     const left = await readdir(join(stateDir, 'spool')).catch(() => [] as string[]);
     assert.deepEqual(left, [], 'every spool file of every transfer was removed');
+  });
+  describe('FTPS towards the clients (ftp-proxy.tls: AUTH TLS, PBSZ, PROT P)', () => {
+    const peers: Serving[] = [];
+    let tlsPort: number;
+    let requiredPort: number;
+    const base = (port: number) => `ftp://${encodeURIComponent(userAtHost)}:x@127.0.0.1:${port}`;
+
+    before(async () => {
+      const { cert, key } = await selfSignedCert(dir);
+      for (const required of [false, true]) {
+        const peer = await startAvgatePeer({
+          stateDir: await mkdtemp(join(tmpdir(), 'avgate-ftps-state-')),
+          clamd,
+          ftpYaml: ["allowed-upstreams: ['127.0.0.1:*']", 'tls:', `  cert: ${cert}`, `  key: ${key}`, `  required: ${required}`].join('\n'),
+        });
+        peers.push(peer);
+        if (required) requiredPort = peer.ftpProxyPort as number;
+        else tlsPort = peer.ftpProxyPort as number;
+      }
+    });
+    after(async () => {
+      for (const p of peers) await p.stop();
+    });
+
+    // curl only in passive mode: Debian's curl 7.88 never starts TLS on an active data connection
+    // (curl issue #10666, a regression of 7.87/7.88); lftp covers active mode below.
+    for (const mode of ['passive'] as const) {
+      test(`curl --ssl-reqd ${mode}: control and data in TLS; clean RETR and STOR byte-identical, EICAR refused both ways`, async () => {
+        const tls = ['-sS', '--max-time', '60', '--ssl-reqd', '-k'];
+        const out = join(dir, `ftps-${mode}.bin`);
+        const r = await run('curl', [...tls, '-o', out, `${base(tlsPort)}/clean.bin`]);
+        assert.equal(r.code, 0, r.stderr);
+        assert.equal(sha256(await readFile(out)), sha256(clean));
+        const badOut = join(dir, `ftps-${mode}-eicar.txt`);
+        assert.notEqual((await run('curl', [...tls, '-o', badOut, `${base(tlsPort)}/eicar.txt`])).code, 0);
+        assert.ok((await readFile(badOut).catch(() => Buffer.alloc(0))).length < eicarText.length, 'the client never holds the whole infected file');
+        const name = `ftps-${mode}.bin`;
+        assert.equal((await run('curl', [...tls, '-T', join(dir, 'clean.bin'), `${base(tlsPort)}/upload/${name}`])).code, 0);
+        assert.equal(sha256(await readFile(join(vsftpd.uploadDir, name))), sha256(clean));
+        const bad = await run('curl', [...tls.filter((a) => a !== '-sS'), '-v', '-T', join(dir, 'eicar.txt'), `${base(tlsPort)}/upload/ftps-${mode}-eicar.txt`]);
+        assert.notEqual(bad.code, 0);
+        assert.ok(!(await uploaded()).includes(`ftps-${mode}-eicar.txt`));
+      });
+    }
+
+    test('lftp with ftp:ssl-force and protected data: get (passive and active) and put of clean files; an infected get fails', async () => {
+      const lftp = (script: string) =>
+        run('lftp', ['-u', `${userAtHost},x`, '-p', String(tlsPort), '-e', `set ftp:ssl-force true; set ftp:ssl-protect-data true; set ssl:verify-certificate no; set net:max-retries 1; set net:timeout 20; ${script}; bye`, '127.0.0.1'], 90_000);
+      const out = join(dir, 'lftp-ftps.bin');
+      const outActive = join(dir, 'lftp-ftps-active.bin');
+      const r = await lftp(`get clean.bin -o ${out}; set ftp:passive-mode off; get clean.bin -o ${outActive}; put ${join(dir, 'clean.bin')} -o upload/lftp-ftps.bin`);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(sha256(await readFile(out)), sha256(clean));
+      assert.equal(sha256(await readFile(outActive)), sha256(clean), 'active mode: the proxy connects and is the TLS server');
+      assert.equal(sha256(await readFile(join(vsftpd.uploadDir, 'lftp-ftps.bin'))), sha256(clean));
+      const bad = await lftp(`set ftp:passive-mode off; get eicar.txt -o ${join(dir, 'lftp-ftps-eicar.txt')}`);
+      assert.notEqual(bad.code, 0);
+      assert.match(bad.stderr, /550|infected/i, bad.stderr);
+    });
+
+    test('raw control: FEAT offers AUTH TLS; PBSZ/PROT need TLS first; a USER sent in clear behind AUTH TLS is never taken', async () => {
+      const c = await FtpControl.open(tlsPort);
+      try {
+        assert.equal((await c.reply()).code, 220);
+        const feat = await c.command('FEAT');
+        assert.ok(feat.lines.some((l) => /^\s*AUTH TLS$/.test(l)), feat.lines.join('|'));
+        assert.equal((await c.command('PBSZ 0')).code, 503);
+        assert.equal((await c.command('AUTH GSSAPI')).code, 504);
+        assert.equal((await c.startTls(`USER ${userAtHost}\r\n`)).code, 234);
+        // Had the USER been taken, the session would be logged in and PWD would answer 257.
+        assert.equal((await c.command('PWD')).code, 530);
+        assert.equal((await c.command('AUTH TLS')).code, 503, 'not twice');
+        assert.equal((await c.command('PROT P')).code, 503, 'PBSZ first');
+        assert.equal((await c.command('PBSZ 0')).code, 200);
+        assert.equal((await c.command('PROT S')).code, 536);
+        assert.equal((await c.command('PROT P')).code, 200);
+        assert.equal((await c.command(`USER ${userAtHost}`)).code, 230);
+        assert.equal((await c.command('CCC')).code, 502, 'the control connection stays in TLS');
+      } finally {
+        c.close();
+      }
+    });
+
+    test('tls.required: no USER in clear, no transfer with PROT C; plain curl and control-only TLS fail', async () => {
+      const c = await FtpControl.open(requiredPort);
+      try {
+        assert.equal((await c.reply()).code, 220);
+        assert.equal((await c.command(`USER ${userAtHost}`)).code, 530);
+        assert.equal((await c.startTls()).code, 234);
+        assert.equal((await c.command('PBSZ 0')).code, 200);
+        assert.equal((await c.command('PROT C')).code, 534);
+        assert.equal((await c.command(`USER ${userAtHost}`)).code, 230);
+        assert.equal((await c.command('TYPE I')).code, 200);
+        assert.equal((await c.command('EPSV')).code, 229);
+        assert.equal((await c.command('RETR clean.bin')).code, 521, 'no data in clear');
+      } finally {
+        c.close();
+      }
+      assert.notEqual((await run('curl', ['-sS', '--max-time', '30', '-o', '/dev/null', `${base(requiredPort)}/clean.bin`])).code, 0);
+      assert.notEqual((await run('curl', ['-sS', '--max-time', '30', '--ftp-ssl-control', '-k', '-o', '/dev/null', `${base(requiredPort)}/clean.bin`])).code, 0);
+      const out = join(dir, 'ftps-required.bin');
+      const ok = await run('curl', ['-sS', '--max-time', '60', '--ssl-reqd', '-k', '-o', out, `${base(requiredPort)}/clean.bin`]);
+      assert.equal(ok.code, 0, ok.stderr);
+      assert.equal(sha256(await readFile(out)), sha256(clean));
+    });
   });
 });

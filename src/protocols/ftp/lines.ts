@@ -26,14 +26,33 @@ export class LineReader {
     private readonly maxLine: number,
     private readonly maxQueued = 64,
   ) {
-    socket.on('data', (d: Buffer) => this.onData(d.toString('latin1')));
-    const end = () => {
-      this.ended = true;
-      this.notify();
-    };
-    socket.on('end', end);
-    socket.on('close', end);
-    socket.on('error', end);
+    socket.on('data', this.onBytes);
+    socket.on('end', this.onEnd);
+    socket.on('close', this.onEnd);
+    socket.on('error', this.onEnd);
+  }
+
+  private readonly onBytes = (d: Buffer): void => this.onData(d.toString('latin1'));
+
+  private readonly onEnd = (): void => {
+    this.ended = true;
+    this.notify();
+  };
+
+  /**
+   * Stops reading the socket and drops every line not yet taken (the control connection moves to
+   * TLS: what the client sent in clear behind AUTH TLS is never read as a command). The socket is
+   * paused; bytes arriving from now on stay in it for the next reader (a TLSSocket takes them).
+   */
+  detach(): void {
+    this.socket.pause();
+    this.socket.off('data', this.onBytes);
+    this.socket.off('end', this.onEnd);
+    this.socket.off('close', this.onEnd);
+    this.socket.off('error', this.onEnd);
+    this.queue.length = 0;
+    this.partial = '';
+    this.dropping = false;
   }
 
   private onData(text: string): void {

@@ -1,10 +1,12 @@
 import { Socket } from 'node:net';
 import { posix } from 'node:path';
+import type { SecureContext } from 'node:tls';
 import picomatch from 'picomatch';
 import type { FtpProxyConfig } from '../../config/ftp-schema.js';
 import type { DocAclRule } from '../../config/proxy-schema.js';
 import { messageOf } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
+import { acceptTls } from '../../core/net.js';
 import { Spool } from '../../core/spool.js';
 import type { Verdict } from '../../core/verdict.js';
 import { decide, verdictReason } from '../../policy/verdict-policy.js';
@@ -49,6 +51,8 @@ export interface FtpAccessRecord {
 
 export interface FtpSessionContext {
   config: FtpProxyConfig;
+  /** The certificate for AUTH TLS (ftp-proxy.tls), read once at start; null = FTPS not offered. */
+  tls: SecureContext | null;
   spoolDir: string;
   docAcl: DocAcl;
   scannerFor(engineIds: readonly string[] | null): ScanService;
@@ -64,8 +68,13 @@ const LISTINGS = new Set(['LIST', 'NLST', 'MLSD']);
 const UPLOADS = new Set(['STOR', 'APPE', 'STOU']);
 /** Commands a session without a server may still get an answer to. */
 const BEFORE_LOGIN = new Set(['USER', 'QUIT', 'NOOP', 'SYST', 'FEAT', 'HELP', 'AUTH', 'OPTS']);
-/** Security extensions (RFC 2228/4217): the proxy must read the control channel, so none. */
+/**
+ * Security extensions (RFC 2228/4217): AUTH TLS, PBSZ and PROT with ftp-proxy.tls; never CCC (the
+ * proxy must read the control channel) nor the other mechanisms' commands.
+ */
 const SECURITY = new Set(['AUTH', 'ADAT', 'PBSZ', 'PROT', 'CCC', 'MIC', 'CONF', 'ENC']);
+/** What FEAT says of FTPS when ftp-proxy.tls has a certificate. */
+const TLS_FEATURES = ['AUTH TLS', 'PBSZ', 'PROT'];
 /** Commands that change the working directory: the proxy asks PWD afterwards (doc-ACL paths). */
 const CWD_VERBS = new Set(['CWD', 'CDUP', 'XCWD', 'XCUP']);
 const FEATURES_DROPPED = /^\s*(AUTH|PBSZ|PROT|CCC|MODE\s+Z|LPSV|LPRT)\b/i;
@@ -86,7 +95,16 @@ let nextSessionId = 1;
  */
 export class FtpSession {
   private readonly id = nextSessionId++;
-  private readonly reader: LineReader;
+  private reader: LineReader;
+  /** The control connection: the accepted TCP socket, or a TLSSocket over it after AUTH TLS. */
+  private client: Socket;
+  /** AUTH TLS done: the control connection is in TLS. */
+  private secure = false;
+  /** PROT P: the client's data connections are TLS too (the proxy is the TLS server on them). */
+  private protectData = false;
+  private pbsz = false;
+  /** USER was given: AUTH TLS comes before it (RFC 4217 §4). */
+  private userGiven = false;
   private readonly abort = new AbortController();
   private readonly clientAddress: string;
   private readonly localAddress: string;
@@ -106,16 +124,17 @@ export class FtpSession {
   private xfer: { abort: AbortController; sockets: Set<Socket> } | null = null;
 
   constructor(
-    private readonly client: Socket,
+    private readonly plain: Socket,
     private readonly ctx: FtpSessionContext,
   ) {
-    this.clientAddress = plainAddress(client.remoteAddress ?? '');
-    this.localAddress = client.localAddress ?? '127.0.0.1';
-    this.reader = new LineReader(client, ctx.config['max-line-length']);
+    this.client = plain;
+    this.clientAddress = plainAddress(plain.remoteAddress ?? '');
+    this.localAddress = plain.localAddress ?? '127.0.0.1';
+    this.reader = new LineReader(plain, ctx.config['max-line-length']);
     this.log = ctx.log.child({ session: this.id, client: this.clientAddress });
-    client.on('error', () => undefined);
-    client.once('close', () => this.abort.abort());
-    client.setNoDelay(true);
+    plain.on('error', () => undefined);
+    plain.once('close', () => this.abort.abort());
+    plain.setNoDelay(true);
   }
 
   get signal(): AbortSignal {
@@ -221,7 +240,10 @@ export class FtpSession {
     this.upstream?.close();
     this.abort.abort();
     if (!this.client.destroyed) this.client.end();
-    setTimeout(() => this.client.destroy(), 2000).unref();
+    setTimeout(() => {
+      this.client.destroy();
+      this.plain.destroy();
+    }, 2000).unref();
   }
 
   /** Connects to the server and reads its greeting; null (the client told why) when it fails. */
@@ -259,20 +281,24 @@ export class FtpSession {
   private async handle(cmd: FtpCommand): Promise<boolean> {
     const { verb, arg } = cmd;
     this.log.trace({ verb, arg: verb === 'PASS' || verb === 'ACCT' ? '***' : printable(arg) }, 'ftp: command');
-    if (verb === 'USER') return this.user(arg);
+    if (verb === 'USER') {
+      if (this.ctx.config.tls.required && !this.secure) {
+        this.reply(530, 'TLS required: use AUTH TLS first');
+        return true;
+      }
+      this.userGiven = true;
+      return this.user(arg);
+    }
     if (verb === 'QUIT') {
       if (this.upstream) this.relay(await this.upstream.command('QUIT', '', this.t.reply, this.signal).catch(() => ({ code: 221, lines: ['221 Goodbye'] })));
       else this.reply(221, 'Goodbye');
       return false;
     }
-    if (SECURITY.has(verb)) {
-      this.reply(verb === 'AUTH' ? 502 : 503, 'TLS is not supported through this proxy');
-      return true;
-    }
+    if (SECURITY.has(verb)) return this.security(verb, arg);
     if (!this.upstream) {
       if (verb === 'NOOP') this.reply(200, 'NOOP ok');
       else if (verb === 'SYST') this.reply(215, 'UNIX Type: L8');
-      else if (verb === 'FEAT') this.reply(211, ['Features:', 'EPSV', 'EPRT', 'PASV', 'REST STREAM', 'End']);
+      else if (verb === 'FEAT') this.reply(211, ['Features:', 'EPSV', 'EPRT', 'PASV', 'REST STREAM', ...this.tlsFeatures(), 'End']);
       else if (BEFORE_LOGIN.has(verb)) this.reply(530, 'Log in with USER user@host[:port] first');
       else this.reply(530, 'Not logged in: USER user@host[:port] first');
       return true;
@@ -309,7 +335,10 @@ export class FtpSession {
         break;
       case 'FEAT': {
         const r = await up.command('FEAT', arg, this.t.reply, this.signal);
-        this.relay({ code: r.code, lines: r.lines.filter((l, i) => i === 0 || i === r.lines.length - 1 || !FEATURES_DROPPED.test(l)) });
+        const lines = r.lines.filter((l, i) => i === 0 || i === r.lines.length - 1 || !FEATURES_DROPPED.test(l));
+        // The proxy's own FTPS goes in before the closing line of a multi-line 211.
+        if (r.code === 211 && lines.length > 1) lines.splice(lines.length - 1, 0, ...this.tlsFeatures().map((f) => ` ${f}`));
+        this.relay({ code: r.code, lines });
         return true;
       }
       default:
@@ -322,6 +351,77 @@ export class FtpSession {
     this.relay(r);
     await this.afterReply(verb, r);
     return true;
+  }
+
+  private tlsFeatures(): string[] {
+    return this.ctx.tls ? TLS_FEATURES : [];
+  }
+
+  /**
+   * RFC 2228/4217 commands. With ftp-proxy.tls: AUTH TLS (before USER) moves the control
+   * connection to TLS, PBSZ 0 and PROT P/C set the data connections' protection. Everything else
+   * (CCC, ADAT, MIC ...) is refused: the proxy must read every command.
+   */
+  private async security(verb: string, arg: string): Promise<boolean> {
+    const a = arg.trim().toUpperCase();
+    if (!this.ctx.tls) {
+      this.reply(verb === 'AUTH' ? 502 : 503, 'TLS is not supported through this proxy');
+      return true;
+    }
+    switch (verb) {
+      case 'AUTH':
+        if (a !== 'TLS' && a !== 'TLS-C' && a !== 'SSL') this.reply(504, 'Only AUTH TLS is supported');
+        else if (this.secure) this.reply(503, 'Already in TLS');
+        else if (this.userGiven) this.reply(503, 'AUTH TLS must come before USER');
+        else return this.startTls();
+        return true;
+      case 'PBSZ':
+        if (!this.secure) this.reply(503, 'AUTH TLS first');
+        else {
+          this.pbsz = true;
+          this.reply(200, 'PBSZ=0');
+        }
+        return true;
+      case 'PROT':
+        if (!this.secure || !this.pbsz) this.reply(503, this.secure ? 'PBSZ first' : 'AUTH TLS first');
+        else if (a === 'P') {
+          this.protectData = true;
+          this.reply(200, 'Protection level set to Private');
+        } else if (a === 'C') {
+          if (this.ctx.config.tls.required) this.reply(534, 'Data connections must be protected here (PROT P)');
+          else {
+            this.protectData = false;
+            this.reply(200, 'Protection level set to Clear');
+          }
+        } else this.reply(a === 'S' || a === 'E' ? 536 : 504, `PROT ${a} is not supported`);
+        return true;
+      default:
+        this.reply(502, `${verb} is not supported through this proxy`);
+        return true;
+    }
+  }
+
+  /**
+   * AUTH TLS (RFC 4217 §4): the line reader lets go before the 234 (lines the client sent behind
+   * the command in clear are dropped, never taken inside TLS), then the handshake on the same
+   * connection. A failed handshake ends the session.
+   */
+  private async startTls(): Promise<boolean> {
+    const plain = this.client;
+    this.reader.detach();
+    this.reply(234, 'AUTH TLS ok; start the TLS handshake');
+    try {
+      const secure = await acceptTls(plain, this.ctx.tls as SecureContext, this.t['control-idle']);
+      this.client = secure;
+      this.reader = new LineReader(secure, this.ctx.config['max-line-length']);
+      this.secure = true;
+      secure.once('close', () => this.abort.abort());
+      this.log.debug({ protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'ftp: control connection in TLS');
+      return true;
+    } catch (err) {
+      this.log.info({ err: messageOf(err) }, 'ftp: AUTH TLS failed');
+      return false;
+    }
   }
 
   /** After a login (230) or a directory change, learn the working directory (PWD). */
@@ -472,6 +572,11 @@ export class FtpSession {
       this.reply(425, 'Use PORT, EPRT, PASV or EPSV first');
       return;
     }
+    if (this.ctx.config.tls.required && !this.protectData) {
+      setup.close();
+      this.reply(521, 'Data connections must be protected here: PBSZ 0 and PROT P first');
+      return;
+    }
     this.busy = true;
     const xfer = { abort: new AbortController(), sockets: new Set<Socket>() };
     this.xfer = xfer;
@@ -612,7 +717,7 @@ export class FtpSession {
           return;
         case 'blocked':
         case 'aborted': {
-          if (outcome.kind === 'aborted') clientData.resetAndDestroy();
+          if (outcome.kind === 'aborted') this.reset(clientData);
           else await endSocket(clientData).catch(() => undefined);
           const reason = v ? verdictReason(v) : 'not scanned';
           if (v) await this.ctx.quarantine(v, spool, { url: this.facts(cmd, 'download').url, rule: scan.name, direction: 'download' });
@@ -621,7 +726,7 @@ export class FtpSession {
           return;
         }
         case 'failed': {
-          clientData.resetAndDestroy();
+          this.reset(clientData);
           this.log.info({ target: this.target, path: rec.path, err: messageOf(outcome.error) }, 'ftp: download failed');
           if (feed.error instanceof TransferLimit) await this.cutShort(x, 552, `Transfer aborted: ${messageOf(feed.error)}`);
           else await this.cutShort(x, 426, 'Connection closed; transfer aborted');
@@ -738,7 +843,12 @@ export class FtpSession {
    */
   private async connectClient(x: Transfer, upData: Socket | null): Promise<Socket | null> {
     try {
-      return this.track(await x.setup.connect(this.t['data-connect'], this.dataSignal));
+      const raw = this.track(await x.setup.connect(this.t['data-connect'], this.dataSignal));
+      if (!this.protectData) return raw;
+      // PROT P: the proxy is the TLS server on the client's data connection, whoever connected.
+      const secure = this.track(await acceptTls(raw, this.ctx.tls as SecureContext, this.t['data-connect']));
+      this.rawSockets.set(secure, raw);
+      return secure;
     } catch (err) {
       this.log.info({ err: messageOf(err) }, 'ftp: client data connection failed');
       if (!upData) {
@@ -749,6 +859,18 @@ export class FtpSession {
       await this.cutShort(x, 425, 'Cannot open the data connection');
       return null;
     }
+  }
+
+  /** The TCP socket under a TLS data connection (for a reset: a TLS socket cannot send one itself). */
+  private readonly rawSockets = new WeakMap<Socket, Socket>();
+
+  /** Cuts a client data connection with a TCP reset: the client sees the transfer fail, never a clean end. */
+  private reset(s: Socket): void {
+    const raw = this.rawSockets.get(s);
+    if (raw) {
+      s.destroy();
+      raw.resetAndDestroy();
+    } else s.resetAndDestroy();
   }
 
   /** A data connection silent for longer than `timeouts.data-idle` is cut. */
