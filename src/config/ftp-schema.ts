@@ -46,6 +46,15 @@ export const ftpProxySchema = z.strictObject({
   upstream: z.string().regex(HOST_PORT, 'expected host:port').nullable().default(null),
   /** Servers a client may name with USER user@host[:port]: `host:port` globs (* and ?). */
   'allowed-upstreams': z.array(z.string().min(1)).default(['*:21']),
+  /**
+   * FTPS towards the server(s): none; starttls = explicit (AUTH TLS after the greeting, then PBSZ 0
+   * and PROT P); tls = implicit (TLS from the first byte, e.g. port 990). Data connections follow.
+   */
+  'upstream-tls': z.enum(['none', 'starttls', 'tls']).default('none'),
+  /** Check the server's certificate (chain, and the name or address connected to); false only for test servers. */
+  'tls-verify': z.boolean().default(true),
+  /** PEM file of the CA(s) trusted for the servers, read once at start; null = the system's. */
+  'tls-ca': z.string().nullable().default(null),
   /** Local ports of the passive data listeners the proxy opens for clients: 0 = any free port, or MIN-MAX. */
   'data-ports': dataPorts.prefault(0),
   timeouts: timeoutsSchema.prefault({}),

@@ -79,7 +79,7 @@ export async function acceptTls(plain: Socket, secureContext: SecureContext, tim
   return secure;
 }
 
-/** How a proxy checks the mail server it connects to over TLS (imap-proxy / pop3-proxy `tls-verify`, `tls-ca`). */
+/** How a proxy checks the server it connects to over TLS (`tls-verify`, `tls-ca` of the IMAP, POP3 and FTP proxies). */
 export interface UpstreamTls {
   verify: boolean;
   /** PEM of the trusted CAs, read at start; null = the system's. */
@@ -87,15 +87,17 @@ export interface UpstreamTls {
 }
 
 /**
- * The client side of TLS towards a mail server: on a new connection to host:port (implicit TLS),
- * or on `socket` after the server's go-ahead (STARTTLS, STLS). The certificate is checked against
- * `host` (a name is also sent as SNI) unless `verify` is off. Rejects (the socket destroyed) on a
- * failed handshake or after `timeoutMs`.
+ * The client side of TLS towards a mail or FTP server: on a new connection to host:port (implicit
+ * TLS), or on `socket` after the server's go-ahead (STARTTLS, STLS, AUTH TLS) or for an FTPS data
+ * connection (`session`: the control connection's, for servers that require its reuse). The
+ * certificate is checked against `host` (a name is also sent as SNI) unless `verify` is off.
+ * Rejects (the socket destroyed) on a failed handshake or after `timeoutMs`.
  */
-export async function connectTls(target: { host: string; port: number; socket?: Socket }, tls: UpstreamTls, timeoutMs: number): Promise<TLSSocket> {
-  const { host, port, socket } = target;
+export async function connectTls(target: { host: string; port: number; socket?: Socket; session?: Buffer }, tls: UpstreamTls, timeoutMs: number): Promise<TLSSocket> {
+  const { host, port, socket, session } = target;
   const s = tlsConnect({
     ...(socket ? { socket } : { host, port }),
+    ...(session ? { session } : {}),
     host,
     rejectUnauthorized: tls.verify,
     ...(isIP(host) === 0 ? { servername: host } : {}),

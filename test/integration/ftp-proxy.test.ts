@@ -445,4 +445,82 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
       assert.equal(sha256(await readFile(out)), sha256(clean));
     });
   });
+  describe('FTPS towards the servers (ftp-proxy.upstream-tls; vsftpd forcing TLS for logins and data)', () => {
+    const peers: Serving[] = [];
+    const servers: Vsftpd[] = [];
+    let explicit: Vsftpd;
+    let implicit: Vsftpd;
+    let cert: string;
+    const peer = async (yaml: string[]): Promise<number> => {
+      const p = await startAvgatePeer({ stateDir: await mkdtemp(join(tmpdir(), 'avgate-ftps-up-')), clamd, ftpYaml: ["allowed-upstreams: ['127.0.0.1:*']", ...yaml].join('\n') });
+      peers.push(p);
+      return p.ftpProxyPort as number;
+    };
+    const url = (proxy: number, server: Vsftpd, path: string) => `ftp://${encodeURIComponent(`anonymous@127.0.0.1:${server.port}`)}:x@127.0.0.1:${proxy}/${path}`;
+
+    before(async () => {
+      let key: string;
+      ({ cert, key } = await selfSignedCert(dir, 'localhost'));
+      for (const mode of ['explicit', 'implicit'] as const) {
+        const d = join(dir, `vs-${mode}`);
+        await import('node:fs/promises').then((fs) => fs.mkdir(d));
+        const v = await startVsftpd({ dir: d, tls: { cert, key, implicit: mode === 'implicit' } });
+        servers.push(v);
+        await writeFile(join(v.root, 'clean.bin'), clean, { mode: 0o644 });
+        await writeFile(join(v.root, 'eicar.txt'), eicarText, { mode: 0o644 });
+        if (mode === 'explicit') explicit = v;
+        else implicit = v;
+      }
+    });
+    after(async () => {
+      for (const p of peers) await p.stop();
+      for (const v of servers) await v.stop();
+    });
+
+    /** Through the proxy in clear: the clean file whole, EICAR refused; uploads likewise (explicit server only). */
+    async function check(proxy: number, server: Vsftpd, label: string, uploads: boolean): Promise<void> {
+      const out = join(dir, `up-${label}.bin`);
+      const r = await run('curl', ['-sS', '--max-time', '60', '-o', out, url(proxy, server, 'clean.bin')]);
+      assert.equal(r.code, 0, `${r.stderr}\n${server.logTail()}`);
+      assert.equal(sha256(await readFile(out)), sha256(clean));
+      const bad = join(dir, `up-${label}-eicar.txt`);
+      assert.notEqual((await run('curl', ['-sS', '--max-time', '60', '-o', bad, url(proxy, server, 'eicar.txt')])).code, 0);
+      assert.ok((await readFile(bad).catch(() => Buffer.alloc(0))).length < eicarText.length);
+      if (!uploads) return;
+      assert.equal((await run('curl', ['-sS', '--max-time', '60', '-T', join(dir, 'clean.bin'), url(proxy, server, `upload/${label}.bin`)])).code, 0);
+      assert.equal(sha256(await readFile(join(server.uploadDir, `${label}.bin`))), sha256(clean));
+      assert.notEqual((await run('curl', ['-sS', '--max-time', '60', '-T', join(dir, 'eicar.txt'), url(proxy, server, `upload/${label}-eicar.txt`)])).code, 0);
+      assert.ok(!(await readdir(server.uploadDir)).includes(`${label}-eicar.txt`));
+    }
+
+    test('upstream-tls: starttls (AUTH TLS, PBSZ 0, PROT P, session reuse on data): downloads and uploads scanned; without it the server refuses the login', async () => {
+      await check(await peer(['upstream-tls: starttls', `tls-ca: ${cert}`]), explicit, 'explicit', true);
+      // The same server through a proxy that speaks plain FTP to it: vsftpd refuses the anonymous login.
+      const c = await FtpControl.open(proxyPort);
+      try {
+        assert.equal((await c.reply()).code, 220);
+        assert.equal((await c.command(`USER anonymous@127.0.0.1:${explicit.port}`)).code, 530);
+      } finally {
+        c.close();
+      }
+    });
+
+    test('upstream-tls: tls (implicit FTPS): downloads scanned', async () => {
+      await check(await peer(['upstream-tls: tls', `tls-ca: ${cert}`]), implicit, 'implicit', true);
+    });
+
+    test('an untrusted server certificate: 421, nothing relayed; tls-verify false accepts it; an unreadable tls-ca stops the start', async () => {
+      const port = await peer(['upstream-tls: starttls']);
+      const c = await FtpControl.open(port);
+      try {
+        assert.equal((await c.reply()).code, 220);
+        const r = await c.command(`USER anonymous@127.0.0.1:${explicit.port}`);
+        assert.equal(r.code, 421, r.lines.join(' '));
+      } finally {
+        c.close();
+      }
+      await check(await peer(['upstream-tls: tls', 'tls-verify: false']), implicit, 'noverify', false);
+      await assert.rejects(peer(['upstream-tls: tls', `tls-ca: ${join(dir, 'missing-ca.pem')}`]), (err: Error & { code?: string }) => err.code === 'AVG_ERR_CONFIG' && /ftp-proxy\.tls-ca: cannot read/.test(err.message));
+    });
+  });
 });

@@ -6,12 +6,17 @@
  */
 import { chown, chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { greets, startPeer, systemUser, tail, type PeerProcess } from './process.js';
+import { accepts, greets, startPeer, systemUser, tail, type PeerProcess } from './process.js';
 
 export interface VsftpdOptions {
   /** Working directory (must exist): config, logs, the FTP root below it. */
   dir: string;
   startTimeoutMs?: number;
+  /**
+   * FTPS only (anonymous logins and data must be in TLS): explicit (AUTH TLS) on the port, or
+   * `implicit` (TLS from the first byte). PEM files; vsftpd requires TLS session reuse on data.
+   */
+  tls?: { cert: string; key: string; implicit?: boolean };
 }
 
 export interface Vsftpd extends PeerProcess {
@@ -22,7 +27,23 @@ export interface Vsftpd extends PeerProcess {
   logTail(): string;
 }
 
-function configText(dir: string, root: string, port: number): string {
+function tlsLines(tls: VsftpdOptions['tls']): string[] {
+  if (!tls) return ['ssl_enable=NO'];
+  return [
+    'ssl_enable=YES',
+    `rsa_cert_file=${tls.cert}`,
+    `rsa_private_key_file=${tls.key}`,
+    'allow_anon_ssl=YES',
+    'force_anon_logins_ssl=YES',
+    'force_anon_data_ssl=YES',
+    'require_ssl_reuse=YES',
+    // vsftpd's default cipher list (DES-CBC3-SHA) is gone from OpenSSL 3.
+    'ssl_ciphers=HIGH',
+    `implicit_ssl=${tls.implicit ? 'YES' : 'NO'}`,
+  ];
+}
+
+function configText(dir: string, root: string, port: number, tls: VsftpdOptions['tls']): string {
   // Passive ports right above the control port: free at the time with high probability, and the
   // proxy only ever uses the server in passive mode.
   const pasvMin = port < 60000 ? port + 1 : port - 200;
@@ -64,7 +85,7 @@ function configText(dir: string, root: string, port: number): string {
     'dual_log_enable=NO',
     'use_localtime=NO',
     'hide_ids=YES',
-    'ssl_enable=NO',
+    ...tlsLines(tls),
     '',
   ].join('\n');
 }
@@ -88,8 +109,9 @@ export async function startVsftpd(o: VsftpdOptions): Promise<Vsftpd> {
     name: 'vsftpd',
     command: 'vsftpd',
     args: [confPath],
-    writeConfig: (port) => writeFile(confPath, configText(o.dir, root, port), { mode: 0o600 }),
-    ready: (port) => greets(port),
+    writeConfig: (port) => writeFile(confPath, configText(o.dir, root, port, o.tls), { mode: 0o600 }),
+    // Implicit FTPS does not greet in clear.
+    ready: (port) => (o.tls?.implicit ? accepts(port) : greets(port)),
     outPath,
     diagnostics: logTail,
     ...(o.startTimeoutMs ? { startTimeoutMs: o.startTimeoutMs } : {}),

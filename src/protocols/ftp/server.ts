@@ -3,7 +3,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { resolve } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import type { FtpProxyConfig } from '../../config/ftp-schema.js';
-import { listenerCredentials } from '../../config/tls-schema.js';
+import { listenerCredentials, readPem } from '../../config/tls-schema.js';
 import { AvgateError } from '../../core/errors.js';
 import type { Spool } from '../../core/spool.js';
 import type { Logger } from '../../core/logging.js';
@@ -98,6 +98,7 @@ export class FtpProxyServer {
     const ctx = {
       config: this.config,
       tls: credentials ? createSecureContext(credentials) : null,
+      upstreamTls: { verify: this.config['tls-verify'], ca: this.config['tls-ca'] ? readPem(this.config['tls-ca'], 'ftp-proxy.tls-ca') : null },
       spoolDir: resolve(this.deps.stateDir, this.config['spool-dir']),
       docAcl: this.docAcl,
       scannerFor: (ids: readonly string[] | null) => this.deps.scannerFor(ids).scanner,

@@ -6,7 +6,7 @@ import type { FtpProxyConfig } from '../../config/ftp-schema.js';
 import type { DocAclRule } from '../../config/proxy-schema.js';
 import { messageOf } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
-import { acceptTls } from '../../core/net.js';
+import { acceptTls, type UpstreamTls } from '../../core/net.js';
 import { Spool } from '../../core/spool.js';
 import type { Verdict } from '../../core/verdict.js';
 import { decide, verdictReason } from '../../policy/verdict-policy.js';
@@ -53,6 +53,8 @@ export interface FtpSessionContext {
   config: FtpProxyConfig;
   /** The certificate for AUTH TLS (ftp-proxy.tls), read once at start; null = FTPS not offered. */
   tls: SecureContext | null;
+  /** How the servers' certificates are checked (tls-verify, tls-ca read at start) when upstream-tls is not none. */
+  upstreamTls: UpstreamTls;
   spoolDir: string;
   docAcl: DocAcl;
   scannerFor(engineIds: readonly string[] | null): ScanService;
@@ -249,12 +251,14 @@ export class FtpSession {
   /** Connects to the server and reads its greeting; null (the client told why) when it fails. */
   private async connectUpstream(host: string, port: number, user: string | null): Promise<FtpReply | null> {
     const c = this.ctx.config;
+    const mode = c['upstream-tls'];
     try {
       this.upstream = await UpstreamControl.connect(host, port, {
         timeoutMs: this.t.connect,
         signal: this.signal,
         maxLine: c['max-line-length'],
         maxLines: c['max-reply-lines'],
+        tls: mode === 'tls' ? this.ctx.upstreamTls : null,
       });
     } catch (err) {
       this.log.warn({ host, port, err: messageOf(err) }, 'ftp: cannot connect to the server');
@@ -272,6 +276,18 @@ export class FtpSession {
       this.upstream.close();
       this.upstream = null;
       return null;
+    }
+    if (mode !== 'none') {
+      try {
+        if (mode === 'starttls') await this.upstream.startTls(this.ctx.upstreamTls, this.t.reply, this.signal);
+        else await this.upstream.protectData(this.t.reply, this.signal);
+      } catch (err) {
+        this.log.warn({ host, port, err: messageOf(err) }, 'ftp: FTPS with the server failed');
+        this.reply(421, `Cannot connect to ${host}:${port} over TLS`);
+        this.upstream.close();
+        this.upstream = null;
+        return null;
+      }
     }
     this.log.debug({ target: this.target }, 'ftp: connected to the server');
     return greeting;
@@ -547,13 +563,15 @@ export class FtpSession {
     }
   }
 
-  /** Sends REST (if one is pending) and the transfer command; the server's first reply. */
-  private async startUpstream(up: UpstreamControl, cmd: FtpCommand, restart: string | null): Promise<FtpReply> {
+  /** Sends REST (if one is pending) and the transfer command (then calls `sent`); the server's first reply. */
+  private async startUpstream(up: UpstreamControl, cmd: FtpCommand, restart: string | null, sent: () => void): Promise<FtpReply> {
     if (restart !== null) {
       const r = await up.command('REST', restart, this.t.reply, this.signal);
       if (r.code !== 350) return r;
     }
-    return up.command(cmd.verb, cmd.arg, this.t.reply, this.signal);
+    up.send(cmd.verb, cmd.arg);
+    sent();
+    return up.reply(this.t.reply, this.signal);
   }
 
   private facts(cmd: FtpCommand, direction: 'download' | 'upload'): Parameters<DocAcl['match']>[0] {
@@ -819,18 +837,33 @@ export class FtpSession {
    */
   private async startServer(x: Transfer, announce: boolean): Promise<Socket | null> {
     const up = this.upstream as UpstreamControl;
-    const upData = await this.upstreamData(up);
-    if (!(upData instanceof Socket)) {
-      x.finalRelay(upData);
+    const raw = await this.upstreamData(up);
+    if (!(raw instanceof Socket)) {
+      x.finalRelay(raw);
       return null;
     }
-    const first = await this.startUpstream(up, x.cmd, x.restart).catch((err: unknown) => {
-      upData.destroy();
+    // FTPS: the data connection's handshake starts once the command is out (servers accept it
+    // only then), alongside the wait for the first reply.
+    let securing: Promise<Socket> | null = null;
+    const first = await this.startUpstream(up, x.cmd, x.restart, () => {
+      securing = up.secureData(raw, this.t.connect);
+      securing.catch(() => undefined);
+    }).catch((err: unknown) => {
+      raw.destroy();
       throw err;
     });
     if (first.code >= 200) {
-      upData.destroy();
+      raw.destroy();
       x.finalRelay(first);
+      return null;
+    }
+    let upData: Socket;
+    try {
+      upData = securing ? this.track(await (securing as Promise<Socket>)) : raw;
+    } catch (err) {
+      raw.destroy();
+      this.log.warn({ target: this.target, err: messageOf(err) }, 'ftp: TLS on the server data connection failed');
+      await this.cutShort(x, 425, 'Cannot open the data connection to the server');
       return null;
     }
     if (announce) this.relay(first);

@@ -1,5 +1,6 @@
 import type { Socket } from 'node:net';
-import { connectWithTimeout } from '../../core/net.js';
+import type { TLSSocket } from 'node:tls';
+import { connectTls, connectWithTimeout, type UpstreamTls } from '../../core/net.js';
 import { LineReader } from './lines.js';
 import { formatCommand, ReplyAssembler, type FtpReply } from './wire.js';
 
@@ -11,14 +12,16 @@ export class UpstreamGone extends Error {}
  * assembled, every line and the number of lines bounded).
  */
 export class UpstreamControl {
-  private readonly reader: LineReader;
+  private reader: LineReader;
   private readonly assembler: ReplyAssembler;
+  /** The control connection in TLS (and so the data connections): how the server is checked. */
+  private tls: UpstreamTls | null = null;
 
   private constructor(
-    readonly socket: Socket,
+    private socket: Socket,
     readonly host: string,
     readonly port: number,
-    maxLine: number,
+    private readonly maxLine: number,
     maxLines: number,
   ) {
     this.reader = new LineReader(socket, maxLine);
@@ -26,10 +29,57 @@ export class UpstreamControl {
     socket.on('error', () => undefined);
   }
 
-  static async connect(host: string, port: number, o: { timeoutMs: number; signal: AbortSignal; maxLine: number; maxLines: number }): Promise<UpstreamControl> {
-    const s = await connectWithTimeout({ host, port }, { timeoutMs: o.timeoutMs, label: `ftp ${host}:${port}`, signal: o.signal });
+  /** `tls`: implicit FTPS (TLS from the first byte); explicit FTPS is startTls() after the greeting. */
+  static async connect(host: string, port: number, o: { timeoutMs: number; signal: AbortSignal; maxLine: number; maxLines: number; tls?: UpstreamTls | null }): Promise<UpstreamControl> {
+    const s = o.tls
+      ? await connectTls({ host, port }, o.tls, o.timeoutMs)
+      : await connectWithTimeout({ host, port }, { timeoutMs: o.timeoutMs, label: `ftp ${host}:${port}`, signal: o.signal });
     s.setNoDelay(true);
-    return new UpstreamControl(s, host, port, o.maxLine, o.maxLines);
+    const c = new UpstreamControl(s, host, port, o.maxLine, o.maxLines);
+    c.tls = o.tls ?? null;
+    return c;
+  }
+
+  /**
+   * Explicit FTPS (RFC 4217) after the 220: AUTH TLS, the handshake (bytes the server sent behind
+   * its 234 end the connection: injection), then, as for implicit FTPS, PBSZ 0 and PROT P so the
+   * data connections are TLS too. Throws UpstreamGone with the reason.
+   */
+  async startTls(tls: UpstreamTls, timeoutMs: number, signal?: AbortSignal): Promise<void> {
+    const auth = await this.command('AUTH', 'TLS', timeoutMs, signal);
+    if (auth.code !== 234) throw new UpstreamGone(`the server refused AUTH TLS: ${auth.lines[0] ?? ''}`);
+    if (this.reader.ready) throw new UpstreamGone('the server sent data between its AUTH TLS reply and TLS (injection attempt)');
+    this.reader.detach();
+    try {
+      this.socket = await connectTls({ host: this.host, port: this.port, socket: this.socket }, tls, timeoutMs);
+    } catch (err) {
+      throw new UpstreamGone(`TLS with the server failed: ${(err as Error).message}`);
+    }
+    this.socket.on('error', () => undefined);
+    this.reader = new LineReader(this.socket, this.maxLine);
+    this.tls = tls;
+    await this.protectData(timeoutMs, signal);
+  }
+
+  /** PBSZ 0 and PROT P: the server's data connections in TLS. */
+  async protectData(timeoutMs: number, signal?: AbortSignal): Promise<void> {
+    for (const [verb, arg] of [
+      ['PBSZ', '0'],
+      ['PROT', 'P'],
+    ] as const) {
+      const r = await this.command(verb, arg, timeoutMs, signal);
+      if (r.code < 200 || r.code >= 300) throw new UpstreamGone(`the server refused ${verb} ${arg}: ${r.lines[0] ?? ''}`);
+    }
+  }
+
+  /**
+   * A data connection to the server in TLS when the control connection is (the control
+   * connection's session offered for reuse: vsftpd and others require it); else `raw` as it is.
+   */
+  async secureData(raw: Socket, timeoutMs: number): Promise<Socket> {
+    if (!this.tls) return raw;
+    const session = (this.socket as TLSSocket).getSession();
+    return connectTls({ host: this.host, port: this.port, socket: raw, ...(session ? { session } : {}) }, this.tls, timeoutMs);
   }
 
   /** The address data connections go to: the one the control connection reached, never a PASV reply's. */
