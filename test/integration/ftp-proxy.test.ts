@@ -26,6 +26,8 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
   /** USER for the proxy: anonymous@127.0.0.1:PORT (URL-encoded for curl). */
   let userAtHost: string;
   let curlBase: string;
+  /** The delay engine: clamd's verdicts, 3 s late (test/fixtures/ftp-delay-engine.ts). */
+  let delayEngine: string;
   const clean = randomBytes(3 * 1024 * 1024 + 17);
   const eicarText = Buffer.concat([Buffer.from('some text before\n'), eicarBytes(), Buffer.from('\nand after\n')]);
   const bigInfected = Buffer.concat([randomBytes(6 * 1024 * 1024), eicarBytes(), randomBytes(2 * 1024 * 1024)]);
@@ -48,19 +50,19 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
     await writeFile(join(vsftpd.root, 'held-infected.bin'), heldInfected, { mode: 0o644 });
     await writeFile(join(vsftpd.root, 'held-clean.bin'), clean.subarray(0, 100_000), { mode: 0o644 });
     await writeFile(join(vsftpd.root, 'lines.txt'), 'one\ntwo\n', { mode: 0o644 });
+    delayEngine = [
+      'delay:',
+      '  type: plugin',
+      `  module: ${fileURLToPath(new URL('../fixtures/ftp-delay-engine.ts', import.meta.url))}`,
+      '  options:',
+      `    address: unix:${clamd.socketPath}`,
+      `    database-dir: ${clamd.dbDir}`,
+      '    delay-ms: 3000',
+    ].join('\n');
     avgate = await startAvgatePeer({
       stateDir,
       clamd,
-      // The delay engine: clamd's verdicts, 3 s late (test/fixtures/ftp-delay-engine.ts).
-      extraEngines: [
-        'delay:',
-        '  type: plugin',
-        `  module: ${fileURLToPath(new URL('../fixtures/ftp-delay-engine.ts', import.meta.url))}`,
-        '  options:',
-        `    address: unix:${clamd.socketPath}`,
-        `    database-dir: ${clamd.dbDir}`,
-        '    delay-ms: 3000',
-      ].join('\n'),
+      extraEngines: delayEngine,
       ftpYaml: [
         "allowed-upstreams: ['127.0.0.1:*']",
         'access-log: ftp-access.log',
@@ -352,7 +354,20 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
         const peer = await startAvgatePeer({
           stateDir: await mkdtemp(join(tmpdir(), 'avgate-ftps-state-')),
           clamd,
-          ftpYaml: ["allowed-upstreams: ['127.0.0.1:*']", 'tls:', `  cert: ${cert}`, `  key: ${key}`, `  required: ${required}`].join('\n'),
+          extraEngines: delayEngine,
+          ftpYaml: [
+            "allowed-upstreams: ['127.0.0.1:*']",
+            'tls:',
+            `  cert: ${cert}`,
+            `  key: ${key}`,
+            `  required: ${required}`,
+            'doc-acl:',
+            '  - name: trickled',
+            "    match: {url: 'ftp://*/big-*', methods: [RETR]}",
+            '    antivirus: [delay]',
+            '    trickle: {interval: 100ms, chunk: 256KiB, limit: 90%, keep-back: 1MiB}',
+            '  - name: default',
+          ].join('\n'),
         });
         peers.push(peer);
         if (required) requiredPort = peer.ftpProxyPort as number;
@@ -383,6 +398,20 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
         assert.ok(!(await uploaded()).includes(`ftps-${mode}-eicar.txt`));
       });
     }
+
+    test('trickle over FTPS: an infected download is cut off after part of it was sent (the TLS data connection reset), a clean one arrives whole', async () => {
+      const out = join(dir, 'ftps-big-infected.out');
+      const r = await run('curl', ['-sS', '--max-time', '60', '--ssl-reqd', '-k', '-o', out, `${base(tlsPort)}/big-infected.bin`]);
+      assert.notEqual(r.code, 0, 'curl must fail');
+      const got = await readFile(out).catch(() => Buffer.alloc(0));
+      assert.ok(got.length > 0, 'bytes were trickled while the scan ran');
+      assert.ok(got.length <= bigInfected.length - 1024 * 1024, `the last keep-back bytes never left (${got.length} of ${bigInfected.length})`);
+      assert.deepEqual(got, bigInfected.subarray(0, got.length));
+      const cleanOut = join(dir, 'ftps-big-clean.out');
+      const ok = await run('curl', ['-sS', '--max-time', '60', '--ssl-reqd', '-k', '-o', cleanOut, `${base(tlsPort)}/big-clean.bin`]);
+      assert.equal(ok.code, 0, ok.stderr);
+      assert.equal(sha256(await readFile(cleanOut)), sha256(bigClean));
+    });
 
     test('lftp with ftp:ssl-force and protected data: get (passive and active) and put of clean files; an infected get fails', async () => {
       const lftp = (script: string) =>

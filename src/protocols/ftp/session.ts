@@ -901,8 +901,9 @@ export class FtpSession {
   private reset(s: Socket): void {
     const raw = this.rawSockets.get(s);
     if (raw) {
-      s.destroy();
+      // The reset goes out on the TCP socket first; the TLS socket over it is dropped after.
       raw.resetAndDestroy();
+      s.destroy();
     } else s.resetAndDestroy();
   }
 
