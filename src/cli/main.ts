@@ -2,6 +2,7 @@ import { parseArgs } from 'node:util';
 import { stringify } from 'yaml';
 import { loadConfig, type LoadedConfig } from '../config/loader.js';
 import { configWarnings } from '../config/check.js';
+import { checkTlsFiles } from '../config/tls-schema.js';
 import { masked } from '../config/mask.js';
 import { AvgateError, messageOf } from '../core/errors.js';
 import { createLogger } from '../core/logging.js';
@@ -139,6 +140,10 @@ async function configCommand(loaded: LoadedConfig, args: string[]): Promise<numb
   process.stdout.write(`config ${loaded.path ?? '(embedded defaults)'}: syntax and keys OK\n`);
   const warnings = configWarnings(config);
   for (const w of warnings) process.stdout.write(`warning: ${w}\n`);
+  const tls = checkTlsFiles(config);
+  for (const line of tls.ok) process.stdout.write(`tls ${line}: OK\n`);
+  for (const w of tls.warnings) process.stdout.write(`warning: ${w}\n`);
+  for (const e of tls.errors) process.stdout.write(`tls FAILED: ${e}\n`);
   const logger = createLogger({ level: 'error', file: null });
   let failed = false;
   let runtime;
@@ -163,7 +168,7 @@ async function configCommand(loaded: LoadedConfig, args: string[]): Promise<numb
   } finally {
     await runtime.close();
   }
-  return failed ? 1 : 0;
+  return failed || tls.errors.length > 0 ? 1 : 0;
 }
 
 async function clamdCommand(loaded: LoadedConfig, args: string[]): Promise<number> {

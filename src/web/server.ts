@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { hostname as osHostname } from 'node:os';
@@ -44,6 +43,7 @@ import {
 import { configPage, errorPage, loginPage, MAIL_SOURCES, overviewPage, PERIODS, quarantineItemPage, quarantineListPage, signaturesPage, type PeriodName } from './pages.js';
 import { listSignatures } from './signatures.js';
 import { randomBytes } from 'node:crypto';
+import { readPem } from '../config/tls-schema.js';
 
 /**
  * The web console: dashboard, quarantine browser, signatures and configuration pages, the
@@ -103,7 +103,7 @@ export class ConsoleServer {
     this.tokens = new TokenStore(resolve(stateDir, this.cfg['tokens-file']));
     this.sessions = new SessionTable(this.cfg['session-idle-timeout'], this.cfg['session-max-age']);
     this.limiter = new LoginLimiter(this.cfg['login-max-failures'], this.cfg['login-window']);
-    this.tls = this.cfg.tls ? { cert: readFileSync(this.cfg.tls.cert), key: readFileSync(this.cfg.tls.key) } : null;
+    this.tls = this.cfg.tls ? { cert: readPem(this.cfg.tls.cert, 'console.tls.cert'), key: readPem(this.cfg.tls.key, 'console.tls.key') } : null;
     this.log = deps.log.child({ component: 'console' });
     this.nextHop = deps.nextHop ?? null;
     const id = { id: ITEM_ID };

@@ -12,6 +12,7 @@ import { clamdRequest } from '../../src/engines/clamd/connection.js';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import { serve } from '../../src/main.js';
 import { icapExchange } from '../helpers/icap-client.js';
+import { selfSignedCert } from '../helpers/tls.js';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
 
@@ -66,6 +67,22 @@ describe('avgate serve and the config commands', () => {
     const show = cli(['config', 'show'], { AVGATE_CONFIG: configPath });
     assert.equal(show.code, 0);
     assert.match(show.stdout, /max-checked-size: 104857600/);
+  });
+
+  test('config check reads the TLS files: a good pair is OK, a missing key file fails the check (exit 1) naming its key', async () => {
+    const { cert, key } = await selfSignedCert(dir);
+    const base = await readFile(configPath, 'utf8');
+    const good = join(dir, 'tls-good.yaml');
+    await writeFile(good, base.replace('smtp:\n', `smtp:\n  tls: {cert: ${cert}, key: ${key}}\n`));
+    const ok = cli(['--config', good, 'config', 'check']);
+    assert.equal(ok.code, 0, ok.stdout + ok.stderr);
+    assert.match(ok.stdout, /^tls smtp\.tls: CN=avgate\.test, valid until \d{4}-\d\d-\d\d: OK$/m);
+    const bad = join(dir, 'tls-bad.yaml');
+    await writeFile(bad, base.replace('imap-proxy:\n', `imap-proxy:\n  tls: {cert: ${cert}, key: ${join(dir, 'no-key.pem')}}\n`));
+    const r = cli(['--config', bad, 'config', 'check']);
+    assert.equal(r.code, 1, r.stdout + r.stderr);
+    assert.match(r.stdout, /^tls FAILED: imap-proxy\.tls\.key: cannot read .*no-key\.pem: ENOENT$/m);
+    assert.match(r.stdout, /engine clamav \(clamd-net\): OK/, 'the engines are still checked');
   });
 
   test('a config with an unknown key is refused with its line, exit code 2', async () => {

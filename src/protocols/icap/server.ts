@@ -1,4 +1,4 @@
-import { createWriteStream, readFileSync, type WriteStream } from 'node:fs';
+import { createWriteStream, type WriteStream } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { resolve } from 'node:path';
 import { createServer as createTlsServer } from 'node:tls';
@@ -14,6 +14,7 @@ import type { ScanService } from '../../scan/types.js';
 import { IcapConnection, type AccessRecord, type ConnectionContext } from './connection.js';
 import { IcapService } from './service.js';
 import { fileNameOf } from '../../formats/url-name.js';
+import { readPem } from '../../config/tls-schema.js';
 
 export interface IcapCounters {
   requests: number;
@@ -153,7 +154,7 @@ export class IcapServer {
     let tlsPort: number | null = null;
     if (this.config.tls) {
       const t = this.config.tls;
-      const tlsServer = createTlsServer({ cert: readFileSync(t.cert), key: readFileSync(t.key) }, (s) => this.accept(s));
+      const tlsServer = createTlsServer({ cert: readPem(t.cert, 'icap.tls.cert'), key: readPem(t.key, 'icap.tls.key') }, (s) => this.accept(s));
       const l = parseListen(t.listen);
       tlsPort = await this.bind(tlsServer, l.host, l.port);
     }
