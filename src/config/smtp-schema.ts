@@ -65,6 +65,15 @@ const nextHopSchema = z.strictObject({
   'idle-timeout': duration.prefault('10s'),
   /** Transactions over one connection before it is replaced. */
   'max-reuse': positiveInt.default(1000),
+  /**
+   * STARTTLS to the next hop (smtp:/lmtp: over TCP): none; may = when the next hop offers it;
+   * encrypt = always (a next hop without it, or a failed handshake, is a 4xx for the client).
+   */
+  tls: z.enum(['none', 'may', 'encrypt']).default('none'),
+  /** Check the next hop's certificate (chain to tls-ca or the system's CAs, and the host name); off = encrypt without checking, as Postfix's may/encrypt. */
+  'tls-verify': z.boolean().default(false),
+  /** PEM file of the CA(s) trusted for the next hop, read once at start; null = the system's. */
+  'tls-ca': z.string().nullable().default(null),
   timeouts: nextHopTimeoutsSchema.prefault({}),
 });
 

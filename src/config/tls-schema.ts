@@ -97,6 +97,7 @@ export function checkTlsFiles(config: Readonly<Config>, now = Date.now()): TlsFi
     { key: 'pop3-proxy.tls-ca', enabled: config['pop3-proxy'].enabled, path: config['pop3-proxy']['tls-ca'] },
     { key: 'imap-proxy.tls-ca', enabled: config['imap-proxy'].enabled, path: config['imap-proxy']['tls-ca'] },
     { key: 'ftp-proxy.tls-ca', enabled: config['ftp-proxy'].enabled, path: config['ftp-proxy']['tls-ca'] },
+    { key: 'smtp.next-hop.tls-ca', enabled: config.smtp.enabled, path: config.smtp['next-hop']['tls-ca'] },
   ];
   for (const ca of cas) {
     if (!ca.enabled || ca.path === null) continue;

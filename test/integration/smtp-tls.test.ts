@@ -121,4 +121,53 @@ describe('SMTP filter: STARTTLS on the listening side (smtp.tls), swaks as the c
       (err: Error & { code?: string }) => err.code === 'AVG_ERR_CONFIG' && /smtp\.tls\.cert: cannot read .*missing\.pem: ENOENT/.test(err.message),
     );
   });
+  describe('STARTTLS to the next hop (smtp.next-hop.tls)', () => {
+    /** A next hop that takes mail only over TLS: another filter with tls.required, in front of smtp-sink. */
+    let tlsHop: Awaited<ReturnType<typeof startTestFilter>>;
+    before(async () => {
+      tlsHop = await startTestFilter({ nextHop: `smtp:127.0.0.1:${sink.port}`, smtp: { tls: { cert, key, required: true } } });
+    });
+    after(async () => {
+      await tlsHop?.stop();
+    });
+
+    /** One message from swaks through a filter with `nextHop` options; the swaks result and whether the sink got it. */
+    async function through(target: number, nextHop: Record<string, unknown>): Promise<{ delivered: boolean; replies: string[] }> {
+      const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${target}`, smtp: { 'next-hop': nextHop } });
+      try {
+        const before = (await sink.messages()).length;
+        const r = await send(filter.port, []);
+        const delivered = r.code === 0 && (await sink.waitForMessages(before + 1).catch(() => [])).length > before;
+        return { delivered, replies: swaksReplies(r.stdout) };
+      } finally {
+        await filter.stop();
+      }
+    }
+
+    test('may and encrypt deliver to a next hop that requires TLS; with none its 530 reaches the client as it is', async () => {
+      assert.equal((await through(tlsHop.port, { tls: 'may' })).delivered, true);
+      assert.equal((await through(tlsHop.port, { tls: 'encrypt' })).delivered, true);
+      const plain = await through(tlsHop.port, { tls: 'none' });
+      assert.equal(plain.delivered, false);
+      assert.ok(plain.replies.some((l) => /^530 5\.7\.0 /.test(l)), plain.replies.join(' | '));
+    });
+
+    test('a next hop without STARTTLS (smtp-sink): may delivers in clear, encrypt refuses with a 4xx', async () => {
+      assert.equal((await through(sink.port, { tls: 'may' })).delivered, true);
+      const enc = await through(sink.port, { tls: 'encrypt' });
+      assert.equal(enc.delivered, false);
+      assert.ok(enc.replies.some((l) => /^4\d\d /.test(l)), enc.replies.join(' | '));
+    });
+
+    test('tls-verify: the next hop certificate must chain to tls-ca (and name 127.0.0.1); unreadable tls-ca is a configuration error', async () => {
+      assert.equal((await through(tlsHop.port, { tls: 'encrypt', 'tls-verify': true, 'tls-ca': cert })).delivered, true);
+      const untrusted = await through(tlsHop.port, { tls: 'encrypt', 'tls-verify': true });
+      assert.equal(untrusted.delivered, false);
+      assert.ok(untrusted.replies.some((l) => /^4\d\d /.test(l)), untrusted.replies.join(' | '));
+      await assert.rejects(
+        startTestFilter({ nextHop: `smtp:127.0.0.1:${tlsHop.port}`, smtp: { 'next-hop': { tls: 'may', 'tls-ca': join(dir, 'missing-ca.pem') } } }),
+        (err: Error & { code?: string }) => err.code === 'AVG_ERR_CONFIG' && /smtp\.next-hop\.tls-ca: cannot read/.test(err.message),
+      );
+    });
+  });
 });

@@ -24,8 +24,9 @@ describe('config check: the TLS files the config names (checkTlsFiles)', () => {
   });
 
   test('a matching pair is OK with its subject and end date; a 2-day certificate is reported as due soon', () => {
-    const r = checkTlsFiles(configSchema.parse({ smtp: { tls: a }, 'imap-proxy': { 'tls-ca': a.cert } }));
+    const r = checkTlsFiles(configSchema.parse({ smtp: { tls: a, 'next-hop': { 'tls-ca': b.cert } }, 'imap-proxy': { 'tls-ca': a.cert } }));
     assert.deepEqual(r.errors, []);
+    assert.ok(r.ok.includes('smtp.next-hop.tls-ca: CN=b.test'), r.ok.join('|'));
     assert.ok(r.ok.some((l) => /^smtp\.tls: CN=a\.test, valid until \d{4}-\d\d-\d\d$/.test(l)), r.ok.join('|'));
     assert.ok(r.ok.some((l) => /^imap-proxy\.tls-ca: CN=a\.test$/.test(l)), r.ok.join('|'));
     assert.ok(r.warnings.some((w) => /^smtp\.tls: the certificate \(CN=a\.test\) expires on /.test(w)), r.warnings.join('|'));

@@ -1,7 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import type { Socket } from 'node:net';
 import type { Readable, Writable } from 'node:stream';
 import { AvgateError, messageOf } from '../../core/errors.js';
-import { connectWithTimeout } from '../../core/net.js';
+import { connectTls, connectWithTimeout, type UpstreamTls } from '../../core/net.js';
 import { replyFromLines, replySummary } from './reply.js';
 import type { SmtpReply } from './types.js';
 
@@ -27,6 +28,11 @@ export function parseNextHop(text: string): NextHopTarget {
   const port = Number(m[4] ?? m[6]);
   if (port < 1 || port > 65535) throw new AvgateError('AVG_ERR_CONFIG', `next hop "${text}": bad port`);
   return { kind: 'tcp', host: (m[3] ?? m[5]) as string, port, lmtp };
+}
+
+/** STARTTLS to the next hop (smtp.next-hop.tls): `may` when offered, `encrypt` always. */
+export interface NextHopTls extends UpstreamTls {
+  mode: 'may' | 'encrypt';
 }
 
 export interface ClientTimeouts {
@@ -89,6 +95,8 @@ export class SmtpClientConnection {
   lastUsed = Date.now();
   /** Set when XCLIENT changed the session's identity: not to be reused for another client. */
   personalized = false;
+  /** The session went through STARTTLS. */
+  secure = false;
 
   private constructor(
     readonly label: string,
@@ -98,11 +106,7 @@ export class SmtpClientConnection {
     this.input = io.input;
     this.output = io.output;
     this.destroyStream = io.destroy;
-    this.input.on('data', (d: Buffer) => this.onData(d));
-    this.input.on('error', (err) => this.fail(new NextHopFailure('command', `${label}: ${(err as NodeJS.ErrnoException).code ?? err.message}`)));
-    this.output.on('error', (err) => this.fail(new NextHopFailure('command', `${label}: ${(err as NodeJS.ErrnoException).code ?? err.message}`)));
-    this.input.on('close', () => this.fail(new NextHopFailure('command', `${label}: connection closed by the next hop`)));
-    this.input.on('end', () => this.fail(new NextHopFailure('command', `${label}: connection closed by the next hop`)));
+    this.attach();
     const child = io.child;
     if (child) {
       child.stderr?.on('data', (d: Buffer) => {
@@ -119,7 +123,7 @@ export class SmtpClientConnection {
    * Connects (or starts the command), reads the greeting and says EHLO/LHLO (HELO when EHLO is
    * refused). Throws NextHopFailure.
    */
-  static async open(target: NextHopTarget, label: string, opts: { helo: string; timeouts: ClientTimeouts; signal?: AbortSignal }): Promise<SmtpClientConnection> {
+  static async open(target: NextHopTarget, label: string, opts: { helo: string; timeouts: ClientTimeouts; tls?: NextHopTls | null; signal?: AbortSignal }): Promise<SmtpClientConnection> {
     let conn: SmtpClientConnection;
     if (target.kind === 'cmd') {
       const child = spawn(target.command, target.args, { stdio: ['pipe', 'pipe', 'pipe'] });
@@ -153,11 +157,69 @@ export class SmtpClientConnection {
     }
     try {
       await conn.hello(opts.helo, opts.timeouts.greetingMs);
+      // STARTTLS only where there is TCP (not to a local socket or command).
+      if (opts.tls && target.kind === 'tcp') await conn.startTls(target, opts.tls, opts.helo, opts.timeouts.greetingMs);
     } catch (err) {
       conn.destroy();
       throw err;
     }
     return conn;
+  }
+
+  private readonly onInput = (d: Buffer): void => this.onData(d);
+  private readonly onStreamError = (err: Error): void => this.fail(new NextHopFailure('command', `${this.label}: ${(err as NodeJS.ErrnoException).code ?? err.message}`));
+  private readonly onInputEnd = (): void => this.fail(new NextHopFailure('command', `${this.label}: connection closed by the next hop`));
+
+  private attach(): void {
+    this.input.on('data', this.onInput);
+    this.input.on('error', this.onStreamError);
+    this.output.on('error', this.onStreamError);
+    this.input.on('close', this.onInputEnd);
+    this.input.on('end', this.onInputEnd);
+  }
+
+  private detach(): void {
+    this.input.pause();
+    this.input.off('data', this.onInput);
+    this.input.off('error', this.onStreamError);
+    this.output.off('error', this.onStreamError);
+    this.input.off('close', this.onInputEnd);
+    this.input.off('end', this.onInputEnd);
+  }
+
+  /**
+   * STARTTLS (RFC 3207) after EHLO, then EHLO again over TLS. `may`: only when offered, and a
+   * refusal leaves the session in clear; `encrypt`: not offered or refused is a failure. A failed
+   * handshake is a failure either way (the connection is unusable).
+   */
+  private async startTls(target: { host: string; port: number }, tls: NextHopTls, helo: string, timeoutMs: number): Promise<void> {
+    if (!this.capabilities.has('STARTTLS')) {
+      if (tls.mode === 'encrypt') throw new NextHopFailure('greeting', `${this.label}: does not offer STARTTLS (next-hop tls: encrypt)`);
+      return;
+    }
+    this.send('STARTTLS');
+    const r = await this.readReply(timeoutMs, 'greeting');
+    if (r.code !== 220) {
+      if (tls.mode === 'encrypt') throw new NextHopFailure('greeting', `${this.label}: refused STARTTLS: ${replySummary(r)}`, r);
+      return;
+    }
+    // Bytes after the 220 but before the handshake would be plaintext injected into the session.
+    if (!this.usable) throw new NextHopFailure('greeting', `${this.label}: sent data between its STARTTLS reply and TLS (injection attempt)`);
+    this.detach();
+    let secure: Socket;
+    try {
+      secure = await connectTls({ host: target.host, port: target.port, socket: this.input as Socket }, tls, timeoutMs);
+    } catch (err) {
+      throw new NextHopFailure('greeting', `${this.label}: TLS failed: ${messageOf(err)}`);
+    }
+    secure.setNoDelay(true);
+    this.input = secure;
+    this.output = secure;
+    this.destroyStream = () => secure.destroy();
+    this.attach();
+    this.secure = true;
+    this.record('(TLS started)');
+    await this.greet(helo, timeoutMs);
   }
 
   private async hello(helo: string, timeoutMs: number): Promise<void> {

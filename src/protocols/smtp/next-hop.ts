@@ -1,7 +1,8 @@
 import { isIPv6 } from 'node:net';
 import type { NextHopConfig } from '../../config/smtp-schema.js';
+import { readPem } from '../../config/tls-schema.js';
 import type { Logger } from '../../core/logging.js';
-import { NextHopFailure, parseNextHop, SmtpClientConnection, type ClientTimeouts, type NextHopTarget } from './client.js';
+import { NextHopFailure, parseNextHop, SmtpClientConnection, type ClientTimeouts, type NextHopTarget, type NextHopTls } from './client.js';
 import { encodeXtext, isPositive, isTemporary, reply, replySummary } from './reply.js';
 import type { ClientAttributes, DeliveryRequest, DeliveryResult, NextHop, Recipient, SmtpReply } from './types.js';
 
@@ -17,6 +18,8 @@ export interface NextHopOptions {
   /** Send XCLIENT (instead of XFORWARD) when offered. */
   xclient: boolean;
   timeouts: ClientTimeouts;
+  /** STARTTLS to the next hop; null = none. */
+  tls?: NextHopTls | null;
   log?: Logger;
 }
 
@@ -27,6 +30,7 @@ export function nextHopOptions(c: NextHopConfig, helo: string, log?: Logger): Ne
     idleTimeoutMs: c['idle-timeout'],
     maxReuse: c['max-reuse'],
     xclient: c.xclient,
+    tls: c.tls === 'none' ? null : { mode: c.tls, verify: c['tls-verify'], ca: c['tls-ca'] ? readPem(c['tls-ca'], 'smtp.next-hop.tls-ca') : null },
     timeouts: {
       connectMs: c.timeouts.connect,
       greetingMs: c.timeouts.greeting,
@@ -169,7 +173,7 @@ export class NextHopClient implements NextHop {
       this.total++;
     }
     try {
-      const conn = await SmtpClientConnection.open(this.parsed, this.label, { helo: this.opts.helo, timeouts: this.opts.timeouts, ...(signal ? { signal } : {}) });
+      const conn = await SmtpClientConnection.open(this.parsed, this.label, { helo: this.opts.helo, timeouts: this.opts.timeouts, tls: this.opts.tls ?? null, ...(signal ? { signal } : {}) });
       this.counters.connectionsOpened++;
       return { conn, reused: false };
     } catch (err) {
