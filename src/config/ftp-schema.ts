@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { defaultDocAcl, docAclRuleSchema } from './proxy-schema.js';
-import { listenerTlsSchema } from './tls-schema.js';
+import { listenerTlsSchema, upstreamTlsKeys } from './tls-schema.js';
 import { duration, positiveInt, size } from './units-schema.js';
 
 /**
@@ -46,15 +46,8 @@ export const ftpProxySchema = z.strictObject({
   upstream: z.string().regex(HOST_PORT, 'expected host:port').nullable().default(null),
   /** Servers a client may name with USER user@host[:port]: `host:port` globs (* and ?). */
   'allowed-upstreams': z.array(z.string().min(1)).default(['*:21']),
-  /**
-   * FTPS towards the server(s): none; starttls = explicit (AUTH TLS after the greeting, then PBSZ 0
-   * and PROT P); tls = implicit (TLS from the first byte, e.g. port 990). Data connections follow.
-   */
-  'upstream-tls': z.enum(['none', 'starttls', 'tls']).default('none'),
-  /** Check the server's certificate (chain, and the name or address connected to); false only for test servers. */
-  'tls-verify': z.boolean().default(true),
-  /** PEM file of the CA(s) trusted for the servers, read once at start; null = the system's. */
-  'tls-ca': z.string().nullable().default(null),
+  /** FTPS to the server(s): upstream-tls (explicit AUTH TLS then PBSZ 0 and PROT P, or implicit), tls-verify, tls-ca; data connections follow. */
+  ...upstreamTlsKeys,
   /** Local ports of the passive data listeners the proxy opens for clients: 0 = any free port, or MIN-MAX. */
   'data-ports': dataPorts.prefault(0),
   timeouts: timeoutsSchema.prefault({}),

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { mailProxyPolicySchema } from './mail-proxy-schema.js';
-import { listenerTlsSchema } from './tls-schema.js';
+import { listenerTlsSchema, upstreamTlsKeys } from './tls-schema.js';
 import { duration, positiveInt, size } from './units-schema.js';
 
 /**
@@ -27,12 +27,8 @@ export const imapProxySchema = z.strictObject({
   listen: z.string().default('127.0.0.1:1143'),
   /** host:port of the IMAP server. */
   upstream: hostPort.default('127.0.0.1:143'),
-  /** none: plain TCP; starttls: STARTTLS before the client's first command; tls: implicit TLS (imaps). */
-  'upstream-tls': z.enum(['none', 'starttls', 'tls']).default('none'),
-  /** Check the upstream's certificate (name and chain); false only for test servers. */
-  'tls-verify': z.boolean().default(true),
-  /** PEM file of the CA(s) trusted for the upstream; null = the system's. */
-  'tls-ca': z.string().nullable().default(null),
+  /** TLS to the IMAP server: upstream-tls (STARTTLS before the client's first command, or imaps), tls-verify, tls-ca. */
+  ...upstreamTlsKeys,
   'max-connections': positiveInt.default(100),
   /** Longest text segment of a command or response line (bytes, without CRLF); longer: BAD (client) or BYE (server). */
   'max-line-length': size.prefault('64KiB'),

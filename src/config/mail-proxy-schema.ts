@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { parseHostPattern } from './smtp-schema.js';
-import { listenerTlsSchema } from './tls-schema.js';
+import { listenerTlsSchema, upstreamTlsKeys } from './tls-schema.js';
 import { duration, positiveInt, size } from './units-schema.js';
 import { MAIL_STATUSES } from '../policy/mail/status.js';
 
@@ -168,12 +168,8 @@ export const pop3ProxySchema = z.strictObject({
   'allowed-upstreams': z.array(glob).default([]),
   /** Port of a user@host upstream that names none; null = 110, or 995 with upstream-tls: tls. */
   'upstream-port': z.number().int().min(1).max(65535).nullable().default(null),
-  /** none: plain TCP; starttls: STLS (RFC 2595) before anything of the client is relayed; tls: implicit TLS (pop3s). */
-  'upstream-tls': z.enum(['none', 'starttls', 'tls']).default('none'),
-  /** Check the upstream's certificate (chain, and the name or address connected to); false only for test servers. */
-  'tls-verify': z.boolean().default(true),
-  /** PEM file of the CA(s) trusted for the upstream, read once at start; null = the system's. */
-  'tls-ca': z.string().nullable().default(null),
+  /** TLS to the POP3 server: upstream-tls (STLS, RFC 2595, or pop3s), tls-verify, tls-ca. */
+  ...upstreamTlsKeys,
   'max-connections': positiveInt.default(100),
   /** Longest command line from the client and status line from the server (bytes, with CRLF); longer → -ERR / close. */
   'max-line-length': size.prefault('8KiB'),

@@ -1,8 +1,9 @@
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { createSecureContext } from 'node:tls';
+import { createSecureContext, type SecureContext } from 'node:tls';
 import { z } from 'zod';
 import { AvgateError, messageOf } from '../core/errors.js';
+import type { UpstreamTls } from '../core/net.js';
 import type { Config } from './schema.js';
 
 /**
@@ -34,6 +35,30 @@ export function readPem(path: string, key: string): Buffer {
 export function listenerCredentials(tls: ListenerTlsConfig, prefix: string): { cert: Buffer; key: Buffer } | null {
   if (tls.cert === null || tls.key === null) return null;
   return { cert: readPem(tls.cert, `${prefix}.cert`), key: readPem(tls.key, `${prefix}.key`) };
+}
+
+/** A listener's TLS context from its `tls` section, read once at start; null when TLS is off. */
+export function listenerContext(tls: ListenerTlsConfig, prefix: string): SecureContext | null {
+  const credentials = listenerCredentials(tls, prefix);
+  return credentials ? createSecureContext(credentials) : null;
+}
+
+/**
+ * TLS towards the server, the same three keys in the IMAP, POP3 and FTP proxies: `upstream-tls`
+ * none; starttls = the protocol's own upgrade (STARTTLS, STLS, AUTH TLS) before anything of the
+ * client is relayed; tls = implicit TLS (imaps, pop3s, ftps). `tls-verify`: check the server's
+ * certificate (chain, and the name or address connected to); false only for test servers.
+ * `tls-ca`: PEM file of the CAs trusted for the server, read once at start; null = the system's.
+ */
+export const upstreamTlsKeys = {
+  'upstream-tls': z.enum(['none', 'starttls', 'tls']).default('none'),
+  'tls-verify': z.boolean().default(true),
+  'tls-ca': z.string().nullable().default(null),
+};
+
+/** How a section's server certificates are checked (its `tls-verify`, `tls-ca` read now; unreadable: AVG_ERR_CONFIG naming `prefix.tls-ca`). */
+export function upstreamTls(section: { 'tls-verify': boolean; 'tls-ca': string | null }, prefix: string): UpstreamTls {
+  return { verify: section['tls-verify'], ca: section['tls-ca'] !== null ? readPem(section['tls-ca'], `${prefix}.tls-ca`) : null };
 }
 
 /** A certificate due within this many days is reported by `config check`. */

@@ -1,9 +1,8 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { resolve } from 'node:path';
-import { createSecureContext } from 'node:tls';
 import type { FtpProxyConfig } from '../../config/ftp-schema.js';
-import { listenerCredentials, readPem } from '../../config/tls-schema.js';
+import { listenerContext, upstreamTls } from '../../config/tls-schema.js';
 import { AvgateError } from '../../core/errors.js';
 import type { Spool } from '../../core/spool.js';
 import type { Logger } from '../../core/logging.js';
@@ -94,11 +93,10 @@ export class FtpProxyServer {
   async listen(): Promise<{ port: number }> {
     const log = this.deps.log.child({ component: 'ftp-proxy' });
     const accessLog = this.deps.log.child({ component: 'ftp-access' });
-    const credentials = listenerCredentials(this.config.tls, 'ftp-proxy.tls');
     const ctx = {
       config: this.config,
-      tls: credentials ? createSecureContext(credentials) : null,
-      upstreamTls: { verify: this.config['tls-verify'], ca: this.config['tls-ca'] ? readPem(this.config['tls-ca'], 'ftp-proxy.tls-ca') : null },
+      tls: listenerContext(this.config.tls, 'ftp-proxy.tls'),
+      upstreamTls: upstreamTls(this.config, 'ftp-proxy'),
       spoolDir: resolve(this.deps.stateDir, this.config['spool-dir']),
       docAcl: this.docAcl,
       scannerFor: (ids: readonly string[] | null) => this.deps.scannerFor(ids).scanner,

@@ -1,8 +1,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { resolve } from 'node:path';
-import { createSecureContext } from 'node:tls';
 import type { ImapProxyConfig } from '../../config/imap-schema.js';
-import { listenerCredentials, readPem } from '../../config/tls-schema.js';
+import { listenerContext, upstreamTls } from '../../config/tls-schema.js';
 import { AvgateError } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
 import { compilePolicy, loadReplacement, type ReplacementTemplate } from '../../mailproxy/index.js';
@@ -46,7 +45,6 @@ export class ImapProxyServer {
   async listen(): Promise<{ port: number }> {
     const replacement: ReplacementTemplate = await loadReplacement(this.config.replacement, 'imap-proxy.replacement');
     parseHostPort(this.config.upstream);
-    const credentials = listenerCredentials(this.config.tls, 'imap-proxy.tls');
     this.ctx = {
       config: this.config,
       scanner: this.deps.scannerFor(this.config.antivirus).scanner,
@@ -57,8 +55,8 @@ export class ImapProxyServer {
       counters: this.counters,
       mime: this.deps.mime ?? null,
       quarantine: this.deps.quarantine ?? null,
-      upstreamCa: this.config['tls-ca'] ? readPem(this.config['tls-ca'], 'imap-proxy.tls-ca') : null,
-      tls: credentials ? createSecureContext(credentials) : null,
+      upstreamTls: upstreamTls(this.config, 'imap-proxy'),
+      tls: listenerContext(this.config.tls, 'imap-proxy.tls'),
     };
     const { host, port } = parseHostPort(this.config.listen);
     const server = createServer((s) => this.accept(s));

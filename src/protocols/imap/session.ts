@@ -3,7 +3,7 @@ import type { Socket } from 'node:net';
 import type { SecureContext, TLSSocket } from 'node:tls';
 import type { ImapProxyConfig } from '../../config/imap-schema.js';
 import { messageOf } from '../../core/errors.js';
-import { acceptTls } from '../../core/net.js';
+import { acceptTls, type UpstreamTls } from '../../core/net.js';
 import type { Logger } from '../../core/logging.js';
 import { Spool } from '../../core/spool.js';
 import type { CompiledPolicy, ReplaceDeps, ReplacementTemplate } from '../../mailproxy/index.js';
@@ -50,8 +50,8 @@ export interface SessionContext {
   mime: { limits: MimeLimits; lenientQuotedPrintable: boolean } | null;
   /** The quarantine for whole messages with replaced documents (policy `quarantine`); null = none. */
   quarantine: Quarantine | null;
-  /** imap-proxy.tls-ca, read once at start; null = the system's CAs. */
-  upstreamCa: Buffer | null;
+  /** How the IMAP server's certificate is checked (tls-verify, tls-ca read once at start). */
+  upstreamTls: UpstreamTls;
   /** The certificate for STARTTLS towards the clients (imap-proxy.tls), read once at start; null = not offered. */
   tls: SecureContext | null;
 }
@@ -220,7 +220,7 @@ export class ImapSession {
     client.setNoDelay(true);
     let up;
     try {
-      up = await connectUpstream(this.ctx.config, this.ctx.upstreamCa);
+      up = await connectUpstream(this.ctx.config, this.ctx.upstreamTls);
     } catch (err) {
       this.ctx.counters.upstreamFailures++;
       this.log.warn({ upstream: this.ctx.config.upstream, err: messageOf(err) }, 'imap: upstream not available');

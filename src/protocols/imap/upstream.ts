@@ -1,7 +1,7 @@
 import type { Socket } from 'node:net';
 import type { ImapProxyConfig } from '../../config/imap-schema.js';
 import { AvgateError } from '../../core/errors.js';
-import { connectTls, connectWithTimeout } from '../../core/net.js';
+import { connectTls, connectWithTimeout, type UpstreamTls } from '../../core/net.js';
 
 /**
  * The proxy's side toward the IMAP server: TCP, implicit TLS or STARTTLS, and the greeting. Ends
@@ -90,11 +90,10 @@ class SetupReader {
 }
 
 /** Connects, handles TLS, reads the greeting. Every failure rejects with AVG_ERR_ENGINE_CONNECT-style text. */
-export async function connectUpstream(config: ImapProxyConfig, ca: Buffer | null): Promise<Upstream> {
+export async function connectUpstream(config: ImapProxyConfig, tls: UpstreamTls): Promise<Upstream> {
   const { host, port } = parseHostPort(config.upstream);
   const deadline = Date.now() + config.timeouts.connect;
   const maxLine = config['max-line-length'];
-  const tls = { verify: config['tls-verify'], ca };
   let socket: Socket;
   if (config['upstream-tls'] === 'tls') {
     socket = await connectTls({ host, port }, tls, config.timeouts.connect);

@@ -1,8 +1,8 @@
 import { createServer, type Server, type Socket } from 'node:net';
-import { createSecureContext, type SecureContext } from 'node:tls';
+import type { SecureContext } from 'node:tls';
 import type { Logger } from 'pino';
 import type { Pop3ProxyConfig } from '../../config/mail-proxy-schema.js';
-import { listenerCredentials, readPem } from '../../config/tls-schema.js';
+import { listenerContext, upstreamTls } from '../../config/tls-schema.js';
 import { AvgateError } from '../../core/errors.js';
 import type { UpstreamTls } from '../../core/net.js';
 import { compilePolicy, globRegExp, type ReplaceDeps } from '../../mailproxy/index.js';
@@ -36,9 +36,8 @@ export class Pop3ProxyServer {
     private readonly deps: Pop3ServerDeps,
   ) {
     this.allowed = config['allowed-upstreams'].map((g) => globRegExp(g.toLowerCase()));
-    const credentials = listenerCredentials(config.tls, 'pop3-proxy.tls');
-    this.tls = credentials ? createSecureContext(credentials) : null;
-    this.upstreamTls = { verify: config['tls-verify'], ca: config['tls-ca'] ? readPem(config['tls-ca'], 'pop3-proxy.tls-ca') : null };
+    this.tls = listenerContext(config.tls, 'pop3-proxy.tls');
+    this.upstreamTls = upstreamTls(config, 'pop3-proxy');
   }
 
   async listen(): Promise<{ port: number }> {

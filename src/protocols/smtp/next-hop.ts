@@ -1,6 +1,6 @@
 import { isIPv6 } from 'node:net';
 import type { NextHopConfig } from '../../config/smtp-schema.js';
-import { readPem } from '../../config/tls-schema.js';
+import { upstreamTls } from '../../config/tls-schema.js';
 import type { Logger } from '../../core/logging.js';
 import { NextHopFailure, parseNextHop, SmtpClientConnection, type ClientTimeouts, type NextHopTarget, type NextHopTls } from './client.js';
 import { encodeXtext, isPositive, isTemporary, reply, replySummary } from './reply.js';
@@ -30,7 +30,7 @@ export function nextHopOptions(c: NextHopConfig, helo: string, log?: Logger): Ne
     idleTimeoutMs: c['idle-timeout'],
     maxReuse: c['max-reuse'],
     xclient: c.xclient,
-    tls: c.tls === 'none' ? null : { mode: c.tls, verify: c['tls-verify'], ca: c['tls-ca'] ? readPem(c['tls-ca'], 'smtp.next-hop.tls-ca') : null },
+    tls: c.tls === 'none' ? null : { mode: c.tls, ...upstreamTls(c, 'smtp.next-hop') },
     timeouts: {
       connectMs: c.timeouts.connect,
       greetingMs: c.timeouts.greeting,
