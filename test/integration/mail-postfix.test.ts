@@ -7,10 +7,10 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { freeLoopbackPort } from '../../src/core/net.js';
 import { postfixAvailable, type SinkMessage } from '../../tools/peers/postfix.js';
-import { stopChild } from '../../tools/peers/process.js';
+import { accepts, stopChild, waitExit } from '../../tools/peers/process.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
 import { eicarAttachment, mailWith, startMailAvgate } from '../helpers/mail.js';
-import { waitFor } from '../helpers/wait.js';
+import { waitFor, within } from '../helpers/wait.js';
 import { startTestPostfix, type TestPostfix } from '../helpers/postfix.js';
 import { asSinkContent, SmtpTestClient, swaks } from '../helpers/smtp.js';
 
@@ -32,21 +32,21 @@ describe('real Postfix with avgate\'s mail filter as content_filter, smtp-sink a
     assert.equal(r.code, 0, r.stdout);
   };
   before(async () => {
-    clamd = await startTestClamd();
+    clamd = await within('starting clamd', 150_000, startTestClamd());
     filterPort = await freeLoopbackPort();
-    pf = await startTestPostfix({ contentFilterPort: filterPort, main: { message_size_limit: '200000000' } });
-    av = await startMailAvgate({
+    pf = await within('starting Postfix and smtp-sink', 90_000, startTestPostfix({ contentFilterPort: filterPort, main: { message_size_limit: '200000000' } }));
+    av = await within('starting avgate', 60_000, startMailAvgate({
       clamd,
       stateDir: join(pf.dir, 'avgate'),
       nextHop: `smtp:127.0.0.1:${pf.postfix.reinjectPort}`,
       smtpYaml: `listen: 127.0.0.1:${filterPort}`,
       mailYaml: ['notify-from: postmaster@gw.test', 'default-group:', '  admin: [admin@gw.test]'].join('\n'),
-    });
+    }));
   });
   after(async () => {
-    await av?.stop();
-    await pf?.stop();
-    await clamd?.stop();
+    await within('stopping avgate', 30_000, av?.stop() ?? Promise.resolve());
+    await within('stopping Postfix', 30_000, pf?.stop() ?? Promise.resolve());
+    await within('stopping clamd', 30_000, clamd?.stop() ?? Promise.resolve());
   });
 
   test('clean mail arrives once, byte-identical apart from the added headers', async () => {
@@ -133,7 +133,7 @@ describe('real Postfix with avgate\'s mail filter as content_filter, smtp-sink a
       const spoolDir = join(stateDir, 'spool');
       // Big enough that DATA takes a while through Postfix.
       const big = mailWith('pf-kill', [{ name: 'big.bin', type: 'application/octet-stream', data: randomBytes(60 * 1024 * 1024) }]);
-      await waitFor('avgate listening', async () => ((await import('../../tools/peers/process.js')).accepts(filterPort).then((ok) => (ok ? true : null))));
+      await waitFor('avgate listening', async () => (accepts(filterPort).then((ok) => (ok ? true : null))));
       // swaks holds a big message in memory and gives up on it; a plain client streams it.
       const { client } = await SmtpTestClient.connect(pf.postfix.port);
       await client.command('EHLO client.test');
@@ -148,6 +148,7 @@ describe('real Postfix with avgate\'s mail filter as content_filter, smtp-sink a
       while (killedAt < 0 && Date.now() < until) {
         for (const f of await readdir(spoolDir).catch(() => [] as string[])) {
           const size = f.startsWith('spool-') ? (statSync(join(spoolDir, f), { throwIfNoEntry: false })?.size ?? -1) : -1;
+          assert.equal(child.exitCode ?? child.signalCode, null, 'avgate exited by itself during DATA');
           if (size >= 0 && size < big.length / 2) {
             child.kill('SIGKILL');
             killedAt = size;
@@ -157,12 +158,12 @@ describe('real Postfix with avgate\'s mail filter as content_filter, smtp-sink a
         await new Promise((r) => setTimeout(r, 5));
       }
       assert.ok(killedAt >= 0, 'caught avgate in the middle of DATA');
-      await new Promise((r) => child.once('exit', r));
+      await waitExit(child);
       const entry = await waitFor('the deferral', async () => (await pf.postfix.queue()).find((x) => x.recipients.some((r) => r.delay_reason)) ?? null, 60_000);
       assert.ok(entry);
       assert.equal(byId(await pf.sink.messages(), 'pf-kill').length, 0);
       child = startChild();
-      await waitFor('avgate listening again', async () => ((await import('../../tools/peers/process.js')).accepts(filterPort).then((ok) => (ok ? true : null))));
+      await waitFor('avgate listening again', async () => (accepts(filterPort).then((ok) => (ok ? true : null))));
       await pf.postfix.flush();
       await waitFor('delivery after restart', async () => (byId(await pf.sink.messages(), 'pf-kill').length > 0 ? true : null), 120_000);
       await waitFor('an empty queue', async () => ((await pf.postfix.queue()).length === 0 ? true : null), 60_000);

@@ -134,7 +134,8 @@ describe('npm start', () => {
       options.socket.destroy();
       assert.equal(options.responses[0]?.head.status, 200, 'ICAP service avscan on its default port 1344');
       process.kill(-(child.pid as number), 'SIGINT');
-      await exited;
+      const stopped = await Promise.race([exited.then(() => true), new Promise<false>((r) => setTimeout(() => r(false), 60_000).unref())]);
+      assert.ok(stopped, `avgate did not stop within 60 s of SIGINT:\n${log.slice(-2000)}`);
       await new Promise((r) => setTimeout(r, 200));
       assert.throws(() => process.kill(pid, 0), 'clamd stopped with avgate');
       assert.match(log, /"msg":"avgate stopped"/);
