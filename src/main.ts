@@ -16,6 +16,7 @@ import { startQuarantinePurge } from './quarantine/retention.js';
 import { openQuarantine } from './quarantine/store.js';
 import type { Quarantine } from './quarantine/types.js';
 import { openRuntime, type Runtime } from './runtime.js';
+import { startSignatureUpdates } from './signatures/index.js';
 import { openStatsStore, type StatsStore } from './stats/store.js';
 import { ConsoleServer } from './web/server.js';
 
@@ -151,11 +152,13 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
     ...(imapProxy ? { imap: imapProxy.counters } : {}),
     ...(pop3 ? { pop3: pop3.server.counters } : {}),
   }), engineHealth);
+  const stopSignatures = startSignatureUpdates(config, runtime.allEngines.map((e) => e.engine), runtime.clamd !== null, log.child({ component: 'signatures' }));
   let stopping: Promise<void> | null = null;
   const stop = () => {
     stopping ??= (async () => {
       log.info('avgate stopping');
       clearInterval(health);
+      await stopSignatures();
       await Promise.all([icap?.close(STOP_DEADLINE_MS / 2), httpProxy?.close(STOP_DEADLINE_MS / 2), mail?.server.close(STOP_DEADLINE_MS / 2), web?.close(), ftp?.close(STOP_DEADLINE_MS / 2)]);
       await imapProxy?.close(STOP_DEADLINE_MS / 2);
       await pop3?.server.close(STOP_DEADLINE_MS / 2);

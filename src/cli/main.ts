@@ -12,6 +12,7 @@ import { localClamdFor, openRuntime } from '../runtime.js';
 import { runAdminCommand } from './admin.js';
 import { runScanCommand, SCAN_USAGE } from './scan.js';
 import { runQuarantineCommand } from './quarantine.js';
+import { runSignaturesCommand } from './signatures.js';
 
 const USAGE = `usage: avgate [--config FILE] COMMAND [ARGS]
 
@@ -28,6 +29,8 @@ commands:
                         API tokens for the scanning API and /metrics
   quarantine list|show|export|release|restore|delete|purge
                         manage the encrypted quarantine (see: avgate quarantine --help)
+  signatures update|status
+                        fetch, check and install signatures.sources; RELOAD clamd
   version               print avgate's version
 
 The config file is --config FILE, else $AVGATE_CONFIG, else the embedded defaults.
@@ -92,6 +95,8 @@ export async function main(argv: string[]): Promise<number> {
       return runAdminCommand(loaded.config, args, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr });
     case 'quarantine':
       return runQuarantineCommand(loaded, args);
+    case 'signatures':
+      return runSignaturesCommand(loaded.config, args, { stdout: process.stdout, stderr: process.stderr });
     default:
       err.write(`avgate: unknown command "${command}"\n${USAGE}`);
       return 2;

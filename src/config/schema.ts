@@ -9,6 +9,7 @@ import { pop3ProxySchema } from './mail-proxy-schema.js';
 import { httpProxySchema } from './proxy-schema.js';
 import { ftpProxySchema } from './ftp-schema.js';
 import { imapProxySchema } from './imap-schema.js';
+import { signaturesSchema } from './signatures-schema.js';
 
 /**
  * The configuration schema. Every key is kebab-case, every object is strict (an unknown key is an
@@ -164,6 +165,7 @@ export const configSchema = z.strictObject({
   scan: scanSchema.default(() => scanSchema.parse({})),
   cache: cacheSchema.default(() => cacheSchema.parse({})),
   health: healthSchema.default(() => healthSchema.parse({})),
+  signatures: signaturesSchema.prefault({}),
   icap: icapSchema.default(() => icapSchema.parse({})),
   smtp: smtpSchema.prefault({}),
   mail: mailSchema.prefault({}),

@@ -63,6 +63,8 @@ export interface Engine<Ctx = unknown> {
   prefersFiles?(size?: number): boolean;
   /** Signature version for the verdict cache; null when the engine cannot tell. */
   signatureVersion(signal?: AbortSignal): Promise<string | null>;
+  /** Optional: forget a cached signature version now (the signature updater reloaded the engine). */
+  invalidateVersion?(): void;
   /** Optional: a cheap liveness check (clamd PING, ICAP OPTIONS) for health logging; throws when down. */
   ping?(signal?: AbortSignal): Promise<string>;
   /** Optional: the engine's own version text (clamd VERSION), for the dashboard. */

@@ -100,10 +100,11 @@ export function parseClamdOptions(options: readonly EngineOption[], base: ClamdN
 }
 
 /**
- * Signature version of a clamd: the database part of VERSION (`27432/Sat Nov 21 ...`). clamd
- * prints only `ClamAV 1.4.6` when it has no official database; then, if the database directory
- * is known (the project-local clamd, or `database-dir`), a fingerprint of its files stands in, so
- * that adding a signature still invalidates cached verdicts.
+ * Signature version of a clamd: the database part of VERSION (`27432/Sat Nov 21 ...`; clamd
+ * prints only `ClamAV 1.4.6` when it has no official database). When the database directory is
+ * known (the project-local clamd, or `database-dir`), a fingerprint of its files is added, so that
+ * adding a signature file (unofficial databases change no VERSION) still invalidates cached
+ * verdicts.
  */
 export class ClamdVersionTracker {
   private cached: { value: string | null; at: number } | null = null;
@@ -130,7 +131,14 @@ export class ClamdVersionTracker {
     try {
       const raw = await requestFirst(s, 'VERSION', signal);
       const v = parseVersion(raw);
-      value = v.signatures ?? (s.databaseDir ? `${v.engine}/db:${await databaseFingerprint(s.databaseDir)}` : null);
+      if (s.databaseDir) {
+        // With the directory known its files count too: an unofficial database added beside the
+        // official ones changes no VERSION line. No fingerprint (an update under way): no version.
+        const fp = await databaseFingerprint(s.databaseDir);
+        value = fp === null ? null : `${v.signatures ?? v.engine}/db:${fp}`;
+      } else {
+        value = v.signatures;
+      }
     } catch {
       value = null; // engine down: no version, so nothing is cached or taken from the cache
     }

@@ -1,0 +1,57 @@
+import type { Config } from '../config/schema.js';
+import { messageOf } from '../core/errors.js';
+import { createLogger } from '../core/logging.js';
+import { readUpdaterState, signaturesStateDir, updaterFor, type UpdateReport } from '../signatures/index.js';
+
+export const SIGNATURES_USAGE = `usage: avgate signatures update | status
+
+  update   fetch every signatures.sources file that changed, check it (size, SHA-256, a test
+           load with clamscan), install it into the project-local clamd's database and RELOAD;
+           files installed from sources no longer configured are removed.
+           Exit 0: all sources fine; 1: a source failed (what was in use stays); 2: cannot run.
+  status   what the updater installed: file, size, SHA-256, when, from where
+`;
+
+interface Io {
+  stdout: NodeJS.WritableStream;
+  stderr: NodeJS.WritableStream;
+}
+
+/** `avgate signatures ...`: returns the exit code. */
+export async function runSignaturesCommand(config: Readonly<Config>, args: string[], io: Io): Promise<number> {
+  const [sub] = args;
+  if (sub === 'update') {
+    if (config.signatures.sources.length === 0) {
+      io.stderr.write('avgate: signatures.sources is empty: nothing to update\n');
+      return 2;
+    }
+    // The report is the output; the log only says what went wrong.
+    const log = createLogger({ level: config.log.level === 'info' ? 'warn' : config.log.level, file: config.log.file });
+    let report: UpdateReport;
+    try {
+      report = await updaterFor(config, log).update();
+    } catch (err) {
+      io.stderr.write(`avgate: ${messageOf(err)}\n`);
+      return 2;
+    }
+    for (const r of report.sources) {
+      const detail = r.outcome === 'installed' ? ` (${r.bytes} bytes, sha256 ${r.sha256})` : r.reason ? `: ${r.reason}` : '';
+      io.stdout.write(`${r.outcome.padEnd(9)} ${r.name} ${r.url}${detail}\n`);
+    }
+    if (report.changed) io.stdout.write(report.reloaded ? 'clamd reloaded\n' : 'clamd is not running: it loads the new files when it starts\n');
+    else io.stdout.write('nothing changed\n');
+    return report.failed > 0 ? 1 : 0;
+  }
+  if (sub === 'status') {
+    const state = await readUpdaterState(signaturesStateDir(config));
+    const names = Object.keys(state.files).sort();
+    if (names.length === 0) io.stdout.write('no files installed by the updater\n');
+    for (const name of names) {
+      const f = state.files[name];
+      if (f) io.stdout.write(`${name}  ${f.size} bytes  sha256 ${f.sha256.slice(0, 16)}…  ${f.installedAt}  ${f.url}\n`);
+    }
+    return 0;
+  }
+  io.stderr.write(SIGNATURES_USAGE);
+  return 2;
+}

@@ -1,0 +1,342 @@
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { copyFile, link, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { ReadableStream as WebReadableStream } from 'node:stream/web';
+import { sourceFileName, type SignatureSource, type SignaturesConfig } from '../config/signatures-schema.js';
+import { AvgateError, messageOf } from '../core/errors.js';
+import type { Logger } from '../core/logging.js';
+import { VERSION } from '../core/version.js';
+import { isDatabaseFile, UPDATING_MARKER, UPDATING_STALE_MS } from '../engines/clamd/fingerprint.js';
+
+/**
+ * The signature updater: each configured source (one database file at an HTTP(S) URL) is fetched
+ * with a conditional GET into a staging directory inside the database directory, checked (size
+ * limit, SHA-256 when configured, a test load of the whole new set with clamscan), moved into place
+ * with rename, and clamd is told to RELOAD. Files it installed from a source no longer configured
+ * are removed. Nothing it did not install is ever touched. What it installed, with ETag and
+ * Last-Modified, is kept in <state-dir>/signatures/state.json.
+ */
+
+export type SourceOutcome = 'installed' | 'unchanged' | 'failed' | 'removed';
+
+export interface SourceReport {
+  name: string;
+  url: string;
+  outcome: SourceOutcome;
+  bytes?: number;
+  sha256?: string;
+  reason?: string;
+}
+
+export interface UpdateReport {
+  sources: SourceReport[];
+  /** Files were installed or removed. */
+  changed: boolean;
+  /** clamd loaded the change (false: it was not running, or nothing changed). */
+  reloaded: boolean;
+  failed: number;
+}
+
+export interface InstalledFile {
+  url: string;
+  etag: string | null;
+  lastModified: string | null;
+  sha256: string;
+  size: number;
+  installedAt: string;
+}
+
+export interface UpdaterState {
+  files: Record<string, InstalledFile>;
+}
+
+export interface UpdaterOptions {
+  config: SignaturesConfig;
+  /** The database directory clamd loads (the project-local clamd's). */
+  dbDir: string;
+  /** Where state.json lives (<state-dir>/signatures). */
+  stateDir: string;
+  /** Makes clamd load the directory again; resolves true once it has, false when it is not running. */
+  reload: () => Promise<boolean>;
+  log: Logger;
+}
+
+/** In the database directory: the same file system, so installing is a rename. clamd skips it. */
+const STAGING = '.avgate-staging';
+
+/** Every source with its file name (the schema has checked them: valid and unique). */
+export function sourceNames(config: SignaturesConfig): Array<{ src: SignatureSource; name: string }> {
+  return config.sources.map((src) => {
+    const name = sourceFileName(src);
+    if (name === null) throw new AvgateError('AVG_ERR_CONFIG', `signatures.sources: ${src.url}: not a database file name`);
+    return { src, name };
+  });
+}
+
+export async function readUpdaterState(stateDir: string): Promise<UpdaterState> {
+  try {
+    const parsed = JSON.parse(await readFile(join(stateDir, 'state.json'), 'utf8')) as Partial<UpdaterState>;
+    return { files: parsed.files && typeof parsed.files === 'object' ? parsed.files : {} };
+  } catch {
+    return { files: {} };
+  }
+}
+
+type Fetched = { kind: 'unchanged'; entry: InstalledFile | null } | { kind: 'new'; path: string; entry: InstalledFile };
+
+export class SignatureUpdater {
+  private running: Promise<UpdateReport> | null = null;
+
+  constructor(private readonly o: UpdaterOptions) {}
+
+  /** One update; a call while one runs gets that one's report. */
+  update(signal?: AbortSignal): Promise<UpdateReport> {
+    this.running ??= this.run(signal).finally(() => {
+      this.running = null;
+    });
+    return this.running;
+  }
+
+  private async run(signal?: AbortSignal): Promise<UpdateReport> {
+    const { dbDir, log } = this.o;
+    const sources = sourceNames(this.o.config);
+    await mkdir(dbDir, { recursive: true });
+    const staging = await this.lockStaging();
+    try {
+      const state = await readUpdaterState(this.o.stateDir);
+      const reports: SourceReport[] = [];
+      const candidates: Array<{ name: string; path: string; entry: InstalledFile }> = [];
+      let stateChanged = false;
+      for (const { src, name } of sources) {
+        try {
+          const r = await this.fetchOne(src, name, state.files[name] ?? null, staging, signal);
+          if (r.kind === 'new') candidates.push({ name, path: r.path, entry: r.entry });
+          else {
+            if (r.entry) {
+              state.files[name] = r.entry;
+              stateChanged = true;
+            }
+            reports.push({ name, url: src.url, outcome: 'unchanged' });
+          }
+        } catch (err) {
+          if (signal?.aborted) throw err;
+          reports.push({ name, url: src.url, outcome: 'failed', reason: messageOf(err) });
+        }
+      }
+      const removed = Object.keys(state.files).filter((n) => !sources.some((s) => s.name === n));
+
+      let accepted = candidates;
+      if (this.o.config['test-load'] && candidates.length > 0) {
+        if ((await this.testLoad(staging, candidates, removed, signal)) !== null) {
+          // Something in the new set does not load: find which, alone with the current files.
+          accepted = [];
+          for (const c of candidates) {
+            const problem = await this.testLoad(staging, [c], removed, signal);
+            if (problem === null) accepted.push(c);
+            else reports.push({ name: c.name, url: c.entry.url, outcome: 'failed', reason: `clamscan cannot load it: ${problem}` });
+          }
+        }
+      }
+
+      let reloaded = false;
+      const changed = accepted.length > 0 || removed.length > 0;
+      if (changed) {
+        // While files change and clamd reloads, the directory has no fingerprint: no verdict is
+        // cached under a key that would outlive the old database (engines/clamd/fingerprint.ts).
+        const marker = join(dbDir, UPDATING_MARKER);
+        await writeFile(marker, `${process.pid}\n`);
+        try {
+          for (const c of accepted) {
+            await rename(c.path, join(dbDir, c.name));
+            state.files[c.name] = c.entry;
+            reports.push({ name: c.name, url: c.entry.url, outcome: 'installed', bytes: c.entry.size, sha256: c.entry.sha256 });
+          }
+          for (const name of removed) {
+            const url = state.files[name]?.url ?? '';
+            await rm(join(dbDir, name), { force: true });
+            delete state.files[name];
+            reports.push({ name, url, outcome: 'removed' });
+          }
+          await this.writeState(state);
+          stateChanged = false;
+          reloaded = await this.o.reload();
+        } finally {
+          await rm(marker, { force: true });
+        }
+      }
+      if (stateChanged) await this.writeState(state);
+      const failed = reports.filter((r) => r.outcome === 'failed').length;
+      for (const r of reports) {
+        const fields = { source: r.name, url: r.url, ...(r.bytes !== undefined ? { bytes: r.bytes, sha256: r.sha256 } : {}), ...(r.reason ? { reason: r.reason } : {}) };
+        if (r.outcome === 'failed') log.error(fields, 'signature update failed: the file in use (if any) stays');
+        else if (r.outcome === 'unchanged') log.debug(fields, 'signatures unchanged');
+        else log.info(fields, `signatures ${r.outcome}`);
+      }
+      if (changed) log.info({ reloaded, dbDir }, reloaded ? 'clamd reloaded the signatures' : 'clamd not running: it loads the new signatures when it starts');
+      return { sources: reports, changed, reloaded, failed };
+    } finally {
+      await rm(staging, { recursive: true, force: true });
+    }
+  }
+
+  /** Creates the staging directory, which is also the lock against a second updater. */
+  private async lockStaging(): Promise<string> {
+    const staging = join(this.o.dbDir, STAGING);
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        await mkdir(staging);
+        return staging;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        const st = await stat(staging).catch(() => null);
+        if (st && Date.now() - st.mtimeMs < UPDATING_STALE_MS) {
+          throw new AvgateError('AVG_ERR_SIGNATURES', `another signature update is running (${staging} exists)`);
+        }
+        await rm(staging, { recursive: true, force: true }); // left by an updater that died
+      }
+    }
+    throw new AvgateError('AVG_ERR_SIGNATURES', `cannot create ${staging}`);
+  }
+
+  private async fetchOne(src: SignatureSource, name: string, prev: InstalledFile | null, staging: string, signal?: AbortSignal): Promise<Fetched> {
+    const cfg = this.o.config;
+    const maxSize = cfg['max-size'];
+    const installed = prev !== null && prev.url === src.url && (await stat(join(this.o.dbDir, name)).catch(() => null)) !== null;
+    const headers: Record<string, string> = { 'user-agent': `avgate/${VERSION}` };
+    if (installed && prev) {
+      if (prev.etag) headers['if-none-match'] = prev.etag;
+      if (prev.lastModified) headers['if-modified-since'] = prev.lastModified;
+    }
+    const timeout = AbortSignal.timeout(cfg.timeout);
+    const res = await fetch(src.url, { headers, redirect: 'follow', signal: signal ? AbortSignal.any([signal, timeout]) : timeout }).catch((err: unknown) => {
+      throw new Error(timeout.aborted ? `no answer within signatures.timeout (${cfg.timeout} ms)` : `cannot fetch: ${messageOf((err as { cause?: unknown }).cause ?? err)}`, { cause: err });
+    });
+    if (res.status === 304 && installed) {
+      await res.body?.cancel();
+      return { kind: 'unchanged', entry: null };
+    }
+    if (res.status !== 200 || !res.body) {
+      await res.body?.cancel();
+      throw new Error(`HTTP ${res.status} ${res.statusText}`.trim());
+    }
+    const declared = Number(res.headers.get('content-length') ?? NaN);
+    if (Number.isFinite(declared) && declared > maxSize) {
+      await res.body.cancel();
+      throw new Error(`${declared} bytes, over signatures.max-size (${maxSize})`);
+    }
+    const path = join(staging, `${name}.part`);
+    const hash = createHash('sha256');
+    let bytes = 0;
+    const count = new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        bytes += chunk.length;
+        if (bytes > maxSize) cb(new Error(`over signatures.max-size (${maxSize} bytes)`));
+        else {
+          hash.update(chunk);
+          cb(null, chunk);
+        }
+      },
+    });
+    try {
+      await pipeline(Readable.fromWeb(res.body as WebReadableStream<Uint8Array>), count, createWriteStream(path));
+    } catch (err) {
+      throw new Error(timeout.aborted ? `not complete within signatures.timeout (${cfg.timeout} ms)` : messageOf(err), { cause: err });
+    }
+    const sha256 = hash.digest('hex');
+    if (bytes === 0) throw new Error('the file is empty');
+    if (src.sha256 !== null && sha256 !== src.sha256.toLowerCase()) throw new Error(`SHA-256 ${sha256} is not the configured ${src.sha256.toLowerCase()}`);
+    const entry: InstalledFile = {
+      url: src.url,
+      etag: res.headers.get('etag'),
+      lastModified: res.headers.get('last-modified'),
+      sha256,
+      size: bytes,
+      installedAt: new Date().toISOString(),
+    };
+    // A server without conditional GET: the same bytes again are not a change.
+    if (installed && prev?.sha256 === sha256) {
+      await rm(path, { force: true });
+      return { kind: 'unchanged', entry: { ...entry, installedAt: prev.installedAt } };
+    }
+    return { kind: 'new', path, entry };
+  }
+
+  /**
+   * Loads the database directory as it would be after installing `files` (and removing `removed`)
+   * with clamscan, scanning nothing. Null when it loads; else clamscan's complaint.
+   */
+  private async testLoad(staging: string, files: Array<{ name: string; path: string }>, removed: string[], signal?: AbortSignal): Promise<string | null> {
+    const dir = join(staging, `test-${process.pid}-${Date.now()}`);
+    await mkdir(dir);
+    try {
+      const replaced = new Set([...files.map((f) => f.name), ...removed]);
+      for (const name of await readdir(this.o.dbDir)) {
+        if (isDatabaseFile(name) && !replaced.has(name)) await linkOrCopy(join(this.o.dbDir, name), join(dir, name));
+      }
+      for (const f of files) await linkOrCopy(f.path, join(dir, f.name));
+      return await runClamscan(this.o.config.clamscan, dir, this.o.config['test-load-timeout'], signal);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  private async writeState(state: UpdaterState): Promise<void> {
+    await mkdir(this.o.stateDir, { recursive: true });
+    const path = join(this.o.stateDir, 'state.json');
+    await writeFile(`${path}.tmp`, `${JSON.stringify(state, null, 2)}\n`);
+    await rename(`${path}.tmp`, path);
+  }
+}
+
+async function linkOrCopy(from: string, to: string): Promise<void> {
+  try {
+    await link(from, to);
+  } catch {
+    await copyFile(from, to);
+  }
+}
+
+/** clamscan with only `dir` as its database, reading an empty stdin: exit 0 when it loads. */
+function runClamscan(clamscan: string, dir: string, timeoutMs: number, signal?: AbortSignal): Promise<string | null> {
+  return new Promise((resolve) => {
+    const child = spawn(clamscan, ['--no-summary', `--database=${dir}`, '-'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    const keep = (d: Buffer) => {
+      out = (out + d.toString()).slice(-2000);
+    };
+    child.stdout.on('data', keep);
+    child.stderr.on('data', keep);
+    child.stdin.on('error', () => undefined);
+    child.stdin.end();
+    let why: string | null = null;
+    const stop = (reason: string) => {
+      why ??= reason;
+      child.kill('SIGKILL');
+    };
+    const timer = setTimeout(() => stop(`no result within signatures.test-load-timeout (${timeoutMs} ms)`), timeoutMs);
+    const onAbort = () => stop('update aborted');
+    signal?.addEventListener('abort', onAbort, { once: true });
+    child.once('error', (err) => {
+      why ??= `cannot run ${clamscan}: ${err.message}`;
+    });
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      if (why !== null) resolve(why);
+      else if (code === 0) resolve(null);
+      else {
+        const lines = out
+          .split(dir + '/')
+          .join('')
+          .split('\n')
+          .map((l) => l.replace(/^(LibClamAV )?Error: /i, '').trim())
+          .filter((l) => l.length > 0 && !/^stdin: /.test(l));
+        resolve(lines.slice(-3).join(' | ') || `clamscan exit code ${code}`);
+      }
+    });
+  });
+}

@@ -1,0 +1,212 @@
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { parseConfigText } from '../../src/config/loader.js';
+import type { Config } from '../../src/config/schema.js';
+import { silentLogger } from '../../src/core/logging.js';
+import { UPDATING_MARKER } from '../../src/engines/clamd/fingerprint.js';
+import { runSignaturesCommand } from '../../src/cli/signatures.js';
+import { serve } from '../../src/main.js';
+import { openRuntime, type Runtime } from '../../src/runtime.js';
+import { updaterFor } from '../../src/signatures/index.js';
+import { startNginx, type Nginx } from '../../tools/peers/nginx.js';
+import { freeLoopbackPort } from '../../src/core/net.js';
+import { waitFor, within } from '../helpers/wait.js';
+
+/** A body signature (.ndb) for a random token, and content carrying it. */
+function tokenSignature(name: string): { line: string; content: Buffer } {
+  const token = `avgate-update-${randomBytes(12).toString('hex')}`;
+  return { line: `${name}:0:*:${Buffer.from(token).toString('hex')}\n`, content: Buffer.from(`some text ${token} more text\n`) };
+}
+
+/** Captures what a CLI command writes. */
+function io() {
+  const out: string[] = [];
+  const err: string[] = [];
+  const sink = (to: string[]) => ({ write: (s: string) => to.push(s) }) as unknown as NodeJS.WritableStream;
+  return { stdout: sink(out), stderr: sink(err), out: () => out.join(''), err: () => err.join('') };
+}
+
+describe('signature updater: nginx as the mirror, the project-local clamd, clamscan test loads', () => {
+  let dir: string;
+  let www: string;
+  let nginx: Nginx;
+  let runtime: Runtime;
+  let base: string;
+  const upd = tokenSignature('Avgate.Test.Update');
+  const extra = tokenSignature('Avgate.Test.Extra');
+
+  const config = (sources: string, more = ''): Config =>
+    parseConfigText(
+      [`state-dir: ${join(dir, 'state')}`, 'log: {level: silent}', 'clamd: {tcp-port: 0}', 'signatures:', '  sources:', sources || '    []', more].join('\n'),
+      'signatures-test.yaml',
+    );
+  const src = (name: string, extraKeys = '') => `    - {url: "${nginx.url(name)}"${extraKeys}}`;
+  const scan = (data: Buffer) => runtime.scanner.scan({ source: { kind: 'buffer', data } });
+  const dbDir = () => runtime.clamd?.dbDir as string;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'avgate-signatures-'));
+    www = join(dir, 'www');
+    await mkdir(www, { recursive: true });
+    nginx = await within('starting nginx', 60_000, startNginx({ dir: join(dir, 'nginx'), root: www }));
+    base = src('avgate-upd.ndb');
+    runtime = await within('starting clamd', 150_000, openRuntime(config(base), { logger: silentLogger(), localClamd: 'always' }));
+  });
+  after(async () => {
+    await runtime?.close();
+    await nginx?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('a new database file is fetched, test-loaded, installed and loaded by RELOAD; the cached free verdict is not used after it; a second run is a 304', async () => {
+    const before = await scan(upd.content);
+    assert.equal(before.status, 'free');
+    assert.equal((await scan(upd.content)).cached, true, 'the free verdict is cached');
+    await writeFile(join(www, 'avgate-upd.ndb'), upd.line);
+    const updater = updaterFor(config(base), silentLogger(), runtime.allEngines.map((e) => e.engine));
+    const r = await updater.update();
+    assert.deepEqual(
+      r.sources.map((s) => [s.name, s.outcome]),
+      [['avgate-upd.ndb', 'installed']],
+    );
+    assert.equal(r.reloaded, true);
+    assert.equal(r.sources[0]?.sha256, createHash('sha256').update(upd.line).digest('hex'));
+    assert.equal(await readFile(join(dbDir(), 'avgate-upd.ndb'), 'utf8'), upd.line);
+    assert.equal(existsSync(join(dbDir(), UPDATING_MARKER)), false, 'the marker is gone after the update');
+    assert.equal(existsSync(join(dbDir(), '.avgate-staging')), false, 'so is the staging directory');
+    const after = await scan(upd.content);
+    assert.equal(after.status, 'found');
+    assert.equal(after.cached, false, 'the new database means a new cache key');
+    assert.match(after.status === 'found' ? (after.names[0] ?? '') : '', /^Avgate\.Test\.Update/);
+
+    const again = await updater.update();
+    assert.deepEqual(
+      again.sources.map((s) => s.outcome),
+      ['unchanged'],
+    );
+    assert.equal(again.changed, false);
+    const access = await readFile(join(dir, 'nginx', 'access.log'), 'utf8');
+    assert.match(access.trim().split('\n').at(-1) ?? '', /"GET \/avgate-upd\.ndb HTTP\/1\.1" 304 /, 'the second run asked conditionally and got 304');
+
+    const cli = io();
+    assert.equal(await runSignaturesCommand(config(base), ['status'], cli), 0);
+    assert.match(cli.out(), /^avgate-upd\.ndb {2}\d+ bytes {2}sha256 [0-9a-f]{16}… {2}\S+ {2}http:\/\/127\.0\.0\.1:\d+\/avgate-upd\.ndb$/m);
+  });
+
+  test('a file clamscan cannot load is refused and the one in use stays; a good file next to it is still installed', async () => {
+    await writeFile(join(www, 'avgate-upd.ndb'), `${upd.line}Broken.Sig:0:*:zz-not-hex\n`);
+    const future = new Date(Date.now() + 5000);
+    await utimes(join(www, 'avgate-upd.ndb'), future, future);
+    await writeFile(join(www, 'avgate-extra.ndb'), extra.line);
+    const cli = io();
+    const code = await runSignaturesCommand(config(`${base}\n${src('avgate-extra.ndb')}`), ['update'], cli);
+    assert.equal(code, 1, cli.out() + cli.err());
+    assert.match(cli.out(), /^failed {4}avgate-upd\.ndb \S+: clamscan cannot load it: .+$/m);
+    assert.match(cli.out(), /^installed avgate-extra\.ndb \S+ \(\d+ bytes, sha256 [0-9a-f]{64}\)$/m);
+    assert.match(cli.out(), /^clamd reloaded$/m);
+    assert.equal(await readFile(join(dbDir(), 'avgate-upd.ndb'), 'utf8'), upd.line, 'the file in use is unchanged');
+    // The CLI's updater cannot tell this runtime's engines: wait for the version check to notice.
+    runtime.allEngines.forEach((e) => e.engine.invalidateVersion?.());
+    assert.equal((await scan(upd.content)).status, 'found');
+    assert.equal((await scan(extra.content)).status, 'found');
+  });
+
+  test('SHA-256 mismatch, max-size, HTTP 404 and a mirror that is down: each fails alone, nothing changes, exit code 1', async () => {
+    await writeFile(join(www, 'pinned.hdb'), `${createHash('md5').update('x').digest('hex')}:1:Avgate.Test.Pinned\n`);
+    await writeFile(join(www, 'big.ndb'), `Avgate.Test.Big:0:*:${Buffer.alloc(4096, 'a').toString('hex')}\n`);
+    // The good file again, newer: fetched whole (no 304), the same bytes are no change.
+    await writeFile(join(www, 'avgate-upd.ndb'), upd.line);
+    const later = new Date(Date.now() + 10_000);
+    await utimes(join(www, 'avgate-upd.ndb'), later, later);
+    const down = await freeLoopbackPort();
+    const sources = [
+      base,
+      src('avgate-extra.ndb'),
+      src('pinned.hdb', `, sha256: "${'0'.repeat(64)}"`),
+      src('big.ndb'),
+      src('missing.ndb'),
+      `    - {url: "http://127.0.0.1:${down}/gone.ndb"}`,
+    ].join('\n');
+    const cli = io();
+    const code = await runSignaturesCommand(config(sources, '  max-size: 2KiB'), ['update'], cli);
+    assert.equal(code, 1);
+    const out = cli.out();
+    assert.match(out, /^failed {4}pinned\.hdb \S+: SHA-256 [0-9a-f]{64} is not the configured 0{64}$/m);
+    assert.match(out, /^failed {4}big\.ndb \S+: \d+ bytes, over signatures\.max-size \(2048\)$/m);
+    assert.match(out, /^failed {4}missing\.ndb \S+: HTTP 404 Not Found$/m);
+    assert.match(out, /^failed {4}gone\.ndb \S+: cannot fetch: .*ECONNREFUSED/m);
+    assert.match(out, /^unchanged avgate-upd\.ndb /m);
+    assert.match(out, /^nothing changed$/m);
+    for (const f of ['pinned.hdb', 'big.ndb', 'missing.ndb', 'gone.ndb']) assert.equal(existsSync(join(dbDir(), f)), false, f);
+  });
+
+  test('a source no longer configured: the file it installed is removed and clamd reloaded; files the updater did not install stay', async () => {
+    const own = await readFile(join(dbDir(), 'avgate-test.ndb'), 'utf8');
+    const r = await updaterFor(config(src('avgate-extra.ndb')), silentLogger(), runtime.allEngines.map((e) => e.engine)).update();
+    assert.deepEqual(
+      r.sources.map((s) => [s.name, s.outcome]),
+      [
+        ['avgate-extra.ndb', 'unchanged'],
+        ['avgate-upd.ndb', 'removed'],
+      ],
+    );
+    assert.equal(r.reloaded, true);
+    assert.equal(existsSync(join(dbDir(), 'avgate-upd.ndb')), false);
+    assert.equal(await readFile(join(dbDir(), 'avgate-test.ndb'), 'utf8'), own, 'the generated test database is not the updater\'s');
+    assert.equal((await scan(upd.content)).status, 'free');
+    assert.equal((await scan(extra.content)).status, 'found');
+  });
+
+  test('a second update while one holds the staging directory is refused (exit 2), and a bad source name is a config error with its path', async () => {
+    await mkdir(join(dbDir(), '.avgate-staging'));
+    try {
+      const cli = io();
+      assert.equal(await runSignaturesCommand(config(src('avgate-extra.ndb')), ['update'], cli), 2);
+      assert.match(cli.err(), /another signature update is running/);
+    } finally {
+      await rm(join(dbDir(), '.avgate-staging'), { recursive: true, force: true });
+    }
+    assert.throws(() => config(src('notes.txt')), /signatures\.sources\.0\.url.*not a database file name/s);
+    assert.throws(() => config(`${src('a.ndb')}\n${src('a.ndb')}`), /a second source for a\.ndb/);
+  });
+});
+
+describe('avgate serve with signatures.interval', () => {
+  test('updates at start and again after the interval, the engines see the new signatures at once', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'avgate-signatures-serve-'));
+    const www = join(dir, 'www');
+    await mkdir(www, { recursive: true });
+    const nginx = await startNginx({ dir: join(dir, 'nginx'), root: www });
+    const first = tokenSignature('Avgate.Test.First');
+    const second = tokenSignature('Avgate.Test.Second');
+    await writeFile(join(www, 'serve.ndb'), first.line);
+    const text = [
+      `state-dir: ${join(dir, 'state')}`,
+      'log: {level: silent}',
+      'clamd: {tcp-port: 0}',
+      ...['icap', 'smtp', 'console', 'http-proxy', 'ftp-proxy', 'pop3-proxy', 'imap-proxy'].map((k) => `${k}: {enabled: false}`),
+      'signatures:',
+      '  interval: 500ms',
+      `  sources: [{url: "${nginx.url('serve.ndb')}"}]`,
+    ].join('\n');
+    const s = await within('avgate serve', 150_000, serve({ config: parseConfigText(text, 'serve-signatures.yaml'), path: null }, { logger: silentLogger() }));
+    try {
+      const scan = (data: Buffer) => s.runtime.scanner.scan({ source: { kind: 'buffer', data } });
+      await waitFor('the first file in use', async () => ((await scan(first.content)).status === 'found' ? true : null), 60_000);
+      assert.equal((await scan(second.content)).status, 'free');
+      const future = new Date(Date.now() + 5000);
+      await writeFile(join(www, 'serve.ndb'), first.line + second.line);
+      await utimes(join(www, 'serve.ndb'), future, future);
+      await waitFor('the changed file in use', async () => ((await scan(second.content)).status === 'found' ? true : null), 60_000);
+    } finally {
+      await s.stop();
+      await nginx.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

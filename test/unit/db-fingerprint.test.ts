@@ -1,0 +1,27 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { databaseFingerprint, UPDATING_MARKER, UPDATING_STALE_MS } from '../../src/engines/clamd/fingerprint.js';
+
+test('database fingerprint: changes with a database file, ignores other files, is null while a fresh update marker is there', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'avgate-fp-'));
+  try {
+    await writeFile(join(dir, 'a.ndb'), 'A:0:*:4142\n');
+    const one = await databaseFingerprint(dir);
+    assert.match(one ?? '', /^[0-9a-f]{16}$/);
+    await writeFile(join(dir, 'notes.txt'), 'not loaded by clamd');
+    assert.equal(await databaseFingerprint(dir), one, 'a file clamd does not load changes nothing');
+    await writeFile(join(dir, 'b.hdb'), '44d88612fea8a8f36de82e1278abb02f:68:B\n');
+    const two = await databaseFingerprint(dir);
+    assert.notEqual(two, one);
+    await writeFile(join(dir, UPDATING_MARKER), '1\n');
+    assert.equal(await databaseFingerprint(dir), null, 'no fingerprint while the updater works');
+    const old = new Date(Date.now() - UPDATING_STALE_MS - 60_000);
+    await utimes(join(dir, UPDATING_MARKER), old, old);
+    assert.equal(await databaseFingerprint(dir), two, 'a marker left by a dead updater is ignored');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
