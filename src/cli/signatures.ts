@@ -44,6 +44,9 @@ export async function runSignaturesCommand(config: Readonly<Config>, args: strin
   }
   if (sub === 'status') {
     const state = await readUpdaterState(signaturesStateDir(config));
+    const run = state.lastRun;
+    io.stdout.write(run ? `last run ${run.at}: ${run.sources.map((r) => `${r.name} ${r.outcome}`).join(', ') || 'no sources'}\n` : 'the updater has not run\n');
+    for (const r of run?.sources ?? []) if (r.reason) io.stdout.write(`  ${r.name}: ${r.reason}\n`);
     const names = Object.keys(state.files).sort();
     if (names.length === 0) io.stdout.write('no files installed by the updater\n');
     for (const name of names) {

@@ -4,9 +4,9 @@ import { AvgateError, messageOf } from '../core/errors.js';
 import type { Logger } from '../core/logging.js';
 import type { Engine } from '../engines/types.js';
 import { localClamdFor } from '../runtime.js';
-import { SignatureUpdater } from './updater.js';
+import { readUpdaterState, SignatureUpdater } from './updater.js';
 
-export { readUpdaterState, sourceNames, SignatureUpdater, type UpdateReport, type SourceReport } from './updater.js';
+export { readUpdaterState, sourceNames, SignatureUpdater, type UpdateReport, type SourceReport, type UpdaterState } from './updater.js';
 
 /** <state-dir>/signatures: the updater's state.json. */
 export function signaturesStateDir(config: Readonly<Config>): string {
@@ -71,4 +71,27 @@ export function startSignatureUpdates(config: Readonly<Config>, engines: readonl
     if (timer) clearTimeout(timer);
     await current;
   };
+}
+
+/**
+ * The updater's gauges for /metrics (empty without sources): when it last ran, and its sources by
+ * that run's outcome, so an alert can fire on a failing mirror or an updater that stopped.
+ */
+export async function signatureMetrics(config: Readonly<Config>): Promise<string> {
+  if (config.signatures.sources.length === 0) return '';
+  const state = await readUpdaterState(signaturesStateDir(config));
+  const run = state.lastRun;
+  const count = (o: string) => run?.sources.filter((s) => s.outcome === o).length ?? 0;
+  return [
+    '# HELP avgate_signatures_last_run_timestamp_seconds When the signature updater last finished a run (0: never).',
+    '# TYPE avgate_signatures_last_run_timestamp_seconds gauge',
+    `avgate_signatures_last_run_timestamp_seconds ${run ? Math.floor(Date.parse(run.at) / 1000) : 0}`,
+    '# HELP avgate_signatures_sources Signature sources by the outcome of the last run.',
+    '# TYPE avgate_signatures_sources gauge',
+    ...['installed', 'unchanged', 'failed', 'removed'].map((o) => `avgate_signatures_sources{outcome="${o}"} ${count(o)}`),
+    '# HELP avgate_signatures_installed_files Database files the updater has installed.',
+    '# TYPE avgate_signatures_installed_files gauge',
+    `avgate_signatures_installed_files ${Object.keys(state.files).length}`,
+    '',
+  ].join('\n');
 }

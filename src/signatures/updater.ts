@@ -52,6 +52,8 @@ export interface InstalledFile {
 
 export interface UpdaterState {
   files: Record<string, InstalledFile>;
+  /** The last update that ran to its end: when, and what became of each source. */
+  lastRun?: { at: string; changed: boolean; reloaded: boolean; sources: SourceReport[] };
 }
 
 export interface UpdaterOptions {
@@ -80,7 +82,7 @@ export function sourceNames(config: SignaturesConfig): Array<{ src: SignatureSou
 export async function readUpdaterState(stateDir: string): Promise<UpdaterState> {
   try {
     const parsed = JSON.parse(await readFile(join(stateDir, 'state.json'), 'utf8')) as Partial<UpdaterState>;
-    return { files: parsed.files && typeof parsed.files === 'object' ? parsed.files : {} };
+    return { files: parsed.files && typeof parsed.files === 'object' ? parsed.files : {}, ...(parsed.lastRun ? { lastRun: parsed.lastRun } : {}) };
   } catch {
     return { files: {} };
   }
@@ -110,16 +112,12 @@ export class SignatureUpdater {
       const state = await readUpdaterState(this.o.stateDir);
       const reports: SourceReport[] = [];
       const candidates: Array<{ name: string; path: string; entry: InstalledFile }> = [];
-      let stateChanged = false;
       for (const { src, name } of sources) {
         try {
           const r = await this.fetchOne(src, name, state.files[name] ?? null, staging, signal);
           if (r.kind === 'new') candidates.push({ name, path: r.path, entry: r.entry });
           else {
-            if (r.entry) {
-              state.files[name] = r.entry;
-              stateChanged = true;
-            }
+            if (r.entry) state.files[name] = r.entry;
             reports.push({ name, url: src.url, outcome: 'unchanged' });
           }
         } catch (err) {
@@ -162,13 +160,13 @@ export class SignatureUpdater {
             reports.push({ name, url, outcome: 'removed' });
           }
           await this.writeState(state);
-          stateChanged = false;
           reloaded = await this.o.reload();
         } finally {
           await rm(marker, { force: true });
         }
       }
-      if (stateChanged) await this.writeState(state);
+      state.lastRun = { at: new Date().toISOString(), changed, reloaded, sources: reports };
+      await this.writeState(state);
       const failed = reports.filter((r) => r.outcome === 'failed').length;
       for (const r of reports) {
         const fields = { source: r.name, url: r.url, ...(r.bytes !== undefined ? { bytes: r.bytes, sha256: r.sha256 } : {}), ...(r.reason ? { reason: r.reason } : {}) };

@@ -2,6 +2,7 @@ import type { EngineHealthEntry } from '../engines/health.js';
 import type { AuditRecord, QuarantineRecord } from '../quarantine/types.js';
 import type { Bucket, StatsReader } from '../stats/types.js';
 import type { SignatureListing } from './signatures.js';
+import type { UpdaterState } from '../signatures/updater.js';
 import { activityChart, csrfField, formatBytes, html, isoMinute, layout, Raw, table, type PageContext } from './html.js';
 
 /** The console's pages: pure functions from data to HTML (escaped by `html`). */
@@ -184,8 +185,23 @@ ${table(['date', 'action', 'actor', 'detail'], d.audit.map((a) => [a.date, a.act
   return layout({ ...ctx, title: `Quarantine item ${r.id}`, active: 'quarantine' }, body);
 }
 
-export function signaturesPage(ctx: PageContext, listings: Array<{ engine: string; listing: SignatureListing }>, q: string): string {
-  const body = html`<form method="get" action="/signatures"><label>Name contains <input name="q" value="${q}" maxlength="200"></label> <button type="submit">Search</button></form>
+/** The signature updater's last run and its files (docs/signatures.md), when sources are configured. */
+function updaterSection(state: UpdaterState): Raw {
+  const run = state.lastRun;
+  const installed = (name: string) => state.files[name];
+  return html`<section id="updater"><h2>Signature updates</h2>
+<p>${run ? `last run ${run.at}: ${run.changed ? (run.reloaded ? 'changes loaded by clamd' : 'changes installed, clamd not running') : 'nothing changed'}` : 'the updater has not run yet'}</p>
+${run
+  ? table(
+      ['file', 'outcome', 'source', 'installed', 'size', 'SHA-256', 'reason'],
+      run.sources.map((r) => [r.name, r.outcome, r.url, installed(r.name)?.installedAt ?? '', installed(r.name)?.size ?? '', (installed(r.name)?.sha256 ?? '').slice(0, 16), r.reason ?? '']),
+      { id: 'updater-sources', empty: '' },
+    )
+  : ''}</section>`;
+}
+
+export function signaturesPage(ctx: PageContext, listings: Array<{ engine: string; listing: SignatureListing }>, q: string, updater: UpdaterState | null = null): string {
+  const body = html`${updater ? updaterSection(updater) : ''}<form method="get" action="/signatures"><label>Name contains <input name="q" value="${q}" maxlength="200"></label> <button type="submit">Search</button></form>
 ${listings.map(({ engine, listing: l }) => {
   const more = (page: number) => `/signatures?${new URLSearchParams({ engine, page: String(page), q }).toString()}`;
   const pages = Math.max(1, Math.ceil(l.total / l.pageSize));

@@ -42,6 +42,7 @@ import {
 } from './http.js';
 import { configPage, errorPage, loginPage, MAIL_SOURCES, overviewPage, PERIODS, quarantineItemPage, quarantineListPage, signaturesPage, type PeriodName } from './pages.js';
 import { listSignatures } from './signatures.js';
+import { readUpdaterState, signatureMetrics, signaturesStateDir } from '../signatures/index.js';
 import { randomBytes } from 'node:crypto';
 import { readPem } from '../config/tls-schema.js';
 
@@ -242,7 +243,7 @@ export class ConsoleServer {
   private async metrics(ctx: Ctx): Promise<void> {
     if (this.cfg['metrics-token-required']) await bearer(ctx.req, this.tokens);
     const stats = this.deps.stats;
-    const text = stats ? stats.prometheus() : '# avgate: statistics are not collected\n';
+    const text = (stats ? stats.prometheus() : '# avgate: statistics are not collected\n') + (await signatureMetrics(this.deps.config));
     sendText(ctx.res, 200, text, { 'Content-Type': 'text/plain; version=0.0.4; charset=utf-8' });
   }
 
@@ -489,7 +490,8 @@ export class ConsoleServer {
     for (const e of this.deps.engines) {
       listings.push({ engine: e.id, listing: await listSignatures(e.engine, { page: e.id === only ? page : 1, pageSize: SIGNATURE_PAGE, q }) });
     }
-    sendHtml(ctx.res, 200, signaturesPage(this.page(ctx, 'Signatures'), listings, q));
+    const updater = this.deps.config.signatures.sources.length > 0 ? await readUpdaterState(signaturesStateDir(this.deps.config)) : null;
+    sendHtml(ctx.res, 200, signaturesPage(this.page(ctx, 'Signatures'), listings, q, updater));
   }
 
   private async configShow(ctx: Ctx): Promise<void> {

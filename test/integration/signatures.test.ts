@@ -15,6 +15,7 @@ import { openRuntime, type Runtime } from '../../src/runtime.js';
 import { updaterFor } from '../../src/signatures/index.js';
 import { startNginx, type Nginx } from '../../tools/peers/nginx.js';
 import { freeLoopbackPort } from '../../src/core/net.js';
+import { ConsoleClient } from '../helpers/console.js';
 import { waitFor, within } from '../helpers/wait.js';
 
 /** A body signature (.ndb) for a random token, and content carrying it. */
@@ -143,6 +144,10 @@ describe('signature updater: nginx as the mirror, the project-local clamd, clams
     assert.match(out, /^unchanged avgate-upd\.ndb /m);
     assert.match(out, /^nothing changed$/m);
     for (const f of ['pinned.hdb', 'big.ndb', 'missing.ndb', 'gone.ndb']) assert.equal(existsSync(join(dbDir(), f)), false, f);
+    const status = io();
+    assert.equal(await runSignaturesCommand(config(sources), ['status'], status), 0);
+    assert.match(status.out(), /^last run \S+: avgate-upd\.ndb unchanged, avgate-extra\.ndb unchanged, pinned\.hdb failed, big\.ndb failed, missing\.ndb failed, gone\.ndb failed$/m);
+    assert.match(status.out(), /^ {2}missing\.ndb: HTTP 404 Not Found$/m);
   });
 
   test('a source no longer configured: the file it installed is removed and clamd reloaded; files the updater did not install stay', async () => {
@@ -189,7 +194,8 @@ describe('avgate serve with signatures.interval', () => {
       `state-dir: ${join(dir, 'state')}`,
       'log: {level: silent}',
       'clamd: {tcp-port: 0}',
-      ...['icap', 'smtp', 'console', 'http-proxy', 'ftp-proxy', 'pop3-proxy', 'imap-proxy'].map((k) => `${k}: {enabled: false}`),
+      ...['icap', 'smtp', 'http-proxy', 'ftp-proxy', 'pop3-proxy', 'imap-proxy'].map((k) => `${k}: {enabled: false}`),
+      'console: {listen: "127.0.0.1:0"}',
       'signatures:',
       '  interval: 500ms',
       `  sources: [{url: "${nginx.url('serve.ndb')}"}]`,
@@ -203,6 +209,20 @@ describe('avgate serve with signatures.interval', () => {
       await writeFile(join(www, 'serve.ndb'), first.line + second.line);
       await utimes(join(www, 'serve.ndb'), future, future);
       await waitFor('the changed file in use', async () => ((await scan(second.content)).status === 'found' ? true : null), 60_000);
+
+      // The console shows the updater's last run; /metrics has its gauges.
+      await s.web?.passwords.setPassword('admin', 'signatures-test-pw');
+      const c = new ConsoleClient(s.consolePort as number);
+      await c.login('admin', 'signatures-test-pw');
+      const page = await c.get('/signatures');
+      assert.equal(page.status, 200);
+      assert.match(page.body, /<section id="updater"><h2>Signature updates<\/h2>\s*<p>last run \S+: /);
+      assert.match(page.body, /<td>serve\.ndb<\/td><td>(installed|unchanged)<\/td><td>http:\/\/127\.0\.0\.1:\d+\/serve\.ndb<\/td>/);
+      const metrics = await c.get('/metrics');
+      assert.match(metrics.body, /^avgate_signatures_installed_files 1$/m);
+      const at = Number(/^avgate_signatures_last_run_timestamp_seconds (\d+)$/m.exec(metrics.body)?.[1]);
+      assert.ok(at > Date.now() / 1000 - 120, 'a recent run');
+      assert.match(metrics.body, /^avgate_signatures_sources\{outcome="failed"\} 0$/m);
     } finally {
       await s.stop();
       await nginx.stop();
