@@ -14,5 +14,10 @@ export function configWarnings(config: Readonly<Config>): string[] {
   if (hp.enabled && hp['allowed-clients'].some((c) => /\/0$/.test(c.trim()))) {
     warnings.push(`http-proxy.allowed-clients lets any address use the proxy on ${hp.listen}: an open proxy relays for anyone who reaches it`);
   }
+  const sig = config.signatures;
+  if (sig.sources.length > 0 && !config.clamd.managed) {
+    warnings.push('signatures.sources are not used: the signature updater installs into the project-local clamd (clamd.managed: true)');
+  }
+  if (sig.interval > 0 && sig.sources.length === 0) warnings.push('signatures.interval is set but signatures.sources is empty: nothing is updated');
   return warnings;
 }

@@ -3,6 +3,8 @@ import { mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { configWarnings } from '../../src/config/check.js';
+import { parseConfigText } from '../../src/config/loader.js';
 import { databaseFingerprint, UPDATING_MARKER, UPDATING_STALE_MS } from '../../src/engines/clamd/fingerprint.js';
 
 test('database fingerprint: changes with a database file, ignores other files, is null while a fresh update marker is there', async () => {
@@ -24,4 +26,11 @@ test('database fingerprint: changes with a database file, ignores other files, i
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test('config check warns about signature sources nobody uses and an interval without sources', () => {
+  const warn = (yaml: string) => configWarnings(parseConfigText(yaml, 'x.yaml')).filter((w) => w.startsWith('signatures'));
+  assert.deepEqual(warn('signatures: {sources: [{url: "http://127.0.0.1/a.ndb"}], interval: 1h}\n'), []);
+  assert.match(warn('clamd: {managed: false}\nsignatures: {sources: [{url: "http://127.0.0.1/a.ndb"}]}\n')[0] ?? '', /are not used: .*clamd\.managed: true/);
+  assert.match(warn('signatures: {interval: 1h}\n')[0] ?? '', /interval is set but signatures\.sources is empty/);
 });
