@@ -38,7 +38,8 @@ export async function runSignaturesCommand(config: Readonly<Config>, args: strin
       const detail = r.outcome === 'installed' ? ` (${r.bytes} bytes, sha256 ${r.sha256})` : r.reason ? `: ${r.reason}` : '';
       io.stdout.write(`${r.outcome.padEnd(9)} ${r.name} ${r.url}${detail}\n`);
     }
-    if (report.changed) io.stdout.write(report.reloaded ? 'clamd reloaded\n' : 'clamd is not running: it loads the new files when it starts\n');
+    if (report.reloadError) io.stdout.write(`clamd did not confirm the reload: ${report.reloadError}\n`);
+    else if (report.changed) io.stdout.write(report.reloaded ? 'clamd reloaded\n' : 'clamd is not running: it loads the new files when it starts\n');
     else io.stdout.write('nothing changed\n');
     return report.failed > 0 ? 1 : 0;
   }

@@ -38,6 +38,8 @@ export interface UpdateReport {
   changed: boolean;
   /** clamd loaded the change (false: it was not running, or nothing changed). */
   reloaded: boolean;
+  /** Files were installed but clamd did not confirm the reload (counted in failed). */
+  reloadError?: string;
   failed: number;
 }
 
@@ -53,7 +55,7 @@ export interface InstalledFile {
 export interface UpdaterState {
   files: Record<string, InstalledFile>;
   /** The last update that ran to its end: when, and what became of each source. */
-  lastRun?: { at: string; changed: boolean; reloaded: boolean; sources: SourceReport[] };
+  lastRun?: { at: string; changed: boolean; reloaded: boolean; reloadError?: string; sources: SourceReport[] };
 }
 
 export interface UpdaterOptions {
@@ -141,6 +143,7 @@ export class SignatureUpdater {
       }
 
       let reloaded = false;
+      let reloadError: string | null = null;
       const changed = accepted.length > 0 || removed.length > 0;
       if (changed) {
         // While files change and clamd reloads, the directory has no fingerprint: no verdict is
@@ -161,21 +164,25 @@ export class SignatureUpdater {
           }
           await this.writeState(state);
           reloaded = await this.o.reload();
+        } catch (err) {
+          // Installed but not (known to be) loaded: said, and the run counts as failed.
+          reloadError = messageOf(err);
         } finally {
           await rm(marker, { force: true });
         }
       }
-      state.lastRun = { at: new Date().toISOString(), changed, reloaded, sources: reports };
+      state.lastRun = { at: new Date().toISOString(), changed, reloaded, sources: reports, ...(reloadError ? { reloadError } : {}) };
       await this.writeState(state);
-      const failed = reports.filter((r) => r.outcome === 'failed').length;
+      const failed = reports.filter((r) => r.outcome === 'failed').length + (reloadError ? 1 : 0);
       for (const r of reports) {
         const fields = { source: r.name, url: r.url, ...(r.bytes !== undefined ? { bytes: r.bytes, sha256: r.sha256 } : {}), ...(r.reason ? { reason: r.reason } : {}) };
         if (r.outcome === 'failed') log.error(fields, 'signature update failed: the file in use (if any) stays');
         else if (r.outcome === 'unchanged') log.debug(fields, 'signatures unchanged');
         else log.info(fields, `signatures ${r.outcome}`);
       }
-      if (changed) log.info({ reloaded, dbDir }, reloaded ? 'clamd reloaded the signatures' : 'clamd not running: it loads the new signatures when it starts');
-      return { sources: reports, changed, reloaded, failed };
+      if (reloadError) log.error({ dbDir, err: reloadError }, 'signatures installed, but clamd did not confirm the reload');
+      else if (changed) log.info({ reloaded, dbDir }, reloaded ? 'clamd reloaded the signatures' : 'clamd not running: it loads the new signatures when it starts');
+      return { sources: reports, changed, reloaded, failed, ...(reloadError ? { reloadError } : {}) };
     } finally {
       await rm(staging, { recursive: true, force: true });
     }
@@ -189,7 +196,8 @@ export class SignatureUpdater {
         await mkdir(staging);
         return staging;
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'EEXIST') throw new AvgateError('AVG_ERR_SIGNATURES', `cannot create ${staging}: ${code ?? messageOf(err)}`);
         const st = await stat(staging).catch(() => null);
         if (st && Date.now() - st.mtimeMs < UPDATING_STALE_MS) {
           throw new AvgateError('AVG_ERR_SIGNATURES', `another signature update is running (${staging} exists)`);

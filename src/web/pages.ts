@@ -190,7 +190,7 @@ function updaterSection(state: UpdaterState): Raw {
   const run = state.lastRun;
   const installed = (name: string) => state.files[name];
   return html`<section id="updater"><h2>Signature updates</h2>
-<p>${run ? `last run ${run.at}: ${run.changed ? (run.reloaded ? 'changes loaded by clamd' : 'changes installed, clamd not running') : 'nothing changed'}` : 'the updater has not run yet'}</p>
+<p>${run ? `last run ${run.at}: ${run.reloadError ? `changes installed, but clamd did not confirm the reload: ${run.reloadError}` : run.changed ? (run.reloaded ? 'changes loaded by clamd' : 'changes installed, clamd not running') : 'nothing changed'}` : 'the updater has not run yet'}</p>
 ${run
   ? table(
       ['file', 'outcome', 'source', 'installed', 'size', 'SHA-256', 'reason'],

@@ -12,7 +12,7 @@ import { UPDATING_MARKER } from '../../src/engines/clamd/fingerprint.js';
 import { runSignaturesCommand } from '../../src/cli/signatures.js';
 import { serve } from '../../src/main.js';
 import { openRuntime, type Runtime } from '../../src/runtime.js';
-import { updaterFor } from '../../src/signatures/index.js';
+import { SignatureUpdater, signaturesStateDir, updaterFor } from '../../src/signatures/index.js';
 import { startNginx, type Nginx } from '../../tools/peers/nginx.js';
 import { freeLoopbackPort } from '../../src/core/net.js';
 import { ConsoleClient } from '../helpers/console.js';
@@ -167,7 +167,7 @@ describe('signature updater: nginx as the mirror, the project-local clamd, clams
     assert.equal((await scan(extra.content)).status, 'found');
   });
 
-  test('a second update while one holds the staging directory is refused (exit 2), and a bad source name is a config error with its path', async () => {
+  test('a second update while one holds the staging directory is refused (exit 2); a reload clamd does not confirm is a failure; a bad source name is a config error with its path', async () => {
     await mkdir(join(dbDir(), '.avgate-staging'));
     try {
       const cli = io();
@@ -176,6 +176,31 @@ describe('signature updater: nginx as the mirror, the project-local clamd, clams
     } finally {
       await rm(join(dbDir(), '.avgate-staging'), { recursive: true, force: true });
     }
+    // Installed, but clamd does not confirm the reload: said, counted as a failure, marker gone.
+    const late = tokenSignature('Avgate.Test.Late');
+    await writeFile(join(www, 'late.ndb'), late.line);
+    const lateConfig = config(`${src('avgate-extra.ndb')}\n${src('late.ndb')}`);
+    const r = await new SignatureUpdater({
+      config: lateConfig.signatures,
+      dbDir: dbDir(),
+      stateDir: signaturesStateDir(lateConfig),
+      log: silentLogger(),
+      reload: () => Promise.reject(new Error('clamd did not finish RELOAD in time')),
+    }).update();
+    assert.equal(r.failed, 1);
+    assert.equal(r.reloadError, 'clamd did not finish RELOAD in time');
+    assert.deepEqual(
+      r.sources.map((x) => [x.name, x.outcome]),
+      [
+        ['avgate-extra.ndb', 'unchanged'],
+        ['late.ndb', 'installed'],
+      ],
+    );
+    assert.equal(existsSync(join(dbDir(), UPDATING_MARKER)), false);
+    const status = io();
+    await runSignaturesCommand(lateConfig, ['status'], status);
+    assert.match(status.out(), /^late\.ndb {2}\d+ bytes/m);
+
     assert.throws(() => config(src('notes.txt')), /signatures\.sources\.0\.url.*not a database file name/s);
     assert.throws(() => config(`${src('a.ndb')}\n${src('a.ndb')}`), /a second source for a\.ndb/);
   });
