@@ -201,6 +201,16 @@ describe('signature updater: nginx as the mirror, the project-local clamd, clams
     await runSignaturesCommand(lateConfig, ['status'], status);
     assert.match(status.out(), /^late\.ndb {2}\d+ bytes/m);
 
+    // A version read while the marker is there (no version: nothing cached) is read again within a second.
+    const engine = runtime.engines[0]?.engine;
+    assert.ok(engine);
+    await writeFile(join(dbDir(), UPDATING_MARKER), 'test\n');
+    engine.invalidateVersion?.();
+    assert.equal(await engine.signatureVersion(), null);
+    await rm(join(dbDir(), UPDATING_MARKER));
+    await new Promise((r) => setTimeout(r, 1100));
+    assert.match((await engine.signatureVersion()) ?? '', /\/db:[0-9a-f]{16}$/, 'not held for the whole version-check-interval');
+
     assert.throws(() => config(src('notes.txt')), /signatures\.sources\.0\.url.*not a database file name/s);
     assert.throws(() => config(`${src('a.ndb')}\n${src('a.ndb')}`), /a second source for a\.ndb/);
   });

@@ -99,6 +99,9 @@ export function parseClamdOptions(options: readonly EngineOption[], base: ClamdN
   return s;
 }
 
+/** How soon a version read while the signature updater works is read again. */
+const UPDATE_RECHECK_MS = 1000;
+
 /**
  * Signature version of a clamd: the database part of VERSION (`27432/Sat Nov 21 ...`; clamd
  * prints only `ClamAV 1.4.6` when it has no official database). When the database directory is
@@ -107,14 +110,14 @@ export function parseClamdOptions(options: readonly EngineOption[], base: ClamdN
  * verdicts.
  */
 export class ClamdVersionTracker {
-  private cached: { value: string | null; at: number } | null = null;
+  private cached: { value: string | null; at: number; ttl: number } | null = null;
   private inflight: Promise<string | null> | null = null;
 
   constructor(private readonly settings: () => ClamdNetSettings) {}
 
   async get(signal?: AbortSignal): Promise<string | null> {
     const s = this.settings();
-    if (this.cached && Date.now() - this.cached.at < s.versionCheckIntervalMs) return this.cached.value;
+    if (this.cached && Date.now() - this.cached.at < Math.min(this.cached.ttl, s.versionCheckIntervalMs)) return this.cached.value;
     this.inflight ??= this.fetch(signal).finally(() => {
       this.inflight = null;
     });
@@ -128,6 +131,7 @@ export class ClamdVersionTracker {
   private async fetch(signal?: AbortSignal): Promise<string | null> {
     const s = this.settings();
     let value: string | null;
+    let ttl = Number.POSITIVE_INFINITY;
     try {
       const raw = await requestFirst(s, 'VERSION', signal);
       const v = parseVersion(raw);
@@ -136,13 +140,15 @@ export class ClamdVersionTracker {
         // official ones changes no VERSION line. No fingerprint (an update under way): no version.
         const fp = await databaseFingerprint(s.databaseDir);
         value = fp === null ? null : `${v.signatures ?? v.engine}/db:${fp}`;
+        // An update under way ends within seconds: look again soon, not after the whole interval.
+        if (fp === null) ttl = UPDATE_RECHECK_MS;
       } else {
         value = v.signatures;
       }
     } catch {
       value = null; // engine down: no version, so nothing is cached or taken from the cache
     }
-    this.cached = { value, at: Date.now() };
+    this.cached = { value, at: Date.now(), ttl };
     return value;
   }
 }
