@@ -5,7 +5,7 @@ import { configWarnings } from '../config/check.js';
 import { checkTlsFiles } from '../config/tls-schema.js';
 import { masked } from '../config/mask.js';
 import { AvgateError, messageOf } from '../core/errors.js';
-import { createLogger } from '../core/logging.js';
+import { commandLogger, createLogger } from '../core/logging.js';
 import { VERSION } from '../core/version.js';
 import { serveForever } from '../main.js';
 import { localClamdFor, openRuntime } from '../runtime.js';
@@ -109,7 +109,7 @@ async function scanCommand(loaded: LoadedConfig, args: string[]): Promise<number
     return 0;
   }
   // Logs go to stderr and only when something is wrong: stdout belongs to the scan report.
-  const logger = createLogger({ level: loaded.config.log.level === 'info' ? 'warn' : loaded.config.log.level, file: loaded.config.log.file });
+  const logger = commandLogger(loaded.config.log);
   let runtime;
   try {
     runtime = await openRuntime(loaded.config, { logger, localClamd: 'if-needed', defaultOrigin: { source: 'fs' } });

@@ -1,6 +1,6 @@
 import type { Config } from '../config/schema.js';
 import { messageOf } from '../core/errors.js';
-import { createLogger } from '../core/logging.js';
+import { commandLogger } from '../core/logging.js';
 import { readUpdaterState, signaturesStateDir, updaterFor, type UpdateReport } from '../signatures/index.js';
 
 export const SIGNATURES_USAGE = `usage: avgate signatures update | status
@@ -26,7 +26,7 @@ export async function runSignaturesCommand(config: Readonly<Config>, args: strin
       return 2;
     }
     // The report is the output; the log only says what went wrong.
-    const log = createLogger({ level: config.log.level === 'info' ? 'warn' : config.log.level, file: config.log.file });
+    const log = commandLogger(config.log);
     let report: UpdateReport;
     try {
       report = await updaterFor(config, log).update();

@@ -17,6 +17,14 @@ export function createLogger(options: LogOptions): Logger {
   return pino({ level: options.level, base: { app: 'avgate' }, timestamp: pino.stdTimeFunctions.isoTime }, destination);
 }
 
+/**
+ * For a command whose stdout is its report (`avgate scan`, `avgate signatures update`): the
+ * configured log, but `info` becomes `warn`, so only what went wrong is logged.
+ */
+export function commandLogger(options: LogOptions): Logger {
+  return createLogger({ ...options, level: options.level === 'info' ? 'warn' : options.level });
+}
+
 /** A logger that drops everything: for library use and tests. */
 export function silentLogger(): Logger {
   return pino({ level: 'silent' });

@@ -1,13 +1,14 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { copyFile, link, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { copyFile, link, mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { sourceFileName, type SignatureSource, type SignaturesConfig } from '../config/signatures-schema.js';
 import { AvgateError, messageOf } from '../core/errors.js';
+import { readJson, writeJson } from '../core/json-file.js';
 import type { Logger } from '../core/logging.js';
 import { VERSION } from '../core/version.js';
 import { isDatabaseFile, UPDATING_MARKER, UPDATING_STALE_MS } from '../engines/clamd/fingerprint.js';
@@ -71,6 +72,7 @@ export interface UpdaterOptions {
 
 /** In the database directory: the same file system, so installing is a rename. clamd skips it. */
 const STAGING = '.avgate-staging';
+const STATE_FILE = 'state.json';
 
 /** Every source with its file name (the schema has checked them: valid and unique). */
 export function sourceNames(config: SignaturesConfig): Array<{ src: SignatureSource; name: string }> {
@@ -82,14 +84,12 @@ export function sourceNames(config: SignaturesConfig): Array<{ src: SignatureSou
 }
 
 export async function readUpdaterState(stateDir: string): Promise<UpdaterState> {
-  try {
-    const parsed = JSON.parse(await readFile(join(stateDir, 'state.json'), 'utf8')) as Partial<UpdaterState>;
-    return { files: parsed.files && typeof parsed.files === 'object' ? parsed.files : {}, ...(parsed.lastRun ? { lastRun: parsed.lastRun } : {}) };
-  } catch {
-    return { files: {} };
-  }
+  // A damaged file is as good as none: the next run fetches everything again.
+  const parsed = await readJson<Partial<UpdaterState>>(join(stateDir, STATE_FILE), {}).catch(() => ({}) as Partial<UpdaterState>);
+  return { files: parsed.files && typeof parsed.files === 'object' ? parsed.files : {}, ...(parsed.lastRun ? { lastRun: parsed.lastRun } : {}) };
 }
 
+type Candidate = { name: string; path: string; entry: InstalledFile };
 type Fetched = { kind: 'unchanged'; entry: InstalledFile | null } | { kind: 'new'; path: string; entry: InstalledFile };
 
 export class SignatureUpdater {
@@ -106,14 +106,13 @@ export class SignatureUpdater {
   }
 
   private async run(signal?: AbortSignal): Promise<UpdateReport> {
-    const { dbDir, log } = this.o;
     const sources = sourceNames(this.o.config);
-    await mkdir(dbDir, { recursive: true });
+    await mkdir(this.o.dbDir, { recursive: true });
     const staging = await this.lockStaging();
     try {
       const state = await readUpdaterState(this.o.stateDir);
       const reports: SourceReport[] = [];
-      const candidates: Array<{ name: string; path: string; entry: InstalledFile }> = [];
+      const candidates: Candidate[] = [];
       for (const { src, name } of sources) {
         try {
           const r = await this.fetchOne(src, name, state.files[name] ?? null, staging, signal);
@@ -128,64 +127,78 @@ export class SignatureUpdater {
         }
       }
       const removed = Object.keys(state.files).filter((n) => !sources.some((s) => s.name === n));
-
-      let accepted = candidates;
-      if (this.o.config['test-load'] && candidates.length > 0) {
-        if ((await this.testLoad(staging, candidates, removed, signal)) !== null) {
-          // Something in the new set does not load: find which, alone with the current files.
-          accepted = [];
-          for (const c of candidates) {
-            const problem = await this.testLoad(staging, [c], removed, signal);
-            if (problem === null) accepted.push(c);
-            else reports.push({ name: c.name, url: c.entry.url, outcome: 'failed', reason: `clamscan cannot load it: ${problem}` });
-          }
-        }
-      }
-
-      let reloaded = false;
-      let reloadError: string | null = null;
+      const accepted = await this.loadable(staging, candidates, removed, reports, signal);
       const changed = accepted.length > 0 || removed.length > 0;
-      if (changed) {
-        // While files change and clamd reloads, the directory has no fingerprint: no verdict is
-        // cached under a key that would outlive the old database (engines/clamd/fingerprint.ts).
-        const marker = join(dbDir, UPDATING_MARKER);
-        await writeFile(marker, `${process.pid}\n`);
-        try {
-          for (const c of accepted) {
-            await rename(c.path, join(dbDir, c.name));
-            state.files[c.name] = c.entry;
-            reports.push({ name: c.name, url: c.entry.url, outcome: 'installed', bytes: c.entry.size, sha256: c.entry.sha256 });
-          }
-          for (const name of removed) {
-            const url = state.files[name]?.url ?? '';
-            await rm(join(dbDir, name), { force: true });
-            delete state.files[name];
-            reports.push({ name, url, outcome: 'removed' });
-          }
-          await this.writeState(state);
-          reloaded = await this.o.reload();
-        } catch (err) {
-          // Installed but not (known to be) loaded: said, and the run counts as failed.
-          reloadError = messageOf(err);
-        } finally {
-          await rm(marker, { force: true });
-        }
-      }
+      const { reloaded, reloadError } = changed ? await this.install(accepted, removed, state, reports) : { reloaded: false, reloadError: null };
       state.lastRun = { at: new Date().toISOString(), changed, reloaded, sources: reports, ...(reloadError ? { reloadError } : {}) };
       await this.writeState(state);
-      const failed = reports.filter((r) => r.outcome === 'failed').length + (reloadError ? 1 : 0);
-      for (const r of reports) {
-        const fields = { source: r.name, url: r.url, ...(r.bytes !== undefined ? { bytes: r.bytes, sha256: r.sha256 } : {}), ...(r.reason ? { reason: r.reason } : {}) };
-        if (r.outcome === 'failed') log.error(fields, 'signature update failed: the file in use (if any) stays');
-        else if (r.outcome === 'unchanged') log.debug(fields, 'signatures unchanged');
-        else log.info(fields, `signatures ${r.outcome}`);
-      }
-      if (reloadError) log.error({ dbDir, err: reloadError }, 'signatures installed, but clamd did not confirm the reload');
-      else if (changed) log.info({ reloaded, dbDir }, reloaded ? 'clamd reloaded the signatures' : 'clamd not running: it loads the new signatures when it starts');
-      return { sources: reports, changed, reloaded, failed, ...(reloadError ? { reloadError } : {}) };
+      const report: UpdateReport = { sources: reports, changed, reloaded, failed: reports.filter((r) => r.outcome === 'failed').length + (reloadError ? 1 : 0), ...(reloadError ? { reloadError } : {}) };
+      this.logReport(report);
+      return report;
     } finally {
       await rm(staging, { recursive: true, force: true });
     }
+  }
+
+  /**
+   * The candidates that clamscan can load with the current files (all of them when test-load is
+   * off). When the whole set does not load, each is tried alone; a refused one is reported failed.
+   */
+  private async loadable(staging: string, candidates: Candidate[], removed: string[], reports: SourceReport[], signal?: AbortSignal): Promise<Candidate[]> {
+    if (!this.o.config['test-load'] || candidates.length === 0) return candidates;
+    if ((await this.testLoad(staging, candidates, removed, signal)) === null) return candidates;
+    const accepted: Candidate[] = [];
+    for (const c of candidates) {
+      const problem = await this.testLoad(staging, [c], removed, signal);
+      if (problem === null) accepted.push(c);
+      else reports.push({ name: c.name, url: c.entry.url, outcome: 'failed', reason: `clamscan cannot load it: ${problem}` });
+    }
+    return accepted;
+  }
+
+  /**
+   * Renames the accepted files into place, deletes those of sources gone, writes the state and
+   * reloads clamd. Meanwhile the directory has no fingerprint, so no verdict is cached under a key
+   * that would outlive the old database (engines/clamd/fingerprint.ts). A reload clamd does not
+   * confirm is returned, not thrown: the files are in place either way.
+   */
+  private async install(accepted: Candidate[], removed: string[], state: UpdaterState, reports: SourceReport[]): Promise<{ reloaded: boolean; reloadError: string | null }> {
+    const { dbDir } = this.o;
+    const marker = join(dbDir, UPDATING_MARKER);
+    await writeFile(marker, `${process.pid}\n`);
+    try {
+      for (const c of accepted) {
+        await rename(c.path, join(dbDir, c.name));
+        state.files[c.name] = c.entry;
+        reports.push({ name: c.name, url: c.entry.url, outcome: 'installed', bytes: c.entry.size, sha256: c.entry.sha256 });
+      }
+      for (const name of removed) {
+        const url = state.files[name]?.url ?? '';
+        await rm(join(dbDir, name), { force: true });
+        delete state.files[name];
+        reports.push({ name, url, outcome: 'removed' });
+      }
+      await this.writeState(state);
+      try {
+        return { reloaded: await this.o.reload(), reloadError: null };
+      } catch (err) {
+        return { reloaded: false, reloadError: messageOf(err) };
+      }
+    } finally {
+      await rm(marker, { force: true });
+    }
+  }
+
+  private logReport(report: UpdateReport): void {
+    const { log, dbDir } = this.o;
+    for (const r of report.sources) {
+      const fields = { source: r.name, url: r.url, ...(r.bytes !== undefined ? { bytes: r.bytes, sha256: r.sha256 } : {}), ...(r.reason ? { reason: r.reason } : {}) };
+      if (r.outcome === 'failed') log.error(fields, 'signature update failed: the file in use (if any) stays');
+      else if (r.outcome === 'unchanged') log.debug(fields, 'signatures unchanged');
+      else log.info(fields, `signatures ${r.outcome}`);
+    }
+    if (report.reloadError) log.error({ dbDir, err: report.reloadError }, 'signatures installed, but clamd did not confirm the reload');
+    else if (report.changed) log.info({ reloaded: report.reloaded, dbDir }, report.reloaded ? 'clamd reloaded the signatures' : 'clamd not running: it loads the new signatures when it starts');
   }
 
   /** Creates the staging directory, which is also the lock against a second updater. */
@@ -290,11 +303,8 @@ export class SignatureUpdater {
     }
   }
 
-  private async writeState(state: UpdaterState): Promise<void> {
-    await mkdir(this.o.stateDir, { recursive: true });
-    const path = join(this.o.stateDir, 'state.json');
-    await writeFile(`${path}.tmp`, `${JSON.stringify(state, null, 2)}\n`);
-    await rename(`${path}.tmp`, path);
+  private writeState(state: UpdaterState): Promise<void> {
+    return writeJson(join(this.o.stateDir, STATE_FILE), state);
   }
 }
 

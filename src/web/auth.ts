@@ -1,7 +1,7 @@
 import { createHash, randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions } from 'node:crypto';
-import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { stat } from 'node:fs/promises';
 import { AvgateError } from '../core/errors.js';
+import { readJson, writeJson } from '../core/json-file.js';
 
 /**
  * Console authentication: users with scrypt password hashes, API tokens stored as SHA-256 only,
@@ -49,30 +49,6 @@ export function safeEqual(a: string, b: string): boolean {
   const x = Buffer.from(a);
   const y = Buffer.from(b);
   return x.length === y.length && timingSafeEqual(x, y);
-}
-
-/** Reads a JSON file of ours; a missing file is the empty value. */
-async function readJson<T>(path: string, empty: T): Promise<T> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return empty;
-    throw err;
-  }
-  try {
-    return JSON.parse(text) as T;
-  } catch {
-    throw new AvgateError('AVG_ERR_CONFIG', `${path}: not valid JSON`);
-  }
-}
-
-/** Replaces the file atomically, mode 0600 in a 0700 directory (it holds hashes). */
-async function writeJson(path: string, value: unknown): Promise<void> {
-  await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-  const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
-  await writeFile(tmp, `${JSON.stringify(value, null, 2)}\n`, { mode: 0o600, flag: 'wx' });
-  await rename(tmp, path);
 }
 
 export const USER_NAME = /^[A-Za-z0-9._@-]{1,64}$/;

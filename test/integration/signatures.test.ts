@@ -16,6 +16,7 @@ import { SignatureUpdater, signaturesStateDir, updaterFor } from '../../src/sign
 import { startNginx, type Nginx } from '../../tools/peers/nginx.js';
 import { freeLoopbackPort } from '../../src/core/net.js';
 import { ConsoleClient } from '../helpers/console.js';
+import { startFaultServer } from '../helpers/fault-server.js';
 import { waitFor, within } from '../helpers/wait.js';
 
 /** A body signature (.ndb) for a random token, and content carrying it. */
@@ -148,6 +149,31 @@ describe('signature updater: nginx as the mirror, the project-local clamd, clams
     assert.equal(await runSignaturesCommand(config(sources), ['status'], status), 0);
     assert.match(status.out(), /^last run \S+: avgate-upd\.ndb unchanged, avgate-extra\.ndb unchanged, pinned\.hdb failed, big\.ndb failed, missing\.ndb failed, gone\.ndb failed$/m);
     assert.match(status.out(), /^ {2}missing\.ndb: HTTP 404 Not Found$/m);
+  });
+
+  test('signatures.timeout: a mirror that answers the headers but never the body fails alone; signatures.test-load-timeout: a clamscan that does not finish fails the new file', async () => {
+    // A fault server: a real nginx always finishes its answers.
+    const stall = await startFaultServer((socket) => {
+      socket.once('data', () => socket.write('HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nStall:0:*:'));
+    });
+    try {
+      const slow = io();
+      const code = await runSignaturesCommand(config(`${base}\n${src('avgate-extra.ndb')}\n    - {url: "http://127.0.0.1:${stall.port}/stall.ndb"}`, '  timeout: 300ms'), ['update'], slow);
+      assert.equal(code, 1);
+      assert.match(slow.out(), /^failed {4}stall\.ndb \S+: not complete within signatures\.timeout \(300 ms\)$/m);
+      assert.match(slow.out(), /^nothing changed$/m);
+    } finally {
+      await stall.close();
+    }
+    // A "clamscan" that never finishes loading.
+    const sleeper = join(dir, 'slow-clamscan');
+    await writeFile(sleeper, '#!/bin/sh\nexec sleep 30\n', { mode: 0o755 });
+    await writeFile(join(www, 'waits.ndb'), tokenSignature('Avgate.Test.Waits').line);
+    const cli = io();
+    const code = await runSignaturesCommand(config(`${base}\n${src('avgate-extra.ndb')}\n${src('waits.ndb')}`, `  test-load-timeout: 300ms\n  clamscan: ${sleeper}`), ['update'], cli);
+    assert.equal(code, 1);
+    assert.match(cli.out(), /^failed {4}waits\.ndb \S+: clamscan cannot load it: no result within signatures\.test-load-timeout \(300 ms\)$/m);
+    assert.equal(existsSync(join(dbDir(), 'waits.ndb')), false);
   });
 
   test('a source no longer configured: the file it installed is removed and clamd reloaded; files the updater did not install stay', async () => {
