@@ -265,6 +265,18 @@ export class Spool {
    * Releases everything. `recycle`: the caller guarantees that no view of the memory chunks is still
    * in use (e.g. queued in a socket's write buffer), so pooled slabs may be handed out again.
    */
+  /**
+   * dispose() without waiting for it: a keep-alive connection's next request need not wait for the
+   * unlink of this one's files (a thread-pool round trip; ~0.1-0.3 ms for a scan copy of a few
+   * hundred KB on ext4). settleSpools() waits for every disposal started this way (at shutdown).
+   */
+  disposeSoon(recycle = false): void {
+    const p: Promise<void> = this.dispose(recycle)
+      .catch(() => undefined)
+      .finally(() => pendingDisposals.delete(p));
+    pendingDisposals.add(p);
+  }
+
   async dispose(recycle = false): Promise<void> {
     await this.dropScanCopy(); // before the slabs go back: its writes read from them
     this.memory = [];
@@ -280,6 +292,14 @@ export class Spool {
       await rm(f.path, { force: true });
     }
   }
+}
+
+/** Disposals started by disposeSoon() and not finished yet. */
+const pendingDisposals = new Set<Promise<void>>();
+
+/** Resolves once every disposal started by disposeSoon() (also those started meanwhile) has ended. */
+export async function settleSpools(): Promise<void> {
+  while (pendingDisposals.size > 0) await Promise.all([...pendingDisposals]);
 }
 
 /**

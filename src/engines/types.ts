@@ -57,6 +57,11 @@ export interface Engine<Ctx = unknown> {
    */
   scanFile?(ctx: Ctx, path: string, meta: ScanMeta): Promise<EngineScanResult | null>;
   /**
+   * Optional: scans an object held in memory, given as its pieces in order. Same answers as
+   * scan(); spares the engine a stream's machinery for the small objects most traffic is made of.
+   */
+  scanChunks?(ctx: Ctx, chunks: readonly Buffer[], meta: ScanMeta): Promise<EngineScanResult>;
+  /**
    * Optional: true when scanFile() is cheaper than a stream for an object of this size (any size
    * when omitted), so front ends hand over files.
    */

@@ -151,6 +151,8 @@ export class Scanner implements ScanService {
     if (verdict.cached) this.counters.cacheHits++;
     if (this.options.stats) this.report(this.options.stats, request, verdict);
     const level = verdict.status === 'error' || verdict.status === 'unknown' ? 'warn' : 'debug';
+    // The line's object is built only when it is written (debug is off in production).
+    if (!this.log.isLevelEnabled(level)) return verdict;
     this.log[level](
       {
         name: request.name,
@@ -301,7 +303,7 @@ export class Scanner implements ScanService {
           this.log.warn({ err: messageOf(err) }, 'could not write the object to a file for the engine; streaming it');
         }
       }
-      const run = await this.runEngines(request, hasher);
+      const run = await this.runEngines(request, hasher, versions);
       const combined = combineVerdicts(run.verdicts);
       if (run.sizeExceeded) {
         return finish({ status: 'skipped', reason: `larger than max-checked-size (${this.limits.maxCheckedSize} bytes)` }, run.bytes, null);
@@ -334,6 +336,7 @@ export class Scanner implements ScanService {
   private async runEngines(
     request: ScanRequest,
     hasher: Hash | null,
+    versions: ReadonlyArray<string | null>,
   ): Promise<{ verdicts: Verdict[]; bytes: number; sizeExceeded: boolean; complete: boolean }> {
     // One controller and one timer per scan (AbortSignal.timeout + any cost more per scan).
     const controller = new AbortController();
@@ -343,7 +346,7 @@ export class Scanner implements ScanService {
     request.signal?.addEventListener('abort', onCallerAbort, { once: true });
     const signal = controller.signal;
     try {
-      return await this.runEnginesWith(request, hasher, signal);
+      return await this.runEnginesWith(request, hasher, signal, versions);
     } finally {
       clearTimeout(timer);
       request.signal?.removeEventListener('abort', onCallerAbort);
@@ -354,6 +357,7 @@ export class Scanner implements ScanService {
     request: ScanRequest,
     hasher: Hash | null,
     signal: AbortSignal,
+    versions: ReadonlyArray<string | null>,
   ): Promise<{ verdicts: Verdict[]; bytes: number; sizeExceeded: boolean; complete: boolean }> {
     const { source } = request;
     let meter: Meter | null = null;
@@ -373,24 +377,23 @@ export class Scanner implements ScanService {
       branches = this.engines.map(() => () => openSource(source));
     }
     const file = source.kind === 'file' ? source : null;
+    const memory = source.kind === 'chunks' ? source.chunks : source.kind === 'buffer' ? [source.data] : null;
+    const rereadable = source.kind !== 'stream';
     const verdicts = await Promise.all(
-      this.engines.map((slot, i) => this.runOne(slot, branches[i] as () => Readable, source.kind !== 'stream', request, signal, file)),
+      this.engines.map((slot, i) =>
+        this.runOne(slot, request, signal, { open: branches[i] as () => Readable, rereadable, file, memory, version: versions[i] }),
+      ),
     );
     const sizeExceeded = meter !== null && meter.bytes > this.limits.maxCheckedSize;
     const bytes = meter ? meter.bytes : Math.max(...verdicts.map((v) => v.bytes));
     return { verdicts, bytes, sizeExceeded, complete: meter !== null && meter.writableFinished && !sizeExceeded };
   }
 
-  private async runOne(
-    slot: EngineSlot,
-    open: () => Readable,
-    rereadable: boolean,
-    request: ScanRequest,
-    signal: AbortSignal,
-    file: { path: string; size?: number } | null,
-  ): Promise<Verdict> {
+  private async runOne(slot: EngineSlot, request: ScanRequest, signal: AbortSignal, input: EngineInput): Promise<Verdict> {
+    const { open, rereadable, file, memory } = input;
     const started = performance.now();
-    const version = await slot.engine.signatureVersion(signal).catch(() => null);
+    // Read just before by the caller when the verdict cache is on.
+    const version = input.version !== undefined ? input.version : await slot.engine.signatureVersion(signal).catch(() => null);
     const done = (r: EngineScanResult): Verdict => ({
       ...r.verdict,
       engine: slot.id,
@@ -417,12 +420,16 @@ export class Scanner implements ScanService {
           byPath = { verdict: { status: 'error', code: errorCodeOf(err), cause: messageOf(err) }, bytes: 0 };
         }
       }
-      const stream = byPath ? null : open();
+      // An object in memory goes to engines that take its pieces without a stream.
+      const pieces = !byPath && memory && slot.engine.scanChunks ? memory : null;
+      const stream = byPath || pieces ? null : open();
       const onAbort = () => stream?.destroy();
       signal.addEventListener('abort', onAbort, { once: true });
       let result: EngineScanResult;
       try {
-        result = byPath ?? (await raceAbort(slot.engine.scan(ctx, stream as Readable, meta), signal));
+        result =
+          byPath ??
+          (await raceAbort(pieces && slot.engine.scanChunks ? slot.engine.scanChunks(ctx, pieces, meta) : slot.engine.scan(ctx, stream as Readable, meta), signal));
       } catch (err) {
         result = { verdict: { status: 'error', code: errorCodeOf(err), cause: messageOf(err) }, bytes: 0 };
       } finally {
@@ -447,6 +454,20 @@ export class Scanner implements ScanService {
   async close(): Promise<void> {
     await Promise.all(this.engines.map((e) => e.pool.close()));
   }
+}
+
+/** What one engine is given to scan (see runOne). */
+interface EngineInput {
+  /** Opens the object as a stream (a tee branch for a streamed object). */
+  open: () => Readable;
+  /** The object can be read again (a retry on a new connection is possible). */
+  rereadable: boolean;
+  /** A local file: engines that read files take its path. */
+  file: { path: string; size?: number } | null;
+  /** An object in memory: engines with scanChunks take its pieces. */
+  memory: readonly Buffer[] | null;
+  /** The engine's signature version when already known (undefined: ask the engine). */
+  version: string | null | undefined;
 }
 
 function versionLabel(versions: Array<string | null>): string | null {

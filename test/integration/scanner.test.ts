@@ -37,7 +37,33 @@ function counted<C>(inner: Engine<C>): Engine<C> & { scans: number } {
       return byPath(ctx, path, meta);
     };
   }
+  if (inner.scanChunks) {
+    const byPieces = inner.scanChunks.bind(inner);
+    w.scanChunks = (ctx, chunks, meta) => {
+      w.scans++;
+      return byPieces(ctx, chunks, meta);
+    };
+  }
   return w;
+}
+
+/** The engine with each way in counted: a stream, a path, the pieces of an object in memory. */
+function byWay(inner: ClamdNetEngine): { engine: ClamdNetEngine; calls: { stream: number; path: number; pieces: number } } {
+  const calls = { stream: 0, path: 0, pieces: 0 };
+  const engine = Object.create(inner) as ClamdNetEngine;
+  engine.scan = (ctx, stream, meta) => {
+    calls.stream++;
+    return inner.scan(ctx, stream, meta);
+  };
+  engine.scanFile = (ctx, path, meta) => {
+    calls.path++;
+    return inner.scanFile(ctx, path, meta);
+  };
+  engine.scanChunks = (ctx, chunks, meta) => {
+    calls.pieces++;
+    return inner.scanChunks(ctx, chunks, meta);
+  };
+  return { engine, calls };
 }
 
 function clamdEngine(clamd: TestClamd, extra: Array<[string, string]> = []): ClamdNetEngine {
@@ -101,18 +127,7 @@ describe('scanner with a real clamd', () => {
   });
 
   test('files by path: an in-memory object is written to a file for clamd only after the cache missed, and scanned by SCAN', async () => {
-    const inner = clamdEngine(clamd);
-    let byPath = 0;
-    let byStream = 0;
-    const engine = Object.create(inner) as ClamdNetEngine;
-    engine.scan = (ctx, stream, meta) => {
-      byStream++;
-      return inner.scan(ctx, stream, meta);
-    };
-    engine.scanFile = (ctx, path, meta) => {
-      byPath++;
-      return inner.scanFile(ctx, path, meta);
-    };
+    const { engine, calls } = byWay(clamdEngine(clamd));
     const cache = new VerdictCache({ memoryEntries: 100, sqlitePath: join(dir, 'c-files.sqlite'), sqliteMaxEntries: 1000, maxAgeMs: 0 });
     const scanner = new Scanner([{ id: 'clamav', engine }], LIMITS, cache, silentLogger());
     assert.equal(scanner.prefersFiles(), true);
@@ -128,7 +143,7 @@ describe('scanner with a real clamd', () => {
     const first = await scanner.scan({ source: { kind: 'chunks', chunks: [data] }, toFile });
     assert.equal(first.status, 'found');
     assert.equal(written.length, 1);
-    assert.deepEqual([byPath, byStream], [1, 0]);
+    assert.deepEqual(calls, { path: 1, stream: 0, pieces: 0 });
     assert.equal(scanner.engineLikely, true, 'no look-up hit yet: the next object will need the engine');
     const second = await scanner.scan({ source: { kind: 'chunks', chunks: [data] }, toFile });
     assert.equal(second.cached, true);
@@ -138,13 +153,13 @@ describe('scanner with a real clamd', () => {
     assert.equal(scanner.engineLikely, false, 'after a run of hits the cache is expected to answer');
     for (let i = 0; i < 40; i++) await scanner.scan({ source: { kind: 'buffer', data: randomBytes(100) } });
     assert.equal(scanner.engineLikely, true, 'after a run of misses the engine is expected again');
-    // Without toFile, memory objects are streamed as before; so are small ones with it.
+    // Without toFile, memory objects go to clamd as they are (INSTREAM of their pieces); so do small ones with it.
     const third = await scanner.scan({ source: { kind: 'buffer', data: randomBytes(2000) } });
     assert.equal(third.status, 'free');
     const small = await scanner.scan({ source: { kind: 'chunks', chunks: [randomBytes(2000)] }, toFile });
     assert.equal(small.status, 'free');
     assert.equal(written.length, 1);
-    assert.deepEqual([byPath, byStream], [1, 42]);
+    assert.deepEqual(calls, { path: 1, stream: 0, pieces: 42 });
     await scanner.close();
     cache.close();
   });
@@ -154,8 +169,8 @@ describe('scanner with a real clamd', () => {
     let started = 0;
     let stopped = 0;
     const engine = Object.create(inner) as ClamdNetEngine;
-    // Slow engine: answers after 400 ms unless the scan is stopped first.
-    engine.scan = async (ctx, stream, meta) => {
+    // Slow engine: answers after 400 ms unless the scan is stopped first (objects in memory reach it by scanChunks).
+    engine.scanChunks = async (ctx, pieces, meta) => {
       started++;
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, 400);
@@ -165,7 +180,7 @@ describe('scanner with a real clamd', () => {
           resolve();
         });
       });
-      return inner.scan(ctx, stream, meta);
+      return inner.scanChunks(ctx, pieces, meta);
     };
     const cache = new VerdictCache({ memoryEntries: 100, sqlitePath: join(dir, 'c-while.sqlite'), sqliteMaxEntries: 1000, maxAgeMs: 0 });
     const scanner = new Scanner([{ id: 'clamav', engine }], LIMITS, cache, silentLogger());
@@ -251,6 +266,24 @@ describe('scanner with a real clamd', () => {
     assert.equal(opened, 1);
     await Promise.all(Array.from({ length: 8 }, () => scanner.scan({ source: { kind: 'buffer', data: randomBytes(100_000) } })));
     assert.ok(opened <= LIMITS.maxConcurrentScans, `opened ${opened}`);
+    await scanner.close();
+  });
+
+  test('objects in memory go to clamd as their pieces (scanChunks): same verdicts as a stream, StreamMaxLength still skips', async () => {
+    const { engine, calls } = byWay(clamdEngine(clamd, [['stream-max-length', '1M']]));
+    const scanner = new Scanner([{ id: 'clamav', engine }], LIMITS, null, silentLogger());
+    // EICAR split over two pieces; a piece under and one over the INSTREAM chunk size (256 KiB).
+    const eicar = eicarBytes();
+    const split = [randomBytes(300_000), Buffer.concat([Buffer.from('x '), eicar.subarray(0, 30)]), eicar.subarray(30)];
+    const found = await scanner.scan({ source: { kind: 'chunks', chunks: split } });
+    assert.equal(found.status, 'found');
+    assert.equal(found.bytes, split.reduce((n, c) => n + c.length, 0));
+    const viaStream = await scanner.scan({ source: { kind: 'stream', stream: Readable.from(split.map((c) => Buffer.from(c))) } });
+    assert.deepEqual(found.status === 'found' ? found.names : [], viaStream.status === 'found' ? viaStream.names : ['?'], 'the same names as by a stream');
+    assert.equal((await scanner.scan({ source: { kind: 'buffer', data: randomBytes(3000) } })).status, 'free');
+    const big = await scanner.scan({ source: { kind: 'chunks', chunks: [randomBytes(700_000), randomBytes(700_000)] } });
+    assert.equal(big.status, 'skipped', 'over stream-max-length: skipped, as INSTREAM from a stream');
+    assert.deepEqual(calls, { path: 0, stream: 1, pieces: 3 });
     await scanner.close();
   });
 

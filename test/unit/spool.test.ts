@@ -4,7 +4,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { SlabPool, Spool } from '../../src/core/spool.js';
+import { settleSpools, SlabPool, Spool } from '../../src/core/spool.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'avgate-spool-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -104,4 +104,30 @@ test('scan copy with hashLater: the spool stops hashing once the copy is started
     assert.equal(sha(readFileSync(await spool.fileForScan())), sha(data), 'the copy is whole either way');
     await spool.dispose(true);
   }
+});
+
+test('disposeSoon: the caller goes on at once; the scan copy and the spool file are removed, settleSpools waits for both', async () => {
+  const sub = join(dir, 'soon');
+  const pool = new SlabPool(64 * 1024, 8);
+  // One spool with a scan copy (memory), one gone to disk (its own file).
+  const copied = new Spool(sub, 8 * 1024 * 1024, { hash: true, slabs: pool });
+  await copied.startScanCopy();
+  await copied.write(randomBytes(200_000));
+  await copied.end();
+  const copyPath = await copied.fileForScan();
+  const spilled = new Spool(sub, 1024, { hash: true });
+  await spilled.write(randomBytes(50_000));
+  await spilled.end();
+  assert.equal(spilled.onDisk, true);
+  assert.equal(readdirSync(sub).length, 2);
+  const idleBefore = pool.idleCount;
+  const started = performance.now();
+  copied.disposeSoon(true);
+  spilled.disposeSoon();
+  assert.ok(performance.now() - started < 50, 'disposeSoon does not wait');
+  await settleSpools();
+  assert.equal(existsSync(copyPath), false, 'scan copy removed');
+  assert.deepEqual(readdirSync(sub), [], 'no file left once settled');
+  assert.ok(pool.idleCount > idleBefore, 'slabs went back to the pool');
+  await settleSpools(); // nothing pending: resolves at once
 });

@@ -67,12 +67,13 @@ export class ClamdConnection {
   }
 
   /**
-   * INSTREAM: the object as length-prefixed chunks, then a zero-length chunk. Honours
-   * backpressure (write() false → wait for drain) so a 2 GB object costs a few chunks of memory.
-   * If clamd answers before we are done (its StreamMaxLength), we stop sending at once.
+   * INSTREAM: the object (a stream, or the pieces of one held in memory) as length-prefixed
+   * chunks, then a zero-length chunk. Honours backpressure (write() false → wait for drain) so a
+   * 2 GB object costs a few chunks of memory. If clamd answers before we are done (its
+   * StreamMaxLength), we stop sending at once.
    */
   async instream(
-    source: Readable,
+    source: Readable | readonly Buffer[],
     options: { chunkSize: number; signal: AbortSignal; maxBytes?: number | null },
   ): Promise<{ reply: string; bytes: number } | { reply: null; bytes: number; overLimit: true }> {
     const reply = this.expectReply(options.signal);

@@ -298,7 +298,16 @@ export class ClamdNetEngine extends ClamdEngineBase<ClamdNetSettings> implements
     return ctx.conn === null || ctx.conn.alive;
   }
 
-  async scan(ctx: ClamdNetContext, stream: Readable, meta: ScanMeta): Promise<EngineScanResult> {
+  scan(ctx: ClamdNetContext, stream: Readable, meta: ScanMeta): Promise<EngineScanResult> {
+    return this.send(ctx, stream, meta);
+  }
+
+  /** An object in memory goes out in one corked write, without a stream in between. */
+  scanChunks(ctx: ClamdNetContext, chunks: readonly Buffer[], meta: ScanMeta): Promise<EngineScanResult> {
+    return this.send(ctx, chunks, meta);
+  }
+
+  private async send(ctx: ClamdNetContext, source: Readable | readonly Buffer[], meta: ScanMeta): Promise<EngineScanResult> {
     const max = this.settings.streamMaxLength;
     const overLimit = (bytes: number): EngineScanResult => ({
       verdict: { status: 'skipped', reason: `engine: larger than clamd's StreamMaxLength (${max} bytes)` },
@@ -309,7 +318,7 @@ export class ClamdNetEngine extends ClamdEngineBase<ClamdNetSettings> implements
     let bytes = 0;
     try {
       conn ??= await openFirst(this.settings, false, meta.signal);
-      const r = await conn.instream(stream, { chunkSize: this.settings.chunkSizeBytes, signal: meta.signal, maxBytes: max });
+      const r = await conn.instream(source, { chunkSize: this.settings.chunkSizeBytes, signal: meta.signal, maxBytes: max });
       bytes = r.bytes;
       if (r.reply === null) return overLimit(bytes);
       return { verdict: parseScanReply(r.reply, { encryptedAsSkipped: this.settings.encryptedAsSkipped }), bytes };

@@ -238,10 +238,15 @@ export class IcapConnection {
     this.responding = true;
     const s = this.socket;
     if (s.destroyed) return Promise.reject(new UnexpectedEof('client gone'));
-    s.cork();
-    let ok = true;
-    for (const b of buffers) ok = s.write(b);
-    s.uncork();
+    let ok: boolean;
+    if (buffers.length === 1) {
+      ok = s.write(buffers[0] as Buffer); // one buffer: a plain write, without the writev of cork/uncork
+    } else {
+      s.cork();
+      ok = true;
+      for (const b of buffers) ok = s.write(b);
+      s.uncork();
+    }
     if (ok) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
       const done = () => {
@@ -327,6 +332,17 @@ export class IcapConnection {
         );
       };
 
+      // An object the engine will read from a file (and the cache will likely not answer): its
+      // file is written while the rest arrives, not after. The same bet: the engine, not the
+      // cache, will answer — so the hash is computed while the engine works (hashWhileScanning),
+      // not while the object arrives.
+      const startCopyIfWorth = async () => {
+        if (!eagerCopy || overLimit || scanStream || spool.onDisk || spool.copyingForScan) return;
+        if (!service.scanner.prefersFiles(Math.max(spool.size, expectedSize))) return;
+        eagerCopy = false;
+        await spool.startScanCopy({ hashLater: true }).catch((err: unknown) => this.ctx.log.debug({ err: messageOf(err) }, 'scan copy not started'));
+      };
+
       let bodyDone = false;
       while (!bodyDone) {
         const it = this.chunks();
@@ -344,6 +360,8 @@ export class IcapConnection {
                 }
                 await this.write(CONTINUE);
                 this.responding = false; // 100 Continue is not the final response
+                // The file is opened while the client wakes up to send the rest, not before.
+                await startCopyIfWorth();
                 break; // read the rest as a new chunk sequence
               }
             }
@@ -368,14 +386,7 @@ export class IcapConnection {
           }
           await spool.write(piece);
           if (scanStream && !overLimit) await feed(scanStream, piece);
-          // An object the engine will read from a file (and the cache will likely not answer):
-          // its file is written while the rest arrives, not after.
-          if (eagerCopy && !overLimit && !scanStream && !spool.onDisk && !spool.copyingForScan && service.scanner.prefersFiles(Math.max(spool.size, expectedSize))) {
-            eagerCopy = false;
-            // The same bet: the engine, not the cache, will answer — so the hash is computed
-            // while the engine works (hashWhileScanning), not while the object arrives.
-            await spool.startScanCopy({ hashLater: true }).catch((err: unknown) => this.ctx.log.debug({ err: messageOf(err) }, 'scan copy not started'));
-          }
+          if (!inPreview) await startCopyIfWorth();
           // Only for clients that did not offer 204: Squid offers it only for bodies it can hold (< 64 KB).
           if (!early && earlyAfter > 0 && !head.allow204 && spool.size > earlyAfter && !inPreview) await sendEarlyHead();
           // Squid 5.7 also stops sending once about 2.7 MB wait unanswered: after the early head,
@@ -408,7 +419,9 @@ export class IcapConnection {
     } finally {
       scanStream?.destroy();
       // Slabs go back to the pool only when no view of them waits in the socket's write buffer.
-      await spool.dispose(this.socket.writableLength === 0);
+      // Not awaited: the next request on this connection need not wait for the unlink (the server's
+      // close() waits for it).
+      spool.disposeSoon(this.socket.writableLength === 0);
     }
   }
 

@@ -6,7 +6,7 @@ import type { IcapConfig } from '../../config/schema.js';
 import { AvgateError } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
 import type { Verdict, VerdictStatus } from '../../core/verdict.js';
-import type { Spool } from '../../core/spool.js';
+import { settleSpools, type Spool } from '../../core/spool.js';
 import type { Engine } from '../../engines/types.js';
 import { keepBlockedObject } from '../../quarantine/blocked.js';
 import type { Quarantine } from '../../quarantine/types.js';
@@ -197,6 +197,7 @@ export class IcapServer {
       for (const [s, c] of this.sockets) if (c.idle) s.destroy();
     }
     for (const s of this.sockets.keys()) s.destroy();
+    await settleSpools(); // spool files of ended requests, removed after their answers
     this.accessFile?.end();
   }
 }
