@@ -66,6 +66,11 @@ export interface Engine<Ctx = unknown> {
    * when omitted), so front ends hand over files.
    */
   prefersFiles?(size?: number): boolean;
+  /**
+   * Optional: true when every scan method settles promptly once `meta.signal` aborts (a scan
+   * timeout, the client gone). The scanner then does not race each call against the signal.
+   */
+  readonly settlesOnAbort?: boolean;
   /** Signature version for the verdict cache; null when the engine cannot tell. */
   signatureVersion(signal?: AbortSignal): Promise<string | null>;
   /** Optional: forget a cached signature version now (the signature updater reloaded the engine). */

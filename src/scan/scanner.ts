@@ -84,6 +84,8 @@ interface EngineSlot extends ScannerEngine {
  */
 export class Scanner implements ScanService {
   private readonly engines: EngineSlot[];
+  /** The engines' ids joined by '+': the `engine` of every verdict this scanner gives. */
+  private readonly engineLabel: string;
   private readonly semaphore: Semaphore;
   /** Share of recent cache look-ups that hit (moving average over about HIT_WINDOW look-ups). */
   private hitRate = 0;
@@ -109,6 +111,7 @@ export class Scanner implements ScanService {
         idleTimeoutMs: limits.contextIdleTimeoutMs,
       }),
     }));
+    this.engineLabel = this.engines.map((e) => e.id).join('+');
     this.semaphore = new Semaphore(limits.maxConcurrentScans, limits.maxQueue);
   }
 
@@ -193,7 +196,7 @@ export class Scanner implements ScanService {
 
   private async scanInner(request: ScanRequest, started: number): Promise<Verdict> {
     const { source } = request;
-    const engineLabel = this.engines.map((e) => e.id).join('+');
+    const engineLabel = this.engineLabel;
     const finish = (result: VerdictResult, bytes: number, version: string | null, cached = false): Verdict => ({
       ...result,
       engine: engineLabel,
@@ -205,7 +208,7 @@ export class Scanner implements ScanService {
 
     let size: number | null;
     try {
-      size = await sourceSize(source);
+      size = source.kind === 'chunks' || source.kind === 'buffer' ? memorySize(source) : await sourceSize(source);
     } catch (err) {
       return finish({ status: 'error', code: 'AVG_ERR_SOURCE', cause: messageOf(err) }, 0, null);
     }
@@ -217,7 +220,11 @@ export class Scanner implements ScanService {
     let versions: Array<string | null> = [];
     let hash: string | null = null;
     if (this.cache) {
-      versions = await Promise.all(this.engines.map((e) => e.engine.signatureVersion(request.signal)));
+      const [only] = this.engines;
+      versions =
+        this.engines.length === 1 && only
+          ? [await only.engine.signatureVersion(request.signal)]
+          : await Promise.all(this.engines.map((e) => e.engine.signatureVersion(request.signal)));
       if (source.kind !== 'stream' && request.hashWhileScanning && request.hash === undefined) {
         return this.scanWhileHashing(this.cache, { ...request, source }, versions, size, finish, started);
       }
@@ -402,6 +409,8 @@ export class Scanner implements ScanService {
       bytes: r.bytes,
       cached: false,
     });
+    // An engine that stops on the signal by itself needs no race (one listener fewer per call).
+    const settle = <T>(p: Promise<T>): Promise<T> => (slot.engine.settlesOnAbort === true ? p : raceAbort(p, signal));
     for (let attempt = 1; ; attempt++) {
       let ctx: unknown;
       try {
@@ -415,7 +424,7 @@ export class Scanner implements ScanService {
       let byPath: EngineScanResult | null = null;
       if (file && slot.engine.scanFile) {
         try {
-          byPath = await raceAbort(slot.engine.scanFile(ctx, file.path, meta), signal);
+          byPath = await settle(slot.engine.scanFile(ctx, file.path, meta));
         } catch (err) {
           byPath = { verdict: { status: 'error', code: errorCodeOf(err), cause: messageOf(err) }, bytes: 0 };
         }
@@ -424,16 +433,16 @@ export class Scanner implements ScanService {
       const pieces = !byPath && memory && slot.engine.scanChunks ? memory : null;
       const stream = byPath || pieces ? null : open();
       const onAbort = () => stream?.destroy();
-      signal.addEventListener('abort', onAbort, { once: true });
+      if (stream) signal.addEventListener('abort', onAbort, { once: true });
       let result: EngineScanResult;
       try {
         result =
           byPath ??
-          (await raceAbort(pieces && slot.engine.scanChunks ? slot.engine.scanChunks(ctx, pieces, meta) : slot.engine.scan(ctx, stream as Readable, meta), signal));
+          (await settle(pieces && slot.engine.scanChunks ? slot.engine.scanChunks(ctx, pieces, meta) : slot.engine.scan(ctx, stream as Readable, meta)));
       } catch (err) {
         result = { verdict: { status: 'error', code: errorCodeOf(err), cause: messageOf(err) }, bytes: 0 };
       } finally {
-        signal.removeEventListener('abort', onAbort);
+        if (stream) signal.removeEventListener('abort', onAbort);
       }
       if (signal.aborted && result.verdict.status === 'error') {
         result = { verdict: { status: 'error', code: 'AVG_ERR_ENGINE_TIMEOUT', cause: `scan timeout (${this.limits.scanTimeoutMs} ms)` }, bytes: result.bytes };
@@ -474,12 +483,19 @@ function versionLabel(versions: Array<string | null>): string | null {
   return versions.length === 1 ? (versions[0] ?? null) : versions.map((v) => v ?? '-').join('+');
 }
 
+/** Size of an object in memory (no await needed). */
+function memorySize(source: Extract<ScanSource, { kind: 'buffer' | 'chunks' }>): number {
+  if (source.kind === 'buffer') return source.data.length;
+  let n = 0;
+  for (const c of source.chunks) n += c.length;
+  return n;
+}
+
 async function sourceSize(source: ScanSource): Promise<number | null> {
   switch (source.kind) {
     case 'buffer':
-      return source.data.length;
     case 'chunks':
-      return source.chunks.reduce((n, c) => n + c.length, 0);
+      return memorySize(source);
     case 'file':
       return source.size ?? (await stat(source.path)).size;
     case 'stream':

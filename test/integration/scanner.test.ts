@@ -338,6 +338,38 @@ describe('scanner limits without a clamd', () => {
     await srv.close();
   });
 
+  test('an engine that ignores the abort signal (a plugin, no settlesOnAbort) is still cut off by the scan timeout', async () => {
+    let calls = 0;
+    const deaf: Engine<null> = {
+      configure: () => undefined,
+      info: () => ({ name: 'deaf', description: 'never answers, ignores its signal' }),
+      init: async () => undefined,
+      close: async () => undefined,
+      openContext: async () => null,
+      closeContext: async () => undefined,
+      contextUsable: () => true,
+      signatureVersion: async () => 'v1',
+      scan: () => {
+        calls++;
+        return new Promise<EngineScanResult>(() => undefined);
+      },
+      scanChunks: () => {
+        calls++;
+        return new Promise<EngineScanResult>(() => undefined);
+      },
+    };
+    const scanner = new Scanner([{ id: 'deaf', engine: deaf as Engine }], { ...LIMITS, scanTimeoutMs: 150 }, null, silentLogger());
+    for (const source of [
+      { kind: 'buffer', data: Buffer.from('abc') },
+      { kind: 'stream', stream: Readable.from([Buffer.from('abc')]) },
+    ] as const) {
+      const v = await scanner.scan({ source });
+      assert.equal(v.status, 'error');
+      assert.equal(v.status === 'error' ? v.code : '', 'AVG_ERR_ENGINE_TIMEOUT');
+    }
+    assert.equal(calls, 2);
+  });
+
   test('queue overflow → error AVG_ERR_QUEUE_FULL at once', async () => {
     const srv = await startFaultServer((s) => s.resume());
     const e = new ClamdNetEngine();

@@ -187,7 +187,7 @@ export class ClamdConnection {
     const id = this.session ? this.nextId++ : null;
     return new Promise<string>((resolve, reject) => {
       const onAbort = () => this.kill('AVG_ERR_ENGINE_TIMEOUT', 'scan timeout: clamd did not answer in time');
-      signal?.addEventListener('abort', onAbort, { once: true });
+      signal?.addEventListener('abort', onAbort); // removed by unlisten in every outcome
       const unlisten = () => signal?.removeEventListener('abort', onAbort);
       this.pending = {
         id,

@@ -185,6 +185,8 @@ export function errorResult(err: unknown, bytes: number): EngineScanResult {
 /** What both clamd engines share: settings with addresses, the version tracker, PING. */
 export abstract class ClamdEngineBase<S extends ClamdNetSettings> {
   protected readonly versions = new ClamdVersionTracker(() => this.settings);
+  /** Connecting, sending and waiting for the reply all stop on the signal (the socket is destroyed). */
+  readonly settlesOnAbort = true;
   constructor(protected settings: S) {}
 
   signatureVersion(signal?: AbortSignal): Promise<string | null> {
