@@ -112,6 +112,16 @@ test('smtp config: defaults, targets and host patterns are validated', () => {
   assert.ok(trusted('192.0.2.7'));
   assert.ok(!trusted('192.0.2.8'));
   assert.ok(!trusted('not an address'));
+  // Answers are remembered per address: asked again, and past the memo's size, they stay right.
+  for (let round = 0; round < 2; round++) {
+    for (let i = 0; i < 5000; i++) {
+      const inside = `127.${(i >> 8) & 255}.${i & 255}.1`;
+      const outside = `10.${(i >> 8) & 255}.${i & 255}.1`;
+      assert.equal(trusted(inside), true, inside);
+      assert.equal(trusted(outside), false, outside);
+    }
+  }
+  assert.ok(trusted('::1') && !trusted('192.0.2.8') && trusted('192.0.2.7'));
 });
 
 test('queue ids: 12 characters, unique, sorted by arrival', () => {
