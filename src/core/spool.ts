@@ -265,18 +265,6 @@ export class Spool {
    * Releases everything. `recycle`: the caller guarantees that no view of the memory chunks is still
    * in use (e.g. queued in a socket's write buffer), so pooled slabs may be handed out again.
    */
-  /**
-   * dispose() without waiting for it: a keep-alive connection's next request need not wait for the
-   * unlink of this one's files (a thread-pool round trip; ~0.1-0.3 ms for a scan copy of a few
-   * hundred KB on ext4). settleSpools() waits for every disposal started this way (at shutdown).
-   */
-  disposeSoon(recycle = false): void {
-    const p: Promise<void> = this.dispose(recycle)
-      .catch(() => undefined)
-      .finally(() => pendingDisposals.delete(p));
-    pendingDisposals.add(p);
-  }
-
   async dispose(recycle = false): Promise<void> {
     await this.dropScanCopy(); // before the slabs go back: its writes read from them
     this.memory = [];
@@ -291,6 +279,18 @@ export class Spool {
       await f.handle.close().catch(() => undefined);
       await rm(f.path, { force: true });
     }
+  }
+
+  /**
+   * dispose() without waiting for it: a keep-alive connection's next request need not wait for the
+   * unlink of this one's files (a thread-pool round trip; ~0.1-0.3 ms for a scan copy of a few
+   * hundred KB on ext4). settleSpools() waits for every disposal started this way (at shutdown).
+   */
+  disposeSoon(recycle = false): void {
+    const p: Promise<void> = this.dispose(recycle)
+      .catch(() => undefined)
+      .finally(() => pendingDisposals.delete(p));
+    pendingDisposals.add(p);
   }
 }
 
