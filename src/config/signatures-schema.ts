@@ -39,17 +39,17 @@ const sourceSchema = z.strictObject({
 
 export const signaturesSchema = z
   .strictObject({
-  sources: z.array(sourceSchema).default([]),
-  /** How often `avgate serve` updates; 0 = only `avgate signatures update`. */
-  interval: duration.prefault('0s'),
-  /** Per download (connection, headers and body). */
-  timeout: duration.prefault('5m'),
-  /** A larger download is refused. */
-  'max-size': size.prefault('512MiB'),
-  /** Load the new set with clamscan before installing it: a file clamd cannot load is refused. */
-  'test-load': z.boolean().default(true),
-  'test-load-timeout': duration.prefault('5m'),
-  clamscan: z.string().default('clamscan'),
+    sources: z.array(sourceSchema).default([]),
+    /** How often `avgate serve` updates; 0 = only `avgate signatures update`. */
+    interval: duration.prefault('0s'),
+    /** Per download (connection, headers and body). */
+    timeout: duration.prefault('5m'),
+    /** A larger download is refused. */
+    'max-size': size.prefault('512MiB'),
+    /** Load the new set with clamscan before installing it: a file clamd cannot load is refused. */
+    'test-load': z.boolean().default(true),
+    'test-load-timeout': duration.prefault('5m'),
+    clamscan: z.string().default('clamscan'),
   })
   .superRefine((s, ctx) => {
     const seen = new Set<string>();

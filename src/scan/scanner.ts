@@ -196,10 +196,9 @@ export class Scanner implements ScanService {
 
   private async scanInner(request: ScanRequest, started: number): Promise<Verdict> {
     const { source } = request;
-    const engineLabel = this.engineLabel;
     const finish = (result: VerdictResult, bytes: number, version: string | null, cached = false): Verdict => ({
       ...result,
-      engine: engineLabel,
+      engine: this.engineLabel,
       signatureVersion: version,
       durationMs: performance.now() - started,
       bytes,
@@ -220,11 +219,7 @@ export class Scanner implements ScanService {
     let versions: Array<string | null> = [];
     let hash: string | null = null;
     if (this.cache) {
-      const [only] = this.engines;
-      versions =
-        this.engines.length === 1 && only
-          ? [await only.engine.signatureVersion(request.signal)]
-          : await Promise.all(this.engines.map((e) => e.engine.signatureVersion(request.signal)));
+      versions = await Promise.all(this.engines.map((e) => e.engine.signatureVersion(request.signal)));
       if (source.kind !== 'stream' && request.hashWhileScanning && request.hash === undefined) {
         return this.scanWhileHashing(this.cache, { ...request, source }, versions, size, finish, started);
       }

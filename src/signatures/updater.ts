@@ -157,8 +157,9 @@ export class SignatureUpdater {
   }
 
   /**
-   * Renames the accepted files into place, deletes those of sources gone, writes the state and
-   * reloads clamd. Meanwhile the directory has no fingerprint, so no verdict is cached under a key
+   * Renames the accepted files into place, deletes those of sources gone, writes the state (before
+   * the reload, which takes seconds with large databases: a crash meanwhile leaves a state that
+   * matches the files; run() writes it once more with the run's record) and reloads clamd. Meanwhile the directory has no fingerprint, so no verdict is cached under a key
    * that would outlive the old database (engines/clamd/fingerprint.ts). A reload clamd does not
    * confirm is returned, not thrown: the files are in place either way.
    */

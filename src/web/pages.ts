@@ -188,13 +188,15 @@ ${table(['date', 'action', 'actor', 'detail'], d.audit.map((a) => [a.date, a.act
 /** The signature updater's last run and its files (docs/signatures.md), when sources are configured. */
 function updaterSection(state: UpdaterState): Raw {
   const run = state.lastRun;
-  const installed = (name: string) => state.files[name];
   return html`<section id="updater"><h2>Signature updates</h2>
 <p>${run ? `last run ${run.at}: ${run.reloadError ? `changes installed, but clamd did not confirm the reload: ${run.reloadError}` : run.changed ? (run.reloaded ? 'changes loaded by clamd' : 'changes installed, clamd not running') : 'nothing changed'}` : 'the updater has not run yet'}</p>
 ${run
   ? table(
       ['file', 'outcome', 'source', 'installed', 'size', 'SHA-256', 'reason'],
-      run.sources.map((r) => [r.name, r.outcome, r.url, installed(r.name)?.installedAt ?? '', installed(r.name)?.size ?? '', (installed(r.name)?.sha256 ?? '').slice(0, 16), r.reason ?? '']),
+      run.sources.map((r) => {
+        const f = state.files[r.name];
+        return [r.name, r.outcome, r.url, f?.installedAt ?? '', f?.size ?? '', (f?.sha256 ?? '').slice(0, 16), r.reason ?? ''];
+      }),
       { id: 'updater-sources', empty: '' },
     )
   : ''}</section>`;

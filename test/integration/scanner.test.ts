@@ -22,33 +22,8 @@ const LIMITS: ScannerLimits = {
   contextIdleTimeoutMs: 5000,
 };
 
-/** Wraps an engine and counts the scans that reach it. */
-function counted<C>(inner: Engine<C>): Engine<C> & { scans: number } {
-  const w = Object.create(inner) as Engine<C> & { scans: number };
-  w.scans = 0;
-  w.scan = (ctx, stream, meta): Promise<EngineScanResult> => {
-    w.scans++;
-    return inner.scan(ctx, stream, meta);
-  };
-  if (inner.scanFile) {
-    const byPath = inner.scanFile.bind(inner);
-    w.scanFile = (ctx, path, meta) => {
-      w.scans++;
-      return byPath(ctx, path, meta);
-    };
-  }
-  if (inner.scanChunks) {
-    const byPieces = inner.scanChunks.bind(inner);
-    w.scanChunks = (ctx, chunks, meta) => {
-      w.scans++;
-      return byPieces(ctx, chunks, meta);
-    };
-  }
-  return w;
-}
-
 /** The engine with each way in counted: a stream, a path, the pieces of an object in memory. */
-function byWay(inner: ClamdNetEngine): { engine: ClamdNetEngine; calls: { stream: number; path: number; pieces: number } } {
+function byWay(inner: ClamdNetEngine): { engine: ClamdNetEngine; calls: { stream: number; path: number; pieces: number }; scans: () => number } {
   const calls = { stream: 0, path: 0, pieces: 0 };
   const engine = Object.create(inner) as ClamdNetEngine;
   engine.scan = (ctx, stream, meta) => {
@@ -63,7 +38,7 @@ function byWay(inner: ClamdNetEngine): { engine: ClamdNetEngine; calls: { stream
     calls.pieces++;
     return inner.scanChunks(ctx, chunks, meta);
   };
-  return { engine, calls };
+  return { engine, calls, scans: () => calls.stream + calls.path + calls.pieces };
 }
 
 function clamdEngine(clamd: TestClamd, extra: Array<[string, string]> = []): ClamdNetEngine {
@@ -101,7 +76,7 @@ describe('scanner with a real clamd', () => {
   });
 
   test('cache: a second scan of the same content is a hit that does not reach the engine', async () => {
-    const engine = counted(clamdEngine(clamd));
+    const { engine, scans } = byWay(clamdEngine(clamd));
     const cache = new VerdictCache({ memoryEntries: 100, sqlitePath: join(dir, 'c1.sqlite'), sqliteMaxEntries: 1000, maxAgeMs: 0 });
     const scanner = new Scanner([{ id: 'clamav', engine }], LIMITS, cache, silentLogger());
     const file = join(dir, 'eicar.bin');
@@ -109,18 +84,18 @@ describe('scanner with a real clamd', () => {
     const first = await scanner.scan({ source: { kind: 'file', path: file } });
     assert.equal(first.status, 'found');
     assert.equal(first.cached, false);
-    assert.equal(engine.scans, 1);
+    assert.equal(scans(), 1);
     const second = await scanner.scan({ source: { kind: 'file', path: file } });
     assert.equal(second.status, 'found');
     assert.equal(second.cached, true);
     assert.deepEqual(second.status === 'found' ? second.names : [], first.status === 'found' ? first.names : ['x']);
-    assert.equal(engine.scans, 1, 'the engine was not asked again');
+    assert.equal(scans(), 1, 'the engine was not asked again');
     // Same content as a buffer hits too; a stream is hashed on the way and fills the cache.
     assert.equal((await scanner.scan({ source: { kind: 'buffer', data: Buffer.concat([Buffer.from('junk '), eicarBytes()]) } })).cached, true);
     const clean = randomBytes(5000);
     assert.equal((await scanner.scan({ source: { kind: 'stream', stream: Readable.from([clean]) } })).cached, false);
     assert.equal((await scanner.scan({ source: { kind: 'buffer', data: clean } })).cached, true);
-    assert.equal(engine.scans, 2);
+    assert.equal(scans(), 2);
     assert.equal(scanner.counters.cacheHits, 3);
     await scanner.close();
     cache.close();
@@ -220,7 +195,7 @@ describe('scanner with a real clamd', () => {
   });
 
   test('cache: after a signature database change (RELOAD with one more signature) the old entry is not used', async () => {
-    const engine = counted(clamdEngine(clamd, [['version-check-interval', '0']]));
+    const { engine, scans } = byWay(clamdEngine(clamd, [['version-check-interval', '0']]));
     const cache = new VerdictCache({ memoryEntries: 100, sqlitePath: join(dir, 'c2.sqlite'), sqliteMaxEntries: 1000, maxAgeMs: 0 });
     const scanner = new Scanner([{ id: 'clamav', engine }], LIMITS, cache, silentLogger());
     const marker = Buffer.from(`avgate-cache-invalidation-${randomBytes(8).toString('hex')}`);
@@ -233,7 +208,7 @@ describe('scanner with a real clamd', () => {
     assert.equal(after.cached, false, 'the entry of the old signature version is not used');
     assert.equal(after.status, 'found');
     assert.match(after.status === 'found' ? (after.names[0] ?? '') : '', /^Avgate\.Test\.Marker/);
-    assert.equal(engine.scans, 2);
+    assert.equal(scans(), 2);
     await rm(join(clamd.dbDir, 'Avgate.Test.Marker.ndb'));
     await clamd.reload();
     await scanner.close();
@@ -241,12 +216,12 @@ describe('scanner with a real clamd', () => {
   });
 
   test('max-checked-size: known size → skipped without contacting the engine; a stream is cut when it outgrows it', async () => {
-    const engine = counted(clamdEngine(clamd));
+    const { engine, scans } = byWay(clamdEngine(clamd));
     const scanner = new Scanner([{ id: 'clamav', engine }], { ...LIMITS, maxCheckedSize: 1000 }, null, silentLogger());
     const v = await scanner.scan({ source: { kind: 'buffer', data: randomBytes(1001) } });
     assert.equal(v.status, 'skipped');
     assert.match(v.status === 'skipped' ? v.reason : '', /max-checked-size/);
-    assert.equal(engine.scans, 0);
+    assert.equal(scans(), 0);
     const s = await scanner.scan({ source: { kind: 'stream', stream: Readable.from([randomBytes(600), randomBytes(600)]) } });
     assert.equal(s.status, 'skipped');
     assert.equal((await scanner.scan({ source: { kind: 'buffer', data: randomBytes(1000) } })).status, 'free');
