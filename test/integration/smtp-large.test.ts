@@ -5,6 +5,8 @@ import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { startSmtpSink } from '../../tools/peers/postfix.js';
 import { sendGeneratedInChild, startTestFilter } from '../helpers/smtp.js';
 
@@ -43,18 +45,34 @@ async function dumpContentHash(path: string): Promise<{ sha256: string; bytes: n
   return { sha256: h.digest('hex'), bytes };
 }
 
+/**
+ * A full garbage collection on demand. Buffers that are garbage are freed only at V8's next
+ * collection, which it starts when about 64 MiB of them have piled up (its external-memory
+ * limit): measured without forcing, the peak of Buffers was 56-67 MiB whatever the server does,
+ * and RSS growth followed the collector's timing (34-44 MiB, once 69). Collecting before each
+ * sample measures what the server keeps alive, which is what holding a message would show
+ * (21-25 MiB of RSS growth here). The Buffers figure is reported, not asserted: V8 frees
+ * them on a background thread after the collection, so a sample can still count some.
+ */
+function collector(): () => void {
+  setFlagsFromString('--expose-gc');
+  return runInNewContext('gc') as () => void;
+}
+
 test('a 100 MB message passes through with flat memory and arrives intact', { timeout: 600_000 }, async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'avgate-smtp-large-'));
   const sink = await startSmtpSink({ dir });
   const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${sink.port}`, smtp: { 'max-message-size': '200MiB' } });
   let timer: NodeJS.Timeout | undefined;
   try {
-    (globalThis as { gc?: () => void }).gc?.();
+    const gc = collector();
+    gc();
     const base = process.memoryUsage();
     let maxRss = base.rss;
     let maxHeap = base.heapUsed;
     let maxExternal = base.external + base.arrayBuffers;
     timer = setInterval(() => {
+      gc();
       const m = process.memoryUsage();
       maxRss = Math.max(maxRss, m.rss);
       maxHeap = Math.max(maxHeap, m.heapUsed);
@@ -74,9 +92,7 @@ test('a 100 MB message passes through with flat memory and arrives intact', { ti
     const growth = { rss: mib(maxRss - base.rss), heap: mib(maxHeap - base.heapUsed), buffers: mib(maxExternal - base.external - base.arrayBuffers) };
     // A message held in memory would add 100 MiB or more; streaming keeps it to buffers in flight.
     t.diagnostic(`memory growth while passing 100 MiB (MiB): ${JSON.stringify(growth)}`);
-    // Buffers are freed at the next GC, so their peak says little; RSS and the JS heap are the
-    // measure (about 35 MiB and 4 MiB here).
-    assert.ok(growth.rss < 64, `RSS grew by ${growth.rss} MiB`);
+    assert.ok(growth.rss < 48, `RSS grew by ${growth.rss} MiB`);
     assert.ok(growth.heap < 32, `heap grew by ${growth.heap} MiB`);
     assert.deepEqual(await filter.spoolFiles(), [], 'the spool file is removed');
   } finally {
