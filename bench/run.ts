@@ -49,7 +49,9 @@
  * --mailproxy-warm-passes N (default 2; --quick 1); every section but engine and console: --warmup N
  * (untimed requests or messages per mode before the section's first cell, so that no server is
  * measured while it is still starting up: avgate's JIT compiler, connection pools and caches of
- * code paths; default 1000, --quick 300, 0 = none).
+ * code paths; default 1000, --quick 300, 0 = none); --clamd-temp-dir auto|state|DIR (the shared
+ * clamd's TemporaryDirectory, as config clamd.temp-dir; default auto, what `avgate serve` starts:
+ * /dev/shm when it is a tmpfs; `state` gives the disk directory every stop before 2026-12-07 used).
  *
  * Fairness: one clamd for everything; every cold request is made unique by the same scheme (16
  * random bytes appended) so clamd's own clean cache never answers; cells of one concurrency are
@@ -146,6 +148,7 @@ const opts = {
   mailproxyWarmPasses: numArg('--mailproxy-warm-passes', quick ? 1 : 2),
   /** Untimed requests (messages) per mode before a section's first cell; 0 = none. */
   warmup: strArg('--warmup') === '0' ? 0 : numArg('--warmup', quick ? 300 : WARMUP_DEFAULT),
+  clamdTempDir: strArg('--clamd-temp-dir') ?? 'auto',
 };
 
 installSignalHandlers();
@@ -165,17 +168,18 @@ async function main(): Promise<void> {
   const corpus = opts.engine || opts.icap || opts.console ? await loadCorpus(opts.corpusScale) : [];
   if (opts.engine || opts.icap || opts.console) log(`corpus: ${corpusSummary(corpus)}`);
 
-  const clamd = new LocalClamd({ stateDir: join(tmp, 'clamd'), database: 'test', tcpPort: 0, maxThreads: 16, streamMaxLength: '100M' });
+  const clamd = new LocalClamd({ stateDir: join(tmp, 'clamd'), database: 'test', tcpPort: 0, maxThreads: 16, streamMaxLength: '100M', tempDir: opts.clamdTempDir });
   onCleanup(() => clamd.stop());
   await clamd.start();
-  log(`clamd: pid ${clamd.pid ?? '?'}, ${clamd.socketPath}, MaxThreads 16, test database`);
+  log(`clamd: pid ${clamd.pid ?? '?'}, ${clamd.socketPath}, MaxThreads 16, test database, TemporaryDirectory ${clamd.tempDir ?? '?'}`);
 
   // One clamd for the multi-GB objects of both sections, started when first needed.
   let bigClamd: Promise<LocalClamd> | null = null;
   const getBigClamd = () =>
     (bigClamd ??= (async () => {
       const extra: Record<string, string> = opts.bigFullScan ? { MaxFileSize: '4000M', MaxScanSize: '4000M' } : {};
-      const c = new LocalClamd({ stateDir: join(tmp, 'clamd-big'), database: 'test', tcpPort: 0, maxThreads: 2, streamMaxLength: '4000M', extra });
+      // Temp files on disk: a 2 GB INSTREAM object would otherwise sit in /dev/shm (memory).
+      const c = new LocalClamd({ stateDir: join(tmp, 'clamd-big'), database: 'test', tcpPort: 0, maxThreads: 2, streamMaxLength: '4000M', extra, tempDir: 'state' });
       onCleanup(() => c.stop());
       await c.start();
       return c;

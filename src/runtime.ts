@@ -54,6 +54,7 @@ export function localClamdFor(config: Readonly<Config>): LocalClamd {
     streamMaxLength: c['stream-max-length'],
     maxThreads: c['max-threads'],
     startTimeoutMs: c['start-timeout'],
+    tempDir: c['temp-dir'],
   });
 }
 
@@ -90,7 +91,7 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
       log.info({ stateDir: local.stateDir, database: local.dbDir }, 'starting the project-local clamd');
       await local.start();
       clamd = local;
-      log.info({ pid: local.pid, socket: local.socketPath, tcpPort: local.tcpPort }, 'clamd answers PING');
+      log.info({ pid: local.pid, socket: local.socketPath, tcpPort: local.tcpPort, tempDir: local.tempDir }, 'clamd answers PING');
     }
   }
   const byId = new Map<string, ScannerEngine>();

@@ -181,7 +181,7 @@ async function clamdCommand(loaded: LoadedConfig, args: string[]): Promise<numbe
   const local = localClamdFor(loaded.config);
   if (positionals[0] === 'setup') {
     await local.setup();
-    process.stdout.write(`clamd.conf: ${local.confPath}\ndatabase: ${local.dbDir}\n`);
+    process.stdout.write(`clamd.conf: ${local.confPath}\ndatabase: ${local.dbDir}\ntemporary directory: ${local.tempDir ?? '-'}\n`);
     return 0;
   }
   if (positionals[0] === 'run') {

@@ -44,6 +44,8 @@ const clamdSchema = z.strictObject({
   'stream-max-length': z.string().default('100M'),
   'max-threads': positiveInt.default(16),
   'start-timeout': duration.prefault('120s'),
+  /** clamd's TemporaryDirectory: `auto` (a private directory in /dev/shm when it is a tmpfs), `state`, or a directory. */
+  'temp-dir': z.string().min(1).default('auto'),
 });
 
 const scanSchema = z.strictObject({

@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, constants, mkdir, readFile, rm, statfs, writeFile } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -26,6 +27,36 @@ export interface LocalClamdOptions {
   clamdPath?: string;
   /** More clamd.conf lines, key → value. */
   extra?: Record<string, string>;
+  /**
+   * clamd's TemporaryDirectory (INSTREAM objects, unpacked archive members): `auto` (the default)
+   * = a private directory in /dev/shm when that is a tmpfs with TMPFS_MIN_FREE free, else `state`;
+   * `state` = `<stateDir>/tmp`; or a directory (created, never emptied by avgate).
+   */
+  tempDir?: string;
+}
+
+/** Free space /dev/shm must have for `temp-dir: auto` to use it. */
+export const TMPFS_MIN_FREE = 1024 * 1024 * 1024;
+const TMPFS_MAGIC = 0x01021994;
+
+/**
+ * Where clamd's temporary files go for `temp-dir` (see LocalClamdOptions.tempDir): the directory,
+ * and whether it is avgate's own in /dev/shm (emptied at start, removed at stop).
+ */
+export async function clamdTempDir(setting: string, stateDir: string): Promise<{ path: string; private: boolean }> {
+  const onState = { path: join(stateDir, 'tmp'), private: false };
+  if (setting === 'state') return onState;
+  if (setting !== 'auto') return { path: resolve(stateDir, setting), private: false };
+  try {
+    const fs = await statfs('/dev/shm');
+    if (fs.type !== TMPFS_MAGIC || fs.bavail * fs.bsize < TMPFS_MIN_FREE) return onState;
+    await access('/dev/shm', constants.W_OK);
+  } catch {
+    return onState;
+  }
+  // One directory per user and state directory: two avgates on one host never share it.
+  const tag = createHash('sha256').update(resolve(stateDir)).digest('hex').slice(0, 12);
+  return { path: join('/dev/shm', `avgate-clamd-${process.getuid?.() ?? 0}-${tag}`), private: true };
 }
 
 /** ClamAV's standard database directory on Debian (freshclam writes there). */
@@ -45,6 +76,7 @@ export class LocalClamd {
   tcpPort: number;
   private child: ChildProcess | null = null;
   private exited: Promise<void> | null = null;
+  private temp: { path: string; private: boolean } | null = null;
 
   constructor(private readonly options: LocalClamdOptions) {
     this.stateDir = resolve(options.stateDir);
@@ -72,6 +104,11 @@ export class LocalClamd {
     return this.child?.pid;
   }
 
+  /** clamd's TemporaryDirectory, once setup() has chosen it. */
+  get tempDir(): string | null {
+    return this.temp?.path ?? null;
+  }
+
   /** Writes the database (for `test`) and clamd.conf. */
   async setup(): Promise<void> {
     await mkdir(this.stateDir, { recursive: true });
@@ -80,6 +117,12 @@ export class LocalClamd {
       throw new AvgateError('AVG_ERR_CLAMD_START', `clamd database directory ${this.dbDir} does not exist`);
     }
     if (this.tcpPort === 0) this.tcpPort = await freeLoopbackPort();
+    // INSTREAM objects are written to a file by clamd before it scans them: on a tmpfs that costs
+    // no disk journal (measured here, 5 KB objects: 0.28 ms of clamd CPU each instead of 0.38-0.49).
+    this.temp = await clamdTempDir(this.options.tempDir ?? 'auto', this.stateDir);
+    // Ours alone: what a killed clamd left there would hold memory until reboot.
+    if (this.temp.private) await rm(this.temp.path, { recursive: true, force: true });
+    await mkdir(this.temp.path, { recursive: true, mode: 0o700 });
     const lines: Record<string, string> = {
       Foreground: 'yes',
       DatabaseDirectory: this.dbDir,
@@ -90,7 +133,7 @@ export class LocalClamd {
       LogFile: this.logPath,
       LogTime: 'yes',
       PidFile: join(this.stateDir, 'clamd.pid'),
-      TemporaryDirectory: join(this.stateDir, 'tmp'),
+      TemporaryDirectory: this.temp.path,
       StreamMaxLength: this.options.streamMaxLength ?? '100M',
       MaxThreads: String(this.options.maxThreads ?? 16),
       // A session idle for this long is closed by clamd; avgate's pool closes its own earlier.
@@ -101,7 +144,6 @@ export class LocalClamd {
     };
     // As root, clamd would switch to the clamav user, which may not read the state directory.
     if (process.getuid?.() === 0) lines.User = userInfo().username;
-    await mkdir(join(this.stateDir, 'tmp'), { recursive: true });
     const text = Object.entries(lines)
       .map(([k, v]) => `${k} ${v}`)
       .join('\n');
@@ -202,7 +244,7 @@ export class LocalClamd {
 
   async stop(graceMs = 10_000): Promise<void> {
     const child = this.child;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return this.removeTemp();
     child.kill('SIGTERM');
     const grace = new AbortController();
     const killed = await Promise.race([
@@ -215,6 +257,11 @@ export class LocalClamd {
       await this.exited;
     }
     this.child = null;
+    await this.removeTemp();
+  }
+
+  private async removeTemp(): Promise<void> {
+    if (this.temp?.private) await rm(this.temp.path, { recursive: true, force: true }).catch(() => undefined);
   }
 
   private async countInLog(re: RegExp): Promise<number> {
