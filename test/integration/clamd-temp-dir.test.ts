@@ -94,3 +94,26 @@ test('temp-dir given as a directory: used as it is and never emptied', async () 
   assert.equal(await readFile(join(own, 'keep.txt'), 'utf8'), 'admin file');
   await rm(stateDir, { recursive: true, force: true });
 });
+
+test('setup() alone leaves a private temp-dir as it is (a clamd may be running from it); a temp-dir that cannot be made is a clamd start error', async () => {
+  const stateDir = await mkdtemp(join(tmpdir(), 'avgate-clamd-tmp-'));
+  try {
+    const chosen = await clamdTempDir('auto', stateDir);
+    if (chosen.private) {
+      await mkdir(chosen.path, { recursive: true });
+      await writeFile(join(chosen.path, 'clamav-in-use.tmp'), 'x');
+      await new LocalClamd({ stateDir, database: 'test', tcpPort: 0 }).setup();
+      assert.deepEqual(await readdir(chosen.path), ['clamav-in-use.tmp']);
+      await rm(chosen.path, { recursive: true, force: true });
+    }
+    const file = join(stateDir, 'a-file');
+    await writeFile(file, 'not a directory');
+    await assert.rejects(new LocalClamd({ stateDir, database: 'test', tcpPort: 0, tempDir: join(file, 'tmp') }).setup(), (err: Error & { code?: string }) => {
+      assert.equal(err.code, 'AVG_ERR_CLAMD_START');
+      assert.match(err.message, /clamd\.temp-dir/);
+      return true;
+    });
+  } finally {
+    await rm(stateDir, { recursive: true, force: true });
+  }
+});
