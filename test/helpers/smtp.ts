@@ -32,6 +32,16 @@ export async function startTestFilter(opts: {
   log?: Logger;
 }): Promise<TestFilter> {
   const stateDir = await mkdtemp(join(tmpdir(), 'avgate-smtp-'));
+  try {
+    return await startIn(stateDir, opts);
+  } catch (err) {
+    // A config the test expects to be refused must not leave its state directory behind.
+    await rm(stateDir, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+async function startIn(stateDir: string, opts: Parameters<typeof startTestFilter>[0]): Promise<TestFilter> {
   const raw = opts.smtp ?? {};
   const nextHopRaw = (raw['next-hop'] ?? {}) as Record<string, unknown>;
   const config = smtpSchema.parse({
@@ -47,13 +57,7 @@ export async function startTestFilter(opts: {
     ...(opts.partition ? { partition: opts.partition } : {}),
     ...(typeof opts.nextHop === 'string' ? {} : { nextHop: opts.nextHop }),
   });
-  let port: number;
-  try {
-    ({ port } = await server.listen());
-  } catch (err) {
-    await rm(stateDir, { recursive: true, force: true });
-    throw err;
-  }
+  const { port } = await server.listen();
   const spoolDir = join(stateDir, config['spool-dir']);
   return {
     port,

@@ -352,7 +352,7 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
       const { cert, key } = await selfSignedCert(dir);
       for (const required of [false, true]) {
         const peer = await startAvgatePeer({
-          stateDir: await mkdtemp(join(tmpdir(), 'avgate-ftps-state-')),
+          stateDir: await mkdtemp(join(dir, 'ftps-state-')),
           clamd,
           extraEngines: delayEngine,
           ftpYaml: [
@@ -481,7 +481,7 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
     let implicit: Vsftpd;
     let cert: string;
     const peer = async (yaml: string[]): Promise<number> => {
-      const p = await startAvgatePeer({ stateDir: await mkdtemp(join(tmpdir(), 'avgate-ftps-up-')), clamd, ftpYaml: ["allowed-upstreams: ['127.0.0.1:*']", ...yaml].join('\n') });
+      const p = await startAvgatePeer({ stateDir: await mkdtemp(join(dir, 'ftps-up-')), clamd, ftpYaml: ["allowed-upstreams: ['127.0.0.1:*']", ...yaml].join('\n') });
       peers.push(p);
       return p.ftpProxyPort as number;
     };
