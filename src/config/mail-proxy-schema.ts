@@ -122,10 +122,11 @@ export const mailProxyPolicySchema = z.strictObject({
   /**
    * Messages up to this size are first scanned whole, in one engine call (clamd decodes MIME
    * itself); only when that is not clean, or the walker finds a MIME problem, are their documents
-   * scanned one by one (to know which to replace). Larger than mail.prescan-max-size: a proxy
-   * rarely meets a virus (the MTA's filter saw the mail first), so the second scan is rare. 0 = off.
+   * scanned one by one (to know which to replace). 0 (the default) = off: the clean answer would
+   * trust clamd's MIME parser, and a message it reads differently from the client passes unscanned
+   * (mail.prescan-max-size). A message read again is answered without a walk anyway (replace.ts).
    */
-  'prescan-max-size': size.prefault('1MiB'),
+  'prescan-max-size': size.prefault('0'),
   /** Where spooled messages go; relative to state-dir. */
   'spool-dir': z.string().default('spool'),
   /**

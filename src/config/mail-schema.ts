@@ -145,9 +145,12 @@ export const mailSchema = z
     /**
      * Messages up to this size are first scanned whole, in one engine call (the engine decodes
      * MIME itself); only when that is not clean, or the walker finds a MIME problem, are the
-     * documents scanned one by one to name the culprit. 0 = always document by document.
+     * documents scanned one by one to name the culprit. 0 (the default) = always document by
+     * document: a clean whole-message answer trusts the engine's MIME parser, and a message it
+     * reads differently from mail clients (a delimiter followed by a tab, base64 after padding)
+     * would pass unscanned.
      */
-    'prescan-max-size': size.default(32 * 1024),
+    'prescan-max-size': size.default(0),
     /** MIME walker limits (src/mime/limits.ts); exceeding one makes the message corrupted. */
     'max-depth': positiveInt.default(DEFAULT_MIME_LIMITS.maxDepth),
     'max-parts': positiveInt.default(DEFAULT_MIME_LIMITS.maxParts),

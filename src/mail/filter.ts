@@ -88,7 +88,7 @@ export class MailFilter {
         quarantineId ??= await this.quarantine(msg, plan, facts);
         if (quarantineId) plan = decideMessage(group, documents, { ...shareFacts, quarantineId });
       }
-      const shareReplies = await this.act(msg, nextHop, plan, rcpts);
+      const shareReplies = await this.act(msg, nextHop, plan, rcpts, documents);
       indexes.forEach((idx, k) => (replies[idx] = shareReplies[k] as SmtpReply));
       if (plan.reply.kind !== 'tempfail') await this.sideEffects(msg, nextHop, plan);
       this.count(plan);
@@ -190,6 +190,7 @@ export class MailFilter {
     const relevant = (p: MimeProblem, encoding: string | null) => !(this.o.lenientQuotedPrintable && p.code === 'encoding' && encoding === 'quoted-printable');
     const documents: MailDocument[] = walk.documents.map(({ document: d, result }) => ({
       id: d.id,
+      ...(d.partId !== d.id ? { partId: d.partId } : {}),
       fileName: d.filename,
       contentType: d.contentType,
       problems: [...new Set([...d.problems, ...walk.problems.filter((p) => p.partId === d.id)].filter((p) => relevant(p, d.encoding)).map((p) => p.code))],
@@ -255,16 +256,23 @@ export class MailFilter {
   }
 
   /** The share's replies: delivery through the next hop, or the policy's own reply. */
-  private async act(msg: InboundMessage, nextHop: NextHop, plan: MailPlan, rcpts: Recipient[]): Promise<SmtpReply[]> {
+  private async act(msg: InboundMessage, nextHop: NextHop, plan: MailPlan, rcpts: Recipient[], documents: readonly MailDocument[]): Promise<SmtpReply[]> {
     const r = plan.reply;
     if (r.kind !== 'deliver') return rcpts.map(() => ({ code: r.code, status: r.enhanced, lines: [r.text] }));
-    const parts: PartEdit[] = [];
+    // A document inside an encoded attached message (or a uuencoded file) is edited through the
+    // part holding it; one edit per part, and the whole body replaced makes the others moot.
+    const partOf = new Map(documents.map((d) => [d.id, d.partId ?? d.id]));
+    let parts: PartEdit[] = [];
+    const edited = new Set<string>();
     for (const d of plan.documents) {
-      if (d.edit.kind === 'remove') parts.push({ action: 'remove', id: d.id, notice: d.edit.notice });
-      else if (d.edit.kind === 'replace') {
-        parts.push({ action: 'replace', id: d.id, data: await this.replacement(d.edit.file), contentType: d.edit.contentType, filename: d.edit.fileName });
-      }
+      if (d.edit.kind === 'keep') continue;
+      const target = d.whole ? '' : (partOf.get(d.id) ?? d.id);
+      if (edited.has(target)) continue;
+      edited.add(target);
+      if (d.edit.kind === 'remove') parts.push({ action: 'remove', id: target, notice: d.edit.notice });
+      else parts.push({ action: 'replace', id: target, data: await this.replacement(d.edit.file), contentType: d.edit.contentType, filename: d.edit.fileName });
     }
+    if (edited.has('')) parts = parts.filter((p) => p.id === '');
     const rewrite = parts.length > 0 || plan.addHeaders.length > 0 || plan.subjectPrefix !== null || plan.removeHeaders.length > 0;
     let body: Readable;
     let rewriting: Promise<unknown> | null = null;
@@ -279,7 +287,8 @@ export class MailFilter {
           removeHeaders: plan.removeHeaders,
           ...(plan.subjectPrefix !== null ? { subjectPrefix: plan.subjectPrefix } : {}),
         },
-        { limits: this.o.limits, signal: msg.signal },
+        // A document to remove that the rewriter cannot find must not go out: fail (4xx), never deliver it.
+        { limits: this.o.limits, signal: msg.signal, failOnMissing: true },
       ).catch((err: unknown) => {
         out.destroy(err instanceof Error ? err : new Error(String(err)));
         throw err;

@@ -182,10 +182,22 @@ const PRESCAN_MAX_DEPTH = 8;
 const wellFormed = new Map<string, readonly Fact[]>();
 const WELL_FORMED_MAX = 4096;
 
-function remember(key: string, facts: readonly Fact[]): void {
-  wellFormed.delete(key);
-  wellFormed.set(key, facts);
-  if (wellFormed.size > WELL_FORMED_MAX) wellFormed.delete(wellFormed.keys().next().value as string);
+function remember(key: string, facts: readonly Fact[], map = wellFormed): void {
+  map.delete(key);
+  map.set(key, facts);
+  if (map.size > WELL_FORMED_MAX) map.delete(map.keys().next().value as string);
+}
+
+/**
+ * Messages (SHA-256, cut or not, leniency, MIME limits, engines and signature versions) whose
+ * documents were each scanned free without a MIME problem. Only the scanner's own verdicts on the
+ * walker's documents go in, never a whole-message answer, so nothing clamd's MIME parser missed
+ * can hide here. Bounded like wellFormed.
+ */
+const scannedClean = new Map<string, readonly Fact[]>();
+
+function rememberClean(key: string, facts: readonly Fact[]): void {
+  remember(key, facts, scannedClean);
 }
 
 const limitsKeys = new WeakMap<MimeLimits, string>();
@@ -326,7 +338,14 @@ export async function scanAndReplace(input: MessageInput, deps: ReplaceDeps, sig
 
     let facts: Fact[] | null = null;
     let whole: VerdictResult | null = null;
-    if (input instanceof Spool && size <= deps.policy['prescan-max-size']) {
+    // A message read before whose documents were each scanned clean, under the same signatures
+    // (a second client, an IMAP client fetching it again): the same bytes walk the same way.
+    const sigKey = input instanceof Spool && input.sha256 !== null && deps.scanner.signatureKey ? await deps.scanner.signatureKey(signal) : null;
+    const cleanKey = sigKey === null || !(input instanceof Spool) ? null : `${input.sha256 as string}/${deps.partial === true ? 1 : 0}${lenient ? 1 : 0}/${limitsKey(limits)}/${sigKey}`;
+    const scannedBefore = cleanKey === null ? undefined : scannedClean.get(cleanKey);
+    if (scannedBefore) {
+      facts = scannedBefore.map((f) => ({ partId: f.partId, doc: { ...f.doc, problems: [], verdict: CLEAN } }));
+    } else if (input instanceof Spool && size <= deps.policy['prescan-max-size']) {
       // The prescan (as the mail filter's, src/mail/filter.ts): clamd decodes MIME itself, so one
       // engine call on the whole message settles a clean one; its documents are scanned one by one
       // only when that is not clean or the walker finds a MIME problem (to know what to replace).
@@ -348,6 +367,11 @@ export async function scanAndReplace(input: MessageInput, deps: ReplaceDeps, sig
     }
     if (facts === null) {
       facts = factsOf(await walkAndScan(null));
+      const all = facts;
+      if (cleanKey !== null && all.every((f) => !f.doc.whole && (f.doc.problems ?? []).length === 0 && f.doc.verdict?.status === 'free')) {
+        // Remembered only when the signatures did not change while the documents were scanned.
+        if ((await deps.scanner.signatureKey?.(signal)) === sigKey) rememberClean(cleanKey, all);
+      }
       // A finding on the whole message that no single document explains stays a finding.
       if (whole?.status === 'found' && facts.every((f) => f.doc.verdict?.status === 'free')) {
         facts.push({ partId: '', doc: { id: '', whole: true, fileName: null, contentType: 'message/rfc822', problems: [], verdict: whole, size } });
@@ -377,9 +401,9 @@ export async function scanAndReplace(input: MessageInput, deps: ReplaceDeps, sig
   const quarantineId = await keepOriginal(input, deps, replaced, documents, label, user, limits.maxHeaderSize);
   const out = new Spool(deps.spoolDir, deps.policy['spool-memory'], { hash: false });
   try {
-    const r = await rewriteMessage(input, spoolWriter(out), { parts: edits }, { limits, ...(signal ? { signal } : {}) });
+    // A document to replace that the rewriter cannot find rejects: the client gets an error, never the document.
+    await rewriteMessage(input, spoolWriter(out), { parts: edits }, { limits, failOnMissing: true, ...(signal ? { signal } : {}) });
     await out.end();
-    if (r.missing.length > 0) deps.log.warn({ message: label, missing: r.missing }, 'mail proxy: parts to replace not found by the rewriter');
   } catch (err) {
     await out.dispose();
     throw err;

@@ -95,6 +95,8 @@ export interface StructuredValue {
   value: string;
   /** Parameters by lowercase name; RFC 2231 continuations and charsets resolved. */
   params: Map<string, string>;
+  /** Plain parameters given more than once with different values (the first is in `params`). */
+  conflicts: Set<string>;
 }
 
 interface RawParam {
@@ -186,14 +188,16 @@ export function parseStructured(text: string): StructuredValue {
   const { value, params: raw } = splitParams(text);
   const params = new Map<string, string>();
   const pieces = new Map<string, Array<{ index: number; value: string; encoded: boolean }>>();
-  const plainSeen = new Set<string>();
+  const plainSeen = new Map<string, string>();
+  const conflicts = new Set<string>();
   for (const p of raw) {
     const m = /^([^*]+)\*(\d{1,4})?(\*)?$/.exec(p.name);
     if (!m) {
-      if (!plainSeen.has(p.name)) {
-        plainSeen.add(p.name);
+      const seen = plainSeen.get(p.name);
+      if (seen === undefined) {
+        plainSeen.set(p.name, p.value);
         if (!params.has(p.name)) params.set(p.name, p.value);
-      }
+      } else if (seen !== p.value) conflicts.add(p.name); // readers differ on which one counts
       continue;
     }
     const base = m[1] as string;
@@ -228,7 +232,7 @@ export function parseStructured(text: string): StructuredValue {
     if (bytes.length > 0) out += decodeCharset(Buffer.concat(bytes), charset);
     params.set(base, out);
   }
-  return { value, params };
+  return { value, params, conflicts };
 }
 
 /** Content-Type as `type/subtype` (lowercase), or null when the value is not one (RFC 2045 5.2: then text/plain). */
@@ -242,7 +246,8 @@ export function transferEncoding(value: string): string {
   // a token is short; bounding the text keeps the comment regex linear on a hostile value
   const v = value.slice(0, 256).replace(/\([^)]*\)/g, ' ').trim().toLowerCase();
   const m = /^[^\s;]+/.exec(v);
-  return m ? m[0] : '';
+  // `"base64"` is no token, but engines and some clients decode it: so do we.
+  return m ? m[0].replace(/^"(.*)"$/, '$1') : '';
 }
 
 /** A file name from a header: encoded words decoded (senders put them in quoted strings too), controls removed. */

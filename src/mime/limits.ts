@@ -79,6 +79,8 @@ export const MIME_PROBLEM_CODES = {
   boundary: 'a multipart without a usable boundary, without any part, or a part not closed by its own delimiter',
   encoding: 'invalid base64, quoted-printable or uuencode data (what could be decoded was handed over)',
   truncated: 'the message ends inside an open multipart',
+  ambiguous:
+    'readers could take the structure two ways: Content-Type or Content-Transfer-Encoding given twice with different values, a parameter such as the boundary given twice, a boundary in single quotes, or a delimiter line after the close delimiter',
 } as const;
 
 export type MimeProblemCode = keyof typeof MIME_PROBLEM_CODES;

@@ -156,6 +156,8 @@ export class MimeParser {
   private events: ParserEvent[] = [];
   private readonly stack: Container[] = [];
   private openBoundaries = 0;
+  /** The last closed multipart, while its epilogue is read with no boundary open: watched for its own delimiter. */
+  private epilogue: { container: Container; pattern: Buffer; tail: Buffer } | null = null;
   private mode: Mode = 'header';
   private hdr: HeaderState;
   private role: Role = 'leaf';
@@ -283,10 +285,15 @@ export class MimeParser {
     for (let i = this.stack.length - 1; i >= 0; i--) {
       const k = this.stack[i] as Container;
       const b = k.boundary;
-      if (!b || k.closed) continue;
+      if (!b) continue;
       const avail = end - from;
       const n = Math.min(avail, b.length);
       if (buf.compare(b, 0, n, from, from + n) !== 0) continue;
+      if (k.closed) {
+        // Its epilogue: a reader that goes on after the close delimiter finds more parts here.
+        if (n === b.length) this.problem('ambiguous', k.entity.id, 'a delimiter line after the close delimiter');
+        continue;
+      }
       if (n < b.length) {
         // the line may go on in the next chunk, unless it already ended
         const nl = buf.indexOf(LF, from);
@@ -328,6 +335,7 @@ export class MimeParser {
     if (a.close) {
       k.closed = true;
       this.openBoundaries--;
+      if (k.boundary) this.epilogue = { container: k, pattern: Buffer.concat([NL_DASH_DASH, k.boundary]), tail: Buffer.from([LF]) };
       this.current = k.entity;
       this.role = 'epilogue';
       this.mode = 'body';
@@ -486,14 +494,22 @@ export class MimeParser {
     let ctField: HeaderField | undefined;
     let cteField: HeaderField | undefined;
     let cdField: HeaderField | undefined;
+    let ambiguous: string | null = null;
     for (const f of h.fields) {
-      if (f.name === 'content-type') ctField ??= f;
-      else if (f.name === 'content-transfer-encoding') cteField ??= f;
-      else if (f.name === 'content-disposition') cdField ??= f;
+      if (f.name === 'content-type') {
+        if (ctField && !sameValue(ctField, f)) ambiguous = 'Content-Type given twice';
+        ctField ??= f;
+      } else if (f.name === 'content-transfer-encoding') {
+        if (cteField && transferEncoding(unfold(rawText(fieldValue(cteField)))) !== transferEncoding(unfold(rawText(fieldValue(f))))) {
+          ambiguous = 'Content-Transfer-Encoding given twice';
+        }
+        cteField ??= f;
+      } else if (f.name === 'content-disposition') cdField ??= f;
     }
     const ct = ctField ? parseStructured(unfold(rawText(fieldValue(ctField)))) : null;
     const contentType = (ct && mediaType(ct.value)) ?? (ctx.digest ? 'message/rfc822' : 'text/plain');
     const params = ct?.params ?? new Map<string, string>();
+    if (ct && ct.conflicts.size > 0) ambiguous = `parameter ${[...ct.conflicts].join(', ')} given twice`;
     const encoding = cteField ? transferEncoding(unfold(rawText(fieldValue(cteField)))) || '7bit' : '7bit';
     const cd = cdField ? parseStructured(unfold(rawText(fieldValue(cdField)))) : null;
     const entity: Entity = {
@@ -525,6 +541,12 @@ export class MimeParser {
     this.role = 'leaf';
     const major = contentType.slice(0, contentType.indexOf('/'));
     const identity = encoding === '7bit' || encoding === '8bit' || encoding === 'binary';
+    if (major === 'multipart') {
+      const boundary = params.get('boundary');
+      if (boundary !== undefined && boundary.length > 2 && boundary.startsWith("'") && boundary.endsWith("'")) ambiguous ??= 'boundary in single quotes';
+    }
+    // A structure two readers may see differently: a client must not find a part we did not scan.
+    if (ambiguous !== null) this.problem('ambiguous', major === 'multipart' && ctx.messageTop ? ctx.msgPrefix : ctx.id, ambiguous);
     if (major === 'multipart') {
       const boundary = params.get('boundary');
       if (boundary === undefined || boundary.length === 0 || boundary.length > MAX_BOUNDARY_LENGTH || !/^[\x20-\x7e]+$/.test(boundary)) {
@@ -571,9 +593,25 @@ export class MimeParser {
     }
   }
 
+  /**
+   * A delimiter line of a closed multipart in its epilogue: a reader that goes on past the close
+   * delimiter finds another part there. Reported once; the pattern may span two chunks.
+   */
+  private watchEpilogue(buf: Buffer, pos: number, end: number): void {
+    const w = this.epilogue as { container: Container; pattern: Buffer; tail: Buffer };
+    const data = Buffer.concat([w.tail, buf.subarray(pos, end)]);
+    if (data.indexOf(w.pattern) >= 0) {
+      this.problem('ambiguous', w.container.entity.id, 'a delimiter line after the close delimiter');
+      this.epilogue = null;
+      return;
+    }
+    w.tail = Buffer.from(data.subarray(Math.max(0, data.length - w.pattern.length + 1)));
+  }
+
   private body(buf: Buffer, pos: number, eof: boolean): number {
     const end = buf.length;
     if (this.openBoundaries === 0) {
+      if (this.epilogue) this.watchEpilogue(buf, pos, end);
       this.emit(buf, pos, end);
       return end;
     }
@@ -668,4 +706,9 @@ function fieldColon(buf: Buffer, pos: number, nl: number): number {
 /** Raw bytes of a field's value (folding line breaks included). */
 export function fieldValue(f: HeaderField): Buffer {
   return f.raw.length === 1 ? (f.raw[0] as Buffer) : Buffer.concat(f.raw);
+}
+
+/** Two fields with the same value once unfolded and trimmed (case aside). */
+function sameValue(a: HeaderField, b: HeaderField): boolean {
+  return unfold(rawText(fieldValue(a))).trim().toLowerCase() === unfold(rawText(fieldValue(b))).trim().toLowerCase();
 }

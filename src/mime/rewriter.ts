@@ -1,5 +1,6 @@
 import type { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
+import { AvgateError } from '../core/errors.js';
 import {
   encodeBase64Lines,
   encodeLegacyName,
@@ -48,6 +49,8 @@ export interface RewriteOptions {
   /** End the output when done (default true). */
   end?: boolean;
   signal?: AbortSignal;
+  /** A part to remove or replace that is not found rejects (AVG_ERR_REWRITE) before any byte is written. */
+  failOnMissing?: boolean;
 }
 
 export interface RewriteResult {
@@ -98,6 +101,9 @@ export async function rewriteMessage(input: MessageInput, output: Writable, plan
   if (wanted.size > 0 || needHeader) {
     const s = await structure(input, limits, wanted, options.signal);
     edits = planEdits(s, plan, applied, missing);
+    if (missing.length > 0 && options.failOnMissing === true) {
+      throw new AvgateError('AVG_ERR_REWRITE', `parts to remove or replace not found: ${missing.join(', ')}`);
+    }
   }
   const bytes = await copyWithEdits(input, output, edits, options.signal);
   if (options.end !== false) {

@@ -322,6 +322,12 @@ export class Scanner implements ScanService {
     }
   }
 
+  async signatureKey(signal?: AbortSignal): Promise<string | null> {
+    if (!this.cache) return null;
+    const versions = await Promise.all(this.engines.map((e) => e.engine.signatureVersion(signal)));
+    return this.cacheKey(versions);
+  }
+
   private cacheKey(versions: Array<string | null>): string | null {
     if (versions.some((v) => v === null)) return null; // engine cannot tell: never cache
     const last = this.lastKey;

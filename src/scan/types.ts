@@ -48,5 +48,11 @@ export interface ScanService {
   prefersFiles(size?: number): boolean;
   /** Maximum simultaneous scans (max-concurrent-scans): callers size their own parallelism by it. */
   readonly concurrency: number;
+  /**
+   * The engines and their signature versions as one string (what the verdict cache keys on), or
+   * null when some engine cannot tell or there is no cache: a caller that remembers verdicts of its
+   * own must key them on it. Optional for services without engines of their own.
+   */
+  signatureKey?(signal?: AbortSignal): Promise<string | null>;
   close(): Promise<void>;
 }

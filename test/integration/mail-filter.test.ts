@@ -107,36 +107,60 @@ describe('mail filter: scanning, groups and actions (recording next hop)', () =>
     assert.equal(notices().length, 0);
   });
 
-  test('prescan: a small clean message takes one engine call; an infected one is then scanned document by document', async () => {
+  test('default: every document is scanned on its own, no whole-message prescan (prescan-max-size 0)', async () => {
     const c = av.mail.filter.counters;
     const scans0 = c.scans;
     const pre0 = c.prescanned;
-    const clean = mailWith('prescan-clean', [{ name: 'small.bin', type: 'application/octet-stream', data: randomBytes(3000) }]);
-    assert.ok(clean.length < 32 * 1024);
+    const clean = mailWith('docs-clean', [{ name: 'small.bin', type: 'application/octet-stream', data: randomBytes(3000) }]);
     assert.equal((await send(av.smtpPort, 'a@example.com', ['b@example.net'], clean)).data[0]?.code, 250);
-    assert.equal(c.scans - scans0, 1, 'one scan of the whole message');
-    assert.equal(c.prescanned - pre0, 1);
-    const [m] = delivered('b@example.net').filter((d) => d.body.includes(Buffer.from('prescan-clean')));
-    assert.match(header(m?.body ?? Buffer.alloc(0), 'X-AV-Status') ?? '', /^clean/);
+    assert.equal(c.scans - scans0, 2, 'the text part and the attachment');
+    assert.equal(c.prescanned - pre0, 0);
+  });
 
-    const scans1 = c.scans;
-    const dirty = mailWith('prescan-dirty', [eicarAttachment(), { name: 'other.txt', type: 'text/plain', data: Buffer.from('other') }]);
-    assert.equal((await send(av.smtpPort, 'a@example.com', ['b@example.net'], dirty)).data[0]?.code, 250);
-    // The whole message, then its three documents (text, eicar.com, other.txt).
-    assert.equal(c.scans - scans1, 4);
-    assert.equal(c.prescanned - pre0, 1);
-    const [d] = delivered('b@example.net').filter((x) => x.body.includes(Buffer.from('prescan-dirty')));
+  test('a message clamd reads differently (a delimiter followed by a tab) is still scanned part by part and its culprit removed', async () => {
+    // RFC 2046 allows transport padding after a delimiter; mail clients see the attachment.
+    const msg = Buffer.from(mailWith('tab-delim', [eicarAttachment()]).toString('latin1').replaceAll('--b-tab-delim\r\n', '--b-tab-delim\t\r\n'), 'latin1');
+    assert.equal((await send(av.smtpPort, 'a@example.com', ['b@example.net'], msg)).data[0]?.code, 250);
+    const [d] = delivered('b@example.net').filter((x) => x.body.includes(Buffer.from('tab-delim')));
     assert.ok(d);
-    const docs = await documentsOf(d.body);
-    assert.equal(docs.get('other.txt'), 'other', 'the clean document stays');
-    assert.equal(docs.has('eicar.com'), false, 'the culprit is found and removed');
+    assert.match(header(d.body, 'X-AV-Status') ?? '', /^infected/);
+    assert.equal((await documentsOf(d.body)).has('eicar.com'), false, 'the attachment is removed');
+  });
 
-    // A MIME problem (invalid base64) makes the documents be scanned one by one despite a clean prescan.
-    const scans2 = c.scans;
-    const broken = Buffer.from(mailWith('prescan-broken', [{ name: 'x.bin', type: 'application/octet-stream', data: Buffer.from('hello') }]).toString().replace('aGVsbG8=', 'a$$$GVsbG8'));
-    await send(av.smtpPort, 'a@example.com', ['b@example.net'], broken);
-    assert.equal(c.scans - scans2, 3, 'whole message, then the two documents');
-    assert.equal(c.prescanned - pre0, 1);
+  test('EICAR in a base64-encoded attached message (single part, or the whole body): the encoded part is removed', async () => {
+    const eicarB64 = eicarAttachment().data.toString('base64');
+    const inner = crlf(['From: x@example.com', 'Subject: inner', 'Content-Type: application/octet-stream; name="in.com"', 'Content-Transfer-Encoding: base64', '', eicarB64, '']);
+    const wrapped = (inner.toString('base64').match(/.{1,76}/g) ?? []).join('\r\n');
+    const nested = crlf([
+      'From: Alice <a@example.com>',
+      'To: Bob <b@example.net>',
+      'Subject: test b64-rfc822',
+      'MIME-Version: 1.0',
+      'Content-Type: multipart/mixed; boundary="BB"',
+      '',
+      '--BB',
+      'Content-Type: text/plain',
+      '',
+      'see attached',
+      '--BB',
+      'Content-Type: message/rfc822',
+      'Content-Transfer-Encoding: base64',
+      '',
+      wrapped,
+      '--BB--',
+      '',
+    ]);
+    const top = crlf(['From: Alice <a@example.com>', 'To: Bob <b@example.net>', 'Subject: test b64-top', 'MIME-Version: 1.0', 'Content-Type: message/rfc822', 'Content-Transfer-Encoding: base64', '', wrapped, '']);
+    for (const [tag, msg] of [['b64-rfc822', nested], ['b64-top', top]] as const) {
+      assert.equal((await send(av.smtpPort, 'a@example.com', ['b@example.net'], msg)).data[0]?.code, 250, tag);
+      const [d] = delivered('b@example.net').filter((x) => x.body.includes(Buffer.from(`test ${tag}`)));
+      assert.ok(d, tag);
+      assert.match(header(d.body, 'X-AV-Status') ?? '', /^infected/, tag);
+      assert.equal(d.body.includes(Buffer.from(wrapped.slice(0, 60))), false, `${tag}: the encoded message is gone`);
+      const docs = [...(await documentsOf(d.body)).values()].join('\n');
+      assert.equal(docs.includes(eicarB64), false, `${tag}: no decoded document holds the virus`);
+      assert.equal(docs.includes(eicarAttachment().data.toString('latin1')), false, tag);
+    }
   });
 
   test('EICAR attachment, default group: attachment removed with a notice, subject tagged, sender/recipient/admin notified', async () => {
@@ -320,5 +344,57 @@ describe('mail filter: LMTP, engine and next hop failures', () => {
     } finally {
       await av2.stop();
     }
+  });
+});
+
+describe('mail filter: the opt-in whole-message prescan (mail.prescan-max-size)', () => {
+  let clamd: TestClamd;
+  let dir: string;
+  let hop: RecordingServer;
+  let av: Awaited<ReturnType<typeof startMailAvgate>>;
+  const delivered = (rcpt: string): RecordedMessage[] => hop.messages.filter((m) => m.rcptTo.some((r) => r.address === rcpt) && m.mailFrom.address !== '');
+  before(async () => {
+    clamd = await startTestClamd();
+    dir = await mkdtemp(join(tmpdir(), 'avgate-mail-pre-'));
+    hop = await startRecordingServer();
+    av = await startMailAvgate({ clamd, stateDir: join(dir, 'state'), nextHop: `smtp:127.0.0.1:${hop.port}`, mailYaml: 'prescan-max-size: 32KiB' });
+  });
+  after(async () => {
+    await av?.stop();
+    await hop?.close();
+    await clamd?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('prescan: a small clean message takes one engine call; an infected one is then scanned document by document', async () => {
+    const c = av.mail.filter.counters;
+    const scans0 = c.scans;
+    const pre0 = c.prescanned;
+    const clean = mailWith('prescan-clean', [{ name: 'small.bin', type: 'application/octet-stream', data: randomBytes(3000) }]);
+    assert.ok(clean.length < 32 * 1024);
+    assert.equal((await send(av.smtpPort, 'a@example.com', ['b@example.net'], clean)).data[0]?.code, 250);
+    assert.equal(c.scans - scans0, 1, 'one scan of the whole message');
+    assert.equal(c.prescanned - pre0, 1);
+    const [m] = delivered('b@example.net').filter((d) => d.body.includes(Buffer.from('prescan-clean')));
+    assert.match(header(m?.body ?? Buffer.alloc(0), 'X-AV-Status') ?? '', /^clean/);
+
+    const scans1 = c.scans;
+    const dirty = mailWith('prescan-dirty', [eicarAttachment(), { name: 'other.txt', type: 'text/plain', data: Buffer.from('other') }]);
+    assert.equal((await send(av.smtpPort, 'a@example.com', ['b@example.net'], dirty)).data[0]?.code, 250);
+    // The whole message, then its three documents (text, eicar.com, other.txt).
+    assert.equal(c.scans - scans1, 4);
+    assert.equal(c.prescanned - pre0, 1);
+    const [d] = delivered('b@example.net').filter((x) => x.body.includes(Buffer.from('prescan-dirty')));
+    assert.ok(d);
+    const docs = await documentsOf(d.body);
+    assert.equal(docs.get('other.txt'), 'other', 'the clean document stays');
+    assert.equal(docs.has('eicar.com'), false, 'the culprit is found and removed');
+
+    // A MIME problem (invalid base64) makes the documents be scanned one by one despite a clean prescan.
+    const scans2 = c.scans;
+    const broken = Buffer.from(mailWith('prescan-broken', [{ name: 'x.bin', type: 'application/octet-stream', data: Buffer.from('hello') }]).toString().replace('aGVsbG8=', 'a$$$GVsbG8'));
+    await send(av.smtpPort, 'a@example.com', ['b@example.net'], broken);
+    assert.equal(c.scans - scans2, 3, 'whole message, then the two documents');
+    assert.equal(c.prescanned - pre0, 1);
   });
 });

@@ -7,9 +7,12 @@ import { silentLogger } from '../../src/core/logging.js';
 import { Spool } from '../../src/core/spool.js';
 import { loadReplacement, scanAndReplace, BUILT_IN_REPLACEMENT, type ReplaceDeps, type ReplaceResult } from '../../src/mailproxy/index.js';
 import type { MessageInput } from '../../src/mime/index.js';
-import type { Scanner } from '../../src/scan/scanner.js';
+import { VerdictCache } from '../../src/cache/verdict-cache.js';
+import { ClamdNetEngine } from '../../src/engines/clamd/net.js';
+import { Scanner } from '../../src/scan/scanner.js';
+import type { ScanService } from '../../src/scan/types.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
-import { type CorpusMessage, deadScanner, mailCorpus, partDigests, proxyPolicy, proxyScanner, sha256 } from '../helpers/mailproxy.js';
+import { type CorpusMessage, deadScanner, mailCorpus, partDigests, PROXY_SCANNER_LIMITS, proxyPolicy, proxyScanner, sha256 } from '../helpers/mailproxy.js';
 
 async function bytesOf(out: MessageInput): Promise<Buffer> {
   if (Buffer.isBuffer(out)) return out;
@@ -206,24 +209,81 @@ describe('mail proxy replacer (src/mailproxy) with a real clamd', () => {
     return { r, out, scans, sp };
   };
 
-  test('prescan: a clean message costs one engine call; an infected one is then scanned part by part and its culprit replaced', async () => {
+  /** The opt-in prescan (pop3-proxy.prescan-max-size; off by default). */
+  const prescanDeps = (over: Record<string, unknown> = {}) => deps({ policy: proxyPolicy({ 'prescan-max-size': '1MiB', ...over }) });
+
+  test('default: no prescan; every document is scanned, and a message read again is answered without a walk once its documents were scanned clean', async () => {
     const clean = await scansFor(msg('clean').raw);
+    assert.equal(clean.scans, clean.r.documents.length, 'every document on its own');
+    // This scanner has no verdict cache, so nothing is remembered: the same count again.
+    assert.equal((await scansFor(msg('clean').raw)).scans, clean.r.documents.length);
+    await clean.sp.dispose();
+
+    const cache = new VerdictCache({ memoryEntries: 100, sqlitePath: null, sqliteMaxEntries: 10, maxAgeMs: 0 });
+    const engine = new ClamdNetEngine();
+    engine.configure([{ name: 'address', value: `unix:${clamd.socketPath}` }, { name: 'database-dir', value: clamd.dbDir }]);
+    const cached = new Scanner([{ id: 'clamav', engine }], PROXY_SCANNER_LIMITS, cache, silentLogger());
+    let scanCalls = 0;
+    const counting: ScanService = {
+      get wantsHash() { return cached.wantsHash; },
+      get engineLikely() { return cached.engineLikely; },
+      get concurrency() { return cached.concurrency; },
+      prefersFiles: (size) => cached.prefersFiles(size),
+      signatureKey: (signal) => cached.signatureKey(signal),
+      close: () => cached.close(),
+      scan: async (req) => {
+        scanCalls++;
+        return cached.scan(req);
+      },
+    };
+    try {
+      const raw = Buffer.from(msg('clean').raw.toString('latin1').replace('clean', `clean ${Date.now()}`), 'latin1');
+      const first = await scansFor(raw, deps({ scanner: counting }));
+      assert.equal(scanCalls, first.r.documents.length);
+      const again = await scansFor(raw, deps({ scanner: counting }));
+      assert.equal(scanCalls, first.r.documents.length, 'read again: no scan request, no walk');
+      assert.deepEqual(again.r.documents, first.r.documents);
+      assert.equal(again.r.changed, false);
+      // An infected message is never remembered: each read scans it again.
+      const dirty = await scansFor(msg('eicar').raw, deps({ scanner: counting }));
+      const calls = scanCalls;
+      const dirtyAgain = await scansFor(msg('eicar').raw, deps({ scanner: counting }));
+      assert.ok(scanCalls > calls);
+      assert.deepEqual(dirtyAgain.r.replaced.map((d) => d.filename), ['eicar.com']);
+      for (const x of [first, again, dirty, dirtyAgain]) await x.sp.dispose();
+    } finally {
+      await cached.close();
+      cache.close();
+    }
+  });
+
+  test('a delimiter followed by a tab (clamd reads the message differently): the attachment is still found and replaced', async () => {
+    const raw = Buffer.from(msg('eicar').raw.toString('latin1').replace(/^(--[^\r\n]+)\r\n/gm, '$1\t\r\n'), 'latin1');
+    assert.notDeepEqual(raw, msg('eicar').raw);
+    const r = await scansFor(raw);
+    assert.deepEqual(r.r.replaced.map((d) => d.filename), ['eicar.com']);
+    assert.ok(!r.out.includes(Buffer.from('EICAR-STANDARD-ANTIVIRUS-TEST-FILE')));
+    await r.sp.dispose();
+  });
+
+  test('prescan (opt-in): a clean message costs one engine call; an infected one is then scanned part by part and its culprit replaced', async () => {
+    const clean = await scansFor(msg('clean').raw, prescanDeps());
     assert.equal(clean.scans, 1, 'one whole-message scan');
     assert.equal(clean.r.changed, false);
     assert.ok(clean.r.documents.length >= 2 && clean.r.documents.every((d) => d.status === 'clean'));
     // Read again: the same bytes, remembered as well formed, still one call (no cache in this scanner).
-    assert.equal((await scansFor(msg('clean').raw)).scans, 1);
-    const infected = await scansFor(msg('eicar').raw);
+    assert.equal((await scansFor(msg('clean').raw, prescanDeps())).scans, 1);
+    const infected = await scansFor(msg('eicar').raw, prescanDeps());
     assert.equal(infected.scans, 1 + infected.r.documents.length, 'the whole message, then every document');
     assert.deepEqual(infected.r.replaced.map((d) => d.filename), ['eicar.com']);
     assert.ok(!infected.out.includes(Buffer.from('EICAR-STANDARD-ANTIVIRUS-TEST-FILE')));
     // prescan-max-size 0: every document on its own, as before.
-    const off = await scansFor(msg('clean').raw, deps({ policy: proxyPolicy({ 'prescan-max-size': 0 }) }));
+    const off = await scansFor(msg('clean').raw, prescanDeps({ 'prescan-max-size': 0 }));
     assert.equal(off.scans, off.r.documents.length);
     for (const x of [clean, infected, off]) await x.sp.dispose();
   });
 
-  test('prescan: a clean answer is not trusted for documents nested deeper than clamd unpacks', async () => {
+  test('prescan (opt-in): a clean answer is not trusted for documents nested deeper than clamd unpacks', async () => {
     // Nine levels of forwarded mail around a clean text: clamd's whole-message answer stops being
     // evidence below its recursion limit, so the documents are scanned one by one.
     let raw = msg('plain').raw;
@@ -234,7 +294,7 @@ describe('mail proxy replacer (src/mailproxy) with a real clamd', () => {
         Buffer.from(`\r\n--n${i}--\r\n`),
       ]);
     }
-    const deep = await scansFor(raw);
+    const deep = await scansFor(raw, prescanDeps());
     assert.equal(deep.r.changed, false);
     assert.ok(deep.scans > 1, `scanned part by part (${deep.scans} scans)`);
     await deep.sp.dispose();

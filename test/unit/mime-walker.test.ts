@@ -552,3 +552,40 @@ function uuLines(data: Buffer): string[] {
   }
   return out;
 }
+
+describe('walker: structures two readers could take two ways are "ambiguous"', () => {
+  const eicar = eicarBytes();
+  const mp = (ct: string, body: string[]) => msg(['MIME-Version: 1.0', `Content-Type: ${ct}`, '', ...body, '']);
+
+  it('a quoted "base64" is decoded as base64 (engines and some clients do)', async () => {
+    const r = await walk(msg(['Content-Type: application/octet-stream', 'Content-Transfer-Encoding: "base64"', '', ...b64(eicar), '']));
+    assert.deepEqual(docs(r)[0]?.data, eicar);
+    assert.deepEqual(codes(r), []);
+  });
+
+  it('Content-Transfer-Encoding or Content-Type given twice with different values', async () => {
+    const cte = await walk(msg(['Content-Type: application/octet-stream', 'Content-Transfer-Encoding: 7bit', 'Content-Transfer-Encoding: base64', '', ...b64(eicar), '']));
+    assert.deepEqual(codes(cte), ['ambiguous@1']);
+    const same = await walk(msg(['Content-Type: text/plain', 'Content-Transfer-Encoding: 7bit', 'Content-Transfer-Encoding: 7BIT', '', 'hello', '']));
+    assert.deepEqual(codes(same), [], 'the same value twice is no ambiguity');
+    const ct = await walk(msg(['Content-Type: text/plain', 'Content-Type: application/zip', '', 'hello', '']));
+    assert.deepEqual(codes(ct), ['ambiguous@1']);
+  });
+
+  it('a boundary given twice, or in single quotes: the multipart is ambiguous (the whole message counts)', async () => {
+    const body = ['--AA', 'Content-Type: text/plain', '', 'one', '--BB', 'Content-Type: text/plain', '', 'two', '--BB--', '--AA--'];
+    const twice = await walk(mp('multipart/mixed; boundary="AA"; boundary="BB"', body));
+    assert.ok(codes(twice).includes('ambiguous@'), codes(twice).join());
+    const quoted = await walk(mp("multipart/mixed; boundary='CC'", ['--CC', 'Content-Type: text/plain', '', 'x', '--CC--']));
+    assert.ok(codes(quoted).includes('ambiguous@'), codes(quoted).join());
+  });
+
+  it('a delimiter line after the close delimiter (a part in the epilogue)', async () => {
+    const r = await walk(
+      mp('multipart/mixed; boundary="XX"', ['--XX', 'Content-Type: text/plain', '', 'hi', '--XX--', '--XX', 'Content-Type: application/octet-stream', 'Content-Transfer-Encoding: base64', '', ...b64(eicar), '--XX--']),
+    );
+    assert.ok(codes(r).includes('ambiguous@'), codes(r).join());
+    const plain = await walk(mp('multipart/mixed; boundary="XX"', ['--XX', 'Content-Type: text/plain', '', 'hi', '--XX--', 'an epilogue line', '--YY']));
+    assert.deepEqual(codes(plain), [], 'other text in the epilogue is fine');
+  });
+});

@@ -9,6 +9,11 @@ import type { VerdictResult } from '../../core/verdict.js';
 export interface MailDocument {
   /** The walker's id of the part (e.g. `1.2`); edits in the plan refer to it. */
   id: string;
+  /**
+   * The part the rewriter edits to remove or replace this document when that is not the document
+   * itself: the encoded message/rfc822 part holding it, the text part holding a uuencoded file.
+   */
+  partId?: string;
   /** File name from Content-Disposition or Content-Type (decoded); null for none. */
   fileName: string | null;
   /** Declared Content-Type without parameters (e.g. `application/zip`); null for none. */
