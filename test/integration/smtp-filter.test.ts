@@ -160,6 +160,33 @@ describe('SMTP filter, pass-through to smtp-sink', () => {
   });
 });
 
+describe('SMTP filter, parameters and addresses it does not take', () => {
+  test('an unknown MAIL or RCPT parameter gets 555 5.5.4, an empty recipient 501; known ones pass', async () => {
+    const rec = await startRecordingServer();
+    const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${rec.port}` });
+    const { client } = await SmtpTestClient.connect(filter.port);
+    try {
+      await client.command('EHLO client.test');
+      const foo = await client.command('MAIL FROM:<a@example.com> FOO=bar');
+      assert.equal(foo.code, 555, foo.text);
+      assert.match(foo.text, /^5\.5\.4 MAIL parameter FOO not recognized/);
+      assert.equal((await client.command('MAIL FROM:<a@example.com> SIZE=100 BODY=8BITMIME RET=HDRS ENVID=e1')).code, 250);
+      const empty = await client.command('RCPT TO:<>');
+      assert.equal(empty.code, 501, empty.text);
+      const xyz = await client.command('RCPT TO:<b@example.com> XYZ=1');
+      assert.equal(xyz.code, 555, xyz.text);
+      assert.equal((await client.command('RCPT TO:<b@example.com> NOTIFY=NEVER ORCPT=rfc822;b@example.com')).code, 250);
+      const [done] = await client.data(crlf(['Subject: params', '', 'x']));
+      assert.equal(done?.code, 250);
+      assert.equal(rec.messages.length, 1);
+    } finally {
+      await client.quit();
+      await filter.stop();
+      await rec.close();
+    }
+  });
+});
+
 describe('SMTP filter, what only a recording next hop can show', () => {
   test('SIZE (the real size), SMTPUTF8, XFORWARD attributes and exact body bytes', async () => {
     const rec = await startRecordingServer({ size: 10 * 1024 * 1024 });

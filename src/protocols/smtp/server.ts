@@ -74,6 +74,17 @@ function paramsOf(a: SMTPServerAddress): EsmtpParams {
   return a.args ? { ...a.args } : {};
 }
 
+/** MAIL and RCPT parameters the filter announces (SIZE, 8BITMIME, SMTPUTF8, DSN) and relays; RFC 5321 4.1.1.11: others get 555. */
+const MAIL_PARAMS = new Set(['SIZE', 'BODY', 'SMTPUTF8', 'RET', 'ENVID']);
+const RCPT_PARAMS = new Set(['NOTIFY', 'ORCPT']);
+
+/** The first parameter of a MAIL/RCPT command that is not in `known`, or null. */
+function unknownParams(a: SMTPServerAddress, known: ReadonlySet<string>): string | null {
+  if (!a.args || typeof a.args !== 'object') return null;
+  for (const k of Object.keys(a.args)) if (!known.has(k.toUpperCase())) return k.toUpperCase().replace(/[^\x21-\x7e]/g, '?').slice(0, 40);
+  return null;
+}
+
 /** smtp-server maps values [UNAVAILABLE] to false and drops nothing else; keys are upper case. */
 function attributes(map: Map<string, string | number | false>): ClientAttributes {
   const out: Record<string, string> = {};
@@ -190,6 +201,8 @@ export class SmtpFilterServer {
         if (st.heloUnavailable) st.xforward = { ...st.xforward, HELO: '[UNAVAILABLE]' };
         if (Object.keys(st.xforward).length > 0) st.forwarded = true;
         restoreAddress(address, session.envelope.smtpUtf8 === true);
+        const unknown = unknownParams(address, MAIL_PARAMS);
+        if (unknown) return cb(smtpError(555, `5.5.4 MAIL parameter ${unknown} not recognized`));
         cb();
       },
       onRcptTo: (address, session, cb) => this.onRcptTo(address, session, cb),
@@ -209,6 +222,9 @@ export class SmtpFilterServer {
     const env = session.envelope;
     if (!st || !env.mailFrom) return cb(smtpError(503, '5.5.1 Need MAIL command'));
     restoreAddress(address, env.smtpUtf8 === true);
+    if (address.address === '') return cb(smtpError(501, '5.1.3 Bad recipient address syntax: an empty address'));
+    const unknown = unknownParams(address, RCPT_PARAMS);
+    if (unknown) return cb(smtpError(555, `5.5.4 RCPT parameter ${unknown} not recognized`));
     const repeated = env.rcptTo.some((r) => r.address.toLowerCase() === address.address.toLowerCase());
     if (!repeated && env.rcptTo.length >= this.config['max-recipients']) return cb(smtpError(452, '4.5.3 Too many recipients'));
     if (this.deps.partition && !this.lmtp) {
