@@ -12,6 +12,7 @@ export const ERROR_CODES = {
   AVG_ERR_ENGINE_TIMEOUT: 'the engine did not answer within the scan timeout',
   AVG_ERR_ENGINE_FAILED: 'the engine reported that it could not scan the object',
   AVG_ERR_ENGINE_PROTOCOL: 'the engine answered in a way that breaks its protocol framing',
+  AVG_ERR_ABORTED: 'the scan was given up by its caller (the client went away, the session closed)',
   AVG_ERR_QUEUE_FULL: 'too many scans in progress and the wait queue is full',
   AVG_ERR_SOURCE: 'the object to scan could not be read',
   AVG_ERR_CLAMD_START: 'the project-local clamd did not start',

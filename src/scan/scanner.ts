@@ -152,8 +152,10 @@ export class Scanner implements ScanService {
     this.counters.bytes += verdict.bytes;
     this.counters.byStatus[verdict.status]++;
     if (verdict.cached) this.counters.cacheHits++;
-    if (this.options.stats) this.report(this.options.stats, request, verdict);
-    const level = verdict.status === 'error' || verdict.status === 'unknown' ? 'warn' : 'debug';
+    // A scan its caller gave up answers nobody: no statistics event, no warning.
+    const abandoned = verdict.status === 'error' && verdict.code === 'AVG_ERR_ABORTED';
+    if (this.options.stats && !abandoned) this.report(this.options.stats, request, verdict);
+    const level = (verdict.status === 'error' && !abandoned) || verdict.status === 'unknown' ? 'warn' : 'debug';
     // The line's object is built only when it is written (debug is off in production).
     if (!this.log.isLevelEnabled(level)) return verdict;
     this.log[level](
@@ -397,6 +399,12 @@ export class Scanner implements ScanService {
     return { verdicts, bytes, sizeExceeded, complete: meter !== null && meter.writableFinished && !sizeExceeded };
   }
 
+  /** Why the scan's signal fired: the caller gave up (AVG_ERR_ABORTED), else scan-timeout. */
+  private abortedVerdict(request: ScanRequest): VerdictResult {
+    if (request.signal?.aborted) return { status: 'error', code: 'AVG_ERR_ABORTED', cause: 'the caller gave up the scan (client gone or session closed)' };
+    return { status: 'error', code: 'AVG_ERR_ENGINE_TIMEOUT', cause: `scan timeout (${this.limits.scanTimeoutMs} ms)` };
+  }
+
   private async runOne(slot: EngineSlot, request: ScanRequest, signal: AbortSignal, input: EngineInput): Promise<Verdict> {
     const { open, rereadable, file, memory } = input;
     const started = performance.now();
@@ -418,7 +426,8 @@ export class Scanner implements ScanService {
         ctx = await slot.pool.acquire(signal);
       } catch (err) {
         if (!rereadable) open().destroy(); // release this engine's share of the stream
-        return done({ verdict: { status: 'error', code: signal.aborted ? 'AVG_ERR_ENGINE_TIMEOUT' : errorCodeOf(err), cause: messageOf(err) }, bytes: 0 });
+        if (signal.aborted) return done({ verdict: this.abortedVerdict(request), bytes: 0 });
+        return done({ verdict: { status: 'error', code: errorCodeOf(err), cause: messageOf(err) }, bytes: 0 });
       }
       const meta = { ...(request.name ? { name: request.name } : {}), ...(file?.size !== undefined ? { size: file.size } : {}), signal };
       // A local file goes by path to engines that read files themselves (no stream is opened).
@@ -445,9 +454,7 @@ export class Scanner implements ScanService {
       } finally {
         if (stream) signal.removeEventListener('abort', onAbort);
       }
-      if (signal.aborted && result.verdict.status === 'error') {
-        result = { verdict: { status: 'error', code: 'AVG_ERR_ENGINE_TIMEOUT', cause: `scan timeout (${this.limits.scanTimeoutMs} ms)` }, bytes: result.bytes };
-      }
+      if (signal.aborted && result.verdict.status === 'error') result = { verdict: this.abortedVerdict(request), bytes: result.bytes };
       if (signal.aborted || !slot.engine.contextUsable(ctx)) void slot.pool.discard(ctx);
       else slot.pool.release(ctx);
       // Whatever the engine left unread is not wanted any more (for a tee branch: lets the others go on).
