@@ -1,6 +1,19 @@
 import { z } from 'zod';
 import { duration, positiveInt, size } from './units-schema.js';
 
+/** Slow or silent clients: each of these ends the request (and the connection) rather than hold it. */
+const consoleTimeoutsSchema = z.strictObject({
+  /** The request head must arrive within this (slowloris); else 408 and close. */
+  header: duration.prefault('30s'),
+  /** A keep-alive connection without a new request for this long is closed. */
+  idle: duration.prefault('30s'),
+  /**
+   * Body bytes must keep coming within this (forms, API bodies, uploads); a stalled body gets 408
+   * and the connection is closed. Time the console itself spends (a scan, a slow disk) is not counted.
+   */
+  body: duration.prefault('30s'),
+});
+
 /**
  * The `console` section: the web console (dashboard, quarantine browser), the scanning API and
  * /metrics (docs/console.md). Same conventions as the rest of the schema; the defaults are the ones
@@ -23,6 +36,9 @@ export const consoleSchema = z.strictObject({
   /** Failed logins per client address within login-window before 429. */
   'login-max-failures': positiveInt.default(5),
   'login-window': duration.prefault('5m'),
+  /** Client connections at once (browsers keep several each); one more is closed at once. */
+  'max-connections': positiveInt.default(256),
+  timeouts: consoleTimeoutsSchema.prefault({}),
   /** Largest object the scanning API takes (413 above). */
   'max-upload-size': size.prefault('1GiB'),
   /** /metrics only with an API token (Authorization: Bearer). */

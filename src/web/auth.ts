@@ -222,9 +222,25 @@ export class SessionTable {
   }
 }
 
-/** Failed logins per client address in a sliding window (brute force and password spraying). */
+/**
+ * One password check in flight, holding one of its client's tries until it is settled. Only the
+ * first settle counts; `release` gives the try back (the check never happened, e.g. a bad CSRF token).
+ */
+export interface LoginAttempt {
+  failed(): void;
+  succeeded(): void;
+  release(): void;
+}
+
+/**
+ * Failed logins per client address in a sliding window (brute force and password spraying).
+ * Checks still running count as failures until they are settled: a burst of parallel logins
+ * cannot all get past the limit before the first scrypt check has ended.
+ */
 export class LoginLimiter {
   private readonly failures = new Map<string, number[]>();
+  /** Password checks in flight per address. */
+  private readonly pending = new Map<string, number>();
 
   constructor(
     private readonly maxFailures: number,
@@ -243,8 +259,33 @@ export class LoginLimiter {
   /** Seconds until the next attempt is allowed, or 0 when it is allowed now. */
   retryAfter(ip: string): number {
     const list = this.recent(ip);
-    if (list.length < this.maxFailures) return 0;
+    if (list.length + (this.pending.get(ip) ?? 0) < this.maxFailures) return 0;
+    // Over the limit only through checks in flight: they end within a second or so.
+    if (list.length === 0) return 1;
     return Math.max(1, Math.ceil(((list[0] as number) + this.windowMs - this.now()) / 1000));
+  }
+
+  /**
+   * Takes a try for a password check, or null when the client is over the limit (then see
+   * retryAfter). Check and reservation happen together, with no await between them.
+   */
+  begin(ip: string): LoginAttempt | null {
+    if (this.retryAfter(ip) > 0) return null;
+    this.pending.set(ip, (this.pending.get(ip) ?? 0) + 1);
+    let open = true;
+    const settle = (then: () => void) => {
+      if (!open) return;
+      open = false;
+      const n = (this.pending.get(ip) ?? 1) - 1;
+      if (n > 0) this.pending.set(ip, n);
+      else this.pending.delete(ip);
+      then();
+    };
+    return {
+      failed: () => settle(() => this.fail(ip)),
+      succeeded: () => settle(() => this.succeed(ip)),
+      release: () => settle(() => undefined),
+    };
   }
 
   fail(ip: string): void {
@@ -252,6 +293,7 @@ export class LoginLimiter {
     this.failures.set(ip, [...this.recent(ip), this.now()]);
   }
 
+  /** A right password: the client's failures are forgotten (checks still in flight keep their tries). */
   succeed(ip: string): void {
     this.failures.delete(ip);
   }

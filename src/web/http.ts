@@ -125,6 +125,70 @@ export async function readForm(req: IncomingMessage, max = 16 * 1024): Promise<U
   return new URLSearchParams(Buffer.concat(parts).toString('utf8'));
 }
 
+/** True when the request announces a body (Content-Length above 0, or any Transfer-Encoding). */
+export function hasBody(req: IncomingMessage): boolean {
+  if (req.headers['transfer-encoding'] !== undefined) return true;
+  const length = req.headers['content-length'];
+  return length !== undefined && length !== '0';
+}
+
+/**
+ * The stall timeout for request bodies (`console.timeouts.body`): a request whose body stops
+ * arriving for `stallMs` is handed to `onStall`. Progress is read from the socket's byte count,
+ * which moves even while nothing reads the body; bytes waiting in the request's own buffer mean the
+ * console is the slow side (a scan, a disk), which never counts against the client. One timer for
+ * every request watched, running only while there are some.
+ */
+export class BodyStallWatch {
+  private readonly watched = new Map<IncomingMessage, { bytes: number; since: number; onStall: () => void }>();
+  private timer: NodeJS.Timeout | null = null;
+  private readonly everyMs: number;
+
+  constructor(
+    private readonly stallMs: number,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.everyMs = Math.max(20, Math.min(1000, Math.floor(stallMs / 4)));
+  }
+
+  /** Watches the request until its body is complete or its connection ends; 0 turns the watch off. */
+  watch(req: IncomingMessage, onStall: () => void): void {
+    if (this.stallMs <= 0 || req.complete || !hasBody(req)) return;
+    this.watched.set(req, { bytes: (req.socket as IncomingMessage['socket'] | null)?.bytesRead ?? 0, since: this.now(), onStall });
+    this.timer ??= setInterval(() => this.check(), this.everyMs).unref();
+  }
+
+  get size(): number {
+    return this.watched.size;
+  }
+
+  private check(): void {
+    const t = this.now();
+    for (const [req, w] of this.watched) {
+      const socket = req.socket as IncomingMessage['socket'] | null;
+      if (req.complete || !socket || socket.destroyed) {
+        this.watched.delete(req);
+        continue;
+      }
+      const bytes = socket.bytesRead;
+      if (bytes !== w.bytes || req.readableLength > 0) {
+        w.bytes = bytes;
+        w.since = t;
+      } else if (t - w.since >= this.stallMs) {
+        this.watched.delete(req);
+        w.onStall();
+      }
+    }
+    if (this.watched.size === 0) this.stop();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    this.watched.clear();
+  }
+}
+
 /**
  * Same-origin check for state-changing requests: the Origin header (or, without one, the
  * Referer's origin) must be this server as the client addressed it. A missing both is refused:

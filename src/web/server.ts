@@ -24,6 +24,7 @@ import { bearer, handleScan } from './api.js';
 import { LoginLimiter, PasswordStore, safeEqual, SessionTable, TokenStore, type Session } from './auth.js';
 import { CONSOLE_CSS, type PageContext } from './html.js';
 import {
+  BodyStallWatch,
   clientAddress,
   cookie,
   HttpError,
@@ -44,6 +45,7 @@ import { configPage, errorPage, loginPage, MAIL_SOURCES, overviewPage, PERIODS, 
 import { listSignatures } from './signatures.js';
 import { readUpdaterState, signatureMetrics, signaturesStateDir } from '../signatures/index.js';
 import { randomBytes } from 'node:crypto';
+import type { Socket } from 'node:net';
 import { readPem } from '../config/tls-schema.js';
 
 /**
@@ -91,11 +93,14 @@ export class ConsoleServer {
   readonly tokens: TokenStore;
   readonly sessions: SessionTable;
   private readonly limiter: LoginLimiter;
+  private readonly bodies: BodyStallWatch;
+  /** When a refused connection (console.max-connections) was last logged: at most one line a minute. */
+  private dropLoggedAt = 0;
   private readonly routes: Route<Ctx>[];
   private readonly log: Logger;
   private nextHop: NextHop | null;
   private ownsNextHop = false;
-  readonly counters = { requests: 0, logins: 0, loginFailures: 0, apiScans: 0 };
+  readonly counters = { requests: 0, logins: 0, loginFailures: 0, apiScans: 0, bodyTimeouts: 0, droppedConnections: 0 };
 
   constructor(private readonly deps: ConsoleDeps) {
     this.cfg = deps.config.console;
@@ -104,6 +109,7 @@ export class ConsoleServer {
     this.tokens = new TokenStore(resolve(stateDir, this.cfg['tokens-file']));
     this.sessions = new SessionTable(this.cfg['session-idle-timeout'], this.cfg['session-max-age']);
     this.limiter = new LoginLimiter(this.cfg['login-max-failures'], this.cfg['login-window']);
+    this.bodies = new BodyStallWatch(this.cfg.timeouts.body);
     this.tls = this.cfg.tls ? { cert: readPem(this.cfg.tls.cert, 'console.tls.cert'), key: readPem(this.cfg.tls.key, 'console.tls.key') } : null;
     this.log = deps.log.child({ component: 'console' });
     this.nextHop = deps.nextHop ?? null;
@@ -138,10 +144,22 @@ export class ConsoleServer {
   async listen(): Promise<{ port: number }> {
     const { host, port } = parseListen(this.cfg.listen);
     const handler = (req: IncomingMessage, res: ServerResponse) => void this.handle(req, res);
-    const server = this.tls ? createHttpsServer({ cert: this.tls.cert, key: this.tls.key }, handler) : createHttpServer(handler);
-    server.headersTimeout = 30_000;
-    server.requestTimeout = 0; // uploads may be long; the scanner has its own timeout
+    const t = this.cfg.timeouts;
+    const options = {
+      // A head that does not arrive in time gets node's own 408 and the connection is closed.
+      headersTimeout: t.header,
+      // How often node looks at that timeout (its default, 30 s, is coarser than a short timeout).
+      connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(t.header / 4))),
+      // Uploads to the scanning API may take long as a whole; a body that stalls is caught by
+      // BodyStallWatch (timeouts.body), and the scan has its own timeout.
+      requestTimeout: 0,
+      keepAliveTimeout: t.idle,
+    };
+    const server = this.tls ? createHttpsServer({ ...options, cert: this.tls.cert, key: this.tls.key }, handler) : createHttpServer(options, handler);
     server.maxHeadersCount = 100;
+    // Past this node closes each new connection at once; requests in flight keep theirs.
+    server.maxConnections = this.cfg['max-connections'];
+    server.on('drop', (info?: { remoteAddress?: string }) => this.dropped(info?.remoteAddress));
     this.server = server;
     await new Promise<void>((ok, fail) => {
       server.once('error', (err) => fail(new AvgateError('AVG_ERR_CONFIG', `console listen ${host}:${port}: ${(err as NodeJS.ErrnoException).code ?? err.message}`)));
@@ -156,6 +174,7 @@ export class ConsoleServer {
   async close(): Promise<void> {
     const s = this.server;
     this.server = null;
+    this.bodies.stop();
     if (s) {
       await new Promise<void>((ok) => {
         s.close(() => ok());
@@ -166,10 +185,19 @@ export class ConsoleServer {
     if (this.ownsNextHop && this.nextHop) await (this.nextHop as NextHopClient).close();
   }
 
+  private dropped(client: string | undefined): void {
+    this.counters.droppedConnections++;
+    const t = Date.now();
+    if (t - this.dropLoggedAt < 60_000) return;
+    this.dropLoggedAt = t;
+    this.log.warn({ client, max: this.cfg['max-connections'], dropped: this.counters.droppedConnections }, 'console at max-connections: new connections are closed');
+  }
+
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     this.counters.requests++;
     const url = req.url ?? '/';
     const ctx: Ctx = { req, res, url, session: null };
+    this.bodies.watch(req, () => this.bodyStalled(ctx));
     try {
       const segments = pathSegments(url);
       const found = segments === null ? null : match(this.routes, req.method ?? 'GET', segments);
@@ -182,12 +210,30 @@ export class ConsoleServer {
     }
   }
 
+  /**
+   * The body stopped arriving (console.timeouts.body): 408 and close when nothing was answered yet,
+   * else the connection is cut. The handler still waiting for the body then sees the connection end.
+   */
+  private bodyStalled(ctx: Ctx): void {
+    this.counters.bodyTimeouts++;
+    this.log.info({ client: clientAddress(ctx.req), url: ctx.url, timeout: this.cfg.timeouts.body }, 'console request body stalled; closing');
+    if (ctx.res.headersSent) connectionOf(ctx)?.destroy();
+    else this.fail(ctx, new HttpError(408, 'the request body stopped arriving'));
+  }
+
   private fail(ctx: Ctx, err: unknown): void {
     const { req, res } = ctx;
     const status = err instanceof HttpError ? err.status : 500;
     const message = err instanceof HttpError ? err.message : 'internal error';
-    if (!(err instanceof HttpError)) this.log.error({ err: messageOf(err), url: ctx.url }, 'console request failed');
-    if (res.headersSent) {
+    // A request whose body read was given up (its iterator left early) no longer points at its
+    // socket; the response does until it is done.
+    const socket = connectionOf(ctx);
+    if (!(err instanceof HttpError)) {
+      // A client that closes or resets its connection mid-request is normal traffic, not a fault.
+      if (clientWentAway(socket, err)) this.log.debug({ err: messageOf(err), url: ctx.url }, 'console client went away');
+      else this.log.error({ err: messageOf(err), url: ctx.url }, 'console request failed');
+    }
+    if (res.headersSent || socket?.destroyed === true) {
       res.destroy();
       return;
     }
@@ -195,8 +241,6 @@ export class ConsoleServer {
     if (status === 413 || !req.complete) {
       // The rest of the body is not read: say so and close, so it is not taken for the next request.
       headers.Connection = 'close';
-      // Taken now: once the response is done the request may no longer point at its socket.
-      const socket = req.socket as typeof req.socket | null;
       res.once('finish', () => setTimeout(() => socket?.destroy(), 1000).unref());
     }
     const wantsJson = ctx.url.startsWith('/api/') || ctx.url.startsWith('/metrics') || ctx.url.startsWith('/healthz');
@@ -267,21 +311,36 @@ export class ConsoleServer {
     });
   }
 
+  private tooManyLogins(ip: string): HttpError {
+    return new HttpError(429, 'too many failed logins; try again later', { 'Retry-After': String(this.limiter.retryAfter(ip)) });
+  }
+
   private async login(ctx: Ctx): Promise<void> {
     const ip = clientAddress(ctx.req);
-    const wait = this.limiter.retryAfter(ip);
-    if (wait > 0) throw new HttpError(429, 'too many failed logins; try again later', { 'Retry-After': String(wait) });
+    // Already over the limit: refused before the body is read.
+    if (this.limiter.retryAfter(ip) > 0) throw this.tooManyLogins(ip);
     const form = await this.checkedForm(ctx, parseCookies(ctx.req.headers.cookie).get(LOGIN_COOKIE));
     const user = (form.get('user') ?? '').slice(0, 64);
     const password = (form.get('password') ?? '').slice(0, 1024);
-    if (!(await this.passwords.verify(user, password))) {
-      this.limiter.fail(ip);
+    // The limit is checked again and a try taken with no await in between, so parallel logins
+    // cannot all pass the check while the first scrypt runs: checks in flight count as failures.
+    const attempt = this.limiter.begin(ip);
+    if (!attempt) throw this.tooManyLogins(ip);
+    let right: boolean;
+    try {
+      right = await this.passwords.verify(user, password);
+    } catch (err) {
+      attempt.release(); // the password file could not be read: not the client's failure
+      throw err;
+    }
+    if (!right) {
+      attempt.failed();
       this.counters.loginFailures++;
       this.log.warn({ client: ip }, 'console login failed');
       // One message for an unknown user and a wrong password.
       return this.loginForm(ctx, 401, 'wrong user name or password', user);
     }
-    this.limiter.succeed(ip);
+    attempt.succeeded();
     this.counters.logins++;
     const old = parseCookies(ctx.req.headers.cookie).get(SESSION_COOKIE);
     if (old) this.sessions.destroy(old); // a fresh id at login (session fixation)
@@ -455,8 +514,12 @@ export class ConsoleServer {
       notice = r.ok ? { ok: true, text: `released to ${r.recipients.join(', ')}: ${replies}` } : { ok: false, text: `release failed for some recipients: ${replies}` };
       this.log.info({ item: id, user: s.user, recipients: r.recipients, ok: r.ok }, 'quarantine item released');
     } catch (err) {
-      if (errorCodeOf(err) === 'AVG_ERR_BAD_ADDRESS') throw new HttpError(400, messageOf(err));
-      throw err;
+      // Refusals the admin can act on (a bad address, an item that is not a mail message): 400
+      // with the reason on the item's page, as the API answers them.
+      const code = errorCodeOf(err);
+      if (code !== 'AVG_ERR_BAD_ADDRESS' && code !== 'AVG_ERR_QUARANTINE') throw err;
+      this.log.info({ item: id, user: s.user, code, reason: messageOf(err) }, 'quarantine release refused');
+      return this.itemPage(ctx, id, { ok: false, text: messageOf(err) }, 400);
     }
     await this.itemPage(ctx, id, notice, notice.ok ? 200 : 502);
   }
@@ -548,6 +611,20 @@ function quarantineFilterOf(query: URLSearchParams): { filter: QuarantineFilter;
     else filter.since = d;
   }
   return { filter, error, form: { status, source, text, since } };
+}
+
+/** Errors that only say the client closed or reset its connection mid-request. */
+const CLIENT_GONE = new Set(['ECONNRESET', 'EPIPE', 'ERR_STREAM_PREMATURE_CLOSE', 'ERR_STREAM_DESTROYED']);
+
+function clientWentAway(socket: Socket | null, err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  // The socket check keeps a reset from elsewhere (the next hop of a release) at error level.
+  return code !== undefined && CLIENT_GONE.has(code) && (socket === null || socket.destroyed);
+}
+
+/** The request's connection, or null once neither the request nor the response holds it. */
+function connectionOf(ctx: Ctx): Socket | null {
+  return (ctx.res.socket as Socket | null) ?? (ctx.req.socket as Socket | null) ?? null;
 }
 
 /** A small request body, 413 past `max`. */
