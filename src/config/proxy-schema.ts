@@ -156,10 +156,20 @@ export const httpProxySchema = z.strictObject({
   'spool-memory': size.prefault('1MiB'),
   /** Where spooled bodies go; relative to state-dir. */
   'spool-dir': z.string().default('spool'),
-  /** Scan the decoded body of gzip/deflate/br responses (the client still gets the encoded bytes). */
-  'decode-content-encoding': z.boolean().default(false),
+  /**
+   * Scan the decoded body of gzip/deflate/br responses (the client still gets the encoded bytes).
+   * Requests ask only for codings that get scanned unpacked (these, or gzip alone when false).
+   */
+  'decode-content-encoding': z.boolean().default(true),
   /** Decoded bytes per encoded byte at most (zip bombs); past it the object is blocked as skipped. */
   'max-decompression-ratio': positiveInt.default(100),
+  /**
+   * GET with a Range header: `whole` = Range and If-Range are not forwarded, the whole object is
+   * fetched and scanned and the proxy answers the range itself (206/416) from it; `pass` = Range
+   * is forwarded and only the part the origin sends is scanned (a resumed download then escapes
+   * the scan of the whole).
+   */
+  'range-requests': z.enum(['whole', 'pass']).default('whole'),
   /** Name in the Via header (`1.1 NAME`). */
   via: z.string().min(1).regex(/^[!-~]+$/, 'a token without spaces').default('avgate'),
   /** HTML template of the block page (same {{NAMES}} as the ICAP page); null = built in. */

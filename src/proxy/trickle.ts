@@ -218,10 +218,22 @@ export interface TrickleOptions {
    * never the last `keep-back` bytes, so a changed object that blocks is cut off as in trickling.
    */
   eager?: boolean;
+  /**
+   * A resumed or partial transfer: the client already holds (or does not want) the bytes before
+   * this position of the body; they are never sent, yet count as sent for the cap, which stays on
+   * positions of the whole body (so a client that resumes after a cut-off trickle gets nothing
+   * more before the verdict). Default 0.
+   */
+  skip?: number;
+  /** Exclusive end position of what the client wants (a byte range); default the end of the body. */
+  end?: number;
 }
 
 export type TrickleOutcome =
-  /** The verdict passed and the whole body was sent (the caller ends the response). */
+  /**
+   * The verdict passed and the whole body (or the part from `skip` to `end`) was sent: the caller
+   * ends the response. `sent` is always the bytes written to the sink, never the skipped ones.
+   */
   | { kind: 'passed'; sent: number }
   /** The verdict blocked before any byte was sent: the client can get the block page. */
   | { kind: 'blocked'; sent: 0 }
@@ -244,6 +256,11 @@ export function trickleCap(p: TrickleConfig, received: number, totalSize: number
 /** Sends the body per the trickle parameters and the verdict; see TrickleOutcome. */
 export async function trickle(o: TrickleOptions): Promise<TrickleOutcome> {
   const { feed, sink, params } = o;
+  const skip = Math.max(0, o.skip ?? 0);
+  const stop = o.end === undefined ? Infinity : Math.max(skip, o.end);
+  /** Position in the whole body up to which the client holds it: the skipped part plus what was sent. */
+  let pos = skip;
+  /** Bytes written to the sink. */
   let sent = 0;
   let begun = false;
   let verdict: 'pass' | 'block' | null = null;
@@ -262,21 +279,24 @@ export async function trickle(o: TrickleOptions): Promise<TrickleOutcome> {
     }
     o.signal.addEventListener('abort', () => (onAbort(), resolve()), { once: true });
   });
-  const send = async (end: number): Promise<void> => {
+  /** Sends the body from `pos` up to the whole-body position `to` (clipped to `end`). */
+  const send = async (to: number): Promise<void> => {
+    const upTo = Math.min(to, stop);
+    if (upTo <= pos) return;
     if (!begun) {
       begun = true;
       await sink.begin();
     }
-    while (sent < end) {
+    while (pos < upTo) {
       if (aborted) return;
       const pieces: Buffer[] = [];
       let n = 0;
       do {
-        const piece = await feed.read(sent + n, Math.min(end - sent - n, PIECE));
+        const piece = await feed.read(pos + n, Math.min(upTo - pos - n, PIECE));
         if (piece.length === 0) break;
         pieces.push(piece);
         n += piece.length;
-      } while (sink.writeMany && sent + n < end && n < BATCH);
+      } while (sink.writeMany && pos + n < upTo && n < BATCH);
       if (n === 0) {
         // Not readable yet (the spool is moving to its file): let that I/O run, then retry. An
         // await on a promise alone would loop in microtasks and starve the very I/O awaited.
@@ -284,11 +304,14 @@ export async function trickle(o: TrickleOptions): Promise<TrickleOutcome> {
         continue;
       }
       // Count before writing: a block verdict during this write must abort, not page.
+      pos += n;
       sent += n;
       if (pieces.length > 1 && sink.writeMany) await sink.writeMany(pieces);
       else await sink.write(pieces[0] as Buffer);
     }
   };
+  /** Whole-body position the client may hold before the verdict (limit and keep-back, see trickleCap). */
+  const cap = (p: TrickleConfig) => trickleCap(p, feed.size, feed.complete ? feed.size : o.totalSize);
   const interval = params ? Math.max(1, params.interval) : 0;
   let nextTick = Date.now() + interval;
   try {
@@ -297,11 +320,12 @@ export async function trickle(o: TrickleOptions): Promise<TrickleOutcome> {
       if (verdict === 'block') return sent === 0 ? { kind: 'blocked', sent: 0 } : { kind: 'aborted', sent };
       if (feed.failed) return { kind: 'failed', sent, error: feed.error };
       if (verdict === 'pass') {
-        if (sent < feed.size) {
+        if (pos < Math.min(feed.size, stop)) {
           await send(feed.size);
           continue;
         }
-        if (feed.complete) {
+        // Done once the body is complete, or once the asked-for range is out.
+        if (feed.complete || pos >= stop) {
           if (!begun) {
             begun = true;
             await sink.begin();
@@ -313,19 +337,18 @@ export async function trickle(o: TrickleOptions): Promise<TrickleOutcome> {
       }
       // No verdict yet.
       if (params && o.eager) {
-        const cap = trickleCap(params, feed.size, feed.complete ? feed.size : o.totalSize);
-        if (cap > sent) {
-          await send(cap);
+        const upTo = Math.min(cap(params), stop);
+        if (upTo > pos) {
+          await send(upTo);
           continue;
         }
-        // A complete body changes no more: only the verdict (or the client leaving) is awaited.
-        await Promise.race(feed.complete ? [verdictKnown, abortedP] : [verdictKnown, feed.changed(), abortedP]);
+        // A complete body changes no more, nor does one whose wanted part is out: only the verdict
+        // (or the client leaving) is awaited.
+        await Promise.race(feed.complete || pos >= stop ? [verdictKnown, abortedP] : [verdictKnown, feed.changed(), abortedP]);
         continue;
       }
       if (params && Date.now() >= nextTick) {
-        const cap = trickleCap(params, feed.size, feed.complete ? feed.size : o.totalSize);
-        const upTo = Math.min(cap, sent + params.chunk);
-        if (upTo > sent) await send(upTo);
+        await send(Math.min(cap(params), pos + params.chunk));
         nextTick = Math.max(nextTick + interval, Date.now() + 1);
         continue;
       }

@@ -76,6 +76,9 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
         "    match: {url: 'ftp://*/held-*'}",
         '    antivirus: [delay]',
         '    trickle: null',
+        '  - name: unscanned',
+        "    match: {url: 'ftp://*/upload/unscanned-*', methods: [RETR]}",
+        '    action: accept',
         '  - name: default',
       ].join('\n'),
     });
@@ -311,6 +314,89 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
       assert.equal((await c.reply()).code, 200, 'then the NOOP sent meanwhile is answered');
       await d.closed;
       assert.deepEqual(d.received(), clean.subarray(0, 100_000));
+    } finally {
+      c.close();
+    }
+  });
+
+  /** Whether vsftpd's protocol log shows the command `line` coming from the proxy. */
+  const serverSaw = async (line: string): Promise<boolean> => (await readFile(join(dir, 'vsftpd.log'), 'utf8')).includes(`"${line}"`);
+
+  test('REST 1 + RETR of an EICAR file: the server sends the whole file, it is scanned whole, 550 with no byte sent', async () => {
+    // Just the EICAR string: its tail from byte 1 on is no longer EICAR, so only a scan of the whole finds it.
+    await writeFile(join(vsftpd.root, 'rest-eicar.com'), eicarBytes(), { mode: 0o644 });
+    const c = await loggedIn();
+    try {
+      const data = await openData(await c.epsvPort());
+      assert.equal((await c.command('REST 1')).code, 350);
+      assert.equal((await c.command('RETR rest-eicar.com')).code, 150);
+      const final = await c.reply(30_000);
+      await data.closed;
+      assert.equal(final.code, 550, final.lines.join(' '));
+      assert.match(final.lines[0] as string, /^550 Transfer refused: infected: \S+/);
+      assert.equal(data.received().length, 0, 'no byte of the infected file');
+      assert.equal(await serverSaw('REST 1'), false, 'REST is not passed on for a scanned download');
+      assert.equal((await c.command('NOOP')).code, 200, 'the session goes on');
+    } finally {
+      c.close();
+    }
+  });
+
+  test('REST n + RETR of a clean file: exactly the bytes from n on, then 226', async () => {
+    const c = await loggedIn();
+    const offset = 1_234_567;
+    try {
+      const data = await openData(await c.epsvPort());
+      assert.equal((await c.command(`REST ${offset}`)).code, 350);
+      assert.equal((await c.command('RETR clean.bin')).code, 150);
+      assert.equal((await c.reply(30_000)).code, 226);
+      await data.closed;
+      assert.equal(sha256(data.received()), sha256(clean.subarray(offset)));
+      assert.equal(await serverSaw(`REST ${offset}`), false);
+    } finally {
+      c.close();
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    const log = await readFile(join(stateDir, 'ftp-access.log'), 'utf8');
+    assert.match(log, new RegExp(` RETR "clean\\.bin" 226 free ${clean.length - offset} `), 'the access log counts what the client got');
+  });
+
+  test('resuming a download cut off after trickling (curl -C -) yields no byte past the trickle cap: the client never holds the whole infected file', async () => {
+    // A file of its own: the verdict cache knows big-infected.bin and would block it at once.
+    const infected = Buffer.concat([randomBytes(6 * 1024 * 1024), eicarBytes(), randomBytes(2 * 1024 * 1024)]);
+    await writeFile(join(vsftpd.root, 'big-resume-infected.bin'), infected, { mode: 0o644 });
+    const out = join(dir, 'big-infected-resumed.out');
+    const first = await run('curl', ['-sS', '--max-time', '60', '-o', out, `${curlBase}/big-resume-infected.bin`]);
+    assert.notEqual(first.code, 0, 'curl must fail');
+    const held = (await readFile(out).catch(() => Buffer.alloc(0))).length;
+    assert.ok(held > 0, 'bytes were trickled while the scan ran');
+    const again = await run('curl', ['-v', '--max-time', '60', '-C', '-', '-o', out, `${curlBase}/big-resume-infected.bin`]);
+    assert.notEqual(again.code, 0, 'the resumed download fails too');
+    assert.match(again.stderr, new RegExp(`> REST ${held}\\b`), 'curl resumed at what it held');
+    const got = await readFile(out);
+    assert.ok(got.length <= infected.length - 1024 * 1024, `never past keep-back of the whole file (${held} then ${got.length} of ${infected.length})`);
+    assert.deepEqual(got, infected.subarray(0, got.length), 'what the client holds is the start of the file');
+    // curl gives up when the data connection ends short, before the 550: the access log has it.
+    await new Promise((r) => setTimeout(r, 200));
+    const log = await readFile(join(stateDir, 'ftp-access.log'), 'utf8');
+    const resumed = [...log.matchAll(/ RETR "big-resume-infected\.bin" (\d+) (\S+) (\d+) /g)];
+    assert.equal(resumed.length, 2, log);
+    const [, status, verdict, bytes] = resumed[1] as RegExpMatchArray;
+    assert.deepEqual([status, verdict, Number(bytes)], ['550', 'found', got.length - held], 'the resumed transfer was blocked on the whole file');
+  });
+
+  test('an unscanned download (doc-acl accept) still passes REST to the server', async () => {
+    const name = 'unscanned-clean.bin';
+    await writeFile(join(vsftpd.uploadDir, name), clean.subarray(0, 50_000), { mode: 0o644 });
+    const c = await loggedIn();
+    try {
+      const data = await openData(await c.epsvPort());
+      assert.equal((await c.command('REST 4321')).code, 350);
+      assert.equal((await c.command(`RETR upload/${name}`)).code, 150);
+      assert.equal((await c.reply(30_000)).code, 226);
+      await data.closed;
+      assert.deepEqual(data.received(), clean.subarray(4321, 50_000));
+      assert.equal(await serverSaw('REST 4321'), true, 'REST went to the server');
     } finally {
       c.close();
     }

@@ -1,9 +1,13 @@
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer as createHttpServer } from 'node:http';
+import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { deflateSync } from 'node:zlib';
 import fc from 'fast-check';
+import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import type { Serving } from '../../src/main.js';
 import { startAvgatePeer } from '../../tools/peers/avgate.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
@@ -73,6 +77,7 @@ describe('HTTP proxy: smuggling and malformed requests', () => {
     { name: 'https:// target without CONNECT', bytes: () => head([`GET https://127.0.0.1:${origin.port}/ok.txt HTTP/1.1`, 'Host: x']), status: 400 },
     { name: 'user info in the URL', bytes: () => head([`GET http://u:p@127.0.0.1:${origin.port}/ok.txt HTTP/1.1`, 'Host: x']), status: 400 },
     { name: 'garbage request line', bytes: () => 'GARBAGE\r\n\r\n', status: 400 },
+    { name: 'port 0 in the URL (would be dialled as 80)', bytes: () => head([`GET http://127.0.0.1:0/ok.txt HTTP/1.1`, 'Host: x']), status: 400 },
     { name: 'head over max-header-size', bytes: () => head([`GET ${target} HTTP/1.1`, 'Host: x', `X-Big: ${'a'.repeat(9000)}`]), status: 431 },
   ];
 
@@ -86,6 +91,44 @@ describe('HTTP proxy: smuggling and malformed requests', () => {
       assert.equal(origin.log.length, before, 'the origin saw nothing');
     });
   }
+
+  test('an origin that answers 101 Switching Protocols gets the client a 502, not a hang', async () => {
+    const upgrading = createServer((sock) => {
+      sock.once('data', () => sock.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n'));
+      sock.on('error', () => undefined);
+    });
+    await new Promise<void>((resolve) => upgrading.listen(0, '127.0.0.1', resolve));
+    try {
+      const up = (upgrading.address() as AddressInfo).port;
+      const r = await rawExchange(port, head([`GET http://127.0.0.1:${up}/ws HTTP/1.1`, 'Host: x', 'Connection: Upgrade', 'Upgrade: websocket']), 10_000);
+      assert.match(r.text, /^HTTP\/1\.1 502 /, JSON.stringify(r.text.slice(0, 200)));
+      assert.match(r.text, /switched protocols/);
+    } finally {
+      upgrading.close();
+    }
+  });
+
+  test('default decode-content-encoding: EICAR sent deflate-encoded is blocked; zstd is not asked for', async () => {
+    const seen: string[] = [];
+    const packed = deflateSync(eicarBytes());
+    const deflating = createHttpServer((req, res) => {
+      seen.push(String(req.headers['accept-encoding'] ?? '-'));
+      res.writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Encoding': 'deflate', 'Content-Length': packed.length });
+      res.end(packed);
+    });
+    await new Promise<void>((resolve) => deflating.listen(0, '127.0.0.1', resolve));
+    try {
+      const up = (deflating.address() as AddressInfo).port;
+      const r = await rawExchange(port, head([`GET http://127.0.0.1:${up}/e.bin HTTP/1.1`, 'Host: x', 'Accept-Encoding: gzip, deflate, br, zstd;q=0.9', 'Connection: close']), 10_000);
+      assert.match(r.text, /^HTTP\/1\.1 403 /, JSON.stringify(r.text.slice(0, 200)));
+      assert.deepEqual(seen, ['gzip, deflate, br']);
+      const none = await rawExchange(port, head([`GET http://127.0.0.1:${up}/e2.bin HTTP/1.1`, 'Host: x', 'Accept-Encoding: zstd', 'Connection: close']), 10_000);
+      assert.match(none.text, /^HTTP\/1\.1 403 /);
+      assert.equal(seen[1], '-', 'no coding left to ask for: the header is dropped');
+    } finally {
+      deflating.close();
+    }
+  });
 
   test('an upload over max-checked-size is read to its end and refused with a readable 403, never forwarded', async () => {
     const body = Buffer.alloc(2 * 1024 * 1024 + 1, 0x62);

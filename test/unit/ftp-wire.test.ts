@@ -20,7 +20,9 @@ import {
   parsePwdReply,
   parseReplyLine,
   parseUserAtHost,
+  printable,
   ReplyAssembler,
+  textOf,
   type FtpReply,
 } from '../../src/protocols/ftp/wire.js';
 
@@ -205,4 +207,56 @@ test('ftp-proxy config: data-ports, upstream, doc-acl engines checked against en
     () => parseConfigText('ftp-proxy:\n  doc-acl:\n    - antivirus: [nope]\n', 'x.yaml'),
     /x\.yaml:\d+: ftp-proxy\.doc-acl\.0\.antivirus: no engine "nope"/,
   );
+});
+
+/** The octets of `text` in UTF-8, one character per octet (what the control reader hands on). */
+const octetsOf = (text: string): string => Buffer.from(text, 'utf8').toString('latin1');
+
+test('path text: UTF-8 when the octets are valid UTF-8, else latin1; parseCommand keeps the octets', () => {
+  const table: Array<[string, string]> = [
+    ['plain.txt', 'plain.txt'],
+    [octetsOf('\u202egnp.exe'), '\u202egnp.exe'],
+    [octetsOf('Überweisung-ß.pdf'), 'Überweisung-ß.pdf'],
+    [octetsOf('日本語/文書.txt'), '日本語/文書.txt'],
+    [octetsOf('\u{1f600}.png'), '\u{1f600}.png'],
+    // A BOM is part of the name, not dropped.
+    [octetsOf('\ufeffbom.txt'), '\ufeffbom.txt'],
+    // Not UTF-8: latin1 (é as one octet), an overlong slash, an encoded surrogate, a cut sequence.
+    ['caf\xe9.txt', 'café.txt'],
+    ['a\xc0\xafb', 'a\xc0\xafb'],
+    ['\xed\xa0\x80x', '\xed\xa0\x80x'],
+    ['euro\xe2\x82', 'euro\xe2\x82'],
+    // Not octets at all (already text): left alone.
+    ['\u202egnp.exe', '\u202egnp.exe'],
+  ];
+  for (const [octets, text] of table) assert.equal(textOf(octets), text, JSON.stringify(octets));
+  // The argument itself stays octets: formatCommand sends back exactly what came in.
+  const line = `STOR ${octetsOf('\u202egnp.exe')}`;
+  const cmd = parseCommand(line);
+  assert.ok(cmd);
+  assert.equal(cmd.arg, octetsOf('\u202egnp.exe'));
+  assert.deepEqual(Buffer.from(formatCommand(cmd.verb, cmd.arg), 'latin1'), Buffer.concat([Buffer.from('STOR '), Buffer.from('\u202egnp.exe', 'utf8'), Buffer.from('\r\n')]));
+});
+
+test('property: textOf reads back any text sent as UTF-8, and never changes what it cannot decode losslessly', () => {
+  fc.assert(
+    fc.property(fc.string({ unit: 'grapheme', maxLength: 60 }), (text) => {
+      assert.equal(textOf(octetsOf(text)), text);
+    }),
+  );
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 60 }), (bytes) => {
+      const octets = Buffer.from(bytes).toString('latin1');
+      const text = textOf(octets);
+      // Either the octets as they are, or a decoding that gives back exactly the same octets.
+      assert.ok(text === octets || Buffer.from(text, 'utf8').equals(Buffer.from(bytes)), JSON.stringify(octets));
+    }),
+  );
+});
+
+test('printable: controls and bidirectional marks become ?, bounded by characters', () => {
+  assert.equal(printable('\u202egnp.exe'), '?gnp.exe');
+  assert.equal(printable('a\x00b\x1bc\x85d\u2067e\u200ff'), 'a?b?c?d?e?f');
+  assert.equal(printable('Überweisung.pdf'), 'Überweisung.pdf');
+  assert.equal(printable('\u{1f600}'.repeat(5), 3), `${'\u{1f600}'.repeat(3)}…`);
 });

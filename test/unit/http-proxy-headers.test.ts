@@ -2,8 +2,11 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
   forwardHeaders,
+  ifRangeHolds,
   parseConnectTarget,
   parseProxyTarget,
+  parseRange,
+  rangeWithin,
   requestHeadProblem,
   responseHasNoBody,
   viaLoops,
@@ -70,7 +73,7 @@ test('parseProxyTarget: absolute http:// URLs only', () => {
   });
   assert.equal(parseProxyTarget('http://[::1]/x')?.host, '::1');
   assert.equal(parseProxyTarget('http://h/')?.port, 80);
-  for (const bad of ['/relative', 'https://h/', 'ftp://h/', 'http://u:p@h/', 'http:///x', 'http://h/a b', 'http://h/\r\n', 'http://a\\b/', 'http://%61/', 'http://h:/x', 'http://h:99999/']) {
+  for (const bad of ['/relative', 'https://h/', 'ftp://h/', 'http://u:p@h/', 'http:///x', 'http://h/a b', 'http://h/\r\n', 'http://a\\b/', 'http://%61/', 'http://h:/x', 'http://h:99999/', 'http://h:0/', 'http://h:00/x']) {
     assert.equal(parseProxyTarget(bad), null, bad);
   }
 });
@@ -83,4 +86,35 @@ test('parseConnectTarget and bodiless responses', () => {
   assert.equal(responseHasNoBody('GET', 204), true);
   assert.equal(responseHasNoBody('GET', 304), true);
   assert.equal(responseHasNoBody('GET', 200), false);
+});
+
+test('parseRange / rangeWithin: one byte range placed in the object; lists, garbage and unsatisfiable ranges told apart', () => {
+  assert.deepEqual(parseRange('bytes=10-19'), { first: 10, last: 19 });
+  assert.deepEqual(parseRange('BYTES=5-'), { first: 5, last: null });
+  assert.deepEqual(parseRange('bytes=-5'), { suffix: 5 });
+  assert.deepEqual(parseRange('bytes=1-2, ,'), { first: 1, last: 2 }, 'empty list elements count for nothing');
+  assert.equal(parseRange('bytes=0-1,5-6'), 'several');
+  for (const bad of ['bytes=', 'bytes=5-2', 'bytes=a-b', 'items=0-1', 'bytes=0-1,x', '0-1', 'bytes=--1']) assert.equal(parseRange(bad), null, bad);
+  const at = (v: string, total: number) => rangeWithin(parseRange(v) as Exclude<ReturnType<typeof parseRange>, null | 'several'>, total);
+  assert.deepEqual(at('bytes=10-19', 100), { start: 10, end: 20 });
+  assert.deepEqual(at('bytes=90-1000', 100), { start: 90, end: 100 }, 'a last position past the end is clipped');
+  assert.deepEqual(at('bytes=5-', 100), { start: 5, end: 100 });
+  assert.deepEqual(at('bytes=-5', 100), { start: 95, end: 100 });
+  assert.deepEqual(at('bytes=-500', 100), { start: 0, end: 100 }, 'a suffix longer than the object is all of it');
+  assert.equal(at('bytes=100-', 100), null);
+  assert.equal(at('bytes=-0', 100), null);
+  assert.equal(at('bytes=0-', 0), null);
+});
+
+test('ifRangeHolds: absent, a strong ETag equal, or Last-Modified equal to the letter', () => {
+  const lm = 'Tue, 01 Dec 2026 10:00:00 GMT';
+  assert.ok(ifRangeHolds(null, null, null));
+  assert.ok(ifRangeHolds('"abc"', '"abc"', null));
+  assert.ok(!ifRangeHolds('"abc"', '"abd"', lm));
+  assert.ok(!ifRangeHolds('W/"abc"', 'W/"abc"', null), 'weak tags never match');
+  assert.ok(!ifRangeHolds('"abc"', 'W/"abc"', null));
+  assert.ok(!ifRangeHolds('"abc"', null, lm));
+  assert.ok(ifRangeHolds(lm, '"abc"', lm));
+  assert.ok(!ifRangeHolds('Tue, 01 Dec 2026 10:00:01 GMT', null, lm));
+  assert.ok(!ifRangeHolds(lm, '"abc"', null));
 });

@@ -260,3 +260,75 @@ test('trickle: a sink taking several pieces at once gets them in order, byte-ide
   assert.ok(Buffer.concat(got).equals(data));
   await feed.spool.dispose();
 });
+
+test('trickle with skip: a cap below the skip sends nothing before the verdict; a block is "blocked"', async () => {
+  const data = body(100_000);
+  const p = params({ interval: '1ms', chunk: 1000, limit: '50%', 'keep-back': 10_000 });
+  for (const eager of [false, true]) {
+    const feed = await filledFeed(data);
+    const r = recorder();
+    const d = deferred<'pass' | 'block'>();
+    // The client holds the first 60 000 bytes; the cap (50% of the whole) lies below that.
+    const run = trickle({ feed, decision: d.promise, params: p, totalSize: data.length, sink: r.sink, skip: 60_000, eager });
+    await new Promise((res) => setTimeout(res, 50)); // many intervals
+    assert.equal(r.body().length, 0, `nothing past the cap before the verdict (eager ${eager})`);
+    assert.equal(r.begins(), 0);
+    d.resolve('block');
+    assert.deepEqual(await run, { kind: 'blocked', sent: 0 });
+    await feed.spool.dispose();
+  }
+});
+
+test('trickle with skip: a pass sends exactly [skip, size), with end exactly [skip, end)', async () => {
+  const data = body(100_000);
+  const p = params({ interval: '1ms', chunk: 1000, limit: '50%', 'keep-back': 10_000 });
+  for (const [skip, end] of [
+    [60_000, undefined],
+    [60_000, 70_000],
+    [0, 10],
+    [99_999, undefined],
+    [100_000, undefined],
+    [10, 200_000],
+  ] as const) {
+    const feed = await filledFeed(data, 32 * 1024);
+    const r = recorder();
+    const d = deferred<'pass' | 'block'>();
+    const run = trickle({ feed, decision: d.promise, params: p, totalSize: data.length, sink: r.sink, skip, ...(end === undefined ? {} : { end }) });
+    await new Promise((res) => setTimeout(res, 20));
+    d.resolve('pass');
+    const want = data.subarray(skip, end ?? data.length);
+    const out = await run;
+    assert.deepEqual(out, { kind: 'passed', sent: want.length }, `skip ${skip} end ${end}`);
+    assert.ok(r.body().equals(want), `skip ${skip} end ${end}: the bytes of the range`);
+    assert.equal(r.begins(), 1);
+    await feed.spool.dispose();
+  }
+});
+
+test('trickle with skip below the cap: trickles from skip up to the whole-body cap, then a block aborts', async () => {
+  const data = body(100_000);
+  const feed = await filledFeed(data);
+  const r = recorder();
+  const d = deferred<'pass' | 'block'>();
+  const p = params({ interval: '1ms', chunk: 4000, limit: '50%', 'keep-back': 10_000 });
+  const run = trickle({ feed, decision: d.promise, params: p, totalSize: data.length, sink: r.sink, skip: 40_000 });
+  await r.atLeast(10_000);
+  await new Promise((res) => setTimeout(res, 50));
+  assert.equal(r.body().length, 10_000, 'position 50 000 of the whole (50%) is the cap: 10 000 bytes past the skip');
+  assert.ok(r.body().equals(data.subarray(40_000, 50_000)));
+  d.resolve('block');
+  assert.deepEqual(await run, { kind: 'aborted', sent: 10_000 });
+  await feed.spool.dispose();
+});
+
+test('trickle with end: a pass while the body still arrives ends once the range is out', async () => {
+  const data = body(50_000);
+  const feed = new SpoolFeed(new Spool(dir, 1 << 20, { hash: false }));
+  await feed.write(data.subarray(0, 30_000));
+  const r = recorder();
+  const out = await trickle({ feed, decision: Promise.resolve('pass'), params: null, totalSize: data.length, sink: r.sink, skip: 5000, end: 25_000 });
+  assert.deepEqual(out, { kind: 'passed', sent: 20_000 });
+  assert.ok(r.body().equals(data.subarray(5000, 25_000)));
+  feed.fail(new Error('no more needed'));
+  await feed.spool.dispose();
+});

@@ -1,4 +1,5 @@
 import { connect, createServer, isIPv4, type Server, type Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
 import { plainAddress } from './wire.js';
 
 /**
@@ -9,6 +10,94 @@ import { plainAddress } from './wire.js';
  */
 
 export class DataError extends Error {}
+
+/** The peer reset a data connection (TCP RST): what arrived may be only the first part of the data. */
+export class DataReset extends DataError {}
+
+/**
+ * How long a passive listener still waits for the client after a connection that was already
+ * reset when it was accepted (see PassiveListener).
+ */
+export const DEAD_ARRIVAL_GRACE_MS = 1000;
+
+interface PeerHandle {
+  getpeername?(out: object): number;
+}
+
+/**
+ * False once the socket's TCP connection is closed in the kernel. A reset from the peer closes it
+ * at once and getpeername(2) then fails (ENOTCONN), while after the peer's FIN the connection waits
+ * in CLOSE_WAIT and still has its peer until this side closes too. Node offers no public call for
+ * this, so the socket's handle is asked directly; a TLS socket's handle passes the call on to the
+ * TCP handle under it. Without a handle (or the call) the answer is true: nothing is claimed.
+ */
+export function peerConnected(s: Socket): boolean {
+  const handle = (s as unknown as { _handle?: PeerHandle | null })._handle;
+  if (!handle || typeof handle.getpeername !== 'function') return true;
+  return handle.getpeername({}) === 0;
+}
+
+/**
+ * The chunks of a data connection up to its end. A connection the peer ended by a reset rejects
+ * with DataReset instead of ending, also when Node reports the reset as a plain end: libuv takes a
+ * hang-up seen together with a short read for the end of the stream and never reads the pending
+ * ECONNRESET (libuv issue 2319). Which of the two it was is decided when 'end' is emitted: this side
+ * has not closed anything yet then (Node's own half-close follows on the next tick), so a closed
+ * connection can only mean the peer's reset. Except on a TLS 1.3 connection the proxy serves, where
+ * a client's orderly close may be a reset too (resetMayBeOrderly).
+ */
+export async function* dataChunks(s: Socket): AsyncGenerator<Buffer, void, undefined> {
+  let reset = false;
+  const onEnd = () => {
+    reset = !peerConnected(s) && !resetMayBeOrderly(s);
+  };
+  s.once('end', onEnd);
+  try {
+    for await (const chunk of s as AsyncIterable<Buffer>) yield chunk;
+  } finally {
+    s.off('end', onEnd);
+  }
+  if (reset) throw new DataReset('the peer reset the data connection');
+}
+
+/** The TCP socket under each TLS data connection, for resetData. */
+const tcpUnder = new WeakMap<Socket, Socket>();
+/** TLS data connections the proxy serves (a client's, after PROT P): the proxy is the TLS server. */
+const servedTls = new WeakSet<Socket>();
+
+/**
+ * Remembers the TCP socket `raw` under the TLS socket `secure` (for resetData) and which end of TLS
+ * the proxy is (for dataChunks); returns `secure`.
+ */
+export function overTcp<T extends Socket>(secure: T, raw: Socket, proxyIs: 'client' | 'server'): T {
+  tcpUnder.set(secure, raw);
+  if (proxyIs === 'server') servedTls.add(secure);
+  return secure;
+}
+
+/**
+ * True where a peer's orderly close can arrive as a reset: on a TLS 1.3 connection the proxy serves,
+ * the session tickets it sent after the handshake may still sit unread at a client that only writes,
+ * and closing a socket with unread data sends a reset, close_notify or not. Node does not tell whether
+ * a close_notify came, so there a reset cannot be told from an abort and is left as an end.
+ */
+function resetMayBeOrderly(s: Socket): boolean {
+  return servedTls.has(s) && s instanceof TLSSocket && s.getProtocol() === 'TLSv1.3';
+}
+
+/**
+ * Cuts a data connection with a TCP reset, so the peer sees the transfer fail and never a clean
+ * end. For a TLS connection the reset goes out on the TCP socket under it (a TLS socket cannot send
+ * one itself); one whose TCP socket is not known is only destroyed.
+ */
+export function resetData(s: Socket): void {
+  const raw = tcpUnder.get(s);
+  if (raw) {
+    if (!raw.destroyed) raw.resetAndDestroy();
+    s.destroy();
+  } else if (s instanceof TLSSocket) s.destroy();
+  else if (!s.destroyed) s.resetAndDestroy();
+}
 
 /** Where the client wants its data connection: a listener of ours, or its own address and port. */
 export interface ClientDataSetup {
@@ -22,12 +111,20 @@ export interface ClientDataSetup {
  * A listener for one passive data connection. Connections from any address other than the
  * client's control connection are closed at once and the wait goes on: another host cannot steal
  * the transfer by connecting first.
+ *
+ * A connection the peer reset before the proxy accepted it arrives without an address (the kernel
+ * has forgotten its peer), so whose it was cannot be told. It is closed like a stranger's, but the
+ * wait for the client is cut to DEAD_ARRIVAL_GRACE_MS from then on: a client that reset its data
+ * connection does not open another one, and waiting out the whole data-connect timeout would only
+ * delay its 425. A client whose own connection is still on its way has that long to arrive.
  */
 export class PassiveListener implements ClientDataSetup {
   readonly kind = 'passive';
-  private waiting: ((s: Socket) => void) | null = null;
+  private waiting: { take(s: Socket): void; deadArrival(): void } | null = null;
   private accepted: Socket | null = null;
   private closed = false;
+  /** A connection already reset when accepted has come in. */
+  private deadArrived = false;
 
   private constructor(
     private readonly server: Server,
@@ -37,7 +134,17 @@ export class PassiveListener implements ClientDataSetup {
   ) {
     server.on('connection', (s: Socket) => {
       s.on('error', () => undefined);
-      if (this.accepted || this.closed || plainAddress(s.remoteAddress ?? '') !== this.clientAddress) {
+      if (this.accepted || this.closed) {
+        s.destroy();
+        return;
+      }
+      if (!peerConnected(s)) {
+        s.destroy();
+        this.deadArrived = true;
+        this.waiting?.deadArrival();
+        return;
+      }
+      if (plainAddress(s.remoteAddress ?? '') !== this.clientAddress) {
         s.destroy();
         return;
       }
@@ -46,7 +153,7 @@ export class PassiveListener implements ClientDataSetup {
       server.close();
       const w = this.waiting;
       this.waiting = null;
-      w?.(s);
+      w?.take(s);
     });
     server.on('error', () => undefined);
   }
@@ -84,6 +191,8 @@ export class PassiveListener implements ClientDataSetup {
     if (this.accepted) return Promise.resolve(this.accepted);
     if (this.closed) return Promise.reject(new DataError('data listener closed'));
     return new Promise<Socket>((resolve, reject) => {
+      const deadline = Date.now() + timeoutMs;
+      let timer: NodeJS.Timeout | undefined;
       const done = (err: Error | null, s?: Socket) => {
         clearTimeout(timer);
         signal.removeEventListener('abort', onAbort);
@@ -92,9 +201,15 @@ export class PassiveListener implements ClientDataSetup {
         else resolve(s as Socket);
       };
       const onAbort = () => done(new DataError('session ended'));
-      const timer = setTimeout(() => done(new DataError(`the client did not open the data connection within ${timeoutMs} ms`)), timeoutMs);
+      const wait = (ms: number, why: string) => {
+        clearTimeout(timer);
+        timer = setTimeout(() => done(new DataError(why)), Math.max(0, ms));
+      };
+      const cutShort = () => wait(Math.min(DEAD_ARRIVAL_GRACE_MS, deadline - Date.now()), 'a data connection was reset before it was accepted, and the client opened no other');
+      if (this.deadArrived) cutShort();
+      else wait(timeoutMs, `the client did not open the data connection within ${timeoutMs} ms`);
       signal.addEventListener('abort', onAbort, { once: true });
-      this.waiting = (s) => done(null, s);
+      this.waiting = { take: (s) => done(null, s), deadArrival: cutShort };
     });
   }
 

@@ -83,7 +83,8 @@ export class FtpProxyServer {
   private async keep(v: Verdict, spool: Spool, meta: { url: string; rule: string; direction: 'download' | 'upload' }, log: Logger): Promise<void> {
     const q = this.deps.quarantine;
     if (!q || !this.config.quarantine.includes(v.status)) return;
-    const fileName = (meta.url.split('/').pop() ?? '').slice(0, 255) || null;
+    // By characters, not UTF-16 units: a UTF-8 name's astral characters are never cut in half.
+    const fileName = [...(meta.url.split('/').pop() ?? '')].slice(0, 255).join('') || null;
     const action = meta.direction === 'upload' ? 'block-upload' : 'block';
     const id = await keepBlockedObject(q, spool, v, { source: 'ftp', group: meta.rule, url: meta.url, fileName, action }, log, { rule: meta.rule });
     if (id !== null) this.counters.quarantined++;

@@ -13,7 +13,7 @@ import { decide, verdictReason } from '../../policy/verdict-policy.js';
 import type { DocAcl } from '../../proxy/doc-acl.js';
 import { SpoolFeed, trickle, type TrickleOutcome } from '../../proxy/trickle.js';
 import type { ScanService } from '../../scan/types.js';
-import { activeAddressAllowed, ActiveTarget, connectData, DataError, PassiveListener, type ClientDataSetup } from './data.js';
+import { activeAddressAllowed, ActiveTarget, connectData, dataChunks, DataError, overTcp, PassiveListener, resetData, type ClientDataSetup } from './data.js';
 import { LineReader } from './lines.js';
 import { UpstreamControl, UpstreamGone } from './upstream.js';
 import {
@@ -28,6 +28,7 @@ import {
   parseUserAtHost,
   plainAddress,
   printable,
+  textOf,
   type FtpCommand,
   type FtpReply,
 } from './wire.js';
@@ -120,6 +121,8 @@ export class FtpSession {
   private restart: string | null = null;
   private epsvAll = false;
   private closed = false;
+  /** A 421 went to the client: RFC 959 says the service closes the control connection, so the session ends. */
+  private closing = false;
   /** True while a transfer runs (a graceful stop waits for those, and cuts idle sessions at once). */
   busy = false;
   /** The running transfer: ABOR aborts its signal, which destroys its data connections. */
@@ -181,11 +184,13 @@ export class FtpSession {
   }
 
   private reply(code: number, text: string | readonly string[]): void {
+    if (code === 421) this.closing = true;
     if (!this.client.destroyed) this.client.write(formatReply(code, text), 'latin1');
   }
 
   /** A server reply passed on as received (multi-line replies keep their lines). */
   private relay(r: FtpReply): void {
+    if (r.code === 421) this.closing = true;
     if (!this.client.destroyed) this.client.write(`${r.lines.join('\r\n')}\r\n`, 'latin1');
   }
 
@@ -219,7 +224,8 @@ export class FtpSession {
           this.reply(500, 'Syntax error, command unrecognized');
           continue;
         }
-        if (!(await this.handle(cmd))) return;
+        // After a 421 (its own, or the server's relayed) the reply is flushed and the connection closed (close()).
+        if (!(await this.handle(cmd)) || this.closing) return;
       }
     } catch (err) {
       if (err instanceof UpstreamGone) {
@@ -296,7 +302,7 @@ export class FtpSession {
   /** One command; false = the session ends. */
   private async handle(cmd: FtpCommand): Promise<boolean> {
     const { verb, arg } = cmd;
-    this.log.trace({ verb, arg: verb === 'PASS' || verb === 'ACCT' ? '***' : printable(arg) }, 'ftp: command');
+    this.log.trace({ verb, arg: verb === 'PASS' || verb === 'ACCT' ? '***' : printable(textOf(arg)) }, 'ftp: command');
     if (verb === 'USER') {
       if (this.ctx.config.tls.required && !this.secure) {
         this.reply(530, 'TLS required: use AUTH TLS first');
@@ -577,7 +583,8 @@ export class FtpSession {
   private facts(cmd: FtpCommand, direction: 'download' | 'upload'): Parameters<DocAcl['match']>[0] {
     const host = this.targetHost;
     // Absolute and normalised: `CWD secret` + `RETR x` and `RETR /ok/../secret/x` both match rules for /secret/*.
-    const path = posix.normalize(cmd.arg.startsWith('/') ? cmd.arg : posix.join(this.cwd, cmd.arg));
+    // Joined as octets (the working directory is too), then decoded once (UTF-8 when valid) for rules and records.
+    const path = textOf(posix.normalize(cmd.arg.startsWith('/') ? cmd.arg : posix.join(this.cwd, cmd.arg)));
     return { client: this.clientAddress, host, url: `ftp://${host.includes(':') ? `[${host}]` : host}${path}`, method: cmd.verb, contentType: null, size: null, direction };
   }
 
@@ -611,7 +618,7 @@ export class FtpSession {
       xfer.abort.abort();
     });
     const started = performance.now();
-    const rec: FtpAccessRecord = { client: this.clientAddress, target: this.target, command: cmd.verb, path: printable(cmd.arg), status: 0, verdict: '-', rule: null, bytes: 0, ms: 0 };
+    const rec: FtpAccessRecord = { client: this.clientAddress, target: this.target, command: cmd.verb, path: printable(textOf(cmd.arg)), status: 0, verdict: '-', rule: null, bytes: 0, ms: 0 };
     const x: Transfer = {
       cmd,
       setup,
@@ -694,8 +701,15 @@ export class FtpSession {
     await this.pipe(x, upData, clientData);
   }
 
-  /** Downloads: spooled and scanned while the client gets a held or trickled share (src/proxy/trickle.ts). */
+  /**
+   * Downloads: spooled and scanned while the client gets a held or trickled share (src/proxy/trickle.ts).
+   * A REST offset is not passed on: the server sends the whole file, which is scanned whole, and the
+   * client gets it from the offset on. Its first bytes count as held by the client for the trickle
+   * cap, so a resumed download never gets past the cap of a download of the whole before the verdict.
+   */
   private async downloadScanned(x: Transfer, scan: ScanRule): Promise<void> {
+    const skip = x.restart === null ? 0 : Number(x.restart);
+    x.restart = null;
     const upData = await this.startServer(x, true);
     if (!upData) return;
     const clientData = await this.connectClient(x, upData);
@@ -721,6 +735,7 @@ export class FtpSession {
         decision,
         params: scan.rule.trickle,
         totalSize: null,
+        skip,
         sink: { begin: () => undefined, write: (c) => writeChunk(clientData, c) },
         signal: this.dataSignal,
       });
@@ -880,8 +895,7 @@ export class FtpSession {
       if (!this.protectData) return raw;
       // PROT P: the proxy is the TLS server on the client's data connection, whoever connected.
       const secure = this.track(await acceptTls(raw, this.ctx.tls as SecureContext, this.t['data-connect']));
-      this.rawSockets.set(secure, raw);
-      return secure;
+      return overTcp(secure, raw, 'server');
     } catch (err) {
       this.log.info({ err: messageOf(err) }, 'ftp: client data connection failed');
       if (!upData) {
@@ -894,17 +908,9 @@ export class FtpSession {
     }
   }
 
-  /** The TCP socket under a TLS data connection (for a reset: a TLS socket cannot send one itself). */
-  private readonly rawSockets = new WeakMap<Socket, Socket>();
-
-  /** Cuts a client data connection with a TCP reset: the client sees the transfer fail, never a clean end. */
+  /** Cuts a data connection with a TCP reset (under TLS too): the peer sees the transfer fail, never a clean end. */
   private reset(s: Socket): void {
-    const raw = this.rawSockets.get(s);
-    if (raw) {
-      // The reset goes out on the TCP socket first; the TLS socket over it is dropped after.
-      raw.resetAndDestroy();
-      s.destroy();
-    } else s.resetAndDestroy();
+    resetData(s);
   }
 
   /** A data connection silent for longer than `timeouts.data-idle` is cut. */
@@ -912,13 +918,16 @@ export class FtpSession {
     for (const s of sockets) s.setTimeout(this.t['data-idle'], () => s.destroy(new DataError('data connection idle too long')));
   }
 
-  /** Unscanned: `from` is copied to `to` as it arrives; either side breaking ends the transfer with 426. */
+  /**
+   * Unscanned: `from` is copied to `to` as it arrives; either side breaking (a reset of `from`
+   * included) ends the transfer with 426, and `to` is reset, so its peer never takes it as complete.
+   */
   private async pipe(x: Transfer, from: Socket, to: Socket): Promise<void> {
     try {
-      await copyData(from as AsyncIterable<Buffer>, to, x.rec);
+      await copyData(dataChunks(from), to, x.rec);
     } catch (err) {
       from.destroy();
-      to.destroy();
+      this.reset(to);
       this.log.info({ err: messageOf(err) }, 'ftp: transfer aborted');
       await this.cutShort(x, 426, 'Connection closed; transfer aborted');
       return;
@@ -945,7 +954,7 @@ export class FtpSession {
 interface Transfer {
   cmd: FtpCommand;
   setup: ClientDataSetup;
-  /** REST offset to send just before the command. */
+  /** REST offset to send just before the command (a scanned download clears it and skips the bytes itself). */
   restart: string | null;
   rec: FtpAccessRecord;
   finalReply(code: number, text: string | readonly string[]): void;
@@ -975,14 +984,15 @@ async function copyData(from: AsyncIterable<Buffer>, to: Socket, rec?: FtpAccess
 }
 
 /**
- * Reads a data connection to its end into `into`; TransferLimit once it would pass `max` bytes. The
- * rest of an upload that is too large is read on and dropped (up to `max` bytes more, at least
- * UPLOAD_DRAIN_MIN) before that, so the client finishes sending and reads the 552 instead of meeting a
- * reset in the middle of its send.
+ * Reads a data connection to its end into `into`; DataReset when the peer reset it (what arrived
+ * may be cut short, so it is never taken as complete), TransferLimit once it would pass `max`
+ * bytes. The rest of an upload that is too large is read on and dropped (up to `max` bytes more, at
+ * least UPLOAD_DRAIN_MIN) before that, so the client finishes sending and reads the 552 instead of
+ * meeting a reset in the middle of its send.
  */
 async function receiveAll(from: Socket, into: { readonly size: number; write(c: Buffer): Promise<void>; end(): Promise<void> }, max: number): Promise<void> {
   let over = -1;
-  for await (const chunk of from as AsyncIterable<Buffer>) {
+  for await (const chunk of dataChunks(from)) {
     if (over >= 0) {
       over += chunk.length;
       if (over > Math.max(max, UPLOAD_DRAIN_MIN)) break;

@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { connectTls, connectWithTimeout, type UpstreamTls } from '../../core/net.js';
+import { overTcp } from './data.js';
 import { LineReader } from './lines.js';
 import { formatCommand, ReplyAssembler, type FtpReply } from './wire.js';
 
@@ -75,11 +76,12 @@ export class UpstreamControl {
   /**
    * A data connection to the server in TLS when the control connection is (the control
    * connection's session offered for reuse: vsftpd and others require it); else `raw` as it is.
+   * The TCP socket under it is remembered, so the connection can be cut with a reset (resetData).
    */
   async secureData(raw: Socket, timeoutMs: number): Promise<Socket> {
     if (!this.tls) return raw;
     const session = (this.socket as TLSSocket).getSession();
-    return connectTls({ host: this.host, port: this.port, socket: raw, ...(session ? { session } : {}) }, this.tls, timeoutMs);
+    return overTcp(await connectTls({ host: this.host, port: this.port, socket: raw, ...(session ? { session } : {}) }, this.tls, timeoutMs), raw, 'client');
   }
 
   /** The address data connections go to: the one the control connection reached, never a PASV reply's. */

@@ -171,9 +171,39 @@ export function plainAddress(address: string): string {
   return address.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '');
 }
 
-/** The path argument of a command for logs: control characters dropped, bounded. */
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/**
+ * The text of a command argument or path for people (logs, doc-ACL URLs, quarantine records).
+ * Lines are read as latin1, one character per octet, so that what goes to the server is exactly
+ * what the client sent; FTP names are octets, and RFC 2640 makes them UTF-8. So: the octets
+ * decoded as UTF-8 when they are valid UTF-8 (no overlong forms, no surrogates; a BOM is kept),
+ * else as they are (latin1). Never use the result on the wire.
+ */
+export function textOf(octets: string): string {
+  let high = false;
+  for (let i = 0; i < octets.length; i++) {
+    const c = octets.charCodeAt(i);
+    // Above 0xff: not a string of octets, so nothing to decode.
+    if (c > 0xff) return octets;
+    if (c > 0x7f) high = true;
+  }
+  // Plain ASCII reads the same either way.
+  if (!high) return octets;
+  try {
+    return utf8.decode(Buffer.from(octets, 'latin1'));
+  } catch {
+    return octets;
+  }
+}
+
+/**
+ * Text for a log line (a path: textOf of the octets, decoded once): control characters (C0, DEL, C1)
+ * and the bidirectional formatting marks (U+202E in front of `gnp.exe` makes it show as
+ * `exe.png`) replaced by `?`, bounded to `max` characters.
+ */
 export function printable(text: string, max = 200): string {
   // eslint-disable-next-line no-control-regex
-  const t = text.replace(/[\x00-\x1f\x7f]/g, '?');
-  return t.length > max ? `${t.slice(0, max)}…` : t;
+  const t = [...text.replace(/[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, '?')];
+  return t.length > max ? `${t.slice(0, max).join('')}…` : t.join('');
 }

@@ -1,4 +1,5 @@
 import { request as httpRequest, type Agent, type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import type { DocAclRule, HttpProxyConfig } from '../../config/proxy-schema.js';
@@ -17,10 +18,15 @@ import {
   headerPairs,
   headerSafe,
   headerValue,
+  ifRangeHolds,
   parseProxyTarget,
+  parseRange,
+  rangeWithin,
   requestHeadProblem,
   responseHasNoBody,
+  scannableAcceptEncoding,
   viaLoops,
+  type ByteRange,
   type ProxyTarget,
 } from './headers.js';
 
@@ -176,6 +182,10 @@ class RatioMeter extends Transform {
   }
 }
 
+/** Codings decoderFor unpacks, and the one ClamAV unpacks by itself (plus identity). */
+const DECODED_CODINGS: ReadonlySet<string> = new Set(['gzip', 'x-gzip', 'deflate', 'br', 'identity']);
+const ENGINE_CODINGS: ReadonlySet<string> = new Set(['gzip', 'x-gzip', 'identity']);
+
 function decoderFor(encoding: string | null): Transform | null {
   switch ((encoding ?? '').trim().toLowerCase()) {
     case 'gzip':
@@ -209,6 +219,11 @@ export class Exchange {
   private readonly rec: AccessRecord;
   private readonly ac = new AbortController();
   private upstreamReq: ClientRequest | null = null;
+  /**
+   * `range-requests: whole`: the Range (and If-Range) of a GET, kept back from the origin; the
+   * proxy answers the range itself from the whole object once that is scanned.
+   */
+  private rangeAsk: { range: string; ifRange: string | null; several: boolean } | null = null;
 
   constructor(
     private readonly ctx: ExchangeContext,
@@ -350,7 +365,21 @@ export class Exchange {
   private async forward(target: ProxyTarget, pairs: Array<[string, string]>, hasBody: boolean, size: number | null, upload: Spool | null): Promise<void> {
     const { ctx, req, res } = this;
     const cfg = ctx.config;
-    const headers = forwardHeaders(pairs, cfg.via, req.httpVersion, ['host', 'content-length', 'expect']);
+    const drop = ['host', 'content-length', 'expect', 'accept-encoding'];
+    const range = headerValue(pairs, 'range');
+    if (range !== null && cfg['range-requests'] === 'whole' && req.method === 'GET') {
+      // The origin sends the whole object, so the scan sees all of it (a resumed download of an
+      // infected file must not pass as a harmless tail).
+      const several = pairs.filter(([k]) => k.toLowerCase() === 'range').length > 1;
+      this.rangeAsk = { range, ifRange: headerValue(pairs, 'if-range'), several };
+      drop.push('range', 'if-range');
+    }
+    const headers = forwardHeaders(pairs, cfg.via, req.httpVersion, drop);
+    // Only codings whose bodies get scanned unpacked may come back: the proxy's decoders, or
+    // without them gzip alone (clamd unpacks it by itself).
+    const ae = headerValue(pairs, 'accept-encoding');
+    const accepted = ae === null ? null : scannableAcceptEncoding(ae, cfg['decode-content-encoding'] ? DECODED_CODINGS : ENGINE_CODINGS);
+    if (accepted !== null) headers.push(['Accept-Encoding', accepted]);
     const flat: string[] = ['Host', target.authority];
     for (const [k, v] of headers) flat.push(k, v);
     if (upload) flat.push('Content-Length', String(upload.size));
@@ -377,6 +406,13 @@ export class Exchange {
       const timer = setTimeout(() => upReq.destroy(new Error(`no response head within ${cfg.timeouts.upstream} ms`)), cfg.timeouts.upstream);
       upReq.once('response', (r) => (clearTimeout(timer), resolve(r)));
       upReq.once('error', (e) => (clearTimeout(timer), reject(e)));
+      // 101 Switching Protocols: node:http gives neither a response nor an error unless someone
+      // listens for 'upgrade'. The proxy relays no other protocol: 502, never a hang.
+      upReq.once('upgrade', (_r, socket: Socket) => {
+        socket.destroy();
+        clearTimeout(timer);
+        reject(new Error('the server switched protocols (101 Switching Protocols), which this proxy does not relay'));
+      });
     });
     response.catch(() => undefined);
     // The request body: the scanned spool, or the client's bytes as they come (accept rules).
@@ -413,6 +449,35 @@ export class Exchange {
     };
   }
 
+  /** The head of a 206 built from the origin's 200: its headers with our Content-Length and Content-Range. */
+  private partialHead(upRes: IncomingMessage, start: number, end: number, total: number): () => void {
+    return () => {
+      const headers = forwardHeaders(headerPairs(upRes.rawHeaders), this.ctx.config.via, upRes.httpVersion, ['content-length', 'content-range']);
+      const flat: string[] = [];
+      for (const [k, v] of headers) flat.push(k, v);
+      flat.push('Content-Length', String(end - start), 'Content-Range', `bytes ${start}-${end - 1}/${total}`);
+      this.res.writeHead(206, 'Partial Content', flat);
+    };
+  }
+
+  /** 416 for a range that lies outside the object (nothing of the object is sent). */
+  private unsatisfiable(total: number): void {
+    sendPage(this.res, 416, 'Range not satisfiable', `the requested range lies outside the object (${total} bytes)`, this.rec.url, { 'Content-Range': `bytes */${total}` }, this.ctx);
+  }
+
+  /**
+   * The one range the client gets from this 200 (kept back by `range-requests: whole`), or null
+   * when it gets the whole object: no Range, an unreadable one, several ranges, or an If-Range
+   * that does not match the response's validators.
+   */
+  private wantedRange(pairs: ReadonlyArray<readonly [string, string]>): ByteRange | null {
+    const ask = this.rangeAsk;
+    if (!ask || ask.several) return null;
+    const r = parseRange(ask.range);
+    if (r === null || r === 'several') return null;
+    return ifRangeHolds(ask.ifRange, headerValue(pairs, 'etag'), headerValue(pairs, 'last-modified')) ? r : null;
+  }
+
   private async respond(target: ProxyTarget, upRes: IncomingMessage): Promise<void> {
     const { ctx, res } = this;
     // A reset of a body nobody reads any more must not be an unhandled 'error' event.
@@ -440,9 +505,16 @@ export class Exchange {
       await this.passThrough(upRes);
       return;
     }
+    const range = status === 200 ? this.wantedRange(pairs) : null;
+    if (range && size !== null && rangeWithin(range, size) === null) {
+      // Nothing of the object goes out, so nothing needs scanning.
+      upRes.destroy();
+      this.unsatisfiable(size);
+      return;
+    }
     const encoding = headerValue(pairs, 'content-encoding');
     const hint = CleanHints.key({ rule: m.name, url: target.url, size, etag: headerValue(pairs, 'etag'), lastModified: headerValue(pairs, 'last-modified'), encoding });
-    await this.scanDownload(target, upRes, m, size, head, encoding, hint);
+    await this.scanDownload(target, upRes, m, size, head, encoding, hint, range);
   }
 
   /** An object the rule does not scan: streamed with backpressure. */
@@ -463,7 +535,20 @@ export class Exchange {
     }
   }
 
-  private async scanDownload(target: ProxyTarget, upRes: IncomingMessage, m: DocAclMatch, size: number | null, head: () => void, encoding: string | null, hint: string | null): Promise<void> {
+  /**
+   * A scanned download. With `range` (a Range kept back from the origin) only that part of the
+   * whole object goes out, as a 206; the trickle cap stays on positions of the whole object.
+   */
+  private async scanDownload(
+    target: ProxyTarget,
+    upRes: IncomingMessage,
+    m: DocAclMatch,
+    size: number | null,
+    head: () => void,
+    encoding: string | null,
+    hint: string | null,
+    range: ByteRange | null,
+  ): Promise<void> {
     const { ctx, res } = this;
     const rule: DocAclRule = m.rule;
     const scanner = ctx.scannerFor(rule.antivirus === 'none' ? null : rule.antivirus);
@@ -504,10 +589,47 @@ export class Exchange {
       decision = decide(v, { acceptStatus: rule['accept-status'], blockStatus: BLOCK_STATUS });
       return decision.action;
     });
-    const sink: TrickleSink = { begin: head, write: (c) => writeTo(res, c), writeMany: (cs) => writeTo(res, cs) };
     let outcome: TrickleOutcome;
     try {
-      outcome = await trickle({ feed, decision: decided, params: rule.trickle, totalSize: size, sink, signal: this.ac.signal, eager });
+      let begin = head;
+      let part: { start: number; end: number } | null = null;
+      let params = rule.trickle;
+      if (range) {
+        if (size === null) {
+          // No Content-Length: where the range lies is known only at the end. Nothing goes out
+          // before the verdict, and the 206 head is built once the body is complete (or the
+          // verdict blocked early, the body failed, the client left: handled as without range).
+          params = null;
+          const aborted = new Promise<void>((resolve) => (this.ac.signal.aborted ? resolve() : this.ac.signal.addEventListener('abort', () => resolve(), { once: true })));
+          const blockedEarly = decided.then(
+            (a) => (a === 'block' ? undefined : new Promise<void>(() => undefined)),
+            () => undefined,
+          );
+          await Promise.race([feed.settled, blockedEarly, aborted]);
+          if (feed.complete) {
+            part = rangeWithin(range, feed.size);
+            if (part === null) {
+              // Nothing of the object goes out; the verdict is still awaited for the log.
+              await decided.catch(() => undefined);
+              this.rec.verdict = (verdict as Verdict | null)?.status ?? '-';
+              this.unsatisfiable(feed.size);
+              return;
+            }
+          }
+        } else part = rangeWithin(range, size);
+        if (part) begin = this.partialHead(upRes, part.start, part.end, size ?? feed.size);
+      }
+      const sink: TrickleSink = { begin, write: (c) => writeTo(res, c), writeMany: (cs) => writeTo(res, cs) };
+      outcome = await trickle({
+        feed,
+        decision: decided,
+        params,
+        totalSize: size,
+        sink,
+        signal: this.ac.signal,
+        eager,
+        ...(part ? { skip: part.start, end: part.end } : {}),
+      });
       this.rec.bytes = outcome.sent;
       const v = verdict as Verdict | null;
       this.rec.verdict = v?.status ?? '-';
@@ -516,7 +638,10 @@ export class Exchange {
       else if (outcome.kind === 'blocked' || outcome.kind === 'aborted') ctx.hints.delete(hint);
       switch (outcome.kind) {
         case 'passed':
-          res.end();
+          // A range the body turned out too short for (cannot happen with a Content-Length node
+          // enforces): the 206's length would be a lie, so the connection is cut.
+          if (part && outcome.sent !== part.end - part.start) res.destroy();
+          else res.end();
           break;
         case 'blocked':
         case 'aborted': {

@@ -103,6 +103,19 @@ export function forwardHeaders(
   return out;
 }
 
+/**
+ * A client's Accept-Encoding cut to the codings the proxy can have scanned (RFC 9110 12.5.3 list
+ * with q-values kept); null when none is left (the origin then sends identity). An origin that
+ * answered in a coding nobody decodes (zstd, for one) would have its body scanned still packed.
+ */
+export function scannableAcceptEncoding(value: string, codings: ReadonlySet<string>): string | null {
+  const kept = value
+    .split(',')
+    .map((s) => s.trim())
+    .filter((item) => item !== '' && codings.has((item.split(';')[0] as string).trim().toLowerCase()));
+  return kept.length === 0 ? null : kept.join(', ');
+}
+
 /** True when our own Via entry is already in the message (a request looping through this proxy). */
 export function viaLoops(pairs: ReadonlyArray<readonly [string, string]>, via: string): boolean {
   for (const [name, value] of pairs) {
@@ -138,6 +151,9 @@ export function parseProxyTarget(raw: string): ProxyTarget | null {
   // something of `http:///x`, `http://a\b/` or `http://%61/`, which another parser reads apart.
   const m = /^http:\/\/([^/?#]*)/i.exec(raw);
   if (!m || !/^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?$/.test(m[1] as string)) return null;
+  // An explicit port must be one a connection can go to: `:0` would be dialled as port 80.
+  const explicitPort = /:(\d{1,5})$/.exec(m[1] as string);
+  if (explicitPort && (Number(explicitPort[1]) < 1 || Number(explicitPort[1]) > 65535)) return null;
   if (UNSAFE.test(raw) || /[\s\\]/.test(raw)) return null;
   let u: URL;
   try {
@@ -168,4 +184,63 @@ export function headerSafe(s: string): string {
 /** Whether a response to this request and with this status has no body (RFC 9112 §6.3). */
 export function responseHasNoBody(method: string, status: number): boolean {
   return method === 'HEAD' || status === 204 || status === 304 || (status >= 100 && status < 200);
+}
+
+/** One byte range a client asked for (RFC 9110 §14.1.2): `first-last`, `first-`, or the last `suffix` bytes. */
+export type ByteRange = { first: number; last: number | null } | { suffix: number };
+
+/**
+ * The byte range of a `Range` header value: one range, `several` for a list of them, null when
+ * the value is no valid `bytes=` range set (such a header is ignored, RFC 9110 §14.2).
+ */
+export function parseRange(value: string): ByteRange | 'several' | null {
+  const m = /^\s*bytes\s*=(.*)$/is.exec(value);
+  if (!m) return null;
+  // Empty list elements are allowed (RFC 9110 §5.6.1) and count for nothing.
+  const specs = (m[1] as string)
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s !== '');
+  const ranges: ByteRange[] = [];
+  for (const spec of specs) {
+    const suffix = /^-(\d+)$/.exec(spec);
+    if (suffix) {
+      ranges.push({ suffix: Number(suffix[1]) });
+      continue;
+    }
+    const r = /^(\d+)-(\d*)$/.exec(spec);
+    if (!r) return null;
+    const first = Number(r[1]);
+    const last = r[2] === '' ? null : Number(r[2]);
+    // last < first makes the whole set invalid.
+    if (last !== null && last < first) return null;
+    ranges.push({ first, last });
+  }
+  if (ranges.length === 0) return null;
+  return ranges.length > 1 ? 'several' : (ranges[0] as ByteRange);
+}
+
+/**
+ * Where a range lies in a representation of `total` bytes: `start` and exclusive `end`, or null
+ * when it is not satisfiable (starts at or past the end, a zero suffix, an empty representation).
+ */
+export function rangeWithin(r: ByteRange, total: number): { start: number; end: number } | null {
+  if (total <= 0) return null;
+  if ('suffix' in r) return r.suffix === 0 ? null : { start: Math.max(0, total - r.suffix), end: total };
+  if (r.first >= total) return null;
+  return { start: r.first, end: r.last === null ? total : Math.min(r.last, total - 1) + 1 };
+}
+
+/**
+ * Whether an `If-Range` condition holds for a response with these validators (RFC 9110 §13.1.5):
+ * absent; an entity tag equal to a strong `ETag` (a weak tag on either side never matches); or a
+ * date exactly equal to `Last-Modified`.
+ */
+export function ifRangeHolds(ifRange: string | null, etag: string | null, lastModified: string | null): boolean {
+  if (ifRange === null) return true;
+  const cond = ifRange.trim();
+  if (cond.startsWith('"') || cond.startsWith('W/')) {
+    return etag !== null && !cond.startsWith('W/') && !etag.trim().startsWith('W/') && cond === etag.trim();
+  }
+  return lastModified !== null && cond === lastModified.trim();
 }
