@@ -55,6 +55,7 @@ export function localClamdFor(config: Readonly<Config>): LocalClamd {
     maxThreads: c['max-threads'],
     startTimeoutMs: c['start-timeout'],
     tempDir: c['temp-dir'],
+    alertExceedsMax: c['alert-exceeds-max'],
   });
 }
 

@@ -46,6 +46,12 @@ const clamdSchema = z.strictObject({
   'start-timeout': duration.prefault('120s'),
   /** clamd's TemporaryDirectory: `auto` (a private directory in /dev/shm when it is a tmpfs), `state`, or a directory. */
   'temp-dir': z.string().min(1).default('auto'),
+  /**
+   * clamd's AlertExceedsMax: a file whose unpacking passes clamd's MaxFileSize, MaxScanSize or
+   * MaxRecursion is reported (Heuristics.Limits.Exceeded...) instead of clean — a compressed bomb
+   * with the virus past the limit must not pass as clean.
+   */
+  'alert-exceeds-max': z.boolean().default(true),
 });
 
 const scanSchema = z.strictObject({

@@ -5,6 +5,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { gzipSync } from 'node:zlib';
 import { after, before, describe, test } from 'node:test';
 import { ClamdNetEngine, type ClamdNetContext } from '../../src/engines/clamd/net.js';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
@@ -82,6 +83,15 @@ describe('clamd-net against a real clamd', () => {
     assert.match(skipping.verdict.status === 'skipped' ? skipping.verdict.reason : '', /encrypted/);
     const clearZip = await scanOnce(engineFor(`unix:${clamd.socketPath}`), zipOneFile('clear.txt', randomBytes(200)));
     assert.equal(clearZip.verdict.status, 'free', 'the same archive unencrypted is free');
+  });
+
+  test('content past clamd\'s unpacking limits is found as Heuristics.Limits.Exceeded (AlertExceedsMax), not free', async () => {
+    // 110 MiB of zeros and the test virus behind them, gzipped to ~110 KiB: past MaxFileSize (100M).
+    const packed = gzipSync(Buffer.concat([Buffer.alloc(110 * 1024 * 1024), eicarBytes()]), { level: 1 });
+    assert.ok(packed.length < 1024 * 1024);
+    const r = await scanOnce(engineFor(`unix:${clamd.socketPath}`), Readable.from([packed]));
+    assert.equal(r.verdict.status, 'found');
+    assert.match(r.verdict.status === 'found' ? r.verdict.names.join() : '', /^Heuristics\.Limits\.Exceeded/);
   });
 
   test('stream-max-length known in advance: skipped without contacting clamd', async () => {

@@ -33,6 +33,8 @@ export interface LocalClamdOptions {
    * `state` = `<stateDir>/tmp`; or a directory (created, never emptied by avgate).
    */
   tempDir?: string;
+  /** clamd's AlertExceedsMax (default true): content past clamd's unpacking limits is a finding, not clean. */
+  alertExceedsMax?: boolean;
 }
 
 /** Free space /dev/shm must have for `temp-dir: auto` to use it. */
@@ -134,6 +136,7 @@ export class LocalClamd {
       TemporaryDirectory: this.temp.path,
       StreamMaxLength: this.options.streamMaxLength ?? '100M',
       MaxThreads: String(this.options.maxThreads ?? 16),
+      AlertExceedsMax: this.options.alertExceedsMax === false ? 'no' : 'yes',
       // A session idle for this long is closed by clamd; avgate's pool closes its own earlier.
       IdleTimeout: '60',
       // Signature changes are picked up by RELOAD or by this periodic check.
