@@ -93,6 +93,8 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
       await local.start();
       clamd = local;
       log.info({ pid: local.pid, socket: local.socketPath, tcpPort: local.tcpPort, tempDir: local.tempDir }, 'clamd answers PING');
+      // serve keeps it running: a clamd that dies is started again (scans fail closed meanwhile).
+      if (options.localClamd === 'always') local.supervise(log.child({ component: 'clamd' }));
     }
   }
   const byId = new Map<string, ScannerEngine>();

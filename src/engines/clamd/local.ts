@@ -6,6 +6,7 @@ import { userInfo } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AvgateError, messageOf } from '../../core/errors.js';
+import type { Logger } from '../../core/logging.js';
 import { freeLoopbackPort } from '../../core/net.js';
 import { clamdRequest } from './connection.js';
 import type { ClamdAddress } from './protocol.js';
@@ -69,6 +70,11 @@ export const SYSTEM_DATABASE_DIR = '/var/lib/clamav';
  * directory, starts clamd in the foreground as a child, waits until PING answers PONG, and stops
  * it with SIGTERM (SIGKILL after a grace period).
  */
+/** Waits before restarting a clamd that ended on its own (supervise): first, longest, and the run that resets it. */
+const RESTART_FIRST_MS = 1000;
+const RESTART_MAX_MS = 60_000;
+const RESTART_STEADY_MS = 60_000;
+
 export class LocalClamd {
   readonly stateDir: string;
   readonly socketPath: string;
@@ -79,6 +85,13 @@ export class LocalClamd {
   private child: ChildProcess | null = null;
   private exited: Promise<void> | null = null;
   private temp: { path: string; private: boolean } | null = null;
+  /** How the last clamd process ended, for the log. */
+  private lastExit: string | null = null;
+  private stopping = false;
+  private supervising = false;
+  /** A restart under way (stop() waits for it, so no clamd is left behind). */
+  private restarting: Promise<void> | null = null;
+  private restartWait = new AbortController();
 
   constructor(private readonly options: LocalClamdOptions) {
     this.stateDir = resolve(options.stateDir);
@@ -152,6 +165,8 @@ export class LocalClamd {
   }
 
   async start(): Promise<void> {
+    this.stopping = false;
+    if (this.restartWait.signal.aborted) this.restartWait = new AbortController();
     await this.setup();
     await rm(this.socketPath, { force: true });
     await this.stopLeftover();
@@ -176,10 +191,12 @@ export class LocalClamd {
     this.exited = new Promise((res) => {
       child.once('exit', (code, sig) => {
         exitInfo = `exit code ${code ?? '-'} signal ${sig ?? '-'}`;
+        this.lastExit = exitInfo;
         res();
       });
       child.once('error', (err) => {
         exitInfo = messageOf(err);
+        this.lastExit = exitInfo;
         res();
       });
     });
@@ -249,7 +266,52 @@ export class LocalClamd {
     throw new AvgateError('AVG_ERR_CLAMD_START', 'clamd did not finish RELOAD in time');
   }
 
+  /**
+   * Restarts clamd whenever it exits on its own (a crash, the OOM killer): after 1 s, then twice
+   * as long after each restart that did not last a minute, up to a minute. Until it is back, scans
+   * end in engine errors and the front ends fail closed. stop() ends the watch.
+   */
+  supervise(log: Logger): void {
+    if (this.supervising) return;
+    this.supervising = true;
+    void (async () => {
+      try {
+        await this.superviseLoop(log);
+      } finally {
+        this.supervising = false;
+      }
+    })();
+  }
+
+  private async superviseLoop(log: Logger): Promise<void> {
+    let delay = RESTART_FIRST_MS;
+    let upSince = Date.now();
+    while (!this.stopping) {
+      await this.exited;
+      if (this.stopping) return;
+      if (Date.now() - upSince >= RESTART_STEADY_MS) delay = RESTART_FIRST_MS;
+      log.error({ exit: this.lastExit, log: await this.logTail(), restartInMs: delay }, 'clamd ended on its own: scans fail closed until it is restarted');
+      // The wait ends early when stop() is called: a stopping avgate is not held up by it.
+      await sleep(delay, undefined, { signal: this.restartWait.signal }).catch(() => undefined);
+      if (this.stopping) return;
+      this.restarting = this.start();
+      try {
+        await this.restarting;
+        log.warn({ pid: this.pid }, 'clamd restarted and answers PING');
+      } catch (err) {
+        log.error({ err: messageOf(err) }, 'clamd restart failed; trying again');
+      } finally {
+        this.restarting = null;
+      }
+      upSince = Date.now();
+      delay = Math.min(delay * 2, RESTART_MAX_MS);
+    }
+  }
+
   async stop(graceMs = 10_000): Promise<void> {
+    this.stopping = true;
+    this.restartWait.abort();
+    await this.restarting?.catch(() => undefined);
     const child = this.child;
     if (!child || child.exitCode !== null || child.signalCode !== null) return this.removeTemp();
     child.kill('SIGTERM');
