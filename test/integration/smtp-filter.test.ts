@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { connect } from 'node:net';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -181,6 +182,34 @@ describe('SMTP filter, parameters and addresses it does not take', () => {
       assert.equal(rec.messages.length, 1);
     } finally {
       await client.quit();
+      await filter.stop();
+      await rec.close();
+    }
+  });
+});
+
+describe('SMTP filter, a client that does not wait for 354', () => {
+  test('five transactions and QUIT in one write (message data sent without waiting): all delivered, all answered', async () => {
+    const rec = await startRecordingServer();
+    const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${rec.port}` });
+    let blob = 'EHLO t\r\n';
+    for (let i = 0; i < 5; i++) blob += `MAIL FROM:<a@x.org>\r\nRCPT TO:<b${i}@x.org>\r\nDATA\r\nSubject: burst ${i}\r\n\r\nbody\r\n.\r\n`;
+    blob += 'QUIT\r\n';
+    const sock = connect(filter.port, '127.0.0.1');
+    let text = '';
+    sock.on('data', (d: Buffer) => (text += d.toString('latin1')));
+    sock.once('data', () => sock.write(blob));
+    try {
+      await new Promise<void>((resolve, reject) => {
+        sock.once('close', () => resolve());
+        sock.once('error', reject);
+        setTimeout(() => reject(new Error(`no 221 within 20 s: ${text}`)), 20_000).unref();
+      });
+      assert.match(text, /^221 /m);
+      assert.equal(text.match(/^354 /gm)?.length, 5);
+      assert.equal(rec.messages.length, 5);
+    } finally {
+      sock.destroy();
       await filter.stop();
       await rec.close();
     }

@@ -186,6 +186,7 @@ export class SmtpFilterServer {
           if (c.session !== session) continue;
           guardXforwardHelo(c, () => (st.heloUnavailable = true));
           batchReplies(c);
+          keepPipelinedTransactions(c);
         }
         session.disabledCommands = [...off, ...(xforwardOk(peer.address) ? [] : ['XFORWARD']), ...(xclientOk(peer.address) ? [] : ['XCLIENT'])];
         if (this.closing) return cb(smtpError(421, '4.3.2 Service shutting down'));
@@ -536,6 +537,32 @@ export function batchReplies(conn: SMTPConnection): void {
     });
   });
 }
+
+/**
+ * smtp-server 3.21's parser loses the third of several transactions a client sends in one go
+ * (message data without waiting for 354): `continue()` runs the saved continuation, which may
+ * parse the next whole transaction at once and save that one's continuation, and then clears the
+ * slot, dropping it; the session then hangs until the idle timeout. The patched `continue()`
+ * clears the slot before running it. Applied once to the parser class; left alone when its shape
+ * is not the one this was written against.
+ */
+export function keepPipelinedTransactions(conn: SMTPConnection): void {
+  type Stream = { continue?: () => void; _continueCallback?: unknown };
+  const parser = (conn as unknown as { _parser?: Stream })._parser;
+  const proto = parser ? (Object.getPrototypeOf(parser) as Stream & { [PATCHED]?: boolean }) : null;
+  if (!proto || proto[PATCHED] || typeof proto.continue !== 'function' || !('_continueCallback' in (parser as object))) return;
+  proto[PATCHED] = true;
+  proto.continue = function (this: Stream): void {
+    const next = this._continueCallback;
+    if (typeof next === 'function') {
+      this._continueCallback = false;
+      (next as () => void)();
+    } else {
+      this._continueCallback = true;
+    }
+  };
+}
+const PATCHED = Symbol('avgate.keepPipelinedTransactions');
 
 /**
  * smtp-server waits 100 ms before its greeting (to catch clients that talk first). A content
