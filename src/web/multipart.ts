@@ -105,9 +105,13 @@ export async function readMultipartFile(
       const value = line.slice(colon + 1).trim();
       if (name === 'content-disposition') disposition = value;
       else if (name === 'content-type') contentType = value;
+      // RFC 7578 4.7: deprecated; a part sent encoded would be scanned still encoded.
+      else if (name === 'content-transfer-encoding' && !/^(7bit|8bit|binary)$/i.test(value)) throw new MultipartError(`Content-Transfer-Encoding ${value.slice(0, 40)} in a form-data part is not taken`);
     }
     if (!/^form-data\s*(;|$)/i.test(disposition)) throw new MultipartError('part without Content-Disposition: form-data');
     const fileName = param(disposition, 'filename');
+    // One object per request: a second file would otherwise go unscanned while the answer says free.
+    if (file !== null && fileName !== null) throw new MultipartError('more than one file part: send one object per request');
     const take = file === null && fileName !== null;
     if (take) file = { field: param(disposition, 'name') ?? '', fileName, contentType };
     // The part's body, up to the next delimiter; the last delimiter.length-1 bytes are held back

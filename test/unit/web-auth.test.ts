@@ -106,7 +106,7 @@ async function parse(body: Buffer, boundary: string, pieceSize = 7): Promise<{ f
   return { file: Buffer.concat(got), name: f.fileName };
 }
 
-test('multipart: the first file part, streamed, whatever the read boundaries', async () => {
+test('multipart: the file part, streamed, whatever the read boundaries', async () => {
   const content = Buffer.from('line1\r\n--not-the-boundary\r\n\r\nend');
   const body = Buffer.concat([
     Buffer.from('preamble\r\n--XyZ\r\nContent-Disposition: form-data; name="comment"\r\n\r\nhello\r\n--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a b.txt"\r\nContent-Type: text/plain\r\n\r\n'),
@@ -131,6 +131,10 @@ test('multipart: malformed bodies are MultipartErrors', async () => {
     `--B\r\nX-Long: ${'a'.repeat(9000)}\r\n\r\nv\r\n--B--`,
     '--B\r\nnot a header\r\n\r\nv\r\n--B--',
     '--B\r\nContent-Type: text/plain\r\n\r\nv\r\n--B--',
+    // Two files: the second would go unscanned while the answer says free.
+    '--B\r\nContent-Disposition: form-data; name="a"; filename="a"\r\n\r\n1\r\n--B\r\nContent-Disposition: form-data; name="b"; filename="b"\r\n\r\n2\r\n--B--',
+    // An encoded file would be scanned still encoded.
+    '--B\r\nContent-Disposition: form-data; name="f"; filename="x"\r\nContent-Transfer-Encoding: base64\r\n\r\nYQ==\r\n--B--',
   ];
   for (const b of bad) await assert.rejects(parse(Buffer.from(b), 'B'), MultipartError, b.slice(0, 40));
 });
