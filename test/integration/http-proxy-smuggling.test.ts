@@ -130,6 +130,20 @@ describe('HTTP proxy: smuggling and malformed requests', () => {
     }
   });
 
+  test('a request pipelined behind a blocked one is never sent upstream (its answer could not be delivered)', async () => {
+    await writeFile(join(dir, 'pipelined-eicar.txt'), eicarBytes());
+    const before = origin.log.length;
+    const r = await rawExchange(
+      port,
+      head([`GET http://127.0.0.1:${origin.port}/pipelined-eicar.txt HTTP/1.1`, 'Host: x']) + head([`GET http://127.0.0.1:${origin.port}/after-block.txt HTTP/1.1`, 'Host: x']),
+      10_000,
+    );
+    assert.match(r.text, /^HTTP\/1\.1 403 /);
+    assert.equal(r.text.match(/HTTP\/1\.1 \d{3}/g)?.length, 1, 'one answer, then the connection is closed');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.ok(!origin.log.slice(before).some((l) => l.includes('after-block')), origin.log.slice(before).join('\n'));
+  });
+
   test('an upload over max-checked-size is read to its end and refused with a readable 403, never forwarded', async () => {
     const body = Buffer.alloc(2 * 1024 * 1024 + 1, 0x62);
     for (const framing of ['length', 'chunked'] as const) {

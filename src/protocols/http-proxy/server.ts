@@ -64,6 +64,8 @@ export class HttpProxyServer {
   private server: Server | null = null;
   private readonly sockets = new Set<Socket>();
   private readonly busy = new Set<Socket>();
+  /** Per connection: the last exchange, resolving to whether the connection goes on after it. */
+  private readonly pipeline = new WeakMap<Socket, Promise<boolean>>();
   private readonly tunnels = new Set<Duplex>();
   /** Connections already answered by clientError. */
   private readonly refused = new WeakSet<Duplex>();
@@ -159,7 +161,18 @@ export class HttpProxyServer {
         const socket = req.socket;
         this.busy.add(socket);
         res.once('close', () => this.busy.delete(socket));
-        void new Exchange(this.ctx, req, res).run();
+        // Pipelined requests run one after the other: one behind a request answered with
+        // Connection: close (a block page, a 400) is never sent upstream, its answer would be lost.
+        const before = this.pipeline.get(socket);
+        const run = async (): Promise<boolean> => {
+          if ((before !== undefined && !(await before)) || socket.destroyed) {
+            res.destroy();
+            return false;
+          }
+          await new Exchange(this.ctx, req, res).run();
+          return res.shouldKeepAlive;
+        };
+        this.pipeline.set(socket, run().catch(() => false));
       },
     );
     server.maxConnections = this.config['max-connections'];
