@@ -138,8 +138,10 @@ const icapSchema = z.strictObject({
   'max-connections': positiveInt.default(200),
   /** A connection without a request for this long is closed. */
   'idle-timeout': duration.prefault('60s'),
-  /** A request head must arrive, and body bytes must keep coming, within this (slowloris). */
+  /** Within a request, bytes must keep coming: no read waits longer than this (slowloris). */
   'read-timeout': duration.prefault('30s'),
+  /** The whole request head (ICAP head and encapsulated HTTP headers) must arrive within this, from its first byte. */
+  'header-timeout': duration.prefault('30s'),
   'max-header-size': size.prefault('64KiB'),
   'max-request-line': size.prefault('8KiB'),
   /**

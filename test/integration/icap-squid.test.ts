@@ -217,12 +217,14 @@ describe('Squid 5.7 with the ICAP server as RESPMOD service, in front of a local
 
   before(async () => {
     work = await mkdtemp(join(tmpdir(), 'avgate-squid-test-'));
-    // the 200 MB object must be scanned, not refused by clamd's INSTREAM limit
-    clamd = await startTestClamd({ streamMaxLength: '300M' });
+    // the 200 MB object must be scanned, not refused by clamd's INSTREAM limit, nor reported as
+    // Heuristics.Limits.Exceeded.MaxFileSize (AlertExceedsMax is on, MaxFileSize is 100M by default)
+    clamd = await startTestClamd({ streamMaxLength: '300M', extra: { MaxFileSize: '300M', MaxScanSize: '300M' } });
     // ... nor skipped by avgate's own size limits
     target = await startTestIcap({
       clamd,
-      icapYaml: 'services:\n  avscan:\n    max-object-size: 300MiB\n',
+      // capped: a service whose limit the big objects are over (answered without storing them)
+      icapYaml: 'services:\n  avscan:\n    max-object-size: 300MiB\n  capped:\n    max-object-size: 1MiB\n',
       yaml: 'scan:\n  max-checked-size: 300MiB\n',
     });
     // built and copied at runtime: no file of the repository holds these bytes
@@ -313,6 +315,28 @@ describe('Squid 5.7 with the ICAP server as RESPMOD service, in front of a local
       );
     } finally {
       await plain.stop();
+    }
+  });
+
+  test('over max-object-size (1 MiB): a 32 MB object gets the 403 page at once, with and without preview, and the next object still passes', async () => {
+    const small = corpus.find((f) => f.size > KB && f.size < 64 * KB) as CorpusFile;
+    for (const preview of [true, false]) {
+      const proxy = await startTestSquid({ icapUrl: target.url('capped'), preview });
+      try {
+        // Twice: the ICAP connection Squid keeps for the next request must still be in order.
+        for (const seed of ['capped-a', 'capped-b']) {
+          const f = await fetchVia(proxy, origin.genUrl(32 * KB * KB, seed));
+          const ctx = `preview ${preview}: ${describeFetch(f)}\n--- body ---\n${f.head.toString('utf8').slice(0, 1500)}\n--- squid cache.log ---\n${proxy.logTail(1500)}`;
+          assertNoStall(f);
+          assert.equal(f.exit, 0, ctx);
+          assert.equal(f.httpCode, 403, ctx);
+          assert.match(f.head.toString('utf8'), /max-object-size/, ctx);
+        }
+        const g = await fetchVia(proxy, origin.url(small.name));
+        assertDelivered([g], [{ bytes: small.size, sha256: small.sha256, label: `${small.name} after the refused ones (preview ${preview})` }], proxy);
+      } finally {
+        await proxy.stop();
+      }
     }
   });
 });

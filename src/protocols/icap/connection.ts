@@ -24,6 +24,8 @@ import {
 export interface IcapLimits {
   idleTimeoutMs: number;
   readTimeoutMs: number;
+  /** The whole request head (ICAP head and encapsulated HTTP headers), from its first byte. */
+  headerTimeoutMs: number;
   maxHeaderSize: number;
   maxRequestLine: number;
   spoolMemory: number;
@@ -59,6 +61,13 @@ const MAX_CHUNK_LINE = 4096;
 const READ_PIECE = 256 * 1024;
 
 const CONTINUE = Buffer.from('ICAP/1.0 100 Continue\r\n\r\n');
+/**
+ * After the last answer on a connection the server sends its FIN; a client that does not close its
+ * side within this long (what it still sends is dropped meanwhile) is disconnected.
+ */
+export const CLOSE_GRACE_MS = 2000;
+
+type Outcome = { status: number; verdict: Verdict | null; bytes: number; close: boolean };
 
 /**
  * One ICAP connection: reads requests one after the other (pipelined requests wait in the reader),
@@ -96,6 +105,9 @@ export class IcapConnection {
         this.idle = this.reader.buffered === 0;
         let block: Buffer | null;
         try {
+          // The whole head, not only each read, has a deadline: a client trickling its head byte
+          // by byte must not hold a connection slot for longer than header-timeout.
+          this.reader.bound(limits.headerTimeoutMs, 'request head');
           block = await this.reader.readHead(limits.maxHeaderSize, limits.readTimeoutMs, limits.idleTimeoutMs);
           this.idle = false;
         } catch (err) {
@@ -106,10 +118,23 @@ export class IcapConnection {
         const keepGoing = await this.handle(block);
         if (!keepGoing) break;
       }
-      this.socket.end();
+      this.close();
     } catch (err) {
       this.fail(err);
     }
+  }
+
+  /**
+   * Ends the connection after its last answer: FIN after what is queued, later bytes from the
+   * client dropped, and the socket destroyed if the client has not closed its side in
+   * CLOSE_GRACE_MS (its slot must not stay taken by a client that never closes).
+   */
+  private close(last?: Buffer): void {
+    const peerDone = this.reader.peerEnded;
+    this.reader.discard();
+    if (last) this.socket.end(last);
+    else this.socket.end();
+    if (!peerDone) setTimeout(() => this.socket.destroy(), CLOSE_GRACE_MS).unref();
   }
 
   private fail(err: unknown): void {
@@ -132,7 +157,7 @@ export class IcapConnection {
           ['Encapsulated', 'null-body=0'],
         ],
       });
-      this.socket.end(head);
+      this.close(head);
       this.ctx.access({ client: this.client, service: '-', method: '-', status, verdict: '-', bytes: 0, ms: 0 });
     } else {
       this.socket.destroy();
@@ -155,6 +180,7 @@ export class IcapConnection {
     const service = this.ctx.serviceFor(head.service);
     if (!service) throw new IcapProtocolError(404, `no service "${head.service}"`);
     if (head.method === 'OPTIONS') {
+      this.reader.unbound(); // the head is complete: an opt-body has the body's timeouts
       await this.skipOptionsBody(head);
       const headers = await this.ctx.options(service);
       await this.write(formatResponseHead({ status: 200, headers: [...headers, ['Encapsulated', 'null-body=0']] }));
@@ -199,6 +225,7 @@ export class IcapConnection {
       if (part.name === 'req-hdr') req = parseHttpHead(raw, 'request');
       else res = parseHttpHead(raw, 'response');
     }
+    this.reader.unbound(); // the request head is complete; body bytes have the per-read timeout
     return { req, res };
   }
 
@@ -264,10 +291,7 @@ export class IcapConnection {
   }
 
   /** REQMOD/RESPMOD: receive, scan, decide, answer. */
-  private async adapt(
-    head: IcapRequestHead,
-    service: IcapService,
-  ): Promise<{ status: number; verdict: Verdict | null; bytes: number; close: boolean }> {
+  private async adapt(head: IcapRequestHead, service: IcapService): Promise<Outcome> {
     const { req, res } = await this.readEncapsulatedHeads(head);
     const parts = head.encapsulated ?? [];
     const bodyName = (parts[parts.length - 1] as { name: EncapsulatedName }).name;
@@ -313,11 +337,32 @@ export class IcapConnection {
     let early = false;
     let inPreview = head.preview !== null;
     let ieofInPreview = false;
+    /** Over max-object-size with nothing that needs the rest (keepsOverLimit): pieces are dropped, never stored. */
+    let dropping = false;
+    let dropped = 0;
+    /** The answer, when it went out before the body was over; the rest of the body is then read and dropped. */
+    let answered: Outcome | null = null;
     const startedAt = performance.now();
     const declaredLength = Number(echoHead?.headers.get('content-length'));
+    /** Answers an object over max-object-size before its body is over; the rest gets at most read-timeout. */
+    const answerOverLimit = async (): Promise<Outcome> => {
+      const verdict = this.skippedVerdict(service, spool.size + dropped, startedAt);
+      const outcome = await this.finish(head, service, base, spool, verdict, url, echoHead, echoHeadName, echoBodyName, true, false);
+      this.reader.bound(limits.readTimeoutMs, 'the rest of a body over max-object-size');
+      spool.disposeSoon(true); // nothing reads it any more, and no view of it was written to the socket
+      return outcome;
+    };
     try {
       // An object known to be too big is decided at once; in a preview we need not read the rest.
-      if (Number.isFinite(declaredLength) && declaredLength > maxObject) overLimit = true;
+      if (Number.isFinite(declaredLength) && declaredLength > maxObject) {
+        overLimit = true;
+        if (!keepsOverLimit(service, head, inPreview)) {
+          dropping = true;
+          // No body is needed for the answer: it goes out now, not after the whole body was stored.
+          // A preview is answered at its end (below), without the rest.
+          if (!inPreview) answered = await answerOverLimit();
+        }
+      }
       const expectedSize = Number.isFinite(declaredLength) && declaredLength <= limits.spoolMemory ? declaredLength : 0;
       let eagerCopy = service.scanner.engineLikely;
 
@@ -356,7 +401,7 @@ export class IcapConnection {
                 if (overLimit) {
                   // Decided without the rest: the client must not send it (RFC 3507 4.5).
                   await spool.end();
-                  return await this.finish(head, service, base, spool, this.skippedVerdict(service, spool.size, startedAt), url, echoHead, echoHeadName, echoBodyName, true, false);
+                  return await this.finish(head, service, base, spool, this.skippedVerdict(service, spool.size + dropped, startedAt), url, echoHead, echoHeadName, echoBodyName, true, false);
                 }
                 await this.write(CONTINUE);
                 this.responding = false; // 100 Continue is not the final response
@@ -369,12 +414,23 @@ export class IcapConnection {
             break;
           }
           const piece = next.value;
+          if (dropping) {
+            dropped += piece.length;
+            continue;
+          }
           if (!overLimit && spool.size + piece.length > maxObject) {
             overLimit = true;
             scanStream?.destroy();
             if (early && service.decide(this.skippedVerdict(service, spool.size, startedAt)).action === 'block') {
               // The head is out and the object will not pass: cut it off now, not after receiving it all.
               return await this.finish(head, service, base, spool, this.skippedVerdict(service, spool.size, startedAt), url, echoHead, echoHeadName, echoBodyName, false, true);
+            }
+            if (!keepsOverLimit(service, head, inPreview)) {
+              // What is held stays (at most max-object-size); the rest is not written anywhere.
+              dropping = true;
+              dropped += piece.length;
+              if (!inPreview) answered = await answerOverLimit();
+              continue;
             }
           }
           if (!overLimit && !scanStream && !service.scanner.prefersFiles(spool.size + piece.length) && spool.size + piece.length > limits.spoolMemory) {
@@ -394,12 +450,14 @@ export class IcapConnection {
           if (early && spool.size - keepBack - forwarded >= READ_PIECE) forwarded = await this.forward(spool, forwarded, spool.size - keepBack);
         }
       }
+      // Answered before the end: the rest has been read and dropped, the connection can go on.
+      if (answered) return { ...answered, bytes: answered.bytes + dropped };
       scanStream?.end();
       await spool.end();
 
       let verdict: Verdict;
       if (overLimit) {
-        verdict = this.skippedVerdict(service, spool.size, startedAt);
+        verdict = this.skippedVerdict(service, spool.size + dropped, startedAt);
       } else if (scanPromise) {
         verdict = await scanPromise;
       } else {
@@ -416,12 +474,22 @@ export class IcapConnection {
         });
       }
       return await this.finish(head, service, base, spool, verdict, url, echoHead, echoHeadName, echoBodyName, ieofInPreview, early, forwarded);
+    } catch (err) {
+      if (answered === null) throw err;
+      // The answer is out; the rest of the body did not come in time, ended early or was malformed.
+      // Nothing of it is needed: the connection is closed instead of answering again.
+      this.ctx.log.debug({ client: this.client, err: messageOf(err) }, 'icap: rest of a body over max-object-size not read; connection closed');
+      return { ...answered, bytes: answered.bytes + dropped, close: true };
     } finally {
       scanStream?.destroy();
-      // Slabs go back to the pool only when no view of them waits in the socket's write buffer.
-      // Not awaited: the next request on this connection need not wait for the unlink (the server's
-      // close() waits for it).
-      spool.disposeSoon(this.socket.writableLength === 0);
+      if (answered) {
+        this.reader.unbound(); // answerOverLimit disposed of the spool already
+      } else {
+        // Slabs go back to the pool only when no view of them waits in the socket's write buffer.
+        // Not awaited: the next request on this connection need not wait for the unlink (the server's
+        // close() waits for it).
+        spool.disposeSoon(this.socket.writableLength === 0);
+      }
     }
   }
 
@@ -448,10 +516,11 @@ export class IcapConnection {
     echoHead: HttpHead | null,
     echoHeadName: EncapsulatedName,
     echoBodyName: EncapsulatedName,
-    answerToPreview: boolean,
+    /** A passing object gets 204 even with a note, even without Allow: 204 (an answer to a preview, or a body not kept). */
+    any204: boolean,
     early: boolean,
     forwarded = 0,
-  ): Promise<{ status: number; verdict: Verdict; bytes: number; close: boolean }> {
+  ): Promise<Outcome & { verdict: Verdict }> {
     this.ctx.onVerdict(service, verdict);
     const decision: Decision = service.decide(verdict);
     const bytes = spool.size;
@@ -484,8 +553,10 @@ export class IcapConnection {
       await this.write(LAST_CHUNK);
       return { status: 200, verdict, bytes, close: false };
     }
-    // 204 is always allowed in answer to a preview (RFC 3507 4.5), otherwise only with Allow: 204.
-    if ((decision.note === null && head.allow204) || answerToPreview) {
+    // 204 is always allowed in answer to a preview (RFC 3507 4.5), otherwise only with Allow: 204;
+    // a note then goes on the ICAP head, else into the echoed HTTP head. A body over max-object-size
+    // that was not kept is answered 204 (with Allow: 204, see keepsOverLimit).
+    if ((decision.note === null && head.allow204) || any204) {
       const note: Array<[string, string]> = decision.note === null ? [] : [['X-Avgate-Verdict', headerSafe(decision.note)]];
       await this.write(formatResponseHead({ status: 204, headers: [...base, ...note] }));
       return { status: 204, verdict, bytes, close: false };
@@ -523,6 +594,18 @@ export class IcapConnection {
     }
     await this.write(LAST_CHUNK);
   }
+}
+
+/**
+ * Whether the bytes of an object over max-object-size are still needed: for an echo (the skipped
+ * verdict passes, the client did not offer 204, and it is not a preview, which may always be
+ * answered 204) or for the quarantine (blocked skipped objects are kept). Otherwise what is over
+ * the limit is read and dropped, never stored.
+ */
+function keepsOverLimit(service: IcapService, head: IcapRequestHead, inPreview: boolean): boolean {
+  const c = service.config;
+  if (c['accept-status'].includes('skipped')) return !head.allow204 && !inPreview;
+  return c.quarantine.includes('skipped');
 }
 
 /** Writes to the scan stream with backpressure; a stream the scanner dropped is skipped. */

@@ -21,17 +21,26 @@ export class ByteReader {
   private ended = false;
   private failure: Error | null = null;
   private wake: (() => void) | null = null;
+  /**
+   * A bound on a whole stretch of reads (see bound()): its length (0 = none), what it covers (for
+   * the message), and its deadline (performance.now() based; NaN until the stretch's first wait).
+   */
+  private stretchMs = 0;
+  private stretchWhat = '';
+  private stretchUntil = Number.NaN;
+
+  private readonly onData = (d: Buffer): void => {
+    this.chunks.push(d);
+    this.length += d.length;
+    if (this.length > this.highWater) this.socket.pause();
+    this.notify();
+  };
 
   constructor(
     private readonly socket: Socket,
     private readonly highWater = 256 * 1024,
   ) {
-    socket.on('data', (d: Buffer) => {
-      this.chunks.push(d);
-      this.length += d.length;
-      if (this.length > this.highWater) socket.pause();
-      this.notify();
-    });
+    socket.on('data', this.onData);
     socket.on('end', () => {
       this.ended = true;
       this.notify();
@@ -53,6 +62,40 @@ export class ByteReader {
   /** True when the peer has closed its side and nothing is left to read. */
   get exhausted(): boolean {
     return this.ended && this.length === 0;
+  }
+
+  /** True once the peer has closed its side (what it sent before may still be unread). */
+  get peerEnded(): boolean {
+    return this.ended;
+  }
+
+  /**
+   * Bounds the reads from now until unbound() as a whole, not only each wait: once the stretch has
+   * waited for bytes for the first time, it must be over within `ms`, or the waiting read fails
+   * with ReadTimeout. The per-read timeouts still apply inside it. Reads served from buffered
+   * bytes cost nothing; the clock is only looked at when a read has to wait.
+   */
+  bound(ms: number, what: string): void {
+    this.stretchMs = ms;
+    this.stretchWhat = what;
+    this.stretchUntil = Number.NaN;
+  }
+
+  unbound(): void {
+    this.stretchMs = 0;
+  }
+
+  /**
+   * Nothing more will be read: what is buffered and what still arrives is dropped, and the socket
+   * keeps flowing, so that closing it later does not reset the connection over unread bytes.
+   */
+  discard(): void {
+    this.socket.off('data', this.onData);
+    this.socket.on('data', dropData);
+    this.chunks = [];
+    this.length = 0;
+    this.stretchMs = 0;
+    this.socket.resume();
   }
 
   private notify(): void {
@@ -83,16 +126,30 @@ export class ByteReader {
     this.chunks.splice(0, 2, Buffer.concat([a, b]));
   }
 
-  /** Waits for more bytes; false when the peer has closed. */
-  private async more(timeoutMs: number): Promise<boolean> {
+  /**
+   * Waits for more bytes; false when the peer has closed. `bounded` false: a wait outside the
+   * bounded stretch (the wait for the first byte of a request, which idle-timeout covers).
+   */
+  private async more(timeoutMs: number, bounded = true): Promise<boolean> {
     if (this.failure) throw this.failure;
     if (this.ended) return false;
     if (this.socket.isPaused()) this.socket.resume();
+    let waitMs = timeoutMs;
+    let stretchEnds = false;
+    if (bounded && this.stretchMs > 0) {
+      const now = performance.now();
+      if (Number.isNaN(this.stretchUntil)) this.stretchUntil = now + this.stretchMs;
+      const left = this.stretchUntil - now;
+      if (left <= waitMs) {
+        waitMs = Math.max(0, left);
+        stretchEnds = true;
+      }
+    }
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.wake = null;
-        reject(new ReadTimeout(`no data for ${timeoutMs} ms`));
-      }, timeoutMs);
+        reject(new ReadTimeout(stretchEnds ? `${this.stretchWhat} not complete within ${this.stretchMs} ms` : `no data for ${timeoutMs} ms`));
+      }, waitMs);
       this.wake = () => {
         clearTimeout(timer);
         resolve();
@@ -106,7 +163,7 @@ export class ByteReader {
    * Reads through `delim` (included in the result). Null when the peer closed before sending a
    * byte (a clean end between requests). Over `max` bytes without the delimiter: LimitExceeded.
    */
-  async readUntil(delim: Buffer, max: number, timeoutMs: number, firstByteTimeoutMs = timeoutMs): Promise<Buffer | null> {
+  async readUntil(delim: Buffer, max: number, timeoutMs: number, firstByteTimeoutMs?: number): Promise<Buffer | null> {
     let searchFrom = 0;
     for (;;) {
       const first = this.chunks[0];
@@ -123,8 +180,9 @@ export class ByteReader {
           continue;
         }
       }
-      const hadData = this.length > 0;
-      if (!(await this.more(hadData ? timeoutMs : firstByteTimeoutMs))) {
+      // The wait for a request's first byte (readHead) is idle time, outside any bounded stretch.
+      const idle = this.length === 0 && firstByteTimeoutMs !== undefined;
+      if (!(await (idle ? this.more(firstByteTimeoutMs, false) : this.more(timeoutMs)))) {
         if (this.length === 0) return null;
         throw new UnexpectedEof('connection closed in the middle of a message');
       }
@@ -159,4 +217,8 @@ export class ByteReader {
     const first = this.chunks[0] as Buffer;
     return this.take(Math.min(max, first.length));
   }
+}
+
+function dropData(): void {
+  // bytes after the last answer: nobody reads them
 }

@@ -13,6 +13,7 @@ import type { Quarantine } from '../../quarantine/types.js';
 import type { ScanService } from '../../scan/types.js';
 import { IcapConnection, type AccessRecord, type ConnectionContext } from './connection.js';
 import { IcapService } from './service.js';
+import { formatResponseHead } from './wire.js';
 import { fileNameOf } from '../../formats/url-name.js';
 import { readPem } from '../../config/tls-schema.js';
 
@@ -23,6 +24,8 @@ export interface IcapCounters {
   byVerdict: Record<VerdictStatus, number>;
   bytes: number;
   connections: number;
+  /** Connections refused with 503 at max-connections. */
+  refused: number;
   /** Blocked objects kept in the quarantine. */
   quarantined: number;
 }
@@ -61,8 +64,11 @@ export class IcapServer {
     byVerdict: { free: 0, found: 0, skipped: 0, unknown: 0, error: 0 },
     bytes: 0,
     connections: 0,
+    refused: 0,
     quarantined: 0,
   };
+  /** When a refusal at max-connections was last logged: at most one line a minute. */
+  private refusedLoggedAt = 0;
   private readonly ctx: ConnectionContext;
 
   constructor(
@@ -84,6 +90,7 @@ export class IcapServer {
       limits: {
         idleTimeoutMs: config['idle-timeout'],
         readTimeoutMs: config['read-timeout'],
+        headerTimeoutMs: config['header-timeout'],
         maxHeaderSize: config['max-header-size'],
         maxRequestLine: config['max-request-line'],
         spoolMemory: config['spool-memory'],
@@ -148,13 +155,16 @@ export class IcapServer {
 
   /** Binds the listeners; returns the bound ports (useful with port 0). */
   async listen(): Promise<{ port: number; tlsPort: number | null }> {
-    const plain = createServer((s) => this.accept(s));
+    // Half-open: a client may shut down its sending side after a complete request and still read
+    // the answer (the connection ends it after answering); a FIN in the middle of a request is
+    // still a client that went away.
+    const plain = createServer({ allowHalfOpen: true }, (s) => this.accept(s));
     const { host, port } = parseListen(this.config.listen);
     const bound = await this.bind(plain, host, port);
     let tlsPort: number | null = null;
     if (this.config.tls) {
       const t = this.config.tls;
-      const tlsServer = createTlsServer({ cert: readPem(t.cert, 'icap.tls.cert'), key: readPem(t.key, 'icap.tls.key') }, (s) => this.accept(s));
+      const tlsServer = createTlsServer({ allowHalfOpen: true, cert: readPem(t.cert, 'icap.tls.cert'), key: readPem(t.key, 'icap.tls.key') }, (s) => this.accept(s));
       const l = parseListen(t.listen);
       tlsPort = await this.bind(tlsServer, l.host, l.port);
     }
@@ -163,7 +173,9 @@ export class IcapServer {
   }
 
   private bind(server: Server, host: string, port: number): Promise<number> {
-    server.maxConnections = this.config['max-connections'];
+    // accept() answers 503 past max-connections; node itself drops connections only past twice
+    // that (refused ones still closing), so a flood cannot take file descriptors without bound.
+    server.maxConnections = 2 * this.config['max-connections'];
     this.servers.push(server);
     return new Promise((resolvePort, reject) => {
       server.once('error', (err) => reject(new AvgateError('AVG_ERR_CONFIG', `icap listen ${host}:${port}: ${(err as NodeJS.ErrnoException).code ?? err.message}`)));
@@ -175,12 +187,42 @@ export class IcapServer {
   }
 
   private accept(socket: Socket): void {
+    socket.on('error', () => undefined); // reported through the reader; never crash on a reset
+    if (this.sockets.size >= this.config['max-connections']) {
+      this.refuse(socket);
+      return;
+    }
     const conn = new IcapConnection(socket, this.ctx);
     this.sockets.set(socket, conn);
     this.counters.connections++;
-    socket.on('error', () => undefined); // reported through the reader; never crash on a reset
     socket.once('close', () => this.sockets.delete(socket));
     void conn.run();
+  }
+
+  /**
+   * One connection over max-connections: an ICAP 503 and close, rather than a reset the client
+   * cannot tell from a crash. What it sends is dropped; it gets a second to read the answer.
+   */
+  private refuse(socket: Socket): void {
+    this.counters.refused++;
+    socket.on('data', () => undefined);
+    socket.end(
+      formatResponseHead({
+        status: 503,
+        headers: [
+          ['Server', this.ctx.serverHeader],
+          ['Date', new Date().toUTCString()],
+          ['Connection', 'close'],
+          ['Encapsulated', 'null-body=0'],
+        ],
+      }),
+    );
+    setTimeout(() => socket.destroy(), 1000).unref();
+    const now = Date.now();
+    if (now - this.refusedLoggedAt >= 60_000) {
+      this.refusedLoggedAt = now;
+      this.deps.log.warn({ client: socket.remoteAddress, max: this.config['max-connections'], refused: this.counters.refused }, 'icap at max-connections: new connections get 503');
+    }
   }
 
   get openConnections(): number {
