@@ -437,6 +437,9 @@ describe('imap proxy (Dovecot, clamd)', () => {
       assert.match(r.tagged, /^t\d+ NO \[TOOBIG\]/);
       const p = await c.append('INBOX', big, { plus: true });
       assert.match(p.tagged, /^t\d+ NO \[TOOBIG\]/);
+      // A count past 2^53 is a literal too (not command text the server would take as one).
+      c.send('t77 APPEND INBOX {99999999999999999999999}\r\n');
+      assert.match((await c.until('t77')).tagged, /^t77 NO \[TOOBIG\]/);
       assert.match((await c.command('NOOP')).tagged, / OK/);
     } finally {
       c.close();

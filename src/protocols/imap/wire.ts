@@ -45,7 +45,7 @@ export interface WireOptions {
 }
 
 /** `{123}`, `{123+}`, `~{123}` at the very end of a segment (RFC 3501 literal, RFC 7888, RFC 3516). */
-const MARKER = /(~?)\{(\d{1,16})(\+?)\}$/;
+const MARKER = /(~?)\{(\d{1,40})(\+?)\}$/;
 const LF = 0x0a;
 const CR = 0x0d;
 /** Bytes of an overlong segment kept for its tag. */
@@ -56,11 +56,12 @@ const STATUS_RESPONSE = /^(?:\*|[^\s*+]+) (?:OK|NO|BAD|BYE|PREAUTH)(?:[\s[]|$)/i
 
 export function parseLiteralMarker(text: Buffer): LiteralSpec | null {
   // A marker is short; look only at the tail (a long segment is not re-scanned).
-  const tail = text.subarray(Math.max(0, text.length - 24)).toString('latin1');
+  const tail = text.subarray(Math.max(0, text.length - 48)).toString('latin1');
   const m = MARKER.exec(tail);
   if (!m) return null;
-  const size = Number(m[2]);
-  if (!Number.isSafeInteger(size)) return null;
+  // A count past 2^53 is still a literal (the server would take it as one): too large for any
+  // limit, so it is refused like any other oversized one, never relayed as command text.
+  const size = Math.min(Number(m[2]), Number.MAX_SAFE_INTEGER);
   return { size, plus: m[3] === '+', binary: m[1] === '~', markerStart: text.length - m[0].length };
 }
 
