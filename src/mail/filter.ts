@@ -7,6 +7,7 @@ import type { Verdict, VerdictResult } from '../core/verdict.js';
 import { zipNamesFromBuffer, zipNamesFromFile } from '../formats/zip-names.js';
 import { decodeEncodedWords, rewriteMessage, walkMessage, type MimeLimits, type MimeProblem, type PartEdit, type WalkResult } from '../mime/index.js';
 import { buildNotification, decideMessage, type MailDocument, type MailHeader, type MailPlan, type MailPolicy, type MessageFacts } from '../policy/mail/index.js';
+import { reply } from '../protocols/smtp/reply.js';
 import type { InboundMessage, MessageHandler, NextHop, PartitionHook, Recipient, SmtpReply } from '../protocols/smtp/types.js';
 import type { ScanOrigin } from '../stats/types.js';
 import type { Quarantine } from '../quarantine/types.js';
@@ -84,20 +85,34 @@ export class MailFilter {
       const rcpts = indexes.map((i) => msg.rcptTo[i] as Recipient);
       const shareFacts: MessageFacts = { ...facts, recipients: rcpts.map((r) => r.address) };
       let plan = decideMessage(group, documents, shareFacts);
+      let shareQuarantine: string | null = null;
+      let shareReplies: SmtpReply[];
+      let action = plan.reply.kind === 'deliver' ? deliverLabel(plan) : plan.reply.kind;
       if (plan.quarantine) {
-        quarantineId ??= await this.quarantine(msg, plan, facts);
-        if (quarantineId) plan = decideMessage(group, documents, { ...shareFacts, quarantineId });
+        // One item per share, with that share's recipients and group: a release goes to them only.
+        shareQuarantine = await this.quarantine(msg, plan, facts, rcpts);
+        if (shareQuarantine) plan = decideMessage(group, documents, { ...shareFacts, quarantineId: shareQuarantine });
+        quarantineId ??= shareQuarantine;
       }
-      const shareReplies = await this.act(msg, nextHop, plan, rcpts, documents);
+      if (plan.quarantine && shareQuarantine === null && plan.reply.kind !== 'reject') {
+        // The copy the policy requires could not be kept. Delivering without the removed
+        // documents, or discarding, would lose them for good: the client keeps the message and
+        // retries instead (a rejection loses nothing, the sender has the message).
+        shareReplies = rcpts.map(() => reply(451, '4.3.0', 'Try again later: quarantine unavailable'));
+        action = 'tempfail(quarantine)';
+      } else {
+        shareReplies = await this.act(msg, nextHop, plan, rcpts, documents);
+        if (plan.reply.kind !== 'tempfail') await this.sideEffects(msg, nextHop, plan);
+      }
       indexes.forEach((idx, k) => (replies[idx] = shareReplies[k] as SmtpReply));
-      if (plan.reply.kind !== 'tempfail') await this.sideEffects(msg, nextHop, plan);
-      this.count(plan);
+      this.count(plan, action);
       logShares.push({
         group: groupName,
         rcpts: plan.recipients,
         status: plan.status,
-        action: plan.reply.kind === 'deliver' ? deliverLabel(plan) : plan.reply.kind,
+        action,
         reply: shareReplies.map(replyLabel),
+        ...(shareQuarantine ? { quarantineId: shareQuarantine } : {}),
       });
     }
     this.counters.messages++;
@@ -230,13 +245,13 @@ export class MailFilter {
     return r.ok ? { names: [...r.names], encrypted: r.encrypted } : null;
   }
 
-  private async quarantine(msg: InboundMessage, plan: MailPlan, facts: MessageFacts): Promise<string | null> {
+  private async quarantine(msg: InboundMessage, plan: MailPlan, facts: MessageFacts, rcpts: readonly Recipient[]): Promise<string | null> {
     try {
       const path = msg.spool.filePath();
       const { id } = await this.o.quarantine.put(path ?? msg.spool.createReadStream(), {
         source: msg.protocol,
         sender: msg.mailFrom.address,
-        recipients: msg.rcptTo.map((r) => r.address),
+        recipients: rcpts.map((r) => r.address),
         group: plan.group,
         statuses: plan.statuses,
         virusNames: plan.names,
@@ -249,8 +264,8 @@ export class MailFilter {
       this.counters.quarantined++;
       return id;
     } catch (err) {
-      // The message is still delivered or refused by policy; losing the copy is logged loudly.
-      this.o.log.error({ queueId: msg.queueId, err: messageOf(err) }, 'mail: quarantine failed');
+      // The caller defers the share (or, for a rejection, refuses it without the copy).
+      this.o.log.error({ queueId: msg.queueId, group: plan.group, err: messageOf(err) }, 'mail: quarantine failed');
       return null;
     }
   }
@@ -360,9 +375,8 @@ export class MailFilter {
     return b;
   }
 
-  private count(plan: MailPlan): void {
+  private count(plan: MailPlan, action: string): void {
     this.counters.byStatus[plan.status] = (this.counters.byStatus[plan.status] ?? 0) + 1;
-    const action = plan.reply.kind === 'deliver' ? deliverLabel(plan) : plan.reply.kind;
     this.counters.byAction[action] = (this.counters.byAction[action] ?? 0) + 1;
   }
 }

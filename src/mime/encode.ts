@@ -107,6 +107,9 @@ export function encodeQuotedPrintable(text: string, eol: string): string {
         out.push(`${cur}=`);
         cur = '';
       }
+      // No encoded line starts with "-": whatever text a notice quotes, it can never form a
+      // boundary line of the message around it (RFC 2049 4 (8)).
+      if (cur === '' && t === '-') t = '=2D';
       cur += t;
     }
     out.push(cur);

@@ -96,6 +96,14 @@ describe('encoders', () => {
     assert.equal(d.error, null);
   });
 
+  it('quoted-printable: no encoded line starts with "-" (a quoted text never forms a boundary line)', () => {
+    const text = `--b-inject\n--b-inject--\n${'y'.repeat(74)}-- after a soft break`;
+    const enc = encodeQuotedPrintable(text, '\r\n');
+    for (const line of enc.split('\r\n')) assert.ok(!line.startsWith('-'), line);
+    const d = new QuotedPrintableDecoder(1024);
+    assert.equal(Buffer.concat([d.write(Buffer.from(enc)), d.end()]).toString('utf8'), text.replace(/\n/g, '\r\n'));
+  });
+
   it('caller media types are checked', () => {
     assert.equal(safeContentType('application/zip'), 'application/zip');
     assert.equal(safeContentType('text/plain; charset=utf-8'), 'text/plain; charset=utf-8');

@@ -4,7 +4,7 @@ import { matchAttachmentFilter } from './filter.js';
 import type { MailGroup } from './groups.js';
 import { bulkReason, forgingName, type NotificationPlan, type SenderSuppression } from './notify.js';
 import { documentStatus, isMessageAction, messageStatuses, worstStatus, type MailStatus, type MessageAction } from './status.js';
-import { renderTemplate } from './templates.js';
+import { headerSafe, renderTemplate } from './templates.js';
 
 /** The SMTP answer for a group's share of the recipients. */
 export type MailReply =
@@ -115,6 +115,15 @@ function actionText(reply: MailReply, docs: readonly DocumentPlan[]): string {
   return parts.length === 0 ? 'the message was delivered unchanged' : `the message was delivered with ${parts.join(' and ')}`;
 }
 
+/** A macro value that must stay on its line: line breaks and other controls become spaces. */
+function oneLine(value: string): string {
+  return headerSafe(value);
+}
+
+function oneLineValues(values: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(values).map(([k, v]) => [k, oneLine(v)]));
+}
+
 function docLabel(d: Pick<DocumentPlan, 'fileName' | 'whole' | 'id'>): string {
   if (d.fileName) return d.fileName;
   return d.whole ? '(the whole message)' : `(part ${d.id})`;
@@ -215,7 +224,9 @@ export function decideMessage(group: MailGroup, documents: readonly MailDocument
   }
   for (const i of noticeFor) {
     const d = docPlans[i] as DocumentPlan;
-    const notice = renderTemplate(group.templates.removed, {
+    // The notice becomes a part of the delivered message: a value with a line break (an archive
+    // entry name in REASON) could write the message's own boundary and a part nobody scanned.
+    const notice = renderTemplate(group.templates.removed, oneLineValues({
       FILE_NAME: docLabel(d),
       CONTENT_TYPE: d.contentType ?? '(none)',
       STATUS: d.status,
@@ -224,7 +235,7 @@ export function decideMessage(group: MailGroup, documents: readonly MailDocument
       ACTION: 'removed',
       GROUP: group.name,
       QUARANTINE_ID: quarantineId ?? 'none',
-    }, 'body');
+    }), 'body');
     d.edit = { kind: 'remove', notice };
   }
 
@@ -256,20 +267,23 @@ export function decideMessage(group: MailGroup, documents: readonly MailDocument
   const values = (): Record<string, string> => {
     if (macroValues) return macroValues;
     const removedFiles = docPlans.filter((d) => d.edit.kind !== 'keep').map(docLabel);
+    // Every value but HEADERS and REPORT (one line per header, per report line) is one line.
     return (macroValues = {
-      VIRUS_NAMES: names.length > 0 ? names.join(', ') : 'none',
-      STATUS: status,
-      ACTION: action,
-      SENDER: facts.sender === '' ? '<>' : facts.sender,
-      RECIPIENTS: recipients.join(', '),
-      SUBJECT: facts.subject ?? '(no subject)',
-      MESSAGE_ID: facts.messageId ?? '(none)',
-      DATE: facts.date ?? '(none)',
-      QUEUE_ID: facts.queueId ?? '(none)',
-      QUARANTINE_ID: quarantineId ?? 'none',
-      REMOVED_FILES: removedFiles.length > 0 ? removedFiles.join(', ') : 'none',
-      GROUP: group.name,
-      HEADERS: facts.headers.map((h) => `${h.name}: ${h.value}`).join('\n'),
+      ...oneLineValues({
+        VIRUS_NAMES: names.length > 0 ? names.join(', ') : 'none',
+        STATUS: status,
+        ACTION: action,
+        SENDER: facts.sender === '' ? '<>' : facts.sender,
+        RECIPIENTS: recipients.join(', '),
+        SUBJECT: facts.subject ?? '(no subject)',
+        MESSAGE_ID: facts.messageId ?? '(none)',
+        DATE: facts.date ?? '(none)',
+        QUEUE_ID: facts.queueId ?? '(none)',
+        QUARANTINE_ID: quarantineId ?? 'none',
+        REMOVED_FILES: removedFiles.length > 0 ? removedFiles.join(', ') : 'none',
+        GROUP: group.name,
+      }),
+      HEADERS: facts.headers.map((h) => oneLine(`${h.name}: ${h.value}`)).join('\n'),
       REPORT: report(),
     });
   };
