@@ -1,14 +1,14 @@
 import { createReadStream } from 'node:fs';
-import { access, constants, stat } from 'node:fs/promises';
+import { access, constants, open, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { createInterface } from 'node:readline';
 import { Readable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import { formatBytes } from '../core/units.js';
 import { describeVerdict, type VerdictCommon, type VerdictResult } from '../core/verdict.js';
-import { moveInto, removeFile, ReportFile, runExec, EXEC_TIMEOUT_MS } from '../scan/actions.js';
-import type { ScanService } from '../scan/types.js';
-import { dirId, fsErrorText, walk, type WalkEntry } from '../scan/walk.js';
+import { identityOf, moveInto, removeFile, ReportFile, runExec, EXEC_TIMEOUT_MS, type FileIdentity, type FsPath } from '../scan/actions.js';
+import type { ScanService, ScanSource } from '../scan/types.js';
+import { dirId, fsErrorText, fsPathOf, walk, type WalkEntry } from '../scan/walk.js';
 
 export interface ScanCommandDeps {
   scanner: ScanService;
@@ -36,7 +36,9 @@ Options:
                        as SKIPPED; a path named on the command line is always resolved.
   --json               one JSON object per line: {"type":"result", path, status, names | reason |
                        raw | code+cause, engine, signatureVersion, bytes, ms, cached, actions?},
-                       and at the end {"type":"summary", ...}, all on standard output
+                       and at the end {"type":"summary", ...}, all on standard output. A path
+                       that is not valid UTF-8 has U+FFFD in "path" and its exact bytes in
+                       "pathBase64" (also "toBase64" for the --move target)
   --infected           print only results that are not OK (found, error, unknown, skipped)
   --no-summary         do not print the summary
   --move DIR           move infected files into DIR (name.1, name.2 ... on a collision)
@@ -44,13 +46,18 @@ Options:
   --exec CMD           run CMD with /bin/sh -c for each infected file; %FULLPATH%, %FILENAME%
                        and %VIRUSNAMES% are replaced by shell-quoted values (do not quote them
                        again); the same values are in $AVGATE_FULLPATH, $AVGATE_FILENAME,
-                       $AVGATE_VIRUSNAMES. Killed after ${EXEC_TIMEOUT_MS / 1000} s.
+                       $AVGATE_VIRUSNAMES. Killed after ${EXEC_TIMEOUT_MS / 1000} s. Not run for a
+                       path that is not valid UTF-8 (it cannot be passed on exactly): a failure.
   --report FILE        append a line (time, path, verdict) for every infected or failed object
   -h, --help           show this help
 
 Actions apply to infected files only, in this order: report, exec, move or remove. A file that
-is a symbolic link when the action runs is left in place. A failed action (including an --exec
-command that exits non-zero) counts as an error in the summary.
+is a symbolic link when the action runs, or that is no longer the file scanned (another inode, as
+when a directory on its path was swapped for a link), is left in place. A failed action
+(including an --exec command that exits non-zero) counts as an error in the summary.
+
+Paths are printed with control characters and bytes that are not UTF-8 escaped (\x1b, \u009b,
+\xff; a backslash is doubled), so that one result is always one line.
 
 Summary: "Errors" counts error and unknown verdicts, unreadable or missing paths and failed
 actions; "Skipped" counts objects not scanned (size limit, symbolic links, FIFOs and devices).
@@ -136,7 +143,43 @@ function parseSettings(argv: string[]): ScanSettings | 'help' {
  */
 export function printablePath(path: string): string {
   // eslint-disable-next-line no-control-regex
-  return path.replace(/[\\\x00-\x1f\x7f]/g, (c) => (c === '\\' ? '\\\\' : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`));
+  return path.replace(/[\\\x00-\x1f\x7f-\x9f]/g, (c) => {
+    if (c === '\\') return '\\\\';
+    const code = c.charCodeAt(0);
+    // C1 controls (U+0080..U+009F: U+009B is CSI to xterm) as \u00XX, distinct from a raw byte \xXX.
+    return code < 0x80 ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`;
+  });
+}
+
+/**
+ * printablePath of a path's exact bytes: the valid UTF-8 sequences as text, each other byte as
+ * `\xNN`. Two names that differ only in invalid bytes print differently (their decoded text,
+ * with U+FFFD for each, would be the same).
+ */
+export function printableBytes(raw: Buffer): string {
+  let out = '';
+  let text = '';
+  for (let i = 0; i < raw.length; ) {
+    const b = raw[i] as number;
+    const n = b < 0x80 ? 1 : b >= 0xc2 && b <= 0xdf ? 2 : b >= 0xe0 && b <= 0xef ? 3 : b >= 0xf0 && b <= 0xf4 ? 4 : 0;
+    if (n > 0 && i + n <= raw.length) {
+      const piece = raw.subarray(i, i + n);
+      const ch = piece.toString('utf8');
+      if ([...ch].length === 1 && Buffer.from(ch).equals(piece)) {
+        text += ch;
+        i += n;
+        continue;
+      }
+    }
+    out += `${printablePath(text)}\\x${b.toString(16).padStart(2, '0')}`;
+    text = '';
+    i += 1;
+  }
+  return out + printablePath(text);
+}
+
+function printable(path: string, raw?: Buffer): string {
+  return raw ? printableBytes(raw) : printablePath(path);
 }
 
 type Item = WalkEntry | { kind: 'stdin'; path: string };
@@ -145,11 +188,15 @@ interface ActionOutcome {
   action: 'moved' | 'removed' | 'exec' | 'report';
   ok: boolean;
   detail: string;
-  to?: string;
+  to?: FsPath;
 }
 
 interface Outcome {
   path: string;
+  /** The exact bytes of a path that is not valid UTF-8 (see walk.ts). */
+  raw?: Buffer;
+  /** The scanned file's device and inode: an action only touches that file. */
+  identity?: FileIdentity;
   result: VerdictResult;
   /** Null for what never reached the scanner (walk errors and skips). */
   common: VerdictCommon | null;
@@ -196,6 +243,7 @@ class ProgressLine {
   private timer: NodeJS.Timeout | null = null;
   private shown = false;
   current = '';
+  currentRaw: Buffer | undefined = undefined;
 
   constructor(
     private readonly stream: NodeJS.WritableStream,
@@ -214,7 +262,7 @@ class ProgressLine {
     // The end of a long path says more than its start; a line longer than the terminal would wrap
     // and `\r` could no longer redraw it.
     const room = Math.max(0, columns - 1 - head.length);
-    let path = printablePath(this.current);
+    let path = printable(this.current, this.currentRaw);
     if (path.length > room) path = room > 1 ? `…${path.slice(path.length - room + 1)}` : '';
     this.stream.write(`\r\x1b[2K${(head + path).slice(0, Math.max(0, columns - 1))}`);
     this.shown = true;
@@ -308,7 +356,8 @@ export async function runScanCommand(argv: string[], deps: ScanCommandDeps): Pro
   }
 
   async function scanItem(item: Item): Promise<Outcome> {
-    const base = { path: item.path, actions: [] as ActionOutcome[] };
+    const base: { path: string; raw?: Buffer; actions: ActionOutcome[] } = { path: item.path, actions: [] };
+    if (item.kind !== 'stdin' && item.raw) base.raw = item.raw;
     switch (item.kind) {
       case 'error':
         return { ...base, result: { status: 'error', code: 'AVG_ERR_SOURCE', cause: item.cause }, common: null };
@@ -318,37 +367,67 @@ export async function runScanCommand(argv: string[], deps: ScanCommandDeps): Pro
         const stream = deps.stdin instanceof Readable ? deps.stdin : new Readable().wrap(deps.stdin);
         return split(base, await deps.scanner.scan({ source: { kind: 'stream', stream }, name: 'stdin' }));
       }
-      case 'file':
+      case 'file': {
+        const fsPath = fsPathOf(item);
+        let identity: FileIdentity;
         try {
           // The scanner would report an unreadable file as an engine-side failure; say what it is.
-          await access(item.path, constants.R_OK);
+          await access(fsPath, constants.R_OK);
+          identity = await identityOf(fsPath);
         } catch (err) {
           return { ...base, result: { status: 'error', code: 'AVG_ERR_SOURCE', cause: fsErrorText(err) }, common: null };
         }
-        return split(base, await deps.scanner.scan({ source: { kind: 'file', path: item.path }, name: item.path }));
+        let source: ScanSource = { kind: 'file', path: item.path };
+        if (item.raw) {
+          // Its name is not valid UTF-8: no string names it, so the scanner gets its content.
+          // O_NONBLOCK: should it have become a FIFO meanwhile, opening it must not wait for a writer.
+          try {
+            const fh = await open(item.raw, constants.O_RDONLY | constants.O_NONBLOCK);
+            const st = await fh.stat().catch(async (err: unknown) => {
+              await fh.close();
+              throw err;
+            });
+            if (!st.isFile()) {
+              await fh.close();
+              return { ...base, result: { status: 'skipped', reason: 'not a regular file' }, common: null };
+            }
+            source = { kind: 'stream', stream: fh.createReadStream({ highWaterMark: 256 * 1024 }), size: st.size };
+          } catch (err) {
+            return { ...base, result: { status: 'error', code: 'AVG_ERR_SOURCE', cause: fsErrorText(err) }, common: null };
+          }
+        }
+        return { ...split(base, await deps.scanner.scan({ source, name: item.raw ? printableBytes(item.raw) : item.path })), identity };
+      }
     }
   }
 
   async function applyActions(o: Outcome, isFile: boolean): Promise<void> {
     const r = o.result;
     if (report && (r.status === 'found' || r.status === 'error' || r.status === 'unknown')) {
-      await report.append(`${new Date().toISOString()} ${printablePath(o.path)}: ${describeVerdict(r)}`);
+      await report.append(`${new Date().toISOString()} ${printable(o.path, o.raw)}: ${describeVerdict(r)}`);
     }
     if (r.status !== 'found' || !isFile) return;
+    const fsPath = fsPathOf(o);
     if (settings.exec !== null) {
-      const res = await runExec(settings.exec, { fullPath: o.path, fileName: basename(o.path), virusNames: r.names }, deps.stderr);
-      o.actions.push({ action: 'exec', ok: res.ok, detail: res.detail });
+      if (o.raw) {
+        // Arguments and the environment are text: the command would get another file's name.
+        o.actions.push({ action: 'exec', ok: false, detail: 'not run: the path is not valid UTF-8' });
+      } else {
+        const res = await runExec(settings.exec, { fullPath: o.path, fileName: basename(o.path), virusNames: r.names }, deps.stderr);
+        o.actions.push({ action: 'exec', ok: res.ok, detail: res.detail });
+      }
     }
     if (settings.move !== null) {
       try {
-        const to = await moveInto(o.path, settings.move);
-        o.actions.push({ action: 'moved', ok: true, detail: `moved to ${printablePath(to)}`, to });
+        const to = await moveInto(fsPath, settings.move, o.identity);
+        const shown = typeof to === 'string' ? printablePath(to) : printableBytes(to);
+        o.actions.push({ action: 'moved', ok: true, detail: `moved to ${shown}`, to });
       } catch (err) {
         o.actions.push({ action: 'moved', ok: false, detail: `move failed: ${fsErrorText(err)}` });
       }
     } else if (settings.remove) {
       try {
-        await removeFile(o.path);
+        await removeFile(fsPath, o.identity);
         o.actions.push({ action: 'removed', ok: true, detail: 'removed' });
       } catch (err) {
         o.actions.push({ action: 'removed', ok: false, detail: `remove failed: ${fsErrorText(err)}` });
@@ -384,7 +463,7 @@ export async function runScanCommand(argv: string[], deps: ScanCommandDeps): Pro
       await out(`${JSON.stringify(jsonResult(o))}\n`);
       return;
     }
-    const p = printablePath(o.path);
+    const p = printable(o.path, o.raw);
     let text = `${p}: ${describeVerdict(o.result)}\n`;
     for (const a of o.actions) {
       if (a.action === 'exec') text += `${p}: exec ${a.ok ? 'done' : 'failed'} (${a.detail})\n`;
@@ -394,14 +473,17 @@ export async function runScanCommand(argv: string[], deps: ScanCommandDeps): Pro
   }
 
   async function handle(item: Item): Promise<void> {
-    if (progress) progress.current = item.path;
+    if (progress) {
+      progress.current = item.path;
+      progress.currentRaw = item.kind === 'stdin' ? undefined : item.raw;
+    }
     let o: Outcome;
     try {
       o = await scanItem(item);
       await applyActions(o, item.kind === 'file');
     } catch (err) {
       // The scanner turns failures into verdicts; anything arriving here is a bug, still one path's.
-      o = { path: item.path, result: { status: 'error', code: 'AVG_ERR_INTERNAL', cause: fsErrorText(err) }, common: null, actions: [] };
+      o = { path: item.path, ...(item.kind !== 'stdin' && item.raw ? { raw: item.raw } : {}), result: { status: 'error', code: 'AVG_ERR_INTERNAL', cause: fsErrorText(err) }, common: null, actions: [] };
     }
     count(o);
     await print(o);
@@ -456,7 +538,7 @@ export async function runScanCommand(argv: string[], deps: ScanCommandDeps): Pro
   return 0;
 }
 
-function split(base: { path: string; actions: ActionOutcome[] }, v: VerdictCommon & VerdictResult): Outcome {
+function split(base: { path: string; raw?: Buffer; actions: ActionOutcome[] }, v: VerdictCommon & VerdictResult): Outcome {
   const { engine, signatureVersion, durationMs, bytes, cached, ...result } = v;
   return { ...base, result: result as VerdictResult, common: { engine, signatureVersion, durationMs, bytes, cached } };
 }
@@ -466,6 +548,7 @@ function jsonResult(o: Outcome): Record<string, unknown> {
   return {
     type: 'result',
     path: o.path,
+    ...(o.raw ? { pathBase64: o.raw.toString('base64') } : {}),
     status,
     ...details,
     engine: o.common?.engine ?? null,
@@ -474,7 +557,14 @@ function jsonResult(o: Outcome): Record<string, unknown> {
     ms: o.common ? Math.round(o.common.durationMs) : 0,
     cached: o.common?.cached ?? false,
     ...(o.actions.length > 0
-      ? { actions: o.actions.map((a) => ({ action: a.action, ok: a.ok, detail: a.detail, ...(a.to ? { to: a.to } : {}) })) }
+      ? {
+          actions: o.actions.map((a) => ({
+            action: a.action,
+            ok: a.ok,
+            detail: a.detail,
+            ...(typeof a.to === 'string' ? { to: a.to } : a.to ? { to: a.to.toString('utf8'), toBase64: a.to.toString('base64') } : {}),
+          })),
+        }
       : {}),
   };
 }

@@ -106,7 +106,13 @@ export async function restoreItem(q: Quarantine, id: string, path: string, o: { 
   // The bytes go to a temp file beside the target and are moved into place only when the whole
   // object decrypted and verified: a tampered object never leaves a partial file at `path`.
   const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
-  const fh = await open(tmp, 'wx', 0o600);
+  let fh;
+  try {
+    fh = await open(tmp, 'wx', 0o600);
+  } catch (err) {
+    // A missing or unwritable directory is a refusal like any other (exit 1), not a crash.
+    throw new AvgateError('AVG_ERR_QUARANTINE', `cannot restore ${id} to ${path}: ${messageOf(err)}`, { cause: err });
+  }
   try {
     await pipeline(item.open(), createWriteStream('', { fd: fh, flush: true }));
     if (o.overwrite) await rename(tmp, path);

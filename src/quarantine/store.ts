@@ -335,7 +335,7 @@ export class EncryptedQuarantine implements Quarantine {
     const row = this.db.prepare('SELECT * FROM items WHERE id = ?').get(id) as ItemRow | undefined;
     if (!row) return null;
     const record = recordOf(row);
-    const path = join(this.objectsDir, row.object);
+    const path = join(this.objectsDir, objectName(row));
     return { record, open: () => this.decrypting(path, row.sha256) };
   }
 
@@ -366,8 +366,9 @@ export class EncryptedQuarantine implements Quarantine {
   private removeNow(id: string, actor: string, action: 'delete' | 'purge', detail: Record<string, unknown>): number | null {
     return this.db
       .transaction((): number | null => {
-        const row = this.db.prepare('SELECT object FROM items WHERE id = ?').get(id) as { object: string } | undefined;
+        const row = this.db.prepare('SELECT id, object FROM items WHERE id = ?').get(id) as { id: string; object: string } | undefined;
         if (!row) return null;
+        objectName(row);
         this.db.prepare('DELETE FROM items WHERE id = ?').run(id);
         const now = new Date();
         this.db
@@ -580,6 +581,27 @@ function whereOf(f: QuarantineFilter): { where: string; params: Array<string | n
   return { where: clauses.length > 0 ? `WHERE ${clauses.join(' AND ')}` : '', params };
 }
 
+/**
+ * The row's object name, checked: a row edited to name `../../etc/passwd` must neither be read nor,
+ * on delete or purge, unlinked outside objects/.
+ */
+function objectName(r: { id: string; object: string }): string {
+  if (typeof r.object !== 'string' || !OBJECT_NAME.test(r.object)) throw new AvgateError('AVG_ERR_QUARANTINE', `quarantine record ${r.id} is damaged: bad object name`);
+  return r.object;
+}
+
+/** A list column of a row (JSON array of strings); a damaged one is AVG_ERR_QUARANTINE, not a SyntaxError. */
+function listOf(r: ItemRow, column: 'recipients' | 'statuses' | 'virus_names'): string[] {
+  let v: unknown;
+  try {
+    v = JSON.parse(r[column]);
+  } catch {
+    v = null;
+  }
+  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) throw new AvgateError('AVG_ERR_QUARANTINE', `quarantine record ${r.id} is damaged: ${column} is not a list of strings`);
+  return v as string[];
+}
+
 function recordOf(r: ItemRow): QuarantineRecord {
   return {
     id: r.id,
@@ -589,10 +611,10 @@ function recordOf(r: ItemRow): QuarantineRecord {
     releasedAt: r.released_at,
     source: r.source as QuarantineSource,
     sender: r.sender,
-    recipients: JSON.parse(r.recipients) as string[],
+    recipients: listOf(r, 'recipients'),
     group: r.grp,
-    statuses: JSON.parse(r.statuses) as string[],
-    virusNames: JSON.parse(r.virus_names) as string[],
+    statuses: listOf(r, 'statuses'),
+    virusNames: listOf(r, 'virus_names'),
     messageId: r.message_id,
     subject: r.subject,
     queueId: r.queue_id,

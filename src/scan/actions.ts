@@ -24,15 +24,48 @@ const MAX_NAME_COLLISIONS = 10_000;
 
 export class ActionError extends Error {}
 
+/** A path for node:fs: text, or the exact bytes when the name is not valid UTF-8 (see walk.ts). */
+export type FsPath = string | Buffer;
+
+/** Which file was scanned: device and inode, taken with lstat() before the scan. */
+export interface FileIdentity {
+  dev: bigint;
+  ino: bigint;
+}
+
+export async function identityOf(path: FsPath): Promise<FileIdentity> {
+  const st = await lstat(path, { bigint: true });
+  return { dev: st.dev, ino: st.ino };
+}
+
 /**
  * The path must still be the regular file that was scanned. Between the scan and the action a
  * hostile user can swap it for a symbolic link to /etc/shadow; link() and unlink() act on the
  * link itself, and the copy below opens with O_NOFOLLOW, but refusing early gives a clear message.
+ * A link in a directory above it is not caught that way: with `dir` renamed away and replaced by a
+ * link to /etc, `dir/passwd` is a regular file again, but another one. Hence `expected`: the device
+ * and inode the path had when it was scanned; a path that now leads to another file is left alone.
  */
-async function assertRegularFile(path: string): Promise<void> {
-  const st = await lstat(path);
+async function assertRegularFile(path: FsPath, expected?: FileIdentity): Promise<void> {
+  const st = await lstat(path, { bigint: true });
   if (st.isSymbolicLink()) throw new ActionError('is a symbolic link; left in place');
   if (!st.isFile()) throw new ActionError('is no longer a regular file; left in place');
+  assertSame(st, expected);
+}
+
+function assertSame(st: { dev: bigint; ino: bigint }, expected?: FileIdentity): void {
+  if (expected && (st.dev !== expected.dev || st.ino !== expected.ino)) {
+    throw new ActionError('is no longer the file that was scanned (replaced, or a directory on its path was); left in place');
+  }
+}
+
+function baseOf(path: FsPath): FsPath {
+  return typeof path === 'string' ? basename(path) : path.subarray(path.lastIndexOf(0x2f) + 1);
+}
+
+function destFor(dir: string, base: FsPath, i: number): FsPath {
+  if (typeof base === 'string') return join(dir, i === 0 ? base : `${base}.${i}`);
+  return Buffer.concat([Buffer.from(dir.endsWith('/') ? dir : `${dir}/`), base, Buffer.from(i === 0 ? '' : `.${i}`)]);
 }
 
 /**
@@ -42,18 +75,18 @@ async function assertRegularFile(path: string): Promise<void> {
  * other. Where a hard link is impossible (another file system, EXDEV, or a file system without
  * links) the content is copied to a file created with O_EXCL, then the original is unlinked.
  */
-export async function moveInto(path: string, dir: string): Promise<string> {
-  await assertRegularFile(path);
-  const base = basename(path);
+export async function moveInto(path: FsPath, dir: string, expected?: FileIdentity): Promise<FsPath> {
+  await assertRegularFile(path, expected);
+  const base = baseOf(path);
   for (let i = 0; i <= MAX_NAME_COLLISIONS; i++) {
-    const dest = join(dir, i === 0 ? base : `${base}.${i}`);
+    const dest = destFor(dir, base, i);
     try {
       await link(path, dest);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'EEXIST') continue;
       if (code === 'ENOENT') throw err;
-      if (!(await copyExclusive(path, dest))) continue;
+      if (!(await copyExclusive(path, dest, expected))) continue;
     }
     try {
       await unlink(path);
@@ -64,16 +97,19 @@ export async function moveInto(path: string, dir: string): Promise<string> {
     }
     return dest;
   }
-  throw new ActionError(`${MAX_NAME_COLLISIONS} files named ${base}* already in ${dir}`);
+  throw new ActionError(`${MAX_NAME_COLLISIONS} files named ${base.toString()}* already in ${dir}`);
 }
 
 /** Copies src to dest; false when dest exists already. */
-async function copyExclusive(src: string, dest: string): Promise<boolean> {
+async function copyExclusive(src: FsPath, dest: FsPath, expected?: FileIdentity): Promise<boolean> {
   let input: FileHandle | null = null;
   let output: FileHandle | null = null;
   try {
-    input = await open(src, constants.O_RDONLY | constants.O_NOFOLLOW);
-    const mode = (await input.stat()).mode & 0o777;
+    input = await open(src, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    const st = await input.stat({ bigint: true });
+    if (!st.isFile()) throw new ActionError('is no longer a regular file; left in place');
+    assertSame(st, expected);
+    const mode = Number(st.mode & 0o777n);
     try {
       output = await open(dest, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
     } catch (err) {
@@ -95,8 +131,8 @@ async function copyExclusive(src: string, dest: string): Promise<boolean> {
   }
 }
 
-export async function removeFile(path: string): Promise<void> {
-  await assertRegularFile(path);
+export async function removeFile(path: FsPath, expected?: FileIdentity): Promise<void> {
+  await assertRegularFile(path, expected);
   await unlink(path);
 }
 

@@ -22,6 +22,9 @@ import picomatch from 'picomatch';
  *   against the base name; a matching directory is not entered. Paths named by the caller are
  *   never excluded. Excluded entries are left out silently.
  * - FIFOs, sockets and devices are skipped: reading a FIFO would block the scan for ever.
+ * - Names are read as bytes. A name that is not valid UTF-8 cannot be spelled as a JS string (the
+ *   decoder puts U+FFFD in place of the bad bytes, and that string names no file), so such an entry
+ *   also carries `raw`, the exact bytes of its path, for every file system call made on it.
  */
 export interface WalkOptions {
   maxDepth?: number;
@@ -31,10 +34,19 @@ export interface WalkOptions {
   skipDirectories?: ReadonlySet<string>;
 }
 
+/**
+ * `path` is the path as text. `raw` is present only when the path is not valid UTF-8: then `path`
+ * holds U+FFFD where the bad bytes are and `raw` is the path to open, stat, move or remove.
+ */
 export type WalkEntry =
-  | { kind: 'file'; path: string }
-  | { kind: 'skipped'; path: string; reason: string }
-  | { kind: 'error'; path: string; cause: string };
+  | { kind: 'file'; path: string; raw?: Buffer }
+  | { kind: 'skipped'; path: string; reason: string; raw?: Buffer }
+  | { kind: 'error'; path: string; cause: string; raw?: Buffer };
+
+/** What to hand node:fs for an entry: its exact bytes when the text form would name another file. */
+export function fsPathOf(entry: { path: string; raw?: Buffer }): string | Buffer {
+  return entry.raw ?? entry.path;
+}
 
 export const SKIP_REASONS = {
   symlink: 'symbolic link not followed',
@@ -72,6 +84,8 @@ interface Chain {
 
 interface Pending {
   path: string;
+  /** The path's bytes; differs from `path` only when a name on the way is not valid UTF-8. */
+  raw: Buffer;
   rel: string;
   depth: number;
   chain: Chain;
@@ -84,6 +98,18 @@ function onChain(chain: Chain | null, id: string): boolean {
 
 function joinPath(dir: string, name: string): string {
   return dir.endsWith('/') ? dir + name : `${dir}/${name}`;
+}
+
+const SLASH = Buffer.from('/');
+
+function joinRaw(dir: Buffer, name: Buffer): Buffer {
+  return dir.length > 0 && dir[dir.length - 1] === 0x2f ? Buffer.concat([dir, name]) : Buffer.concat([dir, SLASH, name]);
+}
+
+/** `raw` when its text form would not name the same file, else nothing. */
+function rawIfNeeded(path: string, raw: Buffer): { raw?: Buffer } {
+  // The decoder puts U+FFFD for every invalid byte: a path without it is spelled exactly.
+  return !path.includes('\uFFFD') || Buffer.from(path).equals(raw) ? {} : { raw };
 }
 
 type Kind = 'file' | 'dir' | 'link' | 'other';
@@ -124,15 +150,17 @@ export async function* walk(root: string, options: WalkOptions = {}): AsyncGener
   // Without symlinks a tree is a tree (bind mounts aside, which the ancestor chain catches);
   // with them the same directory can be reached many times, so remember every one entered.
   const visited = follow ? new Set<string>([rootId]) : null;
-  const stack: Pending[] = [{ path: root, rel: '', depth: 0, chain: { id: rootId, up: null } }];
+  const stack: Pending[] = [{ path: root, raw: Buffer.from(root), rel: '', depth: 0, chain: { id: rootId, up: null } }];
 
   while (stack.length > 0) {
     const dir = stack.pop() as Pending;
+    const dirRaw = rawIfNeeded(dir.path, dir.raw);
     let handle: Dir;
     try {
-      handle = await opendir(dir.path, { bufferSize: 64 });
+      // 'buffer': the names as bytes (node supports it; @types/node only lists text encodings).
+      handle = await opendir(dir.raw, { bufferSize: 64, encoding: 'buffer' as BufferEncoding });
     } catch (err) {
-      yield { kind: 'error', path: dir.path, cause: fsErrorText(err) };
+      yield { kind: 'error', path: dir.path, cause: fsErrorText(err), ...dirRaw };
       continue;
     }
     const subdirs: Pending[] = [];
@@ -140,66 +168,70 @@ export async function* walk(root: string, options: WalkOptions = {}): AsyncGener
     try {
       // for-await closes the handle on completion, on error, and when the consumer stops early.
       for await (const d of handle) {
-        const path = joinPath(dir.path, d.name);
-        const rel = dir.rel ? `${dir.rel}/${d.name}` : d.name;
-        if (excluded(rel, d.name)) continue;
+        const nameBytes = d.name as unknown as Buffer;
+        const name = nameBytes.toString('utf8');
+        const path = joinPath(dir.path, name);
+        const rawPath = joinRaw(dir.raw, nameBytes);
+        const extra = rawIfNeeded(path, rawPath);
+        const rel = dir.rel ? `${dir.rel}/${name}` : name;
+        if (excluded(rel, name)) continue;
 
         let kind = kindOf(d);
         let st: Stats | null = null;
         try {
           if (kind === null) {
             // Some file systems do not fill d_type; ask for it without following a link.
-            st = await lstat(path);
+            st = await lstat(rawPath);
             kind = kindOf(st);
             if (kind === 'link') st = null;
           }
           if (kind === 'link') {
             if (!follow) {
-              yield { kind: 'skipped', path, reason: SKIP_REASONS.symlink };
+              yield { kind: 'skipped', path, reason: SKIP_REASONS.symlink, ...extra };
               continue;
             }
-            st = await stat(path).catch(() => null);
+            st = await stat(rawPath).catch(() => null);
             if (!st) {
-              yield { kind: 'skipped', path, reason: SKIP_REASONS.brokenSymlink };
+              yield { kind: 'skipped', path, reason: SKIP_REASONS.brokenSymlink, ...extra };
               continue;
             }
             kind = kindOf(st);
           }
         } catch (err) {
-          yield { kind: 'error', path, cause: fsErrorText(err) };
+          yield { kind: 'error', path, cause: fsErrorText(err), ...extra };
           continue;
         }
 
         if (kind === 'file') {
-          yield { kind: 'file', path };
+          yield { kind: 'file', path, ...extra };
         } else if (kind === 'dir') {
           if (depth >= maxDepth) continue;
           if (!st) {
             try {
-              st = await stat(path);
+              st = await stat(rawPath);
             } catch (err) {
-              yield { kind: 'error', path, cause: fsErrorText(err) };
+              yield { kind: 'error', path, cause: fsErrorText(err), ...extra };
               continue;
             }
           }
           const id = dirId(st);
           if (skipDirs.has(id)) continue;
           if (onChain(dir.chain, id)) {
-            yield { kind: 'skipped', path, reason: SKIP_REASONS.loop };
+            yield { kind: 'skipped', path, reason: SKIP_REASONS.loop, ...extra };
             continue;
           }
           if (visited?.has(id)) {
-            yield { kind: 'skipped', path, reason: SKIP_REASONS.seen };
+            yield { kind: 'skipped', path, reason: SKIP_REASONS.seen, ...extra };
             continue;
           }
           visited?.add(id);
-          subdirs.push({ path, rel, depth, chain: { id, up: dir.chain } });
+          subdirs.push({ path, raw: rawPath, rel, depth, chain: { id, up: dir.chain } });
         } else {
-          yield { kind: 'skipped', path, reason: SKIP_REASONS.special };
+          yield { kind: 'skipped', path, reason: SKIP_REASONS.special, ...extra };
         }
       }
     } catch (err) {
-      yield { kind: 'error', path: dir.path, cause: fsErrorText(err) };
+      yield { kind: 'error', path: dir.path, cause: fsErrorText(err), ...dirRaw };
     }
     // Reversed so the first subdirectory read is the first entered (depth-first, readdir order).
     for (let i = subdirs.length - 1; i >= 0; i--) stack.push(subdirs[i] as Pending);

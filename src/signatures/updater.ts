@@ -86,7 +86,14 @@ export function sourceNames(config: SignaturesConfig): Array<{ src: SignatureSou
 export async function readUpdaterState(stateDir: string): Promise<UpdaterState> {
   // A damaged file is as good as none: the next run fetches everything again.
   const parsed = await readJson<Partial<UpdaterState>>(join(stateDir, STATE_FILE), {}).catch(() => ({}) as Partial<UpdaterState>);
-  return { files: parsed.files && typeof parsed.files === 'object' ? parsed.files : {}, ...(parsed.lastRun ? { lastRun: parsed.lastRun } : {}) };
+  const files: Record<string, InstalledFile> = {};
+  if (parsed.files && typeof parsed.files === 'object') {
+    // Names from the file are joined to the database directory and, for a source no longer
+    // configured, deleted there: only a plain database file name (what a source may install as)
+    // is taken, never `../x` or `/etc/x` from an edited or damaged file.
+    for (const [name, entry] of Object.entries(parsed.files)) if (sourceFileName({ url: '', name }) === name) files[name] = entry;
+  }
+  return { files, ...(parsed.lastRun ? { lastRun: parsed.lastRun } : {}) };
 }
 
 type Candidate = { name: string; path: string; entry: InstalledFile };
