@@ -239,7 +239,8 @@ export class SignatureUpdater {
       if (prev.lastModified) headers['if-modified-since'] = prev.lastModified;
     }
     const timeout = AbortSignal.timeout(cfg.timeout);
-    const res = await fetch(src.url, { headers, redirect: 'follow', signal: signal ? AbortSignal.any([signal, timeout]) : timeout }).catch((err: unknown) => {
+    const res = await fetchFollowing(src.url, headers, signal ? AbortSignal.any([signal, timeout]) : timeout).catch((err: unknown) => {
+      if (err instanceof RedirectRefused) throw err;
       throw new Error(timeout.aborted ? `no answer within signatures.timeout (${cfg.timeout} ms)` : `cannot fetch: ${messageOf((err as { cause?: unknown }).cause ?? err)}`, { cause: err });
     });
     if (res.status === 304 && installed) {
@@ -363,4 +364,33 @@ function runClamscan(clamscan: string, dir: string, timeoutMs: number, signal?: 
       }
     });
   });
+}
+
+/** Redirects followed per download; more is a loop. */
+const MAX_REDIRECTS = 5;
+
+class RedirectRefused extends Error {}
+
+/**
+ * Whether a source at `from` may send the updater on to `to`: https only to https (a downgrade
+ * would let anyone on the path hand clamd a database of their own), http to http or https.
+ */
+export function redirectAllowed(from: URL, to: URL): boolean {
+  if (to.protocol === 'https:') return true;
+  return to.protocol === 'http:' && from.protocol === 'http:';
+}
+
+/** GET with redirects followed by hand (redirectAllowed, MAX_REDIRECTS); the final response. */
+async function fetchFollowing(start: string, headers: Record<string, string>, signal: AbortSignal): Promise<Response> {
+  let url = new URL(start);
+  for (let hop = 0; ; hop++) {
+    const res = await fetch(url, { headers, redirect: 'manual', signal });
+    const location = res.status >= 300 && res.status < 400 && res.status !== 304 ? res.headers.get('location') : null;
+    if (location === null) return res;
+    await res.body?.cancel();
+    if (hop >= MAX_REDIRECTS) throw new RedirectRefused(`more than ${MAX_REDIRECTS} redirects`);
+    const next = new URL(location, url);
+    if (!redirectAllowed(url, next)) throw new RedirectRefused(`redirect from ${url.protocol} to ${next.protocol} refused`);
+    url = next;
+  }
 }

@@ -13,6 +13,7 @@ import { runSignaturesCommand } from '../../src/cli/signatures.js';
 import { serve } from '../../src/main.js';
 import { openRuntime, type Runtime } from '../../src/runtime.js';
 import { SignatureUpdater, signaturesStateDir, updaterFor } from '../../src/signatures/index.js';
+import { redirectAllowed } from '../../src/signatures/updater.js';
 import { startNginx, type Nginx } from '../../tools/peers/nginx.js';
 import { freeLoopbackPort } from '../../src/core/net.js';
 import { ConsoleClient } from '../helpers/console.js';
@@ -239,6 +240,34 @@ describe('signature updater: nginx as the mirror, the project-local clamd, clams
 
     assert.throws(() => config(src('notes.txt')), /signatures\.sources\.0\.url.*not a database file name/s);
     assert.throws(() => config(`${src('a.ndb')}\n${src('a.ndb')}`), /a second source for a\.ndb/);
+  });
+  test('redirects: followed on http, a loop stops after 5, a redirect to another scheme is refused; https never goes to http', async () => {
+    const loop = await startFaultServer((socket) => {
+      socket.on('data', () => socket.write('HTTP/1.1 302 Found\r\nLocation: /again.ndb\r\nContent-Length: 0\r\n\r\n'));
+    });
+    const toFtp = await startFaultServer((socket) => {
+      socket.once('data', () => socket.write('HTTP/1.1 301 Moved\r\nLocation: ftp://127.0.0.1/x.ndb\r\nContent-Length: 0\r\n\r\n'));
+    });
+    await writeFile(join(www, 'redirected.ndb'), tokenSignature('Avgate.Test.Redirected').line);
+    const toMirror = await startFaultServer((socket) => {
+      socket.once('data', () => socket.write(`HTTP/1.1 302 Found\r\nLocation: ${nginx.url('redirected.ndb')}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`));
+    });
+    try {
+      const out = io();
+      const sources = [`    - {url: "http://127.0.0.1:${loop.port}/loop.ndb"}`, `    - {url: "http://127.0.0.1:${toFtp.port}/ftp.ndb"}`, `    - {url: "http://127.0.0.1:${toMirror.port}/moved.ndb"}`].join('\n');
+      const code = await runSignaturesCommand(config(`${base}\n${sources}`), ['update'], out);
+      assert.equal(code, 1);
+      assert.match(out.out(), /^failed {4}loop\.ndb \S+: more than 5 redirects$/m);
+      assert.match(out.out(), /^failed {4}ftp\.ndb \S+: redirect from http: to ftp: refused$/m);
+      assert.ok(existsSync(join(dbDir(), 'moved.ndb')), out.out());
+    } finally {
+      await loop.close();
+      await toFtp.close();
+      await toMirror.close();
+    }
+    assert.equal(redirectAllowed(new URL('https://m.example/a'), new URL('http://m.example/a')), false);
+    assert.equal(redirectAllowed(new URL('https://m.example/a'), new URL('https://n.example/a')), true);
+    assert.equal(redirectAllowed(new URL('http://m.example/a'), new URL('https://m.example/a')), true);
   });
 });
 
