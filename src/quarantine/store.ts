@@ -3,7 +3,7 @@ import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes, 
 import { chmodSync, createReadStream, readdirSync, renameSync, statSync, unlinkSync } from 'node:fs';
 import { chmod, lstat, mkdir, open, readFile, unlink } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { pipeline as streamPipeline, Transform, type Readable, type TransformCallback } from 'node:stream';
+import { PassThrough, pipeline as streamPipeline, Transform, type Readable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Config } from '../config/schema.js';
 import { AvgateError } from '../core/errors.js';
@@ -514,7 +514,13 @@ export class EncryptedQuarantine implements Quarantine {
       },
     });
     // pipeline: a file error fails the transform, and a consumer that stops early closes the file.
-    streamPipeline(createReadStream(path), transform, () => undefined);
+    // An object purged or deleted meanwhile is a refusal in the store's terms, not a raw ENOENT.
+    const file = createReadStream(path);
+    const source = new PassThrough();
+    file.on('error', (err: NodeJS.ErrnoException) => source.destroy(err.code === 'ENOENT' ? fail('it was removed (purged or deleted) while being read') : err));
+    source.on('close', () => file.destroy());
+    file.pipe(source);
+    streamPipeline(source, transform, () => undefined);
     return transform;
   }
 

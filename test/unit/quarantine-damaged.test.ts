@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -82,5 +82,20 @@ test('a record naming an object outside objects/ is refused: nothing outside is 
   assert.equal(await readFile(victim, 'utf8'), 'not the quarantine\'s\n');
   await assert.rejects(q.purge({ olderThanMs: 0, actor: 'cli:t' }), quarantineError);
   assert.equal(existsSync(victim), true);
+  await q.close();
+});
+
+test('an object removed while its item is read (a purge meanwhile) is AVG_ERR_QUARANTINE, not a raw ENOENT', async () => {
+  const { q, dir } = await fresh();
+  const { id } = await q.put(Readable.from([eicarBytes()]), fileMeta);
+  const item = await q.get(id);
+  assert.ok(item);
+  for (const name of await readdir(join(dir, 'objects'))) await rm(join(dir, 'objects', name));
+  await assert.rejects(
+    (async () => {
+      for await (const chunk of item.open() as AsyncIterable<Buffer>) void chunk;
+    })(),
+    (err) => quarantineError(err) && /removed/.test((err as Error).message),
+  );
   await q.close();
 });
