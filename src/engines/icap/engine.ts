@@ -477,12 +477,18 @@ export class IcapEngine implements Engine<IcapContext> {
 
   private async optionsExchange(conn: IcapConnection): Promise<IcapServiceOptions> {
     const label = formatIcapUrl(conn.url);
-    conn.begin(this.settings.socketTimeoutMs);
+    const limitMs = this.settings.socketTimeoutMs;
+    conn.begin(limitMs);
+    // socket-timeout only counts silence: a server trickling 100 Continues or an endless body
+    // would keep the (shared) OPTIONS fetch, and every scan waiting for it, going forever.
+    // The whole exchange gets socket-timeout at most; an OPTIONS answer is a few hundred bytes.
+    const deadline = setTimeout(() => conn.kill('AVG_ERR_ENGINE_TIMEOUT', `${label}: OPTIONS not answered within ${limitMs} ms`), limitMs);
     let head: IcapResponseHead;
     try {
       conn.write(buildOptionsRequest(conn.url));
       head = await readFinalResponse(conn, label);
     } finally {
+      clearTimeout(deadline);
       conn.finish();
     }
     conn.completed++;
@@ -502,6 +508,7 @@ export class IcapEngine implements Engine<IcapContext> {
     const sentHash = createHash('sha256');
     let sentBytes = 0;
     const rx: Received = { changed: new Notifier(), final: null, complete: false, continued: false };
+    const progress = { whole: false };
     let sourceError: unknown = null;
 
     conn.begin(this.settings.socketTimeoutMs, meta.signal);
@@ -516,6 +523,7 @@ export class IcapEngine implements Engine<IcapContext> {
           ...(meta.size !== undefined ? { size: meta.size } : {}),
         }),
         preview,
+        progress,
         onObjectBytes: (b) => {
           sentHash.update(b);
           sentBytes += b.length;
@@ -545,7 +553,19 @@ export class IcapEngine implements Engine<IcapContext> {
     if (meta.signal.aborted) verdict = { status: 'error', code: 'AVG_ERR_ENGINE_TIMEOUT', cause: 'scan timeout' };
     else if (sourceError !== null) {
       verdict = { status: 'error', code: 'AVG_ERR_SOURCE', cause: `reading the object failed: ${messageOf(sourceError)}` };
-    } else verdict = verdictOf(rx, { digest: sentHash.digest('hex'), bytes: sentBytes });
+    } else {
+      verdict = verdictOf(rx, { digest: sentHash.digest('hex'), bytes: sentBytes, whole: progress.whole });
+      // RFC 3507 4.6: without `Allow: 204` a server must echo the object; a 204 is only allowed
+      // as the answer to a preview (before any 100 Continue). Anything else is out of protocol.
+      const may204 = this.settings.allow204 || (preview !== null && !rx.continued);
+      if (verdict.status === 'free' && rx.final?.status === 204 && !may204) {
+        verdict = {
+          status: 'error',
+          code: 'AVG_ERR_ENGINE_PROTOCOL',
+          cause: `${label}: 204 No Content although the request did not allow it (no Allow: 204, not a preview answer)`,
+        };
+      }
+    }
     return { verdict, bytes: sentBytes };
   }
 
@@ -558,7 +578,7 @@ export class IcapEngine implements Engine<IcapContext> {
     conn: IcapConnection,
     stream: Readable,
     rx: Received,
-    p: { head: Buffer; preview: number | null; onObjectBytes: (b: Buffer) => void },
+    p: { head: Buffer; preview: number | null; progress: { whole: boolean }; onObjectBytes: (b: Buffer) => void },
   ): Promise<'complete' | 'stopped'> {
     const it = stream[Symbol.asyncIterator]() as AsyncIterator<unknown>;
     let exhausted = false;
@@ -639,6 +659,7 @@ export class IcapEngine implements Engine<IcapContext> {
         }
         if (exhausted && leftover.length === 0) {
           conn.write(LAST_CHUNK_IEOF);
+          p.progress.whole = true;
           return 'complete';
         }
         conn.write(LAST_CHUNK);
@@ -656,6 +677,7 @@ export class IcapEngine implements Engine<IcapContext> {
       }
       if (mustStop()) return 'stopped';
       conn.write(LAST_CHUNK);
+      p.progress.whole = true;
       return 'complete';
     } finally {
       // stopped early: release the source, as a for-await break would
@@ -751,10 +773,14 @@ async function readFinalResponse(conn: IcapConnection, label: string): Promise<I
 }
 
 /** The verdict from what was received, in order of what is known for sure. */
-function verdictOf(rx: Received, sent: { digest: string; bytes: number }): VerdictResult {
+function verdictOf(rx: Received, sent: { digest: string; bytes: number; whole: boolean }): VerdictResult {
   if (rx.badStatus !== undefined) return { status: 'unknown', raw: rx.badStatus };
   if (rx.final) {
     if (rx.complete) {
+      // A 200 that came back before the whole object went out (an answer to a preview that did
+      // not hold everything, or mid-body) cannot be an unchanged echo of it: what was sent so far
+      // is only a prefix, and echoing a prefix truncates the object.
+      if (!sent.whole) return respmodVerdict(rx.final, true);
       const bodySame = rx.body ? rx.body.bytes === sent.bytes && rx.body.digest === sent.digest : undefined;
       return respmodVerdict(rx.final, isModified({ httpStatus: rx.httpStatus, ...(bodySame !== undefined ? { bodySame } : {}) }));
     }
