@@ -75,6 +75,12 @@ export interface Engine<Ctx = unknown> {
   signatureVersion(signal?: AbortSignal): Promise<string | null>;
   /** Optional: forget a cached signature version now (the signature updater reloaded the engine). */
   invalidateVersion?(): void;
+  /**
+   * Optional: the signature version as the engine knows it now, without any I/O (null: it was
+   * forgotten or cannot tell). The scanner compares it after a scan with the version it read
+   * before, and caches nothing when they differ (an ICAP service changed its ISTag meanwhile).
+   */
+  knownVersion?(): string | null;
   /** Optional: a cheap liveness check (clamd PING, ICAP OPTIONS) for health logging; throws when down. */
   ping?(signal?: AbortSignal): Promise<string>;
   /** Optional: the engine's own version text (clamd VERSION), for the dashboard. */

@@ -316,7 +316,7 @@ export class Scanner implements ScanService {
       if (this.cache && (combined.status === 'free' || combined.status === 'found')) {
         const key = this.cacheKey(versions);
         const h = (await Promise.resolve(known).catch(() => null)) ?? (hasher && run.complete ? hasher.digest('hex') : null);
-        if (key && h && !request.signal?.aborted) this.cache.set(h, key, combined);
+        if (key && h && !request.signal?.aborted && this.versionsHeld(versions)) this.cache.set(h, key, combined);
       }
       return { ...combined, durationMs: performance.now() - started, bytes: run.bytes };
     } finally {
@@ -397,6 +397,15 @@ export class Scanner implements ScanService {
     const sizeExceeded = meter !== null && meter.bytes > this.limits.maxCheckedSize;
     const bytes = meter ? meter.bytes : Math.max(...verdicts.map((v) => v.bytes));
     return { verdicts, bytes, sizeExceeded, complete: meter !== null && meter.writableFinished && !sizeExceeded };
+  }
+
+  /** True unless an engine now knows another signature version than the one read before the scan. */
+  private versionsHeld(versions: ReadonlyArray<string | null>): boolean {
+    for (let i = 0; i < this.engines.length; i++) {
+      const known = (this.engines[i] as EngineSlot).engine.knownVersion?.();
+      if (known !== undefined && known !== versions[i]) return false;
+    }
+    return true;
   }
 
   /** Why the scan's signal fired: the caller gave up (AVG_ERR_ABORTED), else scan-timeout. */

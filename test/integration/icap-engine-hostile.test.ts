@@ -5,7 +5,12 @@ import { Readable } from 'node:stream';
 import { after, describe, test } from 'node:test';
 import { createIcapEngine, type IcapEngine } from '../../src/engines/icap/engine.js';
 import type { EngineScanResult } from '../../src/engines/types.js';
+import { VerdictCache } from '../../src/cache/verdict-cache.js';
+import { silentLogger } from '../../src/core/logging.js';
+import { Scanner, type ScannerLimits } from '../../src/scan/scanner.js';
 import { startFaultServer, type FaultServer } from '../helpers/fault-server.js';
+
+const LIMITS: ScannerLimits = { maxCheckedSize: 10 * 1024 * 1024, scanTimeoutMs: 10_000, maxConcurrentScans: 4, maxQueue: 16, contextIdleTimeoutMs: 5000 };
 
 /** Incremental reader of what the engine sends, for fake ICAP servers. */
 class Wire {
@@ -221,5 +226,51 @@ describe('icap engine against hostile or broken servers', () => {
     const started = Date.now();
     assert.equal(await e.signatureVersion(), null);
     assert.ok(Date.now() - started < 3000, `${Date.now() - started} ms`);
+  });
+});
+
+describe('icap engine, the verdict cache and a changing ISTag', () => {
+  test('a RESPMOD answer with a new ISTag: that verdict is not cached under the version read before the scan', async () => {
+    // OPTIONS says "v-1", every answer says "v-2": the service changed while the object was scanned.
+    const s = await startFaultServer(
+      icapPeer(async (w) => {
+        await w.chunks();
+        w.sock.write('ICAP/1.0 204 No Content\r\nISTag: "v-2"\r\nEncapsulated: null-body=0\r\n\r\n');
+      }, OPTIONS_OK.replace('"h-1"', '"v-1"')),
+    );
+    const cache = new VerdictCache({ memoryEntries: 100, sqlitePath: null, sqliteMaxEntries: 10, maxAgeMs: 0 });
+    const scanner = new Scanner([{ id: 'icap', engine: engine(s.port) }], LIMITS, cache, silentLogger());
+    try {
+      const data = randomBytes(5000);
+      const first = await scanner.scan({ source: { kind: 'buffer', data } });
+      assert.equal(first.status, 'free');
+      const second = await scanner.scan({ source: { kind: 'buffer', data } });
+      assert.equal(second.status, 'free');
+      assert.equal(second.cached, false, 'nothing was cached under "v-1"');
+    } finally {
+      await scanner.close();
+      cache.close();
+      await s.close();
+    }
+  });
+
+  test('a stable ISTag: the second scan of the same object is a cache hit', async () => {
+    const s = await startFaultServer(
+      icapPeer(async (w) => {
+        await w.chunks();
+        w.sock.write('ICAP/1.0 204 No Content\r\nISTag: "h-1"\r\nEncapsulated: null-body=0\r\n\r\n');
+      }),
+    );
+    const cache = new VerdictCache({ memoryEntries: 100, sqlitePath: null, sqliteMaxEntries: 10, maxAgeMs: 0 });
+    const scanner = new Scanner([{ id: 'icap', engine: engine(s.port) }], LIMITS, cache, silentLogger());
+    try {
+      const data = randomBytes(5000);
+      assert.equal((await scanner.scan({ source: { kind: 'buffer', data } })).cached, false);
+      assert.equal((await scanner.scan({ source: { kind: 'buffer', data } })).cached, true);
+    } finally {
+      await scanner.close();
+      cache.close();
+      await s.close();
+    }
   });
 });

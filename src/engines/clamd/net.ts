@@ -124,6 +124,11 @@ export class ClamdVersionTracker {
     return this.inflight;
   }
 
+  /** The version last read, without asking clamd (null when none is held). */
+  known(): string | null {
+    return this.cached === null ? null : this.cached.value;
+  }
+
   invalidate(): void {
     this.cached = null;
   }
@@ -196,6 +201,10 @@ export abstract class ClamdEngineBase<S extends ClamdNetSettings> {
   /** For tests and the signature updater: forget the cached version now. */
   invalidateVersion(): void {
     this.versions.invalidate();
+  }
+
+  knownVersion(): string | null {
+    return this.versions.known();
   }
 
   ping(signal?: AbortSignal): Promise<string> {

@@ -396,6 +396,11 @@ export class IcapEngine implements Engine<IcapContext> {
     }
   }
 
+  /** The ISTag of the OPTIONS answer held now; null once a RESPMOD answer showed a new one. */
+  knownVersion(): string | null {
+    return this.currentOptions()?.istag ?? null;
+  }
+
   /** The cached OPTIONS answer, if still within its Options-TTL (for tests and the dashboard). */
   currentOptions(): IcapServiceOptions | null {
     return this.cachedOptions && Date.now() < this.cachedOptions.expiresAt ? this.cachedOptions.value : null;
