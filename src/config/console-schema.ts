@@ -1,17 +1,17 @@
 import { z } from 'zod';
-import { duration, positiveInt, size } from './units-schema.js';
+import { duration, timerDuration, positiveInt, size, listenAddress } from './units-schema.js';
 
 /** Slow or silent clients: each of these ends the request (and the connection) rather than hold it. */
 const consoleTimeoutsSchema = z.strictObject({
   /** The request head must arrive within this (slowloris); else 408 and close. */
-  header: duration.prefault('30s'),
+  header: timerDuration.prefault('30s'),
   /** A keep-alive connection without a new request for this long is closed. */
-  idle: duration.prefault('30s'),
+  idle: timerDuration.prefault('30s'),
   /**
    * Body bytes must keep coming within this (forms, API bodies, uploads); a stalled body gets 408
    * and the connection is closed. Time the console itself spends (a scan, a slow disk) is not counted.
    */
-  body: duration.prefault('30s'),
+  body: timerDuration.prefault('30s'),
 });
 
 /**
@@ -22,7 +22,7 @@ const consoleTimeoutsSchema = z.strictObject({
 export const consoleSchema = z.strictObject({
   enabled: z.boolean().default(true),
   /** host:port; loopback by default (the console is for the admin's machine or an SSH tunnel). */
-  listen: z.string().default('127.0.0.1:8080'),
+  listen: listenAddress.default('127.0.0.1:8080'),
   /** HTTPS instead of HTTP (session cookies then get `Secure`). */
   tls: z.strictObject({ cert: z.string(), key: z.string() }).nullable().default(null),
   /** Console users with scrypt hashes (`avgate admin passwd`); relative to state-dir. */

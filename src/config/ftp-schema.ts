@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { defaultDocAcl, docAclRuleSchema } from './proxy-schema.js';
 import { listenerTlsSchema, upstreamTlsKeys } from './tls-schema.js';
-import { duration, positiveInt, size } from './units-schema.js';
+import { timerDuration, positiveInt, size, listenAddress } from './units-schema.js';
 
 /**
  * The `ftp-proxy` section: the scanning FTP proxy (docs/ftp-proxy.md). Same conventions as the
@@ -27,21 +27,21 @@ const dataPorts = z.union([z.literal(0), z.string()]).transform((v, ctx): { min:
 
 const timeoutsSchema = z.strictObject({
   /** Connecting to the FTP server (control and data connections). */
-  connect: duration.prefault('30s'),
+  connect: timerDuration.prefault('30s'),
   /** A client silent this long between commands gets 421 and is closed. */
-  'control-idle': duration.prefault('5m'),
+  'control-idle': timerDuration.prefault('5m'),
   /** The server's reply to a command (the final reply of a transfer: after its data ended). */
-  reply: duration.prefault('2m'),
+  reply: timerDuration.prefault('2m'),
   /** The client must open (passive) or accept (active) the data connection within this. */
-  'data-connect': duration.prefault('30s'),
+  'data-connect': timerDuration.prefault('30s'),
   /** Data bytes must keep coming (both ways) within this. */
-  'data-idle': duration.prefault('5m'),
+  'data-idle': timerDuration.prefault('5m'),
 });
 
 export const ftpProxySchema = z.strictObject({
   enabled: z.boolean().default(true),
   /** host:port; loopback by default. Port 0 = any free port (logged as ftpProxyPort in "avgate ready"). */
-  listen: z.string().default('127.0.0.1:2121'),
+  listen: listenAddress.default('127.0.0.1:2121'),
   /** host:port of the one FTP server behind the proxy; null = the client names it: USER user@host[:port]. */
   upstream: z.string().regex(HOST_PORT, 'expected host:port').nullable().default(null),
   /** Servers a client may name with USER user@host[:port]: `host:port` globs (* and ?). */

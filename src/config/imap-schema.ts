@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { mailProxyPolicySchema } from './mail-proxy-schema.js';
 import { listenerTlsSchema, upstreamTlsKeys } from './tls-schema.js';
-import { duration, positiveInt, size } from './units-schema.js';
+import { timerDuration, positiveInt, size, listenAddress } from './units-schema.js';
 
 /**
  * The `imap-proxy` section: the IMAP4 proxy (docs/mail-proxies.md). Messages and body parts are
@@ -14,17 +14,17 @@ const hostPort = z.string().regex(/^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5
 
 const imapTimeoutsSchema = z.strictObject({
   /** Connecting to the upstream server, including its greeting and a STARTTLS/TLS handshake. */
-  connect: duration.prefault('30s'),
+  connect: timerDuration.prefault('30s'),
   /** A client silent this long is closed (RFC 3501 §5.4: an autologout timer is at least 30 minutes; IDLE clients re-issue within 29). */
-  idle: duration.prefault('30m'),
+  idle: timerDuration.prefault('30m'),
   /** The rest of a started command line or literal must come within this (slowloris); likewise the rest of a started server response. */
-  read: duration.prefault('2m'),
+  read: timerDuration.prefault('2m'),
 });
 
 export const imapProxySchema = z.strictObject({
   enabled: z.boolean().default(true),
   /** host:port; loopback by default; port 0 = any free port. */
-  listen: z.string().default('127.0.0.1:1143'),
+  listen: listenAddress.default('127.0.0.1:1143'),
   /** host:port of the IMAP server. */
   upstream: hostPort.default('127.0.0.1:143'),
   /** TLS to the IMAP server: upstream-tls (STARTTLS before the client's first command, or imaps), tls-verify, tls-ca. */

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { parseHostPattern } from './smtp-schema.js';
 import { listenerTlsSchema, upstreamTlsKeys } from './tls-schema.js';
-import { duration, positiveInt, size } from './units-schema.js';
+import { timerDuration, positiveInt, size, listenAddress } from './units-schema.js';
 import { MAIL_STATUSES } from '../policy/mail/status.js';
 
 /**
@@ -148,17 +148,17 @@ const hostPort = z.string().regex(/^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5
 
 const pop3TimeoutsSchema = z.strictObject({
   /** Connecting to the upstream server. */
-  connect: duration.prefault('30s'),
+  connect: timerDuration.prefault('30s'),
   /** A client silent this long between commands is closed (RFC 1939: at least 10 minutes). */
-  idle: duration.prefault('10m'),
+  idle: timerDuration.prefault('10m'),
   /** Each answer of the upstream server (and every piece of a multi-line answer) must come within this. */
-  upstream: duration.prefault('2m'),
+  upstream: timerDuration.prefault('2m'),
 });
 
 export const pop3ProxySchema = z.strictObject({
   enabled: z.boolean().default(true),
   /** host:port; loopback by default; port 0 = any free port. */
-  listen: z.string().default('127.0.0.1:1110'),
+  listen: listenAddress.default('127.0.0.1:1110'),
   /** host:port of the POP3 server; null = chosen by the client with USER user@host[:port]. */
   upstream: hostPort.nullable().default(null),
   /**
@@ -184,8 +184,8 @@ export const pop3ProxySchema = z.strictObject({
    */
   'keep-alive': z
     .strictObject({
-      after: duration.prefault('10s'),
-      interval: duration.prefault('10s'),
+      after: timerDuration.prefault('10s'),
+      interval: timerDuration.prefault('10s'),
       /** Header lines sent early at most. */
       'max-lines': z.number().int().min(0).default(10),
     })

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { parseSize } from '../core/units.js';
 import { parseHostPattern } from './smtp-schema.js';
-import { duration, positiveInt, size } from './units-schema.js';
+import { timerDuration, positiveInt, size, listenAddress } from './units-schema.js';
 
 /**
  * Document ACLs (after Kernun's doc-acl) and trickling, shared by the HTTP proxy (`http-proxy`)
@@ -44,7 +44,7 @@ const trickleLimit = z.union([z.string(), z.number()]).transform((v, ctx): Trick
  */
 export const trickleSchema = z.strictObject({
   /** Time between two chunks (and before the first). */
-  interval: duration.prefault('10s'),
+  interval: timerDuration.prefault('10s'),
   /** Bytes sent per interval. */
   chunk: size.prefault('64KiB'),
   /** At most this much of the body is sent before the verdict: a size or a share ("90%"). */
@@ -126,13 +126,13 @@ export const defaultDocAcl = (): DocAclRule[] => [docAclRuleSchema.parse({ name:
 
 const timeoutsSchema = z.strictObject({
   /** The request head must arrive within this (slowloris). */
-  header: duration.prefault('30s'),
+  header: timerDuration.prefault('30s'),
   /** A keep-alive client connection without a request for this long is closed. */
-  idle: duration.prefault('60s'),
+  idle: timerDuration.prefault('60s'),
   /** Connecting to the origin (or parent) and waiting for its response head. */
-  upstream: duration.prefault('60s'),
+  upstream: timerDuration.prefault('60s'),
   /** Body bytes (both ways) must keep coming within this. */
-  body: duration.prefault('120s'),
+  body: timerDuration.prefault('120s'),
 });
 
 /** `host:port` of a parent proxy. */
@@ -141,7 +141,7 @@ const PARENT = /^(?:\[[0-9A-Fa-f:.]+\]|[^:\s[\]/]+):\d{1,5}$/;
 export const httpProxySchema = z.strictObject({
   enabled: z.boolean().default(true),
   /** host:port; loopback by default. Port 0 = any free port (logged as httpProxyPort in "avgate ready"). */
-  listen: z.string().default('127.0.0.1:3128'),
+  listen: listenAddress.default('127.0.0.1:3128'),
   /** host:port of a parent HTTP proxy every request goes through; null = straight to the origin. */
   'parent-proxy': z.string().regex(PARENT, 'expected host:port').nullable().default(null),
   'max-connections': positiveInt.default(500),

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { duration, size } from './units-schema.js';
+import { duration, timerDuration, size } from './units-schema.js';
 
 /**
  * `quarantine:` — the encrypted store every front end puts originals in (docs/quarantine.md).
@@ -15,7 +15,7 @@ export const quarantineSchema = z.strictObject({
   /** When the stored objects exceed this, the oldest items are purged (0 = no limit). */
   'max-total-size': size.prefault('10GiB'),
   /** How often `avgate serve` purges. */
-  'purge-interval': duration.prefault('1h'),
+  'purge-interval': timerDuration.prefault('1h'),
   /** Password of `quarantine export --zip` archives (traditional ZIP encryption). */
   'export-password': z.string().min(1).default('infected'),
 });

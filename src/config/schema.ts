@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { duration, positiveInt, size } from './units-schema.js';
+import { duration, timerDuration, positiveInt, size, listenAddress } from './units-schema.js';
 import { smtpSchema } from './smtp-schema.js';
 import { mailSchema } from './mail-schema.js';
 import { quarantineSchema } from './quarantine-schema.js';
@@ -43,7 +43,7 @@ const clamdSchema = z.strictObject({
   'tcp-addr': z.string().default('127.0.0.1'),
   'stream-max-length': z.string().default('100M'),
   'max-threads': positiveInt.default(16),
-  'start-timeout': duration.prefault('120s'),
+  'start-timeout': timerDuration.prefault('120s'),
   /** clamd's TemporaryDirectory: `auto` (a private directory in /dev/shm when it is a tmpfs), `state`, or a directory. */
   'temp-dir': z.string().min(1).default('auto'),
   /**
@@ -58,10 +58,10 @@ const scanSchema = z.strictObject({
   /** Engine ids from `engines`, all asked about every object; verdicts are combined. */
   engines: z.array(z.string()).min(1).default(['clamav']),
   'max-checked-size': size.prefault('100MiB'),
-  'scan-timeout': duration.prefault('120s'),
+  'scan-timeout': timerDuration.prefault('120s'),
   'max-concurrent-scans': positiveInt.default(16),
   'max-queue': z.number().int().min(0).default(256),
-  'context-idle-timeout': duration.prefault('20s'),
+  'context-idle-timeout': timerDuration.prefault('20s'),
 });
 
 const cacheSchema = z.strictObject({
@@ -75,7 +75,7 @@ const cacheSchema = z.strictObject({
 
 const healthSchema = z.strictObject({
   /** How often `avgate serve` pings every engine and logs its state. */
-  interval: duration.prefault('30s'),
+  interval: timerDuration.prefault('30s'),
 });
 
 const STATUS = z.enum(['free', 'found', 'skipped', 'unknown', 'error']);
@@ -126,10 +126,10 @@ const icapServiceSchema = z.strictObject({
 const icapSchema = z.strictObject({
   enabled: z.boolean().default(true),
   /** host:port; loopback by default. */
-  listen: z.string().default('127.0.0.1:1344'),
+  listen: listenAddress.default('127.0.0.1:1344'),
   tls: z
     .strictObject({
-      listen: z.string().default('127.0.0.1:11344'),
+      listen: listenAddress.default('127.0.0.1:11344'),
       cert: z.string(),
       key: z.string(),
     })
@@ -137,11 +137,11 @@ const icapSchema = z.strictObject({
     .default(null),
   'max-connections': positiveInt.default(200),
   /** A connection without a request for this long is closed. */
-  'idle-timeout': duration.prefault('60s'),
+  'idle-timeout': timerDuration.prefault('60s'),
   /** Within a request, bytes must keep coming: no read waits longer than this (slowloris). */
-  'read-timeout': duration.prefault('30s'),
+  'read-timeout': timerDuration.prefault('30s'),
   /** The whole request head (ICAP head and encapsulated HTTP headers) must arrive within this, from its first byte. */
-  'header-timeout': duration.prefault('30s'),
+  'header-timeout': timerDuration.prefault('30s'),
   'max-header-size': size.prefault('64KiB'),
   'max-request-line': size.prefault('8KiB'),
   /**

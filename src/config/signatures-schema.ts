@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { isDatabaseFile } from '../engines/clamd/fingerprint.js';
-import { duration, size } from './units-schema.js';
+import { timerDuration, size } from './units-schema.js';
 
 const FILE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
@@ -41,14 +41,14 @@ export const signaturesSchema = z
   .strictObject({
     sources: z.array(sourceSchema).default([]),
     /** How often `avgate serve` updates; 0 = only `avgate signatures update`. */
-    interval: duration.prefault('0s'),
+    interval: timerDuration.prefault('0s'),
     /** Per download (connection, headers and body). */
-    timeout: duration.prefault('5m'),
+    timeout: timerDuration.prefault('5m'),
     /** A larger download is refused. */
     'max-size': size.prefault('512MiB'),
     /** Load the new set with clamscan before installing it: a file clamd cannot load is refused. */
     'test-load': z.boolean().default(true),
-    'test-load-timeout': duration.prefault('5m'),
+    'test-load-timeout': timerDuration.prefault('5m'),
     clamscan: z.string().default('clamscan'),
   })
   .superRefine((s, ctx) => {

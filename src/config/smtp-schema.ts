@@ -1,7 +1,7 @@
 import { BlockList, isIP } from 'node:net';
 import { z } from 'zod';
 import { listenerTlsSchema } from './tls-schema.js';
-import { duration, positiveInt, size } from './units-schema.js';
+import { timerDuration, positiveInt, size, listenAddress } from './units-schema.js';
 
 /**
  * The `smtp` section: the SMTP/LMTP content filter (docs/mail.md). Same conventions as the rest of
@@ -57,15 +57,15 @@ const hostList = z.array(
 export const NEXT_HOP_TARGET = /^(?:(?:smtp|lmtp):(?:unix:\/.+|\[[0-9A-Fa-f:.]+\]:\d{1,5}|[^:\s[\]]+:\d{1,5})|cmd:\/\S.*)$/;
 
 const nextHopTimeoutsSchema = z.strictObject({
-  connect: duration.prefault('30s'),
+  connect: timerDuration.prefault('30s'),
   /** The greeting and the EHLO/LHLO (and XCLIENT) replies. */
-  greeting: duration.prefault('2m'),
+  greeting: timerDuration.prefault('2m'),
   /** Replies to RSET, XFORWARD, MAIL, RCPT and DATA. */
-  command: duration.prefault('2m'),
+  command: timerDuration.prefault('2m'),
   /** Each piece of the body must be taken by the next hop within this. */
-  'data-block': duration.prefault('3m'),
+  'data-block': timerDuration.prefault('3m'),
   /** The reply (LMTP: every reply) after the final dot. */
-  'data-done': duration.prefault('5m'),
+  'data-done': timerDuration.prefault('5m'),
 });
 
 const nextHopSchema = z.strictObject({
@@ -75,7 +75,7 @@ const nextHopSchema = z.strictObject({
   /** Connections to the next hop at most (busy and idle together). */
   'pool-size': positiveInt.default(20),
   /** An idle pooled connection is closed (QUIT) after this; 0 = no reuse. */
-  'idle-timeout': duration.prefault('10s'),
+  'idle-timeout': timerDuration.prefault('10s'),
   /** Transactions over one connection before it is replaced. */
   'max-reuse': positiveInt.default(1000),
   /**
@@ -92,20 +92,20 @@ const nextHopSchema = z.strictObject({
 
 const timeoutsSchema = z.strictObject({
   /** A client silent this long between commands or inside DATA gets 421 and is closed. */
-  idle: duration.prefault('5m'),
+  idle: timerDuration.prefault('5m'),
   /**
    * The handler (scan and delivery) of one message; past it the client gets 451 4.4.7 and the
    * handler's signal is aborted. Keep it below the client's own wait for the DATA reply
    * (Postfix: smtp_data_done_timeout, 600s).
    */
-  handler: duration.prefault('8m'),
+  handler: timerDuration.prefault('8m'),
 });
 
 export const smtpSchema = z.strictObject({
   enabled: z.boolean().default(true),
   protocol: z.enum(['smtp', 'lmtp']).default('smtp'),
   /** host:port; loopback by default. */
-  listen: z.string().default('127.0.0.1:10025'),
+  listen: listenAddress.default('127.0.0.1:10025'),
   /** Name in the greeting and in EHLO/LHLO to the next hop; null = the machine's host name. */
   hostname: z.string().nullable().default(null),
   banner: z.string().default('avgate content filter'),

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { duration } from './units-schema.js';
+import { duration, timerDuration } from './units-schema.js';
 
 /**
  * The `stats` section: the statistics store (docs/stats.md). Every verdict is an event; events are
@@ -16,7 +16,7 @@ export const statsSchema = z.strictObject({
   /** Hourly and daily rollups older than this are deleted. */
   'rollup-retention': duration.prefault('400d'),
   /** Events wait at most this long in memory before they are written (or until 256 are queued). */
-  'flush-interval': duration.prefault('100ms'),
+  'flush-interval': timerDuration.prefault('100ms'),
 });
 
 export type StatsConfig = z.output<typeof statsSchema>;
