@@ -198,10 +198,14 @@ function cannotCarryLiterals(text: Buffer): boolean {
   return STATUS_RESPONSE.test(text.subarray(0, 32).toString('latin1'));
 }
 
-/** The tag of a client command (first atom), or null when the line does not start with one. */
+/**
+ * The tag of a client command (first atom), or null when the line does not start with one. `}`
+ * is an atom character (RFC 3501 §9) that servers (Dovecot) take in a tag: a tag the proxy did
+ * not see as one would let the command pass unexamined (LOGIN in clear, the command-acl).
+ */
 export function commandTag(text: Buffer): string | null {
   const s = text.subarray(0, 128).toString('latin1');
-  const m = /^([\x21\x23-\x27\x2c-\x5b\x5d-\x7a\x7c\x7e]{1,64})(?: |$)/.exec(s);
+  const m = /^([\x21\x23-\x27\x2c-\x5b\x5d-\x7a\x7c-\x7e]{1,64})(?: |$)/.exec(s);
   return m ? (m[1] as string) : null;
 }
 

@@ -706,7 +706,12 @@ interface KeepAlive {
   stop(): Promise<void>;
 }
 
-/** Top header lines (with their line ends) before the first field the rewriter may change. */
+/**
+ * Top header lines (with their line ends) before the first field the rewriter may change. Every
+ * line taken is a field or a field's continuation: the MIME parser starts the body at the first
+ * line that is neither (a line without a colon, a stray CR ...), so nothing from there on is
+ * header, and sending it early would hand out body bytes before the verdict.
+ */
 async function earlyLines(spool: Spool, max: number, maxHead: number): Promise<Buffer[]> {
   const head = await spool.readRange(0, Math.min(spool.size, maxHead));
   const out: Buffer[] = [];
@@ -718,7 +723,8 @@ async function earlyLines(spool: Spool, max: number, maxHead: number): Promise<B
     const text = line.toString('latin1');
     if (/^\r?\n$/.test(text)) break; // end of the header
     if (CHANGEABLE_FIELD.test(text)) break;
-    if (pos === 0 && !/^[!-9;-~]+[ \t]*:/.test(text)) break; // not a header field at all
+    const continuation = pos > 0 && /^[ \t]/.test(text);
+    if (!continuation && !/^[!-9;-~]+[ \t]*:/.test(text)) break; // not a header field: the body starts here
     out.push(line);
     pos = lf + 1;
   }
