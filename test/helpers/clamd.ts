@@ -1,7 +1,11 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { VerdictCache } from '../../src/cache/verdict-cache.js';
+import { silentLogger } from '../../src/core/logging.js';
 import { LocalClamd } from '../../src/engines/clamd/local.js';
+import { ClamdNetEngine } from '../../src/engines/clamd/net.js';
+import { Scanner, type ScannerLimits } from '../../src/scan/scanner.js';
 
 export interface TestClamd {
   socketPath: string;
@@ -38,4 +42,23 @@ export async function startTestClamd(opts: { streamMaxLength?: string; extra?: R
     },
     reload: () => clamd.reload(),
   };
+}
+
+/**
+ * A Scanner with one clamd-net engine on the test clamd's unix socket (database-dir set, so the
+ * verdict cache key follows the database); `cache` null = no verdict cache.
+ */
+export async function clamdScanner(clamd: TestClamd, limits: Partial<ScannerLimits> = {}, cache: VerdictCache | null = null): Promise<Scanner> {
+  const engine = new ClamdNetEngine();
+  engine.configure([
+    { name: 'address', value: `unix:${clamd.socketPath}` },
+    { name: 'database-dir', value: clamd.dbDir },
+  ]);
+  await engine.init();
+  return new Scanner(
+    [{ id: 'clamav', engine }],
+    { maxCheckedSize: 10 * 1024 * 1024, scanTimeoutMs: 30_000, maxConcurrentScans: 4, maxQueue: 100, contextIdleTimeoutMs: 10_000, ...limits },
+    cache,
+    silentLogger(),
+  );
 }

@@ -7,11 +7,9 @@ import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { printablePath, runScanCommand } from '../../src/cli/scan.js';
-import { silentLogger } from '../../src/core/logging.js';
-import { ClamdNetEngine } from '../../src/engines/clamd/net.js';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
-import { Scanner } from '../../src/scan/scanner.js';
-import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
+import type { Scanner } from '../../src/scan/scanner.js';
+import { clamdScanner, startTestClamd, type TestClamd } from '../helpers/clamd.js';
 
 /**
  * `avgate scan` on awkward trees: names that are not UTF-8, control characters beyond ASCII,
@@ -46,18 +44,7 @@ function bytes(...parts: Array<string | number[]>): Buffer {
 
 before(async () => {
   clamd = await startTestClamd();
-  const engine = new ClamdNetEngine();
-  engine.configure([
-    { name: 'address', value: `unix:${clamd.socketPath}` },
-    { name: 'database-dir', value: clamd.dbDir },
-  ]);
-  await engine.init();
-  scanner = new Scanner(
-    [{ id: 'clamav', engine }],
-    { maxCheckedSize: 10 * 1024 * 1024, scanTimeoutMs: 30_000, maxConcurrentScans: 2, maxQueue: 20, contextIdleTimeoutMs: 10_000 },
-    null,
-    silentLogger(),
-  );
+  scanner = await clamdScanner(clamd, { maxCheckedSize: 10 * 1024 * 1024, scanTimeoutMs: 30_000, maxConcurrentScans: 2, maxQueue: 20, contextIdleTimeoutMs: 10_000 });
   base = await mkdtemp(join(tmpdir(), 'avgate-cli-scan-edge-'));
 });
 

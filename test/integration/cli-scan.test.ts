@@ -7,11 +7,9 @@ import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { runScanCommand, SCAN_USAGE } from '../../src/cli/scan.js';
-import { silentLogger } from '../../src/core/logging.js';
-import { ClamdNetEngine } from '../../src/engines/clamd/net.js';
 import { CLAMAV_TESTFILES_DIR, eicarBytes } from '../../src/engines/clamd/testdb.js';
-import { Scanner } from '../../src/scan/scanner.js';
-import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
+import type { Scanner } from '../../src/scan/scanner.js';
+import { clamdScanner, startTestClamd, type TestClamd } from '../helpers/clamd.js';
 
 class Capture extends Writable {
   text = '';
@@ -75,18 +73,7 @@ function foundMap(lines: string[]): Map<string, string[]> {
 
 before(async () => {
   clamd = await startTestClamd();
-  const engine = new ClamdNetEngine();
-  engine.configure([
-    { name: 'address', value: `unix:${clamd.socketPath}` },
-    { name: 'database-dir', value: clamd.dbDir },
-  ]);
-  await engine.init();
-  scanner = new Scanner(
-    [{ id: 'clamav', engine }],
-    { maxCheckedSize: 100 * 1024 * 1024, scanTimeoutMs: 60_000, maxConcurrentScans: 4, maxQueue: 100, contextIdleTimeoutMs: 10_000 },
-    null,
-    silentLogger(),
-  );
+  scanner = await clamdScanner(clamd, { maxCheckedSize: 100 * 1024 * 1024, scanTimeoutMs: 60_000, maxConcurrentScans: 4, maxQueue: 100, contextIdleTimeoutMs: 10_000 });
   base = await mkdtemp(join(tmpdir(), 'avgate-cli-scan-'));
 });
 

@@ -9,84 +9,17 @@ import { VerdictCache } from '../../src/cache/verdict-cache.js';
 import { silentLogger } from '../../src/core/logging.js';
 import { Scanner, type ScannerLimits } from '../../src/scan/scanner.js';
 import { startFaultServer, type FaultServer } from '../helpers/fault-server.js';
+import { IcapPeer } from '../helpers/icap-peer.js';
 
 const LIMITS: ScannerLimits = { maxCheckedSize: 10 * 1024 * 1024, scanTimeoutMs: 10_000, maxConcurrentScans: 4, maxQueue: 16, contextIdleTimeoutMs: 5000 };
-
-/** Incremental reader of what the engine sends, for fake ICAP servers. */
-class Wire {
-  private buf = Buffer.alloc(0);
-  private wake: (() => void) | null = null;
-  private ended = false;
-
-  constructor(readonly sock: Socket) {
-    sock.on('data', (d: Buffer) => {
-      this.buf = Buffer.concat([this.buf, d]);
-      this.wake?.();
-    });
-    sock.on('close', () => {
-      this.ended = true;
-      this.wake?.();
-    });
-  }
-
-  private async more(): Promise<void> {
-    if (this.ended) throw new Error('client went away');
-    await new Promise<void>((r) => (this.wake = r));
-    this.wake = null;
-  }
-
-  async line(): Promise<string> {
-    for (;;) {
-      const i = this.buf.indexOf('\r\n');
-      if (i >= 0) {
-        const l = this.buf.subarray(0, i).toString('latin1');
-        this.buf = this.buf.subarray(i + 2);
-        return l;
-      }
-      await this.more();
-    }
-  }
-
-  async bytes(n: number): Promise<Buffer> {
-    while (this.buf.length < n) await this.more();
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return out;
-  }
-
-  /** An ICAP head, then (RESPMOD) the encapsulated HTTP header it announces. */
-  async request(): Promise<{ method: string; lines: string[]; http: string }> {
-    const lines: string[] = [];
-    for (let l = await this.line(); l !== ''; l = await this.line()) lines.push(l);
-    const enc = lines.find((l) => /^encapsulated:/i.test(l)) ?? '';
-    const httpLength = Number(/res-body=(\d+)/.exec(enc)?.[1] ?? '0');
-    const http = (await this.bytes(httpLength)).toString('latin1');
-    return { method: (lines[0] ?? '').split(' ')[0] ?? '', lines, http };
-  }
-
-  /** Chunked data up to the zero chunk. */
-  async chunks(): Promise<{ data: Buffer; ieof: boolean }> {
-    const parts: Buffer[] = [];
-    for (;;) {
-      const sizeLine = await this.line();
-      const size = parseInt(sizeLine, 16);
-      if (size === 0) {
-        await this.line();
-        return { data: Buffer.concat(parts), ieof: /;\s*ieof/.test(sizeLine) };
-      }
-      parts.push(await this.bytes(size));
-      await this.line();
-    }
-  }
-}
 
 const OPTIONS_OK =
   'ICAP/1.0 200 OK\r\nMethods: RESPMOD\r\nISTag: "h-1"\r\nPreview: 16\r\nAllow: 204\r\nOptions-TTL: 60\r\nEncapsulated: null-body=0\r\n\r\n';
 
 /** Answers OPTIONS with `options`; every RESPMOD goes to `respmod` (after its head and HTTP header). */
-function icapPeer(respmod: (w: Wire, req: { lines: string[]; http: string }) => Promise<void>, options = OPTIONS_OK) {
+function icapPeer(respmod: (w: IcapPeer, req: { lines: string[]; http: string }) => Promise<void>, options = OPTIONS_OK) {
   return (sock: Socket) => {
-    const w = new Wire(sock);
+    const w = new IcapPeer(sock);
     void (async () => {
       for (;;) {
         const req = await w.request();

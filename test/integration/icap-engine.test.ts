@@ -11,6 +11,7 @@ import { createIcapEngine, IcapEngine, type IcapContext } from '../../src/engine
 import type { EngineScanResult } from '../../src/engines/types.js';
 import { startTestCicap, type TestCicap } from '../helpers/cicap.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
+import { IcapPeer } from '../helpers/icap-peer.js';
 
 const EICAR_NAME = /^Avgate\.Test\.EICAR\.(HDB|NDB)(\.[A-Z]+)?$/;
 
@@ -145,74 +146,6 @@ describe('icap engine against a real c-icap (virus_scan + clamd_mod) and a real 
 // ---------------------------------------------------------------------------------------------
 // Fault servers: small ICAP peers on 127.0.0.1 that misbehave on purpose.
 
-/** Reads a client's ICAP requests; independent of the engine's own parser. */
-class Peer {
-  private buf = Buffer.alloc(0);
-  private waiter: (() => void) | null = null;
-  private closed = false;
-
-  constructor(readonly sock: Socket) {
-    sock.on('data', (d: Buffer) => {
-      this.buf = Buffer.concat([this.buf, d]);
-      this.waiter?.();
-    });
-    sock.on('close', () => {
-      this.closed = true;
-      this.waiter?.();
-    });
-    sock.on('error', () => undefined);
-  }
-
-  private async more(): Promise<void> {
-    if (this.closed) throw new Error('peer closed');
-    await new Promise<void>((r) => (this.waiter = r));
-    this.waiter = null;
-  }
-
-  async line(): Promise<string> {
-    for (;;) {
-      const i = this.buf.indexOf('\r\n');
-      if (i >= 0) {
-        const l = this.buf.subarray(0, i).toString('latin1');
-        this.buf = this.buf.subarray(i + 2);
-        return l;
-      }
-      await this.more();
-    }
-  }
-
-  async exact(n: number): Promise<Buffer> {
-    while (this.buf.length < n) await this.more();
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return out;
-  }
-
-  async head(): Promise<string[]> {
-    const lines: string[] = [];
-    for (;;) {
-      const l = await this.line();
-      if (l === '') return lines;
-      lines.push(l);
-    }
-  }
-
-  /** Chunks until the zero chunk; returns the data and whether it ended with ieof. */
-  async chunks(): Promise<{ data: Buffer; ieof: boolean }> {
-    const parts: Buffer[] = [];
-    for (;;) {
-      const sizeLine = await this.line();
-      const size = parseInt(sizeLine, 16);
-      if (size === 0) {
-        await this.line();
-        return { data: Buffer.concat(parts), ieof: /;\s*ieof/.test(sizeLine) };
-      }
-      parts.push(await this.exact(size));
-      await this.line();
-    }
-  }
-}
-
 interface Respmod {
   lines: string[];
   httpHeader: string;
@@ -231,7 +164,7 @@ interface FaultServer {
 
 /** Answers OPTIONS itself; each RESPMOD (after its head and HTTP header) goes to the handler. */
 async function startIcapFault(
-  onRespmod: (peer: Peer, req: Respmod) => Promise<void>,
+  onRespmod: (peer: IcapPeer, req: Respmod) => Promise<void>,
   optionsReply = OPTIONS_REPLY,
 ): Promise<FaultServer> {
   const sockets = new Set<Socket>();
@@ -240,7 +173,7 @@ async function startIcapFault(
     state.connections++;
     sockets.add(sock);
     sock.on('close', () => sockets.delete(sock));
-    const peer = new Peer(sock);
+    const peer = new IcapPeer(sock);
     void (async () => {
       for (;;) {
         const lines = await peer.head();
@@ -273,7 +206,7 @@ async function startIcapFault(
 }
 
 /** Reads the whole body as a well-behaved server would: preview, 100 Continue if needed, rest. */
-async function readBody(peer: Peer, req: Respmod): Promise<Buffer> {
+async function readBody(peer: IcapPeer, req: Respmod): Promise<Buffer> {
   const first = await peer.chunks();
   if (req.preview === null || first.ieof) return first.data;
   peer.sock.write('ICAP/1.0 100 Continue\r\n\r\n');

@@ -8,10 +8,9 @@ import { Spool } from '../../src/core/spool.js';
 import { loadReplacement, scanAndReplace, BUILT_IN_REPLACEMENT, type ReplaceDeps, type ReplaceResult } from '../../src/mailproxy/index.js';
 import type { MessageInput } from '../../src/mime/index.js';
 import { VerdictCache } from '../../src/cache/verdict-cache.js';
-import { ClamdNetEngine } from '../../src/engines/clamd/net.js';
-import { Scanner } from '../../src/scan/scanner.js';
+import type { Scanner } from '../../src/scan/scanner.js';
 import type { ScanService } from '../../src/scan/types.js';
-import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
+import { clamdScanner, startTestClamd, type TestClamd } from '../helpers/clamd.js';
 import { type CorpusMessage, deadScanner, mailCorpus, partDigests, PROXY_SCANNER_LIMITS, proxyPolicy, proxyScanner, sha256 } from '../helpers/mailproxy.js';
 
 async function bytesOf(out: MessageInput): Promise<Buffer> {
@@ -220,9 +219,7 @@ describe('mail proxy replacer (src/mailproxy) with a real clamd', () => {
     await clean.sp.dispose();
 
     const cache = new VerdictCache({ memoryEntries: 100, sqlitePath: null, sqliteMaxEntries: 10, maxAgeMs: 0 });
-    const engine = new ClamdNetEngine();
-    engine.configure([{ name: 'address', value: `unix:${clamd.socketPath}` }, { name: 'database-dir', value: clamd.dbDir }]);
-    const cached = new Scanner([{ id: 'clamav', engine }], PROXY_SCANNER_LIMITS, cache, silentLogger());
+    const cached = await clamdScanner(clamd, PROXY_SCANNER_LIMITS, cache);
     let scanCalls = 0;
     const counting: ScanService = {
       get wantsHash() { return cached.wantsHash; },

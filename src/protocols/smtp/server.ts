@@ -223,7 +223,6 @@ export class SmtpFilterServer {
     const env = session.envelope;
     if (!st || !env.mailFrom) return cb(smtpError(503, '5.5.1 Need MAIL command'));
     restoreAddress(address, env.smtpUtf8 === true);
-    if (address.address === '') return cb(smtpError(501, '5.1.3 Bad recipient address syntax: an empty address'));
     const unknown = unknownParams(address, RCPT_PARAMS);
     if (unknown) return cb(smtpError(555, `5.5.4 RCPT parameter ${unknown} not recognized`));
     const repeated = env.rcptTo.some((r) => r.address.toLowerCase() === address.address.toLowerCase());
