@@ -6,7 +6,7 @@ import type { Spool } from '../core/spool.js';
 import type { Verdict, VerdictResult } from '../core/verdict.js';
 import { zipNamesFromBuffer, zipNamesFromFile } from '../formats/zip-names.js';
 import { decodeEncodedWords, rewriteMessage, walkMessage, type MimeLimits, type MimeProblem, type PartEdit, type WalkResult } from '../mime/index.js';
-import { buildNotification, decideMessage, type MailDocument, type MailHeader, type MailPlan, type MailPolicy, type MessageFacts } from '../policy/mail/index.js';
+import { anyNonAscii, buildNotification, decideMessage, needsSmtpUtf8, type MailDocument, type MailHeader, type MailPlan, type MailPolicy, type MessageFacts } from '../policy/mail/index.js';
 import { reply } from '../protocols/smtp/reply.js';
 import type { InboundMessage, MessageHandler, NextHop, PartitionHook, Recipient, SmtpReply } from '../protocols/smtp/types.js';
 import type { ScanOrigin } from '../stats/types.js';
@@ -336,10 +336,18 @@ export class MailFilter {
 
   /** Copies of the original and notifications: failures are logged, never change the replies. */
   private async sideEffects(msg: InboundMessage, nextHop: NextHop, plan: MailPlan): Promise<void> {
-    const nullSender = { address: '', params: {} };
+    // A copy is the original: it keeps the original's SMTPUTF8 and BODY (an 8-bit body or UTF-8
+    // headers need them at the next hop as much as the original did).
+    const orig = msg.mailFrom.params;
+    const originalUtf8 = orig.SMTPUTF8 !== undefined;
+    const body8 = typeof orig.BODY === 'string' && /^8BITMIME$/i.test(orig.BODY);
+    const nullSender = (utf8: boolean, eightBit: boolean) => ({
+      address: '',
+      params: { ...(utf8 ? { SMTPUTF8: true as const } : {}), ...(eightBit ? { BODY: '8BITMIME' } : {}) },
+    });
     if (plan.copyTo.length > 0) {
       const res = await nextHop.deliver({
-        mailFrom: nullSender,
+        mailFrom: nullSender(originalUtf8 || anyNonAscii(plan.copyTo), body8),
         rcpts: plan.copyTo.map((address) => ({ address, params: {} })),
         body: msg.spool.createReadStream(),
         size: msg.size,
@@ -349,7 +357,8 @@ export class MailFilter {
     }
     for (const n of plan.notifications) {
       const res = await nextHop.deliver({
-        mailFrom: nullSender,
+        // The original goes into an admin notice as 8bit message/rfc822.
+        mailFrom: nullSender(needsSmtpUtf8(n, originalUtf8), n.attach === 'original' && body8),
         rcpts: n.to.map((address) => ({ address, params: {} })),
         body: buildNotification(n, { original: () => msg.spool.createReadStream() }),
         queueId: msg.queueId,

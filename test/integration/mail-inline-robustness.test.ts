@@ -172,4 +172,46 @@ describe('mail filter: removal notices, quarantine failures, quarantine per grou
       await hop.close();
     }
   });
+  test('notices and copies about SMTPUTF8 mail go out with SMTPUTF8, the To: header in UTF-8 (not RFC 2047)', async () => {
+    const hop = await startRecordingServer();
+    const yaml = `${POLICY}\n  - name: copied\n    recipients: ['kopie@example\\.net']\n    copy-to: {infected: ['prüfer@exämple.net']}`;
+    const av = await startMailAvgate({ clamd, stateDir: join(dir, 'utf8'), nextHop: `smtp:127.0.0.1:${hop.port}`, mailYaml: yaml });
+    try {
+      for (const rcpt of ['jürgen@exämple.net', 'kopie@example.net']) {
+        const { client } = await SmtpTestClient.connect(av.smtpPort);
+        try {
+          await client.command('EHLO client.test');
+          assert.equal((await client.command('MAIL FROM:<jörg@exämple.com> SMTPUTF8')).code, 250);
+          assert.equal((await client.command(`RCPT TO:<${rcpt}>`)).code, 250);
+          const [r] = await client.data(mailWith(`utf8-${rcpt.length}`, [eicarAttachment()]), 1);
+          assert.equal(r?.code, 250, r?.text);
+        } finally {
+          await client.quit();
+        }
+      }
+      const notices = hop.messages.filter((m) => m.mailFrom.address === '');
+      const to = (addr: string) => notices.filter((m) => m.rcptTo.some((r) => r.address === addr));
+      for (const addr of ['jörg@exämple.com', 'jürgen@exämple.net']) {
+        // The sender sent two messages: two notices; the recipient one.
+        const got = to(addr);
+        assert.equal(got.length, addr.startsWith('jörg') ? 2 : 1, `notices to ${addr}: ${JSON.stringify(notices.map((m) => m.rcptTo.map((r) => r.address)))}`);
+        for (const n of got) {
+          assert.equal((n.mailFrom.args as Record<string, unknown>).SMTPUTF8, true, 'sent with SMTPUTF8');
+          const head = n.body.toString('utf8').split('\r\n\r\n')[0] ?? '';
+          assert.match(head, new RegExp(`^To: <${addr}>$`, 'm'), 'the address as it is (RFC 6532)');
+        }
+      }
+      // The admin notice (ASCII recipient) attaches no original here: no SMTPUTF8 needed.
+      const [admin] = to('admin@gw.test');
+      assert.ok(admin, 'an admin notice');
+      assert.equal((admin.mailFrom.args as Record<string, unknown>).SMTPUTF8, undefined);
+      // The copy of an SMTPUTF8 original keeps the parameter.
+      const [copy] = hop.messages.filter((m) => m.rcptTo.some((r) => r.address === 'prüfer@exämple.net'));
+      assert.ok(copy, 'the copy went out');
+      assert.equal((copy.mailFrom.args as Record<string, unknown>).SMTPUTF8, true);
+    } finally {
+      await av.stop();
+      await hop.close();
+    }
+  });
 });

@@ -83,6 +83,32 @@ function mailbox(address: string): string {
   return `<${address.replace(/[\s<>]/g, '')}>`;
 }
 
+// eslint-disable-next-line no-control-regex
+const NON_ASCII = /[^\x00-\x7f]/;
+
+/**
+ * The To: header. RFC 2047 words are not allowed in an address, so an address that is not ASCII
+ * (an SMTPUTF8 recipient) is written as UTF-8 (RFC 6532); the notice then goes out with SMTPUTF8
+ * (`needsSmtpUtf8`), or not at all when the next hop cannot take it.
+ */
+function toField(to: readonly string[]): string {
+  const value = to.map(mailbox).join(', ');
+  return NON_ASCII.test(value) ? `To: ${value.split(', ').join(',\r\n ')}\r\n` : headerField('To', value);
+}
+
+/** Whether an address list needs SMTPUTF8. */
+export function anyNonAscii(addresses: readonly string[]): boolean {
+  return addresses.some((a) => NON_ASCII.test(a));
+}
+
+/**
+ * Whether a notification must be sent with SMTPUTF8: a recipient address that is not ASCII, or
+ * (admin notice with the original attached) an original that came with SMTPUTF8.
+ */
+export function needsSmtpUtf8(n: Pick<NotificationPlan, 'to' | 'attach'>, originalSmtpUtf8: boolean): boolean {
+  return anyNonAscii(n.to) || (n.attach === 'original' && originalSmtpUtf8);
+}
+
 function textPart(text: string, extra: string[] = []): string {
   const body = textBody(text);
   return [
@@ -107,7 +133,7 @@ export function buildNotification(n: NotificationPlan, options: BuildOptions = {
   const ref = sanitizeMessageId(n.inReplyTo);
   const head =
     headerField('From', `Antivirus gateway ${mailbox(n.from)}`) +
-    headerField('To', n.to.map(mailbox).join(', ')) +
+    toField(n.to) +
     headerField('Subject', n.subject) +
     headerField('Date', formatMailDate(n.date)) +
     headerField('Message-ID', messageId) +
