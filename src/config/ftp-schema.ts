@@ -67,6 +67,13 @@ export const ftpProxySchema = z.strictObject({
   'spool-memory': size.prefault('1MiB'),
   /** Where spooled transfers go; relative to state-dir. */
   'spool-dir': z.string().default('spool'),
+  /**
+   * `APPE`, and `STOR` after a `REST` other than 0, send only a part of the file the server ends up
+   * with, and only that part could be scanned: an infected file split over two uploads would pass.
+   * `refuse` (default): such uploads get 550 when the doc-ACL scans them; `scan-part`: the part is
+   * scanned and sent like a whole file.
+   */
+  'partial-uploads': z.enum(['refuse', 'scan-part']).default('refuse'),
   /** Verdict statuses whose blocked files (downloads and uploads) are kept in the quarantine (e.g. [found]); [] = none. */
   quarantine: z.array(z.enum(['free', 'found', 'skipped', 'unknown', 'error'])).default([]),
   /** One line per transfer (time client user@host command path status verdict bytes ms), relative to state-dir; null = the main log. */

@@ -402,6 +402,33 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
     }
   });
 
+  test('partial uploads (APPE, REST n + STOR) are refused, so a file split over two uploads cannot pass unscanned; REST 0 + STOR is whole', async () => {
+    const c = await loggedIn();
+    try {
+      // The second half of EICAR alone is clean: appended to the first half on the server it is not.
+      await openData(await c.epsvPort());
+      const appe = await c.command('APPE upload/split.com');
+      assert.equal(appe.code, 550, appe.lines.join(' '));
+      assert.match(appe.lines[0] as string, /APPE refused/);
+      await openData(await c.epsvPort());
+      assert.equal((await c.command('REST 34')).code, 350);
+      const stor = await c.command('STOR upload/split.com');
+      assert.equal(stor.code, 550, stor.lines.join(' '));
+      assert.equal(await serverSaw('APPE upload/split.com'), false, 'the server never heard of the append');
+      assert.equal(await serverSaw('REST 34'), false);
+      assert.equal((await uploaded()).includes('split.com'), false);
+      // REST 0 is a whole upload.
+      const data = await openData(await c.epsvPort());
+      assert.equal((await c.command('REST 0')).code, 350);
+      assert.equal((await c.command('STOR upload/rest0.bin')).code, 150);
+      data.socket.end(clean.subarray(0, 10_000));
+      assert.equal((await c.reply(30_000)).code, 226);
+      assert.deepEqual(await readFile(join(vsftpd.uploadDir, 'rest0.bin')), clean.subarray(0, 10_000));
+    } finally {
+      c.close();
+    }
+  });
+
   test('counters, the access log and the quarantine record transfers and verdicts', async () => {
     const ftp = avgate.ftp;
     assert.ok(ftp);

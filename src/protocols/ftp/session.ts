@@ -69,6 +69,11 @@ export interface FtpSessionContext {
 const DOWNLOADS = new Set(['RETR']);
 const LISTINGS = new Set(['LIST', 'NLST', 'MLSD']);
 const UPLOADS = new Set(['STOR', 'APPE', 'STOU']);
+
+/** An upload that sends a part of the server's file: APPE, or STOR (STOU) after a REST other than 0. */
+function isPartialUpload(verb: string, restart: string | null): boolean {
+  return verb === 'APPE' || (restart !== null && Number(restart) > 0);
+}
 /** Commands a session without a server may still get an answer to. */
 const BEFORE_LOGIN = new Set(['USER', 'QUIT', 'NOOP', 'SYST', 'FEAT', 'HELP', 'AUTH', 'OPTS']);
 /**
@@ -648,6 +653,12 @@ export class FtpSession {
       }
       const scan = m.rule.action === 'scan' && m.rule.antivirus !== 'none' ? { rule: m.rule, name: m.name } : null;
       if (!scan) rec.verdict = 'unscanned';
+      if (scan && direction === 'upload' && this.ctx.config['partial-uploads'] === 'refuse' && isPartialUpload(cmd.verb, restart)) {
+        rec.verdict = 'denied';
+        this.log.info({ verb: cmd.verb, restart, path: rec.path }, 'ftp: partial upload refused (ftp-proxy.partial-uploads)');
+        x.finalReply(550, `${cmd.verb === 'APPE' ? 'APPE' : `STOR after REST ${restart ?? ''}`} refused: only whole files can be scanned here`);
+        return;
+      }
       if (direction === 'upload') await (scan ? this.uploadScanned(x, scan) : this.uploadUnscanned(x));
       else await (scan ? this.downloadScanned(x, scan) : this.downloadUnscanned(x));
     } finally {
