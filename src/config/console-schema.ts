@@ -12,6 +12,12 @@ const consoleTimeoutsSchema = z.strictObject({
    * and the connection is closed. Time the console itself spends (a scan, a slow disk) is not counted.
    */
   body: timerDuration.prefault('30s'),
+  /**
+   * A response with bytes the client has not taken must make write progress within this (a client
+   * that asks for a download or a page and stops reading); else the connection is cut. A slow
+   * reader that keeps reading is not cut, and time the console itself spends is not counted.
+   */
+  send: timerDuration.prefault('60s'),
 });
 
 /**

@@ -190,6 +190,77 @@ export class BodyStallWatch {
 }
 
 /**
+ * The send timeout of responses (`console.timeouts.send`): a response with bytes not yet taken by
+ * the kernel whose connection makes no write progress for `stallMs` is handed to `onStall`. A
+ * client that asks for a download (or any page larger than the socket buffers) and stops reading
+ * would otherwise hold the connection and everything buffered for it for ever. Progress is what
+ * the socket hands on: a write finished (`bytesWritten - writableLength` grows) or libuv's queue
+ * shrank (`writeQueueSize`, which moves byte by byte as the kernel takes part of a large write),
+ * so a slow reader that keeps reading is never cut. A response with nothing unsent (the console
+ * still working: a scan, a slow disk, the export reading its object) never counts. One timer for
+ * every response watched, running only while there are some.
+ */
+export class SendStallWatch {
+  private readonly watched = new Map<ServerResponse, { mark: string; since: number; onStall: () => void }>();
+  private timer: NodeJS.Timeout | null = null;
+  private readonly everyMs: number;
+
+  constructor(
+    private readonly stallMs: number,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.everyMs = Math.max(20, Math.min(1000, Math.floor(stallMs / 4)));
+  }
+
+  /** Watches the response until it has finished or its connection ends; 0 turns the watch off. */
+  watch(res: ServerResponse, onStall: () => void): void {
+    if (this.stallMs <= 0 || res.writableFinished || res.destroyed) return;
+    this.watched.set(res, { mark: '', since: this.now(), onStall });
+    const done = () => this.watched.delete(res);
+    res.once('finish', done);
+    res.once('close', done);
+    this.timer ??= setInterval(() => this.check(), this.everyMs).unref();
+  }
+
+  get size(): number {
+    return this.watched.size;
+  }
+
+  private check(): void {
+    const t = this.now();
+    for (const [res, w] of this.watched) {
+      const socket = res.socket;
+      if (res.writableFinished || res.destroyed || (socket?.destroyed ?? false)) {
+        this.watched.delete(res);
+        continue;
+      }
+      // No socket yet: a pipelined response waiting for the one before it, which is watched itself.
+      const mark = socket ? sendMark(socket) : '';
+      if (!socket || res.writableLength === 0 || mark !== w.mark) {
+        w.mark = mark;
+        w.since = t;
+      } else if (t - w.since >= this.stallMs) {
+        this.watched.delete(res);
+        w.onStall();
+      }
+    }
+    if (this.watched.size === 0) this.stop();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    this.watched.clear();
+  }
+}
+
+/** What the socket has handed on so far: finished writes and libuv's queue (TCP and TLS handles alike). */
+function sendMark(socket: NonNullable<ServerResponse['socket']>): string {
+  const handle = (socket as unknown as { _handle?: { writeQueueSize?: number } | null })._handle;
+  return `${(socket.bytesWritten ?? 0) - socket.writableLength}/${handle?.writeQueueSize ?? 0}`;
+}
+
+/**
  * Same-origin check for state-changing requests: the Origin header (or, without one, the
  * Referer's origin) must be this server as the client addressed it. A missing both is refused:
  * every browser sends Origin on a POST.

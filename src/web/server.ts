@@ -39,6 +39,7 @@ import {
   sendHtml,
   sendJson,
   sendText,
+  SendStallWatch,
   type Route,
 } from './http.js';
 import { configPage, errorPage, loginPage, MAIL_SOURCES, overviewPage, PERIODS, quarantineItemPage, quarantineListPage, signaturesPage, type PeriodName } from './pages.js';
@@ -46,6 +47,7 @@ import { listSignatures } from './signatures.js';
 import { readUpdaterState, signatureMetrics, signaturesStateDir } from '../signatures/index.js';
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
 import { readPem } from '../config/tls-schema.js';
 
 /**
@@ -94,13 +96,14 @@ export class ConsoleServer {
   readonly sessions: SessionTable;
   private readonly limiter: LoginLimiter;
   private readonly bodies: BodyStallWatch;
+  private readonly sends: SendStallWatch;
   /** When a refused connection (console.max-connections) was last logged: at most one line a minute. */
   private dropLoggedAt = 0;
   private readonly routes: Route<Ctx>[];
   private readonly log: Logger;
   private nextHop: NextHop | null;
   private ownsNextHop = false;
-  readonly counters = { requests: 0, logins: 0, loginFailures: 0, apiScans: 0, bodyTimeouts: 0, droppedConnections: 0 };
+  readonly counters = { requests: 0, logins: 0, loginFailures: 0, apiScans: 0, bodyTimeouts: 0, sendTimeouts: 0, droppedConnections: 0 };
 
   constructor(private readonly deps: ConsoleDeps) {
     this.cfg = deps.config.console;
@@ -110,6 +113,7 @@ export class ConsoleServer {
     this.sessions = new SessionTable(this.cfg['session-idle-timeout'], this.cfg['session-max-age']);
     this.limiter = new LoginLimiter(this.cfg['login-max-failures'], this.cfg['login-window']);
     this.bodies = new BodyStallWatch(this.cfg.timeouts.body);
+    this.sends = new SendStallWatch(this.cfg.timeouts.send);
     this.tls = this.cfg.tls ? { cert: readPem(this.cfg.tls.cert, 'console.tls.cert'), key: readPem(this.cfg.tls.key, 'console.tls.key') } : null;
     this.log = deps.log.child({ component: 'console' });
     this.nextHop = deps.nextHop ?? null;
@@ -175,6 +179,7 @@ export class ConsoleServer {
     const s = this.server;
     this.server = null;
     this.bodies.stop();
+    this.sends.stop();
     if (s) {
       await new Promise<void>((ok) => {
         s.close(() => ok());
@@ -198,6 +203,9 @@ export class ConsoleServer {
     const url = req.url ?? '/';
     const ctx: Ctx = { req, res, url, session: null };
     this.bodies.watch(req, () => this.bodyStalled(ctx));
+    // Every response, pages as well as downloads: one larger than the socket buffers is held by a
+    // client that stops reading.
+    this.sends.watch(res, () => this.sendStalled(ctx));
     try {
       const segments = pathSegments(url);
       const found = segments === null ? null : match(this.routes, req.method ?? 'GET', segments);
@@ -219,6 +227,25 @@ export class ConsoleServer {
     this.log.info({ client: clientAddress(ctx.req), url: ctx.url, timeout: this.cfg.timeouts.body }, 'console request body stalled; closing');
     if (ctx.res.headersSent) connectionOf(ctx)?.destroy();
     else this.fail(ctx, new HttpError(408, 'the request body stopped arriving'));
+  }
+
+  /**
+   * The client stopped taking the response (console.timeouts.send): the connection is cut, which
+   * frees what was buffered for it; a handler still streaming (an export) sees the connection end.
+   */
+  private sendStalled(ctx: Ctx): void {
+    this.counters.sendTimeouts++;
+    const socket = connectionOf(ctx);
+    this.log.warn(
+      { client: (ctx.req.socket as Socket | null) ? clientAddress(ctx.req) : socket?.remoteAddress, path: ctx.url.split('?')[0], timeout: this.cfg.timeouts.send, unsent: ctx.res.writableLength },
+      'console client stopped reading the response; closing',
+    );
+    // A reset, not a FIN: a FIN would queue behind the unsent bytes the kernel still holds for a
+    // client that is not reading, keeping them (and the orphaned socket) until the kernel gives up.
+    // TLS sockets cannot be reset from node; they are closed.
+    if (socket && !(socket instanceof TLSSocket)) socket.resetAndDestroy();
+    else socket?.destroy();
+    ctx.res.destroy();
   }
 
   private fail(ctx: Ctx, err: unknown): void {

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -10,9 +11,11 @@ import { parseConfigText } from '../../src/config/loader.js';
 import type { Logger } from '../../src/core/logging.js';
 import type { Verdict } from '../../src/core/verdict.js';
 import { EngineHealth } from '../../src/engines/health.js';
+import type { Engine } from '../../src/engines/types.js';
 import type { NextHop } from '../../src/protocols/smtp/types.js';
 import { openQuarantine } from '../../src/quarantine/store.js';
 import type { Quarantine } from '../../src/quarantine/types.js';
+import type { ScannerEngine } from '../../src/scan/scanner.js';
 import type { ScanService } from '../../src/scan/types.js';
 import { ConsoleServer } from '../../src/web/server.js';
 import { ConsoleClient, rawRequest } from '../helpers/console.js';
@@ -48,6 +51,9 @@ interface LogLine {
   level: number;
   msg: string;
   err?: string;
+  client?: string;
+  path?: string;
+  unsent?: number;
 }
 
 interface Started {
@@ -58,13 +64,13 @@ interface Started {
   stop(): Promise<void>;
 }
 
-async function startConsole(consoleYaml: string[]): Promise<Started> {
+async function startConsole(consoleYaml: string[], engines: ScannerEngine[] = []): Promise<Started> {
   const dir = await mkdtemp(join(tmpdir(), 'avgate-web-limits-'));
   const config = parseConfigText([`state-dir: ${join(dir, 'state')}`, 'console:', '  listen: 127.0.0.1:0', ...consoleYaml, ''].join('\n'), 'web-limits.yaml');
   const logs: LogLine[] = [];
   const log = pino({ level: 'debug' }, { write: (line: string) => void logs.push(JSON.parse(line) as LogLine) }) as unknown as Logger;
   const quarantine = await openQuarantine(config);
-  const web = new ConsoleServer({ config, configSource: 'web-limits.yaml', scanner: slowScanner, engines: [], health: new EngineHealth([]), quarantine, stats: null, nextHop: refusingHop, log });
+  const web = new ConsoleServer({ config, configSource: 'web-limits.yaml', scanner: slowScanner, engines, health: new EngineHealth([]), quarantine, stats: null, nextHop: refusingHop, log });
   const { port } = await web.listen();
   await web.passwords.setPassword('admin', PASSWORD);
   return {
@@ -246,5 +252,130 @@ describe('console release of an item that is not mail', () => {
     assert.match(bad.body, /id="notice">refusing address &quot;&lt;script&gt;alert\(1\)&lt;\/script&gt;@example\.org&quot;/);
     assert.ok(!bad.body.includes('<script>'));
     assert.ok(await s.quarantine.get(id), 'the item is still there');
+  });
+});
+
+/** An engine that only lists signatures: 200 long names make a signatures page of about 10 MB. */
+const NAME = 'X'.repeat(48 * 1024);
+const listingEngine = {
+  info: () => ({ name: 'lister', description: 'lists long names' }),
+  async *listSignatures() {
+    for (let i = 0; i < 200; i++) yield `${i}.${NAME}`;
+  },
+} as unknown as Engine;
+
+/** A request sent on a raw socket that is then not read at all (beyond node's own small buffer). */
+async function requestAndStopReading(port: number, path: string, cookies: Map<string, string>): Promise<{ socket: Socket; closed: Promise<void> }> {
+  const socket = connect({ host: '127.0.0.1', port });
+  socket.pause();
+  socket.on('error', () => undefined);
+  const closed = new Promise<void>((r) => socket.once('close', () => r()));
+  await new Promise<void>((r, j) => {
+    socket.once('connect', () => r());
+    socket.once('error', j);
+  });
+  socket.write(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nCookie: ${[...cookies].map(([k, v]) => `${k}=${v}`).join('; ')}\r\n\r\n`);
+  return { socket, closed };
+}
+
+/**
+ * The whole response read slowly: a pause after every chunk, so it takes many send timeouts in all.
+ * Body bytes counted on the wire (chunked framing included for the export).
+ */
+async function readSlowly(port: number, path: string, cookies: Map<string, string>, pauseMs: number): Promise<{ head: string; bodyBytes: number; ms: number }> {
+  const started = Date.now();
+  const { socket, closed } = await requestAndStopReading(port, path, cookies);
+  let total = 0;
+  let first = Buffer.alloc(0);
+  let tail = Buffer.alloc(0);
+  socket.on('data', (d: Buffer) => {
+    total += d.length;
+    if (first.length < 4096) first = Buffer.concat([first, d]).subarray(0, 4096);
+    tail = Buffer.concat([tail, d]).subarray(-16);
+    socket.pause();
+    setTimeout(() => socket.resume(), pauseMs);
+  });
+  socket.resume();
+  const head = await waitFor('the response head', async () => {
+    const text = first.toString('latin1');
+    const end = text.indexOf('\r\n\r\n');
+    return end >= 0 ? text.slice(0, end + 4) : null;
+  }, 10_000);
+  const length = /\r\ncontent-length: (\d+)/i.exec(head)?.[1];
+  const complete = () => (length !== undefined ? total >= head.length + Number(length) : tail.toString('latin1').endsWith('\r\n0\r\n\r\n'));
+  await waitFor('the whole body', async () => (complete() || socket.destroyed ? true : null), 60_000);
+  assert.ok(complete(), `the connection ended after ${total} bytes`);
+  const ms = Date.now() - started;
+  socket.destroy();
+  await closed;
+  return { head, bodyBytes: total - head.length, ms };
+}
+
+describe('console send timeout: a client that stops reading the response', () => {
+  // Progress is seen when the kernel takes more of the response, which on loopback (a send buffer
+  // of 4 MiB) is after about 1.5 MB read: the slow reader below reads 3 MB/s at most, with a pause
+  // after every read, and the object is large enough for that to span several send timeouts.
+  const SEND_MS = 2000;
+  const OBJECT = 24 * 1024 * 1024;
+  let s: Started;
+  let id: string;
+  let c: ConsoleClient;
+  before(async () => {
+    s = await startConsole(['  timeouts:', `    send: ${SEND_MS}ms`], [{ id: 'lister', engine: listingEngine }]);
+    ({ id } = await s.quarantine.put(Readable.from([randomBytes(OBJECT)]), {
+      source: 'ftp',
+      sender: '',
+      recipients: [],
+      group: 'default',
+      statuses: ['found'],
+      virusNames: ['Avgate.Test.Big'],
+      fileName: 'big.bin',
+      url: 'ftp://example.org/big.bin',
+    }));
+    c = new ConsoleClient(s.port);
+    assert.equal((await c.login('admin', PASSWORD)).status, 303);
+  });
+  after(async () => s?.stop());
+
+  async function stalls(path: string): Promise<void> {
+    const before = s.web.counters.sendTimeouts;
+    const logged = s.logs.length;
+    const started = Date.now();
+    const { socket, closed } = await requestAndStopReading(s.port, path, c.cookies);
+    await waitFor('the send timeout', async () => (s.web.counters.sendTimeouts > before ? true : null), 10_000);
+    const ms = Date.now() - started;
+    assert.ok(ms >= SEND_MS, `cut after ${ms} ms, before the send timeout`);
+    const line = s.logs.slice(logged).find((l) => l.msg === 'console client stopped reading the response; closing');
+    assert.equal(line?.level, 40, 'logged at warn');
+    assert.equal(line?.client, '127.0.0.1');
+    assert.equal(line?.path, path);
+    assert.ok((line?.unsent ?? 0) > 0, 'bytes were still waiting');
+    // The connection is gone: reading now ends in a close (a reset), not the whole response.
+    let received = 0;
+    socket.on('data', (d: Buffer) => (received += d.length));
+    socket.resume();
+    await within('the cut connection closed', 5000, closed);
+    assert.ok(received < OBJECT, `only part of the response arrived (${received} bytes)`);
+    assert.ok(!s.logs.slice(logged).some((l) => l.level >= 50), 'nothing at error level');
+  }
+
+  test('a quarantine export that is not read: the connection is cut after timeouts.send and logged at warn', { timeout: 30_000 }, async () => {
+    await stalls(`/quarantine/${id}/export.zip`);
+  });
+
+  test('an ordinary page larger than the socket buffers: cut the same way', { timeout: 30_000 }, async () => {
+    await stalls('/signatures');
+  });
+
+  test('a reader that keeps reading slowly gets the whole export and the whole page', { timeout: 90_000 }, async () => {
+    const before = s.web.counters.sendTimeouts;
+    const zip = await readSlowly(s.port, `/quarantine/${id}/export.zip`, c.cookies, 20);
+    assert.match(zip.head, /^HTTP\/1\.1 200 /);
+    assert.ok(zip.bodyBytes > OBJECT, `the whole ZIP: ${zip.bodyBytes} bytes`);
+    assert.ok(zip.ms > 2 * SEND_MS, `slow enough to span several send timeouts (${zip.ms} ms)`);
+    const page = await readSlowly(s.port, '/signatures', c.cookies, 20);
+    assert.match(page.head, /^HTTP\/1\.1 200 /);
+    assert.ok(page.bodyBytes > 200 * NAME.length);
+    assert.equal(s.web.counters.sendTimeouts, before, 'no send timeout');
   });
 });

@@ -175,6 +175,14 @@ export class HttpProxyServer {
         this.pipeline.set(socket, run().catch(() => false));
       },
     );
+    // A client that shuts down its sending side after the request (`nc -N`, a script's
+    // shutdown(SHUT_WR)) still waits for the answer. Without this node answers the client's FIN by
+    // ending the connection's write side at once, so the exchange's answer could never be written:
+    // its response closed and the fetch and scan were given up. With it the answer (and any
+    // pipelined before it) goes out, then the connection is closed. A client that really left is
+    // noticed at the next write (a trickled chunk, the answer): the reset makes the response close,
+    // which aborts the upstream request and the scan; a reset the client sends is seen at once.
+    (server as Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
     server.maxConnections = this.config['max-connections'];
     server.on('connection', (s: Socket) => {
       // A response head and a small body must not wait for the client's ACK (Nagle vs delayed ACK).
