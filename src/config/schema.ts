@@ -142,6 +142,15 @@ const icapSchema = z.strictObject({
   'read-timeout': timerDuration.prefault('30s'),
   /** The whole request head (ICAP head and encapsulated HTTP headers) must arrive within this, from its first byte. */
   'header-timeout': timerDuration.prefault('30s'),
+  /**
+   * A minimum body rate (like Apache's mod_reqtimeout `body=…,MinRate=…`): from its first byte a
+   * body may keep avgate waiting this long in all, plus 1 s for every `body-min-rate` bytes
+   * received; else 408 (or a cut connection when the answer has begun). Only time avgate waits for
+   * the client counts, not time the client waits for an engine. 0 = no body deadline.
+   */
+  'body-timeout': timerDuration.prefault('30s'),
+  /** Bytes per second that extend body-timeout (sizes: 500, 1KiB); 0 = not extended: the whole body within body-timeout. */
+  'body-min-rate': size.prefault('500'),
   'max-header-size': size.prefault('64KiB'),
   'max-request-line': size.prefault('8KiB'),
   /**

@@ -5,7 +5,7 @@ import type { Logger } from '../../core/logging.js';
 import { SHARED_SLABS, Spool } from '../../core/spool.js';
 import type { Verdict } from '../../core/verdict.js';
 import type { Decision } from '../../policy/verdict-policy.js';
-import { LimitExceeded, ReadTimeout, UnexpectedEof, ByteReader } from './reader.js';
+import { BodyTimeout, LimitExceeded, ReadTimeout, UnexpectedEof, ByteReader } from './reader.js';
 import { infectionHeaders, type IcapService } from './service.js';
 import {
   chunk,
@@ -26,6 +26,12 @@ export interface IcapLimits {
   readTimeoutMs: number;
   /** The whole request head (ICAP head and encapsulated HTTP headers), from its first byte. */
   headerTimeoutMs: number;
+  /**
+   * The time a body may keep avgate waiting for it (0 = no bound), extended by 1 s for every
+   * `bodyMinRate` bytes received (0 = not extended).
+   */
+  bodyTimeoutMs: number;
+  bodyMinRate: number;
   maxHeaderSize: number;
   maxRequestLine: number;
   spoolMemory: number;
@@ -82,7 +88,7 @@ export class IcapConnection {
   /** Waiting for the next request with nothing of it received: safe to close on shutdown. */
   idle = true;
   /** The request being handled, for the access log when it ends in an abort. */
-  private current: { service: string; method: string; started: number } | null = null;
+  private current: { service: string; method: string; started: number; bytes?: number } | null = null;
 
   constructor(
     private readonly socket: Socket,
@@ -146,7 +152,7 @@ export class IcapConnection {
     const status =
       err instanceof IcapProtocolError ? err.status : err instanceof ReadTimeout ? 408 : err instanceof LimitExceeded ? 400 : 500;
     if (status === 500) this.ctx.log.error({ client: this.client, err: messageOf(err) }, 'icap internal error');
-    else this.ctx.log.info({ client: this.client, status, err: messageOf(err) }, 'icap request refused');
+    else if (!(err instanceof BodyTimeout)) this.ctx.log.info({ client: this.client, status, err: messageOf(err) }, 'icap request refused'); // a body timeout was logged where it happened
     if (!this.responding) {
       const head = formatResponseHead({
         status,
@@ -158,7 +164,9 @@ export class IcapConnection {
         ],
       });
       this.close(head);
-      this.ctx.access({ client: this.client, service: '-', method: '-', status, verdict: '-', bytes: 0, ms: 0 });
+      const c = this.current;
+      this.current = null;
+      this.ctx.access({ client: this.client, service: c?.service ?? '-', method: c?.method ?? '-', status, verdict: '-', bytes: c?.bytes ?? 0, ms: c ? performance.now() - c.started : 0 });
     } else {
       this.socket.destroy();
       this.logAbort(String(status));
@@ -169,7 +177,7 @@ export class IcapConnection {
     const c = this.current;
     this.current = null;
     if (c) {
-      this.ctx.access({ client: this.client, service: c.service, method: c.method, status: 0, verdict: `aborted:${why}`, bytes: 0, ms: performance.now() - c.started });
+      this.ctx.access({ client: this.client, service: c.service, method: c.method, status: 0, verdict: `aborted:${why}`, bytes: c.bytes ?? 0, ms: performance.now() - c.started });
     }
   }
 
@@ -181,7 +189,15 @@ export class IcapConnection {
     if (!service) throw new IcapProtocolError(404, `no service "${head.service}"`);
     if (head.method === 'OPTIONS') {
       this.reader.unbound(); // the head is complete: an opt-body has the body's timeouts
-      await this.skipOptionsBody(head);
+      this.reader.meter(this.ctx.limits.bodyTimeoutMs, this.ctx.limits.bodyMinRate);
+      try {
+        await this.skipOptionsBody(head);
+      } catch (err) {
+        if (err instanceof BodyTimeout) this.bodyTimedOut(service, 'OPTIONS', err.bytes, err, false);
+        throw err;
+      } finally {
+        this.reader.unmeter();
+      }
       const headers = await this.ctx.options(service);
       await this.write(formatResponseHead({ status: 200, headers: [...headers, ['Encapsulated', 'null-body=0']] }));
       this.ctx.access({ client: this.client, service: service.name, method: 'OPTIONS', status: 200, verdict: '-', bytes: 0, ms: performance.now() - started });
@@ -201,6 +217,19 @@ export class IcapConnection {
       ms: performance.now() - started,
     });
     return !head.connectionClose && !outcome.close;
+  }
+
+  /**
+   * A body that did not keep up body-min-rate (the reader's meter): a client that holds a
+   * connection slot by trickling. The connection is closed after this (fail(): 408 when nothing
+   * of the answer went out yet).
+   */
+  private bodyTimedOut(service: IcapService, method: string, bytes: number, err: BodyTimeout, answered: boolean): void {
+    if (this.current) this.current.bytes = bytes;
+    this.ctx.log.warn(
+      { client: this.client, service: service.name, method, bytes, answered, err: err.message },
+      'icap: body too slow (body-timeout, body-min-rate), connection closed',
+    );
   }
 
   private async skipOptionsBody(head: IcapRequestHead): Promise<void> {
@@ -330,7 +359,12 @@ export class IcapConnection {
     /** Body bytes already sent on after an early head. */
     let forwarded = 0;
     const spool = new Spool(limits.spoolDir, limits.spoolMemory, { hash: service.scanner.wantsHash, slabs: SHARED_SLABS });
-    const scanAbort = this.gone;
+    // Stops a scan under way when the client goes, or when the request ends without its verdict
+    // (body too slow, malformed): the scanner then records no statistics event for it.
+    const scanAbort = new AbortController();
+    const stopScan = (): void => scanAbort.abort(this.gone.signal.reason);
+    if (this.gone.signal.aborted) stopScan();
+    else this.gone.signal.addEventListener('abort', stopScan, { once: true });
     let scanStream: PassThrough | null = null;
     let scanPromise: Promise<Verdict> | null = null;
     let overLimit = false;
@@ -353,6 +387,9 @@ export class IcapConnection {
       return outcome;
     };
     try {
+      // From here the body: it must keep up body-min-rate (time avgate waits for it, not time it
+      // spends on the engine or on writing, counts), the rest after a 100 Continue included.
+      this.reader.meter(limits.bodyTimeoutMs, limits.bodyMinRate);
       // An object known to be too big is decided at once; in a preview we need not read the rest.
       if (Number.isFinite(declaredLength) && declaredLength > maxObject) {
         overLimit = true;
@@ -450,6 +487,7 @@ export class IcapConnection {
           if (early && spool.size - keepBack - forwarded >= READ_PIECE) forwarded = await this.forward(spool, forwarded, spool.size - keepBack);
         }
       }
+      this.reader.unmeter(); // the body is complete
       // Answered before the end: the rest has been read and dropped, the connection can go on.
       if (answered) return { ...answered, bytes: answered.bytes + dropped };
       scanStream?.end();
@@ -475,12 +513,16 @@ export class IcapConnection {
       }
       return await this.finish(head, service, base, spool, verdict, url, echoHead, echoHeadName, echoBodyName, ieofInPreview, early, forwarded);
     } catch (err) {
+      scanAbort.abort(err);
+      if (err instanceof BodyTimeout) this.bodyTimedOut(service, head.method, spool.size + dropped, err, answered !== null || this.responding);
       if (answered === null) throw err;
       // The answer is out; the rest of the body did not come in time, ended early or was malformed.
       // Nothing of it is needed: the connection is closed instead of answering again.
       this.ctx.log.debug({ client: this.client, err: messageOf(err) }, 'icap: rest of a body over max-object-size not read; connection closed');
       return { ...answered, bytes: answered.bytes + dropped, close: true };
     } finally {
+      this.reader.unmeter();
+      this.gone.signal.removeEventListener('abort', stopScan);
       scanStream?.destroy();
       if (answered) {
         this.reader.unbound(); // answerOverLimit disposed of the spool already
@@ -494,7 +536,7 @@ export class IcapConnection {
   }
 
   private skippedVerdict(service: IcapService, bytes: number, startedAt: number): Verdict {
-    return {
+    const v: Verdict = {
       status: 'skipped',
       reason: `larger than max-object-size (${service.config['max-object-size']} bytes)`,
       engine: '-',
@@ -503,6 +545,8 @@ export class IcapConnection {
       bytes,
       cached: false,
     };
+    OVER_LIMIT.add(v);
+    return v;
   }
 
   /** Answers after the verdict: 204, 200 echo, the block page, or (after an early head) the body or an abort. */
@@ -527,7 +571,16 @@ export class IcapConnection {
     if (decision.action === 'block') {
       // Before the answer, while the spool is whole: the client learns nothing from the delay.
       if (service.config.quarantine.includes(verdict.status)) {
-        await this.ctx.quarantine(service, verdict, spool, url, echoHead);
+        if (OVER_LIMIT.has(verdict)) {
+          // Its bytes were never kept whole (at most max-object-size of them, often none): storing
+          // an object the service would not even scan would defeat that limit.
+          this.ctx.log.info(
+            { client: this.client, service: service.name, url, received: verdict.bytes, maxObjectSize: service.config['max-object-size'] },
+            'icap: blocked object not quarantined: larger than max-object-size',
+          );
+        } else {
+          await this.ctx.quarantine(service, verdict, spool, url, echoHead);
+        }
       }
       if (early) {
         // Headers are out; the body must never arrive complete: abort the connection.
@@ -597,16 +650,18 @@ export class IcapConnection {
 }
 
 /**
- * Whether the bytes of an object over max-object-size are still needed: for an echo (the skipped
- * verdict passes, the client did not offer 204, and it is not a preview, which may always be
- * answered 204) or for the quarantine (blocked skipped objects are kept). Otherwise what is over
- * the limit is read and dropped, never stored.
+ * Whether the bytes of an object over max-object-size are still needed: only for an echo (the
+ * skipped verdict passes, the client did not offer 204, and it is not a preview, which may always
+ * be answered 204). Otherwise what is over the limit is read and dropped, never stored — the
+ * quarantine does not keep such objects either (`quarantine: [skipped]` keeps only objects the
+ * scanner skipped, which are within max-object-size).
  */
 function keepsOverLimit(service: IcapService, head: IcapRequestHead, inPreview: boolean): boolean {
-  const c = service.config;
-  if (c['accept-status'].includes('skipped')) return !head.allow204 && !inPreview;
-  return c.quarantine.includes('skipped');
+  return service.config['accept-status'].includes('skipped') && !head.allow204 && !inPreview;
 }
+
+/** Skipped verdicts of bodies over max-object-size (see skippedVerdict): never quarantined. */
+const OVER_LIMIT = new WeakSet<Verdict>();
 
 /** Writes to the scan stream with backpressure; a stream the scanner dropped is skipped. */
 async function feed(stream: PassThrough, piece: Buffer): Promise<void> {

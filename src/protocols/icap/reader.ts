@@ -1,6 +1,15 @@
 import type { Socket } from 'node:net';
 
 export class ReadTimeout extends Error {}
+/** The body did not keep up the minimum rate (see ByteReader.meter()); `bytes` were taken while metered. */
+export class BodyTimeout extends ReadTimeout {
+  constructor(
+    message: string,
+    readonly bytes: number,
+  ) {
+    super(message);
+  }
+}
 export class LimitExceeded extends Error {}
 /** The peer closed the connection in the middle of a message. */
 export class UnexpectedEof extends Error {}
@@ -28,6 +37,14 @@ export class ByteReader {
   private stretchMs = 0;
   private stretchWhat = '';
   private stretchUntil = Number.NaN;
+  /**
+   * A minimum rate over a body (see meter()): the base allowance (0 = none), bytes per second that
+   * extend it, the time spent waiting for bytes so far and the bytes taken so far.
+   */
+  private meterMs = 0;
+  private meterRate = 0;
+  private meterWaited = 0;
+  private meterBytes = 0;
 
   private readonly onData = (d: Buffer): void => {
     this.chunks.push(d);
@@ -86,6 +103,32 @@ export class ByteReader {
   }
 
   /**
+   * Meters the reads from now until unmeter() (a body), in the manner of mod_reqtimeout's
+   * `body=…,MinRate=…`: the time spent waiting for bytes may add up to `ms`, plus 1 s for every
+   * `minRate` bytes taken (0 = no extension). Only waits count, not the time between reads: while
+   * the connection is busy elsewhere (an engine that holds the stream back, a response being
+   * written) the client is held up by backpressure, which is not its fault. Past the allowance the
+   * waiting read fails with BodyTimeout. `ms` 0: no meter.
+   */
+  meter(ms: number, minRate: number): void {
+    this.meterMs = ms;
+    this.meterRate = minRate;
+    this.meterWaited = 0;
+    this.meterBytes = 0;
+  }
+
+  unmeter(): void {
+    this.meterMs = 0;
+  }
+
+  /** Why the meter ran out, when it just did (the allowance is then all used up). */
+  private meterMessage(): string {
+    if (this.meterRate === 0) return `body not complete after ${this.meterMs} ms of waiting`;
+    const allowance = Math.round(this.meterMs + (this.meterBytes * 1000) / this.meterRate);
+    return `body slower than ${this.meterRate} bytes/s: ${this.meterBytes} bytes after ${allowance} ms of waiting`;
+  }
+
+  /**
    * Nothing more will be read: what is buffered and what still arrives is dropped, and the socket
    * keeps flowing, so that closing it later does not reset the connection over unread bytes.
    */
@@ -95,6 +138,7 @@ export class ByteReader {
     this.chunks = [];
     this.length = 0;
     this.stretchMs = 0;
+    this.meterMs = 0;
     this.socket.resume();
   }
 
@@ -116,6 +160,7 @@ export class ByteReader {
       this.chunks[0] = first.subarray(n);
     }
     this.length -= n;
+    if (this.meterMs > 0) this.meterBytes += n;
     if (this.length <= this.highWater && this.socket.isPaused()) this.socket.resume();
     return out;
   }
@@ -135,26 +180,43 @@ export class ByteReader {
     if (this.ended) return false;
     if (this.socket.isPaused()) this.socket.resume();
     let waitMs = timeoutMs;
-    let stretchEnds = false;
+    let ends: 'read' | 'stretch' | 'meter' = 'read';
     if (bounded && this.stretchMs > 0) {
       const now = performance.now();
       if (Number.isNaN(this.stretchUntil)) this.stretchUntil = now + this.stretchMs;
       const left = this.stretchUntil - now;
       if (left <= waitMs) {
         waitMs = Math.max(0, left);
-        stretchEnds = true;
+        ends = 'stretch';
       }
     }
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.wake = null;
-        reject(new ReadTimeout(stretchEnds ? `${this.stretchWhat} not complete within ${this.stretchMs} ms` : `no data for ${timeoutMs} ms`));
-      }, waitMs);
-      this.wake = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-    });
+    const metering = bounded && this.meterMs > 0;
+    if (metering) {
+      const left = this.meterMs + (this.meterRate > 0 ? (this.meterBytes * 1000) / this.meterRate : 0) - this.meterWaited;
+      if (left <= waitMs) {
+        waitMs = Math.max(0, left);
+        ends = 'meter';
+      }
+    }
+    const waitStarted = metering ? performance.now() : 0;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          this.wake = null;
+          reject(
+            ends === 'meter'
+              ? new BodyTimeout(this.meterMessage(), this.meterBytes)
+              : new ReadTimeout(ends === 'stretch' ? `${this.stretchWhat} not complete within ${this.stretchMs} ms` : `no data for ${timeoutMs} ms`),
+          );
+        }, waitMs);
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    } finally {
+      if (metering) this.meterWaited += performance.now() - waitStarted;
+    }
     if (this.failure) throw this.failure;
     return true;
   }

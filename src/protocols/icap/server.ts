@@ -91,6 +91,8 @@ export class IcapServer {
         idleTimeoutMs: config['idle-timeout'],
         readTimeoutMs: config['read-timeout'],
         headerTimeoutMs: config['header-timeout'],
+        bodyTimeoutMs: config['body-timeout'],
+        bodyMinRate: config['body-min-rate'],
         maxHeaderSize: config['max-header-size'],
         maxRequestLine: config['max-request-line'],
         spoolMemory: config['spool-memory'],
