@@ -40,6 +40,11 @@ export interface CompiledPolicy {
   command(facts: { client: string | null; user: string | null; command: string }): CommandDecision;
   mail(facts: MessageAclFacts): { rule: string | null; action: 'accept' | 'reject' };
   doc(facts: DocFacts): { rule: string | null; action: DocAclAction };
+  /**
+   * Some command-acl or doc-acl rule names login names (`users`): a session must know who logged
+   * in, so logins that do not show the name (SASL SCRAM-*, GSSAPI ...) are refused (fail closed).
+   */
+  readonly userRules: boolean;
 }
 
 function compileCommand(r: CommandAclRule) {
@@ -79,6 +84,7 @@ export function compilePolicy(policy: MailProxyPolicyConfig): CompiledPolicy {
   const mails = policy['mail-acl'].map((r) => ({ r, m: compileMail(r) }));
   const docs = policy['doc-acl'].map((r) => ({ r, m: compileDoc(r) }));
   c = {
+    userRules: policy['command-acl'].some((r) => r.match.users.length > 0) || policy['doc-acl'].some((r) => r.match.users.length > 0),
     command(f) {
       const hit = commands.find((x) => x.m(f));
       return hit ? { rule: hit.r.name, action: hit.r.action, useAntivirus: hit.r['use-antivirus'] } : { rule: null, action: 'accept', useAntivirus: true };

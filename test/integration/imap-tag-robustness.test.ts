@@ -73,6 +73,48 @@ describe('imap proxy: every tag the server accepts is examined', () => {
     }
   });
 
+  test('wire: DEL (0x7f) in a tag is a tag character, as Dovecot takes it', () => {
+    assert.equal(commandTag(Buffer.from('\x7f LOGIN u p', 'latin1')), '\x7f');
+    assert.deepEqual(commandName(Buffer.from('a\x7f EXPUNGE', 'latin1')), { tag: 'a\x7f', name: 'EXPUNGE', rest: '' });
+  });
+
+  test('tls.required: LOGIN under a DEL tag is refused in clear; a line the proxy cannot read gets its own BAD and never reaches Dovecot', async () => {
+    const { cert, key } = await selfSignedCert(dir, 'imaptag-del');
+    const port = await startProxy({ tls: { cert, key, required: true } });
+    const { client: c } = await ImapTestClient.connect(port);
+    try {
+      c.send(`\x7f LOGIN ${dovecot.user} ${dovecot.password}\r\n`);
+      assert.match((await c.until('\x7f')).tagged, /^\x7f NO \[PRIVACYREQUIRED\]/);
+      // Lines that are no command to the proxy: answered by the proxy itself (Dovecot would say
+      // "Error in IMAP command received by server"), nothing of them relayed.
+      for (const line of [`a\x01 LOGIN ${dovecot.user} ${dovecot.password}`, `a LOGIN\t${dovecot.user} ${dovecot.password}`, `(x) LOGIN ${dovecot.user} ${dovecot.password}`]) {
+        c.send(`${line}\r\n`);
+        const r = await c.next();
+        assert.match(r.text, /^\S+ BAD Command not understood \(use STARTTLS first\)$/, JSON.stringify(line));
+      }
+      // A literal behind such a line is not waited for (the client would wait for "+").
+      c.send('a\x01 X {5}\r\n');
+      assert.match((await c.next()).text, /^\S+ BAD Command not understood/);
+      assert.match((await c.command('NOOP')).tagged, /^t\d+ OK /);
+      assert.match((await c.command('SELECT INBOX')).tagged, /^t\d+ (?:NO|BAD) /, 'not logged in');
+    } finally {
+      c.close();
+    }
+  });
+
+  test('command-acl: a denied command under a DEL tag is refused', async () => {
+    const port = await startProxy({ 'command-acl': [{ name: 'no-expunge', match: { commands: ['EXPUNGE'] }, action: 'deny' }] });
+    const { client: c } = await ImapTestClient.connect(port);
+    try {
+      await c.login(dovecot.user, dovecot.password);
+      await c.command('SELECT INBOX');
+      c.send('\x7f EXPUNGE\r\n');
+      assert.match((await c.until('\x7f')).tagged, /^\x7f NO \[NOPERM\]/);
+    } finally {
+      c.close();
+    }
+  });
+
   test('command-acl: a denied command under a } tag is refused; FETCH under a } tag is scanned', async () => {
     const port = await startProxy({ 'command-acl': [{ name: 'no-expunge', match: { commands: ['EXPUNGE'] }, action: 'deny' }] });
     const { client: c } = await ImapTestClient.connect(port);

@@ -6,6 +6,7 @@ import { messageOf } from '../../core/errors.js';
 import { acceptTls, type UpstreamTls } from '../../core/net.js';
 import type { Logger } from '../../core/logging.js';
 import { Spool } from '../../core/spool.js';
+import { loginNameOf, NAMED_USER_MECHANISMS, SaslIdentity } from '../sasl.js';
 import type { CompiledPolicy, ReplaceDeps, ReplacementTemplate } from '../../mailproxy/index.js';
 import type { MessageInput } from '../../mime/input.js';
 import type { MimeLimits } from '../../mime/index.js';
@@ -15,6 +16,7 @@ import { filterMessage, filterPart, reasonOf, unscannedNotice, type FilterOutcom
 import { connectUpstream } from './upstream.js';
 import {
   capabilitiesOf,
+  type CapabilityFilter,
   commandName,
   commandTag,
   contentKindOf,
@@ -146,6 +148,27 @@ interface Append {
   current: Spool | null;
 }
 
+/**
+ * A LOGIN or AUTHENTICATE relayed, its tagged answer not yet seen. The login name is taken only
+ * from the server's OK: a refused or cancelled login leaves none.
+ */
+interface PendingLogin {
+  tag: string;
+  /** LOGIN: the name given (atom, quoted string or literal). */
+  user: string | null;
+  /** AUTHENTICATE: the name read from the exchange. */
+  sasl: SaslIdentity | null;
+  /** Continuation requests (`+`) of the server not yet answered by a client line. */
+  challenges: number;
+  /** The client pump waits for the next `+` or the tagged answer (see saslTurn). */
+  wake: (() => void) | null;
+  /** The proxy cancelled the exchange (`*` sent for the client's response): what the client gets instead of the server's answer. */
+  refusal: string | null;
+}
+
+/** A LOGIN user name sent as a literal, collected while it is relayed (bounded). */
+const MAX_NAME_LITERAL = 256;
+
 type ClientMode =
   | { kind: 'pass' }
   /** A refused command: the rest of it (LITERAL+ data) is dropped. */
@@ -165,8 +188,14 @@ export class ImapSession {
   private readonly clientLock = new Lock();
   private clientParser: ImapWireParser;
   private readonly serverParser: ImapWireParser;
+  /** The login name the server accepted (the ACLs' `users`); null before login or when none is known. */
   private user: string | null = null;
-  private pendingLogin: { tag: string; user: string | null } | null = null;
+  /** The server accepted a login (whether or not its name is known). */
+  private loggedIn = false;
+  /** One login at a time: a second one while this is pending is refused. */
+  private login: PendingLogin | null = null;
+  /** The name literal of the pending LOGIN, being collected. */
+  private loginLiteral: { login: PendingLogin; parts: Buffer[]; size: number } | null = null;
   /** Tags of relayed commands awaiting their tagged response, with the command-acl's use-antivirus. */
   private readonly inflight = new Map<string, boolean>();
   /** A client command waits for the server's `+` for its synchronising literal. */
@@ -279,13 +308,15 @@ export class ImapSession {
   }
 
   /** What the proxy's capability lists say of itself: STARTTLS while the client may still upgrade. */
-  private capabilityFilter(): { appendLimit: number; add: string[]; dropAuth: boolean } {
-    const offered = this.ctx.tls !== null && !this.secure && this.user === null;
+  private capabilityFilter(): CapabilityFilter {
+    const offered = this.ctx.tls !== null && !this.secure && !this.loggedIn;
     const mustUpgrade = this.ctx.config.tls.required && !this.secure;
     return {
       appendLimit: this.ctx.config['max-literal-size'],
       add: [...(offered ? ['STARTTLS'] : []), ...(mustUpgrade ? ['LOGINDISABLED'] : [])],
       dropAuth: mustUpgrade,
+      // With `users` rules only mechanisms that show the login name are offered (others get NO).
+      ...(this.ctx.policy.userRules ? { authMechanisms: NAMED_USER_MECHANISMS } : {}),
     };
   }
 
@@ -377,6 +408,8 @@ export class ImapSession {
     this.abort.abort();
     this.continuation?.resolve(false);
     this.continuation = null;
+    // A client pump waiting for the server's next AUTHENTICATE step stops waiting.
+    this.login?.wake?.();
     this.upstream?.destroy();
     if (!this.client.destroyed) this.client.end();
     setTimeout(() => {
@@ -471,10 +504,15 @@ export class ImapSession {
           this.continuation = null;
           c.resolve(true);
           this.serverMessage.swallow = true;
+        } else if (this.clientSyncTag === null && this.login?.sasl) {
+          // A SASL challenge: the client's next line is its response.
+          this.login.challenges++;
+          this.login.wake?.();
         } else this.clientSyncTag = null;
       } else if (!s.startsWith('*')) {
         const tag = commandTag(text);
-        if (tag !== null) this.taggedResponse(tag, s);
+        const instead = tag !== null ? this.taggedResponse(tag, s) : null;
+        if (instead !== null) raw = Buffer.from(`${instead}\r\n`, 'latin1');
       }
       if (/^\* \d+ FETCH \(/i.test(s)) {
         const tracker = new FetchItemTracker();
@@ -509,9 +547,14 @@ export class ImapSession {
     }
     if (!msg?.swallow) await writeTo(this.client, raw);
     if (!literal) await this.endServerMessage();
+    if (this.endAfterResponse) {
+      uncorkAll(this.client);
+      await this.close();
+    }
   }
 
-  private taggedResponse(tag: string, s: string): void {
+  /** Bookkeeping of a tagged response; returns a line the client gets instead of it, or null. */
+  private taggedResponse(tag: string, s: string): string | null {
     this.inflight.delete(tag);
     if (this.clientSyncTag === tag) {
       // The server refused a synchronising literal: the client will not send it.
@@ -523,11 +566,28 @@ export class ImapSession {
       this.continuation = null;
       c.resolve(false);
     }
-    if (this.pendingLogin?.tag === tag) {
-      if (/^\S+ OK\b/i.test(s)) this.user = this.pendingLogin.user;
-      this.pendingLogin = null;
+    const login = this.login;
+    if (login?.tag !== tag) return null;
+    this.login = null;
+    if (this.loginLiteral?.login === login) this.loginLiteral = null;
+    login.wake?.();
+    if (!/^\S+ OK\b/i.test(s)) return login.refusal === null ? null : `${tag} ${login.refusal}`;
+    const user = login.sasl ? login.sasl.identified : login.user;
+    this.loggedIn = true;
+    this.user = user;
+    if (login.refusal !== null || (user === null && this.ctx.policy.userRules)) {
+      // The server let in a login the proxy refused or whose name it could not read: the `users`
+      // rules cannot be applied, so the session ends (fail closed) instead of going on unchecked.
+      this.log.warn({ tag, mechanism: login.sasl?.mechanism ?? 'LOGIN' }, 'imap: logged in without a login name the proxy could read (users rules configured); closing');
+      this.endAfterResponse = true;
+      return `${tag} NO [CANNOT] The login name could not be read by the proxy`;
     }
+    this.log.debug({ user, mechanism: login.sasl?.mechanism ?? 'LOGIN' }, 'imap: logged in');
+    return null;
   }
+
+  /** Set by a login the session cannot go on with: the session ends once the response is out. */
+  private endAfterResponse = false;
 
   private async endServerMessage(): Promise<void> {
     const m = this.serverMessage;
@@ -591,6 +651,12 @@ export class ImapSession {
     const mode = this.clientMode;
     switch (e.kind) {
       case 'overflow': {
+        const login = this.login;
+        if (e.first && login?.sasl && (await this.saslTurn(login))) {
+          // An overlong SASL response: the exchange is cancelled, the client gets BAD.
+          return this.cancelSasl(login, 'BAD [TOOBIG] Authentication response too long', 'response over max-line-length');
+        }
+        if (this.closed) return;
         if (mode.kind === 'pass' && !e.first) {
           // Part of this command already went upstream; the stream cannot be resynchronised.
           await this.bye('Command line too long');
@@ -603,16 +669,31 @@ export class ImapSession {
         return this.reply(`${tag} BAD [TOOBIG] Command line too long`);
       }
       case 'data':
+        if (this.loginLiteral) {
+          const n = this.loginLiteral;
+          n.size += e.data.length;
+          if (n.size <= MAX_NAME_LITERAL) n.parts.push(Buffer.from(e.data));
+        }
         if (mode.kind === 'pass') return this.toServer(e.data);
         if (mode.kind === 'append' && mode.a.current) await mode.a.current.write(e.data);
         return;
       case 'literal-end':
+        if (this.loginLiteral) {
+          const n = this.loginLiteral;
+          this.loginLiteral = null;
+          n.login.user = n.size <= MAX_NAME_LITERAL ? loginNameOf(Buffer.concat(n.parts)) : null;
+        }
         if (mode.kind === 'append' && mode.a.current) {
           await mode.a.current.end();
           mode.a.current = null;
         }
         return;
       case 'text':
+        if (e.first && this.login?.sasl) {
+          const login = this.login;
+          if (await this.saslTurn(login)) return this.saslResponse(login, e.text, e.raw, e.literal);
+          if (this.closed) return;
+        }
         if (e.first) return this.clientCommand(e.text, e.raw, e.literal);
         if (mode.kind === 'pass') {
           await this.toServer(e.raw);
@@ -628,19 +709,76 @@ export class ImapSession {
   }
 
   private currentTag: string | null = null;
-  /** AUTHENTICATE PLAIN without an initial response: the next client line carries the name. */
-  private pendingAuth: string | null = null;
+
+  /**
+   * During an AUTHENTICATE exchange: is the client's next line a SASL response? It is when the
+   * server has asked for one (`+`) it has not had yet; once the tagged answer is in, lines are
+   * commands again. A client that sends ahead waits here for the server, so its line is read as
+   * the server will read it: a response is never examined as a command (it would be relayed
+   * unexamined if the proxy took it for one the server does not) and a command is never relayed
+   * as a response (past tls.required and the command-acl).
+   */
+  private async saslTurn(login: PendingLogin): Promise<boolean> {
+    while (this.login === login && login.challenges === 0 && !this.closed) {
+      let timer: NodeJS.Timeout | undefined;
+      const woke = await new Promise<boolean>((resolve) => {
+        login.wake = () => resolve(true);
+        timer = setTimeout(() => resolve(false), this.ctx.config.timeouts.read);
+      });
+      clearTimeout(timer);
+      login.wake = null;
+      if (!woke) {
+        this.log.warn({ tag: login.tag }, 'imap: the server did not answer an AUTHENTICATE step');
+        await this.shutdown('[UNAVAILABLE] The mail server stopped answering');
+        return false;
+      }
+    }
+    if (this.login !== login || this.closed) return false;
+    login.challenges--;
+    return true;
+  }
+
+  /**
+   * A client's SASL response (one line, base64 or `*`): the login name is read from it; one that
+   * is not base64, or one that shows no usable name while `users` rules exist, is not relayed:
+   * `*` cancels the exchange and the client gets the proxy's answer instead of the server's.
+   */
+  private async saslResponse(login: PendingLogin, text: Buffer, raw: Buffer, literal: LiteralSpec | null): Promise<void> {
+    const sasl = login.sasl as SaslIdentity;
+    // A response is one line to the server (RFC 3501 §6.2.2): a literal marker at its end is text,
+    // and the bytes after it are the next command, never literal data relayed unexamined.
+    if (literal) this.clientParser.cancelLiteral();
+    this.clientMode = { kind: 'pass' };
+    const step = sasl.response(text.toString('latin1'));
+    if (step === 'invalid') return this.cancelSasl(login, 'BAD Invalid base64 in the authentication response', 'response not base64');
+    if (step === 'relay' && sasl.problem !== null && this.ctx.policy.userRules) {
+      return this.cancelSasl(login, `NO [CANNOT] Authentication refused by the proxy: ${sasl.problem}`, sasl.problem);
+    }
+    await this.toServer(step === 'cancel' ? Buffer.from('*\r\n') : raw);
+  }
+
+  private async cancelSasl(login: PendingLogin, refusal: string, why: string): Promise<void> {
+    this.log.info({ tag: login.tag, mechanism: login.sasl?.mechanism, reason: why }, 'imap: AUTHENTICATE cancelled by the proxy');
+    login.refusal = refusal;
+    await this.toServer(Buffer.from('*\r\n'));
+  }
 
   private async clientCommand(text: Buffer, raw: Buffer, literal: LiteralSpec | null): Promise<void> {
     this.ctx.counters.commands++;
     const cmd = commandName(text);
     this.currentTag = cmd?.tag ?? null;
     if (!cmd) {
-      // Not a command: IDLE's DONE, an AUTHENTICATE response, or garbage the server answers itself.
-      if (this.pendingAuth && !literal) {
-        this.pendingLogin = { tag: this.pendingAuth, user: plainAuthUser(text.toString('latin1')) };
-        this.pendingAuth = null;
+      if (this.ctx.config.tls.required && !this.secure) {
+        // Before TLS nothing but commands the proxy has examined reaches the server: a line it
+        // cannot read could be a login in a form it does not know (credentials in clear).
+        const tag = commandTag(text) ?? '*';
+        this.log.info({ tag }, 'imap: unreadable line refused before STARTTLS (tls.required)');
+        await this.reply(`${tag} BAD Command not understood (use STARTTLS first)`);
+        if (literal && !literal.plus) this.clientParser.cancelLiteral();
+        this.clientMode = literal && literal.plus ? { kind: 'drop' } : { kind: 'pass' };
+        return;
       }
+      // Not a command: IDLE's DONE, or garbage the server answers itself.
       this.clientMode = { kind: 'pass' };
       await this.toServer(raw);
       if (literal && !literal.plus) this.clientSyncTag = null;
@@ -654,7 +792,7 @@ export class ImapSession {
     };
     if (base === 'STARTTLS' && this.ctx.tls !== null) {
       if (this.secure) return refuse('BAD TLS is already active');
-      if (this.user !== null || this.pendingLogin !== null) return refuse('BAD STARTTLS is only valid before logging in');
+      if (this.loggedIn || this.login !== null) return refuse('BAD STARTTLS is only valid before logging in');
       if (literal) return refuse('BAD STARTTLS takes no arguments');
       this.clientMode = { kind: 'pass' };
       this.startTlsTag = cmd.tag;
@@ -670,13 +808,28 @@ export class ImapSession {
       this.log.info({ command: base, rule: decision.rule, user: this.user }, 'imap: command denied by command-acl');
       return refuse(`NO [NOPERM] ${base} is not allowed here`);
     }
-    if (base === 'LOGIN') this.pendingLogin = { tag: cmd.tag, user: loginUser(cmd.rest) };
-    if (base === 'AUTHENTICATE') {
-      // The login name for the ACLs' `users`: from SASL PLAIN (initial response or the next line).
-      const m = /^ PLAIN(?: (\S+))?$/i.exec(cmd.rest);
-      this.pendingAuth = null;
-      if (m?.[1]) this.pendingLogin = { tag: cmd.tag, user: plainAuthUser(m[1]) };
-      else if (m) this.pendingAuth = cmd.tag;
+    if (base === 'LOGIN' || base === 'AUTHENTICATE') {
+      // The login name for the ACLs' `users`, taken when the server says OK (taggedResponse).
+      if (this.login !== null) return refuse('NO [CANNOT] One login at a time');
+      const login: PendingLogin = { tag: cmd.tag, user: null, sasl: null, challenges: 0, wake: null, refusal: null };
+      if (base === 'LOGIN') {
+        const name = loginUser(cmd.rest);
+        login.user = name === null ? null : loginNameOf(Buffer.from(name, 'latin1'));
+        // `LOGIN {n}`: the name is the literal that follows.
+        if (literal && /^ ~?\{\d+\+?\}$/.test(cmd.rest)) this.loginLiteral = { login, parts: [], size: 0 };
+      } else {
+        // AUTHENTICATE mechanism [initial-response] (RFC 3501 §6.2.2, RFC 4959).
+        const m = /^ ([A-Za-z0-9_-]{1,20})(?: (\S+))?$/.exec(cmd.rest);
+        if (!m || literal) return refuse('BAD Invalid AUTHENTICATE arguments');
+        const sasl = new SaslIdentity(m[1] as string);
+        if (m[2] !== undefined && !sasl.initial(m[2])) return refuse('BAD Invalid base64 in the initial response');
+        if (sasl.problem !== null && this.ctx.policy.userRules) {
+          this.log.info({ mechanism: sasl.mechanism, reason: sasl.problem }, 'imap: AUTHENTICATE refused: the login name cannot be read and users rules are configured');
+          return refuse(`NO [CANNOT] Authentication refused by the proxy: ${sasl.problem}`);
+        }
+        login.sasl = sasl;
+      }
+      this.login = login;
     }
     if (base === 'APPEND' && decision.useAntivirus && literal) {
       this.ctx.counters.appends++;
@@ -795,9 +948,8 @@ export function loginUser(rest: string): string | null {
   return a ? (a[1] as string) : null;
 }
 
-/** The authentication identity of a SASL PLAIN response (base64 of authzid NUL authcid NUL password). */
+/** The login name of a SASL PLAIN response (base64 of authzid NUL authcid NUL password); null when it shows none. */
 export function plainAuthUser(b64: string): string | null {
-  if (!/^[A-Za-z0-9+/=]+$/.test(b64.trim())) return null;
-  const parts = Buffer.from(b64.trim(), 'base64').toString('utf8').split('\0');
-  return parts.length === 3 && parts[1] ? (parts[1] as string) : null;
+  const sasl = new SaslIdentity('PLAIN');
+  return sasl.response(b64.trim()) === 'relay' ? sasl.identified : null;
 }

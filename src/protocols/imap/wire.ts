@@ -200,12 +200,13 @@ function cannotCarryLiterals(text: Buffer): boolean {
 
 /**
  * The tag of a client command (first atom), or null when the line does not start with one. `}`
- * is an atom character (RFC 3501 §9) that servers (Dovecot) take in a tag: a tag the proxy did
- * not see as one would let the command pass unexamined (LOGIN in clear, the command-acl).
+ * is an atom character (RFC 3501 §9) that servers (Dovecot) take in a tag, and so is DEL (0x7f,
+ * a CTL to the RFC, yet Dovecot 2.3 takes `\x7f LOGIN ...` as a login): a tag the proxy did not
+ * see as one would let the command pass unexamined (LOGIN in clear, the command-acl).
  */
 export function commandTag(text: Buffer): string | null {
   const s = text.subarray(0, 128).toString('latin1');
-  const m = /^([\x21\x23-\x27\x2c-\x5b\x5d-\x7a\x7c-\x7e]{1,64})(?: |$)/.exec(s);
+  const m = /^([\x21\x23-\x27\x2c-\x5b\x5d-\x7a\x7c-\x7f]{1,64})(?: |$)/.exec(s);
   return m ? (m[1] as string) : null;
 }
 
@@ -425,6 +426,14 @@ export interface CapabilityFilter {
   add?: readonly string[];
   /** Leave out AUTH=... (logging in is refused before STARTTLS). */
   dropAuth?: boolean;
+  /** Keep only these AUTH= mechanisms (upper case): the others would be refused by the proxy. */
+  authMechanisms?: ReadonlySet<string>;
+}
+
+function authOffered(c: string, opts: CapabilityFilter): boolean {
+  if (!/^AUTH=/i.test(c)) return true;
+  if (opts.dropAuth === true) return false;
+  return opts.authMechanisms === undefined || opts.authMechanisms.has(c.slice(5).toUpperCase());
 }
 
 function filterCapabilityList(list: string, opts: CapabilityFilter): string {
@@ -432,7 +441,7 @@ function filterCapabilityList(list: string, opts: CapabilityFilter): string {
   return [
     ...list
       .split(' ')
-      .filter((c) => c !== '' && !UNSUPPORTED_CAPABILITY.test(c) && !(opts.dropAuth === true && /^AUTH=/i.test(c)))
+      .filter((c) => c !== '' && !UNSUPPORTED_CAPABILITY.test(c) && authOffered(c, opts))
       .map((c) => {
         // RFC 7889: the server's limit, lowered to the proxy's own (max-literal-size).
         const m = /^APPENDLIMIT=(\d+)$/i.exec(c);

@@ -5,6 +5,7 @@ import type { Pop3ProxyConfig } from '../../config/mail-proxy-schema.js';
 import { messageOf } from '../../core/errors.js';
 import { acceptTls, connectTls, connectWithTimeout, type UpstreamTls } from '../../core/net.js';
 import { Spool } from '../../core/spool.js';
+import { NAMED_USER_MECHANISMS, SaslIdentity } from '../sasl.js';
 import type { CompiledPolicy, ReplaceDeps, ReplaceResult } from '../../mailproxy/index.js';
 import { renderReplacement, scanAndReplace } from '../../mailproxy/index.js';
 import { readMessage, type MessageInput } from '../../mime/input.js';
@@ -48,6 +49,8 @@ export interface Pop3Context {
 
 /** The upstream server failed: the session ends with -ERR. */
 class UpstreamError extends Error {}
+/** The session cannot go on safely (a login whose name the proxy could not read): -ERR and close. */
+class FailClosed extends Error {}
 
 /** Capabilities relayed from the server's CAPA; the rest (PIPELINING, STLS, UTF8, LANG ...) are things the proxy does not do. */
 const RELAYED_CAPABILITIES = new Set(['TOP', 'USER', 'SASL', 'RESP-CODES', 'AUTH-RESP-CODE', 'LOGIN-DELAY', 'EXPIRE', 'UIDL', 'IMPLEMENTATION']);
@@ -92,7 +95,12 @@ export class Pop3Session {
   private secure = false;
   private up: Socket | null = null;
   private ur: LineReader | null = null;
+  /** The login name the server accepted (the ACLs' `users`); null before login or when none is known. */
   private user: string | null = null;
+  /** The server accepted a login (whether or not its name is known). */
+  private loggedIn = false;
+  /** The name of USER, waiting for PASS: taken as the user only on PASS's +OK. */
+  private claimed: string | null = null;
   private readonly abort = new AbortController();
   private readonly clientAddress: string | null;
   private readonly log: Logger;
@@ -151,6 +159,9 @@ export class Pop3Session {
       if (err instanceof UpstreamError) {
         this.ctx.counters.upstreamFailures++;
         this.log.warn({ err: err.message }, 'pop3: upstream failed');
+        await this.sendLine(`-ERR ${err.message}`).catch(() => undefined);
+      } else if (err instanceof FailClosed) {
+        this.log.warn({ err: err.message }, 'pop3: session closed (fail closed)');
         await this.sendLine(`-ERR ${err.message}`).catch(() => undefined);
       } else if (err instanceof ReadTimeout) {
         this.log.info('pop3: client idle, closing');
@@ -308,7 +319,9 @@ export class Pop3Session {
   /** Handles one command; false when the session ends (QUIT). */
   private async command(cmd: { verb: string; args: string[]; raw: string }): Promise<boolean> {
     const { verb, args } = cmd;
-    const decision = this.ctx.policy.command({ client: this.clientAddress, user: this.user, command: verb });
+    // PASS is judged with the name USER gave (a rule may refuse a user's login); every other
+    // command with the name the server accepted.
+    const decision = this.ctx.policy.command({ client: this.clientAddress, user: this.user ?? (verb === 'PASS' ? this.claimed : null), command: verb });
     if (decision.action === 'deny' && verb !== 'QUIT') {
       this.ctx.counters.refused++;
       this.log.info({ command: verb, user: this.user, rule: decision.rule }, 'pop3: command refused by command-acl');
@@ -343,8 +356,8 @@ export class Pop3Session {
         }
         if (verb === 'APOP') {
           if (args.length !== 2) return this.refuse('-ERR APOP takes a name and a digest');
-          this.user = loginName(args[0] as string);
-          await this.relaySingle(`APOP ${args.join(' ')}`);
+          this.upWrite(`APOP ${args.join(' ')}`);
+          await this.loginAnswer(await this.upLine(), loginName(args[0] as string));
         } else {
           await this.auth(args);
         }
@@ -366,7 +379,8 @@ export class Pop3Session {
       case 'PASS':
         if (!this.up) return this.refuse('-ERR USER first');
         // The password may hold blanks: relayed as typed.
-        await this.relaySingle(cmd.raw.replace(/^\S+/, 'PASS'));
+        this.upWrite(cmd.raw.replace(/^\S+/, 'PASS'));
+        await this.loginAnswer(await this.upLine(), this.claimed);
         return true;
       case 'STAT':
       case 'NOOP':
@@ -397,8 +411,8 @@ export class Pop3Session {
     }
     const arg = args[0] as string;
     if (this.up) {
-      this.user = loginName(arg);
-      await this.relaySingle(`USER ${arg}`);
+      const kind = await this.relaySingle(`USER ${arg}`);
+      this.claimed = kind === 'ok' ? loginName(arg) : null;
       return;
     }
     const at = arg.lastIndexOf('@');
@@ -426,34 +440,102 @@ export class Pop3Session {
       await this.sendLine(`-ERR ${messageOf(err)}`);
       return;
     }
-    this.user = loginName(name);
-    await this.relaySingle(`USER ${name}`);
+    const kind = await this.relaySingle(`USER ${name}`);
+    this.claimed = kind === 'ok' ? loginName(name) : null;
   }
 
-  /** SASL (RFC 5034): continuation lines relayed both ways until +OK or -ERR. */
+  /**
+   * The server's answer to a login (PASS, APOP, AUTH): the login name is taken only with its
+   * +OK, and a failed login leaves none. A login the server accepts while the proxy could not read
+   * its name, with `users` rules configured, ends the session: the rules cannot be applied.
+   */
+  private async loginAnswer(line: Buffer, user: string | null): Promise<void> {
+    const kind = responseKind(line);
+    if (kind !== 'ok' && kind !== 'err') throw new UpstreamError('malformed response from the POP3 server');
+    this.claimed = null;
+    if (kind === 'ok') {
+      if (user === null && this.ctx.policy.userRules) throw new FailClosed('the login name could not be read by the proxy, closing');
+      this.user = user;
+      this.loggedIn = true;
+      this.log.debug({ user }, 'pop3: logged in');
+    }
+    await this.send(Buffer.concat([line, CRLF]));
+  }
+
+  /**
+   * SASL (RFC 5034): continuation lines relayed both ways until +OK or -ERR. The login name is
+   * read from the exchange where the mechanism shows it (PLAIN, LOGIN, CRAM-MD5); with `users`
+   * rules other mechanisms are refused, and a response that shows no usable name is not relayed
+   * (`*` cancels the exchange). A response that is not base64 is never relayed.
+   */
   private async auth(args: string[]): Promise<void> {
     if (args.length === 0) {
       // Some servers list their mechanisms as a multi-line answer.
-      await this.relayMultiline('AUTH');
+      const status = await this.upStatus('AUTH');
+      if (!status) return;
+      const lines = (await this.multilineLines()).filter((l) => l !== '' && this.mechanismOffered(l));
+      await this.send(Buffer.from([status.toString('latin1'), ...lines, '.', ''].join('\r\n'), 'latin1'));
       return;
+    }
+    if (args.length > 2 || !/^[A-Za-z0-9_-]{1,20}$/.test(args[0] as string)) return void (await this.refuse('-ERR AUTH takes a mechanism and an initial response'));
+    const sasl = new SaslIdentity(args[0] as string);
+    if (args[1] !== undefined && !sasl.initial(args[1])) return void (await this.refuse('-ERR invalid base64 in the initial response'));
+    if (sasl.problem !== null && this.ctx.policy.userRules) {
+      this.log.info({ mechanism: sasl.mechanism, reason: sasl.problem }, 'pop3: AUTH refused: the login name cannot be read and users rules are configured');
+      return void (await this.refuse(`-ERR authentication refused by the proxy: ${sasl.problem}`));
     }
     this.upWrite(`AUTH ${args.join(' ')}`);
     for (let round = 0; round < 20; round++) {
       const line = await this.upLine();
       const kind = responseKind(line);
       if (kind === null) throw new UpstreamError('malformed response from the POP3 server');
+      // The name as USER's: the part before @host.
+      if (kind !== 'cont') return this.loginAnswer(line, sasl.identified === null ? null : loginName(sasl.identified));
       await this.send(Buffer.concat([line, CRLF]));
-      if (kind !== 'cont') return;
       const answer = await this.cr.readLine(this.cfg['max-line-length'], this.cfg.timeouts.idle);
       if (answer === null) throw new PeerClosed('client closed during AUTH');
-      this.upWrite(answer.toString('latin1'));
+      const text = answer.toString('latin1');
+      const step = sasl.response(text);
+      const refusal =
+        step === 'invalid' ? 'response not base64' : step === 'relay' && sasl.problem !== null && this.ctx.policy.userRules ? `authentication refused by the proxy: ${sasl.problem}` : null;
+      if (refusal === null) {
+        this.upWrite(text);
+        continue;
+      }
+      // Not relayed: the exchange is cancelled, the server's answer to that is not the client's.
+      this.log.info({ mechanism: sasl.mechanism, reason: refusal }, 'pop3: AUTH cancelled by the proxy');
+      this.upWrite('*');
+      const end = await this.upLine();
+      if (responseKind(end) !== 'err') throw new FailClosed('the server did not cancel the authentication, closing');
+      return void (await this.refuse(`-ERR ${refusal}`));
     }
     throw new UpstreamError('too many AUTH rounds');
   }
 
+  /** With `users` rules only SASL mechanisms that show the login name are offered (others are refused). */
+  private mechanismOffered(name: string): boolean {
+    return !this.ctx.policy.userRules || NAMED_USER_MECHANISMS.has(name.trim().toUpperCase());
+  }
+
+  /** The lines of a multi-line answer whose status was read (bounded, MAX_CAPA_BYTES). */
+  private async multilineLines(): Promise<string[]> {
+    const decoder = new MultilineDecoder();
+    const body: Buffer[] = [];
+    let size = 0;
+    while (!decoder.done) {
+      const { data, rest } = decoder.push(await this.upSome());
+      for (const d of data) {
+        size += d.length;
+        if (size <= MAX_CAPA_BYTES) body.push(d);
+      }
+      if (rest) (this.ur as LineReader).unshift(rest);
+    }
+    return Buffer.concat(body).toString('latin1').split(/\r?\n/);
+  }
+
   /** STLS while the client may still upgrade (RFC 2595): a certificate configured, not yet in TLS, not logged in. */
   private get stlsOffered(): boolean {
-    return this.ctx.tls !== null && !this.secure && this.user === null;
+    return this.ctx.tls !== null && !this.secure && !this.loggedIn && this.claimed === null;
   }
 
   /**
@@ -464,7 +546,7 @@ export class Pop3Session {
   private async startTls(): Promise<void> {
     if (!this.ctx.tls) return void (await this.sendLine('-ERR STLS is not available through this proxy'));
     if (this.secure) return void (await this.refuse('-ERR already in TLS'));
-    if (this.user !== null) return void (await this.refuse('-ERR STLS only before logging in'));
+    if (this.loggedIn || this.claimed !== null) return void (await this.refuse('-ERR STLS only before logging in'));
     // The reader lets go before the +OK: what it holds was sent in clear before the client could
     // see the answer (dropped); what comes after (the ClientHello) waits in the paused socket for TLS.
     this.cr.detach();
@@ -491,21 +573,10 @@ export class Pop3Session {
     }
     const status = await this.upStatus('CAPA');
     if (!status) return;
-    const decoder = new MultilineDecoder();
-    const body: Buffer[] = [];
-    let size = 0;
-    while (!decoder.done) {
-      const { data, rest } = decoder.push(await this.upSome());
-      for (const d of data) {
-        size += d.length;
-        if (size <= MAX_CAPA_BYTES) body.push(d);
-      }
-      if (rest) (this.ur as LineReader).unshift(rest);
-    }
-    const lines = Buffer.concat(body)
-      .toString('latin1')
-      .split(/\r?\n/)
-      .filter((l) => RELAYED_CAPABILITIES.has((l.split(' ')[0] ?? '').toUpperCase()));
+    const lines = (await this.multilineLines())
+      .filter((l) => RELAYED_CAPABILITIES.has((l.split(' ')[0] ?? '').toUpperCase()))
+      .map((l) => (/^SASL /i.test(l) ? ['SASL', ...l.split(' ').slice(1).filter((m) => m !== '' && this.mechanismOffered(m))].join(' ') : l))
+      .filter((l) => l.toUpperCase() !== 'SASL');
     await this.send(Buffer.from([status.toString('latin1'), ...lines, ...stls, '.', ''].join('\r\n'), 'latin1'));
   }
 
