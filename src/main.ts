@@ -2,7 +2,7 @@ import { tuneGarbageCollector } from './core/gc-tuning.js';
 import { mimeLimitsFrom } from './mime/index.js';
 import type { LoadedConfig } from './config/loader.js';
 import { messageOf } from './core/errors.js';
-import { createLogger, type Logger } from './core/logging.js';
+import { createLogger, reopenLogFiles, type Logger } from './core/logging.js';
 import { VERSION } from './core/version.js';
 import { configWarnings } from './config/check.js';
 import { EngineHealth } from './engines/health.js';
@@ -212,8 +212,17 @@ export function startHealthLog(
 
 /** Runs serve until SIGINT/SIGTERM, then stops gracefully within STOP_DEADLINE_MS. */
 export async function serveForever(loaded: LoadedConfig): Promise<number> {
-  const { stop } = await serve(loaded);
+  const log = createLogger({ level: loaded.config.log.level, file: loaded.config.log.file });
+  const { stop } = await serve(loaded, { logger: log });
   const keepAlive = setInterval(() => undefined, 1 << 30);
+  // SIGHUP (node's default: exit) reopens the log files, for logrotate's postrotate (as clamd
+  // does; SIGUSR1 is node's inspector signal). The configuration is read only at start: changing
+  // it takes a restart (docs/config.md).
+  const onReopen = (sig: NodeJS.Signals) => {
+    const files = reopenLogFiles();
+    log.info({ signal: sig, files }, 'log files reopened');
+  };
+  process.on('SIGHUP', onReopen);
   await new Promise<void>((resolve) => {
     let stopping = false;
     // A terminal's Ctrl-C reaches npm, the launcher and avgate at once: later signals are ignored

@@ -14,6 +14,7 @@ export interface LogOptions {
  */
 export function createLogger(options: LogOptions): Logger {
   const destination = options.file ? pino.destination({ dest: options.file, mkdir: true, sync: false }) : pino.destination(2);
+  if (options.file) onReopenLogs(() => destination.reopen());
   return pino({ level: options.level, base: { app: 'avgate' }, timestamp: pino.stdTimeFunctions.isoTime }, destination);
 }
 
@@ -28,4 +29,22 @@ export function commandLogger(options: LogOptions): Logger {
 /** A logger that drops everything: for library use and tests. */
 export function silentLogger(): Logger {
   return pino({ level: 'silent' });
+}
+
+const reopeners = new Set<() => void>();
+
+/** Registers what reopens one log file by its path; returns the function that unregisters it. */
+export function onReopenLogs(reopen: () => void): () => void {
+  reopeners.add(reopen);
+  return () => reopeners.delete(reopen);
+}
+
+/**
+ * Reopens every log file by its path (the main log with `log.file`, the access logs): after
+ * logrotate moved them away (`postrotate: kill -HUP`), new lines go to new files. Returns how
+ * many files were reopened.
+ */
+export function reopenLogFiles(): number {
+  for (const r of reopeners) r();
+  return reopeners.size;
 }

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -109,6 +109,61 @@ describe('avgate serve and the config commands', () => {
     const r = cli(['--config', join(dir, 'missing.yaml'), 'config', 'check']);
     assert.equal(r.code, 2);
     assert.match(r.stderr, /cannot read config .*missing\.yaml: ENOENT/);
+  });
+});
+
+describe('avgate serve: SIGHUP', () => {
+  test('reopens the main log and the access logs (logrotate), and serve goes on', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'avgate-hup-'));
+    const state = join(dir, 'state');
+    const config = join(dir, 'avgate.yaml');
+    await writeFile(
+      config,
+      [`state-dir: ${state}`, 'log:', '  level: info', `  file: ${join(dir, 'avgate.log')}`, 'clamd:', '  tcp-port: 0', 'icap:', '  listen: 127.0.0.1:0', '  access-log: icap-access.log']
+        .concat(['smtp', 'console', 'ftp-proxy', 'http-proxy', 'pop3-proxy', 'imap-proxy'].flatMap((s) => [`${s}:`, '  enabled: false']))
+        .join('\n'),
+    );
+    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'test/helpers/cli.ts'), '--config', config, 'serve'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    const read = (name: string) => readFile(join(dir, name), 'utf8').catch(() => '');
+    const until = async (name: string, re: RegExp): Promise<string> => {
+      const deadline = Date.now() + 120_000;
+      for (;;) {
+        const text = await read(name);
+        if (re.test(text)) return text;
+        assert.ok(Date.now() < deadline && child.exitCode === null, `no ${re} in ${name}: ${text.slice(-1500)} ${stderr}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    };
+    const options = async (port: number) => {
+      const r = await icapExchange(port, [`OPTIONS icap://127.0.0.1:${port}/avscan ICAP/1.0\r\nHost: 127.0.0.1\r\n\r\n`]);
+      r.socket.destroy();
+      assert.equal(r.responses[0]?.head.status, 200);
+    };
+    try {
+      const port = Number(/"icapPort":(\d+)/.exec(await until('avgate.log', /"msg":"avgate ready"/))?.[1]);
+      await options(port);
+      await until('state/icap-access.log', / avscan OPTIONS 200 /);
+      // logrotate without copytruncate: move the files away, then SIGHUP.
+      await rename(join(dir, 'avgate.log'), join(dir, 'avgate.log.1'));
+      await rename(join(state, 'icap-access.log'), join(state, 'icap-access.log.1'));
+      process.kill(child.pid as number, 'SIGHUP');
+      const fresh = await until('avgate.log', /"msg":"log files reopened"/);
+      assert.match(fresh, /"files":2/, 'the main log and the ICAP access log');
+      await options(port);
+      await until('state/icap-access.log', / avscan OPTIONS 200 /);
+      assert.equal((await read('state/icap-access.log.1')).split('\n').filter(Boolean).length, 1, 'the rotated file keeps the old line only');
+      assert.equal(child.exitCode, null, 'still serving after SIGHUP');
+      child.kill('SIGTERM');
+      assert.equal(await exited, 0, stderr);
+      assert.match(await read('avgate.log'), /"msg":"avgate stopped"/, 'the stop is logged in the new file');
+    } finally {
+      child.kill('SIGKILL');
+      await exited;
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -1,4 +1,3 @@
-import { createWriteStream, type WriteStream } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { resolve } from 'node:path';
 import type { FtpProxyConfig } from '../../config/ftp-schema.js';
@@ -14,6 +13,7 @@ import type { ScanService } from '../../scan/types.js';
 import { parseListen } from '../icap/server.js';
 import { FtpSession, type FtpAccessRecord } from './session.js';
 import { formatReply } from './wire.js';
+import { AppendLog } from '../../core/append-log.js';
 
 export interface FtpCounters {
   sessions: number;
@@ -45,7 +45,7 @@ export interface FtpProxyDeps {
 export class FtpProxyServer {
   private server: Server | null = null;
   private readonly sessions = new Map<Socket, FtpSession>();
-  private readonly accessFile: WriteStream | null;
+  private readonly accessFile: AppendLog | null;
   private readonly docAcl: DocAcl;
   readonly counters: FtpCounters = {
     sessions: 0,
@@ -63,7 +63,7 @@ export class FtpProxyServer {
     private readonly deps: FtpProxyDeps,
   ) {
     this.docAcl = new DocAcl(config['doc-acl']);
-    this.accessFile = config['access-log'] ? createWriteStream(resolve(deps.stateDir, config['access-log']), { flags: 'a' }) : null;
+    this.accessFile = config['access-log'] ? new AppendLog(resolve(deps.stateDir, config['access-log'])) : null;
   }
 
   private access(r: FtpAccessRecord, accessLog: Logger): void {
@@ -158,6 +158,6 @@ export class FtpProxyServer {
       session.close();
       s.destroy();
     }
-    this.accessFile?.end();
+    await this.accessFile?.close();
   }
 }

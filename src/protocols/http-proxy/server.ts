@@ -1,4 +1,3 @@
-import { createWriteStream, type WriteStream } from 'node:fs';
 import { Agent, createServer, type IncomingMessage, type Server } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -20,6 +19,7 @@ import { parseListen } from '../icap/server.js';
 import { Exchange, type AccessRecord, type ExchangeContext } from './exchange.js';
 import { headerPairs, parseConnectTarget, requestHeadProblem } from './headers.js';
 import { fileNameOf } from '../../formats/url-name.js';
+import { AppendLog } from '../../core/append-log.js';
 
 export interface HttpProxyCounters {
   requests: number;
@@ -69,7 +69,7 @@ export class HttpProxyServer {
   private readonly tunnels = new Set<Duplex>();
   /** Connections already answered by clientError. */
   private readonly refused = new WeakSet<Duplex>();
-  private readonly accessFile: WriteStream | null;
+  private readonly accessFile: AppendLog | null;
   private readonly agent: Agent;
   private readonly ctx: ExchangeContext;
   private readonly log: Logger;
@@ -93,7 +93,7 @@ export class HttpProxyServer {
   ) {
     this.log = deps.log.child({ component: 'http-proxy' });
     const accessLog = deps.log.child({ component: 'http-access' });
-    this.accessFile = config['access-log'] ? createWriteStream(resolve(deps.stateDir, config['access-log']), { flags: 'a' }) : null;
+    this.accessFile = config['access-log'] ? new AppendLog(resolve(deps.stateDir, config['access-log'])) : null;
     this.agent = new Agent({ keepAlive: true, maxSockets: config['max-connections'], maxFreeSockets: 64, timeout: config.timeouts.idle });
     const scanners = new Map<string, ScanService>();
     this.ctx = {
@@ -347,6 +347,6 @@ export class HttpProxyServer {
     for (const s of this.sockets) s.destroy();
     await closed;
     this.agent.destroy();
-    this.accessFile?.end();
+    await this.accessFile?.close();
   }
 }

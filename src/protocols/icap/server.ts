@@ -1,4 +1,3 @@
-import { createWriteStream, type WriteStream } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { resolve } from 'node:path';
 import { createServer as createTlsServer } from 'node:tls';
@@ -16,6 +15,7 @@ import { IcapService } from './service.js';
 import { formatResponseHead } from './wire.js';
 import { fileNameOf } from '../../formats/url-name.js';
 import { readPem } from '../../config/tls-schema.js';
+import { AppendLog } from '../../core/append-log.js';
 
 export interface IcapCounters {
   requests: number;
@@ -56,7 +56,7 @@ export class IcapServer {
   private readonly services = new Map<string, IcapService>();
   private readonly servers: Server[] = [];
   private readonly sockets = new Map<Socket, IcapConnection>();
-  private readonly accessFile: WriteStream | null;
+  private readonly accessFile: AppendLog | null;
   readonly counters: IcapCounters = {
     requests: 0,
     byMethod: {},
@@ -84,7 +84,7 @@ export class IcapServer {
       }
     }
     const log = deps.log.child({ component: 'icap' });
-    this.accessFile = config['access-log'] ? createWriteStream(resolve(deps.stateDir, config['access-log']), { flags: 'a' }) : null;
+    this.accessFile = config['access-log'] ? new AppendLog(resolve(deps.stateDir, config['access-log'])) : null;
     const accessLog = deps.log.child({ component: 'icap-access' });
     this.ctx = {
       limits: {
@@ -242,6 +242,6 @@ export class IcapServer {
     }
     for (const s of this.sockets.keys()) s.destroy();
     await settleSpools(); // spool files of ended requests, removed after their answers
-    this.accessFile?.end();
+    await this.accessFile?.close();
   }
 }
