@@ -19,6 +19,8 @@ const imapTimeoutsSchema = z.strictObject({
   idle: timerDuration.prefault('30m'),
   /** The rest of a started command line or literal must come within this (slowloris); likewise the rest of a started server response. */
   read: timerDuration.prefault('2m'),
+  /** Responses with bytes the client has not taken (a big FETCH) must make write progress within this; else the connection is reset. 0 = no bound. */
+  send: timerDuration.prefault('60s'),
 });
 
 export const imapProxySchema = z.strictObject({

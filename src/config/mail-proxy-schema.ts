@@ -153,6 +153,8 @@ const pop3TimeoutsSchema = z.strictObject({
   idle: timerDuration.prefault('10m'),
   /** Each answer of the upstream server (and every piece of a multi-line answer) must come within this. */
   upstream: timerDuration.prefault('2m'),
+  /** An answer with bytes the client has not taken (a big RETR) must make write progress within this; else the connection is reset. 0 = no bound. */
+  send: timerDuration.prefault('60s'),
 });
 
 export const pop3ProxySchema = z.strictObject({

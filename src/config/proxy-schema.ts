@@ -133,6 +133,12 @@ const timeoutsSchema = z.strictObject({
   upstream: timerDuration.prefault('60s'),
   /** Body bytes (both ways) must keep coming within this. */
   body: timerDuration.prefault('120s'),
+  /**
+   * A response with bytes the client has not taken must make write progress within this; else the
+   * connection is reset, the upstream request aborted and the spool dropped. A slow reader that
+   * keeps reading is not cut; the scan's own time does not count. 0 = no bound.
+   */
+  send: timerDuration.prefault('60s'),
 });
 
 /** `host:port` of a parent proxy. */

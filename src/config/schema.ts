@@ -151,6 +151,12 @@ const icapSchema = z.strictObject({
   'body-timeout': timerDuration.prefault('30s'),
   /** Bytes per second that extend body-timeout (sizes: 500, 1KiB); 0 = not extended: the whole body within body-timeout. */
   'body-min-rate': size.prefault('500'),
+  /**
+   * An answer with bytes the client has not taken (a 200 echo, a body after an early response) must
+   * make write progress within this; else the connection is reset and logged. A slow reader that
+   * keeps reading is not cut; time avgate spends itself (scans) does not count. 0 = no bound.
+   */
+  'send-timeout': timerDuration.prefault('60s'),
   'max-header-size': size.prefault('64KiB'),
   'max-request-line': size.prefault('8KiB'),
   /**

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { StallWatch, type StallProbe } from '../core/send-stall.js';
 
 /**
  * The console's HTTP layer: path parsing that refuses traversal tricks, a small router, cookies,
@@ -139,126 +140,31 @@ export function hasBody(req: IncomingMessage): boolean {
  * console is the slow side (a scan, a disk), which never counts against the client. One timer for
  * every request watched, running only while there are some.
  */
-export class BodyStallWatch {
-  private readonly watched = new Map<IncomingMessage, { bytes: number; since: number; onStall: () => void }>();
-  private timer: NodeJS.Timeout | null = null;
-  private readonly everyMs: number;
-
-  constructor(
-    private readonly stallMs: number,
-    private readonly now: () => number = Date.now,
-  ) {
-    this.everyMs = Math.max(20, Math.min(1000, Math.floor(stallMs / 4)));
+export class BodyStallWatch extends StallWatch<IncomingMessage> {
+  constructor(stallMs: number, now: () => number = Date.now) {
+    super(stallMs, bodyProbe, now);
   }
 
   /** Watches the request until its body is complete or its connection ends; 0 turns the watch off. */
   watch(req: IncomingMessage, onStall: () => void): void {
     if (this.stallMs <= 0 || req.complete || !hasBody(req)) return;
-    this.watched.set(req, { bytes: (req.socket as IncomingMessage['socket'] | null)?.bytesRead ?? 0, since: this.now(), onStall });
-    this.timer ??= setInterval(() => this.check(), this.everyMs).unref();
+    this.add(req, onStall);
   }
+}
 
-  get size(): number {
-    return this.watched.size;
-  }
-
-  private check(): void {
-    const t = this.now();
-    for (const [req, w] of this.watched) {
-      const socket = req.socket as IncomingMessage['socket'] | null;
-      if (req.complete || !socket || socket.destroyed) {
-        this.watched.delete(req);
-        continue;
-      }
-      const bytes = socket.bytesRead;
-      if (bytes !== w.bytes || req.readableLength > 0) {
-        w.bytes = bytes;
-        w.since = t;
-      } else if (t - w.since >= this.stallMs) {
-        this.watched.delete(req);
-        w.onStall();
-      }
-    }
-    if (this.watched.size === 0) this.stop();
-  }
-
-  stop(): void {
-    if (this.timer) clearInterval(this.timer);
-    this.timer = null;
-    this.watched.clear();
-  }
+function bodyProbe(req: IncomingMessage): StallProbe {
+  const socket = req.socket as IncomingMessage['socket'] | null;
+  if (req.complete || !socket || socket.destroyed) return { done: true, waiting: false, mark: '' };
+  return { done: false, waiting: req.readableLength === 0, mark: String(socket.bytesRead) };
 }
 
 /**
- * The send timeout of responses (`console.timeouts.send`): a response with bytes not yet taken by
- * the kernel whose connection makes no write progress for `stallMs` is handed to `onStall`. A
- * client that asks for a download (or any page larger than the socket buffers) and stops reading
- * would otherwise hold the connection and everything buffered for it for ever. Progress is what
- * the socket hands on: a write finished (`bytesWritten - writableLength` grows) or libuv's queue
- * shrank (`writeQueueSize`, which moves byte by byte as the kernel takes part of a large write),
- * so a slow reader that keeps reading is never cut. A response with nothing unsent (the console
- * still working: a scan, a slow disk, the export reading its object) never counts. One timer for
- * every response watched, running only while there are some.
+ * The send timeout of responses (`console.timeouts.send`): the one watch every front end uses
+ * (src/core/send-stall.ts). A client that asks for a download (or any page larger than the socket
+ * buffers) and stops reading would otherwise hold the connection and everything buffered for it
+ * for ever; a slow reader that keeps reading is never cut.
  */
-export class SendStallWatch {
-  private readonly watched = new Map<ServerResponse, { mark: string; since: number; onStall: () => void }>();
-  private timer: NodeJS.Timeout | null = null;
-  private readonly everyMs: number;
-
-  constructor(
-    private readonly stallMs: number,
-    private readonly now: () => number = Date.now,
-  ) {
-    this.everyMs = Math.max(20, Math.min(1000, Math.floor(stallMs / 4)));
-  }
-
-  /** Watches the response until it has finished or its connection ends; 0 turns the watch off. */
-  watch(res: ServerResponse, onStall: () => void): void {
-    if (this.stallMs <= 0 || res.writableFinished || res.destroyed) return;
-    this.watched.set(res, { mark: '', since: this.now(), onStall });
-    const done = () => this.watched.delete(res);
-    res.once('finish', done);
-    res.once('close', done);
-    this.timer ??= setInterval(() => this.check(), this.everyMs).unref();
-  }
-
-  get size(): number {
-    return this.watched.size;
-  }
-
-  private check(): void {
-    const t = this.now();
-    for (const [res, w] of this.watched) {
-      const socket = res.socket;
-      if (res.writableFinished || res.destroyed || (socket?.destroyed ?? false)) {
-        this.watched.delete(res);
-        continue;
-      }
-      // No socket yet: a pipelined response waiting for the one before it, which is watched itself.
-      const mark = socket ? sendMark(socket) : '';
-      if (!socket || res.writableLength === 0 || mark !== w.mark) {
-        w.mark = mark;
-        w.since = t;
-      } else if (t - w.since >= this.stallMs) {
-        this.watched.delete(res);
-        w.onStall();
-      }
-    }
-    if (this.watched.size === 0) this.stop();
-  }
-
-  stop(): void {
-    if (this.timer) clearInterval(this.timer);
-    this.timer = null;
-    this.watched.clear();
-  }
-}
-
-/** What the socket has handed on so far: finished writes and libuv's queue (TCP and TLS handles alike). */
-function sendMark(socket: NonNullable<ServerResponse['socket']>): string {
-  const handle = (socket as unknown as { _handle?: { writeQueueSize?: number } | null })._handle;
-  return `${(socket.bytesWritten ?? 0) - socket.writableLength}/${handle?.writeQueueSize ?? 0}`;
-}
+export { SendStallWatch } from '../core/send-stall.js';
 
 /**
  * Same-origin check for state-changing requests: the Origin header (or, without one, the

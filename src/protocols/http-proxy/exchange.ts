@@ -5,6 +5,7 @@ import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import type { DocAclRule, HttpProxyConfig } from '../../config/proxy-schema.js';
 import { messageOf } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
+import { cutConnection, type SendStallWatch } from '../../core/send-stall.js';
 import { SHARED_SLABS, Spool } from '../../core/spool.js';
 import type { Verdict } from '../../core/verdict.js';
 import { renderPage } from '../../policy/block-page.js';
@@ -61,7 +62,9 @@ export interface ExchangeContext {
   onVerdict(v: Verdict): void;
   /** A blocked object into the quarantine (when its status is listed); never throws. */
   keep(v: Verdict, spool: Spool, url: string, rule: string): Promise<void>;
-  counters: { aborted: number; trickled: number; uploadsBlocked: number };
+  counters: { aborted: number; trickled: number; uploadsBlocked: number; sendTimeouts: number };
+  /** http-proxy.timeouts.send: every response is watched for a client that stops taking it. */
+  sends: SendStallWatch;
   /** Downloads that passed recently: the same object again goes out as it arrives (within the trickle limits). */
   hints: CleanHints;
 }
@@ -224,6 +227,8 @@ export class Exchange {
    * proxy answers the range itself from the whole object once that is scanned.
    */
   private rangeAsk: { range: string; ifRange: string | null; several: boolean } | null = null;
+  /** Cut by the send timeout: the access log says so. */
+  private stalled = false;
 
   constructor(
     private readonly ctx: ExchangeContext,
@@ -234,6 +239,26 @@ export class Exchange {
     res.on('close', () => {
       if (!res.writableFinished) this.ac.abort();
     });
+    // A client that stops reading (a big download) would hold the connection, the spool and the
+    // upstream for ever: a write waits for 'drain', and neither node's timeouts nor body-timeout
+    // (which watches the upstream) see it.
+    ctx.sends.watch(res, (unsent) => this.sendStalled(unsent));
+  }
+
+  /**
+   * http-proxy.timeouts.send passed without write progress: the connection is reset. The response
+   * closes, which aborts the scan; the write waiting for 'drain' fails, the upstream response is
+   * destroyed, the spool disposed of, and run() destroys the upstream request.
+   */
+  private sendStalled(unsent: number): void {
+    this.ctx.counters.sendTimeouts++;
+    this.ctx.log.warn(
+      { client: this.rec.client, method: this.rec.method, url: this.rec.url, unsent, timeout: this.ctx.config.timeouts.send },
+      'http-proxy: client stopped reading the response (timeouts.send); connection reset',
+    );
+    this.stalled = true;
+    cutConnection(this.res.socket);
+    this.res.destroy();
   }
 
   async run(): Promise<void> {
@@ -244,6 +269,7 @@ export class Exchange {
       this.res.destroy();
     } finally {
       this.upstreamReq?.destroy();
+      if (this.stalled) this.rec.verdict = `${this.rec.verdict}/send-timeout`;
       this.rec.status = this.res.statusCode;
       this.rec.ms = performance.now() - this.started;
       this.ctx.access(this.rec);

@@ -7,6 +7,7 @@ import { hostMatcher } from '../../config/smtp-schema.js';
 import { AvgateError, messageOf } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
 import { connectWithTimeout } from '../../core/net.js';
+import { SendStallWatch } from '../../core/send-stall.js';
 import type { Spool } from '../../core/spool.js';
 import type { Verdict, VerdictStatus } from '../../core/verdict.js';
 import { loadTemplate } from '../../policy/block-page.js';
@@ -37,6 +38,8 @@ export interface HttpProxyCounters {
   trickled: number;
   uploadsBlocked: number;
   quarantined: number;
+  /** Responses cut because the client stopped reading them (timeouts.send). */
+  sendTimeouts: number;
 }
 
 export interface HttpProxyDeps {
@@ -73,6 +76,7 @@ export class HttpProxyServer {
   private readonly agent: Agent;
   private readonly ctx: ExchangeContext;
   private readonly log: Logger;
+  private readonly sends: SendStallWatch;
   readonly counters: HttpProxyCounters = {
     requests: 0,
     byStatus: {},
@@ -85,6 +89,7 @@ export class HttpProxyServer {
     trickled: 0,
     uploadsBlocked: 0,
     quarantined: 0,
+    sendTimeouts: 0,
   };
 
   constructor(
@@ -92,6 +97,7 @@ export class HttpProxyServer {
     private readonly deps: HttpProxyDeps,
   ) {
     this.log = deps.log.child({ component: 'http-proxy' });
+    this.sends = new SendStallWatch(config.timeouts.send);
     const accessLog = deps.log.child({ component: 'http-access' });
     this.accessFile = config['access-log'] ? new AppendLog(resolve(deps.stateDir, config['access-log'])) : null;
     this.agent = new Agent({ keepAlive: true, maxSockets: config['max-connections'], maxFreeSockets: 64, timeout: config.timeouts.idle });
@@ -121,6 +127,7 @@ export class HttpProxyServer {
       keep: (v, spool, url, rule) => this.keep(v, spool, url, rule),
       counters: this.counters,
       hints: new CleanHints(),
+      sends: this.sends,
     };
     // Every engine id a rule names must exist now, not at the first request.
     for (const r of config['doc-acl']) if (r.antivirus !== 'none') this.ctx.scannerFor(r.antivirus);
@@ -346,6 +353,7 @@ export class HttpProxyServer {
     }
     for (const s of this.sockets) s.destroy();
     await closed;
+    this.sends.stop();
     this.agent.destroy();
     await this.accessFile?.close();
   }

@@ -2,6 +2,7 @@ import type { Socket } from 'node:net';
 import { PassThrough } from 'node:stream';
 import { messageOf } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
+import { cutConnection, type SendStallWatch } from '../../core/send-stall.js';
 import { SHARED_SLABS, Spool } from '../../core/spool.js';
 import type { Verdict } from '../../core/verdict.js';
 import type { Decision } from '../../policy/verdict-policy.js';
@@ -32,6 +33,8 @@ export interface IcapLimits {
    */
   bodyTimeoutMs: number;
   bodyMinRate: number;
+  /** icap.send-timeout (for the log; the watch is the context's `sends`). */
+  sendTimeoutMs: number;
   maxHeaderSize: number;
   maxRequestLine: number;
   spoolMemory: number;
@@ -59,6 +62,10 @@ export interface ConnectionContext {
   onVerdict(service: IcapService, v: Verdict): void;
   /** Keeps a blocked object (service option `quarantine`); resolves to the item id, null when not kept. */
   quarantine(service: IcapService, v: Verdict, spool: Spool, url: string, head: HttpHead | null): Promise<string | null>;
+  /** icap.send-timeout: every connection is watched for a client that stops taking its answer. */
+  sends: SendStallWatch;
+  /** Counts a connection cut by the send timeout. */
+  onSendStall(): void;
 }
 
 /** Chunk-size lines longer than this are not chunk sizes (16 hex digits plus extensions). */
@@ -89,6 +96,10 @@ export class IcapConnection {
   idle = true;
   /** The request being handled, for the access log when it ends in an abort. */
   private current: { service: string; method: string; started: number; bytes?: number } | null = null;
+  /** What the answer being written is, for the send timeout's log line. */
+  private sending = 'a response head';
+  /** Cut by the send timeout: the access log says so instead of client-gone. */
+  private sendStalled = false;
 
   constructor(
     private readonly socket: Socket,
@@ -99,6 +110,24 @@ export class IcapConnection {
     this.client = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     // One signal for the connection's life: a scan under way stops when the client goes away.
     socket.once('close', () => this.gone.abort(new Error('client gone')));
+    // A client that stops reading its answer (a 200 echo, a body after an early response) would
+    // hold the connection, the spool and the scan's result for ever: write() waits for 'drain'.
+    ctx.sends.watch(socket, (unsent) => this.stalled(unsent));
+  }
+
+  /**
+   * icap.send-timeout passed without write progress: the connection is reset. The write waiting
+   * for 'drain' then fails (client gone), which releases the spool and stops a scan under way.
+   */
+  private stalled(unsent: number): void {
+    this.sendStalled = true;
+    this.ctx.onSendStall();
+    const c = this.current;
+    this.ctx.log.warn(
+      { client: this.client, service: c?.service, method: c?.method, sending: this.sending, unsent, timeout: this.ctx.limits.sendTimeoutMs },
+      'icap: client stopped reading the answer (send-timeout); connection reset',
+    );
+    cutConnection(this.socket);
   }
 
   private readonly gone = new AbortController();
@@ -146,7 +175,7 @@ export class IcapConnection {
   private fail(err: unknown): void {
     if (err instanceof UnexpectedEof || this.socket.destroyed) {
       this.socket.destroy();
-      this.logAbort('client-gone');
+      this.logAbort(this.sendStalled ? 'send-timeout' : 'client-gone');
       return;
     }
     const status =
@@ -184,6 +213,7 @@ export class IcapConnection {
   /** Handles one request; false = close the connection afterwards. */
   private async handle(block: Buffer): Promise<boolean> {
     const started = performance.now();
+    this.sending = 'a response head';
     const head = parseRequestHead(block, { maxRequestLine: this.ctx.limits.maxRequestLine });
     const service = this.ctx.serviceFor(head.service);
     if (!service) throw new IcapProtocolError(404, `no service "${head.service}"`);
@@ -589,6 +619,7 @@ export class IcapConnection {
         return { status: 200, verdict, bytes, close: true };
       }
       const page = service.blockPage(verdict, decision, url);
+      this.sending = 'a block page';
       await this.write(
         formatResponseHead({
           status: 200,
@@ -630,6 +661,7 @@ export class IcapConnection {
 
   /** Sends spooled bytes [from, to) as chunks; returns the new send position. */
   private async forward(spool: Spool, from: number, to: number): Promise<number> {
+    this.sending = 'the body after an early response';
     let pos = from;
     while (pos < to) {
       const piece = await spool.readRange(pos, Math.min(to, pos + READ_PIECE));
@@ -641,6 +673,7 @@ export class IcapConnection {
   }
 
   private async streamBody(spool: Spool): Promise<void> {
+    this.sending = 'the echoed body';
     for await (const piece of spool.createReadStream()) {
       const b = piece as Buffer;
       if (b.length > 0) await this.write(...chunk(b));

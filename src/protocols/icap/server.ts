@@ -5,6 +5,7 @@ import type { IcapConfig } from '../../config/schema.js';
 import { AvgateError } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
 import type { Verdict, VerdictStatus } from '../../core/verdict.js';
+import { SendStallWatch } from '../../core/send-stall.js';
 import { settleSpools, type Spool } from '../../core/spool.js';
 import type { Engine } from '../../engines/types.js';
 import { keepBlockedObject } from '../../quarantine/blocked.js';
@@ -28,6 +29,8 @@ export interface IcapCounters {
   refused: number;
   /** Blocked objects kept in the quarantine. */
   quarantined: number;
+  /** Connections reset because the client stopped reading its answer (icap.send-timeout). */
+  sendTimeouts: number;
 }
 
 export interface IcapServerDeps {
@@ -66,10 +69,12 @@ export class IcapServer {
     connections: 0,
     refused: 0,
     quarantined: 0,
+    sendTimeouts: 0,
   };
   /** When a refusal at max-connections was last logged: at most one line a minute. */
   private refusedLoggedAt = 0;
   private readonly ctx: ConnectionContext;
+  private readonly sends: SendStallWatch;
 
   constructor(
     private readonly config: IcapConfig,
@@ -83,6 +88,7 @@ export class IcapServer {
         this.services.set(n, service);
       }
     }
+    this.sends = new SendStallWatch(config['send-timeout']);
     const log = deps.log.child({ component: 'icap' });
     this.accessFile = config['access-log'] ? new AppendLog(resolve(deps.stateDir, config['access-log'])) : null;
     const accessLog = deps.log.child({ component: 'icap-access' });
@@ -93,6 +99,7 @@ export class IcapServer {
         headerTimeoutMs: config['header-timeout'],
         bodyTimeoutMs: config['body-timeout'],
         bodyMinRate: config['body-min-rate'],
+        sendTimeoutMs: config['send-timeout'],
         maxHeaderSize: config['max-header-size'],
         maxRequestLine: config['max-request-line'],
         spoolMemory: config['spool-memory'],
@@ -113,6 +120,8 @@ export class IcapServer {
         this.counters.byVerdict[v.status]++;
       },
       quarantine: (service, v, spool, url) => this.keep(service, v, spool, url, log),
+      sends: this.sends,
+      onSendStall: () => void this.counters.sendTimeouts++,
     };
   }
 
@@ -241,6 +250,7 @@ export class IcapServer {
       for (const [s, c] of this.sockets) if (c.idle) s.destroy();
     }
     for (const s of this.sockets.keys()) s.destroy();
+    this.sends.stop();
     await settleSpools(); // spool files of ended requests, removed after their answers
     await this.accessFile?.close();
   }

@@ -3,6 +3,7 @@ import { resolve } from 'node:path';
 import type { ImapProxyConfig } from '../../config/imap-schema.js';
 import { listenerContext, upstreamTls } from '../../config/tls-schema.js';
 import { AvgateError } from '../../core/errors.js';
+import { SendStallWatch } from '../../core/send-stall.js';
 import type { Logger } from '../../core/logging.js';
 import { compilePolicy, loadReplacement, type ReplacementTemplate } from '../../mailproxy/index.js';
 import type { MimeLimits } from '../../mime/index.js';
@@ -30,15 +31,18 @@ export class ImapProxyServer {
   private server: Server | null = null;
   private readonly sessions = new Map<Socket, ImapSession>();
   private seq = 0;
-  readonly counters: ImapCounters = { connections: 0, commands: 0, scanned: 0, replaced: 0, appends: 0, appendsRefused: 0, upstreamFailures: 0 };
+  readonly counters: ImapCounters = { connections: 0, commands: 0, scanned: 0, replaced: 0, appends: 0, appendsRefused: 0, upstreamFailures: 0, sendTimeouts: 0 };
   private ctx: SessionContext | null = null;
   private readonly log: Logger;
+  /** imap-proxy.timeouts.send over every session's client connection. */
+  private readonly sends: SendStallWatch;
 
   constructor(
     private readonly config: ImapProxyConfig,
     private readonly deps: ImapProxyDeps,
   ) {
     this.log = deps.log.child({ component: 'imap-proxy' });
+    this.sends = new SendStallWatch(config.timeouts.send);
   }
 
   /** Loads the replacement notice (a missing file stops startup) and binds; returns the port. */
@@ -57,6 +61,7 @@ export class ImapProxyServer {
       quarantine: this.deps.quarantine ?? null,
       upstreamTls: upstreamTls(this.config, 'imap-proxy'),
       tls: listenerContext(this.config.tls, 'imap-proxy.tls'),
+      sends: this.sends,
     };
     const { host, port } = parseHostPort(this.config.listen);
     const server = createServer((s) => this.accept(s));
@@ -102,6 +107,7 @@ export class ImapProxyServer {
     const until = Date.now() + deadlineMs;
     while (this.sessions.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
     for (const s of this.sessions.keys()) s.destroy();
+    this.sends.stop();
     await closed;
   }
 }

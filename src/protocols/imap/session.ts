@@ -5,6 +5,7 @@ import type { ImapProxyConfig } from '../../config/imap-schema.js';
 import { messageOf } from '../../core/errors.js';
 import { acceptTls, type UpstreamTls } from '../../core/net.js';
 import type { Logger } from '../../core/logging.js';
+import { cutConnection, type SendStallWatch } from '../../core/send-stall.js';
 import { Spool } from '../../core/spool.js';
 import { loginNameOf, NAMED_USER_MECHANISMS, SaslIdentity } from '../sasl.js';
 import type { CompiledPolicy, ReplaceDeps, ReplacementTemplate } from '../../mailproxy/index.js';
@@ -38,6 +39,8 @@ export interface ImapCounters {
   appends: number;
   appendsRefused: number;
   upstreamFailures: number;
+  /** Sessions cut because the client stopped reading (timeouts.send). */
+  sendTimeouts: number;
 }
 
 export interface SessionContext {
@@ -56,6 +59,8 @@ export interface SessionContext {
   upstreamTls: UpstreamTls;
   /** The certificate for STARTTLS towards the clients (imap-proxy.tls), read once at start; null = not offered. */
   tls: SecureContext | null;
+  /** timeouts.send: the client's connection is watched for a client that stops reading. */
+  sends: SendStallWatch;
 }
 
 const CRLF = Buffer.from('\r\n');
@@ -214,6 +219,8 @@ export class ImapSession {
   private startTlsTag: string | null = null;
   /** Between the STARTTLS OK and the end of the handshake: nothing may be written in clear. */
   private upgrading = false;
+  /** What is being written to the client, for the send timeout's log line. */
+  private sending = 'server responses';
 
   constructor(
     private readonly plain: Socket,
@@ -247,6 +254,7 @@ export class ImapSession {
     const client = this.client;
     client.on('error', () => undefined);
     client.setNoDelay(true);
+    this.watchSends(client);
     let up;
     try {
       up = await connectUpstream(this.ctx.config, this.ctx.upstreamTls);
@@ -283,6 +291,24 @@ export class ImapSession {
       this.clientLoop().finally(() => this.close()),
     ]);
     await this.close();
+  }
+
+  /**
+   * A client that stops reading (a big FETCH) would hold the session, the server's connection and
+   * the spool for ever: writes wait for 'drain' under the client lock, and the idle timer does not
+   * run while the server pump waits. Past timeouts.send without write progress the connection is
+   * reset and the session closed.
+   */
+  private watchSends(socket: Socket): void {
+    this.ctx.sends.watch(socket, (unsent) => {
+      this.ctx.counters.sendTimeouts++;
+      this.log.warn(
+        { user: this.user, sending: this.sending, unsent, timeout: this.ctx.config.timeouts.send },
+        'imap: client stopped reading (timeouts.send); connection reset',
+      );
+      cutConnection(socket);
+      void this.close();
+    });
   }
 
   /** The idle/read timer of the client's connection (the plain one, then the TLS one). */
@@ -351,6 +377,7 @@ export class ImapSession {
       this.client = secure;
       this.secure = true;
       this.watchClient(secure);
+      this.watchSends(secure);
       this.log.debug({ protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'imap: client in TLS');
       return true;
     } finally {
@@ -632,9 +659,11 @@ export class ImapSession {
       }
       this.log.debug({ item: c.item, size, changed: outcome?.changed ?? true }, 'imap: sending fetched content');
       this.client.cork();
+      this.sending = `FETCH ${c.item} (${size} bytes)`;
       if (!(await writeTo(this.client, rewriteMarker(c.text, c.spec, size)))) return;
       for await (const chunk of readInput(output)) if (!(await writeTo(this.client, chunk))) return;
     } finally {
+      this.sending = 'server responses';
       await outcome?.dispose();
       await c.spool?.dispose();
     }

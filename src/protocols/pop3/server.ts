@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import type { Pop3ProxyConfig } from '../../config/mail-proxy-schema.js';
 import { listenerContext, upstreamTls } from '../../config/tls-schema.js';
 import { AvgateError } from '../../core/errors.js';
+import { SendStallWatch } from '../../core/send-stall.js';
 import type { UpstreamTls } from '../../core/net.js';
 import { compilePolicy, globRegExp, type ReplaceDeps } from '../../mailproxy/index.js';
 import { parseListen } from '../icap/server.js';
@@ -29,7 +30,9 @@ export class Pop3ProxyServer {
   private readonly tls: SecureContext | null;
   /** tls-verify and tls-ca (read once at start) for TLS towards the POP3 servers. */
   private readonly upstreamTls: UpstreamTls;
-  readonly counters: Pop3Counters = { connections: 0, active: 0, scanned: 0, replaced: 0, engineErrors: 0, refused: 0, upstreamFailures: 0 };
+  /** pop3-proxy.timeouts.send over every session's client connection. */
+  private readonly sends: SendStallWatch;
+  readonly counters: Pop3Counters = { connections: 0, active: 0, scanned: 0, replaced: 0, engineErrors: 0, refused: 0, upstreamFailures: 0, sendTimeouts: 0 };
 
   constructor(
     private readonly config: Pop3ProxyConfig,
@@ -38,6 +41,7 @@ export class Pop3ProxyServer {
     this.allowed = config['allowed-upstreams'].map((g) => globRegExp(g.toLowerCase()));
     this.tls = listenerContext(config.tls, 'pop3-proxy.tls');
     this.upstreamTls = upstreamTls(config, 'pop3-proxy');
+    this.sends = new SendStallWatch(config.timeouts.send);
   }
 
   async listen(): Promise<{ port: number }> {
@@ -81,6 +85,7 @@ export class Pop3ProxyServer {
         counters: this.counters,
         tls: this.tls,
         upstreamTls: this.upstreamTls,
+        sends: this.sends,
       },
       this.nextId++,
     );
@@ -96,6 +101,7 @@ export class Pop3ProxyServer {
     const deadline = new Promise<void>((resolve) => setTimeout(resolve, deadlineMs).unref());
     await Promise.race([closed, deadline]);
     for (const s of this.sockets) s.destroy();
+    this.sends.stop();
     await closed;
   }
 }

@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import type { Pop3ProxyConfig } from '../../config/mail-proxy-schema.js';
 import { messageOf } from '../../core/errors.js';
 import { acceptTls, connectTls, connectWithTimeout, type UpstreamTls } from '../../core/net.js';
+import { cutConnection, type SendStallWatch } from '../../core/send-stall.js';
 import { Spool } from '../../core/spool.js';
 import { NAMED_USER_MECHANISMS, SaslIdentity } from '../sasl.js';
 import type { CompiledPolicy, ReplaceDeps, ReplaceResult } from '../../mailproxy/index.js';
@@ -30,6 +31,8 @@ export interface Pop3Counters {
   refused: number;
   /** Sessions ended because the upstream server failed (connect, timeout, close, garbage). */
   upstreamFailures: number;
+  /** Sessions cut because the client stopped reading an answer (timeouts.send). */
+  sendTimeouts: number;
 }
 
 export interface Pop3Context {
@@ -45,6 +48,8 @@ export interface Pop3Context {
   tls: SecureContext | null;
   /** How the upstream's certificate is checked (tls-verify, tls-ca read at start). */
   upstreamTls: UpstreamTls;
+  /** timeouts.send: the client's connection is watched for a client that stops reading. */
+  sends: SendStallWatch;
 }
 
 /** The upstream server failed: the session ends with -ERR. */
@@ -104,6 +109,8 @@ export class Pop3Session {
   private readonly abort = new AbortController();
   private readonly clientAddress: string | null;
   private readonly log: Logger;
+  /** The command being answered, for the send timeout's log line (never a password). */
+  private sending = 'the greeting';
 
   constructor(
     client: Socket,
@@ -118,6 +125,23 @@ export class Pop3Session {
     this.clientAddress = client.remoteAddress ?? null;
     this.log = ctx.log.child({ session: id });
     client.once('close', () => this.abort.abort(new PeerClosed('client closed the connection')));
+    this.watchSends(client);
+  }
+
+  /**
+   * A client that stops reading a big answer (RETR) would hold the session, its upstream and the
+   * spool for ever: send() waits for 'drain'. Past timeouts.send without write progress the
+   * connection is reset; the waiting send() then fails (client gone) and the session ends.
+   */
+  private watchSends(socket: Socket): void {
+    this.ctx.sends.watch(socket, (unsent) => {
+      this.ctx.counters.sendTimeouts++;
+      this.log.warn(
+        { client: this.clientAddress, user: this.user, sending: this.sending, unsent, timeout: this.cfg.timeouts.send },
+        'pop3: client stopped reading the answer (timeouts.send); connection reset',
+      );
+      cutConnection(socket);
+    });
   }
 
   private get cfg(): Pop3ProxyConfig {
@@ -319,6 +343,7 @@ export class Pop3Session {
   /** Handles one command; false when the session ends (QUIT). */
   private async command(cmd: { verb: string; args: string[]; raw: string }): Promise<boolean> {
     const { verb, args } = cmd;
+    this.sending = verb === 'RETR' || verb === 'TOP' || verb === 'LIST' || verb === 'UIDL' ? [verb, ...args].join(' ') : verb;
     // PASS is judged with the name USER gave (a rule may refuse a user's login); every other
     // command with the name the server accepted.
     const decision = this.ctx.policy.command({ client: this.clientAddress, user: this.user ?? (verb === 'PASS' ? this.claimed : null), command: verb });
@@ -562,6 +587,7 @@ export class Pop3Session {
     this.cr = new LineReader(secure);
     this.secure = true;
     secure.once('close', () => this.abort.abort(new PeerClosed('client closed the connection')));
+    this.watchSends(secure);
     this.log.debug({ protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'pop3: client in TLS');
   }
 
