@@ -219,8 +219,9 @@ export async function serveForever(loaded: LoadedConfig): Promise<number> {
   // does; SIGUSR1 is node's inspector signal). The configuration is read only at start: changing
   // it takes a restart (docs/config.md).
   const onReopen = (sig: NodeJS.Signals) => {
-    const files = reopenLogFiles();
-    log.info({ signal: sig, files }, 'log files reopened');
+    const { files, failed } = reopenLogFiles();
+    if (failed.length > 0) log.warn({ signal: sig, files, failed }, 'log files reopened, some kept their old file');
+    else log.info({ signal: sig, files }, 'log files reopened');
   };
   process.on('SIGHUP', onReopen);
   await new Promise<void>((resolve) => {

@@ -146,9 +146,11 @@ const icapSchema = z.strictObject({
    * A minimum body rate (like Apache's mod_reqtimeout `body=…,MinRate=…`): from its first byte a
    * body may keep avgate waiting this long in all, plus 1 s for every `body-min-rate` bytes
    * received; else 408 (or a cut connection when the answer has begun). Only time avgate waits for
-   * the client counts, not time the client waits for an engine. 0 = no body deadline.
+   * the client counts, not time the client waits for an engine. 0 (default) = no body deadline:
+   * with RESPMOD a body comes at the origin's pace (an event stream, a slow download), which a
+   * trusted ICAP client cannot speed up.
    */
-  'body-timeout': timerDuration.prefault('30s'),
+  'body-timeout': timerDuration.prefault(0),
   /** Bytes per second that extend body-timeout (sizes: 500, 1KiB); 0 = not extended: the whole body within body-timeout. */
   'body-min-rate': size.prefault('500'),
   /**

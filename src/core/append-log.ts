@@ -1,5 +1,5 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { onReopenLogs } from './logging.js';
+import { checkAppendable, onReopenLogs } from './logging.js';
 
 /**
  * A line log appended to a file (the access logs of the ICAP server and the proxies). Reopened
@@ -28,7 +28,9 @@ export class AppendLog {
     this.stream.write(line);
   }
 
+  /** Throws, the old file kept, when the path cannot be opened (see reopenLogFiles). */
   reopen(): void {
+    checkAppendable(this.path);
     const old = this.stream;
     this.stream = AppendLog.open(this.path);
     old.end();

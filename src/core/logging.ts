@@ -1,3 +1,5 @@
+import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { pino, type Logger } from 'pino';
 
 export type { Logger };
@@ -14,7 +16,24 @@ export interface LogOptions {
  */
 export function createLogger(options: LogOptions): Logger {
   const destination = options.file ? pino.destination({ dest: options.file, mkdir: true, sync: false }) : pino.destination(2);
-  if (options.file) onReopenLogs(() => destination.reopen());
+  if (options.file) {
+    const file = options.file;
+    // A write or open error of the log file (disk full, a path logrotate left unopenable) must not
+    // end the daemon: pino re-emits it on the destination, where an unhandled 'error' is fatal.
+    let reported = '';
+    destination.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === reported) return;
+      reported = err.code ?? 'error';
+      process.stderr.write(`avgate: log file ${file}: ${err.message}\n`);
+    });
+    onReopenLogs(() => {
+      // Tried first: a failed reopen would leave the destination half-switched (its old file closed
+      // twice later); this way lines go on into the old file and the next SIGHUP tries again.
+      checkAppendable(file, true);
+      reported = '';
+      destination.reopen();
+    });
+  }
   return pino({ level: options.level, base: { app: 'avgate' }, timestamp: pino.stdTimeFunctions.isoTime }, destination);
 }
 
@@ -33,7 +52,19 @@ export function silentLogger(): Logger {
 
 const reopeners = new Set<() => void>();
 
-/** Registers what reopens one log file by its path; returns the function that unregisters it. */
+/**
+ * Throws when `path` cannot be opened for appending (created if missing, and with `mkdir` its
+ * directory too): a log file is reopened only when its new file can be written.
+ */
+export function checkAppendable(path: string, mkdir = false): void {
+  if (mkdir) mkdirSync(dirname(path), { recursive: true });
+  closeSync(openSync(path, 'a', 0o644));
+}
+
+/**
+ * Registers what reopens one log file by its path (throwing, the old file kept, when the new one
+ * cannot be opened); returns the function that unregisters it.
+ */
 export function onReopenLogs(reopen: () => void): () => void {
   reopeners.add(reopen);
   return () => reopeners.delete(reopen);
@@ -41,10 +72,17 @@ export function onReopenLogs(reopen: () => void): () => void {
 
 /**
  * Reopens every log file by its path (the main log with `log.file`, the access logs): after
- * logrotate moved them away (`postrotate: kill -HUP`), new lines go to new files. Returns how
- * many files were reopened.
+ * logrotate moved them away (`postrotate: kill -HUP`), new lines go to new files. One that cannot
+ * be opened keeps writing to its old file and is listed in `failed`; never throws.
  */
-export function reopenLogFiles(): number {
-  for (const r of reopeners) r();
-  return reopeners.size;
+export function reopenLogFiles(): { files: number; failed: string[] } {
+  const failed: string[] = [];
+  for (const r of reopeners) {
+    try {
+      r();
+    } catch (err) {
+      failed.push(err instanceof Error ? err.message : String(err));
+    }
+  }
+  return { files: reopeners.size - failed.length, failed };
 }

@@ -13,7 +13,8 @@ import { TLSSocket } from 'node:tls';
  * response on one (console, HTTP proxy). It stalls when it has bytes not yet taken by the kernel
  * and its connection makes no write progress for `stallMs`. Progress is what the socket hands on:
  * a write finished (`bytesWritten - writableLength` grows) or libuv's queue shrank
- * (`writeQueueSize`, which moves byte by byte as the kernel takes part of a large write), so a
+ * (`writeQueueSize`, which moves as the kernel takes part of a large write; for TLS the queue of
+ * the TCP handle below, as the TLS one moves only when a whole write is done), so a
  * slow reader that keeps reading is never cut. Nothing unsent (the server still working: a scan,
  * an upstream, a slow disk) never counts. One timer for every target watched, running only while
  * there are some.
@@ -119,10 +120,21 @@ function socketOf(target: SendTarget): Socket | null {
   return target instanceof Socket ? target : target.socket;
 }
 
-/** What the socket has handed on so far: finished writes and libuv's queue (TCP and TLS handles alike). */
+interface StreamHandle {
+  writeQueueSize?: number;
+  /** Of a TLS handle: the TCP handle below it. */
+  _parent?: StreamHandle | null;
+}
+
+/**
+ * What the socket has handed on so far: finished writes and libuv's queue. A TLS handle's own
+ * queue does not move while one large write (a corked 256 KiB answer) is taken piece by piece:
+ * it stays at the whole record size until the write ends, so a slow reader that keeps reading
+ * would look stalled; the queue of the TCP handle below it moves as the kernel takes bytes.
+ */
 function sendMark(socket: Socket): string {
-  const handle = (socket as unknown as { _handle?: { writeQueueSize?: number } | null })._handle;
-  return `${(socket.bytesWritten ?? 0) - socket.writableLength}/${handle?.writeQueueSize ?? 0}`;
+  const handle = (socket as unknown as { _handle?: StreamHandle | null })._handle;
+  return `${(socket.bytesWritten ?? 0) - socket.writableLength}/${handle?.writeQueueSize ?? 0}/${handle?._parent?.writeQueueSize ?? 0}`;
 }
 
 /**

@@ -21,7 +21,10 @@ describe('POP3 proxy: the login name of AUTH and APOP (Dovecot with PLAIN, LOGIN
   let dovecot: Dovecot;
   let scanner: Scanner;
   const proxies: Pop3ProxyServer[] = [];
-  const denyStat = (user: string) => ({ 'command-acl': [{ name: `${user}-no-stat`, match: { users: [user], commands: ['STAT'] }, action: 'deny' }] });
+  /** Users of a server with virtual domains: two users, not one `bob`. */
+  const CORP = { user: 'bob@corp.test', password: 'secret-corp' };
+  const OTHER = { user: 'bob@other.test', password: 'secret-other' };
+  const denyStat = (user: string) => ({ 'command-acl': [{ name: `${user.replace(/[^A-Za-z0-9-]/g, '-')}-no-stat`, match: { users: [user], commands: ['STAT'] }, action: 'deny' }] });
 
   const proxy = (yaml: Record<string, unknown>): Promise<number> =>
     listenPop3Proxy({ upstream: `127.0.0.1:${dovecot.pop3Port}`, ...yaml }, { scanner, spoolDir: join(dir, 'spool') }, proxies);
@@ -62,7 +65,7 @@ describe('POP3 proxy: the login name of AUTH and APOP (Dovecot with PLAIN, LOGIN
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'avgate-pop3sasl-'));
-    dovecot = await startTestDovecot({ users: [ALICE, BOB], extraConfig: 'auth_mechanisms = plain login cram-md5 scram-sha-1 apop\nauth_failure_delay = 0\n' });
+    dovecot = await startTestDovecot({ users: [ALICE, BOB, CORP, OTHER], extraConfig: 'auth_mechanisms = plain login cram-md5 scram-sha-1 apop\nauth_failure_delay = 0\n' });
     // Nothing here is scanned: a scanner that would fail is enough.
     scanner = deadScanner();
   });
@@ -201,5 +204,38 @@ describe('POP3 proxy: the login name of AUTH and APOP (Dovecot with PLAIN, LOGIN
     } finally {
       c.socket.destroy();
     }
+  });
+
+  async function stat(port: number, login: (c: Pop3TestClient) => Promise<string>): Promise<string> {
+    const c = await Pop3TestClient.connect(port);
+    try {
+      assert.match(await login(c), /^\+OK/);
+      return await c.command('STAT');
+    } finally {
+      await c.quit();
+    }
+  }
+
+  test('login names with a domain are kept whole (the server has bob@corp.test and bob@other.test): fixed upstream: USER/PASS and AUTH PLAIN as bob@corp.test meet its rule; bob@other.test does not', async () => {
+    const port = await proxy(denyStat('bob@corp.test'));
+    const userPass = (u: typeof CORP) => async (c: Pop3TestClient) => {
+      assert.match(await c.command(`USER ${u.user}`), /^\+OK/);
+      return c.command(`PASS ${u.password}`);
+    };
+    const plain = (u: typeof CORP) => (c: Pop3TestClient) => c.command(`AUTH PLAIN ${b64(`\0${u.user}\0${u.password}`)}`);
+    assert.match(await stat(port, userPass(CORP)), /^-ERR/, 'USER bob@corp.test: the rule applies');
+    assert.match(await stat(port, plain(CORP)), /^-ERR/, 'AUTH PLAIN bob@corp.test: the rule applies');
+    assert.match(await stat(port, userPass(OTHER)), /^\+OK/, 'bob@other.test is another user');
+    assert.match(await stat(port, plain(OTHER)), /^\+OK/);
+  });
+
+  test('login names with a domain: USER name@host: the host is taken off once, a domain in the name stays', async () => {
+    const port = await listenPop3Proxy({ upstream: null, 'allowed-upstreams': ['127.0.0.1:*'], ...denyStat('bob@corp.test') }, { scanner, spoolDir: join(dir, 'spool') }, proxies);
+    const via = (u: typeof CORP) => async (c: Pop3TestClient) => {
+      assert.match(await c.command(`USER ${u.user}@127.0.0.1:${dovecot.pop3Port}`), /^\+OK/);
+      return c.command(`PASS ${u.password}`);
+    };
+    assert.match(await stat(port, via(CORP)), /^-ERR/, 'bob@corp.test@server: the rule applies');
+    assert.match(await stat(port, via(OTHER)), /^\+OK/);
   });
 });

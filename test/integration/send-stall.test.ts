@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
-import { connect, type Socket } from 'node:net';
+import { mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { connect, type AddressInfo, type Socket } from 'node:net';
+import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -11,6 +12,7 @@ import { imapProxySchema } from '../../src/config/imap-schema.js';
 import { parseConfigText } from '../../src/config/loader.js';
 import { pop3ProxySchema } from '../../src/config/mail-proxy-schema.js';
 import { httpProxySchema } from '../../src/config/proxy-schema.js';
+import { cutConnection, SendStallWatch } from '../../src/core/send-stall.js';
 import { BUILT_IN_REPLACEMENT } from '../../src/mailproxy/index.js';
 import { HttpProxyServer } from '../../src/protocols/http-proxy/server.js';
 import { IcapServer } from '../../src/protocols/icap/server.js';
@@ -23,6 +25,7 @@ import { startTestDovecot } from '../helpers/dovecot.js';
 import { buildRequest, icapExchange } from '../helpers/icap-client.js';
 import { mailWith } from '../helpers/mail.js';
 import { startTestOrigin, type TestOrigin } from '../helpers/origin.js';
+import { selfSignedCert } from '../helpers/tls.js';
 import { waitFor, within } from '../helpers/wait.js';
 
 /**
@@ -336,5 +339,46 @@ describe('mail proxies: pop3-proxy.timeouts.send and imap-proxy.timeouts.send', 
     const { got, ms } = await readSlowly(imapPort, imapCommands(), (b) => /\r\nc OK [^\r\n]*\r\n$/.test(b.subarray(-200).toString('latin1')));
     wholeMessage(got, 'c OK ', ms);
     assert.equal(imap.counters.sendTimeouts, before, 'no send timeout');
+  });
+});
+
+describe('TLS connections: progress inside one large write', () => {
+  test('a TLS reader that keeps reading one write larger than timeouts.send lets through is not cut (the TCP queue below the TLS one moves)', { timeout: 60_000 }, async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'avgate-stall-tls-'));
+    const { cert, key } = await selfSignedCert(dir);
+    const watch = new SendStallWatch(1500);
+    const size = 12 * MiB;
+    let cut = false;
+    const server = createTlsServer({ cert: await readFile(cert), key: await readFile(key) }, (s) => {
+      s.on('error', () => undefined);
+      watch.watch(s, () => {
+        cut = true;
+        cutConnection(s);
+      });
+      // One write, as a corked answer is: the TLS handle's queue stays put until all of it is taken.
+      s.end(Buffer.alloc(size, 0x61));
+    });
+    try {
+      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+      const c = tlsConnect({ port: (server.address() as AddressInfo).port, host: '127.0.0.1', rejectUnauthorized: false });
+      c.on('error', () => undefined);
+      let received = 0;
+      const started = Date.now();
+      // About 2 MB/s: the write takes several send timeouts, yet bytes move all the time.
+      c.on('data', (b: Buffer) => {
+        received += b.length;
+        c.pause();
+        setTimeout(() => c.resume(), 8);
+      });
+      await new Promise<void>((r) => c.once('end', () => r()).once('close', () => r()));
+      c.destroy();
+      assert.equal(cut, false, 'a reader that keeps reading is never cut');
+      assert.ok(Date.now() - started > 3000, 'the write spanned several send timeouts');
+      assert.ok(received >= size - 64 * 1024, `received ${received} of ${size}`);
+    } finally {
+      watch.stop();
+      server.close();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -109,7 +109,8 @@ ${extra}
 `;
 }
 
-const USER_NAME = /^[A-Za-z0-9._-]+$/;
+/** Test user names: plain or with a domain (`bob@corp.test`, a server with virtual domains). */
+const USER_NAME = /^[A-Za-z0-9._-]+(?:@[A-Za-z0-9.-]+)?$/;
 
 /** Starts Dovecot in `opts.dir`; resolves when both the POP3 and the IMAP listener accept. */
 export async function startDovecot(opts: DovecotOptions): Promise<Dovecot> {

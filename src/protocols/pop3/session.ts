@@ -382,7 +382,7 @@ export class Pop3Session {
         if (verb === 'APOP') {
           if (args.length !== 2) return this.refuse('-ERR APOP takes a name and a digest');
           this.upWrite(`APOP ${args.join(' ')}`);
-          await this.loginAnswer(await this.upLine(), loginName(args[0] as string));
+          await this.loginAnswer(await this.upLine(), args[0] as string);
         } else {
           await this.auth(args);
         }
@@ -437,7 +437,8 @@ export class Pop3Session {
     const arg = args[0] as string;
     if (this.up) {
       const kind = await this.relaySingle(`USER ${arg}`);
-      this.claimed = kind === 'ok' ? loginName(arg) : null;
+      // The name as the server got it: `bob@corp.example` is not `bob` (a server with domains).
+      this.claimed = kind === 'ok' ? arg : null;
       return;
     }
     const at = arg.lastIndexOf('@');
@@ -466,7 +467,7 @@ export class Pop3Session {
       return;
     }
     const kind = await this.relaySingle(`USER ${name}`);
-    this.claimed = kind === 'ok' ? loginName(name) : null;
+    this.claimed = kind === 'ok' ? name : null;
   }
 
   /**
@@ -514,8 +515,7 @@ export class Pop3Session {
       const line = await this.upLine();
       const kind = responseKind(line);
       if (kind === null) throw new UpstreamError('malformed response from the POP3 server');
-      // The name as USER's: the part before @host.
-      if (kind !== 'cont') return this.loginAnswer(line, sasl.identified === null ? null : loginName(sasl.identified));
+      if (kind !== 'cont') return this.loginAnswer(line, sasl.identified);
       await this.send(Buffer.concat([line, CRLF]));
       const answer = await this.cr.readLine(this.cfg['max-line-length'], this.cfg.timeouts.idle);
       if (answer === null) throw new PeerClosed('client closed during AUTH');
@@ -858,12 +858,6 @@ function uncorkAll(socket: Socket): void {
 function statusLine(status: Buffer, size: number): string {
   const text = status.toString('latin1');
   return /^\+OK \d+ octets\b/i.test(text) ? text.replace(/^\+OK \d+/i, `+OK ${size}`) : text;
-}
-
-/** The login name for ACLs: the part before @ of user@host. */
-function loginName(arg: string): string {
-  const at = arg.lastIndexOf('@');
-  return at > 0 ? arg.slice(0, at) : arg;
 }
 
 function validMessageArgs(verb: string, args: string[]): boolean {
