@@ -34,8 +34,17 @@ const timeoutsSchema = z.strictObject({
   reply: timerDuration.prefault('2m'),
   /** The client must open (passive) or accept (active) the data connection within this. */
   'data-connect': timerDuration.prefault('30s'),
-  /** Data bytes must keep coming (both ways) within this. */
+  /**
+   * The peer that sends a transfer's data (the server for downloads and listings, the client for
+   * uploads) must deliver bytes within this while the proxy waits for them; else 426.
+   */
   'data-idle': timerDuration.prefault('5m'),
+  /**
+   * The peer that receives (the client for downloads, listings and replies on the control
+   * connection, the server for uploads) must take bytes (write progress) within this while the
+   * proxy has bytes for it; else the connection is reset. 0 = off.
+   */
+  send: timerDuration.prefault('60s'),
 });
 
 export const ftpProxySchema = z.strictObject({
@@ -59,6 +68,11 @@ export const ftpProxySchema = z.strictObject({
   tls: listenerTlsSchema.prefault({}),
   /** Command and reply lines above this are refused (500) or end the session (server side). */
   'max-line-length': size.prefault('4KiB'),
+  /**
+   * Bytes per second an upload must keep up: the proxy's waits for its data may add up to
+   * timeouts.data-idle plus 1 s for every this many bytes received; else 426. 0 = only data-idle.
+   */
+  'upload-min-rate': size.prefault('500'),
   /** Lines of one multi-line server reply at most. */
   'max-reply-lines': positiveInt.default(10000),
   /** One download or upload above this is aborted (552); scanning past scan.max-checked-size is a skipped verdict. */

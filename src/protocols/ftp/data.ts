@@ -38,6 +38,20 @@ export function peerConnected(s: Socket): boolean {
 }
 
 /**
+ * The pace a data connection must keep while the proxy waits for its bytes (see dataChunks).
+ * `idleMs`: the longest wait for the next bytes (`timeouts.data-idle`). `minRate` (bytes per second,
+ * `upload-min-rate`; 0 = none): the waits may add up to `idleMs` plus 1 s for every `minRate` bytes
+ * received, so a peer that sends a byte now and then, each gap below `idleMs`, is still cut.
+ */
+export interface DataPace {
+  idleMs: number;
+  minRate?: number;
+}
+
+/** The peer kept the proxy waiting past its DataPace: no bytes for `idleMs`, or slower than `minRate`. */
+export class DataTimeout extends DataError {}
+
+/**
  * The chunks of a data connection up to its end. A connection the peer ended by a reset rejects
  * with DataReset instead of ending, also when Node reports the reset as a plain end: libuv takes a
  * hang-up seen together with a short read for the end of the stream and never reads the pending
@@ -45,16 +59,51 @@ export function peerConnected(s: Socket): boolean {
  * has not closed anything yet then (Node's own half-close follows on the next tick), so a closed
  * connection can only mean the peer's reset. Except on a TLS 1.3 connection the proxy serves, where
  * a client's orderly close may be a reset too (resetMayBeOrderly).
+ *
+ * With `pace`, the socket is destroyed with DataTimeout when the peer does not keep it. Only the time
+ * spent waiting for the next chunk counts: while the consumer is busy (writing to a receiver that
+ * reads slowly, a spool write) the peer is held back by the proxy, which is not its fault.
  */
-export async function* dataChunks(s: Socket): AsyncGenerator<Buffer, void, undefined> {
+export async function* dataChunks(s: Socket, pace?: DataPace): AsyncGenerator<Buffer, void, undefined> {
   let reset = false;
   const onEnd = () => {
     reset = !peerConnected(s) && !resetMayBeOrderly(s);
   };
   s.once('end', onEnd);
+  const idleMs = pace?.idleMs ?? 0;
+  const minRate = pace?.minRate ?? 0;
+  let waited = 0;
+  let bytes = 0;
+  let since = 0;
+  let timer: NodeJS.Timeout | undefined;
+  const arm = () => {
+    if (idleMs <= 0) return;
+    since = performance.now();
+    // The wait allowed now: a gap of at most idleMs, and what is left of the rate allowance.
+    const left = minRate > 0 ? idleMs + (bytes * 1000) / minRate - waited : idleMs;
+    const ms = Math.max(1, Math.min(idleMs, left));
+    const why =
+      ms < idleMs
+        ? `slower than ${minRate} bytes/s: ${bytes} bytes in ${Math.round(waited + ms)} ms of waiting`
+        : `no data for ${idleMs} ms`;
+    timer = setTimeout(() => s.destroy(new DataTimeout(why)), ms);
+  };
+  const disarm = () => {
+    if (timer === undefined) return;
+    clearTimeout(timer);
+    timer = undefined;
+    waited += performance.now() - since;
+  };
   try {
-    for await (const chunk of s as AsyncIterable<Buffer>) yield chunk;
+    arm();
+    for await (const chunk of s as AsyncIterable<Buffer>) {
+      disarm();
+      bytes += chunk.length;
+      yield chunk;
+      arm();
+    }
   } finally {
+    disarm();
     s.off('end', onEnd);
   }
   if (reset) throw new DataReset('the peer reset the data connection');

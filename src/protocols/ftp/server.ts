@@ -14,6 +14,7 @@ import { parseListen } from '../icap/server.js';
 import { FtpSession, type FtpAccessRecord } from './session.js';
 import { formatReply } from './wire.js';
 import { AppendLog } from '../../core/append-log.js';
+import { SendStallWatch } from '../../core/send-stall.js';
 
 export interface FtpCounters {
   sessions: number;
@@ -27,6 +28,10 @@ export interface FtpCounters {
   bytes: number;
   /** Blocked files kept in the quarantine. */
   quarantined: number;
+  /** Connections reset because their peer stopped taking bytes (timeouts.send): data and control. */
+  sendTimeouts: number;
+  /** Transfers aborted because the sending peer kept the proxy waiting (timeouts.data-idle, upload-min-rate). */
+  dataTimeouts: number;
 }
 
 export interface FtpProxyDeps {
@@ -47,6 +52,8 @@ export class FtpProxyServer {
   private readonly sessions = new Map<Socket, FtpSession>();
   private readonly accessFile: AppendLog | null;
   private readonly docAcl: DocAcl;
+  /** One send-stall timer for every connection of every session (timeouts.send). */
+  private readonly sends: SendStallWatch;
   readonly counters: FtpCounters = {
     sessions: 0,
     refused: 0,
@@ -56,6 +63,8 @@ export class FtpProxyServer {
     byVerdict: { free: 0, found: 0, skipped: 0, unknown: 0, error: 0 },
     bytes: 0,
     quarantined: 0,
+    sendTimeouts: 0,
+    dataTimeouts: 0,
   };
 
   constructor(
@@ -63,6 +72,7 @@ export class FtpProxyServer {
     private readonly deps: FtpProxyDeps,
   ) {
     this.docAcl = new DocAcl(config['doc-acl']);
+    this.sends = new SendStallWatch(config.timeouts.send);
     this.accessFile = config['access-log'] ? new AppendLog(resolve(deps.stateDir, config['access-log'])) : null;
   }
 
@@ -104,6 +114,8 @@ export class FtpProxyServer {
       log,
       access: (r: FtpAccessRecord) => this.access(r, accessLog),
       onVerdict: (v: Verdict) => void this.counters.byVerdict[v.status]++,
+      sends: this.sends,
+      onTimeout: (kind: 'send' | 'data') => void (kind === 'send' ? this.counters.sendTimeouts++ : this.counters.dataTimeouts++),
       quarantine: (v: Verdict, spool: Spool, meta: { url: string; rule: string; direction: 'download' | 'upload' }) => this.keep(v, spool, meta, log),
     };
     const server = createServer((socket) => {
@@ -158,6 +170,7 @@ export class FtpProxyServer {
       session.close();
       s.destroy();
     }
+    this.sends.stop();
     await this.accessFile?.close();
   }
 }

@@ -7,13 +7,26 @@ import type { DocAclRule } from '../../config/proxy-schema.js';
 import { messageOf } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
 import { acceptTls, type UpstreamTls } from '../../core/net.js';
+import { cutConnection, type SendStallWatch } from '../../core/send-stall.js';
 import { Spool } from '../../core/spool.js';
 import type { Verdict } from '../../core/verdict.js';
 import { decide, verdictReason } from '../../policy/verdict-policy.js';
 import type { DocAcl } from '../../proxy/doc-acl.js';
 import { SpoolFeed, trickle, type TrickleOutcome } from '../../proxy/trickle.js';
 import type { ScanService } from '../../scan/types.js';
-import { activeAddressAllowed, ActiveTarget, connectData, dataChunks, DataError, overTcp, PassiveListener, resetData, type ClientDataSetup } from './data.js';
+import {
+  activeAddressAllowed,
+  ActiveTarget,
+  connectData,
+  dataChunks,
+  DataError,
+  DataTimeout,
+  overTcp,
+  PassiveListener,
+  resetData,
+  type ClientDataSetup,
+  type DataPace,
+} from './data.js';
 import { LineReader } from './lines.js';
 import { UpstreamControl, UpstreamGone } from './upstream.js';
 import {
@@ -62,6 +75,10 @@ export interface FtpSessionContext {
   log: Logger;
   access(r: FtpAccessRecord): void;
   onVerdict(v: Verdict): void;
+  /** The send-stall timer of the proxy (timeouts.send). */
+  sends: SendStallWatch;
+  /** Counts a connection reset by timeouts.send, or a transfer aborted by data-idle / upload-min-rate. */
+  onTimeout(kind: 'send' | 'data'): void;
   /** Keeps a blocked file in the quarantine when the config says so (never throws). */
   quarantine(v: Verdict, spool: Spool, meta: { url: string; rule: string; direction: 'download' | 'upload' }): Promise<void>;
 }
@@ -145,6 +162,37 @@ export class FtpSession {
     plain.on('error', () => undefined);
     plain.once('close', () => this.abort.abort());
     plain.setNoDelay(true);
+    this.watchControl(plain);
+  }
+
+  /**
+   * A client that sends commands and never reads the replies: the run loop reads no command while
+   * replies wait unsent (repliesDrained), so they cannot pile up in memory, and past timeouts.send
+   * without write progress the connection is reset and the session ends.
+   */
+  private watchControl(socket: Socket): void {
+    this.ctx.sends.watch(socket, (unsent) => {
+      this.ctx.onTimeout('send');
+      this.log.warn({ target: this.target, unsent, timeout: this.t.send }, 'ftp: client stopped reading replies on the control connection (timeouts.send); connection reset');
+      // Under TLS the reset goes out on the TCP socket (a TLS socket cannot send one).
+      cutConnection(this.plain);
+      this.client.destroy();
+    });
+  }
+
+  /** Resolves once the replies written so far are taken down to the socket's high-water mark (or it is gone). */
+  private async repliesDrained(): Promise<void> {
+    const c = this.client;
+    if (c.destroyed || !c.writableNeedDrain) return;
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        c.off('drain', done);
+        c.off('close', done);
+        resolve();
+      };
+      c.once('drain', done);
+      c.once('close', done);
+    });
   }
 
   get signal(): AbortSignal {
@@ -214,6 +262,7 @@ export class FtpSession {
         this.reply(220, 'avgate FTP proxy ready; log in as USER user@host[:port]');
       }
       for (;;) {
+        await this.repliesDrained();
         const ev = await this.reader.next(this.t['control-idle'], this.signal);
         if (ev.kind === 'eof') return;
         if (ev.kind === 'timeout') {
@@ -443,6 +492,7 @@ export class FtpSession {
       this.reader = new LineReader(secure, this.ctx.config['max-line-length']);
       this.secure = true;
       secure.once('close', () => this.abort.abort());
+      this.watchControl(secure);
       this.log.debug({ protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'ftp: control connection in TLS');
       return true;
     } catch (err) {
@@ -708,8 +758,8 @@ export class FtpSession {
     if (!upData) return;
     const clientData = await this.connectClient(x, upData);
     if (!clientData) return;
-    this.idleLimit(upData, clientData);
-    await this.pipe(x, upData, clientData);
+    this.watchSend(x, clientData, 'client');
+    await this.pipe(x, upData, clientData, this.pace(false));
   }
 
   /**
@@ -725,13 +775,13 @@ export class FtpSession {
     if (!upData) return;
     const clientData = await this.connectClient(x, upData);
     if (!clientData) return;
-    this.idleLimit(upData, clientData);
+    this.watchSend(x, clientData, 'client');
     const { cmd, rec } = x;
     const spool = this.newSpool(scan);
     const feed = new SpoolFeed(spool);
     let verdict: Verdict | null = null;
     try {
-      const receiving = receiveAll(upData, feed, this.ctx.config['max-object-size']).catch((err: unknown) => {
+      const receiving = receiveAll(upData, feed, this.ctx.config['max-object-size'], this.pace(false)).catch((err: unknown) => {
         upData.destroy();
         feed.fail(err);
       });
@@ -750,6 +800,8 @@ export class FtpSession {
         sink: { begin: () => undefined, write: (c) => writeChunk(clientData, c) },
         signal: this.dataSignal,
       });
+      // The client's side failed (it stopped reading, reset, ABOR): the server's side ends too.
+      if (outcome.kind === 'failed') upData.destroy();
       await receiving;
       rec.bytes = outcome.sent;
       const v = verdict as Verdict | null;
@@ -771,7 +823,7 @@ export class FtpSession {
         }
         case 'failed': {
           this.reset(clientData);
-          this.log.info({ target: this.target, path: rec.path, err: messageOf(outcome.error) }, 'ftp: download failed');
+          this.dataFailed(x, feed.error instanceof DataTimeout ? feed.error : outcome.error, 'ftp: download failed');
           if (feed.error instanceof TransferLimit) await this.cutShort(x, 552, `Transfer aborted: ${messageOf(feed.error)}`);
           else await this.cutShort(x, 426, 'Connection closed; transfer aborted');
           return;
@@ -790,9 +842,9 @@ export class FtpSession {
     try {
       const clientData = await this.connectClient(x, upData);
       if (!clientData) return;
-      this.idleLimit(upData, clientData);
+      this.watchSend(x, upData, 'server');
       upData.resume();
-      await this.pipe(x, clientData, upData);
+      await this.pipe(x, clientData, upData, this.pace(true));
     } finally {
       upData.destroy();
     }
@@ -806,14 +858,13 @@ export class FtpSession {
     this.reply(150, 'Ok to send data; the file is scanned before it goes to the server');
     const clientData = await this.connectClient(x, null);
     if (!clientData) return;
-    this.idleLimit(clientData);
     const spool = this.newSpool(scan);
     try {
       try {
-        await receiveAll(clientData, spool, this.ctx.config['max-object-size']);
+        await receiveAll(clientData, spool, this.ctx.config['max-object-size'], this.pace(true));
       } catch (err) {
         clientData.destroy();
-        this.log.info({ err: messageOf(err) }, 'ftp: upload aborted');
+        this.dataFailed(x, err, 'ftp: upload aborted');
         if (err instanceof TransferLimit) x.finalReply(552, `Upload refused: ${err.message}`);
         else x.finalReply(426, 'Connection closed; transfer aborted');
         return;
@@ -840,7 +891,7 @@ export class FtpSession {
     const upData = await this.startServer(x, false);
     if (!upData) return;
     try {
-      this.idleLimit(upData);
+      this.watchSend(x, upData, 'server');
       upData.resume();
       try {
         await copyData(spool.createReadStream() as AsyncIterable<Buffer>, upData);
@@ -924,22 +975,56 @@ export class FtpSession {
     resetData(s);
   }
 
-  /** A data connection silent for longer than `timeouts.data-idle` is cut. */
-  private idleLimit(...sockets: Socket[]): void {
-    for (const s of sockets) s.setTimeout(this.t['data-idle'], () => s.destroy(new DataError('data connection idle too long')));
+  /**
+   * What the sending peer of a transfer must keep up while the proxy waits for its data (see
+   * dataChunks): timeouts.data-idle, and for uploads upload-min-rate. Only the proxy's waits count:
+   * a receiver that reads slowly holds the sender back without cutting it.
+   */
+  private pace(upload: boolean): DataPace {
+    return { idleMs: this.t['data-idle'], minRate: upload ? this.ctx.config['upload-min-rate'] : 0 };
+  }
+
+  /**
+   * The receiving end of a transfer (`peer`'s data connection): past timeouts.send with bytes it
+   * does not take, it is reset; the write waiting on it then fails and the transfer ends with 426.
+   * Time with nothing to send (a held download waiting for its verdict) never counts.
+   */
+  private watchSend(x: Transfer, s: Socket, peer: 'client' | 'server'): void {
+    this.ctx.sends.watch(s, (unsent) => {
+      this.ctx.onTimeout('send');
+      this.log.warn(
+        { target: this.target, command: x.cmd.verb, path: x.rec.path, peer, unsent, timeout: this.t.send },
+        `ftp: the ${peer} stopped reading the data connection (timeouts.send); transfer aborted`,
+      );
+      resetData(s);
+    });
+  }
+
+  /** A transfer whose data broke: a sender that kept the proxy waiting is a warning (and counted), the rest is info. */
+  private dataFailed(x: Transfer, err: unknown, message: string): void {
+    if (!(err instanceof DataTimeout)) {
+      this.log.info({ err: messageOf(err) }, message);
+      return;
+    }
+    this.ctx.onTimeout('data');
+    const upload = UPLOADS.has(x.cmd.verb);
+    this.log.warn(
+      { target: this.target, command: x.cmd.verb, path: x.rec.path, peer: upload ? 'client' : 'server', err: err.message, dataIdle: this.t['data-idle'], ...(upload ? { minRate: this.ctx.config['upload-min-rate'] } : {}) },
+      `ftp: the ${upload ? 'client' : 'server'} kept the transfer waiting (timeouts.data-idle${upload ? ', upload-min-rate' : ''}); transfer aborted`,
+    );
   }
 
   /**
    * Unscanned: `from` is copied to `to` as it arrives; either side breaking (a reset of `from`
    * included) ends the transfer with 426, and `to` is reset, so its peer never takes it as complete.
    */
-  private async pipe(x: Transfer, from: Socket, to: Socket): Promise<void> {
+  private async pipe(x: Transfer, from: Socket, to: Socket, pace: DataPace): Promise<void> {
     try {
-      await copyData(dataChunks(from), to, x.rec);
+      await copyData(dataChunks(from, pace), to, x.rec);
     } catch (err) {
       from.destroy();
       this.reset(to);
-      this.log.info({ err: messageOf(err) }, 'ftp: transfer aborted');
+      this.dataFailed(x, err, 'ftp: transfer aborted');
       await this.cutShort(x, 426, 'Connection closed; transfer aborted');
       return;
     }
@@ -955,7 +1040,15 @@ export class FtpSession {
   private async cutShort(x: Transfer, code: number, text: string): Promise<void> {
     // The outcome is decided: it is recorded even when the client leaves while the server's reply is awaited.
     x.rec.status = code;
-    const r = await (this.upstream as UpstreamControl).reply(this.t.reply, this.signal);
+    let r: FtpReply;
+    try {
+      r = await (this.upstream as UpstreamControl).reply(this.t.reply, this.signal);
+    } catch (err) {
+      // A server that stopped (the transfer was cut because it did): the client hears of the
+      // transfer in FTP's terms first; the session then ends with 421.
+      x.finalReply(code, text);
+      throw err;
+    }
     this.log.debug({ code: r.code }, 'ftp: final reply of an aborted transfer dropped');
     x.finalReply(code, text);
   }
@@ -1001,9 +1094,9 @@ async function copyData(from: AsyncIterable<Buffer>, to: Socket, rec?: FtpAccess
  * least UPLOAD_DRAIN_MIN) before that, so the client finishes sending and reads the 552 instead of
  * meeting a reset in the middle of its send.
  */
-async function receiveAll(from: Socket, into: { readonly size: number; write(c: Buffer): Promise<void>; end(): Promise<void> }, max: number): Promise<void> {
+async function receiveAll(from: Socket, into: { readonly size: number; write(c: Buffer): Promise<void>; end(): Promise<void> }, max: number, pace: DataPace): Promise<void> {
   let over = -1;
-  for await (const chunk of dataChunks(from)) {
+  for await (const chunk of dataChunks(from, pace)) {
     if (over >= 0) {
       over += chunk.length;
       if (over > Math.max(max, UPLOAD_DRAIN_MIN)) break;
