@@ -1,6 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { VerdictCache } from '../../src/cache/verdict-cache.js';
 import { silentLogger } from '../../src/core/logging.js';
 import { LocalClamd } from '../../src/engines/clamd/local.js';
@@ -61,4 +62,20 @@ export async function clamdScanner(clamd: TestClamd, limits: Partial<ScannerLimi
     cache,
     silentLogger(),
   );
+}
+
+/**
+ * The `engines:` entry of a clamd engine that answers `delayMs` late (test/fixtures/ftp-delay-engine.ts,
+ * an engine plugin): for trickling, held transfers and timeouts that must not fire during a scan.
+ */
+export function delayEngineYaml(clamd: TestClamd, delayMs = 3000, id = 'delay'): string {
+  return [
+    `${id}:`,
+    '  type: plugin',
+    `  module: ${fileURLToPath(new URL('../fixtures/ftp-delay-engine.ts', import.meta.url))}`,
+    '  options:',
+    `    address: unix:${clamd.socketPath}`,
+    `    database-dir: ${clamd.dbDir}`,
+    `    delay-ms: ${delayMs}`,
+  ].join('\n');
 }

@@ -5,13 +5,12 @@ import { link, mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from 'no
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import type { Serving } from '../../src/main.js';
 import type { FtpCounters } from '../../src/protocols/ftp/server.js';
 import { startAvgatePeer } from '../../tools/peers/avgate.js';
 import { startVsftpd, type Vsftpd } from '../../tools/peers/vsftpd.js';
-import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
+import { startTestClamd, type TestClamd, delayEngineYaml } from '../helpers/clamd.js';
 import { FtpControl, openData } from '../helpers/ftp-control.js';
 
 /**
@@ -75,15 +74,7 @@ describe('FTP proxy: stalled and trickling peers (vsftpd, real clamd)', () => {
     await writeFile(join(vsftpd.root, 'held-small.bin'), small, { mode: 0o644 });
     await mkdir(join(vsftpd.root, 'many'), { mode: 0o755 });
     for (let i = 0; i < 3000; i++) await writeFile(join(vsftpd.root, 'many', `${String(i).padStart(5, '0')}-${'n'.repeat(100)}`), '', { mode: 0o644 });
-    const delayEngine = [
-      'delay:',
-      '  type: plugin',
-      `  module: ${fileURLToPath(new URL('../fixtures/ftp-delay-engine.ts', import.meta.url))}`,
-      '  options:',
-      `    address: unix:${clamd.socketPath}`,
-      `    database-dir: ${clamd.dbDir}`,
-      '    delay-ms: 3000',
-    ].join('\n');
+    const delayEngine = delayEngineYaml(clamd);
     const common = ["allowed-upstreams: ['127.0.0.1:*']", 'max-object-size: 512MiB'];
     sendGate = await startAvgatePeer({
       stateDir: join(stateDir, 'send'),

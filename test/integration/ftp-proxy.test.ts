@@ -3,13 +3,12 @@ import { createHash, randomBytes } from 'node:crypto';
 import { copyFile, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import type { Serving } from '../../src/main.js';
 import { startAvgatePeer } from '../../tools/peers/avgate.js';
 import { startVsftpd, type Vsftpd } from '../../tools/peers/vsftpd.js';
-import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
+import { startTestClamd, type TestClamd, delayEngineYaml } from '../helpers/clamd.js';
 import { FtpControl, openData, run } from '../helpers/ftp-control.js';
 import { selfSignedCert } from '../helpers/tls.js';
 
@@ -50,15 +49,7 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
     await writeFile(join(vsftpd.root, 'held-infected.bin'), heldInfected, { mode: 0o644 });
     await writeFile(join(vsftpd.root, 'held-clean.bin'), clean.subarray(0, 100_000), { mode: 0o644 });
     await writeFile(join(vsftpd.root, 'lines.txt'), 'one\ntwo\n', { mode: 0o644 });
-    delayEngine = [
-      'delay:',
-      '  type: plugin',
-      `  module: ${fileURLToPath(new URL('../fixtures/ftp-delay-engine.ts', import.meta.url))}`,
-      '  options:',
-      `    address: unix:${clamd.socketPath}`,
-      `    database-dir: ${clamd.dbDir}`,
-      '    delay-ms: 3000',
-    ].join('\n');
+    delayEngine = delayEngineYaml(clamd);
     avgate = await startAvgatePeer({
       stateDir,
       clamd,

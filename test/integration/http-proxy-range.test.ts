@@ -3,13 +3,12 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import type { Serving } from '../../src/main.js';
 import { startAvgatePeer } from '../../tools/peers/avgate.js';
 import { startNginx, type Nginx } from '../../tools/peers/nginx.js';
-import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
+import { startTestClamd, type TestClamd, delayEngineYaml } from '../helpers/clamd.js';
 import { curlVia, startEchoOrigin } from '../helpers/http-proxy.js';
 
 /**
@@ -44,15 +43,7 @@ describe('HTTP proxy: Range requests (nginx, curl, real clamd)', () => {
     clamd = await startTestClamd();
     nginx = await startNginx({ dir: join(dir, 'nginx'), root });
     echo = await startEchoOrigin(Buffer.from('unused'));
-    const delayEngine = [
-      'delay:',
-      '  type: plugin',
-      `  module: ${fileURLToPath(new URL('../fixtures/ftp-delay-engine.ts', import.meta.url))}`,
-      '  options:',
-      `    address: unix:${clamd.socketPath}`,
-      `    database-dir: ${clamd.dbDir}`,
-      '    delay-ms: 3000',
-    ].join('\n');
+    const delayEngine = delayEngineYaml(clamd);
     const docAcl = [
       'doc-acl:',
       "  - {name: trusted, match: {url: '*/trusted/*'}, action: accept}",
