@@ -159,14 +159,6 @@ function bodyProbe(req: IncomingMessage): StallProbe {
 }
 
 /**
- * The send timeout of responses (`console.timeouts.send`): the one watch every front end uses
- * (src/core/send-stall.ts). A client that asks for a download (or any page larger than the socket
- * buffers) and stops reading would otherwise hold the connection and everything buffered for it
- * for ever; a slow reader that keeps reading is never cut.
- */
-export { SendStallWatch } from '../core/send-stall.js';
-
-/**
  * Same-origin check for state-changing requests: the Origin header (or, without one, the
  * Referer's origin) must be this server as the client addressed it. A missing both is refused:
  * every browser sends Origin on a POST.

@@ -39,7 +39,6 @@ import {
   sendHtml,
   sendJson,
   sendText,
-  SendStallWatch,
   type Route,
 } from './http.js';
 import { configPage, errorPage, loginPage, MAIL_SOURCES, overviewPage, PERIODS, quarantineItemPage, quarantineListPage, signaturesPage, type PeriodName } from './pages.js';
@@ -47,8 +46,8 @@ import { listSignatures } from './signatures.js';
 import { readUpdaterState, signatureMetrics, signaturesStateDir } from '../signatures/index.js';
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
-import { TLSSocket } from 'node:tls';
 import { readPem } from '../config/tls-schema.js';
+import { cutConnection, SendStallWatch } from '../core/send-stall.js';
 
 /**
  * The web console: dashboard, quarantine browser, signatures and configuration pages, the
@@ -240,11 +239,7 @@ export class ConsoleServer {
       { client: (ctx.req.socket as Socket | null) ? clientAddress(ctx.req) : socket?.remoteAddress, path: ctx.url.split('?')[0], timeout: this.cfg.timeouts.send, unsent: ctx.res.writableLength },
       'console client stopped reading the response; closing',
     );
-    // A reset, not a FIN: a FIN would queue behind the unsent bytes the kernel still holds for a
-    // client that is not reading, keeping them (and the orphaned socket) until the kernel gives up.
-    // TLS sockets cannot be reset from node; they are closed.
-    if (socket && !(socket instanceof TLSSocket)) socket.resetAndDestroy();
-    else socket?.destroy();
+    cutConnection(socket);
     ctx.res.destroy();
   }
 

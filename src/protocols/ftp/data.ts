@@ -1,5 +1,6 @@
 import { connect, createServer, isIPv4, type Server, type Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
+import { RateAllowance } from '../../core/rate-allowance.js';
 import { plainAddress } from './wire.js';
 
 /**
@@ -71,34 +72,28 @@ export async function* dataChunks(s: Socket, pace?: DataPace): AsyncGenerator<Bu
   };
   s.once('end', onEnd);
   const idleMs = pace?.idleMs ?? 0;
-  const minRate = pace?.minRate ?? 0;
-  let waited = 0;
-  let bytes = 0;
+  const rate = idleMs > 0 && (pace?.minRate ?? 0) > 0 ? new RateAllowance(idleMs, pace?.minRate ?? 0) : null;
   let since = 0;
   let timer: NodeJS.Timeout | undefined;
   const arm = () => {
     if (idleMs <= 0) return;
     since = performance.now();
     // The wait allowed now: a gap of at most idleMs, and what is left of the rate allowance.
-    const left = minRate > 0 ? idleMs + (bytes * 1000) / minRate - waited : idleMs;
-    const ms = Math.max(1, Math.min(idleMs, left));
-    const why =
-      ms < idleMs
-        ? `slower than ${minRate} bytes/s: ${bytes} bytes in ${Math.round(waited + ms)} ms of waiting`
-        : `no data for ${idleMs} ms`;
+    const ms = Math.max(1, Math.min(idleMs, rate?.leftMs() ?? idleMs));
+    const why = ms < idleMs && rate ? rate.describe('data') : `no data for ${idleMs} ms`;
     timer = setTimeout(() => s.destroy(new DataTimeout(why)), ms);
   };
   const disarm = () => {
     if (timer === undefined) return;
     clearTimeout(timer);
     timer = undefined;
-    waited += performance.now() - since;
+    rate?.waited(performance.now() - since);
   };
   try {
     arm();
     for await (const chunk of s as AsyncIterable<Buffer>) {
       disarm();
-      bytes += chunk.length;
+      rate?.took(chunk.length);
       yield chunk;
       arm();
     }

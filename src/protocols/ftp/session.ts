@@ -8,6 +8,7 @@ import { messageOf } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
 import { acceptTls, type UpstreamTls } from '../../core/net.js';
 import { cutConnection, type SendStallWatch } from '../../core/send-stall.js';
+import { drainedOrClosed } from '../../core/streams.js';
 import { Spool } from '../../core/spool.js';
 import type { Verdict } from '../../core/verdict.js';
 import { decide, verdictReason } from '../../policy/verdict-policy.js';
@@ -181,18 +182,8 @@ export class FtpSession {
   }
 
   /** Resolves once the replies written so far are taken down to the socket's high-water mark (or it is gone). */
-  private async repliesDrained(): Promise<void> {
-    const c = this.client;
-    if (c.destroyed || !c.writableNeedDrain) return;
-    await new Promise<void>((resolve) => {
-      const done = () => {
-        c.off('drain', done);
-        c.off('close', done);
-        resolve();
-      };
-      c.once('drain', done);
-      c.once('close', done);
-    });
+  private repliesDrained(): Promise<void> {
+    return drainedOrClosed(this.client);
   }
 
   get signal(): AbortSignal {

@@ -4,6 +4,7 @@ import { messageOf } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
 import { cutConnection, type SendStallWatch } from '../../core/send-stall.js';
 import { SHARED_SLABS, Spool } from '../../core/spool.js';
+import { drainedOrClosed } from '../../core/streams.js';
 import type { Verdict } from '../../core/verdict.js';
 import type { Decision } from '../../policy/verdict-policy.js';
 import { BodyTimeout, LimitExceeded, ReadTimeout, UnexpectedEof, ByteReader } from './reader.js';
@@ -700,15 +701,7 @@ const OVER_LIMIT = new WeakSet<Verdict>();
 async function feed(stream: PassThrough, piece: Buffer): Promise<void> {
   if (stream.destroyed || stream.writableEnded) return;
   if (stream.write(piece)) return;
-  await new Promise<void>((resolve) => {
-    const done = () => {
-      stream.off('drain', done);
-      stream.off('close', done);
-      resolve();
-    };
-    stream.on('drain', done);
-    stream.on('close', done);
-  });
+  await drainedOrClosed(stream);
 }
 
 function urlOf(req: HttpHead | null): string {

@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net';
+import { RateAllowance } from '../../core/rate-allowance.js';
 
 export class ReadTimeout extends Error {}
 /** The body did not keep up the minimum rate (see ByteReader.meter()); `bytes` were taken while metered. */
@@ -37,14 +38,8 @@ export class ByteReader {
   private stretchMs = 0;
   private stretchWhat = '';
   private stretchUntil = Number.NaN;
-  /**
-   * A minimum rate over a body (see meter()): the base allowance (0 = none), bytes per second that
-   * extend it, the time spent waiting for bytes so far and the bytes taken so far.
-   */
-  private meterMs = 0;
-  private meterRate = 0;
-  private meterWaited = 0;
-  private meterBytes = 0;
+  /** A minimum rate over a body (see meter()); null = not metered. */
+  private rate: RateAllowance | null = null;
 
   private readonly onData = (d: Buffer): void => {
     this.chunks.push(d);
@@ -111,21 +106,11 @@ export class ByteReader {
    * waiting read fails with BodyTimeout. `ms` 0: no meter.
    */
   meter(ms: number, minRate: number): void {
-    this.meterMs = ms;
-    this.meterRate = minRate;
-    this.meterWaited = 0;
-    this.meterBytes = 0;
+    this.rate = ms > 0 ? new RateAllowance(ms, minRate) : null;
   }
 
   unmeter(): void {
-    this.meterMs = 0;
-  }
-
-  /** Why the meter ran out, when it just did (the allowance is then all used up). */
-  private meterMessage(): string {
-    if (this.meterRate === 0) return `body not complete after ${this.meterMs} ms of waiting`;
-    const allowance = Math.round(this.meterMs + (this.meterBytes * 1000) / this.meterRate);
-    return `body slower than ${this.meterRate} bytes/s: ${this.meterBytes} bytes after ${allowance} ms of waiting`;
+    this.rate = null;
   }
 
   /**
@@ -138,7 +123,7 @@ export class ByteReader {
     this.chunks = [];
     this.length = 0;
     this.stretchMs = 0;
-    this.meterMs = 0;
+    this.rate = null;
     this.socket.resume();
   }
 
@@ -160,7 +145,7 @@ export class ByteReader {
       this.chunks[0] = first.subarray(n);
     }
     this.length -= n;
-    if (this.meterMs > 0) this.meterBytes += n;
+    this.rate?.took(n);
     if (this.length <= this.highWater && this.socket.isPaused()) this.socket.resume();
     return out;
   }
@@ -190,22 +175,22 @@ export class ByteReader {
         ends = 'stretch';
       }
     }
-    const metering = bounded && this.meterMs > 0;
-    if (metering) {
-      const left = this.meterMs + (this.meterRate > 0 ? (this.meterBytes * 1000) / this.meterRate : 0) - this.meterWaited;
+    const rate = bounded ? this.rate : null;
+    if (rate) {
+      const left = rate.leftMs();
       if (left <= waitMs) {
         waitMs = Math.max(0, left);
         ends = 'meter';
       }
     }
-    const waitStarted = metering ? performance.now() : 0;
+    const waitStarted = rate ? performance.now() : 0;
     try {
       await new Promise<void>((resolve, reject) => {
         const timer = setTimeout(() => {
           this.wake = null;
           reject(
-            ends === 'meter'
-              ? new BodyTimeout(this.meterMessage(), this.meterBytes)
+            ends === 'meter' && rate
+              ? new BodyTimeout(rate.describe('body'), rate.bytes)
               : new ReadTimeout(ends === 'stretch' ? `${this.stretchWhat} not complete within ${this.stretchMs} ms` : `no data for ${timeoutMs} ms`),
           );
         }, waitMs);
@@ -215,7 +200,7 @@ export class ByteReader {
         };
       });
     } finally {
-      if (metering) this.meterWaited += performance.now() - waitStarted;
+      rate?.waited(performance.now() - waitStarted);
     }
     if (this.failure) throw this.failure;
     return true;
