@@ -5,11 +5,11 @@ const BITS_PER_ENTRY = 10;
 const MAX_BITS = 2 ** 26;
 
 /**
- * Which SHA-256 hashes (hex) may be in the verdict cache's SQLite level: "no" is certain, "maybe"
+ * Which content hashes (core/content-hash.ts: 64 hex digits, after `b3:` for BLAKE3) may be in the verdict cache's SQLite level: "no" is certain, "maybe"
  * needs the look-up. A Bloom filter in two generations of `capacity` hashes each: when the newer
  * one is full, the older is dropped and a new one begun, so the filter always covers at least the
  * last `capacity` hashes added — all the level can hold, since it keeps the newest
- * sqlite-max-entries rows. SHA-256 output is uniform, so the probes are slices of the hash itself.
+ * sqlite-max-entries rows. SHA-256 and BLAKE3 output is uniform, so the probes are slices of the hash itself.
  */
 export class HashFilter {
   private current: Uint32Array;
@@ -55,8 +55,9 @@ function inGeneration(bits: Uint32Array, hash: string, mask: number): boolean {
   return true;
 }
 
-/** The i-th 32 bits of the hex hash (a non-hex key gives 0s: always "maybe", never wrong). */
+/** The i-th 32 bits of the hash's last 64 hex digits (a non-hex key gives 0s: always "maybe", never wrong). */
 function probe(hash: string, i: number): number {
-  const v = Number.parseInt(hash.slice(i * 8, i * 8 + 8), 16);
+  const at = Math.max(0, hash.length - 64) + i * 8;
+  const v = Number.parseInt(hash.slice(at, at + 8), 16);
   return Number.isNaN(v) ? 0 : v >>> 0;
 }

@@ -37,7 +37,7 @@ interface Entry {
 
 /**
  * Content hash → verdict, valid only for one engine set at one signature version: the key is
- * `sha256 | engines@versions`, so a database update makes every old entry unreachable (and the
+ * `content hash | engines@versions` (core/content-hash.ts), so a database update makes every old entry unreachable (and the
  * next prune removes it from SQLite).
  */
 export class VerdictCache {

@@ -1,12 +1,13 @@
-import { createHash, randomBytes, type Hash } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { closeSync, createReadStream, openSync, writev, writevSync } from 'node:fs';
 import { mkdir, open, rm, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { ContentHasher } from './content-hash.js';
 
 /**
  * Holds an object being received: in memory up to `memoryLimit`, then in a temp file (mode 0600)
- * in `dir`. Hashes what it is given on the way (SHA-256, for the verdict cache; optional), and can be read
+ * in `dir`. Hashes what it is given on the way (the content hash of content-hash.ts, for the verdict cache; optional), and can be read
  * back as often as needed once ended. dispose() removes the file; call it in every path.
  */
 export class Spool {
@@ -16,7 +17,7 @@ export class Spool {
   private scanCopy: string | null = null;
   /** The scan copy while it is written as the object arrives (see startScanCopy). */
   private eager: EagerCopy | null = null;
-  private hash: Hash | null;
+  private hash: ContentHasher | null;
   private digest: string | null = null;
   private ended = false;
   /** With a slab pool: the slabs holding `memory`, and how much of the last one is used. */
@@ -30,7 +31,7 @@ export class Spool {
     private readonly memoryLimit: number,
     options: { hash: boolean; slabs?: SlabPool } = { hash: true },
   ) {
-    this.hash = options.hash ? createHash('sha256') : null;
+    this.hash = options.hash ? new ContentHasher() : null;
     this.pool = options.slabs ?? null;
   }
 
@@ -153,13 +154,13 @@ export class Spool {
   async end(): Promise<void> {
     if (this.ended) return;
     this.ended = true;
-    this.digest = this.hash?.digest('hex') ?? null;
+    this.digest = this.hash?.digest() ?? null;
     this.hash = null;
     // The file stays open for readRange() until dispose().
   }
 
-  /** SHA-256 (hex) of everything written; available after end(). */
-  get sha256(): string | null {
+  /** The content hash (content-hash.ts) of everything written; available after end(). */
+  get contentHash(): string | null {
     return this.digest;
   }
 
@@ -175,7 +176,7 @@ export class Spool {
    * an object that will be scanned from a file; wasted work when the verdict cache answers, so the
    * caller starts it only when that is unlikely. No-op once on disk, ended or already started.
    * `hashLater`: the same bet on the hash — once the copy is started the spool stops hashing, and
-   * the scanner hashes while the engine works (ScanRequest.hashWhileScanning; sha256 stays null).
+   * the scanner hashes while the engine works (ScanRequest.hashWhileScanning; contentHash stays null).
    */
   async startScanCopy(opts: { hashLater?: boolean } = {}): Promise<void> {
     if (this.file || this.scanCopy || this.ended) return;

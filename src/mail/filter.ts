@@ -177,7 +177,7 @@ export class MailFilter {
           (await this.o.scanner.scan({
             source,
             name: `${msg.queueId}/${doc.id}${doc.filename ? ` ${doc.filename}` : ''}`,
-            ...(doc.sha256 ? { hash: doc.sha256 } : {}),
+            ...(doc.contentHash ? { hash: doc.contentHash } : {}),
             ...(source.kind !== 'file' ? { toFile: () => doc.spool.fileForScan() } : {}),
             signal: msg.signal,
             origin,
@@ -394,7 +394,7 @@ export class MailFilter {
  * One engine call on the whole message (the prescan, shared with the mail proxies in
  * src/mailproxy): clamd decodes MIME itself, so a clean answer covers every document in it. The
  * spool's own file when it has one, else its memory chunks (written to a file only if the engine
- * wants one). `hash` (the spool's SHA-256, when it computed one) lets the verdict cache answer.
+ * wants one). `hash` (the spool's content hash, when it computed one) lets the verdict cache answer.
  */
 export function scanWholeMessage(
   scanner: ScanService,

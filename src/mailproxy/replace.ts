@@ -174,7 +174,7 @@ const CLEAN: VerdictResult = { status: 'free' };
 const PRESCAN_MAX_DEPTH = 8;
 
 /**
- * Messages (SHA-256, cut or not, leniency, MIME limits) whose walk found no MIME problem, with
+ * Messages (content hash, cut or not, leniency, MIME limits) whose walk found no MIME problem, with
  * their documents: the walk is a function of those alone, so a message read again (a second POP3
  * client, an IMAP client fetching it again) whose whole-message verdict is clean (the verdict
  * cache answers) costs a hash and a copy. Bounded; the oldest entry goes first.
@@ -189,7 +189,7 @@ function remember(key: string, facts: readonly Fact[], map = wellFormed): void {
 }
 
 /**
- * Messages (SHA-256, cut or not, leniency, MIME limits, engines and signature versions) whose
+ * Messages (content hash, cut or not, leniency, MIME limits, engines and signature versions) whose
  * documents were each scanned free without a MIME problem. Only the scanner's own verdicts on the
  * walker's documents go in, never a whole-message answer, so nothing clamd's MIME parser missed
  * can hide here. Bounded like wellFormed.
@@ -306,7 +306,7 @@ export async function scanAndReplace(input: MessageInput, deps: ReplaceDeps, sig
           const verdict = await deps.scanner.scan({
             source,
             name: `${label}/${doc.id}${doc.filename ? ` ${doc.filename}` : ''}`,
-            ...(doc.sha256 ? { hash: doc.sha256 } : {}),
+            ...(doc.contentHash ? { hash: doc.contentHash } : {}),
             ...(source.kind !== 'file' ? { toFile: () => doc.spool.fileForScan() } : {}),
             ...(signal ? { signal } : {}),
             origin: deps.origin,
@@ -340,8 +340,8 @@ export async function scanAndReplace(input: MessageInput, deps: ReplaceDeps, sig
     let whole: VerdictResult | null = null;
     // A message read before whose documents were each scanned clean, under the same signatures
     // (a second client, an IMAP client fetching it again): the same bytes walk the same way.
-    const sigKey = input instanceof Spool && input.sha256 !== null && deps.scanner.signatureKey ? await deps.scanner.signatureKey(signal) : null;
-    const cleanKey = sigKey === null || !(input instanceof Spool) ? null : `${input.sha256 as string}/${deps.partial === true ? 1 : 0}${lenient ? 1 : 0}/${limitsKey(limits)}/${sigKey}`;
+    const sigKey = input instanceof Spool && input.contentHash !== null && deps.scanner.signatureKey ? await deps.scanner.signatureKey(signal) : null;
+    const cleanKey = sigKey === null || !(input instanceof Spool) ? null : `${input.contentHash as string}/${deps.partial === true ? 1 : 0}${lenient ? 1 : 0}/${limitsKey(limits)}/${sigKey}`;
     const scannedBefore = cleanKey === null ? undefined : scannedClean.get(cleanKey);
     if (scannedBefore) {
       facts = scannedBefore.map((f) => ({ partId: f.partId, doc: { ...f.doc, problems: [], verdict: CLEAN } }));
@@ -349,9 +349,9 @@ export async function scanAndReplace(input: MessageInput, deps: ReplaceDeps, sig
       // The prescan (as the mail filter's, src/mail/filter.ts): clamd decodes MIME itself, so one
       // engine call on the whole message settles a clean one; its documents are scanned one by one
       // only when that is not clean or the walker finds a MIME problem (to know what to replace).
-      whole = await scanWholeMessage(deps.scanner, input, { name: `${label}/(message)`, hash: input.sha256, signal, origin: deps.origin });
+      whole = await scanWholeMessage(deps.scanner, input, { name: `${label}/(message)`, hash: input.contentHash, signal, origin: deps.origin });
       if (whole.status === 'free') {
-        const key = input.sha256 === null ? null : `${input.sha256}/${deps.partial === true ? 1 : 0}${lenient ? 1 : 0}/${limitsKey(limits)}`;
+        const key = input.contentHash === null ? null : `${input.contentHash}/${deps.partial === true ? 1 : 0}${lenient ? 1 : 0}/${limitsKey(limits)}`;
         const known = key === null ? undefined : wellFormed.get(key);
         if (known) {
           // The same bytes walked before without a problem: they walk the same way again.

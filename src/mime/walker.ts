@@ -36,8 +36,8 @@ export interface MimeDocumentInfo {
   opaque: boolean;
   /** Problems recorded for this document so far. */
   problems: readonly MimeProblem[];
-  /** SHA-256 (hex) of the decoded bytes when `hash` was asked for. */
-  sha256: string | null;
+  /** The content hash (core/content-hash.ts) of the decoded bytes when `hash` was asked for. */
+  contentHash: string | null;
 }
 
 /** A document handed to the callback: its decoded bytes are in `spool` until the callback returns. */
@@ -79,7 +79,7 @@ function joinId(prefix: string, n: number): string {
 }
 
 interface Builder {
-  info: Omit<MimeDocumentInfo, 'problems' | 'sha256' | 'size' | 'truncated'>;
+  info: Omit<MimeDocumentInfo, 'problems' | 'contentHash' | 'size' | 'truncated'>;
   spool: Spool;
   decoder: BodyDecoder;
   uu: UuScanner | null;
@@ -400,7 +400,7 @@ class Walk<T> {
         size: b.size,
         truncated: b.cut,
         problems: this.shared.problems.filter((p) => p.partId === id),
-        sha256: spool.sha256,
+        contentHash: spool.contentHash,
       };
       const doc: MimeDocument = {
         ...info,

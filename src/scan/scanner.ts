@@ -1,9 +1,9 @@
-import { createHash, type Hash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { setImmediate } from 'node:timers/promises';
 import { PassThrough, pipeline, Readable, Transform, type TransformCallback } from 'node:stream';
 import { engineSetKey, type VerdictCache } from '../cache/verdict-cache.js';
+import { ContentHasher } from '../core/content-hash.js';
 import { AvgateError, errorCodeOf, messageOf } from '../core/errors.js';
 import type { Logger } from '../core/logging.js';
 import { Semaphore } from '../core/semaphore.js';
@@ -51,7 +51,7 @@ class Meter extends Transform {
   bytes = 0;
   constructor(
     private readonly limit: number,
-    private readonly hash: Hash | null,
+    private readonly hash: ContentHasher | null,
   ) {
     super();
   }
@@ -298,7 +298,7 @@ export class Scanner implements ScanService {
       return finish({ status: 'error', code: errorCodeOf(err), cause: messageOf(err) }, 0, null);
     }
     try {
-      const hasher = this.cache && source.kind === 'stream' ? createHash('sha256') : null;
+      const hasher = this.cache && source.kind === 'stream' ? new ContentHasher() : null;
       if (request.toFile && source.kind !== 'stream' && source.kind !== 'file' && this.prefersFiles(size ?? undefined)) {
         try {
           const path = await request.toFile();
@@ -315,7 +315,7 @@ export class Scanner implements ScanService {
       // Cache only when the versions did not move during the scan.
       if (this.cache && (combined.status === 'free' || combined.status === 'found')) {
         const key = this.cacheKey(versions);
-        const h = (await Promise.resolve(known).catch(() => null)) ?? (hasher && run.complete ? hasher.digest('hex') : null);
+        const h = (await Promise.resolve(known).catch(() => null)) ?? (hasher && run.complete ? hasher.digest() : null);
         if (key && h && !request.signal?.aborted && this.versionsHeld(versions)) this.cache.set(h, key, combined);
       }
       return { ...combined, durationMs: performance.now() - started, bytes: run.bytes };
@@ -345,7 +345,7 @@ export class Scanner implements ScanService {
   /** Feeds the object to every engine at once (a stream is split with backpressure). */
   private async runEngines(
     request: ScanRequest,
-    hasher: Hash | null,
+    hasher: ContentHasher | null,
     versions: ReadonlyArray<string | null>,
   ): Promise<{ verdicts: Verdict[]; bytes: number; sizeExceeded: boolean; complete: boolean }> {
     // One controller and one timer per scan (AbortSignal.timeout + any cost more per scan).
@@ -365,7 +365,7 @@ export class Scanner implements ScanService {
 
   private async runEnginesWith(
     request: ScanRequest,
-    hasher: Hash | null,
+    hasher: ContentHasher | null,
     signal: AbortSignal,
     versions: ReadonlyArray<string | null>,
   ): Promise<{ verdicts: Verdict[]; bytes: number; sizeExceeded: boolean; complete: boolean }> {
@@ -528,9 +528,9 @@ function openSource(source: Exclude<ScanSource, { kind: 'stream' }>): Readable {
 /** Bytes hashed between two turns of the event loop when hashing alongside a scan. */
 const HASH_SLICE = 256 * 1024;
 
-/** SHA-256 of a re-readable source; `yielding`: memory is hashed in slices, a turn of the event loop before each. */
+/** The content hash (core/content-hash.ts) of a re-readable source; `yielding`: memory is hashed in slices, a turn of the event loop before each. */
 async function hashSource(source: Exclude<ScanSource, { kind: 'stream' }>, yielding = false): Promise<string> {
-  const h = createHash('sha256');
+  const h = new ContentHasher();
   if (source.kind === 'buffer' || source.kind === 'chunks') {
     const chunks = source.kind === 'buffer' ? [source.data] : source.chunks;
     for (const c of chunks) {
@@ -541,10 +541,10 @@ async function hashSource(source: Exclude<ScanSource, { kind: 'stream' }>, yield
           h.update(c.subarray(off, off + HASH_SLICE));
         }
     }
-    return h.digest('hex');
+    return h.digest();
   }
   for await (const chunk of createReadStream(source.path, { highWaterMark: 256 * 1024 })) h.update(chunk as Buffer);
-  return h.digest('hex');
+  return h.digest();
 }
 
 /** Resolves with the engine's answer, or rejects as soon as the scan is aborted (timeout). */

@@ -18,7 +18,7 @@ export interface ScanRequest {
   source: ScanSource;
   /** File name or URL for logs and engines. */
   name?: string;
-  /** SHA-256 (hex) of the content when the caller already computed it (a spool does, on the way). */
+  /** The content hash (core/content-hash.ts) when the caller already computed it (a spool does, on the way). */
   hash?: string;
   /**
    * The content is most likely new (see ScanService.engineLikely) and its hash is not known: the

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { SHARED_SLABS, Spool } from '../core/spool.js';
 import type { Verdict } from '../core/verdict.js';
@@ -59,6 +60,8 @@ export async function handleScan(req: IncomingMessage, res: ServerResponse, deps
   const query = queryOf(req.url ?? '/');
   let name = (query.get('name') ?? '').slice(0, 1024);
   const spool = new Spool(deps.spoolDir, deps.spoolMemory, { hash: deps.scanner.wantsHash, slabs: SHARED_SLABS });
+  // The answer names the upload's SHA-256 (what admins look up elsewhere); the cache key is the spool's own hash.
+  const sha256 = createHash('sha256');
   const abort = new AbortController();
   const onClose = () => {
     if (!res.writableEnded) abort.abort();
@@ -70,28 +73,34 @@ export async function handleScan(req: IncomingMessage, res: ServerResponse, deps
     if (/^multipart\//i.test(req.headers['content-type'] ?? '') && boundary === null) throw new HttpError(400, 'multipart body without a boundary');
     if (boundary !== null) {
       try {
-        const file = await readMultipartFile(body, boundary, (chunk) => spool.write(chunk));
+        const file = await readMultipartFile(body, boundary, (chunk) => {
+          sha256.update(chunk);
+          return spool.write(chunk);
+        });
         if (!name) name = file.fileName.slice(0, 1024);
       } catch (err) {
         if (err instanceof MultipartError) throw new HttpError(400, `bad multipart body: ${err.message}`);
         throw err;
       }
     } else {
-      for await (const chunk of body) await spool.write(chunk);
+      for await (const chunk of body) {
+        sha256.update(chunk as Buffer);
+        await spool.write(chunk as Buffer);
+      }
     }
     await spool.end();
     const path = spool.filePath();
     const request: ScanRequest = {
       source: path ? { kind: 'file', path, size: spool.size } : { kind: 'chunks', chunks: spool.memoryChunks },
       ...(name ? { name } : {}),
-      ...(spool.sha256 ? { hash: spool.sha256 } : {}),
+      ...(spool.contentHash ? { hash: spool.contentHash } : {}),
       ...(path ? {} : { toFile: () => spool.fileForScan() }),
       signal: abort.signal,
       origin: { source: 'api' },
     };
     const verdict = await deps.scanner.scan(request);
     // Fail closed: an engine error is not an answer about the content.
-    sendJson(res, verdict.status === 'error' ? 503 : 200, verdictJson(verdict, spool.sha256));
+    sendJson(res, verdict.status === 'error' ? 503 : 200, verdictJson(verdict, sha256.digest('hex')));
   } finally {
     res.off('close', onClose);
     // Nothing of the body is still being written anywhere: its slabs go back to the pool.

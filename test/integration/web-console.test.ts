@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -237,22 +237,29 @@ describe('web console', () => {
     assert.ok((v.names as string[]).some((n) => n.startsWith('Avgate.Test.EICAR')));
     assert.equal(v.engine, 'clamav');
     assert.equal(v.bytes, eicarBytes().length);
-    assert.match(String(v.sha256), /^[0-9a-f]{64}$/);
+    assert.equal(v.sha256, createHash('sha256').update(eicarBytes()).digest('hex'), 'the SHA-256 of the upload');
     assert.equal(typeof v.durationMs, 'number');
     assert.equal(JSON.parse((await api(eicarBytes())).body).cached, true, 'second time from the verdict cache');
 
     const clean = JSON.parse((await api(randomBytes(5000))).body) as Record<string, unknown>;
     assert.equal(clean.status, 'free');
+    // Past the size where the cache key is BLAKE3 (core/content-hash.ts) the answer still names the SHA-256, and the key still finds the verdict.
+    const large = randomBytes(300_000);
+    const first = JSON.parse((await api(large)).body) as Record<string, unknown>;
+    assert.deepEqual([first.status, first.cached, first.sha256], ['free', false, createHash('sha256').update(large).digest('hex')]);
+    assert.equal(JSON.parse((await api(large)).body).cached, true, 'a large object from the verdict cache');
 
     const boundary = '----avgate' + randomBytes(8).toString('hex');
+    const filePart = Buffer.concat([randomBytes(10), eicarBytes()]);
     const form = Buffer.concat([
       Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\nhi\r\n--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="e.com"\r\nContent-Type: application/octet-stream\r\n\r\n`),
-      Buffer.concat([randomBytes(10), eicarBytes()]),
+      filePart,
       Buffer.from(`\r\n--${boundary}--\r\n`),
     ]);
     const mp = await api(form, { 'Content-Type': `multipart/form-data; boundary=${boundary}` }, '/api/v1/scan');
     assert.equal(mp.status, 200, mp.body);
     assert.equal(JSON.parse(mp.body).status, 'found');
+    assert.equal(JSON.parse(mp.body).sha256, createHash('sha256').update(filePart).digest('hex'), 'the SHA-256 of the file part');
     assert.match(JSON.parse(mp.body).names[0], new RegExp(`^${TEST_SIGNATURE_NAMES.eicarBody.replace(/\./g, '\\.')}`), 'the body signature: the file sits after 10 other bytes');
     const bad = await api(Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="f"; filename="x"\r\n\r\nno end`), { 'Content-Type': `multipart/form-data; boundary=${boundary}` });
     assert.equal(bad.status, 400);

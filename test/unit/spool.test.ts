@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { settleSpools, SlabPool, Spool } from '../../src/core/spool.js';
+import { contentHashOf } from '../../src/core/content-hash.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'avgate-spool-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -38,7 +39,7 @@ test('scan copy written while the object arrives holds exactly the object, and g
     await spool.end();
     const path = await spool.fileForScan();
     assert.equal(sha(readFileSync(path)), sha(whole));
-    assert.equal(spool.sha256, sha(whole));
+    assert.equal(spool.contentHash, contentHashOf([whole]));
     assert.equal(await spool.fileForScan(), path, 'asked again: the same file');
     await spool.dispose(true);
     assert.equal(existsSync(path), false);
@@ -100,7 +101,7 @@ test('scan copy with hashLater: the spool stops hashing once the copy is started
     await spool.write(data.subarray(20_000));
     await spool.end();
     assert.equal(spool.copyingForScan, true);
-    assert.equal(spool.sha256, hashLater ? null : sha(data));
+    assert.equal(spool.contentHash, hashLater ? null : contentHashOf([data]));
     assert.equal(sha(readFileSync(await spool.fileForScan())), sha(data), 'the copy is whole either way');
     await spool.dispose(true);
   }

@@ -1,6 +1,6 @@
-import { createHash, type Hash } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
+import { ContentHasher } from '../../core/content-hash.js';
 import { AvgateError, errorCodeOf, messageOf, type ErrorCode } from '../../core/errors.js';
 import { connectWithTimeout } from '../../core/net.js';
 import { parseDuration, parseSize } from '../../core/units.js';
@@ -510,7 +510,7 @@ export class IcapEngine implements Engine<IcapContext> {
     opts: IcapServiceOptions,
   ): Promise<EngineScanResult> {
     const label = formatIcapUrl(conn.url);
-    const sentHash = createHash('sha256');
+    const sentHash = new ContentHasher();
     let sentBytes = 0;
     const rx: Received = { changed: new Notifier(), final: null, complete: false, continued: false };
     const progress = { whole: false };
@@ -559,7 +559,7 @@ export class IcapEngine implements Engine<IcapContext> {
     else if (sourceError !== null) {
       verdict = { status: 'error', code: 'AVG_ERR_SOURCE', cause: `reading the object failed: ${messageOf(sourceError)}` };
     } else {
-      verdict = verdictOf(rx, { digest: sentHash.digest('hex'), bytes: sentBytes, whole: progress.whole });
+      verdict = verdictOf(rx, { digest: sentHash.digest(), bytes: sentBytes, whole: progress.whole });
       // RFC 3507 4.6: without `Allow: 204` a server must echo the object; a 204 is only allowed
       // as the answer to a preview (before any 100 Continue). Anything else is out of protocol.
       const may204 = this.settings.allow204 || (preview !== null && !rx.continued);
@@ -692,7 +692,7 @@ export class IcapEngine implements Engine<IcapContext> {
 
   /** Reads the response: interim 100s, the final head, its sections and body (hashed, not kept). */
   private async receive(conn: IcapConnection, rx: Received): Promise<void> {
-    let bodyHash: Hash | null = null;
+    let bodyHash: ContentHasher | null = null;
     let bodyBytes = 0;
     try {
       for (;;) {
@@ -707,7 +707,7 @@ export class IcapEngine implements Engine<IcapContext> {
             rx.final = ev.head;
             const enc = parseEncapsulated(headerValue(ev.head, 'encapsulated') ?? '');
             const bodyEntity = enc?.[enc.length - 1];
-            if (bodyEntity && bodyEntity.name !== 'null-body') bodyHash = createHash('sha256');
+            if (bodyEntity && bodyEntity.name !== 'null-body') bodyHash = new ContentHasher();
             break;
           }
           case 'section':
@@ -719,7 +719,7 @@ export class IcapEngine implements Engine<IcapContext> {
             break;
           case 'end':
             if (rx.final) {
-              if (bodyHash) rx.body = { digest: bodyHash.digest('hex'), bytes: bodyBytes };
+              if (bodyHash) rx.body = { digest: bodyHash.digest(), bytes: bodyBytes };
               rx.complete = true;
               return;
             }

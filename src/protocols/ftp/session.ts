@@ -729,7 +729,7 @@ export class FtpSession {
     const v = await this.scannerOf(scan.rule).scan({
       source,
       name: this.facts(cmd, 'download').url,
-      hash: spool.sha256 ?? undefined,
+      hash: spool.contentHash ?? undefined,
       signal: this.dataSignal,
       origin: { source: 'ftp', group: scan.name },
       ...(path ? {} : { toFile: () => spool.fileForScan() }),

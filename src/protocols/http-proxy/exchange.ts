@@ -374,8 +374,8 @@ export class Exchange {
     return scanner.scan({
       ...base,
       source: path ? { kind: 'file', path, size: spool.size } : { kind: 'chunks', chunks: spool.memoryChunks },
-      hash: spool.sha256 ?? undefined,
-      hashWhileScanning: spool.sha256 === null,
+      hash: spool.contentHash ?? undefined,
+      hashWhileScanning: spool.contentHash === null,
       ...(path ? {} : { toFile: () => spool.fileForScan() }),
     });
   }

@@ -535,8 +535,8 @@ export class IcapConnection {
         verdict = await service.scanner.scan({
           source,
           name: url,
-          hash: spool.sha256 ?? undefined,
-          hashWhileScanning: spool.sha256 === null,
+          hash: spool.contentHash ?? undefined,
+          hashWhileScanning: spool.contentHash === null,
           signal: scanAbort.signal,
           origin: { source: 'icap', group: service.name },
           ...(path ? {} : { toFile: () => spool.fileForScan() }),
