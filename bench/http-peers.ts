@@ -3,7 +3,8 @@
  * the benchmark's clamd) as its `respmod_precache` service, each in the foreground under its own
  * config in the section's temporary directory, on free loopback ports, stopped by pid
  * (tools/peers/process.ts). Squid's config is the tests' (tools/peers/squid.ts): no cache at all (`cache deny all`), so every download goes to the origin and
- * through ICAP, as avgate's do.
+ * through ICAP, as avgate's do. A second Squid with the same config but no ICAP at all is the
+ * plain-relay reference (startHttpPlainSquid).
  *
  * c-icap's settings for a fair and working comparison:
  * - every file type scanned and MaxObjectSize over the largest object (as bench/cicap.ts);
@@ -44,6 +45,9 @@ export async function startHttpCicap(o: { dir: string; clamdSocket: string; mode
   });
 }
 
+/** Keep-alive on both sides of every bench Squid, the plain one too. */
+const SQUID_KEEPALIVE = ['client_persistent_connections on', 'server_persistent_connections on'];
+
 /** Squid in `o.dir` with c-icap's `/avscan` as its RESPMOD service (preview 1024, no cache; tools/peers/squid.ts). */
 export async function startHttpSquid(o: { dir: string; icapPort: number }): Promise<BenchPeer> {
   await mkdir(o.dir, { recursive: true });
@@ -52,6 +56,17 @@ export async function startHttpSquid(o: { dir: string; icapPort: number }): Prom
     icapUrl: `icap://127.0.0.1:${o.icapPort}/avscan`,
     preview: true,
     name: 'avgate-bench-squid',
-    extra: ['client_persistent_connections on', 'server_persistent_connections on', 'icap_persistent_connections on'],
+    extra: [...SQUID_KEEPALIVE, 'icap_persistent_connections on'],
   });
+}
+
+/**
+ * The plain-relay reference (mode `squid`): the same Squid build and config as startHttpSquid
+ * (no cache, keep-alive, same origin) with ICAP off (`icap_enable off`, no service). It scans
+ * nothing, so EICAR passes it; it shows what relaying every byte through a proxy process costs on
+ * this machine, with nothing else done to the bytes.
+ */
+export async function startHttpPlainSquid(o: { dir: string }): Promise<BenchPeer> {
+  await mkdir(o.dir, { recursive: true });
+  return startSquid({ dir: o.dir, icapUrl: null, name: 'avgate-bench-squid-plain', extra: SQUID_KEEPALIVE });
 }

@@ -2,7 +2,10 @@
  * HTTP section (issue 6): downloads through avgate's HTTP proxy vs straight from the origin vs
  * Squid 5.7 + c-icap 0.5.10 (virus_scan + clamd_mod, respmod_precache), all on the same clamd and
  * the same origin (bench/http-origin.ts, a child process), with the same lean client
- * (bench/http-load.ts): objects of 1 KB to 100 MB at concurrency 1, 8 and 32, in two regimes:
+ * (bench/http-load.ts): objects of 1 KB to 100 MB at concurrency 1, 8 and 32, in two regimes.
+ * A fourth mode, `squid` (unless `plainSquid` is off), is the same Squid with no ICAP at all: a
+ * plain relay that scans nothing, the reference for what re-sending every byte through a proxy
+ * process costs here (squid/direct and avgate/squid are printed with no target).
  *
  * - cold: every request a new URL, hence new content (bench/http-content.ts): every front end
  *   pays one real scan per download, no cache can answer;
@@ -27,7 +30,7 @@ import { checkStop, isStopping, log, onCleanup, processCpuMs } from './harness.j
 import { startAvgateFront, type AvgateFrontChild } from './http-avgate.js';
 import { objectPath, objectPrefix, parseObjectPath } from './http-content.js';
 import { HttpLoadClient, type FetchResult } from './http-load.js';
-import { startHttpCicap, startHttpSquid } from './http-peers.js';
+import { startHttpCicap, startHttpPlainSquid, startHttpSquid, type BenchPeer } from './http-peers.js';
 import { treeCpuMs } from './proc-cpu.js';
 import { Cell, ratio, table } from './stats.js';
 
@@ -58,6 +61,8 @@ export interface HttpSectionOptions {
   avgateNodeFlags: readonly string[];
   /** Untimed requests per mode before the first cell (sizes of the run up to 1 MB, half unique); 0 = none. */
   warmup: number;
+  /** Also measure mode `squid`: the same Squid with no ICAP (a plain relay, reference only). */
+  plainSquid: boolean;
 }
 
 type Regime = 'cold' | 'warm';
@@ -66,6 +71,8 @@ interface Mode {
   name: string;
   /** Process trees metered as the server under test. */
   pids: number[];
+  /** Whether the mode scans: EICAR must not get through it (false: it must be delivered whole). */
+  scans: boolean;
   client(w: number): HttpLoadClient;
   close(): void;
 }
@@ -76,11 +83,12 @@ export function sizeLabel(n: number): string {
   return `${n}B`;
 }
 
-function mkMode(name: string, port: number, via: 'origin' | 'proxy', originPort: number, pids: number[], timeoutMs: number): Mode {
+function mkMode(name: string, port: number, via: 'origin' | 'proxy', originPort: number, pids: number[], scans: boolean, timeoutMs: number): Mode {
   const clients: HttpLoadClient[] = [];
   return {
     name,
     pids,
+    scans,
     client(w) {
       let c = clients[w];
       if (!c) {
@@ -171,6 +179,12 @@ export async function runHttpSection(p: { clamd: LocalClamd; tmp: string; opts: 
   onCleanup(() => cicap.stop());
   const squid = await startHttpSquid({ dir: join(tmp, 'http-squid'), icapPort: cicap.port });
   onCleanup(() => squid.stop());
+  let plainSquid: BenchPeer | null = null;
+  if (opts.plainSquid) {
+    plainSquid = await startHttpPlainSquid({ dir: join(tmp, 'http-squid-plain') });
+    const started = plainSquid;
+    onCleanup(() => started.stop());
+  }
   let avgate: AvgateFrontChild | null = null;
   let avgateError: string | null = null;
   try {
@@ -187,19 +201,26 @@ export async function runHttpSection(p: { clamd: LocalClamd; tmp: string; opts: 
   }
   log(
     `http section: origin pid ${origin.pid} port ${origin.port}; Squid pid ${squid.pid} port ${squid.port} -> c-icap pid ${cicap.pid} port ${cicap.port} (streamed, SendPercentData 99); ` +
+      (plainSquid ? `plain Squid (no ICAP, reference) pid ${plainSquid.pid} port ${plainSquid.port}; ` : 'plain Squid left out (--http-no-plain-squid); ') +
       (avgate ? `avgate http-proxy child pid ${avgate.pid} (${avgate.runner}) port ${avgate.port}` : `avgate http-proxy NOT STARTED: ${avgateError}`),
   );
 
-  const direct = mkMode('direct', origin.port, 'origin', origin.port, [], opts.timeoutMs);
-  const squidMode = mkMode('squid+c-icap', squid.port, 'proxy', origin.port, [squid.pid, cicap.pid], opts.timeoutMs);
-  const modes: Mode[] = [direct, squidMode];
-  const avgateMode = avgate ? mkMode('avgate', avgate.port, 'proxy', origin.port, [avgate.pid], opts.timeoutMs) : null;
+  const direct = mkMode('direct', origin.port, 'origin', origin.port, [], false, opts.timeoutMs);
+  const squidMode = mkMode('squid+c-icap', squid.port, 'proxy', origin.port, [squid.pid, cicap.pid], true, opts.timeoutMs);
+  const modes: Mode[] = [direct];
+  // `squid` is a relay that scans nothing: it is measured and checked like the others, but its
+  // EICAR probe must come through whole, as direct's does
+  if (plainSquid) modes.push(mkMode('squid', plainSquid.port, 'proxy', origin.port, [plainSquid.pid], false, opts.timeoutMs));
+  modes.push(squidMode);
+  const avgateMode = avgate ? mkMode('avgate', avgate.port, 'proxy', origin.port, [avgate.pid], true, opts.timeoutMs) : null;
   if (avgateMode) modes.push(avgateMode);
   onCleanup(async () => {
     for (const m of modes) m.close();
   });
 
-  // ------------------------------------------------------------ EICAR: the proxies scan
+  // ------------------------------------------------------------ EICAR: the scanning proxies block it
+  // direct and the plain Squid do not scan: there EICAR must be delivered whole (which also shows
+  // that the probe really carries EICAR); avgate and Squid + c-icap must not deliver it.
   const eicarLines: string[] = [];
   for (const m of modes) {
     const outcomes: string[] = [];
@@ -210,9 +231,10 @@ export async function runHttpSection(p: { clamd: LocalClamd; tmp: string; opts: 
       const delivered = problem(r, path) === null;
       const blocked = !delivered;
       outcomes.push(`${sizeLabel(size)}: ${delivered ? 'delivered whole' : r.complete ? `HTTP ${r.status}` : `cut off after ${r.bytes} bytes`}`);
-      if (m === direct ? blocked : delivered) ok = false;
+      if (m.scans ? delivered : blocked) ok = false;
     }
-    eicarLines.push(`  EICAR ${m.name}: ${outcomes.join(', ')} ${ok ? 'ok' : 'WRONG'}`);
+    const expected = m.scans ? 'expected blocked' : m === direct ? 'expected delivered: no proxy' : 'expected delivered: plain relay, no scanning';
+    eicarLines.push(`  EICAR ${m.name}: ${outcomes.join(', ')} ${ok ? 'ok' : 'WRONG'} (${expected})`);
     if (!ok) failed = true;
   }
   for (const l of eicarLines) log(l);
@@ -341,6 +363,11 @@ export async function runHttpSection(p: { clamd: LocalClamd; tmp: string; opts: 
   let checked = 0;
   let below = 0;
   let ratioCells = 0;
+  // reference ratios (plain Squid, no target), per regime: [squid/direct, avgate/squid] of every cell
+  const refs: Record<Regime, { squidDirect: number[]; avgateSquid: number[] }> = {
+    cold: { squidDirect: [], avgateSquid: [] },
+    warm: { squidDirect: [], avgateSquid: [] },
+  };
   for (const regime of ['cold', 'warm'] as const) {
     for (const size of opts.sizes) {
       for (const c of opts.concurrencies) {
@@ -373,6 +400,9 @@ export async function runHttpSection(p: { clamd: LocalClamd; tmp: string; opts: 
         const a = by('avgate');
         const s = by('squid+c-icap');
         const d = by('direct');
+        const plain = by('squid');
+        if (plain && d) refs[regime].squidDirect.push(plain.mbPerSec / d.mbPerSec);
+        if (plain && a) refs[regime].avgateSquid.push(a.mbPerSec / plain.mbPerSec);
         if (!a || !s || !d) continue;
         const target = size <= SMALL_LIMIT ? HTTP_TARGET_SMALL : HTTP_TARGET_LARGE;
         const vsSquid = a.mbPerSec / s.mbPerSec;
@@ -391,13 +421,14 @@ export async function runHttpSection(p: { clamd: LocalClamd; tmp: string; opts: 
           ratio(a.mbPerSec, d.mbPerSec),
           regime === 'warm' ? `>= ${HTTP_TARGET_WARM_DIRECT.toFixed(1)}` : '-',
           regime === 'warm' ? (okDirect ? 'ok' : 'BELOW') : '-',
+          ...(plain ? [ratio(plain.mbPerSec, d.mbPerSec), ratio(a.mbPerSec, plain.mbPerSec)] : []),
         ]);
       }
     }
   }
   report.push(
     '',
-    'HTTP section: downloads (MB/s of body delivered; server cpu = Squid + c-icap process trees, or avgate\'s child; origin cpu = the origin child)',
+    'HTTP section: downloads (MB/s of body delivered; server cpu = Squid + c-icap process trees, the plain Squid\'s (mode squid), or avgate\'s child; origin cpu = the origin child)',
     table(
       ['regime', 'size', 'conc', 'mode', 'requests', 'time s', 'MB/s', 'req/s', 'p50 ms', 'p99 ms', 'server cpu ms/req', 'clamd cpu ms/req', 'origin cpu ms/req', 'client cpu ms/req', 'wrong'],
       rows,
@@ -406,8 +437,24 @@ export async function runHttpSection(p: { clamd: LocalClamd; tmp: string; opts: 
   if (ratioRows.length > 0) {
     report.push(
       '',
-      'HTTP section: avgate / Squid+c-icap and avgate / direct (throughput ratios, same cell)',
-      table(['regime', 'size', 'conc', 'avgate/squid', 'target', '', 'avgate/direct', 'target', ''], ratioRows),
+      plainSquid
+        ? 'HTTP section: avgate / Squid+c-icap and avgate / direct (throughput ratios, same cell); reference, no target: squid/direct and avgate/squid (squid = the same Squid with no ICAP, a plain relay that scans nothing)'
+        : 'HTTP section: avgate / Squid+c-icap and avgate / direct (throughput ratios, same cell)',
+      table(
+        [
+          'regime',
+          'size',
+          'conc',
+          'avgate/squid+c-icap',
+          'target',
+          '',
+          'avgate/direct',
+          'target',
+          '',
+          ...(plainSquid ? ['ref squid/direct', 'ref avgate/squid'] : []),
+        ],
+        ratioRows,
+      ),
     );
   }
   if (skipped.length > 0) report.push(`HTTP cells left out (concurrency x size over ${(opts.maxInflightBytes / 1e6).toFixed(0)} MB in flight): ${skipped.join(', ')}`);
@@ -416,8 +463,17 @@ export async function runHttpSection(p: { clamd: LocalClamd; tmp: string; opts: 
   result.push(
     avgate
       ? `http: ${ratioCells - below} of ${ratioCells} cells meet their targets (avgate >= ${HTTP_TARGET_SMALL}x Squid+c-icap up to 100 KB, >= ${HTTP_TARGET_LARGE}x above; warm >= ${HTTP_TARGET_WARM_DIRECT}x direct); ${seconds.toFixed(0)} s`
-      : `http: avgate's HTTP proxy did not start (${avgateError ?? '?'}): direct and Squid+c-icap only; ${seconds.toFixed(0)} s`,
+      : `http: avgate's HTTP proxy did not start (${avgateError ?? '?'}): direct${plainSquid ? ', squid (plain)' : ''} and Squid+c-icap only; ${seconds.toFixed(0)} s`,
   );
+  if (plainSquid) {
+    const span = (xs: readonly number[]) => (xs.length === 0 ? '-' : `${Math.min(...xs).toFixed(2)}-${Math.max(...xs).toFixed(2)}`);
+    const warmReach = refs.warm.squidDirect.filter((x) => x >= HTTP_TARGET_WARM_DIRECT).length;
+    result.push(
+      `http reference, no target (squid = the same Squid, no ICAP: a plain relay): squid/direct cold ${span(refs.cold.squidDirect)}, warm ${span(refs.warm.squidDirect)} ` +
+        `(warm cells where the plain relay reaches ${HTTP_TARGET_WARM_DIRECT}x direct: ${warmReach} of ${refs.warm.squidDirect.length})` +
+        (avgate ? `; avgate/squid cold ${span(refs.cold.avgateSquid)}, warm ${span(refs.warm.avgateSquid)}` : ''),
+    );
+  }
   if (wrong > 0) failed = true;
   return { report, result, wrong, checked, failed };
 }

@@ -12,6 +12,7 @@
  */
 import { randomBytes, randomInt } from 'node:crypto';
 import { eicarBytes } from '../src/engines/clamd/testdb.js';
+import { walkMessage, type MimeLimits } from '../src/mime/index.js';
 
 export interface ProxyBenchMessage {
   token: string;
@@ -112,4 +113,28 @@ export function checkFetched(raw: Buffer, byToken: ReadonlyMap<string, ProxyBenc
   if (!attached) return { token, problem: 'clean attachment missing' };
   if (raw.length < m.wire.length) return { token, problem: `${raw.length} bytes instead of ${m.wire.length}` };
   return { token, problem: null };
+}
+
+/** One document of a message as avgate's mail proxies hand it to the scanner: decoded, copied out of the walker's spool. */
+export interface MessageDocument {
+  /** Walker document id (`1`, `2`, ...). */
+  id: string;
+  data: Buffer;
+  /** Content-Disposition: attachment (the part that carries EICAR in an infected message). */
+  attachment: boolean;
+}
+
+/**
+ * The documents src/mailproxy/replace.ts scans one by one for a message (with prescan-max-size 0,
+ * the mail proxies' default): every document walkMessage hands over, in message order, decoded by
+ * the same walker with the same limits. `problems`: the walk's MIME problem codes (none expected
+ * for these messages).
+ */
+export async function messageDocuments(wire: Buffer, opts: { limits: MimeLimits; spoolDir: string }): Promise<{ documents: MessageDocument[]; problems: string[] }> {
+  const documents: MessageDocument[] = [];
+  const walk = await walkMessage(wire, { limits: opts.limits, spoolDir: opts.spoolDir, hash: false }, async (doc) => {
+    // A copy: the walker disposes of the spool (and may reuse its memory) once the callback returns.
+    documents.push({ id: doc.id, data: Buffer.from(await doc.spool.readRange(0, doc.size)), attachment: doc.disposition === 'attachment' });
+  });
+  return { documents, problems: walk.problems.map((p) => `${p.partId || '(message)'}: ${p.code}`) };
 }

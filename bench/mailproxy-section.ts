@@ -13,17 +13,35 @@
  *   the same mailboxes (avgate's verdict cache answers). Passes rotate through the modes.
  * - Checked: every message (its token, the attachment there when clean; through avgate an infected
  *   attachment must be gone, directly it must be there) and the count per session.
+ * - engine limit (reference, no target; off with engineLimit false): what clamd alone does with the
+ *   documents avgate hands it. `sessions` x `messages` fresh messages from the same factory, each
+ *   decoded beforehand (untimed) by avgate's own MIME walker into the documents
+ *   src/mailproxy/replace.ts scans one by one (prescan-max-size 0, the default), then sent
+ *   document by document with INSTREAM (bench/direct.ts) over `sessions` concurrent workers,
+ *   counted per whole message; run once, after the cold passes. Checked: an infected message's
+ *   attachment FOUND, every other document OK. Its ratio to pop3 direct is the ceiling of the
+ *   cold ratio avgate/direct.
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LocalClamd } from '../src/engines/clamd/local.js';
+import { DEFAULT_MIME_LIMITS } from '../src/mime/index.js';
 import { dovecotAvailable, startDovecot, type DovecotUser } from '../tools/peers/dovecot.js';
 import type { SectionResult } from './engine-section.js';
+import { classifyReply, directInstream } from './direct.js';
 import { checkStop, log, onCleanup, processCpuMs } from './harness.js';
 import { startAvgateFront, type AvgateFrontChild } from './http-avgate.js';
 import { imapReadAll, pop3ReadAll, type SessionParams } from './mailproxy-clients.js';
-import { checkFetched, MAX_MESSAGE_BYTES, messageSizes, ProxyMessageFactory, type ProxyBenchMessage } from './mailproxy-messages.js';
+import {
+  checkFetched,
+  MAX_MESSAGE_BYTES,
+  messageDocuments,
+  messageSizes,
+  ProxyMessageFactory,
+  type MessageDocument,
+  type ProxyBenchMessage,
+} from './mailproxy-messages.js';
 import { treeCpuMs } from './proc-cpu.js';
 import { percentile, ratio, table } from './stats.js';
 
@@ -44,6 +62,10 @@ export interface MailProxySectionOptions {
   avgateNodeFlags: readonly string[];
   /** Untimed messages per mode (read from a mailbox of their own, half of them twice) before the first pass; 0 = none. */
   warmup: number;
+  /** Measure the engine limit (the same documents straight to clamd) after the cold passes. */
+  engineLimit: boolean;
+  /** INSTREAM chunk of the engine-limit client (bench/direct.ts). */
+  directChunk: number;
 }
 
 type Protocol = 'pop3' | 'imap';
@@ -74,6 +96,19 @@ interface Acc {
 const newAcc = (): Acc => ({ messages: 0, seconds: 0, bytes: 0, latencies: [], serverCpuMs: 0, dovecotCpuMs: 0, clamdCpuMs: 0, wrong: 0, samples: [], passes: [] });
 
 const PASSWORD = 'bench-secret';
+
+/** Name of the engine-limit measurement in the table and the logs. */
+const ENGINE_LIMIT = 'engine limit';
+
+/** A message of the engine limit: its documents as avgate's walker decodes them, ready to send. */
+interface EngineMessage {
+  token: string;
+  wireBytes: number;
+  infected: boolean;
+  documents: MessageDocument[];
+  /** Found while decoding (a MIME problem, no attachment): counted as a wrong answer when sent. */
+  problem: string | null;
+}
 
 /**
  * CPU (ms) of Dovecot: its live process tree plus the children its master has reaped (cutime +
@@ -142,6 +177,35 @@ export async function runMailProxySection(p: { clamd: LocalClamd; tmp: string; o
     `mailproxy section: Dovecot pid ${dovecot.pid} (pop3 ${dovecot.pop3Port}, imap ${dovecot.imapPort}); ${users.length - (warmupMessages > 0 ? 1 : 0)} mailboxes x ${opts.messages} messages${warmupMessages > 0 ? ` + a warm-up mailbox of ${warmupMessages}` : ''} ` +
       `(${delivered} unique, ${(deliveredBytes / 1e6).toFixed(1)} MB, 1 in ${opts.infectedEvery} with EICAR) delivered in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
   );
+
+  // ------------------------------------------------------------ engine limit: the documents, decoded before any clock
+  const prepareEngine = async (m: ProxyBenchMessage): Promise<EngineMessage> => {
+    const { documents, problems } = await messageDocuments(m.wire, { limits: DEFAULT_MIME_LIMITS, spoolDir: tmp });
+    const attachments = documents.filter((d) => d.attachment).length;
+    const problem = problems.length > 0 ? `MIME problems when decoding: ${problems.join(', ')}` : attachments !== 1 ? `${attachments} attachment documents instead of 1` : null;
+    return { token: m.token, wireBytes: m.wire.length, infected: m.infected, documents, problem };
+  };
+  const engineSets: EngineMessage[][] = [];
+  const engineWarmup: EngineMessage[] = [];
+  if (opts.engineLimit) {
+    const t1 = performance.now();
+    // Fresh messages (not those of the mailboxes, which the proxies scan): clamd's own cache of
+    // clean files must not answer; one set per session, sizes and infected ones as in a mailbox.
+    for (let s = 0; s < opts.sessions; s++) {
+      const sizes = messageSizes(opts.messages);
+      const set: EngineMessage[] = [];
+      for (let i = 0; i < opts.messages; i++) set.push(await prepareEngine(factory.make(sizes[i] as number, i % opts.infectedEvery === opts.infectedEvery - 1)));
+      engineSets.push(set);
+    }
+    for (const m of boxes.get(warmupUser)?.values() ?? []) engineWarmup.push(await prepareEngine(m));
+    const all = engineSets.flat();
+    const docs = all.reduce((n, m) => n + m.documents.length, 0);
+    const decoded = all.reduce((n, m) => n + m.documents.reduce((k, d) => k + d.data.length, 0), 0);
+    log(
+      `  engine limit: ${all.length} fresh messages (${(all.reduce((n, m) => n + m.wireBytes, 0) / 1e6).toFixed(1)} MB) decoded by avgate's MIME walker into ${docs} documents ` +
+        `(${(decoded / 1e6).toFixed(1)} MB, in memory) in ${((performance.now() - t1) / 1000).toFixed(1)} s, before any clock`,
+    );
+  }
 
   // ------------------------------------------------------------ avgate's proxies
   // AVGATE_BENCH_MAILPROXY_YAML: extra keys for both proxies' sections, one `key: value` per line
@@ -247,6 +311,56 @@ export async function runMailProxySection(p: { clamd: LocalClamd; tmp: string; o
     acc.clamdCpuMs += (await processCpuMs(clamd.pid)) - clamd0;
     log(`  ${regime} ${m.name.padEnd(11)} ${opts.sessions} sessions: ${messages} messages in ${seconds.toFixed(2)} s = ${(messages / seconds).toFixed(1)} msg/s${acc.wrong ? `  WRONG ${acc.wrong}` : ''}`);
   };
+  /** Sends a message's documents to clamd one after the other (as the walker hands them over); what is wrong, or null. */
+  const sendEngineMessage = async (m: EngineMessage): Promise<string | null> => {
+    let problem = m.problem;
+    for (const d of m.documents) {
+      const expect = m.infected && d.attachment ? 'found' : 'free';
+      let got: { status: string; detail: string };
+      try {
+        got = classifyReply(await directInstream(clamd.socketPath, [d.data], opts.directChunk));
+      } catch (err) {
+        got = { status: 'error', detail: err instanceof Error ? err.message : String(err) };
+      }
+      if (got.status !== expect) problem ??= `document ${d.id}${d.attachment ? ' (attachment)' : ''}: ${expect === 'found' ? 'FOUND' : 'OK'} expected, clamd: ${got.detail}`;
+    }
+    return problem;
+  };
+  let engineClientCpuMs = Number.NaN;
+  const runEngineLimit = async () => {
+    checkStop();
+    const acc = accOf('cold', ENGINE_LIMIT);
+    acc.serverCpuMs = Number.NaN;
+    acc.dovecotCpuMs = Number.NaN;
+    const clamd0 = await processCpuMs(clamd.pid);
+    const client0 = process.cpuUsage();
+    const started = performance.now();
+    let messages = 0;
+    await Promise.all(
+      engineSets.map(async (set, s) => {
+        for (const m of set) {
+          checkStop();
+          const t = performance.now();
+          const problem = await sendEngineMessage(m);
+          acc.latencies.push(performance.now() - t);
+          messages++;
+          acc.bytes += m.wireBytes;
+          if (problem) {
+            acc.wrong++;
+            if (acc.samples.length < 5) acc.samples.push(`worker ${s} ${m.token}: ${problem}`);
+          }
+        }
+      }),
+    );
+    const seconds = (performance.now() - started) / 1000;
+    const client = process.cpuUsage(client0);
+    engineClientCpuMs = (client.user + client.system) / 1000;
+    acc.messages += messages;
+    acc.seconds += seconds;
+    acc.passes.push(messages / seconds);
+    acc.clamdCpuMs += (await processCpuMs(clamd.pid)) - clamd0;
+    log(`  cold ${ENGINE_LIMIT.padEnd(11)} ${opts.sessions} sessions: ${messages} messages in ${seconds.toFixed(2)} s = ${(messages / seconds).toFixed(1)} msg/s${acc.wrong ? `  WRONG ${acc.wrong}` : ''}`);
+  };
   if (warmupMessages > 0) {
     const t0 = performance.now();
     const byToken = boxes.get(warmupUser) as Map<string, ProxyBenchMessage>;
@@ -271,12 +385,20 @@ export async function runMailProxySection(p: { clamd: LocalClamd; tmp: string; o
         }
       }
     }
-    log(`  warm-up: a mailbox of ${warmupMessages} messages read twice by every mode in ${((performance.now() - t0) / 1000).toFixed(1)} s${bad ? `; ${bad} WRONG` : ''}`);
+    // The engine limit's client too: the warm-up mailbox's documents, twice.
+    for (let pass = 0; pass < 2 && engineSets.length > 0; pass++) {
+      for (const m of engineWarmup) {
+        checkStop();
+        if ((await sendEngineMessage(m)) !== null) bad++;
+      }
+    }
+    log(`  warm-up: a mailbox of ${warmupMessages} messages read twice by every mode${engineSets.length > 0 ? ' (and its documents sent twice to clamd for the engine limit)' : ''} in ${((performance.now() - t0) / 1000).toFixed(1)} s${bad ? `; ${bad} WRONG` : ''}`);
     if (bad > 0) failed = true;
   }
 
   // cold: every mailbox read for the first time; warm: again, in a rotated order each pass
   for (const m of modes) await runPass(m, 'cold');
+  if (engineSets.length > 0) await runEngineLimit();
   for (let pass = 0; pass < opts.warmPasses; pass++) {
     const k = pass % modes.length;
     const order = [...modes.slice(k), ...modes.slice(0, k)].reverse();
@@ -290,15 +412,15 @@ export async function runMailProxySection(p: { clamd: LocalClamd; tmp: string; o
   let wrong = 0;
   let checked = 0;
   for (const regime of ['cold', 'warm'] as const) {
-    for (const m of modes) {
-      const a = accs.get(`${regime} ${m.name}`);
+    for (const name of [...modes.map((m) => m.name), ENGINE_LIMIT]) {
+      const a = accs.get(`${regime} ${name}`);
       if (!a) continue;
       wrong += a.wrong;
       checked += a.messages;
       const sorted = Float64Array.from(a.latencies).sort();
       rows.push([
         regime,
-        m.name,
+        name,
         String(opts.sessions),
         String(a.messages),
         fmt(a.seconds, 2),
@@ -312,12 +434,13 @@ export async function runMailProxySection(p: { clamd: LocalClamd; tmp: string; o
         fmt(a.clamdCpuMs / a.messages, 3),
         String(a.wrong),
       ]);
-      for (const s of a.samples) report.push(`WRONG ${regime} ${m.name}: ${s}`);
+      for (const s of a.samples) report.push(`WRONG ${regime} ${name}: ${s}`);
     }
   }
   report.push(
     '',
-    `Mail-proxy section: whole mailboxes read (${opts.messages} messages of 5-100 KB each, 1 in ${opts.infectedEvery} with EICAR), one mailbox per session`,
+    `Mail-proxy section: whole mailboxes read (${opts.messages} messages of 5-100 KB each, 1 in ${opts.infectedEvery} with EICAR), one mailbox per session` +
+      (accs.has(`cold ${ENGINE_LIMIT}`) ? `; ${ENGINE_LIMIT}: as many fresh messages' documents straight to clamd, once after the cold passes (MB/s of the messages)` : ''),
     table(['regime', 'mode', 'sessions', 'messages', 'time s', 'msg/s', 'MB/s', 'p50 ms', 'p99 ms', 'msg/s per pass', 'avgate cpu ms/msg', 'dovecot cpu ms/msg', 'clamd cpu ms/msg', 'wrong'], rows),
   );
   const ratioRows: string[][] = [];
@@ -336,11 +459,30 @@ export async function runMailProxySection(p: { clamd: LocalClamd; tmp: string; o
     }
   }
   if (ratioRows.length > 0) report.push('', 'Mail-proxy section: avgate / direct (msg/s)', table(['protocol', 'regime', 'avgate msg/s', 'direct msg/s', 'ratio', 'target', ''], ratioRows));
+  const engine = accs.get(`cold ${ENGINE_LIMIT}`);
+  let engineResult: string | null = null;
+  if (engine) {
+    const re = engine.messages / engine.seconds;
+    const rate = (key: string) => {
+      const a = accs.get(key);
+      return a ? a.messages / a.seconds : Number.NaN;
+    };
+    report.push(
+      '',
+      `${ENGINE_LIMIT} (clamd INSTREAM of the same documents, ${opts.sessions} sessions): ${fmt(re, 1)} msg/s, clamd cpu-ms/msg ${fmt(engine.clamdCpuMs / engine.messages, 3)}, ` +
+        `client cpu-ms/msg ${fmt(engineClientCpuMs / engine.messages, 3)} (run once after the cold passes; reference, no target)`,
+      `  pop3 avgate cold / ${ENGINE_LIMIT}: ${ratio(rate('cold pop3 avgate'), re)}`,
+      `  imap avgate cold / ${ENGINE_LIMIT}: ${ratio(rate('cold imap avgate'), re)}`,
+      `  ${ENGINE_LIMIT} / pop3 direct: ${ratio(re, rate('cold pop3 direct'))} (the ceiling of the cold ratio avgate/direct)`,
+    );
+    engineResult = `mailproxy: ${ENGINE_LIMIT} ${fmt(re, 1)} msg/s = ${ratio(re, rate('cold pop3 direct'))} x pop3 direct cold (the ceiling of the cold ratio); pop3 avgate cold reaches ${ratio(rate('cold pop3 avgate'), re)} of it`;
+  }
   const missing = [...children.entries()].filter(([, c]) => typeof c === 'string').map(([proto, c]) => `${proto}: ${String(c)}`);
   result.push(
     `mailproxy: ${met} of ${ratioRows.length} ratios meet their targets (avgate >= ${MAILPROXY_TARGET_COLD}x direct cold, >= ${MAILPROXY_TARGET_WARM}x warm); ${seconds.toFixed(0)} s` +
       (missing.length > 0 ? `; avgate NOT STARTED (${missing.join('; ')})` : ''),
   );
+  if (engineResult !== null) result.push(engineResult);
   if (wrong > 0) failed = true;
   return { report, result, wrong, checked, failed };
 }

@@ -18,9 +18,11 @@
  *   of 20 fetches each (target p95 < 200 ms) (bench/console-section.ts);
  * - http: downloads of 1 KB-100 MB objects from a local origin (a child process) through avgate's
  *   HTTP proxy vs straight from the origin vs Squid 5.7 + c-icap (virus_scan/clamd_mod, as
- *   respmod_precache service), concurrency 1/8/32, cold (every URL new content) and warm (the same
- *   URLs again: avgate's verdict cache), MB/s and req/s per cell and the ratios avgate/Squid+c-icap
- *   (targets 1.2 up to 100 KB, 1.0 above) and avgate/direct (warm target 0.8) (bench/http-section.ts);
+ *   respmod_precache service) vs the same Squid with no ICAP (mode `squid`, a plain relay that
+ *   scans nothing), concurrency 1/8/32, cold (every URL new content) and warm (the same URLs
+ *   again: avgate's verdict cache), MB/s and req/s per cell and the ratios avgate/Squid+c-icap
+ *   (targets 1.2 up to 100 KB, 1.0 above) and avgate/direct (warm target 0.8), and for reference
+ *   with no target squid/direct and avgate/squid (bench/http-section.ts);
  * - mailproxy: messages/s read through avgate's POP3 and IMAP proxies vs straight from Dovecot,
  *   mailboxes of 5-100 KB messages (5% EICAR) delivered once, N sessions each reading its whole
  *   mailbox, cold (first pass) and warm (later passes), ratios avgate/direct (targets 0.5 cold,
@@ -44,9 +46,13 @@
  * http: --http-sizes 1KB,10KB,100KB,1MB,10MB,100MB, --http-conc 1,8,32, --http-seconds N (per mode and
  * cell, default 3; --quick 1), --http-budget-mb N (bytes per mode and cell, default 200; --quick 10),
  * --http-max-requests N (default 2000; --quick 100), --http-max-inflight-mb N (cells with concurrency
- * x size above it are left out, default 800; --quick 100); mailproxy: --mailproxy-messages N (per
+ * x size above it are left out, default 800; --quick 100), --http-no-plain-squid (leave out mode
+ * `squid`, the plain-relay reference: no second Squid is started); mailproxy: --mailproxy-messages N (per
  * mailbox, default 200; --quick 50), --mailproxy-sessions N (default 4; --quick 2),
- * --mailproxy-warm-passes N (default 2; --quick 1); every section but engine and console: --warmup N
+ * --mailproxy-warm-passes N (default 2; --quick 1), --mailproxy-no-engine-limit (leaves out the engine
+ * limit: the documents avgate's walker decodes from as many fresh messages, sent straight to clamd
+ * with INSTREAM over as many sessions, once after the cold passes; a reference line, no target);
+ * every section but engine and console: --warmup N
  * (untimed requests or messages per mode before the section's first cell, so that no server is
  * measured while it is still starting up: avgate's JIT compiler, connection pools and caches of
  * code paths; default 1000, --quick 300, 0 = none); --clamd-temp-dir auto|state|DIR (the shared
@@ -143,9 +149,11 @@ const opts = {
   httpBudgetMB: numArg('--http-budget-mb', quick ? 10 : 200),
   httpMaxRequests: numArg('--http-max-requests', quick ? 100 : 2000),
   httpMaxInflightMB: numArg('--http-max-inflight-mb', quick ? 100 : 800),
+  httpPlainSquid: !flag('--http-no-plain-squid'),
   mailproxyMessages: numArg('--mailproxy-messages', quick ? 50 : 200),
   mailproxySessions: numArg('--mailproxy-sessions', quick ? 2 : 4),
   mailproxyWarmPasses: numArg('--mailproxy-warm-passes', quick ? 1 : 2),
+  mailproxyEngineLimit: !flag('--mailproxy-no-engine-limit'),
   /** Untimed requests (messages) per mode before a section's first cell; 0 = none. */
   warmup: strArg('--warmup') === '0' ? 0 : numArg('--warmup', quick ? 300 : WARMUP_DEFAULT),
   clamdTempDir: strArg('--clamd-temp-dir') ?? 'auto',
@@ -286,6 +294,7 @@ async function main(): Promise<void> {
         timeoutMs: 120_000,
         avgateNodeFlags: opts.avgateNodeFlags,
         warmup: opts.warmup,
+        plainSquid: opts.httpPlainSquid,
       },
     });
     done.push(['http', r]);
@@ -301,6 +310,8 @@ async function main(): Promise<void> {
         messages: opts.mailproxyMessages,
         sessions: opts.mailproxySessions,
         warmPasses: opts.mailproxyWarmPasses,
+        engineLimit: opts.mailproxyEngineLimit,
+        directChunk: opts.directChunk,
         infectedEvery: 20,
         sessionTimeoutMs: 300_000,
         avgateNodeFlags: opts.avgateNodeFlags,

@@ -2,12 +2,21 @@ import { chown, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { accepts, startPeer, systemUser, tail, type PeerProcess } from './process.js';
 
-/** Squid (Debian's squid 5.7) with an ICAP RESPMOD service, for the tests and the HTTP bench section. */
+/**
+ * Squid (Debian's squid 5.7) with an ICAP RESPMOD service, for the tests and the HTTP bench section;
+ * or, with `icapUrl: null`, the same Squid with no adaptation at all (a plain relaying proxy).
+ */
 export interface SquidOptions {
   /** Squid's directory (config, pid, logs, cache dir); must exist; made Squid's user's when run as root. */
   dir: string;
-  /** The RESPMOD service, e.g. icap://127.0.0.1:1344/avscan (`bypass=0`: an ICAP failure is an error for the client). */
-  icapUrl: string;
+  /**
+   * The RESPMOD service, e.g. icap://127.0.0.1:1344/avscan (`bypass=0`: an ICAP failure is an error
+   * for the client). `null`: no ICAP (`icap_enable off`, no service): every object passes unscanned,
+   * for the bench's plain-relay reference only. Never optional: a caller that forgets the service
+   * must not get a proxy that does not scan.
+   */
+  icapUrl: string | null;
+  /** ICAP preview (default on); ignored without ICAP. */
   preview?: boolean;
   /** visible_hostname. */
   name?: string;
@@ -19,6 +28,18 @@ export interface SquidOptions {
 export interface Squid extends PeerProcess {
   /** The last part of Squid's own output and cache.log (for failure messages). */
   logTail(chars?: number): string;
+}
+
+function icapLines(icapUrl: string, preview: boolean): string[] {
+  return [
+    'icap_enable on',
+    `icap_preview_enable ${preview ? 'on' : 'off'}`,
+    'icap_preview_size 1024',
+    `icap_service svc respmod_precache bypass=0 ${icapUrl}`,
+    // a failed transaction must not mark the service down for the following tests of the file
+    'icap_service_failure_limit -1',
+    'adaptation_access svc allow all',
+  ];
 }
 
 function configText(o: SquidOptions, port: number, asRoot: boolean): string {
@@ -34,7 +55,7 @@ function configText(o: SquidOptions, port: number, asRoot: boolean): string {
     ...(asRoot ? ['cache_effective_user proxy', 'cache_effective_group proxy'] : []),
     `coredump_dir ${dir}`,
     'netdb_filename none',
-    // no disk cache, nothing kept in memory: every request goes to the origin and through ICAP
+    // no disk cache, nothing kept in memory: every request goes to the origin (and through ICAP, if any)
     'cache deny all',
     'cache_mem 8 MB',
     'maximum_object_size_in_memory 64 KB',
@@ -55,13 +76,7 @@ function configText(o: SquidOptions, port: number, asRoot: boolean): string {
     'http_access allow localhost loopback_dst',
     'http_access deny all',
     'shutdown_lifetime 0 seconds',
-    'icap_enable on',
-    `icap_preview_enable ${(o.preview ?? true) ? 'on' : 'off'}`,
-    'icap_preview_size 1024',
-    `icap_service svc respmod_precache bypass=0 ${o.icapUrl}`,
-    // a failed transaction must not mark the service down for the following tests of the file
-    'icap_service_failure_limit -1',
-    'adaptation_access svc allow all',
+    ...(o.icapUrl === null ? ['icap_enable off'] : icapLines(o.icapUrl, o.preview ?? true)),
     ...(o.extra ?? []),
     '',
   ].join('\n');
