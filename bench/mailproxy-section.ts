@@ -21,6 +21,12 @@
  *   counted per whole message; run once, after the cold passes. Checked: an infected message's
  *   attachment FOUND, every other document OK. Its ratio to pop3 direct is the ceiling of the
  *   cold ratio avgate/direct.
+ * - relay (reference, no target; off with relay false, left out when socat is not installed): modes
+ *   pop3 relay and imap relay read their own mailboxes through a plain TCP relay written in C
+ *   (socat, tools/peers/relay.ts: client -> socat -> Dovecot, one forked process per session),
+ *   in the same passes and rotation as the other modes, checked as direct (the infected
+ *   attachments whole). relay/direct is what one more process relaying the bytes costs on this
+ *   machine, whatever it does with them; avgate/relay is what avgate costs beyond that.
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -28,6 +34,7 @@ import { join } from 'node:path';
 import type { LocalClamd } from '../src/engines/clamd/local.js';
 import { DEFAULT_MIME_LIMITS } from '../src/mime/index.js';
 import { dovecotAvailable, startDovecot, type DovecotUser } from '../tools/peers/dovecot.js';
+import { relayAvailable, relayVersion, startRelay, type Relay } from '../tools/peers/relay.js';
 import type { SectionResult } from './engine-section.js';
 import { classifyReply, directInstream } from './direct.js';
 import { checkStop, log, onCleanup, processCpuMs } from './harness.js';
@@ -66,17 +73,24 @@ export interface MailProxySectionOptions {
   engineLimit: boolean;
   /** INSTREAM chunk of the engine-limit client (bench/direct.ts). */
   directChunk: number;
+  /** Measure the relay reference (modes pop3 relay and imap relay through socat), when socat is installed. */
+  relay: boolean;
 }
 
 type Protocol = 'pop3' | 'imap';
 type Regime = 'cold' | 'warm';
+/** direct: Dovecot itself; relay: through socat (reference); avgate: through avgate's proxy. */
+type Kind = 'direct' | 'relay' | 'avgate';
 
 interface Mode {
   name: string;
   protocol: Protocol;
+  kind: Kind;
+  /** Through avgate: an infected attachment must be gone (elsewhere it must be there, whole). */
   scanned: boolean;
   port: number;
-  pid: number | null;
+  /** CPU (ms) so far of the process in the middle (avgate's child, the relay), or null (direct). */
+  middleCpuMs: (() => Promise<number>) | null;
   mailboxes: Array<{ user: string; byToken: Map<string, ProxyBenchMessage> }>;
 }
 
@@ -111,10 +125,11 @@ interface EngineMessage {
 }
 
 /**
- * CPU (ms) of Dovecot: its live process tree plus the children its master has reaped (cutime +
- * cstime): a POP3 or IMAP process lives for one session and is gone when the pass ends.
+ * CPU (ms) of a process tree that forks per session (Dovecot, the socat relay): its live processes
+ * plus the children it has reaped (cutime + cstime): Dovecot's POP3 or IMAP process and socat's
+ * fork live for one session and are gone when the pass ends.
  */
-async function dovecotCpuMs(pid: number): Promise<number> {
+async function forkingTreeCpuMs(pid: number): Promise<number> {
   let reaped = Number.NaN;
   try {
     const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
@@ -136,12 +151,13 @@ export async function runMailProxySection(p: { clamd: LocalClamd; tmp: string; o
   }
 
   // ------------------------------------------------------------ Dovecot and the mailboxes
-  const modeSpecs: Array<{ name: string; protocol: Protocol; scanned: boolean }> = [
-    { name: 'pop3 direct', protocol: 'pop3', scanned: false },
-    { name: 'pop3 avgate', protocol: 'pop3', scanned: true },
-    { name: 'imap direct', protocol: 'imap', scanned: false },
-    { name: 'imap avgate', protocol: 'imap', scanned: true },
-  ];
+  // The relay reference: wanted unless --mailproxy-no-relay; left out (the section goes on) without socat.
+  let relayNote: string | null = null;
+  if (!opts.relay) relayNote = 'relay reference left out (--mailproxy-no-relay)';
+  else if (!relayAvailable()) relayNote = 'relay reference left out: socat is not installed (Debian socat, scripts/system-deps.sh)';
+  if (relayNote !== null) log(`  ${relayNote}`);
+  const kinds: Kind[] = relayNote === null ? ['direct', 'relay', 'avgate'] : ['direct', 'avgate'];
+  const modeSpecs: Array<{ name: string; protocol: Protocol; kind: Kind }> = (['pop3', 'imap'] as const).flatMap((protocol) => kinds.map((kind) => ({ name: `${protocol} ${kind}`, protocol, kind })));
   const userOf = (mode: string, s: number) => `bench-${mode.replace(' ', '-')}-${s}`;
   const users: DovecotUser[] = modeSpecs.flatMap((m) => Array.from({ length: opts.sessions }, (_, s) => ({ user: userOf(m.name, s), password: PASSWORD })));
   // The warm-up mailbox (one, read by every mode): half the warm-up's messages, read twice.
@@ -207,6 +223,26 @@ export async function runMailProxySection(p: { clamd: LocalClamd; tmp: string; o
     );
   }
 
+  // ------------------------------------------------------------ the relays (reference)
+  const relays = new Map<Protocol, Relay | string>();
+  let relayName = 'socat';
+  if (relayNote === null) {
+    relayName = relayVersion()?.replace(/^socat version (\S+).*$/, 'socat $1') ?? 'socat';
+    for (const protocol of ['pop3', 'imap'] as const) {
+      try {
+        const r = await startRelay({ targetPort: protocol === 'pop3' ? dovecot.pop3Port : dovecot.imapPort, outPath: join(tmp, `mailproxy-relay-${protocol}.out`) });
+        onCleanup(() => r.stop());
+        relays.set(protocol, r);
+        log(`  ${protocol} relay (${relayName}, a plain TCP relay, reference): pid ${r.pid}, port ${r.port} -> Dovecot ${protocol === 'pop3' ? dovecot.pop3Port : dovecot.imapPort}`);
+      } catch (err) {
+        const msg = err instanceof Error ? (err.message.split('\n')[0] ?? err.message) : String(err);
+        relays.set(protocol, msg);
+        log(`  ${protocol} relay NOT STARTED: ${msg}`);
+        failed = true;
+      }
+    }
+  }
+
   // ------------------------------------------------------------ avgate's proxies
   // AVGATE_BENCH_MAILPROXY_YAML: extra keys for both proxies' sections, one `key: value` per line
   // separated by ';' (to compare settings, e.g. `prescan-max-size: 0`); reported with the results.
@@ -238,13 +274,24 @@ export async function runMailProxySection(p: { clamd: LocalClamd; tmp: string; o
 
   const modes: Mode[] = [];
   for (const spec of modeSpecs) {
-    const child = children.get(spec.protocol);
-    if (spec.scanned && typeof child !== 'object') continue;
-    const port = spec.scanned ? (child as AvgateFrontChild).port : spec.protocol === 'pop3' ? dovecot.pop3Port : dovecot.imapPort;
+    let port = spec.protocol === 'pop3' ? dovecot.pop3Port : dovecot.imapPort;
+    let middleCpuMs: Mode['middleCpuMs'] = null;
+    if (spec.kind === 'avgate') {
+      const child = children.get(spec.protocol);
+      if (typeof child !== 'object') continue;
+      port = child.port;
+      middleCpuMs = () => treeCpuMs(child.pid);
+    } else if (spec.kind === 'relay') {
+      const relay = relays.get(spec.protocol);
+      if (typeof relay !== 'object') continue;
+      port = relay.port;
+      middleCpuMs = () => forkingTreeCpuMs(relay.pid);
+    }
     modes.push({
       ...spec,
+      scanned: spec.kind === 'avgate',
       port,
-      pid: spec.scanned ? (child as AvgateFrontChild).pid : null,
+      middleCpuMs,
       mailboxes: Array.from({ length: opts.sessions }, (_, s) => {
         const user = userOf(spec.name, s);
         return { user, byToken: boxes.get(user) as Map<string, ProxyBenchMessage> };
@@ -266,8 +313,8 @@ export async function runMailProxySection(p: { clamd: LocalClamd; tmp: string; o
   const runPass = async (m: Mode, regime: Regime) => {
     checkStop();
     const acc = accOf(regime, m.name);
-    const server0 = m.pid !== null ? await treeCpuMs(m.pid) : Number.NaN;
-    const dovecot0 = await dovecotCpuMs(dovecot.pid);
+    const server0 = m.middleCpuMs ? await m.middleCpuMs() : Number.NaN;
+    const dovecot0 = await forkingTreeCpuMs(dovecot.pid);
     const clamd0 = await processCpuMs(clamd.pid);
     const started = performance.now();
     let messages = 0;
@@ -306,8 +353,8 @@ export async function runMailProxySection(p: { clamd: LocalClamd; tmp: string; o
     acc.messages += messages;
     acc.seconds += seconds;
     acc.passes.push(messages / seconds);
-    if (m.pid !== null) acc.serverCpuMs += (await treeCpuMs(m.pid)) - server0;
-    acc.dovecotCpuMs += (await dovecotCpuMs(dovecot.pid)) - dovecot0;
+    if (m.middleCpuMs) acc.serverCpuMs += (await m.middleCpuMs()) - server0;
+    acc.dovecotCpuMs += (await forkingTreeCpuMs(dovecot.pid)) - dovecot0;
     acc.clamdCpuMs += (await processCpuMs(clamd.pid)) - clamd0;
     log(`  ${regime} ${m.name.padEnd(11)} ${opts.sessions} sessions: ${messages} messages in ${seconds.toFixed(2)} s = ${(messages / seconds).toFixed(1)} msg/s${acc.wrong ? `  WRONG ${acc.wrong}` : ''}`);
   };
@@ -437,12 +484,18 @@ export async function runMailProxySection(p: { clamd: LocalClamd; tmp: string; o
       for (const s of a.samples) report.push(`WRONG ${regime} ${name}: ${s}`);
     }
   }
+  const hasRelay = modes.some((m) => m.kind === 'relay');
   report.push(
     '',
     `Mail-proxy section: whole mailboxes read (${opts.messages} messages of 5-100 KB each, 1 in ${opts.infectedEvery} with EICAR), one mailbox per session` +
-      (accs.has(`cold ${ENGINE_LIMIT}`) ? `; ${ENGINE_LIMIT}: as many fresh messages' documents straight to clamd, once after the cold passes (MB/s of the messages)` : ''),
-    table(['regime', 'mode', 'sessions', 'messages', 'time s', 'msg/s', 'MB/s', 'p50 ms', 'p99 ms', 'msg/s per pass', 'avgate cpu ms/msg', 'dovecot cpu ms/msg', 'clamd cpu ms/msg', 'wrong'], rows),
+      (accs.has(`cold ${ENGINE_LIMIT}`) ? `; ${ENGINE_LIMIT}: as many fresh messages' documents straight to clamd, once after the cold passes (MB/s of the messages)` : '') +
+      `; proxy cpu = avgate's child${hasRelay ? ', or the relay (socat and its per-session forks)' : ''}`,
+    table(['regime', 'mode', 'sessions', 'messages', 'time s', 'msg/s', 'MB/s', 'p50 ms', 'p99 ms', 'msg/s per pass', 'proxy cpu ms/msg', 'dovecot cpu ms/msg', 'clamd cpu ms/msg', 'wrong'], rows),
   );
+  const rate = (key: string) => {
+    const a = accs.get(key);
+    return a ? a.messages / a.seconds : Number.NaN;
+  };
   const ratioRows: string[][] = [];
   let met = 0;
   for (const protocol of ['pop3', 'imap'] as const) {
@@ -463,10 +516,6 @@ export async function runMailProxySection(p: { clamd: LocalClamd; tmp: string; o
   let engineResult: string | null = null;
   if (engine) {
     const re = engine.messages / engine.seconds;
-    const rate = (key: string) => {
-      const a = accs.get(key);
-      return a ? a.messages / a.seconds : Number.NaN;
-    };
     report.push(
       '',
       `${ENGINE_LIMIT} (clamd INSTREAM of the same documents, ${opts.sessions} sessions): ${fmt(re, 1)} msg/s, clamd cpu-ms/msg ${fmt(engine.clamdCpuMs / engine.messages, 3)}, ` +
@@ -477,12 +526,37 @@ export async function runMailProxySection(p: { clamd: LocalClamd; tmp: string; o
     );
     engineResult = `mailproxy: ${ENGINE_LIMIT} ${fmt(re, 1)} msg/s = ${ratio(re, rate('cold pop3 direct'))} x pop3 direct cold (the ceiling of the cold ratio); pop3 avgate cold reaches ${ratio(rate('cold pop3 avgate'), re)} of it`;
   }
+  // relay reference: relay/direct is what one more process passing the bytes on costs here;
+  // avgate/relay what avgate costs beyond that
+  const relayResult: string[] = [];
+  if (relayNote !== null) {
+    report.push('', relayNote);
+    if (opts.relay) relayResult.push(`mailproxy: ${relayNote}`);
+  } else if (hasRelay) {
+    const protocols = (['pop3', 'imap'] as const).filter((proto) => modes.some((m) => m.name === `${proto} relay`));
+    report.push('', `relay (${relayName}: client -> relay -> Dovecot, a plain TCP relay in C, one forked process per session; reference, no target)`);
+    for (const protocol of protocols) {
+      for (const regime of ['cold', 'warm'] as const) {
+        const [rr, rd, ra] = (['relay', 'direct', 'avgate'] as const).map((k) => rate(`${regime} ${protocol} ${k}`)) as [number, number, number];
+        report.push(`  ${protocol} relay ${regime} / ${protocol} direct ${regime}: ${ratio(rr, rd)}; ${protocol} avgate ${regime} / ${protocol} relay ${regime}: ${ratio(ra, rr)}`);
+      }
+    }
+    const per = (f: (proto: Protocol) => string) => protocols.map((proto) => `${proto} ${f(proto)}`).join(', ');
+    relayResult.push(
+      `mailproxy: relay (${relayName}, a plain TCP relay) / direct warm ${per((proto) => ratio(rate(`warm ${proto} relay`), rate(`warm ${proto} direct`)))} ` +
+        `(cold ${per((proto) => ratio(rate(`cold ${proto} relay`), rate(`cold ${proto} direct`)))}), against the warm target ${MAILPROXY_TARGET_WARM}x; ` +
+        `avgate / relay warm ${per((proto) => ratio(rate(`warm ${proto} avgate`), rate(`warm ${proto} relay`)))}`,
+    );
+  }
+  const relayMissing = [...relays.entries()].filter(([, r]) => typeof r === 'string').map(([proto, r]) => `${proto}: ${String(r)}`);
+  if (relayMissing.length > 0) relayResult.push(`mailproxy: relay NOT STARTED (${relayMissing.join('; ')})`);
   const missing = [...children.entries()].filter(([, c]) => typeof c === 'string').map(([proto, c]) => `${proto}: ${String(c)}`);
   result.push(
     `mailproxy: ${met} of ${ratioRows.length} ratios meet their targets (avgate >= ${MAILPROXY_TARGET_COLD}x direct cold, >= ${MAILPROXY_TARGET_WARM}x warm); ${seconds.toFixed(0)} s` +
       (missing.length > 0 ? `; avgate NOT STARTED (${missing.join('; ')})` : ''),
   );
   if (engineResult !== null) result.push(engineResult);
+  result.push(...relayResult);
   if (wrong > 0) failed = true;
   return { report, result, wrong, checked, failed };
 }

@@ -51,7 +51,10 @@
  * mailbox, default 200; --quick 50), --mailproxy-sessions N (default 4; --quick 2),
  * --mailproxy-warm-passes N (default 2; --quick 1), --mailproxy-no-engine-limit (leaves out the engine
  * limit: the documents avgate's walker decodes from as many fresh messages, sent straight to clamd
- * with INSTREAM over as many sessions, once after the cold passes; a reference line, no target);
+ * with INSTREAM over as many sessions, once after the cold passes; a reference line, no target),
+ * --mailproxy-no-relay (leaves out modes `pop3 relay` and `imap relay`: mailboxes like direct's read
+ * through a plain TCP relay in C, socat, client -> relay -> Dovecot; reference ratios relay/direct
+ * and avgate/relay, no target; left out by themselves when socat is not installed);
  * every section but engine and console: --warmup N
  * (untimed requests or messages per mode before the section's first cell, so that no server is
  * measured while it is still starting up: avgate's JIT compiler, connection pools and caches of
@@ -154,6 +157,7 @@ const opts = {
   mailproxySessions: numArg('--mailproxy-sessions', quick ? 2 : 4),
   mailproxyWarmPasses: numArg('--mailproxy-warm-passes', quick ? 1 : 2),
   mailproxyEngineLimit: !flag('--mailproxy-no-engine-limit'),
+  mailproxyRelay: !flag('--mailproxy-no-relay'),
   /** Untimed requests (messages) per mode before a section's first cell; 0 = none. */
   warmup: strArg('--warmup') === '0' ? 0 : numArg('--warmup', quick ? 300 : WARMUP_DEFAULT),
   clamdTempDir: strArg('--clamd-temp-dir') ?? 'auto',
@@ -311,6 +315,7 @@ async function main(): Promise<void> {
         sessions: opts.mailproxySessions,
         warmPasses: opts.mailproxyWarmPasses,
         engineLimit: opts.mailproxyEngineLimit,
+        relay: opts.mailproxyRelay,
         directChunk: opts.directChunk,
         infectedEvery: 20,
         sessionTimeoutMs: 300_000,

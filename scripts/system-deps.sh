@@ -4,7 +4,7 @@
 set -euo pipefail
 PACKAGES=(clamav-daemon clamav clamav-testfiles c-icap libc-icap-mod-virus-scan squid curl
   postfix swaks libio-socket-ssl-perl libnet-ssleay-perl openssl clamsmtp amavisd-new chromium dovecot-imapd
-  dovecot-pop3d vsftpd nginx-light lftp)
+  dovecot-pop3d vsftpd nginx-light lftp socat)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
