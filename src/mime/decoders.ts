@@ -29,6 +29,7 @@ export class IdentityDecoder implements BodyDecoder {
 
 const B64_NOT_ALPHABET = /[^A-Za-z0-9+/=]+/g;
 const B64_INVALID = /[^A-Za-z0-9+/=\s]/;
+const B64_ANY_OTHER = /[^A-Za-z0-9+/=]/;
 
 /**
  * RFC 2045 6.8. White space is ignored; other characters outside the alphabet are skipped (and
@@ -40,9 +41,15 @@ export class Base64Decoder implements BodyDecoder {
   private carry = '';
 
   write(data: Buffer): Buffer {
-    let s = data.toString('latin1');
-    if (this.error === null && B64_INVALID.test(s)) this.error = 'invalid character in base64';
-    s = s.replace(B64_NOT_ALPHABET, '');
+    const raw = data.toString('latin1');
+    // The usual body is lines of the alphabet ended by CRLF (or LF): dropping the line ends and
+    // checking that nothing else is left costs half the general clean-up (two regular expressions
+    // over every byte, one of them building the result from a piece per line).
+    let s = raw.split(raw.includes('\r\n') ? '\r\n' : '\n').join('');
+    if (B64_ANY_OTHER.test(s)) {
+      if (this.error === null && B64_INVALID.test(raw)) this.error = 'invalid character in base64';
+      s = raw.replace(B64_NOT_ALPHABET, '');
+    }
     if (this.carry.length > 0) s = this.carry + s;
     return this.decode(s);
   }

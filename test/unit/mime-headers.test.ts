@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
+import fc from 'fast-check';
 import { Base64Decoder, QuotedPrintableDecoder } from '../../src/mime/decoders.js';
 import { encodeParam, encodeQuotedPrintable, encodeWords, foldHeader, headerLine, safeContentType } from '../../src/mime/encode.js';
 import { cleanFilename, decodeEncodedWords, mediaType, parseStructured, transferEncoding } from '../../src/mime/headers.js';
@@ -124,6 +125,46 @@ describe('decoders', () => {
       assert.deepEqual(Buffer.concat(parts), data, `step ${step}`);
       assert.equal(d.error, null);
     }
+  });
+
+  it('base64: any mix of line ends, blanks, junk and padding, cut anywhere, decodes as the rule says', () => {
+    // The rule (RFC 2045 6.8 as the decoder reads it), spelled out slowly: drop everything outside
+    // the alphabet and '='; each '=' run ends a quantum (a lone character before it is dropped);
+    // decoding goes on after it. Junk other than white space is an error.
+    const reference = (text: string): { bytes: Buffer; invalid: boolean } => {
+      const kept = text.replace(/[^A-Za-z0-9+/=]/g, '');
+      const out: Buffer[] = [];
+      for (const run of kept.split(/=+/)) {
+        const whole = run.length - (run.length % 4);
+        out.push(Buffer.from(run.slice(0, whole), 'base64'));
+        if (run.length % 4 >= 2) out.push(Buffer.from(run.slice(whole), 'base64'));
+      }
+      return { bytes: Buffer.concat(out), invalid: /[^A-Za-z0-9+/=\s]/.test(text) };
+    };
+    const piece = fc.oneof(
+      { weight: 6, arbitrary: fc.uint8Array({ minLength: 1, maxLength: 120 }).map((b) => Buffer.from(b).toString('base64').replace(/=+$/, '')) },
+      { weight: 2, arbitrary: fc.constantFrom('\r\n', '\n', '\r', ' ', '\t') },
+      { weight: 1, arbitrary: fc.constantFrom('=', '==', '*', '-', '\u00e9', '.') },
+    );
+    fc.assert(
+      fc.property(fc.array(piece, { maxLength: 60 }), fc.array(fc.nat(), { maxLength: 8 }), (pieces, cutsRaw) => {
+        const text = Buffer.from(pieces.join(''), 'latin1');
+        const cuts = [...new Set(cutsRaw.map((c) => (text.length === 0 ? 0 : c % text.length)))].sort((a, b) => a - b);
+        const d = new Base64Decoder();
+        const parts: Buffer[] = [];
+        let at = 0;
+        for (const c of [...cuts, text.length]) {
+          parts.push(d.write(text.subarray(at, c)));
+          at = c;
+        }
+        parts.push(d.end());
+        const want = reference(text.toString('latin1'));
+        assert.deepEqual(Buffer.concat(parts), want.bytes);
+        if (want.invalid) assert.match(d.error ?? '', /invalid character/);
+        else assert.doesNotMatch(d.error ?? '', /invalid character/);
+      }),
+      { numRuns: 400 },
+    );
   });
 
   it('base64: a lone last character is an error', () => {
