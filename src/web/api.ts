@@ -60,8 +60,6 @@ export async function handleScan(req: IncomingMessage, res: ServerResponse, deps
   const query = queryOf(req.url ?? '/');
   let name = (query.get('name') ?? '').slice(0, 1024);
   const spool = new Spool(deps.spoolDir, deps.spoolMemory, { hash: deps.scanner.wantsHash, slabs: SHARED_SLABS });
-  // The answer names the upload's SHA-256 (what admins look up elsewhere); the cache key is the spool's own hash.
-  const sha256 = createHash('sha256');
   const abort = new AbortController();
   const onClose = () => {
     if (!res.writableEnded) abort.abort();
@@ -73,20 +71,14 @@ export async function handleScan(req: IncomingMessage, res: ServerResponse, deps
     if (/^multipart\//i.test(req.headers['content-type'] ?? '') && boundary === null) throw new HttpError(400, 'multipart body without a boundary');
     if (boundary !== null) {
       try {
-        const file = await readMultipartFile(body, boundary, (chunk) => {
-          sha256.update(chunk);
-          return spool.write(chunk);
-        });
+        const file = await readMultipartFile(body, boundary, (chunk) => spool.write(chunk));
         if (!name) name = file.fileName.slice(0, 1024);
       } catch (err) {
         if (err instanceof MultipartError) throw new HttpError(400, `bad multipart body: ${err.message}`);
         throw err;
       }
     } else {
-      for await (const chunk of body) {
-        sha256.update(chunk as Buffer);
-        await spool.write(chunk as Buffer);
-      }
+      for await (const chunk of body) await spool.write(chunk as Buffer);
     }
     await spool.end();
     const path = spool.filePath();
@@ -100,10 +92,18 @@ export async function handleScan(req: IncomingMessage, res: ServerResponse, deps
     };
     const verdict = await deps.scanner.scan(request);
     // Fail closed: an engine error is not an answer about the content.
-    sendJson(res, verdict.status === 'error' ? 503 : 200, verdictJson(verdict, sha256.digest('hex')));
+    // An infected upload's SHA-256, to look it up elsewhere. Only then: the cache key is another hash
+    // (core/content-hash.ts), and a SHA-256 of every clean upload would cost what a cache hit saves.
+    sendJson(res, verdict.status === 'error' ? 503 : 200, verdictJson(verdict, verdict.status === 'found' ? await sha256Of(spool) : null));
   } finally {
     res.off('close', onClose);
     // Nothing of the body is still being written anywhere: its slabs go back to the pool.
     await spool.dispose(true);
   }
+}
+
+async function sha256Of(spool: Spool): Promise<string> {
+  const h = createHash('sha256');
+  for await (const c of spool.createReadStream()) h.update(c as Buffer);
+  return h.digest('hex');
 }

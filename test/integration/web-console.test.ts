@@ -243,11 +243,16 @@ describe('web console', () => {
 
     const clean = JSON.parse((await api(randomBytes(5000))).body) as Record<string, unknown>;
     assert.equal(clean.status, 'free');
-    // Past the size where the cache key is BLAKE3 (core/content-hash.ts) the answer still names the SHA-256, and the key still finds the verdict.
+    assert.equal(clean.sha256, undefined, 'a SHA-256 only for infected uploads');
+    // Past the size where the cache key is BLAKE3 (core/content-hash.ts) the key still finds the verdict,
+    // and an infected upload of that size is still named by its SHA-256 (read back from the spool).
     const large = randomBytes(300_000);
     const first = JSON.parse((await api(large)).body) as Record<string, unknown>;
-    assert.deepEqual([first.status, first.cached, first.sha256], ['free', false, createHash('sha256').update(large).digest('hex')]);
+    assert.deepEqual([first.status, first.cached, first.sha256], ['free', false, undefined]);
     assert.equal(JSON.parse((await api(large)).body).cached, true, 'a large object from the verdict cache');
+    const largeBad = Buffer.concat([randomBytes(300_000), eicarBytes()]);
+    const bad300 = JSON.parse((await api(largeBad)).body) as Record<string, unknown>;
+    assert.deepEqual([bad300.status, bad300.sha256], ['found', createHash('sha256').update(largeBad).digest('hex')]);
 
     const boundary = '----avgate' + randomBytes(8).toString('hex');
     const filePart = Buffer.concat([randomBytes(10), eicarBytes()]);
