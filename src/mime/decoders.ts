@@ -30,6 +30,12 @@ export class IdentityDecoder implements BodyDecoder {
 const B64_NOT_ALPHABET = /[^A-Za-z0-9+/=]+/g;
 const B64_INVALID = /[^A-Za-z0-9+/=\s]/;
 const B64_ANY_OTHER = /[^A-Za-z0-9+/=]/;
+/**
+ * Input is decoded in slices of at most this size: the string work costs several times more per
+ * byte on strings of hundreds of KiB (measured here: a 2 MB attachment in 1 MiB pieces 25 ms,
+ * in 64 KiB pieces 3.6 ms).
+ */
+const B64_SLICE = 64 * 1024;
 
 /**
  * RFC 2045 6.8. White space is ignored; other characters outside the alphabet are skipped (and
@@ -41,6 +47,13 @@ export class Base64Decoder implements BodyDecoder {
   private carry = '';
 
   write(data: Buffer): Buffer {
+    if (data.length <= B64_SLICE) return this.writeSlice(data);
+    const out: Buffer[] = [];
+    for (let off = 0; off < data.length; off += B64_SLICE) out.push(this.writeSlice(data.subarray(off, off + B64_SLICE)));
+    return Buffer.concat(out);
+  }
+
+  private writeSlice(data: Buffer): Buffer {
     const raw = data.toString('latin1');
     // The usual body is lines of the alphabet ended by CRLF (or LF): dropping the line ends and
     // checking that nothing else is left costs half the general clean-up (two regular expressions

@@ -167,6 +167,16 @@ describe('decoders', () => {
     );
   });
 
+  it('base64: one write of several hundred KiB (decoded in slices inside) gives the same bytes', () => {
+    const data = Buffer.from(Array.from({ length: 400_000 }, (_, i) => (i * 31 + (i >> 7)) & 255));
+    for (const eol of ['\r\n', '\n']) {
+      const text = Buffer.from(data.toString('base64').replace(/.{76}/g, `$&${eol}`));
+      const d = new Base64Decoder();
+      assert.deepEqual(Buffer.concat([d.write(text), d.end()]), data);
+      assert.equal(d.error, null);
+    }
+  });
+
   it('base64: a lone last character is an error', () => {
     const d = new Base64Decoder();
     assert.equal(Buffer.concat([d.write(Buffer.from('SGVsbG8')), d.end()]).toString(), 'Hello');
