@@ -1,6 +1,7 @@
 import { tuneGarbageCollector } from './core/gc-tuning.js';
 import { mimeLimitsFrom } from './mime/index.js';
 import type { LoadedConfig } from './config/loader.js';
+import { largeObjectHash } from './core/content-hash.js';
 import { messageOf } from './core/errors.js';
 import { createLogger, reopenLogFiles, type Logger } from './core/logging.js';
 import { VERSION } from './core/version.js';
@@ -171,7 +172,7 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
     return stopping;
   };
   const smtpPort = mail?.port ?? null;
-  log.info({ engines: runtime.engines.map((e) => e.id), clamdPid: runtime.clamd?.pid, icapPort, smtpPort, consolePort, ftpProxyPort, httpProxyPort, imapProxyPort, pop3ProxyPort: pop3?.port ?? null }, 'avgate ready');
+  log.info({ engines: runtime.engines.map((e) => e.id), cacheKeyOver32KiB: largeObjectHash(), clamdPid: runtime.clamd?.pid, icapPort, smtpPort, consolePort, ftpProxyPort, httpProxyPort, imapProxyPort, pop3ProxyPort: pop3?.port ?? null }, 'avgate ready');
   return { runtime, httpProxy, httpProxyPort, icap, icapPort, icapTlsPort, mail, smtpPort, quarantine, stats, web, consolePort, ftp, ftpProxyPort, imapProxy, imapProxyPort, pop3, pop3ProxyPort: pop3?.port ?? null, stop };
 }
 

@@ -1,4 +1,5 @@
-import { createHash, hash as oneShotHash, type Hash } from 'node:crypto';
+import * as nodeCrypto from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import { createRequire } from 'node:module';
 
 /**
@@ -17,6 +18,8 @@ import { createRequire } from 'node:module';
  * gathered there too.
  */
 export const SMALL_MAX = 32 * 1024;
+/** crypto.hash exists from Node 20.12 on: looked up at run time, so that an older Node 20 still loads this module. */
+const oneShotHash = (nodeCrypto as unknown as { hash?: (algorithm: string, data: Uint8Array, encoding: 'hex') => string }).hash;
 const STAGE_SIZE = 64 * 1024;
 /** A piece at least this long goes to BLAKE3 directly instead of through the staging buffer. */
 const DIRECT_MIN = 16 * 1024;
@@ -64,6 +67,7 @@ export class ContentHasher {
   private total = 0;
   private large: Blake3 | Hash | null = null;
   private result: string | null = null;
+  private released = false;
   private readonly blake3: Blake3Ctor | null;
 
   /** `large`: force the algorithm for large objects (tests); by default BLAKE3 where it loads. */
@@ -78,7 +82,10 @@ export class ContentHasher {
   }
 
   update(data: Uint8Array): void {
+    // A string would be staged as zeros (all strings of one length, one key): bytes only.
+    if (!(data instanceof Uint8Array)) throw new TypeError('content hash input must be bytes');
     if (this.result !== null) throw new Error('content hash already computed');
+    if (this.released) return;
     const n = data.length;
     if (n === 0) return;
     this.total += n;
@@ -106,6 +113,7 @@ export class ContentHasher {
   /** The key: SHA-256 hex for up to SMALL_MAX bytes, else `b3:` + BLAKE3 hex (SHA-256 hex without BLAKE3). */
   digest(): string {
     if (this.result !== null) return this.result;
+    if (this.released) throw new Error('content hasher released');
     if (!this.large) {
       const held = this.stage ? this.stage.subarray(0, this.staged) : Buffer.alloc(0);
       this.result = typeof oneShotHash === 'function' ? oneShotHash('sha256', held, 'hex') : createHash('sha256').update(held).digest('hex');
@@ -118,6 +126,20 @@ export class ContentHasher {
     this.stage = null;
     this.staged = 0;
     return this.result;
+  }
+
+  /**
+   * The hash is not wanted after all: the staging buffer goes back to the pool (an abandoned
+   * hasher would keep it, and the pool would run dry). Later update()s are ignored; digest()
+   * throws, so a released hasher never gives a key.
+   */
+  release(): void {
+    if (this.result !== null || this.released) return;
+    this.released = true;
+    if (this.stage) giveStage(this.stage);
+    this.stage = null;
+    this.staged = 0;
+    this.large = null;
   }
 
   private flush(): void {

@@ -76,6 +76,7 @@ export class Spool {
 
   /** The hash is not wanted after all (the scanner hashes a streamed object itself). */
   stopHashing(): void {
+    this.hash?.release();
     this.hash = null;
   }
 
@@ -186,7 +187,7 @@ export class Spool {
     this.scanCopy = path;
     this.eager = new EagerCopy(fd);
     this.eager.add(this.memory.slice());
-    if (opts.hashLater) this.hash = null;
+    if (opts.hashLater) this.stopHashing();
   }
 
   get copyingForScan(): boolean {
@@ -267,6 +268,7 @@ export class Spool {
    * in use (e.g. queued in a socket's write buffer), so pooled slabs may be handed out again.
    */
   async dispose(recycle = false): Promise<void> {
+    this.stopHashing(); // a spool dropped before end(): its hasher's buffer goes back to the pool
     await this.dropScanCopy(); // before the slabs go back: its writes read from them
     this.memory = [];
     if (recycle && this.pool) for (const slab of this.slabs) this.pool.give(slab);

@@ -47,20 +47,26 @@ export class Base64Decoder implements BodyDecoder {
   private carry = '';
 
   write(data: Buffer): Buffer {
-    if (data.length <= B64_SLICE) return this.writeSlice(data);
+    if (data.length <= B64_SLICE) return this.writeSlice(data, null);
+    // As one write: an invalid character anywhere in it is the first fault, before a padding fault
+    // met while decoding it (what the error said before the input was sliced).
+    const before = this.error;
+    const junk = { seen: false };
     const out: Buffer[] = [];
-    for (let off = 0; off < data.length; off += B64_SLICE) out.push(this.writeSlice(data.subarray(off, off + B64_SLICE)));
+    for (let off = 0; off < data.length; off += B64_SLICE) out.push(this.writeSlice(data.subarray(off, off + B64_SLICE), junk));
+    if (before === null && junk.seen) this.error = 'invalid character in base64';
     return Buffer.concat(out);
   }
 
-  private writeSlice(data: Buffer): Buffer {
+  private writeSlice(data: Buffer, junk: { seen: boolean } | null): Buffer {
     const raw = data.toString('latin1');
     // The usual body is lines of the alphabet ended by CRLF (or LF): dropping the line ends and
     // checking that nothing else is left costs half the general clean-up (two regular expressions
     // over every byte, one of them building the result from a piece per line).
     let s = raw.split(raw.includes('\r\n') ? '\r\n' : '\n').join('');
     if (B64_ANY_OTHER.test(s)) {
-      if (this.error === null && B64_INVALID.test(raw)) this.error = 'invalid character in base64';
+      if (junk) junk.seen ||= B64_INVALID.test(raw);
+      else if (this.error === null && B64_INVALID.test(raw)) this.error = 'invalid character in base64';
       s = raw.replace(B64_NOT_ALPHABET, '');
     }
     if (this.carry.length > 0) s = this.carry + s;

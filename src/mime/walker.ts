@@ -55,7 +55,7 @@ export interface WalkOptions {
   spoolDir?: string;
   /** Decoded bytes of one document kept in memory before its spool goes to a temp file. */
   spoolMemoryLimit?: number;
-  /** Compute the SHA-256 of each document on the way (for the verdict cache). */
+  /** Compute the content hash (core/content-hash.ts) of each document on the way (for the verdict cache). */
   hash?: boolean;
   signal?: AbortSignal;
 }

@@ -94,7 +94,8 @@ export async function handleScan(req: IncomingMessage, res: ServerResponse, deps
     // Fail closed: an engine error is not an answer about the content.
     // An infected upload's SHA-256, to look it up elsewhere. Only then: the cache key is another hash
     // (core/content-hash.ts), and a SHA-256 of every clean upload would cost what a cache hit saves.
-    sendJson(res, verdict.status === 'error' ? 503 : 200, verdictJson(verdict, verdict.status === 'found' ? await sha256Of(spool) : null));
+    const sha256 = verdict.status === 'found' && !abort.signal.aborted ? await sha256Of(spool) : null;
+    sendJson(res, verdict.status === 'error' ? 503 : 200, verdictJson(verdict, sha256));
   } finally {
     res.off('close', onClose);
     // Nothing of the body is still being written anywhere: its slabs go back to the pool.
@@ -102,8 +103,18 @@ export async function handleScan(req: IncomingMessage, res: ServerResponse, deps
   }
 }
 
-async function sha256Of(spool: Spool): Promise<string> {
+/** The upload's SHA-256, read through the spool (its open handle when on disk); null if that fails: the verdict still goes out. */
+async function sha256Of(spool: Spool): Promise<string | null> {
   const h = createHash('sha256');
-  for await (const c of spool.createReadStream()) h.update(c as Buffer);
-  return h.digest('hex');
+  const step = 1024 * 1024;
+  try {
+    for (let at = 0; at < spool.size; at += step) {
+      const piece = await spool.readRange(at, Math.min(spool.size, at + step));
+      if (piece.length !== Math.min(step, spool.size - at)) return null;
+      h.update(piece);
+    }
+    return h.digest('hex');
+  } catch {
+    return null;
+  }
 }
