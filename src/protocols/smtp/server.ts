@@ -187,6 +187,7 @@ export class SmtpFilterServer {
           guardXforwardHelo(c, () => (st.heloUnavailable = true));
           batchReplies(c);
           keepPipelinedTransactions(c);
+          scanDataNatively(c);
         }
         session.disabledCommands = [...off, ...(xforwardOk(peer.address) ? [] : ['XFORWARD']), ...(xclientOk(peer.address) ? [] : ['XCLIENT'])];
         if (this.closing) return cb(smtpError(421, '4.3.2 Service shutting down'));
@@ -562,6 +563,107 @@ export function keepPipelinedTransactions(conn: SMTPConnection): void {
   };
 }
 const PATCHED = Symbol('avgate.keepPipelinedTransactions');
+
+/**
+ * smtp-server 3.21's `_feedDataStream` looks for a dot at the start of a line (the end of DATA,
+ * or a dot-stuffing escape) with a JavaScript loop over every byte of the message: 8.5% of
+ * avgate's CPU on the mail filter's 2 MB messages, 3% on 100 KB ones. The replacement finds the
+ * same candidates ("\n." at offsets 2 to length - 3) with the native `Buffer#indexOf` and is
+ * otherwise the original step for step: the same carried tail (`_lastBytes`), the same start of
+ * DATA rules (a lone "." line that reached us dot-stuffed and in a chunk of its own is content,
+ * not the end: the command-smuggling guard), the same pieces written, counted and ended, the same
+ * remainder handed to `_endDataMode`. One difference, in timing only: the original writes what
+ * precedes each escape dot and re-enters itself on the next turn of the event loop for the rest
+ * (a turn per dot-stuffed line); here the pieces of one chunk (one socket read) are written in
+ * the same order without those turns, so the reader does not run between them and the chunk's
+ * callback may wait for 'drain' where the original's would not. Applied once to the parser
+ * class; left alone when its shape is not the one this was written against (the test
+ * test/unit/smtp-data-stream.test.ts holds it to the original).
+ */
+export function scanDataNatively(conn: SMTPConnection): void {
+  const parser = (conn as unknown as { _parser?: object })._parser;
+  const proto = parser ? (Object.getPrototypeOf(parser) as Partial<DataParser> & { [SCAN_PATCHED]?: boolean }) : null;
+  if (!parser || !proto || proto[SCAN_PATCHED]) return;
+  const methods = [proto._feedDataStream, proto._endDataMode, proto._countDataBytes];
+  if (methods.some((m) => typeof m !== 'function') || proto._feedDataStream?.length !== 2 || proto._endDataMode?.length !== 3) return;
+  if (!['_dataStream', '_lastBytes', '_atDataStart'].every((k) => k in parser)) return;
+  proto[SCAN_PATCHED] = true;
+  proto._feedDataStream = feedDataStream;
+}
+const SCAN_PATCHED = Symbol('avgate.scanDataNatively');
+const LF_DOT = Buffer.from('\n.');
+
+/** The fields and methods of smtp-server's SMTPStream that feedDataStream uses. */
+interface DataParser {
+  _dataStream: SMTPServerDataStream;
+  _lastBytes: Buffer | false;
+  _atDataStart: boolean;
+  _feedDataStream(chunk: Buffer, done: (err?: Error | null) => void): void;
+  _endDataMode(chunk: Buffer | false, remainder: Buffer, done: (err?: Error | null) => void): void;
+  _countDataBytes(len: number): void;
+}
+
+/** smtp-server 3.21's SMTPStream#_feedDataStream with the scan done by indexOf; see scanDataNatively. */
+function feedDataStream(this: DataParser, chunk: Buffer, done: (err?: Error | null) => void): void {
+  // only called in data mode, which always has a stream
+  const dataStream = this._dataStream;
+  if (this._lastBytes && this._lastBytes.length) {
+    chunk = Buffer.concat([this._lastBytes, chunk], this._lastBytes.length + chunk.length);
+    this._lastBytes = false;
+  }
+  let len = chunk.length;
+  // A terminator first only while nothing of the message was consumed: a first line "." sent as
+  // ".." in a chunk of its own lost its escape dot in the previous call, and the "." left is
+  // content. Taking it for the end would let a client that controls TCP segmentation end DATA
+  // early and smuggle commands.
+  if (this._atDataStart && len >= 3 && chunk[0] === 0x2e && chunk[1] === 0x0d && chunk[2] === 0x0a) {
+    this._endDataMode(false, chunk.subarray(3), done);
+    return;
+  }
+  if (this._atDataStart && len >= 2 && chunk[0] === 0x2e && chunk[1] === 0x2e) {
+    chunk = chunk.subarray(1);
+    len--;
+    this._atDataStart = false;
+  }
+  // chunk[start..] is what the original would have had after its re-entries past escape dots.
+  // Its candidates are the dots at i = 2 .. len - 3 that follow "\n"; after an escape dot at i
+  // the next is at i + 3 or later (i + 1 is the dot kept), where the original's loop over the
+  // rest starts.
+  let start = 0;
+  for (let lf = chunk.indexOf(LF_DOT, 1); lf !== -1 && lf < len - 3; lf = chunk.indexOf(LF_DOT, lf + 2)) {
+    const i = lf + 1;
+    if (chunk[i - 2] === 0x0d && chunk[i + 1] === 0x0d && chunk[i + 2] === 0x0a) {
+      // everything before "\r\n.\r\n" is content, its own CRLF included
+      const buf = chunk.subarray(start, i);
+      this._countDataBytes(buf.length);
+      this._endDataMode(buf, chunk.subarray(i + 3), done);
+      return;
+    }
+    if (chunk[i + 1] === 0x2e) {
+      const buf = chunk.subarray(start, i);
+      this._lastBytes = false;
+      this._countDataBytes(buf.length);
+      if (dataStream.writable) dataStream.write(buf);
+      start = i + 1;
+    }
+  }
+  const rest = start === 0 ? chunk : chunk.subarray(start);
+  // the last 4 bytes wait for the next chunk: they may start a terminator or an escape
+  this._lastBytes = rest.length < 4 ? rest : rest.subarray(rest.length - 4);
+  if (this._lastBytes.length >= rest.length) return done();
+  const buf = rest.subarray(0, rest.length - this._lastBytes.length);
+  this._countDataBytes(buf.length);
+  if (!dataStream.writable) return done();
+  if (dataStream.write(buf) || dataStream.destroyed) return done();
+  // a stream that the application destroys never drains, it only closes
+  const onDrain = (): void => {
+    dataStream.removeListener('drain', onDrain);
+    dataStream.removeListener('close', onDrain);
+    done();
+  };
+  dataStream.once('drain', onDrain);
+  dataStream.once('close', onDrain);
+}
 
 /**
  * smtp-server waits 100 ms before its greeting (to catch clients that talk first). A content
