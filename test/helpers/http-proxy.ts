@@ -102,24 +102,33 @@ export async function startEchoOrigin(gzipPayload: Buffer): Promise<{ port: numb
 
 /**
  * Sends raw bytes to the proxy and collects everything it answers until it closes the connection
- * (or `waitMs` passes: then `closed` is false).
+ * (or `waitMs` passes: then `closed` is false). `halfClose`: the write side is shut down right after
+ * the bytes (shutdown(SHUT_WR)), and the proxy's FIN counts as its close.
  */
-export function rawExchange(port: number, data: Buffer | string, waitMs = 5000): Promise<{ text: string; closed: boolean }> {
+export function rawExchange(
+  port: number,
+  data: Buffer | string,
+  waitMs = 5000,
+  opts: { halfClose?: boolean } = {},
+): Promise<{ text: string; bytes: Buffer; closed: boolean }> {
   return new Promise((resolve) => {
-    const s = connect(port, '127.0.0.1');
-    let got = '';
+    const s = connect({ host: '127.0.0.1', port, allowHalfOpen: opts.halfClose === true });
+    const parts: Buffer[] = [];
     let settled = false;
     const finish = (closed: boolean) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
       s.destroy();
-      resolve({ text: got, closed });
+      const bytes = Buffer.concat(parts);
+      resolve({ text: bytes.toString('latin1'), bytes, closed });
     };
     const timer = setTimeout(() => finish(false), waitMs);
-    s.on('data', (c: Buffer) => (got += c.toString('latin1')));
+    s.on('data', (c: Buffer) => parts.push(c));
+    if (opts.halfClose) s.on('end', () => finish(true));
     s.on('error', () => finish(true));
     s.on('close', () => finish(true));
-    s.write(data);
+    if (opts.halfClose) s.end(data);
+    else s.write(data);
   });
 }

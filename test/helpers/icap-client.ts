@@ -1,4 +1,5 @@
 import { connect, type Socket } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { ResponseParser, type IcapResponseHead } from '../../src/engines/icap/protocol.js';
 
 export interface IcapTestResponse {
@@ -147,4 +148,18 @@ export function buildRequest(
     first: Buffer.concat([headBuf, chunked(pv, { ieof: complete })]),
     rest: complete ? null : chunked(body.subarray(opts.preview)),
   };
+}
+
+/**
+ * A slow client: writes `data` in pieces of `size` bytes, one every `everyMs`, until all is sent,
+ * `stop()` says so or the socket is closed. Resolves with the bytes written.
+ */
+export async function trickle(s: Socket, data: Buffer, size: number, everyMs: number, stop: () => boolean = () => false): Promise<number> {
+  let sent = 0;
+  while (sent < data.length && !stop() && !s.destroyed && s.writable) {
+    s.write(data.subarray(sent, sent + size));
+    sent += Math.min(size, data.length - sent);
+    await sleep(everyMs);
+  }
+  return sent;
 }

@@ -9,6 +9,7 @@ import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import type { Serving } from '../../src/main.js';
 import { startAvgatePeer } from '../../tools/peers/avgate.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
+import { rawExchange } from '../helpers/http-proxy.js';
 import { startTestOrigin, type TestOrigin } from '../helpers/origin.js';
 import { waitFor, within } from '../helpers/wait.js';
 
@@ -38,25 +39,9 @@ function parse(all: Buffer): { status: number; head: string; body: Buffer } {
 }
 
 /** Sends `request`, then shuts down the write side at once; reads until the proxy closes (or `waitMs`). */
-function halfClosed(port: number, request: string, waitMs = 20_000): Promise<{ all: Buffer; closed: boolean }> {
-  return new Promise((resolve) => {
-    const s = connect({ host: '127.0.0.1', port, allowHalfOpen: true });
-    const parts: Buffer[] = [];
-    let settled = false;
-    const finish = (closed: boolean) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      s.destroy();
-      resolve({ all: Buffer.concat(parts), closed });
-    };
-    const timer = setTimeout(() => finish(false), waitMs);
-    s.on('data', (c: Buffer) => parts.push(c));
-    s.on('end', () => finish(true));
-    s.on('error', () => finish(true));
-    s.on('close', () => finish(true));
-    s.end(request);
-  });
+async function halfClosed(port: number, request: string, waitMs = 20_000): Promise<{ all: Buffer; closed: boolean }> {
+  const { bytes, closed } = await rawExchange(port, request, waitMs, { halfClose: true });
+  return { all: bytes, closed };
 }
 
 async function halfClosedGet(port: number, url: string): Promise<RawAnswer> {

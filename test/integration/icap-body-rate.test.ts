@@ -14,7 +14,7 @@ import { IcapServer } from '../../src/protocols/icap/server.js';
 import type { ScanRequest, ScanService } from '../../src/scan/types.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
 import { startTestIcap, type TestIcap } from '../helpers/avgate-icap.js';
-import { buildRequest, chunked, icapExchange } from '../helpers/icap-client.js';
+import { buildRequest, chunked, icapExchange, trickle } from '../helpers/icap-client.js';
 
 /**
  * icap.body-timeout and icap.body-min-rate: a body must keep up a minimum rate (mod_reqtimeout's
@@ -103,17 +103,6 @@ async function open(port: number): Promise<Socket> {
   s.on('error', () => undefined);
   await once(s, 'connect');
   return s;
-}
-
-/** Writes `data` in pieces of `size` bytes, one every `everyMs`, until done, `stop()` or a closed socket. */
-async function trickle(s: Socket, data: Buffer, size: number, everyMs: number, stop: () => boolean = () => false): Promise<number> {
-  let sent = 0;
-  while (sent < data.length && !stop() && !s.destroyed && s.writable) {
-    s.write(data.subarray(sent, sent + size));
-    sent += Math.min(size, data.length - sent);
-    await sleep(everyMs);
-  }
-  return sent;
 }
 
 /** Splits a built request where its body starts (the chunked body is its tail). */

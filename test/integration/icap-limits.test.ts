@@ -10,7 +10,7 @@ import { headerValue } from '../../src/engines/icap/protocol.js';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
 import { startTestIcap, type TestIcap } from '../helpers/avgate-icap.js';
-import { buildRequest, chunked, icapExchange } from '../helpers/icap-client.js';
+import { buildRequest, chunked, icapExchange, trickle } from '../helpers/icap-client.js';
 
 const MiB = 1024 * 1024;
 
@@ -73,24 +73,13 @@ describe('ICAP server limits', () => {
   };
 
   /** Writes `data` one byte every `everyMs` until it is all sent or `stop()` says so. */
-  const trickle = async (s: Socket, data: Buffer, everyMs: number, stop: () => boolean): Promise<number> => {
-    let sent = 0;
-    for (const byte of data) {
-      if (stop() || s.destroyed) break;
-      s.write(Buffer.from([byte]));
-      sent++;
-      await sleep(everyMs);
-    }
-    return sent;
-  };
-
   describe('header-timeout', () => {
     test('an ICAP head trickled faster than read-timeout still ends in 408 at about header-timeout', async () => {
       const s = await open();
       const head = Buffer.from(`OPTIONS icap://127.0.0.1/avscan ICAP/1.0\r\nHost: x\r\nX-Pad: ${'a'.repeat(200)}\r\n\r\n`);
       const started = performance.now();
       let done = false;
-      const sending = trickle(s, head, 700, () => done);
+      const sending = trickle(s, head, 1, 700, () => done);
       const r = await icapExchange(icap.port, [], { socket: s, timeoutMs: 15_000, keepOpen: true });
       done = true;
       const sent = await sending;
@@ -108,7 +97,7 @@ describe('ICAP server limits', () => {
       const s = await open();
       s.write(req.subarray(0, icapHeadEnd));
       let done = false;
-      const sending = trickle(s, req.subarray(icapHeadEnd), 700, () => done);
+      const sending = trickle(s, req.subarray(icapHeadEnd), 1, 700, () => done);
       const r = await icapExchange(icap.port, [], { socket: s, timeoutMs: 15_000, keepOpen: true });
       done = true;
       await sending;
@@ -128,7 +117,7 @@ describe('ICAP server limits', () => {
       const bodyStart = req.length - chunked(body).length;
       s.write(req.subarray(0, bodyStart));
       const collecting = icapExchange(icap.port, [], { socket: s, timeoutMs: 15_000 });
-      await trickle(s, req.subarray(bodyStart), 230, () => false);
+      await trickle(s, req.subarray(bodyStart), 1, 230);
       const r = await collecting;
       s.destroy();
       assert.equal(r.responses[0]?.head.status, 204, JSON.stringify(r.responses[0]?.head));
