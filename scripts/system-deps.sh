@@ -4,7 +4,7 @@
 set -euo pipefail
 PACKAGES=(clamav-daemon clamav clamav-testfiles c-icap libc-icap-mod-virus-scan squid curl
   postfix swaks libio-socket-ssl-perl libnet-ssleay-perl openssl clamsmtp amavisd-new chromium dovecot-imapd
-  dovecot-pop3d vsftpd nginx-light lftp socat)
+  dovecot-pop3d vsftpd nginx-light lftp socat redis-server postgresql)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,6 +18,6 @@ $SUDO apt-get update -q
 echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections 2>/dev/null || true
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 # Debian's packages may start their own services; avgate runs its own clamd and c-icap.
-for svc in clamav-daemon clamav-freshclam c-icap squid postfix clamsmtp amavis dovecot vsftpd nginx; do
+for svc in clamav-daemon clamav-freshclam c-icap squid postfix clamsmtp amavis dovecot vsftpd nginx redis-server postgresql; do
   $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done

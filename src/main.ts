@@ -18,7 +18,8 @@ import { openQuarantine } from './quarantine/store.js';
 import type { Quarantine } from './quarantine/types.js';
 import { openRuntime, type Runtime } from './runtime.js';
 import { startSignatureUpdates } from './signatures/index.js';
-import { openStatsStore, type StatsStore } from './stats/store.js';
+import { openStats } from './stats/open.js';
+import type { StatsService, StoreStatus } from './stats/types.js';
 import { ConsoleServer } from './web/server.js';
 
 /** How long a graceful stop may take before the process exits anyway. */
@@ -35,8 +36,8 @@ export interface Serving {
   icapTlsPort: number | null;
   mail: MailFrontEnd | null;
   smtpPort: number | null;
-  /** The statistics store (null when stats.enabled is false); flushed and closed by stop. */
-  stats: StatsStore | null;
+  /** The statistics store, SQLite or PostgreSQL (null when stats.enabled is false); flushed and closed by stop. */
+  stats: StatsService | null;
   /** The one quarantine store of every front end (closed by stop). */
   quarantine: Quarantine;
   /** The web console, scanning API and /metrics (null when console.enabled is false). */
@@ -65,15 +66,15 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
   const log = opts.logger ?? createLogger({ level: config.log.level, file: config.log.file });
   log.info({ config: loaded.path ?? '(embedded defaults)' }, 'avgate starting');
   // Statistics first: every scanner the runtime builds reports its verdicts to it.
-  const stats = config.stats.enabled ? openStatsStore(config.stats, config['state-dir'], log.child({ component: 'stats' }), config['sqlite-cache-size']) : null;
-  const runtime = await openRuntime(config, { logger: log, localClamd: 'always', stats }).catch((err: unknown) => {
-    stats?.close();
+  const stats = config.stats.enabled ? openStats(config.stats, config['state-dir'], log.child({ component: 'stats' }), config['sqlite-cache-size']) : null;
+  const runtime = await openRuntime(config, { logger: log, localClamd: 'always', stats }).catch(async (err: unknown) => {
+    await stats?.close();
     throw err;
   });
   // One quarantine for every front end; opening it creates the key file on first start.
   const quarantine = await openQuarantine(config).catch(async (err: unknown) => {
     await runtime.close();
-    stats?.close();
+    await stats?.close();
     throw err;
   });
   let icap: IcapServer | null = null;
@@ -126,6 +127,7 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
         quarantine,
         stats,
         configWarnings: configWarnings(config),
+        cache: runtime.cache,
         log,
       });
       consolePort = (await web.listen()).port;
@@ -140,7 +142,7 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
     await icap?.close(0);
     await quarantine.close();
     await runtime.close();
-    stats?.close();
+    await stats?.close();
     throw err;
   }
   const stopPurge = startQuarantinePurge(quarantine, config.quarantine, log.child({ component: 'quarantine' }));
@@ -148,6 +150,7 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
     ...(icap ? { icap: icap.counters } : {}),
     ...(mail ? { smtp: mail.server.counters, mail: mail.filter.counters } : {}),
     ...(web ? { console: web.counters } : {}),
+    ...(stats ? { stats: statsCounters(stats.status()) } : {}),
     ...(httpProxy ? { http: httpProxy.counters } : {}),
     ...(ftp ? { ftp: ftp.counters } : {}),
     ...(imapProxy ? { imap: imapProxy.counters } : {}),
@@ -166,14 +169,19 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
       await stopPurge();
       await quarantine.close();
       await runtime.close();
-      stats?.close(); // after the scanners: their last verdicts are written
+      await stats?.close(); // after the scanners: their last verdicts are written
       log.info('avgate stopped');
     })();
     return stopping;
   };
   const smtpPort = mail?.port ?? null;
-  log.info({ engines: runtime.engines.map((e) => e.id), cacheKeyOver32KiB: largeObjectHash(), clamdPid: runtime.clamd?.pid, icapPort, smtpPort, consolePort, ftpProxyPort, httpProxyPort, imapProxyPort, pop3ProxyPort: pop3?.port ?? null }, 'avgate ready');
+  log.info({ engines: runtime.engines.map((e) => e.id), cacheKeyOver32KiB: largeObjectHash(), cacheLevels: runtime.cache?.levels ?? [], clamdPid: runtime.clamd?.pid, icapPort, smtpPort, consolePort, ftpProxyPort, httpProxyPort, imapProxyPort, pop3ProxyPort: pop3?.port ?? null }, 'avgate ready');
   return { runtime, httpProxy, httpProxyPort, icap, icapPort, icapTlsPort, mail, smtpPort, quarantine, stats, web, consolePort, ftp, ftpProxyPort, imapProxy, imapProxyPort, pop3, pop3ProxyPort: pop3?.port ?? null, stop };
+}
+
+/** The statistics store's side of the counters line: what waits in memory, what was lost, whether the database answers. */
+function statsCounters(s: StoreStatus): Record<string, unknown> {
+  return { backend: s.backend, buffered: s.buffered, dropped: s.dropped, ...(s.reachable ? {} : { unreachable: s.lastError }) };
 }
 
 /** Pings every engine now and then; a failure is logged with its cause, recovery too. */
@@ -203,7 +211,7 @@ export function startHealthLog(
       }
     }
     const c = runtime.scanner.counters;
-    log.info({ scans: c.scans, bytes: c.bytes, byStatus: c.byStatus, cacheHits: c.cacheHits, ...frontEnds() }, 'counters');
+    log.info({ scans: c.scans, bytes: c.bytes, byStatus: c.byStatus, cacheHits: c.cacheHits, ...(runtime.cache ? { cache: runtime.cache.stats } : {}), ...frontEnds() }, 'counters');
   };
   void check();
   const timer = setInterval(() => void check(), intervalMs);

@@ -1,8 +1,12 @@
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { RedisLevel, type RedisLevelOptions } from './cache/redis-level.js';
+import { parseRedisUrl } from './cache/redis-url.js';
 import { VerdictCache } from './cache/verdict-cache.js';
 import { engineReferences } from './config/engine-refs.js';
-import type { Config, EngineConfig } from './config/schema.js';
+import { maskUrlPassword } from './config/mask.js';
+import type { Config, EngineConfig, RedisCacheConfig } from './config/schema.js';
+import { readPem } from './config/tls-schema.js';
 import { AvgateError, messageOf } from './core/errors.js';
 import type { Logger } from './core/logging.js';
 import { parseSize } from './core/units.js';
@@ -84,6 +88,8 @@ async function loadPlugin(modulePath: string): Promise<EngineFactory> {
 /** Builds engines, the verdict cache and the scanner from a config (and the local clamd if asked). */
 export async function openRuntime(config: Readonly<Config>, options: RuntimeOptions): Promise<Runtime> {
   const log = options.logger;
+  // Read first (cache.redis.tls-ca): a file that cannot be read stops the start before anything runs.
+  const redis = config.cache.enabled && config.cache.redis !== null ? redisConnectOptions(config.cache.redis) : null;
   let clamd: LocalClamd | null = null;
   const local = localClamdFor(config);
   if (config.clamd.managed && usesLocal(config) && options.localClamd !== 'never') {
@@ -130,6 +136,7 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
         sqliteMaxEntries: config.cache['sqlite-max-entries'],
         maxAgeMs: config.cache['max-age'],
         sqliteCacheBytes: config['sqlite-cache-size'],
+        shared: redis === null ? null : new RedisLevel({ ...redis, maxAgeMs: config.cache['max-age'], log: log.child({ component: 'cache' }) }),
       })
     : null;
   const limits = {
@@ -178,6 +185,26 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
       cache?.close();
       await clamd?.stop();
     },
+  };
+}
+
+/** What a connection to `cache.redis` needs, for the level and for `config check`'s probe. */
+export function redisConnectOptions(r: RedisCacheConfig): Omit<RedisLevelOptions, 'maxAgeMs' | 'log'> {
+  const target = parseRedisUrl(r.url);
+  if ('error' in target) throw new AvgateError('AVG_ERR_CONFIG', `cache.redis.url: ${target.error}`); // the schema refused it already
+  return {
+    target,
+    label: maskUrlPassword(r.url),
+    keyPrefix: r['key-prefix'],
+    timeoutMs: r.timeout,
+    connectTimeoutMs: r['connect-timeout'],
+    maxPendingWrites: r['max-pending-writes'],
+    maxPendingLookups: r['max-pending-lookups'],
+    downAfterTimeouts: r['down-after-timeouts'],
+    reconnectDelayMs: r['reconnect-delay'],
+    reconnectMaxDelayMs: r['reconnect-max-delay'],
+    maxValueSize: r['max-value-size'],
+    tlsCa: r['tls-ca'] === null ? null : readPem(r['tls-ca'], 'cache.redis.tls-ca'),
   };
 }
 

@@ -20,6 +20,51 @@ export interface VerdictCacheOptions {
   maxAgeMs: number;
   /** SQLite page cache of level 2 (bytes); DEFAULT_SQLITE_CACHE_BYTES when absent. */
   sqliteCacheBytes?: number;
+  /** Level 3, shared by several nodes (Redis, cache/redis-level.ts); null or absent = off. */
+  shared?: SharedLevel | null;
+}
+
+/** A verdict from the shared level, with the time it was decided (ms since 1970). */
+export interface SharedEntry {
+  result: CacheableResult;
+  at: number;
+}
+
+/** Counters of the shared level. */
+export interface SharedStats {
+  /** A connection is up (look-ups are sent). */
+  up: boolean;
+  hits: number;
+  /** No entry, or one older than max-age. */
+  misses: number;
+  /** Values that failed the check (counted as misses by the scanner, never as a verdict). */
+  invalid: number;
+  /** Look-ups answered with an error (WRONGTYPE, NOAUTH …), or whose connection ended before the answer. */
+  errors: number;
+  /** Look-ups not answered within the timeout. */
+  timeouts: number;
+  /** Look-ups not sent: no connection (Redis down or being reconnected), or too many in flight. */
+  skipped: number;
+  writes: number;
+  /** Writes answered with an error (or lost with their connection). */
+  writeErrors: number;
+  /** Writes not sent: no connection, or max-pending-writes in flight. */
+  droppedWrites: number;
+}
+
+/**
+ * A level every node shares, asked only after a local miss. A look-up may wait (bounded by the
+ * level's own timeout); writes never do.
+ */
+export interface SharedLevel {
+  /** For log lines: `redis`. */
+  readonly name: string;
+  /** null: not asked (down, or too busy) — a miss at once. The promise never rejects. */
+  lookup(key: string): Promise<SharedEntry | null> | null;
+  /** Fire and forget. */
+  store(key: string, result: CacheableResult, at: number): void;
+  readonly stats: SharedStats;
+  close(): void;
 }
 
 export interface CacheStats {
@@ -28,6 +73,8 @@ export interface CacheStats {
   memoryEntries: number;
   /** Look-ups that reached SQLite (the hash filter let the others miss at once). */
   sqliteLookups: number;
+  /** The shared level's counters, when there is one (hits and misses above are the local levels'). */
+  shared?: SharedStats;
 }
 
 interface Entry {
@@ -38,10 +85,14 @@ interface Entry {
 /**
  * Content hash → verdict, valid only for one engine set at one signature version: the key is
  * `content hash | engines@versions` (core/content-hash.ts), so a database update makes every old entry unreachable (and the
- * next prune removes it from SQLite).
+ * next prune removes it from SQLite; Redis lets it expire after max-age).
+ * Levels: memory, SQLite (get, synchronous), then the shared level (getShared, awaited by the
+ * scanner only after a local miss). set writes to all of them.
  */
 export class VerdictCache {
   private readonly memory = new Map<string, Entry>();
+  /** Level 3 (Redis), asked by getShared after a local miss; null = none. */
+  readonly shared: SharedLevel | null;
   private readonly db: Database.Database | null;
   private readonly getStmt: Database.Statement<[string, string], { status: string; names: string; at: number }> | null;
   private readonly putStmt: Database.Statement<[string, string, string, string, number]> | null;
@@ -73,6 +124,7 @@ export class VerdictCache {
   private lastNoted: string | null = null;
 
   constructor(private readonly options: VerdictCacheOptions) {
+    this.shared = options.shared ?? null;
     if (options.sqlitePath) {
       if (options.sqlitePath !== ':memory:') mkdirSync(dirname(options.sqlitePath), { recursive: true });
       const db = new Database(options.sqlitePath);
@@ -137,8 +189,14 @@ export class VerdictCache {
     for (const hash of this.sinceStmt.iterate(since)) this.filter.add(hash);
   }
 
+  /** The levels in look-up order: memory, sqlite, then the shared level's name (serve's ready line). */
+  get levels(): string[] {
+    return [...(this.options.memoryEntries > 0 ? ['memory'] : []), ...(this.db ? ['sqlite'] : []), ...(this.shared ? [this.shared.name] : [])];
+  }
+
   get stats(): CacheStats {
-    return { hits: this.hits, misses: this.misses, memoryEntries: this.memory.size, sqliteLookups: this.sqliteLookups };
+    const local = { hits: this.hits, misses: this.misses, memoryEntries: this.memory.size, sqliteLookups: this.sqliteLookups };
+    return this.shared ? { ...local, shared: this.shared.stats } : local;
   }
 
   get(hash: string, engineSet: string): CacheableResult | null {
@@ -165,6 +223,23 @@ export class VerdictCache {
     return null;
   }
 
+  /**
+   * After a miss of get(): asks the shared level, or returns null at once when there is none or it
+   * is down. A hit is remembered in memory (it came with the time it was decided, so it ages as
+   * it would have on the node that scanned).
+   */
+  getShared(hash: string, engineSet: string): Promise<CacheableResult | null> | null {
+    if (this.shared === null) return null;
+    const key = `${hash}|${engineSet}`;
+    const pending = this.shared.lookup(key);
+    if (pending === null) return null;
+    return pending.then((entry) => {
+      if (entry === null || this.closed) return null;
+      this.remember(key, entry);
+      return entry.result;
+    });
+  }
+
   private lookUp(hash: string, engineSet: string): { status: string; names: string; at: number } | undefined {
     if (!this.getStmt || (this.filterReady && this.filter && !this.filter.mayHave(hash))) return undefined;
     this.sqliteLookups++;
@@ -178,6 +253,7 @@ export class VerdictCache {
     // Sub-millisecond time, so "oldest first" pruning has an order even for a burst of writes.
     const at = performance.timeOrigin + performance.now();
     this.remember(`${hash}|${engineSet}`, { result, at });
+    this.shared?.store(`${hash}|${engineSet}`, result, at);
     if (this.putStmt) {
       this.pending.set(`${hash}|${engineSet}`, { hash, engines: engineSet, status: result.status, names: JSON.stringify(result.status === 'found' ? result.names : []), at });
       this.filter?.add(hash);
@@ -223,6 +299,7 @@ export class VerdictCache {
     if (this.refreshTimer) clearInterval(this.refreshTimer);
     this.flush();
     this.db?.close();
+    this.shared?.close();
   }
 
   private fresh(at: number, now: number): boolean {

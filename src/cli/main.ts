@@ -8,7 +8,9 @@ import { AvgateError, messageOf } from '../core/errors.js';
 import { commandLogger, createLogger } from '../core/logging.js';
 import { VERSION } from '../core/version.js';
 import { serveForever } from '../main.js';
-import { localClamdFor, openRuntime } from '../runtime.js';
+import { localClamdFor, openRuntime, redisConnectOptions } from '../runtime.js';
+import { probeRedis } from '../cache/redis-level.js';
+import { checkPgStats } from '../stats/open.js';
 import { runAdminCommand } from './admin.js';
 import { runScanCommand, SCAN_USAGE } from './scan.js';
 import { runQuarantineCommand } from './quarantine.js';
@@ -170,8 +172,23 @@ async function configCommand(loaded: LoadedConfig, args: string[]): Promise<numb
         process.stdout.write(`engine ${id} (${engine.info().name}): FAILED: ${messageOf(e)}\n`);
       }
     }
+    const redis = config.cache.enabled ? config.cache.redis : null;
+    if (redis) {
+      const o = redisConnectOptions(redis);
+      try {
+        process.stdout.write(`cache.redis ${o.label}: OK (PONG in ${(await probeRedis(o)).toFixed(1)} ms)\n`);
+      } catch (e) {
+        failed = true;
+        process.stdout.write(`cache.redis ${o.label}: FAILED: ${messageOf(e)} (serve scans without the shared level until it answers)\n`);
+      }
+    }
   } finally {
     await runtime.close();
+  }
+  const statsDb = config.stats.enabled && config.stats.postgres ? await checkPgStats(config.stats, config.stats.postgres) : null;
+  if (statsDb) {
+    process.stdout.write(`${statsDb.line}\n`);
+    if (!statsDb.ok) failed = true;
   }
   return failed || tls.errors.length > 0 ? 1 : 0;
 }

@@ -19,5 +19,9 @@ export function configWarnings(config: Readonly<Config>): string[] {
     warnings.push('signatures.sources are not used: the signature updater installs into the project-local clamd (clamd.managed: true)');
   }
   if (sig.interval > 0 && sig.sources.length === 0) warnings.push('signatures.interval is set but signatures.sources is empty: nothing is updated');
+  if (config.cache.redis !== null && !config.cache.enabled) warnings.push('cache.redis is not used: cache.enabled is false');
+  if (config.cache.redis !== null && config.cache.enabled && config.cache['max-age'] === 0) {
+    warnings.push('cache.max-age is 0: Redis entries never expire; bound that Redis with maxmemory and an eviction policy (allkeys-lru)');
+  }
   return warnings;
 }

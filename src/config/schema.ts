@@ -10,6 +10,7 @@ import { httpProxySchema } from './proxy-schema.js';
 import { ftpProxySchema } from './ftp-schema.js';
 import { imapProxySchema } from './imap-schema.js';
 import { signaturesSchema } from './signatures-schema.js';
+import { parseRedisUrl } from '../cache/redis-url.js';
 
 /**
  * The configuration schema. Every key is kebab-case, every object is strict (an unknown key is an
@@ -64,6 +65,38 @@ const scanSchema = z.strictObject({
   'context-idle-timeout': timerDuration.prefault('20s'),
 });
 
+/** cache.redis: the shared level (docs/scale-out.md). */
+const redisCacheSchema = z.strictObject({
+  /** redis://[user:password@]host[:port][/db], rediss:// (TLS), unix:///path?db=N&user=…&password=… */
+  url: z.string().superRefine((v, ctx) => {
+    const r = parseRedisUrl(v);
+    if ('error' in r) ctx.addIssue({ code: 'custom', message: `not a usable Redis URL: ${r.error}` });
+  }),
+  /** Put before every key, so several avgate clusters (or other users) can share one Redis. */
+  'key-prefix': z.string().min(1).max(256).default('avgate:vc:'),
+  /** A look-up not answered within this is a miss (the engines answer). */
+  timeout: timerDuration.refine((ms) => ms >= 1, { message: 'at least 1ms' }).prefault('50ms'),
+  /** Connect, TLS handshake, AUTH, SELECT and PING together. */
+  'connect-timeout': timerDuration.refine((ms) => ms >= 1, { message: 'at least 1ms' }).prefault('1s'),
+  /** This many look-ups in a row unanswered within timeout: Redis counts as down (skipped, reconnected). */
+  'down-after-timeouts': positiveInt.default(5),
+  /** First delay before reconnecting; doubled per failed attempt up to reconnect-max-delay. */
+  'reconnect-delay': timerDuration.refine((ms) => ms >= 1, { message: 'at least 1ms' }).prefault('100ms'),
+  'reconnect-max-delay': timerDuration.refine((ms) => ms >= 1, { message: 'at least 1ms' }).prefault('5s'),
+  /** Writes sent and not yet answered; beyond, writes are dropped (counted). */
+  'max-pending-writes': z.number().int().min(0).default(1000),
+  /** Look-ups sent and not yet answered; beyond, look-ups skip Redis (counted). */
+  'max-pending-lookups': positiveInt.default(1000),
+  /** A value longer than this is invalid (a miss); Redis sends no more than this. */
+  'max-value-size': size.refine((n) => n >= 64 && n <= 1024 * 1024, { message: 'from 64 bytes to 1MiB' }).prefault('16KiB'),
+  /** PEM file of the CAs trusted for rediss://; null = the system's. */
+  'tls-ca': z.string().nullable().default(null),
+}).superRefine((r, ctx) => {
+  if (r['tls-ca'] !== null && !r.url.trim().startsWith('rediss:')) {
+    ctx.addIssue({ code: 'custom', path: ['tls-ca'], message: 'only used with a rediss:// URL (TLS)' });
+  }
+});
+
 const cacheSchema = z.strictObject({
   enabled: z.boolean().default(true),
   'memory-entries': z.number().int().min(0).default(10000),
@@ -71,6 +104,8 @@ const cacheSchema = z.strictObject({
   sqlite: z.string().nullable().default('cache.sqlite'),
   'sqlite-max-entries': positiveInt.default(1_000_000),
   'max-age': duration.prefault('7d'),
+  /** Level 3, shared by several avgate nodes through Redis; null = off. */
+  redis: redisCacheSchema.nullable().default(null),
 });
 
 const healthSchema = z.strictObject({
@@ -207,3 +242,4 @@ export const configSchema = z.strictObject({
 
 export type Config = z.output<typeof configSchema>;
 export type EngineConfig = z.output<typeof engineSchema>;
+export type RedisCacheConfig = z.output<typeof redisCacheSchema>;

@@ -233,7 +233,10 @@ export class Scanner implements ScanService {
         }
         const key = this.cacheKey(versions);
         if (key) {
-          const hit = this.cache.get(hash, key);
+          let hit = this.cache.get(hash, key);
+          // Only a local miss with a shared level (Redis) waits, at most its timeout.
+          const shared = hit ? null : this.cache.getShared(hash, key);
+          if (shared) hit = await shared;
           this.hitRate += ((hit ? 1 : 0) - this.hitRate) / HIT_WINDOW;
           if (hit) return finish(hit, size ?? 0, versionLabel(versions), true);
         }
@@ -245,8 +248,8 @@ export class Scanner implements ScanService {
 
   /**
    * The engines start at once; the hash is computed meanwhile (in slices, so the engines' I/O goes
-   * on) and looked up: a hit answers and stops the engines, a miss waits for them and caches
-   * their verdict under the hash.
+   * on) and looked up (the shared level too, raced against the engines): a hit answers and stops
+   * the engines, a miss waits for them and caches their verdict under the hash.
    */
   private async scanWhileHashing(
     cache: VerdictCache,
@@ -270,7 +273,10 @@ export class Scanner implements ScanService {
         return await engines; // unreadable for the hash: the engines say what they can
       }
       const key = this.cacheKey(versions);
-      const hit = key ? cache.get(hash, key) : null;
+      let hit = key ? cache.get(hash, key) : null;
+      const shared = hit || !key ? null : cache.getShared(hash, key);
+      // The engines are already at work: whichever answers first, the shared level or they, wins.
+      if (shared) hit = await Promise.race([shared, engines.then(() => null, () => null)]);
       if (key) this.hitRate += ((hit ? 1 : 0) - this.hitRate) / HIT_WINDOW;
       if (!hit) return await engines;
       stop.abort(new Error('answered from the verdict cache'));

@@ -1,12 +1,18 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { dirname, resolve } from 'node:path';
-import type { StatsConfig } from '../config/stats-schema.js';
+import { statsNodeName, type StatsConfig } from '../config/stats-schema.js';
 import { messageOf } from '../core/errors.js';
 import type { Logger } from '../core/logging.js';
 import { setPageCache } from '../core/sqlite.js';
-import { VERDICT_STATUSES, type VerdictStatus } from '../core/verdict.js';
-import type { ActivityPoint, Bucket, EventSource, Period, ScanEvent, StatsReader, StatsRecorder } from './types.js';
+import type { VerdictStatus } from '../core/verdict.js';
+import { DurationHistograms, PROMETHEUS_TOP_VIRUSES, renderPrometheus } from './prometheus.js';
+import { activitySeries, bucketRange, DAY_MS, HOUR_MS, rollupFor, summarize, trafficSeries } from './rollup.js';
+import type { ActivityPoint, Bucket, EventSource, NodeSummary, Period, ScanEvent, StatsService, StoreStatus } from './types.js';
+
+export { DURATION_BUCKETS, escapeLabel } from './prometheus.js';
+export { DAY_MS, HOUR_MS, HOURLY_UP_TO_MS } from './rollup.js';
 
 export interface StatsStoreOptions {
   /** SQLite file (its directory is created), or ':memory:'. */
@@ -19,46 +25,19 @@ export interface StatsStoreOptions {
   flushIntervalMs: number;
   /** SQLite page cache (bytes); DEFAULT_SQLITE_CACHE_BYTES when absent. */
   sqliteCacheBytes?: number;
+  /** This node's name in the node table (`stats.node`); the hostname when absent. */
+  node?: string;
   log?: Logger;
   /** The clock of retention (tests move it); events carry their own time. */
   now?: () => number;
 }
 
-export const HOUR_MS = 3_600_000;
-export const DAY_MS = 86_400_000;
-/** Periods up to this long are answered from the hourly rollup, longer ones from the daily one. */
-export const HOURLY_UP_TO_MS = 14 * DAY_MS;
 /** Events are written together once this many are queued. */
 const FLUSH_ROWS = 256;
 /** Beyond this many queued events (the disk cannot keep up), new ones are dropped and counted. */
 const MAX_PENDING = 100_000;
 /** How often retention runs (besides at open). */
-const PRUNE_EVERY_MS = HOUR_MS;
-/** Only the most frequent names are exported, to bound the metric's cardinality. */
-const PROMETHEUS_TOP_VIRUSES = 50;
-/** Upper bounds (seconds) of the scan duration histogram. */
-export const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120] as const;
-
-interface Histogram {
-  /** Non-cumulative counts per bucket; the last slot is +Inf. */
-  counts: number[];
-  sum: number;
-  count: number;
-}
-
-interface RollupDelta {
-  t: number;
-  source: string;
-  status: string;
-  virus: string;
-  grp: string;
-  engine: string;
-  count: number;
-  bytes: number;
-  cached: number;
-  durSum: number;
-  durMax: number;
-}
+export const PRUNE_EVERY_MS = HOUR_MS;
 
 type Row = Record<string, number | string>;
 
@@ -72,14 +51,15 @@ type Row = Record<string, number | string>;
  * lookup and would hide the engine's latency. Null virus and group are stored as '' (a NULL in a
  * key would make every row distinct for the upsert).
  */
-export class StatsStore implements StatsRecorder, StatsReader {
+export class StatsStore implements StatsService {
   private readonly db: Database.Database;
   private pending: ScanEvent[] = [];
   private timer: NodeJS.Timeout | null = null;
   private immediate: NodeJS.Immediate | null = null;
   private readonly pruneTimer: NodeJS.Timeout;
   private closed = false;
-  private readonly histograms = new Map<string, Histogram>();
+  private readonly histograms = new DurationHistograms();
+  private readonly node: string;
   private readonly now: () => number;
   private readonly log: Logger | null;
   private readonly insertEvent: Database.Statement;
@@ -95,6 +75,7 @@ export class StatsStore implements StatsRecorder, StatsReader {
   constructor(private readonly options: StatsStoreOptions) {
     this.now = options.now ?? Date.now;
     this.log = options.log ?? null;
+    this.node = options.node ?? hostname();
     if (options.path !== ':memory:') mkdirSync(dirname(options.path), { recursive: true });
     const db = new Database(options.path);
     this.db = db;
@@ -155,7 +136,7 @@ export class StatsStore implements StatsRecorder, StatsReader {
         return;
       }
       this.pending.push(event);
-      if (!event.cached) this.observe(event.engine, event.durationMs / 1000);
+      if (!event.cached) this.histograms.observe(event.engine, event.durationMs / 1000);
       if (this.pending.length >= FLUSH_ROWS) this.immediate ??= setImmediate(() => this.flush());
       else this.timer ??= setTimeout(() => this.flush(), this.options.flushIntervalMs).unref();
     } catch {
@@ -209,20 +190,15 @@ export class StatsStore implements StatsRecorder, StatsReader {
     return (this.db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
   }
 
-  activity(p: Period, bucket: Bucket): ActivityPoint[] {
+  async activity(p: Period, bucket: Bucket): Promise<ActivityPoint[]> {
     const size = bucket === 'hour' ? HOUR_MS : DAY_MS;
     const table = bucket === 'hour' ? 'rollup_hour' : 'rollup_day';
     const [from, to] = this.range(p, size);
-    const points = new Map<number, ActivityPoint>();
-    for (let t = from; t < to; t += size) points.set(t, { t, byStatus: emptyByStatus() });
-    for (const r of this.rows(`SELECT t, status, sum(count) AS n FROM ${table} WHERE t >= ? AND t < ? GROUP BY t, status`, from, to)) {
-      const point = points.get(r.t as number);
-      if (point) point.byStatus[r.status as VerdictStatus] += r.n as number;
-    }
-    return [...points.values()];
+    const rows = this.rows(`SELECT t, status, sum(count) AS n FROM ${table} WHERE t >= ? AND t < ? GROUP BY t, status`, from, to);
+    return activitySeries(from, to, size, rows.map((r) => ({ t: r.t as number, status: r.status as string, n: r.n as number })));
   }
 
-  topViruses(p: Period, limit: number): Array<{ name: string; count: number }> {
+  async topViruses(p: Period, limit: number): Promise<Array<{ name: string; count: number }>> {
     const { table, from, to } = this.source(p);
     return this.rows(
       `SELECT virus, sum(count) AS n FROM ${table} INDEXED BY ${table}_found
@@ -233,7 +209,7 @@ export class StatsStore implements StatsRecorder, StatsReader {
     ).map((r) => ({ name: r.virus as string, count: r.n as number }));
   }
 
-  statusesBySource(p: Period): Array<{ source: EventSource; status: VerdictStatus; count: number }> {
+  async statusesBySource(p: Period): Promise<Array<{ source: EventSource; status: VerdictStatus; count: number }>> {
     const { table, from, to } = this.source(p);
     return this.rows(
       `SELECT source, status, sum(count) AS n FROM ${table} WHERE t >= ? AND t < ? GROUP BY source, status ORDER BY source, status`,
@@ -242,21 +218,13 @@ export class StatsStore implements StatsRecorder, StatsReader {
     ).map((r) => ({ source: r.source as EventSource, status: r.status as VerdictStatus, count: r.n as number }));
   }
 
-  trafficPerHour(p: Period): Array<{ t: number; objects: number; bytes: number }> {
+  async trafficPerHour(p: Period): Promise<Array<{ t: number; objects: number; bytes: number }>> {
     const [from, to] = this.range(p, HOUR_MS);
-    const out = new Map<number, { t: number; objects: number; bytes: number }>();
-    for (let t = from; t < to; t += HOUR_MS) out.set(t, { t, objects: 0, bytes: 0 });
-    for (const r of this.rows('SELECT t, sum(count) AS n, sum(bytes) AS b FROM rollup_hour WHERE t >= ? AND t < ? GROUP BY t', from, to)) {
-      const row = out.get(r.t as number);
-      if (row) {
-        row.objects = r.n as number;
-        row.bytes = r.b as number;
-      }
-    }
-    return [...out.values()];
+    const rows = this.rows('SELECT t, sum(count) AS n, sum(bytes) AS b FROM rollup_hour WHERE t >= ? AND t < ? GROUP BY t', from, to);
+    return trafficSeries(from, to, rows.map((r) => ({ t: r.t as number, n: r.n as number, b: r.b as number })));
   }
 
-  cacheHitRate(p: Period): { hits: number; total: number; rate: number | null } {
+  async cacheHitRate(p: Period): Promise<{ hits: number; total: number; rate: number | null }> {
     const { table, from, to } = this.source(p);
     const r = this.rows(`SELECT coalesce(sum(cached), 0) AS hits, coalesce(sum(count), 0) AS total FROM ${table} WHERE t >= ? AND t < ?`, from, to)[0];
     const hits = (r?.hits as number | undefined) ?? 0;
@@ -264,7 +232,7 @@ export class StatsStore implements StatsRecorder, StatsReader {
     return { hits, total, rate: total > 0 ? hits / total : null };
   }
 
-  engineLatency(p: Period): Array<{ engine: string; count: number; avgMs: number; maxMs: number }> {
+  async engineLatency(p: Period): Promise<Array<{ engine: string; count: number; avgMs: number; maxMs: number }>> {
     const { table, from, to } = this.source(p);
     return this.rows(
       `SELECT engine, sum(count - cached) AS n, sum(dur_sum) AS s, max(dur_max) AS m FROM ${table}
@@ -274,7 +242,7 @@ export class StatsStore implements StatsRecorder, StatsReader {
     ).map((r) => ({ engine: r.engine as string, count: r.n as number, avgMs: (r.s as number) / (r.n as number), maxMs: r.m as number }));
   }
 
-  byGroup(p: Period): Array<{ group: string; status: VerdictStatus; count: number }> {
+  async byGroup(p: Period): Promise<Array<{ group: string; status: VerdictStatus; count: number }>> {
     const { table, from, to } = this.source(p);
     return this.rows(
       `SELECT grp, status, sum(count) AS n FROM ${table} WHERE t >= ? AND t < ? AND grp <> '' GROUP BY grp, status ORDER BY grp, status`,
@@ -283,108 +251,68 @@ export class StatsStore implements StatsRecorder, StatsReader {
     ).map((r) => ({ group: r.grp as string, status: r.status as VerdictStatus, count: r.n as number }));
   }
 
-  prometheus(): string {
+  /** One node, this one: a SQLite file is one node's. */
+  async nodes(p: Period): Promise<NodeSummary[]> {
+    const { table, from, to } = this.source(p);
+    const r = this.rows(
+      `SELECT coalesce(sum(count), 0) AS n, coalesce(sum(CASE WHEN status = 'found' THEN count ELSE 0 END), 0) AS f,
+         coalesce(sum(cached), 0) AS c, coalesce(sum(bytes), 0) AS b FROM ${table} WHERE t >= ? AND t < ?`,
+      from,
+      to,
+    )[0];
+    const last = this.rows('SELECT max(time) AS m FROM events')[0]?.m;
+    return [
+      {
+        node: this.node,
+        events: (r?.n as number | undefined) ?? 0,
+        found: (r?.f as number | undefined) ?? 0,
+        cacheHits: (r?.c as number | undefined) ?? 0,
+        bytes: (r?.b as number | undefined) ?? 0,
+        lastEvent: typeof last === 'number' ? last : null,
+        lastSeen: Date.now(),
+        dropped: this.dropped,
+      },
+    ];
+  }
+
+  status(): StoreStatus {
+    return { backend: 'sqlite', node: this.node, buffered: this.pending.length, dropped: this.dropped, reachable: true, unreachableSince: null, lastError: null };
+  }
+
+  async prometheus(): Promise<string> {
     this.flush();
-    const lines: string[] = [];
-    const family = (name: string, type: string, help: string) => lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
     const totals = this.db.open ? this.rows('SELECT source, status, count, bytes, cached FROM totals ORDER BY source, status') : [];
-    family('avgate_scans_total', 'counter', 'Verdicts recorded since the statistics store was created, by front end and status.');
-    for (const r of totals) lines.push(`avgate_scans_total{source="${escapeLabel(r.source as string)}",status="${escapeLabel(r.status as string)}"} ${r.count}`);
-    family('avgate_scanned_bytes_total', 'counter', 'Bytes of content scanned (cache hits included), by front end.');
-    const bytes = new Map<string, number>();
-    for (const r of totals) bytes.set(r.source as string, (bytes.get(r.source as string) ?? 0) + (r.bytes as number));
-    for (const [source, n] of bytes) lines.push(`avgate_scanned_bytes_total{source="${escapeLabel(source)}"} ${n}`);
-    family('avgate_cache_hits_total', 'counter', 'Verdicts answered from the verdict cache.');
-    lines.push(`avgate_cache_hits_total ${totals.reduce((n, r) => n + (r.cached as number), 0)}`);
-    family('avgate_viruses_total', 'counter', `Found verdicts by first virus name (the ${PROMETHEUS_TOP_VIRUSES} most frequent names).`);
     const viruses = this.db.open ? this.rows('SELECT name, count FROM virus_totals ORDER BY count DESC, name ASC LIMIT ?', PROMETHEUS_TOP_VIRUSES) : [];
-    for (const r of viruses) lines.push(`avgate_viruses_total{name="${escapeLabel(r.name as string)}"} ${r.count}`);
-    family('avgate_scan_duration_seconds', 'histogram', 'Duration of scans an engine did (cache hits excluded), since the process started.');
-    for (const [engine, h] of [...this.histograms].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
-      const e = escapeLabel(engine);
-      let cumulative = 0;
-      DURATION_BUCKETS.forEach((le, i) => {
-        cumulative += h.counts[i] as number;
-        lines.push(`avgate_scan_duration_seconds_bucket{engine="${e}",le="${le}"} ${cumulative}`);
-      });
-      lines.push(`avgate_scan_duration_seconds_bucket{engine="${e}",le="+Inf"} ${h.count}`);
-      lines.push(`avgate_scan_duration_seconds_sum{engine="${e}"} ${h.sum}`);
-      lines.push(`avgate_scan_duration_seconds_count{engine="${e}"} ${h.count}`);
-    }
-    return `${lines.join('\n')}\n`;
+    return renderPrometheus({
+      totals: totals.map((r) => ({ source: r.source as string, status: r.status as string, count: r.count as number, bytes: r.bytes as number, cached: r.cached as number })),
+      viruses: viruses.map((r) => ({ name: r.name as string, count: r.count as number })),
+      histograms: this.histograms,
+      dropped: this.dropped,
+      buffered: this.pending.length,
+    });
   }
 
-  private observe(engine: string, seconds: number): void {
-    let h = this.histograms.get(engine);
-    if (!h) {
-      h = { counts: new Array<number>(DURATION_BUCKETS.length + 1).fill(0), sum: 0, count: 0 };
-      this.histograms.set(engine, h);
-    }
-    const s = Number.isFinite(seconds) && seconds > 0 ? seconds : 0;
-    const i = DURATION_BUCKETS.findIndex((le) => s <= le);
-    const slot = i === -1 ? DURATION_BUCKETS.length : i;
-    h.counts[slot] = (h.counts[slot] ?? 0) + 1;
-    h.sum += s;
-    h.count++;
-  }
-
-  /** Events summed per rollup key in memory first: one upsert per key and batch, not per event. */
   private write(events: ScanEvent[]): void {
-    const hours = new Map<string, RollupDelta>();
-    const days = new Map<string, RollupDelta>();
-    const totals = new Map<string, { source: string; status: string; count: number; bytes: number; cached: number }>();
-    const viruses = new Map<string, number>();
-    const add = (into: Map<string, RollupDelta>, t: number, e: ScanEvent, virus: string, grp: string) => {
-      const key = `${t}\0${e.source}\0${e.status}\0${virus}\0${grp}\0${e.engine}`;
-      let d = into.get(key);
-      if (!d) {
-        d = { t, source: e.source, status: e.status, virus, grp, engine: e.engine, count: 0, bytes: 0, cached: 0, durSum: 0, durMax: 0 };
-        into.set(key, d);
-      }
-      d.count++;
-      d.bytes += e.bytes;
-      if (e.cached) d.cached++;
-      else {
-        d.durSum += e.durationMs;
-        d.durMax = Math.max(d.durMax, e.durationMs);
-      }
-    };
+    const b = summarize(events);
     this.db.transaction(() => {
-      for (const e of events) {
-        const time = Math.floor(e.time);
-        const durationMs = Number.isFinite(e.durationMs) && e.durationMs > 0 ? e.durationMs : 0;
-        const bytes = Number.isFinite(e.bytes) && e.bytes > 0 ? Math.floor(e.bytes) : 0;
-        const ev = { ...e, durationMs, bytes };
-        this.insertEvent.run(time, e.source, e.status, e.virus, e.group, e.engine, bytes, durationMs, e.cached ? 1 : 0);
-        const virus = e.virus ?? '';
-        const grp = e.group ?? '';
-        add(hours, time - mod(time, HOUR_MS), ev, virus, grp);
-        add(days, time - mod(time, DAY_MS), ev, virus, grp);
-        const tk = `${e.source}\0${e.status}`;
-        const tot = totals.get(tk) ?? { source: e.source, status: e.status, count: 0, bytes: 0, cached: 0 };
-        tot.count++;
-        tot.bytes += bytes;
-        if (e.cached) tot.cached++;
-        totals.set(tk, tot);
-        if (e.status === 'found' && e.virus) viruses.set(e.virus, (viruses.get(e.virus) ?? 0) + 1);
+      for (const e of b.events) this.insertEvent.run(e.time, e.source, e.status, e.virus, e.group, e.engine, e.bytes, e.durationMs, e.cached ? 1 : 0);
+      for (const [stmt, deltas] of [[this.upsertHour, b.hours], [this.upsertDay, b.days]] as const) {
+        for (const d of deltas) stmt.run(d.t, d.source, d.status, d.virus, d.grp, d.engine, d.count, d.bytes, d.cached, d.durSum, d.durMax);
       }
-      for (const [stmt, deltas] of [[this.upsertHour, hours], [this.upsertDay, days]] as const) {
-        for (const d of deltas.values()) stmt.run(d.t, d.source, d.status, d.virus, d.grp, d.engine, d.count, d.bytes, d.cached, d.durSum, d.durMax);
-      }
-      for (const t of totals.values()) this.upsertTotal.run(t.source, t.status, t.count, t.bytes, t.cached);
-      for (const [name, n] of viruses) this.upsertVirus.run(name, n);
+      for (const t of b.totals) this.upsertTotal.run(t.source, t.status, t.count, t.bytes, t.cached);
+      for (const v of b.viruses) this.upsertVirus.run(v.name, v.count);
     })();
   }
 
   /** Buckets overlapping the period: `from` rounded down to its bucket's start, buckets starting before `to`. */
   private range(p: Period, size: number): [number, number] {
     this.flush();
-    return [p.from - mod(p.from, size), p.to];
+    return bucketRange(p, size);
   }
 
   private source(p: Period): { table: string; from: number; to: number } {
-    const daily = p.to - p.from > HOURLY_UP_TO_MS;
-    const [from, to] = this.range(p, daily ? DAY_MS : HOUR_MS);
+    this.flush();
+    const { daily, from, to } = rollupFor(p);
     return { table: daily ? 'rollup_day' : 'rollup_hour', from, to };
   }
 
@@ -395,20 +323,6 @@ export class StatsStore implements StatsRecorder, StatsReader {
   }
 }
 
-function emptyByStatus(): Record<VerdictStatus, number> {
-  return Object.fromEntries(VERDICT_STATUSES.map((s) => [s, 0])) as Record<VerdictStatus, number>;
-}
-
-/** Modulo that stays positive for times before 1970 (bucket starts are floors). */
-function mod(n: number, m: number): number {
-  return ((n % m) + m) % m;
-}
-
-/** Label values per the text exposition format: backslash, double quote and line feed escaped. */
-export function escapeLabel(value: string): string {
-  return value.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
-}
-
 /** Opens the store of a config's `stats` section (`db` relative to state-dir). */
 export function openStatsStore(stats: StatsConfig, stateDir: string, log?: Logger, sqliteCacheBytes?: number): StatsStore {
   return new StatsStore({
@@ -416,6 +330,7 @@ export function openStatsStore(stats: StatsConfig, stateDir: string, log?: Logge
     eventRetentionMs: stats['event-retention'],
     rollupRetentionMs: stats['rollup-retention'],
     flushIntervalMs: stats['flush-interval'],
+    node: statsNodeName(stats),
     ...(log ? { log } : {}),
     ...(sqliteCacheBytes !== undefined ? { sqliteCacheBytes } : {}),
   });

@@ -1,14 +1,14 @@
 import type { EngineHealthEntry } from '../engines/health.js';
 import type { AuditRecord, QuarantineRecord } from '../quarantine/types.js';
-import type { Bucket, StatsReader } from '../stats/types.js';
+import type { NodeSummary, StoreStatus } from '../stats/types.js';
 import type { SignatureListing } from './signatures.js';
 import type { UpdaterState } from '../signatures/updater.js';
 import { activityChart, csrfField, formatBytes, html, isoMinute, layout, Raw, table, type PageContext } from './html.js';
+import { PERIODS, type PeriodName, type StatsFigures } from './stats-view.js';
 
 /** The console's pages: pure functions from data to HTML (escaped by `html`). */
 
-export const PERIODS = { '24h': { ms: 24 * 3_600_000, bucket: 'hour' }, '7d': { ms: 7 * 86_400_000, bucket: 'hour' }, '30d': { ms: 30 * 86_400_000, bucket: 'day' } } as const;
-export type PeriodName = keyof typeof PERIODS;
+export { PERIODS, type PeriodName } from './stats-view.js';
 
 export function loginPage(o: { csrf: string; error?: string; user?: string }): string {
   return layout(
@@ -44,44 +44,58 @@ function healthTable(health: readonly EngineHealthEntry[], info: (id: string) =>
 
 export interface OverviewData {
   period: PeriodName;
-  now: number;
-  stats: StatsReader | null;
+  /** The period's figures; null when statistics are not collected. */
+  stats: StatsFigures | null;
+  /** Why the figures could not be read (the statistics database is unreachable or too slow). */
+  statsError?: string;
   health: EngineHealthEntry[];
   engineInfo: (id: string) => string;
   quarantine: { items: number; bytes: number } | null;
 }
 
+/** The store's state when there is something to say: the PostgreSQL backend, or events lost. */
+function storeLine(s: StoreStatus): Raw | string {
+  if (s.backend === 'sqlite' && s.dropped === 0) return '';
+  const db = s.backend === 'postgres' ? 'shared PostgreSQL database (figures of every node)' : 'SQLite';
+  const state = s.reachable ? '' : html`; <span class="bad">database unreachable since ${isoMinute(s.unreachableSince)}: ${s.lastError ?? ''}</span>`;
+  return html`<p id="stats-store">Statistics: ${db}; this node <strong>${s.node}</strong>: ${s.buffered} events buffered, ${s.dropped} dropped${state}</p>`;
+}
+
+function nodeTable(nodes: readonly NodeSummary[]): Raw {
+  return table(
+    ['node', 'verdicts', 'found', 'cache hits', 'bytes', 'last event (UTC)', 'last seen (UTC)', 'dropped'],
+    nodes.map((n) => [n.node, n.events, n.found, n.cacheHits, formatBytes(n.bytes), isoMinute(n.lastEvent), isoMinute(n.lastSeen), n.dropped]),
+    { id: 'nodes', empty: 'no node has written statistics yet' },
+  );
+}
+
 export function overviewPage(ctx: PageContext, d: OverviewData): string {
-  const { ms, bucket } = PERIODS[d.period];
+  const { bucket } = PERIODS[d.period];
   const selector = html`<p class="periods">Period: ${(Object.keys(PERIODS) as PeriodName[]).map((p) =>
     p === d.period ? html`<strong>${p}</strong> ` : html`<a href="/?period=${p}">${p}</a> `,
   )}</p>`;
   const engines = html`<h2>Engine health</h2>${healthTable(d.health, d.engineInfo)}`;
   const quarantine = d.quarantine ? html`<p>Quarantine: <a href="/quarantine">${d.quarantine.items} items</a>, ${formatBytes(d.quarantine.bytes)}</p>` : '';
+  if (d.statsError !== undefined) {
+    return layout({ ...ctx, active: 'overview' }, html`${selector}<p class="error" id="stats-error">Statistics are unavailable: ${d.statsError}</p>${quarantine}${engines}`);
+  }
   if (!d.stats) {
     return layout({ ...ctx, active: 'overview' }, html`${selector}<p class="empty">Statistics are not collected (no stats store).</p>${quarantine}${engines}`);
   }
-  // The period ends with the current bucket, so there are exactly 24, 168 or 30 buckets.
-  const unit = bucket === 'hour' ? 3_600_000 : 86_400_000;
-  const to = d.now - (d.now % unit) + unit;
-  const p = { from: to - ms, to };
   const s = d.stats;
-  const activity = s.activity(p, bucket as Bucket);
-  const viruses = s.topViruses(p, 10);
-  const bySource = s.statusesBySource(p);
-  const traffic = s.trafficPerHour(p).filter((r) => r.objects > 0);
-  const cache = s.cacheHitRate(p);
-  const latency = s.engineLatency(p);
-  const body = html`${selector}
+  const cache = s.cacheHitRate;
+  const traffic = s.trafficPerHour.filter((r) => r.objects > 0);
+  const body = html`${selector}${storeLine(s.store)}
 <h2>Virus activity (verdicts per ${bucket}; red: found)</h2>
-${activityChart(activity, bucket as Bucket)}
+${activityChart(s.activity, bucket)}
 <div class="grid">
-<section><h2>Top virus names</h2>${table(['name', 'count'], viruses.map((v) => [v.name, v.count]), { id: 'top-viruses', empty: 'no viruses found in this period' })}</section>
-<section><h2>Statuses by source</h2>${table(['source', 'status', 'count'], bySource.map((r) => [r.source, r.status, r.count]), { id: 'by-source', empty: 'no scans in this period' })}</section>
+<section><h2>Top virus names</h2>${table(['name', 'count'], s.topViruses.map((v) => [v.name, v.count]), { id: 'top-viruses', empty: 'no viruses found in this period' })}</section>
+<section><h2>Statuses by source</h2>${table(['source', 'status', 'count'], s.statusesBySource.map((r) => [r.source, r.status, r.count]), { id: 'by-source', empty: 'no scans in this period' })}</section>
 <section><h2>Verdict cache</h2><p id="cache-rate">${cache.rate === null ? 'no scans in this period' : `${(cache.rate * 100).toFixed(1)} % hits (${cache.hits} of ${cache.total})`}</p>
-<h2>Engine latency</h2>${table(['engine', 'scans', 'average ms', 'max ms'], latency.map((l) => [l.engine, l.count, l.avgMs.toFixed(1), l.maxMs.toFixed(1)]), { empty: 'no scans in this period' })}
+<h2>Engine latency</h2>${table(['engine', 'scans', 'average ms', 'max ms'], s.engineLatency.map((l) => [l.engine, l.count, l.avgMs.toFixed(1), l.maxMs.toFixed(1)]), { empty: 'no scans in this period' })}
 ${quarantine}</section>
 </div>
+<h2>Nodes</h2>${nodeTable(s.nodes)}
 ${engines}
 <h2>Traffic per hour</h2>${table(['hour (UTC)', 'objects', 'bytes'], traffic.slice(-200).reverse().map((r) => [isoMinute(r.t), r.objects, formatBytes(r.bytes)]), { id: 'traffic', empty: 'no traffic in this period' })}`;
   return layout({ ...ctx, active: 'overview' }, body);

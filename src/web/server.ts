@@ -41,12 +41,15 @@ import {
   sendText,
   type Route,
 } from './http.js';
-import { configPage, errorPage, loginPage, MAIL_SOURCES, overviewPage, PERIODS, quarantineItemPage, quarantineListPage, signaturesPage, type PeriodName } from './pages.js';
+import { configPage, errorPage, loginPage, MAIL_SOURCES, overviewPage, quarantineItemPage, quarantineListPage, signaturesPage } from './pages.js';
+import { periodName, statsFigures, type StatsFigures } from './stats-view.js';
 import { listSignatures } from './signatures.js';
 import { readUpdaterState, signatureMetrics, signaturesStateDir } from '../signatures/index.js';
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { readPem } from '../config/tls-schema.js';
+import { cachePrometheus } from '../cache/metrics.js';
+import type { CacheStats } from '../cache/verdict-cache.js';
 import { cutConnection, SendStallWatch } from '../core/send-stall.js';
 
 /**
@@ -67,6 +70,8 @@ export interface ConsoleDeps {
   nextHop?: NextHop;
   /** Warnings of the config check. */
   configWarnings?: string[];
+  /** The verdict cache, whose counters /metrics adds (null or absent: none). */
+  cache?: { readonly stats: CacheStats } | null;
   log: Logger;
 }
 
@@ -122,6 +127,7 @@ export class ConsoleServer {
       { method: 'GET', path: '/metrics', handler: (c) => this.metrics(c) },
       { method: 'GET', path: '/static/console.css', handler: (c) => this.css(c) },
       { method: 'POST', path: '/api/v1/scan', handler: (c) => this.apiScan(c) },
+      { method: 'GET', path: '/api/v1/stats', handler: (c) => this.apiStats(c) },
       { method: 'GET', path: '/api/v1/quarantine', handler: (c) => this.apiQuarantineList(c) },
       { method: 'GET', path: '/api/v1/quarantine/:id', params: id, handler: (c, p) => this.apiQuarantineItem(c, p.id as string) },
       { method: 'POST', path: '/api/v1/quarantine/:id/release', params: id, handler: (c, p) => this.apiQuarantineRelease(c, p.id as string) },
@@ -309,8 +315,9 @@ export class ConsoleServer {
   private async metrics(ctx: Ctx): Promise<void> {
     if (this.cfg['metrics-token-required']) await bearer(ctx.req, this.tokens);
     const stats = this.deps.stats;
-    const text = (stats ? stats.prometheus() : '# avgate: statistics are not collected\n') + (await signatureMetrics(this.deps.config));
-    sendText(ctx.res, 200, text, { 'Content-Type': 'text/plain; version=0.0.4; charset=utf-8' });
+    const text = (stats ? await stats.prometheus() : '# avgate: statistics are not collected\n') + (await signatureMetrics(this.deps.config));
+    const cache = this.deps.cache ? cachePrometheus(this.deps.cache.stats) : '';
+    sendText(ctx.res, 200, text + cache, { 'Content-Type': 'text/plain; version=0.0.4; charset=utf-8' });
   }
 
   private async apiScan(ctx: Ctx): Promise<void> {
@@ -386,16 +393,24 @@ export class ConsoleServer {
 
   private async overview(ctx: Ctx): Promise<void> {
     if (!this.requireSession(ctx)) return;
-    const p = queryOf(ctx.url).get('period') ?? '24h';
-    const period: PeriodName = Object.hasOwn(PERIODS, p) ? (p as PeriodName) : '24h';
+    const period = periodName(queryOf(ctx.url).get('period'));
     const q = this.deps.quarantine ? await this.deps.quarantine.usage() : null;
+    let stats: StatsFigures | null = null;
+    let statsError: string | undefined;
+    try {
+      stats = this.deps.stats ? await statsFigures(this.deps.stats, period, Date.now()) : null;
+    } catch (err) {
+      // The statistics database is down or too slow: the rest of the page still answers.
+      statsError = messageOf(err);
+      this.log.debug({ err: statsError }, 'console: statistics could not be read');
+    }
     sendHtml(
       ctx.res,
       200,
       overviewPage(this.page(ctx, 'Overview'), {
         period,
-        now: Date.now(),
-        stats: this.deps.stats,
+        stats,
+        ...(statsError !== undefined ? { statsError } : {}),
         health: this.deps.health.snapshot(),
         engineInfo: this.engineInfo,
         quarantine: q ? { items: q.items, bytes: q.bytes } : null,
@@ -463,6 +478,21 @@ export class ConsoleServer {
   }
 
   // ------------------------------------------------------------ JSON API (bearer token; no cookies, so no CSRF)
+
+  /** The overview's figures as JSON: `?period=24h|7d|30d`; cluster-wide with PostgreSQL, with the node table. */
+  private async apiStats(ctx: Ctx): Promise<void> {
+    await bearer(ctx.req, this.tokens);
+    if (!this.deps.stats) throw new HttpError(404, 'statistics are not collected');
+    const p = queryOf(ctx.url).get('period');
+    if (p !== null && periodName(p) !== p) throw new HttpError(400, 'period must be 24h, 7d or 30d');
+    let figures: StatsFigures;
+    try {
+      figures = await statsFigures(this.deps.stats, periodName(p), Date.now());
+    } catch (err) {
+      throw new HttpError(503, `statistics are unavailable: ${messageOf(err)}`);
+    }
+    sendJson(ctx.res, 200, figures);
+  }
 
   private async apiQuarantineList(ctx: Ctx): Promise<void> {
     await bearer(ctx.req, this.tokens);

@@ -439,8 +439,8 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
     assert.equal(ftp.counters.quarantined, kept.length);
     const stats = avgate.stats;
     assert.ok(stats);
-    stats.flush();
-    const bySource = stats.statusesBySource({ from: 0, to: Date.now() + 3_600_000 }).filter((r) => r.source === 'ftp');
+    await stats.flush();
+    const bySource = (await stats.statusesBySource({ from: 0, to: Date.now() + 3_600_000 })).filter((r) => r.source === 'ftp');
     assert.ok(bySource.some((r) => r.status === 'found' && r.count >= 4), JSON.stringify(bySource));
     assert.ok(bySource.some((r) => r.status === 'free'), 'statistics carry the origin ftp');
     const left = await readdir(join(stateDir, 'spool')).catch(() => [] as string[]);

@@ -355,8 +355,8 @@ describe('POP3 proxy with a real Dovecot and clamd', () => {
       await checkRewritten('nested', got, byNumber.get(n)?.listed as number);
       assert.ok((av.pop3?.server.counters.replaced ?? 0) >= 1);
       // Every document scan is a statistics event with source pop3, the infected one found.
-      av.stats?.flush();
-      const pop3Events = (av.stats?.statusesBySource({ from: 0, to: Date.now() + 60_000 }) ?? []).filter((r) => r.source === 'pop3');
+      await av.stats?.flush();
+      const pop3Events = ((await av.stats?.statusesBySource({ from: 0, to: Date.now() + 60_000 })) ?? []).filter((r) => r.source === 'pop3');
       assert.ok(pop3Events.some((r) => r.status === 'found' && r.count >= 1), JSON.stringify(pop3Events));
       assert.ok(pop3Events.some((r) => r.status === 'free' && r.count >= 1), JSON.stringify(pop3Events));
     } finally {

@@ -113,15 +113,15 @@ describe('statistics fed by real scans', () => {
       const { responses } = await icapExchange(s.icapPort, [buildRequest(s.icapPort, eicarBytes(), { allow204: true }).first]);
       assert.equal(responses[0]?.head.status, 200);
       const p = { from: Date.now() - HOUR_MS, to: Date.now() + HOUR_MS };
-      assert.deepEqual(s.stats.byGroup(p), [{ group: 'avscan', status: 'found', count: 1 }]);
-      assert.deepEqual(s.stats.statusesBySource(p), [{ source: 'icap', status: 'found', count: 1 }]);
-      assert.match(s.stats.topViruses(p, 5)[0]?.name ?? '', NAME);
-      assert.match(s.stats.prometheus(), /^avgate_scans_total\{source="icap",status="found"\} 1$/m);
+      assert.deepEqual(await s.stats.byGroup(p), [{ group: 'avscan', status: 'found', count: 1 }]);
+      assert.deepEqual(await s.stats.statusesBySource(p), [{ source: 'icap', status: 'found', count: 1 }]);
+      assert.match((await s.stats.topViruses(p, 5))[0]?.name ?? '', NAME);
+      assert.match(await s.stats.prometheus(), /^avgate_scans_total\{source="icap",status="found"\} 1$/m);
 
       await send(s.smtpPort, 'a@example.com', ['bob@sales.example'], mailWith('stats-1', [eicarAttachment()]));
-      const smtp = s.stats.statusesBySource(p).filter((r) => r.source === 'smtp');
+      const smtp = (await s.stats.statusesBySource(p)).filter((r) => r.source === 'smtp');
       assert.ok(smtp.some((r) => r.status === 'found'), JSON.stringify(smtp));
-      const sales = s.stats.byGroup(p).filter((r) => r.group === 'sales');
+      const sales = (await s.stats.byGroup(p)).filter((r) => r.group === 'sales');
       assert.equal(
         sales.reduce((n, r) => n + r.count, 0),
         smtp.reduce((n, r) => n + r.count, 0),

@@ -3,16 +3,7 @@ import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { loadConfig, parseConfigText } from '../../src/config/loader.js';
 import { configSchema } from '../../src/config/schema.js';
-
-function configError(text: string): string {
-  try {
-    parseConfigText(text, 'avgate.yaml');
-  } catch (err) {
-    assert.equal((err as { code?: string }).code, 'AVG_ERR_CONFIG');
-    return (err as Error).message;
-  }
-  assert.fail('expected a config error');
-}
+import { configError } from '../helpers/config.js';
 
 test('embedded defaults', async () => {
   const { config, path } = await loadConfig(null);

@@ -28,6 +28,22 @@ test('database fingerprint: changes with a database file, ignores other files, i
   }
 });
 
+test('database fingerprint: of contents, not times (nodes sharing verdicts download the same files at their own time)', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'avgate-fp-'));
+  try {
+    await writeFile(join(dir, 'a.ndb'), 'A:0:*:4142\n');
+    const one = await databaseFingerprint(dir);
+    const past = new Date(Date.now() - 86_400_000);
+    await utimes(join(dir, 'a.ndb'), past, past);
+    assert.equal(await databaseFingerprint(dir), one, 'the same bytes at another mtime');
+    await writeFile(join(dir, 'a.ndb'), 'A:0:*:4143\n');
+    await utimes(join(dir, 'a.ndb'), past, past);
+    assert.notEqual(await databaseFingerprint(dir), one, 'other bytes of the same size');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
 test('config check warns about signature sources nobody uses and an interval without sources', () => {
   const warn = (yaml: string) => configWarnings(parseConfigText(yaml, 'x.yaml')).filter((w) => w.startsWith('signatures'));
   assert.deepEqual(warn('signatures: {sources: [{url: "http://127.0.0.1/a.ndb"}], interval: 1h}\n'), []);

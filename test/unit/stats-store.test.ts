@@ -30,7 +30,7 @@ function ev(time: number, over: Partial<ScanEvent> = {}): ScanEvent {
 
 const found = (time: number, virus: string, over: Partial<ScanEvent> = {}) => ev(time, { status: 'found', virus, ...over });
 
-test('events become hourly and daily rollups, split at the bucket edges', () => {
+test('events become hourly and daily rollups, split at the bucket edges', async () => {
   const s = store();
   // 00:59:59.999 and 01:00:00.000 fall in different hours; 23:59:59.999 and the next 00:00 in different days.
   s.record(ev(T0 + HOUR_MS - 1));
@@ -38,7 +38,7 @@ test('events become hourly and daily rollups, split at the bucket edges', () => 
   s.record(ev(T0 + HOUR_MS + 1, { status: 'error' }));
   s.record(ev(T0 + DAY_MS - 1));
   s.record(ev(T0 + DAY_MS));
-  const hours = s.activity({ from: T0, to: T0 + 2 * HOUR_MS }, 'hour');
+  const hours = await s.activity({ from: T0, to: T0 + 2 * HOUR_MS }, 'hour');
   assert.deepEqual(
     hours.map((p) => [p.t, p.byStatus.free, p.byStatus.error]),
     [
@@ -46,7 +46,7 @@ test('events become hourly and daily rollups, split at the bucket edges', () => 
       [T0 + HOUR_MS, 1, 1],
     ],
   );
-  const days = s.activity({ from: T0, to: T0 + 2 * DAY_MS }, 'day');
+  const days = await s.activity({ from: T0, to: T0 + 2 * DAY_MS }, 'day');
   assert.deepEqual(
     days.map((p) => [p.t, p.byStatus.free + p.byStatus.error]),
     [
@@ -58,11 +58,11 @@ test('events become hourly and daily rollups, split at the bucket edges', () => 
   s.close();
 });
 
-test('activity: empty buckets included, oldest first, every status present', () => {
+test('activity: empty buckets included, oldest first, every status present', async () => {
   const s = store();
   s.record(ev(T0 + 30 * 60_000, { status: 'skipped' }));
   s.record(ev(T0 + 3 * HOUR_MS + 5));
-  const a = s.activity({ from: T0, to: T0 + 4 * HOUR_MS }, 'hour');
+  const a = await s.activity({ from: T0, to: T0 + 4 * HOUR_MS }, 'hour');
   assert.equal(a.length, 4);
   assert.deepEqual(
     a.map((p) => p.t),
@@ -71,29 +71,29 @@ test('activity: empty buckets included, oldest first, every status present', () 
   assert.deepEqual(a[0]?.byStatus, { free: 0, found: 0, skipped: 1, unknown: 0, error: 0 });
   assert.deepEqual(a[1]?.byStatus, { free: 0, found: 0, skipped: 0, unknown: 0, error: 0 });
   assert.equal(a[3]?.byStatus.free, 1);
-  assert.deepEqual(s.activity({ from: T0 + 10 * DAY_MS, to: T0 + 10 * DAY_MS + 2 * HOUR_MS }, 'hour').map((p) => p.byStatus.free), [0, 0]);
+  assert.deepEqual((await s.activity({ from: T0 + 10 * DAY_MS, to: T0 + 10 * DAY_MS + 2 * HOUR_MS }, 'hour')).map((p) => p.byStatus.free), [0, 0]);
   s.close();
 });
 
-test('period boundaries: from is rounded down to its bucket, to is exclusive', () => {
+test('period boundaries: from is rounded down to its bucket, to is exclusive', async () => {
   const s = store();
   s.record(ev(T0 + HOUR_MS + 10)); // 01:00
   s.record(ev(T0 + 2 * HOUR_MS)); // 02:00
   s.record(ev(T0 + 3 * HOUR_MS)); // 03:00
-  const total = (from: number, to: number) => s.statusesBySource({ from, to }).reduce((k, r) => k + r.count, 0);
+  const total = async (from: number, to: number) => (await s.statusesBySource({ from, to })).reduce((k, r) => k + r.count, 0);
   // 01:30 → 03:00: the bucket of 01:00 (holds 01:30) and 02:00; 03:00 starts at `to`, excluded.
-  assert.equal(total(T0 + 90 * 60_000, T0 + 3 * HOUR_MS), 2);
-  assert.equal(total(T0 + 2 * HOUR_MS, T0 + 3 * HOUR_MS), 1);
-  assert.equal(total(T0 + 2 * HOUR_MS, T0 + 3 * HOUR_MS + 1), 2);
-  assert.equal(s.activity({ from: T0 + 90 * 60_000, to: T0 + 3 * HOUR_MS }, 'hour').length, 2);
+  assert.equal(await total(T0 + 90 * 60_000, T0 + 3 * HOUR_MS), 2);
+  assert.equal(await total(T0 + 2 * HOUR_MS, T0 + 3 * HOUR_MS), 1);
+  assert.equal(await total(T0 + 2 * HOUR_MS, T0 + 3 * HOUR_MS + 1), 2);
+  assert.equal((await s.activity({ from: T0 + 90 * 60_000, to: T0 + 3 * HOUR_MS }, 'hour')).length, 2);
   // Longer than 14 days: the daily rollup, the period's first day whole.
-  assert.equal(total(T0 + 5 * HOUR_MS - 20 * DAY_MS, T0 + 5 * HOUR_MS), 3);
-  assert.equal(total(T0 + DAY_MS - 20 * DAY_MS, T0 + DAY_MS), 3);
-  assert.equal(total(T0 - 20 * DAY_MS, T0), 0);
+  assert.equal(await total(T0 + 5 * HOUR_MS - 20 * DAY_MS, T0 + 5 * HOUR_MS), 3);
+  assert.equal(await total(T0 + DAY_MS - 20 * DAY_MS, T0 + DAY_MS), 3);
+  assert.equal(await total(T0 - 20 * DAY_MS, T0), 0);
   s.close();
 });
 
-test('top viruses: by count, then by name; limited; the period respected', () => {
+test('top viruses: by count, then by name; limited; the period respected', async () => {
   const s = store();
   for (let i = 0; i < 3; i++) s.record(found(T0 + i, 'Win.Worm.B'));
   for (let i = 0; i < 5; i++) s.record(found(T0 + HOUR_MS + i, 'Eicar-Test', { source: 'smtp', group: 'sales' }));
@@ -101,38 +101,38 @@ test('top viruses: by count, then by name; limited; the period respected', () =>
   s.record(found(T0 + 3 * HOUR_MS, 'Doc.Macro'));
   s.record(ev(T0 + 3 * HOUR_MS)); // free: not a virus
   const p = { from: T0, to: T0 + DAY_MS };
-  assert.deepEqual(s.topViruses(p, 10), [
+  assert.deepEqual(await s.topViruses(p, 10), [
     { name: 'Eicar-Test', count: 5 },
     { name: 'Win.Worm.A', count: 3 },
     { name: 'Win.Worm.B', count: 3 },
     { name: 'Doc.Macro', count: 1 },
   ]);
-  assert.deepEqual(s.topViruses(p, 2).map((v) => v.name), ['Eicar-Test', 'Win.Worm.A']);
-  assert.deepEqual(s.topViruses({ from: T0 + HOUR_MS, to: T0 + 2 * HOUR_MS }, 10), [{ name: 'Eicar-Test', count: 5 }]);
+  assert.deepEqual((await s.topViruses(p, 2)).map((v) => v.name), ['Eicar-Test', 'Win.Worm.A']);
+  assert.deepEqual(await s.topViruses({ from: T0 + HOUR_MS, to: T0 + 2 * HOUR_MS }, 10), [{ name: 'Eicar-Test', count: 5 }]);
   // The same answer from the daily rollup (a 30-day period).
-  assert.deepEqual(s.topViruses({ from: T0 - 29 * DAY_MS, to: T0 + DAY_MS }, 1), [{ name: 'Eicar-Test', count: 5 }]);
+  assert.deepEqual(await s.topViruses({ from: T0 - 29 * DAY_MS, to: T0 + DAY_MS }, 1), [{ name: 'Eicar-Test', count: 5 }]);
   s.close();
 });
 
-test('statuses by source, groups, traffic per hour', () => {
+test('statuses by source, groups, traffic per hour', async () => {
   const s = store();
   s.record(ev(T0, { bytes: 1000 }));
   s.record(ev(T0 + 1, { status: 'error', bytes: 0 }));
   s.record(found(T0 + 2, 'X', { source: 'smtp', group: 'sales', bytes: 50 }));
   s.record(ev(T0 + HOUR_MS + 2, { source: 'fs', group: null, bytes: 7 }));
   const p = { from: T0, to: T0 + 3 * HOUR_MS };
-  assert.deepEqual(s.statusesBySource(p), [
+  assert.deepEqual(await s.statusesBySource(p), [
     { source: 'fs', status: 'free', count: 1 },
     { source: 'icap', status: 'error', count: 1 },
     { source: 'icap', status: 'free', count: 1 },
     { source: 'smtp', status: 'found', count: 1 },
   ]);
-  assert.deepEqual(s.byGroup(p), [
+  assert.deepEqual(await s.byGroup(p), [
     { group: 'avscan', status: 'error', count: 1 },
     { group: 'avscan', status: 'free', count: 1 },
     { group: 'sales', status: 'found', count: 1 },
   ]);
-  assert.deepEqual(s.trafficPerHour(p), [
+  assert.deepEqual(await s.trafficPerHour(p), [
     { t: T0, objects: 3, bytes: 1050 },
     { t: T0 + HOUR_MS, objects: 1, bytes: 7 },
     { t: T0 + 2 * HOUR_MS, objects: 0, bytes: 0 },
@@ -140,26 +140,26 @@ test('statuses by source, groups, traffic per hour', () => {
   s.close();
 });
 
-test('cache hit rate, engine latency (avg and max over engine scans, not cache hits)', () => {
+test('cache hit rate, engine latency (avg and max over engine scans, not cache hits)', async () => {
   const s = store();
-  assert.deepEqual(s.cacheHitRate({ from: T0, to: T0 + DAY_MS }), { hits: 0, total: 0, rate: null });
+  assert.deepEqual(await s.cacheHitRate({ from: T0, to: T0 + DAY_MS }), { hits: 0, total: 0, rate: null });
   s.record(ev(T0, { durationMs: 10 }));
   s.record(ev(T0 + HOUR_MS, { durationMs: 30 }));
   s.record(ev(T0 + HOUR_MS + 1, { durationMs: 0.1, cached: true }));
   s.record(ev(T0 + HOUR_MS + 2, { durationMs: 0.1, cached: true }));
   s.record(ev(T0 + 2, { engine: 'clamav+icap', durationMs: 200 }));
   const p = { from: T0, to: T0 + DAY_MS };
-  assert.deepEqual(s.cacheHitRate(p), { hits: 2, total: 5, rate: 0.4 });
-  assert.deepEqual(s.engineLatency(p), [
+  assert.deepEqual(await s.cacheHitRate(p), { hits: 2, total: 5, rate: 0.4 });
+  assert.deepEqual(await s.engineLatency(p), [
     { engine: 'clamav', count: 2, avgMs: 20, maxMs: 30 },
     { engine: 'clamav+icap', count: 1, avgMs: 200, maxMs: 200 },
   ]);
   // From the daily rollup: the same figures.
-  assert.deepEqual(s.engineLatency({ from: T0 - 20 * DAY_MS, to: T0 + DAY_MS }), s.engineLatency(p));
+  assert.deepEqual(await s.engineLatency({ from: T0 - 20 * DAY_MS, to: T0 + DAY_MS }), await s.engineLatency(p));
   s.close();
 });
 
-test('retention deletes raw events, keeps rollups; old rollups go after rollup-retention', () => {
+test('retention deletes raw events, keeps rollups; old rollups go after rollup-retention', async () => {
   let now = T0 + 2 * DAY_MS;
   const s = store({ eventRetentionMs: DAY_MS, rollupRetentionMs: 10 * DAY_MS, now: () => now });
   s.record(found(T0, 'Old'));
@@ -168,16 +168,16 @@ test('retention deletes raw events, keeps rollups; old rollups go after rollup-r
   s.prune();
   assert.equal(s.rowCount('events'), 1, 'the event older than a day is gone');
   const p = { from: T0, to: T0 + 3 * DAY_MS };
-  assert.deepEqual(s.topViruses(p, 5), [{ name: 'Old', count: 1 }], 'its rollup stays');
-  assert.equal(s.statusesBySource(p).reduce((k, r) => k + r.count, 0), 2);
+  assert.deepEqual(await s.topViruses(p, 5), [{ name: 'Old', count: 1 }], 'its rollup stays');
+  assert.equal((await s.statusesBySource(p)).reduce((k, r) => k + r.count, 0), 2);
   now = T0 + 13 * DAY_MS; // every bucket ended more than 10 days ago
   s.prune();
   assert.equal(s.rowCount('events'), 0);
-  assert.deepEqual(s.topViruses({ from: T0, to: T0 + 20 * DAY_MS }, 5), [], 'rollups past rollup-retention are gone');
+  assert.deepEqual(await s.topViruses({ from: T0, to: T0 + 20 * DAY_MS }, 5), [], 'rollups past rollup-retention are gone');
   assert.equal(s.rowCount('rollup_hour'), 0);
   assert.equal(s.rowCount('rollup_day'), 0);
   // Counters since creation are not rollups: they stay.
-  assert.match(s.prometheus(), /^avgate_viruses_total\{name="Old"\} 1$/m);
+  assert.match(await s.prometheus(), /^avgate_viruses_total\{name="Old"\} 1$/m);
   s.close();
 });
 
@@ -202,27 +202,27 @@ test('batches: written by the timer (flush-interval) or at 256 events, and by cl
   assert.equal(peek(), 258, 'close flushes');
 });
 
-test('record() after close, and odd values, never throw', () => {
+test('record() after close, and odd values, never throw', async () => {
   const s = store();
   s.record(ev(T0, { durationMs: Number.NaN, bytes: -5 }));
   s.close();
   assert.doesNotThrow(() => s.record(ev(T0)));
   assert.doesNotThrow(() => s.close());
-  assert.deepEqual(s.topViruses({ from: T0, to: T0 + DAY_MS }, 5), []);
+  assert.deepEqual(await s.topViruses({ from: T0, to: T0 + DAY_MS }, 5), []);
 });
 
 /** One sample line of the text exposition format (0.0.4): name, optional labels, a value. */
 const SAMPLE = /^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\\\|\\"|\\n)*")(,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\\\|\\"|\\n)*")*\})? (-?[0-9.e+-]+|\+Inf|NaN)$/;
 const META = /^# (HELP [a-zA-Z_:][a-zA-Z0-9_:]* .+|TYPE [a-zA-Z_:][a-zA-Z0-9_:]* (counter|gauge|histogram|summary|untyped))$/;
 
-test('prometheus: valid exposition lines, HELP/TYPE per family, escaped labels, histogram per engine', () => {
+test('prometheus: valid exposition lines, HELP/TYPE per family, escaped labels, histogram per engine', async () => {
   const s = store();
   const nasty = 'Evil "quoted" \\ back\nslash';
   s.record(found(T0, nasty, { bytes: 10 }));
   s.record(found(T0, 'Eicar', { source: 'smtp', bytes: 20, cached: true, durationMs: 0.1 }));
   s.record(ev(T0, { bytes: 30, durationMs: 3 }));
   s.record(ev(T0, { engine: 'e"2', durationMs: 200_000 }));
-  const text = s.prometheus();
+  const text = await s.prometheus();
   assert.ok(text.endsWith('\n'));
   const lines = text.trimEnd().split('\n');
   for (const line of lines) assert.match(line, line.startsWith('#') ? META : SAMPLE, `bad line: ${line}`);
@@ -250,7 +250,7 @@ test('prometheus: valid exposition lines, HELP/TYPE per family, escaped labels, 
   s.close();
 });
 
-test('prometheus: counters survive a restart; only the 50 most frequent virus names', () => {
+test('prometheus: counters survive a restart; only the 50 most frequent virus names', async () => {
   const path = join(dir, 'restart.sqlite');
   const opts = { path, eventRetentionMs: DAY_MS, rollupRetentionMs: DAY_MS, flushIntervalMs: 100, now: () => T0 };
   const a = new StatsStore(opts);
@@ -259,10 +259,10 @@ test('prometheus: counters survive a restart; only the 50 most frequent virus na
   a.close();
   const b = new StatsStore(opts);
   assert.equal(b.createdAt, created);
-  const names = b.prometheus().split('\n').filter((l) => l.startsWith('avgate_viruses_total{'));
+  const names = (await b.prometheus()).split('\n').filter((l) => l.startsWith('avgate_viruses_total{'));
   assert.equal(names.length, 50);
   assert.equal(names[0], 'avgate_viruses_total{name="V59"} 60');
   assert.ok(!names.some((l) => l.includes('"V09"')));
-  assert.ok(b.prometheus().includes(`avgate_scans_total{source="icap",status="found"} ${(60 * 61) / 2}`));
+  assert.ok((await b.prometheus()).includes(`avgate_scans_total{source="icap",status="found"} ${(60 * 61) / 2}`));
   b.close();
 });

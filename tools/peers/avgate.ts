@@ -3,7 +3,7 @@
  * port, scanning with a given clamd, everything else from the embedded defaults.
  */
 import { parseConfigText } from '../../src/config/loader.js';
-import { silentLogger } from '../../src/core/logging.js';
+import { silentLogger, type Logger } from '../../src/core/logging.js';
 import { serve, type Serving } from '../../src/main.js';
 
 export interface AvgatePeerOptions {
@@ -27,6 +27,8 @@ export interface AvgatePeerOptions {
   imapYaml?: string;
   /** More top-level YAML (cache, scan ...). */
   yaml?: string;
+  /** Where serve logs (default: nowhere). */
+  logger?: Logger;
 }
 
 const indent = (text: string, by: string) =>
@@ -80,7 +82,7 @@ export async function startAvgatePeer(o: AvgatePeerOptions): Promise<Serving & {
     indent(o.imapYaml ?? '', '  '),
     o.yaml ?? '',
   ].join('\n');
-  const s = await serve({ config: parseConfigText(text, 'avgate-peer.yaml'), path: null }, { logger: silentLogger() });
+  const s = await serve({ config: parseConfigText(text, 'avgate-peer.yaml'), path: null }, { logger: o.logger ?? silentLogger() });
   if (s.icapPort === null) {
     await s.stop();
     throw new Error('icap server not started');

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
@@ -21,9 +22,14 @@ export const UPDATING_MARKER = '.avgate-updating';
 export const UPDATING_STALE_MS = 15 * 60_000;
 
 /**
- * A short fingerprint of a signature database directory: names, sizes and modification times of
- * its database files. Changes whenever a database file is added, removed or rewritten; null while
- * the signature updater is changing the directory.
+ * A short fingerprint of a signature database directory: names and contents of its database
+ * files. Changes whenever a database file is added, removed or rewritten with other content; null
+ * while the signature updater is changing the directory.
+ *
+ * Contents, not modification times: the fingerprint is part of the verdict cache key, and nodes
+ * that share verdicts (cache.redis, docs/scale-out.md) each download the same database at their
+ * own time. A file's digest is kept while its size, mtime, ctime and inode stay the same, so the
+ * files are read only when they change (ClamAV's ~300 MB take about a second to read and hash).
  */
 export async function databaseFingerprint(dir: string): Promise<string | null> {
   const entries = await readdir(dir);
@@ -33,9 +39,31 @@ export async function databaseFingerprint(dir: string): Promise<string | null> {
   }
   const names = entries.filter((n) => DB_EXT.test(n)).sort();
   const h = createHash('sha256');
+  const seen = new Map<string, FileDigest>();
+  const known = digests.get(dir);
   for (const name of names) {
     const st = await stat(join(dir, name));
-    h.update(`${name}\0${st.size}\0${st.mtimeMs}\n`);
+    const stamp = `${st.size}:${st.mtimeMs}:${st.ctimeMs}:${st.ino}`;
+    const held = known?.get(name);
+    const digest = held && held.stamp === stamp ? held.digest : await fileDigest(join(dir, name));
+    seen.set(name, { stamp, digest });
+    h.update(`${name}\0${digest}\n`);
   }
+  // Only the files there now: a directory's memo never outgrows its database files.
+  digests.set(dir, seen);
   return h.digest('hex').slice(0, 16);
+}
+
+interface FileDigest {
+  stamp: string;
+  digest: string;
+}
+
+/** Directory → database file name → its digest and the stat it was taken at. */
+const digests = new Map<string, Map<string, FileDigest>>();
+
+async function fileDigest(path: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(path, { highWaterMark: 1024 * 1024 })) h.update(chunk as Buffer);
+  return h.digest('hex');
 }
