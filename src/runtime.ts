@@ -1,7 +1,7 @@
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { RedisLevel, type RedisLevelOptions } from './cache/redis-level.js';
-import { parseRedisUrl } from './cache/redis-url.js';
+import { parseRedisUrl } from './config/redis-url.js';
 import { VerdictCache } from './cache/verdict-cache.js';
 import { engineReferences } from './config/engine-refs.js';
 import { maskUrlPassword } from './config/mask.js';

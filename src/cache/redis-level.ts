@@ -1,7 +1,7 @@
 import { messageOf } from '../core/errors.js';
 import type { Logger } from '../core/logging.js';
 import { openResp, RespError, type RespConnection, type RespReply } from './resp.js';
-import type { RedisTarget } from './redis-url.js';
+import type { RedisTarget } from '../config/redis-url.js';
 import type { CacheableResult, SharedEntry, SharedLevel, SharedStats } from './verdict-cache.js';
 
 export interface RedisLevelOptions {

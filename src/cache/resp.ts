@@ -1,7 +1,7 @@
 import type { Socket } from 'node:net';
 import { connectTls, connectWithTimeout } from '../core/net.js';
 import { messageOf } from '../core/errors.js';
-import type { RedisTarget } from './redis-url.js';
+import type { RedisTarget } from '../config/redis-url.js';
 
 /**
  * A small client for RESP2, the protocol Redis speaks (redis.io/docs/latest/develop/reference/protocol-spec):

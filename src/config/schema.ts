@@ -10,7 +10,7 @@ import { httpProxySchema } from './proxy-schema.js';
 import { ftpProxySchema } from './ftp-schema.js';
 import { imapProxySchema } from './imap-schema.js';
 import { signaturesSchema } from './signatures-schema.js';
-import { parseRedisUrl } from '../cache/redis-url.js';
+import { parseRedisUrl } from './redis-url.js';
 
 /**
  * The configuration schema. Every key is kebab-case, every object is strict (an unknown key is an

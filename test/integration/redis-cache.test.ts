@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { pino, type Logger } from 'pino';
 import { probeRedis } from '../../src/cache/redis-level.js';
-import { parseRedisUrl, type RedisTarget } from '../../src/cache/redis-url.js';
+import { parseRedisUrl, type RedisTarget } from '../../src/config/redis-url.js';
 import { parseConfigText } from '../../src/config/loader.js';
 import { contentHashOf } from '../../src/core/content-hash.js';
 import { ClamdNetEngine } from '../../src/engines/clamd/net.js';

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import { stringify } from 'yaml';
 import { cachePrometheus } from '../../src/cache/metrics.js';
 import { decodeSharedValue, encodeSharedValue, MAX_NAME_LENGTH, MAX_NAMES } from '../../src/cache/redis-level.js';
-import { parseRedisUrl } from '../../src/cache/redis-url.js';
+import { parseRedisUrl } from '../../src/config/redis-url.js';
 import { encodeCommand, parseReply, RespError } from '../../src/cache/resp.js';
 import { VerdictCache, type SharedEntry, type SharedLevel, type SharedStats } from '../../src/cache/verdict-cache.js';
 import { configWarnings } from '../../src/config/check.js';
