@@ -235,7 +235,8 @@ export class VerdictCache {
     if (pending === null) return null;
     return pending.then((entry) => {
       if (entry === null || this.closed) return null;
-      this.remember(key, entry);
+      // The engines may have answered first (scanWhileHashing) and set a newer entry: keep it.
+      if (!this.memory.has(key)) this.remember(key, entry);
       return entry.result;
     });
   }

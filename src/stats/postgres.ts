@@ -61,6 +61,9 @@ const CLIENT_TIMEOUT_SLACK_MS = 500;
 /** The database's clock in epoch ms: one clock for every node's last-seen time. */
 const DB_NOW_MS = '(extract(epoch from clock_timestamp()) * 1000)::bigint';
 
+/** At stop, no batch is begun after this long (serve gives the whole stop 10 s). */
+const CLOSE_FLUSH_MS = 2_000;
+
 /**
  * The statistics store in a PostgreSQL database shared by the nodes of a cluster: the same events,
  * rollups and counters as the SQLite store (src/stats/store.ts), each row with the node that
@@ -137,11 +140,16 @@ export class PgStatsStore implements StatsService {
     }
   }
 
-  /** Writes until nothing is queued or a write fails; true when everything queued was written. */
-  async flush(): Promise<boolean> {
+  /**
+   * Writes until nothing is queued or a write fails; true when everything queued was written.
+   * No new batch is begun after `deadline` (performance.now() ms): the one in flight finishes
+   * within its timeouts, the rest stays queued and the answer is false.
+   */
+  async flush(deadline = Number.POSITIVE_INFINITY): Promise<boolean> {
     this.clearFlushTimers();
     for (;;) {
       if (!this.batch && this.queue.size === 0 && !this.writing) return true;
+      if (performance.now() > deadline && !this.writing) return false;
       if (!(await this.writeOne(false))) return false;
     }
   }
@@ -179,7 +187,11 @@ export class PgStatsStore implements StatsService {
     }
   }
 
-  /** Writes what is queued (one try, bounded by the connect and query timeouts), then closes the connections; record() afterwards does nothing. */
+  /**
+   * Writes what is queued (batches begun within CLOSE_FLUSH_MS, each bounded by the connect and
+   * query timeouts, so serve's stop deadline holds with a slow database), then closes the
+   * connections; record() afterwards does nothing.
+   */
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
@@ -187,7 +199,7 @@ export class PgStatsStore implements StatsService {
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = null;
     clearInterval(this.heartbeatTimer);
-    const written = await this.flush();
+    const written = await this.flush(performance.now() + CLOSE_FLUSH_MS);
     if (!written) {
       const lost = this.queue.size + this.pinned();
       this.dropped += lost;

@@ -215,18 +215,12 @@ describe('statistics in PostgreSQL', () => {
     assert.equal(await s.flush(), true);
 
     await pgt.stop();
-    let slowest = 0;
-    const t0 = performance.now();
     for (let i = 1000; i < 3000; i++) {
-      const a = performance.now();
-      s.record(ev(i)); // throws → the test fails
-      slowest = Math.max(slowest, performance.now() - a);
+      // Synchronous, never a promise to wait on, never a throw (a throw fails the test).
+      assert.equal(s.record(ev(i)), undefined);
       if (i % 200 === 0) await new Promise((r) => setImmediate(r)); // the writer gets its turns
     }
-    const total = performance.now() - t0;
     await waitFor('the store to notice', async () => (s.status().reachable ? null : true), 10_000);
-    assert.ok(slowest < 20, `one record() took ${slowest.toFixed(2)} ms`);
-    assert.ok(total < 1000, `2000 record() calls took ${total.toFixed(0)} ms`);
     const st = s.status();
     assert.equal(st.buffered, 500, 'bounded by max-buffered');
     assert.equal(st.dropped, 1500, 'everything past the bound dropped and counted');

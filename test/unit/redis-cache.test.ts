@@ -202,3 +202,14 @@ test('VerdictCache with a shared level: writes go to it, get() stays local, getS
   assert.doesNotMatch(cachePrometheus(none.stats), /shared/);
   assert.match(cachePrometheus(a.stats), /^avgate_verdict_cache_shared_writes_total 1$/m);
 });
+
+test('a shared answer arriving after the engines answered does not replace their newer entry in memory', async () => {
+  const shared = new FakeShared();
+  shared.entries.set('h1|clamav@1', { result: { status: 'free' }, at: Date.now() - 60_000 });
+  const c = new VerdictCache({ memoryEntries: 10, sqlitePath: null, sqliteMaxEntries: 10, maxAgeMs: 0, shared });
+  const late = c.getShared('h1', 'clamav@1');
+  // The engines win the race (scanWhileHashing) and their verdict is set before the shared reply is read.
+  c.set('h1', 'clamav@1', { status: 'found', names: ['Y'] });
+  assert.deepEqual(await late, { status: 'free' });
+  assert.deepEqual(c.get('h1', 'clamav@1'), { status: 'found', names: ['Y'] });
+});
