@@ -23,7 +23,7 @@ const postgresSchema = z.strictObject({
   'query-timeout': timerDuration.prefault('5s'),
   /** While the database is unreachable, a write is tried again this often. */
   'retry-interval': timerDuration.prefault('5s'),
-  /** Connections this node opens at most (one writes, the rest serve the dashboard). */
+  /** Connections this node opens at most, shared by the batch writer (one at a time) and the dashboard's queries. */
   'max-connections': z.number().int().min(2).max(100).default(4),
 });
 

@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { stringify } from 'yaml';
 import { cachePrometheus } from '../../src/cache/metrics.js';
-import { decodeSharedValue, encodeSharedValue, MAX_NAME_LENGTH, MAX_NAMES } from '../../src/cache/redis-level.js';
+import { createServer, type Socket } from 'node:net';
+import pino from 'pino';
+import { decodeSharedValue, encodeSharedValue, MAX_NAME_LENGTH, MAX_NAMES, RedisLevel } from '../../src/cache/redis-level.js';
 import { parseRedisUrl } from '../../src/config/redis-url.js';
 import { encodeCommand, parseReply, RespError } from '../../src/cache/resp.js';
 import { VerdictCache, type SharedEntry, type SharedLevel, type SharedStats } from '../../src/cache/verdict-cache.js';
@@ -212,4 +214,54 @@ test('a shared answer arriving after the engines answered does not replace their
   c.set('h1', 'clamav@1', { status: 'found', names: ['Y'] });
   assert.deepEqual(await late, { status: 'free' });
   assert.deepEqual(c.get('h1', 'clamav@1'), { status: 'found', names: ['Y'] });
+});
+
+test('max-pending-lookups and max-pending-writes: past them a look-up skips Redis at once and a write is dropped, never queued', async () => {
+  // A Redis that answers the connection's PING and then nothing: a fault a real one gives only while stopped.
+  const sockets: Socket[] = [];
+  const server = createServer((sock) => {
+    sockets.push(sock);
+    let answered = false;
+    sock.on('data', () => {
+      if (!answered) sock.write('+PONG\r\n');
+      answered = true;
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address() as { port: number };
+  const target = parseRedisUrl(`redis://127.0.0.1:${port}`);
+  assert.ok(!('error' in target));
+  const level = new RedisLevel({
+    target,
+    label: 'silent',
+    keyPrefix: 'p:',
+    timeoutMs: 60_000,
+    connectTimeoutMs: 2000,
+    maxPendingWrites: 1,
+    maxPendingLookups: 2,
+    downAfterTimeouts: 5,
+    reconnectDelayMs: 1000,
+    reconnectMaxDelayMs: 1000,
+    maxValueSize: 1024,
+    maxAgeMs: 0,
+    tlsCa: null,
+    log: pino({ level: 'silent' }),
+  });
+  try {
+    for (let i = 0; i < 100 && !level.stats.up; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(level.stats.up, true);
+    assert.ok(level.lookup('k1') instanceof Promise);
+    assert.ok(level.lookup('k2') instanceof Promise);
+    assert.equal(level.lookup('k3'), null, 'a third look-up in flight is not sent');
+    level.store('k1', { status: 'free' }, Date.now());
+    level.store('k2', { status: 'free' }, Date.now());
+    const s = level.stats;
+    assert.equal(s.skipped, 1);
+    assert.equal(s.writes, 1);
+    assert.equal(s.droppedWrites, 1);
+  } finally {
+    level.close();
+    for (const sock of sockets) sock.destroy();
+    await new Promise((r) => server.close(r));
+  }
 });
