@@ -85,6 +85,10 @@ describe('statistics of two nodes in one PostgreSQL database', () => {
     const r = await api(n1, '/api/v1/stats');
     assert.equal(r.status, 503);
     assert.match(JSON.parse(r.body).reason, /statistics are unavailable: the statistics database is unreachable .*database "cluster" does not exist/);
+    const bad = await api(n1, '/api/v1/stats?period=1y');
+    assert.equal(bad.status, 400, bad.body);
+    assert.match(JSON.parse(bad.body).reason, /period must be 24h, 7d or 30d/);
+    assert.equal((await rawRequest(n1.consolePort as number, 'GET', '/api/v1/stats')).status, 401, 'a bearer token is needed');
     const c = new ConsoleClient(n1.consolePort as number);
     await c.login('admin', PASSWORD);
     const page = await c.get('/');
