@@ -1,3 +1,4 @@
+import { metricFamily } from '../core/prometheus-text.js';
 import type { CacheStats } from './verdict-cache.js';
 
 /**
@@ -7,10 +8,7 @@ import type { CacheStats } from './verdict-cache.js';
  */
 export function cachePrometheus(s: CacheStats): string {
   const out: string[] = [];
-  const family = (name: string, type: 'counter' | 'gauge', help: string, samples: Array<[string, number]>) => {
-    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
-    for (const [labels, v] of samples) out.push(`${name}${labels} ${v}`);
-  };
+  const family = (name: string, type: 'counter' | 'gauge', help: string, samples: Array<[string, number]>) => metricFamily(out, name, type, help, samples);
   family('avgate_verdict_cache_local_lookups_total', 'counter', 'Look-ups of the local levels (memory, SQLite) since start, by result.', [
     ['{result="hit"}', s.hits],
     ['{result="miss"}', s.misses],

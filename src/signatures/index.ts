@@ -5,6 +5,7 @@ import type { Logger } from '../core/logging.js';
 import type { Engine } from '../engines/types.js';
 import { localClamdFor } from '../runtime.js';
 import { readUpdaterState, SignatureUpdater } from './updater.js';
+import { metricFamily } from '../core/prometheus-text.js';
 
 export { readUpdaterState, sourceNames, SignatureUpdater, type UpdateReport, type SourceReport, type UpdaterState } from './updater.js';
 
@@ -82,16 +83,17 @@ export async function signatureMetrics(config: Readonly<Config>): Promise<string
   const state = await readUpdaterState(signaturesStateDir(config));
   const run = state.lastRun;
   const count = (o: string) => run?.sources.filter((s) => s.outcome === o).length ?? 0;
-  return [
-    '# HELP avgate_signatures_last_run_timestamp_seconds When the signature updater last finished a run (0: never).',
-    '# TYPE avgate_signatures_last_run_timestamp_seconds gauge',
-    `avgate_signatures_last_run_timestamp_seconds ${run ? Math.floor(Date.parse(run.at) / 1000) : 0}`,
-    '# HELP avgate_signatures_sources Signature sources by the outcome of the last run.',
-    '# TYPE avgate_signatures_sources gauge',
-    ...['installed', 'unchanged', 'failed', 'removed'].map((o) => `avgate_signatures_sources{outcome="${o}"} ${count(o)}`),
-    '# HELP avgate_signatures_installed_files Database files the updater has installed.',
-    '# TYPE avgate_signatures_installed_files gauge',
-    `avgate_signatures_installed_files ${Object.keys(state.files).length}`,
-    '',
-  ].join('\n');
+  const lines: string[] = [];
+  metricFamily(lines, 'avgate_signatures_last_run_timestamp_seconds', 'gauge', 'When the signature updater last finished a run (0: never).', [
+    ['', run ? Math.floor(Date.parse(run.at) / 1000) : 0],
+  ]);
+  metricFamily(
+    lines,
+    'avgate_signatures_sources',
+    'gauge',
+    'Signature sources by the outcome of the last run.',
+    ['installed', 'unchanged', 'failed', 'removed'].map((o): [string, number] => [`{outcome="${o}"}`, count(o)]),
+  );
+  metricFamily(lines, 'avgate_signatures_installed_files', 'gauge', 'Database files the updater has installed.', [['', Object.keys(state.files).length]]);
+  return `${lines.join('\n')}\n`;
 }

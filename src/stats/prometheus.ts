@@ -3,6 +3,10 @@
  * their tables, the scan duration histogram kept in memory, and the store's own health.
  */
 
+import { escapeLabel, metricFamily } from '../core/prometheus-text.js';
+
+export { escapeLabel };
+
 /** Upper bounds (seconds) of the scan duration histogram. */
 export const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120] as const;
 /** Only the most frequent names are exported, to bound the metric's cardinality. */
@@ -68,7 +72,7 @@ export interface PrometheusInput {
 
 export function renderPrometheus(d: PrometheusInput): string {
   const lines: string[] = [];
-  const family = (name: string, type: string, help: string) => lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+  const family = (name: string, type: 'counter' | 'gauge' | 'histogram', help: string) => metricFamily(lines, name, type, help);
   if (d.unreadable !== undefined) lines.push(`# avgate: the counters could not be read: ${d.unreadable.replace(/\n/g, ' ')}`);
   const totals = d.totals ?? [];
   family('avgate_scans_total', 'counter', 'Verdicts recorded since the statistics store was created, by front end and status.');
@@ -92,9 +96,4 @@ export function renderPrometheus(d: PrometheusInput): string {
     lines.push(`avgate_stats_database_up ${d.databaseUp ? 1 : 0}`);
   }
   return `${lines.join('\n')}\n`;
-}
-
-/** Label values per the text exposition format: backslash, double quote and line feed escaped. */
-export function escapeLabel(value: string): string {
-  return value.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
 }
