@@ -308,6 +308,9 @@ export interface SmtpSink {
   stop(): Promise<void>;
 }
 
+/** A dump file smtp-sink touched this recently may still be being written (see messages()). */
+const SINK_DUMP_SETTLE_MS = 2000;
+
 /** Parses one smtp-sink dump file (see `man smtp-sink`, DUMP FILE FORMAT). */
 export function parseSinkDump(file: string, data: Buffer): SinkMessage {
   const m: SinkMessage = { file, clientAddr: '', proto: '', helo: null, mailArgs: '', rcptArgs: [], content: Buffer.alloc(0) };
@@ -383,7 +386,15 @@ export async function startSmtpSink(opts: { dir: string; lmtp?: boolean; args?: 
     const files = await Promise.all((await readdir(dumpDir)).map(async (f) => ({ f, t: (await stat(join(dumpDir, f))).mtimeMs })));
     files.sort((a, b) => a.t - b.t || a.f.localeCompare(b.f));
     const out: SinkMessage[] = [];
-    for (const { f } of files) out.push(parseSinkDump(f, await readFile(join(dumpDir, f))));
+    for (const { f, t } of files) {
+      try {
+        out.push(parseSinkDump(f, await readFile(join(dumpDir, f))));
+      } catch (err) {
+        // smtp-sink writes a dump as the transaction goes: one that is still fresh may be half
+        // written and is left for the next look; an old one that does not parse is an error.
+        if (Date.now() - t > SINK_DUMP_SETTLE_MS) throw err;
+      }
+    }
     return out;
   };
   return {
