@@ -118,8 +118,15 @@ export class PgStatsStore implements StatsService {
       idleTimeoutMillis: 30_000,
       allowExitOnIdle: true,
     });
-    // An idle connection the server ends (restart, failover) must not become an uncaught error.
+    // A connection the server ends (restart, failover, an administrator's terminate) must not
+    // become an uncaught error. The pool listens only while a connection is idle; one taken out
+    // can be told between two queries (the end arrives in the same read as the last answer), so
+    // every connection gets a listener of its own for its whole life. A connection that failed
+    // is no longer queryable, and the pool drops it when it comes back.
     this.pool.on('error', (err) => this.log?.debug({ err: messageOf(err) }, 'statistics: an idle PostgreSQL connection failed'));
+    this.pool.on('connect', (client) => {
+      client.on('error', (err) => this.log?.debug({ err: messageOf(err) }, 'statistics: a PostgreSQL connection failed'));
+    });
     this.heartbeatTimer = setInterval(() => this.heartbeat(), o.heartbeatMs ?? HEARTBEAT_MS).unref();
     // Connect, create the schema, register the node; an unreachable database is logged and retried.
     void this.kick(true);
@@ -443,20 +450,27 @@ export class PgStatsStore implements StatsService {
 
   private async ensureSchema(): Promise<void> {
     if (this.schemaReady) return;
-    const client = await this.pool.connect();
-    let failed: unknown;
-    try {
+    await this.withClient(async (client) => {
       const version = await ensureStatsSchema(client);
       this.schemaReady = true;
       if (!this.connectedOnce) {
         this.connectedOnce = true;
         this.log?.info({ database: this.where, node: this.o.node, schemaVersion: version }, 'statistics: writing to PostgreSQL');
       }
+    });
+  }
+
+  /** A connection taken out of the pool for `work`; one that failed goes back destroyed. */
+  private async withClient<R>(work: (c: pg.PoolClient) => Promise<R>): Promise<R> {
+    const client = await this.pool.connect();
+    let broken: Error | undefined;
+    try {
+      return await work(client);
     } catch (err) {
-      failed = err;
+      broken = err instanceof Error ? err : new Error(String(err));
       throw err;
     } finally {
-      client.release(failed instanceof Error ? failed : undefined);
+      client.release(broken);
     }
   }
 
@@ -568,21 +582,17 @@ export class PgStatsStore implements StatsService {
   }
 
   private async inTransaction<R>(work: (c: pg.PoolClient) => Promise<R>): Promise<R> {
-    const client = await this.pool.connect();
-    let broken: Error | undefined;
-    try {
-      await client.query('BEGIN');
-      const r = await work(client);
-      await client.query('COMMIT');
-      return r;
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => undefined);
-      // Never hand a connection in an unknown state back to the pool.
-      broken = err instanceof Error ? err : new Error(String(err));
-      throw err;
-    } finally {
-      client.release(broken);
-    }
+    return this.withClient(async (client) => {
+      try {
+        await client.query('BEGIN');
+        const r = await work(client);
+        await client.query('COMMIT');
+        return r;
+      } catch (err) {
+        await client.query('ROLLBACK').catch(() => undefined);
+        throw err;
+      }
+    });
   }
 
   // ------------------------------------------------------------------ reading

@@ -112,6 +112,74 @@ function counters(text: string): string[] {
   return text.split('\n').filter((l) => /^avgate_(scans_total|scanned_bytes_total|cache_hits_total|viruses_total)[ {]/.test(l));
 }
 
+/**
+ * A TCP relay to PostgreSQL that injects one fault a real server gives only by chance: once
+ * armed, the next ReadyForQuery it relays is followed, in the same write, by a FATAL
+ * ErrorResponse (57P01, as on an administrator's terminate), and the connection is cut.
+ */
+async function startCuttingProxy(upstreamPort: number): Promise<{ port: number; injected: number; arm(): void; close(): Promise<void> }> {
+  const { createServer, connect } = await import('node:net');
+  const field = (code: string, value: string) => Buffer.concat([Buffer.from(code), Buffer.from(value), Buffer.from([0])]);
+  const body = Buffer.concat([field('S', 'FATAL'), field('V', 'FATAL'), field('C', '57P01'), field('M', 'terminating connection due to administrator command'), Buffer.from([0])]);
+  const head = Buffer.alloc(5);
+  head.write('E', 0);
+  head.writeInt32BE(body.length + 4, 1);
+  const fatal = Buffer.concat([head, body]);
+  const state = { port: 0, injected: 0, armed: false };
+  const sockets = new Set<import('node:net').Socket>();
+  const server = createServer((client) => {
+    const upstream = connect(upstreamPort, '127.0.0.1');
+    sockets.add(client).add(upstream);
+    const cutBoth = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', cutBoth).on('close', cutBoth);
+    upstream.on('error', cutBoth).on('close', cutBoth);
+    client.pipe(upstream);
+    // Server to client, message by message: a type byte and a length that counts itself.
+    let pending = Buffer.alloc(0);
+    upstream.on('data', (chunk: Buffer) => {
+      pending = Buffer.concat([pending, chunk]);
+      let at = 0;
+      while (pending.length - at >= 5) {
+        const len = pending.readInt32BE(at + 1);
+        if (pending.length - at < 1 + len) break;
+        const end = at + 1 + len;
+        if (state.armed && pending[at] === 0x5a /* Z */) {
+          state.armed = false;
+          state.injected++;
+          client.write(Buffer.concat([pending.subarray(0, end), fatal]));
+          client.end();
+          upstream.destroy();
+          return;
+        }
+        at = end;
+      }
+      if (at > 0) client.write(pending.subarray(0, at));
+      pending = pending.subarray(at);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  state.port = (server.address() as import('node:net').AddressInfo).port;
+  return {
+    get port() {
+      return state.port;
+    },
+    get injected() {
+      return state.injected;
+    },
+    arm() {
+      state.armed = true;
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
 describe('statistics in PostgreSQL', () => {
   let pgt: TestPostgres;
   const stores: PgStatsStore[] = [];
@@ -204,6 +272,35 @@ describe('statistics in PostgreSQL', () => {
     assert.equal(warn.length, 1);
     assert.match(String(warn[0]?.reason), /schema in the database is version 99, newer than this avgate's \(1\)/);
     assert.equal((await pgt.query<{ n: string }>('schema', "SELECT count(*) AS n FROM avgate_stats_events WHERE node = 'old'"))[0]?.n, '0');
+    await Promise.all([...four, old].map((s) => s.close()));
+  });
+
+  test('the server ends a connection between two queries of a batch (its end in the same read as the answer to BEGIN): no uncaught error, the batch is written again on a new connection', async () => {
+    const url = await pgt.createDatabase('cut');
+    const cut = await startCuttingProxy(pgt.port);
+    try {
+      const via = new URL(url);
+      via.port = String(cut.port);
+      const logs = capture();
+      const s = pgStore(via.toString(), 'cut', { log: logs.log, heartbeatMs: 3_600_000 });
+      s.record({ time: T0, source: 'icap', status: 'free', virus: null, group: null, engine: 'clamav', bytes: 1, durationMs: 1, cached: false });
+      assert.equal(await s.flush(), true);
+      // The next answer to come (BEGIN's, on the pooled connection) is followed by a FATAL and the end.
+      cut.arm();
+      s.record({ time: T0 + 1, source: 'icap', status: 'found', virus: 'X', group: null, engine: 'clamav', bytes: 1, durationMs: 1, cached: false });
+      assert.equal(await s.flush(), false, 'the batch failed on the ended connection');
+      assert.equal(cut.injected, 1);
+      await waitFor('the batch to be written again', async () => (s.status().reachable && s.status().buffered === 0 ? true : null), 10_000);
+      const rows = await pgt.query<{ n: string }>('cut', 'SELECT count(*) AS n FROM avgate_stats_events');
+      assert.equal(rows[0]?.n, '2', 'both events, each once');
+      assert.deepEqual(await s.topViruses({ from: T0, to: T0 + HOUR_MS }, 5), [{ name: 'X', count: 1 }]);
+      const warn = logs.lines.filter((l) => l.level === 40);
+      assert.equal(warn.length, 1);
+      assert.match(String(warn[0]?.reason), /not queryable|terminating connection|Connection terminated/);
+      await s.close();
+    } finally {
+      await cut.close();
+    }
   });
 
   test('database stopped while events keep coming: record() stays fast, the buffer is bounded, one warn line; back: the newest events arrive, one info line', async () => {
