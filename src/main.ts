@@ -1,6 +1,8 @@
 import { tuneGarbageCollector } from './core/gc-tuning.js';
 import { mimeLimitsFrom } from './mime/index.js';
-import type { LoadedConfig } from './config/loader.js';
+import { loadConfig, type LoadedConfig } from './config/loader.js';
+import type { Config } from './config/schema.js';
+import { Listeners } from './core/listen.js';
 import { largeObjectHash } from './core/content-hash.js';
 import { messageOf } from './core/errors.js';
 import { createLogger, reopenLogFiles, type Logger } from './core/logging.js';
@@ -55,14 +57,113 @@ export interface Serving {
   /** The HTTP forward proxy (null when http-proxy.enabled is false); its bound port. */
   httpProxy: HttpProxyServer | null;
   httpProxyPort: number | null;
+  /** The configuration at work (after a reload: the reloaded one). */
+  config: Readonly<Config>;
   stop: () => Promise<void>;
+  /** Reads the config file again and applies it (SIGHUP); see reload in serve. */
+  reload: () => Promise<ReloadResult>;
+}
+
+/** Top-level sections a reload applies; the others keep their running values until a restart. */
+export const RELOADABLE_SECTIONS = ['engines', 'scan', 'health', 'icap', 'smtp', 'mail', 'pop3-proxy', 'http-proxy', 'ftp-proxy', 'imap-proxy', 'reload-drain-timeout'] as const;
+
+/** The front ends of one configuration; a reload starts a new set beside the running one. */
+interface FrontEnds {
+  icap: IcapServer | null;
+  icapPort: number | null;
+  icapTlsPort: number | null;
+  mail: MailFrontEnd | null;
+  pop3: Pop3FrontEnd | null;
+  ftp: FtpProxyServer | null;
+  ftpProxyPort: number | null;
+  imapProxy: ImapProxyServer | null;
+  imapProxyPort: number | null;
+  httpProxy: HttpProxyServer | null;
+  httpProxyPort: number | null;
+}
+
+/** One configuration at work: its runtime (engines, scanners), front ends and listening sockets. */
+interface Generation {
+  config: Readonly<Config>;
+  runtime: Runtime;
+  listeners: Listeners;
+  fe: FrontEnds;
+  engineHealth: EngineHealth;
+}
+
+/** Starts every enabled front end; on a failure closes those already started and throws. */
+async function startFrontEnds(config: Readonly<Config>, runtime: Runtime, log: Logger, quarantine: Quarantine, listeners: Listeners): Promise<FrontEnds> {
+  const fe: FrontEnds = { icap: null, icapPort: null, icapTlsPort: null, mail: null, pop3: null, ftp: null, ftpProxyPort: null, imapProxy: null, imapProxyPort: null, httpProxy: null, httpProxyPort: null };
+  const stateDir = config['state-dir'];
+  try {
+    if (config.icap.enabled) {
+      fe.icap = new IcapServer(config.icap, { stateDir, scannerFor: runtime.scannerFor, log, version: VERSION, quarantine, listeners });
+      const bound = await fe.icap.listen();
+      fe.icapPort = bound.port;
+      fe.icapTlsPort = bound.tlsPort;
+    }
+    if (config.smtp.enabled) fe.mail = await startMailFilter(config, runtime, log, quarantine, listeners);
+    if (config['pop3-proxy'].enabled) fe.pop3 = await startPop3Proxy(config, runtime, log, quarantine, listeners);
+    if (config['ftp-proxy'].enabled) {
+      fe.ftp = new FtpProxyServer(config['ftp-proxy'], { stateDir, scannerFor: runtime.scannerFor, log, quarantine, listeners });
+      fe.ftpProxyPort = (await fe.ftp.listen()).port;
+    }
+    if (config['imap-proxy'].enabled) {
+      const mime = { limits: mimeLimitsFrom(config.mail), lenientQuotedPrintable: config.mail['lenient-quoted-printable'] };
+      fe.imapProxy = new ImapProxyServer(config['imap-proxy'], { stateDir, scannerFor: runtime.scannerFor, log, mime, quarantine, listeners });
+      fe.imapProxyPort = (await fe.imapProxy.listen()).port;
+    }
+    if (config['http-proxy'].enabled) {
+      fe.httpProxy = new HttpProxyServer(config['http-proxy'], { stateDir, scannerFor: runtime.scannerFor, maxCheckedSize: config.scan['max-checked-size'], log, quarantine, listeners });
+      fe.httpProxyPort = (await fe.httpProxy.listen()).port;
+    }
+  } catch (err) {
+    await closeFrontEnds(fe, 0);
+    throw err;
+  }
+  return fe;
+}
+
+/** Stops accepting (ports handed to a newer generation stay open), then lets connections end within `graceMs`. */
+async function closeFrontEnds(fe: FrontEnds, graceMs: number): Promise<void> {
+  await Promise.all([fe.icap?.close(graceMs), fe.httpProxy?.close(graceMs), fe.mail?.server.close(graceMs), fe.ftp?.close(graceMs)]);
+  await fe.imapProxy?.close(graceMs);
+  await fe.pop3?.server.close(graceMs);
+}
+
+/**
+ * The configuration a reload applies: `next`'s reloadable sections and log level, the running
+ * values of everything else; with the sections whose change waits for a restart.
+ */
+export function reloadedConfig(running: Readonly<Config>, next: Readonly<Config>): { config: Readonly<Config>; restartNeeded: string[]; changed: string[] } {
+  const merged: Record<string, unknown> = {};
+  const restartNeeded: string[] = [];
+  const changed: string[] = [];
+  const reloadable = new Set<string>(RELOADABLE_SECTIONS);
+  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+  for (const key of Object.keys(running) as Array<keyof Config & string>) {
+    const was = running[key];
+    const now = next[key];
+    if (reloadable.has(key)) {
+      merged[key] = now;
+      if (!same(was, now)) changed.push(key);
+    } else if (key === 'log') {
+      // The level is applied at once; where the log goes is fixed at start.
+      const log = { ...running.log, level: next.log.level };
+      merged[key] = log;
+      if (running.log.level !== next.log.level) changed.push('log.level');
+      if (!same(log, next.log)) restartNeeded.push('log');
+    } else {
+      merged[key] = was;
+      if (!same(was, now)) restartNeeded.push(key);
+    }
+  }
+  return { config: Object.freeze(merged) as unknown as Readonly<Config>, restartNeeded, changed };
 }
 
 export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}): Promise<Serving> {
   const { config } = loaded;
   if (config['gc-tuning']) tuneGarbageCollector();
-  let icapPort: number | null = null;
-  let icapTlsPort: number | null = null;
   const log = opts.logger ?? createLogger({ level: config.log.level, file: config.log.file });
   log.info({ config: loaded.path ?? '(embedded defaults)' }, 'avgate starting');
   // Statistics first: every scanner the runtime builds reports its verdicts to it.
@@ -77,106 +178,232 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
     await stats?.close();
     throw err;
   });
-  let icap: IcapServer | null = null;
-  let mail: MailFrontEnd | null = null;
+  const listeners = new Listeners();
+  let gen: Generation;
   let web: ConsoleServer | null = null;
   let consolePort: number | null = null;
-  let httpProxy: HttpProxyServer | null = null;
-  let httpProxyPort: number | null = null;
-  let ftp: FtpProxyServer | null = null;
-  let ftpProxyPort: number | null = null;
-  let imapProxy: ImapProxyServer | null = null;
-  let imapProxyPort: number | null = null;
-  let pop3: Pop3FrontEnd | null = null;
-  const engineHealth = new EngineHealth(runtime.engines.map((e) => e.id));
   try {
-    if (config.icap.enabled) {
-      icap = new IcapServer(config.icap, { stateDir: config['state-dir'], scannerFor: runtime.scannerFor, log, version: VERSION, quarantine });
-      const bound = await icap.listen();
-      icapPort = bound.port;
-      icapTlsPort = bound.tlsPort;
-    }
-    if (config.smtp.enabled) mail = await startMailFilter(config, runtime, log, quarantine);
-    if (config['pop3-proxy'].enabled) pop3 = await startPop3Proxy(config, runtime, log, quarantine);
-    if (config['ftp-proxy'].enabled) {
-      ftp = new FtpProxyServer(config['ftp-proxy'], { stateDir: config['state-dir'], scannerFor: runtime.scannerFor, log, quarantine });
-      ftpProxyPort = (await ftp.listen()).port;
-    }
-    if (config['imap-proxy'].enabled) {
-      const mime = { limits: mimeLimitsFrom(config.mail), lenientQuotedPrintable: config.mail['lenient-quoted-printable'] };
-      imapProxy = new ImapProxyServer(config['imap-proxy'], { stateDir: config['state-dir'], scannerFor: runtime.scannerFor, log, mime, quarantine });
-      imapProxyPort = (await imapProxy.listen()).port;
-    }
-    if (config['http-proxy'].enabled) {
-      httpProxy = new HttpProxyServer(config['http-proxy'], {
-        stateDir: config['state-dir'],
-        scannerFor: runtime.scannerFor,
-        maxCheckedSize: config.scan['max-checked-size'],
-        log,
-        quarantine,
-      });
-      httpProxyPort = (await httpProxy.listen()).port;
-    }
+    const fe = await startFrontEnds(config, runtime, log, quarantine, listeners);
+    gen = { config, runtime, listeners, fe, engineHealth: new EngineHealth(runtime.engines.map((e) => e.id)) };
     if (config.console.enabled) {
-      web = new ConsoleServer({
-        config,
-        configSource: loaded.path ?? '(embedded defaults)',
-        scanner: runtime.scanner,
-        engines: runtime.engines,
-        health: engineHealth,
-        quarantine,
-        stats,
-        configWarnings: configWarnings(config),
-        cache: runtime.cache,
-        log,
-      });
-      consolePort = (await web.listen()).port;
+      try {
+        web = new ConsoleServer({
+          config,
+          configSource: loaded.path ?? '(embedded defaults)',
+          scanner: runtime.scanner,
+          engines: runtime.engines,
+          health: gen.engineHealth,
+          quarantine,
+          stats,
+          configWarnings: configWarnings(config),
+          cache: runtime.cache,
+          log,
+        });
+        consolePort = (await web.listen()).port;
+      } catch (err) {
+        await web?.close();
+        await closeFrontEnds(fe, 0);
+        throw err;
+      }
     }
   } catch (err) {
-    await web?.close();
-    await mail?.server.close(0);
-    await httpProxy?.close(0);
-    await ftp?.close(0);
-    await imapProxy?.close(0);
-    await pop3?.server.close(0);
-    await icap?.close(0);
     await quarantine.close();
     await runtime.close();
     await stats?.close();
     throw err;
   }
   const stopPurge = startQuarantinePurge(quarantine, config.quarantine, log.child({ component: 'quarantine' }));
-  const health = startHealthLog(runtime, log, config.health.interval, () => ({
-    ...(icap ? { icap: icap.counters } : {}),
-    ...(mail ? { smtp: mail.server.counters, mail: mail.filter.counters } : {}),
-    ...(web ? { console: web.counters } : {}),
-    ...(stats ? { stats: statsCounters(stats.status()) } : {}),
-    ...(httpProxy ? { http: httpProxy.counters } : {}),
-    ...(ftp ? { ftp: ftp.counters } : {}),
-    ...(imapProxy ? { imap: imapProxy.counters } : {}),
-    ...(pop3 ? { pop3: pop3.server.counters } : {}),
-  }), engineHealth);
-  const stopSignatures = startSignatureUpdates(config, runtime.allEngines.map((e) => e.engine), runtime.clamd !== null, log.child({ component: 'signatures' }));
+  const startHealth = (g: Generation) =>
+    startHealthLog(g.runtime, log, g.config.health.interval, () => ({
+      ...(g.fe.icap ? { icap: g.fe.icap.counters } : {}),
+      ...(g.fe.mail ? { smtp: g.fe.mail.server.counters, mail: g.fe.mail.filter.counters } : {}),
+      ...(web ? { console: web.counters } : {}),
+      ...(stats ? { stats: statsCounters(stats.status()) } : {}),
+      ...(g.fe.httpProxy ? { http: g.fe.httpProxy.counters } : {}),
+      ...(g.fe.ftp ? { ftp: g.fe.ftp.counters } : {}),
+      ...(g.fe.imapProxy ? { imap: g.fe.imapProxy.counters } : {}),
+      ...(g.fe.pop3 ? { pop3: g.fe.pop3.server.counters } : {}),
+    }), g.engineHealth);
+  let health = startHealth(gen);
+  // The updater tells the engines to look at their signature version again after an update: the
+  // running generation's engines (this array follows a reload).
+  const updaterEngines = runtime.allEngines.map((e) => e.engine);
+  const stopSignatures = startSignatureUpdates(config, updaterEngines, runtime.clamd !== null, log.child({ component: 'signatures' }));
+  /** Generations replaced by a reload whose connections are still ending. */
+  const draining = new Set<Promise<void>>();
   let stopping: Promise<void> | null = null;
+  let reloading: Promise<ReloadResult> | null = null;
+  let reloadAgain = false;
+
+  const serving: Serving = {
+    runtime,
+    icap: null,
+    icapPort: null,
+    icapTlsPort: null,
+    mail: null,
+    smtpPort: null,
+    quarantine,
+    stats,
+    web,
+    consolePort,
+    ftp: null,
+    ftpProxyPort: null,
+    imapProxy: null,
+    imapProxyPort: null,
+    pop3: null,
+    pop3ProxyPort: null,
+    httpProxy: null,
+    httpProxyPort: null,
+    config,
+    stop: () => stop(),
+    reload: () => reload(),
+  };
+  const show = (g: Generation) => {
+    const { fe } = g;
+    Object.assign(serving, {
+      runtime: g.runtime,
+      config: g.config,
+      icap: fe.icap,
+      icapPort: fe.icapPort,
+      icapTlsPort: fe.icapTlsPort,
+      mail: fe.mail,
+      smtpPort: fe.mail?.port ?? null,
+      ftp: fe.ftp,
+      ftpProxyPort: fe.ftpProxyPort,
+      imapProxy: fe.imapProxy,
+      imapProxyPort: fe.imapProxyPort,
+      pop3: fe.pop3,
+      pop3ProxyPort: fe.pop3?.port ?? null,
+      httpProxy: fe.httpProxy,
+      httpProxyPort: fe.httpProxyPort,
+    });
+  };
+  show(gen);
+
+  /**
+   * Reads the config file again and, when it is valid, starts a new generation of front ends
+   * beside the running one, hands the listening ports over, and lets the old connections end.
+   * A file that does not validate, an engine that does not start or a port that cannot be bound
+   * leaves the running configuration as it was (one error line with the reason).
+   */
+  const reloadOnce = async (): Promise<ReloadResult> => {
+    if (loaded.path === null) {
+      log.warn('reload: avgate runs on its embedded defaults, there is no config file to read again');
+      return { ok: false, reason: 'no config file' };
+    }
+    const running = gen;
+    let next: ReturnType<typeof reloadedConfig>;
+    try {
+      next = reloadedConfig(running.config, (await loadConfig(loaded.path)).config);
+    } catch (err) {
+      log.error({ config: loaded.path, reason: messageOf(err) }, 'configuration not reloaded: the file is not valid; the running configuration stays');
+      return { ok: false, reason: messageOf(err) };
+    }
+    const nextListeners = new Listeners(running.listeners);
+    let nextRuntime: Runtime;
+    try {
+      nextRuntime = await openRuntime(next.config, { logger: log, localClamd: 'always', stats, shared: { cache: running.runtime.cache, clamd: running.runtime.clamd } });
+    } catch (err) {
+      log.error({ config: loaded.path, reason: messageOf(err) }, 'configuration not reloaded: its engines did not start; the running configuration stays');
+      return { ok: false, reason: messageOf(err) };
+    }
+    let fe: FrontEnds;
+    try {
+      fe = await startFrontEnds(next.config, nextRuntime, log, quarantine, nextListeners);
+      await nextListeners.takeOver();
+    } catch (err) {
+      await nextRuntime.close({ keepShared: true });
+      log.error({ config: loaded.path, reason: messageOf(err) }, 'configuration not reloaded: a front end did not start; the running configuration stays');
+      return { ok: false, reason: messageOf(err) };
+    }
+    gen = { config: next.config, runtime: nextRuntime, listeners: nextListeners, fe, engineHealth: new EngineHealth(nextRuntime.engines.map((e) => e.id)) };
+    show(gen);
+    log.level = next.config.log.level;
+    updaterEngines.splice(0, updaterEngines.length, ...nextRuntime.allEngines.map((e) => e.engine));
+    web?.update({
+      config: next.config,
+      configSource: loaded.path,
+      scanner: nextRuntime.scanner,
+      engines: nextRuntime.engines,
+      health: gen.engineHealth,
+      configWarnings: configWarnings(next.config),
+      cache: nextRuntime.cache,
+    });
+    clearInterval(health);
+    health = startHealth(gen);
+    if (next.restartNeeded.length > 0) {
+      log.warn({ sections: next.restartNeeded }, 'reload: these sections changed in the file but keep their running values until a restart');
+    }
+    log.info({ config: loaded.path, changed: next.changed, restartNeeded: next.restartNeeded, engines: nextRuntime.engines.map((e) => e.id), ports: frontEndPorts(fe) }, 'configuration reloaded');
+    // The previous generation: stops accepting where the new one does not listen, and its
+    // connections end (idle ones at once) within reload-drain-timeout.
+    const drainMs = next.config['reload-drain-timeout'];
+    const open = openConnections(running.fe);
+    const done = (async () => {
+      await closeFrontEnds(running.fe, drainMs);
+      await running.runtime.close({ keepShared: true });
+      log.info({ connectionsAtReload: open }, 'reload: the previous configuration\'s connections have ended');
+    })().catch((err: unknown) => log.error({ err: messageOf(err) }, 'reload: closing the previous configuration failed'));
+    draining.add(done);
+    void done.finally(() => draining.delete(done));
+    return { ok: true, changed: next.changed, restartNeeded: next.restartNeeded };
+  };
+  // One reload at a time; a SIGHUP during one makes one more run after it (the file may have changed again).
+  const reload = (): Promise<ReloadResult> => {
+    if (stopping) return Promise.resolve({ ok: false, reason: 'stopping' });
+    if (reloading) {
+      reloadAgain = true;
+      return reloading;
+    }
+    reloading = (async () => {
+      let r: ReloadResult;
+      do {
+        reloadAgain = false;
+        r = await reloadOnce();
+      } while (reloadAgain && !stopping);
+      return r;
+    })().finally(() => {
+      reloading = null;
+    });
+    return reloading;
+  };
+
   const stop = () => {
     stopping ??= (async () => {
       log.info('avgate stopping');
+      await reloading?.catch(() => undefined);
       clearInterval(health);
       await stopSignatures();
-      await Promise.all([icap?.close(STOP_DEADLINE_MS / 2), httpProxy?.close(STOP_DEADLINE_MS / 2), mail?.server.close(STOP_DEADLINE_MS / 2), web?.close(), ftp?.close(STOP_DEADLINE_MS / 2)]);
-      await imapProxy?.close(STOP_DEADLINE_MS / 2);
-      await pop3?.server.close(STOP_DEADLINE_MS / 2);
+      await Promise.all([closeFrontEnds(gen.fe, STOP_DEADLINE_MS / 2), web?.close(), within([...draining], STOP_DEADLINE_MS / 2)]);
       await stopPurge();
       await quarantine.close();
-      await runtime.close();
+      await gen.runtime.close();
       await stats?.close(); // after the scanners: their last verdicts are written
       log.info('avgate stopped');
     })();
     return stopping;
   };
-  const smtpPort = mail?.port ?? null;
-  log.info({ engines: runtime.engines.map((e) => e.id), cacheKeyOver32KiB: largeObjectHash(), cacheLevels: runtime.cache?.levels ?? [], clamdPid: runtime.clamd?.pid, icapPort, smtpPort, consolePort, ftpProxyPort, httpProxyPort, imapProxyPort, pop3ProxyPort: pop3?.port ?? null }, 'avgate ready');
-  return { runtime, httpProxy, httpProxyPort, icap, icapPort, icapTlsPort, mail, smtpPort, quarantine, stats, web, consolePort, ftp, ftpProxyPort, imapProxy, imapProxyPort, pop3, pop3ProxyPort: pop3?.port ?? null, stop };
+  const fe = gen.fe;
+  log.info({ engines: runtime.engines.map((e) => e.id), cacheKeyOver32KiB: largeObjectHash(), cacheLevels: runtime.cache?.levels ?? [], clamdPid: runtime.clamd?.pid, ...frontEndPorts(fe), consolePort }, 'avgate ready');
+  return serving;
+}
+
+export type ReloadResult = { ok: true; changed: string[]; restartNeeded: string[] } | { ok: false; reason: string };
+
+function frontEndPorts(fe: FrontEnds): Record<string, number | null> {
+  return { icapPort: fe.icapPort, smtpPort: fe.mail?.port ?? null, ftpProxyPort: fe.ftpProxyPort, httpProxyPort: fe.httpProxyPort, imapProxyPort: fe.imapProxyPort, pop3ProxyPort: fe.pop3?.port ?? null };
+}
+
+function openConnections(fe: FrontEnds): number {
+  return (fe.icap?.openConnections ?? 0) + (fe.mail?.server.openConnections ?? 0) + (fe.httpProxy?.openConnections ?? 0) + (fe.ftp?.openSessions ?? 0) + (fe.imapProxy?.openConnections ?? 0) + (fe.pop3?.server.openConnections ?? 0);
+}
+
+/** Waits for the promises, at most `ms`. */
+async function within(promises: Array<Promise<void>>, ms: number): Promise<void> {
+  if (promises.length === 0) return;
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([Promise.all(promises), new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+  clearTimeout(timer);
 }
 
 /** The statistics store's side of the counters line: what waits in memory, what was lost, whether the database answers. */
@@ -222,17 +449,18 @@ export function startHealthLog(
 /** Runs serve until SIGINT/SIGTERM, then stops gracefully within STOP_DEADLINE_MS. */
 export async function serveForever(loaded: LoadedConfig): Promise<number> {
   const log = createLogger({ level: loaded.config.log.level, file: loaded.config.log.file });
-  const { stop } = await serve(loaded, { logger: log });
+  const { stop, reload } = await serve(loaded, { logger: log });
   const keepAlive = setInterval(() => undefined, 1 << 30);
   // SIGHUP (node's default: exit) reopens the log files, for logrotate's postrotate (as clamd
-  // does; SIGUSR1 is node's inspector signal). The configuration is read only at start: changing
-  // it takes a restart (docs/config.md).
-  const onReopen = (sig: NodeJS.Signals) => {
+  // does; SIGUSR1 is node's inspector signal), and reads the config file again (as Postfix,
+  // Squid and amavisd do): docs/config.md, "Reload".
+  const onHangup = (sig: NodeJS.Signals) => {
     const { files, failed } = reopenLogFiles();
     if (failed.length > 0) log.warn({ signal: sig, files, failed }, 'log files reopened, some kept their old file');
     else log.info({ signal: sig, files }, 'log files reopened');
+    void reload();
   };
-  process.on('SIGHUP', onReopen);
+  process.on('SIGHUP', onHangup);
   await new Promise<void>((resolve) => {
     let stopping = false;
     // A terminal's Ctrl-C reaches npm, the launcher and avgate at once: later signals are ignored

@@ -30,9 +30,13 @@ export interface Runtime {
   /** The scanner for another list of engine ids (one per distinct list, sharing the cache). */
   scannerFor(engineIds: readonly string[] | null): { scanner: Scanner; engines: ScannerEngine[] };
   cache: VerdictCache | null;
-  /** The project-local clamd when this runtime started it. */
+  /** The project-local clamd when this runtime started it (or took it over on a reload). */
   clamd: LocalClamd | null;
-  close(): Promise<void>;
+  /**
+   * Closes the scanners and engines, then the cache and the local clamd, unless `keepShared`
+   * (a reload: the next generation's runtime took them over).
+   */
+  close(opts?: { keepShared?: boolean }): Promise<void>;
 }
 
 export interface RuntimeOptions {
@@ -46,6 +50,11 @@ export interface RuntimeOptions {
   stats?: StatsRecorder | null;
   /** The origin of scans whose request names none (avgate scan: fs). */
   defaultOrigin?: ScanOrigin;
+  /**
+   * A reload: the running runtime's cache and local clamd, taken over (this runtime closes them
+   * at the end) instead of made anew; `localClamd` is then not looked at.
+   */
+  shared?: { cache: VerdictCache | null; clamd: LocalClamd | null };
 }
 
 export function localClamdFor(config: Readonly<Config>): LocalClamd {
@@ -89,10 +98,10 @@ async function loadPlugin(modulePath: string): Promise<EngineFactory> {
 export async function openRuntime(config: Readonly<Config>, options: RuntimeOptions): Promise<Runtime> {
   const log = options.logger;
   // Read first (cache.redis.tls-ca): a file that cannot be read stops the start before anything runs.
-  const redis = config.cache.enabled && config.cache.redis !== null ? redisConnectOptions(config.cache.redis) : null;
-  let clamd: LocalClamd | null = null;
-  const local = localClamdFor(config);
-  if (config.clamd.managed && usesLocal(config) && options.localClamd !== 'never') {
+  const redis = !options.shared && config.cache.enabled && config.cache.redis !== null ? redisConnectOptions(config.cache.redis) : null;
+  let clamd: LocalClamd | null = options.shared?.clamd ?? null;
+  const local = clamd ?? localClamdFor(config);
+  if (!options.shared && config.clamd.managed && usesLocal(config) && options.localClamd !== 'never') {
     const running = options.localClamd === 'if-needed' && (await local.ping());
     if (!running) {
       log.info({ stateDir: local.stateDir, database: local.dbDir }, 'starting the project-local clamd');
@@ -126,10 +135,13 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
       log.info({ engine: id, ...engine.info() }, 'engine ready');
     }
   } catch (err) {
-    await clamd?.stop();
+    for (const e of byId.values()) await e.engine.close().catch(() => undefined);
+    if (!options.shared) await clamd?.stop();
     throw err;
   }
-  const cache = config.cache.enabled
+  const cache = options.shared
+    ? options.shared.cache
+    : config.cache.enabled
     ? new VerdictCache({
         memoryEntries: config.cache['memory-entries'],
         sqlitePath: config.cache.sqlite === null ? null : resolve(config['state-dir'], config.cache.sqlite),
@@ -173,7 +185,7 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
     scannerFor,
     cache,
     clamd,
-    async close() {
+    async close(closeOpts = {}) {
       for (const { scanner } of scanners.values()) await scanner.close();
       for (const e of allEngines) {
         try {
@@ -182,6 +194,7 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
           log.warn({ engine: e.id, err: messageOf(err) }, 'engine close failed');
         }
       }
+      if (closeOpts.keepShared) return;
       cache?.close();
       await clamd?.stop();
     },

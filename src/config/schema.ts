@@ -219,6 +219,11 @@ export const configSchema = z.strictObject({
   'gc-tuning': z.boolean().default(true),
   /** Page cache of each SQLite database (verdict cache, statistics, quarantine). */
   'sqlite-cache-size': size.prefault('2MiB'),
+  /**
+   * After a reload (SIGHUP), how long connections accepted under the previous configuration may
+   * go on before they are cut; idle ones end at once.
+   */
+  'reload-drain-timeout': timerDuration.prefault('10m'),
   log: logSchema.default(() => logSchema.parse({})),
   clamd: clamdSchema.default(() => clamdSchema.parse({})),
   engines: z

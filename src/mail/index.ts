@@ -1,5 +1,6 @@
 import { join, resolve } from 'node:path';
 import type { Config } from '../config/schema.js';
+import type { Listeners } from '../core/listen.js';
 import type { Logger } from '../core/logging.js';
 import { mimeLimitsFrom } from '../mime/index.js';
 import { compileMailPolicy } from '../policy/mail/index.js';
@@ -20,7 +21,7 @@ export interface MailFrontEnd {
  * The SMTP/LMTP content filter as `avgate serve` runs it: transport + filter + policy, putting
  * originals in `quarantine` (the one store serve opened for every front end; the caller closes it).
  */
-export async function startMailFilter(config: Readonly<Config>, runtime: Runtime, log: Logger, quarantine: Quarantine): Promise<MailFrontEnd> {
+export async function startMailFilter(config: Readonly<Config>, runtime: Runtime, log: Logger, quarantine: Quarantine, listeners: Listeners | null = null): Promise<MailFrontEnd> {
   const mail = config.mail;
   const stateDir = config['state-dir'];
   const filter = new MailFilter({
@@ -35,7 +36,7 @@ export async function startMailFilter(config: Readonly<Config>, runtime: Runtime
     lenientQuotedPrintable: mail['lenient-quoted-printable'],
     log: log.child({ component: 'mail' }),
   });
-  const server = new SmtpFilterServer(config.smtp, { stateDir, log, handler: filter.handler, partition: filter.partition });
+  const server = new SmtpFilterServer(config.smtp, { stateDir, log, handler: filter.handler, partition: filter.partition, listeners });
   const { port } = await server.listen();
   return { server, filter, port };
 }

@@ -109,7 +109,7 @@ export class ConsoleServer {
   private ownsNextHop = false;
   readonly counters = { requests: 0, logins: 0, loginFailures: 0, apiScans: 0, bodyTimeouts: 0, sendTimeouts: 0, droppedConnections: 0 };
 
-  constructor(private readonly deps: ConsoleDeps) {
+  constructor(private deps: ConsoleDeps) {
     this.cfg = deps.config.console;
     const stateDir = resolve(deps.config['state-dir']);
     this.passwords = new PasswordStore(resolve(stateDir, this.cfg['password-file']));
@@ -583,6 +583,24 @@ export class ConsoleServer {
     if (!removed) throw new HttpError(404, 'no such quarantine item');
     this.log.info({ item: id, user: s.user }, 'quarantine item deleted');
     redirect(ctx.res, '/quarantine');
+  }
+
+  /**
+   * A configuration reload: pages, the scanning API and /metrics follow the new generation's
+   * scanner, engines and config. The console's own settings (listen, TLS, users) keep their
+   * running values until a restart. When smtp.next-hop changed, the release next hop made for
+   * the old one is closed (a delivery under way finishes; one still waiting for a connection
+   * fails with its reason and can be released again) and the next release uses the new one.
+   */
+  update(next: Pick<ConsoleDeps, 'config' | 'configSource' | 'scanner' | 'engines' | 'health' | 'configWarnings' | 'cache'>): void {
+    const hopChanged = JSON.stringify(next.config.smtp['next-hop']) !== JSON.stringify(this.deps.config.smtp['next-hop']) || next.config.smtp.hostname !== this.deps.config.smtp.hostname;
+    this.deps = { ...this.deps, ...next };
+    if (hopChanged && this.ownsNextHop && this.nextHop) {
+      const old = this.nextHop as NextHopClient;
+      this.nextHop = null;
+      this.ownsNextHop = false;
+      void old.close().catch(() => undefined);
+    }
   }
 
   private releaseHop(): NextHop {

@@ -113,7 +113,7 @@ describe('avgate serve and the config commands', () => {
 });
 
 describe('avgate serve: SIGHUP', () => {
-  test('reopens the main log and the access logs (logrotate), and serve goes on', async () => {
+  test('reopens the main log and the access logs (logrotate), reads the config file again, and serve goes on', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'avgate-hup-'));
     const state = join(dir, 'state');
     const config = join(dir, 'avgate.yaml');
@@ -141,18 +141,22 @@ describe('avgate serve: SIGHUP', () => {
       const r = await icapExchange(port, [`OPTIONS icap://127.0.0.1:${port}/avscan ICAP/1.0\r\nHost: 127.0.0.1\r\n\r\n`]);
       r.socket.destroy();
       assert.equal(r.responses[0]?.head.status, 200);
+      return r.responses[0]?.head.headers.get('max-connections')?.[0];
     };
     try {
       const port = Number(/"icapPort":(\d+)/.exec(await until('avgate.log', /"msg":"avgate ready"/))?.[1]);
-      await options(port);
+      assert.equal(await options(port), '200');
       await until('state/icap-access.log', / avscan OPTIONS 200 /);
+      // The file changes too: the same SIGHUP applies it.
+      await writeFile(config, (await readFile(config, 'utf8')).replace('  access-log: icap-access.log', '  access-log: icap-access.log\n  max-connections: 77'));
       // logrotate without copytruncate: move the files away, then SIGHUP.
       await rename(join(dir, 'avgate.log'), join(dir, 'avgate.log.1'));
       await rename(join(state, 'icap-access.log'), join(state, 'icap-access.log.1'));
       process.kill(child.pid as number, 'SIGHUP');
       const fresh = await until('avgate.log', /"msg":"log files reopened"/);
       assert.match(fresh, /"files":2/, 'the main log and the ICAP access log');
-      await options(port);
+      assert.match(await until('avgate.log', /"msg":"configuration reloaded"/), /"changed":\["icap"\]/);
+      assert.equal(await options(port), '77', 'the reloaded ICAP settings, on the same port');
       await until('state/icap-access.log', / avscan OPTIONS 200 /);
       assert.equal((await read('state/icap-access.log.1')).split('\n').filter(Boolean).length, 1, 'the rotated file keeps the old line only');
       assert.equal(child.exitCode, null, 'still serving after SIGHUP');

@@ -2,7 +2,6 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { resolve } from 'node:path';
 import type { FtpProxyConfig } from '../../config/ftp-schema.js';
 import { listenerContext, upstreamTls } from '../../config/tls-schema.js';
-import { AvgateError } from '../../core/errors.js';
 import type { Spool } from '../../core/spool.js';
 import type { Logger } from '../../core/logging.js';
 import type { Verdict, VerdictStatus } from '../../core/verdict.js';
@@ -15,6 +14,7 @@ import { FtpSession, type FtpAccessRecord } from './session.js';
 import { formatReply } from './wire.js';
 import { AppendLog } from '../../core/append-log.js';
 import { SendStallWatch } from '../../core/send-stall.js';
+import { listenOn, type Listeners } from '../../core/listen.js';
 
 export interface FtpCounters {
   sessions: number;
@@ -41,6 +41,8 @@ export interface FtpProxyDeps {
   log: Logger;
   /** Where blocked files whose status is in ftp-proxy.quarantine are kept; none = nothing is kept. */
   quarantine?: Quarantine;
+  /** serve's listening sockets, handed from one generation to the next on a reload. */
+  listeners?: Listeners | null;
 }
 
 /**
@@ -134,13 +136,7 @@ export class FtpProxyServer {
     });
     this.server = server;
     const { host, port } = parseListen(this.config.listen);
-    const bound = await new Promise<number>((resolvePort, reject) => {
-      server.once('error', (err) => reject(new AvgateError('AVG_ERR_CONFIG', `ftp-proxy listen ${host}:${port}: ${(err as NodeJS.ErrnoException).code ?? err.message}`)));
-      server.listen(port, host, () => {
-        const a = server.address();
-        resolvePort(typeof a === 'object' && a ? a.port : port);
-      });
-    });
+    const bound = await listenOn(this.deps.listeners, server, host, port, 'ftp-proxy');
     log.info({ listen: `${host}:${bound}`, upstream: this.config.upstream }, 'ftp proxy listening');
     return { port: bound };
   }
@@ -151,7 +147,8 @@ export class FtpProxyServer {
 
   async close(deadlineMs = 5000): Promise<void> {
     const server = this.server;
-    if (server) await new Promise<void>((r) => server.close(() => r()));
+    // Stop accepting now; the callback only comes once every session is gone (awaited last).
+    const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
     const until = Date.now() + deadlineMs;
     // Sessions between commands end now; those in a transfer get until the deadline.
     const cutIdle = () => {
@@ -170,6 +167,7 @@ export class FtpProxyServer {
       session.close();
       s.destroy();
     }
+    await closed;
     this.sends.stop();
     await this.accessFile?.close();
   }

@@ -4,7 +4,7 @@ import type { Duplex } from 'node:stream';
 import { resolve } from 'node:path';
 import type { HttpProxyConfig } from '../../config/proxy-schema.js';
 import { hostMatcher } from '../../config/smtp-schema.js';
-import { AvgateError, messageOf } from '../../core/errors.js';
+import { messageOf } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
 import { connectWithTimeout } from '../../core/net.js';
 import { SendStallWatch } from '../../core/send-stall.js';
@@ -21,6 +21,7 @@ import { Exchange, type AccessRecord, type ExchangeContext } from './exchange.js
 import { headerPairs, parseConnectTarget, requestHeadProblem } from './headers.js';
 import { fileNameOf } from '../../formats/url-name.js';
 import { AppendLog } from '../../core/append-log.js';
+import { listenOn, type Listeners } from '../../core/listen.js';
 
 export interface HttpProxyCounters {
   requests: number;
@@ -49,6 +50,8 @@ export interface HttpProxyDeps {
   maxCheckedSize: number;
   log: Logger;
   quarantine?: Quarantine;
+  /** serve's listening sockets, handed from one generation to the next on a reload. */
+  listeners?: Listeners | null;
 }
 
 /** Reason phrases of the answers written on a raw socket. */
@@ -203,13 +206,7 @@ export class HttpProxyServer {
     server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => void this.tunnel(req, socket, head));
     this.server = server;
     const { host, port } = parseListen(this.config.listen);
-    const bound = await new Promise<number>((ok, fail) => {
-      server.once('error', (err) => fail(new AvgateError('AVG_ERR_CONFIG', `http-proxy listen ${host}:${port}: ${(err as NodeJS.ErrnoException).code ?? err.message}`)));
-      server.listen(port, host, () => {
-        const a = server.address();
-        ok(typeof a === 'object' && a ? a.port : port);
-      });
-    });
+    const bound = await listenOn(this.deps.listeners, server, host, port, 'http-proxy');
     this.log.info({ listen: `${host}:${bound}`, rules: this.config['doc-acl'].length }, 'http proxy listening');
     return { port: bound };
   }

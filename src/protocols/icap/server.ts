@@ -17,6 +17,7 @@ import { formatResponseHead } from './wire.js';
 import { fileNameOf } from '../../formats/url-name.js';
 import { readPem } from '../../config/tls-schema.js';
 import { AppendLog } from '../../core/append-log.js';
+import { listenOn, type Listeners } from '../../core/listen.js';
 
 export interface IcapCounters {
   requests: number;
@@ -41,6 +42,8 @@ export interface IcapServerDeps {
   version: string;
   /** Where services with a `quarantine` list keep blocked objects; none = nothing is kept. */
   quarantine?: Quarantine;
+  /** serve's listening sockets, handed from one generation to the next on a reload. */
+  listeners?: Listeners | null;
 }
 
 export function parseListen(text: string): { host: string; port: number } {
@@ -171,30 +174,24 @@ export class IcapServer {
     // still a client that went away.
     const plain = createServer({ allowHalfOpen: true }, (s) => this.accept(s));
     const { host, port } = parseListen(this.config.listen);
-    const bound = await this.bind(plain, host, port);
+    const bound = await this.bind(plain, host, port, 'icap');
     let tlsPort: number | null = null;
     if (this.config.tls) {
       const t = this.config.tls;
       const tlsServer = createTlsServer({ allowHalfOpen: true, cert: readPem(t.cert, 'icap.tls.cert'), key: readPem(t.key, 'icap.tls.key') }, (s) => this.accept(s));
       const l = parseListen(t.listen);
-      tlsPort = await this.bind(tlsServer, l.host, l.port);
+      tlsPort = await this.bind(tlsServer, l.host, l.port, 'icap tls');
     }
     this.deps.log.info({ listen: `${host}:${bound}`, tlsPort, services: [...new Set(this.services.values())].map((s) => s.name) }, 'icap server listening');
     return { port: bound, tlsPort };
   }
 
-  private bind(server: Server, host: string, port: number): Promise<number> {
+  private bind(server: Server, host: string, port: number, what: string): Promise<number> {
     // accept() answers 503 past max-connections; node itself drops connections only past twice
     // that (refused ones still closing), so a flood cannot take file descriptors without bound.
     server.maxConnections = 2 * this.config['max-connections'];
     this.servers.push(server);
-    return new Promise((resolvePort, reject) => {
-      server.once('error', (err) => reject(new AvgateError('AVG_ERR_CONFIG', `icap listen ${host}:${port}: ${(err as NodeJS.ErrnoException).code ?? err.message}`)));
-      server.listen(port, host, () => {
-        const a = server.address();
-        resolvePort(typeof a === 'object' && a ? a.port : port);
-      });
-    });
+    return listenOn(this.deps.listeners, server, host, port, what);
   }
 
   private accept(socket: Socket): void {
@@ -241,7 +238,10 @@ export class IcapServer {
   }
 
   async close(deadlineMs = 5000): Promise<void> {
-    await Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    // Stop accepting now; a server's close callback only comes once its connections are gone, so
+    // it is awaited last: waiting first would let a client's idle persistent connections (Squid
+    // keeps them) hold the stop, or a reload's old generation, for as long as the client likes.
+    const closed = Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     const until = Date.now() + deadlineMs;
     // Idle keep-alive connections end now; busy ones get until the deadline.
     for (const [s, c] of this.sockets) if (c.idle) s.destroy();
@@ -250,6 +250,7 @@ export class IcapServer {
       for (const [s, c] of this.sockets) if (c.idle) s.destroy();
     }
     for (const s of this.sockets.keys()) s.destroy();
+    await closed;
     this.sends.stop();
     await settleSpools(); // spool files of ended requests, removed after their answers
     await this.accessFile?.close();

@@ -2,7 +2,6 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { resolve } from 'node:path';
 import type { ImapProxyConfig } from '../../config/imap-schema.js';
 import { listenerContext, upstreamTls } from '../../config/tls-schema.js';
-import { AvgateError } from '../../core/errors.js';
 import { SendStallWatch } from '../../core/send-stall.js';
 import type { Logger } from '../../core/logging.js';
 import { compilePolicy, loadReplacement, type ReplacementTemplate } from '../../mailproxy/index.js';
@@ -11,6 +10,7 @@ import type { Quarantine } from '../../quarantine/types.js';
 import type { ScanService } from '../../scan/types.js';
 import { ImapSession, type ImapCounters, type SessionContext } from './session.js';
 import { parseHostPort } from './upstream.js';
+import { listenOn, type Listeners } from '../../core/listen.js';
 
 export interface ImapProxyDeps {
   stateDir: string;
@@ -21,6 +21,8 @@ export interface ImapProxyDeps {
   mime?: { limits: MimeLimits; lenientQuotedPrintable: boolean };
   /** Where whole messages with replaced documents of the `quarantine` statuses are kept; absent = nowhere. */
   quarantine?: Quarantine | null;
+  /** serve's listening sockets, handed from one generation to the next on a reload. */
+  listeners?: Listeners | null;
 }
 
 /**
@@ -66,13 +68,7 @@ export class ImapProxyServer {
     const { host, port } = parseHostPort(this.config.listen);
     const server = createServer((s) => this.accept(s));
     this.server = server;
-    const bound = await new Promise<number>((ok, fail) => {
-      server.once('error', (err) => fail(new AvgateError('AVG_ERR_CONFIG', `imap-proxy listen ${host}:${port}: ${(err as NodeJS.ErrnoException).code ?? err.message}`)));
-      server.listen(port, host, () => {
-        const a = server.address();
-        ok(typeof a === 'object' && a ? a.port : port);
-      });
-    });
+    const bound = await listenOn(this.deps.listeners, server, host, port, 'imap-proxy');
     this.log.info({ listen: `${host}:${bound}`, upstream: this.config.upstream, upstreamTls: this.config['upstream-tls'], starttls: this.ctx.tls !== null }, 'imap proxy listening');
     return { port: bound };
   }

@@ -1,5 +1,6 @@
 import { join, resolve } from 'node:path';
 import type { Config } from '../../config/schema.js';
+import type { Listeners } from '../../core/listen.js';
 import type { Logger } from '../../core/logging.js';
 import { loadReplacement } from '../../mailproxy/index.js';
 import { mimeLimitsFrom } from '../../mime/index.js';
@@ -19,7 +20,13 @@ export interface Pop3FrontEnd {
  * The POP3 proxy as `avgate serve` runs it. The replacement file is read here, so a missing one
  * stops startup with the key's name (AVG_ERR_CONFIG).
  */
-export async function startPop3Proxy(config: Readonly<Config>, runtime: Runtime, log: Logger, quarantine: Quarantine | null = null): Promise<Pop3FrontEnd> {
+export async function startPop3Proxy(
+  config: Readonly<Config>,
+  runtime: Runtime,
+  log: Logger,
+  quarantine: Quarantine | null = null,
+  listeners: Listeners | null = null,
+): Promise<Pop3FrontEnd> {
   const c = config['pop3-proxy'];
   const mail = config.mail;
   const replacement = await loadReplacement(c.replacement, 'pop3-proxy.replacement');
@@ -37,6 +44,7 @@ export async function startPop3Proxy(config: Readonly<Config>, runtime: Runtime,
       quarantine,
     },
     log: plog,
+    listeners,
   });
   const { port } = await server.listen();
   return { server, port };

@@ -3,17 +3,19 @@ import type { SecureContext } from 'node:tls';
 import type { Logger } from 'pino';
 import type { Pop3ProxyConfig } from '../../config/mail-proxy-schema.js';
 import { listenerContext, upstreamTls } from '../../config/tls-schema.js';
-import { AvgateError } from '../../core/errors.js';
 import { SendStallWatch } from '../../core/send-stall.js';
 import type { UpstreamTls } from '../../core/net.js';
 import { compilePolicy, globRegExp, type ReplaceDeps } from '../../mailproxy/index.js';
 import { parseListen } from '../icap/server.js';
 import { Pop3Session, type Pop3Counters } from './session.js';
+import { listenOn, type Listeners } from '../../core/listen.js';
 
 export interface Pop3ServerDeps {
   /** The replacer's dependencies (scanner, policy, replacement, spool dir, limits, origin). */
   replace: ReplaceDeps;
   log: Logger;
+  /** serve's listening sockets, handed from one generation to the next on a reload. */
+  listeners?: Listeners | null;
 }
 
 /**
@@ -48,13 +50,7 @@ export class Pop3ProxyServer {
     const { host, port } = parseListen(this.config.listen);
     const server = createServer((s) => this.accept(s));
     this.server = server;
-    const bound = await new Promise<number>((resolve, reject) => {
-      server.once('error', (err) => reject(new AvgateError('AVG_ERR_CONFIG', `pop3-proxy listen ${host}:${port}: ${(err as NodeJS.ErrnoException).code ?? err.message}`)));
-      server.listen(port, host, () => {
-        const a = server.address();
-        resolve(typeof a === 'object' && a ? a.port : port);
-      });
-    });
+    const bound = await listenOn(this.deps.listeners, server, host, port, 'pop3-proxy');
     this.deps.log.info({ listen: `${host}:${bound}`, upstream: this.config.upstream, upstreamTls: this.config['upstream-tls'], stls: this.tls !== null }, 'pop3 proxy listening');
     return { port: bound };
   }
@@ -90,6 +86,10 @@ export class Pop3ProxyServer {
       this.nextId++,
     );
     void session.run();
+  }
+
+  get openConnections(): number {
+    return this.sockets.size;
   }
 
   /** Stops accepting; sessions still open after `deadlineMs` are cut. */

@@ -13,6 +13,7 @@ import { NextHopClient, nextHopOptions } from './next-hop.js';
 import { passThroughHandler } from './pass-through.js';
 import { combineReplies, isPositive, reply, replySummary, replyText } from './reply.js';
 import type { ClientAttributes, EsmtpParams, InboundMessage, MailFrom, MessageHandler, NextHop, PartitionHook, SmtpReply } from './types.js';
+import { listenOn, type Listeners } from '../../core/listen.js';
 
 export interface SmtpServerDeps {
   /** Base of spool-dir. */
@@ -24,6 +25,8 @@ export interface SmtpServerDeps {
   partition?: PartitionHook;
   /** Default: a NextHopClient for smtp.next-hop (closed with the server). */
   nextHop?: NextHop;
+  /** serve's listening sockets, handed from one generation to the next on a reload. */
+  listeners?: Listeners | null;
 }
 
 export interface SmtpCounters {
@@ -439,15 +442,7 @@ export class SmtpFilterServer {
   /** Binds the listener; returns the bound port (useful with port 0). */
   async listen(): Promise<{ port: number }> {
     const { host, port } = parseHostPort(this.config.listen);
-    const bound = await new Promise<number>((resolvePort, reject) => {
-      const onError = (err: Error) => reject(new AvgateError('AVG_ERR_CONFIG', `smtp listen ${host}:${port}: ${(err as NodeJS.ErrnoException).code ?? err.message}`));
-      this.server.server.once('error', onError);
-      this.server.listen(port, host, () => {
-        this.server.server.off('error', onError);
-        const a = this.server.server.address();
-        resolvePort(typeof a === 'object' && a ? a.port : port);
-      });
-    });
+    const bound = await listenOn(this.deps.listeners, this.server.server, host, port, 'smtp');
     this.log.info({ listen: `${host}:${bound}`, protocol: this.config.protocol, nextHop: this.nextHop.target }, 'smtp server listening');
     return { port: bound };
   }

@@ -1,0 +1,193 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { connect, createServer, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import pino from 'pino';
+import { loadConfig } from '../../src/config/loader.js';
+import type { Logger } from '../../src/core/logging.js';
+import { freeLoopbackPort } from '../../src/core/net.js';
+import { eicarBytes } from '../../src/engines/clamd/testdb.js';
+import { serve, type Serving } from '../../src/main.js';
+import { buildRequest, icapExchange } from '../helpers/icap-client.js';
+import { waitFor, within } from '../helpers/wait.js';
+
+/**
+ * A configuration reload (SIGHUP, Serving.reload) on a real serve with the project-local clamd:
+ * what changed applies to new connections, connections already open finish under the old
+ * configuration, the ports never close, the clamd and the verdict cache are kept, and a file that
+ * is wrong or cannot be applied leaves the running configuration as it was.
+ */
+interface Line {
+  level: number;
+  msg: string;
+  [k: string]: unknown;
+}
+
+describe('configuration reload', () => {
+  let dir: string;
+  let file: string;
+  let icapPort: number;
+  let serving: Serving;
+  const lines: Line[] = [];
+  const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l) as Line) }) as unknown as Logger;
+
+  const configText = (o: { preview: number; maxChecked: string; extraService?: boolean; icapPort?: number; quarantineDir?: string; http?: boolean }) =>
+    [
+      `state-dir: ${join(dir, 'state')}`,
+      'log:',
+      '  level: info',
+      'clamd:',
+      '  tcp-port: 0',
+      'scan:',
+      `  max-checked-size: ${o.maxChecked}`,
+      'quarantine:',
+      `  dir: ${o.quarantineDir ?? 'quarantine'}`,
+      'icap:',
+      `  listen: 127.0.0.1:${o.icapPort ?? icapPort}`,
+      '  services:',
+      '    avscan:',
+      `      preview: ${o.preview}`,
+      ...(o.extraService ? ['    second: {}'] : []),
+      'http-proxy:',
+      `  enabled: ${o.http ?? true}`,
+      '  listen: 127.0.0.1:0',
+      ...['smtp', 'console', 'ftp-proxy', 'pop3-proxy', 'imap-proxy'].flatMap((s) => [`${s}:`, '  enabled: false']),
+      '',
+    ].join('\n');
+
+  const options = async (service = 'avscan', socket?: import('node:net').Socket) => {
+    const r = await icapExchange(icapPort, [`OPTIONS icap://127.0.0.1:${icapPort}/${service} ICAP/1.0\r\nHost: 127.0.0.1\r\n\r\n`], socket ? { socket } : {});
+    const head = r.responses[0]?.head;
+    return { status: head?.status, preview: head?.headers.get('preview')?.[0] ?? null, socket: r.socket };
+  };
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'avgate-reload-'));
+    file = join(dir, 'avgate.yaml');
+    icapPort = await freeLoopbackPort();
+    await writeFile(file, configText({ preview: 1024, maxChecked: '100MiB' }));
+    serving = await serve(await loadConfig(file), { logger: log });
+  });
+  after(async () => {
+    await serving?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('a changed file applies to new connections; an open one finishes under the old configuration; ports, clamd and cache stay', async () => {
+    const clamd = serving.runtime.clamd;
+    const cache = serving.runtime.cache;
+    const httpPort = serving.httpProxyPort;
+    assert.ok(clamd?.pid && cache && httpPort);
+    const pid = clamd.pid;
+    const old = await options();
+    assert.deepEqual([old.status, old.preview], [200, '1024']);
+    assert.equal((await options('second')).status, 404);
+    const big = Buffer.concat([randomBytes(4096), eicarBytes()]);
+    assert.equal((await serving.runtime.scanner.scan({ source: { kind: 'buffer', data: big } })).status, 'found');
+
+    // A request under way when the reload comes: all but its last bytes sent.
+    const whole = buildRequest(icapPort, big, { allow204: true }).first;
+    const busyRest = whole.subarray(whole.length - 5);
+    const busy = connect(icapPort, '127.0.0.1');
+    busy.on('error', () => undefined);
+    await new Promise<void>((r) => busy.once('connect', () => r()));
+    busy.write(whole.subarray(0, whole.length - 5));
+    await waitFor('the request to be under way', async () => ((serving.icap?.openConnections ?? 0) >= 2 ? true : null), 5000);
+    const oldClosed = new Promise<void>((r) => old.socket.once('close', () => r()));
+    const busyAnswer = icapExchange(icapPort, [], { socket: busy, count: 1, keepOpen: true, timeoutMs: 20_000 });
+
+    await writeFile(file, configText({ preview: 4096, maxChecked: '1KiB', extraService: true }));
+    const r = await serving.reload();
+    assert.ok(r.ok, JSON.stringify(r));
+    assert.deepEqual(r.changed.sort(), ['icap', 'scan']);
+    assert.deepEqual(r.restartNeeded, []);
+
+    // New connections: the new configuration, on the same ports.
+    const fresh = await options();
+    assert.deepEqual([fresh.status, fresh.preview], [200, '4096']);
+    assert.equal((await options('second')).status, 200);
+    fresh.socket.destroy();
+    assert.equal(serving.icapPort, icapPort);
+    assert.equal(serving.httpProxyPort, httpPort, 'a port-0 front end keeps the port it got');
+    const http = await new Promise<string>((resolve) => {
+      const c = connect(httpPort, '127.0.0.1');
+      let got = '';
+      c.on('data', (d) => (got += String(d)));
+      c.on('close', () => resolve(got));
+      c.on('error', () => undefined);
+      c.end('GET /relative HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    });
+    assert.match(http, /^HTTP\/1\.1 400 /, 'the HTTP proxy answers on its port after the reload');
+    // The new scan limit, with the same clamd and the same cache.
+    assert.equal((await serving.runtime.scanner.scan({ source: { kind: 'buffer', data: big } })).status, 'skipped');
+    assert.equal(serving.runtime.clamd?.pid, pid, 'the local clamd was not restarted');
+    assert.equal(serving.runtime.cache, cache, 'the verdict cache (and what it holds) was kept');
+
+    // The idle connection opened before the reload was ended (a persistent client reconnects and
+    // gets the new configuration); the one busy with a request finishes it under the old one.
+    await within('the idle connection of the old generation to be closed', 5000, oldClosed);
+    busy.write(busyRest);
+    const answer = await busyAnswer;
+    assert.equal(answer.responses[0]?.head.status, 200);
+    assert.match(answer.responses[0]?.head.headers.get('x-virus-id')?.[0] ?? '', /Eicar/i, 'scanned under the old max-checked-size: found');
+    assert.equal(answer.closed, true, 'and then closed');
+    await waitFor('the previous generation to drain', async () => (lines.some((l) => /previous configuration's connections have ended/.test(l.msg)) ? true : null), 10_000);
+    // The same request on a new connection: skipped under the new max-checked-size.
+    const now = await icapExchange(icapPort, [buildRequest(icapPort, big, { allow204: true }).first], { count: 1 });
+    now.socket.destroy();
+    assert.equal(now.responses[0]?.head.headers.get('x-virus-id'), undefined);
+  });
+
+  test('a file that does not validate, or a port that cannot be bound, leaves the running configuration as it was', async () => {
+    await writeFile(file, configText({ preview: 4096, maxChecked: '1KiB' }).replace('preview: 4096', 'preview: lots'));
+    const bad = await serving.reload();
+    assert.equal(bad.ok, false);
+    assert.match(bad.ok ? '' : bad.reason, /preview/);
+    assert.ok(lines.some((l) => l.level === 50 && /configuration not reloaded: the file is not valid/.test(l.msg)));
+    assert.deepEqual(Object.values(await options()).slice(0, 2), [200, '4096']);
+
+    // Another program holds the port the new file names.
+    const blocker: Server = createServer();
+    const taken = await new Promise<number>((r) => blocker.listen(0, '127.0.0.1', () => r((blocker.address() as { port: number }).port)));
+    try {
+      await writeFile(file, configText({ preview: 512, maxChecked: '1KiB', icapPort: taken }));
+      const busy = await serving.reload();
+      assert.equal(busy.ok, false);
+      assert.match(busy.ok ? '' : busy.reason, /icap listen 127\.0\.0\.1:\d+: EADDRINUSE/);
+      assert.ok(lines.some((l) => l.level === 50 && /a front end did not start/.test(l.msg)));
+    } finally {
+      blocker.close();
+    }
+    const still = await options();
+    assert.deepEqual([still.status, still.preview], [200, '4096'], 'the running ICAP service answers as before');
+    still.socket.destroy();
+  });
+
+  test('sections that need a restart keep their running values and are named; a front end turned off stops listening', async () => {
+    const httpPort = serving.httpProxyPort as number;
+    const quarantineDir = serving.config.quarantine.dir;
+    await writeFile(file, configText({ preview: 4096, maxChecked: '1KiB', quarantineDir: 'elsewhere', http: false }));
+    const r = await serving.reload();
+    assert.ok(r.ok, JSON.stringify(r));
+    assert.deepEqual(r.restartNeeded, ['quarantine']);
+    assert.ok(r.changed.includes('http-proxy') && !r.changed.includes('quarantine'), JSON.stringify(r.changed));
+    assert.equal(serving.config.quarantine.dir, quarantineDir, 'the running quarantine directory is kept');
+    assert.ok(lines.some((l) => l.level === 40 && /keep their running values until a restart/.test(l.msg) && JSON.stringify(l.sections) === '["quarantine"]'));
+    assert.equal(serving.httpProxy, null);
+    await waitFor('the HTTP proxy port to close', async () => {
+      const refused = await new Promise<boolean>((resolve) => {
+        const c = connect(httpPort, '127.0.0.1');
+        c.once('connect', () => {
+          c.destroy();
+          resolve(false);
+        });
+        c.once('error', () => resolve(true));
+      });
+      return refused ? true : null;
+    }, 10_000);
+    assert.deepEqual(Object.values(await options()).slice(0, 2), [200, '4096']);
+  });
+});
