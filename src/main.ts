@@ -3,6 +3,7 @@ import { mimeLimitsFrom } from './mime/index.js';
 import { loadConfig, type LoadedConfig } from './config/loader.js';
 import type { Config } from './config/schema.js';
 import { Listeners } from './core/listen.js';
+import { reloadInputs } from './config/reload-inputs.js';
 import { largeObjectHash } from './core/content-hash.js';
 import { messageOf } from './core/errors.js';
 import { createLogger, reopenLogFiles, type Logger } from './core/logging.js';
@@ -85,6 +86,8 @@ interface FrontEnds {
 /** One configuration at work: its runtime (engines, scanners), front ends and listening sockets. */
 interface Generation {
   config: Readonly<Config>;
+  /** reloadInputs of config: a reload whose inputs are the same rebuilds nothing. */
+  inputs: string;
   runtime: Runtime;
   listeners: Listeners;
   fe: FrontEnds;
@@ -126,14 +129,19 @@ async function startFrontEnds(config: Readonly<Config>, runtime: Runtime, log: L
 
 /** Stops accepting (ports handed to a newer generation stay open), then lets connections end within `graceMs`. */
 async function closeFrontEnds(fe: FrontEnds, graceMs: number): Promise<void> {
-  await Promise.all([fe.icap?.close(graceMs), fe.httpProxy?.close(graceMs), fe.mail?.server.close(graceMs), fe.ftp?.close(graceMs)]);
-  await fe.imapProxy?.close(graceMs);
-  await fe.pop3?.server.close(graceMs);
+  await Promise.all([
+    fe.icap?.close(graceMs),
+    fe.httpProxy?.close(graceMs),
+    fe.mail?.server.close(graceMs),
+    fe.ftp?.close(graceMs),
+    fe.imapProxy?.close(graceMs),
+    fe.pop3?.server.close(graceMs),
+  ]);
 }
 
 /**
- * The configuration a reload applies: `next`'s reloadable sections and log level, the running
- * values of everything else; with the sections whose change waits for a restart.
+ * The configuration a reload applies: `next`'s reloadable sections, the running values of
+ * everything else; with the sections that changed and those whose change waits for a restart.
  */
 export function reloadedConfig(running: Readonly<Config>, next: Readonly<Config>): { config: Readonly<Config>; restartNeeded: string[]; changed: string[] } {
   const merged: Record<string, unknown> = {};
@@ -147,13 +155,9 @@ export function reloadedConfig(running: Readonly<Config>, next: Readonly<Config>
     if (reloadable.has(key)) {
       merged[key] = now;
       if (!same(was, now)) changed.push(key);
-    } else if (key === 'log') {
-      // The level is applied at once; where the log goes is fixed at start.
-      const log = { ...running.log, level: next.log.level };
-      merged[key] = log;
-      if (running.log.level !== next.log.level) changed.push('log.level');
-      if (!same(log, next.log)) restartNeeded.push('log');
     } else {
+      // log too: the loggers of the parts a reload keeps (statistics, quarantine, clamd, console)
+      // were made at start and would keep the old level.
       merged[key] = was;
       if (!same(was, now)) restartNeeded.push(key);
     }
@@ -184,7 +188,7 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
   let consolePort: number | null = null;
   try {
     const fe = await startFrontEnds(config, runtime, log, quarantine, listeners);
-    gen = { config, runtime, listeners, fe, engineHealth: new EngineHealth(runtime.engines.map((e) => e.id)) };
+    gen = { config, inputs: reloadInputs(config, RELOADABLE_SECTIONS), runtime, listeners, fe, engineHealth: new EngineHealth(runtime.engines.map((e) => e.id)) };
     if (config.console.enabled) {
       try {
         web = new ConsoleServer({
@@ -230,7 +234,7 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
   const updaterEngines = runtime.allEngines.map((e) => e.engine);
   const stopSignatures = startSignatureUpdates(config, updaterEngines, runtime.clamd !== null, log.child({ component: 'signatures' }));
   /** Generations replaced by a reload whose connections are still ending. */
-  const draining = new Set<Promise<void>>();
+  const draining = new Map<Generation, Promise<void>>();
   let stopping: Promise<void> | null = null;
   let reloading: Promise<ReloadResult> | null = null;
   let reloadAgain = false;
@@ -299,6 +303,14 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
       log.error({ config: loaded.path, reason: messageOf(err) }, 'configuration not reloaded: the file is not valid; the running configuration stays');
       return { ok: false, reason: messageOf(err) };
     }
+    const inputs = reloadInputs(next.config, RELOADABLE_SECTIONS);
+    if (inputs === running.inputs) {
+      if (next.restartNeeded.length > 0) {
+        log.warn({ sections: next.restartNeeded }, 'reload: these sections changed in the file but keep their running values until a restart');
+      }
+      log.info({ config: loaded.path, restartNeeded: next.restartNeeded }, 'reload: the configuration and the files it names are unchanged; nothing rebuilt');
+      return { ok: true, changed: [], restartNeeded: next.restartNeeded, rebuilt: false };
+    }
     const nextListeners = new Listeners(running.listeners);
     let nextRuntime: Runtime;
     try {
@@ -310,15 +322,17 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
     let fe: FrontEnds;
     try {
       fe = await startFrontEnds(next.config, nextRuntime, log, quarantine, nextListeners);
-      await nextListeners.takeOver();
     } catch (err) {
       await nextRuntime.close({ keepShared: true });
       log.error({ config: loaded.path, reason: messageOf(err) }, 'configuration not reloaded: a front end did not start; the running configuration stays');
       return { ok: false, reason: messageOf(err) };
     }
-    gen = { config: next.config, runtime: nextRuntime, listeners: nextListeners, fe, engineHealth: new EngineHealth(nextRuntime.engines.map((e) => e.id)) };
+    const notTaken = await nextListeners.takeOver();
+    if (notTaken.length > 0) {
+      log.error({ addresses: notTaken }, 'reload: these listening sockets could not be handed over; they close with the previous configuration');
+    }
+    gen = { config: next.config, inputs, runtime: nextRuntime, listeners: nextListeners, fe, engineHealth: new EngineHealth(nextRuntime.engines.map((e) => e.id)) };
     show(gen);
-    log.level = next.config.log.level;
     updaterEngines.splice(0, updaterEngines.length, ...nextRuntime.allEngines.map((e) => e.engine));
     web?.update({
       config: next.config,
@@ -344,9 +358,9 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
       await running.runtime.close({ keepShared: true });
       log.info({ connectionsAtReload: open }, 'reload: the previous configuration\'s connections have ended');
     })().catch((err: unknown) => log.error({ err: messageOf(err) }, 'reload: closing the previous configuration failed'));
-    draining.add(done);
-    void done.finally(() => draining.delete(done));
-    return { ok: true, changed: next.changed, restartNeeded: next.restartNeeded };
+    draining.set(running, done);
+    void done.finally(() => draining.delete(running));
+    return { ok: true, changed: next.changed, restartNeeded: next.restartNeeded, rebuilt: true };
   };
   // One reload at a time; a SIGHUP during one makes one more run after it (the file may have changed again).
   const reload = (): Promise<ReloadResult> => {
@@ -374,7 +388,9 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
       await reloading?.catch(() => undefined);
       clearInterval(health);
       await stopSignatures();
-      await Promise.all([closeFrontEnds(gen.fe, STOP_DEADLINE_MS / 2), web?.close(), within([...draining], STOP_DEADLINE_MS / 2)]);
+      // Generations still draining after a reload get the stop's deadline too (their close hurries).
+      for (const old of draining.keys()) void closeFrontEnds(old.fe, STOP_DEADLINE_MS / 2).catch(() => undefined); // its own promise logs
+      await Promise.all([closeFrontEnds(gen.fe, STOP_DEADLINE_MS / 2), web?.close(), ...draining.values()]);
       await stopPurge();
       await quarantine.close();
       await gen.runtime.close();
@@ -388,7 +404,8 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
   return serving;
 }
 
-export type ReloadResult = { ok: true; changed: string[]; restartNeeded: string[] } | { ok: false; reason: string };
+/** changed: reloadable sections whose values changed (a renewed certificate rebuilds with none). */
+export type ReloadResult = { ok: true; changed: string[]; restartNeeded: string[]; rebuilt: boolean } | { ok: false; reason: string };
 
 function frontEndPorts(fe: FrontEnds): Record<string, number | null> {
   return { icapPort: fe.icapPort, smtpPort: fe.mail?.port ?? null, ftpProxyPort: fe.ftpProxyPort, httpProxyPort: fe.httpProxyPort, imapProxyPort: fe.imapProxyPort, pop3ProxyPort: fe.pop3?.port ?? null };
@@ -398,13 +415,6 @@ function openConnections(fe: FrontEnds): number {
   return (fe.icap?.openConnections ?? 0) + (fe.mail?.server.openConnections ?? 0) + (fe.httpProxy?.openConnections ?? 0) + (fe.ftp?.openSessions ?? 0) + (fe.imapProxy?.openConnections ?? 0) + (fe.pop3?.server.openConnections ?? 0);
 }
 
-/** Waits for the promises, at most `ms`. */
-async function within(promises: Array<Promise<void>>, ms: number): Promise<void> {
-  if (promises.length === 0) return;
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([Promise.all(promises), new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
-  clearTimeout(timer);
-}
 
 /** The statistics store's side of the counters line: what waits in memory, what was lost, whether the database answers. */
 function statsCounters(s: StoreStatus): Record<string, unknown> {
@@ -458,7 +468,7 @@ export async function serveForever(loaded: LoadedConfig): Promise<number> {
     const { files, failed } = reopenLogFiles();
     if (failed.length > 0) log.warn({ signal: sig, files, failed }, 'log files reopened, some kept their old file');
     else log.info({ signal: sig, files }, 'log files reopened');
-    void reload();
+    reload().catch((err: unknown) => log.error({ err: messageOf(err) }, 'reload failed'));
   };
   process.on('SIGHUP', onHangup);
   await new Promise<void>((resolve) => {

@@ -101,6 +101,10 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
   const redis = !options.shared && config.cache.enabled && config.cache.redis !== null ? redisConnectOptions(config.cache.redis) : null;
   let clamd: LocalClamd | null = options.shared?.clamd ?? null;
   const local = clamd ?? localClamdFor(config);
+  if (options.shared && clamd === null && config.clamd.managed && usesLocal(config)) {
+    // Only serve's start runs it: an engine on it would fail every scan (closed) after the reload.
+    throw new AvgateError('AVG_ERR_CONFIG', 'an engine uses address "local", but the project-local clamd was not started (no engine used it at start): restart avgate');
+  }
   if (!options.shared && config.clamd.managed && usesLocal(config) && options.localClamd !== 'never') {
     const running = options.localClamd === 'if-needed' && (await local.ping());
     if (!running) {
@@ -186,7 +190,7 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
     cache,
     clamd,
     async close(closeOpts = {}) {
-      for (const { scanner } of scanners.values()) await scanner.close();
+      for (const { scanner } of scanners.values()) await scanner.close({ waitForScans: closeOpts.keepShared === true });
       for (const e of allEngines) {
         try {
           await e.engine.close();

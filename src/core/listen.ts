@@ -22,8 +22,12 @@ export class Listeners {
   private readonly pending = new Map<string, { server: Server; from: Server }>();
   private tookOver = false;
 
-  /** `previous`: the running generation, whose addresses this one takes over. */
-  constructor(private readonly previous: Listeners | null = null) {}
+  /**
+   * `previous`: the running generation, whose addresses this one takes over. Forgotten at
+   * takeOver: otherwise every generation would keep the one before it (its servers, front ends
+   * and engines) alive, a chain as long as the number of reloads.
+   */
+  constructor(private previous: Listeners | null = null) {}
 
   /**
    * Binds `server` (or, when the previous generation listens on this address, marks it for the
@@ -56,21 +60,32 @@ export class Listeners {
   /**
    * Hands the addresses both generations use from the previous one to this one. After it, the
    * previous generation's close() leaves those ports open and only waits for its connections.
+   * Returns the addresses that could not be handed over (with node's reason): they stay with
+   * the previous generation and close with it.
    */
-  async takeOver(): Promise<void> {
+  async takeOver(): Promise<string[]> {
     this.tookOver = true;
-    for (const { server, from } of this.pending.values()) {
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(from, () => {
-          server.off('error', reject);
-          resolve();
+    const failed: string[] = [];
+    for (const [key, { server, from }] of this.pending) {
+      try {
+        await new Promise<void>((resolve, reject) => {
+          server.once('error', reject);
+          server.listen(from, () => {
+            server.off('error', reject);
+            resolve();
+          });
         });
-      });
+      } catch (err) {
+        failed.push(`${key}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+        this.servers.delete(key);
+        continue;
+      }
       // The handle is the new server's now: the old server's close() must not close it.
       (from as unknown as { _handle: unknown })._handle = null;
     }
     this.pending.clear();
+    this.previous = null;
+    return failed;
   }
 
   /** The addresses of this generation (for logs and tests). */

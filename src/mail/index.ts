@@ -37,6 +37,11 @@ export async function startMailFilter(config: Readonly<Config>, runtime: Runtime
     log: log.child({ component: 'mail' }),
   });
   const server = new SmtpFilterServer(config.smtp, { stateDir, log, handler: filter.handler, partition: filter.partition, listeners });
-  const { port } = await server.listen();
-  return { server, filter, port };
+  try {
+    const { port } = await server.listen();
+    return { server, filter, port };
+  } catch (err) {
+    await server.close(0); // and the next hop pool it made
+    throw err;
+  }
 }

@@ -146,6 +146,19 @@ export class Scanner implements ScanService {
   }
 
   async scan(request: ScanRequest): Promise<Verdict> {
+    this.inFlight++;
+    try {
+      return await this.scanCounted(request);
+    } finally {
+      if (--this.inFlight === 0) this.drained?.();
+    }
+  }
+
+  /** Scans running now; close() waits for them (each is bounded by scan-timeout). */
+  private inFlight = 0;
+  private drained: (() => void) | null = null;
+
+  private async scanCounted(request: ScanRequest): Promise<Verdict> {
     const started = performance.now();
     const verdict = await this.scanInner(request, started);
     this.counters.scans++;
@@ -483,7 +496,13 @@ export class Scanner implements ScanService {
     }
   }
 
-  async close(): Promise<void> {
+  /**
+   * Closes the engines' connection pools; with `waitForScans` once the scans in flight are done
+   * (a reload: a scanning-API request may still hold the old generation's scanner). A stop does
+   * not wait: its front ends have ended their connections.
+   */
+  async close(opts: { waitForScans?: boolean } = {}): Promise<void> {
+    if (opts.waitForScans && this.inFlight > 0) await new Promise<void>((r) => (this.drained = r));
     await Promise.all(this.engines.map((e) => e.pool.close()));
   }
 }

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { connect, createServer, type Server } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -12,6 +13,7 @@ import { freeLoopbackPort } from '../../src/core/net.js';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import { serve, type Serving } from '../../src/main.js';
 import { buildRequest, icapExchange } from '../helpers/icap-client.js';
+import { selfSignedCert } from '../helpers/tls.js';
 import { waitFor, within } from '../helpers/wait.js';
 
 /**
@@ -34,7 +36,7 @@ describe('configuration reload', () => {
   const lines: Line[] = [];
   const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l) as Line) }) as unknown as Logger;
 
-  const configText = (o: { preview: number; maxChecked: string; extraService?: boolean; icapPort?: number; quarantineDir?: string; http?: boolean }) =>
+  const configText = (o: { preview: number; maxChecked: string; extraService?: boolean; icapPort?: number; quarantineDir?: string; http?: boolean; tls?: { cert: string; key: string } }) =>
     [
       `state-dir: ${join(dir, 'state')}`,
       'log:',
@@ -47,6 +49,7 @@ describe('configuration reload', () => {
       `  dir: ${o.quarantineDir ?? 'quarantine'}`,
       'icap:',
       `  listen: 127.0.0.1:${o.icapPort ?? icapPort}`,
+      ...(o.tls ? ['  tls:', '    listen: 127.0.0.1:0', `    cert: ${o.tls.cert}`, `    key: ${o.tls.key}`] : []),
       '  services:',
       '    avscan:',
       `      preview: ${o.preview}`,
@@ -189,5 +192,65 @@ describe('configuration reload', () => {
       return refused ? true : null;
     }, 10_000);
     assert.deepEqual(Object.values(await options()).slice(0, 2), [200, '4096']);
+  });
+
+  test('a renewed TLS certificate is served after a reload, on the same TLS port', async () => {
+    const first = await selfSignedCert(dir, 'first.test');
+    const renewed = await selfSignedCert(dir, 'renewed.test');
+    const subject = (port: number) =>
+      new Promise<string>((resolve, reject) => {
+        const c = tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false }, () => {
+          const cn = c.getPeerCertificate().subject.CN;
+          c.destroy();
+          resolve(String(cn));
+        });
+        c.once('error', reject);
+      });
+    await writeFile(file, configText({ preview: 4096, maxChecked: '1KiB', tls: first }));
+    assert.ok((await serving.reload()).ok);
+    const tlsPort = serving.icapTlsPort;
+    assert.ok(tlsPort);
+    assert.equal(await subject(tlsPort), 'first.test');
+    // A client that connected but never began its handshake: the old generation ends it at once
+    // (it is no persistent connection to finish), not after node's 120 s handshake timeout.
+    const silent = connect(tlsPort, '127.0.0.1');
+    silent.on('error', () => undefined);
+    await new Promise<void>((r) => silent.once('connect', () => r()));
+    const silentClosed = new Promise<void>((r) => silent.once('close', () => r()));
+    // certbot's way: the same paths, new contents; the config file itself is unchanged.
+    await copyFile(renewed.cert, first.cert);
+    await copyFile(renewed.key, first.key);
+    const r = await serving.reload();
+    assert.ok(r.ok && r.rebuilt && r.changed.length === 0, JSON.stringify(r));
+    assert.equal(serving.icapTlsPort, tlsPort, 'the TLS port was handed over');
+    assert.equal(await subject(tlsPort), 'renewed.test');
+    await within('the half-done TLS connection of the old generation to be ended', 5000, silentClosed);
+  });
+
+  test('a SIGHUP with the file and the files it names unchanged (logrotate) rebuilds nothing: an idle connection stays', async () => {
+    const idle = await options();
+    assert.equal(idle.status, 200);
+    const r = await serving.reload();
+    assert.ok(r.ok && !r.rebuilt, JSON.stringify(r));
+    assert.ok(lines.some((l) => /nothing rebuilt/.test(l.msg)));
+    const again = await options('avscan', idle.socket);
+    assert.equal(again.status, 200, 'the idle connection still answers');
+    idle.socket.destroy();
+  });
+
+  test('a stop while the previous configuration still drains a busy connection ends it with the stop deadline, not reload-drain-timeout (10 min)', async () => {
+    const whole = buildRequest(icapPort, randomBytes(10_000), { allow204: true }).first;
+    const busy = connect(icapPort, '127.0.0.1');
+    busy.on('error', () => undefined);
+    await new Promise<void>((r) => busy.once('connect', () => r()));
+    busy.write(whole.subarray(0, whole.length - 5)); // the request never ends
+    const busyClosed = new Promise<void>((r) => busy.once('close', () => r()));
+    await waitFor('the request to be under way', async () => ((serving.icap?.openConnections ?? 0) >= 1 ? true : null), 5000);
+    await writeFile(file, configText({ preview: 2048, maxChecked: '1KiB' }));
+    assert.ok((await serving.reload()).ok);
+    assert.equal(serving.config['reload-drain-timeout'], 600_000);
+    await within('stop', 20_000, serving.stop());
+    await within('the busy connection to be cut', 1000, busyClosed);
+    assert.ok(lines.some((l) => l.msg === 'avgate stopped'));
   });
 });

@@ -15,6 +15,7 @@ import { formatReply } from './wire.js';
 import { AppendLog } from '../../core/append-log.js';
 import { SendStallWatch } from '../../core/send-stall.js';
 import { listenOn, type Listeners } from '../../core/listen.js';
+import { CloseOnce, type Drain } from '../../core/drain.js';
 
 export interface FtpCounters {
   sessions: number;
@@ -145,11 +146,17 @@ export class FtpProxyServer {
     return this.sessions.size;
   }
 
-  async close(deadlineMs = 5000): Promise<void> {
+  /** Graceful close within `deadlineMs`; called again, it hurries the running close (Drain). */
+  close(deadlineMs = 5000): Promise<void> {
+    return this.closeOnce.close(deadlineMs, (drain) => this.closeNow(drain));
+  }
+
+  private readonly closeOnce = new CloseOnce();
+
+  private async closeNow(drain: Drain): Promise<void> {
     const server = this.server;
     // Stop accepting now; the callback only comes once every session is gone (awaited last).
     const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
-    const until = Date.now() + deadlineMs;
     // Sessions between commands end now; those in a transfer get until the deadline.
     const cutIdle = () => {
       for (const [s, session] of this.sessions) {
@@ -159,7 +166,7 @@ export class FtpProxyServer {
       }
     };
     cutIdle();
-    while (this.sessions.size > 0 && Date.now() < until) {
+    while (this.sessions.size > 0 && !drain.passed) {
       await new Promise((r) => setTimeout(r, 50));
       cutIdle();
     }

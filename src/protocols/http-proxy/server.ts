@@ -22,6 +22,7 @@ import { headerPairs, parseConnectTarget, requestHeadProblem } from './headers.j
 import { fileNameOf } from '../../formats/url-name.js';
 import { AppendLog } from '../../core/append-log.js';
 import { listenOn, type Listeners } from '../../core/listen.js';
+import { CloseOnce, type Drain } from '../../core/drain.js';
 
 export interface HttpProxyCounters {
   requests: number;
@@ -337,14 +338,20 @@ export class HttpProxyServer {
     return this.sockets.size;
   }
 
-  async close(deadlineMs = 5000): Promise<void> {
+  /** Graceful close within `deadlineMs`; called again, it hurries the running close (Drain). */
+  close(deadlineMs = 5000): Promise<void> {
+    return this.closeOnce.close(deadlineMs, (drain) => this.closeNow(drain));
+  }
+
+  private readonly closeOnce = new CloseOnce();
+
+  private async closeNow(drain: Drain): Promise<void> {
     const server = this.server;
     // close() resolves once every connection ended; idle keep-alive ones end now, busy ones get until the deadline.
     const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
     server?.closeIdleConnections();
-    const until = Date.now() + deadlineMs;
     for (const t of this.tunnels) t.destroy();
-    while (this.busy.size > 0 && Date.now() < until) {
+    while (this.busy.size > 0 && !drain.passed) {
       await new Promise((r) => setTimeout(r, 50));
       server?.closeIdleConnections();
     }

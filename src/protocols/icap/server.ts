@@ -18,6 +18,7 @@ import { fileNameOf } from '../../formats/url-name.js';
 import { readPem } from '../../config/tls-schema.js';
 import { AppendLog } from '../../core/append-log.js';
 import { listenOn, type Listeners } from '../../core/listen.js';
+import { CloseOnce, type Drain } from '../../core/drain.js';
 
 export interface IcapCounters {
   requests: number;
@@ -62,6 +63,12 @@ export class IcapServer {
   private readonly services = new Map<string, IcapService>();
   private readonly servers: Server[] = [];
   private readonly sockets = new Map<Socket, IcapConnection>();
+  /**
+   * TCP connections to the TLS port whose handshake has not finished: not yet in `sockets`, and
+   * half-open ones (a client gone mid-handshake) would hold close() until node's 120 s handshake
+   * timeout.
+   */
+  private readonly handshaking = new Set<Socket>();
   private readonly accessFile: AppendLog | null;
   readonly counters: IcapCounters = {
     requests: 0,
@@ -179,6 +186,14 @@ export class IcapServer {
     if (this.config.tls) {
       const t = this.config.tls;
       const tlsServer = createTlsServer({ allowHalfOpen: true, cert: readPem(t.cert, 'icap.tls.cert'), key: readPem(t.key, 'icap.tls.key') }, (s) => this.accept(s));
+      tlsServer.on('connection', (raw: Socket) => {
+        this.handshaking.add(raw);
+        raw.once('close', () => this.handshaking.delete(raw));
+      });
+      tlsServer.on('secureConnection', (s: Socket) => {
+        const raw = (s as Socket & { _parent?: Socket })._parent;
+        if (raw) this.handshaking.delete(raw);
+      });
       const l = parseListen(t.listen);
       tlsPort = await this.bind(tlsServer, l.host, l.port, 'icap tls');
     }
@@ -237,15 +252,22 @@ export class IcapServer {
     return this.sockets.size;
   }
 
-  async close(deadlineMs = 5000): Promise<void> {
+  /** Graceful close within `deadlineMs`; called again, it hurries the running close (Drain). */
+  close(deadlineMs = 5000): Promise<void> {
+    return this.closeOnce.close(deadlineMs, (drain) => this.closeNow(drain));
+  }
+
+  private readonly closeOnce = new CloseOnce();
+
+  private async closeNow(drain: Drain): Promise<void> {
     // Stop accepting now; a server's close callback only comes once its connections are gone, so
     // it is awaited last: waiting first would let a client's idle persistent connections (Squid
     // keeps them) hold the stop, or a reload's old generation, for as long as the client likes.
     const closed = Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
-    const until = Date.now() + deadlineMs;
-    // Idle keep-alive connections end now; busy ones get until the deadline.
+    // Idle keep-alive connections (and TLS handshakes not done) end now; busy ones get until the deadline.
+    for (const raw of this.handshaking) raw.destroy();
     for (const [s, c] of this.sockets) if (c.idle) s.destroy();
-    while (this.sockets.size > 0 && Date.now() < until) {
+    while (this.sockets.size > 0 && !drain.passed) {
       await new Promise((r) => setTimeout(r, 50));
       for (const [s, c] of this.sockets) if (c.idle) s.destroy();
     }

@@ -11,6 +11,7 @@ import type { ScanService } from '../../scan/types.js';
 import { ImapSession, type ImapCounters, type SessionContext } from './session.js';
 import { parseHostPort } from './upstream.js';
 import { listenOn, type Listeners } from '../../core/listen.js';
+import { CloseOnce, type Drain } from '../../core/drain.js';
 
 export interface ImapProxyDeps {
   stateDir: string;
@@ -94,14 +95,20 @@ export class ImapProxyServer {
     return this.sessions.size;
   }
 
-  async close(deadlineMs = 5000): Promise<void> {
+  /** Graceful close within `deadlineMs`; called again, it hurries the running close (Drain). */
+  close(deadlineMs = 5000): Promise<void> {
+    return this.closeOnce.close(deadlineMs, (drain) => this.closeNow(drain));
+  }
+
+  private readonly closeOnce = new CloseOnce();
+
+  private async closeNow(drain: Drain): Promise<void> {
     const server = this.server;
     // Stop accepting now; the callback only comes once every connection is gone.
     const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
     // Each session says BYE between responses (never inside a literal being relayed) and ends.
     await Promise.all([...this.sessions.values()].map((s) => s.shutdown('Server shutting down')));
-    const until = Date.now() + deadlineMs;
-    while (this.sessions.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    while (this.sessions.size > 0 && !drain.passed) await new Promise((r) => setTimeout(r, 50));
     for (const s of this.sessions.keys()) s.destroy();
     this.sends.stop();
     await closed;

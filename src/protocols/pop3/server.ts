@@ -9,6 +9,7 @@ import { compilePolicy, globRegExp, type ReplaceDeps } from '../../mailproxy/ind
 import { parseListen } from '../icap/server.js';
 import { Pop3Session, type Pop3Counters } from './session.js';
 import { listenOn, type Listeners } from '../../core/listen.js';
+import { CloseOnce, type Drain } from '../../core/drain.js';
 
 export interface Pop3ServerDeps {
   /** The replacer's dependencies (scanner, policy, replacement, spool dir, limits, origin). */
@@ -92,14 +93,19 @@ export class Pop3ProxyServer {
     return this.sockets.size;
   }
 
-  /** Stops accepting; sessions still open after `deadlineMs` are cut. */
-  async close(deadlineMs = 5000): Promise<void> {
+  /** Stops accepting; sessions still open after `deadlineMs` are cut; called again, it hurries the running close. */
+  close(deadlineMs = 5000): Promise<void> {
+    return this.closeOnce.close(deadlineMs, (drain) => this.closeNow(drain));
+  }
+
+  private readonly closeOnce = new CloseOnce();
+
+  private async closeNow(drain: Drain): Promise<void> {
     const server = this.server;
     this.server = null;
     if (!server) return;
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-    const deadline = new Promise<void>((resolve) => setTimeout(resolve, deadlineMs).unref());
-    await Promise.race([closed, deadline]);
+    while (this.sockets.size > 0 && !drain.passed) await new Promise((r) => setTimeout(r, 50));
     for (const s of this.sockets) s.destroy();
     this.sends.stop();
     await closed;

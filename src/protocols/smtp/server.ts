@@ -14,6 +14,7 @@ import { passThroughHandler } from './pass-through.js';
 import { combineReplies, isPositive, reply, replySummary, replyText } from './reply.js';
 import type { ClientAttributes, EsmtpParams, InboundMessage, MailFrom, MessageHandler, NextHop, PartitionHook, SmtpReply } from './types.js';
 import { listenOn, type Listeners } from '../../core/listen.js';
+import { CloseOnce, type Drain } from '../../core/drain.js';
 
 export interface SmtpServerDeps {
   /** Base of spool-dir. */
@@ -461,10 +462,17 @@ export class SmtpFilterServer {
    * until the deadline, then its handler is aborted (the client gets 451 and retries) and what is
    * left is closed. Closes the next hop pool when the server made it.
    */
-  async close(deadlineMs = 5000): Promise<void> {
+  /** Graceful close within `deadlineMs`; called again, it hurries the running close (Drain). */
+  close(deadlineMs = 5000): Promise<void> {
+    return this.closeOnce.close(deadlineMs, (drain) => this.closeNow(drain));
+  }
+
+  private readonly closeOnce = new CloseOnce();
+
+  private async closeNow(drain: Drain): Promise<void> {
     this.closing = true;
     const listening = new Promise<void>((r) => this.server.server.close(() => r()));
-    const until = Date.now() + deadlineMs;
+
     const cutIdle = () => {
       for (const c of this.server.connections) {
         if (!this.states.get(c.session.id)?.busy) {
@@ -474,7 +482,7 @@ export class SmtpFilterServer {
       }
     };
     cutIdle();
-    while ((this.running.size > 0 || this.server.connections.size > 0) && Date.now() < until) {
+    while ((this.running.size > 0 || this.server.connections.size > 0) && !drain.passed) {
       await new Promise((r) => setTimeout(r, 50));
       cutIdle();
     }

@@ -1,0 +1,39 @@
+/**
+ * The deadline of a front end's graceful close. close() may be called again with a shorter
+ * deadline (a stop while a reload's old generation is still draining): the running close
+ * hurries instead of a second close beginning.
+ */
+export class Drain {
+  private until: number;
+
+  constructor(ms: number) {
+    this.until = Date.now() + ms;
+  }
+
+  /** Brings the deadline forward to `ms` from now (never pushes it back). */
+  shorten(ms: number): void {
+    this.until = Math.min(this.until, Date.now() + ms);
+  }
+
+  get passed(): boolean {
+    return Date.now() >= this.until;
+  }
+}
+
+/**
+ * One close per front end: the first call runs `run` with its Drain; a later call shortens that
+ * deadline and returns the same promise.
+ */
+export class CloseOnce {
+  private running: { drain: Drain; done: Promise<void> } | null = null;
+
+  close(ms: number, run: (drain: Drain) => Promise<void>): Promise<void> {
+    if (this.running) {
+      this.running.drain.shorten(ms);
+      return this.running.done;
+    }
+    const drain = new Drain(ms);
+    this.running = { drain, done: run(drain) };
+    return this.running.done;
+  }
+}
