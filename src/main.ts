@@ -25,8 +25,6 @@ import { openStats } from './stats/open.js';
 import type { StatsService, StoreStatus } from './stats/types.js';
 import { ConsoleServer } from './web/server.js';
 
-/** How long a graceful stop may take before the process exits anyway. */
-const STOP_DEADLINE_MS = 10_000;
 
 /**
  * `avgate serve`: config → engines (and the project-local clamd) → front ends → signals.
@@ -66,7 +64,7 @@ export interface Serving {
 }
 
 /** Top-level sections a reload applies; the others keep their running values until a restart. */
-export const RELOADABLE_SECTIONS = ['engines', 'scan', 'health', 'icap', 'smtp', 'mail', 'pop3-proxy', 'http-proxy', 'ftp-proxy', 'imap-proxy', 'reload-drain-timeout'] as const;
+export const RELOADABLE_SECTIONS = ['engines', 'scan', 'health', 'icap', 'smtp', 'mail', 'pop3-proxy', 'http-proxy', 'ftp-proxy', 'imap-proxy', 'reload-drain-timeout', 'stop-timeout'] as const;
 
 /** The front ends of one configuration; a reload starts a new set beside the running one. */
 interface FrontEnds {
@@ -389,8 +387,10 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
       clearInterval(health);
       await stopSignatures();
       // Generations still draining after a reload get the stop's deadline too (their close hurries).
-      for (const old of draining.keys()) void closeFrontEnds(old.fe, STOP_DEADLINE_MS / 2).catch(() => undefined); // its own promise logs
-      await Promise.all([closeFrontEnds(gen.fe, STOP_DEADLINE_MS / 2), web?.close(), ...draining.values()]);
+      // Connections get half of stop-timeout; the rest is for the engines, quarantine and statistics.
+      const grace = gen.config['stop-timeout'] / 2;
+      for (const old of draining.keys()) void closeFrontEnds(old.fe, grace).catch(() => undefined); // its own promise logs
+      await Promise.all([closeFrontEnds(gen.fe, grace), web?.close(), ...draining.values()]);
       await stopPurge();
       await quarantine.close();
       await gen.runtime.close();
@@ -456,10 +456,11 @@ export function startHealthLog(
   return timer;
 }
 
-/** Runs serve until SIGINT/SIGTERM, then stops gracefully within STOP_DEADLINE_MS. */
+/** Runs serve until SIGINT/SIGTERM, then stops gracefully within stop-timeout (as reloaded). */
 export async function serveForever(loaded: LoadedConfig): Promise<number> {
   const log = createLogger({ level: loaded.config.log.level, file: loaded.config.log.file });
-  const { stop, reload } = await serve(loaded, { logger: log });
+  const serving = await serve(loaded, { logger: log });
+  const { stop, reload } = serving;
   const keepAlive = setInterval(() => undefined, 1 << 30);
   // SIGHUP (node's default: exit) reopens the log files, for logrotate's postrotate (as clamd
   // does; SIGUSR1 is node's inspector signal), and reads the config file again (as Postfix,
@@ -479,7 +480,7 @@ export async function serveForever(loaded: LoadedConfig): Promise<number> {
       if (stopping) return;
       stopping = true;
       process.stderr.write(`avgate: ${sig}, stopping\n`);
-      const deadline = setTimeout(() => process.exit(1), STOP_DEADLINE_MS);
+      const deadline = setTimeout(() => process.exit(1), serving.config['stop-timeout']);
       deadline.unref();
       void stop().finally(resolve);
     };

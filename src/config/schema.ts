@@ -224,6 +224,11 @@ export const configSchema = z.strictObject({
    * go on before they are cut; idle ones end at once.
    */
   'reload-drain-timeout': timerDuration.prefault('10m'),
+  /**
+   * A stop (SIGTERM, SIGINT) ends within this: connections get half of it to finish (idle ones
+   * end at once), then engines, quarantine and statistics close; past it the process exits (1).
+   */
+  'stop-timeout': timerDuration.prefault('10s'),
   log: logSchema.default(() => logSchema.parse({})),
   clamd: clamdSchema.default(() => clamdSchema.parse({})),
   engines: z

@@ -28,6 +28,18 @@ interface Line {
   [k: string]: unknown;
 }
 
+/** Whether a connection to the port on 127.0.0.1 is refused. */
+function refused(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = connect(port, '127.0.0.1');
+    c.once('connect', () => {
+      c.destroy();
+      resolve(false);
+    });
+    c.once('error', () => resolve(true));
+  });
+}
+
 describe('configuration reload', () => {
   let dir: string;
   let file: string;
@@ -36,9 +48,10 @@ describe('configuration reload', () => {
   const lines: Line[] = [];
   const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l) as Line) }) as unknown as Logger;
 
-  const configText = (o: { preview: number; maxChecked: string; extraService?: boolean; icapPort?: number; quarantineDir?: string; http?: boolean; tls?: { cert: string; key: string } }) =>
+  const configText = (o: { preview: number; maxChecked: string; extraService?: boolean; icapPort?: number; quarantineDir?: string; http?: boolean; tls?: { cert: string; key: string }; stopTimeout?: string; imap?: boolean }) =>
     [
       `state-dir: ${join(dir, 'state')}`,
+      ...(o.stopTimeout ? [`stop-timeout: ${o.stopTimeout}`] : []),
       'log:',
       '  level: info',
       'clamd:',
@@ -57,7 +70,8 @@ describe('configuration reload', () => {
       'http-proxy:',
       `  enabled: ${o.http ?? true}`,
       '  listen: 127.0.0.1:0',
-      ...['smtp', 'console', 'ftp-proxy', 'pop3-proxy', 'imap-proxy'].flatMap((s) => [`${s}:`, '  enabled: false']),
+      ...(o.imap ? ['imap-proxy:', '  listen: 127.0.0.1:0', '  upstream: 127.0.0.1:1'] : ['imap-proxy:', '  enabled: false']),
+      ...['smtp', 'console', 'ftp-proxy', 'pop3-proxy'].flatMap((s) => [`${s}:`, '  enabled: false']),
       '',
     ].join('\n');
 
@@ -180,17 +194,7 @@ describe('configuration reload', () => {
     assert.equal(serving.config.quarantine.dir, quarantineDir, 'the running quarantine directory is kept');
     assert.ok(lines.some((l) => l.level === 40 && /keep their running values until a restart/.test(l.msg) && JSON.stringify(l.sections) === '["quarantine"]'));
     assert.equal(serving.httpProxy, null);
-    await waitFor('the HTTP proxy port to close', async () => {
-      const refused = await new Promise<boolean>((resolve) => {
-        const c = connect(httpPort, '127.0.0.1');
-        c.once('connect', () => {
-          c.destroy();
-          resolve(false);
-        });
-        c.once('error', () => resolve(true));
-      });
-      return refused ? true : null;
-    }, 10_000);
+    await waitFor('the HTTP proxy port to close', async () => ((await refused(httpPort)) ? true : null), 10_000);
     assert.deepEqual(Object.values(await options()).slice(0, 2), [200, '4096']);
   });
 
@@ -238,7 +242,25 @@ describe('configuration reload', () => {
     idle.socket.destroy();
   });
 
-  test('a stop while the previous configuration still drains a busy connection ends it with the stop deadline, not reload-drain-timeout (10 min)', async () => {
+  test('a front end turned off stops listening at once, while another front end of the old generation is still busy', async () => {
+    await writeFile(file, configText({ preview: 4096, maxChecked: '1KiB', imap: true }));
+    assert.ok((await serving.reload()).ok);
+    const imapPort = serving.imapProxyPort as number;
+    assert.ok(imapPort > 0);
+    const whole = buildRequest(icapPort, randomBytes(10_000), { allow204: true }).first;
+    const busy = connect(icapPort, '127.0.0.1');
+    busy.on('error', () => undefined);
+    await new Promise<void>((r) => busy.once('connect', () => r()));
+    busy.write(whole.subarray(0, whole.length - 5));
+    await waitFor('the request to be under way', async () => ((serving.icap?.openConnections ?? 0) >= 1 ? true : null), 5000);
+    await writeFile(file, configText({ preview: 4096, maxChecked: '1KiB' }));
+    assert.ok((await serving.reload()).ok);
+    await waitFor('the IMAP port to close', async () => ((await refused(imapPort)) ? true : null), 5000);
+    assert.equal(busy.destroyed, false, 'the ICAP request of the old generation is still under way');
+    busy.destroy();
+  });
+
+  test('a stop while the previous configuration still drains a busy connection ends it within stop-timeout (as reloaded), not reload-drain-timeout (10 min)', async () => {
     const whole = buildRequest(icapPort, randomBytes(10_000), { allow204: true }).first;
     const busy = connect(icapPort, '127.0.0.1');
     busy.on('error', () => undefined);
@@ -246,11 +268,14 @@ describe('configuration reload', () => {
     busy.write(whole.subarray(0, whole.length - 5)); // the request never ends
     const busyClosed = new Promise<void>((r) => busy.once('close', () => r()));
     await waitFor('the request to be under way', async () => ((serving.icap?.openConnections ?? 0) >= 1 ? true : null), 5000);
-    await writeFile(file, configText({ preview: 2048, maxChecked: '1KiB' }));
-    assert.ok((await serving.reload()).ok);
+    await writeFile(file, configText({ preview: 2048, maxChecked: '1KiB', stopTimeout: '1s' }));
+    const r = await serving.reload();
+    assert.ok(r.ok && r.changed.includes('stop-timeout'), JSON.stringify(r));
     assert.equal(serving.config['reload-drain-timeout'], 600_000);
-    await within('stop', 20_000, serving.stop());
-    await within('the busy connection to be cut', 1000, busyClosed);
+    const stopping = serving.stop();
+    // Half of stop-timeout (0.5 s) for connections; with the default (10 s) it would still be open.
+    await within('the busy connection to be cut', 3000, busyClosed);
+    await within('stop', 20_000, stopping);
     assert.ok(lines.some((l) => l.msg === 'avgate stopped'));
   });
 });
