@@ -23,7 +23,7 @@ import { openRuntime, type Runtime } from './runtime.js';
 import { startSignatureUpdates } from './signatures/index.js';
 import { openStats } from './stats/open.js';
 import type { StatsService, StoreStatus } from './stats/types.js';
-import { ConsoleServer } from './web/server.js';
+import { ConsoleServer, type ReloadStatus } from './web/server.js';
 
 
 /**
@@ -181,6 +181,7 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
     throw err;
   });
   const listeners = new Listeners();
+  const reloads: ReloadStatus = { lastOk: true, lastSuccessAt: Date.now(), counts: { applied: 0, unchanged: 0, failed: 0 } };
   let gen: Generation;
   let web: ConsoleServer | null = null;
   let consolePort: number | null = null;
@@ -199,6 +200,7 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
           stats,
           configWarnings: configWarnings(config),
           cache: runtime.cache,
+          reloads: () => reloads,
           log,
         });
         consolePort = (await web.listen()).port;
@@ -372,6 +374,9 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
       do {
         reloadAgain = false;
         r = await reloadOnce();
+        reloads.lastOk = r.ok;
+        if (r.ok) reloads.lastSuccessAt = Date.now();
+        reloads.counts[!r.ok ? 'failed' : r.rebuilt ? 'applied' : 'unchanged']++;
       } while (reloadAgain && !stopping);
       return r;
     })().finally(() => {

@@ -51,6 +51,7 @@ import { readPem } from '../config/tls-schema.js';
 import { cachePrometheus } from '../cache/metrics.js';
 import type { CacheStats } from '../cache/verdict-cache.js';
 import { cutConnection, SendStallWatch } from '../core/send-stall.js';
+import { metricFamily } from '../core/prometheus-text.js';
 
 /**
  * The web console: dashboard, quarantine browser, signatures and configuration pages, the
@@ -72,6 +73,8 @@ export interface ConsoleDeps {
   configWarnings?: string[];
   /** The verdict cache, whose counters /metrics adds (null or absent: none). */
   cache?: { readonly stats: CacheStats } | null;
+  /** serve's configuration reloads, for /metrics (absent: not shown). */
+  reloads?: () => ReloadStatus;
   log: Logger;
 }
 
@@ -317,7 +320,8 @@ export class ConsoleServer {
     const stats = this.deps.stats;
     const text = (stats ? await stats.prometheus() : '# avgate: statistics are not collected\n') + (await signatureMetrics(this.deps.config));
     const cache = this.deps.cache ? cachePrometheus(this.deps.cache.stats) : '';
-    sendText(ctx.res, 200, text + cache, { 'Content-Type': 'text/plain; version=0.0.4; charset=utf-8' });
+    const reloads = this.deps.reloads ? reloadPrometheus(this.deps.reloads()) : '';
+    sendText(ctx.res, 200, text + cache + reloads, { 'Content-Type': 'text/plain; version=0.0.4; charset=utf-8' });
   }
 
   private async apiScan(ctx: Ctx): Promise<void> {
@@ -708,4 +712,27 @@ async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
     parts.push(chunk);
   }
   return Buffer.concat(parts);
+}
+
+/** serve's configuration reloads as /metrics shows them. */
+export interface ReloadStatus {
+  /** The last reload's outcome; true before any (the configuration at start is in use). */
+  lastOk: boolean;
+  /** When the configuration in use was loaded (start or the last successful reload), ms. */
+  lastSuccessAt: number;
+  /** Reloads by outcome: applied, unchanged (nothing rebuilt), failed. */
+  counts: { applied: number; unchanged: number; failed: number };
+}
+
+/** Like Prometheus's own prometheus_config_last_reload_successful: alert on a failed SIGHUP. */
+function reloadPrometheus(r: ReloadStatus): string {
+  const lines: string[] = [];
+  metricFamily(lines, 'avgate_config_last_reload_successful', 'gauge', 'Whether the last configuration reload (SIGHUP) was applied; 1 before any.', [['', r.lastOk ? 1 : 0]]);
+  metricFamily(lines, 'avgate_config_last_reload_success_timestamp_seconds', 'gauge', 'When the configuration in use was loaded (start or the last successful reload).', [['', Math.floor(r.lastSuccessAt / 1000)]]);
+  metricFamily(lines, 'avgate_config_reloads_total', 'counter', 'Configuration reloads by result: applied, unchanged (nothing rebuilt), failed.', [
+    ['{result="applied"}', r.counts.applied],
+    ['{result="unchanged"}', r.counts.unchanged],
+    ['{result="failed"}', r.counts.failed],
+  ]);
+  return `${lines.join('\n')}\n`;
 }

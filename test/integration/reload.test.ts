@@ -71,7 +71,9 @@ describe('configuration reload', () => {
       `  enabled: ${o.http ?? true}`,
       '  listen: 127.0.0.1:0',
       ...(o.imap ? ['imap-proxy:', '  listen: 127.0.0.1:0', '  upstream: 127.0.0.1:1'] : ['imap-proxy:', '  enabled: false']),
-      ...['smtp', 'console', 'ftp-proxy', 'pop3-proxy'].flatMap((s) => [`${s}:`, '  enabled: false']),
+      'console:',
+      '  listen: 127.0.0.1:0',
+      ...['smtp', 'ftp-proxy', 'pop3-proxy'].flatMap((s) => [`${s}:`, '  enabled: false']),
       '',
     ].join('\n');
 
@@ -79,6 +81,12 @@ describe('configuration reload', () => {
     const r = await icapExchange(icapPort, [`OPTIONS icap://127.0.0.1:${icapPort}/${service} ICAP/1.0\r\nHost: 127.0.0.1\r\n\r\n`], socket ? { socket } : {});
     const head = r.responses[0]?.head;
     return { status: head?.status, preview: head?.headers.get('preview')?.[0] ?? null, socket: r.socket };
+  };
+
+  const metrics = async () => {
+    const res = await fetch(`http://127.0.0.1:${serving.consolePort}/metrics`);
+    assert.equal(res.status, 200);
+    return res.text();
   };
 
   before(async () => {
@@ -181,6 +189,11 @@ describe('configuration reload', () => {
     const still = await options();
     assert.deepEqual([still.status, still.preview], [200, '4096'], 'the running ICAP service answers as before');
     still.socket.destroy();
+    // Monitoring sees it (as with Prometheus's own prometheus_config_last_reload_successful).
+    const m = await metrics();
+    assert.match(m, /^avgate_config_last_reload_successful 0$/m);
+    assert.match(m, /^avgate_config_reloads_total\{result="failed"\} 2$/m);
+    assert.match(m, /^avgate_config_reloads_total\{result="applied"\} 1$/m);
   });
 
   test('sections that need a restart keep their running values and are named; a front end turned off stops listening', async () => {
@@ -237,6 +250,11 @@ describe('configuration reload', () => {
     const r = await serving.reload();
     assert.ok(r.ok && !r.rebuilt, JSON.stringify(r));
     assert.ok(lines.some((l) => /nothing rebuilt/.test(l.msg)));
+    const m = await metrics();
+    assert.match(m, /^avgate_config_last_reload_successful 1$/m);
+    assert.match(m, /^avgate_config_reloads_total\{result="unchanged"\} 1$/m);
+    const at = Number(/^avgate_config_last_reload_success_timestamp_seconds (\d+)$/m.exec(m)?.[1]);
+    assert.ok(Math.abs(at - Date.now() / 1000) < 60, String(at));
     const again = await options('avscan', idle.socket);
     assert.equal(again.status, 200, 'the idle connection still answers');
     idle.socket.destroy();
