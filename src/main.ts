@@ -125,11 +125,14 @@ async function startFrontEnds(config: Readonly<Config>, runtime: Runtime, log: L
   return fe;
 }
 
-/** Stops accepting (ports handed to a newer generation stay open), then lets connections end within `graceMs`. */
-async function closeFrontEnds(fe: FrontEnds, graceMs: number): Promise<void> {
+/**
+ * Stops accepting (ports handed to a newer generation stay open), then lets connections end
+ * within `graceMs`; `reload`: HTTP CONNECT tunnels go on too (a stop cuts them at once).
+ */
+async function closeFrontEnds(fe: FrontEnds, graceMs: number, reload = false): Promise<void> {
   await Promise.all([
     fe.icap?.close(graceMs),
-    fe.httpProxy?.close(graceMs),
+    fe.httpProxy?.close(graceMs, { keepTunnels: reload }),
     fe.mail?.server.close(graceMs),
     fe.ftp?.close(graceMs),
     fe.imapProxy?.close(graceMs),
@@ -354,7 +357,7 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
     const drainMs = next.config['reload-drain-timeout'];
     const open = openConnections(running.fe);
     const done = (async () => {
-      await closeFrontEnds(running.fe, drainMs);
+      await closeFrontEnds(running.fe, drainMs, true);
       await running.runtime.close({ keepShared: true });
       log.info({ connectionsAtReload: open }, 'reload: the previous configuration\'s connections have ended');
     })().catch((err: unknown) => log.error({ err: messageOf(err) }, 'reload: closing the previous configuration failed'));

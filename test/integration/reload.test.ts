@@ -44,6 +44,9 @@ describe('configuration reload', () => {
   let dir: string;
   let file: string;
   let icapPort: number;
+  /** A TCP echo server, the far end of CONNECT tunnels through the HTTP proxy. */
+  let echo: Server;
+  let echoPort: number;
   let serving: Serving;
   const lines: Line[] = [];
   const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l) as Line) }) as unknown as Logger;
@@ -70,6 +73,7 @@ describe('configuration reload', () => {
       'http-proxy:',
       `  enabled: ${o.http ?? true}`,
       '  listen: 127.0.0.1:0',
+      `  connect-ports: [${echoPort}]`,
       ...(o.imap ? ['imap-proxy:', '  listen: 127.0.0.1:0', '  upstream: 127.0.0.1:1'] : ['imap-proxy:', '  enabled: false']),
       'console:',
       '  listen: 127.0.0.1:0',
@@ -93,11 +97,17 @@ describe('configuration reload', () => {
     dir = await mkdtemp(join(tmpdir(), 'avgate-reload-'));
     file = join(dir, 'avgate.yaml');
     icapPort = await freeLoopbackPort();
+    echo = createServer((c) => {
+      c.on('error', () => undefined);
+      c.pipe(c);
+    });
+    echoPort = await new Promise<number>((r) => echo.listen(0, '127.0.0.1', () => r((echo.address() as { port: number }).port)));
     await writeFile(file, configText({ preview: 1024, maxChecked: '100MiB' }));
     serving = await serve(await loadConfig(file), { logger: log });
   });
   after(async () => {
     await serving?.stop();
+    echo?.close();
     await rm(dir, { recursive: true, force: true });
   });
 
@@ -166,6 +176,30 @@ describe('configuration reload', () => {
     assert.equal(now.responses[0]?.head.headers.get('x-virus-id'), undefined);
   });
 
+  test('an HTTPS (CONNECT) tunnel opened before a reload goes on after it', async () => {
+    const proxyPort = serving.httpProxyPort as number;
+    const tunnel = connect(proxyPort, '127.0.0.1');
+    tunnel.on('error', () => undefined);
+    const received: Buffer[] = [];
+    tunnel.on('data', (d: Buffer) => received.push(d));
+    const text = () => Buffer.concat(received).toString('latin1');
+    tunnel.write(`CONNECT 127.0.0.1:${echoPort} HTTP/1.1\r\nHost: 127.0.0.1:${echoPort}\r\n\r\n`);
+    await waitFor('the tunnel', async () => (/^HTTP\/1\.1 200 [^]*\r\n\r\n$/.test(text()) ? true : null), 5000);
+    tunnel.write('before');
+    await waitFor('the echo', async () => (text().endsWith('before') ? true : null), 5000);
+    const closed = new Promise<void>((r) => tunnel.once('close', () => r()));
+    let gone = false;
+    void closed.then(() => (gone = true));
+    await writeFile(file, configText({ preview: 4096, maxChecked: '1KiB', extraService: true, stopTimeout: '9s' }));
+    const r = await serving.reload();
+    assert.ok(r.ok && r.rebuilt, JSON.stringify(r));
+    tunnel.write('after');
+    await waitFor('the echo after the reload', async () => (text().endsWith('beforeafter') ? true : null), 5000);
+    assert.equal(gone, false, 'the tunnel is still open');
+    tunnel.destroy();
+    await closed;
+  });
+
   test('a file that does not validate, or a port that cannot be bound, leaves the running configuration as it was', async () => {
     await writeFile(file, configText({ preview: 4096, maxChecked: '1KiB' }).replace('preview: 4096', 'preview: lots'));
     const bad = await serving.reload();
@@ -193,7 +227,7 @@ describe('configuration reload', () => {
     const m = await metrics();
     assert.match(m, /^avgate_config_last_reload_successful 0$/m);
     assert.match(m, /^avgate_config_reloads_total\{result="failed"\} 2$/m);
-    assert.match(m, /^avgate_config_reloads_total\{result="applied"\} 1$/m);
+    assert.match(m, /^avgate_config_reloads_total\{result="applied"\} 2$/m);
   });
 
   test('sections that need a restart keep their running values and are named; a front end turned off stops listening', async () => {

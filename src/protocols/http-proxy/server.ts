@@ -338,20 +338,24 @@ export class HttpProxyServer {
     return this.sockets.size;
   }
 
-  /** Graceful close within `deadlineMs`; called again, it hurries the running close (Drain). */
-  close(deadlineMs = 5000): Promise<void> {
-    return this.closeOnce.close(deadlineMs, (drain) => this.closeNow(drain));
+  /**
+   * Graceful close within `deadlineMs`; called again, it hurries the running close (Drain).
+   * CONNECT tunnels are cut at once (a stop), or with `keepTunnels` (a reload's old generation)
+   * go on like requests under way until the deadline.
+   */
+  close(deadlineMs = 5000, opts: { keepTunnels?: boolean } = {}): Promise<void> {
+    return this.closeOnce.close(deadlineMs, (drain) => this.closeNow(drain, opts.keepTunnels === true));
   }
 
   private readonly closeOnce = new CloseOnce();
 
-  private async closeNow(drain: Drain): Promise<void> {
+  private async closeNow(drain: Drain, keepTunnels: boolean): Promise<void> {
     const server = this.server;
     // close() resolves once every connection ended; idle keep-alive ones end now, busy ones get until the deadline.
     const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
     server?.closeIdleConnections();
-    for (const t of this.tunnels) t.destroy();
-    while (this.busy.size > 0 && !drain.passed) {
+    if (!keepTunnels) for (const t of this.tunnels) t.destroy();
+    while ((this.busy.size > 0 || (keepTunnels && this.tunnels.size > 0)) && !drain.passed) {
       await new Promise((r) => setTimeout(r, 50));
       server?.closeIdleConnections();
     }
