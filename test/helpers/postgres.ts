@@ -6,7 +6,7 @@
  * removed by `destroy()`, and killed at process exit if a test never got there.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chownSync, closeSync, existsSync, mkdtempSync, openSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, existsSync, mkdtempSync, openSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -38,6 +38,8 @@ export interface TestPostgres {
   port: number;
   /** The directory of the unix socket. */
   socketDir: string;
+  /** The server's self-signed certificate (CN and IP SAN 127.0.0.1): the CA for sslmode=verify-full. The server takes TLS and plain connections. */
+  tlsCa: string;
   /** postgres://avgate:PASSWORD@127.0.0.1:PORT/DB */
   url(db: string): string;
   /** A new database owned by the avgate role; `icu`: an ICU collation (e.g. en-US) instead of C. */
@@ -68,6 +70,13 @@ export async function startTestPostgres(): Promise<TestPostgres> {
   chownSync(dir, user.uid, user.gid);
   const data = join(dir, 'data');
   const logPath = join(dir, 'server.log');
+  // TLS for sslmode tests: a self-signed certificate for 127.0.0.1, the key readable by postgres only.
+  const tlsCert = join(dir, 'server.crt');
+  const tlsKey = join(dir, 'server.key');
+  const cert = spawnSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', tlsKey, '-out', tlsCert, '-days', '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { encoding: 'utf8' });
+  if (cert.status !== 0) throw new Error(`openssl failed: ${cert.stderr}`);
+  chownSync(tlsKey, user.uid, user.gid);
+  chmodSync(tlsKey, 0o600);
   const init = spawnSync(
     join(PG_BIN, 'initdb'),
     ['-D', data, '-U', 'postgres', '--auth-local=trust', '--auth-host=scram-sha-256', '--no-sync', '--no-instructions', '-E', 'UTF8', '--locale=C.UTF-8'],
@@ -114,7 +123,8 @@ export async function startTestPostgres(): Promise<TestPostgres> {
       const p = spawn(
         join(PG_BIN, 'postgres'),
         ['-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off', '-c', 'synchronous_commit=off',
-          '-c', 'full_page_writes=off', '-c', 'shared_buffers=16MB', '-c', 'max_connections=60', '-c', 'logging_collector=off'],
+          '-c', 'full_page_writes=off', '-c', 'shared_buffers=16MB', '-c', 'max_connections=60', '-c', 'logging_collector=off',
+          '-c', 'ssl=on', '-c', `ssl_cert_file=${tlsCert}`, '-c', `ssl_key_file=${tlsKey}`],
         { ...asPostgres(user), stdio: ['ignore', out, out] },
       );
       closeSync(out);
@@ -167,6 +177,7 @@ export async function startTestPostgres(): Promise<TestPostgres> {
       return port;
     },
     socketDir: dir,
+    tlsCa: tlsCert,
     url,
     async createDatabase(name, opts = {}) {
       const icu = opts.icu ? ` TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE '${opts.icu}' LOCALE 'C.UTF-8'` : '';

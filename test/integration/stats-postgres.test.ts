@@ -303,6 +303,34 @@ describe('statistics in PostgreSQL', () => {
     }
   });
 
+  test('TLS: sslmode=verify-full with the server\'s CA writes over TLS; without the CA the certificate is refused with the reason; sslmode=require encrypts', async () => {
+    const url = await pgt.createDatabase('tls');
+    const ev = { time: T0, source: 'icap' as const, status: 'free' as const, virus: null, group: null, engine: 'clamav', bytes: 1, durationMs: 1, cached: false };
+    const sslOf = async (node: string) =>
+      pgt.query<{ ssl: boolean }>('tls', "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1", [`avgate:${node}`]);
+    const verified = pgStore(`${url}?sslmode=verify-full&sslrootcert=${encodeURIComponent(pgt.tlsCa)}`, 'verified', { heartbeatMs: 3_600_000 });
+    verified.record(ev);
+    assert.equal(await verified.flush(), true);
+    const rows = await sslOf('verified');
+    assert.ok(rows.length > 0 && rows.every((r) => r.ssl === true), JSON.stringify(rows));
+    const required = pgStore(`${url}?sslmode=require`, 'required', { heartbeatMs: 3_600_000 });
+    required.record(ev);
+    assert.equal(await required.flush(), true);
+    assert.ok((await sslOf('required')).every((r) => r.ssl === true));
+    const plain = pgStore(url, 'plain', { heartbeatMs: 3_600_000 });
+    plain.record(ev);
+    assert.equal(await plain.flush(), true);
+    assert.ok((await sslOf('plain')).every((r) => r.ssl === false), 'sslmode=disable (the default) stays plain');
+    // The system's CAs do not know this self-signed certificate.
+    const logs = capture();
+    const untrusted = pgStore(`${url}?sslmode=verify-full`, 'untrusted', { log: logs.log, connectTimeoutMs: 2000 });
+    untrusted.record(ev);
+    assert.equal(await untrusted.flush(), false);
+    assert.match(untrusted.status().lastError ?? '', /self[- ]signed|certificate/i);
+    assert.equal((await pgt.query<{ n: string }>('tls', 'SELECT count(*) AS n FROM avgate_stats_events'))[0]?.n, '3');
+    await Promise.all([verified, required, plain, untrusted].map((x) => x.close()));
+  });
+
   test('database stopped while events keep coming: record() stays fast, the buffer is bounded, one warn line; back: the newest events arrive, one info line', async () => {
     const url = await pgt.createDatabase('outage');
     const logs = capture();
