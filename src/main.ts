@@ -58,7 +58,7 @@ export interface Serving {
   httpProxyPort: number | null;
   /** The configuration at work (after a reload: the reloaded one). */
   config: Readonly<Config>;
-  stop: () => Promise<void>;
+  stop: (opts?: StopOptions) => Promise<void>;
   /** Reads the config file again and applies it (SIGHUP); see reload in serve. */
   reload: () => Promise<ReloadResult>;
 }
@@ -262,7 +262,7 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
     httpProxy: null,
     httpProxyPort: null,
     config,
-    stop: () => stop(),
+    stop: (opts?: StopOptions) => stop(opts),
     reload: () => reload(),
   };
   const show = (g: Generation) => {
@@ -296,7 +296,7 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
   const reloadOnce = async (): Promise<ReloadResult> => {
     if (loaded.path === null) {
       log.warn('reload: avgate runs on its embedded defaults, there is no config file to read again');
-      return { ok: false, reason: 'no config file' };
+      return { ok: true, changed: [], restartNeeded: [], rebuilt: false };
     }
     const running = gen;
     let next: ReturnType<typeof reloadedConfig>;
@@ -388,10 +388,12 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
     return reloading;
   };
 
-  const stop = () => {
+  const stop = (opts: StopOptions = {}) => {
     stopping ??= (async () => {
       log.info('avgate stopping');
       await reloading?.catch(() => undefined);
+      // The deadline and the grace below come from the same configuration (a reload may just have changed it).
+      opts.deadline?.(gen.config['stop-timeout']);
       clearInterval(health);
       await stopSignatures();
       // Generations still draining after a reload get the stop's deadline too (their close hurries).
@@ -413,6 +415,11 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
 }
 
 /** changed: reloadable sections whose values changed (a renewed certificate rebuilds with none). */
+export interface StopOptions {
+  /** Called once the stop knows its stop-timeout (after a reload under way settled): serveForever arms its exit there. */
+  deadline?: (ms: number) => void;
+}
+
 export type ReloadResult = { ok: true; changed: string[]; restartNeeded: string[]; rebuilt: boolean } | { ok: false; reason: string };
 
 function frontEndPorts(fe: FrontEnds): Record<string, number | null> {
@@ -488,9 +495,14 @@ export async function serveForever(loaded: LoadedConfig): Promise<number> {
       if (stopping) return;
       stopping = true;
       process.stderr.write(`avgate: ${sig}, stopping\n`);
-      const deadline = setTimeout(() => process.exit(1), serving.config['stop-timeout']);
-      deadline.unref();
-      void stop().finally(resolve);
+      // Armed now (a reload under way cannot hold the stop without bound), and again once stop()
+      // knows the stop-timeout of the configuration it stops with.
+      let timer = setTimeout(() => process.exit(1), serving.config['stop-timeout']).unref();
+      const deadline = (ms: number) => {
+        clearTimeout(timer);
+        timer = setTimeout(() => process.exit(1), ms).unref();
+      };
+      void stop({ deadline }).finally(resolve);
     };
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);

@@ -228,7 +228,7 @@ export const configSchema = z.strictObject({
    * A stop (SIGTERM, SIGINT) ends within this: connections get half of it to finish (idle ones
    * end at once), then engines, quarantine and statistics close; past it the process exits (1).
    */
-  'stop-timeout': timerDuration.prefault('10s'),
+  'stop-timeout': timerDuration.refine((ms) => ms >= 5000, { message: 'at least 5s (a stop needs about 3 s for mail transactions and the statistics)' }).prefault('10s'),
   log: logSchema.default(() => logSchema.parse({})),
   clamd: clamdSchema.default(() => clamdSchema.parse({})),
   engines: z

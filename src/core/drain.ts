@@ -5,6 +5,8 @@
  */
 export class Drain {
   private until: number;
+  /** A later close() came (a stop during a reload's drain): what was kept for the drain goes now. */
+  hurried = false;
 
   constructor(ms: number) {
     this.until = Date.now() + ms;
@@ -13,6 +15,7 @@ export class Drain {
   /** Brings the deadline forward to `ms` from now (never pushes it back). */
   shorten(ms: number): void {
     this.until = Math.min(this.until, Date.now() + ms);
+    this.hurried = true;
   }
 
   get passed(): boolean {

@@ -728,7 +728,7 @@ export interface ReloadStatus {
 function reloadPrometheus(r: ReloadStatus): string {
   const lines: string[] = [];
   metricFamily(lines, 'avgate_config_last_reload_successful', 'gauge', 'Whether the last configuration reload (SIGHUP) was applied; 1 before any.', [['', r.lastOk ? 1 : 0]]);
-  metricFamily(lines, 'avgate_config_last_reload_success_timestamp_seconds', 'gauge', 'When the configuration in use was loaded (start or the last successful reload).', [['', Math.floor(r.lastSuccessAt / 1000)]]);
+  metricFamily(lines, 'avgate_config_last_reload_success_timestamp_seconds', 'gauge', 'When the configuration file was last read successfully (at start or by a reload, also one that found nothing changed).', [['', Math.floor(r.lastSuccessAt / 1000)]]);
   metricFamily(lines, 'avgate_config_reloads_total', 'counter', 'Configuration reloads by result: applied, unchanged (nothing rebuilt), failed.', [
     ['{result="applied"}', r.counts.applied],
     ['{result="unchanged"}', r.counts.unchanged],

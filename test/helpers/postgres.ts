@@ -74,9 +74,11 @@ export async function startTestPostgres(): Promise<TestPostgres> {
   const tlsCert = join(dir, 'server.crt');
   const tlsKey = join(dir, 'server.key');
   const cert = spawnSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', tlsKey, '-out', tlsCert, '-days', '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { encoding: 'utf8' });
-  if (cert.status !== 0) throw new Error(`openssl failed: ${cert.stderr}`);
+  if (cert.status !== 0) throw new Error(`openssl failed: ${cert.stderr || cert.error?.message}`);
   chownSync(tlsKey, user.uid, user.gid);
   chmodSync(tlsKey, 0o600);
+  chownSync(tlsCert, user.uid, user.gid);
+  chmodSync(tlsCert, 0o644);
   const init = spawnSync(
     join(PG_BIN, 'initdb'),
     ['-D', data, '-U', 'postgres', '--auth-local=trust', '--auth-host=scram-sha-256', '--no-sync', '--no-instructions', '-E', 'UTF8', '--locale=C.UTF-8'],

@@ -93,6 +93,21 @@ describe('configuration reload', () => {
     return res.text();
   };
 
+  /** A CONNECT tunnel through the HTTP proxy to the echo server, shown working ("before" echoed). */
+  const openTunnel = async () => {
+    const tunnel = connect(serving.httpProxyPort as number, '127.0.0.1');
+    tunnel.on('error', () => undefined);
+    const received: Buffer[] = [];
+    tunnel.on('data', (d: Buffer) => received.push(d));
+    const text = () => Buffer.concat(received).toString('latin1');
+    const closed = new Promise<void>((r) => tunnel.once('close', () => r()));
+    tunnel.write(`CONNECT 127.0.0.1:${echoPort} HTTP/1.1\r\nHost: 127.0.0.1:${echoPort}\r\n\r\n`);
+    await waitFor('the tunnel', async () => (/^HTTP\/1\.1 200 [^]*\r\n\r\n$/.test(text()) ? true : null), 5000);
+    tunnel.write('before');
+    await waitFor('the echo', async () => (text().endsWith('before') ? true : null), 5000);
+    return { tunnel, text, closed };
+  };
+
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'avgate-reload-'));
     file = join(dir, 'avgate.yaml');
@@ -177,17 +192,7 @@ describe('configuration reload', () => {
   });
 
   test('an HTTPS (CONNECT) tunnel opened before a reload goes on after it', async () => {
-    const proxyPort = serving.httpProxyPort as number;
-    const tunnel = connect(proxyPort, '127.0.0.1');
-    tunnel.on('error', () => undefined);
-    const received: Buffer[] = [];
-    tunnel.on('data', (d: Buffer) => received.push(d));
-    const text = () => Buffer.concat(received).toString('latin1');
-    tunnel.write(`CONNECT 127.0.0.1:${echoPort} HTTP/1.1\r\nHost: 127.0.0.1:${echoPort}\r\n\r\n`);
-    await waitFor('the tunnel', async () => (/^HTTP\/1\.1 200 [^]*\r\n\r\n$/.test(text()) ? true : null), 5000);
-    tunnel.write('before');
-    await waitFor('the echo', async () => (text().endsWith('before') ? true : null), 5000);
-    const closed = new Promise<void>((r) => tunnel.once('close', () => r()));
+    const { tunnel, text, closed } = await openTunnel();
     let gone = false;
     void closed.then(() => (gone = true));
     await writeFile(file, configText({ preview: 4096, maxChecked: '1KiB', extraService: true, stopTimeout: '9s' }));
@@ -312,7 +317,7 @@ describe('configuration reload', () => {
     busy.destroy();
   });
 
-  test('a stop while the previous configuration still drains a busy connection ends it within stop-timeout (as reloaded), not reload-drain-timeout (10 min)', async () => {
+  test('a stop while the previous configuration still drains cuts its tunnels at once and its busy connection within stop-timeout (as reloaded), not reload-drain-timeout (10 min)', async () => {
     const whole = buildRequest(icapPort, randomBytes(10_000), { allow204: true }).first;
     const busy = connect(icapPort, '127.0.0.1');
     busy.on('error', () => undefined);
@@ -320,13 +325,16 @@ describe('configuration reload', () => {
     busy.write(whole.subarray(0, whole.length - 5)); // the request never ends
     const busyClosed = new Promise<void>((r) => busy.once('close', () => r()));
     await waitFor('the request to be under way', async () => ((serving.icap?.openConnections ?? 0) >= 1 ? true : null), 5000);
-    await writeFile(file, configText({ preview: 2048, maxChecked: '1KiB', stopTimeout: '1s' }));
+    const { closed: tunnelClosed } = await openTunnel();
+    await writeFile(file, configText({ preview: 2048, maxChecked: '1KiB', stopTimeout: '5s' }));
     const r = await serving.reload();
     assert.ok(r.ok && r.changed.includes('stop-timeout'), JSON.stringify(r));
     assert.equal(serving.config['reload-drain-timeout'], 600_000);
     const stopping = serving.stop();
-    // Half of stop-timeout (0.5 s) for connections; with the default (10 s) it would still be open.
-    await within('the busy connection to be cut', 3000, busyClosed);
+    // Tunnels kept for the drain are cut at once by a stop (not after the stop's grace).
+    await within('the drained tunnel to be cut', 1000, tunnelClosed);
+    // Half of stop-timeout (2.5 s) for connections; with the default (10 s) it would be 5 s.
+    await within('the busy connection to be cut', 4000, busyClosed);
     await within('stop', 20_000, stopping);
     assert.ok(lines.some((l) => l.msg === 'avgate stopped'));
   });

@@ -354,8 +354,13 @@ export class HttpProxyServer {
     // close() resolves once every connection ended; idle keep-alive ones end now, busy ones get until the deadline.
     const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
     server?.closeIdleConnections();
-    if (!keepTunnels) for (const t of this.tunnels) t.destroy();
+    const cutTunnels = () => {
+      for (const t of this.tunnels) t.destroy();
+    };
+    if (!keepTunnels) cutTunnels();
     while ((this.busy.size > 0 || (keepTunnels && this.tunnels.size > 0)) && !drain.passed) {
+      // A stop during the drain: tunnels are cut at once, as at any stop.
+      if (keepTunnels && drain.hurried) cutTunnels();
       await new Promise((r) => setTimeout(r, 50));
       server?.closeIdleConnections();
     }
