@@ -21,6 +21,18 @@ export class Drain {
   get passed(): boolean {
     return Date.now() >= this.until;
   }
+
+  /**
+   * The wait of every front end's close: runs `step` (end what may be ended now: idle
+   * connections, or tunnels once hurried) at once and every 50 ms, until `done()` or the deadline.
+   */
+  async wait(done: () => boolean, step: () => void = () => undefined): Promise<void> {
+    step();
+    while (!done() && !this.passed) {
+      await new Promise((r) => setTimeout(r, 50));
+      step();
+    }
+  }
 }
 
 /**

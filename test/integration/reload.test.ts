@@ -51,10 +51,11 @@ describe('configuration reload', () => {
   const lines: Line[] = [];
   const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l) as Line) }) as unknown as Logger;
 
-  const configText = (o: { preview: number; maxChecked: string; extraService?: boolean; icapPort?: number; quarantineDir?: string; http?: boolean; tls?: { cert: string; key: string }; stopTimeout?: string; imap?: boolean }) =>
+  const configText = (o: { preview: number; maxChecked: string; extraService?: boolean; icapPort?: number; quarantineDir?: string; http?: boolean; tls?: { cert: string; key: string }; stopTimeout?: string; imap?: boolean; drainTimeout?: string }) =>
     [
       `state-dir: ${join(dir, 'state')}`,
       ...(o.stopTimeout ? [`stop-timeout: ${o.stopTimeout}`] : []),
+      ...(o.drainTimeout ? [`reload-drain-timeout: ${o.drainTimeout}`] : []),
       'log:',
       '  level: info',
       'clamd:',
@@ -106,6 +107,18 @@ describe('configuration reload', () => {
     tunnel.write('before');
     await waitFor('the echo', async () => (text().endsWith('before') ? true : null), 5000);
     return { tunnel, text, closed };
+  };
+
+  /** An ICAP request that never ends (all but its last bytes sent), under way on the server. */
+  const busyRequest = async () => {
+    const whole = buildRequest(icapPort, randomBytes(10_000), { allow204: true }).first;
+    const busy = connect(icapPort, '127.0.0.1');
+    busy.on('error', () => undefined);
+    await new Promise<void>((r) => busy.once('connect', () => r()));
+    busy.write(whole.subarray(0, whole.length - 5));
+    const busyClosed = new Promise<void>((r) => busy.once('close', () => r()));
+    await waitFor('the request to be under way', async () => ((serving.icap?.openConnections ?? 0) >= 1 ? true : null), 5000);
+    return { busy, busyClosed };
   };
 
   before(async () => {
@@ -304,12 +317,7 @@ describe('configuration reload', () => {
     assert.ok((await serving.reload()).ok);
     const imapPort = serving.imapProxyPort as number;
     assert.ok(imapPort > 0);
-    const whole = buildRequest(icapPort, randomBytes(10_000), { allow204: true }).first;
-    const busy = connect(icapPort, '127.0.0.1');
-    busy.on('error', () => undefined);
-    await new Promise<void>((r) => busy.once('connect', () => r()));
-    busy.write(whole.subarray(0, whole.length - 5));
-    await waitFor('the request to be under way', async () => ((serving.icap?.openConnections ?? 0) >= 1 ? true : null), 5000);
+    const { busy } = await busyRequest();
     await writeFile(file, configText({ preview: 4096, maxChecked: '1KiB' }));
     assert.ok((await serving.reload()).ok);
     await waitFor('the IMAP port to close', async () => ((await refused(imapPort)) ? true : null), 5000);
@@ -317,14 +325,20 @@ describe('configuration reload', () => {
     busy.destroy();
   });
 
+  test('a busy connection of the previous configuration is cut after reload-drain-timeout', async () => {
+    const { busy, busyClosed } = await busyRequest();
+    const drained = lines.filter((l) => /previous configuration's connections have ended/.test(l.msg)).length;
+    await writeFile(file, configText({ preview: 4096, maxChecked: '1KiB', drainTimeout: '1s' }));
+    assert.ok((await serving.reload()).ok);
+    // Not cut at the reload: it is busy; cut once the 1 s is over (the default would be 10 min).
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(busy.destroyed, false);
+    await within('the busy connection to be cut after reload-drain-timeout', 5000, busyClosed);
+    await waitFor('the drain to be logged', async () => (lines.filter((l) => /previous configuration's connections have ended/.test(l.msg)).length > drained ? true : null), 5000);
+  });
+
   test('a stop while the previous configuration still drains cuts its tunnels at once and its busy connection within stop-timeout (as reloaded), not reload-drain-timeout (10 min)', async () => {
-    const whole = buildRequest(icapPort, randomBytes(10_000), { allow204: true }).first;
-    const busy = connect(icapPort, '127.0.0.1');
-    busy.on('error', () => undefined);
-    await new Promise<void>((r) => busy.once('connect', () => r()));
-    busy.write(whole.subarray(0, whole.length - 5)); // the request never ends
-    const busyClosed = new Promise<void>((r) => busy.once('close', () => r()));
-    await waitFor('the request to be under way', async () => ((serving.icap?.openConnections ?? 0) >= 1 ? true : null), 5000);
+    const { busyClosed } = await busyRequest();
     const { closed: tunnelClosed } = await openTunnel();
     await writeFile(file, configText({ preview: 2048, maxChecked: '1KiB', stopTimeout: '5s' }));
     const r = await serving.reload();

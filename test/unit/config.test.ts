@@ -83,3 +83,10 @@ test('docs/config.md names every key of the schema', () => {
     assert.ok(doc.includes(`\`${key}\``), `docs/config.md lacks \`${key}\``);
   }
 });
+
+test('stop-timeout and reload-drain-timeout: durations with units; stop-timeout below 5s is refused with its line', () => {
+  const c = parseConfigText('stop-timeout: 30s\nreload-drain-timeout: 2m\n', 'x');
+  assert.equal(c['stop-timeout'], 30_000);
+  assert.equal(c['reload-drain-timeout'], 120_000);
+  assert.match(configError('log:\n  level: info\nstop-timeout: 1s\n'), /avgate\.yaml:3: stop-timeout: at least 5s/);
+});

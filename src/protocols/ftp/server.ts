@@ -165,11 +165,7 @@ export class FtpProxyServer {
         s.destroy();
       }
     };
-    cutIdle();
-    while (this.sessions.size > 0 && !drain.passed) {
-      await new Promise((r) => setTimeout(r, 50));
-      cutIdle();
-    }
+    await drain.wait(() => this.sessions.size === 0, cutIdle);
     for (const [s, session] of this.sessions) {
       session.close();
       s.destroy();

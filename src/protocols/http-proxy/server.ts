@@ -353,17 +353,18 @@ export class HttpProxyServer {
     const server = this.server;
     // close() resolves once every connection ended; idle keep-alive ones end now, busy ones get until the deadline.
     const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
-    server?.closeIdleConnections();
     const cutTunnels = () => {
       for (const t of this.tunnels) t.destroy();
     };
     if (!keepTunnels) cutTunnels();
-    while ((this.busy.size > 0 || (keepTunnels && this.tunnels.size > 0)) && !drain.passed) {
-      // A stop during the drain: tunnels are cut at once, as at any stop.
-      if (keepTunnels && drain.hurried) cutTunnels();
-      await new Promise((r) => setTimeout(r, 50));
-      server?.closeIdleConnections();
-    }
+    await drain.wait(
+      () => this.busy.size === 0 && (!keepTunnels || this.tunnels.size === 0),
+      () => {
+        // A stop during the drain: tunnels are cut at once, as at any stop.
+        if (keepTunnels && drain.hurried) cutTunnels();
+        server?.closeIdleConnections();
+      },
+    );
     for (const s of this.sockets) s.destroy();
     await closed;
     this.sends.stop();

@@ -266,11 +266,12 @@ export class IcapServer {
     const closed = Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     // Idle keep-alive connections (and TLS handshakes not done) end now; busy ones get until the deadline.
     for (const raw of this.handshaking) raw.destroy();
-    for (const [s, c] of this.sockets) if (c.idle) s.destroy();
-    while (this.sockets.size > 0 && !drain.passed) {
-      await new Promise((r) => setTimeout(r, 50));
-      for (const [s, c] of this.sockets) if (c.idle) s.destroy();
-    }
+    await drain.wait(
+      () => this.sockets.size === 0,
+      () => {
+        for (const [s, c] of this.sockets) if (c.idle) s.destroy();
+      },
+    );
     for (const s of this.sockets.keys()) s.destroy();
     await closed;
     this.sends.stop();

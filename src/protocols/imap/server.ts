@@ -108,7 +108,7 @@ export class ImapProxyServer {
     const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
     // Each session says BYE between responses (never inside a literal being relayed) and ends.
     await Promise.all([...this.sessions.values()].map((s) => s.shutdown('Server shutting down')));
-    while (this.sessions.size > 0 && !drain.passed) await new Promise((r) => setTimeout(r, 50));
+    await drain.wait(() => this.sessions.size === 0);
     for (const s of this.sessions.keys()) s.destroy();
     this.sends.stop();
     await closed;

@@ -105,7 +105,7 @@ export class Pop3ProxyServer {
     this.server = null;
     if (!server) return;
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-    while (this.sockets.size > 0 && !drain.passed) await new Promise((r) => setTimeout(r, 50));
+    await drain.wait(() => this.sockets.size === 0);
     for (const s of this.sockets) s.destroy();
     this.sends.stop();
     await closed;

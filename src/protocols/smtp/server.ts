@@ -481,11 +481,7 @@ export class SmtpFilterServer {
         }
       }
     };
-    cutIdle();
-    while ((this.running.size > 0 || this.server.connections.size > 0) && !drain.passed) {
-      await new Promise((r) => setTimeout(r, 50));
-      cutIdle();
-    }
+    await drain.wait(() => this.running.size === 0 && this.server.connections.size === 0, cutIdle);
     if (this.running.size > 0) {
       const reason = new Error('server stopping');
       for (const c of this.running) c.abort(reason);
