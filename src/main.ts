@@ -5,10 +5,12 @@ import type { Config } from './config/schema.js';
 import { Listeners } from './core/listen.js';
 import { reloadInputs } from './config/reload-inputs.js';
 import { largeObjectHash } from './core/content-hash.js';
+import { mkdirSync } from 'node:fs';
 import { messageOf } from './core/errors.js';
 import { createLogger, reopenLogFiles, type Logger } from './core/logging.js';
 import { VERSION } from './core/version.js';
 import { configWarnings } from './config/check.js';
+import { claimControlSocket, controlSocketPath, listenControlSocket, type ControlServer } from './control/server.js';
 import { EngineHealth } from './engines/health.js';
 import { startMailFilter, type MailFrontEnd } from './mail/index.js';
 import { IcapServer } from './protocols/icap/server.js';
@@ -166,11 +168,15 @@ export function reloadedConfig(running: Readonly<Config>, next: Readonly<Config>
   return { config: Object.freeze(merged) as unknown as Readonly<Config>, restartNeeded, changed };
 }
 
-export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}): Promise<Serving> {
+export async function serve(loaded: LoadedConfig, opts: ServeOptions = {}): Promise<Serving> {
   const { config } = loaded;
+  const startedAt = Date.now();
   if (config['gc-tuning']) tuneGarbageCollector();
   const log = opts.logger ?? createLogger({ level: config.log.level, file: config.log.file });
   log.info({ config: loaded.path ?? '(embedded defaults)' }, 'avgate starting');
+  // Before anything is started: another avgate on the same state-dir would share its clamd, spool and databases.
+  const controlPath = controlSocketPath(config);
+  if (controlPath !== null) await claimControlSocket(controlPath);
   // Statistics first: every scanner the runtime builds reports its verdicts to it.
   const stats = config.stats.enabled ? openStats(config.stats, config['state-dir'], log.child({ component: 'stats' }), config['sqlite-cache-size']) : null;
   const runtime = await openRuntime(config, { logger: log, localClamd: 'always', stats }).catch(async (err: unknown) => {
@@ -241,6 +247,44 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
   let stopping: Promise<void> | null = null;
   let reloading: Promise<ReloadResult> | null = null;
   let reloadAgain = false;
+  let control: ControlServer | null = null;
+  /** What `avgate status` prints (the control socket's `status`). */
+  const status = () => ({
+    ok: true,
+    pid: process.pid,
+    version: VERSION,
+    startedAt: new Date(startedAt).toISOString(),
+    uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
+    config: loaded.path,
+    stopping: stopping !== null,
+    reloads: { ...reloads.counts, lastOk: reloads.lastOk, lastSuccessAt: new Date(reloads.lastSuccessAt).toISOString(), reloading: reloading !== null, draining: draining.size },
+    frontEnds: frontEndStatus(gen, consolePort),
+    engines: gen.engineHealth.snapshot().map((e) => ({ id: e.id, healthy: e.healthy, signatureVersion: e.signatureVersion, version: e.version, lastError: e.lastError, failuresInRow: e.failuresInRow })),
+    clamdPid: gen.runtime.clamd?.pid ?? null,
+    scans: { ...gen.runtime.scanner.counters },
+    cache: gen.runtime.cache ? { levels: gen.runtime.cache.levels, ...gen.runtime.cache.stats } : null,
+    stats: stats ? statsCounters(stats.status()) : null,
+  });
+  const controlHandlers = () => ({
+    status,
+    reload: async () => {
+      const r = await reload();
+      if (!r.ok) return { ok: false, error: r.reason };
+      return {
+        ok: true,
+        result: r.rebuilt ? 'applied' : 'unchanged',
+        changed: r.changed,
+        restartNeeded: r.restartNeeded,
+        ...(loaded.path === null ? { note: 'avgate runs on its embedded defaults: there is no config file to read again' } : {}),
+      };
+    },
+    stop: () => {
+      if (stopping) return { ok: true, pid: process.pid, stopping: true, note: 'already stopping' };
+      // After the answer is written: the stop closes the control socket last.
+      setImmediate(() => (opts.onStopRequest ? opts.onStopRequest() : void serving.stop()));
+      return { ok: true, pid: process.pid, stopping: true, stopTimeoutMs: gen.config['stop-timeout'] };
+    },
+  });
 
   const serving: Serving = {
     runtime,
@@ -405,13 +449,46 @@ export async function serve(loaded: LoadedConfig, opts: { logger?: Logger } = {}
       await quarantine.close();
       await gen.runtime.close();
       await stats?.close(); // after the scanners: their last verdicts are written
+      // Last: until here a second avgate on this state-dir is told that this one still runs.
+      await control?.close();
       log.info('avgate stopped');
     })();
     return stopping;
   };
+  if (controlPath !== null) {
+    try {
+      mkdirSync(config['state-dir'], { recursive: true });
+      control = await listenControlSocket(controlPath, controlHandlers(), log.child({ component: 'control' }));
+    } catch (err) {
+      await stop();
+      throw err;
+    }
+  }
   const fe = gen.fe;
-  log.info({ engines: runtime.engines.map((e) => e.id), cacheKeyOver32KiB: largeObjectHash(), cacheLevels: runtime.cache?.levels ?? [], clamdPid: runtime.clamd?.pid, ...frontEndPorts(fe), consolePort }, 'avgate ready');
+  log.info({ engines: runtime.engines.map((e) => e.id), cacheKeyOver32KiB: largeObjectHash(), cacheLevels: runtime.cache?.levels ?? [], clamdPid: runtime.clamd?.pid, ...frontEndPorts(fe), consolePort, controlSocket: control?.path ?? null }, 'avgate ready');
   return serving;
+}
+
+export interface ServeOptions {
+  logger?: Logger;
+  /** `avgate stop` on the control socket: serveForever stops as on SIGTERM; without it, stop() runs. */
+  onStopRequest?: () => void;
+}
+
+/** Each front end's address, bound port and open connections (null entries: turned off). */
+function frontEndStatus(g: Generation, consolePort: number | null): Record<string, { listen: string; port: number | null; connections: number | null } | null> {
+  const { fe, config } = g;
+  const entry = (on: boolean, listen: string, port: number | null, connections: number | null) => (on ? { listen, port, connections } : null);
+  return {
+    icap: entry(fe.icap !== null, config.icap.listen, fe.icapPort, fe.icap?.openConnections ?? null),
+    icaps: fe.icapTlsPort === null || config.icap.tls === null ? null : { listen: config.icap.tls.listen, port: fe.icapTlsPort, connections: null },
+    smtp: entry(fe.mail !== null, config.smtp.listen, fe.mail?.port ?? null, fe.mail?.server.openConnections ?? null),
+    'http-proxy': entry(fe.httpProxy !== null, config['http-proxy'].listen, fe.httpProxyPort, fe.httpProxy?.openConnections ?? null),
+    'ftp-proxy': entry(fe.ftp !== null, config['ftp-proxy'].listen, fe.ftpProxyPort, fe.ftp?.openSessions ?? null),
+    'pop3-proxy': entry(fe.pop3 !== null, config['pop3-proxy'].listen, fe.pop3?.port ?? null, fe.pop3?.server.openConnections ?? null),
+    'imap-proxy': entry(fe.imapProxy !== null, config['imap-proxy'].listen, fe.imapProxyPort, fe.imapProxy?.openConnections ?? null),
+    console: entry(consolePort !== null, config.console.listen, consolePort, null),
+  };
 }
 
 /** changed: reloadable sections whose values changed (a renewed certificate rebuilds with none). */
@@ -474,7 +551,12 @@ export function startHealthLog(
 /** Runs serve until SIGINT/SIGTERM, then stops gracefully within stop-timeout (as reloaded). */
 export async function serveForever(loaded: LoadedConfig): Promise<number> {
   const log = createLogger({ level: loaded.config.log.level, file: loaded.config.log.file });
-  const serving = await serve(loaded, { logger: log });
+  // A stop asked for on the control socket before the signal handlers below exist waits for them.
+  let early: string | null = null;
+  let stopRequested = (why: string) => {
+    early = why;
+  };
+  const serving = await serve(loaded, { logger: log, onStopRequest: () => stopRequested('avgate stop (control socket)') });
   const { stop, reload } = serving;
   const keepAlive = setInterval(() => undefined, 1 << 30);
   // SIGHUP (node's default: exit) reopens the log files, for logrotate's postrotate (as clamd
@@ -491,7 +573,7 @@ export async function serveForever(loaded: LoadedConfig): Promise<number> {
     let stopping = false;
     // A terminal's Ctrl-C reaches npm, the launcher and avgate at once: later signals are ignored
     // while the first one's graceful stop runs, bounded by the deadline.
-    const onSignal = (sig: NodeJS.Signals) => {
+    const onSignal = (sig: string) => {
       if (stopping) return;
       stopping = true;
       process.stderr.write(`avgate: ${sig}, stopping\n`);
@@ -506,6 +588,8 @@ export async function serveForever(loaded: LoadedConfig): Promise<number> {
     };
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
+    stopRequested = onSignal;
+    if (early !== null) onSignal(early);
   });
   clearInterval(keepAlive);
   return 0;

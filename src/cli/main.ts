@@ -15,12 +15,16 @@ import { runAdminCommand } from './admin.js';
 import { runScanCommand, SCAN_USAGE } from './scan.js';
 import { runQuarantineCommand } from './quarantine.js';
 import { runSignaturesCommand } from './signatures.js';
+import { runControlCommand } from './control.js';
 
 const USAGE = `usage: avgate [--config FILE] COMMAND [ARGS]
 
 commands:
   serve                 run the gateway (engines, project-local clamd, front ends)
   scan PATH...          scan files and directories (see: avgate scan --help)
+  status [--json]       is avgate serve running: its front ends, engines, reloads (exit 3: not running)
+  reload [--json]       the running avgate reads its config file again; prints the outcome (exit 1: refused)
+  stop [--no-wait]      the running avgate stops gracefully; waits until it is gone
   config check          validate the config and check the engines answer
   config show           print the effective config (defaults filled in, secrets masked)
   clamd setup           write the test signature database and clamd.conf under state-dir
@@ -82,6 +86,11 @@ export async function main(argv: string[]): Promise<number> {
     loaded = await loadConfig(configPath);
   } catch (e) {
     err.write(`avgate: ${messageOf(e)}\n`);
+    if (command === 'reload') {
+      // The same check the running avgate makes: it would refuse this file too.
+      err.write('avgate reload: the running avgate was not asked to reload, it keeps its configuration\n');
+      return 1;
+    }
     return 2;
   }
   switch (command) {
@@ -97,6 +106,10 @@ export async function main(argv: string[]): Promise<number> {
       return runAdminCommand(loaded.config, args, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr });
     case 'quarantine':
       return runQuarantineCommand(loaded, args);
+    case 'status':
+    case 'reload':
+    case 'stop':
+      return runControlCommand(loaded.config, command, args, { stdout: process.stdout, stderr: process.stderr });
     case 'signatures':
       return runSignaturesCommand(loaded.config, args, { stdout: process.stdout, stderr: process.stderr });
     default:

@@ -215,6 +215,11 @@ export type IcapServiceConfig = z.output<typeof icapServiceSchema>;
 export const configSchema = z.strictObject({
   /** Runtime files: clamd socket/conf/db, cache, quarantine. Relative to the working directory. */
   'state-dir': z.string().default('var'),
+  /**
+   * Unix socket (mode 0600) of `avgate reload|status|stop`, relative to state-dir; null = none.
+   * A second `avgate serve` that finds it answering refuses to start on the same state-dir.
+   */
+  'control-socket': z.string().min(1).nullable().default('avgate.ctl'),
   /** Garbage-collector settings for a long-running gateway (src/core/gc-tuning.ts). */
   'gc-tuning': z.boolean().default(true),
   /** Page cache of each SQLite database (verdict cache, statistics, quarantine). */

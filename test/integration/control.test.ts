@@ -1,0 +1,214 @@
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, statSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { loadConfig } from '../../src/config/loader.js';
+import { controlRequest } from '../../src/control/server.js';
+import { silentLogger } from '../../src/core/logging.js';
+import { clamdRequest } from '../../src/engines/clamd/connection.js';
+import { serve } from '../../src/main.js';
+import { icapExchange } from '../helpers/icap-client.js';
+
+const ROOT = new URL('../..', import.meta.url).pathname;
+const CLI = join(ROOT, 'test/helpers/cli.ts');
+
+/** Runs the CLI from source; resolves with its exit code and output. */
+function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** The part of `avgate status --json` the test reads. */
+interface StatusJson {
+  config: string | null;
+  clamdPid: number | null;
+  frontEnds: Record<string, { listen: string; port: number | null; connections: number | null } | null>;
+  reloads: { applied: number; unchanged: number; failed: number; lastOk: boolean };
+}
+
+interface Served {
+  child: ChildProcess;
+  exited: Promise<number | null>;
+  icapPort: number;
+  clamdPid: number;
+  stderr: () => string;
+}
+
+async function startServe(config: string, logFile: string): Promise<Served> {
+  const before = await readFile(logFile, 'utf8').catch(() => '');
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI, '--config', config, 'serve'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const deadline = Date.now() + 120_000;
+  try {
+    for (;;) {
+      const text = (await readFile(logFile, 'utf8').catch(() => '')).slice(before.length);
+      const ready = text.split('\n').find((l) => l.includes('"msg":"avgate ready"'));
+      if (ready) {
+        const line = JSON.parse(ready) as { icapPort: number; clamdPid: number };
+        return { child, exited, icapPort: line.icapPort, clamdPid: line.clamdPid, stderr: () => stderr };
+      }
+      assert.ok(Date.now() < deadline && child.exitCode === null, `serve did not get ready: ${stderr} ${text.slice(-1500)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } catch (err) {
+    child.kill('SIGKILL');
+    await exited;
+    throw err;
+  }
+}
+
+async function maxConnections(port: number): Promise<string | undefined> {
+  const r = await icapExchange(port, [`OPTIONS icap://127.0.0.1:${port}/avscan ICAP/1.0\r\nHost: 127.0.0.1\r\n\r\n`]);
+  r.socket.destroy();
+  assert.equal(r.responses[0]?.head.status, 200);
+  return r.responses[0]?.head.headers.get('max-connections')?.[0];
+}
+
+test('avgate status, reload and stop reach the running serve over its control socket; a second serve on the same state-dir is refused', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'avgate-ctl-'));
+  const state = join(dir, 'state');
+  const config = join(dir, 'avgate.yaml');
+  const logFile = join(dir, 'avgate.log');
+  const base = [`state-dir: ${state}`, 'log:', '  level: info', `  file: ${logFile}`, 'clamd:', '  tcp-port: 0', 'icap:', '  listen: 127.0.0.1:0']
+    .concat(['smtp', 'console', 'ftp-proxy', 'http-proxy', 'pop3-proxy', 'imap-proxy'].flatMap((s) => [`${s}:`, '  enabled: false']))
+    .join('\n');
+  await writeFile(config, base);
+  const socketPath = join(state, 'avgate.ctl');
+  const busy = net.createServer();
+  await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
+  const busyPort = (busy.address() as net.AddressInfo).port;
+  let served: Served | null = null;
+  try {
+    const none = await cli(['--config', config, 'status']);
+    assert.equal(none.code, 3, none.stderr);
+    assert.match(none.stdout, /avgate is not running \(no answer on .*avgate\.ctl\)/);
+
+    served = await startServe(config, logFile);
+    const { child, icapPort, clamdPid } = served;
+    assert.equal(statSync(socketPath).mode & 0o777, 0o600, 'only its owner may reach it');
+
+    const st = await cli(['--config', config, 'status']);
+    assert.equal(st.code, 0, st.stderr);
+    assert.match(st.stdout, new RegExp(`running, pid ${child.pid}, up `));
+    assert.match(st.stdout, new RegExp(`icap +127\\.0\\.0\\.1:${icapPort} +0 connection`));
+    assert.match(st.stdout, /smtp +off/);
+    assert.match(st.stdout, /clamav +healthy, signatures /);
+    assert.match(st.stdout, new RegExp(`project-local clamd: pid ${clamdPid}`));
+    const js = JSON.parse((await cli(['--config', config, 'status', '--json'])).stdout) as StatusJson;
+    assert.equal(js.frontEnds['icap']?.port, icapPort);
+    assert.equal(js.frontEnds['http-proxy'], null);
+    assert.equal(js.config, config);
+
+    // A second serve on the same state-dir: refused before it starts anything (it used to stop
+    // the first one's clamd as a leftover, and take its spool and databases).
+    const second = await cli(['--config', config, 'serve']);
+    assert.equal(second.code, 2);
+    assert.match(second.stderr, new RegExp(`another avgate \\(pid ${child.pid}\\) already serves from this state-dir`));
+    assert.equal((await clamdRequest({ kind: 'unix', path: join(state, 'clamd', 'clamd.sock') }, 'PING', { timeoutMs: 2000 })).trim(), 'PONG');
+    assert.equal((JSON.parse((await cli(['--config', config, 'status', '--json'])).stdout) as StatusJson).clamdPid, clamdPid, 'the same clamd');
+
+    // reload: applied, then unchanged.
+    await writeFile(config, base.replace('  listen: 127.0.0.1:0', '  listen: 127.0.0.1:0\n  max-connections: 77'));
+    const applied = await cli(['--config', config, 'reload']);
+    assert.equal(applied.code, 0, applied.stderr);
+    assert.equal(applied.stdout, 'configuration reloaded; changed: icap\n');
+    assert.equal(await maxConnections(icapPort), '77', 'the reloaded setting on the same port');
+    const same = await cli(['--config', config, 'reload']);
+    assert.equal(same.code, 0);
+    assert.equal(same.stdout, 'configuration unchanged: nothing rebuilt\n');
+
+    // Refused by the running avgate (its port is taken): the reason comes back, exit 1.
+    await writeFile(config, (await readFile(config, 'utf8')).replace('http-proxy:\n  enabled: false', `http-proxy:\n  listen: 127.0.0.1:${busyPort}`));
+    const refused = await cli(['--config', config, 'reload']);
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /avgate reload: .*EADDRINUSE/);
+    const after = JSON.parse((await cli(['--config', config, 'status', '--json'])).stdout) as StatusJson;
+    assert.deepEqual([after.reloads.applied, after.reloads.unchanged, after.reloads.failed, after.reloads.lastOk], [1, 1, 1, false]);
+    assert.equal(after.frontEnds['http-proxy'], null, 'the running configuration stays');
+    assert.equal(await maxConnections(icapPort), '77');
+    // Refused by the command itself (the file does not validate): the running avgate is not asked.
+    await writeFile(config, `${base}\nstop-timeout: 1s\n`);
+    const invalid = await cli(['--config', config, 'reload']);
+    assert.equal(invalid.code, 1);
+    assert.match(invalid.stderr, /stop-timeout: at least 5s[\s\S]*the running avgate was not asked to reload/);
+    await writeFile(config, base);
+
+    // stop: graceful, waits until the process is gone.
+    const stopped = await cli(['--config', config, 'stop']);
+    assert.equal(stopped.code, 0, stopped.stderr);
+    assert.equal(stopped.stdout, `avgate (pid ${child.pid}) stopped\n`);
+    assert.equal(await served.exited, 0, served.stderr());
+    assert.match(served.stderr(), /avgate stop \(control socket\), stopping/);
+    assert.equal(existsSync(socketPath), false, 'the socket file is removed');
+    assert.throws(() => process.kill(clamdPid, 0), 'its clamd is stopped too');
+    assert.match(await readFile(logFile, 'utf8'), /"msg":"avgate stopped"/);
+    assert.equal((await cli(['--config', config, 'stop'])).code, 3, 'nothing left to stop');
+
+    // kill -9 leaves the socket file: status says not running, and the next serve starts.
+    served = await startServe(config, logFile);
+    served.child.kill('SIGKILL');
+    await served.exited;
+    assert.ok(statSync(socketPath).isSocket(), 'left behind');
+    assert.equal((await cli(['--config', config, 'status'])).code, 3);
+    served = await startServe(config, logFile);
+    const quick = await cli(['--config', config, 'stop', '--no-wait']);
+    assert.equal(quick.code, 0);
+    assert.equal(quick.stdout, `avgate (pid ${served.child.pid}) stopping\n`);
+    assert.equal(await served.exited, 0);
+    served = null;
+  } finally {
+    served?.child.kill('SIGKILL');
+    await served?.exited;
+    busy.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('in-process serve: the stop command runs serve\'s own stop; control-socket null opens none', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'avgate-ctl-ip-'));
+  const config = join(dir, 'avgate.yaml');
+  const lines = [`state-dir: ${join(dir, 'state')}`, 'log:', '  level: silent', 'clamd:', '  tcp-port: 0', 'icap:', '  listen: 127.0.0.1:0']
+    .concat(['smtp', 'console', 'ftp-proxy', 'http-proxy', 'pop3-proxy', 'imap-proxy'].flatMap((s) => [`${s}:`, '  enabled: false']));
+  try {
+    await writeFile(config, lines.join('\n'));
+    const serving = await serve(await loadConfig(config), { logger: silentLogger() });
+    const path = join(dir, 'state', 'avgate.ctl');
+    const reply = await controlRequest(path, 'stop', 5000);
+    assert.equal(reply['ok'], true);
+    assert.equal(reply['stopTimeoutMs'], 10_000);
+    // The stop closes the socket last.
+    for (let i = 0; i < 200 && existsSync(path); i++) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(existsSync(path), false);
+    await serving.stop(); // the same stop, already done
+    assert.throws(() => process.kill(serving.runtime.clamd?.pid as number, 0), 'clamd stopped');
+
+    await writeFile(config, [...lines, 'control-socket: null'].join('\n'));
+    const bare = await serve(await loadConfig(config), { logger: silentLogger() });
+    try {
+      assert.equal(existsSync(path), false);
+      const r = await cli(['--config', config, 'status']);
+      assert.equal(r.code, 2);
+      assert.match(r.stderr, /control-socket is null in this config/);
+    } finally {
+      await bare.stop();
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
