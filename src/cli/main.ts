@@ -16,6 +16,7 @@ import { runScanCommand, SCAN_USAGE } from './scan.js';
 import { runQuarantineCommand } from './quarantine.js';
 import { runSignaturesCommand } from './signatures.js';
 import { runControlCommand } from './control.js';
+import { runPolicyCommand } from './policy.js';
 
 const USAGE = `usage: avgate [--config FILE] COMMAND [ARGS]
 
@@ -25,6 +26,8 @@ commands:
   status [--json]       is avgate serve running: its front ends, engines, reloads (exit 3: not running)
   reload [--json]       the running avgate reads its config file again; prints the outcome (exit 1: refused)
   stop [--no-wait]      the running avgate stops gracefully; waits until it is gone
+  policy show|mail|http-proxy|ftp-proxy
+                        the config's rules in order; which mail group or doc-acl rule applies (see: avgate policy --help)
   config check          validate the config and check the engines answer
   config show           print the effective config (defaults filled in, secrets masked)
   clamd setup           write the test signature database and clamd.conf under state-dir
@@ -110,6 +113,8 @@ export async function main(argv: string[]): Promise<number> {
     case 'reload':
     case 'stop':
       return runControlCommand(loaded.config, command, args, { stdout: process.stdout, stderr: process.stderr });
+    case 'policy':
+      return runPolicyCommand(loaded.config, args, { stdout: process.stdout, stderr: process.stderr });
     case 'signatures':
       return runSignaturesCommand(loaded.config, args, { stdout: process.stdout, stderr: process.stderr });
     default:

@@ -1,0 +1,321 @@
+/**
+ * `avgate policy`: the policy a config file sets, in the order it is applied, and which rule a
+ * given message or download falls under — read from the file, with the same matchers the front
+ * ends use (src/policy/mail, src/proxy/doc-acl.ts, src/mailproxy/acl.ts). Nothing is scanned and
+ * no running avgate is asked.
+ */
+import { isIP } from 'node:net';
+import { posix } from 'node:path';
+import type { Writable } from 'node:stream';
+import type { DocAclRule as MailProxyDocRule, MailProxyPolicyConfig } from '../config/mail-proxy-schema.js';
+import type { DocAclRule, TrickleConfig } from '../config/proxy-schema.js';
+import type { Config } from '../config/schema.js';
+import { messageOf } from '../core/errors.js';
+import { formatBytes, parseSize } from '../core/units.js';
+import { compileMailPolicy, DEFAULT_GROUP, MAIL_STATUSES, type MailGroup, type MailPolicy } from '../policy/mail/index.js';
+import { parseProxyTarget } from '../protocols/http-proxy/headers.js';
+import { DocAcl, type DocFacts } from '../proxy/doc-acl.js';
+
+export const POLICY_USAGE = `usage: avgate policy show [SECTION]
+       avgate policy mail --from ADDR --to ADDR [--to ADDR ...] [--json]
+       avgate policy http-proxy|ftp-proxy --url URL [--client IP] [--method M]
+                     [--content-type TYPE] [--size N] [--upload] [--json]
+show: every rule list of the config in the order it is applied (SECTION: mail, http-proxy,
+ftp-proxy, pop3-proxy, imap-proxy; default all). mail: the group each recipient falls into and
+what that group does per status. http-proxy, ftp-proxy: the doc-acl rule a request falls under
+(--client default 127.0.0.1; --method default GET/RETR, POST/STOR with --upload; --size is the
+Content-Length and --content-type the Content-Type, HTTP only: the FTP proxy knows neither then).
+Read from the config file only: nothing is scanned, the running avgate is not asked.
+`;
+
+const SECTIONS = ['mail', 'http-proxy', 'ftp-proxy', 'pop3-proxy', 'imap-proxy'] as const;
+type Section = (typeof SECTIONS)[number];
+
+interface Io {
+  stdout: Writable;
+  stderr: Writable;
+}
+
+/** `--name value` options, repeatable ones collected; flags without a value listed in `flags`. */
+function parseOptions(args: string[], flags: readonly string[]): { values: Map<string, string[]>; flags: Set<string>; rest: string[] } {
+  const values = new Map<string, string[]>();
+  const set = new Set<string>();
+  const rest: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i] as string;
+    if (flags.includes(a)) {
+      set.add(a);
+    } else if (a.startsWith('--')) {
+      const eq = a.indexOf('=');
+      const name = eq > 0 ? a.slice(0, eq) : a;
+      const value = eq > 0 ? a.slice(eq + 1) : args[++i];
+      if (value === undefined) throw new Error(`${name} needs a value`);
+      values.set(name, [...(values.get(name) ?? []), value]);
+    } else {
+      rest.push(a);
+    }
+  }
+  return { values, flags: set, rest };
+}
+
+export function runPolicyCommand(config: Readonly<Config>, args: string[], io: Io): number {
+  const [sub, ...rest] = args;
+  if (sub === undefined || sub === '--help' || sub === '-h' || sub === 'help') {
+    io.stdout.write(POLICY_USAGE);
+    return sub === undefined ? 2 : 0;
+  }
+  try {
+    if (sub === 'show') {
+      const which = rest[0];
+      if (which !== undefined && !(SECTIONS as readonly string[]).includes(which)) throw new Error(`unknown section "${which}"; one of ${SECTIONS.join(', ')}`);
+      io.stdout.write(showPolicy(config, which === undefined ? SECTIONS : [which as Section]));
+      return 0;
+    }
+    if (sub === 'mail') return mailCommand(config, rest, io);
+    if (sub === 'http-proxy' || sub === 'ftp-proxy') return docAclCommand(config, sub, rest, io);
+    throw new Error(`unknown subcommand "${sub}"`);
+  } catch (err) {
+    io.stderr.write(`avgate policy: ${messageOf(err)}\n${POLICY_USAGE}`);
+    return 2;
+  }
+}
+
+// ------------------------------------------------------------------ mail filter groups
+
+function mailCommand(config: Readonly<Config>, args: string[], io: Io): number {
+  const { values, flags, rest } = parseOptions(args, ['--json']);
+  const unknown = [...values.keys()].filter((k) => k !== '--from' && k !== '--to');
+  if (unknown.length > 0 || rest.length > 0) throw new Error(`unexpected argument ${unknown[0] ?? rest[0]}`);
+  const from = values.get('--from');
+  const to = values.get('--to') ?? [];
+  if (from?.length !== 1 || to.length === 0) throw new Error('give one --from (an empty string for the null sender <>) and at least one --to');
+  const sender = from[0] as string;
+  const policy = compileMailPolicy(config.mail);
+  const shares = policy.assignGroups(sender, to);
+  if (flags.has('--json')) {
+    const groups = [...shares].map(([name, recipients]) => ({ group: name, position: positionOf(policy, name), recipients, settings: groupJson(policy.group(name)) }));
+    io.stdout.write(`${JSON.stringify({ sender, groups })}\n`);
+    return 0;
+  }
+  const out: string[] = [`sender ${sender === '' ? '<> (null sender)' : sender}`];
+  for (const r of to) {
+    const name = policy.groupKey(sender, r);
+    out.push(`  ${r} -> group ${name} (${positionOf(policy, name)} of ${policy.groups.length}${name === DEFAULT_GROUP ? ', no other group matched' : ''})`);
+  }
+  if (shares.size > 1) out.push('the recipients are split: each share is handled by its own group (and delivered or refused on its own)');
+  for (const name of shares.keys()) out.push(...describeGroup(policy.group(name), positionOf(policy, name)));
+  out.push(senderNoticeRule(policy));
+  io.stdout.write(`${out.join('\n')}\n`);
+  return 0;
+}
+
+/** The exceptions to every group's `notify sender`. */
+function senderNoticeRule(policy: MailPolicy): string {
+  const c = policy.common;
+  return `sender notices are never sent to the null sender <> or to notify-from, nor for virus names matching sender-forging-names (${c.senderForgingNames.length} pattern(s))${c.notifySenderOfBulk ? '' : ', nor for bulk or list mail'}`;
+}
+
+function positionOf(policy: MailPolicy, name: string): number {
+  return policy.groups.findIndex((g) => g.name === name) + 1;
+}
+
+function groupJson(g: MailGroup): Record<string, unknown> {
+  return Object.fromEntries(
+    MAIL_STATUSES.map((s) => [
+      s,
+      {
+        action: g.actions[s],
+        quarantine: g.quarantine.has(s),
+        notify: notifyList(g, s),
+        copyTo: g.copyTo[s] ?? [],
+        prefixSubject: g.prefixSubject[s] ?? null,
+        headers: g.addHeaders.has(s),
+      },
+    ]),
+  );
+}
+
+function notifyList(g: MailGroup, s: (typeof MAIL_STATUSES)[number]): string[] {
+  return [g.notifySender.has(s) ? 'sender' : null, g.notifyRecipients.has(s) ? 'recipients' : null, g.notifyAdmin.has(s) ? 'admin' : null].filter((x): x is string => x !== null);
+}
+
+function describeGroup(g: MailGroup, position: number): string[] {
+  const out = [`group ${g.name} (${position}):`];
+  if (g.name === DEFAULT_GROUP) out.push('  takes every recipient no group above matched');
+  else out.push(`  senders: ${g.senders.map(patternText).join(' | ')}`, `  recipients: ${g.recipients.map(patternText).join(' | ')}`);
+  if (g.admin.length > 0) out.push(`  admin: ${g.admin.join(', ')}`);
+  for (const s of MAIL_STATUSES) {
+    const parts: string[] = [g.actions[s]];
+    if (g.actions[s] === 'replace' && g.replaceWith[s]) parts[0] = `replace with ${g.replaceWith[s]}`;
+    if (g.quarantine.has(s)) parts.push('quarantine');
+    const notify = notifyList(g, s);
+    if (notify.length > 0) parts.push(`notify ${notify.join(', ')}`);
+    if (g.copyTo[s]?.length) parts.push(`copy to ${(g.copyTo[s] ?? []).join(', ')}`);
+    if (g.prefixSubject[s]) parts.push(`subject prefix ${JSON.stringify(g.prefixSubject[s])}`);
+    if (g.addHeaders.has(s)) parts.push('X-AV-Status header');
+    out.push(`  ${s.padEnd(11)} ${parts.join('; ')}`);
+  }
+  const filters = [...g.filter.byName.map((r) => `name ${r.source}`), ...g.filter.byType.map((r) => `type ${r.source}`)];
+  if (filters.length > 0) out.push(`  attachment filter (status filtered): ${filters.join(', ')}`);
+  return out;
+}
+
+/** The pattern as the admin wrote it (the compiled one is anchored: ^(?:...)$). */
+function patternText(re: RegExp): string {
+  const m = /^\^\(\?:(.*)\)\$$/s.exec(re.source);
+  return m ? (m[1] as string) : re.source;
+}
+
+// ------------------------------------------------------------------ HTTP and FTP doc-acl
+
+function docAclCommand(config: Readonly<Config>, section: 'http-proxy' | 'ftp-proxy', args: string[], io: Io): number {
+  const { values, flags, rest } = parseOptions(args, ['--json', '--upload']);
+  const known = ['--url', '--client', '--method', '--content-type', '--size'];
+  const unknown = [...values.keys()].filter((k) => !known.includes(k));
+  if (unknown.length > 0 || rest.length > 0) throw new Error(`unexpected argument ${unknown[0] ?? rest[0]}`);
+  const one = (k: string): string | undefined => {
+    const v = values.get(k);
+    if (v && v.length > 1) throw new Error(`${k} given more than once`);
+    return v?.[0];
+  };
+  const url = one('--url');
+  if (url === undefined) throw new Error('--url is needed');
+  const client = one('--client') ?? '127.0.0.1';
+  if (isIP(client) === 0) throw new Error(`--client ${client} is not an IP address`);
+  const upload = flags.has('--upload');
+  const sizeText = one('--size');
+  const contentType = one('--content-type') ?? null;
+  let host: string;
+  let target: string;
+  if (section === 'http-proxy') {
+    // The same parse and normalisation as the proxy's (src/protocols/http-proxy/headers.ts).
+    const t = parseProxyTarget(url);
+    if (!t) throw new Error(`--url ${url} is not an absolute http:// URL the proxy takes (https:// goes through CONNECT tunnels, which are not scanned)`);
+    host = t.host;
+    target = t.url;
+  } else {
+    // As the FTP proxy builds it: ftp://host/absolute-normalised-path; it knows neither size nor type when it picks the rule.
+    if (sizeText !== undefined || contentType !== null) throw new Error('the FTP proxy picks the rule before it knows a size or type: --size and --content-type do not apply');
+    let u: URL;
+    try {
+      u = new URL(url);
+    } catch {
+      throw new Error(`--url ${url} is not a URL`);
+    }
+    if (u.protocol !== 'ftp:' || u.hostname === '') throw new Error(`--url ${url} is not an ftp:// URL`);
+    host = u.hostname.replace(/^\[(.*)\]$/, '$1');
+    let path: string;
+    try {
+      path = decodeURIComponent(u.pathname);
+    } catch {
+      throw new Error(`--url ${url}: its path is not valid percent-encoding`);
+    }
+    target = `ftp://${u.hostname}${posix.normalize(path || '/')}`;
+  }
+  const facts: DocFacts = {
+    client,
+    host,
+    url: target,
+    method: (one('--method') ?? (upload ? (section === 'ftp-proxy' ? 'STOR' : 'POST') : section === 'ftp-proxy' ? 'RETR' : 'GET')).toUpperCase(),
+    contentType,
+    size: sizeText === undefined ? null : sizeOf(sizeText),
+    direction: upload ? 'upload' : 'download',
+  };
+  const rules = config[section]['doc-acl'];
+  const m = new DocAcl(rules).match(facts);
+  if (flags.has('--json')) {
+    io.stdout.write(`${JSON.stringify({ section, facts, rule: m.name, position: m.index + 1, of: rules.length, action: m.rule.action, antivirus: m.rule.antivirus, acceptStatus: m.rule['accept-status'], trickle: m.rule.trickle })}\n`);
+    return 0;
+  }
+  const where = m.index < 0 ? `no rule of ${rules.length} matched: the fallback` : `rule ${m.index + 1} of ${rules.length}, "${m.name}"`;
+  io.stdout.write(`${section} ${facts.direction} ${facts.method} ${target} from ${client}${facts.contentType ? `, ${facts.contentType}` : ''}${section === 'ftp-proxy' ? '' : facts.size !== null ? `, ${formatBytes(facts.size)}` : ', size unknown'}\n  ${where}: ${describeDocRule(m.rule, facts.direction)}\n`);
+  if (section === 'http-proxy' && !config['http-proxy'].enabled) io.stdout.write('  (http-proxy is not enabled in this config)\n');
+  if (section === 'ftp-proxy' && !config['ftp-proxy'].enabled) io.stdout.write('  (ftp-proxy is not enabled in this config)\n');
+  return 0;
+}
+
+function sizeOf(text: string): number {
+  const n = parseSize(text);
+  if (n === null) throw new Error(`--size ${text} is not a size (bytes, or with a unit: 10KiB, 5MB)`);
+  return n;
+}
+
+function describeTrickle(t: TrickleConfig | null): string {
+  if (t === null) return 'the body is held until the verdict';
+  const limit = t.limit.kind === 'percent' ? `${t.limit.value}%` : formatBytes(t.limit.value);
+  return `trickle ${formatBytes(t.chunk)} every ${t.interval / 1000}s after the first ${t.interval / 1000}s of scanning, at most ${limit}, keeping back ${formatBytes(t['keep-back'])}`;
+}
+
+function describeDocRule(r: DocAclRule, direction?: 'download' | 'upload'): string {
+  if (r.action === 'accept') return 'accept: passed unscanned';
+  if (r.action === 'deny') return 'deny: refused (403 page; FTP 550)';
+  if (r.antivirus === 'none') return 'scan with no engine: passed, logged as skipped';
+  const engines = r.antivirus === null ? 'scan.engines' : r.antivirus.join(', ');
+  const trickle = direction === 'upload' ? 'uploads are held until the verdict' : describeTrickle(r.trickle);
+  return `scan with ${engines}; passes when ${r['accept-status'].join(', ')}; ${trickle}`;
+}
+
+function describeMatch(m: DocAclRule['match']): string {
+  const parts: string[] = [];
+  if (m.direction !== 'both') parts.push(`${m.direction}s`);
+  if (m.clients.length > 0) parts.push(`clients ${m.clients.join(', ')}`);
+  if (m.hosts.length > 0) parts.push(`hosts ${m.hosts.join(', ')}`);
+  if (m.url !== null) parts.push(`url ${m.url}`);
+  if (m.methods.length > 0) parts.push(`methods ${m.methods.join(', ')}`);
+  if (m['content-types'].length > 0) parts.push(`types ${m['content-types'].join(', ')}`);
+  if (m['min-size'] !== null) parts.push(`size >= ${formatBytes(m['min-size'])}`);
+  if (m['max-size'] !== null) parts.push(`size <= ${formatBytes(m['max-size'])}`);
+  return parts.length > 0 ? parts.join('; ') : 'everything';
+}
+
+// ------------------------------------------------------------------ show
+
+function showPolicy(config: Readonly<Config>, sections: readonly Section[]): string {
+  const out: string[] = [];
+  for (const section of sections) {
+    if (section === 'mail') {
+      const policy = compileMailPolicy(config.mail);
+      out.push(`mail filter (smtp${config.smtp.enabled ? '' : ', not enabled'}): groups in match order; a recipient falls into the first group whose senders match the sender and whose recipients match it`);
+      policy.groups.forEach((g, i) => out.push(...describeGroup(g, i + 1).map((l) => `  ${l}`)));
+      out.push(`  ${senderNoticeRule(policy)}`);
+    } else if (section === 'http-proxy' || section === 'ftp-proxy') {
+      const rules = config[section]['doc-acl'];
+      out.push(`${section}${config[section].enabled ? '' : ' (not enabled)'} doc-acl: the first rule whose every condition holds; none: scan with scan.engines, only free passes`);
+      rules.forEach((r, i) => out.push(`  ${i + 1}. ${r.name ?? `rule-${i + 1}`}: ${describeMatch(r.match)}`, `     -> ${describeDocRule(r)}`));
+    } else {
+      out.push(...describeMailProxy(section, config[section].enabled, config[section]));
+    }
+    out.push('');
+  }
+  return out.join('\n');
+}
+
+function describeMailProxy(section: 'pop3-proxy' | 'imap-proxy', enabled: boolean, p: MailProxyPolicyConfig): string[] {
+  const out = [`${section}${enabled ? '' : ' (not enabled)'}: antivirus ${p.antivirus === null ? 'scan.engines' : p.antivirus.join(', ')}; on engine error: ${p['on-error']}`];
+  const list = (title: string, rules: readonly { name: string | null }[], line: (r: never) => string, none: string) => {
+    out.push(`  ${title} (first match wins; none matching: ${none})`);
+    rules.forEach((r, i) => out.push(`    ${i + 1}. ${r.name ?? `rule-${i + 1}`}: ${line(r as never)}`));
+  };
+  list(
+    'command-acl',
+    p['command-acl'],
+    (r: MailProxyPolicyConfig['command-acl'][number]) =>
+      `${[r.match.clients.length ? `clients ${r.match.clients.join(', ')}` : '', r.match.users.length ? `users ${r.match.users.join(', ')}` : '', r.match.commands.length ? `commands ${r.match.commands.join(', ')}` : ''].filter(Boolean).join('; ') || 'everything'} -> ${r.action}${r['use-antivirus'] ? ', scanned' : ', not scanned'}`,
+    'accept, scanned',
+  );
+  list(
+    'mail-acl',
+    p['mail-acl'],
+    (r: MailProxyPolicyConfig['mail-acl'][number]) =>
+      `${[r.match.senders.length ? `senders ${r.match.senders.join(' | ')}` : '', r.match.recipients.length ? `recipients ${r.match.recipients.join(' | ')}` : '', r.match['min-size'] !== null ? `size >= ${formatBytes(r.match['min-size'])}` : '', r.match['max-size'] !== null ? `size <= ${formatBytes(r.match['max-size'])}` : ''].filter(Boolean).join('; ') || 'everything'} -> ${r.action}`,
+    'accept',
+  );
+  list(
+    'doc-acl',
+    p['doc-acl'],
+    (r: MailProxyDocRule) =>
+      `${[r.match.statuses.length ? `statuses ${r.match.statuses.join(', ')}` : '', r.match['content-types'].length ? `types ${r.match['content-types'].join(', ')}` : '', r.match.filenames.length ? `file names ${r.match.filenames.join(', ')}` : '', r.match.users.length ? `users ${r.match.users.join(', ')}` : ''].filter(Boolean).join('; ') || 'everything'} -> ${r.action}`,
+    'replace-av-unknown',
+  );
+  return out;
+}
