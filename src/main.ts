@@ -10,7 +10,7 @@ import { messageOf } from './core/errors.js';
 import { createLogger, reopenLogFiles, type Logger } from './core/logging.js';
 import { VERSION } from './core/version.js';
 import { configWarnings } from './config/check.js';
-import { claimControlSocket, controlSocketPath, listenControlSocket, type ControlServer } from './control/server.js';
+import { controlSocketPath, openControlSocket, type ControlServer } from './control/server.js';
 import { EngineHealth } from './engines/health.js';
 import { startMailFilter, type MailFrontEnd } from './mail/index.js';
 import { IcapServer } from './protocols/icap/server.js';
@@ -170,13 +170,28 @@ export function reloadedConfig(running: Readonly<Config>, next: Readonly<Config>
 
 export async function serve(loaded: LoadedConfig, opts: ServeOptions = {}): Promise<Serving> {
   const { config } = loaded;
-  const startedAt = Date.now();
-  if (config['gc-tuning']) tuneGarbageCollector();
   const log = opts.logger ?? createLogger({ level: config.log.level, file: config.log.file });
   log.info({ config: loaded.path ?? '(embedded defaults)' }, 'avgate starting');
-  // Before anything is started: another avgate on the same state-dir would share its clamd, spool and databases.
+  // Before anything is started: another avgate on the same state-dir would share its clamd
+  // (and stop it as a leftover), its spool and its databases.
   const controlPath = controlSocketPath(config);
-  if (controlPath !== null) await claimControlSocket(controlPath);
+  let control: ControlServer | null = null;
+  if (controlPath !== null) {
+    mkdirSync(config['state-dir'], { recursive: true });
+    control = await openControlSocket(controlPath, log.child({ component: 'control' }));
+  }
+  try {
+    return await startServing(loaded, opts, log, control);
+  } catch (err) {
+    await control?.close();
+    throw err;
+  }
+}
+
+async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logger, control: ControlServer | null): Promise<Serving> {
+  const { config } = loaded;
+  const startedAt = Date.now();
+  if (config['gc-tuning']) tuneGarbageCollector();
   // Statistics first: every scanner the runtime builds reports its verdicts to it.
   const stats = config.stats.enabled ? openStats(config.stats, config['state-dir'], log.child({ component: 'stats' }), config['sqlite-cache-size']) : null;
   const runtime = await openRuntime(config, { logger: log, localClamd: 'always', stats }).catch(async (err: unknown) => {
@@ -247,7 +262,6 @@ export async function serve(loaded: LoadedConfig, opts: ServeOptions = {}): Prom
   let stopping: Promise<void> | null = null;
   let reloading: Promise<ReloadResult> | null = null;
   let reloadAgain = false;
-  let control: ControlServer | null = null;
   /** What `avgate status` prints (the control socket's `status`). */
   const status = () => ({
     ok: true,
@@ -279,10 +293,13 @@ export async function serve(loaded: LoadedConfig, opts: ServeOptions = {}): Prom
       };
     },
     stop: () => {
-      if (stopping) return { ok: true, pid: process.pid, stopping: true, note: 'already stopping' };
+      // How long the process may still take: its stop-timeout, and when a reload is running (the
+      // stop waits for it, then takes the reloaded stop-timeout) once more.
+      const waitMs = gen.config['stop-timeout'] * (reloading ? 2 : 1);
+      if (stopping) return { ok: true, pid: process.pid, stopping: true, note: 'already stopping', waitMs };
       // After the answer is written: the stop closes the control socket last.
       setImmediate(() => (opts.onStopRequest ? opts.onStopRequest() : void serving.stop()));
-      return { ok: true, pid: process.pid, stopping: true, stopTimeoutMs: gen.config['stop-timeout'] };
+      return { ok: true, pid: process.pid, stopping: true, waitMs };
     },
   });
 
@@ -455,15 +472,7 @@ export async function serve(loaded: LoadedConfig, opts: ServeOptions = {}): Prom
     })();
     return stopping;
   };
-  if (controlPath !== null) {
-    try {
-      mkdirSync(config['state-dir'], { recursive: true });
-      control = await listenControlSocket(controlPath, controlHandlers(), log.child({ component: 'control' }));
-    } catch (err) {
-      await stop();
-      throw err;
-    }
-  }
+  control?.setHandlers(controlHandlers());
   const fe = gen.fe;
   log.info({ engines: runtime.engines.map((e) => e.id), cacheKeyOver32KiB: largeObjectHash(), cacheLevels: runtime.cache?.levels ?? [], clamdPid: runtime.clamd?.pid, ...frontEndPorts(fe), consolePort, controlSocket: control?.path ?? null }, 'avgate ready');
   return serving;

@@ -6,6 +6,8 @@
 import type { Writable } from 'node:stream';
 import type { Config } from '../config/schema.js';
 import { controlRequest, controlSocketPath, type ControlReply } from '../control/server.js';
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
 import { messageOf } from '../core/errors.js';
 
 export const CONTROL_USAGE = `usage: avgate status [--json]     is avgate serve running; its front ends, engines, reloads
@@ -13,18 +15,21 @@ export const CONTROL_USAGE = `usage: avgate status [--json]     is avgate serve 
        avgate stop [--json] [--no-wait]
                                   stop gracefully (within stop-timeout) and wait until it is gone
 The running avgate is found by the control socket (control-socket, under state-dir) of the config
-given with --config or $AVGATE_CONFIG. Exit status: 0 done, 1 refused or failed, 3 not running.
+given with --config or $AVGATE_CONFIG (a relative state-dir is taken from the working directory).
+Exit status: 0 done, 1 refused or failed, 2 bad arguments or config, 3 not running.
 `;
 
-/** How long an answer may take: a reload starts engines and front ends (a slow clamd PING, TLS files). */
-const ANSWER_TIMEOUT_MS = 60_000;
+/** How long an answer may take: a reload starts engines and front ends, after a reload already running. */
+const ANSWER_TIMEOUT_MS: Record<'status' | 'reload' | 'stop', number> = { status: 10_000, reload: 600_000, stop: 30_000 };
+/** A stop's wait is bounded by what the running avgate says, but never beyond this. */
+const MAX_STOP_WAIT_MS = 3_600_000;
 
 interface Io {
   stdout: Writable;
   stderr: Writable;
 }
 
-export async function runControlCommand(config: Readonly<Config>, command: 'status' | 'reload' | 'stop', args: string[], io: Io): Promise<number> {
+export async function runControlCommand(config: Pick<Config, 'state-dir' | 'control-socket' | 'stop-timeout'>, command: 'status' | 'reload' | 'stop', args: string[], io: Io): Promise<number> {
   const json = args.includes('--json');
   const wait = !args.includes('--no-wait');
   const unknown = args.filter((a) => a !== '--json' && a !== '--no-wait' && a !== '--help' && a !== '-h');
@@ -43,7 +48,7 @@ export async function runControlCommand(config: Readonly<Config>, command: 'stat
   }
   let reply: ControlReply;
   try {
-    reply = await controlRequest(path, command, ANSWER_TIMEOUT_MS);
+    reply = await controlRequest(path, command, ANSWER_TIMEOUT_MS[command]);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ECONNREFUSED') {
@@ -55,42 +60,79 @@ export async function runControlCommand(config: Readonly<Config>, command: 'stat
     return 1;
   }
   if (command === 'stop' && reply['ok'] === true && wait) {
-    const gone = await waitUntilGone(path, Number(reply['stopTimeoutMs'] ?? config['stop-timeout']) + 5_000);
+    const said = Number(reply['waitMs']);
+    const budget = (Number.isFinite(said) && said > 0 ? Math.min(said, MAX_STOP_WAIT_MS) : 2 * config['stop-timeout']) + 5_000;
+    const pid = typeof reply['pid'] === 'number' && Number.isSafeInteger(reply['pid']) && reply['pid'] > 1 ? reply['pid'] : null;
+    const gone = await waitUntilGone(path, pid, budget);
     reply = { ...reply, stopped: gone };
     if (json) io.stdout.write(`${JSON.stringify(reply)}\n`);
-    else io.stdout.write(gone ? `avgate (pid ${String(reply['pid'])}) stopped\n` : `avgate (pid ${String(reply['pid'])}) is still running after its stop-timeout\n`);
+    else io.stdout.write(gone ? `avgate (pid ${String(pid)}) stopped\n` : `avgate (pid ${String(pid)}) is still running ${Math.round(budget / 1000)} s after the stop began\n`);
     return gone ? 0 : 1;
   }
   if (json) {
     io.stdout.write(`${JSON.stringify(reply)}\n`);
   } else if (reply['ok'] !== true) {
-    io.stderr.write(`avgate ${command}: ${String(reply['error'] ?? 'refused')}\n`);
+    io.stderr.write(`avgate ${command}: ${text(reply['error'] ?? 'refused')}\n`);
   } else {
-    io.stdout.write(command === 'status' ? formatStatus(reply) : command === 'reload' ? formatReload(reply) : `avgate (pid ${String(reply['pid'])}) stopping\n`);
+    io.stdout.write(command === 'status' ? formatStatus(reply) : command === 'reload' ? formatReload(reply) : `avgate (pid ${text(reply['pid'])}) stopping\n`);
   }
   return reply['ok'] === true ? 0 : 1;
 }
 
-/** Polls the socket until nobody answers (the stop closes it last), at most timeoutMs. */
-async function waitUntilGone(path: string, timeoutMs: number): Promise<boolean> {
+/**
+ * For `status` and `stop` when the config file does not validate (say, halfway through an edit):
+ * only its state-dir and control-socket are needed to find the running avgate. Null when even
+ * those cannot be read.
+ */
+export function controlTargetOf(configPath: string | null): Pick<Config, 'state-dir' | 'control-socket' | 'stop-timeout'> | null {
+  if (configPath === null) return null;
+  try {
+    const doc = parseYaml(readFileSync(configPath, 'utf8')) as unknown;
+    const top = typeof doc === 'object' && doc !== null ? (doc as Record<string, unknown>) : {};
+    const stateDir = top['state-dir'] ?? 'var';
+    const socket = top['control-socket'] === undefined ? 'avgate.ctl' : top['control-socket'];
+    if (typeof stateDir !== 'string' || !(socket === null || typeof socket === 'string')) return null;
+    return { 'state-dir': stateDir, 'control-socket': socket, 'stop-timeout': 10_000 };
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Waits until the process is gone (its pid no longer exists), or when the pid is not known, until
+ * the socket stops answering (the stop closes it last); at most timeoutMs.
+ */
+async function waitUntilGone(path: string, pid: number | null, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    try {
-      await controlRequest(path, 'status', 2_000);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT' || code === 'ECONNREFUSED') return true;
+    if (pid !== null) {
+      try {
+        process.kill(pid, 0);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ESRCH') return true;
+      }
+    } else {
+      try {
+        await controlRequest(path, 'status', 2_000);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT' || code === 'ECONNREFUSED') return true;
+      }
     }
-    await new Promise((r) => setTimeout(r, 200));
+    await new Promise((r) => setTimeout(r, 100));
   }
   return false;
 }
 
+/** A value from the reply as one printable line (an engine's error text may carry anything). */
+// eslint-disable-next-line no-control-regex -- control characters are what is replaced
+const text = (v: unknown): string => String(v).replace(/[\u0000-\u001f\u007f-\u009f]/g, '?');
+
 function formatReload(r: ControlReply): string {
-  const list = (v: unknown) => (Array.isArray(v) && v.length > 0 ? v.join(', ') : 'none');
+  const list = (v: unknown) => (Array.isArray(v) && v.length > 0 ? v.map(text).join(', ') : 'none');
   const lines = [r['result'] === 'applied' ? `configuration reloaded; changed: ${list(r['changed'])}` : 'configuration unchanged: nothing rebuilt'];
   if (Array.isArray(r['restartNeeded']) && r['restartNeeded'].length > 0) lines.push(`these sections changed but keep their running values until a restart: ${list(r['restartNeeded'])}`);
-  if (typeof r['note'] === 'string') lines.push(r['note']);
+  if (typeof r['note'] === 'string') lines.push(text(r['note']));
   return `${lines.join('\n')}\n`;
 }
 
@@ -106,34 +148,34 @@ const obj = (v: unknown): Obj => (typeof v === 'object' && v !== null ? (v as Ob
 
 function formatStatus(r: ControlReply): string {
   const out: string[] = [];
-  out.push(`avgate ${String(r['version'])} running, pid ${String(r['pid'])}, up ${formatDuration(Number(r['uptimeSeconds']))} (since ${String(r['startedAt'])})${r['stopping'] === true ? ', STOPPING' : ''}`);
-  out.push(`config: ${typeof r['config'] === 'string' ? r['config'] : '(embedded defaults)'}`);
+  out.push(`avgate ${text(r['version'])} running, pid ${text(r['pid'])}, up ${formatDuration(Number(r['uptimeSeconds']))} (since ${text(r['startedAt'])})${r['stopping'] === true ? ', STOPPING' : ''}`);
+  out.push(`config: ${typeof r['config'] === 'string' ? text(r['config']) : '(embedded defaults)'}`);
   const rl = obj(r['reloads']);
   out.push(
-    `reloads: ${String(rl['applied'])} applied, ${String(rl['unchanged'])} unchanged, ${String(rl['failed'])} failed; last ${rl['lastOk'] === true ? 'ok' : 'FAILED'}` +
-      `${Number(rl['draining']) > 0 ? `; ${String(rl['draining'])} previous configuration(s) still draining` : ''}${rl['reloading'] === true ? '; a reload is running' : ''}`,
+    `reloads: ${text(rl['applied'])} applied, ${text(rl['unchanged'])} unchanged, ${text(rl['failed'])} failed; last ${rl['lastOk'] === true ? 'ok' : 'FAILED'}` +
+      `${Number(rl['draining']) > 0 ? `; ${text(rl['draining'])} previous configuration(s) still draining` : ''}${rl['reloading'] === true ? '; a reload is running' : ''}`,
   );
   out.push('front ends:');
   for (const [name, v] of Object.entries(obj(r['frontEnds']))) {
     if (v === null) {
-      out.push(`  ${name.padEnd(11)} off`);
+      out.push(`  ${text(name).padEnd(11)} off`);
       continue;
     }
     const f = obj(v);
-    const host = String(f['listen']).replace(/:\d+$/, '');
-    const conns = f['connections'] === null ? '' : `  ${String(f['connections'])} connection(s)`;
-    out.push(`  ${name.padEnd(11)} ${`${host}:${String(f['port'])}`.padEnd(22)}${conns}`.trimEnd());
+    const host = text(f['listen']).replace(/:\d+$/, '');
+    const conns = f['connections'] === null ? '' : `  ${text(f['connections'])} connection(s)`;
+    out.push(`  ${text(name).padEnd(11)} ${`${host}:${text(f['port'])}`.padEnd(22)}${conns}`.trimEnd());
   }
   out.push('engines:');
   for (const e of Array.isArray(r['engines']) ? r['engines'] : []) {
     const x = obj(e);
-    const state = x['healthy'] === true ? 'healthy' : x['healthy'] === false ? `NOT ANSWERING (${String(x['lastError'])}, ${String(x['failuresInRow'])} in a row)` : 'not checked yet';
-    const sig = typeof x['signatureVersion'] === 'string' ? `, signatures ${x['signatureVersion']}` : '';
-    out.push(`  ${String(x['id']).padEnd(11)} ${state}${sig}`);
+    const state = x['healthy'] === true ? 'healthy' : x['healthy'] === false ? `NOT ANSWERING (${text(x['lastError'])}, ${text(x['failuresInRow'])} in a row)` : 'not checked yet';
+    const sig = typeof x['signatureVersion'] === 'string' ? `, signatures ${text(x['signatureVersion'])}` : '';
+    out.push(`  ${text(x['id']).padEnd(11)} ${state}${sig}`);
   }
   if (typeof r['clamdPid'] === 'number') out.push(`project-local clamd: pid ${r['clamdPid']}`);
   const sc = obj(r['scans']);
   const by = obj(sc['byStatus']);
-  out.push(`scans: ${String(sc['scans'])} (${Object.entries(by).map(([k, v]) => `${k} ${String(v)}`).join(', ')}), ${String(sc['cacheHits'])} from the verdict cache`);
+  out.push(`scans: ${text(sc['scans'])} (${Object.entries(by).map(([k, v]) => `${text(k)} ${text(v)}`).join(', ')}), ${text(sc['cacheHits'])} from the verdict cache`);
   return `${out.join('\n')}\n`;
 }

@@ -15,7 +15,7 @@ import { runAdminCommand } from './admin.js';
 import { runScanCommand, SCAN_USAGE } from './scan.js';
 import { runQuarantineCommand } from './quarantine.js';
 import { runSignaturesCommand } from './signatures.js';
-import { runControlCommand } from './control.js';
+import { controlTargetOf, runControlCommand } from './control.js';
 import { runPolicyCommand } from './policy.js';
 
 const USAGE = `usage: avgate [--config FILE] COMMAND [ARGS]
@@ -93,6 +93,14 @@ export async function main(argv: string[]): Promise<number> {
       // The same check the running avgate makes: it would refuse this file too.
       err.write('avgate reload: the running avgate was not asked to reload, it keeps its configuration\n');
       return 1;
+    }
+    if (command === 'status' || command === 'stop') {
+      // Only state-dir and control-socket are needed to reach the running avgate.
+      const target = controlTargetOf(configPath);
+      if (target !== null) {
+        err.write(`avgate ${command}: using the file's state-dir and control-socket to find the running avgate\n`);
+        return runControlCommand(target, command, args, { stdout: out, stderr: err });
+      }
     }
     return 2;
   }

@@ -1,12 +1,13 @@
 /**
  * The control socket of `avgate serve`: a unix socket in state-dir (mode 0600) through which
  * `avgate reload`, `avgate status` and `avgate stop` reach the running gateway, and by which a
- * second `avgate serve` on the same state-dir finds out that one already runs.
+ * second `avgate serve` on the same state-dir finds out that one already runs (it is bound first
+ * thing at start, so two starting at once cannot both have it).
  *
  * Wire format: the client sends one command line (`reload`, `status`, `stop`), the server answers
  * one JSON line and closes. A request line is at most MAX_REQUEST bytes and must arrive within
  * REQUEST_TIMEOUT_MS; anything else gets `{ ok: false, error }`. Only the socket's owner (and
- * root) can connect: the file is created with mode 0600.
+ * root) can connect: connecting needs write permission on the file, which is mode 0600.
  */
 import { lstatSync, unlinkSync } from 'node:fs';
 import { chmod } from 'node:fs/promises';
@@ -28,12 +29,101 @@ const REQUEST_TIMEOUT_MS = 5_000;
 /** sun_path is 108 bytes on Linux, including the terminating NUL. */
 export const MAX_SOCKET_PATH = 107;
 
+export interface ControlServer {
+  readonly path: string;
+  /** What the commands do from now on (serve sets them once it is ready). */
+  setHandlers(handlers: ControlHandlers): void;
+  /** Control connections open now. */
+  readonly connections: number;
+  close(): Promise<void>;
+}
+
+export interface ControlOptions {
+  /** A client must send its command line within this (ms). */
+  requestTimeoutMs?: number;
+  /** How long an existing socket may take to answer the probe (ms). */
+  probeTimeoutMs?: number;
+}
+
+/** At most this many control connections at once (each lives for one command). */
+const MAX_CONNECTIONS = 16;
+/** After the answer, a peer that does not close its side is cut after this (ms). */
+const LINGER_MS = 2_000;
+
 /**
- * Refuses to go on when another avgate answers on path (it serves from the same state-dir), and
- * removes a socket file left by one that died. Run before anything else is started.
+ * Claims path for this avgate and listens on it, before serve starts anything else: when another
+ * avgate answers there (it serves from the same state-dir) or binds it first, throws
+ * AVG_ERR_CONTROL. A socket file left by one that was killed answers nothing and is replaced.
+ * Until setHandlers, `status` answers `starting` and the other commands are refused.
  */
-export async function claimControlSocket(path: string, timeoutMs = 2_000): Promise<void> {
-  socketAddress(path);
+export async function openControlSocket(path: string, log: Logger, opts: ControlOptions = {}): Promise<ControlServer> {
+  const address = socketAddress(path);
+  await removeStaleSocket(path, opts.probeTimeoutMs ?? 2_000);
+  let handlers: ControlHandlers = {
+    status: () => ({ ok: true, pid: process.pid, starting: true }),
+    reload: () => ({ ok: false, error: 'avgate is starting; try again once it is ready' }),
+    stop: () => ({ ok: false, error: 'avgate is starting; try again once it is ready (or send SIGTERM)' }),
+  };
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    serveOne(socket, (c) => handlers[c](), opts.requestTimeoutMs ?? REQUEST_TIMEOUT_MS, log);
+  });
+  server.maxConnections = MAX_CONNECTIONS;
+  try {
+    // Binding is atomic: of two avgates starting at once on one state-dir, one gets EADDRINUSE.
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(address, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+      throw new AvgateError('AVG_ERR_CONTROL', `another avgate is starting with this state-dir (its control socket ${path} appeared meanwhile): give this one its own state-dir`, { cause: err });
+    }
+    throw new AvgateError('AVG_ERR_CONTROL', `control socket ${path} cannot be opened: ${messageOf(err)}`, { cause: err });
+  }
+  let id: { dev: number; ino: number };
+  try {
+    // Created with the process umask (022 leaves nobody but the owner the write permission a
+    // connect needs), then narrowed: the umask is process-wide, libuv's threads create files too.
+    await chmod(path, 0o600);
+    const st = lstatSync(path);
+    id = { dev: st.dev, ino: st.ino };
+  } catch (err) {
+    server.close();
+    throw new AvgateError('AVG_ERR_CONTROL', `control socket ${path}: ${messageOf(err)}`, { cause: err });
+  }
+  server.on('error', (err) => log.error({ err: messageOf(err), path }, 'control socket failed'));
+  let closed: Promise<void> | null = null;
+  return {
+    path,
+    setHandlers: (h) => {
+      handlers = h;
+    },
+    get connections() {
+      return sockets.size;
+    },
+    close: () =>
+      (closed ??= new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        for (const s of sockets) s.destroy();
+        // Removed only while it is still ours (not one a later avgate put in its place).
+        try {
+          const st = lstatSync(path);
+          if (st.ino === id.ino && st.dev === id.dev) unlinkSync(path);
+        } catch {
+          // already gone
+        }
+      })),
+  };
+}
+
+/** Throws when path is something other than a socket nobody answers on; removes such a socket. */
+async function removeStaleSocket(path: string, timeoutMs: number): Promise<void> {
   let isSocket: boolean;
   try {
     isSocket = lstatSync(path).isSocket();
@@ -56,16 +146,15 @@ export async function claimControlSocket(path: string, timeoutMs = 2_000): Promi
       }
       return;
     }
+    if (code === 'EACCES') {
+      throw new AvgateError('AVG_ERR_CONTROL', `control socket ${path} exists and this user may not connect to it (another user's avgate?): give this one its own state-dir`, { cause: err });
+    }
     // Something holds the socket but does not answer in time: do not take it away from it.
-    throw new AvgateError('AVG_ERR_CONTROL', `control socket ${path} is in use but did not answer (${messageOf(err)}): is another avgate starting or stopping with the same state-dir?`, { cause: err });
+    throw new AvgateError('AVG_ERR_CONTROL', `control socket ${path} is in use but did not answer (${messageOf(err)}): is another avgate stopping with the same state-dir?`, { cause: err });
   }
   const pid = typeof reply['pid'] === 'number' ? ` (pid ${reply['pid']})` : '';
-  throw new AvgateError('AVG_ERR_CONTROL', `another avgate${pid} already serves from this state-dir (its control socket ${path} answers): stop it first, or give this one its own state-dir`);
-}
-
-export interface ControlServer {
-  readonly path: string;
-  close(): Promise<void>;
+  const what = reply['starting'] === true ? 'is starting with' : 'already serves from';
+  throw new AvgateError('AVG_ERR_CONTROL', `another avgate${pid} ${what} this state-dir (its control socket ${path} answers): stop it first, or give this one its own state-dir`);
 }
 
 /**
@@ -79,73 +168,35 @@ export function socketAddress(path: string): string {
   throw new AvgateError('AVG_ERR_CONTROL', `control socket path ${path} is longer than ${MAX_SOCKET_PATH} bytes (a unix socket's limit): set control-socket to a shorter path, or null`);
 }
 
-/** Listens on path (claimControlSocket first) with mode 0600 and answers commands with handlers. */
-export async function listenControlSocket(path: string, handlers: ControlHandlers, log: Logger): Promise<ControlServer> {
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((socket) => {
-    sockets.add(socket);
-    socket.once('close', () => sockets.delete(socket));
-    serveOne(socket, handlers, log);
-  });
-  // The file gets mode 0600 from the start: no moment in which others could connect.
-  const mask = process.umask(0o177);
-  try {
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(socketAddress(path), () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-  } catch (err) {
-    throw new AvgateError('AVG_ERR_CONTROL', `control socket ${path} cannot be opened: ${messageOf(err)}`, { cause: err });
-  } finally {
-    process.umask(mask);
-  }
-  await chmod(path, 0o600);
-  const ino = lstatSync(path).ino;
-  server.on('error', (err) => log.error({ err: messageOf(err), path }, 'control socket failed'));
-  let closed: Promise<void> | null = null;
-  return {
-    path,
-    close: () =>
-      (closed ??= new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        for (const s of sockets) s.destroy();
-        // Removed only while it is still ours (not one a later avgate put in its place).
-        try {
-          if (lstatSync(path).ino === ino) unlinkSync(path);
-        } catch {
-          // already gone
-        }
-      })),
-  };
-}
-
-function serveOne(socket: net.Socket, handlers: ControlHandlers, log: Logger): void {
-  let line = '';
+function serveOne(socket: net.Socket, run: (c: ControlCommand) => Promise<object> | object, requestTimeoutMs: number, log: Logger): void {
+  const chunks: Buffer[] = [];
+  let length = 0;
   let answered = false;
   const answer = (reply: object) => {
     if (answered) return;
     answered = true;
-    socket.setTimeout(0);
     socket.end(`${JSON.stringify(reply)}\n`);
+    // A peer that keeps its side open does not keep the descriptor.
+    socket.setTimeout(LINGER_MS, () => socket.destroy());
   };
-  socket.setTimeout(REQUEST_TIMEOUT_MS, () => {
-    answer({ ok: false, error: `no command line within ${REQUEST_TIMEOUT_MS} ms` });
-    socket.destroySoon();
+  socket.setTimeout(requestTimeoutMs, () => {
+    answer({ ok: false, error: `no command line within ${requestTimeoutMs} ms` });
   });
   socket.on('error', () => socket.destroy());
-  socket.setEncoding('utf8');
-  socket.on('data', (chunk: string) => {
+  socket.on('data', (chunk: Buffer) => {
     if (answered) return;
-    line += chunk;
-    const nl = line.indexOf('\n');
-    if (nl < 0) {
-      if (line.length > MAX_REQUEST) answer({ ok: false, error: `command line longer than ${MAX_REQUEST} bytes` });
+    chunks.push(chunk);
+    length += chunk.length;
+    const all = Buffer.concat(chunks, length);
+    const nl = all.indexOf(10);
+    if ((nl < 0 ? length : nl) > MAX_REQUEST) {
+      answer({ ok: false, error: `command line longer than ${MAX_REQUEST} bytes` });
       return;
     }
-    const command = line.slice(0, nl).trim();
+    if (nl < 0) return;
+    // The command is known from here: the work it starts (a reload) may take longer than a request may.
+    socket.setTimeout(0);
+    const command = all.subarray(0, nl).toString('utf8').trim();
     if (!(CONTROL_COMMANDS as readonly string[]).includes(command)) {
       answer({ ok: false, error: `unknown command ${JSON.stringify(command.slice(0, 40))}; known: ${CONTROL_COMMANDS.join(', ')}` });
       return;
@@ -153,7 +204,7 @@ function serveOne(socket: net.Socket, handlers: ControlHandlers, log: Logger): v
     socket.pause();
     if (command !== 'status') log.info({ command }, 'control socket: command received');
     Promise.resolve()
-      .then(() => handlers[command as ControlCommand]())
+      .then(() => run(command as ControlCommand))
       .then(answer, (err: unknown) => {
         log.error({ command, err: messageOf(err) }, 'control socket: command failed');
         answer({ ok: false, error: messageOf(err) });

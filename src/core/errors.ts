@@ -19,7 +19,7 @@ export const ERROR_CODES = {
   AVG_ERR_BAD_ADDRESS: 'a mail address given for a release is not one plain mailbox',
   AVG_ERR_QUARANTINE: 'the quarantine store refused or could not do the operation',
   AVG_ERR_SIGNATURES: 'a signature update could not run (another one is running, or the database directory cannot be written)',
-  AVG_ERR_CONTROL: 'the control socket could not be opened or did not answer (another avgate serves from this state-dir, none runs)',
+  AVG_ERR_CONTROL: 'the control socket could not be opened or did not answer (another avgate serves from this state-dir)',
   AVG_ERR_REWRITE: 'a document to remove or replace was not found by the rewriter: the message is not passed on',
   AVG_ERR_INTERNAL: 'an unexpected internal failure',
 } as const;

@@ -147,6 +147,11 @@ test('avgate status, reload and stop reach the running serve over its control so
     const invalid = await cli(['--config', config, 'reload']);
     assert.equal(invalid.code, 1);
     assert.match(invalid.stderr, /stop-timeout: at least 5s[\s\S]*the running avgate was not asked to reload/);
+    // status and stop still find it: they need only state-dir and control-socket.
+    const midEdit = await cli(['--config', config, 'status']);
+    assert.equal(midEdit.code, 0, midEdit.stderr);
+    assert.match(midEdit.stderr, /using the file's state-dir and control-socket to find the running avgate/);
+    assert.match(midEdit.stdout, new RegExp(`running, pid ${child.pid}`));
     await writeFile(config, base);
 
     // stop: graceful, waits until the process is gone.
@@ -172,6 +177,28 @@ test('avgate status, reload and stop reach the running serve over its control so
     assert.equal(quick.stdout, `avgate (pid ${served.child.pid}) stopping\n`);
     assert.equal(await served.exited, 0);
     served = null;
+
+    // Two started at the same moment on one state-dir: one serves, the other is refused (it
+    // used to start too, and the two stopped each other's clamd).
+    const racers = [0, 1].map(() => {
+      const c = spawn(process.execPath, ['--import', 'tsx', CLI, '--config', config, 'serve'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+      let err = '';
+      c.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      return { c, exited: new Promise<number | null>((resolve) => c.once('exit', (code) => resolve(code))), err: () => err };
+    });
+    try {
+      const first = await Promise.race(racers.map(async (r, i) => ({ i, code: await r.exited })));
+      assert.equal(first.code, 2, racers[first.i]?.err());
+      assert.match(racers[first.i]?.err() ?? '', /another avgate( \(pid \d+\))? (is starting with|already serves from) this state-dir/);
+      const winner = racers[1 - first.i] as (typeof racers)[number];
+      for (let i = 0; i < 1200 && (await cli(['--config', config, 'status'])).stdout.match(/running, pid/) === null; i++) await new Promise((r) => setTimeout(r, 100));
+      const st2 = await cli(['--config', config, 'status']);
+      assert.match(st2.stdout, new RegExp(`running, pid ${winner.c.pid}`), st2.stdout + st2.stderr + winner.err());
+      assert.equal((await cli(['--config', config, 'stop'])).code, 0);
+      assert.equal(await winner.exited, 0, winner.err());
+    } finally {
+      for (const r of racers) r.c.kill('SIGKILL');
+    }
   } finally {
     served?.child.kill('SIGKILL');
     await served?.exited;
@@ -188,15 +215,17 @@ test('in-process serve: the stop command runs serve\'s own stop; control-socket 
   try {
     await writeFile(config, lines.join('\n'));
     const serving = await serve(await loadConfig(config), { logger: silentLogger() });
+    const clamdPid = serving.runtime.clamd?.pid;
+    assert.ok(typeof clamdPid === 'number');
     const path = join(dir, 'state', 'avgate.ctl');
     const reply = await controlRequest(path, 'stop', 5000);
     assert.equal(reply['ok'], true);
-    assert.equal(reply['stopTimeoutMs'], 10_000);
+    assert.equal(reply['waitMs'], 10_000);
     // The stop closes the socket last.
     for (let i = 0; i < 200 && existsSync(path); i++) await new Promise((r) => setTimeout(r, 50));
     assert.equal(existsSync(path), false);
     await serving.stop(); // the same stop, already done
-    assert.throws(() => process.kill(serving.runtime.clamd?.pid as number, 0), 'clamd stopped');
+    assert.throws(() => process.kill(clamdPid, 0), 'clamd stopped');
 
     await writeFile(config, [...lines, 'control-socket: null'].join('\n'));
     const bare = await serve(await loadConfig(config), { logger: silentLogger() });

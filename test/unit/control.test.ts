@@ -5,7 +5,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { claimControlSocket, controlRequest, listenControlSocket, socketAddress, type ControlHandlers } from '../../src/control/server.js';
+import { controlRequest, openControlSocket, socketAddress, type ControlHandlers, type ControlOptions } from '../../src/control/server.js';
 import { silentLogger } from '../../src/core/logging.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'avgate-ctl-'));
@@ -19,6 +19,13 @@ const handlers = (over: Partial<ControlHandlers> = {}): ControlHandlers => ({
   stop: () => ({ ok: true, stopping: true }),
   ...over,
 });
+
+/** openControlSocket with these handlers set at once (as serve does once ready). */
+async function listen(path: string, h: ControlHandlers, opts: ControlOptions = {}) {
+  const srv = await openControlSocket(path, silentLogger(), opts);
+  srv.setHandlers(h);
+  return srv;
+}
 
 /** Sends raw bytes and returns everything the server wrote before closing. */
 function raw(path: string, bytes: string, waitMs = 3000): Promise<string> {
@@ -41,7 +48,7 @@ describe('control socket', () => {
   test('answers each command with one JSON line and closes; the file is mode 0600 and removed at close', async () => {
     const path = fresh();
     const calls: string[] = [];
-    const srv = await listenControlSocket(
+    const srv = await listen(
       path,
       handlers({
         reload: async () => {
@@ -50,7 +57,6 @@ describe('control socket', () => {
           return { ok: true, result: 'applied', changed: ['icap'] };
         },
       }),
-      silentLogger(),
     );
     try {
       assert.equal(statSync(path).mode & 0o777, 0o600);
@@ -77,7 +83,7 @@ describe('control socket', () => {
 
   test('refuses unknown commands, over-long lines, and reports a handler that throws', async () => {
     const path = fresh();
-    const srv = await listenControlSocket(path, handlers({ stop: () => Promise.reject(new Error('boom')) }), silentLogger());
+    const srv = await listen(path, handlers({ stop: () => Promise.reject(new Error('boom')) }));
     try {
       const unknown = JSON.parse(await raw(path, 'shutdown-now\n')) as Record<string, unknown>;
       assert.equal(unknown['ok'], false);
@@ -92,26 +98,37 @@ describe('control socket', () => {
     }
   });
 
-  test('claim: nothing there or a stale socket file is fine, a live one or a plain file is refused', async () => {
-    await claimControlSocket(fresh());
-    // A socket file whose server was killed (kill -9 leaves the file): removed, then claimable.
+  test('open: a stale socket file is replaced; a live one, one bound meanwhile, or a plain file is refused', async () => {
+    // A socket file whose server was killed (kill -9 leaves the file): replaced.
     const leftover = fresh();
     const killed = spawnSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(leftover)}, () => process.kill(process.pid, 'SIGKILL'))`]);
     assert.equal(killed.signal, 'SIGKILL');
     assert.ok(statSync(leftover).isSocket(), 'the socket file is left behind');
-    await claimControlSocket(leftover);
-    assert.equal(existsSync(leftover), false, 'the stale file was removed');
+    const taken = await listen(leftover, handlers());
+    assert.equal((await controlRequest(leftover, 'status', 2000))['pid'], 4242, 'the new server answers there');
 
-    const live = fresh();
-    const running = await listenControlSocket(live, handlers(), silentLogger());
-    try {
-      await assert.rejects(claimControlSocket(live), (err: Error & { code?: string }) => err.code === 'AVG_ERR_CONTROL' && /another avgate \(pid 4242\) already serves from this state-dir/.test(err.message));
-    } finally {
-      await running.close();
-    }
+    // A live one: refused, and it keeps its socket.
+    await assert.rejects(openControlSocket(leftover, silentLogger()), (err: Error & { code?: string }) => err.code === 'AVG_ERR_CONTROL' && /another avgate \(pid 4242\) already serves from this state-dir/.test(err.message));
+    assert.equal((await controlRequest(leftover, 'status', 2000))['pid'], 4242);
+    await taken.close();
+
+    // Two opening at once: binding decides, exactly one gets it.
+    const both = fresh();
+    const results = await Promise.allSettled([openControlSocket(both, silentLogger()), openControlSocket(both, silentLogger())]);
+    const won = results.filter((r) => r.status === 'fulfilled');
+    const lost = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+    assert.equal(won.length, 1);
+    assert.equal(lost.length, 1);
+    assert.match(String(lost[0]?.reason), /another avgate is starting with this state-dir/);
+    // Until serve sets its handlers: status says starting, the others wait for it.
+    assert.deepEqual(await controlRequest(both, 'status', 2000), { ok: true, pid: process.pid, starting: true });
+    assert.match(String((await controlRequest(both, 'reload', 2000))['error']), /avgate is starting; try again once it is ready/);
+    await assert.rejects(openControlSocket(both, silentLogger()), /another avgate \(pid \d+\) is starting with this state-dir/);
+    await (won[0] as PromiseFulfilledResult<Awaited<ReturnType<typeof openControlSocket>>>).value.close();
+
     const file = fresh();
     writeFileSync(file, 'not a socket');
-    await assert.rejects(claimControlSocket(file), /exists and is not a socket/);
+    await assert.rejects(openControlSocket(file, silentLogger()), /exists and is not a socket/);
     assert.ok(existsSync(file), 'a plain file is left alone');
 
     // Something that accepts but never answers: not taken away from it.
@@ -119,10 +136,43 @@ describe('control socket', () => {
     const silent = net.createServer(() => undefined);
     await new Promise<void>((r) => silent.listen(mute, r));
     try {
-      await assert.rejects(claimControlSocket(mute, 300), /in use but did not answer/);
+      await assert.rejects(openControlSocket(mute, silentLogger(), { probeTimeoutMs: 300 }), /in use but did not answer/);
       assert.ok(existsSync(mute));
     } finally {
       silent.close();
+    }
+  });
+
+  test('a command slower than the request timeout is still answered; peers that keep their side open are cut', async () => {
+    const path = fresh();
+    const srv = await listen(
+      path,
+      handlers({
+        reload: async () => {
+          await new Promise((r) => setTimeout(r, 700));
+          return { ok: true, result: 'applied' };
+        },
+      }),
+      { requestTimeoutMs: 300 },
+    );
+    try {
+      assert.deepEqual(await controlRequest(path, 'reload', 5000), { ok: true, result: 'applied' }, 'the request timeout ends with the command line');
+      // A client that reads the answer but never closes: the server does not keep it.
+      const held = net.connect({ path, allowHalfOpen: true });
+      let text = '';
+      held.setEncoding('utf8');
+      held.on('data', (d: string) => (text += d));
+      held.write('status\n');
+      for (let i = 0; i < 100 && text === ''; i++) await new Promise((r) => setTimeout(r, 20));
+      assert.equal((JSON.parse(text) as { pid: number }).pid, 4242);
+      assert.equal(srv.connections, 1, 'still open right after the answer');
+      const t0 = Date.now();
+      while (srv.connections > 0 && Date.now() - t0 < 6000) await new Promise((r) => setTimeout(r, 50));
+      assert.equal(srv.connections, 0, 'the server let it go');
+      assert.ok(Date.now() - t0 >= 1000, 'after the linger time');
+      held.destroy();
+    } finally {
+      await srv.close();
     }
   });
 
@@ -142,7 +192,7 @@ describe('control socket', () => {
     const cwd = process.cwd();
     process.chdir(base);
     try {
-      const srv = await listenControlSocket(path, handlers(), silentLogger());
+      const srv = await listen(path, handlers());
       assert.ok(statSync(path).isSocket(), 'the file is where the config says');
       assert.equal((await controlRequest(path, 'status', 2000))['pid'], 4242);
       await srv.close();
@@ -153,14 +203,14 @@ describe('control socket', () => {
     }
   });
 
-  test('a client that sends no line is answered with an error after the request timeout', { timeout: 15_000 }, async () => {
+  test('a client that sends no line is answered with an error after the request timeout', async () => {
     const path = fresh();
-    const srv = await listenControlSocket(path, handlers(), silentLogger());
+    const srv = await listen(path, handlers(), { requestTimeoutMs: 400 });
     try {
       const started = Date.now();
-      const text = await raw(path, '', 10_000);
-      assert.match(text, /no command line within 5000 ms/);
-      assert.ok(Date.now() - started >= 4_000);
+      const text = await raw(path, 'stat', 5_000);
+      assert.match(text, /no command line within 400 ms/);
+      assert.ok(Date.now() - started >= 350);
     } finally {
       await srv.close();
     }
