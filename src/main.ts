@@ -158,9 +158,15 @@ export function reloadedConfig(running: Readonly<Config>, next: Readonly<Config>
     if (reloadable.has(key)) {
       merged[key] = now;
       if (!same(was, now)) changed.push(key);
+    } else if (key === 'log') {
+      // The level applies at once (every child logger follows the root's level); the file needs a
+      // restart (SIGHUP reopens the same path, for logrotate).
+      const w = was as Config['log'];
+      const n = now as Config['log'];
+      merged[key] = { ...w, level: n.level };
+      if (w.level !== n.level) changed.push('log.level');
+      if (w.file !== n.file) restartNeeded.push('log.file');
     } else {
-      // log too: the loggers of the parts a reload keeps (statistics, quarantine, clamd, console)
-      // were made at start and would keep the old level.
       merged[key] = was;
       if (!same(was, now)) restartNeeded.push(key);
     }
@@ -286,7 +292,7 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
       if (!r.ok) return { ok: false, error: r.reason };
       return {
         ok: true,
-        result: r.rebuilt ? 'applied' : 'unchanged',
+        result: r.rebuilt || r.changed.length > 0 ? 'applied' : 'unchanged',
         changed: r.changed,
         restartNeeded: r.restartNeeded,
         ...(loaded.path === null ? { note: 'avgate runs on its embedded defaults: there is no config file to read again' } : {}),
@@ -367,13 +373,24 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
       log.error({ config: loaded.path, reason: messageOf(err) }, 'configuration not reloaded: the file is not valid; the running configuration stays');
       return { ok: false, reason: messageOf(err) };
     }
+    if (next.config.log.level !== running.config.log.level) {
+      log.info({ from: running.config.log.level, to: next.config.log.level }, 'reload: log level changed');
+      log.level = next.config.log.level;
+    }
     const inputs = reloadInputs(next.config, RELOADABLE_SECTIONS);
     if (inputs === running.inputs) {
       if (next.restartNeeded.length > 0) {
         log.warn({ sections: next.restartNeeded }, 'reload: these sections changed in the file but keep their running values until a restart');
       }
-      log.info({ config: loaded.path, restartNeeded: next.restartNeeded }, 'reload: the configuration and the files it names are unchanged; nothing rebuilt');
-      return { ok: true, changed: [], restartNeeded: next.restartNeeded, rebuilt: false };
+      const changed = next.changed.filter((c) => c === 'log.level');
+      if (changed.length > 0) {
+        // Nothing to rebuild, but the running configuration now says the new level.
+        running.config = next.config;
+        show(running);
+        web?.update({ config: next.config, configSource: loaded.path, scanner: running.runtime.scanner, engines: running.runtime.engines, health: running.engineHealth, configWarnings: configWarnings(next.config), cache: running.runtime.cache });
+      }
+      log.info({ config: loaded.path, changed, restartNeeded: next.restartNeeded }, changed.length > 0 ? 'reload: log level applied; nothing else changed, nothing rebuilt' : 'reload: the configuration and the files it names are unchanged; nothing rebuilt');
+      return { ok: true, changed, restartNeeded: next.restartNeeded, rebuilt: false };
     }
     const nextListeners = new Listeners(running.listeners);
     let nextRuntime: Runtime;
@@ -440,7 +457,7 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
         r = await reloadOnce();
         reloads.lastOk = r.ok;
         if (r.ok) reloads.lastSuccessAt = Date.now();
-        reloads.counts[!r.ok ? 'failed' : r.rebuilt ? 'applied' : 'unchanged']++;
+        reloads.counts[!r.ok ? 'failed' : r.rebuilt || r.changed.length > 0 ? 'applied' : 'unchanged']++;
       } while (reloadAgain && !stopping);
       return r;
     })().finally(() => {

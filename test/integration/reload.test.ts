@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect, createServer, type Server } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { tmpdir } from 'node:os';
@@ -309,6 +309,34 @@ describe('configuration reload', () => {
     assert.ok(Math.abs(at - Date.now() / 1000) < 60, String(at));
     const again = await options('avscan', idle.socket);
     assert.equal(again.status, 200, 'the idle connection still answers');
+    idle.socket.destroy();
+  });
+
+  test('log.level applies at a reload without rebuilding anything, to the loggers made at start too (the ICAP access lines)', async () => {
+    const accessLines = () => lines.filter((l) => l['component'] === 'icap-access').length;
+    const idle = await options();
+    assert.equal(idle.status, 200);
+    await waitFor('the access line at info', async () => (accessLines() > 0 ? true : null), 5000);
+    const text = await readFile(file, 'utf8');
+    assert.match(text, /^ {2}level: info$/m);
+    await writeFile(file, text.replace(/^ {2}level: info$/m, '  level: warn'));
+    const r = await serving.reload();
+    assert.ok(r.ok && !r.rebuilt, JSON.stringify(r));
+    assert.deepEqual([r.changed, r.restartNeeded], [['log.level'], []]);
+    assert.equal(serving.config.log.level, 'warn', 'the running configuration says so');
+    const before = accessLines();
+    const again = await options('avscan', idle.socket);
+    assert.equal(again.status, 200, 'the idle connection was kept: nothing rebuilt');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.equal(accessLines(), before, 'no info line at warn');
+    // The same file again: unchanged now.
+    const same = await serving.reload();
+    assert.ok(same.ok && same.changed.length === 0, JSON.stringify(same));
+    await writeFile(file, text);
+    const back = await serving.reload();
+    assert.ok(back.ok && back.changed.includes('log.level'), JSON.stringify(back));
+    await options('avscan', idle.socket);
+    await waitFor('the access line at info again', async () => (accessLines() > before ? true : null), 5000);
     idle.socket.destroy();
   });
 
