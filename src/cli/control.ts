@@ -29,7 +29,14 @@ interface Io {
   stderr: Writable;
 }
 
-export async function runControlCommand(config: Pick<Config, 'state-dir' | 'control-socket' | 'stop-timeout'>, command: 'status' | 'reload' | 'stop', args: string[], io: Io): Promise<number> {
+export async function runControlCommand(
+  config: Pick<Config, 'state-dir' | 'control-socket' | 'stop-timeout'>,
+  command: 'status' | 'reload' | 'stop',
+  args: string[],
+  io: Io,
+  /** The config did not validate and only its state-dir was read: "not running" is then not certain (exit 1, not 3). */
+  guessed = false,
+): Promise<number> {
   const json = args.includes('--json');
   const wait = !args.includes('--no-wait');
   const unknown = args.filter((a) => a !== '--json' && a !== '--no-wait' && a !== '--help' && a !== '-h');
@@ -54,6 +61,10 @@ export async function runControlCommand(config: Pick<Config, 'state-dir' | 'cont
     if (code === 'ENOENT' || code === 'ECONNREFUSED') {
       if (json) io.stdout.write(`${JSON.stringify({ ok: false, running: false, controlSocket: path })}\n`);
       else io.stdout.write(`avgate is not running (no answer on ${path})\n`);
+      if (guessed) {
+        io.stderr.write(`avgate ${command}: the config does not validate, so its state-dir may not be the running avgate's: not certain (exit 1)\n`);
+        return 1;
+      }
       return 3;
     }
     io.stderr.write(`avgate ${command}: ${path}: ${messageOf(err)}${code === 'EACCES' ? ' (the socket is mode 0600: run as the user avgate serve runs as)' : ''}\n`);
@@ -98,25 +109,28 @@ export function controlTargetOf(configPath: string | null): Pick<Config, 'state-
   }
 }
 
-/**
- * Waits until the process is gone (its pid no longer exists), or when the pid is not known, until
- * the socket stops answering (the stop closes it last); at most timeoutMs.
- */
+/** Waits until the socket stops answering and the process is gone; at most timeoutMs. */
 async function waitUntilGone(path: string, pid: number | null, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
+  let socketGoneAt: number | null = null;
   while (Date.now() < deadline) {
-    if (pid !== null) {
-      try {
-        process.kill(pid, 0);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ESRCH') return true;
-      }
-    } else {
+    if (socketGoneAt === null) {
       try {
         await controlRequest(path, 'status', 2_000);
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
-        if (code === 'ENOENT' || code === 'ECONNREFUSED') return true;
+        if (code === 'ENOENT' || code === 'ECONNREFUSED') socketGoneAt = Date.now();
+      }
+    }
+    if (socketGoneAt !== null) {
+      // The stop closes the socket last; the process ends right after. A pid of another pid
+      // namespace (a container sharing the state-dir) may name some other process: the socket
+      // being gone for 2 s then counts as stopped.
+      if (pid === null || Date.now() - socketGoneAt > 2_000) return true;
+      try {
+        process.kill(pid, 0);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ESRCH') return true;
       }
     }
     await new Promise((r) => setTimeout(r, 100));
@@ -147,6 +161,7 @@ type Obj = Record<string, unknown>;
 const obj = (v: unknown): Obj => (typeof v === 'object' && v !== null ? (v as Obj) : {});
 
 function formatStatus(r: ControlReply): string {
+  if (r['starting'] === true) return `avgate (pid ${text(r['pid'])}) is starting: not serving yet\n`;
   const out: string[] = [];
   out.push(`avgate ${text(r['version'])} running, pid ${text(r['pid'])}, up ${formatDuration(Number(r['uptimeSeconds']))} (since ${text(r['startedAt'])})${r['stopping'] === true ? ', STOPPING' : ''}`);
   out.push(`config: ${typeof r['config'] === 'string' ? text(r['config']) : '(embedded defaults)'}`);

@@ -99,7 +99,7 @@ export async function main(argv: string[]): Promise<number> {
       const target = controlTargetOf(configPath);
       if (target !== null) {
         err.write(`avgate ${command}: using the file's state-dir and control-socket to find the running avgate\n`);
-        return runControlCommand(target, command, args, { stdout: out, stderr: err });
+        return runControlCommand(target, command, args, { stdout: out, stderr: err }, true);
       }
     }
     return 2;

@@ -12,8 +12,9 @@ import type { DocAclRule, TrickleConfig } from '../config/proxy-schema.js';
 import type { Config } from '../config/schema.js';
 import { messageOf } from '../core/errors.js';
 import { formatBytes, parseSize } from '../core/units.js';
-import { compileMailPolicy, DEFAULT_GROUP, MAIL_STATUSES, type MailGroup, type MailPolicy } from '../policy/mail/index.js';
-import { parseProxyTarget } from '../protocols/http-proxy/headers.js';
+import { compileMailPolicy, DEFAULT_GROUP, MAIL_STATUSES, type MailGroup, type MailPolicy, type MailStatus } from '../policy/mail/index.js';
+import { isPartialUpload, LISTINGS, UPLOADS } from '../protocols/ftp/session.js';
+import { parseProxyTarget, responseHasNoBody } from '../protocols/http-proxy/headers.js';
 import { DocAcl, type DocFacts } from '../proxy/doc-acl.js';
 
 export const POLICY_USAGE = `usage: avgate policy show [SECTION]
@@ -119,24 +120,33 @@ function positionOf(policy: MailPolicy, name: string): number {
   return policy.groups.findIndex((g) => g.name === name) + 1;
 }
 
-function groupJson(g: MailGroup): Record<string, unknown> {
-  return Object.fromEntries(
-    MAIL_STATUSES.map((s) => [
-      s,
-      {
-        action: g.actions[s],
-        quarantine: g.quarantine.has(s),
-        notify: notifyList(g, s),
-        copyTo: g.copyTo[s] ?? [],
-        prefixSubject: g.prefixSubject[s] ?? null,
-        headers: g.addHeaders.has(s),
-      },
-    ]),
-  );
+/**
+ * What the filter does for a document of status s in group g, as src/policy/mail/plan.ts decides
+ * it: a tempfail does nothing else (the message comes again); quarantine, copies and notices go
+ * with delivered, rejected and discarded messages; the subject prefix and the headers only with a
+ * delivered one; admin notices only when the group has admin addresses.
+ */
+function effect(g: MailGroup, s: MailStatus) {
+  const action = g.actions[s];
+  const final = action !== 'tempfail';
+  const delivered = final && action !== 'reject' && action !== 'discard';
+  return {
+    action,
+    replaceWith: action === 'replace' ? (g.replaceWith[s] ?? null) : null,
+    quarantine: final && g.quarantine.has(s),
+    notify: final ? notifyList(g, s) : [],
+    copyTo: final ? [...(g.copyTo[s] ?? [])] : [],
+    prefixSubject: delivered ? (g.prefixSubject[s] ?? null) : null,
+    headers: delivered && g.addHeaders.has(s),
+  };
 }
 
-function notifyList(g: MailGroup, s: (typeof MAIL_STATUSES)[number]): string[] {
-  return [g.notifySender.has(s) ? 'sender' : null, g.notifyRecipients.has(s) ? 'recipients' : null, g.notifyAdmin.has(s) ? 'admin' : null].filter((x): x is string => x !== null);
+function groupJson(g: MailGroup): Record<string, unknown> {
+  return Object.fromEntries(MAIL_STATUSES.map((s) => [s, effect(g, s)]));
+}
+
+function notifyList(g: MailGroup, s: MailStatus): string[] {
+  return [g.notifySender.has(s) ? 'sender' : null, g.notifyRecipients.has(s) ? 'recipients' : null, g.notifyAdmin.has(s) && g.admin.length > 0 ? 'admin' : null].filter((x): x is string => x !== null);
 }
 
 function describeGroup(g: MailGroup, position: number): string[] {
@@ -144,16 +154,17 @@ function describeGroup(g: MailGroup, position: number): string[] {
   if (g.name === DEFAULT_GROUP) out.push('  takes every recipient no group above matched');
   else out.push(`  senders: ${g.senders.map(patternText).join(' | ')}`, `  recipients: ${g.recipients.map(patternText).join(' | ')}`);
   if (g.admin.length > 0) out.push(`  admin: ${g.admin.join(', ')}`);
+  else if (g.notifyAdmin.size > 0) out.push('  admin: none, so no admin notices are sent');
+  out.push('  per document status (reject, discard and tempfail apply to the whole message; headers follow its worst status):');
   for (const s of MAIL_STATUSES) {
-    const parts: string[] = [g.actions[s]];
-    if (g.actions[s] === 'replace' && g.replaceWith[s]) parts[0] = `replace with ${g.replaceWith[s]}`;
-    if (g.quarantine.has(s)) parts.push('quarantine');
-    const notify = notifyList(g, s);
-    if (notify.length > 0) parts.push(`notify ${notify.join(', ')}`);
-    if (g.copyTo[s]?.length) parts.push(`copy to ${(g.copyTo[s] ?? []).join(', ')}`);
-    if (g.prefixSubject[s]) parts.push(`subject prefix ${JSON.stringify(g.prefixSubject[s])}`);
-    if (g.addHeaders.has(s)) parts.push('X-AV-Status header');
-    out.push(`  ${s.padEnd(11)} ${parts.join('; ')}`);
+    const e = effect(g, s);
+    const parts: string[] = [e.replaceWith !== null ? `replace with ${e.replaceWith}` : e.action === 'tempfail' ? 'tempfail (4xx: the client sends it again; nothing else happens)' : e.action];
+    if (e.quarantine) parts.push('quarantine');
+    if (e.notify.length > 0) parts.push(`notify ${e.notify.join(', ')}`);
+    if (e.copyTo.length > 0) parts.push(`copy to ${e.copyTo.join(', ')}`);
+    if (e.prefixSubject) parts.push(`subject prefix ${JSON.stringify(e.prefixSubject)}`);
+    if (e.headers) parts.push(g.common.xVirusScanned !== null ? 'X-Virus-Scanned and X-AV-Status headers' : 'X-AV-Status header');
+    out.push(`    ${s.padEnd(11)} ${parts.join('; ')}`);
   }
   const filters = [...g.filter.byName.map((r) => `name ${r.source}`), ...g.filter.byType.map((r) => `type ${r.source}`)];
   if (filters.length > 0) out.push(`  attachment filter (status filtered): ${filters.join(', ')}`);
@@ -187,50 +198,52 @@ function docAclCommand(config: Readonly<Config>, section: 'http-proxy' | 'ftp-pr
   const contentType = one('--content-type') ?? null;
   let host: string;
   let target: string;
+  const method = (one('--method') ?? (upload ? (section === 'ftp-proxy' ? 'STOR' : 'POST') : section === 'ftp-proxy' ? 'RETR' : 'GET')).toUpperCase();
+  let direction: 'download' | 'upload' = upload ? 'upload' : 'download';
+  /** Set when the proxy applies no rule at all to this request, or refuses it before any rule. */
+  let noRule: string | null = null;
   if (section === 'http-proxy') {
     // The same parse and normalisation as the proxy's (src/protocols/http-proxy/headers.ts).
     const t = parseProxyTarget(url);
     if (!t) throw new Error(`--url ${url} is not an absolute http:// URL the proxy takes (https:// goes through CONNECT tunnels, which are not scanned)`);
     host = t.host;
     target = t.url;
+    const size = sizeText === undefined ? null : sizeOf(sizeText);
+    if (!upload && responseHasNoBody(method, 200)) noRule = `a ${method} response has no body: it is passed without a rule (so are 1xx, 204 and 304 responses)`;
+    if (upload && size === 0) noRule = 'an upload without a body is not checked against the rules';
   } else {
-    // As the FTP proxy builds it: ftp://host/absolute-normalised-path; it knows neither size nor type when it picks the rule.
+    // As the FTP proxy builds it from the command's argument (src/protocols/ftp/session.ts,
+    // facts()): the host as given, the path as the client sends it, made absolute and normalised;
+    // nothing is percent-decoded. It knows neither size nor type when it picks the rule.
     if (sizeText !== undefined || contentType !== null) throw new Error('the FTP proxy picks the rule before it knows a size or type: --size and --content-type do not apply');
-    let u: URL;
-    try {
-      u = new URL(url);
-    } catch {
-      throw new Error(`--url ${url} is not a URL`);
-    }
-    if (u.protocol !== 'ftp:' || u.hostname === '') throw new Error(`--url ${url} is not an ftp:// URL`);
-    host = u.hostname.replace(/^\[(.*)\]$/, '$1');
-    let path: string;
-    try {
-      path = decodeURIComponent(u.pathname);
-    } catch {
-      throw new Error(`--url ${url}: its path is not valid percent-encoding`);
-    }
-    target = `ftp://${u.hostname}${posix.normalize(path || '/')}`;
+    const m = /^ftp:\/\/([^/]+)(\/.*)?$/is.exec(url);
+    if (!m) throw new Error(`--url ${url} is not ftp://HOST/PATH`);
+    host = (m[1] as string).replace(/^\[(.*)\]$/, '$1');
+    target = `ftp://${host.includes(':') ? `[${host}]` : host}${posix.normalize(m[2] ?? '/')}`;
+    if (upload && !UPLOADS.has(method)) throw new Error(`--upload with --method ${method}: the FTP proxy takes the direction from the command (uploads: ${[...UPLOADS].join(', ')})`);
+    direction = UPLOADS.has(method) ? 'upload' : 'download';
+    if (LISTINGS.has(method)) noRule = `${method} listings are relayed unscanned, without a rule`;
   }
-  const facts: DocFacts = {
-    client,
-    host,
-    url: target,
-    method: (one('--method') ?? (upload ? (section === 'ftp-proxy' ? 'STOR' : 'POST') : section === 'ftp-proxy' ? 'RETR' : 'GET')).toUpperCase(),
-    contentType,
-    size: sizeText === undefined ? null : sizeOf(sizeText),
-    direction: upload ? 'upload' : 'download',
-  };
+  const facts: DocFacts = { client, host, url: target, method, contentType, size: sizeText === undefined ? null : sizeOf(sizeText), direction };
   const rules = config[section]['doc-acl'];
   const m = new DocAcl(rules).match(facts);
+  const partial =
+    section === 'ftp-proxy' && direction === 'upload' && m.rule.action === 'scan' && m.rule.antivirus !== 'none' && config['ftp-proxy']['partial-uploads'] === 'refuse'
+      ? isPartialUpload(method, null)
+        ? `${method} is refused (550): partial uploads cannot be scanned (ftp-proxy.partial-uploads: refuse)`
+        : `after a REST other than 0, ${method} is refused (550): ftp-proxy.partial-uploads: refuse`
+      : null;
   if (flags.has('--json')) {
-    io.stdout.write(`${JSON.stringify({ section, facts, rule: m.name, position: m.index + 1, of: rules.length, action: m.rule.action, antivirus: m.rule.antivirus, acceptStatus: m.rule['accept-status'], trickle: m.rule.trickle })}\n`);
+    const rule = noRule === null ? { rule: m.name, position: m.index + 1, of: rules.length, action: m.rule.action, antivirus: m.rule.antivirus, acceptStatus: m.rule['accept-status'], trickle: m.rule.trickle } : { rule: null, note: noRule };
+    io.stdout.write(`${JSON.stringify({ section, facts, ...rule, ...(partial && noRule === null ? { partialUploads: partial } : {}) })}\n`);
     return 0;
   }
   const where = m.index < 0 ? `no rule of ${rules.length} matched: the fallback` : `rule ${m.index + 1} of ${rules.length}, "${m.name}"`;
-  io.stdout.write(`${section} ${facts.direction} ${facts.method} ${target} from ${client}${facts.contentType ? `, ${facts.contentType}` : ''}${section === 'ftp-proxy' ? '' : facts.size !== null ? `, ${formatBytes(facts.size)}` : ', size unknown'}\n  ${where}: ${describeDocRule(m.rule, facts.direction)}\n`);
-  if (section === 'http-proxy' && !config['http-proxy'].enabled) io.stdout.write('  (http-proxy is not enabled in this config)\n');
-  if (section === 'ftp-proxy' && !config['ftp-proxy'].enabled) io.stdout.write('  (ftp-proxy is not enabled in this config)\n');
+  const head = `${section} ${facts.direction} ${facts.method} ${target} from ${client}${facts.contentType ? `, ${facts.contentType}` : ''}${section === 'ftp-proxy' ? '' : facts.size !== null ? `, ${formatBytes(facts.size)}` : ', size unknown'}`;
+  const lines = [head, noRule !== null ? `  ${noRule}` : `  ${where}: ${describeDocRule(m.rule, facts.direction)}`];
+  if (partial !== null && noRule === null) lines.push(`  ${partial}`);
+  if (!config[section].enabled) lines.push(`  (${section} is not enabled in this config)`);
+  io.stdout.write(`${lines.join('\n')}\n`);
   return 0;
 }
 
@@ -247,9 +260,9 @@ function describeTrickle(t: TrickleConfig | null): string {
 }
 
 function describeDocRule(r: DocAclRule, direction?: 'download' | 'upload'): string {
-  if (r.action === 'accept') return 'accept: passed unscanned';
+  if (r.action === 'accept') return 'accept: passed unscanned (the access log says accepted; FTP: unscanned)';
   if (r.action === 'deny') return 'deny: refused (403 page; FTP 550)';
-  if (r.antivirus === 'none') return 'scan with no engine: passed, logged as skipped';
+  if (r.antivirus === 'none') return 'antivirus none: passed unscanned (the access log says not-scanned; FTP: unscanned)';
   const engines = r.antivirus === null ? 'scan.engines' : r.antivirus.join(', ');
   const trickle = direction === 'upload' ? 'uploads are held until the verdict' : describeTrickle(r.trickle);
   return `scan with ${engines}; passes when ${r['accept-status'].join(', ')}; ${trickle}`;
@@ -294,7 +307,7 @@ function describeMailProxy(section: 'pop3-proxy' | 'imap-proxy', enabled: boolea
   const out = [`${section}${enabled ? '' : ' (not enabled)'}: antivirus ${p.antivirus === null ? 'scan.engines' : p.antivirus.join(', ')}; on engine error: ${p['on-error']}`];
   const list = (title: string, rules: readonly { name: string | null }[], line: (r: never) => string, none: string) => {
     out.push(`  ${title} (first match wins; none matching: ${none})`);
-    rules.forEach((r, i) => out.push(`    ${i + 1}. ${r.name ?? `rule-${i + 1}`}: ${line(r as never)}`));
+    rules.forEach((r, i) => out.push(`    ${i + 1}. ${r.name ?? '(unnamed)'}: ${line(r as never)}`));
   };
   list(
     'command-acl',

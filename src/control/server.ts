@@ -9,7 +9,7 @@
  * REQUEST_TIMEOUT_MS; anything else gets `{ ok: false, error }`. Only the socket's owner (and
  * root) can connect: connecting needs write permission on the file, which is mode 0600.
  */
-import { lstatSync, unlinkSync } from 'node:fs';
+import { closeSync, lstatSync, openSync, statSync, unlinkSync } from 'node:fs';
 import { chmod } from 'node:fs/promises';
 import net from 'node:net';
 import { relative, resolve } from 'node:path';
@@ -58,11 +58,56 @@ const LINGER_MS = 2_000;
  */
 export async function openControlSocket(path: string, log: Logger, opts: ControlOptions = {}): Promise<ControlServer> {
   const address = socketAddress(path);
-  await removeStaleSocket(path, opts.probeTimeoutMs ?? 2_000);
+  // Held from the probe to the bind: of two avgates starting at once after a crash, one must not
+  // remove as stale the socket the other has just bound.
+  const unlock = takeLock(`${path}.lock`);
+  try {
+    await removeStaleSocket(path, opts.probeTimeoutMs ?? 2_000);
+    return await bindControlSocket(path, address, log, opts);
+  } finally {
+    unlock();
+  }
+}
+
+/** A lock file older than this was left by an avgate that died while it opened its socket. */
+const STALE_LOCK_MS = 30_000;
+
+function takeLock(lock: string): () => void {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      closeSync(openSync(lock, 'wx', 0o600));
+      return () => {
+        try {
+          unlinkSync(lock);
+        } catch {
+          // gone already
+        }
+      };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new AvgateError('AVG_ERR_CONTROL', `control socket lock ${lock}: ${messageOf(err)}`, { cause: err });
+      let age: number;
+      try {
+        age = Date.now() - statSync(lock).mtimeMs;
+      } catch {
+        continue; // removed meanwhile: try again
+      }
+      if (attempt > 0 || age < STALE_LOCK_MS) {
+        throw new AvgateError('AVG_ERR_CONTROL', `another avgate is starting with this state-dir (${lock} exists): give this one its own state-dir, or remove the file if no avgate is starting`);
+      }
+      try {
+        unlinkSync(lock);
+      } catch {
+        // removed meanwhile
+      }
+    }
+  }
+}
+
+async function bindControlSocket(path: string, address: string, log: Logger, opts: ControlOptions): Promise<ControlServer> {
   let handlers: ControlHandlers = {
     status: () => ({ ok: true, pid: process.pid, starting: true }),
     reload: () => ({ ok: false, error: 'avgate is starting; try again once it is ready' }),
-    stop: () => ({ ok: false, error: 'avgate is starting; try again once it is ready (or send SIGTERM)' }),
+    stop: () => ({ ok: false, error: 'avgate is starting; try again once it is ready' }),
   };
   const sockets = new Set<net.Socket>();
   const server = net.createServer((socket) => {
@@ -94,7 +139,7 @@ export async function openControlSocket(path: string, log: Logger, opts: Control
     const st = lstatSync(path);
     id = { dev: st.dev, ino: st.ino };
   } catch (err) {
-    server.close();
+    server.close(); // which removes the socket file it bound
     throw new AvgateError('AVG_ERR_CONTROL', `control socket ${path}: ${messageOf(err)}`, { cause: err });
   }
   server.on('error', (err) => log.error({ err: messageOf(err), path }, 'control socket failed'));

@@ -17,6 +17,10 @@ mail:
     - name: partners
       senders: ['.*@partner\\.example']
       recipients: ['.*']
+      admin: [av@example.org]
+      quarantine: [infected, error]
+      copy-to:
+        error: [archive@example.org]
   default-group:
     filter-by-name: ['.*\\.exe']
 http-proxy:
@@ -60,10 +64,18 @@ describe('avgate policy', () => {
     assert.match(r.out, /the recipients are split/);
     // The staff group's own settings, the default group's filter inherited.
     const staff = r.out.slice(r.out.indexOf('group staff (1):'), r.out.indexOf('group partners (2):'));
-    assert.match(staff, /^ {2}infected {4}reject; notify sender, recipients, admin/m);
-    assert.doesNotMatch(staff, /infected[^\n]*quarantine/, 'quarantine: [] in this group');
+    // As the filter plans it: a rejected message is not delivered (no subject prefix, no headers);
+    // no admin addresses, no admin notices; a tempfail does nothing else.
+    assert.match(staff, /^ {4}infected {4}reject; notify sender, recipients$/m);
+    assert.match(staff, /admin: none, so no admin notices are sent/);
+    assert.match(staff, /^ {4}error {7}tempfail \(4xx: the client sends it again; nothing else happens\)$/m);
+    assert.match(staff, /^ {4}suspicious {2}remove; subject prefix "\[SUSPICIOUS\]"; X-Virus-Scanned and X-AV-Status headers$/m);
     assert.match(staff, /attachment filter \(status filtered\): name \.\*\\\.exe/);
     assert.match(r.out, /sender notices are never sent to the null sender <> or to notify-from/);
+
+    const partners = r.out.slice(r.out.indexOf('group partners (2):'));
+    assert.match(partners, /^ {4}infected {4}remove; quarantine; notify sender, recipients, admin; subject prefix "\[VIRUS REMOVED\]"/m);
+    assert.match(partners, /^ {4}error {7}tempfail \(4xx[^\n]*nothing else happens\)$/m, 'no quarantine nor copy on a tempfail');
 
     const other = run(['mail', '--from', '', '--to', 'x@elsewhere.example', '--json']);
     const j = JSON.parse(other.out) as { sender: string; groups: Array<{ group: string; position: number; recipients: string[]; settings: Record<string, { action: string; quarantine: boolean }> }> };
@@ -89,6 +101,12 @@ describe('avgate policy', () => {
     const up = run(['http-proxy', '--url', 'http://files.example/form', '--upload', '--json']);
     const uj = JSON.parse(up.out) as { rule: string; position: number; facts: { method: string; direction: string }; acceptStatus: string[] };
     assert.deepEqual([uj.rule, uj.position, uj.facts.method, uj.facts.direction, uj.acceptStatus], ['uploads', 2, 'POST', 'upload', ['free', 'skipped']]);
+    // Where the proxy applies no rule: bodyless responses, uploads without a body.
+    const head = run(['http-proxy', '--url', 'http://files.example/setup.exe', '--client', '10.1.2.3', '--method', 'HEAD']);
+    assert.match(head.out, /a HEAD response has no body: it is passed without a rule/);
+    assert.doesNotMatch(head.out, /lan-exe/);
+    const empty = run(['http-proxy', '--url', 'http://files.example/form', '--upload', '--size', '0']);
+    assert.match(empty.out, /an upload without a body is not checked against the rules/);
     const https = run(['http-proxy', '--url', 'https://files.example/']);
     assert.equal(https.code, 2);
     assert.match(https.err, /not an absolute http:\/\/ URL the proxy takes \(https:\/\/ goes through CONNECT/);
@@ -102,6 +120,17 @@ describe('avgate policy', () => {
     assert.match(r.out, /ftp-proxy is not enabled in this config/);
     const up = run(['ftp-proxy', '--url', 'ftp://ftp.example/pub/x', '--upload']);
     assert.match(up.out, /upload STOR ftp:\/\/ftp\.example\/pub\/x from 127\.0\.0\.1\n {2}no rule of 1 matched: the fallback: scan with scan\.engines; passes when free; uploads are held until the verdict/);
+    // The direction comes from the command, as in the proxy.
+    const stor = run(['ftp-proxy', '--url', 'ftp://ftp.example/secret/x', '--method', 'STOR', '--json']);
+    assert.equal((JSON.parse(stor.out) as { facts: { direction: string } }).facts.direction, 'upload');
+    assert.match(run(['ftp-proxy', '--url', 'ftp://ftp.example/pub/', '--method', 'LIST']).out, /LIST listings are relayed unscanned, without a rule/);
+    assert.match(run(['ftp-proxy', '--url', 'ftp://ftp.example/pub/x', '--method', 'APPE']).out, /APPE is refused \(550\): partial uploads cannot be scanned/);
+    assert.match(run(['ftp-proxy', '--url', 'ftp://ftp.example/pub/x', '--upload']).out, /after a REST other than 0, STOR is refused \(550\)/);
+    // The path as the client sends it: no URL parser (a # or a backslash is part of the name), no percent-decoding.
+    assert.match(run(['ftp-proxy', '--url', 'ftp://ftp.example/secret/a#b']).out, /RETR ftp:\/\/ftp\.example\/secret\/a#b[\s\S]*"secret": deny/);
+    assert.match(run(['ftp-proxy', '--url', 'ftp://ftp.example/secret\\x']).out, /no rule of 1 matched/);
+    assert.match(run(['ftp-proxy', '--url', 'ftp://ftp.example/secret/caf%E9']).out, /secret\/caf%E9/);
+    assert.match(run(['ftp-proxy', '--url', 'ftp://[2001:db8:0:0::1]/secret/x']).out, /RETR ftp:\/\/\[2001:db8:0:0::1\]\/secret\/x/);
     const sized = run(['ftp-proxy', '--url', 'ftp://ftp.example/x', '--size', '1']);
     assert.equal(sized.code, 2);
     assert.match(sized.err, /--size and --content-type do not apply/);

@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { Writable } from 'node:stream';
 import { spawnSync } from 'node:child_process';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
+import { runControlCommand } from '../../src/cli/control.js';
 import { controlRequest, openControlSocket, socketAddress, type ControlHandlers, type ControlOptions } from '../../src/control/server.js';
 import { silentLogger } from '../../src/core/logging.js';
 
@@ -141,6 +143,55 @@ describe('control socket', () => {
     } finally {
       silent.close();
     }
+  });
+
+  test('two opening at once after a crash: the lock lets one have the socket; an old lock file is taken over, a fresh one refuses', async () => {
+    const leftover = fresh();
+    const killed = spawnSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(leftover)}, () => process.kill(process.pid, 'SIGKILL'))`]);
+    assert.equal(killed.signal, 'SIGKILL');
+    const results = await Promise.allSettled([openControlSocket(leftover, silentLogger()), openControlSocket(leftover, silentLogger())]);
+    const won = results.filter((r): r is PromiseFulfilledResult<Awaited<ReturnType<typeof openControlSocket>>> => r.status === 'fulfilled');
+    assert.equal(won.length, 1, JSON.stringify(results.map((r) => r.status)));
+    assert.match(String((results.find((r) => r.status === 'rejected') as PromiseRejectedResult).reason), /another avgate .*is starting with this state-dir/);
+    assert.equal((await controlRequest(leftover, 'status', 2000))['starting'], true, 'the winner answers on it');
+    assert.equal(existsSync(`${leftover}.lock`), false, 'the lock is released');
+    await won[0]?.value.close();
+
+    const locked = fresh();
+    writeFileSync(`${locked}.lock`, '');
+    await assert.rejects(openControlSocket(locked, silentLogger()), /another avgate is starting with this state-dir \(.*\.lock exists\)/);
+    const old = new Date(Date.now() - 60_000);
+    utimesSync(`${locked}.lock`, old, old);
+    const srv = await openControlSocket(locked, silentLogger());
+    await srv.close();
+    assert.equal(existsSync(`${locked}.lock`), false);
+  });
+
+  test('the CLI: a serve still starting is shown as such; with a guessed state-dir, no answer is exit 1, not 3', async () => {
+    const path = fresh();
+    const srv = await openControlSocket(path, silentLogger());
+    const io = () => {
+      let out = '';
+      let err = '';
+      const sink = (f: (s: string) => void) => new Writable({ write: (c: Buffer, _e, cb) => (f(c.toString()), cb()) });
+      return { io: { stdout: sink((x) => (out += x)), stderr: sink((x) => (err += x)) }, out: () => out, err: () => err };
+    };
+    const target = { 'state-dir': dir, 'control-socket': path, 'stop-timeout': 10_000 };
+    try {
+      const a = io();
+      assert.equal(await runControlCommand(target, 'status', [], a.io), 0);
+      assert.equal(a.out(), `avgate (pid ${process.pid}) is starting: not serving yet\n`);
+      const b = io();
+      assert.equal(await runControlCommand(target, 'stop', [], b.io), 1);
+      assert.match(b.err(), /avgate is starting; try again once it is ready/);
+    } finally {
+      await srv.close();
+    }
+    const c = io();
+    assert.equal(await runControlCommand(target, 'status', [], c.io), 3);
+    const d = io();
+    assert.equal(await runControlCommand(target, 'status', [], d.io, true), 1);
+    assert.match(d.err(), /the config does not validate, so its state-dir may not be the running avgate's/);
   });
 
   test('a command slower than the request timeout is still answered; peers that keep their side open are cut', async () => {

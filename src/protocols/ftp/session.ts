@@ -85,11 +85,11 @@ export interface FtpSessionContext {
 }
 
 const DOWNLOADS = new Set(['RETR']);
-const LISTINGS = new Set(['LIST', 'NLST', 'MLSD']);
-const UPLOADS = new Set(['STOR', 'APPE', 'STOU']);
+export const LISTINGS: ReadonlySet<string> = new Set(['LIST', 'NLST', 'MLSD']);
+export const UPLOADS: ReadonlySet<string> = new Set(['STOR', 'APPE', 'STOU']);
 
 /** An upload that sends a part of the server's file: APPE, or STOR (STOU) after a REST other than 0. */
-function isPartialUpload(verb: string, restart: string | null): boolean {
+export function isPartialUpload(verb: string, restart: string | null): boolean {
   return verb === 'APPE' || (restart !== null && Number(restart) > 0);
 }
 /** Commands a session without a server may still get an answer to. */
