@@ -373,10 +373,12 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
       log.error({ config: loaded.path, reason: messageOf(err) }, 'configuration not reloaded: the file is not valid; the running configuration stays');
       return { ok: false, reason: messageOf(err) };
     }
-    if (next.config.log.level !== running.config.log.level) {
+    // Applied with the rest, once nothing can refuse the reload any more.
+    const applyLogLevel = () => {
+      if (next.config.log.level === running.config.log.level) return;
       log.info({ from: running.config.log.level, to: next.config.log.level }, 'reload: log level changed');
       log.level = next.config.log.level;
-    }
+    };
     const inputs = reloadInputs(next.config, RELOADABLE_SECTIONS);
     if (inputs === running.inputs) {
       if (next.restartNeeded.length > 0) {
@@ -384,6 +386,7 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
       }
       const changed = next.changed.filter((c) => c === 'log.level');
       if (changed.length > 0) {
+        applyLogLevel();
         // Nothing to rebuild, but the running configuration now says the new level.
         running.config = next.config;
         show(running);
@@ -412,6 +415,7 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
     if (notTaken.length > 0) {
       log.error({ addresses: notTaken }, 'reload: these listening sockets could not be handed over; they close with the previous configuration');
     }
+    applyLogLevel();
     gen = { config: next.config, inputs, runtime: nextRuntime, listeners: nextListeners, fe, engineHealth: new EngineHealth(nextRuntime.engines.map((e) => e.id)) };
     show(gen);
     updaterEngines.splice(0, updaterEngines.length, ...nextRuntime.allEngines.map((e) => e.engine));

@@ -13,7 +13,7 @@ import type { Config } from '../config/schema.js';
 import { messageOf } from '../core/errors.js';
 import { formatBytes, parseSize } from '../core/units.js';
 import { compileMailPolicy, DEFAULT_GROUP, MAIL_STATUSES, type MailGroup, type MailPolicy, type MailStatus } from '../policy/mail/index.js';
-import { isPartialUpload, LISTINGS, UPLOADS } from '../protocols/ftp/session.js';
+import { DOWNLOADS, isPartialUpload, LISTINGS, UPLOADS } from '../protocols/ftp/session.js';
 import { parseProxyTarget, responseHasNoBody } from '../protocols/http-proxy/headers.js';
 import { DocAcl, type DocFacts } from '../proxy/doc-acl.js';
 
@@ -136,7 +136,8 @@ function effect(g: MailGroup, s: MailStatus) {
     quarantine: final && g.quarantine.has(s),
     notify: final ? notifyList(g, s) : [],
     copyTo: final ? [...(g.copyTo[s] ?? [])] : [],
-    prefixSubject: delivered ? (g.prefixSubject[s] ?? null) : null,
+    // Trimmed, and a blank one is none (the filter then takes the next status's).
+    prefixSubject: delivered && (g.prefixSubject[s] ?? '').trim() !== '' ? (g.prefixSubject[s] as string).trim() : null,
     headers: delivered && g.addHeaders.has(s),
   };
 }
@@ -218,11 +219,15 @@ function docAclCommand(config: Readonly<Config>, section: 'http-proxy' | 'ftp-pr
     if (sizeText !== undefined || contentType !== null) throw new Error('the FTP proxy picks the rule before it knows a size or type: --size and --content-type do not apply');
     const m = /^ftp:\/\/([^/]+)(\/.*)?$/is.exec(url);
     if (!m) throw new Error(`--url ${url} is not ftp://HOST/PATH`);
-    host = (m[1] as string).replace(/^\[(.*)\]$/, '$1');
+    host = ftpHost(m[1] as string);
+    // With a fixed upstream the server is that one, whatever the client names.
+    const fixed = config['ftp-proxy'].upstream;
+    if (fixed !== null) host = ftpHost(fixed);
     target = `ftp://${host.includes(':') ? `[${host}]` : host}${posix.normalize(m[2] ?? '/')}`;
     if (upload && !UPLOADS.has(method)) throw new Error(`--upload with --method ${method}: the FTP proxy takes the direction from the command (uploads: ${[...UPLOADS].join(', ')})`);
     direction = UPLOADS.has(method) ? 'upload' : 'download';
     if (LISTINGS.has(method)) noRule = `${method} listings are relayed unscanned, without a rule`;
+    else if (!DOWNLOADS.has(method) && !UPLOADS.has(method)) noRule = `${method} is passed to the server without a rule (rules apply to ${[...DOWNLOADS, ...UPLOADS].join(', ')})`;
   }
   const facts: DocFacts = { client, host, url: target, method, contentType, size: sizeText === undefined ? null : sizeOf(sizeText), direction };
   const rules = config[section]['doc-acl'];
@@ -247,6 +252,15 @@ function docAclCommand(config: Readonly<Config>, section: 'http-proxy' | 'ftp-pr
   return 0;
 }
 
+/** The server's host as the FTP proxy holds it: without user, port or IPv6 brackets. */
+function ftpHost(authority: string): string {
+  const a = authority.slice(authority.lastIndexOf('@') + 1);
+  const v6 = /^\[([^\]]*)\](?::\d*)?$/.exec(a);
+  if (v6) return v6[1] as string;
+  // One colon: host:port; more: a bare IPv6 address.
+  return a.split(':').length === 2 ? (a.split(':')[0] as string) : a;
+}
+
 function sizeOf(text: string): number {
   const n = parseSize(text);
   if (n === null) throw new Error(`--size ${text} is not a size (bytes, or with a unit: 10KiB, 5MB)`);
@@ -260,9 +274,9 @@ function describeTrickle(t: TrickleConfig | null): string {
 }
 
 function describeDocRule(r: DocAclRule, direction?: 'download' | 'upload'): string {
-  if (r.action === 'accept') return 'accept: passed unscanned (the access log says accepted; FTP: unscanned)';
+  if (r.action === 'accept') return 'accept: passed unscanned';
   if (r.action === 'deny') return 'deny: refused (403 page; FTP 550)';
-  if (r.antivirus === 'none') return 'antivirus none: passed unscanned (the access log says not-scanned; FTP: unscanned)';
+  if (r.antivirus === 'none') return 'antivirus none: passed unscanned';
   const engines = r.antivirus === null ? 'scan.engines' : r.antivirus.join(', ');
   const trickle = direction === 'upload' ? 'uploads are held until the verdict' : describeTrickle(r.trickle);
   return `scan with ${engines}; passes when ${r['accept-status'].join(', ')}; ${trickle}`;

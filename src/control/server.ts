@@ -9,7 +9,7 @@
  * REQUEST_TIMEOUT_MS; anything else gets `{ ok: false, error }`. Only the socket's owner (and
  * root) can connect: connecting needs write permission on the file, which is mode 0600.
  */
-import { closeSync, lstatSync, openSync, statSync, unlinkSync } from 'node:fs';
+import { lstatSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { chmod } from 'node:fs/promises';
 import net from 'node:net';
 import { relative, resolve } from 'node:path';
@@ -69,37 +69,77 @@ export async function openControlSocket(path: string, log: Logger, opts: Control
   }
 }
 
-/** A lock file older than this was left by an avgate that died while it opened its socket. */
-const STALE_LOCK_MS = 30_000;
+/** A lock file without a pid in it (being written) counts as held for this long. */
+const FRESH_LOCK_MS = 5_000;
 
+/**
+ * Takes `lock` (created exclusively, holding this pid) or throws AVG_ERR_CONTROL when a live
+ * avgate holds it. A lock whose pid is gone (an avgate killed while it opened its socket) is taken
+ * over: renamed away first, and put back if what was renamed turns out to be another's new lock.
+ */
 function takeLock(lock: string): () => void {
-  for (let attempt = 0; ; attempt++) {
+  const mine = `${process.pid}\n`;
+  const refuse = (holder: string) =>
+    new AvgateError('AVG_ERR_CONTROL', `another avgate${holder} is starting with this state-dir (${lock} exists): give this one its own state-dir, or remove the file if no avgate is starting`);
+  for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      closeSync(openSync(lock, 'wx', 0o600));
+      writeFileSync(lock, mine, { flag: 'wx', mode: 0o600 });
       return () => {
         try {
-          unlinkSync(lock);
+          if (readFileSync(lock, 'utf8') === mine) unlinkSync(lock);
         } catch {
           // gone already
         }
       };
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new AvgateError('AVG_ERR_CONTROL', `control socket lock ${lock}: ${messageOf(err)}`, { cause: err });
-      let age: number;
-      try {
-        age = Date.now() - statSync(lock).mtimeMs;
-      } catch {
-        continue; // removed meanwhile: try again
-      }
-      if (attempt > 0 || age < STALE_LOCK_MS) {
-        throw new AvgateError('AVG_ERR_CONTROL', `another avgate is starting with this state-dir (${lock} exists): give this one its own state-dir, or remove the file if no avgate is starting`);
-      }
-      try {
-        unlinkSync(lock);
-      } catch {
-        // removed meanwhile
-      }
     }
+    let text: string;
+    let age: number;
+    try {
+      age = Date.now() - lstatSync(lock).mtimeMs;
+      text = readFileSync(lock, 'utf8');
+    } catch {
+      continue; // removed meanwhile, or a link to nothing: try again (bounded)
+    }
+    const pid = Number.parseInt(text, 10);
+    if (Number.isSafeInteger(pid) && pid > 0 ? processExists(pid) : age < FRESH_LOCK_MS) throw refuse(Number.isSafeInteger(pid) && pid > 0 ? ` (pid ${pid})` : '');
+    const aside = `${lock}.stale-${process.pid}`;
+    try {
+      renameSync(lock, aside);
+    } catch {
+      continue;
+    }
+    let moved = '';
+    try {
+      moved = readFileSync(aside, 'utf8');
+    } catch {
+      // a link to nothing
+    }
+    if (moved !== text) {
+      // Another avgate took the stale lock over and made its own in between: give it back.
+      try {
+        renameSync(aside, lock);
+      } catch {
+        // nothing more to do
+      }
+      throw refuse('');
+    }
+    try {
+      unlinkSync(aside);
+    } catch {
+      // gone already
+    }
+  }
+  throw refuse('');
+}
+
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

@@ -21,6 +21,9 @@ mail:
       quarantine: [infected, error]
       copy-to:
         error: [archive@example.org]
+      prefix-subject:
+        infected: '  [V]  '
+        suspicious: '   '
   default-group:
     filter-by-name: ['.*\\.exe']
 http-proxy:
@@ -74,7 +77,8 @@ describe('avgate policy', () => {
     assert.match(r.out, /sender notices are never sent to the null sender <> or to notify-from/);
 
     const partners = r.out.slice(r.out.indexOf('group partners (2):'));
-    assert.match(partners, /^ {4}infected {4}remove; quarantine; notify sender, recipients, admin; subject prefix "\[VIRUS REMOVED\]"/m);
+    assert.match(partners, /^ {4}infected {4}remove; quarantine; notify sender, recipients, admin; subject prefix "\[V\]";/m, 'trimmed, as the filter uses it');
+    assert.doesNotMatch(partners, /suspicious[^\n]*subject prefix/, 'a blank prefix is none');
     assert.match(partners, /^ {4}error {7}tempfail \(4xx[^\n]*nothing else happens\)$/m, 'no quarantine nor copy on a tempfail');
 
     const other = run(['mail', '--from', '', '--to', 'x@elsewhere.example', '--json']);
@@ -131,6 +135,10 @@ describe('avgate policy', () => {
     assert.match(run(['ftp-proxy', '--url', 'ftp://ftp.example/secret\\x']).out, /no rule of 1 matched/);
     assert.match(run(['ftp-proxy', '--url', 'ftp://ftp.example/secret/caf%E9']).out, /secret\/caf%E9/);
     assert.match(run(['ftp-proxy', '--url', 'ftp://[2001:db8:0:0::1]/secret/x']).out, /RETR ftp:\/\/\[2001:db8:0:0::1\]\/secret\/x/);
+    // The host as the proxy holds it: without user, port or brackets.
+    assert.match(run(['ftp-proxy', '--url', 'ftp://u:p@ftp.example:2121/secret/x']).out, /RETR ftp:\/\/ftp\.example\/secret\/x[\s\S]*"secret": deny/);
+    assert.match(run(['ftp-proxy', '--url', 'ftp://[::1]:2121/x']).out, /RETR ftp:\/\/\[::1\]\/x/);
+    assert.match(run(['ftp-proxy', '--url', 'ftp://ftp.example/secret/x', '--method', 'DELE']).out, /DELE is passed to the server without a rule/);
     const sized = run(['ftp-proxy', '--url', 'ftp://ftp.example/x', '--size', '1']);
     assert.equal(sized.code, 2);
     assert.match(sized.err, /--size and --content-type do not apply/);

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import { spawnSync } from 'node:child_process';
 import net from 'node:net';
@@ -121,7 +121,7 @@ describe('control socket', () => {
     const lost = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
     assert.equal(won.length, 1);
     assert.equal(lost.length, 1);
-    assert.match(String(lost[0]?.reason), /another avgate is starting with this state-dir/);
+    assert.match(String(lost[0]?.reason), /another avgate .*is starting with this state-dir/);
     // Until serve sets its handlers: status says starting, the others wait for it.
     assert.deepEqual(await controlRequest(both, 'status', 2000), { ok: true, pid: process.pid, starting: true });
     assert.match(String((await controlRequest(both, 'reload', 2000))['error']), /avgate is starting; try again once it is ready/);
@@ -145,7 +145,7 @@ describe('control socket', () => {
     }
   });
 
-  test('two opening at once after a crash: the lock lets one have the socket; an old lock file is taken over, a fresh one refuses', async () => {
+  test('two opening at once after a crash: the lock lets one have the socket; a lock of a live pid refuses, of a dead one is taken over', async () => {
     const leftover = fresh();
     const killed = spawnSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(leftover)}, () => process.kill(process.pid, 'SIGKILL'))`]);
     assert.equal(killed.signal, 'SIGKILL');
@@ -157,14 +157,25 @@ describe('control socket', () => {
     assert.equal(existsSync(`${leftover}.lock`), false, 'the lock is released');
     await won[0]?.value.close();
 
+    // A lock held by a live process refuses; one of a process that is gone is taken over.
     const locked = fresh();
-    writeFileSync(`${locked}.lock`, '');
-    await assert.rejects(openControlSocket(locked, silentLogger()), /another avgate is starting with this state-dir \(.*\.lock exists\)/);
-    const old = new Date(Date.now() - 60_000);
-    utimesSync(`${locked}.lock`, old, old);
+    writeFileSync(`${locked}.lock`, `${process.pid}\n`);
+    await assert.rejects(openControlSocket(locked, silentLogger()), new RegExp(`another avgate \\(pid ${process.pid}\\) is starting with this state-dir \\(.*\\.lock exists\\)`));
+    const gone = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' }).stdout;
+    writeFileSync(`${locked}.lock`, `${gone}\n`);
     const srv = await openControlSocket(locked, silentLogger());
     await srv.close();
     assert.equal(existsSync(`${locked}.lock`), false);
+    // Without a pid (being written): held while fresh, taken over when old.
+    writeFileSync(`${locked}.lock`, '');
+    await assert.rejects(openControlSocket(locked, silentLogger()), /is starting with this state-dir/);
+    const old = new Date(Date.now() - 60_000);
+    utimesSync(`${locked}.lock`, old, old);
+    await (await openControlSocket(locked, silentLogger())).close();
+    // A link to nothing: refused, not a loop.
+    symlinkSync(join(dir, 'nowhere'), `${locked}.lock`);
+    await assert.rejects(openControlSocket(locked, silentLogger()), /is starting with this state-dir/);
+    rmSync(`${locked}.lock`);
   });
 
   test('the CLI: a serve still starting is shown as such; with a guessed state-dir, no answer is exit 1, not 3', async () => {

@@ -84,7 +84,7 @@ export interface FtpSessionContext {
   quarantine(v: Verdict, spool: Spool, meta: { url: string; rule: string; direction: 'download' | 'upload' }): Promise<void>;
 }
 
-const DOWNLOADS = new Set(['RETR']);
+export const DOWNLOADS: ReadonlySet<string> = new Set(['RETR']);
 export const LISTINGS: ReadonlySet<string> = new Set(['LIST', 'NLST', 'MLSD']);
 export const UPLOADS: ReadonlySet<string> = new Set(['STOR', 'APPE', 'STOU']);
 
