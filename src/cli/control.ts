@@ -4,11 +4,12 @@
  * 1 refused or failed, 3 not running.
  */
 import type { Writable } from 'node:stream';
-import type { Config } from '../config/schema.js';
-import { controlRequest, controlSocketPath, type ControlReply } from '../control/server.js';
+import { configSchema, type Config } from '../config/schema.js';
+import { controlRequest, controlSocketPath, processExists, type ControlReply } from '../control/server.js';
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { messageOf } from '../core/errors.js';
+import { printable } from '../protocols/ftp/wire.js';
 
 export const CONTROL_USAGE = `usage: avgate status [--json]     is avgate serve running; its front ends, engines, reloads
        avgate reload [--json]     read the config file again and apply it; prints the outcome
@@ -100,10 +101,14 @@ export function controlTargetOf(configPath: string | null): Pick<Config, 'state-
   try {
     const doc = parseYaml(readFileSync(configPath, 'utf8')) as unknown;
     const top = typeof doc === 'object' && doc !== null ? (doc as Record<string, unknown>) : {};
-    const stateDir = top['state-dir'] ?? 'var';
-    const socket = top['control-socket'] === undefined ? 'avgate.ctl' : top['control-socket'];
-    if (typeof stateDir !== 'string' || !(socket === null || typeof socket === 'string')) return null;
-    return { 'state-dir': stateDir, 'control-socket': socket, 'stop-timeout': 10_000 };
+    // Each key by the schema's own rule and default; one that does not validate either gives up.
+    const shape = configSchema.shape;
+    const stop = shape['stop-timeout'].safeParse(top['stop-timeout']);
+    return {
+      'state-dir': shape['state-dir'].parse(top['state-dir']),
+      'control-socket': shape['control-socket'].parse(top['control-socket']),
+      'stop-timeout': stop.success ? stop.data : shape['stop-timeout'].parse(undefined),
+    };
   } catch {
     return null;
   }
@@ -126,12 +131,7 @@ async function waitUntilGone(path: string, pid: number | null, timeoutMs: number
       // The stop closes the socket last; the process ends right after. A pid of another pid
       // namespace (a container sharing the state-dir) may name some other process: the socket
       // being gone for 2 s then counts as stopped.
-      if (pid === null || Date.now() - socketGoneAt > 2_000) return true;
-      try {
-        process.kill(pid, 0);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ESRCH') return true;
-      }
+      if (pid === null || Date.now() - socketGoneAt > 2_000 || !processExists(pid)) return true;
     }
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -139,8 +139,7 @@ async function waitUntilGone(path: string, pid: number | null, timeoutMs: number
 }
 
 /** A value from the reply as one printable line (an engine's error text may carry anything). */
-// eslint-disable-next-line no-control-regex -- control characters are what is replaced
-const text = (v: unknown): string => String(v).replace(/[\u0000-\u001f\u007f-\u009f]/g, '?');
+const text = (v: unknown): string => printable(String(v), 500);
 
 function formatReload(r: ControlReply): string {
   const list = (v: unknown) => (Array.isArray(v) && v.length > 0 ? v.map(text).join(', ') : 'none');

@@ -13,7 +13,7 @@ import type { Config } from '../config/schema.js';
 import { messageOf } from '../core/errors.js';
 import { formatBytes, parseSize } from '../core/units.js';
 import { compileMailPolicy, DEFAULT_GROUP, MAIL_STATUSES, type MailGroup, type MailPolicy, type MailStatus } from '../policy/mail/index.js';
-import { DOWNLOADS, isPartialUpload, LISTINGS, UPLOADS } from '../protocols/ftp/session.js';
+import { DOWNLOADS, isPartialUpload, LISTINGS, splitHostPort, UPLOADS } from '../protocols/ftp/session.js';
 import { parseProxyTarget, responseHasNoBody } from '../protocols/http-proxy/headers.js';
 import { DocAcl, type DocFacts } from '../proxy/doc-acl.js';
 
@@ -104,7 +104,7 @@ function mailCommand(config: Readonly<Config>, args: string[], io: Io): number {
     out.push(`  ${r} -> group ${name} (${positionOf(policy, name)} of ${policy.groups.length}${name === DEFAULT_GROUP ? ', no other group matched' : ''})`);
   }
   if (shares.size > 1) out.push('the recipients are split: each share is handled by its own group (and delivered or refused on its own)');
-  for (const name of shares.keys()) out.push(...describeGroup(policy.group(name), positionOf(policy, name)));
+  for (const name of shares.keys()) out.push(...describeGroup(config.mail, policy.group(name), positionOf(policy, name)));
   out.push(senderNoticeRule(policy));
   io.stdout.write(`${out.join('\n')}\n`);
   return 0;
@@ -150,10 +150,12 @@ function notifyList(g: MailGroup, s: MailStatus): string[] {
   return [g.notifySender.has(s) ? 'sender' : null, g.notifyRecipients.has(s) ? 'recipients' : null, g.notifyAdmin.has(s) && g.admin.length > 0 ? 'admin' : null].filter((x): x is string => x !== null);
 }
 
-function describeGroup(g: MailGroup, position: number): string[] {
+function describeGroup(mail: Readonly<Config['mail']>, g: MailGroup, position: number): string[] {
   const out = [`group ${g.name} (${position}):`];
-  if (g.name === DEFAULT_GROUP) out.push('  takes every recipient no group above matched');
-  else out.push(`  senders: ${g.senders.map(patternText).join(' | ')}`, `  recipients: ${g.recipients.map(patternText).join(' | ')}`);
+  // The patterns as written (the compiled ones are anchored).
+  const written = mail.groups.find((c) => c.name === g.name);
+  if (!written) out.push('  takes every recipient no group above matched');
+  else out.push(`  senders: ${written.senders.join(' | ')}`, `  recipients: ${written.recipients.join(' | ')}`);
   if (g.admin.length > 0) out.push(`  admin: ${g.admin.join(', ')}`);
   else if (g.notifyAdmin.size > 0) out.push('  admin: none, so no admin notices are sent');
   out.push('  per document status (reject, discard and tempfail apply to the whole message; headers follow its worst status):');
@@ -170,12 +172,6 @@ function describeGroup(g: MailGroup, position: number): string[] {
   const filters = [...g.filter.byName.map((r) => `name ${r.source}`), ...g.filter.byType.map((r) => `type ${r.source}`)];
   if (filters.length > 0) out.push(`  attachment filter (status filtered): ${filters.join(', ')}`);
   return out;
-}
-
-/** The pattern as the admin wrote it (the compiled one is anchored: ^(?:...)$). */
-function patternText(re: RegExp): string {
-  const m = /^\^\(\?:(.*)\)\$$/s.exec(re.source);
-  return m ? (m[1] as string) : re.source;
 }
 
 // ------------------------------------------------------------------ HTTP and FTP doc-acl
@@ -222,7 +218,7 @@ function docAclCommand(config: Readonly<Config>, section: 'http-proxy' | 'ftp-pr
     host = ftpHost(m[1] as string);
     // With a fixed upstream the server is that one, whatever the client names.
     const fixed = config['ftp-proxy'].upstream;
-    if (fixed !== null) host = ftpHost(fixed);
+    if (fixed !== null) host = splitHostPort(fixed).host;
     target = `ftp://${host.includes(':') ? `[${host}]` : host}${posix.normalize(m[2] ?? '/')}`;
     if (upload && !UPLOADS.has(method)) throw new Error(`--upload with --method ${method}: the FTP proxy takes the direction from the command (uploads: ${[...UPLOADS].join(', ')})`);
     direction = UPLOADS.has(method) ? 'upload' : 'download';
@@ -303,7 +299,7 @@ function showPolicy(config: Readonly<Config>, sections: readonly Section[]): str
     if (section === 'mail') {
       const policy = compileMailPolicy(config.mail);
       out.push(`mail filter (smtp${config.smtp.enabled ? '' : ', not enabled'}): groups in match order; a recipient falls into the first group whose senders match the sender and whose recipients match it`);
-      policy.groups.forEach((g, i) => out.push(...describeGroup(g, i + 1).map((l) => `  ${l}`)));
+      policy.groups.forEach((g, i) => out.push(...describeGroup(config.mail, g, i + 1).map((l) => `  ${l}`)));
       out.push(`  ${senderNoticeRule(policy)}`);
     } else if (section === 'http-proxy' || section === 'ftp-proxy') {
       const rules = config[section]['doc-acl'];

@@ -14,6 +14,7 @@ import { chmod } from 'node:fs/promises';
 import net from 'node:net';
 import { relative, resolve } from 'node:path';
 import { AvgateError, messageOf } from '../core/errors.js';
+import { bindServer } from '../core/listen.js';
 import type { Logger } from '../core/logging.js';
 
 /** Commands the control socket understands, each answered with one JSON object. */
@@ -134,7 +135,8 @@ function takeLock(lock: string): () => void {
   throw refuse('');
 }
 
-function processExists(pid: number): boolean {
+/** Whether a process with this pid exists (EPERM: it does, another user's). */
+export function processExists(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -158,13 +160,7 @@ async function bindControlSocket(path: string, address: string, log: Logger, opt
   server.maxConnections = MAX_CONNECTIONS;
   try {
     // Binding is atomic: of two avgates starting at once on one state-dir, one gets EADDRINUSE.
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(address, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
+    await bindServer(server, { path: address });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
       throw new AvgateError('AVG_ERR_CONTROL', `another avgate is starting with this state-dir (its control socket ${path} appeared meanwhile): give this one its own state-dir`, { cause: err });

@@ -52,3 +52,18 @@ export class CloseOnce {
     return this.running.done;
   }
 }
+
+/**
+ * A front end's graceful close: `close(deadlineMs)` runs the front end's own `closeNow` once
+ * with a Drain of that deadline; called again (a stop during a reload's drain), it hurries it.
+ */
+export abstract class GracefulServer {
+  private readonly closeOnce = new CloseOnce();
+
+  /** Graceful close within `deadlineMs`; called again, it hurries the running close (Drain). */
+  close(deadlineMs = 5000): Promise<void> {
+    return this.closeOnce.close(deadlineMs, (drain) => this.closeNow(drain));
+  }
+
+  protected abstract closeNow(drain: Drain): Promise<void>;
+}

@@ -1,4 +1,4 @@
-import type { Server } from 'node:net';
+import type { ListenOptions, Server } from 'node:net';
 import { AvgateError } from './errors.js';
 
 /**
@@ -45,14 +45,10 @@ export class Listeners {
       this.servers.set(key, server);
       return portOf(from, port);
     }
-    const bound = await new Promise<number>((resolve, reject) => {
-      const onError = (err: Error) => reject(new AvgateError('AVG_ERR_CONFIG', `${what} listen ${host}:${port}: ${(err as NodeJS.ErrnoException).code ?? err.message}`));
-      server.once('error', onError);
-      server.listen(port, host, () => {
-        server.off('error', onError);
-        resolve(portOf(server, port));
-      });
+    await bindServer(server, { port, host }).catch((err: NodeJS.ErrnoException) => {
+      throw new AvgateError('AVG_ERR_CONFIG', `${what} listen ${host}:${port}: ${err.code ?? err.message}`);
     });
+    const bound = portOf(server, port);
     this.servers.set(key, server);
     return bound;
   }
@@ -68,13 +64,7 @@ export class Listeners {
     const failed: string[] = [];
     for (const [key, { server, from }] of this.pending) {
       try {
-        await new Promise<void>((resolve, reject) => {
-          server.once('error', reject);
-          server.listen(from, () => {
-            server.off('error', reject);
-            resolve();
-          });
-        });
+        await bindServer(server, from);
       } catch (err) {
         failed.push(`${key}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
         this.servers.delete(key);
@@ -102,6 +92,21 @@ function addressKey(host: string, port: number, what: string): string {
 function portOf(server: Server, fallback: number): number {
   const a = server.address();
   return typeof a === 'object' && a ? a.port : fallback;
+}
+
+/**
+ * `server.listen(target)` as a promise: resolves once it listens, rejects with the bind error
+ * (EADDRINUSE ...) and leaves no error listener behind. `target` may be another server, whose
+ * listening handle is then taken over (see Listeners).
+ */
+export function bindServer(server: Server, target: ListenOptions | Server): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(target, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
 }
 
 /**

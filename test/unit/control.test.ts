@@ -265,6 +265,42 @@ describe('control socket', () => {
     }
   });
 
+  test('at most 16 connections at once: one more is closed unanswered, and the socket serves again once they are gone', async () => {
+    const path = fresh();
+    const srv = await listen(path, handlers(), { requestTimeoutMs: 10_000 });
+    const idle: net.Socket[] = [];
+    try {
+      for (let i = 0; i < 16; i++) {
+        const c = net.connect(path);
+        c.on('error', () => undefined);
+        await new Promise((r) => c.once('connect', r));
+        idle.push(c);
+      }
+      for (let i = 0; i < 100 && srv.connections < 16; i++) await new Promise((r) => setTimeout(r, 20));
+      assert.equal(srv.connections, 16);
+      const extra = await new Promise<{ text: string; closed: boolean }>((resolve) => {
+        const c = net.connect(path);
+        let text = '';
+        c.setEncoding('utf8');
+        c.on('data', (d: string) => (text += d));
+        c.on('error', () => undefined);
+        c.on('connect', () => c.write('status\n'));
+        c.on('close', () => resolve({ text, closed: true }));
+        setTimeout(() => {
+          c.destroy();
+          resolve({ text, closed: false });
+        }, 3000).unref();
+      });
+      assert.deepEqual(extra, { text: '', closed: true }, 'the 17th is closed unanswered');
+      for (const c of idle) c.destroy();
+      for (let i = 0; i < 100 && srv.connections > 0; i++) await new Promise((r) => setTimeout(r, 20));
+      assert.equal((await controlRequest(path, 'status', 2000))['pid'], 4242);
+    } finally {
+      for (const c of idle) c.destroy();
+      await srv.close();
+    }
+  });
+
   test('a client that sends no line is answered with an error after the request timeout', async () => {
     const path = fresh();
     const srv = await listen(path, handlers(), { requestTimeoutMs: 400 });

@@ -1,6 +1,7 @@
 import { connect, createServer, isIPv4, type Server, type Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { RateAllowance } from '../../core/rate-allowance.js';
+import { bindServer } from '../../core/listen.js';
 import { plainAddress } from './wire.js';
 
 /**
@@ -210,14 +211,9 @@ export class PassiveListener implements ClientDataSetup {
       const port = range ? range.min + Math.floor(Math.random() * (range.max - range.min + 1)) : 0;
       const server = createServer({ pauseOnConnect: true });
       try {
-        const bound = await new Promise<number>((resolve, reject) => {
-          server.once('error', reject);
-          server.listen({ host, port, backlog: 4, exclusive: true }, () => {
-            server.off('error', reject);
-            const a = server.address();
-            resolve(typeof a === 'object' && a ? a.port : port);
-          });
-        });
+        await bindServer(server, { host, port, backlog: 4, exclusive: true });
+        const a = server.address();
+        const bound = typeof a === 'object' && a ? a.port : port;
         return new PassiveListener(server, host, bound, plainAddress(clientAddress));
       } catch (err) {
         lastError = err;

@@ -15,7 +15,7 @@ import { formatReply } from './wire.js';
 import { AppendLog } from '../../core/append-log.js';
 import { SendStallWatch } from '../../core/send-stall.js';
 import { listenOn, type Listeners } from '../../core/listen.js';
-import { CloseOnce, type Drain } from '../../core/drain.js';
+import { GracefulServer, type Drain } from '../../core/drain.js';
 
 export interface FtpCounters {
   sessions: number;
@@ -50,7 +50,7 @@ export interface FtpProxyDeps {
  * The FTP proxy: one listener, one FtpSession per client. close() stops accepting, lets running
  * sessions go on until the deadline, then cuts what is left.
  */
-export class FtpProxyServer {
+export class FtpProxyServer extends GracefulServer {
   private server: Server | null = null;
   private readonly sessions = new Map<Socket, FtpSession>();
   private readonly accessFile: AppendLog | null;
@@ -74,6 +74,7 @@ export class FtpProxyServer {
     private readonly config: FtpProxyConfig,
     private readonly deps: FtpProxyDeps,
   ) {
+    super();
     this.docAcl = new DocAcl(config['doc-acl']);
     this.sends = new SendStallWatch(config.timeouts.send);
     this.accessFile = config['access-log'] ? new AppendLog(resolve(deps.stateDir, config['access-log'])) : null;
@@ -146,14 +147,7 @@ export class FtpProxyServer {
     return this.sessions.size;
   }
 
-  /** Graceful close within `deadlineMs`; called again, it hurries the running close (Drain). */
-  close(deadlineMs = 5000): Promise<void> {
-    return this.closeOnce.close(deadlineMs, (drain) => this.closeNow(drain));
-  }
-
-  private readonly closeOnce = new CloseOnce();
-
-  private async closeNow(drain: Drain): Promise<void> {
+  protected async closeNow(drain: Drain): Promise<void> {
     const server = this.server;
     // Stop accepting now; the callback only comes once every session is gone (awaited last).
     const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();

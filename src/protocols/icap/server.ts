@@ -18,7 +18,7 @@ import { fileNameOf } from '../../formats/url-name.js';
 import { readPem } from '../../config/tls-schema.js';
 import { AppendLog } from '../../core/append-log.js';
 import { listenOn, type Listeners } from '../../core/listen.js';
-import { CloseOnce, type Drain } from '../../core/drain.js';
+import { GracefulServer, type Drain } from '../../core/drain.js';
 
 export interface IcapCounters {
   requests: number;
@@ -59,7 +59,7 @@ export function parseListen(text: string): { host: string; port: number } {
  * connection handled by IcapConnection. close() stops accepting, lets running requests finish
  * within the deadline, then cuts what is left.
  */
-export class IcapServer {
+export class IcapServer extends GracefulServer {
   private readonly services = new Map<string, IcapService>();
   private readonly servers: Server[] = [];
   private readonly sockets = new Map<Socket, IcapConnection>();
@@ -90,6 +90,7 @@ export class IcapServer {
     private readonly config: IcapConfig,
     private readonly deps: IcapServerDeps,
   ) {
+    super();
     for (const [name, sc] of Object.entries(config.services)) {
       const { scanner, engines } = deps.scannerFor(sc.engines);
       const service = new IcapService(name, sc, scanner, engines);
@@ -252,14 +253,7 @@ export class IcapServer {
     return this.sockets.size;
   }
 
-  /** Graceful close within `deadlineMs`; called again, it hurries the running close (Drain). */
-  close(deadlineMs = 5000): Promise<void> {
-    return this.closeOnce.close(deadlineMs, (drain) => this.closeNow(drain));
-  }
-
-  private readonly closeOnce = new CloseOnce();
-
-  private async closeNow(drain: Drain): Promise<void> {
+  protected async closeNow(drain: Drain): Promise<void> {
     // Stop accepting now; a server's close callback only comes once its connections are gone, so
     // it is awaited last: waiting first would let a client's idle persistent connections (Squid
     // keeps them) hold the stop, or a reload's old generation, for as long as the client likes.

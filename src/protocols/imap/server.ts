@@ -11,7 +11,7 @@ import type { ScanService } from '../../scan/types.js';
 import { ImapSession, type ImapCounters, type SessionContext } from './session.js';
 import { parseHostPort } from './upstream.js';
 import { listenOn, type Listeners } from '../../core/listen.js';
-import { CloseOnce, type Drain } from '../../core/drain.js';
+import { GracefulServer, type Drain } from '../../core/drain.js';
 
 export interface ImapProxyDeps {
   stateDir: string;
@@ -30,7 +30,7 @@ export interface ImapProxyDeps {
  * The IMAP4 proxy's listener: one ImapSession per client, at most max-connections (one more gets
  * `* BYE` at once). close() stops accepting and ends the sessions within a deadline.
  */
-export class ImapProxyServer {
+export class ImapProxyServer extends GracefulServer {
   private server: Server | null = null;
   private readonly sessions = new Map<Socket, ImapSession>();
   private seq = 0;
@@ -44,6 +44,7 @@ export class ImapProxyServer {
     private readonly config: ImapProxyConfig,
     private readonly deps: ImapProxyDeps,
   ) {
+    super();
     this.log = deps.log.child({ component: 'imap-proxy' });
     this.sends = new SendStallWatch(config.timeouts.send);
   }
@@ -95,14 +96,7 @@ export class ImapProxyServer {
     return this.sessions.size;
   }
 
-  /** Graceful close within `deadlineMs`; called again, it hurries the running close (Drain). */
-  close(deadlineMs = 5000): Promise<void> {
-    return this.closeOnce.close(deadlineMs, (drain) => this.closeNow(drain));
-  }
-
-  private readonly closeOnce = new CloseOnce();
-
-  private async closeNow(drain: Drain): Promise<void> {
+  protected async closeNow(drain: Drain): Promise<void> {
     const server = this.server;
     // Stop accepting now; the callback only comes once every connection is gone.
     const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();

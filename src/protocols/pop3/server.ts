@@ -9,7 +9,7 @@ import { compilePolicy, globRegExp, type ReplaceDeps } from '../../mailproxy/ind
 import { parseListen } from '../icap/server.js';
 import { Pop3Session, type Pop3Counters } from './session.js';
 import { listenOn, type Listeners } from '../../core/listen.js';
-import { CloseOnce, type Drain } from '../../core/drain.js';
+import { GracefulServer, type Drain } from '../../core/drain.js';
 
 export interface Pop3ServerDeps {
   /** The replacer's dependencies (scanner, policy, replacement, spool dir, limits, origin). */
@@ -24,7 +24,7 @@ export interface Pop3ServerDeps {
  * more gets -ERR and is closed). close() stops accepting, lets sessions end within the deadline,
  * then cuts what is left.
  */
-export class Pop3ProxyServer {
+export class Pop3ProxyServer extends GracefulServer {
   private server: Server | null = null;
   private readonly sockets = new Set<Socket>();
   private nextId = 1;
@@ -41,6 +41,7 @@ export class Pop3ProxyServer {
     private readonly config: Pop3ProxyConfig,
     private readonly deps: Pop3ServerDeps,
   ) {
+    super();
     this.allowed = config['allowed-upstreams'].map((g) => globRegExp(g.toLowerCase()));
     this.tls = listenerContext(config.tls, 'pop3-proxy.tls');
     this.upstreamTls = upstreamTls(config, 'pop3-proxy');
@@ -93,14 +94,8 @@ export class Pop3ProxyServer {
     return this.sockets.size;
   }
 
-  /** Stops accepting; sessions still open after `deadlineMs` are cut; called again, it hurries the running close. */
-  close(deadlineMs = 5000): Promise<void> {
-    return this.closeOnce.close(deadlineMs, (drain) => this.closeNow(drain));
-  }
-
-  private readonly closeOnce = new CloseOnce();
-
-  private async closeNow(drain: Drain): Promise<void> {
+  /** Stops accepting; sessions still open after the deadline are cut. */
+  protected async closeNow(drain: Drain): Promise<void> {
     const server = this.server;
     this.server = null;
     if (!server) return;

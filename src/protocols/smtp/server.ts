@@ -14,7 +14,7 @@ import { passThroughHandler } from './pass-through.js';
 import { combineReplies, isPositive, reply, replySummary, replyText } from './reply.js';
 import type { ClientAttributes, EsmtpParams, InboundMessage, MailFrom, MessageHandler, NextHop, PartitionHook, SmtpReply } from './types.js';
 import { listenOn, type Listeners } from '../../core/listen.js';
-import { CloseOnce, type Drain } from '../../core/drain.js';
+import { GracefulServer, type Drain } from '../../core/drain.js';
 
 export interface SmtpServerDeps {
   /** Base of spool-dir. */
@@ -118,7 +118,7 @@ function restoreAddress(a: SMTPServerAddress, smtpUtf8: boolean): void {
  * spooled (memory, then a 0600 file), handed to the handler, and answered only once the handler has
  * settled — the client keeps responsibility for the message until then.
  */
-export class SmtpFilterServer {
+export class SmtpFilterServer extends GracefulServer {
   readonly nextHop: NextHop;
   readonly counters: SmtpCounters = {
     connections: 0,
@@ -147,6 +147,7 @@ export class SmtpFilterServer {
     private readonly config: SmtpConfig,
     private readonly deps: SmtpServerDeps,
   ) {
+    super();
     this.log = deps.log.child({ component: 'smtp' });
     this.handler = deps.handler ?? passThroughHandler;
     this.lmtp = config.protocol === 'lmtp';
@@ -462,14 +463,7 @@ export class SmtpFilterServer {
    * until the deadline, then its handler is aborted (the client gets 451 and retries) and what is
    * left is closed. Closes the next hop pool when the server made it.
    */
-  /** Graceful close within `deadlineMs`; called again, it hurries the running close (Drain). */
-  close(deadlineMs = 5000): Promise<void> {
-    return this.closeOnce.close(deadlineMs, (drain) => this.closeNow(drain));
-  }
-
-  private readonly closeOnce = new CloseOnce();
-
-  private async closeNow(drain: Drain): Promise<void> {
+  protected async closeNow(drain: Drain): Promise<void> {
     this.closing = true;
     const listening = new Promise<void>((r) => this.server.server.close(() => r()));
 
