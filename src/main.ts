@@ -184,7 +184,17 @@ export async function serve(loaded: LoadedConfig, opts: ServeOptions = {}): Prom
   let control: ControlServer | null = null;
   if (controlPath !== null) {
     mkdirSync(config['state-dir'], { recursive: true });
-    control = await openControlSocket(controlPath, log.child({ component: 'control' }));
+    const onStop = opts.signal ? opts.onStopRequest : undefined;
+    control = await openControlSocket(controlPath, log.child({ component: 'control' }), {
+      ...(onStop
+        ? {
+            stopWhileStarting: () => {
+              setImmediate(onStop);
+              return { ok: true, pid: process.pid, stopping: true, note: 'stopping during start-up', waitMs: config['stop-timeout'] };
+            },
+          }
+        : {}),
+    });
   }
   try {
     return await startServing(loaded, opts, log, control);
@@ -200,7 +210,7 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
   if (config['gc-tuning']) tuneGarbageCollector();
   // Statistics first: every scanner the runtime builds reports its verdicts to it.
   const stats = config.stats.enabled ? openStats(config.stats, config['state-dir'], log.child({ component: 'stats' }), config['sqlite-cache-size']) : null;
-  const runtime = await openRuntime(config, { logger: log, localClamd: 'always', stats }).catch(async (err: unknown) => {
+  const runtime = await openRuntime(config, { logger: log, localClamd: 'always', stats, ...(opts.signal ? { signal: opts.signal } : {}) }).catch(async (err: unknown) => {
     await stats?.close();
     throw err;
   });
@@ -501,8 +511,16 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
 
 export interface ServeOptions {
   logger?: Logger;
-  /** `avgate stop` on the control socket: serveForever stops as on SIGTERM; without it, stop() runs. */
+  /**
+   * `avgate stop` on the control socket: serveForever stops as on SIGTERM; without it, stop() runs.
+   * Also asked for while serve is still starting (with `signal`, which the stop then aborts).
+   */
   onStopRequest?: () => void;
+  /**
+   * Aborted by a stop during start-up (a signal, avgate stop): the wait for the project-local
+   * clamd ends, clamd is stopped again, and serve rejects with AVG_ERR_STOPPED.
+   */
+  signal?: AbortSignal;
 }
 
 /** Each front end's address, bound port and open connections (null entries: turned off). */
@@ -581,12 +599,37 @@ export function startHealthLog(
 /** Runs serve until SIGINT/SIGTERM, then stops gracefully within stop-timeout (as reloaded). */
 export async function serveForever(loaded: LoadedConfig): Promise<number> {
   const log = createLogger({ level: loaded.config.log.level, file: loaded.config.log.file });
-  // A stop asked for on the control socket before the signal handlers below exist waits for them.
-  let early: string | null = null;
+  // Signals are taken from the first moment: during start-up (clamd loading its database) node's
+  // default would end avgate at once and leave clamd, in its own process group, running.
+  const startAbort = new AbortController();
   let stopRequested = (why: string) => {
-    early = why;
+    if (startAbort.signal.aborted) return;
+    process.stderr.write(`avgate: ${why} during start-up, stopping\n`);
+    log.info({ reason: why }, 'stop asked for during start-up');
+    startAbort.abort();
   };
-  const serving = await serve(loaded, { logger: log, onStopRequest: () => stopRequested('avgate stop (control socket)') });
+  const signalled = (sig: NodeJS.Signals) => stopRequested(sig);
+  // A SIGHUP (logrotate's, a reload) would end it too: kept and acted on once ready.
+  let hangup: NodeJS.Signals | null = null;
+  const hungUp = (sig: NodeJS.Signals) => {
+    hangup = sig;
+  };
+  process.on('SIGINT', signalled);
+  process.on('SIGTERM', signalled);
+  process.on('SIGHUP', hungUp);
+  let serving: Serving;
+  try {
+    serving = await serve(loaded, { logger: log, onStopRequest: () => stopRequested('avgate stop (control socket)'), signal: startAbort.signal });
+  } catch (err) {
+    if (!startAbort.signal.aborted) throw err;
+    // Whatever failed, a stop was asked for: what started has been closed again.
+    log.info({ err: messageOf(err) }, 'avgate stopped during start-up');
+    return 0;
+  } finally {
+    process.off('SIGINT', signalled);
+    process.off('SIGTERM', signalled);
+    process.off('SIGHUP', hungUp);
+  }
   const { stop, reload } = serving;
   const keepAlive = setInterval(() => undefined, 1 << 30);
   // SIGHUP (node's default: exit) reopens the log files, for logrotate's postrotate (as clamd
@@ -599,6 +642,7 @@ export async function serveForever(loaded: LoadedConfig): Promise<number> {
     reload().catch((err: unknown) => log.error({ err: messageOf(err) }, 'reload failed'));
   };
   process.on('SIGHUP', onHangup);
+  if (hangup !== null && !startAbort.signal.aborted) onHangup(hangup);
   await new Promise<void>((resolve) => {
     let stopping = false;
     // A terminal's Ctrl-C reaches npm, the launcher and avgate at once: later signals are ignored
@@ -619,7 +663,8 @@ export async function serveForever(loaded: LoadedConfig): Promise<number> {
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
     stopRequested = onSignal;
-    if (early !== null) onSignal(early);
+    // Asked for after the last abortable step of the start-up: stopped as soon as it is ready.
+    if (startAbort.signal.aborted) onSignal('stop asked for during start-up');
   });
   clearInterval(keepAlive);
   return 0;

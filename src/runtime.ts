@@ -55,6 +55,8 @@ export interface RuntimeOptions {
    * at the end) instead of made anew; `localClamd` is then not looked at.
    */
   shared?: { cache: VerdictCache | null; clamd: LocalClamd | null };
+  /** A stop during serve's start-up: ends the wait for the local clamd (AVG_ERR_STOPPED). */
+  signal?: AbortSignal;
 }
 
 export function localClamdFor(config: Readonly<Config>): LocalClamd {
@@ -109,7 +111,7 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
     const running = options.localClamd === 'if-needed' && (await local.ping());
     if (!running) {
       log.info({ stateDir: local.stateDir, database: local.dbDir }, 'starting the project-local clamd');
-      await local.start();
+      await local.start(options.signal);
       clamd = local;
       log.info({ pid: local.pid, socket: local.socketPath, tcpPort: local.tcpPort, tempDir: local.tempDir }, 'clamd answers PING');
       // serve keeps it running: a clamd that dies is started again (scans fail closed meanwhile).

@@ -44,6 +44,8 @@ export interface ControlOptions {
   requestTimeoutMs?: number;
   /** How long an existing socket may take to answer the probe (ms). */
   probeTimeoutMs?: number;
+  /** `stop` before setHandlers (serve still starting); without it, refused until ready. */
+  stopWhileStarting?: () => object;
 }
 
 /** At most this many control connections at once (each lives for one command). */
@@ -55,7 +57,8 @@ const LINGER_MS = 2_000;
  * Claims path for this avgate and listens on it, before serve starts anything else: when another
  * avgate answers there (it serves from the same state-dir) or binds it first, throws
  * AVG_ERR_CONTROL. A socket file left by one that was killed answers nothing and is replaced.
- * Until setHandlers, `status` answers `starting` and the other commands are refused.
+ * Until setHandlers, `status` answers `starting`, `reload` is refused, and `stop` is refused too
+ * unless `opts.stopWhileStarting` takes it.
  */
 export async function openControlSocket(path: string, log: Logger, opts: ControlOptions = {}): Promise<ControlServer> {
   const address = socketAddress(path);
@@ -149,7 +152,7 @@ async function bindControlSocket(path: string, address: string, log: Logger, opt
   let handlers: ControlHandlers = {
     status: () => ({ ok: true, pid: process.pid, starting: true }),
     reload: () => ({ ok: false, error: 'avgate is starting; try again once it is ready' }),
-    stop: () => ({ ok: false, error: 'avgate is starting; try again once it is ready' }),
+    stop: opts.stopWhileStarting ?? (() => ({ ok: false, error: 'avgate is starting; try again once it is ready' })),
   };
   const sockets = new Set<net.Socket>();
   const server = net.createServer((socket) => {

@@ -16,6 +16,7 @@ export const ERROR_CODES = {
   AVG_ERR_QUEUE_FULL: 'too many scans in progress and the wait queue is full',
   AVG_ERR_SOURCE: 'the object to scan could not be read',
   AVG_ERR_CLAMD_START: 'the project-local clamd did not start',
+  AVG_ERR_STOPPED: 'avgate serve was asked to stop (a signal, avgate stop) before it was ready',
   AVG_ERR_BAD_ADDRESS: 'a mail address given for a release is not one plain mailbox',
   AVG_ERR_QUARANTINE: 'the quarantine store refused or could not do the operation',
   AVG_ERR_SIGNATURES: 'a signature update could not run (another one is running, or the database directory cannot be written)',

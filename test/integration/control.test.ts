@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { mkdtemp, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -238,6 +238,104 @@ test('in-process serve: the stop command runs serve\'s own stop; control-socket 
       await bare.stop();
     }
   } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+/** Pids of the clamd processes started with this clamd.conf. */
+function clamdsOf(conf: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
+      if (cmd.some((a) => a.endsWith('clamd')) && cmd.includes(conf)) pids.push(Number(entry));
+    } catch {
+      // ended meanwhile
+    }
+  }
+  return pids;
+}
+
+test('a stop during start-up (clamd still loading its database) stops that clamd too; a SIGHUP then waits until avgate is ready', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'avgate-ctl-start-'));
+  const state = join(dir, 'state');
+  const db = join(dir, 'db');
+  const config = join(dir, 'avgate.yaml');
+  const logFile = join(dir, 'avgate.log');
+  const conf = join(state, 'clamd', 'clamd.conf');
+  // A named pipe as the database: clamd's open() of it waits for a writer, so the start-up is
+  // held for as long as the test wants.
+  execFileSync('mkdir', ['-p', db]);
+  const hold = join(db, 'hold.hdb');
+  execFileSync('mkfifo', [hold]);
+  const text = [`state-dir: ${state}`, 'log:', '  level: info', `  file: ${logFile}`, 'clamd:', `  database: ${db}`, '  tcp-port: 0', 'icap:', '  listen: 127.0.0.1:0']
+    .concat(['smtp', 'console', 'ftp-proxy', 'http-proxy', 'pop3-proxy', 'imap-proxy'].flatMap((s) => [`${s}:`, '  enabled: false']))
+    .join('\n');
+  await writeFile(config, text);
+  const children: ChildProcess[] = [];
+  /** Starts serve and waits until its clamd runs (and waits on the pipe). */
+  const startHeld = async () => {
+    const child = spawn(process.execPath, ['--import', 'tsx', CLI, '--config', config, 'serve'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    children.push(child);
+    let stderr = '';
+    child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    let pids: number[] = [];
+    for (let i = 0; i < 600 && pids.length === 0; i++) {
+      assert.equal(child.exitCode, null, stderr);
+      await new Promise((r) => setTimeout(r, 100));
+      pids = clamdsOf(conf);
+    }
+    assert.equal(pids.length, 1, `one clamd waits on the pipe: ${stderr}`);
+    return { child, exited, clamdPid: pids[0] as number, stderr: () => stderr };
+  };
+  try {
+    // SIGTERM: node's default would end avgate at once and leave its clamd (own process group).
+    const a = await startHeld();
+    const st = await cli(['--config', config, 'status']);
+    assert.equal(st.code, 0, st.stderr);
+    assert.equal(st.stdout, `avgate (pid ${a.child.pid}) is starting: not serving yet\n`);
+    a.child.kill('SIGTERM');
+    assert.equal(await a.exited, 0, a.stderr());
+    assert.match(a.stderr(), /avgate: SIGTERM during start-up, stopping/);
+    assert.throws(() => process.kill(a.clamdPid, 0), 'its clamd is stopped too');
+    assert.deepEqual(clamdsOf(conf), []);
+    assert.equal(existsSync(join(state, 'avgate.ctl')), false, 'the socket file is removed');
+    assert.match(await readFile(logFile, 'utf8'), /"msg":"avgate stopped during start-up"/);
+
+    // avgate stop: taken while starting (it used to be refused until ready).
+    const b = await startHeld();
+    const stopped = await cli(['--config', config, 'stop']);
+    assert.equal(stopped.code, 0, stopped.stderr);
+    assert.equal(stopped.stdout, `avgate (pid ${b.child.pid}) stopped\n`);
+    assert.equal(await b.exited, 0, b.stderr());
+    assert.throws(() => process.kill(b.clamdPid, 0), 'its clamd is stopped too');
+
+    // SIGHUP (logrotate's, a reload) while starting: it used to end avgate; now it is acted on
+    // once avgate is ready.
+    const c = await startHeld();
+    c.child.kill('SIGHUP');
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(c.child.exitCode, null, `still running: ${c.stderr()}`);
+    // Let clamd read one signature and go on; the pipe is swapped for a plain file first (the
+    // engine reads the database files for its fingerprint once clamd answers).
+    const writer = await open(hold, 'w');
+    await writeFile(join(db, 'next.tmp'), '44d88612fea8a8f36de82e1278abb02f:68:Held.Test\n');
+    await rename(join(db, 'next.tmp'), hold);
+    await writer.writeFile('44d88612fea8a8f36de82e1278abb02f:68:Held.Test\n');
+    await writer.close();
+    for (let i = 0; i < 600 && !(await readFile(logFile, 'utf8')).includes('"msg":"reload: the configuration and the files it names are unchanged'); i++) await new Promise((r) => setTimeout(r, 100));
+    const log = await readFile(logFile, 'utf8');
+    const ready = log.lastIndexOf('"msg":"avgate ready"');
+    assert.ok(ready > 0, log.slice(-2000));
+    assert.ok(log.indexOf('"msg":"log files reopened"', ready) > ready, 'the SIGHUP is acted on once ready');
+    assert.ok(log.indexOf('"msg":"reload: the configuration and the files it names are unchanged', ready) > ready, log.slice(ready));
+    assert.equal((await cli(['--config', config, 'stop'])).code, 0);
+    assert.equal(await c.exited, 0, c.stderr());
+  } finally {
+    for (const ch of children) ch.kill('SIGKILL');
+    for (const pid of clamdsOf(conf)) process.kill(pid, 'SIGKILL');
     await rm(dir, { recursive: true, force: true });
   }
 });

@@ -164,7 +164,11 @@ export class LocalClamd {
     await writeFile(this.confPath, `# written by avgate; changes are overwritten at the next start\n${text}\n`);
   }
 
-  async start(): Promise<void> {
+  /**
+   * Starts clamd and waits until it answers PING. `signal` (a stop during avgate's start-up)
+   * ends the wait: clamd is stopped again and AVG_ERR_STOPPED thrown.
+   */
+  async start(signal?: AbortSignal): Promise<void> {
     this.stopping = false;
     if (this.restartWait.signal.aborted) this.restartWait = new AbortController();
     await this.setup();
@@ -202,6 +206,11 @@ export class LocalClamd {
     });
     const deadline = Date.now() + (this.options.startTimeoutMs ?? 120_000);
     while (Date.now() < deadline) {
+      if (signal?.aborted) {
+        // Its own process group: left alone it would outlive avgate (and hold the socket and port).
+        await this.stop();
+        throw new AvgateError('AVG_ERR_STOPPED', 'stopped while the project-local clamd was starting');
+      }
       if (exitInfo !== null) {
         throw new AvgateError(
           'AVG_ERR_CLAMD_START',
