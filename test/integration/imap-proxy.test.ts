@@ -255,6 +255,57 @@ describe('imap proxy (Dovecot, clamd)', () => {
     c.close();
   });
 
+  test('stop: a FETCH being scanned is answered before the BYE; a session in IDLE gets it at once; a command sent meanwhile is not relayed', async () => {
+    // Scans held until the test lets them go: the FETCH is under way when close() starts.
+    let release: () => void = () => undefined;
+    const held = new Promise<void>((r) => (release = r));
+    let scans = 0;
+    const slow = Object.create(scanner) as Scanner;
+    slow.scan = async (req) => {
+      scans++;
+      await held;
+      return scanner.scan(req);
+    };
+    const p = await startProxy({}, slow);
+    const busy = await session(p.port);
+    const idle = await session(p.port);
+    try {
+      await busy.command('SELECT INBOX');
+      await idle.command('SELECT INBOX');
+      idle.send('i1 IDLE\r\n');
+      assert.match((await idle.next()).text, /^\+ /);
+      const eicarSeq = corpus.findIndex((m) => m.name === 'eicar') + 1;
+      busy.send(`f1 FETCH ${eicarSeq} BODY.PEEK[]\r\n`);
+      for (let i = 0; i < 200 && scans === 0; i++) await new Promise((r) => setTimeout(r, 25));
+      assert.ok(scans > 0, 'the FETCH is being scanned');
+      const closing = p.proxy.close(20_000);
+      // IDLE only: ended at once.
+      assert.match((await idle.next()).text, /^\* BYE \[UNAVAILABLE\] Server shutting down/);
+      // A command sent while the FETCH is under way is not relayed: no answer but the BYE.
+      busy.send('n1 NOOP\r\n');
+      await new Promise((r) => setTimeout(r, 200));
+      release();
+      const rest = [];
+      for (;;) {
+        const r = await busy.next();
+        rest.push(r);
+        if (/^\* BYE /.test(r.text)) break;
+      }
+      const [lit] = fetchLiterals(rest);
+      assert.ok(lit, 'the FETCH response was relayed whole');
+      assert.ok(!lit.data.includes(EICAR_MARK), 'and scanned');
+      assert.match(lit.data.toString('latin1'), /eicar\.com/);
+      assert.ok(rest.some((r) => /^f1 OK/.test(r.text)), 'its tagged OK came before the BYE');
+      assert.ok(!rest.some((r) => /^n1 /.test(r.text)), 'NOOP sent meanwhile: not relayed');
+      assert.match((rest.at(-1) as { text: string }).text, /^\* BYE \[UNAVAILABLE\] Server shutting down/);
+      await closing;
+    } finally {
+      release();
+      busy.close();
+      idle.close();
+    }
+  });
+
   test('pipelined commands: every command answered, infected content replaced, framing intact', async () => {
     const c = await session();
     try {

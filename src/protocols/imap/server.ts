@@ -100,8 +100,9 @@ export class ImapProxyServer extends GracefulServer {
     const server = this.server;
     // Stop accepting now; the callback only comes once every connection is gone.
     const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
-    // Each session says BYE between responses (never inside a literal being relayed) and ends.
-    await Promise.all([...this.sessions.values()].map((s) => s.shutdown('Server shutting down')));
+    // Each session says BYE once the command it is answering is done (never inside a literal
+    // being relayed), at once when it has none or only IDLE; the drain's deadline cuts the rest.
+    await Promise.all([...this.sessions.values()].map((s) => s.finish('[UNAVAILABLE] Server shutting down')));
     await drain.wait(() => this.sessions.size === 0);
     for (const s of this.sessions.keys()) s.destroy();
     this.sends.stop();

@@ -406,6 +406,7 @@ export class ImapSession {
         try {
           for (let e = parser.next(); e; e = parser.next()) {
             await handle(e);
+            if (this.ending !== null) await this.endIfQuiet();
             if (this.closed) return;
             // STARTTLS: nothing after it is read in clear (see upgradeClient).
             if (this.startTlsTag !== null && socket === this.client) return;
@@ -447,6 +448,37 @@ export class ImapSession {
     const c = this.collect;
     this.collect = null;
     await c?.spool?.dispose();
+  }
+
+  /** Set by finish(): the BYE text, sent once no command is being answered. */
+  private ending: string | null = null;
+  /** The tag of an IDLE in flight: a session that only waits in IDLE may be ended at once. */
+  private idleTag: string | null = null;
+
+  /**
+   * The graceful end of a reload's drain or a stop: a session with nothing under way (or only an
+   * IDLE) gets its BYE at once; one answering a command (a FETCH being relayed or scanned, an
+   * APPEND being spooled or scanned, a login) gets it once that command's tagged response is out.
+   * Commands the client sends meanwhile are not relayed. The server's close() bounds the wait.
+   */
+  async finish(text: string): Promise<void> {
+    if (this.closed) return;
+    this.ending ??= text;
+    await this.endIfQuiet();
+  }
+
+  private async endIfQuiet(): Promise<void> {
+    if (this.ending === null || this.closed || !this.quiet()) return;
+    this.log.debug({ reason: this.ending }, 'imap: session ended between commands');
+    await this.shutdown(this.ending);
+  }
+
+  /** Nothing half done either way: no response being relayed, no client command being read or answered (IDLE aside). */
+  private quiet(): boolean {
+    if (this.serverMessage !== null || this.collect !== null || this.upgrading || this.startTlsTag !== null || this.login !== null) return false;
+    if (this.clientMode.kind !== 'pass' || !this.clientParser.atMessageStart) return false;
+    for (const tag of this.inflight.keys()) if (tag !== this.idleTag) return false;
+    return true;
   }
 
   /**
@@ -583,6 +615,7 @@ export class ImapSession {
   /** Bookkeeping of a tagged response; returns a line the client gets instead of it, or null. */
   private taggedResponse(tag: string, s: string): string | null {
     this.inflight.delete(tag);
+    if (this.idleTag === tag) this.idleTag = null;
     if (this.clientSyncTag === tag) {
       // The server refused a synchronising literal: the client will not send it.
       this.clientSyncTag = null;
@@ -793,6 +826,13 @@ export class ImapSession {
   }
 
   private async clientCommand(text: Buffer, raw: Buffer, literal: LiteralSpec | null): Promise<void> {
+    if (this.ending !== null) {
+      // The session ends once what is under way is answered: nothing new goes to the server (the
+      // client gets the BYE instead of an answer, and sends it again after reconnecting).
+      if (literal && !literal.plus) this.clientParser.cancelLiteral();
+      this.clientMode = literal && literal.plus ? { kind: 'drop' } : { kind: 'pass' };
+      return;
+    }
     this.ctx.counters.commands++;
     const cmd = commandName(text);
     this.currentTag = cmd?.tag ?? null;
@@ -868,6 +908,7 @@ export class ImapSession {
     }
     this.clientMode = { kind: 'pass' };
     this.inflight.set(cmd.tag, decision.useAntivirus);
+    if (base === 'IDLE') this.idleTag = cmd.tag;
     await this.toServer(raw);
     this.clientSyncTag = literal && !literal.plus ? cmd.tag : null;
   }
