@@ -113,7 +113,7 @@ function mailCommand(config: Readonly<Config>, args: string[], io: Io): number {
 /** The exceptions to every group's `notify sender`. */
 function senderNoticeRule(policy: MailPolicy): string {
   const c = policy.common;
-  return `sender notices are never sent to the null sender <> or to notify-from, nor for virus names matching sender-forging-names (${c.senderForgingNames.length} pattern(s))${c.notifySenderOfBulk ? '' : ', nor for bulk or list mail'}`;
+  return `sender notices are never sent to the null sender <> or to notify-from, nor for rejected messages (the client bounces them), nor for virus names matching sender-forging-names (${c.senderForgingNames.length} pattern(s))${c.notifySenderOfBulk ? '' : ', nor for bulk or list mail'}`;
 }
 
 function positionOf(policy: MailPolicy, name: string): number {
@@ -123,7 +123,7 @@ function positionOf(policy: MailPolicy, name: string): number {
 /**
  * What the filter does for a document of status s in group g, as src/policy/mail/plan.ts decides
  * it: a tempfail does nothing else (the message comes again); quarantine, copies and notices go
- * with delivered, rejected and discarded messages; the subject prefix and the headers only with a
+ * with delivered, rejected and discarded messages (no sender notice for a rejected one); the subject prefix and the headers only with a
  * delivered one; admin notices only when the group has admin addresses.
  */
 function effect(g: MailGroup, s: MailStatus) {
@@ -134,7 +134,8 @@ function effect(g: MailGroup, s: MailStatus) {
     action,
     replaceWith: action === 'replace' ? (g.replaceWith[s] ?? null) : null,
     quarantine: final && g.quarantine.has(s),
-    notify: final ? notifyList(g, s) : [],
+    // A rejection is bounced to the sender by the client: no sender notice then.
+    notify: final ? notifyList(g, s).filter((n) => n !== 'sender' || action !== 'reject') : [],
     copyTo: final ? [...(g.copyTo[s] ?? [])] : [],
     // Trimmed, and a blank one is none (the filter then takes the next status's).
     prefixSubject: delivered && (g.prefixSubject[s] ?? '').trim() !== '' ? (g.prefixSubject[s] as string).trim() : null,

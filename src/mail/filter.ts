@@ -102,7 +102,19 @@ export class MailFilter {
         action = 'tempfail(quarantine)';
       } else {
         shareReplies = await this.act(msg, nextHop, plan, rcpts, documents);
-        if (plan.reply.kind !== 'tempfail') await this.sideEffects(msg, nextHop, plan);
+        const accepted = plan.reply.kind !== 'deliver' || shareReplies.some((r) => r.code < 400);
+        if (!accepted && shareQuarantine !== null && shareReplies.every((r) => r.code < 500)) {
+          // The next hop deferred every recipient: the client keeps the message and sends it
+          // again, and that attempt is quarantined anew. Kept, each retry of an outage would
+          // leave one more item.
+          if (await this.o.quarantine.remove(shareQuarantine).catch(() => false)) this.counters.quarantined--;
+          if (quarantineId === shareQuarantine) quarantineId = null;
+          shareQuarantine = null;
+          action = `${action}; deferred by the next hop`;
+        }
+        // Copies and notices once the share's outcome is final: not for a delivery nobody took
+        // (a deferral is retried, and would notify again each time; a refusal is bounced).
+        if (plan.reply.kind !== 'tempfail' && accepted) await this.sideEffects(msg, nextHop, plan);
       }
       indexes.forEach((idx, k) => (replies[idx] = shareReplies[k] as SmtpReply));
       this.count(plan, action);

@@ -311,7 +311,7 @@ export class EncryptedQuarantine implements Quarantine {
           );
         this.db
           .prepare('INSERT INTO audit (item_id, at, date, action, actor, detail) VALUES (?, ?, ?, ?, ?, ?)')
-          .run(id, now.getTime(), now.toISOString(), 'put', 'system', JSON.stringify({ source: m.source, size, deduplicated: !exists }));
+          .run(id, now.getTime(), now.toISOString(), 'put', 'system', JSON.stringify({ source: m.source, size, deduplicated: exists !== undefined }));
       })
       .immediate();
     if (!kept) await unlink(tmp).catch(() => undefined);

@@ -398,3 +398,59 @@ describe('mail filter: the opt-in whole-message prescan (mail.prescan-max-size)'
     assert.equal(c.prescanned - pre0, 1);
   });
 });
+
+describe('mail filter: quarantine and notices only once the outcome is final', () => {
+  let clamd: TestClamd;
+  let dir: string;
+  let hop: RecordingServer;
+  let av: Awaited<ReturnType<typeof startMailAvgate>>;
+  /** What the next hop says to the next original (not to notices or copies): null = accept. */
+  let answer: { code: number; text: string } | null = null;
+  const notices = (): RecordedMessage[] => hop.messages.filter((m) => m.mailFrom.address === '');
+  before(async () => {
+    clamd = await startTestClamd();
+    dir = await mkdtemp(join(tmpdir(), 'avgate-mail-final-'));
+    hop = await startRecordingServer({ data: (m) => (m.mailFrom.address === '' ? null : answer) });
+    av = await startMailAvgate({ clamd, stateDir: join(dir, 'state'), nextHop: `smtp:127.0.0.1:${hop.port}`, mailYaml: ['notify-from: postmaster@gw.test', 'default-group:', '  admin: [admin@gw.test]', '  quarantine: [infected]'].join('\n') });
+  });
+  after(async () => {
+    await av?.stop();
+    await hop?.close();
+    await clamd?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('a next hop deferral keeps no quarantine item and sends no notice (the retry does); a refusal keeps the item, notifies nobody; an acceptance does both once', async () => {
+    const msg = mailWith('final-1', [eicarAttachment('eicar.com')]);
+    // Deferred three times (an outage): the client retries each time.
+    answer = { code: 451, text: '4.3.0 try again later' };
+    for (let i = 0; i < 3; i++) {
+      const r = await send(av.smtpPort, 'a@example.com', ['b@example.net'], msg);
+      assert.equal(r.data[0]?.code, 451, r.data[0]?.text);
+    }
+    assert.equal(await av.quarantine.count(), 0, 'no item per deferred attempt');
+    assert.equal(notices().length, 0, 'no notice per deferred attempt');
+    assert.equal(av.mail.filter.counters.quarantined, 0);
+
+    // Refused for good: the client bounces it; the copy is kept, nobody is told it was delivered.
+    answer = { code: 554, text: '5.7.1 no thanks' };
+    const refused = await send(av.smtpPort, 'a@example.com', ['b@example.net'], msg);
+    assert.equal(refused.data[0]?.code, 554);
+    assert.equal(await av.quarantine.count(), 1);
+    assert.equal(notices().length, 0);
+
+    // Accepted: one item more, and the notices.
+    answer = null;
+    const ok = await send(av.smtpPort, 'a@example.com', ['b@example.net'], msg);
+    assert.equal(ok.data[0]?.code, 250, ok.data[0]?.text);
+    assert.equal(await av.quarantine.count(), 2);
+    const to = notices().flatMap((n) => n.rcptTo.map((r) => r.address)).sort();
+    assert.deepEqual(to, ['a@example.com', 'admin@gw.test', 'b@example.net']);
+    // Each deferred attempt's item was put and removed again (its object with it); the refused
+    // one's object is new, the accepted one shares it.
+    const trail = await av.quarantine.auditTrail();
+    assert.equal(trail.filter((t) => t.action === 'delete').length, 3);
+    const puts = trail.filter((t) => t.action === 'put').map((t) => t.detail['deduplicated']);
+    assert.deepEqual([...puts].sort(), [false, false, false, false, true]);
+  });
+});

@@ -69,7 +69,7 @@ describe('avgate policy', () => {
     const staff = r.out.slice(r.out.indexOf('group staff (1):'), r.out.indexOf('group partners (2):'));
     // As the filter plans it: a rejected message is not delivered (no subject prefix, no headers);
     // no admin addresses, no admin notices; a tempfail does nothing else.
-    assert.match(staff, /^ {4}infected {4}reject; notify sender, recipients$/m);
+    assert.match(staff, /^ {4}infected {4}reject; notify recipients$/m, "a rejection is bounced to the sender by the client");
     assert.match(staff, /admin: none, so no admin notices are sent/);
     assert.match(staff, /^ {4}error {7}tempfail \(4xx: the client sends it again; nothing else happens\)$/m);
     assert.match(staff, /^ {4}suspicious {2}remove; subject prefix "\[SUSPICIOUS\]"; X-Virus-Scanned and X-AV-Status headers$/m);

@@ -124,8 +124,12 @@ test('discard and reject still quarantine, copy and notify as configured', () =>
   assert.deepEqual(p.suppressed, [{ kind: 'sender', reason: 'forging-virus', detail: 'Heuristics.Phishing.Email forges senders' }]);
   assert.deepEqual(p.documents.map((x) => x.edit.kind), ['keep', 'keep'], 'no edits: nothing is delivered');
   assert.match(p.notifications[0]?.body ?? '', /What was done: the message was rejected \(554 5\.7\.0\)/);
+  // A rejection is bounced to the sender by the client: no notice of ours on top.
   const alone = decideMessage(g, [infected()], facts());
-  assert.deepEqual(alone.notifications.map((x) => x.kind), ['sender', 'recipient', 'recipient', 'admin']);
+  assert.deepEqual(alone.notifications.map((x) => x.kind), ['recipient', 'recipient', 'admin']);
+  assert.deepEqual(alone.suppressed.map((x) => x.reason), ['rejected']);
+  const discarded = decideMessage(groupOf({ 'default-group': { actions: { infected: 'discard' } } }), [infected()], facts());
+  assert.deepEqual(discarded.notifications.map((x) => x.kind), ['sender', 'recipient', 'recipient'], 'a discarded one: the sender is told');
 });
 
 test('quarantine, copy-to and notifications follow every status the message has; clean only when all clean', () => {

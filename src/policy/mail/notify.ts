@@ -28,7 +28,7 @@ export interface NotificationPlan {
 }
 
 /** Why a sender was not notified although the status asked for it. */
-export type SenderSuppression = 'null-sender' | 'bulk' | 'forging-virus' | 'loop';
+export type SenderSuppression = 'null-sender' | 'bulk' | 'forging-virus' | 'loop' | 'rejected';
 
 function header(headers: readonly MailHeader[], name: string): string[] {
   const n = name.toLowerCase();

@@ -313,6 +313,10 @@ export function decideMessage(group: MailGroup, documents: readonly MailDocument
       suppressed.push({ kind: 'sender', reason: 'bulk', detail: bulk });
     } else if (facts.sender.toLowerCase() === group.common.notifyFrom.toLowerCase()) {
       suppressed.push({ kind: 'sender', reason: 'loop', detail: 'the sender is notify-from' });
+    } else if (reply.kind === 'reject') {
+      // The client that gets the 5xx tells the sender (a bounce): a notice would be a second one,
+      // and the one sent to a forged sender (backscatter).
+      suppressed.push({ kind: 'sender', reason: 'rejected', detail: 'the message is rejected: the sending server bounces it to the sender' });
     } else {
       notifications.push(make('sender', [facts.sender], group.templates.sender, 'none'));
     }
