@@ -6,7 +6,7 @@ import type { Spool } from '../core/spool.js';
 import type { Verdict, VerdictResult } from '../core/verdict.js';
 import { zipNamesFromBuffer, zipNamesFromFile } from '../formats/zip-names.js';
 import { decodeEncodedWords, rewriteMessage, walkMessage, type MimeLimits, type MimeProblem, type PartEdit, type WalkResult } from '../mime/index.js';
-import { anyNonAscii, buildNotification, decideMessage, needsSmtpUtf8, type MailDocument, type MailHeader, type MailPlan, type MailPolicy, type MessageFacts } from '../policy/mail/index.js';
+import { anyNonAscii, buildNotification, decideMessage, docLabel, needsSmtpUtf8, type MailDocument, type MailHeader, type MailPlan, type MailPolicy, type MessageFacts } from '../policy/mail/index.js';
 import { reply } from '../protocols/smtp/reply.js';
 import type { InboundMessage, MessageHandler, NextHop, PartitionHook, Recipient, SmtpReply } from '../protocols/smtp/types.js';
 import type { ScanOrigin } from '../stats/types.js';
@@ -122,6 +122,8 @@ export class MailFilter {
         group: groupName,
         rcpts: plan.recipients,
         status: plan.status,
+        // The group's statuses of the documents that are not clean (its attachment filter included).
+        documents: plan.documents.filter((d) => d.status !== 'clean').map((d) => ({ id: d.id, status: d.status, reason: d.reason })),
         action,
         reply: shareReplies.map(replyLabel),
         ...(shareQuarantine ? { quarantineId: shareQuarantine } : {}),
@@ -131,9 +133,11 @@ export class MailFilter {
     this.o.log.info(
       {
         queueId: msg.queueId,
+        ...(facts.gatewayQueueId ? { mtaQueueId: facts.queueId } : {}),
+        messageId: facts.messageId,
         from: sender,
         size: msg.size,
-        documents: documents.map((d) => ({ id: d.id, name: d.fileName, status: statusLabel(d), ...(verdictNames(d.verdict) ? { names: verdictNames(d.verdict) } : {}) })),
+        documents: documents.map((d) => ({ id: d.id, name: d.fileName, verdict: statusLabel(d), ...(verdictNames(d.verdict) ? { names: verdictNames(d.verdict) } : {}) })),
         shares: logShares,
         quarantineId,
         ms: Math.round(performance.now() - started),
@@ -267,11 +271,11 @@ export class MailFilter {
         group: plan.group,
         statuses: plan.statuses,
         virusNames: plan.names,
-        queueId: msg.queueId,
+        queueId: facts.queueId ?? msg.queueId,
         subject: facts.subject,
         messageId: facts.messageId,
         action: plan.reply.kind === 'deliver' ? deliverLabel(plan) : plan.reply.kind,
-        note: plan.report.split('\n').slice(0, 5).join('\n'),
+        note: quarantineNote(plan, msg.queueId),
       });
       this.counters.quarantined++;
       return id;
@@ -429,8 +433,18 @@ interface ScannedDocument {
   archive: { names: string[]; encrypted: boolean } | null;
 }
 
+/**
+ * The MTA's queue id, as Postfix sends it in XFORWARD IDENT (its smtp client, content_filter
+ * deployments); null when the client sent none or something that is not an id.
+ */
+export function mtaQueueId(msg: Pick<InboundMessage, 'xforward'>): string | null {
+  const ident = msg.xforward['IDENT'];
+  return ident !== undefined && /^[A-Za-z0-9._-]{1,64}$/.test(ident) ? ident : null;
+}
+
 function factsOf(msg: InboundMessage, headers: MailHeader[]): MessageFacts {
   const first = (name: string) => headers.find((h) => h.name.toLowerCase() === name)?.value ?? null;
+  const mta = mtaQueueId(msg);
   const subject = first('subject');
   return {
     sender: msg.mailFrom.address,
@@ -439,7 +453,7 @@ function factsOf(msg: InboundMessage, headers: MailHeader[]): MessageFacts {
     subject: subject === null ? null : decodeEncodedWords(subject),
     messageId: first('message-id'),
     date: first('date'),
-    queueId: msg.queueId,
+    ...(mta !== null ? { queueId: mta, gatewayQueueId: msg.queueId } : { queueId: msg.queueId }),
     size: msg.size,
   };
 }
@@ -462,6 +476,14 @@ function stripCommon(v: VerdictResult): VerdictResult {
 
 function verdictNames(v: VerdictResult | null): string[] | null {
   return v?.status === 'found' ? v.names : null;
+}
+
+/** What a quarantine item says of itself: each document that is not clean and why, and our queue id. */
+function quarantineNote(plan: MailPlan, gatewayQueueId: string): string {
+  const lines = plan.documents
+    .filter((d) => d.status !== 'clean')
+    .map((d) => `${docLabel(d)}: ${d.status}: ${d.reason}`);
+  return [...lines, `avgate queue id: ${gatewayQueueId}`].join('\n');
 }
 
 function statusLabel(d: MailDocument): string {

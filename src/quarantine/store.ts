@@ -557,7 +557,8 @@ async function syncPath(path: string): Promise<void> {
 }
 
 function searchText(m: Required<QuarantineMeta>): string {
-  return [m.sender, ...m.recipients, m.subject ?? '', m.fileName ?? '', m.url ?? '', ...m.virusNames].join('\n').toLowerCase();
+  // The note holds avgate's own queue id when queueId is the MTA's: both find the item.
+  return [m.sender, ...m.recipients, m.subject ?? '', m.fileName ?? '', m.url ?? '', ...m.virusNames, m.queueId ?? '', m.messageId ?? '', m.note ?? ''].join('\n').toLowerCase();
 }
 
 /** WHERE clause and its parameters: every value user-supplied goes in as a bound parameter. */

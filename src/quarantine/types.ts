@@ -56,7 +56,7 @@ export interface QuarantineFilter {
   /** One of the record's statuses. */
   status?: string;
   source?: QuarantineSource;
-  /** Substring of sender, recipients, subject, file name, URL or virus names (case-insensitive). */
+  /** Substring of sender, recipients, subject, file name, URL, virus names, queue id, Message-ID or note (case-insensitive). */
   text?: string;
   /** Newest first; default 100, at most 10 000. */
   limit?: number;

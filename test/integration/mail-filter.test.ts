@@ -453,4 +453,30 @@ describe('mail filter: quarantine and notices only once the outcome is final', (
     const puts = trail.filter((t) => t.action === 'put').map((t) => t.detail['deduplicated']);
     assert.deepEqual([...puts].sort(), [false, false, false, false, true]);
   });
+
+  test("Postfix's queue id (XFORWARD IDENT) is the notices' and the quarantine item's; the item's note names each document that is not clean", async () => {
+    answer = null;
+    const before = notices().length;
+    const { client } = await SmtpTestClient.connect(av.smtpPort);
+    try {
+      await client.command('EHLO postfix.test');
+      assert.equal((await client.command('XFORWARD NAME=mx.origin.test ADDR=192.0.2.9 IDENT=4XyZ12AbCd')).code, 250);
+      assert.equal((await client.command('MAIL FROM:<a@example.com>')).code, 250);
+      assert.equal((await client.command('RCPT TO:<b@example.net>')).code, 250);
+      const [r] = await client.data(mailWith('final-ident', [eicarAttachment('eicar.com'), { name: 'ok.txt', type: 'text/plain', data: Buffer.from('fine\n') }]), 1);
+      assert.equal(r?.code, 250, r?.text);
+    } finally {
+      await client.quit();
+    }
+    const [item] = await av.quarantine.list({ text: 'final-ident' });
+    assert.ok(item, 'kept');
+    assert.equal(item.queueId, '4XyZ12AbCd');
+    const note = item.note ?? '';
+    assert.match(note, /^eicar\.com: infected: found Avgate\.Test\.EICAR/m);
+    assert.doesNotMatch(note, /ok\.txt/, 'clean documents are not listed');
+    assert.match(note, /^avgate queue id: [A-Z0-9]{12}$/m);
+    const admin = notices().slice(before).find((n) => n.rcptTo.some((t) => t.address === 'admin@gw.test'));
+    assert.ok(admin);
+    assert.match(admin.body.toString('utf8'), /Queue id: +4XyZ12AbCd \(avgate [A-Z0-9]{12}\)/);
+  });
 });

@@ -66,8 +66,10 @@ export interface MessageFacts {
   messageId?: string | null;
   /** The Date header as written. */
   date?: string | null;
-  /** The MTA's queue id (Postfix), or our transaction id. */
+  /** The MTA's queue id (Postfix's XFORWARD IDENT), or our transaction id. */
   queueId?: string | null;
+  /** Our transaction id when queueId is the MTA's (the report names both). */
+  gatewayQueueId?: string | null;
   /** Size of the original in bytes, for reports. */
   size?: number | null;
   /** Set on the second call, once the original is in quarantine: filled into notices and notifications. */

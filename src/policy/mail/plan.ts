@@ -124,7 +124,7 @@ function oneLineValues(values: Record<string, string>): Record<string, string> {
   return Object.fromEntries(Object.entries(values).map(([k, v]) => [k, oneLine(v)]));
 }
 
-function docLabel(d: Pick<DocumentPlan, 'fileName' | 'whole' | 'id'>): string {
+export function docLabel(d: Pick<DocumentPlan, 'fileName' | 'whole' | 'id'>): string {
   if (d.fileName) return d.fileName;
   return d.whole ? '(the whole message)' : `(part ${d.id})`;
 }
@@ -141,7 +141,7 @@ function buildReport(p: {
   const f = p.facts;
   const lines = [
     `Message-ID:  ${f.messageId ?? '(none)'}`,
-    `Queue id:    ${f.queueId ?? '(none)'}`,
+    `Queue id:    ${f.queueId ?? '(none)'}${f.gatewayQueueId ? ` (avgate ${f.gatewayQueueId})` : ''}`,
     `Date:        ${f.date ?? '(none)'}`,
     `Subject:     ${f.subject ?? '(none)'}`,
     `Sender:      ${f.sender === '' ? '<>' : f.sender}`,
