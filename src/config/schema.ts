@@ -206,7 +206,7 @@ const icapSchema = z.strictObject({
   'spool-dir': z.string().default('spool'),
   /** One line per request (time client service method status verdict bytes ms), relative to state-dir; null = the main log. */
   'access-log': z.string().nullable().default(null),
-  services: z.record(z.string(), icapServiceSchema).default(() => ({ avscan: icapServiceSchema.parse({ aliases: ['srv_clamav', 'virus_scan'] }) })),
+  services: z.record(z.string(), icapServiceSchema).default(() => ({ avscan: icapServiceSchema.parse({ aliases: ['srv_clamav', 'virus_scan', 'squidclamav'] }) })),
 });
 
 export type IcapConfig = z.output<typeof icapSchema>;

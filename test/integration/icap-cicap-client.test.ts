@@ -260,7 +260,7 @@ describe('c-icap-client (Debian c-icap 0.5.10) against the ICAP server', () => {
     assert.equal(r.summary.get('Keep alive'), 'Yes', ctx);
     assert.match(header(r.icap, 'Max-Connections') ?? '', /^\d+$/, ctx);
     // the same service under its default aliases, same ISTag
-    for (const alias of ['srv_clamav', 'virus_scan']) {
+    for (const alias of ['srv_clamav', 'virus_scan', 'squidclamav']) {
       const a = await runClient(target, work, [], { service: alias, output: false });
       assert.equal(a.icap?.code, 200, describeRun(a));
       assert.equal(header(a.icap, 'ISTag'), istag, describeRun(a));
