@@ -235,10 +235,20 @@ describe('avgate ICAP server', () => {
     assert.ok(got <= infected.length - 1024 * 1024, `received ${got} of ${infected.length}: never the whole object`);
   });
 
-  test('access log has one line per request', async () => {
+  test('access log has one line per request: the URL, and the HTTP client and user the ICAP client names', async () => {
+    // As Squid sends them with adaptation_send_client_ip and adaptation_send_username.
+    const req = buildRequest(icap.port, eicarBytes(), {
+      url: 'http://downloads.test/setup.exe?x=1',
+      allow204: true,
+      extraHeaders: ['X-Client-IP: 192.0.2.44', 'X-Authenticated-User: jane doe'],
+    });
+    const r = await icapExchange(icap.port, [req.first]);
+    r.socket.destroy();
+    assert.equal(r.responses[0]?.head.status, 200);
     const log = await readFile(join(icap.stateDir, 'access.log'), 'utf8');
-    assert.match(log, /^\S+ 127\.0\.0\.1:\d+ avscan RESPMOD 200 found:Avgate\.Test\.EICAR\S* \d+ \d+$/m);
-    assert.match(log, /^\S+ 127\.0\.0\.1:\d+ avscan OPTIONS 200 - 0 \d+$/m);
+    assert.match(log, /^\S+ 127\.0\.0\.1:\d+ avscan RESPMOD 200 found:Avgate\.Test\.EICAR\S* \d+ \d+ http:\/\/downloads\.test\/setup\.exe\?x=1 192\.0\.2\.44 jane%20doe$/m);
+    assert.match(log, /^\S+ 127\.0\.0\.1:\d+ avscan RESPMOD 200 found:Avgate\.Test\.EICAR\S* \d+ \d+ http:\/\/\S+ - -$/m, 'without those headers: -');
+    assert.match(log, /^\S+ 127\.0\.0\.1:\d+ avscan OPTIONS 200 - 0 \d+ - - -$/m);
     assert.ok(icap.server.counters.byVerdict.found > 0);
   });
 });

@@ -50,6 +50,11 @@ export interface AccessRecord {
   verdict: string;
   bytes: number;
   ms: number;
+  /** The HTTP URL the request is about (REQMOD/RESPMOD, once its headers were read). */
+  url?: string;
+  /** What the ICAP client says of its own client: X-Client-IP, X-Authenticated-User (Squid's adaptation_send_client_ip, adaptation_send_username). */
+  httpClient?: string;
+  user?: string;
 }
 
 /** What a connection needs from its server. */
@@ -96,7 +101,7 @@ export class IcapConnection {
   /** Waiting for the next request with nothing of it received: safe to close on shutdown. */
   idle = true;
   /** The request being handled, for the access log when it ends in an abort. */
-  private current: { service: string; method: string; started: number; bytes?: number } | null = null;
+  private current: { service: string; method: string; started: number; bytes?: number; who?: Pick<AccessRecord, 'url' | 'httpClient' | 'user'> } | null = null;
   /** What the answer being written is, for the send timeout's log line. */
   private sending = 'a response head';
   /** Cut by the send timeout: the access log says so instead of client-gone. */
@@ -196,7 +201,7 @@ export class IcapConnection {
       this.close(head);
       const c = this.current;
       this.current = null;
-      this.ctx.access({ client: this.client, service: c?.service ?? '-', method: c?.method ?? '-', status, verdict: '-', bytes: c?.bytes ?? 0, ms: c ? performance.now() - c.started : 0 });
+      this.ctx.access({ client: this.client, service: c?.service ?? '-', method: c?.method ?? '-', status, verdict: '-', bytes: c?.bytes ?? 0, ms: c ? performance.now() - c.started : 0, ...c?.who });
     } else {
       this.socket.destroy();
       this.logAbort(String(status));
@@ -207,7 +212,7 @@ export class IcapConnection {
     const c = this.current;
     this.current = null;
     if (c) {
-      this.ctx.access({ client: this.client, service: c.service, method: c.method, status: 0, verdict: `aborted:${why}`, bytes: c.bytes ?? 0, ms: performance.now() - c.started });
+      this.ctx.access({ client: this.client, service: c.service, method: c.method, status: 0, verdict: `aborted:${why}`, bytes: c.bytes ?? 0, ms: performance.now() - c.started, ...c.who });
     }
   }
 
@@ -235,7 +240,8 @@ export class IcapConnection {
       return !head.connectionClose;
     }
     if (!service.allows(head.method)) throw new IcapProtocolError(405, `${head.method} is not allowed for service ${service.name}`);
-    this.current = { service: service.name, method: head.method, started };
+    const current: NonNullable<IcapConnection['current']> = { service: service.name, method: head.method, started, who: clientOf(head) };
+    this.current = current;
     const outcome = await this.adapt(head, service);
     this.current = null;
     this.ctx.access({
@@ -246,6 +252,7 @@ export class IcapConnection {
       verdict: outcome.verdict ? verdictLabel(outcome.verdict) : '-',
       bytes: outcome.bytes,
       ms: performance.now() - started,
+      ...current.who,
     });
     return !head.connectionClose && !outcome.close;
   }
@@ -356,6 +363,7 @@ export class IcapConnection {
     const parts = head.encapsulated ?? [];
     const bodyName = (parts[parts.length - 1] as { name: EncapsulatedName }).name;
     const url = urlOf(req);
+    if (this.current?.who) this.current.who.url = url;
     const istag = await service.istag();
     const base: Array<[string, string]> = [
       ['ISTag', istag],
@@ -702,6 +710,17 @@ async function feed(stream: PassThrough, piece: Buffer): Promise<void> {
   if (stream.destroyed || stream.writableEnded) return;
   if (stream.write(piece)) return;
   await drainedOrClosed(stream);
+}
+
+/** The ICAP client's word on who asked (Squid: adaptation_send_client_ip, adaptation_send_username); at most 256 characters each. */
+function clientOf(head: IcapRequestHead): Pick<AccessRecord, 'url' | 'httpClient' | 'user'> {
+  const one = (name: string) => {
+    const v = head.headers.get(name)?.trim();
+    return v ? v.slice(0, 256) : undefined;
+  };
+  const httpClient = one('x-client-ip');
+  const user = one('x-authenticated-user');
+  return { ...(httpClient ? { httpClient } : {}), ...(user ? { user } : {}) };
 }
 
 function urlOf(req: HttpHead | null): string {

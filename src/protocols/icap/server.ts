@@ -147,11 +147,16 @@ export class IcapServer extends GracefulServer {
 
   private writeAccess(r: AccessRecord, accessLog: Logger): void {
     if (this.accessFile) {
+      // One field each, `-` when unknown; `%`, spaces, control and non-ASCII characters percent-encoded (UTF-8).
+      const field = (v: string | undefined) => (v ? v.replace(/[^\x21-\x24\x26-\x7e]/g, (c) => encodeURIComponent(c)) : '-');
       this.accessFile.write(
-        `${new Date().toISOString()} ${r.client} ${r.service} ${r.method} ${r.status} ${r.verdict} ${r.bytes} ${Math.round(r.ms)}\n`,
+        `${new Date().toISOString()} ${r.client} ${r.service} ${r.method} ${r.status} ${r.verdict} ${r.bytes} ${Math.round(r.ms)} ${field(r.url)} ${field(r.httpClient)} ${field(r.user)}\n`,
       );
     } else {
-      accessLog.info({ client: r.client, service: r.service, method: r.method, status: r.status, verdict: r.verdict, bytes: r.bytes, ms: Math.round(r.ms) }, 'icap');
+      accessLog.info(
+        { client: r.client, service: r.service, method: r.method, status: r.status, verdict: r.verdict, bytes: r.bytes, ms: Math.round(r.ms), url: r.url, httpClient: r.httpClient, user: r.user },
+        'icap',
+      );
     }
   }
 
