@@ -229,7 +229,7 @@ async function clamdCommand(loaded: LoadedConfig, args: string[]): Promise<numbe
   }
   if (positionals[0] === 'run') {
     await local.start();
-    process.stdout.write(`clamd running (pid ${local.pid}) on ${local.socketPath} and 127.0.0.1:${local.tcpPort}; Ctrl-C stops it\n`);
+    process.stdout.write(`clamd running (pid ${local.pid}) on ${local.socketPath}${local.tcpPort === null ? '' : ` and ${local.tcpAddress.kind === 'tcp' ? local.tcpAddress.host : ''}:${local.tcpPort}`}; Ctrl-C stops it\n`);
     await new Promise<void>((resolve) => {
       const stop = () => void local.stop().finally(resolve);
       process.once('SIGINT', stop);

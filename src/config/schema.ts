@@ -40,7 +40,8 @@ const clamdSchema = z.strictObject({
   managed: z.boolean().default(true),
   /** `test` = generated test database; `system` = ClamAV's /var/lib/clamav (freshclam); or a directory. */
   database: z.string().default('test'),
-  'tcp-port': z.number().int().min(0).max(65535).default(3310),
+  /** null = no TCP socket: clamd answers on its unix socket only. */
+  'tcp-port': z.number().int().min(0).max(65535).nullable().default(3310),
   'tcp-addr': z.string().default('127.0.0.1'),
   'stream-max-length': z.string().default('100M'),
   'max-threads': positiveInt.default(16),

@@ -33,7 +33,7 @@ export async function startTestClamd(opts: { streamMaxLength?: string; extra?: R
   await clamd.start();
   return {
     socketPath: clamd.socketPath,
-    tcpPort: clamd.tcpPort,
+    tcpPort: clamd.tcpPort as number, // 0 was asked for: a free port was picked
     dbDir: clamd.dbDir,
     stateDir,
     clamd,

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { createReadStream, existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, readdir, rm, statfs, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, readlink, rm, statfs, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -114,6 +114,36 @@ test('setup() alone leaves a private temp-dir as it is (a clamd may be running f
       return true;
     });
   } finally {
+    await rm(stateDir, { recursive: true, force: true });
+  }
+});
+
+test('clamd.tcp-port null: clamd listens on its unix socket only', async () => {
+  assert.equal(configSchema.parse({ clamd: { 'tcp-port': null } }).clamd['tcp-port'], null);
+  const stateDir = await mkdtemp(join(tmpdir(), 'avgate-clamd-notcp-'));
+  const clamd = new LocalClamd({ stateDir, database: 'test', tcpPort: null });
+  try {
+    await clamd.start();
+    assert.equal(await clamd.ping(), true, 'the unix socket answers');
+    const conf = await readFile(clamd.confPath, 'utf8');
+    assert.doesNotMatch(conf, /^TCP(Socket|Addr) /m);
+    assert.match(conf, /^LocalSocket /m);
+    assert.throws(() => clamd.tcpAddress, /no TCP socket/);
+    // Nothing of clamd's on a TCP port: its process holds no listening TCP socket.
+    const inodes = new Set<string>();
+    for (const fd of await readdir(`/proc/${clamd.pid}/fd`)) {
+      const link = await readlink(`/proc/${clamd.pid}/fd/${fd}`).catch(() => '');
+      const m = /^socket:\[(\d+)\]$/.exec(link);
+      if (m) inodes.add(m[1] as string);
+    }
+    const listening = ['/proc/net/tcp', '/proc/net/tcp6']
+      .flatMap((f) => (existsSync(f) ? [f] : []))
+      .map((f) => readFile(f, 'utf8'));
+    const rows = (await Promise.all(listening)).flatMap((t) => t.split('\n').slice(1)).map((l) => l.trim().split(/\s+/));
+    assert.ok(inodes.size > 0, 'clamd has its unix socket open');
+    assert.deepEqual(rows.filter((r) => r[3] === '0A' && inodes.has(r[9] ?? '')), [], 'no listening TCP socket of clamd');
+  } finally {
+    await clamd.stop();
     await rm(stateDir, { recursive: true, force: true });
   }
 });

@@ -17,8 +17,8 @@ export interface LocalClamdOptions {
   stateDir: string;
   /** `test` generates the test database; `system` uses ClamAV's standard directory; or a path. */
   database: 'test' | 'system' | string;
-  /** Loopback TCP port; 0 picks a free one. */
-  tcpPort: number;
+  /** Loopback TCP port; 0 picks a free one; null = no TCP socket (the unix socket only). */
+  tcpPort: number | null;
   tcpAddr?: string;
   /** clamd's StreamMaxLength (e.g. "100M"): INSTREAM objects above it are refused (skipped). */
   streamMaxLength?: string;
@@ -81,7 +81,7 @@ export class LocalClamd {
   readonly confPath: string;
   readonly logPath: string;
   dbDir: string;
-  tcpPort: number;
+  tcpPort: number | null;
   private child: ChildProcess | null = null;
   private exited: Promise<void> | null = null;
   private temp: { path: string; private: boolean } | null = null;
@@ -111,7 +111,9 @@ export class LocalClamd {
     return { kind: 'unix', path: this.socketPath };
   }
 
+  /** Throws when clamd has no TCP socket (tcp-port null). */
   get tcpAddress(): ClamdAddress {
+    if (this.tcpPort === null) throw new AvgateError('AVG_ERR_CONFIG', 'the project-local clamd has no TCP socket (clamd.tcp-port is null)');
     return { kind: 'tcp', host: this.options.tcpAddr ?? '127.0.0.1', port: this.tcpPort };
   }
 
@@ -141,8 +143,9 @@ export class LocalClamd {
       DatabaseDirectory: this.dbDir,
       LocalSocket: this.socketPath,
       LocalSocketMode: '660',
-      TCPSocket: String(this.tcpPort),
-      TCPAddr: this.options.tcpAddr ?? '127.0.0.1',
+      // Without TCPSocket clamd listens on its unix socket only (mode 660: nobody else can send it
+      // SHUTDOWN or RELOAD, which any local user could over TCP).
+      ...(this.tcpPort === null ? {} : { TCPSocket: String(this.tcpPort), TCPAddr: this.options.tcpAddr ?? '127.0.0.1' }),
       LogFile: this.logPath,
       LogTime: 'yes',
       PidFile: join(this.stateDir, 'clamd.pid'),
