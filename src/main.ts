@@ -297,6 +297,11 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
   });
   const controlHandlers = () => ({
     status,
+    signatures: () => {
+      for (const e of updaterEngines) e.invalidateVersion?.();
+      log.info({ engines: updaterEngines.length }, 'signature databases changed (control socket): engines read their signature version again');
+      return { ok: true, engines: updaterEngines.length };
+    },
     reload: async () => {
       const r = await reload();
       if (!r.ok) return { ok: false, error: r.reason };

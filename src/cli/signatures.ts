@@ -1,5 +1,7 @@
 import type { Config } from '../config/schema.js';
+import { controlRequest, controlSocketPath } from '../control/server.js';
 import { messageOf } from '../core/errors.js';
+import { printable } from '../protocols/ftp/wire.js';
 import { commandLogger } from '../core/logging.js';
 import { readUpdaterState, signaturesStateDir, updaterFor, type UpdateReport } from '../signatures/index.js';
 
@@ -41,6 +43,7 @@ export async function runSignaturesCommand(config: Readonly<Config>, args: strin
     if (report.reloadError) io.stdout.write(`clamd did not confirm the reload: ${report.reloadError}\n`);
     else if (report.changed) io.stdout.write(report.reloaded ? 'clamd reloaded\n' : 'clamd is not running: it loads the new files when it starts\n');
     else io.stdout.write('nothing changed\n');
+    if (report.changed && report.reloaded) io.stdout.write(await tellServe(config));
     return report.failed > 0 ? 1 : 0;
   }
   if (sub === 'status') {
@@ -58,4 +61,20 @@ export async function runSignaturesCommand(config: Readonly<Config>, args: strin
   }
   io.stderr.write(SIGNATURES_USAGE);
   return 2;
+}
+
+/**
+ * After an update from the command line: the running avgate serve (if any) is told over its
+ * control socket, so its verdict cache stops answering from the old signatures at once instead of
+ * at its next look at the version (health.interval).
+ */
+async function tellServe(config: Readonly<Config>): Promise<string> {
+  const path = controlSocketPath(config);
+  if (path === null) return 'control-socket is null: a running avgate notices the new signatures within health.interval\n';
+  try {
+    const r = await controlRequest(path, 'signatures', 10_000);
+    return r['ok'] === true ? 'the running avgate reads the new signature version\n' : `the running avgate did not take it: ${printable(String(r['error']), 500)}\n`;
+  } catch {
+    return ''; // no avgate serve running: nothing to tell
+  }
 }

@@ -18,7 +18,12 @@ import { bindServer } from '../core/listen.js';
 import type { Logger } from '../core/logging.js';
 
 /** Commands the control socket understands, each answered with one JSON object. */
-export const CONTROL_COMMANDS = ['status', 'reload', 'stop'] as const;
+/**
+ * `signatures`: the signature databases changed under the running avgate (`avgate signatures
+ * update` from the CLI): its engines read their signature version again at once, so the verdict
+ * cache stops answering from the old one.
+ */
+export const CONTROL_COMMANDS = ['status', 'reload', 'stop', 'signatures'] as const;
 export type ControlCommand = (typeof CONTROL_COMMANDS)[number];
 
 export type ControlHandlers = Record<ControlCommand, () => Promise<object> | object>;
@@ -152,6 +157,8 @@ async function bindControlSocket(path: string, address: string, log: Logger, opt
   let handlers: ControlHandlers = {
     status: () => ({ ok: true, pid: process.pid, starting: true }),
     reload: () => ({ ok: false, error: 'avgate is starting; try again once it is ready' }),
+    // Its engines are not built yet: they read the signature version when they are.
+    signatures: () => ({ ok: true, engines: 0, note: 'avgate is starting' }),
     stop: opts.stopWhileStarting ?? (() => ({ ok: false, error: 'avgate is starting; try again once it is ready' })),
   };
   const sockets = new Set<net.Socket>();

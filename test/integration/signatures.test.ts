@@ -319,4 +319,39 @@ describe('avgate serve with signatures.interval', () => {
       await rm(dir, { recursive: true, force: true });
     }
   });
+
+  test('avgate signatures update from the command line tells the running serve: a cached clean verdict of the old signatures is not answered again', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'avgate-signatures-cli-'));
+    const www = join(dir, 'www');
+    await mkdir(www, { recursive: true });
+    const nginx = await startNginx({ dir: join(dir, 'nginx'), root: www });
+    const sig = tokenSignature('Avgate.Test.Cli');
+    await writeFile(join(www, 'cli.ndb'), sig.line);
+    const text = [
+      `state-dir: ${join(dir, 'state')}`,
+      'log: {level: silent}',
+      'clamd: {tcp-port: 0}',
+      ...['icap', 'smtp', 'http-proxy', 'ftp-proxy', 'pop3-proxy', 'imap-proxy', 'console'].map((k) => `${k}: {enabled: false}`),
+      // No updates of its own: only the command line's.
+      'signatures:',
+      `  sources: [{url: "${nginx.url('cli.ndb')}"}]`,
+    ].join('\n');
+    const config = parseConfigText(text, 'cli-signatures.yaml');
+    const s = await within('avgate serve', 150_000, serve({ config, path: null }, { logger: silentLogger() }));
+    try {
+      const scan = (data: Buffer) => s.runtime.scanner.scan({ source: { kind: 'buffer', data } });
+      assert.equal((await scan(sig.content)).status, 'free');
+      assert.equal((await scan(sig.content)).cached, true, 'the clean verdict is cached');
+      const o = io();
+      assert.equal(await runSignaturesCommand(config, ['update'], o), 0, o.err());
+      assert.match(o.out(), /^clamd reloaded\nthe running avgate reads the new signature version\n$/m);
+      // At once, not after the engine's version-check-interval (60 s).
+      const v = await scan(sig.content);
+      assert.equal(v.status, 'found', 'the new signature answers, not the cached clean verdict');
+    } finally {
+      await s.stop();
+      await nginx.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 });

@@ -19,6 +19,7 @@ const handlers = (over: Partial<ControlHandlers> = {}): ControlHandlers => ({
   status: () => ({ ok: true, pid: 4242 }),
   reload: () => ({ ok: true, result: 'unchanged' }),
   stop: () => ({ ok: true, stopping: true }),
+  signatures: () => ({ ok: true, engines: 1 }),
   ...over,
 });
 
