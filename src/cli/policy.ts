@@ -13,7 +13,8 @@ import type { Config } from '../config/schema.js';
 import { messageOf } from '../core/errors.js';
 import { formatBytes, parseSize } from '../core/units.js';
 import { compileMailPolicy, DEFAULT_GROUP, MAIL_STATUSES, type MailGroup, type MailPolicy, type MailStatus } from '../policy/mail/index.js';
-import { DOWNLOADS, isPartialUpload, LISTINGS, splitHostPort, UPLOADS } from '../protocols/ftp/session.js';
+import { hostMatcher } from '../config/smtp-schema.js';
+import { DOWNLOADS, isPartialUpload, LISTINGS, splitHostPort, UPLOADS, upstreamAllowed } from '../protocols/ftp/session.js';
 import { parseProxyTarget, responseHasNoBody } from '../protocols/http-proxy/headers.js';
 import { DocAcl, type DocFacts } from '../proxy/doc-acl.js';
 
@@ -196,6 +197,8 @@ function docAclCommand(config: Readonly<Config>, section: 'http-proxy' | 'ftp-pr
   const contentType = one('--content-type') ?? null;
   let host: string;
   let target: string;
+  /** The FTP server as the session reaches it, when its port is not 21 (the rules' URL has no port). */
+  let serverNote = '';
   const method = (one('--method') ?? (upload ? (section === 'ftp-proxy' ? 'STOR' : 'POST') : section === 'ftp-proxy' ? 'RETR' : 'GET')).toUpperCase();
   let direction: 'download' | 'upload' = upload ? 'upload' : 'download';
   /** Set when the proxy applies no rule at all to this request, or refuses it before any rule. */
@@ -209,6 +212,8 @@ function docAclCommand(config: Readonly<Config>, section: 'http-proxy' | 'ftp-pr
     const size = sizeText === undefined ? null : sizeOf(sizeText);
     if (!upload && responseHasNoBody(method, 200)) noRule = `a ${method} response has no body: it is passed without a rule (so are 1xx, 204 and 304 responses)`;
     if (upload && size === 0) noRule = 'an upload without a body is not checked against the rules';
+    // Checked first by the proxy, before any rule.
+    if (!hostMatcher(config['http-proxy']['allowed-clients'])(client)) noRule = `client ${client} is not in http-proxy.allowed-clients: refused (403) before any rule`;
   } else {
     // As the FTP proxy builds it from the command's argument (src/protocols/ftp/session.ts,
     // facts()): the host as given, the path as the client sends it, made absolute and normalised;
@@ -216,15 +221,22 @@ function docAclCommand(config: Readonly<Config>, section: 'http-proxy' | 'ftp-pr
     if (sizeText !== undefined || contentType !== null) throw new Error('the FTP proxy picks the rule before it knows a size or type: --size and --content-type do not apply');
     const m = /^ftp:\/\/([^/]+)(\/.*)?$/is.exec(url);
     if (!m) throw new Error(`--url ${url} is not ftp://HOST/PATH`);
-    host = ftpHost(m[1] as string);
+    const server = ftpServer(m[1] as string);
+    host = server.host;
     // With a fixed upstream the server is that one, whatever the client names.
     const fixed = config['ftp-proxy'].upstream;
+    const port = fixed !== null ? splitHostPort(fixed).port : server.port;
     if (fixed !== null) host = splitHostPort(fixed).host;
+    if (port !== 21) serverNote = ` (server port ${port})`;
     target = `ftp://${host.includes(':') ? `[${host}]` : host}${posix.normalize(m[2] ?? '/')}`;
     if (upload && !UPLOADS.has(method)) throw new Error(`--upload with --method ${method}: the FTP proxy takes the direction from the command (uploads: ${[...UPLOADS].join(', ')})`);
     direction = UPLOADS.has(method) ? 'upload' : 'download';
     if (LISTINGS.has(method)) noRule = `${method} listings are relayed unscanned, without a rule`;
     else if (!DOWNLOADS.has(method) && !UPLOADS.has(method)) noRule = `${method} is passed to the server without a rule (rules apply to ${[...DOWNLOADS, ...UPLOADS].join(', ')})`;
+    // USER user@host[:port] is checked before the session reaches the server.
+    if (fixed === null && !upstreamAllowed(config['ftp-proxy']['allowed-upstreams'], host, server.port)) {
+      noRule = `server ${host}:${server.port} is not in ftp-proxy.allowed-upstreams: USER user@host is refused (530), no session`;
+    }
   }
   const facts: DocFacts = { client, host, url: target, method, contentType, size: sizeText === undefined ? null : sizeOf(sizeText), direction };
   const rules = config[section]['doc-acl'];
@@ -241,7 +253,7 @@ function docAclCommand(config: Readonly<Config>, section: 'http-proxy' | 'ftp-pr
     return 0;
   }
   const where = m.index < 0 ? `no rule of ${rules.length} matched: the fallback` : `rule ${m.index + 1} of ${rules.length}, "${m.name}"`;
-  const head = `${section} ${facts.direction} ${facts.method} ${target} from ${client}${facts.contentType ? `, ${facts.contentType}` : ''}${section === 'ftp-proxy' ? '' : facts.size !== null ? `, ${formatBytes(facts.size)}` : ', size unknown'}`;
+  const head = `${section} ${facts.direction} ${facts.method} ${target}${serverNote} from ${client}${facts.contentType ? `, ${facts.contentType}` : ''}${section === 'ftp-proxy' ? '' : facts.size !== null ? `, ${formatBytes(facts.size)}` : ', size unknown'}`;
   const lines = [head, noRule !== null ? `  ${noRule}` : `  ${where}: ${describeDocRule(m.rule, facts.direction)}`];
   if (partial !== null && noRule === null) lines.push(`  ${partial}`);
   if (!config[section].enabled) lines.push(`  (${section} is not enabled in this config)`);
@@ -249,13 +261,15 @@ function docAclCommand(config: Readonly<Config>, section: 'http-proxy' | 'ftp-pr
   return 0;
 }
 
-/** The server's host as the FTP proxy holds it: without user, port or IPv6 brackets. */
-function ftpHost(authority: string): string {
+/** The server as the FTP proxy holds it: the host without user or IPv6 brackets, the port (21 when none is given). */
+function ftpServer(authority: string): { host: string; port: number } {
   const a = authority.slice(authority.lastIndexOf('@') + 1);
-  const v6 = /^\[([^\]]*)\](?::\d*)?$/.exec(a);
-  if (v6) return v6[1] as string;
+  const portOf = (p: string | undefined) => (p ? Number(p) : 21);
+  const v6 = /^\[([^\]]*)\](?::(\d*))?$/.exec(a);
+  if (v6) return { host: v6[1] as string, port: portOf(v6[2]) };
   // One colon: host:port; more: a bare IPv6 address.
-  return a.split(':').length === 2 ? (a.split(':')[0] as string) : a;
+  const parts = a.split(':');
+  return parts.length === 2 ? { host: parts[0] as string, port: portOf(parts[1]) } : { host: a, port: 21 };
 }
 
 function sizeOf(text: string): number {

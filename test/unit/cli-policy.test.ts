@@ -27,6 +27,7 @@ mail:
   default-group:
     filter-by-name: ['.*\\.exe']
 http-proxy:
+  allowed-clients: [127.0.0.0/8, 10.0.0.0/8, 192.0.2.0/24]
   doc-acl:
     - name: lan-exe
       match: { clients: [10.0.0.0/8], url: 'http://*.exe' }
@@ -41,6 +42,7 @@ http-proxy:
       action: accept
 ftp-proxy:
   enabled: false
+  allowed-upstreams: ['*:21', '*:2121']
   doc-acl:
     - name: secret
       match: { url: 'ftp://*/secret/*' }
@@ -111,6 +113,10 @@ describe('avgate policy', () => {
     assert.doesNotMatch(head.out, /lan-exe/);
     const empty = run(['http-proxy', '--url', 'http://files.example/form', '--upload', '--size', '0']);
     assert.match(empty.out, /an upload without a body is not checked against the rules/);
+    // A client the proxy refuses before any rule.
+    const stranger = run(['http-proxy', '--url', 'http://files.example/setup.exe', '--client', '198.51.100.7']);
+    assert.match(stranger.out, /client 198\.51\.100\.7 is not in http-proxy\.allowed-clients: refused \(403\) before any rule/);
+    assert.doesNotMatch(stranger.out, /fallback/);
     const https = run(['http-proxy', '--url', 'https://files.example/']);
     assert.equal(https.code, 2);
     assert.match(https.err, /not an absolute http:\/\/ URL the proxy takes \(https:\/\/ goes through CONNECT/);
@@ -137,7 +143,11 @@ describe('avgate policy', () => {
     assert.match(run(['ftp-proxy', '--url', 'ftp://[2001:db8:0:0::1]/secret/x']).out, /RETR ftp:\/\/\[2001:db8:0:0::1\]\/secret\/x/);
     // The host as the proxy holds it: without user, port or brackets.
     assert.match(run(['ftp-proxy', '--url', 'ftp://u:p@ftp.example:2121/secret/x']).out, /RETR ftp:\/\/ftp\.example\/secret\/x[\s\S]*"secret": deny/);
-    assert.match(run(['ftp-proxy', '--url', 'ftp://[::1]:2121/x']).out, /RETR ftp:\/\/\[::1\]\/x/);
+    assert.match(run(['ftp-proxy', '--url', 'ftp://[::1]:2121/x']).out, /RETR ftp:\/\/\[::1\]\/x \(server port 2121\)/);
+    // A server USER user@host may not name: refused before any rule.
+    const evil = run(['ftp-proxy', '--url', 'ftp://evil.example:2222/a']);
+    assert.match(evil.out, /RETR ftp:\/\/evil\.example\/a \(server port 2222\) from/);
+    assert.match(evil.out, /server evil\.example:2222 is not in ftp-proxy\.allowed-upstreams: USER user@host is refused \(530\)/);
     assert.match(run(['ftp-proxy', '--url', 'ftp://ftp.example/secret/x', '--method', 'DELE']).out, /DELE is passed to the server without a rule/);
     const sized = run(['ftp-proxy', '--url', 'ftp://ftp.example/x', '--size', '1']);
     assert.equal(sized.code, 2);
