@@ -3,7 +3,7 @@ import { stringify } from 'yaml';
 import { loadConfig, type LoadedConfig } from '../config/loader.js';
 import { configWarnings } from '../config/check.js';
 import { checkTlsFiles } from '../config/tls-schema.js';
-import { masked } from '../config/mask.js';
+import { shownConfig } from '../config/mask.js';
 import { AvgateError, messageOf } from '../core/errors.js';
 import { commandLogger, createLogger } from '../core/logging.js';
 import { VERSION } from '../core/version.js';
@@ -163,7 +163,7 @@ async function configCommand(loaded: LoadedConfig, args: string[]): Promise<numb
   const { config } = loaded;
   if (sub === 'show') {
     process.stdout.write(`# effective configuration (${loaded.path ?? 'embedded defaults'}); sizes in bytes, durations in ms\n`);
-    process.stdout.write(stringify(masked(config)));
+    process.stdout.write(stringify(shownConfig(config)));
     return 0;
   }
   if (sub !== 'check') {

@@ -1,17 +1,48 @@
 /**
- * Secrets in the effective config (`config show`, the console's configuration page): a value under
- * a key that looks like a password, secret, token or key is replaced, so a screenshot or a pasted
- * output never carries one.
+ * Secrets in the effective config (`config show`, the console's configuration page): a string
+ * under a key named like a password, passphrase, secret or token (`export-password`, an engine
+ * plugin's `api-key`) is replaced, so a screenshot or a pasted output never carries one. Paths to
+ * files holding secrets (`password-file`, `tokens-file`, a TLS `key`) and switches
+ * (`metrics-token-required`) are shown as they are.
  */
-const SECRET_KEY = /pass(word)?|secret|token|key$/i;
+const SECRET_KEY = /(^|[-_])(pass|passwd|password|passphrase|secret|token|api-key|apikey)$/i;
 
 export function masked(value: unknown, key = ''): unknown {
   if (Array.isArray(value)) return value.map((v) => masked(v, key));
   if (value && typeof value === 'object') {
     return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, masked(v, k)]));
   }
-  if (SECRET_KEY.test(key) && value !== null && value !== '') return '********';
+  if (SECRET_KEY.test(key) && (typeof value === 'string' || typeof value === 'number') && value !== '') return '********';
   return typeof value === 'string' ? maskUrlPassword(value) : value;
+}
+
+/**
+ * The effective config as it can be written in a config file again: the values the schema turned
+ * into structures (a trickle `limit` of `90%`, `ftp-proxy.data-ports`) in their written form, secrets
+ * masked. What `config show` prints and the console's configuration page shows; loaded back, it
+ * gives the same configuration (test/unit/config-show.test.ts), but for the masked secrets.
+ */
+export function shownConfig(config: unknown): unknown {
+  return masked(asWritten(config, ''));
+}
+
+function asWritten(value: unknown, key: string): unknown {
+  if (Array.isArray(value)) return value.map((v) => asWritten(v, key));
+  if (key === 'data-ports') {
+    // null = any free port (written 0); {min, max} = MIN-MAX.
+    if (value === null) return 0;
+    const r = value as { min: number; max: number };
+    return `${r.min}-${r.max}`;
+  }
+  if (value && typeof value === 'object') {
+    const o = value as Record<string, unknown>;
+    const keys = Object.keys(o);
+    if (key === 'limit' && keys.length === 2 && typeof o['value'] === 'number' && (o['kind'] === 'percent' || o['kind'] === 'bytes')) {
+      return o['kind'] === 'percent' ? `${o['value']}%` : o['value'];
+    }
+    return Object.fromEntries(keys.map((k) => [k, asWritten(o[k], k)]));
+  }
+  return value;
 }
 
 /**

@@ -5,7 +5,7 @@ import { join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { stringify } from 'yaml';
 import type { ConsoleConfig } from '../config/console-schema.js';
-import { masked } from '../config/mask.js';
+import { shownConfig } from '../config/mask.js';
 import type { Config } from '../config/schema.js';
 import { AvgateError, errorCodeOf, messageOf } from '../core/errors.js';
 import type { Logger } from '../core/logging.js';
@@ -637,7 +637,7 @@ export class ConsoleServer {
       ctx.res,
       200,
       configPage(this.page(ctx, 'Configuration'), {
-        yaml: stringify(masked(this.deps.config)),
+        yaml: stringify(shownConfig(this.deps.config)),
         source: this.deps.configSource,
         warnings: this.deps.configWarnings ?? [],
         health: this.deps.health.snapshot(),
