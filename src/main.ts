@@ -1,3 +1,4 @@
+import { resolve } from 'node:path';
 import { tuneGarbageCollector } from './core/gc-tuning.js';
 import { mimeLimitsFrom } from './mime/index.js';
 import { loadConfig, type LoadedConfig } from './config/loader.js';
@@ -285,7 +286,8 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
     version: VERSION,
     startedAt: new Date(startedAt).toISOString(),
     uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
-    config: loaded.path,
+    // As a path the command can use from anywhere (serve's own working directory resolves it).
+    config: loaded.path === null ? null : resolve(loaded.path),
     stopping: stopping !== null,
     reloads: { ...reloads.counts, lastOk: reloads.lastOk, lastSuccessAt: new Date(reloads.lastSuccessAt).toISOString(), reloading: reloading !== null, draining: draining.size },
     frontEnds: frontEndStatus(gen, consolePort),

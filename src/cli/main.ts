@@ -11,12 +11,12 @@ import { serveForever } from '../main.js';
 import { localClamdFor, openRuntime, redisConnectOptions } from '../runtime.js';
 import { probeRedis } from '../cache/redis-level.js';
 import { checkPgStats } from '../stats/open.js';
-import { runAdminCommand } from './admin.js';
+import { ADMIN_USAGE, runAdminCommand } from './admin.js';
 import { runScanCommand, SCAN_USAGE } from './scan.js';
-import { runQuarantineCommand } from './quarantine.js';
-import { runSignaturesCommand } from './signatures.js';
-import { controlTargetOf, runControlCommand } from './control.js';
-import { runPolicyCommand } from './policy.js';
+import { QUARANTINE_USAGE, runQuarantineCommand } from './quarantine.js';
+import { runSignaturesCommand, SIGNATURES_USAGE } from './signatures.js';
+import { CONTROL_USAGE, controlTargetOf, runControlCommand } from './control.js';
+import { POLICY_USAGE, runPolicyCommand } from './policy.js';
 
 const USAGE = `usage: avgate [--config FILE] COMMAND [ARGS]
 
@@ -84,6 +84,12 @@ export async function main(argv: string[]): Promise<number> {
     out.write(`avgate ${VERSION}\n`);
     return 0;
   }
+  // `avgate COMMAND --help`: the command's usage on stdout, exit 0, before any config is read.
+  const help = COMMAND_USAGE[command];
+  if (help !== undefined && (args.includes('--help') || args.includes('-h') || (args[0] === 'help' && args.length === 1))) {
+    out.write(help);
+    return 0;
+  }
   let loaded: LoadedConfig;
   try {
     loaded = await loadConfig(configPath);
@@ -131,6 +137,22 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
+const CONFIG_USAGE = 'usage: avgate config check|show\n';
+const CLAMD_USAGE = 'usage: avgate clamd setup|run\n';
+/** Usage texts `COMMAND --help` prints. */
+const COMMAND_USAGE: Record<string, string> = {
+  signatures: SIGNATURES_USAGE,
+  admin: ADMIN_USAGE,
+  config: CONFIG_USAGE,
+  clamd: CLAMD_USAGE,
+  quarantine: QUARANTINE_USAGE,
+  policy: POLICY_USAGE,
+  scan: SCAN_USAGE,
+  status: CONTROL_USAGE,
+  reload: CONTROL_USAGE,
+  stop: CONTROL_USAGE,
+};
+
 async function scanCommand(loaded: LoadedConfig, args: string[]): Promise<number> {
   if (args.includes('--help') || args.includes('-h')) {
     process.stdout.write(SCAN_USAGE);
@@ -167,7 +189,7 @@ async function configCommand(loaded: LoadedConfig, args: string[]): Promise<numb
     return 0;
   }
   if (sub !== 'check') {
-    process.stderr.write('usage: avgate config check|show\n');
+    process.stderr.write(CONFIG_USAGE);
     return 2;
   }
   process.stdout.write(`config ${loaded.path ?? '(embedded defaults)'}: syntax and keys OK\n`);
@@ -229,7 +251,7 @@ async function clamdCommand(loaded: LoadedConfig, args: string[]): Promise<numbe
   }
   if (positionals[0] === 'run') {
     await local.start();
-    process.stdout.write(`clamd running (pid ${local.pid}) on ${local.socketPath}${local.tcpPort === null ? '' : ` and ${local.tcpAddress.kind === 'tcp' ? local.tcpAddress.host : ''}:${local.tcpPort}`}; Ctrl-C stops it\n`);
+    process.stdout.write(`clamd running (pid ${local.pid}) on ${local.socketPath}${local.tcpPort === null ? '' : ` and ${loaded.config.clamd['tcp-addr']}:${local.tcpPort}`}; Ctrl-C stops it\n`);
     await new Promise<void>((resolve) => {
       const stop = () => void local.stop().finally(resolve);
       process.once('SIGINT', stop);
@@ -237,6 +259,6 @@ async function clamdCommand(loaded: LoadedConfig, args: string[]): Promise<numbe
     });
     return 0;
   }
-  process.stderr.write('usage: avgate clamd setup|run\n');
+  process.stderr.write(CLAMD_USAGE);
   return 2;
 }

@@ -7,6 +7,8 @@ import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
 import type { LoadedConfig } from '../config/loader.js';
 import { AvgateError, messageOf } from '../core/errors.js';
+import { VERDICT_STATUSES } from '../core/verdict.js';
+import { MAIL_STATUSES } from '../policy/mail/status.js';
 import { formatBytes, parseDuration, parseSize } from '../core/units.js';
 import { NextHopClient, nextHopOptions } from '../protocols/smtp/next-hop.js';
 import { exportZip } from '../quarantine/export.js';
@@ -116,7 +118,12 @@ async function list(q: Quarantine, args: string[], io: QuarantineIo): Promise<nu
   one(positionals, []);
   const filter: QuarantineFilter = {};
   if (values.since !== undefined) filter.since = parseSince(values.since);
-  if (values.status !== undefined) filter.status = values.status;
+  if (values.status !== undefined) {
+    // Mail items carry the mail statuses, the others the verdicts'.
+    const statuses = [...new Set<string>([...MAIL_STATUSES, ...VERDICT_STATUSES])];
+    if (!statuses.includes(values.status)) throw new UsageError(`--status: one of ${statuses.join(', ')}`);
+    filter.status = values.status;
+  }
   if (values.source !== undefined) {
     if (!(QUARANTINE_SOURCES as readonly string[]).includes(values.source)) throw new UsageError(`--source: one of ${QUARANTINE_SOURCES.join(', ')}`);
     filter.source = values.source as QuarantineSource;

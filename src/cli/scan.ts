@@ -56,8 +56,8 @@ is a symbolic link when the action runs, or that is no longer the file scanned (
 when a directory on its path was swapped for a link), is left in place. A failed action
 (including an --exec command that exits non-zero) counts as an error in the summary.
 
-Paths are printed with control characters and bytes that are not UTF-8 escaped (\x1b, \u009b,
-\xff; a backslash is doubled), so that one result is always one line.
+Paths are printed with control characters and bytes that are not UTF-8 escaped (\\x1b, \\u009b,
+\\xff; a backslash is doubled), so that one result is always one line.
 
 Summary: "Errors" counts error and unknown verdicts, unreadable or missing paths and failed
 actions; "Skipped" counts objects not scanned (size limit, symbolic links, FIFOs and devices).

@@ -104,6 +104,11 @@ describe('avgate quarantine: the mail filter quarantines, the CLI lists, exports
     assert.deepEqual(JSON.parse((await cli(config, ['quarantine', 'list', '--json', '--text', "' OR 1=1 --"])).stdout), []);
     assert.equal((JSON.parse((await cli(config, ['quarantine', 'list', '--json', '--status', 'infected', '--since', '1h'])).stdout) as unknown[]).length, 1);
     assert.equal((JSON.parse((await cli(config, ['quarantine', 'list', '--json', '--source', 'lmtp'])).stdout) as unknown[]).length, 0);
+    // A status no item can have is a usage error, not an empty list.
+    const bogus = await cli(config, ['quarantine', 'list', '--status', 'infekted']);
+    assert.equal(bogus.code, 2);
+    assert.match(bogus.stderr, /--status: one of clean, infected, .*found/);
+    assert.equal((JSON.parse((await cli(config, ['quarantine', 'list', '--json', '--status', 'found'])).stdout) as unknown[]).length, 0);
     const text = await cli(config, ['quarantine', 'list']);
     assert.match(text.stdout, new RegExp(`^${id}  .*smtp  infected  Avgate\\.Test\\.EICAR`, 'm'));
   });
