@@ -242,6 +242,11 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
           configWarnings: configWarnings(config),
           cache: runtime.cache,
           reloads: () => reloads,
+          // The running generation's, whichever that is when /metrics is asked.
+          frontEnds: () => ({
+            counters: frontEndCounters(gen.fe),
+            connections: Object.fromEntries(Object.entries(frontEndStatus(gen, null)).flatMap(([k, v]) => (v === null || k === 'console' ? [] : [[k, v.connections]]))),
+          }),
           log,
         });
         consolePort = (await web.listen()).port;
@@ -260,14 +265,9 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
   const stopPurge = startQuarantinePurge(quarantine, config.quarantine, log.child({ component: 'quarantine' }));
   const startHealth = (g: Generation) =>
     startHealthLog(g.runtime, log, g.config.health.interval, () => ({
-      ...(g.fe.icap ? { icap: g.fe.icap.counters } : {}),
-      ...(g.fe.mail ? { smtp: g.fe.mail.server.counters, mail: g.fe.mail.filter.counters } : {}),
+      ...frontEndCounters(g.fe),
       ...(web ? { console: web.counters } : {}),
       ...(stats ? { stats: statsCounters(stats.status()) } : {}),
-      ...(g.fe.httpProxy ? { http: g.fe.httpProxy.counters } : {}),
-      ...(g.fe.ftp ? { ftp: g.fe.ftp.counters } : {}),
-      ...(g.fe.imapProxy ? { imap: g.fe.imapProxy.counters } : {}),
-      ...(g.fe.pop3 ? { pop3: g.fe.pop3.server.counters } : {}),
     }), g.engineHealth);
   let health = startHealth(gen);
   // The updater tells the engines to look at their signature version again after an update: the
@@ -528,6 +528,18 @@ export interface ServeOptions {
    * clamd ends, clamd is stopped again, and serve rejects with AVG_ERR_STOPPED.
    */
   signal?: AbortSignal;
+}
+
+/** Each running front end's counters: the health log's `counters` line and /metrics. */
+function frontEndCounters(fe: FrontEnds): Record<string, object> {
+  return {
+    ...(fe.icap ? { icap: fe.icap.counters } : {}),
+    ...(fe.mail ? { smtp: fe.mail.server.counters, mail: fe.mail.filter.counters } : {}),
+    ...(fe.httpProxy ? { http: fe.httpProxy.counters } : {}),
+    ...(fe.ftp ? { ftp: fe.ftp.counters } : {}),
+    ...(fe.imapProxy ? { imap: fe.imapProxy.counters } : {}),
+    ...(fe.pop3 ? { pop3: fe.pop3.server.counters } : {}),
+  };
 }
 
 /** Each front end's address, bound port and open connections (null entries: turned off). */

@@ -49,6 +49,7 @@ import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { readPem } from '../config/tls-schema.js';
 import { cachePrometheus } from '../cache/metrics.js';
+import { enginePrometheus, frontEndPrometheus, type FrontEndSnapshot } from './runtime-metrics.js';
 import type { CacheStats } from '../cache/verdict-cache.js';
 import { cutConnection, SendStallWatch } from '../core/send-stall.js';
 import { metricFamily } from '../core/prometheus-text.js';
@@ -75,6 +76,8 @@ export interface ConsoleDeps {
   cache?: { readonly stats: CacheStats } | null;
   /** serve's configuration reloads, for /metrics (absent: not shown). */
   reloads?: () => ReloadStatus;
+  /** serve's running front ends' counters and connections, for /metrics (absent: not shown). */
+  frontEnds?: () => FrontEndSnapshot;
   log: Logger;
 }
 
@@ -321,7 +324,9 @@ export class ConsoleServer {
     const text = (stats ? await stats.prometheus() : '# avgate: statistics are not collected\n') + (await signatureMetrics(this.deps.config));
     const cache = this.deps.cache ? cachePrometheus(this.deps.cache.stats) : '';
     const reloads = this.deps.reloads ? reloadPrometheus(this.deps.reloads()) : '';
-    sendText(ctx.res, 200, text + cache + reloads, { 'Content-Type': 'text/plain; version=0.0.4; charset=utf-8' });
+    const frontEnds = this.deps.frontEnds ? frontEndPrometheus(this.deps.frontEnds()) : '';
+    const engines = enginePrometheus(this.deps.health.snapshot());
+    sendText(ctx.res, 200, text + cache + reloads + frontEnds + engines, { 'Content-Type': 'text/plain; version=0.0.4; charset=utf-8' });
   }
 
   private async apiScan(ctx: Ctx): Promise<void> {

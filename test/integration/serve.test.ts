@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
+import { connect } from 'node:net';
 import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -43,7 +44,7 @@ describe('avgate serve and the config commands', () => {
 
   test('serve starts the project-local clamd with the test database, scans, and stops it cleanly', async () => {
     const loaded = await loadConfig(configPath);
-    const { runtime, stop, imapProxyPort } = await serve(loaded, { logger: silentLogger() });
+    const { runtime, stop, imapProxyPort, icapPort, smtpPort, consolePort } = await serve(loaded, { logger: silentLogger() });
     assert.ok(typeof imapProxyPort === 'number' && imapProxyPort > 0, 'the IMAP proxy is bound');
     const clamd = runtime.clamd;
     assert.ok(clamd, 'serve started a clamd');
@@ -53,6 +54,28 @@ describe('avgate serve and the config commands', () => {
     assert.match(conf, /^TCPAddr 127\.0\.0\.1$/m, 'clamd listens on loopback only');
     assert.equal((await runtime.scanner.scan({ source: { kind: 'buffer', data: eicarBytes() } })).status, 'found');
     assert.equal((await runtime.scanner.scan({ source: { kind: 'buffer', data: randomBytes(100) } })).status, 'free');
+
+    // /metrics: the front ends' counters and open connections, and the engines' health.
+    const options = await icapExchange(icapPort as number, [`OPTIONS icap://127.0.0.1:${icapPort}/avscan ICAP/1.0\r\nHost: 127.0.0.1\r\n\r\n`]);
+    options.socket.destroy();
+    const smtp = connect(smtpPort as number, '127.0.0.1');
+    await new Promise<void>((r) => smtp.once('data', () => r()));
+    try {
+      let metrics = '';
+      for (let i = 0; i < 50 && !/^avgate_engine_up\{engine="clamav"\} 1$/m.test(metrics); i++) {
+        metrics = await (await fetch(`http://127.0.0.1:${consolePort}/metrics`)).text();
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.match(metrics, /^avgate_engine_up\{engine="clamav"\} 1$/m, 'after its first health check');
+      assert.match(metrics, /^avgate_engine_failed_checks\{engine="clamav"\} 0$/m);
+      assert.match(metrics, /^avgate_frontend_events_total\{frontend="icap",event="byMethod:OPTIONS"\} 1$/m);
+      assert.match(metrics, /^avgate_frontend_events_total\{frontend="smtp",event="deferred"\} 0$/m);
+      assert.match(metrics, /^avgate_frontend_connections\{frontend="smtp"\} 1$/m, 'the session held open');
+      assert.match(metrics, /^avgate_frontend_connections\{frontend="http-proxy"\} 0$/m);
+      assert.match(metrics, /^# TYPE avgate_frontend_events_total counter$/m);
+    } finally {
+      smtp.destroy();
+    }
     const pid = clamd.pid as number;
     await stop();
     assert.throws(() => process.kill(pid, 0), 'clamd is gone after stop');
