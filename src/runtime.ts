@@ -57,6 +57,8 @@ export interface RuntimeOptions {
   shared?: { cache: VerdictCache | null; clamd: LocalClamd | null };
   /** A stop during serve's start-up: ends the wait for the local clamd (AVG_ERR_STOPPED). */
   signal?: AbortSignal;
+  /** No verdict cache (`config check`: it leaves no cache file behind). */
+  withoutCache?: boolean;
 }
 
 export function localClamdFor(config: Readonly<Config>): LocalClamd {
@@ -147,7 +149,7 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
   }
   const cache = options.shared
     ? options.shared.cache
-    : config.cache.enabled
+    : config.cache.enabled && options.withoutCache !== true
     ? new VerdictCache({
         memoryEntries: config.cache['memory-entries'],
         sqlitePath: config.cache.sqlite === null ? null : resolve(config['state-dir'], config.cache.sqlite),

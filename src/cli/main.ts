@@ -17,6 +17,7 @@ import { QUARANTINE_USAGE, runQuarantineCommand } from './quarantine.js';
 import { runSignaturesCommand, SIGNATURES_USAGE } from './signatures.js';
 import { CONTROL_USAGE, controlTargetOf, runControlCommand } from './control.js';
 import { POLICY_USAGE, runPolicyCommand } from './policy.js';
+import { checkPeers } from './check-peers.js';
 
 const USAGE = `usage: avgate [--config FILE] COMMAND [ARGS]
 
@@ -203,7 +204,7 @@ async function configCommand(loaded: LoadedConfig, args: string[]): Promise<numb
   let failed = false;
   let runtime;
   try {
-    runtime = await openRuntime(config, { logger, localClamd: 'if-needed' });
+    runtime = await openRuntime(config, { logger, localClamd: 'if-needed', withoutCache: true });
   } catch (e) {
     process.stdout.write(`engines: FAILED: ${messageOf(e)}\n`);
     return 1;
@@ -233,6 +234,7 @@ async function configCommand(loaded: LoadedConfig, args: string[]): Promise<numb
   } finally {
     await runtime.close();
   }
+  for (const line of await checkPeers(config)) process.stdout.write(`${line}\n`);
   const statsDb = config.stats.enabled && config.stats.postgres ? await checkPgStats(config.stats, config.stats.postgres) : null;
   if (statsDb) {
     process.stdout.write(`${statsDb.line}\n`);

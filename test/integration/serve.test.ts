@@ -14,6 +14,7 @@ import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import { serve } from '../../src/main.js';
 import { icapExchange } from '../helpers/icap-client.js';
 import { selfSignedCert } from '../helpers/tls.js';
+import { closedPort } from '../helpers/fault-server.js';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
 
@@ -90,6 +91,33 @@ describe('avgate serve and the config commands', () => {
     const show = cli(['config', 'show'], { AVGATE_CONFIG: configPath });
     assert.equal(show.code, 0);
     assert.match(show.stdout, /max-checked-size: 104857600/);
+  });
+
+  test('config check tries the servers the front ends hand on to: a greeting is shown, one that does not answer is a warning', async () => {
+    // A greeting server in a child process (the check runs with spawnSync, which holds this one).
+    const sink = spawn(process.execPath, ['-e', "require('net').createServer((s) => s.end('220 sink.test ESMTP ready\\r\\n')).listen(0, '127.0.0.1', function () { console.log(this.address().port); })"], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      const port = Number(await new Promise<string>((r) => sink.stdout.once('data', (d: Buffer) => r(d.toString().trim()))));
+      const closed = await closedPort();
+      const file = join(dir, 'peers.yaml');
+      const base = await readFile(configPath, 'utf8');
+      const state = join(dir, 'state-check');
+      await writeFile(
+        file,
+        base
+          .replace(`state-dir: ${join(dir, 'state')}`, `state-dir: ${state}`)
+          .replace('smtp:\n', `smtp:\n  next-hop: {target: "smtp:127.0.0.1:${port}"}\n`)
+          .replace('imap-proxy:\n', `imap-proxy:\n  upstream: 127.0.0.1:${closed}\n`),
+      );
+      const r = cli(['--config', file, 'config', 'check']);
+      assert.equal(r.code, 0, 'a server that is not up yet is no config error');
+      assert.match(r.stdout, /engine clamav \(clamd-net\): OK/, 'a clamd of its own to load the database');
+      assert.equal(existsSync(join(state, 'cache.sqlite')), false, 'no verdict cache file left behind');
+      assert.match(r.stdout, new RegExp(`^smtp\\.next-hop smtp:127\\.0\\.0\\.1:${port}: OK \\(greets "220 sink\\.test ESMTP ready"\\)$`, 'm'));
+      assert.match(r.stdout, new RegExp(`^warning: imap-proxy\\.upstream 127\\.0\\.0\\.1:${closed}: ECONNREFUSED: does not answer now \\(clients get \\* BYE until it does\\)$`, 'm'));
+    } finally {
+      sink.kill();
+    }
   });
 
   test('config check reads the TLS files: a good pair is OK, a missing key file fails the check (exit 1) naming its key', async () => {
