@@ -621,9 +621,14 @@ export async function serveForever(loaded: LoadedConfig): Promise<number> {
   // Signals are taken from the first moment: during start-up (clamd loading its database) node's
   // default would end avgate at once and leave clamd, in its own process group, running.
   const startAbort = new AbortController();
+  // A line for the terminal when the log goes to a file; on standard error the log line says it
+  // (a plain line among the JSON lines would break their readers).
+  const announce = (text: string) => {
+    if (loaded.config.log.file !== null) process.stderr.write(`avgate: ${text}\n`);
+  };
   let stopRequested = (why: string) => {
     if (startAbort.signal.aborted) return;
-    process.stderr.write(`avgate: ${why} during start-up, stopping\n`);
+    announce(`${why} during start-up, stopping`);
     log.info({ reason: why }, 'stop asked for during start-up');
     startAbort.abort();
   };
@@ -669,7 +674,8 @@ export async function serveForever(loaded: LoadedConfig): Promise<number> {
     const onSignal = (sig: string) => {
       if (stopping) return;
       stopping = true;
-      process.stderr.write(`avgate: ${sig}, stopping\n`);
+      announce(`${sig}, stopping`);
+      log.info({ reason: sig }, 'stop asked for');
       // Armed now (a reload under way cannot hold the stop without bound), and again once stop()
       // knows the stop-timeout of the configuration it stops with.
       let timer = setTimeout(() => process.exit(1), serving.config['stop-timeout']).unref();

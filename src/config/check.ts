@@ -23,5 +23,14 @@ export function configWarnings(config: Readonly<Config>): string[] {
   if (config.cache.redis !== null && config.cache.enabled && config.cache['max-age'] === 0) {
     warnings.push('cache.max-age is 0: Redis entries never expire; bound that Redis with maxmemory and an eviction policy (allkeys-lru)');
   }
+  // A bare number is bytes: `limit: 90` lets 90 bytes out, where `90%` was likely meant.
+  for (const section of ['http-proxy', 'ftp-proxy'] as const) {
+    config[section]['doc-acl'].forEach((rule, i) => {
+      const limit = rule.trickle?.limit;
+      if (limit?.kind === 'bytes' && limit.value > 0 && limit.value <= 100) {
+        warnings.push(`${section}.doc-acl.${i}.trickle.limit is ${limit.value} bytes: a share of the body is written with %, as "${limit.value}%"`);
+      }
+    });
+  }
   return warnings;
 }

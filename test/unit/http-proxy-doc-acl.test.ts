@@ -103,3 +103,8 @@ test('config check warns about an open proxy (a /0 block in allowed-clients), no
   const open = configWarnings(parseConfigText('http-proxy:\n  allowed-clients: [0.0.0.0/0]\n', 'x'));
   assert.ok(open.some((w) => /open proxy/.test(w)), JSON.stringify(open));
 });
+
+test('config check warns about a trickle limit that is a few bytes (a bare number is bytes, not a share)', () => {
+  const w = configWarnings(parseConfigText('http-proxy:\n  doc-acl:\n    - {name: a, trickle: {limit: 95}}\n    - {name: b, trickle: {limit: "95%"}}\n    - {name: c, trickle: {limit: 8MiB}}\n', 'x'));
+  assert.deepEqual(w.filter((x) => x.includes('trickle')), ['http-proxy.doc-acl.0.trickle.limit is 95 bytes: a share of the body is written with %, as "95%"']);
+});
