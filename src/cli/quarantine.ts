@@ -25,7 +25,8 @@ export const QUARANTINE_USAGE = `usage: avgate quarantine COMMAND
   release ID [--to ADDR ...]       re-send a mail item unchanged through smtp.next-hop (original recipients by default)
   restore ID [PATH] [--force]      write a file item back (default: where it was found)
   delete ID                        remove the item (and its object when no other item shares it)
-  purge [--older-than 30d] [--max-total-size SIZE]   default: the quarantine.max-age / max-total-size limits
+  purge [--older-than 30d] [--max-total-size SIZE] [--dry-run]   default: the quarantine.max-age / max-total-size limits;
+        --dry-run lists what would be removed and removes nothing
 
 Exit status: 0 done, 1 not found or refused, 2 usage error.
 `;
@@ -297,20 +298,30 @@ async function purge(q: Quarantine, args: string[], io: QuarantineIo, loaded: Lo
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { 'older-than': { type: 'string' }, 'max-total-size': { type: 'string' } },
+    options: { 'older-than': { type: 'string' }, 'max-total-size': { type: 'string' }, 'dry-run': { type: 'boolean' } },
   });
   one(positionals, []);
+  const dryRun = values['dry-run'] === true;
   let result;
   if (values['older-than'] === undefined && values['max-total-size'] === undefined) {
-    result = await purgeByConfig(q, loaded.config.quarantine, actor());
+    result = await purgeByConfig(q, loaded.config.quarantine, actor(), dryRun);
   } else {
     const olderThanMs = values['older-than'] === undefined ? undefined : parseDuration(values['older-than']);
     const maxTotalSize = values['max-total-size'] === undefined ? undefined : parseSize(values['max-total-size']);
     if (olderThanMs === null) throw new UsageError('--older-than: a duration such as 30d or 12h');
     if (maxTotalSize === null) throw new UsageError('--max-total-size: a size such as 10GiB');
-    result = await q.purge({ ...(olderThanMs !== undefined ? { olderThanMs } : {}), ...(maxTotalSize !== undefined ? { maxTotalSize } : {}), actor: actor() });
+    result = await q.purge({ ...(olderThanMs !== undefined ? { olderThanMs } : {}), ...(maxTotalSize !== undefined ? { maxTotalSize } : {}), actor: actor(), dryRun });
   }
   const usage = await q.usage();
+  if (dryRun) {
+    // The items as `list` shows them, so the admin sees what would go (sources, dates, names).
+    for (const id of result.ids ?? []) {
+      const r = (await q.get(id))?.record;
+      io.stdout.write(r ? `${summaryLine(r)}\n` : `${id}\n`);
+    }
+    io.stdout.write(`dry run: would purge ${result.removed} item(s), ${formatBytes(result.bytes)} freed; ${usage.items} item(s), ${formatBytes(usage.bytes)} now; nothing removed\n`);
+    return 0;
+  }
   io.stdout.write(`purged ${result.removed} item(s), ${formatBytes(result.bytes)} freed; left: ${usage.items} item(s), ${formatBytes(usage.bytes)}\n`);
   return 0;
 }

@@ -4,11 +4,12 @@ import type { Logger } from '../core/logging.js';
 import type { PurgeResult, Quarantine } from './types.js';
 
 /** One purge with the configured limits (0 = that limit is off). */
-export function purgeByConfig(q: Quarantine, c: QuarantineConfig, actor = 'system'): Promise<PurgeResult> {
+export function purgeByConfig(q: Quarantine, c: QuarantineConfig, actor = 'system', dryRun = false): Promise<PurgeResult> {
   return q.purge({
     ...(c['max-age'] > 0 ? { olderThanMs: c['max-age'] } : {}),
     ...(c['max-total-size'] > 0 ? { maxTotalSize: c['max-total-size'] } : {}),
     actor,
+    dryRun,
   });
 }
 

@@ -414,36 +414,57 @@ export class EncryptedQuarantine implements Quarantine {
     return rows.map((r) => ({ itemId: r.item_id, date: r.date, action: r.action as AuditRecord['action'], actor: r.actor, detail: JSON.parse(r.detail) as Record<string, unknown> }));
   }
 
-  async purge(o: { olderThanMs?: number; maxTotalSize?: number; actor?: string }): Promise<PurgeResult> {
+  async purge(o: { olderThanMs?: number; maxTotalSize?: number; actor?: string; dryRun?: boolean }): Promise<PurgeResult> {
     this.assertOpen();
     const actor = o.actor ?? 'system';
+    const plan = this.purgePlan(o);
+    if (o.dryRun === true) return { removed: plan.length, bytes: plan.reduce((n, p) => n + p.frees, 0), ids: plan.map((p) => p.id) };
     let removed = 0;
     let bytes = 0;
-    if (o.olderThanMs !== undefined && o.olderThanMs >= 0) {
-      const cutoff = Date.now() - o.olderThanMs;
-      const ids = this.db.prepare('SELECT id FROM items WHERE at < ? ORDER BY at, rowid').pluck().all(cutoff) as string[];
-      for (const id of ids) {
-        const freed = this.removeNow(id, actor, 'purge', { reason: 'age', olderThanMs: o.olderThanMs });
-        if (freed !== null) {
-          removed++;
-          bytes += freed;
-        }
-      }
-    }
-    if (o.maxTotalSize !== undefined && o.maxTotalSize >= 0) {
-      const oldest = this.db.prepare('SELECT id FROM items ORDER BY at, rowid LIMIT 1').pluck();
-      while ((await this.usage()).bytes > o.maxTotalSize) {
-        const id = oldest.get() as string | undefined;
-        if (id === undefined) break;
-        const freed = this.removeNow(id, actor, 'purge', { reason: 'size', maxTotalSize: o.maxTotalSize });
-        if (freed !== null) {
-          removed++;
-          bytes += freed;
-        }
+    for (const p of plan) {
+      const detail = p.reason === 'age' ? { reason: 'age', olderThanMs: o.olderThanMs } : { reason: 'size', maxTotalSize: o.maxTotalSize };
+      const freed = this.removeNow(p.id, actor, 'purge', detail);
+      if (freed !== null) {
+        removed++;
+        bytes += freed;
       }
     }
     if (removed > 0) await this.durable();
     return { removed, bytes };
+  }
+
+  /**
+   * What a purge removes, in order: the items older than olderThanMs, then the oldest others until
+   * the distinct objects left fit in maxTotalSize (an object shared by several items is freed with
+   * the last of them). Worked out on the rows, so a dry run and the purge agree.
+   */
+  private purgePlan(o: { olderThanMs?: number; maxTotalSize?: number }): Array<{ id: string; reason: 'age' | 'size'; frees: number }> {
+    const items = this.db.prepare('SELECT id, at, object FROM items ORDER BY at, rowid').all() as Array<{ id: string; at: number; object: string }>;
+    const sizes = new Map((this.db.prepare('SELECT name, size FROM objects').all() as Array<{ name: string; size: number }>).map((r) => [r.name, r.size]));
+    const refs = new Map<string, number>();
+    for (const it of items) refs.set(it.object, (refs.get(it.object) ?? 0) + 1);
+    let total = [...sizes.values()].reduce((n, x) => n + x, 0);
+    const plan: Array<{ id: string; reason: 'age' | 'size'; frees: number }> = [];
+    const take = (it: { id: string; object: string }, reason: 'age' | 'size') => {
+      const left = (refs.get(it.object) ?? 1) - 1;
+      refs.set(it.object, left);
+      const frees = left === 0 ? (sizes.get(it.object) ?? 0) : 0;
+      total -= frees;
+      plan.push({ id: it.id, reason, frees });
+    };
+    let rest = items;
+    if (o.olderThanMs !== undefined && o.olderThanMs >= 0) {
+      const cutoff = Date.now() - o.olderThanMs;
+      for (const it of items) if (it.at < cutoff) take(it, 'age');
+      rest = items.filter((it) => it.at >= cutoff);
+    }
+    if (o.maxTotalSize !== undefined && o.maxTotalSize >= 0) {
+      for (const it of rest) {
+        if (total <= o.maxTotalSize) break;
+        take(it, 'size');
+      }
+    }
+    return plan;
   }
 
   async usage(): Promise<{ items: number; objects: number; bytes: number }> {

@@ -84,6 +84,8 @@ export interface QuarantineItem {
 export interface PurgeResult {
   removed: number;
   bytes: number;
+  /** A dry run: the items it would remove, oldest first. */
+  ids?: string[];
 }
 
 export interface Quarantine {
@@ -104,7 +106,7 @@ export interface Quarantine {
   /** An item's audit trail, oldest first (all items' when id is omitted, newest 1000). */
   auditTrail(id?: string): Promise<AuditRecord[]>;
   /** Items older than `olderThanMs`, then the oldest until the total is at most `maxTotalSize`. */
-  purge(o: { olderThanMs?: number; maxTotalSize?: number; actor?: string }): Promise<PurgeResult>;
+  purge(o: { olderThanMs?: number; maxTotalSize?: number; actor?: string; dryRun?: boolean }): Promise<PurgeResult>;
   /** Total stored bytes (after de-duplication) and item count. */
   usage(): Promise<{ items: number; objects: number; bytes: number }>;
   close(): Promise<void>;

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -191,11 +191,16 @@ describe('avgate quarantine: the mail filter quarantines, the CLI lists, exports
     const eicar = eicarBytes();
     const files = await filesUnder(join(stateDir, 'quarantine'));
     assert.ok(files.some((f) => f.includes('objects')), 'the object is there to be searched');
-    for (const f of files) {
-      const data = await readFile(f);
-      assert.equal(data.indexOf(eicar.subarray(0, 30)), -1, f);
-      assert.equal(data.indexOf(Buffer.from(eicar.toString('base64').slice(0, 40))), -1, `${f} (base64 form)`);
-    }
+    // Read in another process: opening and closing the SQLite files here would drop the POSIX
+    // locks the running quarantine's connection holds on them (they are per process), and the
+    // next CLI command to close would take itself for the last connection and remove the WAL.
+    const needles = [eicar.subarray(0, 30), Buffer.from(eicar.toString('base64').slice(0, 40))].map((b) => b.toString('base64'));
+    const search =
+      "const fs = require('fs'); const { files, needles } = JSON.parse(fs.readFileSync(0, 'utf8'));" +
+      "const hits = []; for (const f of files) { const d = fs.readFileSync(f); needles.forEach((n, i) => { if (d.indexOf(Buffer.from(n, 'base64')) >= 0) hits.push(`${f} (${i === 0 ? 'raw' : 'base64 form'})`); }); }" +
+      'process.stdout.write(JSON.stringify(hits));';
+    const hits = JSON.parse(execFileSync(process.execPath, ['-e', search], { input: JSON.stringify({ files, needles }), encoding: 'utf8' })) as string[];
+    assert.deepEqual(hits, []);
   });
 
   test('usage errors exit 2; delete removes the item', async () => {
@@ -203,12 +208,21 @@ describe('avgate quarantine: the mail filter quarantines, the CLI lists, exports
     assert.equal((await cli(config, ['quarantine', 'list', '--source', 'nntp'])).code, 2);
     assert.equal((await cli(config, ['quarantine', 'release'])).code, 2);
     assert.equal((await cli(config, ['quarantine', 'frobnicate'])).code, 2);
+    // A dry run lists what a purge would take, as `list` shows it, and takes nothing.
+    const preview = await cli(config, ['quarantine', 'purge', '--older-than', '0s', '--dry-run']);
+    assert.equal(preview.code, 0, preview.stderr);
+    assert.match(preview.stdout, new RegExp(`^${id}  .*smtp  infected  Avgate\\.Test\\.EICAR`, 'm'));
+    assert.match(preview.stdout, /^dry run: would purge 1 item\(s\), .* freed; 1 item\(s\), .* now; nothing removed$/m);
+    assert.ok(await av.quarantine.get(id), 'still there');
     const del = await cli(config, ['quarantine', 'delete', id]);
     assert.equal(del.code, 0, del.stderr);
     assert.equal((await cli(config, ['quarantine', 'delete', id])).code, 1);
     assert.deepEqual(JSON.parse((await cli(config, ['quarantine', 'list', '--json'])).stdout), []);
     assert.equal(await av.quarantine.get(id), null);
     assert.deepEqual(await readdir(join(stateDir, 'quarantine', 'objects')), []);
+    const dry = await cli(config, ['quarantine', 'purge', '--older-than', '0s', '--dry-run']);
+    assert.equal(dry.code, 0, dry.stderr);
+    assert.match(dry.stdout, /^dry run: would purge 0 item\(s\), 0 B freed; 0 item\(s\), 0 B now; nothing removed$/m);
     const purge = await cli(config, ['quarantine', 'purge', '--older-than', '0s']);
     assert.equal(purge.code, 0, purge.stderr);
     assert.match(purge.stdout, /^purged 0 item/);

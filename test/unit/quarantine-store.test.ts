@@ -197,6 +197,10 @@ test('purge by age, then by total size, oldest first', async () => {
   await putOne(3);
   // Nothing is older than an hour.
   assert.deepEqual(await q.purge({ olderThanMs: 3600_000 }), { removed: 0, bytes: 0 });
+  // A dry run names what the purge below removes, and removes nothing.
+  assert.deepEqual(await q.purge({ olderThanMs: 150, dryRun: true }), { removed: 2, bytes: 2000, ids: [ids[0], ids[1]] });
+  assert.deepEqual(await q.purge({ olderThanMs: 150, maxTotalSize: 1500, dryRun: true }), { removed: 3, bytes: 3000, ids: [ids[0], ids[1], ids[2]] });
+  assert.equal((await q.list()).length, 4);
   // Older than 150 ms: the two put before the pause, and only those.
   const r1 = await q.purge({ olderThanMs: 150 });
   assert.deepEqual(r1, { removed: 2, bytes: 2000 });
@@ -212,6 +216,13 @@ test('purge by age, then by total size, oldest first', async () => {
   );
   assert.deepEqual((await q.auditTrail(ids[2]!)).at(-1)?.detail, { reason: 'size', maxTotalSize: 1500 });
   assert.equal((await q.auditTrail(ids[2]!)).at(-1)?.action, 'purge');
+  // An object two items share is freed with the second of them only.
+  const same = Buffer.alloc(1000, 9);
+  const a1 = (await q.put(Readable.from([same]), fileMeta)).id;
+  const a2 = (await q.put(Readable.from([same]), fileMeta)).id;
+  assert.deepEqual(await q.purge({ maxTotalSize: 1000, dryRun: true }), { removed: 1, bytes: 1000, ids: [ids[3]] });
+  assert.deepEqual(await q.purge({ maxTotalSize: 0, dryRun: true }), { removed: 3, bytes: 2000, ids: [ids[3], a1, a2] });
+  assert.deepEqual(await q.purge({ maxTotalSize: 0 }), { removed: 3, bytes: 2000 });
   await q.close();
 });
 
