@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { copyFile, mkdir, mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 
@@ -37,4 +39,29 @@ test('every command answers --help with its usage on stdout and exit 0, without 
   assert.match(scan.stdout, /\\x1b, \\u009b,\s+\\xff/);
   const control = [...scan.stdout].filter((c) => c !== '\n' && c !== '\t' && (c.charCodeAt(0) < 0x20 || (c.charCodeAt(0) >= 0x7f && c.charCodeAt(0) <= 0x9f)));
   assert.deepEqual(control, [], 'no control bytes');
+});
+
+test('bin/avgate.js says so when dist/ is older than src/ (a checkout not rebuilt), and runs', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'avgate-bin-'));
+  try {
+    await mkdir(join(dir, 'bin'));
+    await mkdir(join(dir, 'dist', 'src', 'cli'), { recursive: true });
+    await mkdir(join(dir, 'src'));
+    await copyFile(join(ROOT, 'bin', 'avgate.js'), join(dir, 'bin', 'avgate.js'));
+    await writeFile(join(dir, 'package.json'), '{"type": "module"}');
+    await writeFile(join(dir, 'dist', 'src', 'cli', 'main.js'), 'export async function main(args) { process.stdout.write(`ran ${args.join(" ")}\\n`); return 0; }\n');
+    const run = () => spawnSync(process.execPath, [join(dir, 'bin', 'avgate.js'), 'x'], { encoding: 'utf8' });
+    await writeFile(join(dir, 'src', 'a.ts'), '');
+    const old = new Date(Date.now() - 60_000);
+    await utimes(join(dir, 'dist', 'src', 'cli', 'main.js'), old, old);
+    const stale = run();
+    assert.equal(stale.stdout, 'ran x\n');
+    assert.match(stale.stderr, /dist\/ is older than src\/: this runs the old build; run `npm run build`/);
+    await utimes(join(dir, 'dist', 'src', 'cli', 'main.js'), new Date(), new Date());
+    const fresh = run();
+    assert.equal(fresh.stdout, 'ran x\n');
+    assert.equal(fresh.stderr, '');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
