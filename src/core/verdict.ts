@@ -41,6 +41,16 @@ export function withCommon(result: VerdictResult, common: VerdictCommon): Verdic
 }
 
 /** Short human text for logs and the CLI: `FOUND Eicar-Test`, `SKIPPED (size limit)` ... */
+/**
+ * A verdict as one access-log field: the status, and for `found` the names (`found:Eicar-Test`,
+ * several joined by commas); `-` for none. White space and control characters in a name become `_`.
+ */
+export function verdictLabel(v: Pick<Verdict, 'status'> & { names?: readonly string[] } | null): string {
+  if (v === null) return '-';
+  if (v.status !== 'found' || !v.names || v.names.length === 0) return v.status;
+  return `found:${v.names.map((n) => n.replace(/[\s\p{Cc}]/gu, '_')).join(',')}`;
+}
+
 export function describeVerdict(v: VerdictResult): string {
   switch (v.status) {
     case 'free':

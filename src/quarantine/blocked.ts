@@ -15,7 +15,7 @@ export async function keepBlockedObject(
   q: Quarantine,
   spool: Spool,
   v: Verdict,
-  facts: { source: QuarantineSource; group: string; url: string; fileName: string | null; action: string },
+  facts: { source: QuarantineSource; group: string; url: string; fileName: string | null; action: string; client?: string | null; user?: string | null },
   log: Logger,
   logFields: Record<string, unknown>,
 ): Promise<string | null> {
@@ -30,9 +30,10 @@ export async function keepBlockedObject(
       url: facts.url,
       fileName: facts.fileName,
       action: facts.action,
-      note: v.status === 'found' ? null : verdictReason(v),
+      // Who fetched or sent it (the client address, a login name), so an item leads to a workstation.
+      note: [v.status === 'found' ? null : verdictReason(v), facts.client ? `client ${facts.client}` : null, facts.user ? `user ${facts.user}` : null].filter((x) => x !== null).join('\n') || null,
     });
-    log.info({ url: facts.url, ...logFields, quarantineId: id }, `${facts.source}: blocked object quarantined`);
+    log.info({ url: facts.url, ...(facts.client ? { client: facts.client } : {}), ...logFields, quarantineId: id }, `${facts.source}: blocked object quarantined`);
     return id;
   } catch (err) {
     log.error({ url: facts.url, err: messageOf(err) }, `${facts.source}: quarantine failed`);

@@ -259,7 +259,7 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
     assert.deepEqual(got, bigInfected.subarray(0, got.length), 'what was sent is the start of the file');
     await new Promise((resolve) => setTimeout(resolve, 200));
     const log = await readFile(join(stateDir, 'ftp-access.log'), 'utf8');
-    const m = / RETR "big-infected\.bin" 550 found (\d+) /.exec(log);
+    const m = / RETR "big-infected\.bin" 550 found:Avgate\.Test\.EICAR\S* (\d+) /.exec(log);
     assert.ok(m, log);
     assert.equal(Number(m[1]), got.length, 'the access log counts the bytes the client got');
     t.diagnostic(`trickled ${got.length} of ${bigInfected.length} bytes before the verdict`);
@@ -373,7 +373,7 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
     const resumed = [...log.matchAll(/ RETR "big-resume-infected\.bin" (\d+) (\S+) (\d+) /g)];
     assert.equal(resumed.length, 2, log);
     const [, status, verdict, bytes] = resumed[1] as RegExpMatchArray;
-    assert.deepEqual([status, verdict, Number(bytes)], ['550', 'found', got.length - held], 'the resumed transfer was blocked on the whole file');
+    assert.deepEqual([status, verdict?.replace(/:.*/, ''), Number(bytes)], ['550', 'found', got.length - held], 'the resumed transfer was blocked on the whole file');
   });
 
   test('an unscanned download (doc-acl accept) still passes REST to the server', async () => {
@@ -428,12 +428,13 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
     // The access log is written asynchronously.
     await new Promise((r) => setTimeout(r, 200));
     const log = await readFile(join(stateDir, 'ftp-access.log'), 'utf8');
-    assert.match(log, / STOR "eicar-passive\.txt" 550 found \d+ \d+$/m);
+    assert.match(log, / STOR "eicar-passive\.txt" 550 found:Avgate\.Test\.EICAR\S* \d+ \d+$/m);
     assert.match(log, / RETR "clean\.bin" 226 free 3145745 \d+$/m);
     const kept = await avgate.quarantine.list({ source: 'ftp' });
     const up = kept.find((r) => r.url === 'ftp://127.0.0.1/upload/eicar-passive.txt');
     assert.ok(up, JSON.stringify(kept.map((r) => r.url)));
     assert.equal(up.action, 'block-upload');
+    assert.match(up.note ?? '', /^client 127\.0\.0\.1\nuser \S+$/m, 'who sent it');
     assert.match(up.virusNames[0] ?? '', /\S/);
     assert.ok(kept.some((r) => r.url === 'ftp://127.0.0.1/eicar.txt' && r.action === 'block'), 'blocked downloads are kept too');
     assert.equal(ftp.counters.quarantined, kept.length);

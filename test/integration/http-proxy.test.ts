@@ -135,6 +135,10 @@ describe('HTTP proxy against a Node origin (curl, real clamd)', () => {
     const urls = items.map((i) => i.url);
     assert.ok(urls.includes(origin.url('eicar.txt')), JSON.stringify(urls));
     assert.ok(items.every((i) => i.source === 'http'));
+    // The client it was fetched for, so an item leads to a workstation.
+    const item = items.find((i) => i.url === origin.url('eicar.txt'));
+    assert.match(item?.note ?? '', /^client 127\.0\.0\.1$/m);
+    assert.equal(item?.action, 'block');
   });
 
   test('HEAD passes the head without a body; keep-alive: one connection for two requests', async () => {
@@ -258,7 +262,7 @@ describe('HTTP proxy against a Node origin (curl, real clamd)', () => {
     assert.ok(got < GIB - 1024 * 1024, `the client never got the whole object (${got})`);
     assert.equal(await fileSha256(out), await generatedPrefixSha256(got, seed), 'the trickled bytes are the start of the object');
     // The access line is written once the proxy has cleaned up, a moment after curl saw the cut.
-    const line = new RegExp(`GET http://127\\.0\\.0\\.1:${origin.port}/gen/${GIB}/${seed} 200 found/aborted slow-big ${got} `);
+    const line = new RegExp(`GET http://127\\.0\\.0\\.1:${origin.port}/gen/${GIB}/${seed} 200 found:\\S+/aborted slow-big ${got} `);
     await waitFor('the access log line', async () => (line.test(await readFile(join(stateDir, 'http-access.log'), 'utf8')) ? true : null), 20_000);
     assert.ok((avgate.httpProxy?.counters.aborted ?? 0) >= 1);
   });
@@ -283,7 +287,7 @@ describe('HTTP proxy against a Node origin (curl, real clamd)', () => {
     } else {
       assert.equal(r.status, 403, 'blocked before any byte went out');
     }
-    const line = new RegExp(`GET ${origin.url('swap.bin').replace(/[.?*+^$[\]\\(){}|-]/g, '\\$&')} (200 found/aborted|403 found) default `);
+    const line = new RegExp(`GET ${origin.url('swap.bin').replace(/[.?*+^$[\]\\(){}|-]/g, '\\$&')} (200 found:\\S+/aborted|403 found:\\S+) default `);
     await waitFor('the access log line', async () => (line.test(await readFile(join(stateDir, 'http-access.log'), 'utf8')) ? true : null), 20_000);
   });
 

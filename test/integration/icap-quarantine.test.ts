@@ -49,9 +49,10 @@ describe('ICAP service option quarantine: blocked objects are kept', () => {
   test('EICAR by RESPMOD: blocked, and the exact body is in the quarantine with the URL and the virus name', async () => {
     const body = Buffer.concat([eicarBytes(), randomBytes(100)]);
     const url = 'http://origin.test/downloads/evil%20file.com?x=1';
-    const { responses } = await icapExchange(icap.port, [buildRequest(icap.port, body, { allow204: true, url }).first]);
+    const { responses } = await icapExchange(icap.port, [buildRequest(icap.port, body, { allow204: true, url, extraHeaders: ['X-Client-IP: 192.0.2.8', 'X-Authenticated-User: jdoe'] }).first]);
     assert.equal(responses[0]?.head.status, 200);
     const [item] = await q.list({ source: 'icap' });
+    assert.equal(item?.note, 'client 192.0.2.8\nuser jdoe', 'the HTTP client and user Squid named');
     assert.ok(item, 'one icap item');
     assert.equal(item.url, url);
     assert.equal(item.fileName, 'evil file.com');

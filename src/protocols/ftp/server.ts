@@ -94,13 +94,13 @@ export class FtpProxyServer extends GracefulServer {
   }
 
   /** A blocked file into the quarantine (when its status is listed); a failure is logged and never changes the answer. */
-  private async keep(v: Verdict, spool: Spool, meta: { url: string; rule: string; direction: 'download' | 'upload' }, log: Logger): Promise<void> {
+  private async keep(v: Verdict, spool: Spool, meta: { url: string; rule: string; direction: 'download' | 'upload'; client: string; user: string | null }, log: Logger): Promise<void> {
     const q = this.deps.quarantine;
     if (!q || !this.config.quarantine.includes(v.status)) return;
     // By characters, not UTF-16 units: a UTF-8 name's astral characters are never cut in half.
     const fileName = [...(meta.url.split('/').pop() ?? '')].slice(0, 255).join('') || null;
     const action = meta.direction === 'upload' ? 'block-upload' : 'block';
-    const id = await keepBlockedObject(q, spool, v, { source: 'ftp', group: meta.rule, url: meta.url, fileName, action }, log, { rule: meta.rule });
+    const id = await keepBlockedObject(q, spool, v, { source: 'ftp', group: meta.rule, url: meta.url, fileName, action, client: meta.client, user: meta.user }, log, { rule: meta.rule });
     if (id !== null) this.counters.quarantined++;
   }
 
@@ -120,7 +120,7 @@ export class FtpProxyServer extends GracefulServer {
       onVerdict: (v: Verdict) => void this.counters.byVerdict[v.status]++,
       sends: this.sends,
       onTimeout: (kind: 'send' | 'data') => void (kind === 'send' ? this.counters.sendTimeouts++ : this.counters.dataTimeouts++),
-      quarantine: (v: Verdict, spool: Spool, meta: { url: string; rule: string; direction: 'download' | 'upload' }) => this.keep(v, spool, meta, log),
+      quarantine: (v: Verdict, spool: Spool, meta: { url: string; rule: string; direction: 'download' | 'upload'; client: string; user: string | null }) => this.keep(v, spool, meta, log),
     };
     const server = createServer((socket) => {
       socket.on('error', () => undefined);

@@ -10,7 +10,7 @@ import { acceptTls, type UpstreamTls } from '../../core/net.js';
 import { cutConnection, type SendStallWatch } from '../../core/send-stall.js';
 import { drainedOrClosed } from '../../core/streams.js';
 import { Spool } from '../../core/spool.js';
-import type { Verdict } from '../../core/verdict.js';
+import { verdictLabel, type Verdict } from '../../core/verdict.js';
 import { decide, verdictReason } from '../../policy/verdict-policy.js';
 import type { DocAcl } from '../../proxy/doc-acl.js';
 import { SpoolFeed, trickle, type TrickleOutcome } from '../../proxy/trickle.js';
@@ -81,7 +81,7 @@ export interface FtpSessionContext {
   /** Counts a connection reset by timeouts.send, or a transfer aborted by data-idle / upload-min-rate. */
   onTimeout(kind: 'send' | 'data'): void;
   /** Keeps a blocked file in the quarantine when the config says so (never throws). */
-  quarantine(v: Verdict, spool: Spool, meta: { url: string; rule: string; direction: 'download' | 'upload' }): Promise<void>;
+  quarantine(v: Verdict, spool: Spool, meta: { url: string; rule: string; direction: 'download' | 'upload'; client: string; user: string | null }): Promise<void>;
 }
 
 export const DOWNLOADS: ReadonlySet<string> = new Set(['RETR']);
@@ -137,6 +137,8 @@ export class FtpSession {
   private readonly log: Logger;
   private upstream: UpstreamControl | null = null;
   private target = '-';
+  /** The login name of the last USER (null before one). */
+  private loginName: string | null = null;
   private targetHost = '';
   /** The server's working directory as PWD reported it: doc-ACL URLs are absolute and normalised. */
   private cwd = '/';
@@ -500,6 +502,9 @@ export class FtpSession {
   }
 
   private async user(arg: string): Promise<boolean> {
+    // The name the client logs in with (its user@host's user part), for the log lines of blocked
+    // transfers: printable, at most 64 characters.
+    this.loginName = printable(parseUserAtHost(arg)?.user ?? arg, 64);
     if (this.ctx.config.upstream) {
       const r = await (this.upstream as UpstreamControl).command('USER', arg, this.t.reply, this.signal);
       this.relay(r);
@@ -796,7 +801,7 @@ export class FtpSession {
       await receiving;
       rec.bytes = outcome.sent;
       const v = verdict as Verdict | null;
-      rec.verdict = v?.status ?? '-';
+      rec.verdict = verdictLabel(v);
       switch (outcome.kind) {
         case 'passed':
           await endSocket(clientData);
@@ -807,8 +812,8 @@ export class FtpSession {
           if (outcome.kind === 'aborted') this.reset(clientData);
           else await endSocket(clientData).catch(() => undefined);
           const reason = v ? verdictReason(v) : 'not scanned';
-          if (v) await this.ctx.quarantine(v, spool, { url: this.facts(cmd, 'download').url, rule: scan.name, direction: 'download' });
-          this.log.info({ target: this.target, path: rec.path, verdict: v?.status, reason, sent: outcome.sent, rule: scan.name }, 'ftp: download blocked');
+          if (v) await this.ctx.quarantine(v, spool, { url: this.facts(cmd, 'download').url, rule: scan.name, direction: 'download', client: this.clientAddress, user: this.loginName });
+          this.log.info({ client: this.clientAddress, user: this.loginName, target: this.target, path: rec.path, verdict: v?.status, reason, sent: outcome.sent, rule: scan.name }, 'ftp: download blocked');
           await this.cutShort(x, FtpSession.blockCode(v), `${outcome.kind === 'aborted' ? 'Transfer aborted' : 'Transfer refused'}: ${reason}`);
           return;
         }
@@ -863,11 +868,11 @@ export class FtpSession {
       clientData.destroy();
       x.rec.bytes = spool.size;
       const v = await this.scanSpool(spool, x.cmd, scan);
-      x.rec.verdict = v.status;
+      x.rec.verdict = verdictLabel(v);
       const d = decideFor(scan, v);
       if (d.action === 'block') {
-        this.log.info({ target: this.target, path: x.rec.path, verdict: v.status, reason: d.reason, rule: scan.name }, 'ftp: upload blocked');
-        await this.ctx.quarantine(v, spool, { url: this.facts(x.cmd, 'upload').url, rule: scan.name, direction: 'upload' });
+        this.log.info({ client: this.clientAddress, user: this.loginName, target: this.target, path: x.rec.path, verdict: v.status, reason: d.reason, rule: scan.name }, 'ftp: upload blocked');
+        await this.ctx.quarantine(v, spool, { url: this.facts(x.cmd, 'upload').url, rule: scan.name, direction: 'upload', client: this.clientAddress, user: this.loginName });
         x.finalReply(FtpSession.blockCode(v), `Upload refused: ${d.reason}`);
         return;
       }

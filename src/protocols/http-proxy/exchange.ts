@@ -7,7 +7,7 @@ import { messageOf } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
 import { cutConnection, type SendStallWatch } from '../../core/send-stall.js';
 import { SHARED_SLABS, Spool } from '../../core/spool.js';
-import type { Verdict } from '../../core/verdict.js';
+import { verdictLabel, type Verdict } from '../../core/verdict.js';
 import { renderPage } from '../../policy/block-page.js';
 import { decide, verdictReason, type Decision } from '../../policy/verdict-policy.js';
 import { CleanHints } from '../../proxy/clean-hints.js';
@@ -61,7 +61,7 @@ export interface ExchangeContext {
   access(r: AccessRecord): void;
   onVerdict(v: Verdict): void;
   /** A blocked object into the quarantine (when its status is listed); never throws. */
-  keep(v: Verdict, spool: Spool, url: string, rule: string): Promise<void>;
+  keep(v: Verdict, spool: Spool, meta: { url: string; rule: string; client: string; upload: boolean }): Promise<void>;
   counters: { aborted: number; trickled: number; uploadsBlocked: number; sendTimeouts: number };
   /** http-proxy.timeouts.send: every response is watched for a client that stops taking it. */
   sends: SendStallWatch;
@@ -344,12 +344,12 @@ export class Exchange {
       return null;
     }
     const verdict = received > max ? tooBig(received) : await this.scan(scanner, spool, target.url, m.name, null);
-    this.rec.verdict = verdict.status;
+    this.rec.verdict = verdictLabel(verdict);
     ctx.onVerdict(verdict);
     const d = decide(verdict, policy);
     if (d.action === 'pass') return spool;
     ctx.counters.uploadsBlocked++;
-    if (received <= max) await ctx.keep(verdict, spool, target.url, m.name);
+    if (received <= max) await ctx.keep(verdict, spool, { url: target.url, rule: m.name, client: this.rec.client, upload: true });
     await spool.dispose();
     this.blockPage(verdict, d, target.url, m.name);
     return null;
@@ -382,7 +382,7 @@ export class Exchange {
 
   private blockPage(v: Verdict, d: Extract<Decision, { action: 'block' }>, url: string, rule: string): void {
     const title = v.status === 'found' ? 'Virus found: access denied' : v.status === 'error' ? 'Antivirus unavailable' : 'Content could not be checked';
-    this.ctx.log.info({ url, rule, status: v.status, reason: d.reason }, 'http-proxy: blocked');
+    this.ctx.log.info({ client: this.rec.client, url, rule, status: v.status, reason: d.reason }, 'http-proxy: blocked');
     this.res.shouldKeepAlive = false;
     sendPage(this.res, d.httpStatus, title, d.reason, url, { 'X-Avgate-Verdict': headerSafe(`${v.status}; ${verdictReason(v)}`), Connection: 'close' }, this.ctx, v);
   }
@@ -637,7 +637,7 @@ export class Exchange {
             if (part === null) {
               // Nothing of the object goes out; the verdict is still awaited for the log.
               await decided.catch(() => undefined);
-              this.rec.verdict = (verdict as Verdict | null)?.status ?? '-';
+              this.rec.verdict = verdictLabel(verdict as Verdict | null);
               this.unsatisfiable(feed.size);
               return;
             }
@@ -658,7 +658,7 @@ export class Exchange {
       });
       this.rec.bytes = outcome.sent;
       const v = verdict as Verdict | null;
-      this.rec.verdict = v?.status ?? '-';
+      this.rec.verdict = verdictLabel(v);
       if (outcome.sent > 0 && outcome.kind !== 'passed') ctx.counters.trickled++;
       if (v && decision !== null && (decision as Decision).action === 'pass' && v.status === 'free' && feed.complete) ctx.hints.add(hint);
       else if (outcome.kind === 'blocked' || outcome.kind === 'aborted') ctx.hints.delete(hint);
@@ -674,20 +674,20 @@ export class Exchange {
           // Stop receiving what will never be sent; keep a complete object when asked to.
           if (!feed.complete) upRes.destroy();
           await receiving;
-          if (v && feed.complete) await ctx.keep(v, spool, target.url, m.name);
+          if (v && feed.complete) await ctx.keep(v, spool, { url: target.url, rule: m.name, client: this.rec.client, upload: false });
           if (outcome.kind === 'blocked') {
             this.blockPage(v as Verdict, decision as unknown as Extract<Decision, { action: 'block' }>, target.url, m.name);
           } else {
             // Bytes already went out: cut the connection so the client never has the whole object.
             ctx.counters.aborted++;
-            this.rec.verdict = `${v?.status ?? '-'}/aborted`;
-            ctx.log.info({ url: target.url, rule: m.name, status: v?.status, sent: outcome.sent }, 'http-proxy: blocked after trickling: connection aborted');
+            this.rec.verdict = `${verdictLabel(v)}/aborted`;
+            ctx.log.info({ client: this.rec.client, url: target.url, rule: m.name, status: v?.status, reason: v ? verdictReason(v) : null, sent: outcome.sent }, 'http-proxy: blocked after trickling: connection aborted');
             res.destroy();
           }
           break;
         }
         case 'failed':
-          this.rec.verdict = v?.status ?? 'failed';
+          this.rec.verdict = v === null ? 'failed' : verdictLabel(v);
           ctx.log.warn({ url: target.url, err: messageOf(outcome.error), sent: outcome.sent }, 'http-proxy: transfer failed');
           upRes.destroy();
           if (outcome.sent === 0 && !res.headersSent) this.refuse(502, 'Bad gateway', `the transfer from the server failed: ${messageOf(outcome.error)}`);

@@ -128,7 +128,7 @@ export class HttpProxyServer {
         this.writeAccess(r, accessLog);
       },
       onVerdict: (v) => void this.counters.byVerdict[v.status]++,
-      keep: (v, spool, url, rule) => this.keep(v, spool, url, rule),
+      keep: (v, spool, meta) => this.keep(v, spool, meta),
       counters: this.counters,
       hints: new CleanHints(),
       sends: this.sends,
@@ -147,10 +147,12 @@ export class HttpProxyServer {
   }
 
   /** A blocked object into the quarantine when its status is listed; a failure is logged, never changes the answer. */
-  private async keep(v: Verdict, spool: Spool, url: string, rule: string): Promise<void> {
+  private async keep(v: Verdict, spool: Spool, meta: { url: string; rule: string; client: string; upload: boolean }): Promise<void> {
     const q = this.deps.quarantine;
     if (!q || !this.config.quarantine.includes(v.status)) return;
-    const id = await keepBlockedObject(q, spool, v, { source: 'http', group: rule, url, fileName: fileNameOf(url), action: 'block' }, this.log, { rule });
+    const { url, rule, client } = meta;
+    const action = meta.upload ? 'block-upload' : 'block';
+    const id = await keepBlockedObject(q, spool, v, { source: 'http', group: rule, url, fileName: fileNameOf(url), action, client }, this.log, { rule });
     if (id !== null) this.counters.quarantined++;
   }
 
@@ -252,6 +254,7 @@ export class HttpProxyServer {
     const ports = this.config['connect-ports'];
     const refuse = (status: number) => {
       rec.status = status;
+      rec.verdict = '-'; // no tunnel was made
       client.end(rawAnswer(status));
       done();
     };

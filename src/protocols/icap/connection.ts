@@ -5,7 +5,7 @@ import type { Logger } from '../../core/logging.js';
 import { cutConnection, type SendStallWatch } from '../../core/send-stall.js';
 import { SHARED_SLABS, Spool } from '../../core/spool.js';
 import { drainedOrClosed } from '../../core/streams.js';
-import type { Verdict } from '../../core/verdict.js';
+import { verdictLabel, type Verdict } from '../../core/verdict.js';
 import type { Decision } from '../../policy/verdict-policy.js';
 import { BodyTimeout, LimitExceeded, ReadTimeout, UnexpectedEof, ByteReader } from './reader.js';
 import { infectionHeaders, type IcapService } from './service.js';
@@ -67,7 +67,8 @@ export interface ConnectionContext {
   access(record: AccessRecord): void;
   onVerdict(service: IcapService, v: Verdict): void;
   /** Keeps a blocked object (service option `quarantine`); resolves to the item id, null when not kept. */
-  quarantine(service: IcapService, v: Verdict, spool: Spool, url: string, head: HttpHead | null): Promise<string | null>;
+  /** `who`: the HTTP client and user the ICAP client named (X-Client-IP, X-Authenticated-User). */
+  quarantine(service: IcapService, v: Verdict, spool: Spool, url: string, head: HttpHead | null, who?: Pick<AccessRecord, 'httpClient' | 'user'>): Promise<string | null>;
   /** icap.send-timeout: every connection is watched for a client that stops taking its answer. */
   sends: SendStallWatch;
   /** Counts a connection cut by the send timeout. */
@@ -618,7 +619,7 @@ export class IcapConnection {
             'icap: blocked object not quarantined: larger than max-object-size',
           );
         } else {
-          await this.ctx.quarantine(service, verdict, spool, url, echoHead);
+          await this.ctx.quarantine(service, verdict, spool, url, echoHead, this.current?.who);
         }
       }
       if (early) {
@@ -729,10 +730,6 @@ function urlOf(req: HttpHead | null): string {
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(target)) return target;
   const host = req.headers.get('host');
   return host ? `http://${host}${target}` : target;
-}
-
-function verdictLabel(v: Verdict): string {
-  return v.status === 'found' ? `found:${v.names.join(',')}` : v.status;
 }
 
 /** Adds a header line to an HTTP header block (before its empty line). */

@@ -130,17 +130,17 @@ export class IcapServer extends GracefulServer {
       onVerdict: (_s, v: Verdict) => {
         this.counters.byVerdict[v.status]++;
       },
-      quarantine: (service, v, spool, url) => this.keep(service, v, spool, url, log),
+      quarantine: (service, v, spool, url, _head, who) => this.keep(service, v, spool, url, log, who),
       sends: this.sends,
       onSendStall: () => void this.counters.sendTimeouts++,
     };
   }
 
   /** A blocked object into the quarantine; a failure is logged and never changes the answer. */
-  private async keep(service: IcapService, v: Verdict, spool: Spool, url: string, log: Logger): Promise<string | null> {
+  private async keep(service: IcapService, v: Verdict, spool: Spool, url: string, log: Logger, who?: Pick<AccessRecord, 'httpClient' | 'user'>): Promise<string | null> {
     const q = this.deps.quarantine;
     if (!q) return null;
-    const id = await keepBlockedObject(q, spool, v, { source: 'icap', group: service.name, url, fileName: fileNameOf(url), action: 'block' }, log, { service: service.name });
+    const id = await keepBlockedObject(q, spool, v, { source: 'icap', group: service.name, url, fileName: fileNameOf(url), action: 'block', client: who?.httpClient ?? null, user: who?.user ?? null }, log, { service: service.name });
     if (id !== null) this.counters.quarantined++;
     return id;
   }
