@@ -214,4 +214,39 @@ describe('HTTP proxy CONNECT: shutdown', () => {
       await rm(dir, { recursive: true, force: true });
     }
   });
+
+  test('refusals say why: smuggling shapes, https:// and path requests, a closed port, a refused tunnel', async () => {
+    const closed = await tcpOrigin((sock) => sock.destroy());
+    const closedPort = closed.port;
+    await new Promise<void>((r) => closed.server.close(() => r()));
+    const p = new HttpProxyServer(httpProxySchema.parse({ listen: '127.0.0.1:0', 'connect-ports': [443] }), {
+      stateDir: tmpdir(),
+      scannerFor: () => ({ scanner: NEVER }),
+      maxCheckedSize: 1 << 30,
+      log: silentLogger(),
+    });
+    const pp = (await p.listen()).port;
+    const ask = async (raw: string) => {
+      const r = await rawExchange(pp, raw, 8000);
+      return { status: r.text.split('\r\n')[0] ?? '', body: r.text.slice(r.text.indexOf('\r\n\r\n') + 4) };
+    };
+    try {
+      const clte = await ask('POST http://127.0.0.1:1/x HTTP/1.1\r\nHost: 127.0.0.1:1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n');
+      assert.match(clte.status, / 400 /);
+      assert.match(clte.body, /Content-Length and Transfer-Encoding|ambiguous framing|smuggling/);
+      const https = await ask('GET https://example.test/ HTTP/1.1\r\nHost: example.test\r\n\r\n');
+      assert.match(https.status, / 400 /);
+      assert.match(https.body, /https:\/\/ URLs go through a CONNECT tunnel/);
+      const path = await ask('GET /index.html HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+      assert.match(path.body, /this is a proxy: a request needs an absolute http:\/\/ URL/);
+      const refused = await ask(`GET http://127.0.0.1:${closedPort}/ HTTP/1.1\r\nHost: 127.0.0.1:${closedPort}\r\n\r\n`);
+      assert.match(refused.status, / 502 /);
+      assert.match(refused.body, /the server refused the connection \(ECONNREFUSED\)/);
+      const port = await ask('CONNECT 127.0.0.1:8443 HTTP/1.1\r\nHost: x\r\n\r\n');
+      assert.match(port.status, / 403 /);
+      assert.match(port.body, /tunnels go only to the ports in connect-ports \(443\)/);
+    } finally {
+      await p.close(100);
+    }
+  });
 });

@@ -118,3 +118,13 @@ test('ifRangeHolds: absent, a strong ETag equal, or Last-Modified equal to the l
   assert.ok(!ifRangeHolds('Tue, 01 Dec 2026 10:00:01 GMT', null, lm));
   assert.ok(!ifRangeHolds(lm, '"abc"', null));
 });
+
+test('upstream failures in words: an unresolvable host, a refusal, a timeout, a head the parser refused', async () => {
+  const { upstreamProblem } = await import('../../src/protocols/http-proxy/exchange.js');
+  const err = (code: string, message: string) => Object.assign(new Error(message), { code });
+  assert.equal(upstreamProblem(err('ENOTFOUND', 'getaddrinfo ENOTFOUND no-such.invalid'), 'no-such.invalid', null), 'the host name no-such.invalid could not be resolved (ENOTFOUND)');
+  assert.equal(upstreamProblem(err('EAI_AGAIN', 'getaddrinfo EAI_AGAIN x'), 'x', null), 'the host name x could not be resolved (EAI_AGAIN)');
+  assert.equal(upstreamProblem(err('ECONNREFUSED', 'connect ECONNREFUSED'), 'h', '10.0.0.1:3128'), 'the parent proxy 10.0.0.1:3128 refused the connection (ECONNREFUSED)');
+  assert.match(upstreamProblem(new Error('no response head within 60000 ms'), 'h', null), /^the server accepted the request but sent no answer in time/);
+  assert.match(upstreamProblem(err('HPE_HEADER_OVERFLOW', 'Parse Error: Header overflow'), 'h', null), /^the server sent an answer the proxy does not take \(Parse Error: Header overflow\)/);
+});

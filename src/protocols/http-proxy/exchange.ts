@@ -21,6 +21,7 @@ import {
   headerValue,
   ifRangeHolds,
   parseProxyTarget,
+  proxyTargetProblem,
   parseRange,
   rangeWithin,
   requestHeadProblem,
@@ -293,7 +294,7 @@ export class Exchange {
     const problem = requestHeadProblem(pairs);
     if (problem) return this.refuse(400, 'Bad request', problem);
     const target = parseProxyTarget(req.url ?? '');
-    if (!target) return this.refuse(400, 'Bad request', 'a proxy request needs an absolute http:// URL');
+    if (!target) return this.refuse(400, 'Bad request', proxyTargetProblem(req.url ?? ''));
     this.rec.url = target.url;
     if (viaLoops(pairs, ctx.config.via)) return this.refuse(508, 'Loop detected', 'this request already went through this proxy');
 
@@ -457,8 +458,8 @@ export class Exchange {
     } catch (err) {
       const msg = messageOf(err);
       const timeout = /no response head/.test(msg);
-      ctx.log.warn({ url: target.url, err: msg }, 'http-proxy: upstream failed');
-      if (!res.headersSent) this.refuse(timeout ? 504 : 502, timeout ? 'Gateway timeout' : 'Bad gateway', `the server could not be reached: ${msg}`);
+      ctx.log.warn({ client: this.rec.client, url: target.url, err: msg }, 'http-proxy: upstream failed');
+      if (!res.headersSent) this.refuse(timeout ? 504 : 502, timeout ? 'Gateway timeout' : 'Bad gateway', upstreamProblem(err, target.host, ctx.config['parent-proxy']));
       else res.destroy();
       return;
     }
@@ -703,4 +704,18 @@ export class Exchange {
       await spool.dispose();
     }
   }
+}
+
+/** What went wrong with the origin (or the parent proxy), in words for the 502/504 page. */
+export function upstreamProblem(err: unknown, host: string, parent: string | null): string {
+  const msg = messageOf(err);
+  const code = (err as NodeJS.ErrnoException | null)?.code ?? '';
+  const who = parent === null ? 'the server' : `the parent proxy ${parent}`;
+  if (/no response head/.test(msg)) return `${who} accepted the request but sent no answer in time (${msg})`;
+  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN' || /getaddrinfo/.test(msg)) return `the host name ${host} could not be resolved (${code || msg})`;
+  if (code === 'ECONNREFUSED') return `${who} refused the connection (ECONNREFUSED)`;
+  if (code === 'ETIMEDOUT' || /connect timeout/.test(msg)) return `${who} could not be reached in time (${code || msg})`;
+  if (code.startsWith('HPE_') || /Parse Error/.test(msg)) return `${who} sent an answer the proxy does not take (${msg}): a malformed or too large response head`;
+  if (code === 'ECONNRESET' || /socket hang up/.test(msg)) return `${who} closed the connection without an answer (${code || msg})`;
+  return `${who} could not be reached: ${msg}`;
 }

@@ -167,6 +167,15 @@ export function parseProxyTarget(raw: string): ProxyTarget | null {
   return { host, port, authority: u.host, path: `${u.pathname}${u.search}`, url: u.href };
 }
 
+/** Why parseProxyTarget refused a request target, in words for the 400 page. */
+export function proxyTargetProblem(raw: string): string {
+  if (raw.startsWith('/') || raw === '*') return 'this is a proxy: a request needs an absolute http:// URL (a request for a path, as to a web server, is not served here)';
+  if (/^https:\/\//i.test(raw)) return 'https:// URLs go through a CONNECT tunnel (the HTTPS proxy setting of the client), not as a plain request';
+  if (/^[a-z][a-z0-9+.-]*:/i.test(raw) && !/^http:/i.test(raw)) return `${raw.slice(0, raw.indexOf(':'))}: URLs are not proxied: only http:// (and https:// through CONNECT)`;
+  if (/^http:\/\/[^/?#]*@/i.test(raw)) return 'a URL with a user name or password is refused';
+  return 'the URL is malformed (host, port, or characters a server could read otherwise)';
+}
+
 /** `host:port` of a CONNECT request (authority-form), or null. */
 export function parseConnectTarget(raw: string): { host: string; port: number } | null {
   const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/.exec(raw);

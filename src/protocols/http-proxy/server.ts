@@ -17,7 +17,7 @@ import { keepBlockedObject } from '../../quarantine/blocked.js';
 import type { Quarantine } from '../../quarantine/types.js';
 import type { ScanService } from '../../scan/types.js';
 import { parseListen } from '../icap/server.js';
-import { Exchange, type AccessRecord, type ExchangeContext } from './exchange.js';
+import { Exchange, upstreamProblem, type AccessRecord, type ExchangeContext } from './exchange.js';
 import { headerPairs, parseConnectTarget, requestHeadProblem } from './headers.js';
 import { fileNameOf } from '../../formats/url-name.js';
 import { AppendLog } from '../../core/append-log.js';
@@ -58,8 +58,22 @@ export interface HttpProxyDeps {
 /** Reason phrases of the answers written on a raw socket. */
 const RAW_REASON: Record<number, string> = { 400: 'Bad Request', 403: 'Forbidden', 408: 'Request Timeout', 431: 'Request Header Fields Too Large', 502: 'Bad Gateway', 504: 'Gateway Timeout' };
 
-function rawAnswer(status: number): string {
-  return `HTTP/1.1 ${status} ${RAW_REASON[status] ?? 'Error'}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`;
+/** An answer written on the raw socket: the status and, as a text/plain body, why. */
+function rawAnswer(status: number, why: string): string {
+  const body = `${status} ${RAW_REASON[status] ?? 'Error'}: ${why.replace(/[^\x20-\x7e]/g, '?')}\n`;
+  return `HTTP/1.1 ${status} ${RAW_REASON[status] ?? 'Error'}\r\nContent-Type: text/plain; charset=us-ascii\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`;
+}
+
+/** Why node's parser refused a request, in words (the codes of llhttp and node:http). */
+function parseProblem(code: string): string {
+  if (code === 'HPE_HEADER_OVERFLOW') return 'the request head is larger than the proxy takes (max-header-size)';
+  if (code === 'ERR_HTTP_REQUEST_TIMEOUT') return 'the request head did not arrive in time (timeouts.header)';
+  if (code === 'HPE_UNEXPECTED_CONTENT_LENGTH' || code === 'HPE_INVALID_TRANSFER_ENCODING') {
+    return 'the request has Content-Length and Transfer-Encoding, or a Transfer-Encoding other than chunked: ambiguous framing is refused (request smuggling)';
+  }
+  if (code === 'HPE_INVALID_CONTENT_LENGTH') return 'the request has a malformed or repeated Content-Length: ambiguous framing is refused (request smuggling)';
+  if (code === 'HPE_INVALID_CHUNK_SIZE') return 'a chunk size of the request body is malformed';
+  return `the request could not be parsed (${code || 'malformed'}): malformed or ambiguous requests are refused`;
 }
 
 /**
@@ -233,7 +247,7 @@ export class HttpProxyServer {
       return;
     }
     const status = code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
-    socket.end(rawAnswer(status));
+    socket.end(rawAnswer(status, parseProblem(code)));
     // Lingering close: read and drop what the client still sends, so closing with unread bytes
     // does not turn into a reset that makes the client lose the answer.
     socket.on('data', () => undefined);
@@ -252,15 +266,17 @@ export class HttpProxyServer {
     client.on('error', () => undefined);
     const target = parseConnectTarget(req.url ?? '');
     const ports = this.config['connect-ports'];
-    const refuse = (status: number) => {
+    const refuse = (status: number, why: string) => {
       rec.status = status;
       rec.verdict = '-'; // no tunnel was made
-      client.end(rawAnswer(status));
+      client.end(rawAnswer(status, why));
       done();
     };
-    if (!this.ctx.clientAllowed(rec.client)) return refuse(403);
-    if (!target || requestHeadProblem(headerPairs(req.rawHeaders))) return refuse(400);
-    if (ports.length > 0 && !ports.includes(target.port)) return refuse(403);
+    if (!this.ctx.clientAllowed(rec.client)) return refuse(403, 'this client may not use the proxy');
+    if (!target) return refuse(400, 'a CONNECT target is host:port');
+    const headProblem = requestHeadProblem(headerPairs(req.rawHeaders));
+    if (headProblem) return refuse(400, headProblem);
+    if (ports.length > 0 && !ports.includes(target.port)) return refuse(403, `tunnels go only to the ports in connect-ports (${ports.join(', ')})`);
     const parent = this.config['parent-proxy'] === null ? null : /^\[?(.*?)\]?:(\d+)$/.exec(this.config['parent-proxy']);
     let upstream: Duplex;
     try {
@@ -270,8 +286,8 @@ export class HttpProxyServer {
       });
       if (parent) await this.parentConnect(upstream, `${req.url}`);
     } catch (err) {
-      this.log.warn({ target: req.url, err: messageOf(err) }, 'http-proxy: tunnel target not reachable');
-      return refuse(502);
+      this.log.warn({ client: rec.client, target: req.url, err: messageOf(err) }, 'http-proxy: tunnel target not reachable');
+      return refuse(502, upstreamProblem(err, target.host, this.config['parent-proxy']));
     }
     if (client.destroyed) {
       upstream.destroy();
