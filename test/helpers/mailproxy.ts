@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { silentLogger } from '../../src/core/logging.js';
+import { silentLogger, type Logger } from '../../src/core/logging.js';
 import { pop3ProxySchema } from '../../src/config/mail-proxy-schema.js';
 import { BUILT_IN_REPLACEMENT } from '../../src/mailproxy/index.js';
 import { Pop3ProxyServer } from '../../src/protocols/pop3/index.js';
@@ -99,13 +99,13 @@ export const sha256 = (b: Buffer): string => createHash('sha256').update(b).dige
  */
 export async function listenPop3Proxy(
   yaml: Record<string, unknown>,
-  deps: { scanner: ScanService; spoolDir: string; quarantine?: Quarantine | null },
+  deps: { scanner: ScanService; spoolDir: string; quarantine?: Quarantine | null; log?: Logger },
   into: Pop3ProxyServer[],
 ): Promise<number> {
   const config = pop3ProxySchema.parse({ listen: '127.0.0.1:0', 'keep-alive': { after: 0 }, ...yaml });
   const server = new Pop3ProxyServer(config, {
     replace: { scanner: deps.scanner, policy: config, replacement: BUILT_IN_REPLACEMENT, spoolDir: deps.spoolDir, log: silentLogger(), origin: { source: 'pop3' }, quarantine: deps.quarantine ?? null },
-    log: silentLogger(),
+    log: deps.log ?? silentLogger(),
   });
   into.push(server);
   return (await server.listen()).port;

@@ -8,7 +8,8 @@ import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import fc from 'fast-check';
 import { imapProxySchema, type ImapProxyConfig } from '../../src/config/imap-schema.js';
-import { createLogger, silentLogger } from '../../src/core/logging.js';
+import { createLogger, silentLogger, type Logger } from '../../src/core/logging.js';
+import { pino } from 'pino';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import { ImapProxyServer } from '../../src/protocols/imap/server.js';
 import { EncryptedQuarantine } from '../../src/quarantine/store.js';
@@ -20,6 +21,7 @@ import { startTestDovecot, startTlsDovecot } from '../helpers/dovecot.js';
 import { closedPort, startFaultServer } from '../helpers/fault-server.js';
 import { fetchLiterals, ImapTestClient } from '../helpers/imap-client.js';
 import { mailWith } from '../helpers/mail.js';
+import { waitFor } from '../helpers/wait.js';
 import { selfSignedCert } from '../helpers/tls.js';
 import { type CorpusMessage, deadScanner, mailCorpus, partDigests, proxyScanner } from '../helpers/mailproxy.js';
 
@@ -37,12 +39,12 @@ describe('imap proxy (Dovecot, clamd)', () => {
   let port: number;
   const corpus: CorpusMessage[] = mailCorpus('imap');
 
-  async function startProxy(over: Record<string, unknown>, withScanner: Scanner = scanner, quarantine: Quarantine | null = null): Promise<{ proxy: ImapProxyServer; port: number }> {
+  async function startProxy(over: Record<string, unknown>, withScanner: Scanner = scanner, quarantine: Quarantine | null = null, log?: Logger): Promise<{ proxy: ImapProxyServer; port: number }> {
     const config: ImapProxyConfig = imapProxySchema.parse({ listen: '127.0.0.1:0', upstream: `127.0.0.1:${dovecot.imapPort}`, ...over });
     const proxy = new ImapProxyServer(config, {
       stateDir: dir,
       scannerFor: () => ({ scanner: withScanner }),
-      log: process.env.IMAP_DEBUG_LOG ? createLogger({ level: 'debug', file: process.env.IMAP_DEBUG_LOG }) : silentLogger(),
+      log: log ?? (process.env.IMAP_DEBUG_LOG ? createLogger({ level: 'debug', file: process.env.IMAP_DEBUG_LOG }) : silentLogger()),
       quarantine,
     });
     proxies.push(proxy);
@@ -304,6 +306,31 @@ describe('imap proxy (Dovecot, clamd)', () => {
       busy.close();
       idle.close();
     }
+  });
+
+  test('the log has a line per session (user, fetched content scanned and replaced, how it ended) and one per login the server refused', async () => {
+    const lines: Array<Record<string, unknown>> = [];
+    const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l) as Record<string, unknown>) }) as unknown as Logger;
+    const p = await startProxy({}, scanner, null, log);
+    const { client: wrong } = await ImapTestClient.connect(p.port);
+    assert.match((await wrong.command(`LOGIN ${dovecot.user} not-the-password`)).tagged, / NO /);
+    wrong.close();
+    const c = await session(p.port);
+    await c.command('SELECT INBOX');
+    const eicarSeq = corpus.findIndex((m) => m.name === 'eicar') + 1;
+    await c.command(`FETCH ${eicarSeq} BODY.PEEK[]`);
+    await c.command('LOGOUT');
+    c.close();
+    await waitFor('two session lines', async () => (lines.filter((l) => l['msg'] === 'imap: session ended').length === 2 ? true : null), 10_000);
+    const refused = lines.find((l) => l['msg'] === 'imap: login refused by the server');
+    assert.equal(refused?.['user'], dovecot.user);
+    assert.equal(refused?.['client'], '127.0.0.1');
+    const ended = lines.filter((l) => l['msg'] === 'imap: session ended');
+    const mine = ended.find((l) => l['user'] === dovecot.user);
+    assert.ok(mine, JSON.stringify(ended));
+    assert.deepEqual([mine['scanned'], mine['replaced'], mine['failedLogins']], [1, 1, 0]);
+    assert.equal(ended.find((l) => l['user'] === null)?.['failedLogins'], 1);
+    await p.proxy.close(1000);
   });
 
   test('pipelined commands: every command answered, infected content replaced, framing intact', async () => {

@@ -6,7 +6,8 @@ import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
-import { silentLogger } from '../../src/core/logging.js';
+import { silentLogger, type Logger } from '../../src/core/logging.js';
+import { pino } from 'pino';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import { BUILT_IN_REPLACEMENT, scanAndReplace } from '../../src/mailproxy/index.js';
 import { Pop3ProxyServer } from '../../src/protocols/pop3/index.js';
@@ -20,6 +21,7 @@ import { startTestDovecot, startTlsDovecot } from '../helpers/dovecot.js';
 import { closedPort, startFaultServer } from '../helpers/fault-server.js';
 import { type CorpusMessage, deadScanner, listenPop3Proxy, mailCorpus, partDigests, proxyPolicy, proxyScanner, sha256 } from '../helpers/mailproxy.js';
 import { mailWith } from '../helpers/mail.js';
+import { waitFor } from '../helpers/wait.js';
 import { Pop3TestClient } from '../helpers/pop3.js';
 import { clientTls, selfSignedCert } from '../helpers/tls.js';
 import type { Dovecot } from '../../tools/peers/dovecot.js';
@@ -189,6 +191,28 @@ describe('POP3 proxy with a real Dovecot and clamd', () => {
     assert.match(await c.command('NOOP'), /^\+OK/);
     assert.match(await c.command('QUIT'), /^\+OK/);
     assert.equal(await c.closed(), true);
+  });
+
+  test('the log has a line per session (client, user, server, fetched, replaced, how it ended) and one per login the server refused', async () => {
+    const lines: Array<Record<string, unknown>> = [];
+    const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l) as Record<string, unknown>) }) as unknown as Logger;
+    const port = await listenPop3Proxy({ upstream: `127.0.0.1:${dovecot.pop3Port}` }, { scanner, spoolDir: join(dir, 'spool'), log }, proxies);
+    const wrong = await Pop3TestClient.connect(port);
+    assert.match(await wrong.command('USER alice'), /^\+OK/);
+    assert.match(await wrong.command('PASS not-her-password'), /^-ERR/);
+    await wrong.quit();
+    const c = await Pop3TestClient.connect(port);
+    await c.login('alice', 'alice-pw');
+    await c.multi(`RETR ${numberOf('eicar')}`);
+    await c.multi(`RETR ${numberOf('clean')}`);
+    await c.quit();
+    await waitFor('two session lines', async () => (lines.filter((l) => l['msg'] === 'pop3: session ended').length === 2 ? true : null), 10_000);
+    const refused = lines.find((l) => l['msg'] === 'pop3: login refused by the server');
+    assert.equal(refused?.['user'], 'alice');
+    assert.equal(refused?.['client'], '127.0.0.1');
+    const [first, second] = lines.filter((l) => l['msg'] === 'pop3: session ended');
+    assert.deepEqual([first?.['user'], first?.['failedLogins'], first?.['end']], [null, 1, 'QUIT']);
+    assert.deepEqual([second?.['user'], second?.['fetched'], second?.['replaced'], second?.['end'], second?.['upstream']], ['alice', 2, 1, 'QUIT', `127.0.0.1:${dovecot.pop3Port}`]);
   });
 
   test('malformed client lines: -ERR and the session goes on; never a crash', async () => {

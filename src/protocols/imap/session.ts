@@ -433,6 +433,12 @@ export class ImapSession {
   private async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // One line per session, as Kernun's imap4-proxy keeps: who, what was fetched and replaced.
+    const m = this.summary;
+    this.log.info(
+      { user: this.user, upstream: this.ctx.config.upstream, commands: m.commands, scanned: m.scanned, replaced: m.replaced, appends: m.appends, failedLogins: m.failedLogins, end: this.ending ?? m.end, ms: Date.now() - m.started },
+      'imap: session ended',
+    );
     this.abort.abort();
     this.continuation?.resolve(false);
     this.continuation = null;
@@ -449,6 +455,9 @@ export class ImapSession {
     this.collect = null;
     await c?.spool?.dispose();
   }
+
+  /** What the session did, for its end line. */
+  private readonly summary = { started: Date.now(), commands: 0, scanned: 0, replaced: 0, appends: 0, failedLogins: 0, end: 'closed' };
 
   /** Set by finish(): the BYE text, sent once no command is being answered. */
   private ending: string | null = null;
@@ -487,6 +496,7 @@ export class ImapSession {
    * a literal (nor into a client's TLS handshake).
    */
   async shutdown(text: string): Promise<void> {
+    if (this.summary.end === 'closed') this.summary.end = text;
     if (!this.serverMessage && !this.upgrading && !this.client.destroyed && this.client.writable) this.client.write(`* BYE ${text}\r\n`);
     await this.close();
   }
@@ -631,7 +641,11 @@ export class ImapSession {
     this.login = null;
     if (this.loginLiteral?.login === login) this.loginLiteral = null;
     login.wake?.();
-    if (!/^\S+ OK\b/i.test(s)) return login.refusal === null ? null : `${tag} ${login.refusal}`;
+    if (!/^\S+ OK\b/i.test(s)) {
+      this.summary.failedLogins++;
+      this.log.info({ user: login.sasl ? login.sasl.identified : login.user, mechanism: login.sasl?.mechanism ?? 'LOGIN' }, 'imap: login refused by the server');
+      return login.refusal === null ? null : `${tag} ${login.refusal}`;
+    }
     const user = login.sasl ? login.sasl.identified : login.user;
     this.loggedIn = true;
     this.user = user;
@@ -671,6 +685,7 @@ export class ImapSession {
         // Responses before this one are not held back while it is scanned.
         uncorkAll(this.client);
         this.ctx.counters.scanned++;
+        this.summary.scanned++;
         this.log.debug({ item: c.item, size: c.spec.size }, 'imap: scanning fetched content');
         try {
           outcome = c.part
@@ -680,6 +695,7 @@ export class ImapSession {
           size = outcome.size;
           if (outcome.changed) {
             this.ctx.counters.replaced++;
+            this.summary.replaced++;
             this.log.info({ item: c.item, user: this.user, replaced: outcome.replaced }, 'imap: fetched content replaced');
           }
         } catch (err) {
@@ -834,6 +850,7 @@ export class ImapSession {
       return;
     }
     this.ctx.counters.commands++;
+    this.summary.commands++;
     const cmd = commandName(text);
     this.currentTag = cmd?.tag ?? null;
     if (!cmd) {
@@ -902,6 +919,7 @@ export class ImapSession {
     }
     if (base === 'APPEND' && decision.useAntivirus && literal) {
       this.ctx.counters.appends++;
+      this.summary.appends++;
       const a: Append = { tag: cmd.tag, texts: [], literals: [], textBytes: 0, literalBytes: 0, refused: null, current: null };
       this.clientMode = { kind: 'append', a };
       return this.appendText(a, text, literal);

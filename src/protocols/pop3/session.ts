@@ -111,6 +111,8 @@ export class Pop3Session {
   private readonly log: Logger;
   /** The command being answered, for the send timeout's log line (never a password). */
   private sending = 'the greeting';
+  /** What the session did, for its end line: the server, messages fetched, scanned and replaced. */
+  private readonly summary = { upstream: null as string | null, started: Date.now(), commands: 0, fetched: 0, replaced: 0, failedLogins: 0, end: 'closed by the client' };
 
   constructor(
     client: Socket,
@@ -177,9 +179,14 @@ export class Pop3Session {
           await this.sendLine('-ERR malformed command');
           continue;
         }
-        if (!(await this.command(cmd))) break;
+        this.summary.commands++;
+        if (!(await this.command(cmd))) {
+          this.summary.end = 'QUIT';
+          break;
+        }
       }
     } catch (err) {
+      this.summary.end = err instanceof ReadTimeout ? 'idle timeout' : err instanceof PeerClosed ? 'closed by the client' : messageOf(err);
       if (err instanceof UpstreamError) {
         this.ctx.counters.upstreamFailures++;
         this.log.warn({ err: err.message }, 'pop3: upstream failed');
@@ -198,6 +205,12 @@ export class Pop3Session {
       this.up?.destroy();
       this.client.end();
       setTimeout(() => this.client.destroy(), 1000).unref();
+      // One line per session, as p3scan and Kernun's pop3-proxy keep: who, which server, what was fetched.
+      const m = this.summary;
+      this.log.info(
+        { client: this.clientAddress, user: this.user, upstream: m.upstream, commands: m.commands, fetched: m.fetched, replaced: m.replaced, failedLogins: m.failedLogins, end: m.end, ms: Date.now() - m.started },
+        'pop3: session ended',
+      );
     }
   }
 
@@ -208,6 +221,7 @@ export class Pop3Session {
    * connection (injection).
    */
   private async connectUpstream(host: string, port: number): Promise<Buffer> {
+    this.summary.upstream = `${host}:${port}`;
     const label = `pop3 upstream ${host}:${port}`;
     const mode = this.cfg['upstream-tls'];
     const deadline = Date.now() + this.cfg.timeouts.connect;
@@ -391,6 +405,7 @@ export class Pop3Session {
       case 'TOP':
         if (!this.up) return this.refuse('-ERR log in first (USER name@server)');
         if (!validMessageArgs(verb, args)) return this.refuse(`-ERR ${verb} ${verb === 'TOP' ? 'msg n' : 'msg'}: bad arguments`);
+        this.summary.fetched++;
         if (decision.useAntivirus) await this.fetchScanned(verb, args);
         else await this.relayMultiline(`${verb} ${args.join(' ')}`);
         return true;
@@ -479,6 +494,10 @@ export class Pop3Session {
     const kind = responseKind(line);
     if (kind !== 'ok' && kind !== 'err') throw new UpstreamError('malformed response from the POP3 server');
     this.claimed = null;
+    if (kind === 'err') {
+      this.summary.failedLogins++;
+      this.log.info({ client: this.clientAddress, user, upstream: this.summary.upstream }, 'pop3: login refused by the server');
+    }
     if (kind === 'ok') {
       if (user === null && this.ctx.policy.userRules) throw new FailClosed('the login name could not be read by the proxy, closing');
       this.user = user;
@@ -631,12 +650,16 @@ export class Pop3Session {
         size = output.length;
         this.ctx.counters.scanned++;
         this.ctx.counters.replaced++;
+        this.summary.replaced++;
       } else {
         early = this.keepAlive(spool, stuffer);
         result = await scanAndReplace(spool, { ...deps, user: this.user, label, ...(verb === 'TOP' ? { partial: true } : {}) }, this.abort.signal);
         await early.stop();
         this.ctx.counters.scanned++;
-        if (result.changed) this.ctx.counters.replaced++;
+        if (result.changed) {
+          this.ctx.counters.replaced++;
+          this.summary.replaced++;
+        }
         if (result.status === 'error') this.ctx.counters.engineErrors++;
         output = result.output;
         size = result.size;
