@@ -36,7 +36,7 @@ describe('FTP proxy: data connections reset by the client, 421 closes the sessio
       stateDir,
       clamd,
       ftpYaml: [
-        "allowed-upstreams: ['127.0.0.1:*']",
+        "allowed-upstreams: ['127.0.0.1:*', '::1:*']",
         'access-log: ftp-access.log',
         'quarantine: [found]',
         'doc-acl:',
@@ -254,6 +254,16 @@ describe('FTP proxy: data connections reset by the client, 421 closes the sessio
       assert.equal(c.closed, true);
     } finally {
       c.close();
+    }
+    // An IPv6 server is named with brackets, as it is written (user@[::1]:port).
+    const v6 = await FtpControl.open(proxyPort);
+    try {
+      await v6.reply();
+      const r = await v6.command(`USER a@[::1]:${closedPort}`);
+      assert.equal(r.code, 421, r.lines.join('|'));
+      assert.equal(r.lines[0], `421 Cannot connect to [::1]:${closedPort}`);
+    } finally {
+      v6.close();
     }
   });
 

@@ -315,7 +315,7 @@ export class FtpSession {
       });
     } catch (err) {
       this.log.warn({ host, port, err: messageOf(err) }, 'ftp: cannot connect to the server');
-      this.reply(421, `Cannot connect to ${host}:${port}`);
+      this.reply(421, `Cannot connect to ${host.includes(':') ? `[${host}]` : host}:${port}`);
       return null;
     }
     this.targetHost = host;
@@ -336,7 +336,7 @@ export class FtpSession {
         else await this.upstream.protectData(this.t.reply, this.signal);
       } catch (err) {
         this.log.warn({ host, port, err: messageOf(err) }, 'ftp: FTPS with the server failed');
-        this.reply(421, `Cannot connect to ${host}:${port} over TLS`);
+        this.reply(421, `Cannot connect to ${host.includes(':') ? `[${host}]` : host}:${port} over TLS`);
         this.upstream.close();
         this.upstream = null;
         return null;
