@@ -178,6 +178,12 @@ export const httpProxySchema = z.strictObject({
   'range-requests': z.enum(['whole', 'pass']).default('whole'),
   /** Name in the Via header (`1.1 NAME`). */
   via: z.string().min(1).regex(/^[!-~]+$/, 'a token without spaces').default('avgate'),
+  /**
+   * X-Forwarded-For towards the origin (Squid's forwarded_for): `keep` passes the client's own on
+   * unchanged and adds nothing (the client's address stays inside), `add` appends the client's
+   * address (a proxy chain's next hop logs the user's machine), `delete` removes it.
+   */
+  'forwarded-for': z.enum(['keep', 'add', 'delete']).default('keep'),
   /** HTML template of the block page (same {{NAMES}} as the ICAP page); null = built in. */
   'block-page': z.string().nullable().default(null),
   /** Verdict statuses whose blocked objects are kept in the quarantine (e.g. [found]); [] = none. */

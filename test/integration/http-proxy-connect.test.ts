@@ -5,6 +5,7 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { createServer as createHttpServer } from 'node:http';
 import { httpProxySchema } from '../../src/config/proxy-schema.js';
 import { silentLogger } from '../../src/core/logging.js';
 import { HttpProxyServer } from '../../src/protocols/http-proxy/server.js';
@@ -248,5 +249,41 @@ describe('HTTP proxy CONNECT: shutdown', () => {
     } finally {
       await p.close(100);
     }
+  });
+
+  test('forwarded-for: keep passes the client\'s X-Forwarded-For on as it is, add appends the client, delete removes it', async () => {
+    const origin = createHttpServer((req, res) => res.end(`xff=${req.headers['x-forwarded-for'] ?? '(none)'}`));
+    await new Promise<void>((r) => origin.listen(0, '127.0.0.1', r));
+    const originPort = (origin.address() as { port: number }).port;
+    const seen: string[] = [];
+    try {
+      for (const mode of ['keep', 'add', 'delete'] as const) {
+        const p = new HttpProxyServer(httpProxySchema.parse({ listen: '127.0.0.1:0', 'forwarded-for': mode, 'doc-acl': [{ name: 'all', action: 'accept' }] }), {
+          stateDir: tmpdir(),
+          scannerFor: () => ({ scanner: NEVER }),
+          maxCheckedSize: 1 << 30,
+          log: silentLogger(),
+        });
+        const pp = (await p.listen()).port;
+        try {
+          for (const xff of ['', 'X-Forwarded-For: 192.0.2.1\r\n']) {
+            const r = await rawExchange(pp, `GET http://127.0.0.1:${originPort}/ HTTP/1.1\r\nHost: 127.0.0.1:${originPort}\r\n${xff}Connection: close\r\n\r\n`, 5000);
+            seen.push(`${mode}: ${r.text.slice(r.text.indexOf('\r\n\r\n') + 4)}`);
+          }
+        } finally {
+          await p.close(100);
+        }
+      }
+    } finally {
+      origin.close();
+    }
+    assert.deepEqual(seen, [
+      'keep: xff=(none)',
+      'keep: xff=192.0.2.1',
+      'add: xff=127.0.0.1',
+      'add: xff=192.0.2.1, 127.0.0.1',
+      'delete: xff=(none)',
+      'delete: xff=(none)',
+    ]);
   });
 });

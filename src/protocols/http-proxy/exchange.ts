@@ -383,7 +383,8 @@ export class Exchange {
 
   private blockPage(v: Verdict, d: Extract<Decision, { action: 'block' }>, url: string, rule: string): void {
     const title = v.status === 'found' ? 'Virus found: access denied' : v.status === 'error' ? 'Antivirus unavailable' : 'Content could not be checked';
-    this.ctx.log.info({ client: this.rec.client, url, rule, status: v.status, reason: d.reason }, 'http-proxy: blocked');
+    const forwarded = headerValue(headerPairs(this.req.rawHeaders), 'x-forwarded-for');
+    this.ctx.log.info({ client: this.rec.client, ...(forwarded ? { forwardedFor: headerSafe(forwarded).slice(0, 200) } : {}), url, rule, status: v.status, reason: d.reason }, 'http-proxy: blocked');
     this.res.shouldKeepAlive = false;
     sendPage(this.res, d.httpStatus, title, d.reason, url, { 'X-Avgate-Verdict': headerSafe(`${v.status}; ${verdictReason(v)}`), Connection: 'close' }, this.ctx, v);
   }
@@ -401,7 +402,13 @@ export class Exchange {
       this.rangeAsk = { range, ifRange: headerValue(pairs, 'if-range'), several };
       drop.push('range', 'if-range');
     }
+    const forwardedFor = cfg['forwarded-for'];
+    if (forwardedFor !== 'keep') drop.push('x-forwarded-for');
     const headers = forwardHeaders(pairs, cfg.via, req.httpVersion, drop);
+    if (forwardedFor === 'add') {
+      const seen = pairs.filter(([k]) => k.toLowerCase() === 'x-forwarded-for').map(([, v]) => v.trim()).filter((v) => v !== '');
+      headers.push(['X-Forwarded-For', [...seen, this.rec.client].join(', ')]);
+    }
     // Only codings whose bodies get scanned unpacked may come back: the proxy's decoders, or
     // without them gzip alone (clamd unpacks it by itself).
     const ae = headerValue(pairs, 'accept-encoding');
