@@ -237,6 +237,8 @@ async function keepOriginal(
     const head = await headOf(input, maxHeaderSize);
     const addresses = addressesOf(head);
     const block = headerBlock(head);
+    // A message fetched again (IMAP clients re-fetch, POP3 clients that leave mail on the server)
+    // keeps the one item it has.
     const { id } = await deps.quarantine.put(input.filePath() ?? input.createReadStream(), {
       source: deps.origin.source as QuarantineSource,
       sender: addresses.senders[0] ?? '',
@@ -249,7 +251,7 @@ async function keepOriginal(
       fileName: kept.find((d) => d.filename)?.filename ?? null,
       action: 'replaced',
       note: `${label}: ${kept.length} document${kept.length === 1 ? '' : 's'} replaced`,
-    });
+    }, { once: true });
     return id;
   } catch (err) {
     deps.log.error({ message: label, err: err instanceof Error ? err.message : String(err) }, 'mail proxy: quarantine failed');

@@ -158,6 +158,15 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit BEGIN SELECT
 /** Temp files older than this at open are leftovers of a crash (a put in progress is much younger). */
 const STALE_TMP_MS = 24 * 3600_000;
 
+/** Options of a put. */
+export interface PutOptions {
+  /**
+   * No new item when one for the same bytes, source and recipients is there and not released: its
+   * id is returned (`existing`). For the mail proxies, whose clients fetch a message again and again.
+   */
+  once?: boolean;
+}
+
 export class EncryptedQuarantine implements Quarantine {
   private readonly db: Database.Database;
   private readonly encKey: Buffer;
@@ -209,9 +218,9 @@ export class EncryptedQuarantine implements Quarantine {
     return q;
   }
 
-  async put(original: Readable | string, meta: QuarantineMeta): Promise<{ id: string }> {
+  async put(original: Readable | string, meta: QuarantineMeta, opts: PutOptions = {}): Promise<{ id: string; existing?: boolean }> {
     this.assertOpen();
-    const work = this.putNow(original, meta);
+    const work = this.putNow(original, meta, opts);
     this.pending.add(work);
     try {
       return await work;
@@ -220,8 +229,8 @@ export class EncryptedQuarantine implements Quarantine {
     }
   }
 
-  private async putNow(original: Readable | string, meta: QuarantineMeta): Promise<{ id: string }> {
-    const id = newId();
+  private async putNow(original: Readable | string, meta: QuarantineMeta, opts: PutOptions): Promise<{ id: string; existing?: boolean }> {
+    let id = newId();
     const tmp = join(this.tmpDir, `${id}.tmp`);
     const iv = randomBytes(IV_LENGTH);
     const cipher = createCipheriv('aes-256-gcm', this.encKey, iv);
@@ -272,9 +281,23 @@ export class EncryptedQuarantine implements Quarantine {
     // One immediate transaction: another writer (serve and the CLI share the store) cannot slip
     // between "is the object there" and "item refers to it", nor unlink it meanwhile.
     let kept = false;
+    let existing = false;
     this.db
       .transaction(() => {
         const exists = this.db.prepare('SELECT 1 FROM objects WHERE name = ?').get(object);
+        if (exists !== undefined && opts.once === true) {
+          // The same bytes for the same recipients from the same source, not yet released: that
+          // item stands for this one too (a mail client fetching one message again and again).
+          const same = this.db
+            .prepare('SELECT id FROM items WHERE object = ? AND source = ? AND recipients = ? AND released_at IS NULL ORDER BY at DESC LIMIT 1')
+            .pluck()
+            .get(object, m.source, JSON.stringify(m.recipients)) as string | undefined;
+          if (same !== undefined) {
+            id = same;
+            existing = true;
+            return;
+          }
+        }
         if (!exists) {
           renameSync(tmp, join(this.objectsDir, object));
           this.db.prepare('INSERT INTO objects (name, size, created) VALUES (?, ?, ?)').run(object, size, now.getTime());
@@ -315,6 +338,7 @@ export class EncryptedQuarantine implements Quarantine {
       })
       .immediate();
     if (!kept) await unlink(tmp).catch(() => undefined);
+    if (existing) return { id, existing: true };
     // The rename and the commit reach the disk before the caller (who then answers its client) is
     // told: both fsyncs run on the threadpool, side by side.
     await Promise.all([kept ? syncPath(this.objectsDir) : Promise.resolve(), this.durable()]);

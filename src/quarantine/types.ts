@@ -90,7 +90,8 @@ export interface PurgeResult {
 
 export interface Quarantine {
   /** Stores the original (a stream, or the path of a spooled file) with its facts; the same bytes are kept once. */
-  put(original: Readable | string, meta: QuarantineMeta): Promise<{ id: string }>;
+  /** `once`: no new item for bytes already kept for the same source and recipients, unreleased (its id comes back with `existing`). */
+  put(original: Readable | string, meta: QuarantineMeta, opts?: { once?: boolean }): Promise<{ id: string; existing?: boolean }>;
   /** null for an unknown id, and for a string that is not an id at all. */
   get(id: string): Promise<QuarantineItem | null>;
   /** Matching items, newest first. */

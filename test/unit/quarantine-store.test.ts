@@ -490,3 +490,25 @@ test('an object removed while its item is read (a purge meanwhile) is AVG_ERR_QU
   );
   await q.close();
 });
+
+test('put once: the same bytes for the same source and recipients make no second item until the first is released', async () => {
+  const { q } = await fresh();
+  const meta = { ...fileMeta, source: 'imap' as const, recipients: ['bob'] };
+  const body = Buffer.alloc(500, 7);
+  const first = await q.put(Readable.from([body]), meta, { once: true });
+  assert.equal(first.existing, undefined);
+  const again = await q.put(Readable.from([body]), meta, { once: true });
+  assert.deepEqual(again, { id: first.id, existing: true });
+  // Released: the next put keeps an item of its own again.
+  await q.audit({ itemId: first.id, action: 'release', actor: 'test', detail: { ok: true } });
+  const after = await q.put(Readable.from([body]), meta, { once: true });
+  assert.notEqual(after.id, first.id);
+  assert.equal(after.existing, undefined);
+  // Another recipient, another source, other bytes, or a put without `once`: items of their own.
+  assert.equal((await q.put(Readable.from([body]), { ...meta, recipients: ['carol'] }, { once: true })).existing, undefined);
+  assert.equal((await q.put(Readable.from([body]), { ...meta, source: 'pop3' }, { once: true })).existing, undefined);
+  assert.equal((await q.put(Readable.from([Buffer.alloc(500, 8)]), meta, { once: true })).existing, undefined);
+  assert.equal((await q.put(Readable.from([body]), meta)).existing, undefined);
+  assert.equal((await q.list()).length, 6);
+  await q.close();
+});
