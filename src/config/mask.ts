@@ -1,18 +1,20 @@
 /**
  * Secrets in the effective config (`config show`, the console's configuration page): a string
- * under a key named like a password, passphrase, secret or token (`export-password`, an engine
- * plugin's `api-key`) is replaced, so a screenshot or a pasted output never carries one. Paths to
- * files holding secrets (`password-file`, `tokens-file`, a TLS `key`) and switches
- * (`metrics-token-required`) are shown as they are.
+ * under a key named like a password, passphrase, secret, token or key (`export-password`, an engine
+ * plugin's `api-key` or `key`) is replaced, so a screenshot or a pasted output never carries one.
+ * Paths to files holding secrets (`password-file`, `tokens-file`, a TLS `key: /etc/...pem`) and
+ * switches (`metrics-token-required`) are shown as they are.
  */
-const SECRET_KEY = /(^|[-_])(pass|passwd|password|passphrase|secret|token|api-key|apikey)$/i;
+const SECRET_KEY = /(^|[-_])(pass|passwd|password|passphrase|secret|token|key|api[-_]?key|license[-_]?key)$/i;
+/** A `key` holding a path (a TLS key file, `/...`, `./...`, `*.pem`) names where the secret is, not the secret. */
+const KEY_FILE = (key: string, value: string) => /(^|[-_])key$/i.test(key) && !/api[-_]?key$|license[-_]?key$/i.test(key) && (/^[./~]/.test(value) || /\.(pem|key|crt)$/i.test(value));
 
 export function masked(value: unknown, key = ''): unknown {
   if (Array.isArray(value)) return value.map((v) => masked(v, key));
   if (value && typeof value === 'object') {
     return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, masked(v, k)]));
   }
-  if (SECRET_KEY.test(key) && (typeof value === 'string' || typeof value === 'number') && value !== '') return '********';
+  if (SECRET_KEY.test(key) && (typeof value === 'string' || typeof value === 'number') && value !== '' && !(typeof value === 'string' && KEY_FILE(key, value))) return '********';
   return typeof value === 'string' ? maskUrlPassword(value) : value;
 }
 

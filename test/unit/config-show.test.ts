@@ -45,4 +45,7 @@ test('config show masks secrets, not paths to them nor switches', () => {
   assert.match(shown, /metrics-token-required: true/);
   assert.match(shown, /password-file: \S+/);
   assert.doesNotMatch(shown, /password-file: "\*+"/);
+  // Engine plugin options and TLS keys: a secret value is masked, a path to a key file is not.
+  const opts = shownConfig({ engines: { p: { options: { 'api_key': 'abc123', key: 'LICENSE-XYZ', 'license-key': 'L-1', 'client-secret': 's3' } } }, smtp: { tls: { key: '/etc/avgate/key.pem', cert: '/etc/avgate/cert.pem' } } });
+  assert.deepEqual(opts, { engines: { p: { options: { 'api_key': '********', key: '********', 'license-key': '********', 'client-secret': '********' } } }, smtp: { tls: { key: '/etc/avgate/key.pem', cert: '/etc/avgate/cert.pem' } } });
 });
