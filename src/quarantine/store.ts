@@ -460,35 +460,34 @@ export class EncryptedQuarantine implements Quarantine {
   /**
    * What a purge removes, in order: the items older than olderThanMs, then the oldest others until
    * the distinct objects left fit in maxTotalSize (an object shared by several items is freed with
-   * the last of them). Worked out on the rows, so a dry run and the purge agree.
+   * the last of them). Worked out on the rows, so a dry run and the purge agree; the items are read
+   * a page at a time, so a quarantine of millions of items costs what is purged, not what is kept.
    */
   private purgePlan(o: { olderThanMs?: number; maxTotalSize?: number }): Array<{ id: string; reason: 'age' | 'size'; frees: number }> {
-    const items = this.db.prepare('SELECT id, at, object FROM items ORDER BY at, rowid').all() as Array<{ id: string; at: number; object: string }>;
-    const sizes = new Map((this.db.prepare('SELECT name, size FROM objects').all() as Array<{ name: string; size: number }>).map((r) => [r.name, r.size]));
-    const refs = new Map<string, number>();
-    for (const it of items) refs.set(it.object, (refs.get(it.object) ?? 0) + 1);
-    let total = [...sizes.values()].reduce((n, x) => n + x, 0);
+    const refsOf = this.db.prepare('SELECT COUNT(*) FROM items WHERE object = ?').pluck();
+    const sizeOf = this.db.prepare('SELECT size FROM objects WHERE name = ?').pluck();
+    const page = this.db.prepare('SELECT rowid AS r, id, at, object FROM items WHERE (at > ? OR (at = ? AND rowid > ?)) ORDER BY at, rowid LIMIT 1000');
+    let total = this.db.prepare('SELECT COALESCE(SUM(size), 0) FROM objects').pluck().get() as number;
+    const taken = new Map<string, number>();
     const plan: Array<{ id: string; reason: 'age' | 'size'; frees: number }> = [];
-    const take = (it: { id: string; object: string }, reason: 'age' | 'size') => {
-      const left = (refs.get(it.object) ?? 1) - 1;
-      refs.set(it.object, left);
-      const frees = left === 0 ? (sizes.get(it.object) ?? 0) : 0;
-      total -= frees;
-      plan.push({ id: it.id, reason, frees });
-    };
-    let rest = items;
-    if (o.olderThanMs !== undefined && o.olderThanMs >= 0) {
-      const cutoff = Date.now() - o.olderThanMs;
-      for (const it of items) if (it.at < cutoff) take(it, 'age');
-      rest = items.filter((it) => it.at >= cutoff);
-    }
-    if (o.maxTotalSize !== undefined && o.maxTotalSize >= 0) {
-      for (const it of rest) {
-        if (total <= o.maxTotalSize) break;
-        take(it, 'size');
+    const cutoff = o.olderThanMs !== undefined && o.olderThanMs >= 0 ? Date.now() - o.olderThanMs : null;
+    const maxTotal = o.maxTotalSize !== undefined && o.maxTotalSize >= 0 ? o.maxTotalSize : null;
+    let after = { at: -Infinity, r: 0 };
+    for (;;) {
+      const rows = page.all(after.at, after.at, after.r) as Array<{ r: number; id: string; at: number; object: string }>;
+      for (const it of rows) {
+        const reason = cutoff !== null && it.at < cutoff ? 'age' : maxTotal !== null && total > maxTotal ? 'size' : null;
+        if (reason === null) return plan; // oldest first: nothing after this one goes either
+        const n = (taken.get(it.object) ?? 0) + 1;
+        taken.set(it.object, n);
+        const frees = n === (refsOf.get(it.object) as number) ? ((sizeOf.get(it.object) as number | undefined) ?? 0) : 0;
+        total -= frees;
+        plan.push({ id: it.id, reason, frees });
       }
+      if (rows.length < 1000) return plan;
+      const last = rows[rows.length - 1] as { r: number; at: number };
+      after = { at: last.at, r: last.r };
     }
-    return plan;
   }
 
   async usage(): Promise<{ items: number; objects: number; bytes: number }> {

@@ -512,3 +512,19 @@ test('put once: the same bytes for the same source and recipients make no second
   assert.equal((await q.list()).length, 6);
   await q.close();
 });
+
+test('purge plans page by page: past the first page of items the plan and the purge still agree', async () => {
+  const { q } = await fresh();
+  const ids: string[] = [];
+  for (let i = 0; i < 1205; i++) ids.push((await q.put(Readable.from([Buffer.from(`item ${i}`)]), fileMeta)).id);
+  const total = (await q.usage()).bytes;
+  // Keep about the newest 100 items' bytes: the plan crosses the 1000-row page.
+  const keep = Buffer.byteLength('item 1100') * 100;
+  const dry = await q.purge({ maxTotalSize: keep, dryRun: true });
+  assert.ok(dry.removed > 1000 && dry.removed < 1205, String(dry.removed));
+  assert.deepEqual(dry.ids, ids.slice(0, dry.removed), 'oldest first');
+  const done = await q.purge({ maxTotalSize: keep });
+  assert.deepEqual(done, { removed: dry.removed, bytes: dry.bytes });
+  assert.ok((await q.usage()).bytes <= keep && total > keep);
+  await q.close();
+});
