@@ -7,7 +7,7 @@ import { Listeners } from './core/listen.js';
 import { reloadInputs } from './config/reload-inputs.js';
 import { largeObjectHash } from './core/content-hash.js';
 import { mkdirSync } from 'node:fs';
-import { messageOf } from './core/errors.js';
+import { errorCodeOf, messageOf } from './core/errors.js';
 import { createLogger, reopenLogFiles, type Logger } from './core/logging.js';
 import { VERSION } from './core/version.js';
 import { configWarnings } from './config/check.js';
@@ -626,13 +626,24 @@ export async function serveForever(loaded: LoadedConfig): Promise<number> {
   const announce = (text: string) => {
     if (loaded.config.log.file !== null) process.stderr.write(`avgate: ${text}\n`);
   };
-  let stopRequested = (why: string) => {
-    if (startAbort.signal.aborted) return;
+  let startDeadline: NodeJS.Timeout | null = null;
+  let stopRequested = (why: string, signal = false) => {
+    if (startAbort.signal.aborted) {
+      if (!signal) return;
+      // A second signal: the start-up does not give way (an engine's init, a database that hangs).
+      announce(`${why} again during start-up, exiting now`);
+      process.exit(1);
+    }
     announce(`${why} during start-up, stopping`);
     log.info({ reason: why }, 'stop asked for during start-up');
     startAbort.abort();
+    // The wait for clamd ends at once; whatever else start-up waits on gets stop-timeout.
+    startDeadline = setTimeout(() => {
+      log.error({ reason: why, stopTimeoutMs: loaded.config['stop-timeout'] }, 'start-up did not end within stop-timeout after the stop: exiting');
+      process.exit(1);
+    }, loaded.config['stop-timeout']).unref();
   };
-  const signalled = (sig: NodeJS.Signals) => stopRequested(sig);
+  const signalled = (sig: NodeJS.Signals) => stopRequested(sig, true);
   // A SIGHUP (logrotate's, a reload) would end it too: kept and acted on once ready.
   let hangup: NodeJS.Signals | null = null;
   const hungUp = (sig: NodeJS.Signals) => {
@@ -645,11 +656,13 @@ export async function serveForever(loaded: LoadedConfig): Promise<number> {
   try {
     serving = await serve(loaded, { logger: log, onStopRequest: () => stopRequested('avgate stop (control socket)'), signal: startAbort.signal });
   } catch (err) {
-    if (!startAbort.signal.aborted) throw err;
-    // Whatever failed, a stop was asked for: what started has been closed again.
+    if (!startAbort.signal.aborted || errorCodeOf(err) !== 'AVG_ERR_STOPPED') throw err;
+    // The stop ended the start-up: what started has been closed again.
     log.info({ err: messageOf(err) }, 'avgate stopped during start-up');
     return 0;
   } finally {
+    // Settled: a stop from now on has its own deadline (stop-timeout, in stop()).
+    if (startDeadline !== null) clearTimeout(startDeadline);
     process.off('SIGINT', signalled);
     process.off('SIGTERM', signalled);
     process.off('SIGHUP', hungUp);

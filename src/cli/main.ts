@@ -138,10 +138,17 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
+const SERVE_USAGE = `usage: avgate [--config FILE] serve
+
+  runs the gateway: the project-local clamd (when an engine uses it) and every enabled front end,
+  until SIGTERM, SIGINT or \`avgate stop\`; SIGHUP or \`avgate reload\` read the config again.
+  The config: --config FILE, else $AVGATE_CONFIG, else the embedded defaults (docs/config.md).
+`;
 const CONFIG_USAGE = 'usage: avgate config check|show\n';
 const CLAMD_USAGE = 'usage: avgate clamd setup|run\n';
 /** Usage texts `COMMAND --help` prints. */
 const COMMAND_USAGE: Record<string, string> = {
+  serve: SERVE_USAGE,
   signatures: SIGNATURES_USAGE,
   admin: ADMIN_USAGE,
   config: CONFIG_USAGE,

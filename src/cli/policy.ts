@@ -11,6 +11,7 @@ import type { DocAclRule as MailProxyDocRule, MailProxyPolicyConfig } from '../c
 import type { DocAclRule, TrickleConfig } from '../config/proxy-schema.js';
 import type { Config } from '../config/schema.js';
 import { messageOf } from '../core/errors.js';
+import { urlHost } from '../core/net.js';
 import { formatBytes, parseSize } from '../core/units.js';
 import { compileMailPolicy, DEFAULT_GROUP, MAIL_STATUSES, type MailGroup, type MailPolicy, type MailStatus } from '../policy/mail/index.js';
 import { hostMatcher } from '../config/smtp-schema.js';
@@ -228,7 +229,7 @@ function docAclCommand(config: Readonly<Config>, section: 'http-proxy' | 'ftp-pr
     const port = fixed !== null ? splitHostPort(fixed).port : server.port;
     if (fixed !== null) host = splitHostPort(fixed).host;
     if (port !== 21) serverNote = ` (server port ${port})`;
-    target = `ftp://${host.includes(':') ? `[${host}]` : host}${posix.normalize(m[2] ?? '/')}`;
+    target = `ftp://${urlHost(host)}${posix.normalize(m[2] ?? '/')}`;
     if (upload && !UPLOADS.has(method)) throw new Error(`--upload with --method ${method}: the FTP proxy takes the direction from the command (uploads: ${[...UPLOADS].join(', ')})`);
     direction = UPLOADS.has(method) ? 'upload' : 'download';
     if (LISTINGS.has(method)) noRule = `${method} listings are relayed unscanned, without a rule`;

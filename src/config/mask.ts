@@ -5,16 +5,19 @@
  * Paths to files holding secrets (`password-file`, `tokens-file`, a TLS `key: /etc/...pem`) and
  * switches (`metrics-token-required`) are shown as they are.
  */
-const SECRET_KEY = /(^|[-_])(pass|passwd|password|passphrase|secret|token|key|api[-_]?key|license[-_]?key)$/i;
+const SECRET_KEY = /(pass|passwd|password|passphrase|secret|token)(s|\d+)?$|(^|-)(api-?|license-|private-|access-)?keys?$/;
 /** A `key` holding a path (a TLS key file, `/...`, `./...`, `*.pem`) names where the secret is, not the secret. */
-const KEY_FILE = (key: string, value: string) => /(^|[-_])key$/i.test(key) && !/api[-_]?key$|license[-_]?key$/i.test(key) && (/^[./~]/.test(value) || /\.(pem|key|crt)$/i.test(value));
+const KEY_FILE = (name: string, value: string) => /(^|-)keys?$/.test(name) && !/(api-?|license-|private-|access-)keys?$/.test(name) && (/^[./~]/.test(value) || /\.(pem|key|crt)$/i.test(value));
+/** A key as kebab-case lower case: `clientSecret`, `client_secret` and `client-secret` alike. */
+const kebab = (key: string) => key.replace(/([a-z0-9])([A-Z])/g, '$1-$2').replace(/_/g, '-').toLowerCase();
 
 export function masked(value: unknown, key = ''): unknown {
   if (Array.isArray(value)) return value.map((v) => masked(v, key));
   if (value && typeof value === 'object') {
     return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, masked(v, k)]));
   }
-  if (SECRET_KEY.test(key) && (typeof value === 'string' || typeof value === 'number') && value !== '' && !(typeof value === 'string' && KEY_FILE(key, value))) return '********';
+  const name = kebab(key);
+  if (SECRET_KEY.test(name) && (typeof value === 'string' || typeof value === 'number') && value !== '' && !(typeof value === 'string' && KEY_FILE(name, value))) return '********';
   return typeof value === 'string' ? maskUrlPassword(value) : value;
 }
 
@@ -28,9 +31,9 @@ export function shownConfig(config: unknown): unknown {
   return masked(asWritten(config, ''));
 }
 
-function asWritten(value: unknown, key: string): unknown {
-  if (Array.isArray(value)) return value.map((v) => asWritten(v, key));
-  if (key === 'data-ports') {
+function asWritten(value: unknown, key: string, parent = ''): unknown {
+  if (Array.isArray(value)) return value.map((v) => asWritten(v, key, parent));
+  if (key === 'data-ports' && parent === 'ftp-proxy' && (value === null || (typeof value === 'object' && 'min' in value))) {
     // null = any free port (written 0); {min, max} = MIN-MAX.
     if (value === null) return 0;
     const r = value as { min: number; max: number };
@@ -42,7 +45,7 @@ function asWritten(value: unknown, key: string): unknown {
     if (key === 'limit' && keys.length === 2 && typeof o['value'] === 'number' && (o['kind'] === 'percent' || o['kind'] === 'bytes')) {
       return o['kind'] === 'percent' ? `${o['value']}%` : o['value'];
     }
-    return Object.fromEntries(keys.map((k) => [k, asWritten(o[k], k)]));
+    return Object.fromEntries(keys.map((k) => [k, asWritten(o[k], k, key)]));
   }
   return value;
 }

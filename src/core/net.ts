@@ -4,6 +4,16 @@ import { AvgateError, messageOf } from './errors.js';
 
 export type ConnectTarget = { path: string } | { host: string; port: number };
 
+/** A host as written in URLs: an IPv6 address in brackets (`[::1]`). */
+export function urlHost(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+/** `host:port` as written in URLs and messages (`[::1]:21`). */
+export function hostPort(host: string, port: number): string {
+  return `${urlHost(host)}:${port}`;
+}
+
 /**
  * Connects with its own timeout (separate from any scan timeout) and an abort signal. Every
  * failure is AVG_ERR_ENGINE_CONNECT with `label: reason` (ECONNREFUSED, ENOENT, connect timeout).

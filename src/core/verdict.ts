@@ -40,7 +40,6 @@ export function withCommon(result: VerdictResult, common: VerdictCommon): Verdic
   return { ...common, ...result };
 }
 
-/** Short human text for logs and the CLI: `FOUND Eicar-Test`, `SKIPPED (size limit)` ... */
 /**
  * A verdict as one access-log field: the status, and for `found` the names (`found:Eicar-Test`,
  * several joined by commas); `-` for none. White space and control characters in a name become `_`.
@@ -51,6 +50,7 @@ export function verdictLabel(v: Pick<Verdict, 'status'> & { names?: readonly str
   return `found:${v.names.map((n) => n.replace(/[\s\p{Cc}]/gu, '_')).join(',')}`;
 }
 
+/** Short human text for logs and the CLI: `FOUND Eicar-Test`, `SKIPPED (size limit)` ... */
 export function describeVerdict(v: VerdictResult): string {
   switch (v.status) {
     case 'free':

@@ -42,6 +42,8 @@ export interface MailFilterCounters {
   notifications: number;
   notificationFailures: number;
   quarantined: number;
+  /** Items removed again because the next hop deferred the delivery (the retry keeps its own). */
+  quarantineWithdrawn: number;
   /** Engine calls (documents and whole messages). */
   scans: number;
   /** Messages settled by one scan of the whole message (prescan-max-size). */
@@ -52,7 +54,7 @@ export interface MailFilterCounters {
 const ZIP_TYPES = /zip|compressed/i;
 
 export class MailFilter {
-  readonly counters: MailFilterCounters = { messages: 0, byStatus: {}, byAction: {}, notifications: 0, notificationFailures: 0, quarantined: 0, scans: 0, prescanned: 0 };
+  readonly counters: MailFilterCounters = { messages: 0, byStatus: {}, byAction: {}, notifications: 0, notificationFailures: 0, quarantined: 0, quarantineWithdrawn: 0, scans: 0, prescanned: 0 };
   private readonly replacements = new Map<string, Buffer>();
 
   constructor(private readonly o: MailFilterOptions) {}
@@ -107,7 +109,7 @@ export class MailFilter {
           // The next hop deferred every recipient: the client keeps the message and sends it
           // again, and that attempt is quarantined anew. Kept, each retry of an outage would
           // leave one more item.
-          if (await this.o.quarantine.remove(shareQuarantine).catch(() => false)) this.counters.quarantined--;
+          if (await this.o.quarantine.remove(shareQuarantine).catch(() => false)) this.counters.quarantineWithdrawn++;
           if (quarantineId === shareQuarantine) quarantineId = null;
           shareQuarantine = null;
           action = `${action}; deferred by the next hop`;

@@ -21,6 +21,8 @@ function cli(args: string[]): Promise<{ code: number | null; stdout: string; std
 
 test('every command answers --help with its usage on stdout and exit 0, without reading the config; no terminal control bytes', async () => {
   const cases: Array<[string[], RegExp]> = [
+    [['serve', '--help'], /^usage: avgate \[--config FILE\] serve/],
+    [['status', '--help'], /^usage: avgate status/],
     [['signatures', '--help'], /^usage: avgate signatures update \| status/],
     [['admin', '-h'], /^usage: avgate admin passwd/],
     [['config', '--help'], /^usage: avgate config check\|show/],

@@ -240,13 +240,14 @@ describe('avgate ICAP server', () => {
     const req = buildRequest(icap.port, eicarBytes(), {
       url: 'http://downloads.test/setup.exe?x=1',
       allow204: true,
-      extraHeaders: ['X-Client-IP: 192.0.2.44', 'X-Authenticated-User: jane doe'],
+      // The name's UTF-8 octets on the wire (the helper writes each character as one byte).
+      extraHeaders: ['X-Client-IP: 192.0.2.44', `X-Authenticated-User: ${Buffer.from('jürgen doe').toString('latin1')}`],
     });
     const r = await icapExchange(icap.port, [req.first]);
     r.socket.destroy();
     assert.equal(r.responses[0]?.head.status, 200);
     const log = await readFile(join(icap.stateDir, 'access.log'), 'utf8');
-    assert.match(log, /^\S+ 127\.0\.0\.1:\d+ avscan RESPMOD 200 found:Avgate\.Test\.EICAR\S* \d+ \d+ http:\/\/downloads\.test\/setup\.exe\?x=1 192\.0\.2\.44 jane%20doe$/m);
+    assert.match(log, /^\S+ 127\.0\.0\.1:\d+ avscan RESPMOD 200 found:Avgate\.Test\.EICAR\S* \d+ \d+ http:\/\/downloads\.test\/setup\.exe\?x=1 192\.0\.2\.44 j%C3%BCrgen%20doe$/m, 'the UTF-8 octets, once');
     assert.match(log, /^\S+ 127\.0\.0\.1:\d+ avscan RESPMOD 200 found:Avgate\.Test\.EICAR\S* \d+ \d+ http:\/\/\S+ - -$/m, 'without those headers: -');
     assert.match(log, /^\S+ 127\.0\.0\.1:\d+ avscan OPTIONS 200 - 0 \d+ - - -$/m);
     assert.ok(icap.server.counters.byVerdict.found > 0);

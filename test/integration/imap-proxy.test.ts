@@ -271,6 +271,7 @@ describe('imap proxy (Dovecot, clamd)', () => {
     const p = await startProxy({}, slow);
     const busy = await session(p.port);
     const idle = await session(p.port);
+    const appending = await session(p.port);
     try {
       await busy.command('SELECT INBOX');
       await idle.command('SELECT INBOX');
@@ -280,6 +281,11 @@ describe('imap proxy (Dovecot, clamd)', () => {
       busy.send(`f1 FETCH ${eicarSeq} BODY.PEEK[]\r\n`);
       for (let i = 0; i < 200 && scans === 0; i++) await new Promise((r) => setTimeout(r, 25));
       assert.ok(scans > 0, 'the FETCH is being scanned');
+      // An APPEND being scanned too (its tag goes upstream only once it is clean).
+      const scansBefore = scans;
+      const appended = appending.append('INBOX', mailWith('drain-append', [{ name: 'ok.txt', type: 'text/plain', data: Buffer.from('fine\n') }]), { plus: true });
+      for (let i = 0; i < 200 && scans === scansBefore; i++) await new Promise((r) => setTimeout(r, 25));
+      assert.ok(scans > scansBefore, 'the APPEND is being scanned');
       const closing = p.proxy.close(20_000);
       // IDLE only: ended at once.
       assert.match((await idle.next()).text, /^\* BYE \[UNAVAILABLE\] Server shutting down/);
@@ -300,11 +306,15 @@ describe('imap proxy (Dovecot, clamd)', () => {
       assert.ok(rest.some((r) => /^f1 OK/.test(r.text)), 'its tagged OK came before the BYE');
       assert.ok(!rest.some((r) => /^n1 /.test(r.text)), 'NOOP sent meanwhile: not relayed');
       assert.match((rest.at(-1) as { text: string }).text, /^\* BYE \[UNAVAILABLE\] Server shutting down/);
+      // The APPEND finished (Dovecot took it), then the BYE.
+      assert.match((await appended).tagged, /^t\d+ OK/);
+      assert.match((await appending.next()).text, /^\* BYE \[UNAVAILABLE\] Server shutting down/);
       await closing;
     } finally {
       release();
       busy.close();
       idle.close();
+      appending.close();
     }
   });
 

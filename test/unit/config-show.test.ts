@@ -46,6 +46,9 @@ test('config show masks secrets, not paths to them nor switches', () => {
   assert.match(shown, /password-file: \S+/);
   assert.doesNotMatch(shown, /password-file: "\*+"/);
   // Engine plugin options and TLS keys: a secret value is masked, a path to a key file is not.
-  const opts = shownConfig({ engines: { p: { options: { 'api_key': 'abc123', key: 'LICENSE-XYZ', 'license-key': 'L-1', 'client-secret': 's3' } } }, smtp: { tls: { key: '/etc/avgate/key.pem', cert: '/etc/avgate/cert.pem' } } });
-  assert.deepEqual(opts, { engines: { p: { options: { 'api_key': '********', key: '********', 'license-key': '********', 'client-secret': '********' } } }, smtp: { tls: { key: '/etc/avgate/key.pem', cert: '/etc/avgate/cert.pem' } } });
+  const secrets = ['api_key', 'key', 'license-key', 'client-secret', 'accessToken', 'authToken', 'clientSecret', 'sharedSecret', 'secretAccessKey', 'privateKey', 'apitoken', 'tokens', 'passwords', 'password2', 'apiKey'];
+  const shownOpts = shownConfig({ engines: { p: { options: Object.fromEntries(secrets.map((k) => [k, 'x1'])) } } }) as { engines: { p: { options: Record<string, string> } } };
+  assert.deepEqual(Object.entries(shownOpts.engines.p.options).filter(([, v]) => v !== '********'), [], 'every secret-like option masked');
+  const kept = shownConfig({ smtp: { tls: { key: '/etc/avgate/key.pem', cert: '/etc/avgate/cert.pem' } }, engines: { p: { options: { monkey: 'm', 'data-ports': 'x', 'key-prefix': 'avgate:', 'tokens-file': 'tokens.json' } } } });
+  assert.deepEqual(kept, { smtp: { tls: { key: '/etc/avgate/key.pem', cert: '/etc/avgate/cert.pem' } }, engines: { p: { options: { monkey: 'm', 'data-ports': 'x', 'key-prefix': 'avgate:', 'tokens-file': 'tokens.json' } } } });
 });

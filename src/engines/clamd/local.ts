@@ -183,6 +183,7 @@ export class LocalClamd {
       await rm(this.temp.path, { recursive: true, force: true });
       await this.makeTemp();
     }
+    if (signal?.aborted) throw new AvgateError('AVG_ERR_STOPPED', 'stopped before the project-local clamd was started');
     // Its own process group: a terminal's Ctrl-C reaches avgate, which then stops clamd in order
     // (and reaps it), instead of both racing to exit.
     const child = spawn(this.options.clamdPath ?? 'clamd', ['-c', this.confPath], {

@@ -1,3 +1,4 @@
+import { hostPort } from '../../core/net.js';
 import type { VerdictResult } from '../../core/verdict.js';
 
 /**
@@ -49,11 +50,7 @@ export function parseIcapUrl(text: string): IcapUrl | null {
 }
 
 export function formatIcapUrl(u: IcapUrl): string {
-  return `icap://${hostPort(u)}${u.service}`;
-}
-
-function hostPort(u: IcapUrl): string {
-  return `${u.host.includes(':') ? `[${u.host}]` : u.host}:${u.port}`;
+  return `icap://${hostPort(u.host, u.port)}${u.service}`;
 }
 
 const USER_AGENT = 'avgate';
@@ -62,7 +59,7 @@ const USER_AGENT = 'avgate';
 export function buildOptionsRequest(url: IcapUrl): Buffer {
   return Buffer.from(
     `OPTIONS ${formatIcapUrl(url)} ICAP/1.0\r\n` +
-      `Host: ${hostPort(url)}\r\n` +
+      `Host: ${hostPort(url.host, url.port)}\r\n` +
       `User-Agent: ${USER_AGENT}\r\n` +
       'Encapsulated: null-body=0\r\n' +
       '\r\n',
@@ -99,7 +96,7 @@ export function buildRespmodHead(req: RespmodRequest): Buffer {
   const httpLength = Buffer.byteLength(http, 'latin1');
   const head =
     `RESPMOD ${formatIcapUrl(req.url)} ICAP/1.0\r\n` +
-    `Host: ${hostPort(req.url)}\r\n` +
+    `Host: ${hostPort(req.url.host, req.url.port)}\r\n` +
     `User-Agent: ${USER_AGENT}\r\n` +
     (req.allow204 ? 'Allow: 204\r\n' : '') +
     (req.preview !== null ? `Preview: ${req.preview}\r\n` : '') +

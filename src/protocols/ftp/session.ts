@@ -6,7 +6,7 @@ import type { FtpProxyConfig } from '../../config/ftp-schema.js';
 import type { DocAclRule } from '../../config/proxy-schema.js';
 import { messageOf } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
-import { acceptTls, type UpstreamTls } from '../../core/net.js';
+import { acceptTls, hostPort, urlHost, type UpstreamTls } from '../../core/net.js';
 import { cutConnection, type SendStallWatch } from '../../core/send-stall.js';
 import { drainedOrClosed } from '../../core/streams.js';
 import { Spool } from '../../core/spool.js';
@@ -315,7 +315,7 @@ export class FtpSession {
       });
     } catch (err) {
       this.log.warn({ host, port, err: messageOf(err) }, 'ftp: cannot connect to the server');
-      this.reply(421, `Cannot connect to ${host.includes(':') ? `[${host}]` : host}:${port}`);
+      this.reply(421, `Cannot connect to ${hostPort(host, port)}`);
       return null;
     }
     this.targetHost = host;
@@ -336,7 +336,7 @@ export class FtpSession {
         else await this.upstream.protectData(this.t.reply, this.signal);
       } catch (err) {
         this.log.warn({ host, port, err: messageOf(err) }, 'ftp: FTPS with the server failed');
-        this.reply(421, `Cannot connect to ${host.includes(':') ? `[${host}]` : host}:${port} over TLS`);
+        this.reply(421, `Cannot connect to ${hostPort(host, port)} over TLS`);
         this.upstream.close();
         this.upstream = null;
         return null;
@@ -502,10 +502,13 @@ export class FtpSession {
   }
 
   private async user(arg: string): Promise<boolean> {
-    // The name the client logs in with (its user@host's user part), for the log lines of blocked
-    // transfers: printable, at most 64 characters.
-    this.loginName = printable(parseUserAtHost(arg)?.user ?? arg, 64);
+    // The name the server was given (a user@host's user part), for the log lines of blocked
+    // transfers and the quarantine: decoded as the paths are, printable, at most 64 characters.
+    const named = (name: string) => {
+      this.loginName = printable(textOf(name), 64);
+    };
     if (this.ctx.config.upstream) {
+      named(arg);
       const r = await (this.upstream as UpstreamControl).command('USER', arg, this.t.reply, this.signal);
       this.relay(r);
       await this.afterReply('USER', r);
@@ -513,8 +516,10 @@ export class FtpSession {
     }
     const u = parseUserAtHost(arg);
     if (!u) {
-      if (this.upstream) this.relay(await this.upstream.command('USER', arg, this.t.reply, this.signal));
-      else this.reply(501, 'Log in as USER user@host[:port]');
+      if (this.upstream) {
+        named(arg);
+        this.relay(await this.upstream.command('USER', arg, this.t.reply, this.signal));
+      } else this.reply(501, 'Log in as USER user@host[:port]');
       return true;
     }
     const port = u.port ?? 21;
@@ -524,6 +529,7 @@ export class FtpSession {
         this.reply(530, 'Already connected to another server; reconnect to change servers');
         return true;
       }
+      named(u.user);
       const r = await this.upstream.command('USER', u.user, this.t.reply, this.signal);
       this.relay(r);
       await this.afterReply('USER', r);
@@ -536,6 +542,7 @@ export class FtpSession {
     }
     const greeting = await this.connectUpstream(u.host, port, u.user);
     if (!greeting) return true;
+    named(u.user);
     const r = await (this.upstream as unknown as UpstreamControl).command('USER', u.user, this.t.reply, this.signal);
     this.relay(r);
     await this.afterReply('USER', r);
@@ -636,7 +643,7 @@ export class FtpSession {
     // Absolute and normalised: `CWD secret` + `RETR x` and `RETR /ok/../secret/x` both match rules for /secret/*.
     // Joined as octets (the working directory is too), then decoded once (UTF-8 when valid) for rules and records.
     const path = textOf(posix.normalize(cmd.arg.startsWith('/') ? cmd.arg : posix.join(this.cwd, cmd.arg)));
-    return { client: this.clientAddress, host, url: `ftp://${host.includes(':') ? `[${host}]` : host}${path}`, method: cmd.verb, contentType: null, size: null, direction };
+    return { client: this.clientAddress, host, url: `ftp://${urlHost(host)}${path}`, method: cmd.verb, contentType: null, size: null, direction };
   }
 
   private async transfer(cmd: FtpCommand): Promise<void> {

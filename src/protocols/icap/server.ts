@@ -148,7 +148,10 @@ export class IcapServer extends GracefulServer {
   private writeAccess(r: AccessRecord, accessLog: Logger): void {
     if (this.accessFile) {
       // One field each, `-` when unknown; `%`, spaces, control and non-ASCII characters percent-encoded (UTF-8).
-      const field = (v: string | undefined) => (v ? v.replace(/[^\x21-\x24\x26-\x7e]/g, (c) => encodeURIComponent(c)) : '-');
+      // The header values hold the bytes as received (latin1): each byte outside printable ASCII
+      // is one %XX, so a UTF-8 name reads as its UTF-8 octets.
+      const field = (v: string | undefined) =>
+        v ? [...Buffer.from(v, 'latin1')].map((b) => (b > 0x20 && b < 0x7f && b !== 0x25 ? String.fromCharCode(b) : `%${b.toString(16).toUpperCase().padStart(2, '0')}`)).join('') : '-';
       this.accessFile.write(
         `${new Date().toISOString()} ${r.client} ${r.service} ${r.method} ${r.status} ${r.verdict} ${r.bytes} ${Math.round(r.ms)} ${field(r.url)} ${field(r.httpClient)} ${field(r.user)}\n`,
       );

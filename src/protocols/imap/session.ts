@@ -463,6 +463,8 @@ export class ImapSession {
   private ending: string | null = null;
   /** The tag of an IDLE in flight: a session that only waits in IDLE may be ended at once. */
   private idleTag: string | null = null;
+  /** An APPEND is being scanned or sent upstream (its tag is in flight only once it is sent). */
+  private appending = false;
 
   /**
    * The graceful end of a reload's drain or a stop: a session with nothing under way (or only an
@@ -484,7 +486,7 @@ export class ImapSession {
 
   /** Nothing half done either way: no response being relayed, no client command being read or answered (IDLE aside). */
   private quiet(): boolean {
-    if (this.serverMessage !== null || this.collect !== null || this.upgrading || this.startTlsTag !== null || this.login !== null) return false;
+    if (this.serverMessage !== null || this.collect !== null || this.appending || this.upgrading || this.startTlsTag !== null || this.login !== null) return false;
     if (this.clientMode.kind !== 'pass' || !this.clientParser.atMessageStart) return false;
     for (const tag of this.inflight.keys()) if (tag !== this.idleTag) return false;
     return true;
@@ -963,6 +965,8 @@ export class ImapSession {
 
   private async finishAppend(a: Append): Promise<void> {
     this.clientMode = { kind: 'pass' };
+    // From the scan to the tagged answer the APPEND is under way: a graceful end waits for it.
+    this.appending = true;
     try {
       if (a.refused !== null) {
         this.ctx.counters.appendsRefused++;
@@ -991,6 +995,7 @@ export class ImapSession {
       }
       await this.forwardAppend(a);
     } finally {
+      this.appending = false;
       await this.disposeAppend(a);
     }
   }

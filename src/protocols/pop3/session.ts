@@ -112,7 +112,7 @@ export class Pop3Session {
   /** The command being answered, for the send timeout's log line (never a password). */
   private sending = 'the greeting';
   /** What the session did, for its end line: the server, messages fetched, scanned and replaced. */
-  private readonly summary = { upstream: null as string | null, started: Date.now(), commands: 0, fetched: 0, replaced: 0, failedLogins: 0, end: 'closed by the client' };
+  private readonly summary = { upstream: null as string | null, started: Date.now(), commands: 0, fetched: 0, replaced: 0, failedLogins: 0, end: 'connection closed' };
 
   constructor(
     client: Socket,
@@ -142,6 +142,7 @@ export class Pop3Session {
         { client: this.clientAddress, user: this.user, sending: this.sending, unsent, timeout: this.cfg.timeouts.send },
         'pop3: client stopped reading the answer (timeouts.send); connection reset',
       );
+      this.summary.end = 'send timeout (the client stopped reading)';
       cutConnection(socket);
     });
   }
@@ -186,7 +187,9 @@ export class Pop3Session {
         }
       }
     } catch (err) {
-      this.summary.end = err instanceof ReadTimeout ? 'idle timeout' : err instanceof PeerClosed ? 'closed by the client' : messageOf(err);
+      // PeerClosed: the client's connection ended (the client, or the proxy cutting it: the send
+      // timeout says so above, a stop's deadline does not).
+      if (this.summary.end === 'connection closed') this.summary.end = err instanceof ReadTimeout ? 'idle timeout' : err instanceof PeerClosed ? 'connection closed' : messageOf(err);
       if (err instanceof UpstreamError) {
         this.ctx.counters.upstreamFailures++;
         this.log.warn({ err: err.message }, 'pop3: upstream failed');
