@@ -275,6 +275,8 @@ describe('imap proxy (Dovecot, clamd)', () => {
     try {
       await busy.command('SELECT INBOX');
       await idle.command('SELECT INBOX');
+      // A mailbox of its own: the other tests count what INBOX holds.
+      assert.match((await appending.command('CREATE Drain')).tagged, / OK/);
       idle.send('i1 IDLE\r\n');
       assert.match((await idle.next()).text, /^\+ /);
       const eicarSeq = corpus.findIndex((m) => m.name === 'eicar') + 1;
@@ -283,7 +285,7 @@ describe('imap proxy (Dovecot, clamd)', () => {
       assert.ok(scans > 0, 'the FETCH is being scanned');
       // An APPEND being scanned too (its tag goes upstream only once it is clean).
       const scansBefore = scans;
-      const appended = appending.append('INBOX', mailWith('drain-append', [{ name: 'ok.txt', type: 'text/plain', data: Buffer.from('fine\n') }]), { plus: true });
+      const appended = appending.append('Drain', mailWith('drain-append', [{ name: 'ok.txt', type: 'text/plain', data: Buffer.from('fine\n') }]), { plus: true });
       for (let i = 0; i < 200 && scans === scansBefore; i++) await new Promise((r) => setTimeout(r, 25));
       assert.ok(scans > scansBefore, 'the APPEND is being scanned');
       const closing = p.proxy.close(20_000);
