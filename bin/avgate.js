@@ -1,23 +1,18 @@
 #!/usr/bin/env node
 // Thin launcher: the CLI lives in src/cli (compiled to dist/ by `npm run build`).
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
 const root = new URL('..', import.meta.url).pathname;
 
 // In a checkout (src/ beside dist/): a build older than the sources would run silently with what
 // the sources no longer say. Said on stderr; `npm start` and `npm run build` build it.
-function newest(dir) {
-  let t = 0;
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    t = Math.max(t, e.isDirectory() ? newest(p) : statSync(p).mtimeMs);
-  }
-  return t;
-}
 const built = join(root, 'dist', 'src', 'cli', 'main.js');
-if (existsSync(join(root, 'src')) && existsSync(built) && statSync(built).mtimeMs < newest(join(root, 'src'))) {
-  process.stderr.write('avgate: warning: dist/ is older than src/: this runs the old build; run `npm run build`\n');
+if (existsSync(join(root, 'src')) && existsSync(built)) {
+  const { newest } = await import('../scripts/newest-mtime.mjs');
+  if (statSync(built).mtimeMs < newest(join(root, 'src'))) {
+    process.stderr.write('avgate: warning: dist/ is older than src/: this runs the old build; run `npm run build`\n');
+  }
 }
 
 const { main } = await import('../dist/src/cli/main.js');

@@ -1,18 +1,10 @@
 // Compiles src/ and bench/ to dist/ when dist is missing or older than a source file.
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { newest } from './newest-mtime.mjs';
 
 const root = new URL('..', import.meta.url).pathname;
-
-function newest(dir) {
-  let t = 0;
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    t = Math.max(t, e.isDirectory() ? newest(p) : statSync(p).mtimeMs);
-  }
-  return t;
-}
 
 const stamp = join(root, 'dist', 'src', 'cli', 'main.js');
 const sources = Math.max(newest(join(root, 'src')), newest(join(root, 'bench')), newest(join(root, 'tools')));

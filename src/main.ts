@@ -309,7 +309,7 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
       if (!r.ok) return { ok: false, error: r.reason };
       return {
         ok: true,
-        result: r.rebuilt || r.changed.length > 0 ? 'applied' : 'unchanged',
+        result: reloadResult(r),
         changed: r.changed,
         restartNeeded: r.restartNeeded,
         ...(loaded.path === null ? { note: 'avgate runs on its embedded defaults: there is no config file to read again' } : {}),
@@ -478,7 +478,7 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
         r = await reloadOnce();
         reloads.lastOk = r.ok;
         if (r.ok) reloads.lastSuccessAt = Date.now();
-        reloads.counts[!r.ok ? 'failed' : r.rebuilt || r.changed.length > 0 ? 'applied' : 'unchanged']++;
+        reloads.counts[reloadResult(r)]++;
       } while (reloadAgain && !stopping);
       return r;
     })().finally(() => {
@@ -528,6 +528,11 @@ export interface ServeOptions {
    * clamd ends, clamd is stopped again, and serve rejects with AVG_ERR_STOPPED.
    */
   signal?: AbortSignal;
+}
+
+/** How a reload counts: refused, applied (something rebuilt or changed) or unchanged. */
+function reloadResult(r: ReloadResult): 'failed' | 'applied' | 'unchanged' {
+  return !r.ok ? 'failed' : r.rebuilt || r.changed.length > 0 ? 'applied' : 'unchanged';
 }
 
 /** Each running front end's counters: the health log's `counters` line and /metrics. */

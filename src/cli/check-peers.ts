@@ -1,8 +1,7 @@
 import type { Socket } from 'node:net';
 import type { Config } from '../config/schema.js';
 import { messageOf } from '../core/errors.js';
-import { connectWithTimeout, type ConnectTarget } from '../core/net.js';
-import { splitHostPort } from '../protocols/ftp/session.js';
+import { connectWithTimeout, splitHostPort, type ConnectTarget } from '../core/net.js';
 import { printable } from '../protocols/ftp/wire.js';
 import { parseNextHop } from '../protocols/smtp/client.js';
 

@@ -11,11 +11,11 @@ import type { DocAclRule as MailProxyDocRule, MailProxyPolicyConfig } from '../c
 import type { DocAclRule, TrickleConfig } from '../config/proxy-schema.js';
 import type { Config } from '../config/schema.js';
 import { messageOf } from '../core/errors.js';
-import { urlHost } from '../core/net.js';
+import { splitHostPort, urlHost } from '../core/net.js';
 import { formatBytes, parseSize } from '../core/units.js';
 import { compileMailPolicy, DEFAULT_GROUP, MAIL_STATUSES, type MailGroup, type MailPolicy, type MailStatus } from '../policy/mail/index.js';
 import { hostMatcher } from '../config/smtp-schema.js';
-import { DOWNLOADS, isPartialUpload, LISTINGS, splitHostPort, UPLOADS, upstreamAllowed } from '../protocols/ftp/session.js';
+import { DOWNLOADS, isPartialUpload, LISTINGS, UPLOADS, upstreamAllowed } from '../protocols/ftp/session.js';
 import { parseProxyTarget, responseHasNoBody } from '../protocols/http-proxy/headers.js';
 import { DocAcl, type DocFacts } from '../proxy/doc-acl.js';
 

@@ -14,6 +14,14 @@ export function hostPort(host: string, port: number): string {
   return `${urlHost(host)}:${port}`;
 }
 
+/** `host:port` or `[v6]:port` read back; throws (the config schema has checked the form already). */
+export function splitHostPort(text: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text.trim());
+  const port = Number(m?.[3]);
+  if (!m || port > 65535) throw new Error(`expected host:port, got "${text}"`);
+  return { host: (m[1] ?? m[2]) as string, port };
+}
+
 /**
  * Connects with its own timeout (separate from any scan timeout) and an abort signal. Every
  * failure is AVG_ERR_ENGINE_CONNECT with `label: reason` (ECONNREFUSED, ENOENT, connect timeout).

@@ -439,7 +439,7 @@ interface ScannedDocument {
  * The MTA's queue id, as Postfix sends it in XFORWARD IDENT (its smtp client, content_filter
  * deployments); null when the client sent none or something that is not an id.
  */
-export function mtaQueueId(msg: Pick<InboundMessage, 'xforward'>): string | null {
+function mtaQueueId(msg: Pick<InboundMessage, 'xforward'>): string | null {
   const ident = msg.xforward['IDENT'];
   return ident !== undefined && /^[A-Za-z0-9._-]{1,64}$/.test(ident) ? ident : null;
 }

@@ -47,6 +47,8 @@ test('bin/avgate.js says so when dist/ is older than src/ (a checkout not rebuil
   const dir = await mkdtemp(join(tmpdir(), 'avgate-bin-'));
   try {
     await mkdir(join(dir, 'bin'));
+    await mkdir(join(dir, 'scripts'));
+    await copyFile(join(ROOT, 'scripts', 'newest-mtime.mjs'), join(dir, 'scripts', 'newest-mtime.mjs'));
     await mkdir(join(dir, 'dist', 'src', 'cli'), { recursive: true });
     await mkdir(join(dir, 'src'));
     await copyFile(join(ROOT, 'bin', 'avgate.js'), join(dir, 'bin', 'avgate.js'));

@@ -7,7 +7,8 @@ import { ftpProxySchema } from '../../src/config/ftp-schema.js';
 import { parseConfigText } from '../../src/config/loader.js';
 import { activeAddressAllowed } from '../../src/protocols/ftp/data.js';
 import { LineReader, type LineEvent } from '../../src/protocols/ftp/lines.js';
-import { splitHostPort, upstreamAllowed } from '../../src/protocols/ftp/session.js';
+import { splitHostPort } from '../../src/core/net.js';
+import { upstreamAllowed } from '../../src/protocols/ftp/session.js';
 import {
   formatCommand,
   formatHostPortNumbers,

@@ -6,7 +6,7 @@ import type { FtpProxyConfig } from '../../config/ftp-schema.js';
 import type { DocAclRule } from '../../config/proxy-schema.js';
 import { messageOf } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
-import { acceptTls, hostPort, urlHost, type UpstreamTls } from '../../core/net.js';
+import { acceptTls, hostPort, splitHostPort, urlHost, type UpstreamTls } from '../../core/net.js';
 import { cutConnection, type SendStallWatch } from '../../core/send-stall.js';
 import { drainedOrClosed } from '../../core/streams.js';
 import { Spool } from '../../core/spool.js';
@@ -1113,12 +1113,6 @@ async function receiveAll(from: Socket, into: { readonly size: number; write(c: 
   }
   if (over >= 0) throw new TransferLimit(`larger than max-object-size (${max} bytes)`);
   await into.end();
-}
-
-export function splitHostPort(text: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text.trim());
-  if (!m) throw new Error(`expected host:port, got "${text}"`);
-  return { host: (m[1] ?? m[2]) as string, port: Number(m[3]) };
 }
 
 /** `host:port` against globs like `*:21`, `ftp.example.com:*`, `127.0.0.1:*` (case-insensitive). */

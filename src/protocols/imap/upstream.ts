@@ -1,7 +1,7 @@
 import type { Socket } from 'node:net';
 import type { ImapProxyConfig } from '../../config/imap-schema.js';
 import { AvgateError } from '../../core/errors.js';
-import { connectTls, connectWithTimeout, type UpstreamTls } from '../../core/net.js';
+import { connectTls, connectWithTimeout, splitHostPort, type UpstreamTls } from '../../core/net.js';
 
 /**
  * The proxy's side toward the IMAP server: TCP, implicit TLS or STARTTLS, and the greeting. Ends
@@ -19,10 +19,11 @@ export interface Upstream {
 }
 
 export function parseHostPort(text: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text.trim());
-  const port = Number(m?.[3]);
-  if (!m || port > 65535) throw new AvgateError('AVG_ERR_CONFIG', `address "${text}": expected host:port`);
-  return { host: (m[1] ?? m[2]) as string, port };
+  try {
+    return splitHostPort(text);
+  } catch {
+    throw new AvgateError('AVG_ERR_CONFIG', `address "${text}": expected host:port`);
+  }
 }
 
 /** Reads CRLF lines off a socket during the setup phase (bounded, with a deadline). */

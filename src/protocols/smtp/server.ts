@@ -8,6 +8,7 @@ import { hostMatcher, type SmtpConfig } from '../../config/smtp-schema.js';
 import { listenerCredentials } from '../../config/tls-schema.js';
 import { AvgateError, messageOf } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
+import { splitHostPort } from '../../core/net.js';
 import { Spool } from '../../core/spool.js';
 import { NextHopClient, nextHopOptions } from './next-hop.js';
 import { passThroughHandler } from './pass-through.js';
@@ -704,8 +705,9 @@ function validReply(r: unknown): r is SmtpReply {
 
 /** host:port or [v6]:port. */
 export function parseHostPort(text: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text.trim());
-  const port = Number(m?.[3]);
-  if (!m || port > 65535) throw new AvgateError('AVG_ERR_CONFIG', `listen address "${text}": expected host:port`);
-  return { host: (m[1] ?? m[2]) as string, port };
+  try {
+    return splitHostPort(text);
+  } catch {
+    throw new AvgateError('AVG_ERR_CONFIG', `listen address "${text}": expected host:port`);
+  }
 }
