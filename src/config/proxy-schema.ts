@@ -150,6 +150,13 @@ export const httpProxySchema = z.strictObject({
   listen: listenAddress.default('127.0.0.1:3128'),
   /** host:port of a parent HTTP proxy every request goes through; null = straight to the origin. */
   'parent-proxy': z.string().regex(PARENT, 'expected host:port').nullable().default(null),
+  /**
+   * Basic credentials for the parent proxy (Squid's cache_peer login=, HAVP's PARENTUSER): sent
+   * as Proxy-Authorization with every request and CONNECT to it. Both or neither; the clients'
+   * own Proxy-Authorization never leaves the proxy.
+   */
+  'parent-proxy-user': z.string().regex(/^[^:\p{Cc}]+$/u, 'a user name without ":" or control characters').nullable().default(null),
+  'parent-proxy-password': z.string().regex(/^\P{Cc}*$/u, 'no control characters').nullable().default(null),
   'max-connections': positiveInt.default(500),
   /** Clients that may use the proxy (addresses or CIDR blocks); others get 403. Widen it with listen. */
   'allowed-clients': z.array(cidr).default(['127.0.0.0/8', '::1']),
@@ -192,6 +199,14 @@ export const httpProxySchema = z.strictObject({
   'access-log': z.string().nullable().default(null),
   /** Document ACL: first matching rule wins; no rule matching = scan with the defaults. */
   'doc-acl': z.array(docAclRuleSchema).default(defaultDocAcl),
-});
+})
+  .refine((c) => (c['parent-proxy-user'] === null) === (c['parent-proxy-password'] === null), {
+    message: 'parent-proxy-user and parent-proxy-password go together',
+    path: ['parent-proxy-user'],
+  })
+  .refine((c) => c['parent-proxy-user'] === null || c['parent-proxy'] !== null, {
+    message: 'parent-proxy-user needs parent-proxy',
+    path: ['parent-proxy-user'],
+  });
 
 export type HttpProxyConfig = z.output<typeof httpProxySchema>;

@@ -21,10 +21,13 @@ export interface TestSquid {
  * Resolves once Squid accepts connections.
  */
 export async function startTestSquid(opts: {
-  icapUrl: string;
+  /** The RESPMOD service; null = a plain relaying Squid (no ICAP). */
+  icapUrl: string | null;
   preview?: boolean;
   /** More squid.conf lines, after the ones above. */
   extraConfig?: readonly string[];
+  /** squid.conf lines before the default access rules (e.g. proxy authentication). */
+  access?: readonly string[];
   startTimeoutMs?: number;
 }): Promise<TestSquid> {
   const dir = await mkdtemp(join(tmpdir(), 'avgate-squid-'));
@@ -35,6 +38,7 @@ export async function startTestSquid(opts: {
       preview: opts.preview ?? true,
       name: 'avgate-test-squid',
       extra: ['memory_pools off', ...(opts.extraConfig ?? [])],
+      ...(opts.access ? { access: opts.access } : {}),
       ...(opts.startTimeoutMs ? { startTimeoutMs: opts.startTimeoutMs } : {}),
     });
     return {

@@ -22,6 +22,11 @@ export interface SquidOptions {
   name?: string;
   /** More squid.conf lines, after the ones here. */
   extra?: readonly string[];
+  /**
+   * Lines put before the default access rules (loopback clients to loopback servers, nothing
+   * else), such as auth_param and an `http_access deny !authenticated`.
+   */
+  access?: readonly string[];
   startTimeoutMs?: number;
 }
 
@@ -73,6 +78,7 @@ function configText(o: SquidOptions, port: number, asRoot: boolean): string {
     'snmp_port 0',
     'pinger_enable off',
     'acl loopback_dst dst 127.0.0.0/8',
+    ...(o.access ?? []),
     'http_access allow localhost loopback_dst',
     'http_access deny all',
     'shutdown_lifetime 0 seconds',

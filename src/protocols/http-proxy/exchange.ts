@@ -419,10 +419,11 @@ export class Exchange {
     if (upload) flat.push('Content-Length', String(upload.size));
     else if (hasBody && size !== null) flat.push('Content-Length', String(size));
     else if (hasBody) flat.push('Transfer-Encoding', 'chunked');
-    const parent = cfg['parent-proxy'] === null ? null : /^\[?(.*?)\]?:(\d+)$/.exec(cfg['parent-proxy']);
+    const parent = parentProxy(cfg);
+    if (parent?.authorization) flat.push('Proxy-Authorization', parent.authorization);
     const upReq = httpRequest({
-      host: parent ? parent[1] : target.host,
-      port: parent ? Number(parent[2]) : target.port,
+      host: parent ? parent.host : target.host,
+      port: parent ? parent.port : target.port,
       method: req.method,
       path: parent ? target.url : target.path,
       headers: flat as unknown as Record<string, string>,
@@ -471,6 +472,15 @@ export class Exchange {
       return;
     }
     void sending;
+    if (parent && upRes.statusCode === 407) {
+      // The parent wants (other) credentials: the client cannot give them (its own never reach
+      // the parent), so a 407 relayed would only ask it for a password in vain.
+      upRes.destroy();
+      const why = parentAuthProblem(cfg);
+      ctx.log.warn({ client: this.rec.client, url: target.url, err: why }, 'http-proxy: upstream failed');
+      if (!res.headersSent) this.refuse(502, 'Bad gateway', why);
+      return;
+    }
     await this.respond(target, upRes);
   }
 
@@ -713,9 +723,29 @@ export class Exchange {
   }
 }
 
+/** The parent proxy to go through (`http-proxy.parent-proxy`), with its Proxy-Authorization value; null = none. */
+export function parentProxy(cfg: HttpProxyConfig): { host: string; port: number; authorization: string | null } | null {
+  const m = cfg['parent-proxy'] === null ? null : /^\[?(.*?)\]?:(\d+)$/.exec(cfg['parent-proxy']);
+  if (!m) return null;
+  const user = cfg['parent-proxy-user'];
+  const authorization = user === null ? null : `Basic ${Buffer.from(`${user}:${cfg['parent-proxy-password'] ?? ''}`, 'utf8').toString('base64')}`;
+  return { host: m[1] as string, port: Number(m[2]), authorization };
+}
+
+/** The 502 page's words for a parent proxy answering 407 (credentials missing or refused). */
+export function parentAuthProblem(cfg: HttpProxyConfig): string {
+  return cfg['parent-proxy-user'] === null
+    ? `the parent proxy ${cfg['parent-proxy']} asks for credentials (407); set http-proxy.parent-proxy-user and parent-proxy-password`
+    : `the parent proxy ${cfg['parent-proxy']} refused the credentials of parent-proxy-user ${cfg['parent-proxy-user']} (407)`;
+}
+
+/** The parent proxy answered CONNECT with 407: the message is the page's words as they are. */
+export class ParentAuthError extends Error {}
+
 /** What went wrong with the origin (or the parent proxy), in words for the 502/504 page. */
 export function upstreamProblem(err: unknown, host: string, parent: string | null): string {
   const msg = messageOf(err);
+  if (err instanceof ParentAuthError) return msg;
   const code = (err as NodeJS.ErrnoException | null)?.code ?? '';
   const who = parent === null ? 'the server' : `the parent proxy ${parent}`;
   if (/no response head/.test(msg)) return `${who} accepted the request but sent no answer in time (${msg})`;

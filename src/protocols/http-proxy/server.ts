@@ -17,7 +17,7 @@ import { keepBlockedObject } from '../../quarantine/blocked.js';
 import type { Quarantine } from '../../quarantine/types.js';
 import type { ScanService } from '../../scan/types.js';
 import { parseListen } from '../icap/server.js';
-import { Exchange, upstreamProblem, type AccessRecord, type ExchangeContext } from './exchange.js';
+import { Exchange, ParentAuthError, parentAuthProblem, parentProxy, upstreamProblem, type AccessRecord, type ExchangeContext } from './exchange.js';
 import { headerPairs, parseConnectTarget, requestHeadProblem } from './headers.js';
 import { fileNameOf } from '../../formats/url-name.js';
 import { AppendLog } from '../../core/append-log.js';
@@ -277,14 +277,14 @@ export class HttpProxyServer {
     const headProblem = requestHeadProblem(headerPairs(req.rawHeaders));
     if (headProblem) return refuse(400, headProblem);
     if (ports.length > 0 && !ports.includes(target.port)) return refuse(403, `tunnels go only to the ports in connect-ports (${ports.join(', ')})`);
-    const parent = this.config['parent-proxy'] === null ? null : /^\[?(.*?)\]?:(\d+)$/.exec(this.config['parent-proxy']);
+    const parent = parentProxy(this.config);
     let upstream: Duplex;
     try {
-      upstream = await connectWithTimeout(parent ? { host: parent[1] as string, port: Number(parent[2]) } : target, {
+      upstream = await connectWithTimeout(parent ? { host: parent.host, port: parent.port } : target, {
         timeoutMs: this.config.timeouts.upstream,
         label: `${target.host}:${target.port}`,
       });
-      if (parent) await this.parentConnect(upstream, `${req.url}`);
+      if (parent) await this.parentConnect(upstream, `${req.url}`, parent.authorization);
     } catch (err) {
       this.log.warn({ client: rec.client, target: req.url, err: messageOf(err) }, 'http-proxy: tunnel target not reachable');
       return refuse(502, upstreamProblem(err, target.host, this.config['parent-proxy']));
@@ -319,7 +319,7 @@ export class HttpProxyServer {
   }
 
   /** Asks the parent proxy for a tunnel; resolves once it answered 2xx. */
-  private parentConnect(s: Duplex, authority: string): Promise<void> {
+  private parentConnect(s: Duplex, authority: string, authorization: string | null): Promise<void> {
     return new Promise((ok, fail) => {
       let buf = Buffer.alloc(0);
       const max = this.config['max-header-size'];
@@ -342,6 +342,7 @@ export class HttpProxyServer {
           return;
         }
         const status = /^HTTP\/1\.[01] (\d{3})/.exec(buf.toString('latin1', 0, end));
+        if (status?.[1] === '407') return finish(new ParentAuthError(parentAuthProblem(this.config)));
         if (!status || !(status[1] as string).startsWith('2')) return finish(new Error(`parent proxy refused CONNECT: ${buf.toString('latin1', 0, Math.min(end, 80))}`));
         const rest = buf.subarray(end + 4);
         finish(null);
@@ -349,7 +350,8 @@ export class HttpProxyServer {
       };
       s.on('data', onData);
       s.on('error', onErr);
-      s.write(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\nVia: 1.1 ${this.config.via}\r\n\r\n`);
+      const auth = authorization === null ? '' : `Proxy-Authorization: ${authorization}\r\n`;
+      s.write(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n${auth}Via: 1.1 ${this.config.via}\r\n\r\n`);
     });
   }
 
