@@ -5,6 +5,7 @@ import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import type { DocAclRule, HttpProxyConfig } from '../../config/proxy-schema.js';
 import { messageOf } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
+import { splitHostPort } from '../../core/net.js';
 import { cutConnection, type SendStallWatch } from '../../core/send-stall.js';
 import { SHARED_SLABS, Spool } from '../../core/spool.js';
 import { verdictLabel, type Verdict } from '../../core/verdict.js';
@@ -725,11 +726,10 @@ export class Exchange {
 
 /** The parent proxy to go through (`http-proxy.parent-proxy`), with its Proxy-Authorization value; null = none. */
 export function parentProxy(cfg: HttpProxyConfig): { host: string; port: number; authorization: string | null } | null {
-  const m = cfg['parent-proxy'] === null ? null : /^\[?(.*?)\]?:(\d+)$/.exec(cfg['parent-proxy']);
-  if (!m) return null;
+  if (cfg['parent-proxy'] === null) return null;
   const user = cfg['parent-proxy-user'];
   const authorization = user === null ? null : `Basic ${Buffer.from(`${user}:${cfg['parent-proxy-password'] ?? ''}`, 'utf8').toString('base64')}`;
-  return { host: m[1] as string, port: Number(m[2]), authorization };
+  return { ...splitHostPort(cfg['parent-proxy']), authorization };
 }
 
 /** The 502 page's words for a parent proxy answering 407 (credentials missing or refused). */
