@@ -203,6 +203,7 @@ export class Scanner implements ScanService {
         bytes: verdict.bytes,
         durationMs: verdict.durationMs,
         cached: verdict.cached,
+        subject: verdict.status === 'free' ? null : (request.name ?? null),
       });
     } catch (err) {
       this.log.debug({ err: messageOf(err) }, 'statistics recorder failed');

@@ -8,7 +8,7 @@ import { AvgateError } from '../core/errors.js';
  * carries the node, and the node is part of every key a node writes: two nodes never update the
  * same row, so their write transactions never wait for each other.
  */
-export const STATS_SCHEMA_VERSION = 1;
+export const STATS_SCHEMA_VERSION = 2;
 
 /** Advisory lock keys (two int4): 'avga' and what the lock guards. */
 export const LOCK_SPACE = 0x61766761;
@@ -53,6 +53,11 @@ const DDL_V1 = `
   CREATE TABLE IF NOT EXISTS ${T.batches} (node text NOT NULL, id uuid NOT NULL, at bigint NOT NULL, PRIMARY KEY (node, id));
   CREATE INDEX IF NOT EXISTS ${T.batches}_at ON ${T.batches} (at);`;
 
+/** Version 2: what was scanned (events.subject) and an index for the recent detections. */
+const DDL_V2 = `
+  ALTER TABLE ${T.events} ADD COLUMN IF NOT EXISTS subject text;
+  CREATE INDEX IF NOT EXISTS ${T.events}_found ON ${T.events} (at) WHERE status = 'found';`;
+
 /**
  * Creates the schema if missing and checks its version; the version it found. A database whose
  * schema is newer than this avgate's is refused (an older node must not write into tables it does
@@ -70,6 +75,7 @@ export async function ensureStatsSchema(client: PoolClient): Promise<number> {
     }
     if (found === null || found < STATS_SCHEMA_VERSION) {
       await client.query(DDL_V1);
+      await client.query(DDL_V2);
       await client.query(
         `INSERT INTO ${T.version} (component, version) VALUES ('stats', $1) ON CONFLICT (component) DO UPDATE SET version = excluded.version, updated_at = now()`,
         [STATS_SCHEMA_VERSION],

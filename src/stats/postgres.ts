@@ -9,7 +9,7 @@ import { ensureStatsSchema, LOCK_SPACE, PRUNE_LOCK, T } from './pg-schema.js';
 import { DurationHistograms, PROMETHEUS_TOP_VIRUSES, renderPrometheus } from './prometheus.js';
 import { RingQueue } from './queue.js';
 import { activitySeries, bucketRange, DAY_MS, HOUR_MS, rollupFor, summarize, trafficSeries, type RollupDelta } from './rollup.js';
-import type { ActivityPoint, Bucket, EventSource, NodeSummary, Period, ScanEvent, StatsService, StoreStatus } from './types.js';
+import type { ActivityPoint, Bucket, Detection, EventSource, NodeSummary, Period, ScanEvent, StatsService, StoreStatus } from './types.js';
 
 export interface PgStatsOptions {
   target: PostgresTarget;
@@ -292,6 +292,22 @@ export class PgStatsStore implements StatsService {
     return rows.map((r) => ({ group: r.grp as string, status: r.status as VerdictStatus, count: r.n as number }));
   }
 
+  async recentDetections(limit: number): Promise<Detection[]> {
+    const rows = await this.read(
+      `SELECT at, node, source, virus, grp, subject, cached FROM ${T.events} WHERE status = 'found' ORDER BY at DESC, id DESC LIMIT $1`,
+      [Math.max(0, Math.floor(limit))],
+    );
+    return rows.map((r) => ({
+      time: Number(r.at),
+      node: r.node as string,
+      source: r.source as EventSource,
+      virus: (r.virus as string | null) ?? null,
+      group: (r.grp as string | null) ?? null,
+      subject: (r.subject as string | null) ?? null,
+      cached: r.cached === true,
+    }));
+  }
+
   /** Nodes with events in the period or seen since its start, by name. */
   async nodes(p: Period): Promise<NodeSummary[]> {
     const { table, from, to } = this.source(p);
@@ -484,8 +500,8 @@ export class PgStatsStore implements StatsService {
       if (b.events.length > 0) {
         const e = b.events;
         await c.query(
-          `INSERT INTO ${T.events} (node, at, source, status, virus, grp, engine, bytes, duration_ms, cached)
-           SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::float8[], $10::boolean[])`,
+          `INSERT INTO ${T.events} (node, at, source, status, virus, grp, engine, bytes, duration_ms, cached, subject)
+           SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::float8[], $10::boolean[], $11::text[])`,
           [
             node,
             e.map((x) => x.time),
@@ -497,6 +513,7 @@ export class PgStatsStore implements StatsService {
             e.map((x) => x.bytes),
             e.map((x) => x.durationMs),
             e.map((x) => x.cached),
+            e.map((x) => x.subject ?? null),
           ],
         );
       }
@@ -665,7 +682,7 @@ export async function probePostgres(t: PostgresTarget, o: { node: string; connec
 function pgEvent(e: ScanEvent): ScanEvent {
   const text = (s: string) => (s.includes('\0') ? s.replace(/\0/g, '') : s);
   const t = (s: string | null) => (s === null ? null : text(s));
-  return { ...e, source: text(e.source) as EventSource, status: text(e.status) as VerdictStatus, virus: t(e.virus), group: t(e.group), engine: text(e.engine) };
+  return { ...e, source: text(e.source) as EventSource, status: text(e.status) as VerdictStatus, virus: t(e.virus), group: t(e.group), engine: text(e.engine), subject: t(e.subject ?? null) };
 }
 
 function upsertRollup(table: string): string {

@@ -1,5 +1,5 @@
 import { VERDICT_STATUSES, type VerdictStatus } from '../core/verdict.js';
-import type { ActivityPoint, Period, ScanEvent } from './types.js';
+import { SUBJECT_MAX, type ActivityPoint, type Period, type ScanEvent } from './types.js';
 
 /**
  * What both statistics stores (SQLite, PostgreSQL) share: bucket arithmetic, the choice between
@@ -126,6 +126,7 @@ export function summarize(batch: readonly ScanEvent[]): SummedBatch {
       time: Math.floor(raw.time),
       bytes: Number.isFinite(raw.bytes) && raw.bytes > 0 ? Math.floor(raw.bytes) : 0,
       durationMs: Number.isFinite(raw.durationMs) && raw.durationMs > 0 ? raw.durationMs : 0,
+      subject: raw.status === 'free' || typeof raw.subject !== 'string' || raw.subject === '' ? null : raw.subject.slice(0, SUBJECT_MAX),
     };
     events.push(e);
     newest = newest === null ? e.time : Math.max(newest, e.time);

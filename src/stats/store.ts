@@ -9,7 +9,7 @@ import { setPageCache } from '../core/sqlite.js';
 import type { VerdictStatus } from '../core/verdict.js';
 import { DurationHistograms, PROMETHEUS_TOP_VIRUSES, renderPrometheus } from './prometheus.js';
 import { activitySeries, bucketRange, DAY_MS, HOUR_MS, rollupFor, summarize, trafficSeries } from './rollup.js';
-import type { ActivityPoint, Bucket, EventSource, NodeSummary, Period, ScanEvent, StatsService, StoreStatus } from './types.js';
+import type { ActivityPoint, Bucket, Detection, EventSource, NodeSummary, Period, ScanEvent, StatsService, StoreStatus } from './types.js';
 
 export { DURATION_BUCKETS, escapeLabel } from './prometheus.js';
 export { DAY_MS, HOUR_MS, HOURLY_UP_TO_MS } from './rollup.js';
@@ -104,12 +104,18 @@ export class StatsStore implements StatsService {
       // Top viruses read only the found rows of a period.
       db.exec(`CREATE INDEX IF NOT EXISTS ${table}_found ON ${table} (t, virus, count) WHERE status = 'found'`);
     }
+    // Files from before the recent detections have no subject column: added (NULL in old rows).
+    if (!(db.prepare('PRAGMA table_info(events)').all() as Array<{ name: string }>).some((c) => c.name === 'subject')) {
+      db.exec('ALTER TABLE events ADD COLUMN subject TEXT');
+    }
+    // The recent detections: the newest found events without reading the free ones.
+    db.exec("CREATE INDEX IF NOT EXISTS events_found ON events (time) WHERE status = 'found'");
     // Activity and traffic per hour over long periods: an index-only scan of narrow rows.
     db.exec('CREATE INDEX IF NOT EXISTS rollup_hour_traffic ON rollup_hour (t, status, count, bytes)');
     db.prepare("INSERT OR IGNORE INTO meta (key, value) VALUES ('created', ?)").run(String(Date.now()));
     this.createdAt = Number((db.prepare("SELECT value FROM meta WHERE key = 'created'").get() as { value: string }).value);
     this.insertEvent = db.prepare(
-      'INSERT INTO events (time, source, status, virus, grp, engine, bytes, duration_ms, cached) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      'INSERT INTO events (time, source, status, virus, grp, engine, bytes, duration_ms, cached, subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
     );
     const upsert = (table: string) =>
       db.prepare(`INSERT INTO ${table} (t, source, status, virus, grp, engine, count, bytes, cached, dur_sum, dur_max)
@@ -251,6 +257,22 @@ export class StatsStore implements StatsService {
     ).map((r) => ({ group: r.grp as string, status: r.status as VerdictStatus, count: r.n as number }));
   }
 
+  async recentDetections(limit: number): Promise<Detection[]> {
+    this.flush();
+    return this.rows(
+      `SELECT time, source, virus, grp, subject, cached FROM events INDEXED BY events_found WHERE status = 'found' ORDER BY time DESC, id DESC LIMIT ?`,
+      Math.max(0, Math.floor(limit)),
+    ).map((r) => ({
+      time: r.time as number,
+      node: this.node,
+      source: r.source as EventSource,
+      virus: (r.virus as string | null) ?? null,
+      group: (r.grp as string | null) ?? null,
+      subject: (r.subject as string | null) ?? null,
+      cached: r.cached === 1,
+    }));
+  }
+
   /** One node, this one: a SQLite file is one node's. */
   async nodes(p: Period): Promise<NodeSummary[]> {
     const { table, from, to } = this.source(p);
@@ -295,7 +317,7 @@ export class StatsStore implements StatsService {
   private write(events: ScanEvent[]): void {
     const b = summarize(events);
     this.db.transaction(() => {
-      for (const e of b.events) this.insertEvent.run(e.time, e.source, e.status, e.virus, e.group, e.engine, e.bytes, e.durationMs, e.cached ? 1 : 0);
+      for (const e of b.events) this.insertEvent.run(e.time, e.source, e.status, e.virus, e.group, e.engine, e.bytes, e.durationMs, e.cached ? 1 : 0, e.subject ?? null);
       for (const [stmt, deltas] of [[this.upsertHour, b.hours], [this.upsertDay, b.days]] as const) {
         for (const d of deltas) stmt.run(d.t, d.source, d.status, d.virus, d.grp, d.engine, d.count, d.bytes, d.cached, d.durSum, d.durMax);
       }

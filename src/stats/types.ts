@@ -26,6 +26,26 @@ export interface ScanEvent {
   bytes: number;
   durationMs: number;
   cached: boolean;
+  /**
+   * What was scanned, as the front end named it (a URL, `queue-id/part file-name`, a path), at
+   * most SUBJECT_MAX characters; kept for verdicts other than free (the recent detections), else
+   * null or absent.
+   */
+  subject?: string | null;
+}
+
+/** Characters of an event's subject kept. */
+export const SUBJECT_MAX = 400;
+
+/** One found verdict of the recent-detections list (newest first). */
+export interface Detection {
+  time: number;
+  node: string;
+  source: EventSource;
+  virus: string | null;
+  group: string | null;
+  subject: string | null;
+  cached: boolean;
 }
 
 export interface StatsRecorder {
@@ -104,6 +124,8 @@ export interface StatsReader {
   engineLatency(p: Period): Promise<Array<{ engine: string; count: number; avgMs: number; maxMs: number }>>;
   /** Per policy group or ICAP service; events without a group (the CLI's) are left out. */
   byGroup(p: Period): Promise<Array<{ group: string; status: VerdictStatus; count: number }>>;
+  /** The newest found verdicts (at most `limit`, newest first), from the raw events (kept event-retention). */
+  recentDetections(limit: number): Promise<Detection[]>;
   /** Per node, by name: the period's figures, and when each node last wrote. Nodes known to the store without events in the period are listed with zeros. */
   nodes(p: Period): Promise<NodeSummary[]>;
   /** Prometheus text exposition (version 0.0.4): this node's counters (never the cluster's sums), its histogram and the store's health. Never rejects. */

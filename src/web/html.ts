@@ -45,9 +45,18 @@ export function formatBytes(n: number): string {
 }
 
 export function isoMinute(t: number | string | null): string {
+  return isoTime(t, 16);
+}
+
+/** A time to the second, UTC (`2026-12-07 20:31:05`); '—' for none. */
+export function isoSecond(t: number | string | null): string {
+  return isoTime(t, 19);
+}
+
+function isoTime(t: number | string | null, chars: number): string {
   if (t === null) return '—';
   const d = new Date(t);
-  return Number.isNaN(d.getTime()) ? '—' : d.toISOString().slice(0, 16).replace('T', ' ');
+  return Number.isNaN(d.getTime()) ? '—' : d.toISOString().slice(0, chars).replace('T', ' ');
 }
 
 export interface PageContext {
@@ -131,7 +140,7 @@ header nav a.active { color: #fff; font-weight: bold; }
 header .logout { margin-left: auto; }
 main { padding: 16px; max-width: 1200px; }
 table { border-collapse: collapse; margin: 8px 0 16px; }
-th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; overflow-wrap: anywhere; }
 th { background: #eceff1; }
 pre { background: #fff; border: 1px solid #ddd; padding: 8px; overflow: auto; white-space: pre-wrap; word-break: break-all; }
 .chart { background: #fff; border: 1px solid #ddd; max-width: 100%; height: auto; }

@@ -3,7 +3,7 @@ import type { AuditRecord, QuarantineRecord } from '../quarantine/types.js';
 import type { NodeSummary, StoreStatus } from '../stats/types.js';
 import type { SignatureListing } from './signatures.js';
 import type { UpdaterState } from '../signatures/updater.js';
-import { activityChart, csrfField, formatBytes, html, isoMinute, layout, Raw, table, type PageContext } from './html.js';
+import { activityChart, csrfField, formatBytes, html, isoMinute, isoSecond, layout, Raw, table, type PageContext } from './html.js';
 import { PERIODS, type PeriodName, type StatsFigures } from './stats-view.js';
 
 /** The console's pages: pure functions from data to HTML (escaped by `html`). */
@@ -95,6 +95,11 @@ ${activityChart(s.activity, bucket)}
 <h2>Engine latency</h2>${table(['engine', 'scans', 'average ms', 'max ms'], s.engineLatency.map((l) => [l.engine, l.count, l.avgMs.toFixed(1), l.maxMs.toFixed(1)]), { empty: 'no scans in this period' })}
 ${quarantine}</section>
 </div>
+<h2>Recent detections</h2>${table(
+    ['time (UTC)', 'node', 'source', 'virus', 'group / service', 'what'],
+    s.recentDetections.map((r) => [isoSecond(r.time), r.node, r.source, r.virus ?? '', r.group ?? '', r.subject ?? '']),
+    { id: 'recent-detections', empty: 'no detections kept (raw events are kept stats.event-retention)' },
+  )}
 <h2>Nodes</h2>${nodeTable(s.nodes)}
 ${engines}
 <h2>Traffic per hour</h2>${table(['hour (UTC)', 'objects', 'bytes'], traffic.slice(-200).reverse().map((r) => [isoMinute(r.t), r.objects, formatBytes(r.bytes)]), { id: 'traffic', empty: 'no traffic in this period' })}`;

@@ -1,5 +1,5 @@
 import type { VerdictStatus } from '../core/verdict.js';
-import type { ActivityPoint, Bucket, EventSource, NodeSummary, Period, StatsReader, StoreStatus } from '../stats/types.js';
+import type { ActivityPoint, Bucket, Detection, EventSource, NodeSummary, Period, StatsReader, StoreStatus } from '../stats/types.js';
 
 /** The dashboard's periods: each ends with the current bucket, so there are exactly 24, 168 or 30 buckets. */
 export const PERIODS = { '24h': { ms: 24 * 3_600_000, bucket: 'hour' }, '7d': { ms: 7 * 86_400_000, bucket: 'hour' }, '30d': { ms: 30 * 86_400_000, bucket: 'day' } } as const;
@@ -23,8 +23,13 @@ export interface StatsFigures {
   engineLatency: Array<{ engine: string; count: number; avgMs: number; maxMs: number }>;
   byGroup: Array<{ group: string; status: VerdictStatus; count: number }>;
   nodes: NodeSummary[];
+  /** The newest found verdicts, whatever the period (RECENT_DETECTIONS at most). */
+  recentDetections: Detection[];
   store: StoreStatus;
 }
+
+/** Rows of the overview's recent-detections table. */
+export const RECENT_DETECTIONS = 25;
 
 /** The queries of one period, in parallel (a network round trip each with PostgreSQL). Rejects when the store cannot answer. */
 export async function statsFigures(s: StatsReader, period: PeriodName, now: number): Promise<StatsFigures> {
@@ -32,7 +37,7 @@ export async function statsFigures(s: StatsReader, period: PeriodName, now: numb
   const unit = bucket === 'hour' ? 3_600_000 : 86_400_000;
   const to = now - (now % unit) + unit;
   const p: Period = { from: to - ms, to };
-  const [activity, topViruses, statusesBySource, trafficPerHour, cacheHitRate, engineLatency, byGroup, nodes] = await Promise.all([
+  const [activity, topViruses, statusesBySource, trafficPerHour, cacheHitRate, engineLatency, byGroup, nodes, recentDetections] = await Promise.all([
     s.activity(p, bucket),
     s.topViruses(p, 10),
     s.statusesBySource(p),
@@ -41,6 +46,7 @@ export async function statsFigures(s: StatsReader, period: PeriodName, now: numb
     s.engineLatency(p),
     s.byGroup(p),
     s.nodes(p),
+    s.recentDetections(RECENT_DETECTIONS),
   ]);
-  return { period, from: p.from, to: p.to, bucket, activity, topViruses, statusesBySource, trafficPerHour, cacheHitRate, engineLatency, byGroup, nodes, store: s.status() };
+  return { period, from: p.from, to: p.to, bucket, activity, topViruses, statusesBySource, trafficPerHour, cacheHitRate, engineLatency, byGroup, nodes, recentDetections, store: s.status() };
 }

@@ -9,7 +9,7 @@ import type { VerdictStatus } from '../../src/core/verdict.js';
 import { checkPgStats } from '../../src/stats/open.js';
 import { PgStatsStore, type PgStatsOptions } from '../../src/stats/postgres.js';
 import { DAY_MS, HOUR_MS, StatsStore } from '../../src/stats/store.js';
-import type { EventSource, Period, ScanEvent, StatsReader } from '../../src/stats/types.js';
+import { SUBJECT_MAX, type EventSource, type Period, type ScanEvent, type StatsReader } from '../../src/stats/types.js';
 import { PG_PASSWORD, startTestPostgres, type TestPostgres } from '../helpers/postgres.js';
 import { waitFor, within } from '../helpers/wait.js';
 import { rng } from '../../bench/stats-fill.js';
@@ -63,6 +63,8 @@ function generate(n: number, seed: number): ScanEvent[] {
       bytes: r() < 0.02 ? -5 : Math.floor(r() * 100_000),
       durationMs: r() < 0.02 ? Number.NaN : Math.floor(r() * 2000) / 4,
       cached,
+      // What was scanned: kept only for verdicts other than free; sometimes none, or odd text.
+      subject: r() < 0.2 ? null : pick(['http://h.example/a.exe', 'Q1/2 Ärger.zip', 'x'.repeat(SUBJECT_MAX + 7), "/srv/it's \"q\"", '']),
     });
   }
   return out;
@@ -251,6 +253,17 @@ describe('statistics in PostgreSQL', () => {
     const last = (await (nodes[0] as PgStatsStore).nodes({ from: T0 - 40 * DAY_MS, to: T0 + 40 * DAY_MS })).map((r) => [r.node, r.lastEvent]);
     const newest = (from: (e: ScanEvent, i: number) => boolean) => Math.max(...events.filter(from).map((e) => e.time));
     assert.deepEqual(last, [['n1', newest((_, i) => i % 3 !== 0)], ['n2', newest((_, i) => i % 3 === 0)]]);
+    // Recent detections: every found event of both nodes with what was scanned, as SQLite keeps them, newest first.
+    const foundCount = events.filter((e) => e.status === 'found').length;
+    const recent = await (nodes[1] as PgStatsStore).recentDetections(foundCount + 10);
+    const want = await oracle.recentDetections(foundCount + 10);
+    assert.equal(recent.length, foundCount);
+    const key = (r: { time: number; source: string; virus: string | null; group: string | null; subject: string | null; cached: boolean }) =>
+      JSON.stringify([r.time, r.source, r.virus, r.group, r.subject, r.cached]);
+    assert.deepEqual(recent.map(key).sort(), want.map(key).sort());
+    assert.ok(recent.every((r, i) => i === 0 || (recent[i - 1] as { time: number }).time >= r.time), 'newest first');
+    assert.ok(recent.some((r) => r.subject?.length === SUBJECT_MAX) && recent.some((r) => r.subject === null));
+    assert.deepEqual([...new Set(recent.map((r) => r.node))].sort(), ['n1', 'n2']);
     for (const s of [oracle, ...perNode]) s.close();
   });
 
@@ -261,7 +274,7 @@ describe('statistics in PostgreSQL', () => {
     four.forEach((s, i) => s.record({ time: T0, source: 'icap', status: 'free', virus: null, group: null, engine: 'clamav', bytes: i, durationMs: 1, cached: false }));
     assert.deepEqual(await Promise.all(four.map((s) => s.flush())), [true, true, true, true]);
     assert.deepEqual(logs.lines.filter((l) => l.level >= 40), [], 'no node failed');
-    assert.deepEqual(await pgt.query('schema', "SELECT component, version FROM avgate_schema_version"), [{ component: 'stats', version: 1 }]);
+    assert.deepEqual(await pgt.query('schema', "SELECT component, version FROM avgate_schema_version"), [{ component: 'stats', version: 2 }]);
     assert.equal((await four[0]?.statusesBySource({ from: T0, to: T0 + HOUR_MS }))?.[0]?.count, 4);
     await pgt.query('schema', "UPDATE avgate_schema_version SET version = 99 WHERE component = 'stats'");
     const newer = capture();
@@ -270,9 +283,33 @@ describe('statistics in PostgreSQL', () => {
     assert.equal(await old.flush(), false);
     const warn = newer.lines.filter((l) => l.level === 40);
     assert.equal(warn.length, 1);
-    assert.match(String(warn[0]?.reason), /schema in the database is version 99, newer than this avgate's \(1\)/);
+    assert.match(String(warn[0]?.reason), /schema in the database is version 99, newer than this avgate's \(2\)/);
     assert.equal((await pgt.query<{ n: string }>('schema', "SELECT count(*) AS n FROM avgate_stats_events WHERE node = 'old'"))[0]?.n, '0');
     await Promise.all([...four, old].map((s) => s.close()));
+  });
+
+  test('schema 1 (before events.subject) is upgraded in place: its events stay and read with no subject', async () => {
+    const url = await pgt.createDatabase('upgrade');
+    const first = pgStore(url, 'v1');
+    first.record({ time: T0, source: 'http', status: 'found', virus: 'Old', group: null, engine: 'clamav', bytes: 1, durationMs: 1, cached: false, subject: 'gone' });
+    assert.equal(await first.flush(), true);
+    await first.close();
+    // Back to what version 1 created.
+    await pgt.query('upgrade', 'DROP INDEX avgate_stats_events_found');
+    await pgt.query('upgrade', 'ALTER TABLE avgate_stats_events DROP COLUMN subject');
+    await pgt.query('upgrade', "UPDATE avgate_schema_version SET version = 1 WHERE component = 'stats'");
+    const second = pgStore(url, 'v2');
+    second.record({ time: T0 + 1, source: 'icap', status: 'found', virus: 'New', group: 'avscan', engine: 'clamav', bytes: 1, durationMs: 1, cached: false, subject: 'http://h.example/n' });
+    assert.equal(await second.flush(), true);
+    assert.deepEqual(
+      (await second.recentDetections(5)).map((r) => [r.node, r.virus, r.subject]),
+      [
+        ['v2', 'New', 'http://h.example/n'],
+        ['v1', 'Old', null],
+      ],
+    );
+    assert.deepEqual(await pgt.query('upgrade', "SELECT version FROM avgate_schema_version WHERE component = 'stats'"), [{ version: 2 }]);
+    await second.close();
   });
 
   test('the server ends a connection between two queries of a batch (its end in the same read as the answer to BEGIN): no uncaught error, the batch is written again on a new connection', async () => {
@@ -445,7 +482,7 @@ describe('statistics in PostgreSQL', () => {
     assert.match(fresh.line, /^stats\.postgres avgate@127\.0\.0\.1:\d+\/probe \(node edge-1\): OK \(PostgreSQL 15\.\d+.*; schema not created yet/);
     const s = pgStore(url, 'edge-1');
     assert.equal(await s.flush(), true);
-    assert.match((await checkPgStats(stats(url), stats(url).postgres as StatsPostgresConfig)).line, /: OK \(PostgreSQL 15\.\d+.*; schema version 1\)$/);
+    assert.match((await checkPgStats(stats(url), stats(url).postgres as StatsPostgresConfig)).line, /: OK \(PostgreSQL 15\.\d+.*; schema version 2\)$/);
     const socket = `postgres://avgate@:${pgt.port}/probe?host=${pgt.socketDir}`;
     assert.match((await checkPgStats(stats(socket), stats(socket).postgres as StatsPostgresConfig)).line, /^stats\.postgres avgate@\/.* \(unix socket\)\/probe \(node edge-1\): OK/);
     const missing = url.replace('/probe', '/nope');

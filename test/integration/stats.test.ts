@@ -66,8 +66,8 @@ describe('statistics fed by real scans', () => {
     const scanner = new Scanner([{ id: 'clamav', engine: engine() }], LIMITS, cache, silentLogger(), { stats, defaultOrigin: { source: 'fs' } });
     const clean = randomBytes(4000);
     const before = Date.now();
-    await scanner.scan({ source: { kind: 'buffer', data: eicarBytes() }, origin: { source: 'smtp', group: 'sales' } });
-    await scanner.scan({ source: { kind: 'buffer', data: clean }, origin: { source: 'icap', group: 'avscan' } });
+    await scanner.scan({ source: { kind: 'buffer', data: eicarBytes() }, name: 'Q1/2 eicar.com', origin: { source: 'smtp', group: 'sales' } });
+    await scanner.scan({ source: { kind: 'buffer', data: clean }, name: 'http://origin.test/clean.bin', origin: { source: 'icap', group: 'avscan' } });
     await scanner.scan({ source: { kind: 'buffer', data: clean }, origin: { source: 'lmtp' } });
     await scanner.scan({ source: { kind: 'buffer', data: clean } });
     await scanner.close();
@@ -82,6 +82,8 @@ describe('statistics fed by real scans', () => {
     assert.equal(virus?.cached, false);
     assert.ok((virus?.time ?? 0) >= before && (virus?.time ?? 0) <= Date.now());
     assert.ok((virus?.durationMs ?? 0) > 0);
+    assert.equal(virus?.subject, 'Q1/2 eicar.com', 'a detection keeps what was scanned');
+    assert.equal(free?.subject, null, 'a free verdict does not');
     assert.deepEqual([free?.source, free?.group, free?.status, free?.virus, free?.bytes, free?.cached], ['icap', 'avscan', 'free', null, 4000, false]);
     assert.deepEqual([hit?.source, hit?.group, hit?.status, hit?.cached], ['lmtp', null, 'free', true]);
     assert.equal(noOrigin?.source, 'fs', 'no origin: the scanner default');
@@ -117,8 +119,15 @@ describe('statistics fed by real scans', () => {
       assert.deepEqual(await s.stats.statusesBySource(p), [{ source: 'icap', status: 'found', count: 1 }]);
       assert.match((await s.stats.topViruses(p, 5))[0]?.name ?? '', NAME);
       assert.match(await s.stats.prometheus(), /^avgate_scans_total\{source="icap",status="found"\} 1$/m);
+      const [icapHit, ...none] = await s.stats.recentDetections(10);
+      assert.equal(none.length, 0);
+      assert.deepEqual([icapHit?.source, icapHit?.group, icapHit?.subject], ['icap', 'avscan', 'http://origin.test/file.bin']);
+      assert.match(icapHit?.virus ?? '', NAME);
 
       await send(s.smtpPort, 'a@example.com', ['bob@sales.example'], mailWith('stats-1', [eicarAttachment()]));
+      const [newest] = await s.stats.recentDetections(10);
+      assert.equal(newest?.source, 'smtp');
+      assert.match(newest?.subject ?? '', /^\S+\/\S+ eicar\.com$/, 'queue id, part and file name');
       const smtp = (await s.stats.statusesBySource(p)).filter((r) => r.source === 'smtp');
       assert.ok(smtp.some((r) => r.status === 'found'), JSON.stringify(smtp));
       const sales = (await s.stats.byGroup(p)).filter((r) => r.group === 'sales');

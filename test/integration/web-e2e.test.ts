@@ -93,6 +93,15 @@ describe('web console in Chromium', { skip: existsSync(CHROMIUM) ? false : `${CH
       assert.ok(Date.now() - last.t < 3_600_000, 'the last bucket is the current hour');
       assert.ok(last.found >= 2);
       assert.match((await page.textContent('#engines')) ?? '', /clamav/);
+      // Recent detections: the mail's attachment (queue id/part and file name) and the API's upload, newest first.
+      const recent = await page.$$eval('#recent-detections tbody tr', (rows) =>
+        rows.map((r) => Array.from(r.querySelectorAll('td') as ArrayLike<{ textContent: string | null }>, (c) => c.textContent ?? '')),
+      );
+      assert.equal(recent.length, 2, JSON.stringify(recent));
+      assert.deepEqual(recent.map((r) => r[2]), ['smtp', 'api']);
+      assert.match(recent[0]?.[5] ?? '', /^\S+\/\S+ eicar\.com$/);
+      assert.equal(recent[1]?.[5], 'eicar.com');
+      assert.match(recent[0]?.[3] ?? '', /Avgate\.Test\.EICAR/);
       await page.screenshot({ path: join(ARTIFACTS, 'console-overview.png'), fullPage: true });
 
       // The quarantined mail.

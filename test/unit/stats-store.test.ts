@@ -1,10 +1,11 @@
+import Database from 'better-sqlite3';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { DAY_MS, DURATION_BUCKETS, escapeLabel, HOUR_MS, StatsStore, type StatsStoreOptions } from '../../src/stats/store.js';
-import type { ScanEvent } from '../../src/stats/types.js';
+import { SUBJECT_MAX, type ScanEvent } from '../../src/stats/types.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'avgate-stats-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -20,6 +21,7 @@ function store(extra: Partial<StatsStoreOptions> = {}): StatsStore {
     rollupRetentionMs: 400 * DAY_MS,
     flushIntervalMs: 100,
     now: () => T0 + 2 * DAY_MS,
+    node: 'n1',
     ...extra,
   });
 }
@@ -200,6 +202,58 @@ test('batches: written by the timer (flush-interval) or at 256 events, and by cl
   s.record(ev(T0));
   s.close();
   assert.equal(peek(), 258, 'close flushes');
+});
+
+test('recent detections: found events newest first, with what was scanned (cut to SUBJECT_MAX), free ones keep none', async () => {
+  const path = join(dir, 'recent.sqlite');
+  const s = store({ path });
+  s.record(found(T0 + 1, 'A', { subject: 'http://a.example/x.exe' }));
+  s.record(ev(T0 + 2, { subject: 'http://free.example/' }));
+  s.record(found(T0 + 3, 'B', { source: 'smtp', group: 'sales', subject: `Q9/1 ${'n'.repeat(1000)}`, cached: true }));
+  s.record(found(T0 + 3, 'C'));
+  const d = await s.recentDetections(10);
+  assert.deepEqual(
+    d.map((r) => [r.time, r.virus, r.source, r.group, r.cached]),
+    [
+      [T0 + 3, 'C', 'icap', 'avscan', false],
+      [T0 + 3, 'B', 'smtp', 'sales', true],
+      [T0 + 1, 'A', 'icap', 'avscan', false],
+    ],
+    'newest first; equal times in the order written, newest first',
+  );
+  assert.equal(d[0]?.subject, null);
+  assert.equal(d[1]?.subject, `Q9/1 ${'n'.repeat(SUBJECT_MAX - 5)}`);
+  assert.equal(d[2]?.subject, 'http://a.example/x.exe');
+  assert.ok(d.every((r) => r.node === 'n1'));
+  assert.equal((await s.recentDetections(1)).length, 1);
+  assert.equal(s.rowCount('events'), 4);
+  s.close();
+  // The free event's subject is not stored.
+  const db = new Database(path, { readonly: true });
+  try {
+    assert.deepEqual(db.prepare("SELECT subject FROM events WHERE status = 'free'").all(), [{ subject: null }]);
+  } finally {
+    db.close();
+  }
+});
+
+test('a statistics file from before the subject column gets it, and its old events still read', async () => {
+  const path = join(dir, 'old.sqlite');
+  const db = new Database(path);
+  db.exec(`CREATE TABLE events (id INTEGER PRIMARY KEY, time INTEGER NOT NULL, source TEXT NOT NULL, status TEXT NOT NULL,
+    virus TEXT, grp TEXT, engine TEXT NOT NULL, bytes INTEGER NOT NULL, duration_ms REAL NOT NULL, cached INTEGER NOT NULL)`);
+  db.prepare("INSERT INTO events (time, source, status, virus, grp, engine, bytes, duration_ms, cached) VALUES (?, 'http', 'found', 'Old', NULL, 'clamav', 1, 1, 0)").run(T0);
+  db.close();
+  const s = store({ path });
+  s.record(found(T0 + 5, 'New', { subject: '/srv/x' }));
+  assert.deepEqual(
+    (await s.recentDetections(5)).map((r) => [r.virus, r.subject, r.group]),
+    [
+      ['New', '/srv/x', 'avscan'],
+      ['Old', null, null],
+    ],
+  );
+  s.close();
 });
 
 test('record() after close, and odd values, never throw', async () => {
