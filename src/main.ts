@@ -33,6 +33,13 @@ import { ConsoleServer, type ReloadStatus } from './web/server.js';
  * `avgate serve`: config → engines (and the project-local clamd) → front ends → signals.
  * Front ends so far: the ICAP server and the SMTP/LMTP mail filter. Engines' health is logged every health.interval.
  */
+/** Reopens every log file by its path (avgate's, the access logs, the project-local clamd's) and says so. */
+function reopenLogs(log: Logger, via: string): void {
+  const { files, failed } = reopenLogFiles();
+  if (failed.length > 0) log.warn({ signal: via, files, failed }, 'log files reopened, some kept their old file');
+  else log.info({ signal: via, files }, 'log files reopened');
+}
+
 export interface Serving {
   runtime: Runtime;
   icap: IcapServer | null;
@@ -305,6 +312,8 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
       return { ok: true, engines: updaterEngines.length };
     },
     reload: async () => {
+      // The same as SIGHUP (ExecReload, logrotate's postrotate): log files first.
+      reopenLogs(log, 'control');
       const r = await reload();
       if (!r.ok) return { ok: false, error: r.reason };
       return {
@@ -678,9 +687,7 @@ export async function serveForever(loaded: LoadedConfig): Promise<number> {
   // does; SIGUSR1 is node's inspector signal), and reads the config file again (as Postfix,
   // Squid and amavisd do): docs/config.md, "Reload".
   const onHangup = (sig: NodeJS.Signals) => {
-    const { files, failed } = reopenLogFiles();
-    if (failed.length > 0) log.warn({ signal: sig, files, failed }, 'log files reopened, some kept their old file');
-    else log.info({ signal: sig, files }, 'log files reopened');
+    reopenLogs(log, sig);
     reload().catch((err: unknown) => log.error({ err: messageOf(err) }, 'reload failed'));
   };
   process.on('SIGHUP', onHangup);

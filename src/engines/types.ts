@@ -76,6 +76,12 @@ export interface Engine<Ctx = unknown> {
   /** Optional: forget a cached signature version now (the signature updater reloaded the engine). */
   invalidateVersion?(): void;
   /**
+   * Optional (clamd): the engine runs on the project-local clamd, which has no SelfCheck of its
+   * own; when its database files change, `load` makes clamd load them (RELOAD, confirmed), and
+   * only then do they count for the signature version. `onError`: a reload that failed.
+   */
+  useDatabaseLoader?(load: () => Promise<void>, onError: (err: unknown) => void): void;
+  /**
    * Optional: the signature version as the engine knows it now, without any I/O (null: it was
    * forgotten or cannot tell). The scanner compares it after a scan with the version it read
    * before, and caches nothing when they differ (an ICAP service changed its ISTag meanwhile).

@@ -12,6 +12,7 @@ import { silentLogger } from '../../src/core/logging.js';
 import { clamdRequest } from '../../src/engines/clamd/connection.js';
 import { serve } from '../../src/main.js';
 import { icapExchange } from '../helpers/icap-client.js';
+import { waitFor } from '../helpers/wait.js';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
 const CLI = join(ROOT, 'test/helpers/cli.ts');
@@ -129,9 +130,12 @@ test('avgate status, reload and stop reach the running serve over its control so
     assert.equal(applied.code, 0, applied.stderr);
     assert.equal(applied.stdout, 'configuration reloaded; changed: icap\n');
     assert.equal(await maxConnections(icapPort), '77', 'the reloaded setting on the same port');
+    // logrotate moved the log away: `avgate reload` (ExecReload, postrotate) reopens it as SIGHUP does.
+    await rename(logFile, `${logFile}.1`);
     const same = await cli(['--config', config, 'reload']);
     assert.equal(same.code, 0);
     assert.equal(same.stdout, 'configuration unchanged: nothing rebuilt\n');
+    assert.match(await waitFor('the reopened log file', async () => (await readFile(logFile, 'utf8').catch(() => '')) || null), /"signal":"control".*"msg":"log files reopened"/);
 
     // Refused by the running avgate (its port is taken): the reason comes back, exit 1.
     await writeFile(config, (await readFile(config, 'utf8')).replace('http-proxy:\n  enabled: false', `http-proxy:\n  listen: 127.0.0.1:${busyPort}`));

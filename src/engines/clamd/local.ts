@@ -6,7 +6,7 @@ import { userInfo } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AvgateError, messageOf } from '../../core/errors.js';
-import type { Logger } from '../../core/logging.js';
+import { onReopenLogs, type Logger } from '../../core/logging.js';
 import { freeLoopbackPort } from '../../core/net.js';
 import { clamdRequest } from './connection.js';
 import type { ClamdAddress } from './protocol.js';
@@ -83,6 +83,7 @@ export class LocalClamd {
   dbDir: string;
   tcpPort: number | null;
   private child: ChildProcess | null = null;
+  private unregisterReopen: (() => void) | null = null;
   private exited: Promise<void> | null = null;
   private temp: { path: string; private: boolean } | null = null;
   /** How the last clamd process ended, for the log. */
@@ -155,8 +156,10 @@ export class LocalClamd {
       AlertExceedsMax: this.options.alertExceedsMax === false ? 'no' : 'yes',
       // A session idle for this long is closed by clamd; avgate's pool closes its own earlier.
       IdleTimeout: '60',
-      // Signature changes are picked up by RELOAD or by this periodic check.
-      SelfCheck: '60',
+      // No periodic check of its own: changed files are loaded when avgate sends RELOAD (the
+      // signature updater, or the engine's version check, engines/clamd/net.ts), so that avgate
+      // knows which files clamd scans with before it caches verdicts under them.
+      SelfCheck: '0',
       ...this.options.extra,
     };
     // As root, clamd would switch to the clamav user, which may not read the state directory.
@@ -191,6 +194,9 @@ export class LocalClamd {
       detached: true,
     });
     this.child = child;
+    // logrotate moving clamd.log away: clamd reopens its log file on SIGHUP (avgate's SIGHUP and
+    // `avgate reload` pass it on), so the RELOAD confirmation (reload()) reads the file clamd writes.
+    this.unregisterReopen ??= onReopenLogs(() => this.reopenLog());
     let stderr = '';
     child.stderr?.on('data', (d: Buffer) => {
       stderr = (stderr + d.toString()).slice(-4000);
@@ -267,6 +273,13 @@ export class LocalClamd {
     }
   }
 
+  /** SIGHUP: clamd reopens its log file by its path (nothing else); a no-op when clamd is not running. */
+  reopenLog(): void {
+    const c = this.child;
+    if (c?.pid === undefined || c.exitCode !== null || c.signalCode !== null) return;
+    process.kill(c.pid, 'SIGHUP');
+  }
+
   /** RELOAD and wait until clamd logs that the new database is in use. */
   async reload(timeoutMs = 60_000): Promise<void> {
     const before = await this.countInLog(/Database correctly reloaded/g);
@@ -323,6 +336,8 @@ export class LocalClamd {
 
   async stop(graceMs = 10_000): Promise<void> {
     this.stopping = true;
+    this.unregisterReopen?.();
+    this.unregisterReopen = null;
     this.restartWait.abort();
     await this.restarting?.catch(() => undefined);
     const child = this.child;

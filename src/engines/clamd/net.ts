@@ -14,6 +14,12 @@ export interface ClamdNetSettings {
   chunkSizeBytes: number;
   versionCheckIntervalMs: number;
   databaseDir: string | null;
+  /**
+   * clamd not started by avgate: after its database files changed while VERSION stayed the same
+   * (unofficial databases), nothing is cached for this long or until VERSION changes, because
+   * clamd may still scan with the old files (its SelfCheck, or an updater's RELOAD, loads them).
+   */
+  reloadGraceMs: number;
   encryptedAsSkipped: boolean;
   /** clamd's StreamMaxLength when known: larger objects are skipped without a race with clamd. */
   streamMaxLength: number | null;
@@ -33,6 +39,7 @@ export const CLAMD_NET_DEFAULTS: ClamdNetSettings = {
   chunkSizeBytes: 256 * 1024,
   versionCheckIntervalMs: 60_000,
   databaseDir: null,
+  reloadGraceMs: 600_000,
   encryptedAsSkipped: false,
   streamMaxLength: null,
   scanFiles: 'auto',
@@ -80,6 +87,9 @@ export function parseClamdOptions(options: readonly EngineOption[], base: ClamdN
       case 'database-dir':
         s.databaseDir = value.length > 0 ? value : null;
         break;
+      case 'reload-grace':
+        s.reloadGraceMs = need(name, value, parseDuration(value));
+        break;
       case 'stream-max-length':
         s.streamMaxLength = need(name, value, parseSize(value));
         break;
@@ -108,10 +118,27 @@ const UPDATE_RECHECK_MS = 1000;
  * known (the project-local clamd, or `database-dir`), a fingerprint of its files is added, so that
  * adding a signature file (unofficial databases change no VERSION) still invalidates cached
  * verdicts.
+ *
+ * The files can change before clamd loads them: a version naming the new files while clamd still
+ * scans with the old ones would store old verdicts under the new key (a clean answer for what the
+ * new signatures detect, served until cache max-age). So a changed fingerprint becomes the version
+ * only once clamd has loaded it: the project-local clamd (no SelfCheck of its own) is told to
+ * RELOAD by `reloadDatabase` and the fingerprint is taken when clamd confirms; for another clamd,
+ * when its VERSION changes or after `reload-grace`. Until then there is no version: nothing is
+ * cached or taken from the cache.
  */
 export class ClamdVersionTracker {
   private cached: { value: string | null; at: number; ttl: number } | null = null;
   private inflight: Promise<string | null> | null = null;
+  /** The fingerprint clamd is known to scan with; null = take the next one read (start, or the updater reloaded). */
+  private loaded: string | null = null;
+  /** Another clamd: a fingerprint seen changed, and the VERSION database part it came with. */
+  private pending: { fp: string; base: string; since: number } | null = null;
+  private reloading: Promise<void> | null = null;
+  /** The project-local clamd: RELOAD and wait until clamd confirms (LocalClamd.reload). */
+  reloadDatabase: (() => Promise<void>) | null = null;
+  /** Told when a RELOAD the tracker asked for failed (the version stays unknown; tried again at the next check). */
+  onReloadError: ((err: unknown) => void) | null = null;
 
   constructor(private readonly settings: () => ClamdNetSettings) {}
 
@@ -129,8 +156,11 @@ export class ClamdVersionTracker {
     return this.cached === null ? null : this.cached.value;
   }
 
+  /** Read the version again at the next scan, and take the files as they are then as loaded (the updater reloaded clamd). */
   invalidate(): void {
     this.cached = null;
+    this.loaded = null;
+    this.pending = null;
   }
 
   private async fetch(signal?: AbortSignal): Promise<string | null> {
@@ -144,9 +174,10 @@ export class ClamdVersionTracker {
         // With the directory known its files count too: an unofficial database added beside the
         // official ones changes no VERSION line. No fingerprint (an update under way): no version.
         const fp = await databaseFingerprint(s.databaseDir);
-        value = fp === null ? null : `${v.signatures ?? v.engine}/db:${fp}`;
-        // An update under way ends within seconds: look again soon, not after the whole interval.
-        if (fp === null) ttl = UPDATE_RECHECK_MS;
+        const base = v.signatures ?? v.engine;
+        value = fp === null ? null : this.loadedVersion(s, base, fp);
+        // An update under way, or clamd still loading: look again soon, not after the whole interval.
+        if (value === null) ttl = UPDATE_RECHECK_MS;
       } else {
         value = v.signatures;
       }
@@ -155,6 +186,41 @@ export class ClamdVersionTracker {
     }
     this.cached = { value, at: Date.now(), ttl };
     return value;
+  }
+
+  /** `base/db:fp` once clamd scans with the files of `fp`, else null (see the class comment). */
+  private loadedVersion(s: ClamdNetSettings, base: string, fp: string): string | null {
+    if (this.loaded === null) this.loaded = fp;
+    if (fp !== this.loaded) {
+      if (this.reloadDatabase) {
+        this.reload(fp);
+        return null;
+      }
+      this.pending = { fp, base, since: Date.now() };
+      this.loaded = fp;
+    }
+    const p = this.pending;
+    if (p !== null && p.fp === fp && base === p.base && Date.now() - p.since < s.reloadGraceMs) return null;
+    this.pending = null;
+    return `${base}/db:${fp}`;
+  }
+
+  private reload(fp: string): void {
+    const load = this.reloadDatabase;
+    if (this.reloading || !load) return;
+    this.reloading = load()
+      .then(
+        () => {
+          // Files changed again meanwhile: clamd holds newer ones than `fp`, and the next check
+          // sees a fingerprint other than this one and reloads once more.
+          this.loaded = fp;
+          this.cached = null;
+        },
+        (err: unknown) => this.onReloadError?.(err),
+      )
+      .finally(() => {
+        this.reloading = null;
+      });
   }
 }
 
@@ -201,6 +267,12 @@ export abstract class ClamdEngineBase<S extends ClamdNetSettings> {
   /** For tests and the signature updater: forget the cached version now. */
   invalidateVersion(): void {
     this.versions.invalidate();
+  }
+
+  /** The project-local clamd: changed database files are loaded by `load` (RELOAD, confirmed) before they make the version. */
+  useDatabaseLoader(load: () => Promise<void>, onError: (err: unknown) => void): void {
+    this.versions.reloadDatabase = load;
+    this.versions.onReloadError = onError;
   }
 
   knownVersion(): string | null {
