@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -185,6 +185,33 @@ describe('clamd-net against a real clamd', () => {
     ]);
     const r = await scanOnce(e, eicarBytes());
     assert.equal(r.verdict.status, 'found');
+  });
+});
+
+describe('clamd-net with stream-max-length above clamd\'s own file limits', () => {
+  let clamd: TestClamd;
+  before(async () => {
+    clamd = await startTestClamd({ streamMaxLength: '130M' });
+  });
+  after(async () => {
+    await clamd?.stop();
+  });
+
+  test('a clean 110 MB object is free, not Heuristics.Limits.Exceeded (MaxFileSize follows StreamMaxLength); EICAR behind it is found', async () => {
+    assert.match(await readFile(join(clamd.stateDir, 'clamd.conf'), 'utf8'), /^MaxFileSize 136314880$/m);
+    const e = engineFor(`unix:${clamd.socketPath}`);
+    const chunk = randomBytes(1024 * 1024);
+    const big = (tail: Buffer) =>
+      Readable.from(
+        (function* () {
+          for (let i = 0; i < 110; i++) yield Buffer.concat([chunk, Buffer.from(String(i))]);
+          yield tail;
+        })(),
+      );
+    const clean = await scanOnce(e, big(Buffer.alloc(0)), 120_000);
+    assert.equal(clean.verdict.status, 'free', JSON.stringify(clean.verdict));
+    const infected = await scanOnce(e, big(eicarBytes()), 120_000);
+    assert.equal(infected.verdict.status, 'found', JSON.stringify(infected.verdict));
   });
 });
 

@@ -8,6 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { AvgateError, messageOf } from '../../core/errors.js';
 import { onReopenLogs, type Logger } from '../../core/logging.js';
 import { freeLoopbackPort } from '../../core/net.js';
+import { parseSize } from '../../core/units.js';
 import { clamdRequest } from './connection.js';
 import type { ClamdAddress } from './protocol.js';
 import { writeTestDatabase } from './testdb.js';
@@ -70,6 +71,20 @@ export const SYSTEM_DATABASE_DIR = '/var/lib/clamav';
  * directory, starts clamd in the foreground as a child, waits until PING answers PONG, and stops
  * it with SIGTERM (SIGKILL after a grace period).
  */
+/** clamd's defaults for the largest file and the data scanned per object. */
+const CLAMD_MAX_FILE = 100 * 1024 * 1024;
+const CLAMD_MAX_SCAN = 400 * 1024 * 1024;
+
+/** MaxFileSize and MaxScanSize raised to StreamMaxLength where it is above clamd's defaults. */
+export function fileLimits(streamMaxLength: string): Record<string, string> {
+  const bytes = parseSize(streamMaxLength);
+  if (bytes === null) return {};
+  return {
+    ...(bytes > CLAMD_MAX_FILE ? { MaxFileSize: String(bytes) } : {}),
+    ...(bytes > CLAMD_MAX_SCAN ? { MaxScanSize: String(bytes) } : {}),
+  };
+}
+
 /** Waits before restarting a clamd that ended on its own (supervise): first, longest, and the run that resets it. */
 const RESTART_FIRST_MS = 1000;
 const RESTART_MAX_MS = 60_000;
@@ -152,6 +167,9 @@ export class LocalClamd {
       PidFile: join(this.stateDir, 'clamd.pid'),
       TemporaryDirectory: this.temp.path,
       StreamMaxLength: this.options.streamMaxLength ?? '100M',
+      // What is let in is scanned whole: clamd's own MaxFileSize (100M) and MaxScanSize (400M) would
+      // otherwise turn a clean object above them into Heuristics.Limits.Exceeded (AlertExceedsMax).
+      ...fileLimits(this.options.streamMaxLength ?? '100M'),
       MaxThreads: String(this.options.maxThreads ?? 16),
       AlertExceedsMax: this.options.alertExceedsMax === false ? 'no' : 'yes',
       // A session idle for this long is closed by clamd; avgate's pool closes its own earlier.
