@@ -12,6 +12,19 @@ export type Decision =
   | { action: 'pass'; /** Set when a non-free verdict passes: say so to the client in a header. */ note: string | null }
   | { action: 'block'; httpStatus: number; reason: string };
 
+/** What an error verdict's code means for the user, in the words of a block page. */
+const ERROR_REASONS: Partial<Record<string, string>> = {
+  AVG_ERR_ENGINE_CONNECT: 'the antivirus engine could not be reached',
+  AVG_ERR_ENGINE_RESET: 'the antivirus engine closed the connection before it answered',
+  AVG_ERR_ENGINE_TIMEOUT: 'the antivirus engine did not answer in time',
+  AVG_ERR_ENGINE_FAILED: 'the antivirus engine could not scan the object',
+  AVG_ERR_ENGINE_PROTOCOL: 'the antivirus engine gave a broken answer',
+  AVG_ERR_QUEUE_FULL: 'the antivirus gateway is overloaded',
+  AVG_ERR_ABORTED: 'the scan was given up',
+  AVG_ERR_SOURCE: 'the object could not be read for scanning',
+  AVG_ERR_INTERNAL: 'the antivirus gateway failed while scanning',
+};
+
 /** Short reason text for pages and headers. */
 export function verdictReason(v: Verdict): string {
   switch (v.status) {
@@ -24,7 +37,7 @@ export function verdictReason(v: Verdict): string {
     case 'unknown':
       return 'the antivirus engine gave an answer that could not be understood';
     case 'error':
-      return `the antivirus engine could not be reached (${v.code})`;
+      return `${ERROR_REASONS[v.code] ?? 'the antivirus engine could not scan the object'} (${v.code})`;
   }
 }
 

@@ -483,6 +483,9 @@ export class Scanner implements ScanService {
       } finally {
         if (stream) signal.removeEventListener('abort', onAbort);
       }
+      // A plugin's answer is not trusted to have the shape the rest relies on (a malformed one
+      // would break the front end, or be cached).
+      result = checkedResult(result, slot.id);
       if (signal.aborted && result.verdict.status === 'error') result = { verdict: this.abortedVerdict(request), bytes: result.bytes };
       if (signal.aborted || !slot.engine.contextUsable(ctx)) void slot.pool.discard(ctx);
       else slot.pool.release(ctx);
@@ -616,4 +619,37 @@ function tee(source: Readable, outs: PassThrough[]): void {
   });
   source.once('end', () => outs.forEach((o) => o.destroyed || o.end()));
   source.once('error', (err) => outs.forEach((o) => o.destroy(err)));
+}
+
+/**
+ * The engine's result if it is one of the five verdicts with its fields of the right types, else
+ * an error verdict naming the engine and what was wrong (AVG_ERR_ENGINE_FAILED: never cached).
+ */
+export function checkedResult(r: unknown, engine: string): EngineScanResult {
+  const why = resultProblem(r);
+  if (why === null) return r as EngineScanResult;
+  return { verdict: { status: 'error', code: 'AVG_ERR_ENGINE_FAILED', cause: `engine ${engine} returned an invalid result: ${why}` }, bytes: 0 };
+}
+
+function resultProblem(r: unknown): string | null {
+  if (typeof r !== 'object' || r === null) return `${r === null ? 'null' : typeof r} instead of { verdict, bytes }`;
+  const { verdict: v, bytes } = r as { verdict?: unknown; bytes?: unknown };
+  if (typeof bytes !== 'number' || !Number.isFinite(bytes) || bytes < 0) return 'bytes is not a number of bytes';
+  if (typeof v !== 'object' || v === null) return 'no verdict object';
+  const o = v as Record<string, unknown>;
+  const text = (k: string) => typeof o[k] === 'string';
+  switch (o['status']) {
+    case 'free':
+      return null;
+    case 'found':
+      return Array.isArray(o['names']) && o['names'].length > 0 && o['names'].every((n) => typeof n === 'string' && n !== '') ? null : 'found without names (a non-empty array of strings)';
+    case 'skipped':
+      return text('reason') ? null : 'skipped without a reason string';
+    case 'unknown':
+      return text('raw') ? null : 'unknown without a raw string';
+    case 'error':
+      return text('code') && text('cause') ? null : 'error without code and cause strings';
+    default:
+      return `status ${JSON.stringify(o['status'])?.slice(0, 40) ?? 'undefined'} is not free, found, skipped, unknown or error`;
+  }
 }
