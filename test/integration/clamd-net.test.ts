@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -188,6 +188,44 @@ describe('clamd-net against a real clamd', () => {
   });
 });
 
+describe('clamd-net scanning by path from another working directory than clamd\'s', () => {
+  let clamd: TestClamd;
+  let dir: string;
+  const cwd = process.cwd();
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'avgate-relpath-'));
+    // clamd starts in "theirs", where docs/report.doc is clean; ours holds EICAR under the same name.
+    for (const [side, data] of [['theirs', randomBytes(3000)], ['ours', eicarBytes()]] as const) {
+      await mkdir(join(dir, side, 'docs'), { recursive: true });
+      await writeFile(join(dir, side, 'docs', 'report.doc'), data);
+    }
+    process.chdir(join(dir, 'theirs'));
+    try {
+      clamd = await startTestClamd();
+    } finally {
+      process.chdir(cwd);
+    }
+  });
+  after(async () => {
+    process.chdir(cwd);
+    await clamd?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('a relative path is scanned as the caller means it (made absolute), not as clamd would find it', async () => {
+    const e = engineFor(`unix:${clamd.socketPath}`, [['scan-files', 'yes']]);
+    const ctx = await e.openContext();
+    process.chdir(join(dir, 'ours'));
+    try {
+      const r = await e.scanFile(ctx, 'docs/report.doc', { signal: AbortSignal.timeout(5000) });
+      assert.equal(r?.verdict.status, 'found', JSON.stringify(r));
+    } finally {
+      process.chdir(cwd);
+      await e.closeContext(ctx);
+    }
+  });
+});
+
 describe('clamd-net with stream-max-length above clamd\'s own file limits', () => {
   let clamd: TestClamd;
   before(async () => {
@@ -252,6 +290,38 @@ describe('clamd-net against fault servers', () => {
       assert.equal(e.contextUsable(ctx), false);
     } finally {
       await srv.close();
+    }
+  });
+
+  test('scan-files: a reply about another file than the one asked for is unknown, never its OK', async () => {
+    const asked: string[] = [];
+    const srv = await startFaultServer((s) => {
+      let buf = Buffer.alloc(0);
+      s.on('data', (d: Buffer) => {
+        buf = Buffer.concat([buf, d]);
+        const end = buf.indexOf(0);
+        if (buf[0] !== 0x7a || end < 0) return;
+        const cmd = buf.subarray(1, end).toString();
+        buf = buf.subarray(end + 1);
+        asked.push(cmd);
+        s.end(asked.length === 1 ? '/etc/passwd: OK\0' : `${cmd.slice(5)}.x: OK\0`);
+      });
+    });
+    const dir = await mkdtemp(join(tmpdir(), 'avgate-scanfile-'));
+    try {
+      const e = engineFor(srv.address, [['session', 'no'], ['scan-files', 'yes']]);
+      const path = join(dir, 'object');
+      await writeFile(path, eicarBytes());
+      const ctx = await e.openContext();
+      for (const want of [/^\/etc\/passwd: OK$/, /object\.x: OK$/]) {
+        const r = await e.scanFile(ctx, path, { signal: AbortSignal.timeout(5000) });
+        assert.equal(r?.verdict.status, 'unknown', JSON.stringify(r));
+        assert.match(r?.verdict.status === 'unknown' ? r.verdict.raw : '', want);
+      }
+      assert.deepEqual(asked, [`SCAN ${path}`, `SCAN ${path}`]);
+    } finally {
+      await srv.close();
+      await rm(dir, { recursive: true, force: true });
     }
   });
 

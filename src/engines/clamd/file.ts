@@ -5,13 +5,9 @@ import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { AvgateError } from '../../core/errors.js';
-import type { VerdictResult } from '../../core/verdict.js';
 import type { Engine, EngineOption, EngineScanResult, ScanMeta } from '../types.js';
 import { CLAMD_NET_DEFAULTS, ClamdEngineBase, errorResult, openFirst, parseClamdOptions, type ClamdNetSettings } from './net.js';
-import { formatAddress, parseScanReply } from './protocol.js';
-
-/** A stand-in for the spool path while a reply is parsed: the real path may hold `: `, `\n`, ` OK`. */
-const REPLY_SUBJECT = 'file';
+import { formatAddress, pathReplyVerdict } from './protocol.js';
 
 interface FileSettings extends ClamdNetSettings {
   commDir: string | null;
@@ -94,7 +90,7 @@ export class ClamdFileEngine extends ClamdEngineBase<FileSettings> implements En
         // The clamd connection speaks bytes as latin1 characters; the file system name is UTF-8.
         const wirePath = Buffer.from(path, 'utf8').toString('latin1');
         const reply = await conn.command(`SCAN ${wirePath}`, meta.signal);
-        return { verdict: this.replyVerdict(reply, wirePath), bytes };
+        return { verdict: pathReplyVerdict(reply, wirePath, { encryptedAsSkipped: this.settings.encryptedAsSkipped }), bytes };
       } finally {
         conn.close();
       }
@@ -103,22 +99,6 @@ export class ClamdFileEngine extends ClamdEngineBase<FileSettings> implements En
     } finally {
       await rm(path, { force: true });
     }
-  }
-
-  /**
-   * A SCAN reply must be about the file we asked for: `<path>: OK`, `<path>: Name FOUND`,
-   * `<path>: ... ERROR`. A verdict about some other name is no answer about ours (unknown).
-   */
-  private replyVerdict(reply: string, wirePath: string): VerdictResult {
-    const raw = reply.replace(/[\0\s]+$/, '');
-    const prefix = `${wirePath}: `;
-    if (raw.startsWith(prefix)) {
-      const v = parseScanReply(`${REPLY_SUBJECT}: ${raw.slice(prefix.length)}`, { encryptedAsSkipped: this.settings.encryptedAsSkipped });
-      return v.status === 'unknown' ? { status: 'unknown', raw } : v;
-    }
-    const v = parseScanReply(raw, { encryptedAsSkipped: this.settings.encryptedAsSkipped });
-    // clamd's own complaints (`UNKNOWN COMMAND`, errors) carry no path; a result does.
-    return v.status === 'error' || v.status === 'unknown' ? v : { status: 'unknown', raw };
   }
 }
 

@@ -1,11 +1,12 @@
 import { stat } from 'node:fs/promises';
+import { resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { AvgateError, errorCodeOf, messageOf } from '../../core/errors.js';
 import { parseDuration, parseSize } from '../../core/units.js';
 import type { Engine, EngineOption, EngineScanResult, ScanMeta } from '../types.js';
 import { ClamdConnection, clamdRequest } from './connection.js';
 import { databaseFingerprint } from './fingerprint.js';
-import { parseAddress, parseScanReply, parseVersion, type ClamdAddress, formatAddress } from './protocol.js';
+import { formatAddress, parseAddress, parseScanReply, parseVersion, pathReplyVerdict, type ClamdAddress } from './protocol.js';
 
 export interface ClamdNetSettings {
   addresses: ClamdAddress[];
@@ -329,7 +330,9 @@ export class ClamdNetEngine extends ClamdEngineBase<ClamdNetSettings> implements
    * socket and its own temp file (what c-icap does with FILDES). If clamd cannot open the file
    * (it runs as another user), the file is streamed instead, now and from then on.
    */
-  async scanFile(ctx: ClamdNetContext, path: string, meta: ScanMeta): Promise<EngineScanResult | null> {
+  async scanFile(ctx: ClamdNetContext, given: string, meta: ScanMeta): Promise<EngineScanResult | null> {
+    // clamd opens the path from its own working directory: always an absolute one.
+    const path = resolve(given);
     if (!this.prefersFiles() || /[\n\r\0]/.test(path)) return null;
     const max = this.settings.streamMaxLength;
     const size = meta.size ?? (await stat(path)).size;
@@ -345,7 +348,8 @@ export class ClamdNetEngine extends ClamdEngineBase<ClamdNetSettings> implements
         this.filesRefused = reply.trim();
         return null;
       }
-      return { verdict: parseScanReply(reply, { encryptedAsSkipped: this.settings.encryptedAsSkipped }), bytes: size };
+      // The reply must name that file (a proxy or a confused clamd answering about another is unknown).
+      return { verdict: pathReplyVerdict(reply, path, { encryptedAsSkipped: this.settings.encryptedAsSkipped }), bytes: size };
     } catch (err) {
       return errorResult(err, 0);
     } finally {

@@ -101,3 +101,22 @@ export function parseAddress(text: string): ClamdAddress | null {
 export function formatAddress(a: ClamdAddress): string {
   return a.kind === 'unix' ? `unix:${a.path}` : `tcp:${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
 }
+
+/** A stand-in for the path while a reply is parsed: the real path may hold `: `, `\n`, ` OK`. */
+const REPLY_SUBJECT = 'file';
+
+/**
+ * A SCAN reply must be about the file that was asked for: `<path>: OK`, `<path>: Name FOUND`,
+ * `<path>: ... ERROR`. A verdict about some other name is no answer about ours (unknown); clamd's
+ * own complaints (`UNKNOWN COMMAND`, errors) carry no path and stand as they are.
+ */
+export function pathReplyVerdict(reply: string, wirePath: string, options: ReplyOptions = {}): VerdictResult {
+  const raw = reply.replace(/[\0\s]+$/, '');
+  const prefix = `${wirePath}: `;
+  if (raw.startsWith(prefix)) {
+    const v = parseScanReply(`${REPLY_SUBJECT}: ${raw.slice(prefix.length)}`, options);
+    return v.status === 'unknown' ? { status: 'unknown', raw } : v;
+  }
+  const v = parseScanReply(raw, options);
+  return v.status === 'error' || v.status === 'unknown' ? v : { status: 'unknown', raw };
+}
