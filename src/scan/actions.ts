@@ -2,7 +2,6 @@ import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
 import { link, lstat, open, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 
 /**
  * What `avgate scan` does to an object found infected: move it to a quarantine directory, remove
@@ -117,7 +116,10 @@ async function copyExclusive(src: FsPath, dest: FsPath, expected?: FileIdentity)
       throw err;
     }
     try {
-      await pipeline(input.createReadStream({ autoClose: false }), output.createWriteStream({ autoClose: false }));
+      // A plain read/write loop: streams made from the handles with autoClose false would keep
+      // FileHandle.close() below waiting for ever (the move across file systems hung, or the
+      // process ran out of work and exited 0 mid-scan).
+      await copyHandle(input, output);
     } catch (err) {
       await output.close();
       output = null;
@@ -128,6 +130,17 @@ async function copyExclusive(src: FsPath, dest: FsPath, expected?: FileIdentity)
   } finally {
     await output?.close();
     await input?.close();
+  }
+}
+
+/** Copies what is left to read of `input` to `output`, a MiB at a time. */
+async function copyHandle(input: FileHandle, output: FileHandle): Promise<void> {
+  const buf = Buffer.allocUnsafe(1 << 20);
+  for (;;) {
+    const { bytesRead } = await input.read(buf, 0, buf.length, null);
+    if (bytesRead === 0) return;
+    let done = 0;
+    while (done < bytesRead) done += (await output.write(buf, done, bytesRead - done)).bytesWritten;
   }
 }
 

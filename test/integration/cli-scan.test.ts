@@ -151,6 +151,21 @@ describe('avgate scan', () => {
     assert.equal(existsSync(join(first.root, 'clean.txt')), true);
   });
 
+  it('--move to another file system (/dev/shm, a tmpfs): copied, the original gone, the summary printed (it used to hang or exit 0 mid-scan)', async () => {
+    const quarantine = await mkdtemp('/dev/shm/avgate-move-');
+    try {
+      const { root, eicar } = await makeTree('move-xdev');
+      const r = await scan(['--move', quarantine, root]);
+      assert.equal(r.code, 1, r.stderr);
+      assert.ok(r.lines.includes(`${eicar}: moved to ${join(quarantine, 'eicar.com')}`), r.stdout);
+      assert.match(r.stdout, /Infected files: 1\n/);
+      assert.equal(existsSync(eicar), false);
+      assert.deepEqual(await readFile(join(quarantine, 'eicar.com')), eicarBytes());
+    } finally {
+      await rm(quarantine, { recursive: true, force: true });
+    }
+  });
+
   it('--move does not rescan its own quarantine directory inside the tree', async () => {
     const { root } = await makeTree('move-inside');
     const q = join(root, 'q');
