@@ -1,6 +1,6 @@
 import { createReadStream } from 'node:fs';
 import { access, constants, open, stat } from 'node:fs/promises';
-import { basename } from 'node:path';
+import { basename, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { Readable } from 'node:stream';
 import { parseArgs } from 'node:util';
@@ -43,10 +43,10 @@ Options:
   --no-summary         do not print the summary
   --move DIR           move infected files into DIR (name.1, name.2 ... on a collision)
   --remove             remove infected files
-  --exec CMD           run CMD with /bin/sh -c for each infected file; %FULLPATH%, %FILENAME%
-                       and %VIRUSNAMES% are replaced by shell-quoted values (do not quote them
-                       again); the same values are in $AVGATE_FULLPATH, $AVGATE_FILENAME,
-                       $AVGATE_VIRUSNAMES. Killed after ${EXEC_TIMEOUT_MS / 1000} s. Not run for a
+  --exec CMD           run CMD with /bin/sh -c for each infected file; %FULLPATH% (absolute),
+                       %FILENAME% and %VIRUSNAMES% stand for "$AVGATE_FULLPATH",
+                       "$AVGATE_FILENAME" and "$AVGATE_VIRUSNAMES", variables that hold the
+                       values, so no file name is ever run as code. Killed after ${EXEC_TIMEOUT_MS / 1000} s. Not run for a
                        path that is not valid UTF-8 (it cannot be passed on exactly): a failure.
   --report FILE        append a line (time, path, verdict) for every infected or failed object
   -h, --help           show this help
@@ -413,7 +413,7 @@ export async function runScanCommand(argv: string[], deps: ScanCommandDeps): Pro
         // Arguments and the environment are text: the command would get another file's name.
         o.actions.push({ action: 'exec', ok: false, detail: 'not run: the path is not valid UTF-8' });
       } else {
-        const res = await runExec(settings.exec, { fullPath: o.path, fileName: basename(o.path), virusNames: r.names }, deps.stderr);
+        const res = await runExec(settings.exec, { fullPath: resolve(o.path), fileName: basename(o.path), virusNames: r.names }, deps.stderr);
         o.actions.push({ action: 'exec', ok: res.ok, detail: res.detail });
       }
     }

@@ -7,7 +7,7 @@ import { basename, join } from 'node:path';
  * What `avgate scan` does to an object found infected: move it to a quarantine directory, remove
  * it, run a command, write a report line. These run as whatever user runs the scan (often root)
  * on files in trees other users can write, so every step refuses to follow a symbolic link and
- * never lets a file name reach a shell unquoted.
+ * never lets a file name reach the shell as command text (--exec refers to variables holding it).
  */
 
 export interface FoundMacros {
@@ -149,27 +149,16 @@ export async function removeFile(path: FsPath, expected?: FileIdentity): Promise
   await unlink(path);
 }
 
-/** Single-quotes a value for /bin/sh: inside '...' nothing is special except ' itself. */
-export function shellQuote(value: string): string {
-  return `'${value.replace(/'/g, `'\\''`)}'`;
-}
-
 /**
- * Substitutes %FULLPATH%, %FILENAME% and %VIRUSNAMES% (names joined by ", ") with shell-quoted
- * values, in one pass, so a file literally named `%FULLPATH%` is not expanded a second time.
- * The command must not quote the macros itself: `rm '%FULLPATH%'` would unquote the value again.
+ * Replaces %FULLPATH%, %FILENAME% and %VIRUSNAMES% by references to the environment variables
+ * that hold them (`"$AVGATE_FULLPATH"` ...), never by the values: the shell expands a variable
+ * once and does not parse its value again, so no file name runs as code wherever the admin put
+ * the macro — bare (`rm %FULLPATH%`), or inside double quotes out of habit
+ * (`logger "found %VIRUSNAMES% in %FULLPATH%"`, where the value then stands unquoted between
+ * the quotes: split into words, never run). Inside single quotes it stays literal text.
  */
-export function expandExecMacros(template: string, macros: FoundMacros): string {
-  return template.replace(/%(FULLPATH|FILENAME|VIRUSNAMES)%/g, (_m, key: string) => {
-    switch (key) {
-      case 'FULLPATH':
-        return shellQuote(macros.fullPath);
-      case 'FILENAME':
-        return shellQuote(macros.fileName);
-      default:
-        return shellQuote(macros.virusNames.join(', '));
-    }
-  });
+export function expandExecMacros(template: string): string {
+  return template.replace(/%(FULLPATH|FILENAME|VIRUSNAMES)%/g, (_m, key: string) => `"$AVGATE_${key}"`);
 }
 
 export interface ExecResult {
@@ -190,7 +179,7 @@ export function runExec(
   output: NodeJS.WritableStream,
   timeoutMs = EXEC_TIMEOUT_MS,
 ): Promise<ExecResult> {
-  const command = expandExecMacros(template, macros);
+  const command = expandExecMacros(template);
   return new Promise((resolve) => {
     const child = spawn('/bin/sh', ['-c', command], {
       stdio: ['ignore', 'pipe', 'pipe'],

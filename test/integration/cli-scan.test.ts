@@ -214,6 +214,27 @@ describe('avgate scan', () => {
     delete process.env.AVGATE_TEST_MARKER;
   });
 
+  it('--exec: a macro inside double quotes (an admin\'s habit) runs no file name either; %FULLPATH% is absolute for a relative argument', async () => {
+    const marker = join(base, 'pwned2');
+    process.env.AVGATE_TEST_MARKER = marker;
+    const hostile = `y$(touch $AVGATE_TEST_MARKER)\`touch $AVGATE_TEST_MARKER\`".com`;
+    const { eicar } = await makeTree('exec-dq', hostile);
+    const out = join(base, 'exec-dq-out.txt');
+    const cwd = process.cwd();
+    process.chdir(base);
+    try {
+      const r = await scan(['--infected', '--exec', `echo "[%FULLPATH%] [%VIRUSNAMES%]" >> ${out}`, 'exec-dq']);
+      assert.equal(r.code, 1, r.stdout + r.stderr);
+    } finally {
+      process.chdir(cwd);
+      delete process.env.AVGATE_TEST_MARKER;
+    }
+    assert.equal(existsSync(marker), false, 'the file name was executed by the shell');
+    const line = (await readFile(out, 'utf8')).trim();
+    assert.ok(line.startsWith(`[${eicar}] [`), line);
+    assert.ok(eicar.startsWith('/'));
+  });
+
   it('--report appends a line per infected or failed object', async () => {
     const { root, eicar } = await makeTree('report');
     const report = join(base, 'report.log');
