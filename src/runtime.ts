@@ -109,7 +109,13 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
     // Only serve's start runs it: an engine on it would fail every scan (closed) after the reload.
     throw new AvgateError('AVG_ERR_CONFIG', 'an engine uses address "local", but the project-local clamd was not started (no engine used it at start): restart avgate');
   }
+  /** A command-line run sharing the local clamd with others (LocalClamd.join). */
+  let joined = false;
   if (!options.shared && config.clamd.managed && usesLocal(config) && options.localClamd !== 'never') {
+    if (options.localClamd === 'if-needed') {
+      await local.join();
+      joined = true;
+    }
     const running = options.localClamd === 'if-needed' && (await local.ping());
     if (!running) {
       log.info({ stateDir: local.stateDir, database: local.dbDir }, 'starting the project-local clamd');
@@ -152,7 +158,8 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
     }
   } catch (err) {
     for (const e of byId.values()) await e.engine.close().catch(() => undefined);
-    if (!options.shared) await clamd?.stop();
+    if (joined) await local.leave(clamd !== null).catch(() => undefined);
+    else if (!options.shared) await clamd?.stop();
     throw err;
   }
   const cache = options.shared
@@ -212,7 +219,8 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
       }
       if (closeOpts.keepShared) return;
       cache?.close();
-      await clamd?.stop();
+      if (joined) await local.leave(clamd !== null);
+      else await clamd?.stop();
     },
   };
 }

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { access, constants, mkdir, readFile, rm, statfs, writeFile } from 'node:fs/promises';
+import { access, constants, mkdir, readdir, readFile, rm, statfs, writeFile } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -99,6 +99,8 @@ export class LocalClamd {
   tcpPort: number | null;
   private child: ChildProcess | null = null;
   private unregisterReopen: (() => void) | null = null;
+  /** This run's registration as a user of a shared clamd (join/leave). */
+  private userFile: string | null = null;
   private exited: Promise<void> | null = null;
   private temp: { path: string; private: boolean } | null = null;
   /** How the last clamd process ended, for the log. */
@@ -250,6 +252,46 @@ export class LocalClamd {
     }
     await this.stop();
     throw new AvgateError('AVG_ERR_CLAMD_START', `clamd did not answer PING within the start timeout; log: ${await this.logTail()}`);
+  }
+
+  /**
+   * Command-line runs (`avgate scan`) share the clamd one of them started: each one registers
+   * (`users/<pid>-<tag>`) while it scans, and the last one to leave stops it, whoever started it. One
+   * that leaves while others still scan hands the stop over (`cli-started`). A clamd found
+   * running without that mark (serve's) is never stopped by them.
+   */
+  async join(): Promise<void> {
+    await mkdir(join(this.stateDir, 'users'), { recursive: true });
+    this.userFile = join(this.stateDir, 'users', `${process.pid}-${randomBytes(4).toString('hex')}`);
+    await writeFile(this.userFile, '');
+  }
+
+  /** Leaves (see join); stops clamd when this was the last user of a clamd a command line started. True when it stopped it. */
+  async leave(startedHere: boolean): Promise<boolean> {
+    const users = join(this.stateDir, 'users');
+    const mark = join(this.stateDir, 'cli-started');
+    if (this.userFile !== null) await rm(this.userFile, { force: true });
+    this.userFile = null;
+    let others = 0;
+    for (const name of await readdir(users).catch(() => [] as string[])) {
+      const pid = Number(name.split('-')[0]);
+      if (!Number.isInteger(pid) || pid <= 1) continue;
+      try {
+        process.kill(pid, 0);
+        others++;
+      } catch {
+        await rm(join(users, name), { force: true }); // a run that was killed
+      }
+    }
+    if (others > 0) {
+      if (startedHere) await writeFile(mark, `${process.pid}\n`);
+      return false;
+    }
+    if (!startedHere && !existsSync(mark)) return false;
+    await rm(mark, { force: true });
+    if (startedHere) await this.stop();
+    else await this.stopLeftover();
+    return true;
   }
 
   /**
