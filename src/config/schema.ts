@@ -148,6 +148,12 @@ const icapServiceSchema = z.strictObject({
    */
   'early-response-after': size.prefault('32KiB'),
   /**
+   * The same for REQMOD (uploads). An early head lets Squid send the request on to the server, so
+   * an upload's prefix (infected or not) reaches it before the verdict: uploads are held whole up
+   * to this size; Squid 5.7 drops REQMOD transactions that got no answer while it sent ~10–20 MB.
+   */
+  'early-response-after-reqmod': size.prefault('4MiB'),
+  /**
    * After an early head, the body is sent on as it arrives except for its last keep-back bytes,
    * which wait for the verdict (Squid 5.7 stalls when ~2.7 MB wait unanswered). An object that is
    * not clean is cut off, so the client never has it whole.

@@ -133,6 +133,31 @@ export class Scanner implements ScanService {
     return this.limits.maxConcurrentScans;
   }
 
+  async unreachable(signal?: AbortSignal): Promise<Verdict | null> {
+    const started = performance.now();
+    const pings = this.engines.map((e) => e.engine.ping?.bind(e.engine));
+    if (pings.length === 0 || pings.some((p) => p === undefined)) return null;
+    try {
+      await Promise.any(pings.map((p) => {
+        const asked = (p as NonNullable<(typeof pings)[number]>)(signal);
+        return signal ? raceAbort(asked, signal) : asked;
+      }));
+      return null;
+    } catch (err) {
+      const causes = err instanceof AggregateError ? err.errors.map(messageOf) : [messageOf(err)];
+      return {
+        status: 'error',
+        code: signal?.aborted ? 'AVG_ERR_ENGINE_TIMEOUT' : 'AVG_ERR_ENGINE_CONNECT',
+        cause: `no engine answers: ${causes.join('; ')}`,
+        engine: this.engines.map((e) => e.id).join('+'),
+        signatureVersion: null,
+        durationMs: performance.now() - started,
+        bytes: 0,
+        cached: false,
+      };
+    }
+  }
+
   /**
    * True when every engine reads local files itself (clamd SCAN) and, for an object of `size`
    * bytes, that beats a stream: worth writing the object to a file.

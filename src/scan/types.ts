@@ -54,5 +54,11 @@ export interface ScanService {
    * own must key them on it. Optional for services without engines of their own.
    */
   signatureKey?(signal?: AbortSignal): Promise<string | null>;
+  /**
+   * An error verdict when no engine answers a liveness check now (clamd PING), else null (one
+   * answered, or some engine cannot be asked). For front ends about to hand part of an object on
+   * before its verdict (an early ICAP response): not while the engine is known to be down.
+   */
+  unreachable?(signal?: AbortSignal): Promise<Verdict | null>;
   close(): Promise<void>;
 }

@@ -199,6 +199,16 @@ describe('avgate ICAP server', () => {
     assert.match(r.responses[0]?.body.toString() ?? '', /AVG_ERR_ENGINE_CONNECT/);
   });
 
+  test('engine unreachable and a big body without Allow: 204: the 503 page at once, never an early head with the object after it', async () => {
+    const body = randomBytes(3_000_000);
+    const r = await icapExchange(icap.port, [buildRequest(icap.port, body, { service: 'down' }).first], { timeoutMs: 10_000 });
+    const res = r.responses[0];
+    assert.equal(res?.head.status, 200);
+    assert.match(res?.sections['res-hdr']?.toString() ?? '', /^HTTP\/1\.1 503/, 'the page, not the original head');
+    assert.match(res?.body.toString() ?? '', /AVG_ERR_ENGINE_CONNECT/);
+    assert.equal(res?.body.includes(body.subarray(0, 4096)), false, 'no byte of the object');
+  });
+
   test('early response: a big body without Allow: 204 gets the 200 head before it is complete', async () => {
     const body = randomBytes(200_000);
     const all = buildRequest(icap.port, body).first;

@@ -78,6 +78,8 @@ export interface ConnectionContext {
 /** Chunk-size lines longer than this are not chunk sizes (16 hex digits plus extensions). */
 const MAX_CHUNK_LINE = 4096;
 /** Body bytes read from the socket at a time. */
+/** How long the engines get to answer PING before an early response (the engine-down check). */
+const ENGINE_PROBE_MS = 2000;
 const READ_PIECE = 256 * 1024;
 
 const CONTINUE = Buffer.from('ICAP/1.0 100 Continue\r\n\r\n');
@@ -394,7 +396,7 @@ export class IcapConnection {
 
     const limits = this.ctx.limits;
     const maxObject = service.config['max-object-size'];
-    const earlyAfter = service.config['early-response-after'];
+    const earlyAfter = service.config[head.method === 'RESPMOD' ? 'early-response-after' : 'early-response-after-reqmod'];
     const keepBack = service.config['early-response-keep-back'];
     /** Body bytes already sent on after an early head. */
     let forwarded = 0;
@@ -418,14 +420,14 @@ export class IcapConnection {
     let answered: Outcome | null = null;
     const startedAt = performance.now();
     const declaredLength = Number(echoHead?.headers.get('content-length'));
-    /** Answers an object over max-object-size before its body is over; the rest gets at most read-timeout. */
-    const answerOverLimit = async (): Promise<Outcome> => {
-      const verdict = this.skippedVerdict(service, spool.size + dropped, startedAt);
+    /** Answers before the body is over (over max-object-size, the engine down); the rest gets at most read-timeout. */
+    const answerNow = async (verdict: Verdict, rest: string): Promise<Outcome> => {
       const outcome = await this.finish(head, service, base, spool, verdict, url, echoHead, echoHeadName, echoBodyName, true, false);
-      this.reader.bound(limits.readTimeoutMs, 'the rest of a body over max-object-size');
+      this.reader.bound(limits.readTimeoutMs, rest);
       spool.disposeSoon(true); // nothing reads it any more, and no view of it was written to the socket
       return outcome;
     };
+    const answerOverLimit = (): Promise<Outcome> => answerNow(this.skippedVerdict(service, spool.size + dropped, startedAt), 'the rest of a body over max-object-size');
     try {
       // From here the body: it must keep up body-min-rate (time avgate waits for it, not time it
       // spends on the engine or on writing, counts), the rest after a 100 Continue included.
@@ -521,7 +523,20 @@ export class IcapConnection {
           if (scanStream && !overLimit) await feed(scanStream, piece);
           if (!inPreview) await startCopyIfWorth();
           // Only for clients that did not offer 204: Squid offers it only for bodies it can hold (< 64 KB).
-          if (!early && earlyAfter > 0 && !head.allow204 && spool.size > earlyAfter && !inPreview) await sendEarlyHead();
+          if (!early && earlyAfter > 0 && !head.allow204 && spool.size > earlyAfter && !inPreview) {
+            // The body is about to flow to the client before its verdict: not while no engine
+            // answers (fail closed with the page now, instead of a prefix and a broken transfer).
+            const down = (await service.scanner.unreachable?.(AbortSignal.timeout(ENGINE_PROBE_MS))) ?? null;
+            if (down && service.decide(down).action === 'block') {
+              this.ctx.log.warn({ client: this.client, url, code: down.status === 'error' ? down.code : '', cause: down.status === 'error' ? down.cause : '' }, 'icap: engine down before the early response; answered at once');
+              scanAbort.abort();
+              scanStream?.destroy();
+              dropping = true;
+              answered = await answerNow(down, 'the rest of a body refused while the engine is down');
+              continue;
+            }
+            await sendEarlyHead();
+          }
           // Squid 5.7 also stops sending once about 2.7 MB wait unanswered: after the early head,
           // everything but the last keep-back bytes goes on as it arrives (never the whole object).
           if (early && spool.size - keepBack - forwarded >= READ_PIECE) forwarded = await this.forward(spool, forwarded, spool.size - keepBack);
