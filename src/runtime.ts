@@ -153,7 +153,7 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
         );
       }
       await engine.init();
-      byId.set(id, { id, engine });
+      byId.set(id, { id, engine, cache: ec.cache });
       log.info({ engine: id, ...engine.info() }, 'engine ready');
     }
   } catch (err) {

@@ -28,6 +28,11 @@ const engineSchema = z.strictObject({
   module: z.string().optional(),
   /** Engine options, passed as {name, value} pairs; a list value gives the option several times. */
   options: z.record(z.string(), z.union([optionValue, z.array(optionValue)])).default({}),
+  /**
+   * false: no verdict of a scanner using this engine is cached (an ICAP server whose ISTag does
+   * not change with its signatures, a plugin whose version says nothing).
+   */
+  cache: z.boolean().default(true),
 });
 
 const logSchema = z.strictObject({

@@ -29,6 +29,8 @@ export interface ScannerLimits {
 export interface ScannerEngine {
   id: string;
   engine: Engine;
+  /** false (`engines.<id>.cache`): verdicts of scanners with this engine are never cached. */
+  cache?: boolean;
 }
 
 export interface ScannerCounters {
@@ -377,6 +379,7 @@ export class Scanner implements ScanService {
 
   private cacheKey(versions: Array<string | null>): string | null {
     if (versions.some((v) => v === null)) return null; // engine cannot tell: never cache
+    if (this.engines.some((e) => e.cache === false)) return null;
     const last = this.lastKey;
     if (last && last.versions.length === versions.length && last.versions.every((v, i) => v === versions[i])) return last.key;
     const key = engineSetKey(this.engines.map((e, i) => ({ id: e.id, version: versions[i] as string })));

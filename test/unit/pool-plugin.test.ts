@@ -63,23 +63,21 @@ test('a plugin engine is loaded from its module and scans through the scanner', 
   const dir = await mkdtemp(join(tmpdir(), 'avgate-plugin-'));
   try {
     const module = new URL('../fixtures/plugin-engine.ts', import.meta.url).pathname;
-    const config = parseConfigText(
-      [
-        `state-dir: ${dir}`,
-        'clamd:',
-        '  managed: false',
-        'engines:',
-        '  marker:',
-        '    type: plugin',
-        `    module: ${module}`,
-        '    options:',
-        '      marker: EVIL',
-        '      unknown-option: ignored',
-        'scan:',
-        '  engines: [marker]',
-      ].join('\n'),
-      'plugin.yaml',
-    );
+    const text = [
+      `state-dir: ${dir}`,
+      'clamd:',
+      '  managed: false',
+      'engines:',
+      '  marker:',
+      '    type: plugin',
+      `    module: ${module}`,
+      '    options:',
+      '      marker: EVIL',
+      '      unknown-option: ignored',
+      'scan:',
+      '  engines: [marker]',
+    ].join('\n');
+    const config = parseConfigText(text, 'plugin.yaml');
     const rt = await openRuntime(config, { logger: silentLogger(), localClamd: 'never' });
     const found = await rt.scanner.scan({ source: { kind: 'buffer', data: Buffer.from('some EVIL content') } });
     assert.equal(found.status, 'found');
@@ -88,6 +86,18 @@ test('a plugin engine is loaded from its module and scans through the scanner', 
     assert.equal((await rt.scanner.scan({ source: { kind: 'buffer', data: Buffer.from('fine') } })).status, 'free');
     assert.equal((await rt.scanner.scan({ source: { kind: 'buffer', data: Buffer.from('some EVIL content') } })).cached, true);
     await rt.close();
+
+    // cache: false on the engine: the same scans, never from the cache.
+    const uncached = await openRuntime(parseConfigText(`${text.replace('    options:', '    cache: false\n    options:')}\nstate-dir: ${join(dir, 'b')}`.replace(`state-dir: ${dir}\n`, ''), 'plugin.yaml'), { logger: silentLogger(), localClamd: 'never' });
+    try {
+      for (let i = 0; i < 2; i++) {
+        for (const data of ['fine', 'some EVIL content']) {
+          assert.equal((await uncached.scanner.scan({ source: { kind: 'buffer', data: Buffer.from(data) } })).cached, false, `${data} #${i}`);
+        }
+      }
+    } finally {
+      await uncached.close();
+    }
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
