@@ -262,7 +262,7 @@ export class Scanner implements ScanService {
     let versions: Array<string | null> = [];
     let hash: string | null = null;
     if (this.cache) {
-      versions = await Promise.all(this.engines.map((e) => e.engine.signatureVersion(request.signal)));
+      versions = await this.versionsWithin(request.signal, started);
       if (source.kind !== 'stream' && request.hashWhileScanning && request.hash === undefined) {
         return this.scanWhileHashing(this.cache, { ...request, source }, versions, size, finish, started);
       }
@@ -339,11 +339,15 @@ export class Scanner implements ScanService {
   ): Promise<Verdict> {
     const { source } = request;
     let release: () => void;
+    const queued = performance.now();
     try {
       release = await this.semaphore.acquire(request.signal);
     } catch (err) {
       return finish({ status: 'error', code: errorCodeOf(err), cause: messageOf(err) }, 0, null);
     }
+    // scan-timeout runs from the scan's start (the signature versions included), the wait for a
+    // free slot (max-concurrent-scans) excepted.
+    const spentMs = queued - started;
     try {
       const hasher = this.cache && source.kind === 'stream' ? new ContentHasher() : null;
       if (request.toFile && source.kind !== 'stream' && source.kind !== 'file' && this.prefersFiles(size ?? undefined)) {
@@ -354,7 +358,7 @@ export class Scanner implements ScanService {
           this.log.warn({ err: messageOf(err) }, 'could not write the object to a file for the engine; streaming it');
         }
       }
-      const run = await this.runEngines(request, hasher, versions);
+      const run = await this.runEngines(request, hasher, versions, spentMs);
       const combined = combineVerdicts(run.verdicts);
       if (run.sizeExceeded) {
         return finish({ status: 'skipped', reason: `larger than max-checked-size (${this.limits.maxCheckedSize} bytes)` }, run.bytes, null);
@@ -390,15 +394,36 @@ export class Scanner implements ScanService {
   /** The key of the last versions seen: they change only with a signature update. */
   private lastKey: { versions: Array<string | null>; key: string } | null = null;
 
+  /**
+   * The engines' signature versions within scan-timeout from `started`: one that does not come in
+   * time (an engine that accepts connections but does not answer) is null, so nothing is cached,
+   * and the scan itself then runs out of time at once.
+   */
+  private async versionsWithin(caller: AbortSignal | undefined, started: number): Promise<Array<string | null>> {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(new Error('scan timeout')), Math.max(0, this.limits.scanTimeoutMs - (performance.now() - started)));
+    const onCallerAbort = () => controller.abort(caller?.reason);
+    if (caller?.aborted) onCallerAbort();
+    caller?.addEventListener('abort', onCallerAbort, { once: true });
+    const signal = controller.signal;
+    try {
+      return await Promise.all(this.engines.map((e) => raceAbort(e.engine.signatureVersion(signal), signal).catch(() => null)));
+    } finally {
+      clearTimeout(timer);
+      caller?.removeEventListener('abort', onCallerAbort);
+    }
+  }
+
   /** Feeds the object to every engine at once (a stream is split with backpressure). */
   private async runEngines(
     request: ScanRequest,
     hasher: ContentHasher | null,
     versions: ReadonlyArray<string | null>,
+    spentMs: number,
   ): Promise<{ verdicts: Verdict[]; bytes: number; sizeExceeded: boolean; complete: boolean }> {
     // One controller and one timer per scan (AbortSignal.timeout + any cost more per scan).
     const controller = new AbortController();
-    const timer = setTimeout(() => controller.abort(new Error('scan timeout')), this.limits.scanTimeoutMs);
+    const timer = setTimeout(() => controller.abort(new Error('scan timeout')), Math.max(0, this.limits.scanTimeoutMs - spentMs));
     const onCallerAbort = () => controller.abort(request.signal?.reason);
     if (request.signal?.aborted) onCallerAbort();
     request.signal?.addEventListener('abort', onCallerAbort, { once: true });

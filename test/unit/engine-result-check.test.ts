@@ -80,3 +80,22 @@ test('block-page reasons of error verdicts say what happened, not always "could 
   assert.equal(err('AVG_ERR_INTERNAL'), 'the antivirus gateway failed while scanning (AVG_ERR_INTERNAL)');
   assert.equal(err('SOMETHING_ELSE'), 'the antivirus engine could not scan the object (SOMETHING_ELSE)');
 });
+
+test('scan-timeout bounds the whole scan, the signature-version look-up included', async () => {
+  const hanging: Engine<null> = {
+    ...engineAnswering(() => ({ verdict: { status: 'free' }, bytes: 1 })),
+    // Accepts the question and never answers it (clamd stopped with SIGSTOP), whatever the signal says.
+    signatureVersion: () => new Promise<string | null>(() => undefined),
+  };
+  const cache = new VerdictCache({ memoryEntries: 10, sqlitePath: null, sqliteMaxEntries: 10, maxAgeMs: 0 });
+  const scanner = new Scanner([{ id: 'slow', engine: hanging }], { ...LIMITS, scanTimeoutMs: 300 }, cache, silentLogger());
+  try {
+    const t = performance.now();
+    const v = await scanner.scan({ source: { kind: 'buffer', data: Buffer.from('x') } });
+    const ms = performance.now() - t;
+    assert.ok(ms < 10_000, `answered after ${ms} ms, not bounded by scan-timeout`);
+    assert.equal(v.cached, false);
+  } finally {
+    await scanner.close();
+  }
+});
