@@ -235,14 +235,14 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
   let consolePort: number | null = null;
   try {
     const fe = await startFrontEnds(config, runtime, log, quarantine, listeners);
-    gen = { config, inputs: reloadInputs(config, RELOADABLE_SECTIONS), runtime, listeners, fe, engineHealth: new EngineHealth(runtime.engines.map((e) => e.id)) };
+    gen = { config, inputs: reloadInputs(config, RELOADABLE_SECTIONS), runtime, listeners, fe, engineHealth: new EngineHealth(runtime.allEngines.map((e) => e.id)) };
     if (config.console.enabled) {
       try {
         web = new ConsoleServer({
           config,
           configSource: loaded.path ?? '(embedded defaults)',
           scanner: runtime.scanner,
-          engines: runtime.engines,
+          engines: runtime.allEngines,
           health: gen.engineHealth,
           quarantine,
           stats,
@@ -416,7 +416,7 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
         // Nothing to rebuild, but the running configuration now says the new level.
         running.config = next.config;
         show(running);
-        web?.update({ config: next.config, configSource: loaded.path, scanner: running.runtime.scanner, engines: running.runtime.engines, health: running.engineHealth, configWarnings: configWarnings(next.config), cache: running.runtime.cache });
+        web?.update({ config: next.config, configSource: loaded.path, scanner: running.runtime.scanner, engines: running.runtime.allEngines, health: running.engineHealth, configWarnings: configWarnings(next.config), cache: running.runtime.cache });
       }
       log.info({ config: loaded.path, changed, restartNeeded: next.restartNeeded }, changed.length > 0 ? 'reload: log level applied; nothing else changed, nothing rebuilt' : 'reload: the configuration and the files it names are unchanged; nothing rebuilt');
       return { ok: true, changed, restartNeeded: next.restartNeeded, rebuilt: false };
@@ -442,14 +442,14 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
       log.error({ addresses: notTaken }, 'reload: these listening sockets could not be handed over; they close with the previous configuration');
     }
     applyLogLevel();
-    gen = { config: next.config, inputs, runtime: nextRuntime, listeners: nextListeners, fe, engineHealth: new EngineHealth(nextRuntime.engines.map((e) => e.id)) };
+    gen = { config: next.config, inputs, runtime: nextRuntime, listeners: nextListeners, fe, engineHealth: new EngineHealth(nextRuntime.allEngines.map((e) => e.id)) };
     show(gen);
     updaterEngines.splice(0, updaterEngines.length, ...nextRuntime.allEngines.map((e) => e.engine));
     web?.update({
       config: next.config,
       configSource: loaded.path,
       scanner: nextRuntime.scanner,
-      engines: nextRuntime.engines,
+      engines: nextRuntime.allEngines,
       health: gen.engineHealth,
       configWarnings: configWarnings(next.config),
       cache: nextRuntime.cache,
@@ -459,7 +459,7 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
     if (next.restartNeeded.length > 0) {
       log.warn({ sections: next.restartNeeded }, 'reload: these sections changed in the file but keep their running values until a restart');
     }
-    log.info({ config: loaded.path, changed: next.changed, restartNeeded: next.restartNeeded, engines: nextRuntime.engines.map((e) => e.id), ports: frontEndPorts(fe) }, 'configuration reloaded');
+    log.info({ config: loaded.path, changed: next.changed, restartNeeded: next.restartNeeded, engines: nextRuntime.allEngines.map((e) => e.id), ports: frontEndPorts(fe) }, 'configuration reloaded');
     // The previous generation: stops accepting where the new one does not listen, and its
     // connections end (idle ones at once) within reload-drain-timeout.
     const drainMs = next.config['reload-drain-timeout'];
@@ -521,7 +521,7 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
   };
   control?.setHandlers(controlHandlers());
   const fe = gen.fe;
-  log.info({ engines: runtime.engines.map((e) => e.id), cacheKeyOver32KiB: largeObjectHash(), cacheLevels: runtime.cache?.levels ?? [], clamdPid: runtime.clamd?.pid, ...frontEndPorts(fe), consolePort, controlSocket: control?.path ?? null }, 'avgate ready');
+  log.info({ engines: runtime.allEngines.map((e) => e.id), cacheKeyOver32KiB: largeObjectHash(), cacheLevels: runtime.cache?.levels ?? [], clamdPid: runtime.clamd?.pid, ...frontEndPorts(fe), consolePort, controlSocket: control?.path ?? null }, 'avgate ready');
   return serving;
 }
 
@@ -604,7 +604,7 @@ export function startHealthLog(
 ): NodeJS.Timeout {
   const healthy = new Map<string, boolean>();
   const check = async () => {
-    for (const { id, engine } of runtime.engines) {
+    for (const { id, engine } of runtime.allEngines) {
       const signal = AbortSignal.timeout(Math.min(intervalMs, 10_000));
       try {
         const reply = engine.ping ? await engine.ping(signal) : 'no ping';

@@ -217,7 +217,7 @@ async function configCommand(loaded: LoadedConfig, args: string[]): Promise<numb
     return 1;
   }
   try {
-    for (const { id, engine } of runtime.engines) {
+    for (const { id, engine } of runtime.allEngines) {
       try {
         const signal = AbortSignal.timeout(10_000);
         const reply = engine.ping ? (await engine.ping(signal)).trim() : 'no ping';

@@ -136,6 +136,20 @@ describe('avgate serve and the config commands', () => {
     assert.match(r.stdout, /engine clamav \(clamd-net\): OK/, 'the engines are still checked');
   });
 
+  test('config check pings an engine used only by an ICAP service too (it used to check scan.engines alone)', async () => {
+    const closed = await closedPort();
+    const file = join(dir, 'service-engine.yaml');
+    const base = await readFile(configPath, 'utf8');
+    await writeFile(
+      file,
+      `${base.replace('icap:\n  listen: 127.0.0.1:0\n', `icap:\n  listen: 127.0.0.1:0\n  services:\n    avscan: {}\n    ext:\n      engines: [ext]\n`)}engines:\n  clamav:\n    type: clamd-net\n    options: {address: local}\n  ext:\n    type: clamd-net\n    options: {address: "127.0.0.1:${closed}", connect-timeout: 1s}\n`.replace(`state-dir: ${join(dir, 'state')}`, `state-dir: ${join(dir, 'state-ext')}`),
+    );
+    const r = cli(['--config', file, 'config', 'check']);
+    assert.equal(r.code, 1, r.stdout + r.stderr);
+    assert.match(r.stdout, /^engine clamav \(clamd-net\): OK/m);
+    assert.match(r.stdout, /^engine ext \(clamd-net\): FAILED: .*ECONNREFUSED/m);
+  });
+
   test('a config with an unknown key is refused with its line, exit code 2', async () => {
     const bad = join(dir, 'bad.yaml');
     await writeFile(bad, 'scan:\n  max-checked-size: 1MiB\n  scan-timout: 5s\n');
