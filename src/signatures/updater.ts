@@ -11,7 +11,8 @@ import { AvgateError, messageOf } from '../core/errors.js';
 import { readJson, writeJson } from '../core/json-file.js';
 import type { Logger } from '../core/logging.js';
 import { VERSION } from '../core/version.js';
-import { isDatabaseFile, UPDATING_MARKER, UPDATING_STALE_MS } from '../engines/clamd/fingerprint.js';
+import { fileDigest, isDatabaseFile, UPDATING_MARKER, UPDATING_STALE_MS } from '../engines/clamd/fingerprint.js';
+import { ReloadRefused } from '../engines/clamd/local.js';
 
 /**
  * The signature updater: each configured source (one database file at an HTTP(S) URL) is fetched
@@ -136,7 +137,7 @@ export class SignatureUpdater {
       const removed = Object.keys(state.files).filter((n) => !sources.some((s) => s.name === n));
       const accepted = await this.loadable(staging, candidates, removed, reports, signal);
       const changed = accepted.length > 0 || removed.length > 0;
-      const { reloaded, reloadError } = changed ? await this.install(accepted, removed, state, reports) : { reloaded: false, reloadError: null };
+      const { reloaded, reloadError } = changed ? await this.install(accepted, removed, state, reports, staging) : { reloaded: false, reloadError: null };
       state.lastRun = { at: new Date().toISOString(), changed, reloaded, sources: reports, ...(reloadError ? { reloadError } : {}) };
       await this.writeState(state);
       const report: UpdateReport = { sources: reports, changed, reloaded, failed: reports.filter((r) => r.outcome === 'failed').length + (reloadError ? 1 : 0), ...(reloadError ? { reloadError } : {}) };
@@ -168,21 +169,40 @@ export class SignatureUpdater {
    * the reload, which takes seconds with large databases: a crash meanwhile leaves a state that
    * matches the files; run() writes it once more with the run's record) and reloads clamd. Meanwhile the directory has no fingerprint, so no verdict is cached under a key
    * that would outlive the old database (engines/clamd/fingerprint.ts). A reload clamd does not
-   * confirm is returned, not thrown: the files are in place either way.
+   * confirm is returned, not thrown: the files are in place either way. One clamd refuses (it
+   * cannot load them and scans on with the previous ones; test-load off) is undone: the files
+   * this run replaced or removed were kept in staging and go back, the new ones go, and their
+   * sources are reported failed — a database clamd cannot load must not wait in the directory for
+   * clamd's next start, which it would fail.
    */
-  private async install(accepted: Candidate[], removed: string[], state: UpdaterState, reports: SourceReport[]): Promise<{ reloaded: boolean; reloadError: string | null }> {
+  private async install(
+    accepted: Candidate[],
+    removed: string[],
+    state: UpdaterState,
+    reports: SourceReport[],
+    staging: string,
+  ): Promise<{ reloaded: boolean; reloadError: string | null }> {
     const { dbDir } = this.o;
     const marker = join(dbDir, UPDATING_MARKER);
     await writeFile(marker, `${process.pid}\n`);
+    const before = { files: { ...state.files }, reports: reports.length };
+    /** Files of the directory this run replaced or removed, kept in staging until the reload is confirmed. */
+    const kept: Array<{ name: string; backup: string | null }> = [];
+    const keep = async (name: string) => {
+      const backup = join(staging, `${name}.previous`);
+      const moved = await rename(join(dbDir, name), backup).then(() => true, () => false);
+      kept.push({ name, backup: moved ? backup : null });
+    };
     try {
       for (const c of accepted) {
+        await keep(c.name);
         await rename(c.path, join(dbDir, c.name));
         state.files[c.name] = c.entry;
         reports.push({ name: c.name, url: c.entry.url, outcome: 'installed', bytes: c.entry.size, sha256: c.entry.sha256 });
       }
       for (const name of removed) {
         const url = state.files[name]?.url ?? '';
-        await rm(join(dbDir, name), { force: true });
+        await keep(name);
         delete state.files[name];
         reports.push({ name, url, outcome: 'removed' });
       }
@@ -190,7 +210,16 @@ export class SignatureUpdater {
       try {
         return { reloaded: await this.o.reload(), reloadError: null };
       } catch (err) {
-        return { reloaded: false, reloadError: messageOf(err) };
+        if (!(err instanceof ReloadRefused)) return { reloaded: false, reloadError: messageOf(err) };
+        for (const { name, backup } of kept) {
+          await rm(join(dbDir, name), { force: true });
+          if (backup) await rename(backup, join(dbDir, name));
+        }
+        state.files = before.files;
+        await this.writeState(state);
+        const undone = reports.splice(before.reports);
+        for (const r of undone) reports.push({ name: r.name, url: r.url, outcome: 'failed', reason: `${err.message}; the previous files are back` });
+        return { reloaded: false, reloadError: `${err.message}; this update was undone` };
       }
     } finally {
       await rm(marker, { force: true });
@@ -229,10 +258,20 @@ export class SignatureUpdater {
     throw new AvgateError('AVG_ERR_SIGNATURES', `cannot create ${staging}`);
   }
 
+  /** True when the database directory holds exactly the file `entry` describes. */
+  private async intact(name: string, entry: InstalledFile): Promise<boolean> {
+    const path = join(this.o.dbDir, name);
+    const st = await stat(path).catch(() => null);
+    if (!st?.isFile() || st.size !== entry.size) return false;
+    return (await fileDigest(path).catch(() => null)) === entry.sha256;
+  }
+
   private async fetchOne(src: SignatureSource, name: string, prev: InstalledFile | null, staging: string, signal?: AbortSignal): Promise<Fetched> {
     const cfg = this.o.config;
     const maxSize = cfg['max-size'];
-    const installed = prev !== null && prev.url === src.url && (await stat(join(this.o.dbDir, name)).catch(() => null)) !== null;
+    // The file in the directory must still be the one installed (a damaged or edited file is
+    // fetched again whole, as freshclam does, not kept because the server says 304).
+    const installed = prev !== null && prev.url === src.url && (await this.intact(name, prev));
     const headers: Record<string, string> = { 'user-agent': `avgate/${VERSION}` };
     if (installed && prev) {
       if (prev.etag) headers['if-none-match'] = prev.etag;

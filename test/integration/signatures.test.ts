@@ -194,6 +194,37 @@ describe('signature updater: nginx as the mirror, the project-local clamd, clams
     assert.equal((await scan(extra.content)).status, 'found');
   });
 
+  test('test-load off and a file clamd refuses on RELOAD: the update is undone (the file goes, clamd keeps scanning), it fails again next time instead of passing as unchanged', async () => {
+    await writeFile(join(www, 'broken.ndb'), 'Broken.Sig:0:*:zz-not-hex\n');
+    const cfg = config(`${src('avgate-extra.ndb')}\n${src('broken.ndb')}`, '  test-load: false');
+    for (let run = 0; run < 2; run++) {
+      const r = await updaterFor(cfg, silentLogger(), runtime.allEngines.map((e) => e.engine)).update();
+      const broken = r.sources.find((x) => x.name === 'broken.ndb');
+      assert.equal(broken?.outcome, 'failed', `run ${run}: ${JSON.stringify(r.sources)}`);
+      assert.match(broken?.reason ?? '', /clamd refused the signature files: .*Malformed database.*; the previous files are back/);
+      assert.match(r.reloadError ?? '', /this update was undone/);
+      assert.equal(r.reloaded, false);
+      assert.equal(existsSync(join(dbDir(), 'broken.ndb')), false, 'not left for clamd\'s next start');
+      assert.ok(r.failed >= 1);
+    }
+    assert.equal((await scan(extra.content)).status, 'found', 'clamd scans on with the previous files');
+    assert.match(await readFile(runtime.clamd?.logPath as string, 'utf8'), /Database reload failed, keeping the previous instance/);
+  });
+
+  test('an installed file changed on disk is fetched again whole, not kept because the mirror says 304', async () => {
+    const cfg = config(src('avgate-extra.ndb'));
+    const other = tokenSignature('Avgate.Test.Edited');
+    await writeFile(join(dbDir(), 'avgate-extra.ndb'), other.line);
+    const r = await updaterFor(cfg, silentLogger(), runtime.allEngines.map((e) => e.engine)).update();
+    assert.deepEqual(
+      r.sources.map((x) => [x.name, x.outcome]),
+      [['avgate-extra.ndb', 'installed']],
+    );
+    assert.equal(await readFile(join(dbDir(), 'avgate-extra.ndb'), 'utf8'), extra.line);
+    const again = await updaterFor(cfg, silentLogger(), runtime.allEngines.map((e) => e.engine)).update();
+    assert.deepEqual(again.sources.map((x) => x.outcome), ['unchanged'], 'intact: a 304 is taken again');
+  });
+
   test('a second update while one holds the staging directory is refused (exit 2); a reload clamd does not confirm is a failure; a bad source name is a config error with its path', async () => {
     await mkdir(join(dbDir(), '.avgate-staging'));
     try {

@@ -62,7 +62,8 @@ interface FileDigest {
 /** Directory → database file name → its digest and the stat it was taken at. */
 const digests = new Map<string, Map<string, FileDigest>>();
 
-async function fileDigest(path: string): Promise<string> {
+/** SHA-256 of a file's content, hex. */
+export async function fileDigest(path: string): Promise<string> {
   const h = createHash('sha256');
   for await (const chunk of createReadStream(path, { highWaterMark: 1024 * 1024 })) h.update(chunk as Buffer);
   return h.digest('hex');

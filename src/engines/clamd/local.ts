@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { access, constants, mkdir, readdir, readFile, rm, statfs, writeFile } from 'node:fs/promises';
+import { access, constants, mkdir, open, readdir, readFile, rm, stat, statfs, writeFile, type FileHandle } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -71,6 +71,17 @@ export const SYSTEM_DATABASE_DIR = '/var/lib/clamav';
  * directory, starts clamd in the foreground as a child, waits until PING answers PONG, and stops
  * it with SIGTERM (SIGKILL after a grace period).
  */
+const RELOAD_OK = /Database correctly reloaded/;
+/** clamd's lines for a RELOAD it could not do (it keeps the previous database). */
+const RELOAD_REFUSED = /(?:reload_th|reload_db): [^\n]*|Database reload (?:setup )?failed[^\n]*/g;
+
+/** clamd could not load the signature files on RELOAD and scans on with the previous ones. */
+export class ReloadRefused extends AvgateError {
+  constructor(message: string) {
+    super('AVG_ERR_SIGNATURES', message);
+  }
+}
+
 /** clamd's defaults for the largest file and the data scanned per object. */
 const CLAMD_MAX_FILE = 100 * 1024 * 1024;
 const CLAMD_MAX_SCAN = 400 * 1024 * 1024;
@@ -340,13 +351,20 @@ export class LocalClamd {
     process.kill(c.pid, 'SIGHUP');
   }
 
-  /** RELOAD and wait until clamd logs that the new database is in use. */
+  /**
+   * RELOAD and wait until clamd logs that the new database is in use. Throws ReloadRefused when
+   * clamd logs that it could not load it (it then keeps scanning with the previous one).
+   */
   async reload(timeoutMs = 60_000): Promise<void> {
-    const before = await this.countInLog(/Database correctly reloaded/g);
+    // Only what clamd writes from now on is read (the log grows for as long as clamd runs).
+    const from = (await stat(this.logPath).catch(() => null))?.size ?? 0;
     await clamdRequest(this.unixAddress, 'RELOAD', { timeoutMs: 5000 });
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
-      if ((await this.countInLog(/Database correctly reloaded/g)) > before) return;
+      const added = await this.readLogFrom(from);
+      if (RELOAD_OK.test(added)) return;
+      const why = added.match(RELOAD_REFUSED);
+      if (why) throw new ReloadRefused(`clamd refused the signature files: ${why.join(' / ')}`);
       await sleep(50);
     }
     throw new AvgateError('AVG_ERR_CLAMD_START', 'clamd did not finish RELOAD in time');
@@ -430,11 +448,20 @@ export class LocalClamd {
     if (this.temp?.private) await rm(this.temp.path, { recursive: true, force: true }).catch(() => undefined);
   }
 
-  private async countInLog(re: RegExp): Promise<number> {
+  /** What clamd's log holds past `offset` (all of it when the file is shorter: it was rotated); '' when there is none. */
+  private async readLogFrom(offset: number): Promise<string> {
+    let fh: FileHandle | null = null;
     try {
-      return (await readFile(this.logPath, 'utf8')).match(re)?.length ?? 0;
+      fh = await open(this.logPath, 'r');
+      const size = (await fh.stat()).size;
+      const start = size < offset ? 0 : offset;
+      const buf = Buffer.alloc(Math.min(size - start, 1 << 20));
+      const { bytesRead } = await fh.read(buf, 0, buf.length, start);
+      return buf.toString('utf8', 0, bytesRead);
     } catch {
-      return 0;
+      return '';
+    } finally {
+      await fh?.close();
     }
   }
 

@@ -136,6 +136,7 @@ export class ClamdVersionTracker {
   /** Another clamd: a fingerprint seen changed, and the VERSION database part it came with. */
   private pending: { fp: string; base: string; since: number } | null = null;
   private reloading: Promise<void> | null = null;
+  private retryAt = 0;
   /** The project-local clamd: RELOAD and wait until clamd confirms (LocalClamd.reload). */
   reloadDatabase: (() => Promise<void>) | null = null;
   /** Told when a RELOAD the tracker asked for failed (the version stays unknown; tried again at the next check). */
@@ -208,7 +209,8 @@ export class ClamdVersionTracker {
 
   private reload(fp: string): void {
     const load = this.reloadDatabase;
-    if (this.reloading || !load) return;
+    // After a RELOAD that failed (clamd refused the files), the next try waits a check interval.
+    if (this.reloading || !load || Date.now() < this.retryAt) return;
     this.reloading = load()
       .then(
         () => {
@@ -217,7 +219,10 @@ export class ClamdVersionTracker {
           this.loaded = fp;
           this.cached = null;
         },
-        (err: unknown) => this.onReloadError?.(err),
+        (err: unknown) => {
+          this.retryAt = Date.now() + this.settings().versionCheckIntervalMs;
+          this.onReloadError?.(err);
+        },
       )
       .finally(() => {
         this.reloading = null;
