@@ -49,6 +49,9 @@ Options:
                        values, so no file name is ever run as code. Killed after ${EXEC_TIMEOUT_MS / 1000} s. Not run for a
                        path that is not valid UTF-8 (it cannot be passed on exactly): a failure.
   --report FILE        append a line (time, path, verdict) for every infected or failed object
+  --alert-exceeds-max  an object not scanned because of a size limit (scan.max-checked-size,
+                       clamd's StreamMaxLength) is reported FOUND as Heuristics.Limits.Exceeded.*
+                       (exit status 1, actions apply), as clamscan's option does
   -h, --help           show this help
 
 Actions apply to infected files only, in this order: report, exec, move or remove. A file that
@@ -77,6 +80,7 @@ const OPTIONS = {
   remove: { type: 'boolean' },
   exec: { type: 'string' },
   report: { type: 'string' },
+  'alert-exceeds-max': { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -98,6 +102,7 @@ interface ScanSettings {
   remove: boolean;
   exec: string | null;
   report: string | null;
+  alertExceedsMax: boolean;
 }
 
 function parseSettings(argv: string[]): ScanSettings | 'help' {
@@ -133,6 +138,7 @@ function parseSettings(argv: string[]): ScanSettings | 'help' {
     remove: v.remove ?? false,
     exec: v.exec ?? null,
     report: v.report ?? null,
+    alertExceedsMax: v['alert-exceeds-max'] ?? false,
   };
 }
 
@@ -453,7 +459,8 @@ export async function runScanCommand(argv: string[], deps: ScanCommandDeps): Pro
         break;
     }
     totals.errors += o.actions.filter((a) => !a.ok).length;
-    totals.bytes += o.common?.bytes ?? 0;
+    // "Data scanned": what an engine read, not what was skipped or failed.
+    if (o.result.status === 'free' || o.result.status === 'found') totals.bytes += o.common?.bytes ?? 0;
   }
 
   async function print(o: Outcome): Promise<void> {
@@ -480,6 +487,7 @@ export async function runScanCommand(argv: string[], deps: ScanCommandDeps): Pro
     let o: Outcome;
     try {
       o = await scanItem(item);
+      if (settings.alertExceedsMax) o = exceedsAsFound(o);
       await applyActions(o, item.kind === 'file');
     } catch (err) {
       // The scanner turns failures into verdicts; anything arriving here is a bug, still one path's.
@@ -536,6 +544,17 @@ export async function runScanCommand(argv: string[], deps: ScanCommandDeps): Pro
   if (totals.infected > 0) return 1;
   if (totals.errors > 0) return 2;
   return 0;
+}
+
+/**
+ * --alert-exceeds-max (clamscan's option, clamd's AlertExceedsMax): an object not scanned because
+ * of a size limit is reported as found, `Heuristics.Limits.Exceeded.<limit>`, so a cron job's exit
+ * status does not pass it as clean; the actions apply to it as to any infected file.
+ */
+function exceedsAsFound(o: Outcome): Outcome {
+  if (o.result.status !== 'skipped' || o.common === null) return o;
+  const limit = /StreamMaxLength/.test(o.result.reason) ? 'StreamMaxLength' : /max-checked-size/.test(o.result.reason) ? 'MaxCheckedSize' : null;
+  return limit === null ? o : { ...o, result: { status: 'found', names: [`Heuristics.Limits.Exceeded.${limit}`] } };
 }
 
 function split(base: { path: string; raw?: Buffer; actions: ActionOutcome[] }, v: VerdictCommon & VerdictResult): Outcome {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
@@ -154,6 +154,26 @@ describe('avgate scan: a directory swapped for a link before the action', () => 
     const hook = `mv ${root}/sub ${root}/sub.old && ln -s ${elsewhere} ${root}/sub`;
     return { root, victim, hook };
   }
+
+  it('an object over max-checked-size: SKIPPED, exit 0; with --alert-exceeds-max FOUND as Heuristics.Limits.Exceeded, exit 1, --move applies', async () => {
+    const dir = join(base, 'exceeds');
+    await mkdir(dir, { recursive: true });
+    const big = join(dir, 'big.bin');
+    const fd = await open(big, 'w');
+    await fd.truncate(10 * 1024 * 1024 + 1); // sparse: no disk, one byte over the limit
+    await fd.close();
+    await writeFile(join(dir, 'small.txt'), 'fine\n');
+    const plain = await scan([dir]);
+    assert.equal(plain.code, 0, plain.stdout);
+    assert.ok(plain.lines.includes(`${big}: SKIPPED (larger than max-checked-size (10485760 bytes))`), plain.stdout);
+    const q = join(base, 'exceeds-q');
+    await mkdir(q);
+    const alert = await scan(['--alert-exceeds-max', '--move', q, dir]);
+    assert.equal(alert.code, 1, alert.stdout);
+    assert.ok(alert.lines.includes(`${big}: Heuristics.Limits.Exceeded.MaxCheckedSize FOUND`), alert.stdout);
+    assert.ok(alert.lines.includes(`${join(dir, 'small.txt')}: OK`));
+    assert.deepEqual(await readdir(q), ['big.bin']);
+  });
 
   it('--remove leaves the file the path now leads to', async () => {
     const { root, victim, hook } = await swapSetup('swap-remove');
