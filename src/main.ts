@@ -4,6 +4,7 @@ import { mimeLimitsFrom } from './mime/index.js';
 import { loadConfig, type LoadedConfig } from './config/loader.js';
 import type { Config } from './config/schema.js';
 import { Listeners } from './core/listen.js';
+import { statsNodeName } from './config/stats-schema.js';
 import { reloadInputs } from './config/reload-inputs.js';
 import { largeObjectHash } from './core/content-hash.js';
 import { mkdirSync } from 'node:fs';
@@ -184,7 +185,7 @@ export function reloadedConfig(running: Readonly<Config>, next: Readonly<Config>
 
 export async function serve(loaded: LoadedConfig, opts: ServeOptions = {}): Promise<Serving> {
   const { config } = loaded;
-  const log = opts.logger ?? createLogger({ level: config.log.level, file: config.log.file });
+  const log = opts.logger ?? createLogger({ level: config.log.level, file: config.log.file, node: statsNodeName(config.stats) });
   log.info({ config: loaded.path ?? '(embedded defaults)' }, 'avgate starting');
   // Before anything is started: another avgate on the same state-dir would share its clamd
   // (and stop it as a leftover), its spool and its databases.
@@ -631,7 +632,7 @@ export function startHealthLog(
 
 /** Runs serve until SIGINT/SIGTERM, then stops gracefully within stop-timeout (as reloaded). */
 export async function serveForever(loaded: LoadedConfig): Promise<number> {
-  const log = createLogger({ level: loaded.config.log.level, file: loaded.config.log.file });
+  const log = createLogger({ level: loaded.config.log.level, file: loaded.config.log.file, node: statsNodeName(loaded.config.stats) });
   // Signals are taken from the first moment: during start-up (clamd loading its database) node's
   // default would end avgate at once and leave clamd, in its own process group, running.
   const startAbort = new AbortController();

@@ -8,6 +8,8 @@ export interface LogOptions {
   level: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
   /** Log file path; null = standard error. */
   file: string | null;
+  /** This node's name on every line (`stats.node`, the hostname by default), for logs shipped from several nodes. */
+  node?: string;
 }
 
 /**
@@ -34,7 +36,7 @@ export function createLogger(options: LogOptions): Logger {
       destination.reopen();
     });
   }
-  return pino({ level: options.level, base: { app: 'avgate' }, timestamp: pino.stdTimeFunctions.isoTime }, destination);
+  return pino({ level: options.level, base: { app: 'avgate', ...(options.node ? { node: options.node } : {}) }, timestamp: pino.stdTimeFunctions.isoTime }, destination);
 }
 
 /**

@@ -166,7 +166,7 @@ test('avgate status, reload and stop reach the running serve over its control so
     assert.match(served.stderr(), /avgate stop \(control socket\), stopping/);
     assert.equal(existsSync(socketPath), false, 'the socket file is removed');
     assert.throws(() => process.kill(clamdPid, 0), 'its clamd is stopped too');
-    assert.match(await readFile(logFile, 'utf8'), /"msg":"avgate stopped"/);
+    assert.match(await readFile(logFile, 'utf8'), /"node":"[^"]+".*"msg":"avgate stopped"/, 'every line names the node (stats.node, the hostname)');
     assert.equal((await cli(['--config', config, 'stop'])).code, 3, 'nothing left to stop');
 
     // kill -9 leaves the socket file: status says not running, and the next serve starts.
