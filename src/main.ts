@@ -419,7 +419,7 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
         show(running);
         web?.update({ config: next.config, configSource: loaded.path, scanner: running.runtime.scanner, engines: running.runtime.allEngines, health: running.engineHealth, configWarnings: configWarnings(next.config), cache: running.runtime.cache });
       }
-      log.info({ config: loaded.path, changed, restartNeeded: next.restartNeeded }, changed.length > 0 ? 'reload: log level applied; nothing else changed, nothing rebuilt' : 'reload: the configuration and the files it names are unchanged; nothing rebuilt');
+      log.info({ config: loaded.path, changed, restartNeeded: next.restartNeeded }, changed.length > 0 ? 'reload: log level applied; nothing else changed, nothing rebuilt' : next.restartNeeded.length > 0 ? 'reload: only sections that need a restart changed (restartNeeded); nothing rebuilt' : 'reload: the configuration and the files it names are unchanged; nothing rebuilt');
       return { ok: true, changed, restartNeeded: next.restartNeeded, rebuilt: false };
     }
     const nextListeners = new Listeners(running.listeners);

@@ -141,9 +141,11 @@ async function waitUntilGone(path: string, pid: number | null, timeoutMs: number
 /** A value from the reply as one printable line (an engine's error text may carry anything). */
 const text = (v: unknown): string => printable(String(v), 500);
 
-function formatReload(r: ControlReply): string {
+export function formatReload(r: ControlReply): string {
   const list = (v: unknown) => (Array.isArray(v) && v.length > 0 ? v.map(text).join(', ') : 'none');
-  const lines = [r['result'] === 'applied' ? `configuration reloaded; changed: ${list(r['changed'])}` : 'configuration unchanged: nothing rebuilt'];
+  const restartOnly = Array.isArray(r['restartNeeded']) && r['restartNeeded'].length > 0;
+  const unchanged = restartOnly ? 'nothing that a reload applies changed: nothing rebuilt' : 'configuration unchanged: nothing rebuilt';
+  const lines = [r['result'] === 'applied' ? `configuration reloaded; changed: ${list(r['changed'])}` : unchanged];
   if (Array.isArray(r['restartNeeded']) && r['restartNeeded'].length > 0) lines.push(`these sections changed but keep their running values until a restart: ${list(r['restartNeeded'])}`);
   if (typeof r['note'] === 'string') lines.push(text(r['note']));
   return `${lines.join('\n')}\n`;
