@@ -219,7 +219,7 @@ describe('avgate serve: SIGHUP', () => {
       await rename(join(state, 'icap-access.log'), join(state, 'icap-access.log.1'));
       process.kill(child.pid as number, 'SIGHUP');
       const fresh = await until('avgate.log', /"msg":"log files reopened"/);
-      assert.match(fresh, /"files":2/, 'the main log and the ICAP access log');
+      assert.match(fresh, /"files":3/, "the main log, the ICAP access log and the project-local clamd's log");
       assert.match(await until('avgate.log', /"msg":"configuration reloaded"/), /"changed":\["icap"\]/);
       assert.equal(await options(port), '77', 'the reloaded ICAP settings, on the same port');
       await until('state/icap-access.log', / avscan OPTIONS 200 /);
