@@ -45,5 +45,15 @@ export function enginePrometheus(engines: readonly EngineHealthEntry[]): string 
   const by = (pick: (e: EngineHealthEntry) => number): Array<[string, number]> => checked.map((e) => [`{engine="${escapeLabel(e.id)}"}`, pick(e)]);
   metricFamily(lines, 'avgate_engine_up', 'gauge', 'Whether the engine answered its last health check (health.interval); 0 means scans it takes part in fail closed.', by((e) => (e.healthy ? 1 : 0)));
   metricFamily(lines, 'avgate_engine_failed_checks', 'gauge', 'Health checks the engine failed in a row (0 once it answers again).', by((e) => e.failuresInRow));
+  // The version each node's verdict cache keys on: nodes that drift apart stop sharing cached verdicts.
+  const versions = checked.flatMap((e): Array<[string, number]> => (e.signatureVersion === null ? [] : [[`{engine="${escapeLabel(e.id)}",version="${escapeLabel(e.signatureVersion)}"}`, 1]]));
+  metricFamily(lines, 'avgate_engine_signature_info', 'gauge', 'The signature version of each engine at its last health check, as the verdict cache keys on it (value always 1).', versions);
+  return `${lines.join('\n')}\n`;
+}
+
+/** avgate's version and this node's name (stats.node), value 1: joins a node's series to its name. */
+export function buildInfoPrometheus(version: string, node: string): string {
+  const lines: string[] = [];
+  metricFamily(lines, 'avgate_build_info', 'gauge', 'avgate version and node name (stats.node; the hostname unless set), value always 1.', [[`{version="${escapeLabel(version)}",node="${escapeLabel(node)}"}`, 1]]);
   return `${lines.join('\n')}\n`;
 }

@@ -49,7 +49,9 @@ import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { readPem } from '../config/tls-schema.js';
 import { cachePrometheus } from '../cache/metrics.js';
-import { enginePrometheus, frontEndPrometheus, type FrontEndSnapshot } from './runtime-metrics.js';
+import { buildInfoPrometheus, enginePrometheus, frontEndPrometheus, type FrontEndSnapshot } from './runtime-metrics.js';
+import { VERSION } from '../core/version.js';
+import { statsNodeName } from '../config/stats-schema.js';
 import type { CacheStats } from '../cache/verdict-cache.js';
 import { cutConnection, SendStallWatch } from '../core/send-stall.js';
 import { metricFamily } from '../core/prometheus-text.js';
@@ -326,7 +328,8 @@ export class ConsoleServer {
     const reloads = this.deps.reloads ? reloadPrometheus(this.deps.reloads()) : '';
     const frontEnds = this.deps.frontEnds ? frontEndPrometheus(this.deps.frontEnds()) : '';
     const engines = enginePrometheus(this.deps.health.snapshot());
-    sendText(ctx.res, 200, text + cache + reloads + frontEnds + engines, { 'Content-Type': 'text/plain; version=0.0.4; charset=utf-8' });
+    const build = buildInfoPrometheus(VERSION, statsNodeName(this.deps.config.stats));
+    sendText(ctx.res, 200, text + cache + reloads + frontEnds + engines + build, { 'Content-Type': 'text/plain; version=0.0.4; charset=utf-8' });
   }
 
   private async apiScan(ctx: Ctx): Promise<void> {

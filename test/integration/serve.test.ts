@@ -69,6 +69,8 @@ describe('avgate serve and the config commands', () => {
       }
       assert.match(metrics, /^avgate_engine_up\{engine="clamav"\} 1$/m, 'after its first health check');
       assert.match(metrics, /^avgate_engine_failed_checks\{engine="clamav"\} 0$/m);
+      assert.match(metrics, /^avgate_engine_signature_info\{engine="clamav",version="ClamAV [\d.]+\/db:[0-9a-f]{16}"\} 1$/m);
+      assert.match(metrics, /^avgate_build_info\{version="[^"]+",node="[^"]+"\} 1$/m);
       assert.match(metrics, /^avgate_frontend_events_total\{frontend="icap",event="byMethod:OPTIONS"\} 1$/m);
       assert.match(metrics, /^avgate_frontend_events_total\{frontend="smtp",event="deferred"\} 0$/m);
       assert.match(metrics, /^avgate_frontend_connections\{frontend="smtp"\} 1$/m, 'the session held open');
