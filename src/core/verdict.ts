@@ -41,13 +41,17 @@ export function withCommon(result: VerdictResult, common: VerdictCommon): Verdic
 }
 
 /**
- * A verdict as one access-log field: the status, and for `found` the names (`found:Eicar-Test`,
- * several joined by commas); `-` for none. White space and control characters in a name become `_`.
+ * A verdict as one access-log field: the status, for `found` the names (`found:Eicar-Test`,
+ * several joined by commas), for `error` its code (`error:AVG_ERR_ENGINE_CONNECT`), and `/cached`
+ * after a verdict the verdict cache answered; `-` for none. White space and control characters in
+ * a name become `_`.
  */
-export function verdictLabel(v: Pick<Verdict, 'status'> & { names?: readonly string[] } | null): string {
+export function verdictLabel(v: (Pick<Verdict, 'status'> & { names?: readonly string[]; code?: string; cached?: boolean }) | null): string {
   if (v === null) return '-';
-  if (v.status !== 'found' || !v.names || v.names.length === 0) return v.status;
-  return `found:${v.names.map((n) => n.replace(/[\s\p{Cc}]/gu, '_')).join(',')}`;
+  const cached = v.cached === true ? '/cached' : '';
+  if (v.status === 'error' && v.code) return `error:${v.code.replace(/[\s\p{Cc}]/gu, '_')}`;
+  if (v.status !== 'found' || !v.names || v.names.length === 0) return `${v.status}${cached}`;
+  return `found:${v.names.map((n) => n.replace(/[\s\p{Cc}]/gu, '_')).join(',')}${cached}`;
 }
 
 /** Short human text for logs and the CLI: `FOUND Eicar-Test`, `SKIPPED (size limit)` ... */

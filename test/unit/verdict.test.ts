@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { combineVerdicts, describeVerdict, type Verdict, type VerdictResult } from '../../src/core/verdict.js';
+import { combineVerdicts, describeVerdict, verdictLabel, type Verdict, type VerdictResult } from '../../src/core/verdict.js';
 
 function v(result: VerdictResult, engine = 'e'): Verdict {
   return { ...result, engine, signatureVersion: '1', durationMs: 5, bytes: 10, cached: false };
@@ -51,4 +51,13 @@ test('describeVerdict', () => {
   assert.equal(describeVerdict(FOUND2), 'Y, X FOUND');
   assert.equal(describeVerdict(SKIPPED), 'SKIPPED (size)');
   assert.equal(describeVerdict(ERROR), 'ERROR (AVG_ERR_ENGINE_CONNECT: refused)');
+});
+
+test('access-log verdict field: names for found, the code for error, /cached for a cache hit', () => {
+  assert.equal(verdictLabel(null), '-');
+  assert.equal(verdictLabel({ status: 'free' }), 'free');
+  assert.equal(verdictLabel({ status: 'free', cached: true }), 'free/cached');
+  assert.equal(verdictLabel({ status: 'found', names: ['A b', 'C'], cached: true }), 'found:A_b,C/cached');
+  assert.equal(verdictLabel({ status: 'error', code: 'AVG_ERR_ENGINE_CONNECT' }), 'error:AVG_ERR_ENGINE_CONNECT');
+  assert.equal(verdictLabel({ status: 'skipped' }), 'skipped');
 });
