@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+import { PAGE_VALUE_NAMES, unknownPageNames } from '../policy/block-page.js';
 import { formatBytes, parseSize } from '../core/units.js';
 import type { Config } from './schema.js';
 
@@ -31,6 +33,19 @@ export function configWarnings(config: Readonly<Config>): string[] {
         warnings.push(`${section}.doc-acl.${i}.trickle.limit is ${limit.value} bytes: a share of the body is written with %, as "${limit.value}%"`);
       }
     });
+  }
+  // A page template's {{NAME}} that nothing fills shows on the page as written (a typo, or a macro
+  // of squidclamav's or HAVP's pages).
+  const pages: Array<[string, string | null]> = [['http-proxy.block-page', hp['block-page']], ...Object.entries(config.icap.services).map(([n, s]): [string, string | null] => [`icap.services.${n}.block-page`, s['block-page']])];
+  for (const [key, path] of pages) {
+    if (path === null) continue;
+    let names: string[];
+    try {
+      names = unknownPageNames(readFileSync(path, 'utf8'));
+    } catch {
+      continue; // serve refuses a template it cannot read, with the reason
+    }
+    if (names.length > 0) warnings.push(`${key} (${path}) uses ${names.map((n) => `{{${n}}}`).join(', ')}, which no page fills: they show as written (known: ${PAGE_VALUE_NAMES.join(', ')})`);
   }
   return warnings;
 }

@@ -12,6 +12,19 @@ export interface PageValues {
   ENGINE: string;
   SIGNATURE_VERSION: string;
   TIME: string;
+  /** The user's machine: the HTTP client's address (ICAP: X-Client-IP), `-` when unknown. */
+  CLIENT: string;
+  /** The user's login (ICAP: X-Authenticated-User), `-` when unknown. */
+  USER: string;
+}
+
+/** The {{NAMES}} a page template can use. */
+export const PAGE_VALUE_NAMES: readonly string[] = ['TITLE', 'STATUS', 'REASON', 'VIRUS_NAMES', 'URL', 'SERVICE', 'ENGINE', 'SIGNATURE_VERSION', 'TIME', 'CLIENT', 'USER'];
+
+/** The {{NAMES}} of a template that no page fills (a typo, or a macro of another product's page). */
+export function unknownPageNames(template: string): string[] {
+  const names = [...template.matchAll(/\{\{([A-Z_]+)\}\}/g)].map((m) => m[1] as string);
+  return [...new Set(names.filter((n) => !PAGE_VALUE_NAMES.includes(n)))];
 }
 
 export const DEFAULT_PAGE = `<!DOCTYPE html>

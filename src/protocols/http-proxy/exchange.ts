@@ -77,7 +77,7 @@ const EAGER_WINDOW = 2 * 1024 * 1024;
 const BLOCK_STATUS = { found: 403, skipped: 403, unknown: 403, error: 503 } as const;
 
 /** A page of our own (400, 403, 502 ...): small, HTML-escaped, never cached. */
-function sendPage(res: ServerResponse, status: number, title: string, reason: string, url: string, extra: Record<string, string> = {}, ctx?: ExchangeContext, v?: Verdict): void {
+function sendPage(res: ServerResponse, status: number, title: string, reason: string, url: string, extra: Record<string, string> = {}, ctx?: ExchangeContext, v?: Verdict, client = '-'): void {
   if (res.headersSent || res.destroyed) {
     res.destroy();
     return;
@@ -92,6 +92,8 @@ function sendPage(res: ServerResponse, status: number, title: string, reason: st
     ENGINE: v?.engine ?? '-',
     SIGNATURE_VERSION: v?.signatureVersion ?? 'unknown',
     TIME: new Date().toISOString(),
+    CLIENT: client,
+    USER: '-',
   });
   const body = Buffer.from(html, 'utf8');
   res.writeHead(status, {
@@ -387,7 +389,7 @@ export class Exchange {
     const forwarded = headerValue(headerPairs(this.req.rawHeaders), 'x-forwarded-for');
     this.ctx.log.info({ client: this.rec.client, ...(forwarded ? { forwardedFor: headerSafe(forwarded).slice(0, 200) } : {}), url, rule, status: v.status, reason: d.reason }, 'http-proxy: blocked');
     this.res.shouldKeepAlive = false;
-    sendPage(this.res, d.httpStatus, title, d.reason, url, { 'X-Avgate-Verdict': headerSafe(`${v.status}; ${verdictReason(v)}`), Connection: 'close' }, this.ctx, v);
+    sendPage(this.res, d.httpStatus, title, d.reason, url, { 'X-Avgate-Verdict': headerSafe(`${v.status}; ${verdictReason(v)}`), Connection: 'close' }, this.ctx, v, this.rec.client);
   }
 
   /** Sends the request upstream and handles the response. */

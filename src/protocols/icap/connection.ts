@@ -639,11 +639,11 @@ export class IcapConnection {
       }
       if (early) {
         // Headers are out; the body must never arrive complete: abort the connection.
-        this.ctx.log.warn({ client: this.client, url, status: verdict.status }, 'icap: verdict after the early response, connection aborted');
+        this.ctx.log.warn({ client: this.client, url, verdict: verdictLabel(verdict), ...this.current?.who }, 'icap: verdict after the early response, connection aborted');
         this.socket.destroy();
         return { status: 200, verdict, bytes, close: true };
       }
-      const page = service.blockPage(verdict, decision, url);
+      const page = service.blockPage(verdict, decision, url, this.current?.who);
       this.sending = 'a block page';
       await this.write(
         formatResponseHead({

@@ -48,7 +48,7 @@ export class IcapService {
   }
 
   /** The page a blocked object is replaced by: HTTP head + HTML body. */
-  blockPage(v: Verdict, decision: Extract<Decision, { action: 'block' }>, url: string): { head: Buffer; body: Buffer } {
+  blockPage(v: Verdict, decision: Extract<Decision, { action: 'block' }>, url: string, who: { httpClient?: string; user?: string } = {}): { head: Buffer; body: Buffer } {
     const infected = v.status === 'found';
     const html = renderPage(this.template, {
       TITLE: infected ? 'Virus found: access denied' : v.status === 'error' ? 'Antivirus unavailable' : 'Content could not be checked',
@@ -60,6 +60,8 @@ export class IcapService {
       ENGINE: v.engine,
       SIGNATURE_VERSION: v.signatureVersion ?? 'unknown',
       TIME: new Date().toISOString(),
+      CLIENT: who.httpClient ?? '-',
+      USER: who.user ?? '-',
     });
     const body = Buffer.from(html, 'utf8');
     const reason = decision.httpStatus === 503 ? 'Service Unavailable' : decision.httpStatus === 403 ? 'Forbidden' : 'Blocked';
