@@ -159,6 +159,12 @@ const icapServiceSchema = z.strictObject({
    */
   'early-response-after-reqmod': size.prefault('4MiB'),
   /**
+   * A blocked engine error (no engine could answer): `page` = the 503 page (fail closed whatever
+   * the client is set to); `icap-error` = an ICAP 500 (as c-icap answers), so the ICAP client
+   * decides: Squid with bypass=1 then passes the object unscanned, with bypass=0 refuses it.
+   */
+  'engine-error': z.enum(['page', 'icap-error']).default('page'),
+  /**
    * After an early head, the body is sent on as it arrives except for its last keep-back bytes,
    * which wait for the verdict (Squid 5.7 stalls when ~2.7 MB wait unanswered). An object that is
    * not clean is cut off, so the client never has it whole.

@@ -39,6 +39,9 @@ describe('avgate ICAP server', () => {
         '    accept-status: [free, skipped]',
         '  down:',
         '    engines: [dead]',
+        '  down500:',
+        '    engines: [dead]',
+        '    engine-error: icap-error',
       ].join('\n'),
     });
   });
@@ -197,6 +200,18 @@ describe('avgate ICAP server', () => {
     const r = await icapExchange(icap.port, [buildRequest(icap.port, randomBytes(100), { service: 'down', allow204: true }).first]);
     assert.match(r.responses[0]?.sections['res-hdr']?.toString() ?? '', /^HTTP\/1\.1 503/);
     assert.match(r.responses[0]?.body.toString() ?? '', /AVG_ERR_ENGINE_CONNECT/);
+  });
+
+  test('engine-error: icap-error answers an engine error with ICAP 500 (the client\'s bypass decides), small or big, and the connection goes on', async () => {
+    const small = buildRequest(icap.port, randomBytes(100), { service: 'down500', allow204: true }).first;
+    const big = buildRequest(icap.port, randomBytes(300_000), { service: 'down500' }).first;
+    const options = `OPTIONS icap://127.0.0.1:${icap.port}/avscan ICAP/1.0\r\nHost: 127.0.0.1\r\n\r\n`;
+    const r = await icapExchange(icap.port, [small, big, options], { timeoutMs: 10_000, count: 3 });
+    assert.deepEqual(
+      r.responses.map((x) => x.head.status),
+      [500, 500, 200],
+    );
+    assert.equal(r.responses[0]?.sections['res-hdr'], undefined, 'no page');
   });
 
   test('engine unreachable and a big body without Allow: 204: the 503 page at once, never an early head with the object after it', async () => {

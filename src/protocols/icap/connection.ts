@@ -637,6 +637,13 @@ export class IcapConnection {
           await this.ctx.quarantine(service, verdict, spool, url, echoHead, this.current?.who);
         }
       }
+      if (!early && verdict.status === 'error' && service.config['engine-error'] === 'icap-error') {
+        // The ICAP client's own failure handling decides (Squid's bypass), as with c-icap.
+        this.ctx.log.warn({ client: this.client, url, verdict: verdictLabel(verdict), cause: verdict.cause }, 'icap: engine error answered with ICAP 500 (engine-error: icap-error)');
+        this.sending = 'an ICAP error';
+        await this.write(formatResponseHead({ status: 500, headers: [...base, ['Encapsulated', 'null-body=0']] }));
+        return { status: 500, verdict, bytes, close: false };
+      }
       if (early) {
         // Headers are out; the body must never arrive complete: abort the connection.
         this.ctx.log.warn({ client: this.client, url, verdict: verdictLabel(verdict), ...this.current?.who }, 'icap: verdict after the early response, connection aborted');
