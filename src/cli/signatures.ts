@@ -21,7 +21,12 @@ interface Io {
 
 /** `avgate signatures ...`: returns the exit code. */
 export async function runSignaturesCommand(config: Readonly<Config>, args: string[], io: Io): Promise<number> {
-  const [sub] = args;
+  const [sub, ...rest] = args;
+  // Neither command takes options: an unknown one (--force, --json) is refused, not ignored.
+  if ((sub === 'update' || sub === 'status') && rest.length > 0) {
+    io.stderr.write(`avgate signatures ${sub}: unexpected ${rest.map((a) => `"${printable(a, 60)}"`).join(' ')}\n${SIGNATURES_USAGE}`);
+    return 2;
+  }
   if (sub === 'update') {
     if (config.signatures.sources.length === 0) {
       io.stderr.write('avgate: signatures.sources is empty: nothing to update\n');

@@ -3,6 +3,7 @@ import { mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { runSignaturesCommand } from '../../src/cli/signatures.js';
 import { configWarnings } from '../../src/config/check.js';
 import { parseConfigText } from '../../src/config/loader.js';
 import { databaseFingerprint, UPDATING_MARKER, UPDATING_STALE_MS } from '../../src/engines/clamd/fingerprint.js';
@@ -49,4 +50,14 @@ test('config check warns about signature sources nobody uses and an interval wit
   assert.deepEqual(warn('signatures: {sources: [{url: "http://127.0.0.1/a.ndb"}], interval: 1h}\n'), []);
   assert.match(warn('clamd: {managed: false}\nsignatures: {sources: [{url: "http://127.0.0.1/a.ndb"}]}\n')[0] ?? '', /are not used: .*clamd\.managed: true/);
   assert.match(warn('signatures: {interval: 1h}\n')[0] ?? '', /interval is set but signatures\.sources is empty/);
+});
+
+test('avgate signatures update/status refuse options they do not take (exit 2), instead of ignoring them', async () => {
+  const config = parseConfigText('signatures: {sources: [{url: "http://127.0.0.1:9/a.ndb"}]}\n', 'x.yaml');
+  for (const args of [['update', '--force'], ['status', '--json']]) {
+    const err: string[] = [];
+    const sink = (to: string[]) => ({ write: (s: string) => to.push(s) }) as unknown as NodeJS.WritableStream;
+    assert.equal(await runSignaturesCommand(config, args, { stdout: sink([]), stderr: sink(err) }), 2, args.join(' '));
+    assert.match(err.join(''), new RegExp(`avgate signatures ${args[0]}: unexpected "${args[1]}"`));
+  }
 });
