@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { SHARED_SLABS, Spool } from '../core/spool.js';
-import type { Verdict } from '../core/verdict.js';
+import { verdictLabel, type Verdict } from '../core/verdict.js';
+import type { Logger } from '../core/logging.js';
 import type { ScanRequest, ScanService } from '../scan/types.js';
 import type { TokenStore } from './auth.js';
 import { HttpError, queryOf, sendJson } from './http.js';
@@ -19,6 +20,8 @@ export interface ScanApiDeps {
   spoolDir: string;
   /** Bodies up to this stay in memory. */
   spoolMemory: number;
+  /** One line per scan (client, token, name, verdict, bytes, ms), as the front ends' access lines. */
+  log?: Logger;
 }
 
 /** The token name for `Authorization: Bearer TOKEN`, or a 401. */
@@ -51,7 +54,7 @@ export function verdictJson(v: Verdict, sha256: string | null): Record<string, u
 }
 
 export async function handleScan(req: IncomingMessage, res: ServerResponse, deps: ScanApiDeps): Promise<void> {
-  await bearer(req, deps.tokens);
+  const token = await bearer(req, deps.tokens);
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > deps.maxUploadSize) {
     // Refused before reading: the connection is closed rather than drained.
@@ -96,6 +99,10 @@ export async function handleScan(req: IncomingMessage, res: ServerResponse, deps
     // (core/content-hash.ts), and a SHA-256 of every clean upload would cost what a cache hit saves.
     const sha256 = verdict.status === 'found' && !abort.signal.aborted ? await sha256Of(spool) : null;
     sendJson(res, verdict.status === 'error' ? 503 : 200, verdictJson(verdict, sha256));
+    deps.log?.info(
+      { client: req.socket.remoteAddress ?? '-', token, name: name || '-', verdict: verdictLabel(verdict), bytes: verdict.bytes, ms: Math.round(verdict.durationMs), ...(sha256 ? { sha256 } : {}) },
+      'api: scan',
+    );
   } finally {
     res.off('close', onClose);
     // Nothing of the body is still being written anywhere: its slabs go back to the pool.

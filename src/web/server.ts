@@ -340,6 +340,7 @@ export class ConsoleServer {
       maxUploadSize: this.cfg['max-upload-size'],
       spoolDir: join(resolve(this.deps.config['state-dir']), 'spool', 'api'),
       spoolMemory: 8 * 1024 * 1024,
+      log: this.log,
     });
   }
 

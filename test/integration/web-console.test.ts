@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import pino from 'pino';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -7,7 +8,7 @@ import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { parseConfigText } from '../../src/config/loader.js';
 import type { Config } from '../../src/config/schema.js';
-import { silentLogger } from '../../src/core/logging.js';
+import { silentLogger, type Logger } from '../../src/core/logging.js';
 import { eicarBytes, TEST_SIGNATURE_NAMES } from '../../src/engines/clamd/testdb.js';
 import { EngineHealth } from '../../src/engines/health.js';
 import { openQuarantine } from '../../src/quarantine/store.js';
@@ -63,6 +64,8 @@ describe('web console', () => {
   let itemId: string;
   let sink: RecordingServer;
   const health = new EngineHealth(['clamav']);
+  /** What the console logged. */
+  const logLines: Array<Record<string, unknown>> = [];
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'avgate-web-'));
@@ -73,7 +76,8 @@ describe('web console', () => {
     runtime = await openRuntime(config, { logger: silentLogger(), localClamd: 'never', stats });
     quarantine = await openQuarantine(config);
     health.ok('clamav', { reply: 'PONG', version: 'ClamAV 1.0.0', signatureVersion: 'test' });
-    web = new ConsoleServer({ config, configSource: 'web-console.yaml', scanner: runtime.scanner, engines: runtime.engines, health, quarantine, stats, log: silentLogger() });
+    const consoleLog = pino({ level: 'info' }, { write: (l: string) => void logLines.push(JSON.parse(l) as Record<string, unknown>) }) as unknown as Logger;
+    web = new ConsoleServer({ config, configSource: 'web-console.yaml', scanner: runtime.scanner, engines: runtime.engines, health, quarantine, stats, log: consoleLog });
     port = (await web.listen()).port;
     await web.passwords.setPassword('admin', PASSWORD);
     token = await web.tokens.add('ci');
@@ -240,6 +244,11 @@ describe('web console', () => {
     assert.equal(v.sha256, createHash('sha256').update(eicarBytes()).digest('hex'), 'the SHA-256 of the upload');
     assert.equal(typeof v.durationMs, 'number');
     assert.equal(JSON.parse((await api(eicarBytes())).body).cached, true, 'second time from the verdict cache');
+    const scans = logLines.filter((l) => l.msg === 'api: scan');
+    assert.equal(scans.length, 2, 'one log line per API scan');
+    assert.match(String(scans[0]?.verdict), /^found:Avgate\.Test\.EICAR/);
+    assert.match(String(scans[1]?.verdict), /\/cached$/);
+    assert.deepEqual([scans[0]?.token, scans[0]?.name, scans[0]?.bytes], ['ci', 'eicar.com', eicarBytes().length]);
 
     const clean = JSON.parse((await api(randomBytes(5000))).body) as Record<string, unknown>;
     assert.equal(clean.status, 'free');
