@@ -74,8 +74,8 @@ export function overviewPage(ctx: PageContext, d: OverviewData): string {
   const selector = html`<p class="periods">Period: ${(Object.keys(PERIODS) as PeriodName[]).map((p) =>
     p === d.period ? html`<strong>${p}</strong> ` : html`<a href="/?period=${p}">${p}</a> `,
   )}</p>`;
-  const engines = html`<h2>Engine health</h2>${healthTable(d.health, d.engineInfo)}`;
-  const quarantine = d.quarantine ? html`<p>Quarantine: <a href="/quarantine">${d.quarantine.items} items</a>, ${formatBytes(d.quarantine.bytes)}</p>` : '';
+  const engines = html`<h2>Engine health (this node)</h2>${healthTable(d.health, d.engineInfo)}`;
+  const quarantine = d.quarantine ? html`<p>Quarantine of this node: <a href="/quarantine">${d.quarantine.items} items</a>, ${formatBytes(d.quarantine.bytes)} (each node keeps its own)</p>` : '';
   if (d.statsError !== undefined) {
     return layout({ ...ctx, active: 'overview' }, html`${selector}<p class="error" id="stats-error">Statistics are unavailable: ${d.statsError}</p>${quarantine}${engines}`);
   }
