@@ -1,3 +1,4 @@
+import { join, resolve } from 'node:path';
 import { describePostgres, parsePostgresUrl } from '../config/postgres-url.js';
 import { statsNodeName, type StatsConfig, type StatsPostgresConfig } from '../config/stats-schema.js';
 import { AvgateError, messageOf } from '../core/errors.js';
@@ -13,11 +14,11 @@ import type { StatsService } from './types.js';
  * unreachable one is logged and retried while events are buffered.
  */
 export function openStats(stats: StatsConfig, stateDir: string, log?: Logger, sqliteCacheBytes?: number): StatsService {
-  if (stats.postgres) return openPgStats(stats, stats.postgres, log);
+  if (stats.postgres) return openPgStats(stats, stats.postgres, log, join(resolve(stateDir), 'stats-lost.json'));
   return openStatsStore(stats, stateDir, log, sqliteCacheBytes);
 }
 
-export function openPgStats(stats: StatsConfig, pgc: StatsPostgresConfig, log?: Logger): PgStatsStore {
+export function openPgStats(stats: StatsConfig, pgc: StatsPostgresConfig, log?: Logger, lostFile?: string): PgStatsStore {
   const parsed = parsePostgresUrl(pgc.url);
   if (!parsed.ok) throw new AvgateError('AVG_ERR_CONFIG', `stats.postgres.url: ${parsed.error}`);
   return new PgStatsStore({
@@ -33,6 +34,7 @@ export function openPgStats(stats: StatsConfig, pgc: StatsPostgresConfig, log?: 
     retryIntervalMs: pgc['retry-interval'],
     maxConnections: pgc['max-connections'],
     ...(log ? { log } : {}),
+    ...(lostFile ? { lostFile } : {}),
   });
 }
 

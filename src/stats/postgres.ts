@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { rm, writeFile } from 'node:fs/promises';
 import pg from 'pg';
 import { describePostgres, type PostgresTarget } from '../config/postgres-url.js';
 import { AvgateError, messageOf } from '../core/errors.js';
@@ -34,6 +35,11 @@ export interface PgStatsOptions {
   now?: () => number;
   /** How often the node writes when it has nothing to write, so its last-seen time stays fresh (ms). */
   heartbeatMs?: number;
+  /**
+   * Where drops not yet in the node's row wait across a restart (events lost at a stop with the
+   * database down): read at start, reported with the first batch written, removed once it landed.
+   */
+  lostFile?: string;
 }
 
 /** A batch taken from the queue: written whole, retried as it is (same id) until it lands. */
@@ -57,6 +63,17 @@ const BATCH_ID_KEEP_MS = DAY_MS;
 const HEARTBEAT_MS = 60_000;
 /** The client gives up this long after the server's statement_timeout should have ended a statement. */
 const CLIENT_TIMEOUT_SLACK_MS = 500;
+
+/** Drops a previous process left in lostFile (0 when there is none or it cannot be read). */
+function readLost(path: string | undefined): number {
+  if (!path) return 0;
+  try {
+    const n = (JSON.parse(readFileSync(path, 'utf8')) as { dropped?: unknown }).dropped;
+    return typeof n === 'number' && Number.isSafeInteger(n) && n > 0 ? n : 0;
+  } catch {
+    return 0;
+  }
+}
 
 /** The database's clock in epoch ms: one clock for every node's last-seen time. */
 const DB_NOW_MS = '(extract(epoch from clock_timestamp()) * 1000)::bigint';
@@ -100,6 +117,8 @@ export class PgStatsStore implements StatsService {
   private dropWarned = false;
   /** Drops not yet reported to the node's row. */
   private unreported = 0;
+  /** Of those, the ones read from lostFile at start (the file goes once they are written). */
+  private carried = 0;
   private readonly histograms = new DurationHistograms();
   private readonly now: () => number;
   private readonly log: Logger | null;
@@ -128,6 +147,13 @@ export class PgStatsStore implements StatsService {
       client.on('error', (err) => this.log?.debug({ err: messageOf(err) }, 'statistics: a PostgreSQL connection failed'));
     });
     this.heartbeatTimer = setInterval(() => this.heartbeat(), o.heartbeatMs ?? HEARTBEAT_MS).unref();
+    this.carried = readLost(o.lostFile);
+    if (this.carried > 0) {
+      this.unreported += this.carried;
+      this.log?.info({ events: this.carried }, 'statistics: events lost before the last stop are reported with the first write');
+      // Written now, not after the first event: the node's row shows them even on a quiet node.
+      setImmediate(() => void this.kick(true));
+    }
     // Connect, create the schema, register the node; an unreachable database is logged and retried.
     void this.kick(true);
   }
@@ -210,7 +236,13 @@ export class PgStatsStore implements StatsService {
     if (!written) {
       const lost = this.queue.size + this.pinned();
       this.dropped += lost;
-      this.log?.warn({ events: lost, reason: this.lastError }, 'statistics: events still buffered at stop could not be written to PostgreSQL; they are lost');
+      this.log?.warn({ events: lost, reason: this.lastError }, 'statistics: events still buffered at stop could not be written to PostgreSQL; they are lost (counted in the node table after the next start)');
+    }
+    // Drops the node's row does not show yet (those of a pending batch included) wait for the next start.
+    const owed = this.unreported + (this.batch ? this.batch.dropped : 0) + (written ? 0 : this.queue.size + this.pinned());
+    if (this.o.lostFile) {
+      if (owed > 0) await writeFile(this.o.lostFile, `${JSON.stringify({ dropped: owed })}\n`).catch(() => undefined);
+      else if (this.carried === 0) await rm(this.o.lostFile, { force: true }).catch(() => undefined);
     }
     this.closed = true;
     await this.pool.end().catch(() => undefined);
@@ -447,6 +479,10 @@ export class PgStatsStore implements StatsService {
         await this.ensureSchema();
         await this.writeBatch(batch);
         this.batch = null;
+        if (this.carried > 0 && batch.dropped >= this.carried && this.o.lostFile) {
+          this.carried = 0;
+          await rm(this.o.lostFile, { force: true }).catch(() => undefined);
+        }
         this.lastWriteAt = Date.now();
         this.reachable();
         if (this.lastWriteAt - this.lastPruneAt >= PRUNE_EVERY_MS) {

@@ -1,4 +1,8 @@
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pino from 'pino';
 import { parseConfigText } from '../../src/config/loader.js';
@@ -10,6 +14,7 @@ import { checkPgStats } from '../../src/stats/open.js';
 import { PgStatsStore, type PgStatsOptions } from '../../src/stats/postgres.js';
 import { DAY_MS, HOUR_MS, StatsStore } from '../../src/stats/store.js';
 import { SUBJECT_MAX, type EventSource, type Period, type ScanEvent, type StatsReader } from '../../src/stats/types.js';
+import { closedPort } from '../helpers/fault-server.js';
 import { PG_PASSWORD, startTestPostgres, type TestPostgres } from '../helpers/postgres.js';
 import { waitFor, within } from '../helpers/wait.js';
 import { rng } from '../../bench/stats-fill.js';
@@ -368,6 +373,31 @@ describe('statistics in PostgreSQL', () => {
     assert.match(untrusted.status().lastError ?? '', /self[- ]signed|certificate/i);
     assert.equal((await pgt.query<{ n: string }>('tls', 'SELECT count(*) AS n FROM avgate_stats_events'))[0]?.n, '3');
     await Promise.all([verified, required, plain, untrusted].map((x) => x.close()));
+  });
+
+  test('events lost at a stop while the database is unreachable are in the node table after the next start (stats-lost.json)', async () => {
+    const url = await pgt.createDatabase('lost');
+    const dir = await mkdtemp(join(tmpdir(), 'avgate-stats-lost-'));
+    try {
+      const lostFile = join(dir, 'stats-lost.json');
+      const dead = url.replace(`:${pgt.port}/`, `:${await closedPort()}/`);
+      assert.notEqual(dead, url);
+      const before = pgStore(dead, 'restarted', { lostFile, connectTimeoutMs: 300, retryIntervalMs: 100 });
+      for (let i = 0; i < 7; i++) before.record({ time: T0 + i, source: 'icap', status: 'free', virus: null, group: null, engine: 'clamav', bytes: 1, durationMs: 1, cached: false });
+      await before.close();
+      assert.deepEqual(JSON.parse(await readFile(lostFile, 'utf8')), { dropped: 7 });
+      const after = pgStore(url, 'restarted', { lostFile });
+      const row = await waitFor('the carried drops in the node table', async () => {
+        const r = (await after.nodes({ from: T0, to: T0 + HOUR_MS }).catch(() => [])).find((n) => n.node === 'restarted');
+        return r && r.dropped === 7 ? r : null;
+      });
+      assert.equal(row.dropped, 7);
+      await waitFor('the file gone once they are written', async () => (existsSync(lostFile) ? null : true));
+      await after.close();
+      assert.equal(existsSync(lostFile), false, 'nothing owed after a clean stop');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   test('database stopped while events keep coming: record() stays fast, the buffer is bounded, one warn line; back: the newest events arrive, one info line', async () => {
