@@ -292,6 +292,7 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
     ok: true,
     pid: process.pid,
     version: VERSION,
+    node: statsNodeName(gen.config.stats),
     startedAt: new Date(startedAt).toISOString(),
     uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
     // As a path the command can use from anywhere (serve's own working directory resolves it).
@@ -592,7 +593,7 @@ function openConnections(fe: FrontEnds): number {
 
 /** The statistics store's side of the counters line: what waits in memory, what was lost, whether the database answers. */
 function statsCounters(s: StoreStatus): Record<string, unknown> {
-  return { backend: s.backend, buffered: s.buffered, dropped: s.dropped, ...(s.reachable ? {} : { unreachable: s.lastError }) };
+  return { backend: s.backend, node: s.node, buffered: s.buffered, dropped: s.dropped, reachable: s.reachable, ...(s.reachable ? {} : { unreachable: s.lastError, unreachableSince: s.unreachableSince === null ? null : new Date(s.unreachableSince).toISOString() }) };
 }
 
 /** Pings every engine now and then; a failure is logged with its cause, recovery too. */

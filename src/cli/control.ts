@@ -166,6 +166,7 @@ function formatStatus(r: ControlReply): string {
   const out: string[] = [];
   out.push(`avgate ${text(r['version'])} running, pid ${text(r['pid'])}, up ${formatDuration(Number(r['uptimeSeconds']))} (since ${text(r['startedAt'])})${r['stopping'] === true ? ', STOPPING' : ''}`);
   out.push(`config: ${typeof r['config'] === 'string' ? text(r['config']) : '(embedded defaults)'}`);
+  if (typeof r['node'] === 'string') out.push(`node: ${text(r['node'])}`);
   const rl = obj(r['reloads']);
   out.push(
     `reloads: ${text(rl['applied'])} applied, ${text(rl['unchanged'])} unchanged, ${text(rl['failed'])} failed; last ${rl['lastOk'] === true ? 'ok' : 'FAILED'}` +
@@ -193,5 +194,16 @@ function formatStatus(r: ControlReply): string {
   const sc = obj(r['scans']);
   const by = obj(sc['byStatus']);
   out.push(`scans: ${text(sc['scans'])} (${Object.entries(by).map(([k, v]) => `${text(k)} ${text(v)}`).join(', ')}), ${text(sc['cacheHits'])} from the verdict cache`);
+  const cache = r['cache'] === null || r['cache'] === undefined ? null : obj(r['cache']);
+  if (cache) {
+    const levels = Array.isArray(cache['levels']) ? cache['levels'].map(text).join(' + ') : '';
+    const shared = cache['shared'] === undefined ? null : obj(cache['shared']);
+    out.push(`verdict cache: ${levels || 'on'}${shared ? `; shared level ${shared['up'] === true ? 'up' : 'DOWN (look-ups skip it)'}` : ''}`);
+  }
+  const st = r['stats'] === null || r['stats'] === undefined ? null : obj(r['stats']);
+  if (st) {
+    const where = st['reachable'] === false ? `UNREACHABLE since ${text(st['unreachableSince'])} (${text(st['unreachable'])})` : 'reachable';
+    out.push(`statistics: ${text(st['backend'])}${st['backend'] === 'postgres' ? ` ${where}` : ''}, ${text(st['buffered'])} buffered, ${text(st['dropped'])} dropped`);
+  }
   return `${out.join('\n')}\n`;
 }

@@ -111,6 +111,9 @@ test('avgate status, reload and stop reach the running serve over its control so
     assert.match(st.stdout, /smtp +off/);
     assert.match(st.stdout, /clamav +healthy, signatures /);
     assert.match(st.stdout, new RegExp(`project-local clamd: pid ${clamdPid}`));
+    assert.match(st.stdout, /^node: \S+$/m);
+    assert.match(st.stdout, /^verdict cache: memory \+ sqlite$/m);
+    assert.match(st.stdout, /^statistics: sqlite, \d+ buffered, 0 dropped$/m);
     const js = JSON.parse((await cli(['--config', config, 'status', '--json'])).stdout) as StatusJson;
     assert.equal(js.frontEnds['icap']?.port, icapPort);
     assert.equal(js.frontEnds['http-proxy'], null);
