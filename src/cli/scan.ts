@@ -39,7 +39,8 @@ Options:
                        and at the end {"type":"summary", ...}, all on standard output. A path
                        that is not valid UTF-8 has U+FFFD in "path" and its exact bytes in
                        "pathBase64" (also "toBase64" for the --move target)
-  --infected           print only results that are not OK (found, error, unknown, skipped)
+  --infected           print only results that are not OK (found, error, unknown, and objects
+                       skipped by a size limit; not links, FIFOs or devices the walk skipped)
   --no-summary         do not print the summary
   --move DIR           move infected files into DIR (name.1, name.2 ... on a collision)
   --remove             remove infected files
@@ -464,7 +465,9 @@ export async function runScanCommand(argv: string[], deps: ScanCommandDeps): Pro
   }
 
   async function print(o: Outcome): Promise<void> {
-    if (settings.infectedOnly && o.result.status === 'free' && o.actions.length === 0) return;
+    // --infected: what needs a look. Entries the walk itself skipped (links, FIFOs, devices) are
+    // no finding: a nightly run over home directories would mail them every time.
+    if (settings.infectedOnly && o.actions.length === 0 && (o.result.status === 'free' || (o.result.status === 'skipped' && o.common === null))) return;
     progress?.clear();
     if (settings.json) {
       await out(`${JSON.stringify(jsonResult(o))}\n`);

@@ -107,8 +107,9 @@ describe('avgate scan', () => {
     assert.match(r.stdout, /----------- SCAN SUMMARY -----------\nScanned files: 3\nInfected files: 1\nErrors: 0\nSkipped: 0\nData scanned: .+\nTime: [\d.]+ sec/);
   });
 
-  it('--infected prints only the infected file', async () => {
+  it('--infected prints only the infected file (not the symbolic link the walk skips)', async () => {
     const { root, eicar } = await makeTree('infected-only');
+    await symlink('/etc/hostname', join(root, 'link'));
     const r = await scan(['--infected', '--no-summary', root]);
     assert.equal(r.code, 1);
     assert.equal(r.lines.length, 1, r.stdout);
