@@ -27,8 +27,9 @@ Scans files and directories (recursively) with the configured engines, like clam
 Options:
   --list FILE          read more paths from FILE, one per line (repeatable; not "-")
   --exclude GLOB       leave out entries matching GLOB (picomatch; repeatable). Matched against
-                       the path relative to the named directory and against the base name; a
-                       matching directory is not entered. Named paths are never excluded.
+                       the path relative to the named directory and against the base name, and
+                       a GLOB starting with / against the absolute path; a matching directory is
+                       not entered. Named paths are never excluded.
   --max-depth N        deepest level scanned below a named directory: its entries are depth 1,
                        their entries depth 2 ... 0 scans only files named directly.
   --follow-symlinks    follow symbolic links inside the tree, wherever they point (loops are

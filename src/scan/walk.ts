@@ -1,5 +1,6 @@
 import type { Dir, Dirent, Stats } from 'node:fs';
 import { lstat, opendir, stat } from 'node:fs/promises';
+import { resolve } from 'node:path';
 import picomatch from 'picomatch';
 
 /**
@@ -19,7 +20,8 @@ import picomatch from 'picomatch';
  *   `maxDepth` is the deepest level reported. 0 means a named directory yields nothing (only
  *   named files are scanned). Entries below the bound are left out silently, like `find -maxdepth`.
  * - Excludes (picomatch globs) are matched against the path relative to the named directory and
- *   against the base name; a matching directory is not entered. Paths named by the caller are
+ *   against the base name, and one starting with `/` against the absolute path; a matching
+ *   directory is not entered. Paths named by the caller are
  *   never excluded. Excluded entries are left out silently.
  * - FIFOs, sockets and devices are skipped: reading a FIFO would block the scan for ever.
  * - Names are read as bytes. A name that is not valid UTF-8 cannot be spelled as a JS string (the
@@ -69,11 +71,14 @@ export function fsErrorText(err: unknown): string {
   return String(err);
 }
 
-export function compileExclude(globs: readonly string[]): (rel: string, base: string) => boolean {
+export function compileExclude(globs: readonly string[]): (rel: string, base: string, path?: string) => boolean {
   if (globs.length === 0) return () => false;
   // dot: a hidden file is still a file the administrator means when writing `*.tmp`.
   const isMatch = picomatch([...globs], { dot: true });
-  return (rel, base) => isMatch(rel) || isMatch(base);
+  // An absolute pattern (`/srv/upload/tmp`, `/home/*/.cache`) is matched against the absolute path.
+  const absolute = globs.filter((g) => g.startsWith('/'));
+  const isAbsMatch = absolute.length > 0 ? picomatch(absolute, { dot: true }) : null;
+  return (rel, base, path) => isMatch(rel) || isMatch(base) || (isAbsMatch !== null && path !== undefined && isAbsMatch(resolve(path)));
 }
 
 /** Ancestors of a directory, shared between siblings: loop checks cost O(depth), not a copy per directory. */
@@ -174,7 +179,7 @@ export async function* walk(root: string, options: WalkOptions = {}): AsyncGener
         const rawPath = joinRaw(dir.raw, nameBytes);
         const extra = rawIfNeeded(path, rawPath);
         const rel = dir.rel ? `${dir.rel}/${name}` : name;
-        if (excluded(rel, name)) continue;
+        if (excluded(rel, name, path)) continue;
 
         let kind = kindOf(d);
         let st: Stats | null = null;

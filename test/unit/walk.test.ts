@@ -83,6 +83,10 @@ describe('walk', () => {
     assert.deepEqual(got, ['file a/b/two.txt', 'file a/one.txt', 'file top.txt']);
     const byPath = summary(await collect(tree, { exclude: ['a/**'] }));
     assert.ok(!byPath.some((p) => p.includes(' a/')), byPath.join());
+    // An absolute pattern (as admins write clamscan's --exclude-dir) is matched against the absolute path.
+    const abs = summary(await collect(tree, { exclude: [join(tree, 'a', 'b'), `${tree}/*.log`] }));
+    assert.ok(!abs.some((p) => p.includes(' a/b/') || p.endsWith('.log')), abs.join());
+    assert.ok(abs.includes('file a/one.txt'), abs.join());
   });
 
   describe('symbolic links', () => {
