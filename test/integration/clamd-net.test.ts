@@ -185,6 +185,14 @@ describe('clamd-net against a real clamd', () => {
     ]);
     const r = await scanOnce(e, eicarBytes());
     assert.equal(r.verdict.status, 'found');
+    // Neither answers: the error names both, not only the last one tried.
+    const other = await closedPort();
+    const none = engineFor(`127.0.0.1:${dead}`, [['address', `127.0.0.1:${other}`], ['session', 'no']]);
+    const both = await scanOnce(none, Buffer.from('x'));
+    assert.equal(both.verdict.status, 'error');
+    const cause = both.verdict.status === 'error' ? both.verdict.cause : '';
+    assert.ok(cause.includes(String(dead)) && cause.includes(String(other)), cause);
+    assert.equal(both.verdict.status === 'error' ? both.verdict.code : '', 'AVG_ERR_ENGINE_CONNECT');
   });
 });
 

@@ -231,28 +231,31 @@ export class ClamdVersionTracker {
 }
 
 /** Tries each configured address in order (failover) for a one-shot command. */
-export async function requestFirst(s: ClamdNetSettings, command: string, signal?: AbortSignal): Promise<string> {
-  let last: unknown = new AvgateError('AVG_ERR_CONFIG', 'no clamd address configured');
-  for (const address of s.addresses) {
-    try {
-      return await clamdRequest(address, command, { timeoutMs: s.connectTimeoutMs, ...(signal ? { signal } : {}) });
-    } catch (err) {
-      last = err;
-    }
-  }
-  throw last;
+export function requestFirst(s: ClamdNetSettings, command: string, signal?: AbortSignal): Promise<string> {
+  return firstAnswering(s, (address) => clamdRequest(address, command, { timeoutMs: s.connectTimeoutMs, ...(signal ? { signal } : {}) }));
 }
 
-export async function openFirst(s: ClamdNetSettings, session: boolean, signal?: AbortSignal): Promise<ClamdConnection> {
-  let last: unknown = new AvgateError('AVG_ERR_CONFIG', 'no clamd address configured');
+export function openFirst(s: ClamdNetSettings, session: boolean, signal?: AbortSignal): Promise<ClamdConnection> {
+  return firstAnswering(s, (address) => ClamdConnection.open(address, { connectTimeoutMs: s.connectTimeoutMs, session, ...(signal ? { signal } : {}) }));
+}
+
+/**
+ * The first address that answers (failover in the configured order). When none does, the error
+ * names every address's failure, not only the last one's (with the last one's code).
+ */
+async function firstAnswering<T>(s: ClamdNetSettings, attempt: (address: ClamdAddress) => Promise<T>): Promise<T> {
+  if (s.addresses.length === 0) throw new AvgateError('AVG_ERR_CONFIG', 'no clamd address configured');
+  const failures: unknown[] = [];
   for (const address of s.addresses) {
     try {
-      return await ClamdConnection.open(address, { connectTimeoutMs: s.connectTimeoutMs, session, ...(signal ? { signal } : {}) });
+      return await attempt(address);
     } catch (err) {
-      last = err;
+      failures.push(err);
     }
   }
-  throw last;
+  const last = failures.at(-1);
+  if (failures.length === 1) throw last;
+  throw new AvgateError(errorCodeOf(last), failures.map(messageOf).join('; '), { cause: last });
 }
 
 export function errorResult(err: unknown, bytes: number): EngineScanResult {
