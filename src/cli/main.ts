@@ -166,8 +166,10 @@ async function scanCommand(loaded: LoadedConfig, args: string[]): Promise<number
     process.stdout.write(SCAN_USAGE);
     return 0;
   }
-  // Logs go to stderr and only when something is wrong: stdout belongs to the scan report.
-  const logger = commandLogger(loaded.config.log);
+  // Logs go to stderr and only when something is wrong: stdout belongs to the scan report. On a
+  // terminal (no log.file) the per-object warnings would repeat each ERROR line of the report.
+  const log = loaded.config.log;
+  const logger = commandLogger(log.file === null && (log.level === 'info' || log.level === 'warn') ? { ...log, level: 'error' } : log);
   let runtime;
   try {
     runtime = await openRuntime(loaded.config, { logger, localClamd: 'if-needed', defaultOrigin: { source: 'fs' } });
