@@ -147,9 +147,8 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
       if (opts.some((o) => o.value === `unix:${local.socketPath}`) && !opts.some((o) => o.name === 'database-dir' && o.value !== local.dbDir)) {
         // Changed files in its directory (an updater of the admin's, a copied .ndb) are loaded
         // by RELOAD before verdicts are cached under them.
-        engine.useDatabaseLoader?.(
-          () => local.reload(),
-          (err) => log.warn({ engine: id, err: messageOf(err) }, 'clamd did not confirm loading the changed signature files; nothing is cached until it does (tried again at the next version check)'),
+        engine.useDatabaseLoader?.(local, (err) =>
+          log.warn({ engine: id, err: messageOf(err) }, 'clamd did not load the changed signature files; nothing is cached until it does (tried again after version-check-interval)'),
         );
       }
       await engine.init();

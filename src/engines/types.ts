@@ -77,10 +77,10 @@ export interface Engine<Ctx = unknown> {
   invalidateVersion?(): void;
   /**
    * Optional (clamd): the engine runs on the project-local clamd, which has no SelfCheck of its
-   * own; when its database files change, `load` makes clamd load them (RELOAD, confirmed), and
-   * only then do they count for the signature version. `onError`: a reload that failed.
+   * own; the database files count for the signature version only once `loader` says clamd loaded
+   * them, and when they changed the engine has `loader` RELOAD clamd. `onError`: a reload that failed.
    */
-  useDatabaseLoader?(load: () => Promise<void>, onError: (err: unknown) => void): void;
+  useDatabaseLoader?(loader: DatabaseLoader, onError: (err: unknown) => void): void;
   /**
    * Optional: the signature version as the engine knows it now, without any I/O (null: it was
    * forgotten or cannot tell). The scanner compares it after a scan with the version it read
@@ -98,6 +98,14 @@ export interface Engine<Ctx = unknown> {
 }
 
 export type EngineFactory = () => Engine;
+
+/** What knows which signature files a clamd scans with, and makes it load the current ones (LocalClamd). */
+export interface DatabaseLoader {
+  /** The fingerprint of the files clamd last loaded (engines/clamd/fingerprint.ts), as any process that started or reloaded it recorded; null when unknown. */
+  loadedFingerprint(): Promise<string | null>;
+  /** RELOAD and wait until clamd confirms (throws when it does not, or refuses the files). */
+  reload(): Promise<void>;
+}
 
 /** Helper for engines: reads the last value of an option, or undefined. */
 export function optionValue(options: readonly EngineOption[], name: string): string | undefined {

@@ -40,7 +40,7 @@ describe('signature files changed outside the updater', () => {
       { name: 'version-check-interval', value: '200ms' },
     ]);
     const errors: unknown[] = [];
-    engine.useDatabaseLoader(() => clamd.reload(), (err) => errors.push(err));
+    engine.useDatabaseLoader(clamd.clamd, (err) => errors.push(err));
     const cache = new VerdictCache({ memoryEntries: 100, sqlitePath: null, sqliteMaxEntries: 10, maxAgeMs: 0 });
     const scanner = new Scanner([{ id: 'clamav', engine }], LIMITS, cache, silentLogger());
     try {
@@ -50,6 +50,15 @@ describe('signature files changed outside the updater', () => {
       assert.equal((await scanner.scan({ source: { kind: 'buffer', data: x } })).cached, true);
       const reloadsBefore = await reloads(clamd);
       await writeFile(join(clamd.dbDir, 'later.hdb'), `${md5(x)}:${x.length}:Avgate.Test.Later\n`);
+      // Engines built now (a configuration reload) do not take the files on trust either: what
+      // clamd loaded is recorded beside it, not assumed by whoever looks first.
+      const fresh = new ClamdNetEngine();
+      fresh.configure([
+        { name: 'address', value: `unix:${clamd.socketPath}` },
+        { name: 'database-dir', value: clamd.dbDir },
+      ]);
+      fresh.useDatabaseLoader(clamd.clamd, (err) => errors.push(err));
+      assert.equal(await fresh.signatureVersion(), null, 'no version for files clamd has not loaded');
       const seen: Verdict[] = [];
       const deadline = Date.now() + 60_000;
       while (Date.now() < deadline) {
@@ -73,7 +82,8 @@ describe('signature files changed outside the updater', () => {
       }
       assert.match(now ?? '', /\/db:[0-9a-f]{16}$/);
       assert.notEqual(now, first.signatureVersion);
-      assert.equal(await reloads(clamd), reloadsBefore + 1, "one RELOAD, the engine's");
+      const n = await reloads(clamd);
+      assert.ok(n >= reloadsBefore + 1 && n <= reloadsBefore + 2, `the engines' RELOAD (${n - reloadsBefore})`);
       assert.deepEqual(errors, []);
       await scanner.scan({ source: { kind: 'buffer', data: x } });
       const again = await scanner.scan({ source: { kind: 'buffer', data: x } });

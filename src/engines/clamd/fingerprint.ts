@@ -31,9 +31,9 @@ export const UPDATING_STALE_MS = 15 * 60_000;
  * own time. A file's digest is kept while its size, mtime, ctime and inode stay the same, so the
  * files are read only when they change (ClamAV's ~300 MB take about a second to read and hash).
  */
-export async function databaseFingerprint(dir: string): Promise<string | null> {
+export async function databaseFingerprint(dir: string, opts: { ignoreMarker?: boolean } = {}): Promise<string | null> {
   const entries = await readdir(dir);
-  if (entries.includes(UPDATING_MARKER)) {
+  if (!opts.ignoreMarker && entries.includes(UPDATING_MARKER)) {
     const st = await stat(join(dir, UPDATING_MARKER)).catch(() => null);
     if (st && Date.now() - st.mtimeMs < UPDATING_STALE_MS) return null;
   }

@@ -10,6 +10,7 @@ import { onReopenLogs, type Logger } from '../../core/logging.js';
 import { freeLoopbackPort } from '../../core/net.js';
 import { parseSize } from '../../core/units.js';
 import { clamdRequest } from './connection.js';
+import { databaseFingerprint } from './fingerprint.js';
 import type { ClamdAddress } from './protocol.js';
 import { writeTestDatabase } from './testdb.js';
 
@@ -218,6 +219,10 @@ export class LocalClamd {
       await this.makeTemp();
     }
     if (signal?.aborted) throw new AvgateError('AVG_ERR_STOPPED', 'stopped before the project-local clamd was started');
+    // Taken before clamd reads the files: if they change while it loads, the record is older than
+    // what it holds, and the engines' next look has it RELOAD (never the other way round).
+    const loading = await this.fingerprintNow();
+    await rm(this.loadedFile, { force: true });
     // Its own process group: a terminal's Ctrl-C reaches avgate, which then stops clamd in order
     // (and reaps it), instead of both racing to exit.
     const child = spawn(this.options.clamdPath ?? 'clamd', ['-c', this.confPath], {
@@ -258,7 +263,10 @@ export class LocalClamd {
           `clamd ended during start-up (${exitInfo}): ${stderr.trim().split('\n').slice(-3).join(' | ') || (await this.logTail())}`,
         );
       }
-      if (await this.ping()) return;
+      if (await this.ping()) {
+        await this.recordLoaded(loading);
+        return;
+      }
       await sleep(50);
     }
     await this.stop();
@@ -344,6 +352,31 @@ export class LocalClamd {
     }
   }
 
+  /**
+   * The fingerprint of the database files clamd last loaded, as the process that started or
+   * reloaded it recorded (`loaded-fingerprint` in clamd's state directory, shared by serve, its
+   * reloaded configurations and the commands); null when unknown. The engines cache verdicts
+   * under a fingerprint only when it is this one.
+   */
+  async loadedFingerprint(): Promise<string | null> {
+    const text = await readFile(this.loadedFile, 'utf8').catch(() => '');
+    return /^[0-9a-f]{16}$/.test(text.trim()) ? text.trim() : null;
+  }
+
+  private get loadedFile(): string {
+    return join(this.stateDir, 'loaded-fingerprint');
+  }
+
+  /** The database directory's fingerprint now, the updater's marker ignored (it calls reload() with its files in place). */
+  private fingerprintNow(): Promise<string | null> {
+    return databaseFingerprint(this.dbDir, { ignoreMarker: true }).catch(() => null);
+  }
+
+  private async recordLoaded(fp: string | null): Promise<void> {
+    if (fp === null) await rm(this.loadedFile, { force: true });
+    else await writeFile(this.loadedFile, `${fp}\n`);
+  }
+
   /** SIGHUP: clamd reopens its log file by its path (nothing else); a no-op when clamd is not running. */
   reopenLog(): void {
     const c = this.child;
@@ -358,11 +391,15 @@ export class LocalClamd {
   async reload(timeoutMs = 60_000): Promise<void> {
     // Only what clamd writes from now on is read (the log grows for as long as clamd runs).
     const from = (await stat(this.logPath).catch(() => null))?.size ?? 0;
+    const loading = await this.fingerprintNow();
     await clamdRequest(this.unixAddress, 'RELOAD', { timeoutMs: 5000 });
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
       const added = await this.readLogFrom(from);
-      if (RELOAD_OK.test(added)) return;
+      if (RELOAD_OK.test(added)) {
+        await this.recordLoaded(loading);
+        return;
+      }
       const why = added.match(RELOAD_REFUSED);
       if (why) throw new ReloadRefused(`clamd refused the signature files: ${why.join(' / ')}`);
       await sleep(50);

@@ -3,7 +3,7 @@ import { resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { AvgateError, errorCodeOf, messageOf } from '../../core/errors.js';
 import { parseDuration, parseSize } from '../../core/units.js';
-import type { Engine, EngineOption, EngineScanResult, ScanMeta } from '../types.js';
+import type { DatabaseLoader, Engine, EngineOption, EngineScanResult, ScanMeta } from '../types.js';
 import { ClamdConnection, clamdRequest } from './connection.js';
 import { databaseFingerprint } from './fingerprint.js';
 import { formatAddress, parseAddress, parseScanReply, parseVersion, pathReplyVerdict, type ClamdAddress } from './protocol.js';
@@ -131,15 +131,15 @@ const UPDATE_RECHECK_MS = 1000;
 export class ClamdVersionTracker {
   private cached: { value: string | null; at: number; ttl: number } | null = null;
   private inflight: Promise<string | null> | null = null;
-  /** The fingerprint clamd is known to scan with; null = take the next one read (start, or the updater reloaded). */
+  /** Another clamd: the fingerprint last seen (null: take the next one read, at start or after invalidate()). */
   private loaded: string | null = null;
   /** Another clamd: a fingerprint seen changed, and the VERSION database part it came with. */
   private pending: { fp: string; base: string; since: number } | null = null;
   private reloading: Promise<void> | null = null;
   private retryAt = 0;
-  /** The project-local clamd: RELOAD and wait until clamd confirms (LocalClamd.reload). */
-  reloadDatabase: (() => Promise<void>) | null = null;
-  /** Told when a RELOAD the tracker asked for failed (the version stays unknown; tried again at the next check). */
+  /** The project-local clamd: what it loaded, and RELOAD (LocalClamd). */
+  loader: DatabaseLoader | null = null;
+  /** Told when a RELOAD the tracker asked for failed (the version stays unknown; tried again a check interval later). */
   onReloadError: ((err: unknown) => void) | null = null;
 
   constructor(private readonly settings: () => ClamdNetSettings) {}
@@ -177,7 +177,7 @@ export class ClamdVersionTracker {
         // official ones changes no VERSION line. No fingerprint (an update under way): no version.
         const fp = await databaseFingerprint(s.databaseDir);
         const base = v.signatures ?? v.engine;
-        value = fp === null ? null : this.loadedVersion(s, base, fp);
+        value = fp === null ? null : await this.loadedVersion(s, base, fp);
         // An update under way, or clamd still loading: look again soon, not after the whole interval.
         if (value === null) ttl = UPDATE_RECHECK_MS;
       } else {
@@ -191,13 +191,16 @@ export class ClamdVersionTracker {
   }
 
   /** `base/db:fp` once clamd scans with the files of `fp`, else null (see the class comment). */
-  private loadedVersion(s: ClamdNetSettings, base: string, fp: string): string | null {
+  private async loadedVersion(s: ClamdNetSettings, base: string, fp: string): Promise<string | null> {
+    if (this.loader) {
+      // What clamd loaded is recorded by whoever started or reloaded it (serve, a command, another
+      // generation of engines after a config reload), so no tracker takes files on trust.
+      if ((await this.loader.loadedFingerprint()) === fp) return `${base}/db:${fp}`;
+      this.reload(this.loader);
+      return null;
+    }
     if (this.loaded === null) this.loaded = fp;
     if (fp !== this.loaded) {
-      if (this.reloadDatabase) {
-        this.reload(fp);
-        return null;
-      }
       this.pending = { fp, base, since: Date.now() };
       this.loaded = fp;
     }
@@ -207,17 +210,14 @@ export class ClamdVersionTracker {
     return `${base}/db:${fp}`;
   }
 
-  private reload(fp: string): void {
-    const load = this.reloadDatabase;
+  private reload(loader: DatabaseLoader): void {
     // After a RELOAD that failed (clamd refused the files), the next try waits a check interval.
-    if (this.reloading || !load || Date.now() < this.retryAt) return;
-    this.reloading = load()
+    if (this.reloading || Date.now() < this.retryAt) return;
+    this.reloading = loader
+      .reload()
       .then(
         () => {
-          // Files changed again meanwhile: clamd holds newer ones than `fp`, and the next check
-          // sees a fingerprint other than this one and reloads once more.
-          this.loaded = fp;
-          this.cached = null;
+          this.cached = null; // read again at once: the recorded fingerprint is the files clamd took
         },
         (err: unknown) => {
           this.retryAt = Date.now() + this.settings().versionCheckIntervalMs;
@@ -278,9 +278,9 @@ export abstract class ClamdEngineBase<S extends ClamdNetSettings> {
     this.versions.invalidate();
   }
 
-  /** The project-local clamd: changed database files are loaded by `load` (RELOAD, confirmed) before they make the version. */
-  useDatabaseLoader(load: () => Promise<void>, onError: (err: unknown) => void): void {
-    this.versions.reloadDatabase = load;
+  /** The project-local clamd: database files make the version only once `loader` says clamd loaded them. */
+  useDatabaseLoader(loader: DatabaseLoader, onError: (err: unknown) => void): void {
+    this.versions.loader = loader;
     this.versions.onReloadError = onError;
   }
 
