@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import pino from 'pino';
+import type { Logger } from '../../src/core/logging.js';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -35,15 +37,20 @@ describe('SMTP filter: next hop trouble is a temporary failure, a next hop refus
     await rm(dir, { recursive: true, force: true });
   });
 
-  test('next hop down → 451 4.4.1 naming the next hop and the cause', async () => {
+  test('next hop down → 451 4.4.1 naming the next hop and the cause, and a warning to alert on', async () => {
     const port = await closedPort();
-    const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${port}` });
+    const lines: Array<Record<string, unknown>> = [];
+    const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l) as Record<string, unknown>) }) as unknown as Logger;
+    const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${port}`, log });
     try {
       const r = await swaks(['--server', `127.0.0.1:${filter.port}`, '--from', 'a@example.com', '--to', 'b@example.com']);
       assert.notEqual(r.code, 0);
       const last = swaksReplies(r.stdout).find((l) => l.startsWith('451'));
       assert.ok(last, r.stdout);
       assert.equal(last, `451 4.4.1 next hop smtp:127.0.0.1:${port}: ECONNREFUSED`);
+      const warn = lines.find((l) => l.msg === 'next hop delivery failed');
+      assert.equal(warn?.level, 40, JSON.stringify(lines.map((l) => l.msg)));
+      assert.match(String(warn?.err), /ECONNREFUSED/);
     } finally {
       await filter.stop();
     }

@@ -99,7 +99,10 @@ export class NextHopClient implements NextHop {
       try {
         lease = await this.acquire(req.signal);
       } catch (err) {
-        return this.failed(asFailure(err, this.label), n, [], []);
+        const f = asFailure(err, this.label);
+        // Not reached at all (refused, no answer, TLS): as much a failure to alert on as one mid-way.
+        if (f.phase !== 'abort') this.opts.log?.warn({ qid: req.queueId, nextHop: this.target, phase: f.phase, err: f.message }, 'next hop delivery failed');
+        return this.failed(f, n, [], []);
       }
       const { conn, reused } = lease;
       const tx = new Transaction(conn, req, this.opts, this.label);
@@ -451,7 +454,9 @@ class Transaction {
     const caps = this.conn.capabilities;
     const p = this.req.mailFrom.params;
     const out: string[] = [];
-    const size = this.req.size ?? (typeof p.SIZE === 'string' ? Number(p.SIZE) : undefined);
+    // Only the size of what is sent: never the client's own figure (a rewritten message is longer
+    // or shorter, and a client may declare anything). Unknown → no SIZE, which is allowed.
+    const size = this.req.size;
     if (size !== undefined && Number.isSafeInteger(size)) {
       if (caps.has('SIZE')) out.push(`SIZE=${size}`);
     }
