@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -59,5 +60,16 @@ test('avgate signatures update/status refuse options they do not take (exit 2), 
     const sink = (to: string[]) => ({ write: (s: string) => to.push(s) }) as unknown as NodeJS.WritableStream;
     assert.equal(await runSignaturesCommand(config, args, { stdout: sink([]), stderr: sink(err) }), 2, args.join(' '));
     assert.match(err.join(''), new RegExp(`avgate signatures ${args[0]}: unexpected "${args[1]}"`));
+  }
+});
+
+test('database fingerprint: a FIFO under a database name is not read (it would wait for a writer for ever)', { timeout: 10_000 }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'avgate-fp-fifo-'));
+  try {
+    await writeFile(join(dir, 'a.ndb'), 'A:0:*:4142\n');
+    execFileSync('mkfifo', [join(dir, 'held.hdb')]);
+    assert.match((await databaseFingerprint(dir)) ?? '', /^[0-9a-f]{16}$/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
   }
 });

@@ -44,6 +44,11 @@ export async function databaseFingerprint(dir: string, opts: { ignoreMarker?: bo
   for (const name of names) {
     const st = await stat(join(dir, name));
     const stamp = `${st.size}:${st.mtimeMs}:${st.ctimeMs}:${st.ino}`;
+    if (!st.isFile()) {
+      // A FIFO or device under a database name: reading it could wait for ever. Its identity counts.
+      h.update(`${name}\0special ${stamp}\n`);
+      continue;
+    }
     const held = known?.get(name);
     const digest = held && held.stamp === stamp ? held.digest : await fileDigest(join(dir, name));
     seen.set(name, { stamp, digest });
