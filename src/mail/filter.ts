@@ -80,6 +80,8 @@ export class MailFilter {
     });
 
     const replies: SmtpReply[] = new Array<SmtpReply>(msg.rcptTo.length);
+    /** Sender notices already sent for this message: one per message, however many group shares act. */
+    const senderNotified = new Set<string>();
     let quarantineId: string | null = null;
     const logShares: unknown[] = [];
     for (const [groupName, indexes] of shares) {
@@ -116,7 +118,7 @@ export class MailFilter {
         }
         // Copies and notices once the share's outcome is final: not for a delivery nobody took
         // (a deferral is retried, and would notify again each time; a refusal is bounced).
-        if (plan.reply.kind !== 'tempfail' && accepted) await this.sideEffects(msg, nextHop, plan);
+        if (plan.reply.kind !== 'tempfail' && accepted) await this.sideEffects(msg, nextHop, plan, senderNotified);
       }
       indexes.forEach((idx, k) => (replies[idx] = shareReplies[k] as SmtpReply));
       this.count(plan, action);
@@ -353,7 +355,7 @@ export class MailFilter {
   }
 
   /** Copies of the original and notifications: failures are logged, never change the replies. */
-  private async sideEffects(msg: InboundMessage, nextHop: NextHop, plan: MailPlan): Promise<void> {
+  private async sideEffects(msg: InboundMessage, nextHop: NextHop, plan: MailPlan, senderNotified: Set<string>): Promise<void> {
     // A copy is the original: it keeps the original's SMTPUTF8 and BODY (an 8-bit body or UTF-8
     // headers need them at the next hop as much as the original did).
     const orig = msg.mailFrom.params;
@@ -374,6 +376,11 @@ export class MailFilter {
       this.logFailures(msg, 'copy-to', plan.copyTo, res.replies);
     }
     for (const n of plan.notifications) {
+      if (n.kind === 'sender') {
+        // The sender wrote one message: a second group share must not tell them again.
+        if (n.to.every((a) => senderNotified.has(a.toLowerCase()))) continue;
+        for (const a of n.to) senderNotified.add(a.toLowerCase());
+      }
       const res = await nextHop.deliver({
         // The original goes into an admin notice as 8bit message/rfc822.
         mailFrom: nullSender(needsSmtpUtf8(n, originalUtf8), n.attach === 'original' && body8),

@@ -323,6 +323,26 @@ describe('mail filter: LMTP, engine and next hop failures', () => {
     }
   });
 
+  test('LMTP, one message delivered to two groups that both notify the sender: the sender gets one notice', async () => {
+    const hop = await startRecordingServer();
+    await writeFile(join(dir, 'replacement2.txt'), 'replaced\n');
+    const av = await startMailAvgate({ clamd, stateDir: join(dir, 'lmtp2'), nextHop: `smtp:127.0.0.1:${hop.port}`, smtpYaml: 'protocol: lmtp', mailYaml: MAIL_POLICY.replace('REPLACEMENT', join(dir, 'replacement2.txt')) });
+    try {
+      const r = await send(av.smtpPort, 'sender@example.org', ['b@example.net', 'replace@example.net'], mailWith('lmtp-2', [eicarAttachment()]), true);
+      assert.deepEqual(
+        r.data.map((x) => x.code),
+        [250, 250],
+      );
+      const toSender = hop.messages.filter((m) => m.mailFrom.address === '' && m.rcptTo.some((x) => x.address === 'sender@example.org'));
+      assert.equal(toSender.length, 1, 'one sender notice per message, not one per group share');
+      const delivered = hop.messages.filter((m) => m.mailFrom.address === 'sender@example.org');
+      assert.equal(delivered.length, 2, 'each group got its own version');
+    } finally {
+      await av.stop();
+      await hop.close();
+    }
+  });
+
   test('engine down → 451 (the client keeps the mail); next hop refusing → 4xx', async () => {
     const hop = await startRecordingServer();
     const down = await startTestClamd();
