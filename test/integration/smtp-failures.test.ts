@@ -9,7 +9,7 @@ import { reply } from '../../src/protocols/smtp/reply.js';
 import type { MessageHandler } from '../../src/protocols/smtp/types.js';
 import { startSmtpSink } from '../../tools/peers/postfix.js';
 import { closedPort, startFaultServer } from '../helpers/fault-server.js';
-import { crlf, SmtpTestClient, startRecordingServer, startTestFilter, swaks, swaksReplies, type TestFilter } from '../helpers/smtp.js';
+import { crlf, SmtpTestClient, startRecordingServer, startTestFilter, swaks, swaksReplies, type RecordedMessage, type TestFilter } from '../helpers/smtp.js';
 
 /** One transaction over a fresh connection; returns every reply from MAIL on. */
 async function transaction(port: number, rcpts: string[], message: Buffer, mailParams = ''): Promise<{ mail: number; rcpt: number[]; data: Array<{ code: number; text: string }> }> {
@@ -317,6 +317,44 @@ describe('SMTP filter: limits and the never-lose rules', () => {
       await b.client.quit();
     } finally {
       await filter.stop();
+    }
+  });
+
+  test('SMTP: recipients the next hop refuses while it takes others get a bounce (RFC 3464) to the sender; NOTIFY=NEVER and <> get none', async () => {
+    const hop = await startRecordingServer({ rcpt: (a) => (a.startsWith('nouser') ? { code: 550, text: '5.1.1 No such user here' } : null) });
+    const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${hop.port}` });
+    try {
+      const msg = crlf(['Subject: partly refused', 'Message-ID: <m1@example.org>', '', 'hello']);
+      const r = await transaction(filter.port, ['bob@example.com', 'nouser@example.com'], msg);
+      assert.equal(r.data[0]?.code, 250, 'bob got it: one 250 for the transaction');
+      const bounces = hop.messages.filter((m) => m.mailFrom.address === '');
+      assert.equal(bounces.length, 1, hop.messages.map((m) => m.mailFrom.address).join());
+      const b = bounces[0] as RecordedMessage;
+      assert.deepEqual(b.rcptTo.map((x) => x.address), ['a@example.com']);
+      const text = b.body.toString('utf8');
+      assert.match(text, /^Content-Type: multipart\/report; report-type=delivery-status; boundary="/m);
+      assert.match(text, /^Final-Recipient: rfc822; nouser@example\.com\r?$/m);
+      assert.match(text, /^Action: failed\r?$/m);
+      assert.match(text, /^Status: 5\.1\.1\r?$/m);
+      assert.match(text, /^Diagnostic-Code: smtp; 550 5\.1\.1 No such user here\r?$/m);
+      assert.match(text, /^Message-ID: <m1@example\.org>\r?$/m, 'the original headers are quoted');
+      assert.doesNotMatch(text, /bob@example\.com/, 'only the refused recipient is reported');
+      assert.equal(filter.server.counters.bounces, 1);
+      // NOTIFY=NEVER: the sender asked for no bounce.
+      const { client } = await SmtpTestClient.connect(filter.port);
+      try {
+        await client.command('EHLO client.test');
+        assert.equal((await client.command('MAIL FROM:<a@example.com>')).code, 250);
+        assert.equal((await client.command('RCPT TO:<bob@example.com>')).code, 250);
+        assert.equal((await client.command('RCPT TO:<nouser2@example.com> NOTIFY=NEVER')).code, 250);
+        assert.equal((await client.data(msg))[0]?.code, 250);
+      } finally {
+        await client.quit();
+      }
+      assert.equal(hop.messages.filter((m) => m.mailFrom.address === '').length, 1, 'no second bounce');
+    } finally {
+      await filter.stop();
+      await hop.close();
     }
   });
 

@@ -1,3 +1,4 @@
+import { bounceFor } from './dsn.js';
 import { Socket } from 'node:net';
 import { hostname as osHostname } from 'node:os';
 import { resolve } from 'node:path';
@@ -45,6 +46,8 @@ export interface SmtpCounters {
   clientAborts: number;
   handlerErrors: number;
   handlerTimeouts: number;
+  /** Bounces sent for recipients the next hop refused in a transaction it took (SMTP). */
+  bounces: number;
 }
 
 interface ConnState {
@@ -119,6 +122,9 @@ function restoreAddress(a: SMTPServerAddress, smtpUtf8: boolean): void {
  * spooled (memory, then a 0600 file), handed to the handler, and answered only once the handler has
  * settled — the client keeps responsibility for the message until then.
  */
+/** Bytes of a message read for the headers a bounce quotes. */
+const BOUNCE_HEADERS_MAX = 64 * 1024;
+
 export class SmtpFilterServer extends GracefulServer {
   readonly nextHop: NextHop;
   readonly counters: SmtpCounters = {
@@ -132,6 +138,7 @@ export class SmtpFilterServer extends GracefulServer {
     clientAborts: 0,
     handlerErrors: 0,
     handlerTimeouts: 0,
+    bounces: 0,
   };
   private readonly server: SMTPServer;
   private readonly states = new Map<string, ConnState>();
@@ -140,6 +147,8 @@ export class SmtpFilterServer extends GracefulServer {
   private readonly log: Logger;
   private readonly spoolDir: string;
   private readonly lmtp: boolean;
+  /** This gateway's name (greeting, EHLO to the next hop, bounces). */
+  private readonly hostname: string;
   /** The controllers of the handlers running now: close() aborts them (a Set, not a listener per message on a shared signal). */
   private readonly running = new Set<AbortController>();
   private closing = false;
@@ -154,6 +163,7 @@ export class SmtpFilterServer extends GracefulServer {
     this.lmtp = config.protocol === 'lmtp';
     this.spoolDir = resolve(deps.stateDir, config['spool-dir']);
     const name = config.hostname ?? osHostname();
+    this.hostname = name;
     this.ownsNextHop = !deps.nextHop;
     this.nextHop = deps.nextHop ?? new NextHopClient(config['next-hop'].target, nextHopOptions(config['next-hop'], name, this.log));
     const xforwardOk = hostMatcher(config['xforward-hosts']);
@@ -250,6 +260,7 @@ export class SmtpFilterServer extends GracefulServer {
     const max = this.config['max-message-size'];
     const spool = new Spool(this.spoolDir, this.config['spool-memory'], { hash: false });
     let spoolInUse = false;
+    let transactionOver = false;
     if (st) st.busy = true;
     const started = performance.now();
     try {
@@ -296,14 +307,18 @@ export class SmtpFilterServer extends GracefulServer {
       spoolInUse = true;
       const replies = await this.runHandler(msg, controller, log, () => {
         spoolInUse = false;
-        void spool.dispose();
+        // A handler that outlived its transaction (timeout) frees the spool itself; otherwise the
+        // transaction does, after the bounce below has read the headers.
+        if (transactionOver) void spool.dispose();
       });
+      if (!this.lmtp && !spoolInUse) await this.bounceRefused(msg, replies, log);
       this.answer(replies, env.rcptTo.length, msg, log, started, cb);
     } catch (err) {
       this.counters.handlerErrors++;
       log.error({ err: messageOf(err) }, 'smtp transaction failed');
       cb(smtpError(451, '4.3.0 Local error in processing'));
     } finally {
+      transactionOver = true;
       if (st) {
         st.busy = false;
         st.xforward = {};
@@ -312,6 +327,37 @@ export class SmtpFilterServer extends GracefulServer {
       session.xForward.clear();
       if (!spoolInUse) await spool.dispose();
     }
+  }
+
+  /**
+   * SMTP: recipients the next hop refused (5xx) while it took others get a bounce to the sender
+   * (the client gets one 250 for all of them and would never learn). Sent from `<>` through the
+   * next hop before the client is answered; a bounce that cannot be sent is logged at error.
+   */
+  private async bounceRefused(msg: InboundMessage, replies: readonly SmtpReply[], log: Logger): Promise<void> {
+    if (!replies.some((r) => r.code >= 500) || !replies.some(isPositive) || msg.mailFrom.address === '') return;
+    let headers: Buffer;
+    try {
+      const head = await msg.spool.readRange(0, Math.min(msg.size, BOUNCE_HEADERS_MAX));
+      const end = head.indexOf('\r\n\r\n');
+      headers = end >= 0 ? head.subarray(0, end + 2) : head;
+    } catch {
+      headers = Buffer.alloc(0);
+    }
+    const b = bounceFor({ sender: msg.mailFrom.address, rcpts: msg.rcptTo, replies, headers, hostname: this.hostname, queueId: msg.queueId, arrival: msg.receivedAt });
+    if (!b) return;
+    const res = await this.nextHop.deliver({
+      mailFrom: { address: '', params: b.utf8 ? { SMTPUTF8: true } : {} },
+      rcpts: [{ address: b.to, params: {} }],
+      body: b.message,
+      size: b.message.length,
+      queueId: msg.queueId,
+    });
+    const r = res.replies[0];
+    if (r && isPositive(r)) {
+      this.counters.bounces++;
+      log.info({ to: b.to, failed: b.failed, reply: replySummary(r) }, 'bounce sent for recipients the next hop refused');
+    } else log.error({ to: b.to, failed: b.failed, reply: r ? replySummary(r) : null }, 'bounce for recipients the next hop refused could not be sent: the sender will not learn of them');
   }
 
   /**
