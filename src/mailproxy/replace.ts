@@ -410,8 +410,15 @@ export async function scanAndReplace(input: MessageInput, deps: ReplaceDeps, sig
     await out.dispose();
     throw err;
   }
+  // The Message-ID ties the line to the mail server's own log (Dovecot's mail_log, Postfix).
+  const messageId = await headOf(input, limits.maxHeaderSize).then((h) => headerField(headerBlock(h), 'Message-ID'), () => null);
   deps.log.info(
-    { message: label, replaced: replaced.map((d) => ({ part: d.path, name: d.filename, status: d.status, names: d.names })), ...(quarantineId ? { quarantineId } : {}) },
+    {
+      message: label,
+      ...(messageId ? { messageId } : {}),
+      replaced: replaced.map((d) => ({ part: d.path, name: d.filename, status: d.status, names: d.names })),
+      ...(quarantineId ? { quarantineId } : {}),
+    },
     'mail proxy: documents replaced',
   );
   return {

@@ -1,13 +1,15 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readFile, rename, writeFile } from 'node:fs/promises';
+import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VerdictCache } from '../../src/cache/verdict-cache.js';
 import { reopenLogFiles, silentLogger } from '../../src/core/logging.js';
 import type { Verdict } from '../../src/core/verdict.js';
+import { clamdRequest } from '../../src/engines/clamd/connection.js';
 import { ClamdNetEngine } from '../../src/engines/clamd/net.js';
 import { Scanner, type ScannerLimits } from '../../src/scan/scanner.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
@@ -117,6 +119,28 @@ describe('signature files changed outside the updater', () => {
     const after = await engine.signatureVersion();
     assert.match(after ?? '', /\/db:[0-9a-f]{16}$/);
     assert.notEqual(after, before);
+  });
+
+  test('a RELOAD that clamd drops (one already running) is sent again: the files of the moment of reload() are the ones in use after it', async () => {
+    const z = randomBytes(4000);
+    // A reload already running when ours comes (as when the updater and an engine ask at once);
+    // 300 000 hash signatures make it last long enough.
+    const many = Array.from({ length: 300_000 }, (_, i) => `${createHash('md5').update(`filler ${i}`).digest('hex')}:${1000 + (i % 5000)}:Avgate.Test.Filler${i}`).join('\n');
+    await writeFile(join(clamd.dbDir, 'filler.hdb'), `${many}\n`);
+    await clamdRequest({ kind: 'unix', path: clamd.socketPath }, 'RELOAD', { timeoutMs: 5000 });
+    await new Promise((r) => setTimeout(r, 100));
+    await writeFile(join(clamd.dbDir, 'racing.hdb'), `${md5(z)}:${z.length}:Avgate.Test.Racing\n`);
+    await clamd.reload();
+    const e = new ClamdNetEngine();
+    e.configure([{ name: 'address', value: `unix:${clamd.socketPath}` }]);
+    const ctx = await e.openContext();
+    try {
+      const r = await e.scan(ctx, Readable.from([z]), { signal: AbortSignal.timeout(5000) });
+      assert.equal(r.verdict.status, 'found', JSON.stringify(r.verdict));
+    } finally {
+      await e.closeContext(ctx);
+      await rm(join(clamd.dbDir, 'filler.hdb'), { force: true });
+    }
   });
 
   test('logrotate moved clamd.log away: the reopen (SIGHUP, avgate reload) reaches clamd, and RELOAD is confirmed from the new file', async () => {

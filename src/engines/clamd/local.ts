@@ -73,6 +73,13 @@ export const SYSTEM_DATABASE_DIR = '/var/lib/clamav';
  * it with SIGTERM (SIGKILL after a grace period).
  */
 const RELOAD_OK = /Database correctly reloaded/;
+/** clamd's lines of one reload, in order: it starts reading, loads, then swaps engines. */
+const RELOAD_START = /Reading databases from /;
+const RELOAD_ACTIVE = /Activating the newly loaded database/;
+/** RELOADs sent again when clamd dropped ours (a reload was running). */
+const RELOAD_RESENDS = 5;
+/** The reload of each clamd (by state directory) under way in this process. */
+const reloadsRunning = new Map<string, Promise<void>>();
 /** clamd's lines for a RELOAD it could not do (it keeps the previous database). */
 const RELOAD_REFUSED = /(?:reload_th|reload_db): [^\n]*|Database reload (?:setup )?failed[^\n]*/g;
 
@@ -385,23 +392,47 @@ export class LocalClamd {
   }
 
   /**
-   * RELOAD and wait until clamd logs that the new database is in use. Throws ReloadRefused when
-   * clamd logs that it could not load it (it then keeps scanning with the previous one).
+   * RELOAD and wait until clamd logs that it read the database anew and put it in use. Throws
+   * ReloadRefused when clamd logs that it could not load it (it then keeps scanning with the
+   * previous one). A RELOAD clamd gets while a reload is running is dropped without a word: when
+   * a reload finishes that did not start after ours, ours is sent again. One at a time per clamd
+   * in this process (the updater and the engines' version checks may ask at once).
    */
-  async reload(timeoutMs = 60_000): Promise<void> {
-    // Only what clamd writes from now on is read (the log grows for as long as clamd runs).
-    const from = (await stat(this.logPath).catch(() => null))?.size ?? 0;
-    const loading = await this.fingerprintNow();
-    await clamdRequest(this.unixAddress, 'RELOAD', { timeoutMs: 5000 });
+  reload(timeoutMs = 60_000): Promise<void> {
+    const prior = reloadsRunning.get(this.stateDir) ?? Promise.resolve();
+    const mine = prior.catch(() => undefined).then(() => this.reloadNow(timeoutMs));
+    const tail = mine.catch(() => undefined);
+    reloadsRunning.set(this.stateDir, tail);
+    void tail.then(() => {
+      if (reloadsRunning.get(this.stateDir) === tail) reloadsRunning.delete(this.stateDir);
+    });
+    return mine;
+  }
+
+  private async reloadNow(timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
+    const loading = await this.fingerprintNow();
+    // Only what clamd writes from now on is read (the log grows for as long as clamd runs).
+    let from = (await stat(this.logPath).catch(() => null))?.size ?? 0;
+    await clamdRequest(this.unixAddress, 'RELOAD', { timeoutMs: 5000 });
+    let resent = 0;
     while (Date.now() < deadline) {
       const added = await this.readLogFrom(from);
-      if (RELOAD_OK.test(added)) {
-        await this.recordLoaded(loading);
-        return;
+      const start = added.search(RELOAD_START);
+      if (start >= 0) {
+        const ours = added.slice(start);
+        const why = ours.match(RELOAD_REFUSED);
+        if (why) throw new ReloadRefused(`clamd refused the signature files: ${why.join(' / ')}`);
+        if (RELOAD_ACTIVE.test(ours)) {
+          await this.recordLoaded(loading);
+          return;
+        }
+      } else if ((RELOAD_ACTIVE.test(added) || RELOAD_OK.test(added)) && resent < RELOAD_RESENDS) {
+        // The end of a reload that was already running when ours came: ours was dropped.
+        resent++;
+        from = (await stat(this.logPath).catch(() => null))?.size ?? 0;
+        await clamdRequest(this.unixAddress, 'RELOAD', { timeoutMs: 5000 });
       }
-      const why = added.match(RELOAD_REFUSED);
-      if (why) throw new ReloadRefused(`clamd refused the signature files: ${why.join(' / ')}`);
       await sleep(50);
     }
     throw new AvgateError('AVG_ERR_CLAMD_START', 'clamd did not finish RELOAD in time');

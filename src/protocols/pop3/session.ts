@@ -125,7 +125,7 @@ export class Pop3Session {
     client.setNoDelay(true);
     this.cr = new LineReader(client);
     this.clientAddress = client.remoteAddress ?? null;
-    this.log = ctx.log.child({ session: id });
+    this.log = ctx.log.child({ session: id, client: this.clientAddress });
     client.once('close', () => this.abort.abort(new PeerClosed('client closed the connection')));
     this.watchSends(client);
   }
@@ -139,7 +139,7 @@ export class Pop3Session {
     this.ctx.sends.watch(socket, (unsent) => {
       this.ctx.counters.sendTimeouts++;
       this.log.warn(
-        { client: this.clientAddress, user: this.user, sending: this.sending, unsent, timeout: this.cfg.timeouts.send },
+        { user: this.user, sending: this.sending, unsent, timeout: this.cfg.timeouts.send },
         'pop3: client stopped reading the answer (timeouts.send); connection reset',
       );
       this.summary.end = 'send timeout (the client stopped reading)';
@@ -211,7 +211,7 @@ export class Pop3Session {
       // One line per session, as p3scan and Kernun's pop3-proxy keep: who, which server, what was fetched.
       const m = this.summary;
       this.log.info(
-        { client: this.clientAddress, user: this.user, upstream: m.upstream, commands: m.commands, fetched: m.fetched, replaced: m.replaced, failedLogins: m.failedLogins, end: m.end, ms: Date.now() - m.started },
+        { user: this.user, upstream: m.upstream, commands: m.commands, fetched: m.fetched, replaced: m.replaced, failedLogins: m.failedLogins, end: m.end, ms: Date.now() - m.started },
         'pop3: session ended',
       );
     }
@@ -499,7 +499,7 @@ export class Pop3Session {
     this.claimed = null;
     if (kind === 'err') {
       this.summary.failedLogins++;
-      this.log.info({ client: this.clientAddress, user, upstream: this.summary.upstream }, 'pop3: login refused by the server');
+      this.log.info({ user, upstream: this.summary.upstream }, 'pop3: login refused by the server');
     }
     if (kind === 'ok') {
       if (user === null && this.ctx.policy.userRules) throw new FailClosed('the login name could not be read by the proxy, closing');
@@ -656,7 +656,8 @@ export class Pop3Session {
         this.summary.replaced++;
       } else {
         early = this.keepAlive(spool, stuffer);
-        result = await scanAndReplace(spool, { ...deps, user: this.user, label, ...(verb === 'TOP' ? { partial: true } : {}) }, this.abort.signal);
+        // This session's log (session id, client): the replacement line joins its "session ended".
+        result = await scanAndReplace(spool, { ...deps, log: this.log, user: this.user, label, ...(verb === 'TOP' ? { partial: true } : {}) }, this.abort.signal);
         await early.stop();
         this.ctx.counters.scanned++;
         if (result.changed) {
