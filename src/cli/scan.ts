@@ -46,9 +46,10 @@ Options:
   --move DIR           move infected files into DIR (name.1, name.2 ... on a collision)
   --remove             remove infected files
   --exec CMD           run CMD with /bin/sh -c for each infected file; %FULLPATH% (absolute),
-                       %FILENAME% and %VIRUSNAMES% stand for "$AVGATE_FULLPATH",
-                       "$AVGATE_FILENAME" and "$AVGATE_VIRUSNAMES", variables that hold the
-                       values, so no file name is ever run as code. Killed after ${EXEC_TIMEOUT_MS / 1000} s. Not run for a
+                       %FILENAME% and %VIRUSNAMES% stand for the variables $AVGATE_FULLPATH,
+                       $AVGATE_FILENAME and $AVGATE_VIRUSNAMES, quoted for where they stand
+                       (bare, in "..." or '...'): one word each, so no file name is ever run,
+                       split or globbed. Killed after ${EXEC_TIMEOUT_MS / 1000} s. Not run for a
                        path that is not valid UTF-8 (it cannot be passed on exactly): a failure.
   --report FILE        append a line (time, path, verdict) for every infected or failed object
   --alert-exceeds-max  an object not scanned because of a size limit (scan.max-checked-size,

@@ -151,14 +151,31 @@ export async function removeFile(path: FsPath, expected?: FileIdentity): Promise
 
 /**
  * Replaces %FULLPATH%, %FILENAME% and %VIRUSNAMES% by references to the environment variables
- * that hold them (`"$AVGATE_FULLPATH"` ...), never by the values: the shell expands a variable
- * once and does not parse its value again, so no file name runs as code wherever the admin put
- * the macro — bare (`rm %FULLPATH%`), or inside double quotes out of habit
- * (`logger "found %VIRUSNAMES% in %FULLPATH%"`, where the value then stands unquoted between
- * the quotes: split into words, never run). Inside single quotes it stays literal text.
+ * that hold them, never by the values: the shell expands a variable once and does not parse its
+ * value again, so no file name runs as code. The reference is written for where the macro stands,
+ * so that the value is one word, never split or globbed: bare → `"$AVGATE_FULLPATH"`, inside
+ * double quotes (`logger "found %VIRUSNAMES% in %FULLPATH%"`) → `$AVGATE_FULLPATH`, inside single
+ * quotes → `'"$AVGATE_FULLPATH"'` (the quotes closed around it).
  */
 export function expandExecMacros(template: string): string {
-  return template.replace(/%(FULLPATH|FILENAME|VIRUSNAMES)%/g, (_m, key: string) => `"$AVGATE_${key}"`);
+  let out = '';
+  let state: 'bare' | 'single' | 'double' = 'bare';
+  for (let i = 0; i < template.length; i++) {
+    const macro = /^%(FULLPATH|FILENAME|VIRUSNAMES)%/.exec(template.slice(i, i + 13));
+    if (macro) {
+      const ref = `$AVGATE_${macro[1] as string}`;
+      out += state === 'double' ? ref : state === 'single' ? `'"${ref}"'` : `"${ref}"`;
+      i += macro[0].length - 1;
+      continue;
+    }
+    const c = template[i] as string;
+    out += c;
+    if (c === '\\' && state !== 'single' && i + 1 < template.length) {
+      out += template[++i] as string; // an escaped character changes no state
+    } else if (c === "'" && state !== 'double') state = state === 'single' ? 'bare' : 'single';
+    else if (c === '"' && state !== 'single') state = state === 'double' ? 'bare' : 'double';
+  }
+  return out;
 }
 
 export interface ExecResult {
