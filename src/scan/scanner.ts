@@ -4,6 +4,7 @@ import { setImmediate } from 'node:timers/promises';
 import { PassThrough, pipeline, Readable, Transform, type TransformCallback } from 'node:stream';
 import { engineSetKey, type VerdictCache } from '../cache/verdict-cache.js';
 import { ContentHasher } from '../core/content-hash.js';
+import { raceAbort } from '../core/abort.js';
 import { AvgateError, errorCodeOf, messageOf } from '../core/errors.js';
 import type { Logger } from '../core/logging.js';
 import { Semaphore } from '../core/semaphore.js';
@@ -142,14 +143,18 @@ export class Scanner implements ScanService {
     try {
       await Promise.any(pings.map((p) => {
         const asked = (p as NonNullable<(typeof pings)[number]>)(signal);
-        return signal ? raceAbort(asked, signal) : asked;
+        return raceAbort(asked, signal);
       }));
       return null;
     } catch (err) {
-      const causes = err instanceof AggregateError ? err.errors.map(messageOf) : [messageOf(err)];
+      const errors: unknown[] = err instanceof AggregateError ? err.errors : [err];
+      // Only an engine that cannot be reached at all counts as down: a slow answer under load is
+      // no reason to refuse an object its scan may still pass.
+      if (!errors.every((e) => errorCodeOf(e) === 'AVG_ERR_ENGINE_CONNECT')) return null;
+      const causes = errors.map(messageOf);
       return {
         status: 'error',
-        code: signal?.aborted ? 'AVG_ERR_ENGINE_TIMEOUT' : 'AVG_ERR_ENGINE_CONNECT',
+        code: 'AVG_ERR_ENGINE_CONNECT',
         cause: `no engine answers: ${causes.join('; ')}`,
         engine: this.engines.map((e) => e.id).join('+'),
         signatureVersion: null,
@@ -629,24 +634,6 @@ async function hashSource(source: Exclude<ScanSource, { kind: 'stream' }>, yield
   return h.digest();
 }
 
-/** Resolves with the engine's answer, or rejects as soon as the scan is aborted (timeout). */
-function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(new AvgateError('AVG_ERR_ENGINE_TIMEOUT', 'scan timeout'));
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(new AvgateError('AVG_ERR_ENGINE_TIMEOUT', 'scan timeout'));
-    signal.addEventListener('abort', onAbort, { once: true });
-    p.then(
-      (v) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(v);
-      },
-      (e: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(e instanceof Error ? e : new Error(String(e)));
-      },
-    );
-  });
-}
 
 /**
  * Copies one stream into several, pausing the source until every live branch has drained.

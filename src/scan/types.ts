@@ -55,8 +55,8 @@ export interface ScanService {
    */
   signatureKey?(signal?: AbortSignal): Promise<string | null>;
   /**
-   * An error verdict when no engine answers a liveness check now (clamd PING), else null (one
-   * answered, or some engine cannot be asked). For front ends about to hand part of an object on
+   * An error verdict when no engine can be reached now (every liveness check, clamd PING, fails
+   * to connect), else null (one answered, one was only slow, or some engine cannot be asked). For front ends about to hand part of an object on
    * before its verdict (an early ICAP response): not while the engine is known to be down.
    */
   unreachable?(signal?: AbortSignal): Promise<Verdict | null>;

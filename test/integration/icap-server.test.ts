@@ -39,6 +39,8 @@ describe('avgate ICAP server', () => {
         '    accept-status: [free, skipped]',
         '  down:',
         '    engines: [dead]',
+        '  noearly:',
+        '    early-response-after: 0',
         '  down500:',
         '    engines: [dead]',
         '    engine-error: icap-error',
@@ -233,6 +235,15 @@ describe('avgate ICAP server', () => {
     assert.equal(res?.head.status, 200);
     assert.ok((r.headAt[0] as number) < (r.sentAt[1] as number), 'head before the body was complete');
     assert.ok(res?.body.equals(body), 'clean body streamed after the verdict');
+  });
+
+  test('REQMOD: an upload is held whole below early-response-after-reqmod; early-response-after: 0 holds bigger ones too', async () => {
+    for (const [service, size] of [['avscan', 1_000_000], ['noearly', 5_000_000]] as const) {
+      const all = buildRequest(icap.port, randomBytes(size), { method: 'REQMOD', service }).first;
+      const r = await icapExchange(icap.port, [all.subarray(0, all.length - 5), all.subarray(all.length - 5)], { pauseMs: 300, timeoutMs: 20_000 });
+      assert.equal(r.responses[0]?.head.status, 200, service);
+      assert.ok((r.headAt[0] as number) > (r.sentAt[1] as number), `${service}: no head before the upload was complete`);
+    }
   });
 
   test('early response + infected: the connection is aborted, the body never completes', async () => {

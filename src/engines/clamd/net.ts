@@ -2,6 +2,7 @@ import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { AvgateError, errorCodeOf, messageOf } from '../../core/errors.js';
+import { raceAbort } from '../../core/abort.js';
 import { parseDuration, parseSize } from '../../core/units.js';
 import type { DatabaseLoader, Engine, EngineOption, EngineScanResult, ScanMeta } from '../types.js';
 import { ClamdConnection, clamdRequest } from './connection.js';
@@ -40,7 +41,7 @@ export const CLAMD_NET_DEFAULTS: ClamdNetSettings = {
   chunkSizeBytes: 256 * 1024,
   versionCheckIntervalMs: 60_000,
   databaseDir: null,
-  reloadGraceMs: 600_000,
+  reloadGraceMs: 720_000,
   encryptedAsSkipped: false,
   streamMaxLength: null,
   scanFiles: 'auto',
@@ -147,10 +148,12 @@ export class ClamdVersionTracker {
   async get(signal?: AbortSignal): Promise<string | null> {
     const s = this.settings();
     if (this.cached && Date.now() - this.cached.at < Math.min(this.cached.ttl, s.versionCheckIntervalMs)) return this.cached.value;
-    this.inflight ??= this.fetch(signal).finally(() => {
+    // Shared by every scan asking meanwhile: not tied to the first one's signal (its client going
+    // would leave everyone without a version); each caller stops waiting on its own signal.
+    this.inflight ??= this.fetch().finally(() => {
       this.inflight = null;
     });
-    return this.inflight;
+    return raceAbort(this.inflight, signal);
   }
 
   /** The version last read, without asking clamd (null when none is held). */
@@ -158,19 +161,20 @@ export class ClamdVersionTracker {
     return this.cached === null ? null : this.cached.value;
   }
 
-  /** Read the version again at the next scan, and take the files as they are then as loaded (the updater reloaded clamd). */
+  /**
+   * Read the version again at the next scan (the updater reloaded clamd). What clamd loaded
+   * comes from the loader's record; another clamd's grace after a change goes on.
+   */
   invalidate(): void {
     this.cached = null;
-    this.loaded = null;
-    this.pending = null;
   }
 
-  private async fetch(signal?: AbortSignal): Promise<string | null> {
+  private async fetch(): Promise<string | null> {
     const s = this.settings();
     let value: string | null;
     let ttl = Number.POSITIVE_INFINITY;
     try {
-      const raw = await requestFirst(s, 'VERSION', signal);
+      const raw = await requestFirst(s, 'VERSION');
       const v = parseVersion(raw);
       if (s.databaseDir) {
         // With the directory known its files count too: an unofficial database added beside the
@@ -184,7 +188,10 @@ export class ClamdVersionTracker {
         value = v.signatures;
       }
     } catch {
-      value = null; // engine down: no version, so nothing is cached or taken from the cache
+      // Engine down: no version, so nothing is cached or taken from the cache; asked again soon,
+      // so caching resumes within a second of clamd answering again.
+      value = null;
+      ttl = UPDATE_RECHECK_MS;
     }
     this.cached = { value, at: Date.now(), ttl };
     return value;
@@ -439,3 +446,4 @@ export interface ClamdNetContext {
 export function createClamdNetEngine(): Engine {
   return new ClamdNetEngine() as Engine;
 }
+

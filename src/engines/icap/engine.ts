@@ -2,6 +2,7 @@ import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { ContentHasher } from '../../core/content-hash.js';
 import { AvgateError, errorCodeOf, messageOf, type ErrorCode } from '../../core/errors.js';
+import { raceAbort } from '../../core/abort.js';
 import { connectWithTimeout } from '../../core/net.js';
 import { parseDuration, parseSize } from '../../core/units.js';
 import type { VerdictResult } from '../../core/verdict.js';
@@ -389,7 +390,7 @@ export class IcapEngine implements Engine<IcapContext> {
 
   async signatureVersion(signal?: AbortSignal): Promise<string | null> {
     try {
-      const opts = await untilAborted(this.serviceOptions(), signal);
+      const opts = await raceAbort(this.serviceOptions(), signal);
       return opts.istag;
     } catch {
       return null; // server unreachable: no version, so nothing is cached or taken from the cache
@@ -417,7 +418,7 @@ export class IcapEngine implements Engine<IcapContext> {
 
     let opts: IcapServiceOptions;
     try {
-      opts = await untilAborted(this.serviceOptions(), meta.signal);
+      opts = await raceAbort(this.serviceOptions(), meta.signal);
     } catch (err) {
       if (meta.signal.aborted) return { verdict: { status: 'error', code: 'AVG_ERR_ENGINE_TIMEOUT', cause: 'scan timeout' }, bytes: 0 };
       if (err instanceof UnknownReply) return { verdict: { status: 'unknown', raw: err.raw }, bytes: 0 };
@@ -739,28 +740,6 @@ export class IcapEngine implements Engine<IcapContext> {
   }
 }
 
-/** Waits for the promise, but no longer than the signal allows (then: scan timeout). */
-function untilAborted<T>(promise: Promise<T>, signal?: AbortSignal): Promise<T> {
-  if (!signal) return promise;
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(new AvgateError('AVG_ERR_ENGINE_TIMEOUT', 'scan timeout'));
-    if (signal.aborted) {
-      onAbort();
-      return;
-    }
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (v) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(v);
-      },
-      (err: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(err);
-      },
-    );
-  });
-}
 
 /** Reads one whole response (skipping interim 100s); its body, if any, is discarded. */
 async function readFinalResponse(conn: IcapConnection, label: string): Promise<IcapResponseHead> {

@@ -396,7 +396,8 @@ export class IcapConnection {
 
     const limits = this.ctx.limits;
     const maxObject = service.config['max-object-size'];
-    const earlyAfter = service.config[head.method === 'RESPMOD' ? 'early-response-after' : 'early-response-after-reqmod'];
+    // early-response-after: 0 turns early responses off for uploads too.
+    const earlyAfter = head.method === 'RESPMOD' || service.config['early-response-after'] === 0 ? service.config['early-response-after'] : service.config['early-response-after-reqmod'];
     const keepBack = service.config['early-response-keep-back'];
     /** Body bytes already sent on after an early head. */
     let forwarded = 0;
