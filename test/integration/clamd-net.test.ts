@@ -220,6 +220,21 @@ describe('clamd-net scanning by path from another working directory than clamd\'
     await rm(dir, { recursive: true, force: true });
   });
 
+  test('a path with characters outside Latin-1 (一, U+4E00) reaches clamd as its UTF-8 bytes', async () => {
+    const e = engineFor(`unix:${clamd.socketPath}`, [['scan-files', 'yes']]);
+    await mkdir(join(dir, 'ours', '一 名'), { recursive: true });
+    const path = join(dir, 'ours', '一 名', 'é.com');
+    await writeFile(path, eicarBytes());
+    const ctx = await e.openContext();
+    try {
+      const r = await e.scanFile(ctx, path, { signal: AbortSignal.timeout(5000) });
+      assert.equal(r?.verdict.status, 'found', JSON.stringify(r));
+      assert.equal(e.prefersFiles(), true, 'not taken for a file clamd cannot open');
+    } finally {
+      await e.closeContext(ctx);
+    }
+  });
+
   test('a relative path is scanned as the caller means it (made absolute), not as clamd would find it', async () => {
     const e = engineFor(`unix:${clamd.socketPath}`, [['scan-files', 'yes']]);
     const ctx = await e.openContext();

@@ -358,13 +358,15 @@ export class ClamdNetEngine extends ClamdEngineBase<ClamdNetSettings> implements
     let conn = ctx.conn;
     try {
       conn ??= await openFirst(this.settings, false, meta.signal);
-      const reply = await conn.command(`SCAN ${path}`, meta.signal);
+      // clamd takes the path as bytes: its UTF-8 bytes go over the wire one per character.
+      const wirePath = Buffer.from(path, 'utf8').toString('latin1');
+      const reply = await conn.command(`SCAN ${wirePath}`, meta.signal);
       if (FILE_ACCESS_ERROR.test(reply)) {
         this.filesRefused = reply.trim();
         return null;
       }
       // The reply must name that file (a proxy or a confused clamd answering about another is unknown).
-      return { verdict: pathReplyVerdict(reply, path, { encryptedAsSkipped: this.settings.encryptedAsSkipped }), bytes: size };
+      return { verdict: pathReplyVerdict(reply, wirePath, { encryptedAsSkipped: this.settings.encryptedAsSkipped }), bytes: size };
     } catch (err) {
       return errorResult(err, 0);
     } finally {
