@@ -119,6 +119,7 @@ export async function openRuntime(config: Readonly<Config>, options: RuntimeOpti
     const running = options.localClamd === 'if-needed' && (await local.ping());
     if (!running) {
       log.info({ stateDir: local.stateDir, database: local.dbDir }, 'starting the project-local clamd');
+      if (options.localClamd === 'always') local.ownedByServe();
       await local.start(options.signal);
       clamd = local;
       log.info({ pid: local.pid, socket: local.socketPath, tcpPort: local.tcpPort, tempDir: local.tempDir }, 'clamd answers PING');

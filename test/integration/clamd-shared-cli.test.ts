@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -42,8 +42,13 @@ test('overlapping command-line runs share the clamd one of them started; the las
     assert.equal(await up(), false, 'the last run stopped it');
     assert.equal(existsSync(join(dir, 'state', 'clamd', 'cli-started')), false);
 
-    // serve's clamd: a command-line run uses it and leaves it running.
+    // serve's clamd: a command-line run uses it and leaves it running — even when a killed run
+    // left its hand-over mark and registration behind.
+    await mkdir(join(dir, 'state', 'clamd', 'users'), { recursive: true });
+    await writeFile(join(dir, 'state', 'clamd', 'cli-started'), '1\n');
+    await writeFile(join(dir, 'state', 'clamd', 'users', '999999-dead'), '');
     const served = await open('always');
+    assert.equal(existsSync(join(dir, 'state', 'clamd', 'cli-started')), false, 'the stale mark is gone');
     runtimes.push(served);
     const cli = await open('if-needed');
     runtimes.push(cli);

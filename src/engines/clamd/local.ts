@@ -120,6 +120,13 @@ export class LocalClamd {
   private unregisterReopen: (() => void) | null = null;
   /** This run's registration as a user of a shared clamd (join/leave). */
   private userFile: string | null = null;
+
+  /** serve starts this clamd: what command-line runs left registered is about an earlier one. */
+  ownedByServe(): void {
+    this.owner = 'serve';
+  }
+
+  private owner: 'serve' | 'command' = 'command';
   private exited: Promise<void> | null = null;
   private temp: { path: string; private: boolean } | null = null;
   /** How the last clamd process ended, for the log. */
@@ -230,6 +237,10 @@ export class LocalClamd {
     // what it holds, and the engines' next look has it RELOAD (never the other way round).
     const loading = await this.fingerprintNow();
     await rm(this.loadedFile, { force: true });
+    // A hand-over mark of a command-line run is about a clamd that is gone: this one is not theirs
+    // to stop (a scan starting it marks it again if need be, serve's never is).
+    await rm(join(this.stateDir, 'cli-started'), { force: true });
+    if (this.owner === 'serve') await rm(join(this.stateDir, 'users'), { recursive: true, force: true });
     // Its own process group: a terminal's Ctrl-C reaches avgate, which then stops clamd in order
     // (and reaps it), instead of both racing to exit.
     const child = spawn(this.options.clamdPath ?? 'clamd', ['-c', this.confPath], {
