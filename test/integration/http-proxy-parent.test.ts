@@ -195,7 +195,9 @@ describe('HTTP proxy with a parent proxy that asks for credentials (real Squid, 
     try {
       const r = await curlVia(port, origin.url('clean.bin'), out);
       assert.equal(r.status, 502, r.stderr);
-      assert.match(await readFile(out, 'utf8'), /refused the credentials of parent-proxy-user gateway \(407\)/);
+      const page = await readFile(out, 'utf8');
+      assert.match(page, /refused the credentials of http-proxy\.parent-proxy-user \(407\)/);
+      assert.doesNotMatch(page, /parent-proxy-user gateway/, 'the user name (gateway) stays off the page any client can see');
       const c = await rawExchange(port, `CONNECT 127.0.0.1:${origin.port} HTTP/1.1\r\nHost: 127.0.0.1:${origin.port}\r\n\r\n`);
       assert.match(c.text, /^HTTP\/1\.1 502 /);
       assert.match(c.text, /refused the credentials/);

@@ -738,7 +738,7 @@ export function parentProxy(cfg: HttpProxyConfig): { host: string; port: number;
 export function parentAuthProblem(cfg: HttpProxyConfig): string {
   return cfg['parent-proxy-user'] === null
     ? `the parent proxy ${cfg['parent-proxy']} asks for credentials (407); set http-proxy.parent-proxy-user and parent-proxy-password`
-    : `the parent proxy ${cfg['parent-proxy']} refused the credentials of parent-proxy-user ${cfg['parent-proxy-user']} (407)`;
+    : `the parent proxy ${cfg['parent-proxy']} refused the credentials of http-proxy.parent-proxy-user (407)`;
 }
 
 /** The parent proxy answered CONNECT with 407: the message is the page's words as they are. */
