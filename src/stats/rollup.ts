@@ -126,7 +126,7 @@ export function summarize(batch: readonly ScanEvent[]): SummedBatch {
       time: Math.floor(raw.time),
       bytes: Number.isFinite(raw.bytes) && raw.bytes > 0 ? Math.floor(raw.bytes) : 0,
       durationMs: Number.isFinite(raw.durationMs) && raw.durationMs > 0 ? raw.durationMs : 0,
-      subject: raw.status === 'free' || typeof raw.subject !== 'string' || raw.subject === '' ? null : raw.subject.slice(0, SUBJECT_MAX),
+      subject: raw.status === 'free' || typeof raw.subject !== 'string' || raw.subject === '' ? null : storedSubject(raw.subject),
     };
     events.push(e);
     newest = newest === null ? e.time : Math.max(newest, e.time);
@@ -153,4 +153,13 @@ export function summarize(batch: readonly ScanEvent[]): SummedBatch {
     viruses: [...viruses].map(([name, count]) => ({ name, count })),
     newest,
   };
+}
+
+/**
+ * An event's subject as it is kept (for 30 days, in a database a cluster shares): a URL without
+ * its query (which may carry session tokens or personal data), at most SUBJECT_MAX characters.
+ */
+function storedSubject(subject: string): string {
+  const q = /^[a-z][a-z0-9+.-]*:\/\//i.test(subject) ? subject.indexOf('?') : -1;
+  return (q >= 0 ? `${subject.slice(0, q)}?…` : subject).slice(0, SUBJECT_MAX);
 }
