@@ -14,6 +14,7 @@ export const STATS_SCHEMA_VERSION = 2;
 export const LOCK_SPACE = 0x61766761;
 export const SCHEMA_LOCK = 1;
 export const PRUNE_LOCK = 2;
+export const INDEX_LOCK = 3;
 
 export const T = {
   events: 'avgate_stats_events',
@@ -53,10 +54,40 @@ const DDL_V1 = `
   CREATE TABLE IF NOT EXISTS ${T.batches} (node text NOT NULL, id uuid NOT NULL, at bigint NOT NULL, PRIMARY KEY (node, id));
   CREATE INDEX IF NOT EXISTS ${T.batches}_at ON ${T.batches} (at);`;
 
-/** Version 2: what was scanned (events.subject) and an index for the recent detections. */
-const DDL_V2 = `
-  ALTER TABLE ${T.events} ADD COLUMN IF NOT EXISTS subject text;
-  CREATE INDEX IF NOT EXISTS ${T.events}_found ON ${T.events} (at) WHERE status = 'found';`;
+/**
+ * Version 2: what was scanned (events.subject; a nullable column without default is only a
+ * catalog change). Its index for the recent detections is built CONCURRENTLY afterwards
+ * (ensureFoundIndex): in the schema transaction it would hold every node's inserts for as long as
+ * indexing a large events table takes.
+ */
+const DDL_V2 = `ALTER TABLE ${T.events} ADD COLUMN IF NOT EXISTS subject text;`;
+
+/** The partial index of found events (recentDetections). */
+export const FOUND_INDEX = `${T.events}_found`;
+
+/**
+ * Builds the found-events index when it is missing or left invalid by a build that was cut
+ * short, CONCURRENTLY (inserts go on), one node at a time (a session advisory lock), without a
+ * statement timeout. A node that finds another building it leaves it; failures are the caller's
+ * to log, the queries work without it (more slowly).
+ */
+export async function ensureFoundIndex(client: PoolClient): Promise<'present' | 'built' | 'busy'> {
+  const state = async () => (await client.query<{ valid: boolean }>(`SELECT i.indisvalid AS valid FROM pg_index i WHERE i.indexrelid = to_regclass($1)`, [FOUND_INDEX])).rows[0]?.valid ?? null;
+  if ((await state()) === true) return 'present';
+  const locked = (await client.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1, $2) AS ok', [LOCK_SPACE, INDEX_LOCK])).rows[0]?.ok === true;
+  if (!locked) return 'busy';
+  try {
+    await client.query('SET statement_timeout = 0');
+    const valid = await state();
+    if (valid === true) return 'present';
+    if (valid === false) await client.query(`DROP INDEX CONCURRENTLY IF EXISTS ${FOUND_INDEX}`);
+    await client.query(`CREATE INDEX CONCURRENTLY IF NOT EXISTS ${FOUND_INDEX} ON ${T.events} (at) WHERE status = 'found'`);
+    return 'built';
+  } finally {
+    await client.query('RESET statement_timeout').catch(() => undefined);
+    await client.query('SELECT pg_advisory_unlock($1, $2)', [LOCK_SPACE, INDEX_LOCK]).catch(() => undefined);
+  }
+}
 
 /**
  * Creates the schema if missing and checks its version; the version it found. A database whose

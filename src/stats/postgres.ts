@@ -6,7 +6,7 @@ import { describePostgres, type PostgresTarget } from '../config/postgres-url.js
 import { AvgateError, messageOf } from '../core/errors.js';
 import type { Logger } from '../core/logging.js';
 import type { VerdictStatus } from '../core/verdict.js';
-import { ensureStatsSchema, LOCK_SPACE, PRUNE_LOCK, T } from './pg-schema.js';
+import { ensureFoundIndex, ensureStatsSchema, FOUND_INDEX, LOCK_SPACE, PRUNE_LOCK, T } from './pg-schema.js';
 import { DurationHistograms, PROMETHEUS_TOP_VIRUSES, renderPrometheus } from './prometheus.js';
 import { RingQueue } from './queue.js';
 import { activitySeries, bucketRange, DAY_MS, HOUR_MS, rollupFor, summarize, trafficSeries, type RollupDelta } from './rollup.js';
@@ -508,9 +508,29 @@ export class PgStatsStore implements StatsService {
       if (!this.connectedOnce) {
         this.connectedOnce = true;
         this.log?.info({ database: this.where, node: this.o.node, schemaVersion: version }, 'statistics: writing to PostgreSQL');
+        // Not awaited, and not at stop either: a build cut short leaves an invalid index, which the
+        // next start drops and builds again.
+        void this.buildFoundIndex();
       }
     });
   }
+
+  /** In the background, on a connection of its own: the found-events index (schema 2), if missing. */
+  private async buildFoundIndex(): Promise<void> {
+    const client = new pg.Client(pgClientConfig(this.o.target, this.o));
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+      const started = Date.now();
+      const r = await ensureFoundIndex(client as unknown as pg.PoolClient);
+      if (r === 'built') this.log?.info({ index: FOUND_INDEX, ms: Date.now() - started }, 'statistics: index of found events built');
+    } catch (err) {
+      this.log?.warn({ index: FOUND_INDEX, err: messageOf(err) }, 'statistics: the index of found events could not be built (recent detections read more slowly); tried again at the next start');
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }
+
 
   /** A connection taken out of the pool for `work`; one that failed goes back destroyed. */
   private async withClient<R>(work: (c: pg.PoolClient) => Promise<R>): Promise<R> {

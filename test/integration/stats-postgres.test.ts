@@ -314,6 +314,10 @@ describe('statistics in PostgreSQL', () => {
       ],
     );
     assert.deepEqual(await pgt.query('upgrade', "SELECT version FROM avgate_schema_version WHERE component = 'stats'"), [{ version: 2 }]);
+    // The index of found events is built again in the background (CONCURRENTLY), valid.
+    await waitFor('the found-events index', async () =>
+      (await pgt.query<{ valid: boolean }>('upgrade', "SELECT indisvalid AS valid FROM pg_index WHERE indexrelid = to_regclass('avgate_stats_events_found')"))[0]?.valid === true ? true : null,
+    );
     await second.close();
   });
 
