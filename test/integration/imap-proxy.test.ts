@@ -9,13 +9,13 @@ import { promisify } from 'node:util';
 import fc from 'fast-check';
 import { imapProxySchema, type ImapProxyConfig } from '../../src/config/imap-schema.js';
 import { createLogger, silentLogger, type Logger } from '../../src/core/logging.js';
-import { pino } from 'pino';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import { ImapProxyServer } from '../../src/protocols/imap/server.js';
 import { EncryptedQuarantine } from '../../src/quarantine/store.js';
 import type { Quarantine } from '../../src/quarantine/types.js';
 import type { Scanner } from '../../src/scan/scanner.js';
 import type { Dovecot } from '../../tools/peers/dovecot.js';
+import { capturedLog } from '../helpers/log.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
 import { startTestDovecot, startTlsDovecot } from '../helpers/dovecot.js';
 import { closedPort, startFaultServer } from '../helpers/fault-server.js';
@@ -321,8 +321,7 @@ describe('imap proxy (Dovecot, clamd)', () => {
   });
 
   test('the log has a line per session (user, fetched content scanned and replaced, how it ended) and one per login the server refused', async () => {
-    const lines: Array<Record<string, unknown>> = [];
-    const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l) as Record<string, unknown>) }) as unknown as Logger;
+    const { log, lines } = capturedLog();
     const p = await startProxy({}, scanner, null, log);
     const { client: wrong } = await ImapTestClient.connect(p.port);
     assert.match((await wrong.command(`LOGIN ${dovecot.user} not-the-password`)).tagged, / NO /);

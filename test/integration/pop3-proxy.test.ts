@@ -6,8 +6,7 @@ import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
-import { silentLogger, type Logger } from '../../src/core/logging.js';
-import { pino } from 'pino';
+import { silentLogger } from '../../src/core/logging.js';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import { BUILT_IN_REPLACEMENT, scanAndReplace } from '../../src/mailproxy/index.js';
 import { Pop3ProxyServer } from '../../src/protocols/pop3/index.js';
@@ -16,6 +15,7 @@ import { EncryptedQuarantine } from '../../src/quarantine/store.js';
 import type { Quarantine } from '../../src/quarantine/types.js';
 import type { Scanner } from '../../src/scan/scanner.js';
 import type { ScanService } from '../../src/scan/types.js';
+import { capturedLog } from '../helpers/log.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
 import { startTestDovecot, startTlsDovecot } from '../helpers/dovecot.js';
 import { closedPort, startFaultServer } from '../helpers/fault-server.js';
@@ -196,8 +196,7 @@ describe('POP3 proxy with a real Dovecot and clamd', () => {
   });
 
   test('the log has a line per session (client, user, server, fetched, replaced, how it ended) and one per login the server refused', async () => {
-    const lines: Array<Record<string, unknown>> = [];
-    const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l) as Record<string, unknown>) }) as unknown as Logger;
+    const { log, lines } = capturedLog();
     const port = await listenPop3Proxy({ upstream: `127.0.0.1:${dovecot.pop3Port}` }, { scanner, spoolDir: join(dir, 'spool'), log }, proxies);
     const wrong = await Pop3TestClient.connect(port);
     assert.match(await wrong.command('USER alice'), /^\+OK/);
@@ -215,6 +214,11 @@ describe('POP3 proxy with a real Dovecot and clamd', () => {
     const [first, second] = lines.filter((l) => l['msg'] === 'pop3: session ended');
     assert.deepEqual([first?.['user'], first?.['failedLogins'], first?.['end']], [null, 1, 'QUIT']);
     assert.deepEqual([second?.['user'], second?.['fetched'], second?.['replaced'], second?.['end'], second?.['upstream']], ['alice', 2, 1, 'QUIT', `127.0.0.1:${dovecot.pop3Port}`]);
+    // The replacement's line joins its session's (same session id, client) and the mail server's log (Message-ID).
+    const replaced = lines.find((l) => l['msg'] === 'mail proxy: documents replaced');
+    assert.equal(replaced?.['session'], second?.['session']);
+    assert.equal(replaced?.['client'], '127.0.0.1');
+    assert.match(String(replaced?.['messageId']), /^<.+@.+>$/);
   });
 
   test('malformed client lines: -ERR and the session goes on; never a crash', async () => {

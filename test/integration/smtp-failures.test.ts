@@ -1,6 +1,4 @@
 import assert from 'node:assert/strict';
-import pino from 'pino';
-import type { Logger } from '../../src/core/logging.js';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,6 +7,7 @@ import { reply } from '../../src/protocols/smtp/reply.js';
 import type { MessageHandler } from '../../src/protocols/smtp/types.js';
 import { startSmtpSink } from '../../tools/peers/postfix.js';
 import { closedPort, startFaultServer } from '../helpers/fault-server.js';
+import { capturedLog } from '../helpers/log.js';
 import { crlf, SmtpTestClient, startRecordingServer, startTestFilter, swaks, swaksReplies, type RecordedMessage, type TestFilter } from '../helpers/smtp.js';
 
 /** One transaction over a fresh connection; returns every reply from MAIL on. */
@@ -39,8 +38,7 @@ describe('SMTP filter: next hop trouble is a temporary failure, a next hop refus
 
   test('next hop down → 451 4.4.1 naming the next hop and the cause, and a warning to alert on', async () => {
     const port = await closedPort();
-    const lines: Array<Record<string, unknown>> = [];
-    const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l) as Record<string, unknown>) }) as unknown as Logger;
+    const { log, lines } = capturedLog();
     const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${port}`, log });
     try {
       const r = await swaks(['--server', `127.0.0.1:${filter.port}`, '--from', 'a@example.com', '--to', 'b@example.com']);

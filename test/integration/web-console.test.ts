@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import pino from 'pino';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -8,7 +7,7 @@ import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { parseConfigText } from '../../src/config/loader.js';
 import type { Config } from '../../src/config/schema.js';
-import { silentLogger, type Logger } from '../../src/core/logging.js';
+import { silentLogger } from '../../src/core/logging.js';
 import { eicarBytes, TEST_SIGNATURE_NAMES } from '../../src/engines/clamd/testdb.js';
 import { EngineHealth } from '../../src/engines/health.js';
 import { openQuarantine } from '../../src/quarantine/store.js';
@@ -16,6 +15,7 @@ import type { Quarantine } from '../../src/quarantine/types.js';
 import { openRuntime, type Runtime } from '../../src/runtime.js';
 import { openStatsStore, type StatsStore } from '../../src/stats/store.js';
 import { ConsoleServer } from '../../src/web/server.js';
+import { capturedLog } from '../helpers/log.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
 import { ConsoleClient, rawRequest } from '../helpers/console.js';
 import { startRecordingServer, type RecordingServer } from '../helpers/smtp.js';
@@ -65,7 +65,7 @@ describe('web console', () => {
   let sink: RecordingServer;
   const health = new EngineHealth(['clamav']);
   /** What the console logged. */
-  const logLines: Array<Record<string, unknown>> = [];
+  let logLines: Array<Record<string, unknown>> = [];
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'avgate-web-'));
@@ -76,7 +76,8 @@ describe('web console', () => {
     runtime = await openRuntime(config, { logger: silentLogger(), localClamd: 'never', stats });
     quarantine = await openQuarantine(config);
     health.ok('clamav', { reply: 'PONG', version: 'ClamAV 1.0.0', signatureVersion: 'test' });
-    const consoleLog = pino({ level: 'info' }, { write: (l: string) => void logLines.push(JSON.parse(l) as Record<string, unknown>) }) as unknown as Logger;
+    const { log: consoleLog, lines } = capturedLog();
+    logLines = lines;
     web = new ConsoleServer({ config, configSource: 'web-console.yaml', scanner: runtime.scanner, engines: runtime.engines, health, quarantine, stats, log: consoleLog });
     port = (await web.listen()).port;
     await web.passwords.setPassword('admin', PASSWORD);
