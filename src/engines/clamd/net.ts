@@ -124,10 +124,11 @@ const UPDATE_RECHECK_MS = 1000;
  * The files can change before clamd loads them: a version naming the new files while clamd still
  * scans with the old ones would store old verdicts under the new key (a clean answer for what the
  * new signatures detect, served until cache max-age). So a changed fingerprint becomes the version
- * only once clamd has loaded it: the project-local clamd (no SelfCheck of its own) is told to
- * RELOAD by `reloadDatabase` and the fingerprint is taken when clamd confirms; for another clamd,
- * when its VERSION changes or after `reload-grace`. Until then there is no version: nothing is
- * cached or taken from the cache.
+ * only once clamd has loaded it: for the project-local clamd (no SelfCheck of its own) when it is
+ * the fingerprint `loader` recorded for the files clamd last loaded — otherwise the tracker has
+ * the loader RELOAD clamd, which records the new one when clamd confirms; for another clamd, when
+ * its VERSION changes or after `reload-grace`. Until then there is no version: nothing is cached
+ * or taken from the cache.
  */
 export class ClamdVersionTracker {
   private cached: { value: string | null; at: number; ttl: number } | null = null;
