@@ -525,7 +525,9 @@ export class PgStatsStore implements StatsService {
       const r = await ensureFoundIndex(client as unknown as pg.PoolClient);
       if (r === 'built') this.log?.info({ index: FOUND_INDEX, ms: Date.now() - started }, 'statistics: index of found events built');
     } catch (err) {
-      this.log?.warn({ index: FOUND_INDEX, err: messageOf(err) }, 'statistics: the index of found events could not be built (recent detections read more slowly); tried again at the next start');
+      // Info, not warn: the queries work without it, and a database going away meanwhile is
+      // warned about by the writes.
+      this.log?.info({ index: FOUND_INDEX, err: messageOf(err) }, 'statistics: the index of found events could not be built now (recent detections read more slowly); tried again at the next start');
     } finally {
       await client.end().catch(() => undefined);
     }
