@@ -138,13 +138,10 @@ export class Scanner implements ScanService {
 
   async unreachable(signal?: AbortSignal): Promise<Verdict | null> {
     const started = performance.now();
-    const pings = this.engines.map((e) => e.engine.ping?.bind(e.engine));
-    if (pings.length === 0 || pings.some((p) => p === undefined)) return null;
+    const engines = this.engines.map((e) => e.engine);
+    if (engines.length === 0 || engines.some((e) => e.ping === undefined)) return null;
     try {
-      await Promise.any(pings.map((p) => {
-        const asked = (p as NonNullable<(typeof pings)[number]>)(signal);
-        return raceAbort(asked, signal);
-      }));
+      await Promise.any(engines.map((e) => raceAbort((e.ping as NonNullable<typeof e.ping>).call(e, signal), signal)));
       return null;
     } catch (err) {
       const errors: unknown[] = err instanceof AggregateError ? err.errors : [err];
@@ -404,19 +401,10 @@ export class Scanner implements ScanService {
    * time (an engine that accepts connections but does not answer) is null, so nothing is cached,
    * and the scan itself then runs out of time at once.
    */
-  private async versionsWithin(caller: AbortSignal | undefined, started: number): Promise<Array<string | null>> {
-    const controller = new AbortController();
-    const timer = setTimeout(() => controller.abort(new Error('scan timeout')), Math.max(0, this.limits.scanTimeoutMs - (performance.now() - started)));
-    const onCallerAbort = () => controller.abort(caller?.reason);
-    if (caller?.aborted) onCallerAbort();
-    caller?.addEventListener('abort', onCallerAbort, { once: true });
-    const signal = controller.signal;
-    try {
-      return await Promise.all(this.engines.map((e) => raceAbort(e.engine.signatureVersion(signal), signal).catch(() => null)));
-    } finally {
-      clearTimeout(timer);
-      caller?.removeEventListener('abort', onCallerAbort);
-    }
+  private versionsWithin(caller: AbortSignal | undefined, started: number): Promise<Array<string | null>> {
+    return withDeadline(caller, this.limits.scanTimeoutMs - (performance.now() - started), (signal) =>
+      Promise.all(this.engines.map((e) => raceAbort(e.engine.signatureVersion(signal), signal).catch(() => null))),
+    );
   }
 
   /** Feeds the object to every engine at once (a stream is split with backpressure). */
@@ -426,19 +414,7 @@ export class Scanner implements ScanService {
     versions: ReadonlyArray<string | null>,
     spentMs: number,
   ): Promise<{ verdicts: Verdict[]; bytes: number; sizeExceeded: boolean; complete: boolean }> {
-    // One controller and one timer per scan (AbortSignal.timeout + any cost more per scan).
-    const controller = new AbortController();
-    const timer = setTimeout(() => controller.abort(new Error('scan timeout')), Math.max(0, this.limits.scanTimeoutMs - spentMs));
-    const onCallerAbort = () => controller.abort(request.signal?.reason);
-    if (request.signal?.aborted) onCallerAbort();
-    request.signal?.addEventListener('abort', onCallerAbort, { once: true });
-    const signal = controller.signal;
-    try {
-      return await this.runEnginesWith(request, hasher, signal, versions);
-    } finally {
-      clearTimeout(timer);
-      request.signal?.removeEventListener('abort', onCallerAbort);
-    }
+    return withDeadline(request.signal, this.limits.scanTimeoutMs - spentMs, (signal) => this.runEnginesWith(request, hasher, signal, versions));
   }
 
   private async runEnginesWith(
@@ -691,5 +667,23 @@ function resultProblem(r: unknown): string | null {
       return text('code') && text('cause') ? null : 'error without code and cause strings';
     default:
       return `status ${JSON.stringify(o['status'])?.slice(0, 40) ?? 'undefined'} is not free, found, skipped, unknown or error`;
+  }
+}
+
+/**
+ * Runs `work` with a signal that aborts when `caller` does or after `ms` (the rest of
+ * scan-timeout). One controller and one timer per call: AbortSignal.timeout + any cost more.
+ */
+async function withDeadline<T>(caller: AbortSignal | undefined, ms: number, work: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(new Error('scan timeout')), Math.max(0, ms));
+  const onCallerAbort = () => controller.abort(caller?.reason);
+  if (caller?.aborted) onCallerAbort();
+  caller?.addEventListener('abort', onCallerAbort, { once: true });
+  try {
+    return await work(controller.signal);
+  } finally {
+    clearTimeout(timer);
+    caller?.removeEventListener('abort', onCallerAbort);
   }
 }

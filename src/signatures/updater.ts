@@ -188,21 +188,24 @@ export class SignatureUpdater {
     const before = { files: { ...state.files }, reports: reports.length };
     /** Files of the directory this run replaced or removed, kept in staging until the reload is confirmed. */
     const kept: Array<{ name: string; backup: string | null }> = [];
-    const keep = async (name: string) => {
+    // A file to replace keeps its name until the rename over it (a hard link is the backup), so
+    // the replacement stays atomic; one to remove is moved out.
+    const keep = async (name: string, removing: boolean) => {
+      const target = join(dbDir, name);
       const backup = join(staging, `${name}.previous`);
-      const moved = await rename(join(dbDir, name), backup).then(() => true, () => false);
-      kept.push({ name, backup: moved ? backup : null });
+      const saved = await (removing ? rename(target, backup) : link(target, backup).catch(() => rename(target, backup))).then(() => true, () => false);
+      kept.push({ name, backup: saved ? backup : null });
     };
     try {
       for (const c of accepted) {
-        await keep(c.name);
+        await keep(c.name, false);
         await rename(c.path, join(dbDir, c.name));
         state.files[c.name] = c.entry;
         reports.push({ name: c.name, url: c.entry.url, outcome: 'installed', bytes: c.entry.size, sha256: c.entry.sha256 });
       }
       for (const name of removed) {
         const url = state.files[name]?.url ?? '';
-        await keep(name);
+        await keep(name, true);
         delete state.files[name];
         reports.push({ name, url, outcome: 'removed' });
       }
