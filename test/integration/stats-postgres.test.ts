@@ -331,6 +331,9 @@ describe('statistics in PostgreSQL', () => {
       const s = pgStore(via.toString(), 'cut', { log: logs.log, heartbeatMs: 3_600_000 });
       s.record({ time: T0, source: 'icap', status: 'free', virus: null, group: null, engine: 'clamav', bytes: 1, durationMs: 1, cached: false });
       assert.equal(await s.flush(), true);
+      // The found-events index is built in the background on a connection of its own, through the
+      // same proxy: its answers must be over before the cut is armed, or the cut lands on them.
+      await waitFor('the background index build to end', async () => (logs.lines.some((l) => /index of found events/.test(String(l.msg))) ? true : null), 10_000);
       // The next answer to come (BEGIN's, on the pooled connection) is followed by a FATAL and the end.
       cut.arm();
       s.record({ time: T0 + 1, source: 'icap', status: 'found', virus: 'X', group: null, engine: 'clamav', bytes: 1, durationMs: 1, cached: false });
