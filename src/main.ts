@@ -75,7 +75,7 @@ export interface Serving {
 }
 
 /** Top-level sections a reload applies; the others keep their running values until a restart. */
-export const RELOADABLE_SECTIONS = ['engines', 'scan', 'health', 'icap', 'smtp', 'mail', 'pop3-proxy', 'http-proxy', 'ftp-proxy', 'imap-proxy', 'reload-drain-timeout', 'stop-timeout'] as const;
+export const RELOADABLE_SECTIONS = ['engines', 'scan', 'health', 'icap', 'smtp', 'mail', 'pop3-proxy', 'http-proxy', 'ftp-proxy', 'imap-proxy', 'reload-drain-timeout', 'stop-timeout', 'stop-delay'] as const;
 
 /** The front ends of one configuration; a reload starts a new set beside the running one. */
 interface FrontEnds {
@@ -329,7 +329,7 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
     stop: () => {
       // How long the process may still take: its stop-timeout, and when a reload is running (the
       // stop waits for it, then takes the reloaded stop-timeout) once more.
-      const waitMs = gen.config['stop-timeout'] * (reloading ? 2 : 1);
+      const waitMs = stopWithin(gen.config) * (reloading ? 2 : 1);
       if (stopping) return { ok: true, pid: process.pid, stopping: true, note: 'already stopping', waitMs };
       // After the answer is written: the stop closes the control socket last.
       setImmediate(() => (opts.onStopRequest ? opts.onStopRequest() : void serving.stop()));
@@ -503,7 +503,14 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
       log.info('avgate stopping');
       await reloading?.catch(() => undefined);
       // The deadline and the grace below come from the same configuration (a reload may just have changed it).
-      opts.deadline?.(gen.config['stop-timeout']);
+      opts.deadline?.(stopWithin(gen.config));
+      // First the load balancer is told (stop-delay), while everything still serves.
+      const delay = gen.config['stop-delay'];
+      if (web && delay > 0) {
+        web.stopping = true;
+        log.info({ stopDelayMs: delay }, '/healthz answers 503 (stopping); the front ends serve until stop-delay has passed');
+        await new Promise((r) => setTimeout(r, delay));
+      }
       clearInterval(health);
       await stopSignatures();
       // Generations still draining after a reload get the stop's deadline too (their close hurries).
@@ -572,6 +579,11 @@ function frontEndStatus(g: Generation, consolePort: number | null): Record<strin
     'imap-proxy': entry(fe.imapProxy !== null, config['imap-proxy'].listen, fe.imapProxyPort, fe.imapProxy?.openConnections ?? null),
     console: entry(consolePort !== null, config.console.listen, consolePort, null),
   };
+}
+
+/** How long a stop may take: stop-delay, then stop-timeout. */
+function stopWithin(config: Config): number {
+  return config['stop-delay'] + config['stop-timeout'];
 }
 
 /** changed: reloadable sections whose values changed (a renewed certificate rebuilds with none). */
@@ -705,7 +717,7 @@ export async function serveForever(loaded: LoadedConfig): Promise<number> {
       log.info({ reason: sig }, 'stop asked for');
       // Armed now (a reload under way cannot hold the stop without bound), and again once stop()
       // knows the stop-timeout of the configuration it stops with.
-      let timer = setTimeout(() => process.exit(1), serving.config['stop-timeout']).unref();
+      let timer = setTimeout(() => process.exit(1), stopWithin(serving.config)).unref();
       const deadline = (ms: number) => {
         clearTimeout(timer);
         timer = setTimeout(() => process.exit(1), ms).unref();

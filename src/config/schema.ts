@@ -252,6 +252,12 @@ export const configSchema = z.strictObject({
    * end at once), then engines, quarantine and statistics close; past it the process exits (1).
    */
   'stop-timeout': timerDuration.refine((ms) => ms >= 5000, { message: 'at least 5s (a stop needs about 3 s for mail transactions and the statistics)' }).prefault('10s'),
+  /**
+   * Before a stop closes anything: for this long /healthz answers 503 `stopping` while every front
+   * end still serves, so a load balancer's health check takes the node out first. Added to
+   * stop-timeout; 0 = none.
+   */
+  'stop-delay': timerDuration.prefault('0s'),
   log: logSchema.default(() => logSchema.parse({})),
   clamd: clamdSchema.default(() => clamdSchema.parse({})),
   engines: z

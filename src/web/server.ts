@@ -111,6 +111,8 @@ export class ConsoleServer {
   private readonly sends: SendStallWatch;
   /** When a refused connection (console.max-connections) was last logged: at most one line a minute. */
   private dropLoggedAt = 0;
+  /** Set by a stop during its stop-delay: /healthz answers 503 `stopping`. */
+  stopping = false;
   private readonly routes: Route<Ctx>[];
   private readonly log: Logger;
   private nextHop: NextHop | null;
@@ -317,7 +319,8 @@ export class ConsoleServer {
   private async healthz(ctx: Ctx): Promise<void> {
     const engines = this.deps.health.snapshot().map((h) => ({ id: h.id, healthy: h.healthy }));
     const down = engines.some((e) => e.healthy === false);
-    sendJson(ctx.res, down ? 503 : 200, { status: down ? 'degraded' : 'ok', engines });
+    const status = this.stopping ? 'stopping' : down ? 'degraded' : 'ok';
+    sendJson(ctx.res, status === 'ok' ? 200 : 503, { status, engines });
   }
 
   private async metrics(ctx: Ctx): Promise<void> {

@@ -249,6 +249,43 @@ test('in-process serve: the stop command runs serve\'s own stop; control-socket 
   }
 });
 
+test('stop-delay: /healthz answers 503 stopping while the front ends still serve, then the stop closes them; avgate stop counts the delay in waitMs', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'avgate-ctl-delay-'));
+  const config = join(dir, 'avgate.yaml');
+  const lines = [`state-dir: ${join(dir, 'state')}`, 'log:', '  level: silent', 'clamd:', '  tcp-port: 0', 'icap:', '  listen: 127.0.0.1:0', 'console:', '  listen: 127.0.0.1:0', 'stop-delay: 1500ms']
+    .concat(['smtp', 'ftp-proxy', 'http-proxy', 'pop3-proxy', 'imap-proxy'].flatMap((s) => [`${s}:`, '  enabled: false']));
+  try {
+    await writeFile(config, lines.join('\n'));
+    const serving = await serve(await loadConfig(config), { logger: silentLogger() });
+    const consolePort = serving.consolePort as number;
+    const icapPort = serving.icapPort as number;
+    const health = async () => {
+      const r = await fetch(`http://127.0.0.1:${consolePort}/healthz`);
+      return { code: r.status, body: (await r.json()) as { status: string } };
+    };
+    assert.deepEqual(await health().then((h) => [h.code, h.body.status]), [200, 'ok']);
+    const started = Date.now();
+    const reply = await controlRequest(join(dir, 'state', 'avgate.ctl'), 'stop', 5000);
+    assert.equal(reply['waitMs'], 11_500, 'stop-timeout 10 s plus stop-delay 1.5 s');
+    await waitFor('healthz to say stopping', async () => ((await health()).body.status === 'stopping' ? true : null), 1000);
+    assert.equal((await health()).code, 503);
+    // Meanwhile a new ICAP connection is still served.
+    const options = await icapExchange(icapPort, [`OPTIONS icap://127.0.0.1:${icapPort}/avscan ICAP/1.0\r\nHost: 127.0.0.1\r\n\r\n`]);
+    options.socket.destroy();
+    assert.equal(options.responses[0]?.head.status, 200);
+    await serving.stop();
+    assert.ok(Date.now() - started >= 1500, 'the listeners closed only after stop-delay');
+    const refused = (port: number) =>
+      new Promise<string>((resolve) => {
+        const s = net.connect(port, '127.0.0.1', () => (s.destroy(), resolve('connected')));
+        s.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
+      });
+    assert.deepEqual([await refused(consolePort), await refused(icapPort)], ['ECONNREFUSED', 'ECONNREFUSED'], 'the console and ICAP listeners are closed after the stop');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
 /** Pids of the clamd processes started with this clamd.conf. */
 function clamdsOf(conf: string): number[] {
   const pids: number[] = [];
