@@ -14,6 +14,7 @@ import type { MimeLimits } from '../../mime/index.js';
 import type { Quarantine } from '../../quarantine/types.js';
 import type { ScanService } from '../../scan/types.js';
 import { filterMessage, filterPart, reasonOf, unscannedNotice, type FilterOutcome } from './content.js';
+import { planFetch, wantedOf, type FetchPlan, type SectionWant } from './partial.js';
 import { connectUpstream } from './upstream.js';
 import {
   capabilitiesOf,
@@ -128,6 +129,18 @@ async function* readInput(input: MessageInput): AsyncGenerator<Buffer> {
   }
 }
 
+/** Bytes [start, end) of an input, read through (flat memory whatever the range). */
+async function* readRange(input: MessageInput, start: number, end: number): AsyncGenerator<Buffer> {
+  let pos = 0;
+  for await (const chunk of readInput(input)) {
+    if (pos >= end) break;
+    const from = Math.max(start - pos, 0);
+    const to = Math.min(end - pos, chunk.length);
+    if (to > from) yield chunk.subarray(from, to);
+    pos += chunk.length;
+  }
+}
+
 /** A literal of a FETCH response being collected for scanning. */
 interface Collect {
   text: Buffer;
@@ -138,6 +151,8 @@ interface Collect {
   binary: boolean;
   /** null: over max-message-size, the bytes are dropped and a notice is sent. */
   spool: Spool | null;
+  /** Pieces the client asked for (its partial fetch was sent upstream whole), or null. */
+  want: SectionWant | null;
 }
 
 /** An APPEND being received from the client (nothing of it has gone upstream yet). */
@@ -203,6 +218,8 @@ export class ImapSession {
   private loginLiteral: { login: PendingLogin; parts: Buffer[]; size: number } | null = null;
   /** Tags of relayed commands awaiting their tagged response, with the command-acl's use-antivirus. */
   private readonly inflight = new Map<string, boolean>();
+  /** The content sections each FETCH in flight asked for (by tag): partial ones went upstream whole (partial.ts). */
+  private readonly fetchPlans = new Map<string, FetchPlan>();
   /** A client command waits for the server's `+` for its synchronising literal. */
   private clientSyncTag: string | null = null;
   /** The proxy itself waits for the server's `+` (forwarding an APPEND). */
@@ -610,6 +627,7 @@ export class ImapSession {
           part: kind.kind === 'part' || kind.partial,
           partial: kind.partial,
           binary: kind.binary,
+          want: kind.partial ? null : wantedOf(this.fetchPlans.values(), item),
           // Hashed while it arrives: the whole-message prescan can then be answered by the verdict cache.
           spool: tooBig ? null : new Spool(this.ctx.spoolDir, this.ctx.config['spool-memory'], { hash: this.ctx.scanner.wantsHash && !(kind.kind === 'part' || kind.partial) }),
         };
@@ -627,6 +645,7 @@ export class ImapSession {
   /** Bookkeeping of a tagged response; returns a line the client gets instead of it, or null. */
   private taggedResponse(tag: string, s: string): string | null {
     this.inflight.delete(tag);
+    this.fetchPlans.delete(tag);
     if (this.idleTag === tag) this.idleTag = null;
     if (this.clientSyncTag === tag) {
       // The server refused a synchronising literal: the client will not send it.
@@ -690,9 +709,12 @@ export class ImapSession {
         this.summary.scanned++;
         this.log.debug({ item: c.item, size: c.spec.size }, 'imap: scanning fetched content');
         try {
+          const deps = this.deps(label);
+          // Asked for in pieces only: kept in quarantine when fetched whole, not once per piece.
+          if (c.want && !c.want.whole) deps.quarantine = null;
           outcome = c.part
-            ? await filterPart(c.spool, c.binary, this.deps(label), this.abort.signal, { partial: c.partial })
-            : await filterMessage(c.spool, this.deps(label), this.abort.signal);
+            ? await filterPart(c.spool, c.binary, deps, this.abort.signal, { partial: c.partial })
+            : await filterMessage(c.spool, deps, this.abort.signal);
           output = outcome.output;
           size = outcome.size;
           if (outcome.changed) {
@@ -711,12 +733,42 @@ export class ImapSession {
       this.log.debug({ item: c.item, size, changed: outcome?.changed ?? true }, 'imap: sending fetched content');
       this.client.cork();
       this.sending = `FETCH ${c.item} (${size} bytes)`;
+      if (c.want) {
+        await this.emitPieces(c, c.want, output, size);
+        return;
+      }
       if (!(await writeTo(this.client, rewriteMarker(c.text, c.spec, size)))) return;
       for await (const chunk of readInput(output)) if (!(await writeTo(this.client, chunk))) return;
     } finally {
       this.sending = 'server responses';
       await outcome?.dispose();
       await c.spool?.dispose();
+    }
+  }
+
+  /**
+   * A section the client asked for in pieces (fetched whole, partial.ts): the whole item when a
+   * command asked for it too, then `ITEM<origin> {n}` per piece, cut from what a whole fetch
+   * delivers. The server's text before the item (`* 5 FETCH (UID 9 `) goes first, its text after
+   * the literal follows as it comes.
+   */
+  private async emitPieces(c: Collect, want: SectionWant, output: MessageInput, size: number): Promise<void> {
+    const at = c.text.toString('latin1').lastIndexOf(c.item, c.spec.markerStart);
+    const item = c.item.replace(/\.PEEK\[/i, '[');
+    const marker = (n: number) => `${c.spec.binary ? '~' : ''}{${n}}\r\n`;
+    if (!(await writeTo(this.client, c.text.subarray(0, at < 0 ? c.spec.markerStart : at)))) return;
+    let sep = '';
+    if (want.whole) {
+      if (!(await writeTo(this.client, Buffer.from(`${item} ${marker(size)}`, 'latin1')))) return;
+      for await (const chunk of readInput(output)) if (!(await writeTo(this.client, chunk))) return;
+      sep = ' ';
+    }
+    for (const r of want.ranges) {
+      const start = Math.min(r.origin, size);
+      const end = Math.min(size, r.origin + r.length);
+      if (!(await writeTo(this.client, Buffer.from(`${sep}${item}<${r.origin}> ${marker(end - start)}`, 'latin1')))) return;
+      for await (const chunk of readRange(output, start, end)) if (!(await writeTo(this.client, chunk))) return;
+      sep = ' ';
     }
   }
 
@@ -929,8 +981,18 @@ export class ImapSession {
     this.clientMode = { kind: 'pass' };
     this.inflight.set(cmd.tag, decision.useAntivirus);
     if (base === 'IDLE') this.idleTag = cmd.tag;
+    if (base === 'FETCH' && decision.useAntivirus && !literal) raw = this.planFetch(cmd.tag, text, raw, cmd.rest);
     await this.toServer(raw);
     this.clientSyncTag = literal && !literal.plus ? cmd.tag : null;
+  }
+
+  /** Notes what a FETCH asks of content; its partial items go upstream as whole ones (partial.ts). The line to send. */
+  private planFetch(tag: string, text: Buffer, raw: Buffer, rest: string): Buffer {
+    const p = planFetch(rest);
+    if (p.plan.size > 0) this.fetchPlans.set(tag, p.plan);
+    if (p.rest === rest) return raw;
+    this.log.debug({ tag, asked: rest.trim(), sent: p.rest.trim() }, 'imap: partial fetch asked upstream whole, to be scanned whole');
+    return Buffer.concat([text.subarray(0, text.length - Buffer.byteLength(rest, 'latin1')), Buffer.from(p.rest, 'latin1'), raw.subarray(text.length)]);
   }
 
   private async appendText(a: Append, text: Buffer, literal: LiteralSpec | null): Promise<void> {
