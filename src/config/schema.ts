@@ -129,6 +129,14 @@ const icapServiceSchema = z.strictObject({
   engines: z.array(z.string()).min(1).nullable().default(null),
   /** Bodies over this are not scanned: they get the skipped policy. */
   'max-object-size': size.prefault('100MiB'),
+  /**
+   * Bodies with a Content-Encoding (deflate, br, chains such as `gzip, br`) are decoded for the
+   * engines, as the browser will decode them; a coding that cannot be decoded (zstd) is skipped.
+   * false: only a single gzip (which clamd opens itself) is scanned, any other coding is skipped.
+   */
+  'decode-content-encoding': z.boolean().default(true),
+  /** A decoded body larger than this many times its encoded size is skipped (a decompression bomb). */
+  'max-decompression-ratio': z.number().int().min(1).default(100),
   /** Verdicts that let the object through; by default only free. */
   'accept-status': z.array(STATUS).min(1).default(['free']),
   /** HTTP status of the page for a verdict that does not pass. */

@@ -119,6 +119,8 @@ export function buildRequest(
     contentLength?: boolean;
     /** Request target written as it is (no URL normalisation). */
     rawTarget?: string;
+    /** More lines of the encapsulated HTTP response head (RESPMOD), e.g. `Content-Encoding: br`. */
+    resHeaders?: string[];
   } = {},
 ): BuiltRequest {
   const method = opts.method ?? 'RESPMOD';
@@ -126,7 +128,7 @@ export function buildRequest(
   const target = opts.rawTarget ?? `${url.pathname}${url.search}`;
   const cl = opts.contentLength === false || body === null ? '' : `Content-Length: ${body.length}\r\n`;
   const reqHdr = `${method === 'REQMOD' ? 'POST' : 'GET'} ${target} HTTP/1.1\r\nHost: ${url.host}\r\n${method === 'REQMOD' ? cl : ''}\r\n`;
-  const resHdr = `HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n${cl}\r\n`;
+  const resHdr = `HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n${(opts.resHeaders ?? []).map((h) => `${h}\r\n`).join('')}${cl}\r\n`;
   const bodyName = body === null ? 'null-body' : method === 'REQMOD' ? 'req-body' : 'res-body';
   const enc =
     method === 'REQMOD' ? `req-hdr=0, ${bodyName}=${reqHdr.length}` : `req-hdr=0, res-hdr=${reqHdr.length}, ${bodyName}=${reqHdr.length + resHdr.length}`;

@@ -1,7 +1,6 @@
 import { request as httpRequest, type Agent, type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { Readable, Transform, type TransformCallback } from 'node:stream';
-import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
+import { Readable } from 'node:stream';
 import type { DocAclRule, HttpProxyConfig } from '../../config/proxy-schema.js';
 import { messageOf } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
@@ -12,6 +11,7 @@ import { verdictLabel, type Verdict } from '../../core/verdict.js';
 import { renderPage } from '../../policy/block-page.js';
 import { decide, verdictReason, type Decision } from '../../policy/verdict-policy.js';
 import { CleanHints } from '../../proxy/clean-hints.js';
+import { codingPlan, contentCodings, DECODED_CODINGS, ENGINE_CODINGS, decodedStream } from '../../formats/content-coding.js';
 import type { DocAcl, DocAclMatch, DocFacts } from '../../proxy/doc-acl.js';
 import { SpoolFeed, trickle, type TrickleOutcome, type TrickleSink } from '../../proxy/trickle.js';
 import type { ScanService } from '../../scan/types.js';
@@ -167,44 +167,10 @@ async function receive(body: Readable, feed: SpoolFeed, stallMs: number, onProgr
   return total;
 }
 
-/** Counts decoded bytes against the compressed size: a zip bomb stops here. */
-class RatioMeter extends Transform {
-  out = 0;
-  exceeded = false;
-  constructor(
-    private readonly encoded: number,
-    private readonly ratio: number,
-  ) {
-    super();
-  }
-  override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
-    this.out += chunk.length;
-    // A floor of 1 MiB: tiny bodies may legitimately expand a lot.
-    if (this.out > Math.max(1024 * 1024, this.encoded * this.ratio)) {
-      this.exceeded = true;
-      cb(new Error('decompression ratio exceeded'));
-      return;
-    }
-    cb(null, chunk);
-  }
-}
-
-/** Codings decoderFor unpacks, and the one ClamAV unpacks by itself (plus identity). */
-const DECODED_CODINGS: ReadonlySet<string> = new Set(['gzip', 'x-gzip', 'deflate', 'br', 'identity']);
-const ENGINE_CODINGS: ReadonlySet<string> = new Set(['gzip', 'x-gzip', 'identity']);
-
-function decoderFor(encoding: string | null): Transform | null {
-  switch ((encoding ?? '').trim().toLowerCase()) {
-    case 'gzip':
-    case 'x-gzip':
-      return createGunzip();
-    case 'deflate':
-      return createInflate();
-    case 'br':
-      return createBrotliDecompress();
-    default:
-      return null;
-  }
+/** Every Content-Encoding value of a head, joined (a coding per line counts as a list), or null. */
+function contentEncodingOf(pairs: ReadonlyArray<readonly [string, string]>): string | null {
+  const values = pairs.filter(([k]) => k.toLowerCase() === 'content-encoding').map(([, v]) => v);
+  return values.length === 0 ? null : values.join(', ');
 }
 
 /** Access-log verdict of an object a rule lets through unscanned. */
@@ -347,7 +313,7 @@ export class Exchange {
       if (!this.res.headersSent) this.refuse(400, 'Bad request', `the request body could not be read: ${messageOf(feed.error)}`);
       return null;
     }
-    const verdict = received > max ? tooBig(received) : await this.scan(scanner, spool, target.url, m.name, null);
+    const verdict = received > max ? tooBig(received) : await this.scan(scanner, spool, target.url, m.name, contentEncodingOf(headerPairs(req.rawHeaders)));
     this.rec.verdict = verdictLabel(verdict);
     ctx.onVerdict(verdict);
     const d = decide(verdict, policy);
@@ -359,19 +325,18 @@ export class Exchange {
     return null;
   }
 
-  private scan(scanner: ScanService, spool: Spool, url: string, rule: string, encoding: string | null): Promise<Verdict> {
-    const decoder = this.ctx.config['decode-content-encoding'] ? decoderFor(encoding) : null;
+  private async scan(scanner: ScanService, spool: Spool, url: string, rule: string, encoding: string | null): Promise<Verdict> {
+    const plan = codingPlan(contentCodings(encoding === null ? [] : [encoding]), this.ctx.config['decode-content-encoding']);
     const base = { name: url, signal: this.ac.signal, origin: { source: 'http' as const, group: rule } };
-    if (decoder) {
+    if (plan.kind === 'undecodable') return skippedVerdict(plan.reason, spool.size);
+    if (plan.kind === 'decode') {
       // The client gets the encoded bytes; the engines see what the client will see after decoding.
-      const meter = new RatioMeter(spool.size, this.ctx.config['max-decompression-ratio']);
       const raw = spool.createReadStream();
-      raw.on('error', (e) => decoder.destroy(e));
-      decoder.on('error', (e) => meter.destroy(e));
-      raw.pipe(decoder).pipe(meter);
-      return scanner.scan({ ...base, source: { kind: 'stream', stream: meter } }).then((v) => {
+      const size = spool.size;
+      const decoded = decodedStream(raw, plan.codings, this.ctx.config['max-decompression-ratio'], () => size);
+      return scanner.scan({ ...base, source: { kind: 'stream', stream: decoded.stream } }).then((v) => {
         raw.destroy();
-        return meter.exceeded ? skippedVerdict(`decoded body over max-decompression-ratio (${this.ctx.config['max-decompression-ratio']})`, v.bytes) : v;
+        return decoded.exceeded() ? skippedVerdict(`decoded body over max-decompression-ratio (${this.ctx.config['max-decompression-ratio']})`, v.bytes) : v;
       });
     }
     const path = spool.filePath();
@@ -559,7 +524,7 @@ export class Exchange {
       this.unsatisfiable(size);
       return;
     }
-    const encoding = headerValue(pairs, 'content-encoding');
+    const encoding = contentEncodingOf(pairs);
     const hint = CleanHints.key({ rule: m.name, url: target.url, size, etag: headerValue(pairs, 'etag'), lastModified: headerValue(pairs, 'last-modified'), encoding });
     await this.scanDownload(target, upRes, m, size, head, encoding, hint, range);
   }
@@ -703,6 +668,9 @@ export class Exchange {
             ctx.counters.aborted++;
             this.rec.verdict = `${verdictLabel(v)}/aborted`;
             ctx.log.info({ client: this.rec.client, url: target.url, rule: m.name, status: v?.status, reason: v ? verdictReason(v) : null, sent: outcome.sent }, 'http-proxy: blocked after trickling: connection aborted');
+            // A reset, not a FIN: a body without a length (HTTP/1.0, close-delimited) would look
+            // complete to the client after a plain close.
+            cutConnection(res.socket);
             res.destroy();
           }
           break;

@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
-import { PassThrough } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
 import { messageOf } from '../../core/errors.js';
+import { codingPlan, contentCodings, decodedStream } from '../../formats/content-coding.js';
 import type { Logger } from '../../core/logging.js';
 import { cutConnection, type SendStallWatch } from '../../core/send-stall.js';
 import { SHARED_SLABS, Spool } from '../../core/spool.js';
@@ -96,6 +97,11 @@ type Outcome = { status: number; verdict: Verdict | null; bytes: number; close: 
  * answers each, and closes on `Connection: close`, on any protocol error (after answering it), or
  * when the client goes. Policy comes from the service; this class only frames.
  */
+/** A body the engines were not given (its coding cannot be decoded, or decodes too far): skipped. */
+function notScanned(reason: string, bytes: number, startedAt: number): Verdict {
+  return { status: 'skipped', reason, engine: '-', signatureVersion: null, durationMs: performance.now() - startedAt, bytes, cached: false };
+}
+
 export class IcapConnection {
   private readonly reader: ByteReader;
   private readonly client: string;
@@ -421,6 +427,17 @@ export class IcapConnection {
     let answered: Outcome | null = null;
     const startedAt = performance.now();
     const declaredLength = Number(echoHead?.headers.get('content-length'));
+    // The engines see the body as the browser will (decoded); a coding avgate cannot decode is not
+    // scanned at all (content-coding.ts).
+    const coding = codingPlan(contentCodings(echoHead?.headers.all('content-encoding') ?? []), service.config['decode-content-encoding']);
+    const ratio = service.config['max-decompression-ratio'];
+    let decodeExceeded = (): boolean => false;
+    const scanSource = (raw: Readable): Readable => {
+      if (coding.kind !== 'decode') return raw;
+      const d = decodedStream(raw, coding.codings, ratio, () => spool.size);
+      decodeExceeded = d.exceeded;
+      return d.stream;
+    };
     /** Answers before the body is over (over max-object-size, the engine down); the rest gets at most read-timeout. */
     const answerNow = async (verdict: Verdict, rest: string): Promise<Outcome> => {
       const outcome = await this.finish(head, service, base, spool, verdict, url, echoHead, echoHeadName, echoBodyName, true, false);
@@ -513,11 +530,11 @@ export class IcapConnection {
               continue;
             }
           }
-          if (!overLimit && !scanStream && !service.scanner.prefersFiles(spool.size + piece.length) && spool.size + piece.length > limits.spoolMemory) {
+          if (coding.kind !== 'undecodable' && !overLimit && !scanStream && (coding.kind === 'decode' || !service.scanner.prefersFiles(spool.size + piece.length)) && spool.size + piece.length > limits.spoolMemory) {
             // Too big to assemble first: stream to the engine from here on, while spooling for the echo.
             spool.stopHashing(); // the scanner hashes the stream for the cache: once is enough
             scanStream = new PassThrough({ highWaterMark: READ_PIECE });
-            scanPromise = service.scanner.scan({ source: { kind: 'stream', stream: scanStream }, name: url, signal: scanAbort.signal, origin: { source: 'icap', group: service.name } });
+            scanPromise = service.scanner.scan({ source: { kind: 'stream', stream: scanSource(scanStream) }, name: url, signal: scanAbort.signal, origin: { source: 'icap', group: service.name } });
             for (const held of spool.memoryChunks) await feed(scanStream, held);
           }
           await spool.write(piece);
@@ -552,8 +569,13 @@ export class IcapConnection {
       let verdict: Verdict;
       if (overLimit) {
         verdict = this.skippedVerdict(service, spool.size + dropped, startedAt);
+      } else if (coding.kind === 'undecodable') {
+        verdict = notScanned(coding.reason, spool.size, startedAt);
       } else if (scanPromise) {
         verdict = await scanPromise;
+      } else if (coding.kind === 'decode') {
+        const raw = spool.createReadStream();
+        verdict = await service.scanner.scan({ source: { kind: 'stream', stream: scanSource(raw) }, name: url, signal: scanAbort.signal, origin: { source: 'icap', group: service.name } }).finally(() => raw.destroy());
       } else {
         const path = spool.filePath();
         const source = path ? ({ kind: 'file', path } as const) : ({ kind: 'chunks', chunks: spool.memoryChunks } as const);
@@ -567,6 +589,7 @@ export class IcapConnection {
           ...(path ? {} : { toFile: () => spool.fileForScan() }),
         });
       }
+      if (decodeExceeded()) verdict = notScanned(`decoded body over max-decompression-ratio (${ratio})`, spool.size, startedAt);
       return await this.finish(head, service, base, spool, verdict, url, echoHead, echoHeadName, echoBodyName, ieofInPreview, early, forwarded);
     } catch (err) {
       scanAbort.abort(err);
