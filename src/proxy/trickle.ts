@@ -258,6 +258,9 @@ export async function trickle(o: TrickleOptions): Promise<TrickleOutcome> {
   const { feed, sink, params } = o;
   const skip = Math.max(0, o.skip ?? 0);
   const stop = o.end === undefined ? Infinity : Math.max(skip, o.end);
+  // Before the verdict a wanted range is never sent to its end: a client must not hold a complete,
+  // successful 206 of an object that then blocks (the whole body's keep-back covers only its tail).
+  const beforeVerdict = stop === Infinity ? Infinity : stop - 1;
   /** Position in the whole body up to which the client holds it: the skipped part plus what was sent. */
   let pos = skip;
   /** Bytes written to the sink. */
@@ -337,7 +340,7 @@ export async function trickle(o: TrickleOptions): Promise<TrickleOutcome> {
       }
       // No verdict yet.
       if (params && o.eager) {
-        const upTo = Math.min(cap(params), stop);
+        const upTo = Math.min(cap(params), beforeVerdict);
         if (upTo > pos) {
           await send(upTo);
           continue;
@@ -348,7 +351,7 @@ export async function trickle(o: TrickleOptions): Promise<TrickleOutcome> {
         continue;
       }
       if (params && Date.now() >= nextTick) {
-        await send(Math.min(cap(params), pos + params.chunk));
+        await send(Math.min(cap(params), pos + params.chunk, beforeVerdict));
         nextTick = Math.max(nextTick + interval, Date.now() + 1);
         continue;
       }

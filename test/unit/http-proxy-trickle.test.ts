@@ -332,3 +332,28 @@ test('trickle with end: a pass while the body still arrives ends once the range 
   feed.fail(new Error('no more needed'));
   await feed.spool.dispose();
 });
+
+test('trickle with end: a range below the cap is never sent to its end before the verdict (the last byte waits), eager or by interval; a block then aborts', async () => {
+  const data = body(1_000_000);
+  const p = params({ interval: '1ms', chunk: 64 * 1024, limit: '90%', 'keep-back': 10_000 });
+  for (const eager of [false, true]) {
+    const feed = await filledFeed(data, 64 * 1024);
+    const r = recorder();
+    const d = deferred<'pass' | 'block'>();
+    // bytes 0-65535, as `curl -r 0-65535` asks: far below the whole body's cap.
+    const run = trickle({ feed, decision: d.promise, params: p, totalSize: data.length, sink: r.sink, end: 65_536, eager });
+    await r.atLeast(65_535);
+    await new Promise((res) => setTimeout(res, 50));
+    assert.equal(r.body().length, 65_535, `eager ${eager}: all but the last byte of the range`);
+    d.resolve('block');
+    assert.deepEqual(await run, { kind: 'aborted', sent: 65_535 });
+    await feed.spool.dispose();
+  }
+  // A pass sends the range whole.
+  const feed = await filledFeed(data, 64 * 1024);
+  const r = recorder();
+  const out = await trickle({ feed, decision: new Promise((res) => setTimeout(() => res('pass'), 30)), params: p, totalSize: data.length, sink: r.sink, end: 65_536 });
+  assert.deepEqual(out, { kind: 'passed', sent: 65_536 });
+  assert.ok(r.body().equals(data.subarray(0, 65_536)));
+  await feed.spool.dispose();
+});
