@@ -645,6 +645,9 @@ export function startHealthLog(
 
 /** Runs serve until SIGINT/SIGTERM, then stops gracefully within stop-timeout (as reloaded). */
 export async function serveForever(loaded: LoadedConfig): Promise<number> {
+  // Logs, access logs, the verdict cache and the statistics name URLs, users and files: nothing
+  // serve creates is for other users (group may read). Not in serve(): tests run it in-process.
+  process.umask(process.umask() | 0o027);
   const log = createLogger({ level: loaded.config.log.level, file: loaded.config.log.file, node: statsNodeName(loaded.config.stats) });
   // Signals are taken from the first moment: during start-up (clamd loading its database) node's
   // default would end avgate at once and leave clamd, in its own process group, running.

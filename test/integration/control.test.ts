@@ -103,6 +103,9 @@ test('avgate status, reload and stop reach the running serve over its control so
     served = await startServe(config, logFile);
     const { child, icapPort, clamdPid } = served;
     assert.equal(statSync(socketPath).mode & 0o777, 0o600, 'only its owner may reach it');
+    // What serve creates is not for other users (URLs, user names, verdicts): umask 027.
+    assert.equal(statSync(logFile).mode & 0o007, 0, 'the log file is not world-readable');
+    assert.equal(statSync(join(state, 'cache.sqlite')).mode & 0o007, 0, 'nor the verdict cache');
 
     const st = await cli(['--config', config, 'status']);
     assert.equal(st.code, 0, st.stderr);
