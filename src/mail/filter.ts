@@ -7,7 +7,7 @@ import type { Verdict, VerdictResult } from '../core/verdict.js';
 import { zipNamesFromBuffer, zipNamesFromFile } from '../formats/zip-names.js';
 import { decodeEncodedWords, rewriteMessage, walkMessage, type MimeLimits, type MimeProblem, type PartEdit, type WalkResult } from '../mime/index.js';
 import { anyNonAscii, buildNotification, decideMessage, docLabel, needsSmtpUtf8, type MailDocument, type MailHeader, type MailPlan, type MailPolicy, type MessageFacts } from '../policy/mail/index.js';
-import { reply } from '../protocols/smtp/reply.js';
+import { isPositive, isTemporary, reply } from '../protocols/smtp/reply.js';
 import type { InboundMessage, MessageHandler, NextHop, PartitionHook, Recipient, SmtpReply } from '../protocols/smtp/types.js';
 import type { ScanOrigin } from '../stats/types.js';
 import type { Quarantine } from '../quarantine/types.js';
@@ -106,19 +106,26 @@ export class MailFilter {
         action = 'tempfail(quarantine)';
       } else {
         shareReplies = await this.act(msg, nextHop, plan, rcpts, documents);
-        const accepted = plan.reply.kind !== 'deliver' || shareReplies.some((r) => r.code < 400);
-        if (!accepted && shareQuarantine !== null && shareReplies.every((r) => r.code < 500)) {
-          // The next hop deferred every recipient: the client keeps the message and sends it
-          // again, and that attempt is quarantined anew. Kept, each retry of an outage would
-          // leave one more item.
+        const { took, retried, notify } = outcomes(msg.protocol, plan, shareReplies);
+        if (shareQuarantine !== null && retried.length === rcpts.length && took.length === 0) {
+          // The client sends the message to every recipient again, and that attempt is
+          // quarantined anew. Kept, each retry of an outage would leave one more item. (Once the
+          // next hop took it for a recipient, the removal notice there names the item: kept.)
           if (await this.o.quarantine.remove(shareQuarantine).catch(() => false)) this.counters.quarantineWithdrawn++;
           if (quarantineId === shareQuarantine) quarantineId = null;
           shareQuarantine = null;
           action = `${action}; deferred by the next hop`;
         }
-        // Copies and notices once the share's outcome is final: not for a delivery nobody took
-        // (a deferral is retried, and would notify again each time; a refusal is bounced).
-        if (plan.reply.kind !== 'tempfail' && accepted) await this.sideEffects(msg, nextHop, plan, senderNotified);
+        // Copies and notices once the outcome is final, for the recipients that got the message:
+        // a recipient deferred is sent the message again and that attempt notifies; one refused
+        // is bounced. Nobody took it: none at all.
+        if (plan.reply.kind !== 'tempfail' && notify.length > 0) {
+          const finalPlan =
+            notify.length === rcpts.length
+              ? plan
+              : decideMessage(group, documents, { ...shareFacts, recipients: notify.map((k) => (rcpts[k] as Recipient).address), ...(shareQuarantine ? { quarantineId: shareQuarantine } : {}) });
+          await this.sideEffects(msg, nextHop, finalPlan, senderNotified);
+        }
       }
       indexes.forEach((idx, k) => (replies[idx] = shareReplies[k] as SmtpReply));
       this.count(plan, action);
@@ -131,6 +138,8 @@ export class MailFilter {
         action,
         reply: shareReplies.map(replyLabel),
         ...(shareQuarantine ? { quarantineId: shareQuarantine } : {}),
+        // Sender notices the policy asked for but did not make (bulk mail, forged senders ...).
+        ...(plan.suppressed.length > 0 ? { suppressed: plan.suppressed } : {}),
       });
     }
     this.counters.messages++;
@@ -435,6 +444,22 @@ export function scanWholeMessage(
     ...(req.signal ? { signal: req.signal } : {}),
     ...(req.origin ? { origin: req.origin } : {}),
   });
+}
+
+/**
+ * A share's outcome, as positions of its recipients: `took`, those the next hop took (2xx) for a
+ * delivery; `retried`, those the client will send the message to again; `notify`, those whose
+ * outcome is final and who got the message (for the policy's own reply: all). LMTP answers each
+ * recipient on its own: a 4xx is retried, a 5xx bounced. SMTP has one DATA reply, a 4xx as soon
+ * as one recipient got one (combineReplies): the client then sends the message to every
+ * recipient again, and nothing is final yet.
+ */
+function outcomes(protocol: InboundMessage['protocol'], plan: MailPlan, replies: readonly SmtpReply[]): { took: number[]; retried: number[]; notify: number[] } {
+  const all = replies.map((_, k) => k);
+  if (plan.reply.kind !== 'deliver') return { took: [], retried: [], notify: all };
+  const took = all.filter((k) => isPositive(replies[k] as SmtpReply));
+  if (protocol === 'smtp' && replies.some(isTemporary)) return { took, retried: all, notify: [] };
+  return { took, retried: all.filter((k) => isTemporary(replies[k] as SmtpReply)), notify: took };
 }
 
 interface ScannedDocument {

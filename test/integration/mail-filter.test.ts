@@ -6,7 +6,9 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { walkMessage } from '../../src/mime/index.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
+import { startAvgatePeer } from '../../tools/peers/avgate.js';
 import { closedPort } from '../helpers/fault-server.js';
+import { capturedLog } from '../helpers/log.js';
 import { clamZipAttachment, eicarAttachment, forwardedEicar, mailWith, startMailAvgate } from '../helpers/mail.js';
 import { crlf, SmtpTestClient, startRecordingServer, type RecordedMessage, type RecordingServer, type TestReply } from '../helpers/smtp.js';
 
@@ -426,11 +428,16 @@ describe('mail filter: quarantine and notices only once the outcome is final', (
   let av: Awaited<ReturnType<typeof startMailAvgate>>;
   /** What the next hop says to the next original (not to notices or copies): null = accept. */
   let answer: { code: number; text: string } | null = null;
+  /** The next hop defers RCPT TO:<deferred@...>. */
+  let full = false;
   const notices = (): RecordedMessage[] => hop.messages.filter((m) => m.mailFrom.address === '');
   before(async () => {
     clamd = await startTestClamd();
     dir = await mkdtemp(join(tmpdir(), 'avgate-mail-final-'));
-    hop = await startRecordingServer({ data: (m) => (m.mailFrom.address === '' ? null : answer) });
+    hop = await startRecordingServer({
+      data: (m) => (m.mailFrom.address === '' ? null : answer),
+      rcpt: (a) => (a.startsWith('deferred') && full ? { code: 452, text: '4.2.2 Mailbox full' } : null),
+    });
     av = await startMailAvgate({ clamd, stateDir: join(dir, 'state'), nextHop: `smtp:127.0.0.1:${hop.port}`, mailYaml: ['notify-from: postmaster@gw.test', 'default-group:', '  admin: [admin@gw.test]', '  quarantine: [infected]'].join('\n') });
   });
   after(async () => {
@@ -498,5 +505,124 @@ describe('mail filter: quarantine and notices only once the outcome is final', (
     const admin = notices().slice(before).find((n) => n.rcptTo.some((t) => t.address === 'admin@gw.test'));
     assert.ok(admin);
     assert.match(admin.body.toString('utf8'), /Queue id: +4XyZ12AbCd \(avgate [A-Z0-9]{12}\)/);
+  });
+
+  test('SMTP, the next hop defers one recipient and takes the other: the DATA reply is 4xx and the client sends to both again, so no notice yet; the item is kept (the message the next hop took names it)', async () => {
+    answer = null;
+    const before = notices().length;
+    const msg = mailWith('final-partial', [eicarAttachment('eicar.com')]);
+    full = true;
+    try {
+      const r = await send(av.smtpPort, 'a@example.com', ['b@example.net', 'deferred@example.net'], msg);
+      assert.equal(r.data[0]?.code, 452, r.data[0]?.text);
+      assert.equal(notices().length, before, 'no notice for an attempt the client sends again');
+      assert.equal(await av.quarantine.count({ text: 'final-partial' }), 1);
+    } finally {
+      full = false;
+    }
+    const again = await send(av.smtpPort, 'a@example.com', ['b@example.net', 'deferred@example.net'], msg);
+    assert.equal(again.data[0]?.code, 250, again.data[0]?.text);
+    const to = notices().slice(before).flatMap((n) => n.rcptTo.map((x) => x.address)).sort();
+    assert.deepEqual(to, ['a@example.com', 'admin@gw.test', 'b@example.net', 'deferred@example.net'], 'the attempt answered 250 notifies, once');
+  });
+});
+
+describe('mail filter: LMTP, notices and the quarantine item follow each recipient’s reply from the next hop', () => {
+  let clamd: TestClamd;
+  let dir: string;
+  let hop: RecordingServer;
+  let av: Awaited<ReturnType<typeof startMailAvgate>>;
+  const logs = capturedLog();
+  /** Recipients the next hop (LMTP) defers; deferred@ and refused@ get their replies, others 250. */
+  let full = true;
+  const notices = (): RecordedMessage[] => hop.messages.filter((m) => m.mailFrom.address === '');
+  const mailLines = () => logs.lines.filter((l) => l['msg'] === 'mail');
+  before(async () => {
+    clamd = await startTestClamd();
+    dir = await mkdtemp(join(tmpdir(), 'avgate-mail-rcpt-'));
+    hop = await startRecordingServer({
+      lmtp: true,
+      data: (m) =>
+        m.mailFrom.address === ''
+          ? null
+          : m.rcptTo.map((r) =>
+              r.address.startsWith('deferred') && full ? { code: 452, text: '4.2.2 Mailbox full' } : r.address.startsWith('refused') ? { code: 550, text: '5.1.1 No such user' } : { code: 250, text: 'Ok' },
+            ),
+    });
+    const mailYaml = ['notify-from: postmaster@gw.test', 'default-group:', '  admin: [admin@gw.test]', '  quarantine: [infected]'].join('\n');
+    const s = await startAvgatePeer({
+      clamd,
+      stateDir: join(dir, 'state'),
+      smtpYaml: ['protocol: lmtp', 'next-hop:', `  target: lmtp:127.0.0.1:${hop.port}`, 'hostname: avgate.test'].join('\n'),
+      yaml: `mail:\n${mailYaml.split('\n').map((l) => `  ${l}`).join('\n')}`,
+      logger: logs.log,
+    });
+    if (s.smtpPort === null || !s.mail) throw new Error('mail filter not started');
+    av = { ...s, smtpPort: s.smtpPort, mail: s.mail };
+  });
+  after(async () => {
+    await av?.stop();
+    await hop?.close();
+    await clamd?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('one recipient delivered, one deferred, one refused: notices for the delivered one only; the item is kept; the retry of the deferred one notifies it', async () => {
+    const msg = mailWith('per-rcpt', [eicarAttachment()]);
+    const r = await send(av.smtpPort, 'a@example.com', ['b@example.net', 'deferred@example.net', 'refused@example.net'], msg, true);
+    assert.deepEqual(
+      r.data.map((x) => x.code),
+      [250, 452, 550],
+    );
+    const to = notices().flatMap((n) => n.rcptTo.map((x) => x.address)).sort();
+    assert.deepEqual(to, ['a@example.com', 'admin@gw.test', 'b@example.net'], 'no notice to a recipient the next hop deferred or refused');
+    for (const n of notices()) {
+      assert.doesNotMatch(n.body.toString('utf8'), /deferred@|refused@/, `the ${n.rcptTo[0]?.address} notice names only the delivered recipient`);
+    }
+    const sender = notices().find((n) => n.rcptTo.some((x) => x.address === 'a@example.com'));
+    assert.match(sender?.body.toString('utf8') ?? '', /^ {2}To: +b@example\.net\r?$/m);
+    // The message b@ got names the item in its removal notice: kept, with the share's recipients.
+    const items = await av.quarantine.list({ text: 'per-rcpt' });
+    assert.equal(items.length, 1);
+    assert.deepEqual(items[0]?.recipients, ['b@example.net', 'deferred@example.net', 'refused@example.net']);
+    assert.equal(av.mail.filter.counters.quarantineWithdrawn, 0);
+
+    // The client sends it to the deferred recipient again: that attempt has its item and notices.
+    full = false;
+    const before = notices().length;
+    const retry = await send(av.smtpPort, 'a@example.com', ['deferred@example.net'], msg, true);
+    assert.deepEqual(
+      retry.data.map((x) => x.code),
+      [250],
+    );
+    const retryTo = notices().slice(before).flatMap((n) => n.rcptTo.map((x) => x.address)).sort();
+    assert.deepEqual(retryTo, ['a@example.com', 'admin@gw.test', 'deferred@example.net']);
+    assert.equal(await av.quarantine.count({ text: 'per-rcpt' }), 2);
+    full = true;
+  });
+
+  test('nobody delivered (one deferred, one refused): no notices', async () => {
+    const before = notices().length;
+    const r = await send(av.smtpPort, 'a@example.com', ['deferred@example.net', 'refused@example.net'], mailWith('none-taken', [eicarAttachment()]), true);
+    assert.deepEqual(
+      r.data.map((x) => x.code),
+      [452, 550],
+    );
+    assert.equal(notices().length, before);
+  });
+
+  test('a suppressed sender notice is in the message log line, with its reason', async () => {
+    const before = mailLines().length;
+    const bulk = await send(av.smtpPort, 'list@example.com', ['b@example.net'], mailWith('bulk-1', [eicarAttachment()], ['Precedence: bulk']), true);
+    assert.equal(bulk.data[0]?.code, 250);
+    const clean = await send(av.smtpPort, 'a@example.com', ['b@example.net'], mailWith('clean-log', []), true);
+    assert.equal(clean.data[0]?.code, 250);
+    const [bulkLine, cleanLine] = mailLines().slice(before) as Array<{ shares: Array<Record<string, unknown>> }>;
+    assert.deepEqual(bulkLine?.shares[0]?.['suppressed'], [{ kind: 'sender', reason: 'bulk', detail: 'Precedence: bulk' }]);
+    assert.equal(cleanLine?.shares[0] && 'suppressed' in cleanLine.shares[0], false, 'no field when nothing was suppressed');
+    assert.equal(
+      notices().some((n) => n.rcptTo.some((x) => x.address === 'list@example.com')),
+      false,
+    );
   });
 });

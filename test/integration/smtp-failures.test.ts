@@ -3,12 +3,16 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { smtpSchema } from '../../src/config/smtp-schema.js';
+import { silentLogger } from '../../src/core/logging.js';
+import { Listeners } from '../../src/core/listen.js';
 import { reply } from '../../src/protocols/smtp/reply.js';
+import { SmtpFilterServer } from '../../src/protocols/smtp/server.js';
 import type { MessageHandler } from '../../src/protocols/smtp/types.js';
 import { startSmtpSink } from '../../tools/peers/postfix.js';
 import { closedPort, startFaultServer } from '../helpers/fault-server.js';
 import { capturedLog } from '../helpers/log.js';
-import { crlf, SmtpTestClient, startRecordingServer, startTestFilter, swaks, swaksReplies, type RecordedMessage, type TestFilter } from '../helpers/smtp.js';
+import { crlf, SmtpTestClient, startRecordingServer, startTestFilter, swaks, swaksReplies, type RecordedMessage, type TestFilter, type TestReply } from '../helpers/smtp.js';
 
 /** One transaction over a fresh connection; returns every reply from MAIL on. */
 async function transaction(port: number, rcpts: string[], message: Buffer, mailParams = ''): Promise<{ mail: number; rcpt: number[]; data: Array<{ code: number; text: string }> }> {
@@ -356,6 +360,34 @@ describe('SMTP filter: limits and the never-lose rules', () => {
     }
   });
 
+  test('SMTP: no bounce while a recipient is deferred (the DATA reply is its 4xx, the client sends to all again); the attempt answered 250 bounces', async () => {
+    let full = true;
+    const hop = await startRecordingServer({
+      rcpt: (a) => (a.startsWith('nouser') ? { code: 550, text: '5.1.1 No such user here' } : a.startsWith('full') && full ? { code: 452, text: '4.2.2 Mailbox full' } : null),
+    });
+    const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${hop.port}` });
+    const bounces = () => hop.messages.filter((m) => m.mailFrom.address === '');
+    try {
+      const msg = crlf(['Subject: partly deferred', '', 'hello']);
+      const rcpts = ['bob@example.com', 'nouser@example.com', 'full@example.com'];
+      for (let i = 0; i < 2; i++) {
+        const r = await transaction(filter.port, rcpts, msg);
+        assert.equal(r.data[0]?.code, 452, r.data[0]?.text);
+      }
+      assert.equal(bounces().length, 0, 'no bounce per deferred attempt');
+      assert.equal(filter.server.counters.bounces, 0);
+      full = false;
+      const r = await transaction(filter.port, rcpts, msg);
+      assert.equal(r.data[0]?.code, 250, r.data[0]?.text);
+      assert.equal(bounces().length, 1, 'one bounce, from the attempt the client took as done');
+      assert.match((bounces()[0] as RecordedMessage).body.toString('utf8'), /^Final-Recipient: rfc822; nouser@example\.com\r?$/m);
+      assert.equal(filter.server.counters.bounces, 1);
+    } finally {
+      await filter.stop();
+      await hop.close();
+    }
+  });
+
   test('SMTP: the DATA reply of recipients with different replies (any 4xx → 4xx, all 5xx → 5xx, else 250)', async () => {
     const table: Array<{ codes: number[]; want: number }> = [
       { codes: [250, 550], want: 250 },
@@ -378,6 +410,68 @@ describe('SMTP filter: limits and the never-lose rules', () => {
       } finally {
         await filter.stop();
       }
+    }
+  });
+
+  test('reload, then stop: a session with an open transaction (MAIL and RCPT given, no DATA yet) finishes it and then gets 421; the 421 of a reload says restarting', async () => {
+    const stateDir = await mkdtemp(join(tmpdir(), 'avgate-smtp-reload-'));
+    const config = smtpSchema.parse({ listen: '127.0.0.1:0', hostname: 'avgate.test', 'next-hop': { target: `smtp:127.0.0.1:${rec.port}` } });
+    const genA = new Listeners();
+    const old = new SmtpFilterServer(config, { stateDir, log: silentLogger(), listeners: genA });
+    const { port } = await old.listen();
+    const genB = new Listeners(genA);
+    const next = new SmtpFilterServer(config, { stateDir, log: silentLogger(), listeners: genB });
+    const clients: SmtpTestClient[] = [];
+    /** A session that has said EHLO, and with `rcpt` MAIL and RCPT too. */
+    const session = async (rcpt: string | null): Promise<SmtpTestClient> => {
+      const { client } = await SmtpTestClient.connect(port);
+      clients.push(client);
+      assert.equal((await client.command('EHLO client.test')).code, 250);
+      if (rcpt) {
+        assert.equal((await client.command('MAIL FROM:<a@example.com>')).code, 250);
+        assert.equal((await client.command(`RCPT TO:<${rcpt}>`)).code, 250);
+      }
+      return client;
+    };
+    /** DATA on an open transaction, then the 421 once the session is idle again. */
+    const finish = async (client: SmtpTestClient, id: string): Promise<{ data: TestReply; after: TestReply | null }> => {
+      const [data] = await client.data(crlf([`Subject: ${id}`, '', 'hello']));
+      return { data: data as TestReply, after: await client.reply().catch(() => null) };
+    };
+    try {
+      const idle = await session(null);
+      const open = await session('reload@example.com');
+      assert.equal((await next.listen()).port, port);
+      await genB.takeOver();
+      const draining = old.close(30_000);
+      const idleReply = await idle.reply();
+      assert.equal(idleReply.code, 421);
+      assert.equal(idleReply.text, '4.3.2 Service restarting, try again');
+      const r = await finish(open, 'finished at reload');
+      assert.equal(r.data.code, 250, `the open transaction is not cut: ${r.data.code} ${r.data.text}`);
+      assert.equal(r.after && `${r.after.code} ${r.after.text}`, '421 4.3.2 Service restarting, try again', 'then 421, once idle');
+      await draining;
+      assert.ok(rec.messages.some((m) => m.body.includes('finished at reload')));
+
+      // A stop: the same, but the service is going away. RSET ends a transaction too; one left
+      // open gets its 421 at the deadline.
+      const open2 = await session('stop@example.com');
+      const reset = await session('rset@example.com');
+      const left = await session('left@example.com');
+      const stopping = next.close(3000);
+      const r2 = await finish(open2, 'finished at stop');
+      assert.equal(r2.data.code, 250, `${r2.data.code} ${r2.data.text}`);
+      assert.equal(r2.after && `${r2.after.code} ${r2.after.text}`, '421 4.3.2 Service shutting down', 'then 421, once idle');
+      assert.equal((await reset.command('RSET')).code, 250);
+      assert.equal((await reset.reply()).code, 421);
+      const atDeadline = await left.reply(10_000);
+      assert.equal(`${atDeadline.code} ${atDeadline.text}`, '421 4.3.2 Service shutting down');
+      await stopping;
+      assert.ok(rec.messages.some((m) => m.body.includes('finished at stop')));
+    } finally {
+      for (const c of clients) c.destroy();
+      await Promise.all([old.close(0), next.close(0)]);
+      await rm(stateDir, { recursive: true, force: true });
     }
   });
 

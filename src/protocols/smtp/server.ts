@@ -13,7 +13,7 @@ import { splitHostPort } from '../../core/net.js';
 import { Spool } from '../../core/spool.js';
 import { NextHopClient, nextHopOptions } from './next-hop.js';
 import { passThroughHandler } from './pass-through.js';
-import { combineReplies, isPositive, reply, replySummary, replyText } from './reply.js';
+import { combineReplies, isPermanent, isPositive, reply, replySummary, replyText } from './reply.js';
 import type { ClientAttributes, EsmtpParams, InboundMessage, MailFrom, MessageHandler, NextHop, PartitionHook, SmtpReply } from './types.js';
 import { listenOn, type Listeners } from '../../core/listen.js';
 import { GracefulServer, type Drain } from '../../core/drain.js';
@@ -63,6 +63,9 @@ interface ConnState {
   busy: boolean;
 }
 
+/** The 421 of a stop, and of sessions kept by a reload's old configuration (see closeNow). */
+const SHUTTING_DOWN = '4.3.2 Service shutting down';
+const RESTARTING = '4.3.2 Service restarting, try again';
 
 /** Why a message's signal aborts once its handler settled (lets pending work go). */
 const HANDLER_SETTLED = new Error('message handled');
@@ -152,6 +155,8 @@ export class SmtpFilterServer extends GracefulServer {
   /** The controllers of the handlers running now: close() aborts them (a Set, not a listener per message on a shared signal). */
   private readonly running = new Set<AbortController>();
   private closing = false;
+  /** The text of the 421 while closing. */
+  private goodbye = SHUTTING_DOWN;
 
   constructor(
     private readonly config: SmtpConfig,
@@ -206,12 +211,12 @@ export class SmtpFilterServer extends GracefulServer {
           scanDataNatively(c);
         }
         session.disabledCommands = [...off, ...(xforwardOk(peer.address) ? [] : ['XFORWARD']), ...(xclientOk(peer.address) ? [] : ['XCLIENT'])];
-        if (this.closing) return cb(smtpError(421, '4.3.2 Service shutting down'));
+        if (this.closing) return cb(smtpError(421, this.goodbye));
         cb();
       },
       onMailFrom: (address, session, cb) => {
         const st = this.states.get(session.id);
-        if (this.closing || !st) return cb(smtpError(421, '4.3.2 Service shutting down'));
+        if (this.closing || !st) return cb(smtpError(421, this.goodbye));
         if (config.tls.required && !session.secure) return cb(smtpError(530, '5.7.0 Must issue a STARTTLS command first'));
         st.partitionKey = null;
         // XFORWARD attributes belong to the transaction that follows them (as in Postfix).
@@ -331,11 +336,14 @@ export class SmtpFilterServer extends GracefulServer {
 
   /**
    * SMTP: recipients the next hop refused (5xx) while it took others get a bounce to the sender
-   * (the client gets one 250 for all of them and would never learn). Sent from `<>` through the
-   * next hop before the client is answered; a bounce that cannot be sent is logged at error.
+   * (the client gets one 250 for all of them and would never learn). Only when the DATA reply is
+   * that 2xx: with a 4xx among the replies the client gets the 4xx and sends the message to every
+   * recipient again, so each deferred attempt would bounce anew (the one answered 2xx bounces).
+   * Sent from `<>` through the next hop before the client is answered; a bounce that cannot be
+   * sent is logged at error.
    */
   private async bounceRefused(msg: InboundMessage, replies: readonly SmtpReply[], log: Logger): Promise<void> {
-    if (!replies.some((r) => r.code >= 500) || !replies.some(isPositive) || msg.mailFrom.address === '') return;
+    if (msg.mailFrom.address === '' || !replies.some(isPermanent) || !isPositive(combineReplies(replies).reply)) return;
     let headers: Buffer;
     try {
       const head = await msg.spool.readRange(0, Math.min(msg.size, BOUNCE_HEADERS_MAX));
@@ -506,21 +514,29 @@ export class SmtpFilterServer extends GracefulServer {
   }
 
   /**
-   * Stops accepting; idle sessions get 421 at once; a message in DATA or with its handler gets
-   * until the deadline, then its handler is aborted (the client gets 451 and retries) and what is
-   * left is closed. Closes the next hop pool when the server made it.
+   * Stops accepting; idle sessions get 421 at once; a session with a transaction open (from an
+   * accepted MAIL to its DATA reply, or RSET) gets until the deadline to finish it, and its 421
+   * once it is idle again. At the deadline a handler still running is aborted (the client gets 451
+   * and retries) and what is left is closed. Closes the next hop pool when the server made it.
    */
   protected async closeNow(drain: Drain): Promise<void> {
     this.closing = true;
+    // A reload has handed the listening socket to the next generation (Listeners.takeOver): a
+    // client that connects again is served at once. A stop, or a stop during that drain, ends
+    // the service.
+    const handedOver = !this.server.server.listening;
     const listening = new Promise<void>((r) => this.server.server.close(() => r()));
 
+    /** The transaction's MAIL is accepted and its DATA not answered (smtp-server resets the envelope then, as at RSET and EHLO). */
+    const inTransaction = (c: SMTPConnection): boolean =>
+      this.states.get(c.session.id)?.busy === true || Boolean((c.session.envelope as SMTPServerSession['envelope'] | undefined)?.mailFrom);
+    const bye = (c: SMTPConnection) => {
+      c.send(421, this.goodbye);
+      c.close();
+    };
     const cutIdle = () => {
-      for (const c of this.server.connections) {
-        if (!this.states.get(c.session.id)?.busy) {
-          c.send(421, '4.3.2 Service shutting down');
-          c.close();
-        }
-      }
+      this.goodbye = handedOver && !drain.hurried ? RESTARTING : SHUTTING_DOWN;
+      for (const c of this.server.connections) if (!inTransaction(c)) bye(c);
     };
     await drain.wait(() => this.running.size === 0 && this.server.connections.size === 0, cutIdle);
     if (this.running.size > 0) {
@@ -529,7 +545,11 @@ export class SmtpFilterServer extends GracefulServer {
       const grace = Date.now() + 2000;
       while (this.running.size > 0 && Date.now() < grace) await new Promise((r) => setTimeout(r, 20));
     }
-    for (const c of this.server.connections) c.close();
+    // A session between commands (a transaction left open) is told; one in DATA is only cut.
+    for (const c of this.server.connections) {
+      if (this.states.get(c.session.id)?.busy) c.close();
+      else bye(c);
+    }
     await Promise.race([listening, new Promise((r) => setTimeout(r, 1000))]);
     if (this.ownsNextHop) await this.nextHop.close();
   }
