@@ -279,6 +279,23 @@ describe('web console', () => {
     const bad = await api(Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="f"; filename="x"\r\n\r\nno end`), { 'Content-Type': `multipart/form-data; boundary=${boundary}` });
     assert.equal(bad.status, 400);
     assert.equal((await api('x', { 'Content-Type': 'multipart/form-data' })).status, 400, 'no boundary');
+    // An RFC 2231 file name is a file to busboy, undici and Python: scanned here too, and beside
+    // another file part a 400, never a free verdict for the other one alone.
+    const multipart = { 'Content-Type': `multipart/form-data; boundary=${boundary}` };
+    const starPart = Buffer.concat([Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="x"; filename*=UTF-8''evil.com\r\n\r\n`), eicarBytes()]);
+    const star = await api(Buffer.concat([starPart, Buffer.from(`\r\n--${boundary}--\r\n`)]), multipart, '/api/v1/scan');
+    assert.equal(star.status, 200, star.body);
+    assert.equal(JSON.parse(star.body).status, 'found', 'the filename* part is the object');
+    assert.deepEqual(logLines.filter((l) => l.msg === 'api: scan').at(-1)?.name, 'evil.com', 'its name decoded');
+    const plainPart = `\r\n--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="clean.txt"\r\n\r\nclean\r\n--${boundary}--\r\n`;
+    const hidden = await api(Buffer.concat([starPart, Buffer.from(plainPart)]), multipart, '/api/v1/scan');
+    assert.equal(hidden.status, 400, hidden.body);
+    assert.deepEqual(JSON.parse(hidden.body), { status: 'error', reason: 'bad multipart body: more than one file part: send one object per request' });
+    // Two Content-Disposition lines: busboy reads the first, undici the last.
+    const twoLines = `--${boundary}\r\nContent-Disposition: form-data; name="x"; filename="evil.com"\r\nContent-Disposition: form-data; name="x"\r\n\r\n`;
+    const twice = await api(Buffer.concat([Buffer.from(twoLines), eicarBytes(), Buffer.from(plainPart)]), multipart, '/api/v1/scan');
+    assert.equal(twice.status, 400, twice.body);
+    assert.deepEqual(JSON.parse(twice.body), { status: 'error', reason: 'bad multipart body: a part with two content-disposition header lines' });
 
     const big = await rawRequest(port, 'POST', '/api/v1/scan', { headers: { Authorization: `Bearer ${token}`, 'Content-Length': String(2 * 1024 * 1024) } });
     assert.equal(big.status, 413, 'Content-Length over the limit: refused before the body');

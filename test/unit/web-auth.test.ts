@@ -138,3 +138,52 @@ test('multipart: malformed bodies are MultipartErrors', async () => {
   ];
   for (const b of bad) await assert.rejects(parse(Buffer.from(b), 'B'), MultipartError, b.slice(0, 40));
 });
+
+// A part that another parser (busboy, undici, Python's email, PHP) takes for a file must be the
+// file here too: dropped as a field, it would go unscanned while the answer says free.
+const PLAIN_FILE = 'Content-Disposition: form-data; name="g"; filename="clean.txt"\r\n\r\nclean';
+
+test('multipart: a file part is one however its file name is written', async () => {
+  const variants: [string, string][] = [
+    [`Content-Disposition: form-data; name="f"; filename*=UTF-8''%e2%82%ac%20evil.com`, '€ evil.com'],
+    [`Content-Disposition: form-data; name="f"; filename*=iso-8859-1'fr'%E9t%E9.com`, 'été.com'],
+    [`Content-Disposition: form-data; name="f"; filename*0*=UTF-8''ev; filename*1*=il%2E; filename*2=com`, 'evil.com'],
+    ['Content-Disposition: form-data; name="f"; FILENAME="evil.com"', 'evil.com'],
+    ['Content-Disposition: form-data; name="f"; filename = "evil.com"', 'evil.com'],
+    ['Content-Disposition: form-data;name=f;filename=evil.com', 'evil.com'],
+    ['Content-Disposition: form-data; name="f"; filename=', ''],
+    // No RFC 2231 value (no *0), but busboy's filename all the same.
+    ['Content-Disposition: form-data; name="f"; filename*1*=evil.com', ''],
+    // busboy 0.x and @fastify/busboy: an octet-stream part is a file; Python's email: a Content-Type name.
+    ['Content-Disposition: form-data; name="f"\r\nContent-Type: application/octet-stream', ''],
+    ['Content-Disposition: form-data; name="f"\r\nContent-Type: text/plain; name="evil.com"', ''],
+  ];
+  for (const [headers, fileName] of variants) {
+    const alone = await parse(Buffer.from(`--B\r\n${headers}\r\n\r\nEVIL\r\n--B--`), 'B');
+    assert.deepEqual([alone.file.toString(), alone.name], ['EVIL', fileName], headers);
+    const withAnother = `--B\r\n${headers}\r\n\r\nEVIL\r\n--B\r\n${PLAIN_FILE}\r\n--B--`;
+    await assert.rejects(parse(Buffer.from(withAnother), 'B'), /more than one file part/, headers);
+  }
+});
+
+test('multipart: a part that parsers could read two ways is refused', async () => {
+  const parts = [
+    // Two Content-Disposition lines: busboy takes the first, undici the last.
+    'Content-Disposition: form-data; name="f"; filename="evil.com"\r\nContent-Disposition: form-data; name="f"',
+    'Content-Disposition: form-data; name="f"\r\nContent-Disposition: form-data; name="f"; filename="evil.com"',
+    'Content-Disposition: form-data; name="f"\r\nContent-Type: text/plain\r\ncontent-type: application/octet-stream',
+    // Folded: one header to dicer and Python's email.
+    'Content-Disposition: form-data; name="f";\r\n filename="evil:com"',
+    // PHP splits on ";" inside quotes; undici takes no backslash escape; busboy drops the space in "file name".
+    'Content-Disposition: form-data; name="f; filename=evil.com"',
+    'Content-Disposition: form-data; name="f\\"; filename="evil.com"',
+    'Content-Disposition: form-data; name="f"; file name="evil.com"',
+    'Content-Disposition: form-data; name="f" filename="evil.com"',
+    // A bare LF ends the line to Python's email.
+    'Content-Disposition: form-data; name="f\nContent-Disposition: form-data; name=x"',
+  ];
+  for (const p of parts) {
+    const body = `--B\r\n${p}\r\n\r\nEVIL\r\n--B\r\n${PLAIN_FILE}\r\n--B--`;
+    await assert.rejects(parse(Buffer.from(body), 'B'), MultipartError, p);
+  }
+});
