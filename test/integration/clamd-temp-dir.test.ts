@@ -1,15 +1,17 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { createReadStream, existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, readdir, readlink, rm, statfs, writeFile } from 'node:fs/promises';
+import { chmod, chown, lchown, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, statfs, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { test } from 'node:test';
-import { clamdTempDir, LocalClamd, TMPFS_MIN_FREE } from '../../src/engines/clamd/local.js';
+import { clamdTempDir, LocalClamd, privateTempDir, TMPFS_MIN_FREE } from '../../src/engines/clamd/local.js';
 import { ClamdNetEngine } from '../../src/engines/clamd/net.js';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import { configSchema } from '../../src/config/schema.js';
+import { waitFor } from '../helpers/wait.js';
+import { capturedLog } from '../helpers/log.js';
 
 /** What `auto` must pick on this host: /dev/shm when it is a tmpfs with room, else the state directory. */
 async function shmUsable(): Promise<boolean> {
@@ -44,7 +46,7 @@ test('the local clamd writes INSTREAM objects in its temp-dir; a private one is 
   const chosen = await clamdTempDir('auto', stateDir);
   // Left over by a clamd that was killed: must not survive the next start in a private directory.
   if (chosen.private) {
-    await mkdir(chosen.path, { recursive: true });
+    await mkdir(chosen.path, { recursive: true, mode: 0o700 }); // as avgate makes it
     await writeFile(join(chosen.path, 'clamav-leftover.tmp'), 'x');
   }
   try {
@@ -66,7 +68,8 @@ test('the local clamd writes INSTREAM objects in its temp-dir; a private one is 
       // An archive: clamd unpacks its member into the temp-dir too.
       const zip = await engine.scan(ctx, createReadStream('/usr/share/clamav-testfiles/clam.zip'), { signal: AbortSignal.timeout(10_000) });
       assert.equal(zip.verdict.status, 'found');
-      if (chosen.private) assert.deepEqual(await readdir(chosen.path), [], 'clamd removed its temp files');
+      // clamd may unlink its last temp file just after it answers.
+      if (chosen.private) await waitFor('clamd to remove its temp files', async () => ((await readdir(chosen.path)).length === 0 ? true : null), 5000);
     } finally {
       await engine.closeContext(ctx);
     }
@@ -76,6 +79,73 @@ test('the local clamd writes INSTREAM objects in its temp-dir; a private one is 
     await rm(stateDir, { recursive: true, force: true });
   }
   if (chosen.private) assert.equal(existsSync(chosen.path), false, 'the private directory is removed at stop');
+});
+
+// The private temp-dir's name in /dev/shm is predictable, and any local user may create it first.
+// Then it must neither stop clamd from starting (rm failing with EPERM) nor become clamd's
+// TemporaryDirectory (its owner would read and swap what clamd scans).
+test('a private temp-dir whose name another user took (a directory, a symlink) is left alone: clamd runs in a fresh one of its own', async (t) => {
+  if (!(await shmUsable())) return t.skip('/dev/shm is not a tmpfs with room: temp-dir auto does not use it');
+  if (process.getuid?.() !== 0) return t.skip('making a directory of another user needs root');
+  const NOBODY = 65534;
+  for (const kind of ['another user\'s directory', 'a symlink to one', 'ours but group-writable']) {
+    const stateDir = await mkdtemp(join(tmpdir(), 'avgate-clamd-squat-'));
+    const chosen = await clamdTempDir('auto', stateDir);
+    const target = await mkdtemp('/dev/shm/avgate-squatter-');
+    try {
+      await writeFile(join(target, 'theirs.txt'), 'x');
+      await chown(join(target, 'theirs.txt'), NOBODY, NOBODY);
+      await chmod(target, 0o755);
+      await chown(target, NOBODY, NOBODY);
+      let squat = chosen.path;
+      if (kind === 'a symlink to one') {
+        await symlink(target, chosen.path);
+        await lchown(chosen.path, NOBODY, NOBODY);
+        squat = target;
+      } else if (kind === 'ours but group-writable') {
+        await mkdir(chosen.path, { mode: 0o700 });
+        await chmod(chosen.path, 0o770);
+        await writeFile(join(chosen.path, 'theirs.txt'), 'x');
+      } else {
+        await mkdir(chosen.path);
+        await writeFile(join(chosen.path, 'theirs.txt'), 'x');
+        await chmod(chosen.path, 0o777);
+        await chown(chosen.path, NOBODY, NOBODY);
+      }
+      const { log, lines } = capturedLog('warn');
+      const clamd = new LocalClamd({ stateDir, database: 'test', tcpPort: null, maxThreads: 2, log });
+      let used = '';
+      try {
+        await clamd.setup();
+        used = clamd.tempDir ?? '';
+        assert.notEqual(used, chosen.path, `${kind}: not used`);
+        assert.ok(used.startsWith(`${chosen.path}-`), `${kind}: ${used} beside it`);
+        const st = await lstat(used);
+        assert.deepEqual([st.isDirectory(), st.uid, st.mode & 0o777], [true, 0, 0o700], `${kind}: a directory of ours alone`);
+        assert.match(await readFile(clamd.confPath, 'utf8'), new RegExp(`^TemporaryDirectory ${used}$`, 'm'));
+        assert.ok(
+          lines.some((l) => l.level === 40 && String(l.msg).includes(chosen.path) && String(l.msg).includes(used)),
+          `${kind}: a warning names both`,
+        );
+        await clamd.start();
+        assert.equal(clamd.tempDir, used, `${kind}: start() keeps it`);
+        assert.equal(await clamd.ping(), true);
+        assert.deepEqual(await readdir(squat), ['theirs.txt'], `${kind}: left as it is`);
+        // A restart (supervise) takes the same one again, without a new warning.
+        const warned = lines.length;
+        assert.equal(await privateTempDir(chosen.path, { empty: false, previous: used, warn: () => assert.fail('warned again') }), used);
+        assert.equal(lines.length, warned);
+      } finally {
+        await clamd.stop();
+      }
+      assert.equal(existsSync(used), false, `${kind}: ours removed at stop`);
+      assert.deepEqual(await readdir(squat), ['theirs.txt'], `${kind}: theirs still there`);
+    } finally {
+      await rm(chosen.path, { recursive: true, force: true });
+      await rm(target, { recursive: true, force: true });
+      await rm(stateDir, { recursive: true, force: true });
+    }
+  }
 });
 
 test('temp-dir given as a directory: used as it is and never emptied', async () => {
@@ -100,9 +170,11 @@ test('setup() alone leaves a private temp-dir as it is (a clamd may be running f
   try {
     const chosen = await clamdTempDir('auto', stateDir);
     if (chosen.private) {
-      await mkdir(chosen.path, { recursive: true });
+      await mkdir(chosen.path, { recursive: true, mode: 0o700 });
       await writeFile(join(chosen.path, 'clamav-in-use.tmp'), 'x');
-      await new LocalClamd({ stateDir, database: 'test', tcpPort: 0 }).setup();
+      const clamd = new LocalClamd({ stateDir, database: 'test', tcpPort: 0 });
+      await clamd.setup();
+      assert.equal(clamd.tempDir, chosen.path);
       assert.deepEqual(await readdir(chosen.path), ['clamav-in-use.tmp']);
       await rm(chosen.path, { recursive: true, force: true });
     }

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { access, constants, mkdir, open, readdir, readFile, rm, stat, statfs, writeFile, type FileHandle } from 'node:fs/promises';
+import { access, constants, lstat, mkdir, mkdtemp, open, readdir, readFile, rm, stat, statfs, writeFile, type FileHandle } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -38,6 +38,8 @@ export interface LocalClamdOptions {
   tempDir?: string;
   /** clamd's AlertExceedsMax (default true): content past clamd's unpacking limits is a finding, not clean. */
   alertExceedsMax?: boolean;
+  /** Where warnings about the temp-dir go (else standard error). */
+  log?: Logger;
 }
 
 /** Free space /dev/shm must have for `temp-dir: auto` to use it. */
@@ -46,7 +48,8 @@ const TMPFS_MAGIC = 0x01021994;
 
 /**
  * Where clamd's temporary files go for `temp-dir` (see LocalClamdOptions.tempDir): the directory,
- * and whether it is avgate's own in /dev/shm (emptied at start, removed at stop).
+ * and whether it is avgate's own in /dev/shm (emptied at start, removed at stop). The name of a
+ * private one is predictable: privateTempDir() makes it, or another when someone else holds it.
  */
 export async function clamdTempDir(setting: string, stateDir: string): Promise<{ path: string; private: boolean }> {
   const onState = { path: join(stateDir, 'tmp'), private: false };
@@ -62,6 +65,40 @@ export async function clamdTempDir(setting: string, stateDir: string): Promise<{
   // One directory per user and state directory: two avgates on one host never share it.
   const tag = createHash('sha256').update(resolve(stateDir)).digest('hex').slice(0, 12);
   return { path: join('/dev/shm', `avgate-clamd-${process.getuid?.() ?? 0}-${tag}`), private: true };
+}
+
+/** A directory of this user alone: not a symlink, our uid, no group or other access. */
+async function ownDirectory(path: string): Promise<boolean> {
+  const st = await lstat(path).catch(() => null);
+  return st !== null && st.isDirectory() && st.uid === process.getuid?.() && (st.mode & 0o077) === 0;
+}
+
+/**
+ * Makes the private temp-dir `path` (clamdTempDir) and returns the directory to use. Any local user
+ * may create its predictable name in /dev/shm first: a name that is not a directory of ours alone
+ * (another owner, group or other access, a symlink) is left alone and a directory with an
+ * unpredictable name beside it used instead (`previous`, the one an earlier start made, while it is
+ * still ours), so a squatter neither stops clamd from starting nor owns its files. No rm and mkdir
+ * again: between the two another user could take the name. Once checked, a directory of ours stays
+ * ours (the sticky bit of /dev/shm: nobody else may rename or remove it). `empty`: its contents are
+ * removed (what a killed clamd left there would hold memory until reboot).
+ */
+export async function privateTempDir(path: string, options: { empty: boolean; previous?: string | null; warn: (message: string) => void }): Promise<string> {
+  let dir = path;
+  try {
+    await mkdir(path, { mode: 0o700 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    if (!(await ownDirectory(path))) {
+      if (options.previous && options.previous !== path && (await ownDirectory(options.previous))) dir = options.previous;
+      else {
+        dir = await mkdtemp(`${path}-`);
+        options.warn(`${path} exists and is not a directory of this user alone (owner, mode or a symlink): clamd's temporary directory is ${dir} instead`);
+      }
+    }
+  }
+  if (options.empty) for (const name of await readdir(dir)) await rm(join(dir, name), { recursive: true, force: true });
+  return dir;
 }
 
 /** ClamAV's standard database directory on Debian (freshclam writes there). */
@@ -180,8 +217,11 @@ export class LocalClamd {
     if (this.tcpPort === 0) this.tcpPort = await freeLoopbackPort();
     // INSTREAM objects are written to a file by clamd before it scans them: on a tmpfs that costs
     // no disk journal (measured here, 5 KB objects: 0.28 ms of clamd CPU each instead of 0.38-0.49).
-    this.temp = await clamdTempDir(this.options.tempDir ?? 'auto', this.stateDir);
-    await this.makeTemp();
+    const chosen = await clamdTempDir(this.options.tempDir ?? 'auto', this.stateDir);
+    // A private one taken by someone else is replaced by another: the one of an earlier start, if any.
+    const previous = this.temp?.private ? this.temp.path : null;
+    this.temp = chosen;
+    await this.makeTemp(false, previous);
     const lines: Record<string, string> = {
       Foreground: 'yes',
       DatabaseDirectory: this.dbDir,
@@ -223,14 +263,16 @@ export class LocalClamd {
   async start(signal?: AbortSignal): Promise<void> {
     this.stopping = false;
     if (this.restartWait.signal.aborted) this.restartWait = new AbortController();
+    const before = this.temp?.private ? this.temp.path : null;
     await this.setup();
     await rm(this.socketPath, { force: true });
     await this.stopLeftover();
     // Emptied here, not in setup(): `avgate clamd setup` beside a running clamd must not touch
     // its files. Ours alone: what a killed clamd left there would hold memory until reboot.
     if (this.temp?.private) {
-      await rm(this.temp.path, { recursive: true, force: true });
-      await this.makeTemp();
+      await this.makeTemp(true, this.temp.path);
+      // One an earlier start had to use instead (privateTempDir) and needs no more: ours, so removed.
+      if (before !== null && before !== this.temp.path) await rm(before, { recursive: true, force: true });
     }
     if (signal?.aborted) throw new AvgateError('AVG_ERR_STOPPED', 'stopped before the project-local clamd was started');
     // Taken before clamd reads the files: if they change while it loads, the record is older than
@@ -514,13 +556,21 @@ export class LocalClamd {
     await this.removeTemp();
   }
 
-  private async makeTemp(): Promise<void> {
-    const dir = (this.temp as { path: string }).path;
+  /** Makes the temp-dir; a private one (privateTempDir) may end up elsewhere, which this.temp then names. */
+  private async makeTemp(empty: boolean, previous: string | null): Promise<void> {
+    const temp = this.temp as { path: string; private: boolean };
+    const dir = temp.path;
     try {
-      await mkdir(dir, { recursive: true, mode: 0o700 });
+      if (!temp.private) await mkdir(dir, { recursive: true, mode: 0o700 });
+      else temp.path = await privateTempDir(dir, { empty, previous, warn: (message) => this.warn(message) });
     } catch (err) {
       throw new AvgateError('AVG_ERR_CLAMD_START', `cannot create clamd's temporary directory ${dir} (clamd.temp-dir): ${messageOf(err)}`);
     }
+  }
+
+  private warn(message: string): void {
+    if (this.options.log) this.options.log.warn({ component: 'clamd' }, message);
+    else process.stderr.write(`avgate: clamd: ${message}\n`);
   }
 
   private async removeTemp(): Promise<void> {
