@@ -1,21 +1,35 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
-import type { Socket } from 'node:net';
+import { mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
 import { ftpProxySchema } from '../../src/config/ftp-schema.js';
+import { loadConfig } from '../../src/config/loader.js';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import { silentLogger } from '../../src/core/logging.js';
-import type { Serving } from '../../src/main.js';
+import { serve, type Serving } from '../../src/main.js';
 import { FtpProxyServer } from '../../src/protocols/ftp/server.js';
-import { startAvgatePeer } from '../../tools/peers/avgate.js';
+import type { ScanService } from '../../src/scan/types.js';
+import { externalClamdYaml, startAvgatePeer } from '../../tools/peers/avgate.js';
 import { startVsftpd, type Vsftpd } from '../../tools/peers/vsftpd.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
 import { startFaultServer, type FaultServer } from '../helpers/fault-server.js';
 import { FtpControl, openData, run } from '../helpers/ftp-control.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `get` every 50 ms until it gives a value (not null); null when none came within `ms`. */
+async function waitFor<T>(ms: number, get: () => T | null | Promise<T | null>): Promise<T | null> {
+  const until = Date.now() + ms;
+  for (;;) {
+    const v = await get();
+    if (v !== null || Date.now() > until) return v;
+    await sleep(50);
+  }
+}
 
 describe('FTP proxy: fixed upstream, limits, fail-closed engine errors (vsftpd, real clamd)', () => {
   let clamd: TestClamd;
@@ -149,6 +163,96 @@ describe('FTP proxy: fixed upstream, limits, fail-closed engine errors (vsftpd, 
     assert.ok((log['552'] ?? 0) >= 2, JSON.stringify(log));
   });
 
+  test('max-object-size: a download whose size the server announces (150 ... (N bytes)) over the limit gets 552 at once, no 150, and the server stops sending', async (t) => {
+    const size = 64 * 1024 * 1024;
+    // Sparse: the size is announced, no disk used.
+    const f = await open(join(vsftpd.root, 'huge.bin'), 'w', 0o644);
+    await f.truncate(size);
+    await f.close();
+    const c = await FtpControl.open(avgate.ftpProxyPort as number);
+    try {
+      await c.reply();
+      assert.equal((await c.command('USER anonymous')).code, 230);
+      assert.equal((await c.command('TYPE I')).code, 200);
+      const data = await openData(await c.epsvPort());
+      const r = await c.command('RETR huge.bin');
+      assert.equal(r.code, 552, `refused in place of the server's 150: ${r.lines.join(' ')}`);
+      assert.match(r.lines[0] as string, /larger than max-object-size \(1048576 bytes; the server announced 67108864\)/);
+      await data.closed;
+      assert.equal(data.received().length, 0, 'no byte reached the client');
+      // The server's own final reply (426) was read and dropped: the session is in step.
+      assert.equal((await c.command('NOOP')).code, 200);
+    } finally {
+      c.close();
+    }
+    // vsftpd's transfer log: what it sent before it saw the data connection closed. That counts
+    // what its socket's send buffer took meanwhile (at most tcp_wmem's maximum, 4 MiB by default),
+    // and a little the proxy's side held; reading on past the limit (before: as much again, at
+    // least 8 MiB) would make it 9 MiB and more.
+    const sendBuffer = Number((await readFile('/proc/sys/net/ipv4/tcp_wmem', 'latin1').catch(() => '')).trim().split(/\s+/)[2]) || 4 * 1024 * 1024;
+    const sent = await waitFor(10_000, async () => {
+      const log = await readFile(join(dir, 'vsftpd.log'), 'latin1').catch(() => '');
+      const m = /(?:OK|FAIL) DOWNLOAD: Client "[^"]*", "\/huge\.bin", (\d+) bytes/.exec(log);
+      return m ? Number(m[1]) : null;
+    });
+    assert.ok(sent !== null, 'vsftpd logged the transfer');
+    t.diagnostic(`vsftpd sent ${sent} of ${size} bytes`);
+    assert.ok(sent < sendBuffer + 4 * 1024 * 1024, `the server sent ${sent} of ${size} bytes (send buffer at most ${sendBuffer})`);
+  });
+
+  test('reload and stop: a session between commands gets 421 before its control connection is closed (RFC 959)', async () => {
+    const file = join(dir, 'reload.yaml');
+    const config = (maxObject: string) =>
+      [
+        `state-dir: ${join(stateDir, 'reload')}`,
+        'log:',
+        '  level: silent',
+        ...externalClamdYaml(clamd),
+        'icap:',
+        '  listen: 127.0.0.1:0',
+        'console:',
+        '  listen: 127.0.0.1:0',
+        ...['smtp', 'http-proxy', 'pop3-proxy', 'imap-proxy'].flatMap((k) => [`${k}:`, '  enabled: false']),
+        'ftp-proxy:',
+        '  listen: 127.0.0.1:0',
+        `  upstream: 127.0.0.1:${vsftpd.port}`,
+        `  max-object-size: ${maxObject}`,
+        '',
+      ].join('\n');
+    await writeFile(file, config('1MiB'));
+    const serving = await serve(await loadConfig(file), { logger: silentLogger() });
+    let stopped = false;
+    const c = await FtpControl.open(serving.ftpProxyPort as number);
+    try {
+      assert.equal((await c.reply()).code, 220);
+      assert.equal((await c.command('USER anonymous')).code, 230);
+      // ftp-proxy changed: the reload rebuilds the FTP front end and closes the previous one's sessions.
+      await writeFile(file, config('2MiB'));
+      const r = await serving.reload();
+      assert.ok(r.ok && r.rebuilt, JSON.stringify(r));
+      const bye = await c.reply();
+      assert.equal(bye.code, 421, bye.lines.join(' '));
+      assert.match(bye.lines[0] as string, /reloading or stopping/);
+      assert.ok(await waitFor(5000, () => (c.closed ? true : null)), 'the proxy closed the control connection after the 421');
+      // A stop: the same for a session of the new generation.
+      const next = await FtpControl.open(serving.ftpProxyPort as number);
+      try {
+        assert.equal((await next.reply()).code, 220);
+        const stopping = serving.stop();
+        stopped = true;
+        const last = await next.reply();
+        assert.equal(last.code, 421, last.lines.join(' '));
+        await stopping;
+        assert.ok(await waitFor(5000, () => (next.closed ? true : null)), 'the proxy closed the control connection after the 421');
+      } finally {
+        next.close();
+      }
+    } finally {
+      c.close();
+      if (!stopped) await serving.stop();
+    }
+  });
+
   test('max-connections: one client too many gets 421; a silent client gets 421 after control-idle', async () => {
     const port = avgate.ftpProxyPort as number;
     const held = await Promise.all([0, 1, 2].map(() => FtpControl.open(port)));
@@ -241,6 +345,76 @@ describe('FTP proxy against broken servers and garbage clients (fault server)', 
       assert.deepEqual(await c.command('HELP'), { code: 214, lines: ['214-a', '214-b', '214 end'] });
     } finally {
       c.close();
+    }
+  });
+
+  test('max-object-size, size not announced: the proxy stops reading the server at the limit and answers 552 at once; the server\'s 426 is consumed', async (t) => {
+    const limit = 1024 * 1024;
+    // A server whose RETR sends an endless file with a 150 that names no size, paced so that little
+    // is in flight: `sent` is what it handed to the kernel before its data connection failed.
+    const server = { sent: 0, events: [] as string[] };
+    const f = await fault((s) => {
+      let data: Promise<Socket> | null = null;
+      const pump = async (d: Socket) => {
+        const chunk = Buffer.alloc(16 * 1024, 0x61);
+        try {
+          for (;;) {
+            await new Promise<void>((resolve, reject) => d.write(chunk, (err) => (err ? reject(err) : resolve())));
+            server.sent += chunk.length;
+            await sleep(1);
+          }
+        } catch {
+          server.events.push('data connection failed');
+          s.write('426 Failure writing network stream.\r\n');
+        }
+      };
+      s.write('220 endless\r\n');
+      let buffer = '';
+      s.on('data', (d: Buffer) => {
+        buffer += d.toString('latin1');
+        let nl: number;
+        while ((nl = buffer.indexOf('\n')) >= 0) {
+          const verb = buffer.slice(0, nl).trim().split(' ')[0]?.toUpperCase();
+          buffer = buffer.slice(nl + 1);
+          if (verb === 'USER') s.write('230 in\r\n');
+          else if (verb === 'PWD') s.write('257 "/"\r\n');
+          else if (verb === 'EPSV') {
+            const l = createServer();
+            data = new Promise((resolve) => l.once('connection', (d: Socket) => (d.on('error', () => undefined), l.close(), resolve(d))));
+            l.listen(0, '127.0.0.1', () => s.write(`229 Entering Extended Passive Mode (|||${(l.address() as { port: number }).port}|)\r\n`));
+          } else if (verb === 'RETR' && data) {
+            s.write('150 Opening data connection\r\n');
+            void data.then(pump);
+          } else s.write('200 ok\r\n');
+        }
+      });
+    });
+    const config = ftpProxySchema.parse({ listen: '127.0.0.1:0', 'allowed-upstreams': ['127.0.0.1:*'], 'max-object-size': '1MiB', timeouts: { reply: '5s' } });
+    // Scanning is never reached (the file is refused before it is whole); spools ask wantsHash.
+    const scanner = { wantsHash: false, scan: () => Promise.reject(new Error('no scan expected')) } as unknown as ScanService;
+    const limited = new FtpProxyServer(config, { stateDir, scannerFor: () => ({ scanner }), log: silentLogger() });
+    const limitedPort = (await limited.listen()).port;
+    const c = await FtpControl.open(limitedPort);
+    try {
+      await c.reply();
+      assert.equal((await c.command(`USER u@127.0.0.1:${f.port}`)).code, 230);
+      const clientData = await openData(await c.epsvPort());
+      assert.equal((await c.command('RETR endless.bin')).code, 150);
+      const final = await c.reply(30_000);
+      server.events.push(`client got ${final.code}`);
+      assert.equal(final.code, 552, final.lines.join(' '));
+      assert.match(final.lines[0] as string, /larger than max-object-size \(1048576 bytes\)/);
+      t.diagnostic(`the server sent ${server.sent} bytes`);
+      // Before: up to as much again, at least 8 MiB, was read on before the 552.
+      assert.ok(server.sent < limit + 4 * 1024 * 1024, `the server sent ${server.sent} bytes for a limit of ${limit}`);
+      assert.deepEqual(server.events, ['data connection failed', 'client got 552'], 'the server was cut off before the client was answered');
+      await clientData.closed;
+      assert.ok(clientData.received().length <= limit);
+      // The server's 426 was read and dropped, not taken as the reply to the next command.
+      assert.equal((await c.command('NOOP')).code, 200);
+    } finally {
+      c.close();
+      await limited.close(0);
     }
   });
 

@@ -1,11 +1,13 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import pino from 'pino';
+import type { Logger } from '../../src/core/logging.js';
 import { freeLoopbackPort } from '../../src/core/net.js';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import type { Serving } from '../../src/main.js';
@@ -26,6 +28,8 @@ describe('FTP proxy: data connections reset by the client, 421 closes the sessio
   let proxyPort: number;
   let userAtHost: string;
   const twoMiB = randomBytes(2 * 1024 * 1024);
+  /** The main log's lines as written: raw JSON, where a key given twice shows. */
+  const logLines: string[] = [];
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'avgate-ftpr-'));
@@ -35,6 +39,7 @@ describe('FTP proxy: data connections reset by the client, 421 closes the sessio
     avgate = await startAvgatePeer({
       stateDir,
       clamd,
+      logger: pino({ level: 'info' }, { write: (l: string) => void logLines.push(l) }) as unknown as Logger,
       ftpYaml: [
         "allowed-upstreams: ['127.0.0.1:*', '::1:*']",
         'access-log: ftp-access.log',
@@ -58,14 +63,6 @@ describe('FTP proxy: data connections reset by the client, 421 closes the sessio
 
   const uploaded = async () => readdir(vsftpd.uploadDir);
 
-  const loggedIn = async (): Promise<FtpControl> => {
-    const c = await FtpControl.open(proxyPort);
-    await c.reply();
-    assert.equal((await c.command(`USER ${userAtHost}`)).code, 230);
-    assert.equal((await c.command('TYPE I')).code, 200);
-    return c;
-  };
-
   /** Writes 2 MiB on `s`, then resets it (SO_LINGER 0): the proxy gets part of the data and a RST, no FIN. */
   const sendAndReset = (s: Socket, afterMs: number) => {
     s.on('error', () => undefined);
@@ -79,6 +76,48 @@ describe('FTP proxy: data connections reset by the client, 421 closes the sessio
       const s = connect(port, '127.0.0.1', () => resolve(s));
       s.once('error', reject);
     });
+
+  /** The raw log lines with message `msg` whose path ends with `suffix`. */
+  const logged = (msg: string, suffix: string) =>
+    logLines.filter((l) => {
+      const o = JSON.parse(l) as { msg?: string; path?: string };
+      return o.msg === msg && (o.path ?? '').endsWith(suffix);
+    });
+
+  /** The access log once it has a line containing `part` (it is written asynchronously). */
+  const accessLogWith = async (part: string): Promise<string> => {
+    const until = Date.now() + 5000;
+    for (;;) {
+      const log = await readFile(join(stateDir, 'ftp-access.log'), 'utf8').catch(() => '');
+      if (log.includes(part) || Date.now() > until) return log;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+
+  /** RETR through EPSV: the final reply (after the 150, if any). */
+  const retr = async (c: FtpControl, name: string) => {
+    const data = await openData(await c.epsvPort());
+    const first = await c.command(`RETR ${name}`);
+    const final = first.code === 150 ? await c.reply(30_000) : first;
+    data.socket.destroy();
+    return final;
+  };
+
+  /** STOR through EPSV of `body`: the final reply. */
+  const stor = async (c: FtpControl, name: string, body: Buffer) => {
+    const data = await dial(await c.epsvPort());
+    assert.equal((await c.command(`STOR ${name}`)).code, 150);
+    data.end(body);
+    return c.reply(30_000);
+  };
+
+  const loggedIn = async (): Promise<FtpControl> => {
+    const c = await FtpControl.open(proxyPort);
+    await c.reply();
+    assert.equal((await c.command(`USER ${userAtHost}`)).code, 230);
+    assert.equal((await c.command('TYPE I')).code, 200);
+    return c;
+  };
 
   test('STOR, passive: a client that resets its data connection gets 426 and nothing is written on the server (5 rounds)', async () => {
     for (let round = 0; round < 5; round++) {
@@ -301,10 +340,58 @@ describe('FTP proxy: data connections reset by the client, 421 closes the sessio
       await new Promise((resolve) => setTimeout(resolve, 200));
       const log = await readFile(join(stateDir, 'ftp-access.log'), 'utf8');
       // Both names carry the same bytes: the second upload is a verdict-cache hit (free/cached).
-      for (const { text } of names) assert.ok(log.includes(` STOR ${JSON.stringify(`upload/${text}`)} 226 free `) || log.includes(` STOR ${JSON.stringify(`upload/${text}`)} 226 free/cached `), `${text} in the access log:\n${log}`);
-      assert.ok(log.includes(' STOR "upload/?gnp.exe" 550 found:'), `the override mark is not written into the log:\n${log}`);
+      for (const { text } of names) assert.ok(log.includes(` STOR ${JSON.stringify(`/upload/${text}`)} 226 free `) || log.includes(` STOR ${JSON.stringify(`/upload/${text}`)} 226 free/cached `), `${text} in the access log:\n${log}`);
+      assert.ok(log.includes(' STOR "/upload/?gnp.exe" 550 found:'), `the override mark is not written into the log:\n${log}`);
     } finally {
       c.close();
     }
+  });
+
+  test('the "download blocked" and "upload blocked" log lines carry the client once', async () => {
+    await writeFile(join(vsftpd.root, 'once-eicar.txt'), eicarBytes(), { mode: 0o644 });
+    const c = await loggedIn();
+    try {
+      assert.equal((await retr(c, 'once-eicar.txt')).code, 550);
+      assert.equal((await stor(c, 'upload/once-eicar-up.txt', eicarBytes())).code, 550);
+    } finally {
+      c.close();
+    }
+    for (const [msg, name] of [
+      ['ftp: download blocked', 'once-eicar.txt'],
+      ['ftp: upload blocked', 'once-eicar-up.txt'],
+    ] as const) {
+      const lines = logged(msg, name);
+      assert.equal(lines.length, 1, `${msg}: ${JSON.stringify(logLines.slice(-10))}`);
+      assert.equal(lines[0]?.match(/"client":/g)?.length, 1, `"client" once: ${lines[0]}`);
+      assert.equal((JSON.parse(lines[0] as string) as { client?: string }).client, '127.0.0.1');
+    }
+  });
+
+  test('the access log and the blocked lines name the absolute path the doc-ACL saw (CWD into a directory with spaces, then a relative name)', async () => {
+    const sub = join(vsftpd.root, 'dir with spaces');
+    await mkdir(sub, { mode: 0o755 });
+    await writeFile(join(sub, 'a b.txt'), 'clean\n', { mode: 0o644 });
+    await writeFile(join(sub, 'e v.txt'), eicarBytes(), { mode: 0o644 });
+    const c = await loggedIn();
+    try {
+      assert.equal((await c.command('CWD /dir with spaces')).code, 250);
+      assert.equal((await retr(c, 'a b.txt')).code, 226);
+      assert.equal((await retr(c, 'e v.txt')).code, 550);
+      const list = await openData(await c.epsvPort());
+      assert.equal((await c.command('LIST')).code, 150);
+      assert.equal((await c.reply(30_000)).code, 226);
+      await list.closed;
+      assert.equal((await c.command('CWD ../upload')).code, 250);
+      assert.equal((await stor(c, 'e v up.txt', eicarBytes())).code, 550);
+    } finally {
+      c.close();
+    }
+    const log = await accessLogWith(' STOR "/upload/e v up.txt" ');
+    assert.match(log, / RETR "\/dir with spaces\/a b\.txt" 226 free(\/cached)? 6 /, log);
+    assert.match(log, / RETR "\/dir with spaces\/e v\.txt" 550 found:/, log);
+    assert.match(log, / LIST "\/dir with spaces" 226 /, log);
+    assert.match(log, / STOR "\/upload\/e v up\.txt" 550 found:/, log);
+    assert.equal(logged('ftp: download blocked', '/dir with spaces/e v.txt').length, 1, JSON.stringify(logLines.slice(-10)));
+    assert.equal(logged('ftp: upload blocked', '/upload/e v up.txt').length, 1, JSON.stringify(logLines.slice(-10)));
   });
 });

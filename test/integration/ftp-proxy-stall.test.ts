@@ -66,9 +66,10 @@ describe('FTP proxy: stalled and trickling peers (vsftpd, real clamd)', () => {
     const bigPath = join(vsftpd.root, 'held-big.bin');
     await writeFile(bigPath, randomBytes(big), { mode: 0o644 });
     for (const name of ['trickled-big.bin', 'free-big.bin']) await link(bigPath, join(vsftpd.root, name));
-    // Sparse: as large as a server may send at full speed before it is stopped, no disk used.
+    // Sparse: as large as a server may send at full speed before it is stopped, no disk used. No
+    // larger than max-object-size (below): a size over it that vsftpd announces is refused at once.
     const sparse = await open(join(vsftpd.root, 'sparse.bin'), 'w', 0o644);
-    await sparse.truncate(8 * 1024 * 1024 * 1024);
+    await sparse.truncate(512 * 1024 * 1024);
     await sparse.close();
     await writeFile(join(vsftpd.root, 'steady.bin'), steady, { mode: 0o644 });
     await writeFile(join(vsftpd.root, 'held-small.bin'), small, { mode: 0o644 });

@@ -259,7 +259,7 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
     assert.deepEqual(got, bigInfected.subarray(0, got.length), 'what was sent is the start of the file');
     await new Promise((resolve) => setTimeout(resolve, 200));
     const log = await readFile(join(stateDir, 'ftp-access.log'), 'utf8');
-    const m = / RETR "big-infected\.bin" 550 found:Avgate\.Test\.EICAR\S* (\d+) /.exec(log);
+    const m = / RETR "\/big-infected\.bin" 550 found:Avgate\.Test\.EICAR\S* (\d+) /.exec(log);
     assert.ok(m, log);
     assert.equal(Number(m[1]), got.length, 'the access log counts the bytes the client got');
     t.diagnostic(`trickled ${got.length} of ${bigInfected.length} bytes before the verdict`);
@@ -349,7 +349,7 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
     }
     await new Promise((r) => setTimeout(r, 200));
     const log = await readFile(join(stateDir, 'ftp-access.log'), 'utf8');
-    assert.match(log, new RegExp(` RETR "clean\\.bin" 226 free(/cached)? ${clean.length - offset} `), 'the access log counts what the client got');
+    assert.match(log, new RegExp(` RETR "/clean\\.bin" 226 free(/cached)? ${clean.length - offset} `), 'the access log counts what the client got');
   });
 
   test('resuming a download cut off after trickling (curl -C -) yields no byte past the trickle cap: the client never holds the whole infected file', async () => {
@@ -370,7 +370,7 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
     // curl gives up when the data connection ends short, before the 550: the access log has it.
     await new Promise((r) => setTimeout(r, 200));
     const log = await readFile(join(stateDir, 'ftp-access.log'), 'utf8');
-    const resumed = [...log.matchAll(/ RETR "big-resume-infected\.bin" (\d+) (\S+) (\d+) /g)];
+    const resumed = [...log.matchAll(/ RETR "\/big-resume-infected\.bin" (\d+) (\S+) (\d+) /g)];
     assert.equal(resumed.length, 2, log);
     const [, status, verdict, bytes] = resumed[1] as RegExpMatchArray;
     assert.deepEqual([status, verdict?.replace(/:.*/, ''), Number(bytes)], ['550', 'found', got.length - held], 'the resumed transfer was blocked on the whole file');
@@ -428,8 +428,8 @@ describe('FTP proxy against vsftpd (curl, lftp, raw control)', () => {
     // The access log is written asynchronously.
     await new Promise((r) => setTimeout(r, 200));
     const log = await readFile(join(stateDir, 'ftp-access.log'), 'utf8');
-    assert.match(log, / STOR "eicar-passive\.txt" 550 found:Avgate\.Test\.EICAR\S* \d+ \d+$/m);
-    assert.match(log, / RETR "clean\.bin" 226 free(\/cached)? 3145745 \d+$/m);
+    assert.match(log, / STOR "\/upload\/eicar-passive\.txt" 550 found:Avgate\.Test\.EICAR\S* \d+ \d+$/m);
+    assert.match(log, / RETR "\/clean\.bin" 226 free(\/cached)? 3145745 \d+$/m);
     const kept = await avgate.quarantine.list({ source: 'ftp' });
     const up = kept.find((r) => r.url === 'ftp://127.0.0.1/upload/eicar-passive.txt');
     assert.ok(up, JSON.stringify(kept.map((r) => r.url)));

@@ -13,6 +13,7 @@ import {
   formatCommand,
   formatHostPortNumbers,
   formatReply,
+  parseAnnouncedSize,
   parseCommand,
   parseEprt,
   parseEpsvReply,
@@ -151,6 +152,18 @@ test('257 replies: the quoted directory, doubled quotes undone', () => {
   assert.equal(parsePwdReply('257 "/a ""b"" c" created'), '/a "b" c');
   assert.equal(parsePwdReply('257 no quotes'), null);
   assert.equal(parsePwdReply('250 "/x"'), null);
+});
+
+test('150 replies: the size a server announces, only at the end of the last line', () => {
+  const r = (...lines: string[]): FtpReply => ({ code: Number(lines[0]?.slice(0, 3)), lines });
+  assert.equal(parseAnnouncedSize(r('150 Opening BINARY mode data connection for big.bin (12582912 bytes).')), 12582912);
+  assert.equal(parseAnnouncedSize(r('150 Opening ASCII mode data connection for a (0 bytes)')), 0);
+  assert.equal(parseAnnouncedSize(r('150-Accepted data connection', '150 12288.0 kbytes to download')), null);
+  assert.equal(parseAnnouncedSize(r('150 Opening data connection')), null);
+  // The file name is the client's: a `(N bytes)` in it is not the size.
+  assert.equal(parseAnnouncedSize(r('150 Opening BINARY mode data connection for x (99999999 bytes).bin (17 bytes).')), 17);
+  assert.equal(parseAnnouncedSize(r('150 Opening BINARY mode data connection for x (99999999 bytes)')), 99999999, 'indistinguishable: a name ending so when the server names no size');
+  assert.equal(parseAnnouncedSize(r('226 Transfer complete (5 bytes)')), null, 'only preliminary replies');
 });
 
 test('USER user@host[:port]', () => {

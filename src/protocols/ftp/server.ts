@@ -47,8 +47,9 @@ export interface FtpProxyDeps {
 }
 
 /**
- * The FTP proxy: one listener, one FtpSession per client. close() stops accepting, lets running
- * sessions go on until the deadline, then cuts what is left.
+ * The FTP proxy: one listener, one FtpSession per client. close() stops accepting, ends the
+ * sessions without a transfer with 421, lets transfers go on until the deadline, then cuts what is
+ * left.
  */
 export class FtpProxyServer extends GracefulServer {
   private server: Server | null = null;
@@ -151,12 +152,12 @@ export class FtpProxyServer extends GracefulServer {
     const server = this.server;
     // Stop accepting now; the callback only comes once every session is gone (awaited last).
     const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
-    // Sessions between commands end now; those in a transfer get until the deadline.
+    // Sessions without a transfer end now, with a 421 the client reads before the close (the
+    // socket goes once the client closed, or after close()'s grace); those in a transfer get until
+    // the deadline.
     const cutIdle = () => {
-      for (const [s, session] of this.sessions) {
-        if (session.busy) continue;
-        session.close();
-        s.destroy();
+      for (const session of this.sessions.values()) {
+        if (!session.busy) session.shutdown('Service closing control connection: the proxy is reloading or stopping');
       }
     };
     await drain.wait(() => this.sessions.size === 0, cutIdle);

@@ -33,6 +33,7 @@ import { UpstreamControl, UpstreamGone } from './upstream.js';
 import {
   formatHostPortNumbers,
   formatReply,
+  parseAnnouncedSize,
   parseCommand,
   parseEprt,
   parseEpsvReply,
@@ -53,6 +54,7 @@ export interface FtpAccessRecord {
   /** user@host:port of the session. */
   target: string;
   command: string;
+  /** Absolute and normalised, as the doc-ACL saw it (see logPath). */
   path: string;
   /** The final reply code the client got. */
   status: number;
@@ -131,6 +133,8 @@ export class FtpSession {
   private pbsz = false;
   /** USER was given: AUTH TLS comes before it (RFC 4217 §4). */
   private userGiven = false;
+  /** The AUTH TLS handshake runs on the control connection: no reply in clear may go out. */
+  private upgrading = false;
   private readonly abort = new AbortController();
   private readonly clientAddress: string;
   private readonly localAddress: string;
@@ -148,7 +152,7 @@ export class FtpSession {
   private closed = false;
   /** A 421 went to the client: RFC 959 says the service closes the control connection, so the session ends. */
   private closing = false;
-  /** True while a transfer runs (a graceful stop waits for those, and cuts idle sessions at once). */
+  /** True while a transfer runs (a graceful stop waits for those, and ends idle sessions at once: shutdown). */
   busy = false;
   /** The running transfer: ABOR aborts its signal, which destroys its data connections. */
   private xfer: { abort: AbortController; sockets: Set<Socket> } | null = null;
@@ -229,15 +233,16 @@ export class FtpSession {
     }
   }
 
+  /** Nothing goes out once the session is closed (a reload or stop closed it from outside: shutdown). */
   private reply(code: number, text: string | readonly string[]): void {
     if (code === 421) this.closing = true;
-    if (!this.client.destroyed) this.client.write(formatReply(code, text), 'latin1');
+    if (!this.closed && !this.client.destroyed) this.client.write(formatReply(code, text), 'latin1');
   }
 
   /** A server reply passed on as received (multi-line replies keep their lines). */
   private relay(r: FtpReply): void {
     if (r.code === 421) this.closing = true;
-    if (!this.client.destroyed) this.client.write(`${r.lines.join('\r\n')}\r\n`, 'latin1');
+    if (!this.closed && !this.client.destroyed) this.client.write(`${r.lines.join('\r\n')}\r\n`, 'latin1');
   }
 
   private get t(): FtpProxyConfig['timeouts'] {
@@ -275,6 +280,8 @@ export class FtpSession {
         if (!(await this.handle(cmd)) || this.closing) return;
       }
     } catch (err) {
+      // Closed from outside (shutdown): a command under way failed because of it.
+      if (this.closed) return;
       if (err instanceof UpstreamGone) {
         this.log.warn({ target: this.target, err: err.message }, 'ftp: server connection lost');
         this.reply(421, 'Service not available: the FTP server connection was lost');
@@ -285,6 +292,17 @@ export class FtpSession {
     } finally {
       this.close();
     }
+  }
+
+  /**
+   * A reload or stop ends a session that runs no transfer: 421 first (RFC 959: the service is
+   * closing the control connection), as after the idle timeout, unless one went out already; none
+   * into an AUTH TLS handshake. A command under way gets it as its reply.
+   */
+  shutdown(text: string): void {
+    if (this.closed) return;
+    if (!this.closing && !this.upgrading) this.reply(421, text);
+    this.close();
   }
 
   close(): void {
@@ -479,6 +497,7 @@ export class FtpSession {
     const plain = this.client;
     this.reader.detach();
     this.reply(234, 'AUTH TLS ok; start the TLS handshake');
+    this.upgrading = true;
     try {
       const secure = await acceptTls(plain, this.ctx.tls as SecureContext, this.t['control-idle']);
       this.client = secure;
@@ -491,6 +510,8 @@ export class FtpSession {
     } catch (err) {
       this.log.info({ err: messageOf(err) }, 'ftp: AUTH TLS failed');
       return false;
+    } finally {
+      this.upgrading = false;
     }
   }
 
@@ -638,12 +659,27 @@ export class FtpSession {
     return up.reply(this.t.reply, this.signal);
   }
 
+  /**
+   * A command's path, absolute and normalised: `CWD secret` + `RETR x` and `RETR /ok/../secret/x`
+   * are both /secret/x. Joined as octets (the working directory is too), then decoded once (UTF-8
+   * when valid) for rules and records.
+   */
+  private absolute(arg: string): string {
+    return textOf(posix.normalize(arg.startsWith('/') ? arg : posix.join(this.cwd, arg)));
+  }
+
   private facts(cmd: FtpCommand, direction: 'download' | 'upload'): Parameters<DocAcl['match']>[0] {
     const host = this.targetHost;
-    // Absolute and normalised: `CWD secret` + `RETR x` and `RETR /ok/../secret/x` both match rules for /secret/*.
-    // Joined as octets (the working directory is too), then decoded once (UTF-8 when valid) for rules and records.
-    const path = textOf(posix.normalize(cmd.arg.startsWith('/') ? cmd.arg : posix.join(this.cwd, cmd.arg)));
-    return { client: this.clientAddress, host, url: `ftp://${urlHost(host)}${path}`, method: cmd.verb, contentType: null, size: null, direction };
+    return { client: this.clientAddress, host, url: `ftp://${urlHost(host)}${this.absolute(cmd.arg)}`, method: cmd.verb, contentType: null, size: null, direction };
+  }
+
+  /**
+   * The path of a transfer in the access log and the log lines: the one the doc-ACL matched, so the
+   * directory shows. A listing without an argument is of the working directory; one whose argument
+   * is ls options (`LIST -la`) keeps it as sent.
+   */
+  private logPath(cmd: FtpCommand): string {
+    return printable(LISTINGS.has(cmd.verb) && cmd.arg.startsWith('-') ? textOf(cmd.arg) : this.absolute(cmd.arg));
   }
 
   private async transfer(cmd: FtpCommand): Promise<void> {
@@ -676,7 +712,7 @@ export class FtpSession {
       xfer.abort.abort();
     });
     const started = performance.now();
-    const rec: FtpAccessRecord = { client: this.clientAddress, target: this.target, command: cmd.verb, path: printable(textOf(cmd.arg)), status: 0, verdict: '-', rule: null, bytes: 0, ms: 0 };
+    const rec: FtpAccessRecord = { client: this.clientAddress, target: this.target, command: cmd.verb, path: this.logPath(cmd), status: 0, verdict: '-', rule: null, bytes: 0, ms: 0 };
     const x: Transfer = {
       cmd,
       setup,
@@ -774,7 +810,7 @@ export class FtpSession {
   private async downloadScanned(x: Transfer, scan: ScanRule): Promise<void> {
     const skip = x.restart === null ? 0 : Number(x.restart);
     x.restart = null;
-    const upData = await this.startServer(x, true);
+    const upData = await this.startServer(x, true, this.ctx.config['max-object-size']);
     if (!upData) return;
     const clientData = await this.connectClient(x, upData);
     if (!clientData) return;
@@ -820,7 +856,7 @@ export class FtpSession {
           else await endSocket(clientData).catch(() => undefined);
           const reason = v ? verdictReason(v) : 'not scanned';
           if (v) await this.ctx.quarantine(v, spool, { url: this.facts(cmd, 'download').url, rule: scan.name, direction: 'download', client: this.clientAddress, user: this.loginName });
-          this.log.info({ client: this.clientAddress, user: this.loginName, target: this.target, path: rec.path, verdict: v?.status, reason, sent: outcome.sent, rule: scan.name }, 'ftp: download blocked');
+          this.log.info({ user: this.loginName, target: this.target, path: rec.path, verdict: v?.status, reason, sent: outcome.sent, rule: scan.name }, 'ftp: download blocked');
           await this.cutShort(x, FtpSession.blockCode(v), `${outcome.kind === 'aborted' ? 'Transfer aborted' : 'Transfer refused'}: ${reason}`);
           return;
         }
@@ -864,7 +900,8 @@ export class FtpSession {
     const spool = this.newSpool(scan);
     try {
       try {
-        await receiveAll(clientData, spool, this.ctx.config['max-object-size'], this.pace(true));
+        const max = this.ctx.config['max-object-size'];
+        await receiveAll(clientData, spool, max, this.pace(true), Math.max(max, UPLOAD_DRAIN_MIN));
       } catch (err) {
         clientData.destroy();
         this.dataFailed(x, err, 'ftp: upload aborted');
@@ -878,7 +915,7 @@ export class FtpSession {
       x.rec.verdict = verdictLabel(v);
       const d = decideFor(scan, v);
       if (d.action === 'block') {
-        this.log.info({ client: this.clientAddress, user: this.loginName, target: this.target, path: x.rec.path, verdict: v.status, reason: d.reason, rule: scan.name }, 'ftp: upload blocked');
+        this.log.info({ user: this.loginName, target: this.target, path: x.rec.path, verdict: v.status, reason: d.reason, rule: scan.name }, 'ftp: upload blocked');
         await this.ctx.quarantine(v, spool, { url: this.facts(x.cmd, 'upload').url, rule: scan.name, direction: 'upload', client: this.clientAddress, user: this.loginName });
         x.finalReply(FtpSession.blockCode(v), `Upload refused: ${d.reason}`);
         return;
@@ -912,10 +949,11 @@ export class FtpSession {
 
   /**
    * Opens the server's data connection and starts the transfer there (REST, then the command).
-   * Null when the server refused: its reply was the final one. `announce` passes the server's 1xx
-   * on (false when the proxy has already said 150 itself).
+   * Null when the server refused (its reply was the final one) or announced a size over `maxSize`
+   * (the client got 552). `announce` passes the server's 1xx on (false when the proxy has already
+   * said 150 itself).
    */
-  private async startServer(x: Transfer, announce: boolean): Promise<Socket | null> {
+  private async startServer(x: Transfer, announce: boolean, maxSize = Infinity): Promise<Socket | null> {
     const up = this.upstream as UpstreamControl;
     const raw = await this.upstreamData(up);
     if (!(raw instanceof Socket)) {
@@ -935,6 +973,15 @@ export class FtpSession {
     if (first.code >= 200) {
       raw.destroy();
       x.finalRelay(first);
+      return null;
+    }
+    // Refused before a byte is read: the client gets 552 in place of the 150. Sizes the server does
+    // not announce (or understates) are bounded as the file arrives (receiveAll).
+    const size = parseAnnouncedSize(first);
+    if (size !== null && size > maxSize) {
+      raw.destroy();
+      this.log.info({ target: this.target, path: x.rec.path, size, max: maxSize }, 'ftp: download refused: the server announced a size over max-object-size');
+      await this.cutShort(x, 552, `Transfer refused: larger than max-object-size (${maxSize} bytes; the server announced ${size})`);
       return null;
     }
     let upData: Socket;
@@ -1093,23 +1140,20 @@ async function copyData(from: AsyncIterable<Buffer>, to: Socket, rec?: FtpAccess
 /**
  * Reads a data connection to its end into `into`; DataReset when the peer reset it (what arrived
  * may be cut short, so it is never taken as complete), TransferLimit once it would pass `max`
- * bytes. The rest of an upload that is too large is read on and dropped (up to `max` bytes more, at
- * least UPLOAD_DRAIN_MIN) before that, so the client finishes sending and reads the 552 instead of
- * meeting a reset in the middle of its send.
+ * bytes. With `drain` (uploads) up to that many bytes more are read on and dropped before that, so
+ * the client finishes sending and reads the 552 instead of meeting a reset in the middle of its
+ * send. A download drains nothing: reading on would only make the server send more of a file that
+ * is refused anyway, and keep the client waiting for its 552.
  */
-async function receiveAll(from: Socket, into: { readonly size: number; write(c: Buffer): Promise<void>; end(): Promise<void> }, max: number, pace: DataPace): Promise<void> {
+async function receiveAll(from: Socket, into: { readonly size: number; write(c: Buffer): Promise<void>; end(): Promise<void> }, max: number, pace: DataPace, drain = 0): Promise<void> {
   let over = -1;
   for await (const chunk of dataChunks(from, pace)) {
-    if (over >= 0) {
-      over += chunk.length;
-      if (over > Math.max(max, UPLOAD_DRAIN_MIN)) break;
+    if (over < 0 && into.size + chunk.length <= max) {
+      await into.write(chunk);
       continue;
     }
-    if (into.size + chunk.length > max) {
-      over = chunk.length;
-      continue;
-    }
-    await into.write(chunk);
+    over = Math.max(over, 0) + chunk.length;
+    if (over > drain) break;
   }
   if (over >= 0) throw new TransferLimit(`larger than max-object-size (${max} bytes)`);
   await into.end();

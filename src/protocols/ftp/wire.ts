@@ -151,6 +151,16 @@ export function parsePwdReply(line: string): string | null {
   return m ? (m[1] as string).replace(/""/g, '"') : null;
 }
 
+/**
+ * The size a server announces at the end of its 150 for RETR (`150 Opening BINARY mode data
+ * connection for f (1234 bytes).`, vsftpd and ProFTPD), else null. Only the end of the last line
+ * counts: the file name before it is the client's and may read `(N bytes)` too.
+ */
+export function parseAnnouncedSize(r: FtpReply): number | null {
+  const m = /\((\d{1,18}) bytes\)\.?\s*$/i.exec(r.lines.at(-1) ?? '');
+  return r.code >= 100 && r.code < 200 && m ? Number(m[1]) : null;
+}
+
 /** `USER name@host[:port]` / `name@[v6]:port`: the last @ separates the login from the target. */
 export function parseUserAtHost(arg: string): { user: string; host: string; port: number | null } | null {
   const at = arg.lastIndexOf('@');
