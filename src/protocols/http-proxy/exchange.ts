@@ -167,6 +167,9 @@ async function receive(body: Readable, feed: SpoolFeed, stallMs: number, onProgr
   return total;
 }
 
+/** Methods a server may get twice with the same effect (RFC 9110 §9.2.2): sent again after a kept-alive connection closed unanswered. */
+const IDEMPOTENT: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
+
 /** Every Content-Encoding value of a head, joined (a coding per line counts as a list), or null. */
 function contentEncodingOf(pairs: ReadonlyArray<readonly [string, string]>): string | null {
   const values = pairs.filter(([k]) => k.toLowerCase() === 'content-encoding').map(([, v]) => v);
@@ -389,57 +392,29 @@ export class Exchange {
     else if (hasBody) flat.push('Transfer-Encoding', 'chunked');
     const parent = parentProxy(cfg);
     if (parent?.authorization) flat.push('Proxy-Authorization', parent.authorization);
-    const upReq = httpRequest({
-      host: parent ? parent.host : target.host,
-      port: parent ? parent.port : target.port,
-      method: req.method,
-      path: parent ? target.url : target.path,
-      headers: flat as unknown as Record<string, string>,
-      agent: ctx.agent,
-      maxHeaderSize: cfg['max-header-size'],
-      setHost: false,
-    });
-    this.upstreamReq = upReq;
-    // Small requests and heads must not wait for an ACK (Nagle against delayed ACK).
-    upReq.once('socket', (s) => s.setNoDelay(true));
-    // Errors after the response head (a reset mid-body) surface through the body stream; this
-    // keeps any later one from being an unhandled 'error' event.
-    upReq.on('error', () => undefined);
-    const response = new Promise<IncomingMessage>((resolve, reject) => {
-      const timer = setTimeout(() => upReq.destroy(new Error(`no response head within ${cfg.timeouts.upstream} ms`)), cfg.timeouts.upstream);
-      upReq.once('response', (r) => (clearTimeout(timer), resolve(r)));
-      upReq.once('error', (e) => (clearTimeout(timer), reject(e)));
-      // 101 Switching Protocols: node:http gives neither a response nor an error unless someone
-      // listens for 'upgrade'. The proxy relays no other protocol: 502, never a hang.
-      upReq.once('upgrade', (_r, socket: Socket) => {
-        socket.destroy();
-        clearTimeout(timer);
-        reject(new Error('the server switched protocols (101 Switching Protocols), which this proxy does not relay'));
-      });
-    });
-    response.catch(() => undefined);
-    // The request body: the scanned spool, or the client's bytes as they come (accept rules).
-    const sending = (async () => {
-      if (upload) {
-        const rs = upload.createReadStream();
-        for await (const c of rs) if (!upReq.write(c as Buffer)) await new Promise((r) => upReq.once('drain', r));
-      } else if (hasBody) {
-        for await (const c of req) if (!upReq.write(c as Buffer)) await new Promise((r) => upReq.once('drain', r));
-      }
-      upReq.end();
-    })().catch((err: unknown) => upReq.destroy(err as Error));
+    // A kept-alive connection the server closed just as the request went out (its idle timeout)
+    // fails before any answer: an idempotent request whose body can be sent again is sent again
+    // once on a new connection (RFC 9112 §9.3.1), as browsers and Squid do.
+    const resendable = !hasBody || upload !== null;
     let upRes: IncomingMessage;
-    try {
-      upRes = await response;
-    } catch (err) {
-      const msg = messageOf(err);
-      const timeout = /no response head/.test(msg);
-      ctx.log.warn({ client: this.rec.client, url: target.url, err: msg }, 'http-proxy: upstream failed');
-      if (!res.headersSent) this.refuse(timeout ? 504 : 502, timeout ? 'Gateway timeout' : 'Bad gateway', upstreamProblem(err, target.host, ctx.config['parent-proxy']));
-      else res.destroy();
-      return;
+    for (let attempt = 1; ; attempt++) {
+      const { upReq, response } = this.openUpstream(target, flat, parent, hasBody, upload);
+      try {
+        upRes = await response;
+        break;
+      } catch (err) {
+        if (attempt === 1 && resendable && upReq.reusedSocket && IDEMPOTENT.has(req.method ?? '') && (err as NodeJS.ErrnoException).code === 'ECONNRESET') {
+          ctx.log.debug({ url: target.url, err: messageOf(err) }, 'http-proxy: a reused connection to the server closed without an answer; sent again on a new one');
+          continue;
+        }
+        const msg = messageOf(err);
+        const timeout = /no response head/.test(msg);
+        ctx.log.warn({ client: this.rec.client, url: target.url, err: msg }, 'http-proxy: upstream failed');
+        if (!res.headersSent) this.refuse(timeout ? 504 : 502, timeout ? 'Gateway timeout' : 'Bad gateway', upstreamProblem(err, target.host, ctx.config['parent-proxy']));
+        else res.destroy();
+        return;
+      }
     }
-    void sending;
     if (parent && upRes.statusCode === 407) {
       // The parent wants (other) credentials: the client cannot give them (its own never reach
       // the parent), so a 407 relayed would only ask it for a password in vain.
@@ -450,6 +425,59 @@ export class Exchange {
       return;
     }
     await this.respond(target, upRes);
+  }
+
+  /** One request to the server (or the parent proxy): its response head, or the error before one. */
+  private openUpstream(
+    target: ProxyTarget,
+    flat: string[],
+    parent: ReturnType<typeof parentProxy>,
+    hasBody: boolean,
+    upload: Spool | null,
+  ): { upReq: ClientRequest; response: Promise<IncomingMessage> } {
+    const { ctx, req } = this;
+    const cfg = ctx.config;
+      const upReq = httpRequest({
+        host: parent ? parent.host : target.host,
+        port: parent ? parent.port : target.port,
+        method: req.method,
+        path: parent ? target.url : target.path,
+        headers: flat as unknown as Record<string, string>,
+        agent: ctx.agent,
+        maxHeaderSize: cfg['max-header-size'],
+        setHost: false,
+      });
+      this.upstreamReq = upReq;
+      // Small requests and heads must not wait for an ACK (Nagle against delayed ACK).
+      upReq.once('socket', (s) => s.setNoDelay(true));
+      // Errors after the response head (a reset mid-body) surface through the body stream; this
+      // keeps any later one from being an unhandled 'error' event.
+      upReq.on('error', () => undefined);
+      const response = new Promise<IncomingMessage>((resolve, reject) => {
+        const timer = setTimeout(() => upReq.destroy(new Error(`no response head within ${cfg.timeouts.upstream} ms`)), cfg.timeouts.upstream);
+        upReq.once('response', (r) => (clearTimeout(timer), resolve(r)));
+        upReq.once('error', (e) => (clearTimeout(timer), reject(e)));
+        // 101 Switching Protocols: node:http gives neither a response nor an error unless someone
+        // listens for 'upgrade'. The proxy relays no other protocol: 502, never a hang.
+        upReq.once('upgrade', (_r, socket: Socket) => {
+          socket.destroy();
+          clearTimeout(timer);
+          reject(new Error('the server switched protocols (101 Switching Protocols), which this proxy does not relay'));
+        });
+      });
+      response.catch(() => undefined);
+      // The request body: the scanned spool, or the client's bytes as they come (accept rules).
+      const sending = (async () => {
+        if (upload) {
+          const rs = upload.createReadStream();
+          for await (const c of rs) if (!upReq.write(c as Buffer)) await new Promise((r) => upReq.once('drain', r));
+        } else if (hasBody) {
+          for await (const c of req) if (!upReq.write(c as Buffer)) await new Promise((r) => upReq.once('drain', r));
+        }
+        upReq.end();
+      })().catch((err: unknown) => upReq.destroy(err as Error));
+    void sending;
+    return { upReq, response };
   }
 
   private responseHead(upRes: IncomingMessage): () => void {
