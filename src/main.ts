@@ -27,6 +27,7 @@ import { openRuntime, type Runtime } from './runtime.js';
 import { startSignatureUpdates } from './signatures/index.js';
 import { openStats } from './stats/open.js';
 import type { StatsService, StoreStatus } from './stats/types.js';
+import { sumCounters } from './web/runtime-metrics.js';
 import { ConsoleServer, type ReloadStatus } from './web/server.js';
 
 
@@ -234,6 +235,12 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
   let gen: Generation;
   let web: ConsoleServer | null = null;
   let consolePort: number | null = null;
+  /**
+   * /metrics counts on across reloads: the counters of generations a reload replaced (summed
+   * into `retired` once their connections ended, read live while they drain) are added to the
+   * running one's. Set once `draining` exists.
+   */
+  const earlier = { counters: (): Array<Record<string, object>> => [] };
   try {
     const fe = await startFrontEnds(config, runtime, log, quarantine, listeners);
     gen = { config, inputs: reloadInputs(config, RELOADABLE_SECTIONS), runtime, listeners, fe, engineHealth: new EngineHealth(runtime.allEngines.map((e) => e.id)) };
@@ -250,9 +257,9 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
           configWarnings: configWarnings(config),
           cache: runtime.cache,
           reloads: () => reloads,
-          // The running generation's, whichever that is when /metrics is asked.
+          // The running generation's, whichever that is when /metrics is asked, on top of the earlier ones'.
           frontEnds: () => ({
-            counters: frontEndCounters(gen.fe),
+            counters: sumCounters([...earlier.counters(), frontEndCounters(gen.fe)]),
             connections: Object.fromEntries(Object.entries(frontEndStatus(gen, null)).flatMap(([k, v]) => (v === null || k === 'console' ? [] : [[k, v.connections]]))),
           }),
           log,
@@ -284,6 +291,8 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
   const stopSignatures = startSignatureUpdates(config, updaterEngines, runtime.clamd !== null, log.child({ component: 'signatures' }));
   /** Generations replaced by a reload whose connections are still ending. */
   const draining = new Map<Generation, Promise<void>>();
+  let retired: Record<string, object> = {};
+  earlier.counters = () => [retired, ...[...draining.keys()].map((g) => frontEndCounters(g.fe))];
   let stopping: Promise<void> | null = null;
   let reloading: Promise<ReloadResult> | null = null;
   let reloadAgain = false;
@@ -472,7 +481,10 @@ async function startServing(loaded: LoadedConfig, opts: ServeOptions, log: Logge
       log.info({ connectionsAtReload: open }, 'reload: the previous configuration\'s connections have ended');
     })().catch((err: unknown) => log.error({ err: messageOf(err) }, 'reload: closing the previous configuration failed'));
     draining.set(running, done);
-    void done.finally(() => draining.delete(running));
+    void done.finally(() => {
+      retired = sumCounters([retired, frontEndCounters(running.fe)]);
+      draining.delete(running);
+    });
     return { ok: true, changed: next.changed, restartNeeded: next.restartNeeded, rebuilt: true };
   };
   // One reload at a time; a SIGHUP during one makes one more run after it (the file may have changed again).

@@ -9,14 +9,35 @@ export interface FrontEndSnapshot {
   connections: Record<string, number | null>;
 }
 
+/**
+ * Front-end counters added up field by field (numbers, and the numbers of one level of maps such
+ * as byStatus): the running configuration's on top of those reloads replaced.
+ */
+export function sumCounters(list: ReadonlyArray<Record<string, object>>): Record<string, object> {
+  const out: Record<string, Record<string, unknown>> = {};
+  for (const counters of list) {
+    for (const [frontend, fields] of Object.entries(counters)) {
+      const into = (out[frontend] ??= {});
+      for (const [field, value] of Object.entries(fields as Record<string, unknown>)) {
+        if (typeof value === 'number') into[field] = (typeof into[field] === 'number' ? (into[field] as number) : 0) + value;
+        else if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
+          const map = (into[field] ??= {}) as Record<string, unknown>;
+          for (const [key, n] of Object.entries(value as Record<string, unknown>)) if (typeof n === 'number') map[key] = (typeof map[key] === 'number' ? (map[key] as number) : 0) + n;
+        } else if (!(field in into)) into[field] = value;
+      }
+    }
+  }
+  return out;
+}
+
 /** Counter fields that are levels, not counts: left out of the events family (connections has them). */
 const LEVELS = new Set(['active']);
 
 /**
  * The front ends' counters as one counter family, `avgate_frontend_events_total{frontend,event}`:
  * a field per event (`deferred`, `sendTimeouts`), a map's entries as `field:key` (`byVerdict:found`,
- * `byStatus:403`). They start again from zero after a reload that rebuilt the front end (a counter
- * reset, which rate() takes in its stride). And the open connections per front end, a gauge.
+ * `byStatus:403`), counted on across reloads (sumCounters). And the open connections per front
+ * end, a gauge.
  */
 export function frontEndPrometheus(f: FrontEndSnapshot): string {
   const lines: string[] = [];
@@ -31,7 +52,7 @@ export function frontEndPrometheus(f: FrontEndSnapshot): string {
       }
     }
   }
-  metricFamily(lines, 'avgate_frontend_events_total', 'counter', 'Front end events by kind (requests, messages, deferrals, refusals, timeouts, verdicts, statuses), as the health log counts them; from zero again after a reload rebuilt the front end.', events);
+  metricFamily(lines, 'avgate_frontend_events_total', 'counter', 'Front end events by kind (requests, messages, deferrals, refusals, timeouts, verdicts, statuses), as the health log counts them, counted on across reloads.', events);
   const open = Object.entries(f.connections).flatMap(([fe, n]): Array<[string, number]> => (n === null ? [] : [[`{frontend="${escapeLabel(fe)}"}`, n]]));
   metricFamily(lines, 'avgate_frontend_connections', 'gauge', 'Client connections (sessions) each front end holds open now.', open);
   return `${lines.join('\n')}\n`;

@@ -286,11 +286,16 @@ describe('configuration reload', () => {
     silent.on('error', () => undefined);
     await new Promise<void>((r) => silent.once('connect', () => r()));
     const silentClosed = new Promise<void>((r) => silent.once('close', () => r()));
+    // /metrics counts on across a reload that rebuilds the front ends (a counter never goes back).
+    const icapRequests = async () => Number(/^avgate_frontend_events_total\{frontend="icap",event="requests"\} (\d+)$/m.exec(await metrics())?.[1]);
+    const before = await icapRequests();
+    assert.ok(before > 0, String(before));
     // certbot's way: the same paths, new contents; the config file itself is unchanged.
     await copyFile(renewed.cert, first.cert);
     await copyFile(renewed.key, first.key);
     const r = await serving.reload();
     assert.ok(r.ok && r.rebuilt && r.changed.length === 0, JSON.stringify(r));
+    assert.ok((await icapRequests()) >= before, 'the ICAP request count goes on after the rebuild');
     assert.equal(serving.icapTlsPort, tlsPort, 'the TLS port was handed over');
     assert.equal(await subject(tlsPort), 'renewed.test');
     await within('the half-done TLS connection of the old generation to be ended', 5000, silentClosed);
