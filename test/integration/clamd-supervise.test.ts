@@ -23,7 +23,8 @@ test('serve\'s clamd: killed, it is started again (and logged); stop() ends the 
     clamd.supervise(log);
     const first = clamd.pid as number;
     process.kill(first, 'SIGKILL');
-    await waitFor('clamd restarted', async () => (clamd.pid !== first && (await clamd.ping()) ? true : null), 60_000);
+    // The restart's log line comes once start() has settled, which may be after clamd answers PING.
+    await waitFor('clamd restarted', async () => (clamd.pid !== first && (await clamd.ping()) && lines.some((l) => /clamd restarted/.test(l.msg)) ? true : null), 60_000);
     assert.ok(lines.some((l) => l.level >= 50 && /clamd ended on its own/.test(l.msg)), JSON.stringify(lines));
     assert.ok(lines.some((l) => /clamd restarted/.test(l.msg)));
     const second = clamd.pid as number;
