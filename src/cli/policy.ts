@@ -282,7 +282,7 @@ function sizeOf(text: string): number {
 function describeTrickle(t: TrickleConfig | null): string {
   if (t === null) return 'the body is held until the verdict';
   const limit = t.limit.kind === 'percent' ? `${t.limit.value}%` : formatBytes(t.limit.value);
-  return `trickle ${formatBytes(t.chunk)} every ${t.interval / 1000}s after the first ${t.interval / 1000}s of scanning, at most ${limit}, keeping back ${formatBytes(t['keep-back'])}`;
+  return `trickle ${formatBytes(t.chunk)} every ${t.interval / 1000}s once the transfer has taken ${t.interval / 1000}s, at most ${limit}, keeping back ${formatBytes(t['keep-back'])}`;
 }
 
 function describeDocRule(r: DocAclRule, direction?: 'download' | 'upload'): string {

@@ -101,7 +101,7 @@ describe('avgate policy', () => {
     const outside = run(['http-proxy', '--url', 'http://files.example/setup.exe', '--client', '192.0.2.1']);
     assert.match(outside.out, /no rule of 4 matched: the fallback: scan with scan\.engines; passes when free/);
     const big = run(['http-proxy', '--url', 'http://files.example/x.iso', '--size', '20MB']);
-    assert.match(big.out, /rule 3 of 4, "big": scan with scan\.engines; passes when free; trickle 64\.00 KiB every 5s/);
+    assert.match(big.out, /rule 3 of 4, "big": scan with scan\.engines; passes when free; trickle 64\.00 KiB every 5s once the transfer has taken 5s/);
     const img = run(['http-proxy', '--url', 'http://files.example/p.png', '--content-type', 'image/png; q=1']);
     assert.match(img.out, /rule 4 of 4, "rule-4": accept: passed unscanned/);
     const up = run(['http-proxy', '--url', 'http://files.example/form', '--upload', '--json']);
