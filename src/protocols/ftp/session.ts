@@ -58,7 +58,7 @@ export interface FtpAccessRecord {
   path: string;
   /** The final reply code the client got. */
   status: number;
-  /** Verdict status, `unscanned` (rule accept / none, listings), `-` when none was reached. */
+  /** Verdict status, `unscanned` (rule accept / none), `-` when nothing was to be scanned (listings) or no verdict was reached. */
   verdict: string;
   /** The doc-ACL rule applied (null for listings). */
   rule: string | null;
