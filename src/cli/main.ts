@@ -33,10 +33,10 @@ commands:
   config show           print the effective config (defaults filled in, secrets masked)
   clamd setup           write the test signature database and clamd.conf under state-dir
   clamd run             run the project-local clamd in the foreground
-  admin passwd [--user NAME] [--password-stdin]
-                        set a web console user's password
-  admin token add NAME | list | remove NAME
-                        API tokens for the scanning API and /metrics
+  admin passwd [--user NAME] [--password-stdin] | --remove NAME
+                        set a web console user's password, or remove the user
+  admin token add NAME [--scope scan,read,quarantine] | list | remove NAME
+                        API tokens for the scanning API, statistics, quarantine and /metrics
   quarantine list|show|export|release|restore|delete|purge
                         manage the encrypted quarantine (see: avgate quarantine --help)
   signatures update|status

@@ -20,6 +20,12 @@ const consoleTimeoutsSchema = z.strictObject({
   send: timerDuration.prefault('60s'),
 });
 
+/** A name a browser may send in Host for the console (any port goes with it). */
+const hostName = z
+  .string()
+  .max(253)
+  .regex(/^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*$/, 'expected a host name without a port, like avgate.example.com');
+
 /**
  * The `console` section: the web console (dashboard, quarantine browser), the scanning API and
  * /metrics (docs/console.md). Same conventions as the rest of the schema; the defaults are the ones
@@ -29,6 +35,12 @@ export const consoleSchema = z.strictObject({
   enabled: z.boolean().default(true),
   /** host:port; loopback by default (the console is for the admin's machine or an SSH tunnel). */
   listen: listenAddress.default('127.0.0.1:8080'),
+  /**
+   * Host names the console answers to besides IP literals, `localhost` and the host of `listen`
+   * (a reverse proxy's public name). Any other Host gets 421: a web page that rebinds its own
+   * name to the console's address (DNS rebinding) must not read or log in to it.
+   */
+  'allowed-hosts': z.array(hostName).default([]),
   /** HTTPS instead of HTTP (session cookies then get `Secure`). */
   tls: z.strictObject({ cert: z.string(), key: z.string() }).nullable().default(null),
   /** Console users with scrypt hashes (`avgate admin passwd`); relative to state-dir. */

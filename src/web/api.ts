@@ -4,7 +4,7 @@ import { SHARED_SLABS, Spool } from '../core/spool.js';
 import { verdictLabel, type Verdict } from '../core/verdict.js';
 import type { Logger } from '../core/logging.js';
 import type { ScanRequest, ScanService } from '../scan/types.js';
-import type { TokenStore } from './auth.js';
+import type { TokenScope, TokenStore } from './auth.js';
 import { HttpError, queryOf, sendJson } from './http.js';
 import { multipartBoundary, MultipartError, readMultipartFile } from './multipart.js';
 
@@ -24,12 +24,16 @@ export interface ScanApiDeps {
   log?: Logger;
 }
 
-/** The token name for `Authorization: Bearer TOKEN`, or a 401. */
-export async function bearer(req: IncomingMessage, tokens: TokenStore): Promise<string> {
+/**
+ * The token name for `Authorization: Bearer TOKEN`; a 401 without a valid token, a 403 when the
+ * token lacks the route's scope (a scanning token must not release quarantined malware).
+ */
+export async function bearer(req: IncomingMessage, tokens: TokenStore, scope: TokenScope): Promise<string> {
   const m = /^Bearer[ \t]+([A-Za-z0-9._~+/=-]{1,256})[ \t]*$/i.exec(req.headers.authorization ?? '');
-  const name = m ? await tokens.verify(m[1] as string) : null;
-  if (name === null) throw new HttpError(401, 'a valid API token is required (Authorization: Bearer TOKEN)', { 'WWW-Authenticate': 'Bearer realm="avgate"' });
-  return name;
+  const grant = m ? await tokens.grant(m[1] as string) : null;
+  if (grant === null) throw new HttpError(401, 'a valid API token is required (Authorization: Bearer TOKEN)', { 'WWW-Authenticate': 'Bearer realm="avgate"' });
+  if (!grant.scopes.has(scope)) throw new HttpError(403, `the token "${grant.name}" lacks the scope "${scope}"`);
+  return grant.name;
 }
 
 /** The request body, failing with 413 as soon as it outgrows `max`. */
@@ -54,7 +58,7 @@ export function verdictJson(v: Verdict, sha256: string | null): Record<string, u
 }
 
 export async function handleScan(req: IncomingMessage, res: ServerResponse, deps: ScanApiDeps): Promise<void> {
-  const token = await bearer(req, deps.tokens);
+  const token = await bearer(req, deps.tokens, 'scan');
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > deps.maxUploadSize) {
     // Refused before reading: the connection is closed rather than drained.

@@ -4,10 +4,10 @@ import { AvgateError } from '../core/errors.js';
 import { readJson, writeJson } from '../core/json-file.js';
 
 /**
- * Console authentication: users with scrypt password hashes, API tokens stored as SHA-256 only,
- * server-side sessions with idle and absolute expiry, per-session CSRF tokens, and a login rate
- * limit per client address. Files are read at each use, so `avgate admin ...` takes effect
- * without a restart.
+ * Console authentication: users with scrypt password hashes, API tokens stored as SHA-256 only
+ * with their scopes, server-side sessions with idle and absolute expiry that end when their user's
+ * password changes, per-session CSRF tokens, and a login rate limit per client address. Files are
+ * read again when they change, so `avgate admin ...` takes effect without a restart.
  */
 
 function scrypt(password: string, salt: Buffer, keylen: number, o: ScryptOptions): Promise<Buffer> {
@@ -58,9 +58,25 @@ interface PasswordFile {
   users: Record<string, { hash: string; changed: string }>;
 }
 
+/** A file's identity as stat sees it: a rename over it (writeJson) or an edit changes one of these. */
+async function fileStamp(path: string): Promise<string> {
+  const st = await stat(path).catch(() => null);
+  return st ? `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}` : 'missing';
+}
+
+/**
+ * A user's password record version, kept by each session: a new password (fresh salt) or a
+ * removed user gives another value, so the user's sessions end at their next request.
+ */
+function passwordVersion(hash: string): string {
+  return createHash('sha256').update(hash).digest('base64url');
+}
+
 export class PasswordStore {
   /** Verified against when the user does not exist, so both failures cost the same time. */
   private dummy: Promise<string> | null = null;
+  /** The file as last read, with its stamp: read again as soon as the stamp differs. */
+  private cached: { file: PasswordFile; stamp: string } | null = null;
 
   constructor(readonly path: string) {}
 
@@ -69,12 +85,36 @@ export class PasswordStore {
     return f && typeof f.users === 'object' && f.users !== null ? f : { users: {} };
   }
 
+  /**
+   * The file for checks: one stat per call, a read only when it changed, so a password set or a
+   * user removed by the CLI (another process) counts at the next request. Never cached across a
+   * change of the stamp: no second of grace for a session whose password was just changed.
+   */
+  private async current(): Promise<PasswordFile> {
+    const stamp = await fileStamp(this.path);
+    if (this.cached && this.cached.stamp === stamp) return this.cached.file;
+    const file = await this.load();
+    this.cached = { file, stamp };
+    return file;
+  }
+
   async setPassword(user: string, password: string): Promise<void> {
     if (!USER_NAME.test(user)) throw new AvgateError('AVG_ERR_CONFIG', `user name "${user}": use letters, digits and . _ @ - (at most 64)`);
     if (password.length < 8) throw new AvgateError('AVG_ERR_CONFIG', 'the password needs at least 8 characters');
     const f = await this.load();
     f.users[user] = { hash: await hashPassword(password), changed: new Date().toISOString() };
     await writeJson(this.path, f);
+    this.cached = null;
+  }
+
+  /** Removes a user (false when there is none); their sessions end at their next request. */
+  async remove(user: string): Promise<boolean> {
+    const f = await this.load();
+    if (!Object.hasOwn(f.users, user)) return false;
+    delete f.users[user];
+    await writeJson(this.path, f);
+    this.cached = null;
+    return true;
   }
 
   async users(): Promise<string[]> {
@@ -83,19 +123,68 @@ export class PasswordStore {
 
   /** True only for a known user with this password; unknown users cost a full scrypt too. */
   async verify(user: string, password: string): Promise<boolean> {
-    const { users } = await this.load();
+    return (await this.authenticate(user, password)) !== null;
+  }
+
+  /**
+   * The user's password record version when the password is right, else null; unknown users cost
+   * a full scrypt too. The version is the one of the record checked, for the session made from it.
+   */
+  async authenticate(user: string, password: string): Promise<string | null> {
+    const { users } = await this.current();
     const entry = Object.hasOwn(users, user) ? users[user] : undefined;
-    if (!entry) {
+    if (!entry || typeof entry.hash !== 'string') {
       this.dummy ??= hashPassword(randomBytes(16).toString('hex'));
       await verifyPassword(password, await this.dummy);
-      return false;
+      return null;
     }
-    return verifyPassword(password, entry.hash);
+    return (await verifyPassword(password, entry.hash)) ? passwordVersion(entry.hash) : null;
+  }
+
+  /** The user's password record version now, or null when the user no longer exists. */
+  async version(user: string): Promise<string | null> {
+    const { users } = await this.current();
+    const entry = Object.hasOwn(users, user) ? users[user] : undefined;
+    return entry && typeof entry.hash === 'string' ? passwordVersion(entry.hash) : null;
   }
 }
 
+/**
+ * What a token may do: `scan` the scanning API; `read` statistics, the quarantine's list and
+ * items, /metrics; `quarantine` release, delete and download quarantined items. A token made for
+ * CI scanning must not be able to release malware.
+ */
+export const TOKEN_SCOPES = ['scan', 'read', 'quarantine'] as const;
+export type TokenScope = (typeof TOKEN_SCOPES)[number];
+/** A new token's scopes unless given. */
+export const DEFAULT_TOKEN_SCOPES: readonly TokenScope[] = ['scan'];
+
 interface TokenFile {
-  tokens: Record<string, { sha256: string; created: string }>;
+  /** `scopes` is absent for tokens made before scopes existed: they keep every scope. */
+  tokens: Record<string, { sha256: string; created: string; scopes?: string[] }>;
+}
+
+/** A verified token: its name and what it may do. */
+export interface TokenGrant {
+  name: string;
+  scopes: ReadonlySet<TokenScope>;
+}
+
+/** The scopes of a stored token: all for one without the field (made before scopes), none for a malformed one. */
+function storedScopes(t: { scopes?: unknown }): TokenScope[] {
+  if (t.scopes === undefined) return [...TOKEN_SCOPES];
+  if (!Array.isArray(t.scopes)) return [];
+  return TOKEN_SCOPES.filter((s) => (t.scopes as unknown[]).includes(s));
+}
+
+/** Scopes as given on the command line (`scan,read`): known names only, in canonical order, at least one. */
+export function parseScopes(text: string): TokenScope[] {
+  const names = text.split(',').map((x) => x.trim()).filter((x) => x.length > 0);
+  const unknown = names.filter((x) => !(TOKEN_SCOPES as readonly string[]).includes(x));
+  if (unknown.length > 0 || names.length === 0) {
+    throw new AvgateError('AVG_ERR_CONFIG', `token scopes "${text}": use one or more of ${TOKEN_SCOPES.join(', ')}, separated by commas`);
+  }
+  return TOKEN_SCOPES.filter((s) => names.includes(s));
 }
 
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
@@ -128,21 +217,24 @@ export class TokenStore {
     return f && typeof f.tokens === 'object' && f.tokens !== null ? f : { tokens: {} };
   }
 
-  /** Creates a token; the plaintext is returned once and never stored. */
-  async add(name: string): Promise<string> {
+  /** Creates a token with these scopes (default: scan only); the plaintext is returned once and never stored. */
+  async add(name: string, scopes: readonly TokenScope[] = DEFAULT_TOKEN_SCOPES): Promise<string> {
     if (!TOKEN_NAME.test(name)) throw new AvgateError('AVG_ERR_CONFIG', `token name "${name}": use letters, digits and . _ @ - (at most 64)`);
+    const wanted = TOKEN_SCOPES.filter((s) => scopes.includes(s));
+    if (wanted.length === 0) throw new AvgateError('AVG_ERR_CONFIG', `a token needs at least one scope (${TOKEN_SCOPES.join(', ')})`);
     const f = await this.load();
     if (Object.hasOwn(f.tokens, name)) throw new AvgateError('AVG_ERR_CONFIG', `a token named "${name}" exists; remove it first`);
     const token = `avg_${randomBytes(32).toString('base64url')}`;
-    f.tokens[name] = { sha256: sha256(token), created: new Date().toISOString() };
+    f.tokens[name] = { sha256: sha256(token), created: new Date().toISOString(), scopes: wanted };
     await writeJson(this.path, f);
     this.cached = null;
     return token;
   }
 
-  async list(): Promise<Array<{ name: string; created: string }>> {
+  /** Names, creation dates and scopes; `scopes` is null for a token made before scopes (it has all). */
+  async list(): Promise<Array<{ name: string; created: string; scopes: TokenScope[] | null }>> {
     return Object.entries((await this.load()).tokens)
-      .map(([name, t]) => ({ name, created: t.created }))
+      .map(([name, t]) => ({ name, created: t.created, scopes: t.scopes === undefined ? null : storedScopes(t) }))
       .sort((a, b) => a.name.localeCompare(b.name));
   }
 
@@ -155,13 +247,18 @@ export class TokenStore {
     return true;
   }
 
-  /** The token's name, or null. Every stored hash is compared (no early exit on a match). */
+  /** The token's name, or null. */
   async verify(token: string): Promise<string | null> {
+    return (await this.grant(token))?.name ?? null;
+  }
+
+  /** The token's name and scopes, or null. Every stored hash is compared (no early exit on a match). */
+  async grant(token: string): Promise<TokenGrant | null> {
     if (token.length === 0 || token.length > 256) return null;
     const h = sha256(token);
-    let found: string | null = null;
+    let found: TokenGrant | null = null;
     for (const [name, t] of Object.entries((await this.current()).tokens)) {
-      if (typeof t.sha256 === 'string' && safeEqual(h, t.sha256) && found === null) found = name;
+      if (typeof t.sha256 === 'string' && safeEqual(h, t.sha256) && found === null) found = { name, scopes: new Set(storedScopes(t)) };
     }
     return found;
   }
@@ -170,6 +267,11 @@ export class TokenStore {
 export interface Session {
   id: string;
   user: string;
+  /**
+   * The user's password record version at login (PasswordStore.version): a request whose user's
+   * version differs now (a new password, a removed user) ends the session.
+   */
+  passwordVersion: string;
   /** Sent as a hidden field in every form, checked on every POST. */
   csrf: string;
   createdAt: number;
@@ -186,10 +288,10 @@ export class SessionTable {
     private readonly now: () => number = Date.now,
   ) {}
 
-  create(user: string): Session {
+  create(user: string, passwordVersion: string): Session {
     this.sweep();
     const t = this.now();
-    const s: Session = { id: randomBytes(32).toString('base64url'), user, csrf: randomBytes(32).toString('base64url'), createdAt: t, lastSeenAt: t };
+    const s: Session = { id: randomBytes(32).toString('base64url'), user, passwordVersion, csrf: randomBytes(32).toString('base64url'), createdAt: t, lastSeenAt: t };
     this.sessions.set(s.id, s);
     return s;
   }

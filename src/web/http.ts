@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { isIPv4, isIPv6 } from 'node:net';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { StallWatch, type StallProbe } from '../core/send-stall.js';
 
@@ -159,9 +160,26 @@ function bodyProbe(req: IncomingMessage): StallProbe {
 }
 
 /**
+ * Whether a request's Host names this console: an IP literal (IPv4, bracketed IPv6) with any port,
+ * or one of `names` (lower case: `localhost`, the host of console.listen, console.allowed-hosts)
+ * with any port. A page that rebinds its own name to the console's address (DNS rebinding) comes
+ * with its name in Host, which is none of these. A request without Host (HTTP/1.0) is allowed: no
+ * browser sends one, and old health checkers do.
+ */
+export function hostAllowed(host: string | undefined, names: ReadonlySet<string>): boolean {
+  if (host === undefined) return true;
+  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^[\]:]+))(?::(\d{1,5}))?$/.exec(host);
+  if (!m || (m[3] !== undefined && Number(m[3]) > 65535)) return false;
+  if (m[1] !== undefined) return isIPv6(m[1]);
+  const name = (m[2] as string).toLowerCase();
+  return isIPv4(name) || names.has(name);
+}
+
+/**
  * Same-origin check for state-changing requests: the Origin header (or, without one, the
  * Referer's origin) must be this server as the client addressed it. A missing both is refused:
- * every browser sends Origin on a POST.
+ * every browser sends Origin on a POST. The Host it is built from has passed hostAllowed: on its
+ * own this check would take a rebound name's origin for ours.
  */
 export function sameOrigin(req: IncomingMessage, tls: boolean): boolean {
   const host = req.headers.host;

@@ -28,6 +28,7 @@ import {
   clientAddress,
   cookie,
   HttpError,
+  hostAllowed,
   match,
   parseCookies,
   pathSegments,
@@ -111,13 +112,17 @@ export class ConsoleServer {
   private readonly sends: SendStallWatch;
   /** When a refused connection (console.max-connections) was last logged: at most one line a minute. */
   private dropLoggedAt = 0;
+  /** Names accepted in Host besides IP literals (hostAllowed): localhost, listen's host, allowed-hosts. */
+  private readonly hostNames: ReadonlySet<string>;
+  /** When a request for another Host was last logged: at most one line a minute. */
+  private hostLoggedAt = 0;
   /** Set by a stop during its stop-delay: /healthz answers 503 `stopping`. */
   stopping = false;
   private readonly routes: Route<Ctx>[];
   private readonly log: Logger;
   private nextHop: NextHop | null;
   private ownsNextHop = false;
-  readonly counters = { requests: 0, logins: 0, loginFailures: 0, apiScans: 0, bodyTimeouts: 0, sendTimeouts: 0, droppedConnections: 0 };
+  readonly counters = { requests: 0, logins: 0, loginFailures: 0, apiScans: 0, bodyTimeouts: 0, sendTimeouts: 0, droppedConnections: 0, wrongHost: 0 };
 
   constructor(private deps: ConsoleDeps) {
     this.cfg = deps.config.console;
@@ -131,6 +136,7 @@ export class ConsoleServer {
     this.tls = this.cfg.tls ? { cert: readPem(this.cfg.tls.cert, 'console.tls.cert'), key: readPem(this.cfg.tls.key, 'console.tls.key') } : null;
     this.log = deps.log.child({ component: 'console' });
     this.nextHop = deps.nextHop ?? null;
+    this.hostNames = new Set(['localhost', parseListen(this.cfg.listen).host, ...this.cfg['allowed-hosts']].map((h) => h.toLowerCase()));
     const id = { id: ITEM_ID };
     this.routes = [
       { method: 'GET', path: '/healthz', handler: (c) => this.healthz(c) },
@@ -221,16 +227,51 @@ export class ConsoleServer {
     // Every response, pages as well as downloads: one larger than the socket buffers is held by a
     // client that stops reading.
     this.sends.watch(res, () => this.sendStalled(ctx));
+    // Before anything else, /healthz and /metrics too: a page that rebound its name to our
+    // address must not read a byte or try a login.
+    if (!hostAllowed(req.headers.host, this.hostNames)) return this.wrongHost(ctx);
     try {
       const segments = pathSegments(url);
       const found = segments === null ? null : match(this.routes, req.method ?? 'GET', segments);
       if (found === null) throw new HttpError(404, 'not found');
       if (found === 'method') throw new HttpError(405, 'method not allowed');
-      ctx.session = this.sessions.get(parseCookies(req.headers.cookie).get(SESSION_COOKIE));
+      ctx.session = await this.currentSession(req);
       await found.route.handler(ctx, found.params);
     } catch (err) {
       this.fail(ctx, err);
     }
+  }
+
+  /**
+   * A Host that is not ours (DNS rebinding, or a reverse proxy's name missing from
+   * console.allowed-hosts): 421 with no content, and the connection is closed.
+   */
+  private wrongHost(ctx: Ctx): void {
+    this.counters.wrongHost++;
+    const t = Date.now();
+    if (t - this.hostLoggedAt >= 60_000) {
+      this.hostLoggedAt = t;
+      this.log.warn({ client: clientAddress(ctx.req), host: String(ctx.req.headers.host).slice(0, 100), refused: this.counters.wrongHost }, 'console: a request for a Host not in console.allowed-hosts refused (421)');
+    }
+    const socket = connectionOf(ctx);
+    // The body is not read: close, so it is not taken for the next request.
+    if (!ctx.req.complete) ctx.res.once('finish', () => setTimeout(() => socket?.destroy(), 1000).unref());
+    securityHeaders(ctx.res, { page: true });
+    ctx.res.writeHead(421, { 'Content-Length': 0, Connection: 'close' });
+    ctx.res.end();
+  }
+
+  /**
+   * The request's live session, or null. A session whose user's password changed or who was
+   * removed since the login (`avgate admin passwd`) ends here, at once.
+   */
+  private async currentSession(req: IncomingMessage): Promise<Session | null> {
+    const s = this.sessions.get(parseCookies(req.headers.cookie).get(SESSION_COOKIE));
+    if (!s) return null;
+    if ((await this.passwords.version(s.user)) === s.passwordVersion) return s;
+    this.sessions.destroy(s.id);
+    this.log.info({ user: s.user }, 'console session ended: the password changed or the user was removed');
+    return null;
   }
 
   /**
@@ -324,7 +365,7 @@ export class ConsoleServer {
   }
 
   private async metrics(ctx: Ctx): Promise<void> {
-    if (this.cfg['metrics-token-required']) await bearer(ctx.req, this.tokens);
+    if (this.cfg['metrics-token-required']) await bearer(ctx.req, this.tokens, 'read');
     const stats = this.deps.stats;
     const text = (stats ? await stats.prometheus() : '# avgate: statistics are not collected\n') + (await signatureMetrics(this.deps.config));
     const cache = this.deps.cache ? cachePrometheus(this.deps.cache.stats) : '';
@@ -371,14 +412,14 @@ export class ConsoleServer {
     // cannot all pass the check while the first scrypt runs: checks in flight count as failures.
     const attempt = this.limiter.begin(ip);
     if (!attempt) throw this.tooManyLogins(ip);
-    let right: boolean;
+    let version: string | null;
     try {
-      right = await this.passwords.verify(user, password);
+      version = await this.passwords.authenticate(user, password);
     } catch (err) {
       attempt.release(); // the password file could not be read: not the client's failure
       throw err;
     }
-    if (!right) {
+    if (version === null) {
       attempt.failed();
       this.counters.loginFailures++;
       this.log.warn({ client: ip }, 'console login failed');
@@ -389,7 +430,7 @@ export class ConsoleServer {
     this.counters.logins++;
     const old = parseCookies(ctx.req.headers.cookie).get(SESSION_COOKIE);
     if (old) this.sessions.destroy(old); // a fresh id at login (session fixation)
-    const s = this.sessions.create(user);
+    const s = this.sessions.create(user, version);
     this.log.info({ client: ip, user }, 'console login');
     redirect(ctx.res, '/', {
       'Set-Cookie': [
@@ -497,7 +538,7 @@ export class ConsoleServer {
 
   /** The overview's figures as JSON: `?period=24h|7d|30d`; cluster-wide with PostgreSQL, with the node table. */
   private async apiStats(ctx: Ctx): Promise<void> {
-    await bearer(ctx.req, this.tokens);
+    await bearer(ctx.req, this.tokens, 'read');
     if (!this.deps.stats) throw new HttpError(404, 'statistics are not collected');
     const p = queryOf(ctx.url).get('period');
     if (p !== null && periodName(p) !== p) throw new HttpError(400, 'period must be 24h, 7d or 30d');
@@ -511,7 +552,7 @@ export class ConsoleServer {
   }
 
   private async apiQuarantineList(ctx: Ctx): Promise<void> {
-    await bearer(ctx.req, this.tokens);
+    await bearer(ctx.req, this.tokens, 'read');
     const q = this.requireQuarantine();
     const query = queryOf(ctx.url);
     const { filter, error } = quarantineFilterOf(query);
@@ -523,7 +564,7 @@ export class ConsoleServer {
   }
 
   private async apiQuarantineItem(ctx: Ctx, id: string): Promise<void> {
-    await bearer(ctx.req, this.tokens);
+    await bearer(ctx.req, this.tokens, 'read');
     const q = this.requireQuarantine();
     const item = await q.get(id);
     if (!item) throw new HttpError(404, 'no such quarantine item');
@@ -533,7 +574,7 @@ export class ConsoleServer {
 
   /** Body: nothing, or JSON `{"to": ["addr", ...]}` (at most 64 KiB); the original recipients otherwise. */
   private async apiQuarantineRelease(ctx: Ctx, id: string): Promise<void> {
-    const who = await bearer(ctx.req, this.tokens);
+    const who = await bearer(ctx.req, this.tokens, 'quarantine');
     const q = this.requireQuarantine();
     const body = await readBody(ctx.req, 64 * 1024);
     let to: string[] | undefined;
@@ -562,7 +603,7 @@ export class ConsoleServer {
   }
 
   private async apiQuarantineDelete(ctx: Ctx, id: string): Promise<void> {
-    const who = await bearer(ctx.req, this.tokens);
+    const who = await bearer(ctx.req, this.tokens, 'quarantine');
     if (!(await this.requireQuarantine().remove(id, `api:${who}`))) throw new HttpError(404, 'no such quarantine item');
     this.log.info({ item: id, token: who }, 'quarantine item deleted');
     sendJson(ctx.res, 200, { deleted: id });

@@ -50,4 +50,38 @@ describe('avgate admin', () => {
     assert.equal(cli(['--config', conf, 'admin', 'token', 'remove', 'ci']).code, 1);
     assert.equal(cli(['--config', conf, 'admin', 'bogus']).code, 2);
   });
+
+  test('passwd --remove removes a console user', async () => {
+    const path = join(dir, 'state', 'console', 'passwords.json');
+    assert.equal(cli(['--config', conf, 'admin', 'passwd', '--user', 'gone', '--password-stdin'], 'a long password\n').code, 0);
+    const r = cli(['--config', conf, 'admin', 'passwd', '--remove', 'gone']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^user gone removed/);
+    assert.equal(await new PasswordStore(path).version('gone'), null);
+    assert.deepEqual(await new PasswordStore(path).users(), ['ops'], 'the others are kept');
+    assert.equal(cli(['--config', conf, 'admin', 'passwd', '--remove', 'gone']).code, 1, 'no such user');
+    assert.equal(cli(['--config', conf, 'admin', 'passwd', '--remove', 'ops', '--password-stdin'], 'a long password\n').code, 2);
+  });
+
+  test('token add --scope; scan only by default; list shows the scopes, all for a token from before scopes', async () => {
+    const path = join(dir, 'state', 'console', 'tokens.json');
+    const ci = cli(['--config', conf, 'admin', 'token', 'add', 'scanner']);
+    assert.equal(ci.code, 0, ci.stderr);
+    assert.match(ci.stderr, /created with scopes scan;/);
+    const ops = cli(['--config', conf, 'admin', 'token', 'add', 'ops', '--scope', 'quarantine,read']);
+    assert.equal(ops.code, 0, ops.stderr);
+    assert.deepEqual([...((await new TokenStore(path).grant(ops.stdout.trim()))?.scopes ?? [])], ['read', 'quarantine']);
+    const bad = cli(['--config', conf, 'admin', 'token', 'add', 'x', '--scope', 'scan,admin']);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /one or more of scan, read, quarantine/);
+    // A token stored before scopes existed: no "scopes" field.
+    const file = JSON.parse(await readFile(path, 'utf8')) as { tokens: Record<string, unknown> };
+    file.tokens.old = { sha256: 'a'.repeat(64), created: '2026-01-01T00:00:00.000Z' };
+    await writeFile(path, JSON.stringify(file));
+    const list = cli(['--config', conf, 'admin', 'token', 'list']);
+    assert.equal(list.code, 0, list.stderr);
+    assert.match(list.stdout, /^old\t2026-01-01T00:00:00\.000Z\tall \(made before scopes\)$/m);
+    assert.match(list.stdout, /^ops\t\S+\tread,quarantine$/m);
+    assert.match(list.stdout, /^scanner\t\S+\tscan$/m);
+  });
 });

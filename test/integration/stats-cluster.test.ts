@@ -61,7 +61,7 @@ describe('statistics of two nodes in one PostgreSQL database', () => {
     });
     assert.ok(s.web);
     await s.web.passwords.setPassword('admin', PASSWORD);
-    const node = { ...s, token: await s.web.tokens.add('ci'), lines };
+    const node = { ...s, token: await s.web.tokens.add('ci', ['scan', 'read']), lines };
     nodes.push(node);
     return node;
   }

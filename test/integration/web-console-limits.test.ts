@@ -149,7 +149,7 @@ describe('console body timeout and client aborts', () => {
 
   test('an upload that stalls half way gets 408; a slow scan after a complete body does not count', { timeout: 20_000 }, async () => {
     const conn = await open(s.port);
-    conn.socket.write(`POST /api/v1/scan HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`);
+    conn.socket.write(`POST /api/v1/scan HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${token}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`);
     await within('stalled upload closed', 10_000, conn.closed);
     assert.match(conn.received(), /^HTTP\/1\.1 408 /);
     // The stub scanner takes longer than the body timeout: the answer still comes.
@@ -199,13 +199,13 @@ describe('console connection cap', () => {
     for (let i = 0; i < 3; i++) {
       const conn = await open(s.port);
       // A whole request and its answer: the server has surely counted this connection.
-      conn.socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+      conn.socket.write('GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
       await waitFor('healthz answer', async () => (/\r\n\r\n\{/.test(conn.received()) ? true : null), 5000);
       kept.push(conn);
     }
     const dropped = s.web.counters.droppedConnections;
     const extra = await open(s.port);
-    extra.socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+    extra.socket.write('GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
     await within('the extra connection closed', 5000, extra.closed);
     assert.equal(extra.received(), '', 'no answer on the connection over the cap');
     assert.equal(s.web.counters.droppedConnections, dropped + 1);

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -14,6 +14,7 @@ import { openQuarantine } from '../../src/quarantine/store.js';
 import type { Quarantine } from '../../src/quarantine/types.js';
 import { openRuntime, type Runtime } from '../../src/runtime.js';
 import { openStatsStore, type StatsStore } from '../../src/stats/store.js';
+import { PasswordStore } from '../../src/web/auth.js';
 import { ConsoleServer } from '../../src/web/server.js';
 import { capturedLog } from '../helpers/log.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
@@ -71,7 +72,7 @@ describe('web console', () => {
     dir = await mkdtemp(join(tmpdir(), 'avgate-web-'));
     clamd = await startTestClamd();
     sink = await startRecordingServer();
-    config = configFor(join(dir, 'state'), clamd.socketPath, clamd.dbDir, sink.port);
+    config = configFor(join(dir, 'state'), clamd.socketPath, clamd.dbDir, sink.port, ['  allowed-hosts: [avgate.example.com]']);
     stats = openStatsStore(config.stats, config['state-dir']);
     runtime = await openRuntime(config, { logger: silentLogger(), localClamd: 'never', stats });
     quarantine = await openQuarantine(config);
@@ -137,6 +138,58 @@ describe('web console', () => {
     const out = await c.post('/logout', {});
     assert.equal(out.status, 303);
     assert.equal((await c.get('/')).status, 303, 'logged out');
+  });
+
+  test('a Host that is not ours (DNS rebinding) gets 421 with no content on every route, login included; IP literals, localhost and allowed-hosts answer', async () => {
+    const evil = 'rebind.attacker.example:8080';
+    const requests: Array<[string, string, Record<string, string>, string?]> = [
+      ['GET', '/metrics', {}],
+      ['GET', '/healthz', {}],
+      ['GET', '/static/console.css', {}],
+      ['GET', '/login', {}],
+      ['GET', '/', {}],
+      ['GET', '/no-such-page', {}],
+      ['GET', '/api/v1/stats', { Authorization: `Bearer ${token}` }],
+      ['POST', '/api/v1/scan', { Authorization: `Bearer ${token}` }, 'hello'],
+    ];
+    for (const [method, path, headers, body] of requests) {
+      const r = await rawRequest(port, method, path, { headers: { Host: evil, ...headers }, ...(body !== undefined ? { body } : {}) });
+      assert.deepEqual([r.status, r.headers['content-length'], r.body], [421, '0', ''], `${method} ${path}`);
+    }
+    // A login with that Host and a matching Origin: refused before the password is looked at, no cookie.
+    const c = new ConsoleClient(port);
+    await c.get('/login');
+    const login = await c.post('/login', { user: 'admin', password: PASSWORD }, { headers: { Host: evil, Origin: `http://${evil}` } });
+    assert.deepEqual([login.status, login.headers['set-cookie'], login.body], [421, undefined, '']);
+    assert.equal((await c.get('/')).status, 303, 'not logged in');
+    for (const host of [`127.0.0.1:${port}`, '127.0.0.1', `localhost:${port}`, `[::1]:${port}`, 'avgate.example.com', 'AVGATE.example.com:443']) {
+      assert.equal((await rawRequest(port, 'GET', '/healthz', { headers: { Host: host } })).status, 200, host);
+    }
+    // Behind a reverse proxy with a listed name, the login works with that name's origin.
+    const proxied = { Host: 'avgate.example.com', Origin: 'http://avgate.example.com' };
+    const p = new ConsoleClient(port);
+    await p.get('/login', { Host: proxied.Host });
+    assert.equal((await p.post('/login', { user: 'admin', password: PASSWORD }, { headers: proxied })).status, 303);
+    assert.equal((await p.get('/', { Host: proxied.Host })).status, 200);
+  });
+
+  test("a new password or a removed user ends the user's sessions at once (avgate admin passwd is another process)", async () => {
+    const cli = new PasswordStore(web.passwords.path);
+    await cli.setPassword('ops', 'ops-password-1');
+    const c = new ConsoleClient(port);
+    assert.equal((await c.login('ops', 'ops-password-1')).status, 303);
+    assert.equal((await c.get('/')).status, 200);
+    const admin = new ConsoleClient(port);
+    await admin.login('admin', PASSWORD);
+    await cli.setPassword('ops', 'ops-password-2');
+    const after = await c.get('/');
+    assert.deepEqual([after.status, after.headers.location], [303, '/login'], 'the old cookie no longer works');
+    assert.equal((await admin.get('/')).status, 200, "another user's session is kept");
+    assert.equal((await c.login('ops', 'ops-password-2')).status, 303);
+    assert.equal((await c.get('/')).status, 200);
+    assert.equal(await cli.remove('ops'), true);
+    assert.equal((await c.get('/')).status, 303, 'a removed user is logged out');
+    assert.equal((await admin.get('/')).status, 200);
   });
 
   test('same message for unknown user and wrong password; login CSRF enforced', async () => {
@@ -310,6 +363,49 @@ describe('web console', () => {
     assert.deepEqual(await readdir(join(config['state-dir'], 'spool', 'api')).catch(() => []), [], 'no spool files left');
   });
 
+  test('API token scopes: scan only scans, read reads, quarantine releases and deletes (403 in JSON otherwise); a token from before scopes keeps all', async () => {
+    const reader = await web.tokens.add('reader', ['read']);
+    const releaser = await web.tokens.add('releaser', ['quarantine']);
+    const call = (t: string, method: string, path: string, body?: string) => rawRequest(port, method, path, { headers: { Authorization: `Bearer ${t}` }, ...(body !== undefined ? { body } : {}) });
+    const absent = 'z'.repeat(32);
+    const release = JSON.stringify({ to: ['thief@example.net'] });
+    const lacks = (name: string, scope: string) => ({ status: 'error', reason: `the token "${name}" lacks the scope "${scope}"` });
+    const statusOf = async (t: string, method: string, path: string, body?: string) => (await call(t, method, path, body)).status;
+    // The default token (scan only): none of the statistics and quarantine routes.
+    for (const [method, path, scope, body] of [
+      ['GET', '/api/v1/stats', 'read'],
+      ['GET', '/api/v1/quarantine', 'read'],
+      ['GET', `/api/v1/quarantine/${itemId}`, 'read'],
+      ['POST', `/api/v1/quarantine/${itemId}/release`, 'quarantine', release],
+      ['DELETE', `/api/v1/quarantine/${itemId}`, 'quarantine'],
+    ] as Array<[string, string, string, string?]>) {
+      const r = await call(token, method, path, body);
+      assert.equal(r.status, 403, `${method} ${path}`);
+      assert.deepEqual(JSON.parse(r.body), lacks('ci', scope));
+    }
+    assert.equal(sink.messages.length, 0, 'nothing released');
+    assert.ok(await quarantine.get(itemId), 'nothing deleted');
+    assert.equal(await statusOf(reader, 'GET', '/api/v1/stats'), 200);
+    assert.equal(await statusOf(reader, 'GET', '/api/v1/quarantine'), 200);
+    assert.equal(await statusOf(reader, 'GET', `/api/v1/quarantine/${itemId}`), 200);
+    assert.equal(await statusOf(reader, 'POST', `/api/v1/quarantine/${itemId}/release`, release), 403);
+    assert.equal(await statusOf(reader, 'DELETE', `/api/v1/quarantine/${itemId}`), 403);
+    assert.deepEqual(JSON.parse((await call(reader, 'POST', '/api/v1/scan', 'hello')).body), lacks('reader', 'scan'));
+    assert.equal(await statusOf(releaser, 'GET', '/api/v1/quarantine'), 403);
+    assert.equal(await statusOf(releaser, 'POST', `/api/v1/quarantine/${absent}/release`), 404, 'past the scope check');
+    assert.equal(await statusOf(releaser, 'DELETE', `/api/v1/quarantine/${absent}`), 404);
+    assert.equal(await statusOf(releaser, 'POST', '/api/v1/scan', 'hello'), 403);
+    // A token stored before scopes (no "scopes" in the file) keeps every scope.
+    const legacy = await web.tokens.add('legacy', ['scan']);
+    const file = JSON.parse(await readFile(web.tokens.path, 'utf8')) as { tokens: Record<string, { scopes?: string[] }> };
+    delete file.tokens.legacy?.scopes;
+    await writeFile(web.tokens.path, JSON.stringify(file));
+    await new Promise((r) => setTimeout(r, 1100)); // the server looks at the file at most once a second
+    assert.equal(await statusOf(legacy, 'GET', '/api/v1/quarantine'), 200);
+    assert.equal(await statusOf(legacy, 'DELETE', `/api/v1/quarantine/${absent}`), 404);
+    assert.equal(await statusOf(legacy, 'POST', '/api/v1/scan', 'hello'), 200);
+  });
+
   test('overview shows the API verdicts in the chart; metrics, healthz, signatures, config', async () => {
     await new Promise((r) => setTimeout(r, 100)); // the stats store writes in batches
     const c = new ConsoleClient(port);
@@ -381,13 +477,17 @@ describe('scanning API when the engine is down', () => {
     const { port } = await web.listen();
     try {
       const token = await web.tokens.add('ci');
+      const reader = await web.tokens.add('metrics', ['read']);
       const r = await rawRequest(port, 'POST', '/api/v1/scan', { headers: { Authorization: `Bearer ${token}` }, body: 'hello' });
       assert.equal(r.status, 503);
       const v = JSON.parse(r.body) as Record<string, unknown>;
       assert.equal(v.status, 'error');
       assert.match(String(v.reason), /^AVG_ERR_/);
       assert.equal((await rawRequest(port, 'GET', '/metrics')).status, 401);
-      assert.equal((await rawRequest(port, 'GET', '/metrics', { headers: { Authorization: `Bearer ${token}` } })).status, 200);
+      const scanOnly = await rawRequest(port, 'GET', '/metrics', { headers: { Authorization: `Bearer ${token}` } });
+      assert.equal(scanOnly.status, 403, 'a scanning token');
+      assert.deepEqual(JSON.parse(scanOnly.body), { status: 'error', reason: 'the token "ci" lacks the scope "read"' });
+      assert.equal((await rawRequest(port, 'GET', '/metrics', { headers: { Authorization: `Bearer ${reader}` } })).status, 200);
     } finally {
       await web.close();
       await runtime.close();

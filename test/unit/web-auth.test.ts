@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
-import { stat, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { stat, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { test } from 'node:test';
-import { hashPassword, LoginLimiter, PasswordStore, SessionTable, TokenStore, verifyPassword } from '../../src/web/auth.js';
+import { hashPassword, LoginLimiter, parseScopes, PasswordStore, SessionTable, TokenStore, verifyPassword } from '../../src/web/auth.js';
 import { esc, html } from '../../src/web/html.js';
-import { pathSegments } from '../../src/web/http.js';
+import { hostAllowed, pathSegments } from '../../src/web/http.js';
 import { multipartBoundary, MultipartError, readMultipartFile } from '../../src/web/multipart.js';
 
 const FAST = { N: 1024, r: 8, p: 1, keylen: 32 };
@@ -52,10 +52,80 @@ test('password and token files are 0600 and hold no plaintext', async () => {
   }
 });
 
+test('password record version: a new password (even the same one) or a removed user changes it, also when another process writes the file', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'avgate-auth-'));
+  try {
+    const path = join(dir, 'console', 'passwords.json');
+    const server = new PasswordStore(path);
+    // `avgate admin passwd` is another process: its own store, the server's cache knows nothing of it.
+    const cli = new PasswordStore(path);
+    assert.equal(await server.version('ops'), null);
+    await cli.setPassword('ops', 'first-password');
+    const v1 = await server.authenticate('ops', 'first-password');
+    assert.ok(v1);
+    assert.equal(await server.version('ops'), v1);
+    assert.equal(await server.authenticate('ops', 'wrong-password'), null);
+    await cli.setPassword('ops', 'first-password');
+    const v2 = await server.version('ops');
+    assert.ok(v2 && v2 !== v1, 'a new record, at once');
+    assert.equal(await server.authenticate('ops', 'first-password'), v2);
+    assert.equal(await cli.remove('ops'), true);
+    assert.equal(await server.version('ops'), null, 'removed');
+    assert.equal(await server.verify('ops', 'first-password'), false);
+    assert.equal(await cli.remove('ops'), false);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('token scopes: scan by default, as given, all for a token stored before scopes; the file keeps its format', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'avgate-auth-'));
+  try {
+    const tokens = new TokenStore(join(dir, 'console', 'tokens.json'));
+    const ci = await tokens.add('ci');
+    const ops = await tokens.add('ops', ['quarantine', 'read']);
+    assert.deepEqual([...((await tokens.grant(ci))?.scopes ?? [])], ['scan']);
+    assert.deepEqual([...((await tokens.grant(ops))?.scopes ?? [])], ['read', 'quarantine']);
+    await assert.rejects(tokens.add('none', []), /at least one scope/);
+    // A tokens file written before scopes: its tokens keep every scope.
+    const file = JSON.parse(await readFile(tokens.path, 'utf8')) as { tokens: Record<string, { sha256: string; created: string; scopes?: string[] }> };
+    assert.deepEqual(file.tokens.ops?.scopes, ['read', 'quarantine']);
+    delete file.tokens.ci?.scopes;
+    file.tokens.odd = { sha256: 'x'.repeat(64), created: '2026-01-01T00:00:00.000Z', scopes: 'all' as unknown as string[] };
+    await writeFile(tokens.path, JSON.stringify(file));
+    const old = new TokenStore(tokens.path);
+    assert.deepEqual(await old.grant(ci), { name: 'ci', scopes: new Set(['scan', 'read', 'quarantine']) });
+    assert.equal(await old.verify(ci), 'ci');
+    assert.deepEqual(
+      (await old.list()).map((t) => [t.name, t.scopes]),
+      [
+        ['ci', null],
+        ['odd', []],
+        ['ops', ['read', 'quarantine']],
+      ],
+    );
+    assert.deepEqual(parseScopes('quarantine, scan'), ['scan', 'quarantine']);
+    assert.throws(() => parseScopes('scan,admin'), /one or more of scan, read, quarantine/);
+    assert.throws(() => parseScopes(''), /one or more of/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('Host: IP literals, localhost and the listed names with any port; another name is not ours (DNS rebinding)', () => {
+  const names = new Set(['localhost', 'avgate.example.com']);
+  for (const ok of ['127.0.0.1', '127.0.0.1:8080', '10.1.2.3:1', '[::1]', '[::1]:8080', '[::ffff:127.0.0.1]:80', 'localhost', 'LocalHost:8080', 'avgate.example.com:443', undefined]) {
+    assert.equal(hostAllowed(ok, names), true, String(ok));
+  }
+  for (const bad of ['rebind.attacker.example:8080', 'rebind.attacker.example', 'localhost.:8080', 'x.localhost', 'avgate.example.com.evil', '127.0.0.1.nip.io', '::1', '[::1', '[evil]:80', '[::1]x', '127.0.0.1:99999', '127.0.0.1:', '', 'a b', '127.1']) {
+    assert.equal(hostAllowed(bad, names), false, bad);
+  }
+});
+
 test('sessions expire when idle and at their maximum age', () => {
   let now = 0;
   const sessions = new SessionTable(1000, 5000, () => now);
-  const s = sessions.create('admin');
+  const s = sessions.create('admin', 'v1');
   assert.equal(s.id.length, 43, '32 random bytes, base64url');
   assert.notEqual(s.csrf, s.id);
   now = 900;
@@ -64,7 +134,7 @@ test('sessions expire when idle and at their maximum age', () => {
   assert.equal(sessions.get(s.id)?.user, 'admin');
   now = 2801;
   assert.equal(sessions.get(s.id), null, 'idle timeout');
-  const t = sessions.create('admin');
+  const t = sessions.create('admin', 'v1');
   for (now = 3000; now <= 8000; now += 500) sessions.get(t.id);
   assert.equal(sessions.get(t.id), null, 'absolute expiry despite use');
   assert.equal(sessions.get(undefined), null);
