@@ -1,9 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import { closeSync, createReadStream, openSync, writev, writevSync } from 'node:fs';
-import { mkdir, open, rm, unlink, type FileHandle } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, open, readdir, rm, unlink, type FileHandle } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { ContentHasher } from './content-hash.js';
+import { messageOf } from './errors.js';
+import type { Logger } from './logging.js';
 
 /**
  * Holds an object being received: in memory up to `memoryLimit`, then in a temp file (mode 0600)
@@ -418,10 +420,87 @@ async function withDir<T>(dir: string, create: () => T | Promise<T>): Promise<T>
 }
 
 /** Unpredictable per process, unique per file: a random prefix and a counter. */
-const namePrefix = `${process.pid}-${randomBytes(6).toString('hex')}`;
+const nameTag = randomBytes(6).toString('hex');
+const namePrefix = `${process.pid}-${nameTag}`;
 let nameCounter = 0;
 function uniqueName(kind: string): string {
   return `${kind}-${namePrefix}-${(nameCounter++).toString(36)}`;
+}
+
+/** The names uniqueName() gives: kind, the pid of the process that made the file, its tag, the counter. */
+const SPOOL_NAME = /^(?:spool|scan)-(\d{1,10})-([0-9a-f]{12})-[0-9a-z]+$/;
+
+export interface SpoolSweep {
+  dir: string;
+  /** Files of processes that are gone, removed. */
+  removed: number;
+  /** Files of other processes that are running, left alone. */
+  kept: number;
+}
+
+/** Directories swept by this process: each once, however many front ends (or reloads) use it. */
+const sweeps = new Map<string, Promise<SpoolSweep>>();
+
+/**
+ * Removes the spool files that processes no longer running left in `dir`: a process that is
+ * killed (kill -9, the OOM killer, a power loss) never disposes its spools, and they hold what it
+ * was receiving (mail, uploads) in plaintext. A file is removed only when the pid in its name is
+ * no process (ESRCH), or is this process's own pid with another tag (an earlier process that had
+ * the same pid, as pid 1 in a container has). Files of a running pid are never touched: another
+ * avgate sharing the directory keeps its own, and a dead process's pid taken by an unrelated one
+ * keeps its files until that one ends. Pids are only meaningful on this host and in this pid
+ * namespace: a spool directory is not to be shared across hosts or containers. Not recursive;
+ * other names are not looked at. Once per directory per process (the first front end to start
+ * with it sweeps it); a sweep that cannot read the directory logs a warning and removes nothing.
+ */
+export function sweepSpoolDir(dir: string, log: Logger): Promise<SpoolSweep> {
+  const key = resolve(dir);
+  let sweep = sweeps.get(key);
+  if (!sweep) {
+    sweep = sweepNow(key, log);
+    sweeps.set(key, sweep);
+  }
+  return sweep;
+}
+
+async function sweepNow(dir: string, log: Logger): Promise<SpoolSweep> {
+  const result: SpoolSweep = { dir, removed: 0, kept: 0 };
+  let entries;
+  try {
+    entries = await readdir(dir, { withFileTypes: true });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log.warn({ dir, err: messageOf(err) }, 'spool: cannot look for files left by processes that are gone');
+    return result;
+  }
+  for (const e of entries) {
+    const m = SPOOL_NAME.exec(e.name);
+    if (!m || !e.isFile()) continue;
+    const pid = Number(m[1]);
+    const gone = pid === process.pid ? m[2] !== nameTag : !processExists(pid);
+    if (!gone) {
+      if (pid !== process.pid) result.kept++;
+      continue;
+    }
+    try {
+      await unlink(join(dir, e.name));
+      result.removed++;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log.warn({ dir, file: e.name, err: messageOf(err) }, 'spool: cannot remove a file left by a process that is gone');
+    }
+  }
+  if (result.removed > 0) log.info({ dir, removed: result.removed, kept: result.kept }, 'spool: removed files left by processes that are gone');
+  return result;
+}
+
+/** Whether a process with this pid exists (one of another user's too: EPERM). */
+function processExists(pid: number): boolean {
+  if (pid <= 0) return true; // 0 would ask about our own process group; never a spool's pid
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
 }
 
 /** What is left of `chunks` after the first `n` bytes. */

@@ -2,6 +2,7 @@ import { join, resolve } from 'node:path';
 import type { Config } from '../config/schema.js';
 import type { Listeners } from '../core/listen.js';
 import type { Logger } from '../core/logging.js';
+import { sweepSpoolDir } from '../core/spool.js';
 import { mimeLimitsFrom } from '../mime/index.js';
 import { compileMailPolicy } from '../policy/mail/index.js';
 import { SmtpFilterServer } from '../protocols/smtp/server.js';
@@ -24,17 +25,21 @@ export interface MailFrontEnd {
 export async function startMailFilter(config: Readonly<Config>, runtime: Runtime, log: Logger, quarantine: Quarantine, listeners: Listeners | null = null): Promise<MailFrontEnd> {
   const mail = config.mail;
   const stateDir = config['state-dir'];
+  const documents = join(resolve(stateDir, config.smtp['spool-dir']), 'documents');
+  const mlog = log.child({ component: 'mail' });
+  // Documents of messages a killed process was scanning (the server sweeps its own spool-dir).
+  await sweepSpoolDir(documents, mlog);
   const filter = new MailFilter({
     scanner: runtime.scannerFor(mail.engines).scanner,
     policy: compileMailPolicy(mail),
     quarantine,
     limits: mimeLimitsFrom(mail),
-    spoolDir: join(resolve(stateDir, config.smtp['spool-dir']), 'documents'),
+    spoolDir: documents,
     documentMemory: mail['document-memory'],
     scanWholeMessage: mail['scan-whole-message'],
     prescanMaxSize: mail['prescan-max-size'],
     lenientQuotedPrintable: mail['lenient-quoted-printable'],
-    log: log.child({ component: 'mail' }),
+    log: mlog,
   });
   const server = new SmtpFilterServer(config.smtp, { stateDir, log, handler: filter.handler, partition: filter.partition, listeners });
   try {

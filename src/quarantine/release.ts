@@ -1,10 +1,13 @@
+import { isAscii } from 'node:buffer';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { link, lstat, open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join } from 'node:path';
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { AvgateError, messageOf } from '../core/errors.js';
-import type { NextHop, SmtpReply } from '../protocols/smtp/types.js';
+import { anyNonAscii } from '../policy/mail/notify.js';
+import type { EsmtpParams, NextHop, SmtpReply } from '../protocols/smtp/types.js';
 import type { Quarantine, QuarantineSource } from './types.js';
 
 /**
@@ -12,7 +15,8 @@ import type { Quarantine, QuarantineSource } from './types.js';
  * CONTRACT (implemented by the quarantine work; the console and CLI call these):
  * - releaseItem: re-sends a mail item's original bytes, unchanged, through `nextHop` with the
  *   original envelope sender to its original recipients, or to `to` (each address validated: one
- *   RFC 5321 mailbox, no CR/LF/NUL/<>/spaces — else AvgateError AVG_ERR_BAD_ADDRESS, nothing sent).
+ *   RFC 5321 mailbox, no CR/LF/NUL/<>/spaces — else AvgateError AVG_ERR_BAD_ADDRESS, nothing sent),
+ *   with the MAIL parameters its content and addresses need (BODY=8BITMIME, SMTPUTF8).
  *   Records an audit entry (action 'release', actor, recipients, replies) and sets releasedAt
  *   when every recipient got a 2xx.
  * - restoreItem: writes a file item's bytes to `path` (absolute, no NUL; created 0600 with 'wx'
@@ -66,6 +70,49 @@ function validated(addresses: readonly string[]): string[] {
   return [...addresses];
 }
 
+/**
+ * What a message needs from the transport, read from its bytes as a stream: `eightBit`, a byte
+ * over 127 anywhere (RFC 6152: BODY=8BITMIME); `utf8Headers`, one in the top header block (RFC
+ * 6531/6532: SMTPUTF8). Stops reading as soon as nothing more can change the answer; the read
+ * fails as the stream does (a quarantine object that does not verify).
+ */
+export async function contentNeeds(message: Readable): Promise<{ eightBit: boolean; utf8Headers: boolean }> {
+  let eightBit = false;
+  let utf8Headers = false;
+  let inHeaders = true;
+  // The last bytes of the header block read so far, for an empty line split over two chunks;
+  // "\n" as if a line had just ended, so a message that starts with one has no headers.
+  let carry = Buffer.from('\n');
+  try {
+    for await (const chunk of message as AsyncIterable<Buffer>) {
+      if (inHeaders) {
+        const buf = Buffer.concat([carry, chunk]);
+        const end = headerEnd(buf);
+        if (!isAscii(end < 0 ? buf : buf.subarray(0, end))) {
+          utf8Headers = true;
+          eightBit = true;
+        }
+        if (end >= 0) {
+          inHeaders = false;
+          if (!isAscii(buf.subarray(end))) eightBit = true;
+        } else carry = buf.subarray(Math.max(buf.length - 2, 0));
+      } else if (!eightBit && !isAscii(chunk)) eightBit = true;
+      if (utf8Headers || (!inHeaders && eightBit)) break;
+    }
+  } finally {
+    message.destroy();
+  }
+  return { eightBit, utf8Headers };
+}
+
+/** Where the empty line that ends the header block starts (after its preceding LF), or -1. */
+function headerEnd(b: Buffer): number {
+  const lf = b.indexOf('\n\n');
+  const crlf = b.indexOf('\n\r\n');
+  const at = lf < 0 ? crlf : crlf < 0 ? lf : Math.min(lf, crlf);
+  return at < 0 ? -1 : at + 1;
+}
+
 export async function releaseItem(q: Quarantine, id: string, o: { to?: string[]; nextHop: NextHop; actor: string }): Promise<ReleaseResult> {
   // Addresses first: a bad one must stop everything before the store is even asked.
   const explicit = o.to && o.to.length > 0 ? validated(o.to) : null;
@@ -78,8 +125,16 @@ export async function releaseItem(q: Quarantine, id: string, o: { to?: string[];
   const recipients = explicit ?? validated(r.recipients);
   if (recipients.length === 0) throw new AvgateError('AVG_ERR_BAD_ADDRESS', `item ${id} has no recipients: give --to`);
   if (r.sender !== '' && checkMailbox(r.sender)) throw new AvgateError('AVG_ERR_BAD_ADDRESS', `item ${id} has an unusable envelope sender`);
+  // The record does not keep the original's MAIL parameters (nor did it for items already
+  // stored): what the bytes and addresses need is read from them. An 8-bit body or UTF-8 headers
+  // sent without them are refused or mangled by the next hop (RFC 6152, RFC 6531).
+  const needs = await contentNeeds(item.open());
+  const params: EsmtpParams = {
+    ...(needs.eightBit ? { BODY: '8BITMIME' } : {}),
+    ...(needs.utf8Headers || anyNonAscii([r.sender, ...recipients]) ? { SMTPUTF8: true } : {}),
+  };
   const result = await o.nextHop.deliver({
-    mailFrom: { address: r.sender, params: {} },
+    mailFrom: { address: r.sender, params },
     rcpts: recipients.map((address) => ({ address, params: {} })),
     body: item.open(),
     size: r.size,

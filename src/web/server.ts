@@ -56,6 +56,7 @@ import { statsNodeName } from '../config/stats-schema.js';
 import type { CacheStats } from '../cache/verdict-cache.js';
 import { cutConnection, SendStallWatch } from '../core/send-stall.js';
 import { metricFamily } from '../core/prometheus-text.js';
+import { sweepSpoolDir } from '../core/spool.js';
 
 /**
  * The web console: dashboard, quarantine browser, signatures and configuration pages, the
@@ -167,6 +168,7 @@ export class ConsoleServer {
   }
 
   async listen(): Promise<{ port: number }> {
+    await sweepSpoolDir(join(resolve(this.deps.config['state-dir']), 'spool', 'api'), this.log);
     const { host, port } = parseListen(this.cfg.listen);
     const handler = (req: IncomingMessage, res: ServerResponse) => void this.handle(req, res);
     const t = this.cfg.timeouts;

@@ -10,7 +10,7 @@ import type { QuarantineRecord } from '../../src/quarantine/types.js';
 import { startSmtpSink, type SmtpSink } from '../../tools/peers/postfix.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
 import { eicarAttachment, mailWith, startMailAvgate } from '../helpers/mail.js';
-import { SmtpTestClient } from '../helpers/smtp.js';
+import { SmtpTestClient, startRecordingServer } from '../helpers/smtp.js';
 import { filesUnder } from '../helpers/files.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -231,7 +231,7 @@ describe('avgate quarantine: the mail filter quarantines, the CLI lists, exports
   test('the JSON API: list, show, release (addresses checked), delete — with a bearer token only', async () => {
     const web = av.web;
     assert.ok(web && av.consolePort, 'the console runs');
-    const token = await web.tokens.add('qapi');
+    const token = await web.tokens.add('qapi', ['read', 'quarantine']);
     const base = `http://127.0.0.1:${av.consolePort}/api/v1/quarantine`;
     const auth = { Authorization: `Bearer ${token}` };
     const second = mailWith('q-api', [eicarAttachment()]);
@@ -264,5 +264,36 @@ describe('avgate quarantine: the mail filter quarantines, the CLI lists, exports
     assert.equal((await fetch(`${base}/${item.id}`, { method: 'DELETE', headers: auth })).status, 200);
     assert.equal((await fetch(`${base}/${item.id}`, { headers: auth })).status, 404);
     assert.equal((await fetch(`${base}/${item.id}`, { method: 'DELETE', headers: auth })).status, 404);
+  });
+
+  test('release of a message received with BODY=8BITMIME SMTPUTF8 (UTF-8 headers, 8-bit body) goes out with both again', async () => {
+    const utf8 = mailWith('q-utf8', [eicarAttachment()], ['Comments: Grüße aus Köln', 'Content-Transfer-Encoding: 8bit']);
+    const { client } = await SmtpTestClient.connect(av.smtpPort);
+    try {
+      await client.command('EHLO client.test');
+      assert.equal((await client.command('MAIL FROM:<a@example.com> BODY=8BITMIME SMTPUTF8')).code, 250);
+      assert.equal((await client.command('RCPT TO:<b@example.net>')).code, 250);
+      assert.equal((await client.data(utf8))[0]?.code, 250);
+    } finally {
+      await client.quit();
+    }
+    const [item] = await av.quarantine.list({ text: 'q-utf8' });
+    assert.ok(item, 'quarantined');
+    // smtp-sink announces no SMTPUTF8: a next hop that records the MAIL parameters instead.
+    const recorder = await startRecordingServer();
+    try {
+      const hopConfig = join(dir, 'cli-recorder.yaml');
+      await writeFile(hopConfig, [`state-dir: ${stateDir}`, 'smtp:', '  hostname: avgate.test', '  next-hop:', `    target: smtp:127.0.0.1:${recorder.port}`, ''].join('\n'));
+      const r = await cli(hopConfig, ['quarantine', 'release', item.id]);
+      assert.equal(r.code, 0, r.stdout + r.stderr);
+      const mail = recorder.commands.find((c) => c.startsWith('MAIL '));
+      assert.ok(mail, recorder.commands.join('\n'));
+      const args = JSON.parse(mail.slice(mail.indexOf('{'))) as Record<string, unknown>;
+      assert.equal(args.BODY, '8BITMIME', mail);
+      assert.equal(args.SMTPUTF8, true, mail);
+      assert.deepEqual(recorder.messages[0]?.body, utf8, 'byte for byte');
+    } finally {
+      await recorder.close();
+    }
   });
 });

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -192,6 +193,64 @@ describe('SMTP filter: limits and the never-lose rules', () => {
     }
   });
 
+  test('the spool file of a process killed during a message (kill -9) is removed when the next SMTP front end starts; files of running processes stay', async () => {
+    const stateDir = await mkdtemp(join(tmpdir(), 'avgate-smtp-killed-'));
+    const spoolDir = join(stateDir, 'spool');
+    // Another avgate: an SMTP front end in a child process whose handler never finishes.
+    const src = (p: string) => JSON.stringify(new URL(`../../src/${p}`, import.meta.url).pathname);
+    const code = [
+      `const { SmtpFilterServer } = await import(${src('protocols/smtp/server.ts')});`,
+      `const { smtpSchema } = await import(${src('config/smtp-schema.ts')});`,
+      `const { silentLogger } = await import(${src('core/logging.ts')});`,
+      `const config = smtpSchema.parse({ listen: '127.0.0.1:0', hostname: 'avgate.test', 'spool-memory': '16KiB', 'next-hop': { target: 'smtp:127.0.0.1:9' } });`,
+      `const server = new SmtpFilterServer(config, { stateDir: ${JSON.stringify(stateDir)}, log: silentLogger(), handler: () => new Promise(() => {}) });`,
+      'process.stdout.write(JSON.stringify(await server.listen()) + "\\n");',
+    ].join('\n');
+    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let server: SmtpFilterServer | null = null;
+    try {
+      const port = await new Promise<number>((resolve, reject) => {
+        let out = '';
+        child.stdout.on('data', (d: Buffer) => {
+          out += d.toString();
+          if (out.includes('\n')) resolve((JSON.parse(out) as { port: number }).port);
+        });
+        child.once('exit', (c) => reject(new Error(`child exited ${c}`)));
+      });
+      const { client } = await SmtpTestClient.connect(port);
+      await client.command('EHLO client.test');
+      await client.command('MAIL FROM:<a@example.com>');
+      await client.command('RCPT TO:<b@example.com>');
+      assert.equal((await client.command('DATA')).code, 354);
+      client.socket.write(crlf([...Array.from({ length: 1000 }, (_, i) => `line ${i} ${'z'.repeat(60)}`), '.']));
+      const until = Date.now() + 10_000;
+      while ((await readdir(spoolDir).catch(() => [])).length === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+      const [left] = await readdir(spoolDir);
+      assert.match(left ?? '', new RegExp(`^spool-${child.pid}-[0-9a-f]{12}-0$`), 'the message is in a spool file while the handler runs');
+      child.kill('SIGKILL');
+      await new Promise((r) => child.once('exit', r));
+      client.destroy();
+      // A running process's file (this test's parent, alive) and a file that is no spool file stay.
+      const alive = `spool-${process.ppid}-0123456789ab-0`;
+      await writeFile(join(spoolDir, alive), 'x');
+      await writeFile(join(spoolDir, 'notes.txt'), 'x');
+      assert.deepEqual((await readdir(spoolDir)).sort(), [alive, left, 'notes.txt'].sort());
+
+      const { log, lines } = capturedLog();
+      const config = smtpSchema.parse({ listen: '127.0.0.1:0', hostname: 'avgate.test', 'next-hop': { target: `smtp:127.0.0.1:${rec.port}` } });
+      server = new SmtpFilterServer(config, { stateDir, log });
+      await server.listen();
+      assert.deepEqual((await readdir(spoolDir)).sort(), [alive, 'notes.txt'].sort(), 'the killed process\'s message is gone');
+      const info = lines.find((l) => l.msg === 'spool: removed files left by processes that are gone');
+      assert.equal(info?.level, 30, JSON.stringify(lines));
+      assert.deepEqual([info?.dir, info?.removed, info?.kept], [spoolDir, 1, 1]);
+    } finally {
+      child.kill('SIGKILL');
+      await server?.close(1000);
+      await rm(stateDir, { recursive: true, force: true });
+    }
+  });
+
   test('the spool cannot be written (disk trouble) → 452 4.3.1, nothing delivered, the session goes on', async () => {
     const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${rec.port}`, smtp: { 'spool-memory': '1KiB', 'spool-dir': 'not-a-dir/spool' } });
     const before = rec.messages.length;
@@ -354,6 +413,47 @@ describe('SMTP filter: limits and the never-lose rules', () => {
         await client.quit();
       }
       assert.equal(hop.messages.filter((m) => m.mailFrom.address === '').length, 1, 'no second bounce');
+    } finally {
+      await filter.stop();
+      await hop.close();
+    }
+  });
+
+  test('SMTP bounce: ENVID comes back as Original-Envelope-Id (xtext decoded); an SMTPUTF8 original gets message/global-headers (RFC 6533), a UTF-8 recipient the global delivery status, sent with SMTPUTF8 and BODY=8BITMIME', async () => {
+    const hop = await startRecordingServer({ rcpt: (a) => (a.startsWith('nouser') ? { code: 550, text: '5.1.1 No such user here' } : null) });
+    const filter = await startTestFilter({ nextHop: `smtp:127.0.0.1:${hop.port}` });
+    const bounces = () => hop.messages.filter((m) => m.mailFrom.address === '');
+    // smtp-server's args: false when the command had none.
+    const argsOf = (m: RecordedMessage) => (m.mailFrom.args || {}) as Record<string, unknown>;
+    try {
+      const ascii = crlf(['Subject: partly refused', 'Message-ID: <m2@example.org>', '', 'hello']);
+      const r1 = await transaction(filter.port, ['bob@example.com', 'nouser@example.com'], ascii, ' RET=HDRS ENVID=QQ314159+2Bx');
+      assert.equal(r1.data[0]?.code, 250);
+      const plain = bounces()[0] as RecordedMessage;
+      const text1 = plain.body.toString('utf8');
+      assert.match(text1, /^Content-Type: message\/delivery-status\r\n\r\nOriginal-Envelope-Id: QQ314159\+x\r\nReporting-MTA: dns; avgate\.test\r$/m);
+      assert.match(text1, /^Content-Type: text\/rfc822-headers\r?$/m);
+      assert.deepEqual(argsOf(plain), {}, 'ASCII through and through: no parameter needed');
+
+      const utf8 = Buffer.from('From: Jürgen <a@example.com>\r\nSubject: Grüße\r\nMessage-ID: <m3@example.org>\r\n\r\nHallo, schöne Grüße\r\n', 'utf8');
+      const r2 = await transaction(filter.port, ['bob@example.com', 'nouser@example.com'], utf8, ' BODY=8BITMIME SMTPUTF8');
+      assert.equal(r2.data[0]?.code, 250);
+      const intl = bounces()[1] as RecordedMessage;
+      const text2 = intl.body.toString('utf8');
+      assert.match(text2, /^Content-Type: message\/global-headers\r\nContent-Transfer-Encoding: 8bit\r\n\r\nFrom: Jürgen <a@example\.com>\r\nSubject: Grüße\r$/m, 'the UTF-8 headers as they came');
+      assert.doesNotMatch(text2, /text\/rfc822-headers/);
+      assert.doesNotMatch(text2, /Original-Envelope-Id/, 'no ENVID, no field');
+      assert.deepEqual(argsOf(intl), { SMTPUTF8: true, BODY: '8BITMIME' });
+
+      const r3 = await transaction(filter.port, ['bob@example.com', 'nouser-jürgen@example.com'], ascii, ' SMTPUTF8');
+      assert.equal(r3.data[0]?.code, 250);
+      const global = bounces()[2] as RecordedMessage;
+      const text3 = global.body.toString('utf8');
+      assert.match(text3, /^Content-Type: multipart\/report; report-type=global-delivery-status; /m);
+      assert.match(text3, /^Content-Type: message\/global-delivery-status\r$/m);
+      assert.match(text3, /^Final-Recipient: utf-8; nouser-jürgen@example\.com\r$/m);
+      assert.deepEqual(argsOf(global), { SMTPUTF8: true, BODY: '8BITMIME' });
+      assert.equal(filter.server.counters.bounces, 3);
     } finally {
       await filter.stop();
       await hop.close();

@@ -215,3 +215,18 @@ test('the report lists every document', () => {
   assert.match(p.report, /^ {2}1\. file\d+\.bin \[application\/octet-stream\] infected \(Eicar-Signature\); removed$/m);
   assert.match(p.report, /^ {2}2\. \(part \d+\) \[text\/plain\] clean; kept$/m);
 });
+
+test('the report says what happened to each document when the message was not delivered: discarded, rejected, deferred — never kept', () => {
+  const docs = () => [infected('Eicar-Signature'), d({ status: 'free' }, { fileName: null, contentType: 'text/plain' })];
+  for (const [action, word] of [['discard', 'discarded'], ['reject', 'rejected'], ['tempfail', 'deferred']] as const) {
+    const g = groupOf({ 'default-group': { admin: ['av@example.com'], actions: { infected: action } } });
+    const p = decideMessage(g, docs(), facts({ quarantineId: '20250701T120000Z-0123456789abcdef' }));
+    assert.equal(p.reply.kind, action);
+    assert.match(p.report, new RegExp(`^ {2}1\\. file\\d+\\.bin \\[application/octet-stream\\] infected \\(Eicar-Signature\\); ${word}$`, 'm'), p.report);
+    assert.match(p.report, new RegExp(`^ {2}2\\. \\(part \\d+\\) \\[text/plain\\] clean; ${word}$`, 'm'), p.report);
+    assert.doesNotMatch(p.report, /; kept$/m, p.report);
+    // The admin notice carries the report ({{REPORT}}): it says the same.
+    const admin = p.notifications.find((n) => n.kind === 'admin');
+    if (action !== 'tempfail') assert.match(admin?.body ?? '', new RegExp(`infected \\(Eicar-Signature\\); ${word}$`, 'm'), action);
+  }
+});

@@ -12,7 +12,7 @@ import { AvgateError } from '../../src/core/errors.js';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import type { DeliveryRequest, DeliveryResult, NextHop } from '../../src/protocols/smtp/types.js';
 import { exportZip, ZipCrypto } from '../../src/quarantine/export.js';
-import { checkMailbox, releaseItem, restoreItem } from '../../src/quarantine/release.js';
+import { checkMailbox, contentNeeds, releaseItem, restoreItem } from '../../src/quarantine/release.js';
 import { EncryptedQuarantine, KEY_LENGTH } from '../../src/quarantine/store.js';
 import type { QuarantineMeta } from '../../src/quarantine/types.js';
 import { filesUnder } from '../helpers/files.js';
@@ -364,6 +364,48 @@ test('release: original bytes, original envelope or --to; injection attempts ref
   await assert.rejects(releaseItem(q, f.id, { nextHop: hop, actor: 'cli:t' }), /not a mail message/);
   await assert.rejects(releaseItem(q, 'nosuchitem0000000000000', { nextHop: hop, actor: 'cli:t' }), /no quarantined item/);
   await q.close();
+});
+
+test('release: MAIL parameters as the stored message needs them (BODY=8BITMIME for 8-bit bytes, SMTPUTF8 for UTF-8 headers or addresses), also for items stored without any', async () => {
+  const { q } = await fresh();
+  const sent: Array<Record<string, string | true>> = [];
+  const hop: NextHop = {
+    target: 'smtp:test:25',
+    async deliver(req: DeliveryRequest): Promise<DeliveryResult> {
+      if (!Buffer.isBuffer(req.body)) await bytes(req.body);
+      sent.push({ ...req.mailFrom.params });
+      return { replies: req.rcpts.map(() => ({ code: 250, status: '2.0.0', lines: ['ok'] })), transcript: [], dropped: [] };
+    },
+    async close() {},
+  };
+  const release = async (message: Buffer, m: QuarantineMeta = meta, to?: string[]) => {
+    const { id } = await q.put(Readable.from([message]), m);
+    await releaseItem(q, id, { nextHop: hop, actor: 'cli:t', ...(to ? { to } : {}) });
+    return sent.at(-1);
+  };
+  assert.deepEqual(await release(mailWithEicar('ascii')), {}, 'plain ASCII needs nothing');
+  const eightBitBody = Buffer.from('From: alice@example.org\r\nSubject: 8bit\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nGrüße\r\n', 'utf8');
+  assert.deepEqual(await release(eightBitBody), { BODY: '8BITMIME' });
+  // Past the store's first read (64 KiB): the 8-bit byte comes in a later chunk.
+  const late = Buffer.concat([Buffer.from('Subject: late\r\n\r\n'), Buffer.alloc(200_000, 'a'), Buffer.from('\r\nÄ\r\n', 'utf8')]);
+  assert.deepEqual(await release(late), { BODY: '8BITMIME' });
+  const utf8Headers = Buffer.from('From: Jürgen <alice@example.org>\r\nSubject: Grüße\r\n\r\nHallo\r\n', 'utf8');
+  assert.deepEqual(await release(utf8Headers), { BODY: '8BITMIME', SMTPUTF8: true });
+  assert.deepEqual(await release(mailWithEicar('utf8-rcpt'), { ...meta, recipients: ['jürgen@exämple.org'] }), { SMTPUTF8: true });
+  assert.deepEqual(await release(mailWithEicar('utf8-to'), meta, ['jürgen@exämple.org']), { SMTPUTF8: true });
+  assert.deepEqual(await release(mailWithEicar('utf8-sender'), { ...meta, sender: 'jürgen@exämple.org' }), { SMTPUTF8: true });
+  await q.close();
+});
+
+test('contentNeeds: the header block ends at the first empty line, however the chunks fall', async () => {
+  const needs = (...chunks: string[]) => contentNeeds(Readable.from(chunks.map((c) => Buffer.from(c, 'utf8'))));
+  assert.deepEqual(await needs('Subject: a\r', '\n', '\r', '\nü'), { eightBit: true, utf8Headers: false });
+  assert.deepEqual(await needs('Subject: a\r\n\r', '\nü'), { eightBit: true, utf8Headers: false });
+  assert.deepEqual(await needs('Subject: a\n', '\nü'), { eightBit: true, utf8Headers: false }, 'bare LF');
+  assert.deepEqual(await needs('\r\nSubject: ü'), { eightBit: true, utf8Headers: false }, 'no header block at all');
+  assert.deepEqual(await needs('Subject: a\r\n', 'X-Y: ü\r\n', '\r\nbody'), { eightBit: true, utf8Headers: true });
+  assert.deepEqual(await needs('Subject: ü'), { eightBit: true, utf8Headers: true }, 'headers only');
+  assert.deepEqual(await needs('Subject: a\r\n\r\nbody\r\n'), { eightBit: false, utf8Headers: false });
 });
 
 test('restore: a file item to a new path (0600), never over an existing file unless overwrite', async () => {

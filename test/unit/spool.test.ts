@@ -1,11 +1,13 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { settleSpools, SlabPool, Spool } from '../../src/core/spool.js';
+import { settleSpools, SlabPool, Spool, sweepSpoolDir } from '../../src/core/spool.js';
 import { contentHashOf } from '../../src/core/content-hash.js';
+import { capturedLog } from '../helpers/log.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'avgate-spool-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -131,4 +133,35 @@ test('disposeSoon: the caller goes on at once; the scan copy and the spool file 
   assert.deepEqual(readdirSync(sub), [], 'no file left once settled');
   assert.ok(pool.idleCount > idleBefore, 'slabs went back to the pool');
   await settleSpools(); // nothing pending: resolves at once
+});
+
+test('sweepSpoolDir: removes the spool files of processes that are gone, never those of a running pid; once per directory', async () => {
+  const d = join(dir, 'sweep');
+  // This process's own file, from a real spool.
+  const own = new Spool(d, 0, { hash: false });
+  await own.write(Buffer.from('mine'));
+  const ownName = (own.filePath() as string).slice(d.length + 1);
+  // A pid that is gone: a child that has exited.
+  const dead = spawnSync(process.execPath, ['-e', '0']).pid as number;
+  const gone = [`spool-${dead}-0123456789ab-0`, `scan-${dead}-0123456789ab-1a`, `spool-${process.pid}-aaaaaaaaaaaa-0`];
+  const stay = [`spool-${process.ppid}-0123456789ab-0`, 'notes.txt', `spool-${dead}-xyz-0`, `other-${dead}-0123456789ab-0`];
+  for (const n of [...gone, ...stay]) writeFileSync(join(d, n), 'x');
+  mkdirSync(join(d, `spool-${dead}-0123456789ab-2`));
+  const { log, lines } = capturedLog();
+  const r = await sweepSpoolDir(d, log);
+  assert.deepEqual({ removed: r.removed, kept: r.kept }, { removed: 3, kept: 1 }, 'the earlier process with our pid counts as gone; our parent is running');
+  assert.deepEqual(readdirSync(d).sort(), [ownName, ...stay, `spool-${dead}-0123456789ab-2`].sort());
+  assert.deepEqual(
+    lines.map((l) => [l.level, l.msg, l.removed]),
+    [[30, 'spool: removed files left by processes that are gone', 3]],
+  );
+  // Once per directory: a second front end on it (or a reload) does not sweep again.
+  writeFileSync(join(d, gone[0] as string), 'x');
+  assert.equal(await sweepSpoolDir(join(d, '.'), log), r);
+  assert.ok(existsSync(join(d, gone[0] as string)));
+  assert.equal(lines.length, 1);
+  // A directory that does not exist yet has nothing to sweep, and no warning.
+  assert.equal((await sweepSpoolDir(join(dir, 'no-such-dir'), log)).removed, 0);
+  assert.equal(lines.length, 1);
+  await own.dispose();
 });

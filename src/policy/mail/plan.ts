@@ -129,11 +129,24 @@ export function docLabel(d: Pick<DocumentPlan, 'fileName' | 'whole' | 'id'>): st
   return d.whole ? '(the whole message)' : `(part ${d.id})`;
 }
 
+/**
+ * What happened to a document, for the report: its own edit when the message was delivered;
+ * otherwise the message's fate (documents are not edited then, and "kept" would claim a delivery
+ * that did not happen).
+ */
+function documentOutcome(reply: MailReply, d: DocumentPlan): string {
+  if (reply.kind === 'discard') return 'discarded';
+  if (reply.kind === 'reject') return 'rejected';
+  if (reply.kind === 'tempfail') return 'deferred';
+  return d.edit.kind === 'keep' ? 'kept' : d.edit.kind === 'remove' ? 'removed' : 'replaced';
+}
+
 function buildReport(p: {
   facts: MessageFacts;
   group: string;
   recipients: readonly string[];
   status: MailStatus;
+  reply: MailReply;
   action: string;
   quarantineId: string | null;
   documents: readonly DocumentPlan[];
@@ -155,7 +168,7 @@ function buildReport(p: {
     'Documents:',
   ];
   p.documents.forEach((d, i) => {
-    const what = d.edit.kind === 'keep' ? 'kept' : d.edit.kind === 'remove' ? 'removed' : 'replaced';
+    const what = documentOutcome(p.reply, d);
     lines.push(`  ${i + 1}. ${docLabel(d)} [${d.contentType ?? 'no type'}] ${d.status}${d.names.length > 0 ? ` (${d.names.join(', ')})` : ''}; ${what}`);
     lines.push(`     ${d.reason}`);
   });
@@ -262,7 +275,7 @@ export function decideMessage(group: MailGroup, documents: readonly MailDocument
   // The report and the macro values are built only when something uses them: most messages are
   // clean and notify nobody.
   let reportText: string | null = null;
-  const report = (): string => (reportText ??= buildReport({ facts, group: group.name, recipients, status, action, quarantineId, documents: docPlans }));
+  const report = (): string => (reportText ??= buildReport({ facts, group: group.name, recipients, status, reply, action, quarantineId, documents: docPlans }));
   let macroValues: Record<string, string> | null = null;
   const values = (): Record<string, string> => {
     if (macroValues) return macroValues;

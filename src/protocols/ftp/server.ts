@@ -2,7 +2,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { resolve } from 'node:path';
 import type { FtpProxyConfig } from '../../config/ftp-schema.js';
 import { listenerContext, upstreamTls } from '../../config/tls-schema.js';
-import type { Spool } from '../../core/spool.js';
+import { sweepSpoolDir, type Spool } from '../../core/spool.js';
 import type { Logger } from '../../core/logging.js';
 import type { Verdict, VerdictStatus } from '../../core/verdict.js';
 import { DocAcl } from '../../proxy/doc-acl.js';
@@ -123,6 +123,8 @@ export class FtpProxyServer extends GracefulServer {
       onTimeout: (kind: 'send' | 'data') => void (kind === 'send' ? this.counters.sendTimeouts++ : this.counters.dataTimeouts++),
       quarantine: (v: Verdict, spool: Spool, meta: { url: string; rule: string; direction: 'download' | 'upload'; client: string; user: string | null }) => this.keep(v, spool, meta, log),
     };
+    // Transfers of a process killed while it scanned them are not left there in plaintext.
+    await sweepSpoolDir(ctx.spoolDir, log);
     const server = createServer((socket) => {
       socket.on('error', () => undefined);
       if (this.sessions.size >= this.config['max-connections']) {

@@ -8,7 +8,7 @@ import { messageOf } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
 import { connectWithTimeout } from '../../core/net.js';
 import { SendStallWatch } from '../../core/send-stall.js';
-import type { Spool } from '../../core/spool.js';
+import { sweepSpoolDir, type Spool } from '../../core/spool.js';
 import type { Verdict, VerdictStatus } from '../../core/verdict.js';
 import { loadTemplate } from '../../policy/block-page.js';
 import { CleanHints } from '../../proxy/clean-hints.js';
@@ -172,6 +172,7 @@ export class HttpProxyServer {
 
   /** Binds the listener; returns the bound port (useful with port 0). */
   async listen(): Promise<{ port: number }> {
+    await sweepSpoolDir(this.ctx.spoolDir, this.log);
     const t = this.config.timeouts;
     const server = createServer(
       {

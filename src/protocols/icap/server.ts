@@ -6,7 +6,7 @@ import { AvgateError } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
 import type { Verdict, VerdictStatus } from '../../core/verdict.js';
 import { SendStallWatch } from '../../core/send-stall.js';
-import { settleSpools, type Spool } from '../../core/spool.js';
+import { settleSpools, sweepSpoolDir, type Spool } from '../../core/spool.js';
 import type { Engine } from '../../engines/types.js';
 import { keepBlockedObject } from '../../quarantine/blocked.js';
 import type { Quarantine } from '../../quarantine/types.js';
@@ -185,6 +185,8 @@ export class IcapServer extends GracefulServer {
 
   /** Binds the listeners; returns the bound ports (useful with port 0). */
   async listen(): Promise<{ port: number; tlsPort: number | null }> {
+    // Bodies of a process killed while it scanned them are not left there in plaintext.
+    await sweepSpoolDir(this.ctx.limits.spoolDir, this.ctx.log);
     // Half-open: a client may shut down its sending side after a complete request and still read
     // the answer (the connection ends it after answering); a FIN in the middle of a request is
     // still a client that went away.

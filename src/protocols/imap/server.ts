@@ -3,6 +3,7 @@ import { resolve } from 'node:path';
 import type { ImapProxyConfig } from '../../config/imap-schema.js';
 import { listenerContext, upstreamTls } from '../../config/tls-schema.js';
 import { SendStallWatch } from '../../core/send-stall.js';
+import { sweepSpoolDir } from '../../core/spool.js';
 import type { Logger } from '../../core/logging.js';
 import { compilePolicy, loadReplacement, type ReplacementTemplate } from '../../mailproxy/index.js';
 import type { MimeLimits } from '../../mime/index.js';
@@ -68,6 +69,8 @@ export class ImapProxyServer extends GracefulServer {
       sends: this.sends,
     };
     const { host, port } = parseHostPort(this.config.listen);
+    // Messages of a process killed while it scanned them are not left there in plaintext.
+    await sweepSpoolDir(this.ctx.spoolDir, this.log);
     const server = createServer((s) => this.accept(s));
     this.server = server;
     const bound = await listenOn(this.deps.listeners, server, host, port, 'imap-proxy');

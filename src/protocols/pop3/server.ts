@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import type { Pop3ProxyConfig } from '../../config/mail-proxy-schema.js';
 import { listenerContext, upstreamTls } from '../../config/tls-schema.js';
 import { SendStallWatch } from '../../core/send-stall.js';
+import { sweepSpoolDir } from '../../core/spool.js';
 import type { UpstreamTls } from '../../core/net.js';
 import { compilePolicy, globRegExp, type ReplaceDeps } from '../../mailproxy/index.js';
 import { parseListen } from '../icap/server.js';
@@ -50,6 +51,8 @@ export class Pop3ProxyServer extends GracefulServer {
 
   async listen(): Promise<{ port: number }> {
     const { host, port } = parseListen(this.config.listen);
+    // Messages of a process killed while it scanned them are not left there in plaintext.
+    await sweepSpoolDir(this.deps.replace.spoolDir, this.deps.log);
     const server = createServer((s) => this.accept(s));
     this.server = server;
     const bound = await listenOn(this.deps.listeners, server, host, port, 'pop3-proxy');

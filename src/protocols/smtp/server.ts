@@ -10,7 +10,7 @@ import { listenerCredentials } from '../../config/tls-schema.js';
 import { AvgateError, messageOf } from '../../core/errors.js';
 import type { Logger } from '../../core/logging.js';
 import { splitHostPort } from '../../core/net.js';
-import { Spool } from '../../core/spool.js';
+import { Spool, sweepSpoolDir } from '../../core/spool.js';
 import { NextHopClient, nextHopOptions } from './next-hop.js';
 import { passThroughHandler } from './pass-through.js';
 import { combineReplies, isPermanent, isPositive, reply, replySummary, replyText } from './reply.js';
@@ -352,10 +352,21 @@ export class SmtpFilterServer extends GracefulServer {
     } catch {
       headers = Buffer.alloc(0);
     }
-    const b = bounceFor({ sender: msg.mailFrom.address, rcpts: msg.rcptTo, replies, headers, hostname: this.hostname, queueId: msg.queueId, arrival: msg.receivedAt });
+    const envid = msg.mailFrom.params.ENVID;
+    const b = bounceFor({
+      sender: msg.mailFrom.address,
+      rcpts: msg.rcptTo,
+      replies,
+      headers,
+      envid: typeof envid === 'string' ? envid : null,
+      smtpUtf8: msg.mailFrom.params.SMTPUTF8 !== undefined,
+      hostname: this.hostname,
+      queueId: msg.queueId,
+      arrival: msg.receivedAt,
+    });
     if (!b) return;
     const res = await this.nextHop.deliver({
-      mailFrom: { address: '', params: b.utf8 ? { SMTPUTF8: true } : {} },
+      mailFrom: { address: '', params: b.params },
       rcpts: [{ address: b.to, params: {} }],
       body: b.message,
       size: b.message.length,
@@ -499,6 +510,8 @@ export class SmtpFilterServer extends GracefulServer {
   /** Binds the listener; returns the bound port (useful with port 0). */
   async listen(): Promise<{ port: number }> {
     const { host, port } = parseHostPort(this.config.listen);
+    // Messages of a process killed while it received them are not left there in plaintext.
+    await sweepSpoolDir(this.spoolDir, this.log);
     const bound = await listenOn(this.deps.listeners, this.server.server, host, port, 'smtp');
     this.log.info({ listen: `${host}:${bound}`, protocol: this.config.protocol, nextHop: this.nextHop.target }, 'smtp server listening');
     return { port: bound };
