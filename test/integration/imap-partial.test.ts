@@ -37,12 +37,35 @@ describe('imap proxy: partial fetches (Dovecot, clamd)', () => {
   // inside the base64 text, away from the part's header.
   const infected = mailWith('chunks-bad', [{ name: 'mid.bin', type: 'application/octet-stream', data: Buffer.concat([randomBytes(150_000), eicar, randomBytes(150_000)]) }]);
   const clean = mailWith('chunks-ok', [{ name: 'big.bin', type: 'application/octet-stream', data: randomBytes(200_000) }]);
+  // Parts fetched alone arrive without their header: encodings a guess from the first bytes misses.
+  const uuencoded = (() => {
+    const lines = ['begin 644 eicar.com'];
+    for (let i = 0; i < eicar.length; i += 45) {
+      const chunk = eicar.subarray(i, i + 45);
+      let line = String.fromCharCode(32 + chunk.length);
+      for (let j = 0; j < chunk.length; j += 3) {
+        const [a = 0, b = 0, c = 0] = [chunk[j], chunk[j + 1], chunk[j + 2]];
+        for (const v of [a >> 2, ((a & 3) << 4) | (b >> 4), ((b & 15) << 2) | (c >> 6), c & 63]) line += v === 0 ? '`' : String.fromCharCode(32 + v);
+      }
+      lines.push(line);
+    }
+    lines.push('`', 'end');
+    return Buffer.from(['Subject: uu', 'Content-Type: text/plain', '', 'Here it is:', ...lines, ''].join('\r\n'));
+  })();
+  const lateSoftBreak = Buffer.from(
+    ['Subject: qp', 'MIME-Version: 1.0', 'Content-Type: text/plain', 'Content-Transfer-Encoding: quoted-printable', '', ...Array.from({ length: 1200 }, (_, i) => `quoted line ${i} of a long reply, plain text`), `${eicar.subarray(0, 30).toString('latin1').replace(/=/g, '=3D')}=`, eicar.subarray(30).toString('latin1').replace(/=/g, '=3D'), ''].join('\r\n'),
+    'latin1',
+  );
+  const junkFirst = Buffer.from(
+    ['Subject: b64', 'MIME-Version: 1.0', 'Content-Type: multipart/mixed; boundary="j"', '', '--j', 'Content-Type: text/plain', '', 'hi', '--j', 'Content-Type: application/octet-stream; name="e.com"', 'Content-Transfer-Encoding: base64', '', '!!!! ----', eicar.toString('base64'), '--j--', ''].join('\r\n'),
+    'latin1',
+  );
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'avgate-imap-partial-'));
     clamd = await startTestClamd();
     dovecot = await startTestDovecot();
-    for (const m of [infected, clean]) {
+    for (const m of [infected, clean, uuencoded, lateSoftBreak, junkFirst]) {
       await dovecot.deliver(dovecot.user, m);
       const { client } = await ImapTestClient.connect(dovecot.imapPort);
       await client.login(dovecot.user, dovecot.password);
@@ -149,6 +172,34 @@ describe('imap proxy: partial fetches (Dovecot, clamd)', () => {
       assert.equal(piece?.item, 'BODY[]<0>');
       assert.equal(piece.data.length, 100);
       assert.match((await c.command('FETCH 1 (FLAGS)')).untagged.map((u) => u.text).join(' '), /\\Seen/);
+    } finally {
+      c.close();
+    }
+  });
+  test('parts fetched alone (no header): uuencode in a text, quoted-printable whose first soft break is past the sniffed bytes, base64 after a junk line are found', async () => {
+    const c = await session(port);
+    try {
+      const decodedAll = (data: Buffer) => {
+        const text = data.toString('latin1');
+        const qp = text.replace(/=\r\n/g, '').replace(/=([0-9A-F]{2})/g, (_m, h: string) => String.fromCharCode(parseInt(h, 16)));
+        const b64 = Buffer.from(text.replace(/[^A-Za-z0-9+/=]/g, ''), 'base64').toString('latin1');
+        return [text, qp, b64].some((t) => t.includes(EICAR_MARK)) || /begin 644 eicar\.com/.test(text);
+      };
+      for (const [seq, section] of [[3, 'TEXT'], [3, '1'], [4, 'TEXT'], [4, '1'], [5, '2']] as const) {
+        const [lit] = fetchLiterals((await c.command(`FETCH ${seq} BODY.PEEK[${section}]`)).untagged);
+        assert.ok(lit, `${seq} ${section}`);
+        assert.ok(!decodedAll(lit.data), `message ${seq} BODY[${section}] is replaced`);
+        assert.match(lit.data.toString('latin1') + Buffer.from(lit.data.toString('latin1'), 'base64').toString('utf8'), /replaced by avgate/);
+      }
+      // A clean part read the other ways is still clean: unchanged.
+      const direct = await session(dovecot.imapPort);
+      try {
+        const want = fetchLiterals((await direct.command('FETCH 2 BODY.PEEK[2]')).untagged)[0]?.data;
+        const got = fetchLiterals((await c.command('FETCH 2 BODY.PEEK[2]')).untagged)[0]?.data;
+        assert.ok(want && got && got.equals(want));
+      } finally {
+        direct.close();
+      }
     } finally {
       c.close();
     }

@@ -1,6 +1,7 @@
 import { Spool } from '../../core/spool.js';
 import type { MessageInput } from '../../mime/input.js';
 import { renderReplacement, scanAndReplace, type ReplaceDeps, type ReplaceResult } from '../../mailproxy/index.js';
+import { MAIL_STATUSES } from '../../policy/mail/status.js';
 
 /**
  * What the IMAP proxy does with message content: whole messages go through the mail proxies'
@@ -60,7 +61,9 @@ function syntheticHeader(kind: { encoding: PartEncoding; boundary?: string }): B
     return Buffer.from(`MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="${(kind.boundary as string).replace(/["\\]/g, '')}"\r\n\r\n`, 'latin1');
   }
   const cte = kind.encoding === 'binary' ? 'binary' : kind.encoding;
-  return Buffer.from(`MIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: ${cte}\r\n\r\n`, 'latin1');
+  // 8bit: text, so that the walker also looks for uuencoded files in it (as in a text part).
+  const type = kind.encoding === '8bit' ? 'text/plain' : 'application/octet-stream';
+  return Buffer.from(`MIME-Version: 1.0\r\nContent-Type: ${type}\r\nContent-Transfer-Encoding: ${cte}\r\n\r\n`, 'latin1');
 }
 
 /**
@@ -77,9 +80,27 @@ export async function filterPart(input: Spool, binary: boolean, deps: ReplaceDep
     // scanned whole, so nothing hides in front of the first boundary or after the last.
     const raw = await scanWrapped(input, { encoding: binary ? 'binary' : '8bit' }, deps, signal, tolerate);
     if (raw.changed) return raw;
+    return scanWrapped(input, kind, deps, signal, tolerate);
   }
-  return scanWrapped(input, kind, deps, signal, tolerate);
+  const guessed = await scanWrapped(input, kind, deps, signal, tolerate);
+  if (guessed.changed) return guessed;
+  // The guess can be wrong (quoted-printable whose first soft break comes after the sniffed bytes,
+  // base64 after a junk line that a lenient client skips, uuencode in what looks like binary): the
+  // part is also read the other ways a client might decode it. Only a finding counts there, not
+  // the broken MIME a wrong reading gives; the notice keeps the guessed encoding.
+  const others: PartEncoding[] = binary ? ['8bit'] : (['8bit', 'quoted-printable', 'base64'] as const).filter((e) => e !== kind.encoding);
+  for (const encoding of others) {
+    const r = await scanWrapped(input, { encoding }, deps, signal, NOT_A_FINDING, kind.encoding);
+    if (r.changed) {
+      await guessed.dispose();
+      return r;
+    }
+  }
+  return guessed;
 }
+
+/** Statuses that are no finding: what reading a part in another encoding may give for a clean one. */
+const NOT_A_FINDING: ReadonlySet<string> = new Set(MAIL_STATUSES.filter((s) => s !== 'infected' && s !== 'suspicious'));
 
 const CUT_STATUSES: ReadonlySet<string> = new Set(['corrupted']);
 const NONE: ReadonlySet<string> = new Set();
@@ -90,6 +111,7 @@ async function scanWrapped(
   deps: ReplaceDeps,
   signal: AbortSignal | undefined,
   tolerate: ReadonlySet<string>,
+  noticeEncoding: PartEncoding = kind.encoding,
 ): Promise<FilterOutcome> {
   const header = syntheticHeader(kind);
   const wrapped = new Spool(deps.spoolDir, deps.policy['spool-memory'], { hash: deps.scanner.wantsHash });
@@ -131,7 +153,7 @@ async function scanWrapped(
       contentType: null,
       part: deps.label ?? 'part',
     });
-    const body = encodeNotice(notice, kind.encoding);
+    const body = encodeNotice(notice, noticeEncoding);
     return { output: body, size: body.length, changed: true, replaced, status: result.status, dispose: async () => undefined };
   } finally {
     await result?.dispose();
