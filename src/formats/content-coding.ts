@@ -64,6 +64,11 @@ class DeflateEither extends Transform {
     inner.end();
   }
 
+  /** Input bytes the decoder used (the rest came after the end of the compressed stream). */
+  get used(): number {
+    return (this.inner as unknown as { bytesWritten?: number } | null)?.bytesWritten ?? 0;
+  }
+
   private start(): Transform {
     const b0 = this.head[0] ?? 0;
     const b1 = this.head[1] ?? 0;
@@ -119,16 +124,33 @@ class RatioMeter extends Transform {
 /**
  * `raw` decoded through every coding, last applied first, metered against `encodedBytes()` (the
  * encoded bytes read so far, or the whole size). An error of any stage ends the result with it.
+ * `problem()`, once the result has ended (or failed): why what the engines saw is not what a
+ * client may get — the decoded size passed the ratio, a coding could not be decoded (a corrupt
+ * body), or bytes followed the end of a compressed stream (brotli and inflate stop there and drop
+ * them, while a client that saves the body as sent keeps them) — else null.
  */
-export function decodedStream(raw: Readable, codings: readonly string[], ratio: number, encodedBytes: () => number): { stream: Readable; exceeded: () => boolean } {
+export function decodedStream(raw: Readable, codings: readonly string[], ratio: number, encodedBytes: () => number): { stream: Readable; problem: () => string | null } {
   const meter = new RatioMeter(encodedBytes, ratio);
+  const order = [...codings].reverse();
+  const stages: Transform[] = order.map(decoderFor);
+  const fed = stages.map(() => 0);
+  let failed: { coding: string; message: string } | null = null;
   let prev: Readable = raw;
-  const stages: Transform[] = [...codings].reverse().map(decoderFor);
-  for (const stage of stages) {
+  stages.forEach((stage, i) => {
+    prev.on('data', (c: Buffer) => void (fed[i] = (fed[i] as number) + c.length));
     prev.on('error', (e) => stage.destroy(e));
+    stage.on('error', (e) => void (failed ??= { coding: order[i] as string, message: e.message }));
     prev = prev.pipe(stage);
-  }
+  });
   prev.on('error', (e) => meter.destroy(e));
   prev.pipe(meter);
-  return { stream: meter, exceeded: () => meter.exceeded };
+  const used = (stage: Transform): number => (stage instanceof DeflateEither ? stage.used : ((stage as unknown as { bytesWritten?: number }).bytesWritten ?? 0));
+  const problem = (): string | null => {
+    if (meter.exceeded) return `decoded body over max-decompression-ratio (${ratio})`;
+    if (failed) return `the body's Content-Encoding ${failed.coding} could not be decoded (${failed.message.slice(0, 80)})`;
+    const over = stages.findIndex((s, i) => s.readableEnded && used(s) < (fed[i] as number));
+    if (over >= 0) return `data after the end of the ${order[over]} stream (${(fed[over] as number) - used(stages[over] as Transform)} bytes) cannot be scanned as a client may keep it`;
+    return null;
+  };
+  return { stream: meter, problem };
 }

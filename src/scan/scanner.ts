@@ -189,7 +189,18 @@ export class Scanner implements ScanService {
 
   private async scanCounted(request: ScanRequest): Promise<Verdict> {
     const started = performance.now();
-    const verdict = await this.scanInner(request, started);
+    const engines = await this.scanInner(request, started);
+    const verdict = request.verdictOf ? request.verdictOf(engines) : engines;
+    this.count(request, verdict);
+    return verdict;
+  }
+
+  note(verdict: Verdict, request: Pick<ScanRequest, 'name' | 'origin'>): void {
+    this.count({ source: { kind: 'chunks', chunks: [] }, ...request }, verdict);
+  }
+
+  /** Counters, the statistics event and the scan log line of one verdict. */
+  private count(request: ScanRequest, verdict: Verdict): void {
     this.counters.scans++;
     this.counters.bytes += verdict.bytes;
     this.counters.byStatus[verdict.status]++;
@@ -199,7 +210,7 @@ export class Scanner implements ScanService {
     if (this.options.stats && !abandoned) this.report(this.options.stats, request, verdict);
     const level = (verdict.status === 'error' && !abandoned) || verdict.status === 'unknown' ? 'warn' : 'debug';
     // The line's object is built only when it is written (debug is off in production).
-    if (!this.log.isLevelEnabled(level)) return verdict;
+    if (!this.log.isLevelEnabled(level)) return;
     this.log[level](
       {
         name: request.name,
@@ -215,7 +226,6 @@ export class Scanner implements ScanService {
       },
       'scan',
     );
-    return verdict;
   }
 
   /** One event per verdict; a recorder's trouble never reaches the scan. */

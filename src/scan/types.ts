@@ -36,6 +36,12 @@ export interface ScanRequest {
   signal?: AbortSignal;
   /** Where the object came from, for statistics (front end, group or ICAP service). */
   origin?: ScanOrigin;
+  /**
+   * The caller's last word on the verdict, before it is counted, recorded in the statistics and
+   * logged: a decoded body whose decoding failed or left bytes over is `skipped`, whatever the
+   * engines said of what they saw. The verdict cache keeps the engines' verdict.
+   */
+  verdictOf?: (v: Verdict) => Verdict;
 }
 
 export interface ScanService {
@@ -60,5 +66,11 @@ export interface ScanService {
    * before its verdict (an early ICAP response): not while the engine is known to be down.
    */
   unreachable?(signal?: AbortSignal): Promise<Verdict | null>;
+  /**
+   * A verdict the caller reached without the engines (over a size limit, a coding it cannot
+   * decode): counted and recorded in the statistics as a scan's, so the dashboard and /metrics see
+   * every object a front end answered.
+   */
+  note?(verdict: Verdict, request: Pick<ScanRequest, 'name' | 'origin'>): void;
   close(): Promise<void>;
 }

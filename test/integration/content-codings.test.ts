@@ -13,6 +13,7 @@ import { startAvgatePeer } from '../../tools/peers/avgate.js';
 import { startTestClamd, type TestClamd } from '../helpers/clamd.js';
 import { curlVia } from '../helpers/http-proxy.js';
 import { buildRequest, icapExchange } from '../helpers/icap-client.js';
+import { waitFor } from '../helpers/wait.js';
 
 type Coder = (b: Buffer) => Buffer;
 /** Content-Encoding values and how to make such a body (applied left to right, as the header lists them). */
@@ -25,6 +26,12 @@ const CODINGS: Array<[string, Coder[]]> = [
   ['gzip, gzip', [gzipSync, gzipSync]],
 ];
 const encode = (body: Buffer, coders: Coder[]) => coders.reduce((b, c) => c(b), body);
+/** Codings whose decoders stop at the end of the compressed stream and drop what follows. */
+const TRAILING: Array<[string, Coder[]]> = [
+  ['br', [brotliCompressSync]],
+  ['deflate', [deflateSync]],
+  ['deflate', [deflateRawSync]],
+];
 
 /**
  * Bodies with content codings other than one gzip layer (which clamd opens itself): a browser
@@ -50,6 +57,18 @@ describe('content codings: the HTTP proxy and the ICAP server scan what the brow
       if (which === 'two-lines') {
         res.writeHead(200, [['Content-Type', 'application/octet-stream'], ['Content-Encoding', 'gzip'], ['Content-Encoding', 'br']]);
         res.end(brotliCompressSync(gzipSync(body)));
+        return;
+      }
+      if (which === 'trail') {
+        // A compressed "hello" and then, after the end of its stream, the body itself as sent.
+        const [name, coders] = TRAILING[Number(what)] as [string, Coder[]];
+        res.writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Encoding': name });
+        res.end(Buffer.concat([encode(Buffer.from('hello\n'), coders), eicar]));
+        return;
+      }
+      if (which === 'corrupt') {
+        res.writeHead(200, { 'Content-Type': 'text/plain', 'Content-Encoding': 'gzip' });
+        res.end('this is not gzip at all');
         return;
       }
       if (which === 'zstd') {
@@ -116,5 +135,37 @@ describe('content codings: the HTTP proxy and the ICAP server scan what the brow
     const zstd = await ask('zstd', clean);
     assert.deepEqual([zstd.icap, zstd.http], [200, 403]);
     assert.match(zstd.text, /zstd cannot be decoded/);
+  });
+  test('HTTP proxy: bytes after the end of a br or deflate stream (dropped by the decoder, kept by a client that saves the body as sent) are not scanned, so skipped; a corrupt gzip is skipped with its reason, not an engine error', async () => {
+    for (const [i, [name]] of TRAILING.entries()) {
+      const out = join(dir, `trail-${i}`);
+      const r = await curlVia(avgate.httpProxyPort as number, `http://127.0.0.1:${originPort}/trail/${i}`, out, ['-D', `${out}.head`]);
+      assert.equal(r.status, 403, `${name} (case ${i})`);
+      assert.match(await readFile(`${out}.head`, 'utf8'), new RegExp(`X-Avgate-Verdict: skipped; (not scanned: )?data after the end of the ${name} stream`, 'i'));
+    }
+    const out = join(dir, 'corrupt');
+    const r = await curlVia(avgate.httpProxyPort as number, `http://127.0.0.1:${originPort}/corrupt/x`, out, ['-D', `${out}.head`]);
+    assert.equal(r.status, 403);
+    assert.match(await readFile(`${out}.head`, 'utf8'), /X-Avgate-Verdict: skipped; (not scanned: )?the body's Content-Encoding gzip could not be decoded/i);
+  });
+
+  test('ICAP RESPMOD: trailing bytes after a br stream are skipped; a zstd body past the early-response size gets the page at once (no early head, then an abort); these skipped verdicts reach the statistics', async () => {
+    const port = avgate.icapPort;
+    const before = Number(/avgate_scans_total\{source="icap",status="skipped"\} (\d+)/.exec((await avgate.stats?.prometheus()) ?? '')?.[1] ?? 0);
+    const trailing = Buffer.concat([brotliCompressSync(Buffer.from('hello\n')), eicar]);
+    const t = await icapExchange(port, [buildRequest(port, trailing, { allow204: true, resHeaders: ['Content-Encoding: br'] }).first]);
+    t.socket.destroy();
+    assert.match(t.responses[0]?.sections['res-hdr']?.toString('latin1') ?? '', /^HTTP\/1\.1 403/);
+    assert.match(t.responses[0]?.body.toString('latin1') ?? '', /data after the end of the br stream/);
+    // 200 KB, no Allow: 204, no preview: past early-response-after (32 KiB) the head would go out early.
+    const big = randomBytes(200_000);
+    const z = await icapExchange(port, [buildRequest(port, big, { resHeaders: ['Content-Encoding: zstd'] }).first]);
+    z.socket.destroy();
+    assert.equal(z.responses[0]?.head.status, 200);
+    assert.match(z.responses[0]?.sections['res-hdr']?.toString('latin1') ?? '', /^HTTP\/1\.1 403/, 'the page, not the object\'s own head');
+    await waitFor('the statistics to count both', async () => {
+      const after = Number(/avgate_scans_total\{source="icap",status="skipped"\} (\d+)/.exec((await avgate.stats?.prometheus()) ?? '')?.[1] ?? 0);
+      return after - before >= 2 ? true : null;
+    }, 10_000);
   });
 });

@@ -331,16 +331,21 @@ export class Exchange {
   private async scan(scanner: ScanService, spool: Spool, url: string, rule: string, encoding: string | null): Promise<Verdict> {
     const plan = codingPlan(contentCodings(encoding === null ? [] : [encoding]), this.ctx.config['decode-content-encoding']);
     const base = { name: url, signal: this.ac.signal, origin: { source: 'http' as const, group: rule } };
-    if (plan.kind === 'undecodable') return skippedVerdict(plan.reason, spool.size);
+    if (plan.kind === 'undecodable') {
+      const v = skippedVerdict(plan.reason, spool.size);
+      scanner.note?.(v, base);
+      return v;
+    }
     if (plan.kind === 'decode') {
       // The client gets the encoded bytes; the engines see what the client will see after decoding.
       const raw = spool.createReadStream();
       const size = spool.size;
       const decoded = decodedStream(raw, plan.codings, this.ctx.config['max-decompression-ratio'], () => size);
-      return scanner.scan({ ...base, source: { kind: 'stream', stream: decoded.stream } }).then((v) => {
-        raw.destroy();
-        return decoded.exceeded() ? skippedVerdict(`decoded body over max-decompression-ratio (${this.ctx.config['max-decompression-ratio']})`, v.bytes) : v;
-      });
+      const verdictOf = (v: Verdict): Verdict => {
+        const problem = decoded.problem();
+        return problem === null ? v : { ...skippedVerdict(problem, size), durationMs: v.durationMs };
+      };
+      return scanner.scan({ ...base, source: { kind: 'stream', stream: decoded.stream }, verdictOf }).finally(() => raw.destroy());
     }
     const path = spool.filePath();
     return scanner.scan({

@@ -90,7 +90,8 @@ const CONTINUE = Buffer.from('ICAP/1.0 100 Continue\r\n\r\n');
  */
 export const CLOSE_GRACE_MS = 2000;
 
-type Outcome = { status: number; verdict: Verdict | null; bytes: number; close: boolean };
+/** `aborted`: the verdict came after an early head, and the connection was cut (access log `/aborted`). */
+type Outcome = { status: number; verdict: Verdict | null; bytes: number; close: boolean; aborted?: boolean };
 
 /**
  * One ICAP connection: reads requests one after the other (pipelined requests wait in the reader),
@@ -99,6 +100,13 @@ type Outcome = { status: number; verdict: Verdict | null; bytes: number; close: 
  */
 /** A body the engines were not given (its coding cannot be decoded, or decodes too far): skipped. */
 function notScanned(reason: string, bytes: number, startedAt: number): Verdict {
+  const v = skippedFor(reason, bytes, startedAt);
+  MADE_HERE.add(v);
+  return v;
+}
+
+/** The same verdict for a scan's verdictOf (the scanner records that one itself). */
+function skippedFor(reason: string, bytes: number, startedAt: number): Verdict {
   return { status: 'skipped', reason, engine: '-', signatureVersion: null, durationMs: performance.now() - startedAt, bytes, cached: false };
 }
 
@@ -258,7 +266,7 @@ export class IcapConnection {
       service: service.name,
       method: head.method,
       status: outcome.status,
-      verdict: outcome.verdict ? verdictLabel(outcome.verdict) : '-',
+      verdict: outcome.verdict ? `${verdictLabel(outcome.verdict)}${outcome.aborted ? '/aborted' : ''}` : '-',
       bytes: outcome.bytes,
       ms: performance.now() - started,
       ...current.who,
@@ -431,12 +439,16 @@ export class IcapConnection {
     // scanned at all (content-coding.ts).
     const coding = codingPlan(contentCodings(echoHead?.headers.all('content-encoding') ?? []), service.config['decode-content-encoding']);
     const ratio = service.config['max-decompression-ratio'];
-    let decodeExceeded = (): boolean => false;
-    const scanSource = (raw: Readable): Readable => {
-      if (coding.kind !== 'decode') return raw;
-      const d = decodedStream(raw, coding.codings, ratio, () => spool.size);
-      decodeExceeded = d.exceeded;
-      return d.stream;
+    /** The scan of the body decoded: what the engines read, and the verdict as the decoding leaves it (content-coding.ts). */
+    const decodedScan = (raw: Readable): { stream: Readable; verdictOf: (v: Verdict) => Verdict } => {
+      const d = decodedStream(raw, (coding as { codings: string[] }).codings, ratio, () => spool.size);
+      return {
+        stream: d.stream,
+        verdictOf: (v) => {
+          const problem = d.problem();
+          return problem === null ? v : { ...skippedFor(problem, spool.size, startedAt), durationMs: v.durationMs };
+        },
+      };
     };
     /** Answers before the body is over (over max-object-size, the engine down); the rest gets at most read-timeout. */
     const answerNow = async (verdict: Verdict, rest: string): Promise<Outcome> => {
@@ -459,6 +471,13 @@ export class IcapConnection {
           // A preview is answered at its end (below), without the rest.
           if (!inPreview) answered = await answerOverLimit();
         }
+      }
+      // A coding that cannot be decoded is never scanned: when that blocks, the answer goes out now
+      // (at the end of a preview), never an early head and then an abort at the end.
+      const refuseUnread = !overLimit && coding.kind === 'undecodable' && service.decide(skippedFor(coding.reason, 0, startedAt)).action === 'block';
+      if (refuseUnread) {
+        dropping = true;
+        if (!inPreview) answered = await answerNow(notScanned((coding as { reason: string }).reason, 0, startedAt), 'the rest of a body that will not be scanned');
       }
       const expectedSize = Number.isFinite(declaredLength) && declaredLength <= limits.spoolMemory ? declaredLength : 0;
       let eagerCopy = service.scanner.engineLikely;
@@ -495,10 +514,11 @@ export class IcapConnection {
               ieofInPreview = next.value.ieof;
               inPreview = false;
               if (!next.value.ieof) {
-                if (overLimit) {
+                if (overLimit || refuseUnread) {
                   // Decided without the rest: the client must not send it (RFC 3507 4.5).
                   await spool.end();
-                  return await this.finish(head, service, base, spool, this.skippedVerdict(service, spool.size + dropped, startedAt), url, echoHead, echoHeadName, echoBodyName, true, false);
+                  const v = overLimit ? this.skippedVerdict(service, spool.size + dropped, startedAt) : notScanned((coding as { reason: string }).reason, spool.size + dropped, startedAt);
+                  return await this.finish(head, service, base, spool, v, url, echoHead, echoHeadName, echoBodyName, true, false);
                 }
                 await this.write(CONTINUE);
                 this.responding = false; // 100 Continue is not the final response
@@ -534,7 +554,8 @@ export class IcapConnection {
             // Too big to assemble first: stream to the engine from here on, while spooling for the echo.
             spool.stopHashing(); // the scanner hashes the stream for the cache: once is enough
             scanStream = new PassThrough({ highWaterMark: READ_PIECE });
-            scanPromise = service.scanner.scan({ source: { kind: 'stream', stream: scanSource(scanStream) }, name: url, signal: scanAbort.signal, origin: { source: 'icap', group: service.name } });
+            const source = coding.kind === 'decode' ? decodedScan(scanStream) : { stream: scanStream, verdictOf: undefined };
+            scanPromise = service.scanner.scan({ source: { kind: 'stream', stream: source.stream }, verdictOf: source.verdictOf, name: url, signal: scanAbort.signal, origin: { source: 'icap', group: service.name } });
             for (const held of spool.memoryChunks) await feed(scanStream, held);
           }
           await spool.write(piece);
@@ -575,7 +596,10 @@ export class IcapConnection {
         verdict = await scanPromise;
       } else if (coding.kind === 'decode') {
         const raw = spool.createReadStream();
-        verdict = await service.scanner.scan({ source: { kind: 'stream', stream: scanSource(raw) }, name: url, signal: scanAbort.signal, origin: { source: 'icap', group: service.name } }).finally(() => raw.destroy());
+        const decoded = decodedScan(raw);
+        verdict = await service.scanner
+          .scan({ source: { kind: 'stream', stream: decoded.stream }, verdictOf: decoded.verdictOf, name: url, signal: scanAbort.signal, origin: { source: 'icap', group: service.name } })
+          .finally(() => raw.destroy());
       } else {
         const path = spool.filePath();
         const source = path ? ({ kind: 'file', path } as const) : ({ kind: 'chunks', chunks: spool.memoryChunks } as const);
@@ -589,7 +613,6 @@ export class IcapConnection {
           ...(path ? {} : { toFile: () => spool.fileForScan() }),
         });
       }
-      if (decodeExceeded()) verdict = notScanned(`decoded body over max-decompression-ratio (${ratio})`, spool.size, startedAt);
       return await this.finish(head, service, base, spool, verdict, url, echoHead, echoHeadName, echoBodyName, ieofInPreview, early, forwarded);
     } catch (err) {
       scanAbort.abort(err);
@@ -645,6 +668,8 @@ export class IcapConnection {
     forwarded = 0,
   ): Promise<Outcome & { verdict: Verdict }> {
     this.ctx.onVerdict(service, verdict);
+    // Decided here without the engines: the statistics count it too.
+    if (OVER_LIMIT.has(verdict) || MADE_HERE.has(verdict)) service.scanner.note?.(verdict, { name: url, origin: { source: 'icap', group: service.name } });
     const decision: Decision = service.decide(verdict);
     const bytes = spool.size;
     if (decision.action === 'block') {
@@ -672,7 +697,7 @@ export class IcapConnection {
         // Headers are out; the body must never arrive complete: abort the connection.
         this.ctx.log.warn({ client: this.client, url, verdict: verdictLabel(verdict), ...this.current?.who }, 'icap: verdict after the early response, connection aborted');
         this.socket.destroy();
-        return { status: 200, verdict, bytes, close: true };
+        return { status: 200, verdict, bytes, close: true, aborted: true };
       }
       const page = service.blockPage(verdict, decision, url, this.current?.who);
       this.sending = 'a block page';
@@ -751,6 +776,8 @@ function keepsOverLimit(service: IcapService, head: IcapRequestHead, inPreview: 
 
 /** Skipped verdicts of bodies over max-object-size (see skippedVerdict): never quarantined. */
 const OVER_LIMIT = new WeakSet<Verdict>();
+/** Other verdicts made here (notScanned): recorded through the scanner's note(). */
+const MADE_HERE = new WeakSet<Verdict>();
 
 /** Writes to the scan stream with backpressure; a stream the scanner dropped is skipped. */
 async function feed(stream: PassThrough, piece: Buffer): Promise<void> {
