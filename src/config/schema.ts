@@ -137,6 +137,13 @@ const icapServiceSchema = z.strictObject({
   'decode-content-encoding': z.boolean().default(true),
   /** A decoded body larger than this many times its encoded size is skipped (a decompression bomb). */
   'max-decompression-ratio': z.number().int().min(1).default(100),
+  /**
+   * whole: a GET's Range (If-Range, Request-Range) is taken out in REQMOD, so the server sends the
+   * whole object and RESPMOD scans all of it; a 206 Partial Content that reaches RESPMOD anyway is
+   * skipped (a part scanned alone passes what only the whole shows). pass: parts are scanned as
+   * they come.
+   */
+  'range-requests': z.enum(['whole', 'pass']).default('whole'),
   /** Verdicts that let the object through; by default only free. */
   'accept-status': z.array(STATUS).min(1).default(['free']),
   /** HTTP status of the page for a verdict that does not pass. */

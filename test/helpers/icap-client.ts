@@ -121,14 +121,18 @@ export function buildRequest(
     rawTarget?: string;
     /** More lines of the encapsulated HTTP response head (RESPMOD), e.g. `Content-Encoding: br`. */
     resHeaders?: string[];
+    /** The encapsulated response's status line (RESPMOD); default `HTTP/1.1 200 OK`. */
+    resStatus?: string;
+    /** More lines of the encapsulated HTTP request head, e.g. `Range: bytes=0-99`. */
+    reqHeaders?: string[];
   } = {},
 ): BuiltRequest {
   const method = opts.method ?? 'RESPMOD';
   const url = new URL(opts.url ?? 'http://origin.test/file.bin');
   const target = opts.rawTarget ?? `${url.pathname}${url.search}`;
   const cl = opts.contentLength === false || body === null ? '' : `Content-Length: ${body.length}\r\n`;
-  const reqHdr = `${method === 'REQMOD' ? 'POST' : 'GET'} ${target} HTTP/1.1\r\nHost: ${url.host}\r\n${method === 'REQMOD' ? cl : ''}\r\n`;
-  const resHdr = `HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n${(opts.resHeaders ?? []).map((h) => `${h}\r\n`).join('')}${cl}\r\n`;
+  const reqHdr = `${method === 'REQMOD' && body !== null ? 'POST' : 'GET'} ${target} HTTP/1.1\r\nHost: ${url.host}\r\n${(opts.reqHeaders ?? []).map((h) => `${h}\r\n`).join('')}${method === 'REQMOD' ? cl : ''}\r\n`;
+  const resHdr = `${opts.resStatus ?? 'HTTP/1.1 200 OK'}\r\nContent-Type: application/octet-stream\r\n${(opts.resHeaders ?? []).map((h) => `${h}\r\n`).join('')}${cl}\r\n`;
   const bodyName = body === null ? 'null-body' : method === 'REQMOD' ? 'req-body' : 'res-body';
   const enc =
     method === 'REQMOD' ? `req-hdr=0, ${bodyName}=${reqHdr.length}` : `req-hdr=0, res-hdr=${reqHdr.length}, ${bodyName}=${reqHdr.length + resHdr.length}`;

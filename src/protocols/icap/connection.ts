@@ -98,6 +98,16 @@ type Outcome = { status: number; verdict: Verdict | null; bytes: number; close: 
  * answers each, and closes on `Connection: close`, on any protocol error (after answering it), or
  * when the client goes. Policy comes from the service; this class only frames.
  */
+/** Request headers that ask for a part of an object (Request-Range: the old Netscape name). */
+const RANGE_HEADERS: ReadonlySet<string> = new Set(['range', 'if-range', 'request-range']);
+
+/** The raw HTTP head without the lines of these headers (lower case), or null when it has none. */
+function withoutHeaders(raw: Buffer, names: ReadonlySet<string>): Buffer | null {
+  const lines = raw.toString('latin1').split('\r\n');
+  const kept = lines.filter((l, i) => i === 0 || !names.has(l.slice(0, Math.max(0, l.indexOf(':'))).trim().toLowerCase()));
+  return kept.length === lines.length ? null : Buffer.from(kept.join('\r\n'), 'latin1');
+}
+
 /** A body the engines were not given (its coding cannot be decoded, or decodes too far): skipped. */
 function notScanned(reason: string, bytes: number, startedAt: number): Verdict {
   const v = skippedFor(reason, bytes, startedAt);
@@ -393,6 +403,14 @@ export class IcapConnection {
     const echoBodyName: EncapsulatedName = head.method === 'RESPMOD' ? 'res-body' : 'req-body';
 
     if (bodyName === 'null-body') {
+      // range-requests: whole: the server is asked for the whole object, which RESPMOD then scans
+      // (the client may get a 200 for its range, as from any server without ranges).
+      const ranged = head.method === 'REQMOD' && service.config['range-requests'] === 'whole' && req && /^GET /i.test(req.startLine) ? withoutHeaders(req.raw, RANGE_HEADERS) : null;
+      if (ranged) {
+        this.ctx.log.debug({ client: this.client, url }, 'icap: Range taken out of a GET (range-requests: whole)');
+        await this.write(formatResponseHead({ status: 200, headers: base, encapsulated: { headers: [{ name: 'req-hdr', block: ranged }], body: 'null-body' } }));
+        return { status: 200, verdict: null, bytes: 0, close: false };
+      }
       // Nothing to scan: no body, nothing that could carry a virus.
       if (head.allow204 || head.preview !== null) {
         await this.write(formatResponseHead({ status: 204, headers: base }));
@@ -438,6 +456,11 @@ export class IcapConnection {
     // The engines see the body as the browser will (decoded); a coding avgate cannot decode is not
     // scanned at all (content-coding.ts).
     const coding = codingPlan(contentCodings(echoHead?.headers.all('content-encoding') ?? []), service.config['decode-content-encoding']);
+    // Never scanned, whatever the body: a coding avgate cannot decode, or (range-requests: whole) a
+    // part of an object, which scanned alone passes what only the whole shows.
+    const partial = head.method === 'RESPMOD' && service.config['range-requests'] === 'whole' && /^HTTP\/\d(?:\.\d)? 206\b/.test(res?.startLine ?? '');
+    const unscannable: string | null =
+      coding.kind === 'undecodable' ? coding.reason : partial ? 'a part of an object (206 Partial Content) is not scanned alone: REQMOD to this service takes Range out so the whole is fetched (range-requests)' : null;
     const ratio = service.config['max-decompression-ratio'];
     /** The scan of the body decoded: what the engines read, and the verdict as the decoding leaves it (content-coding.ts). */
     const decodedScan = (raw: Readable): { stream: Readable; verdictOf: (v: Verdict) => Verdict } => {
@@ -474,10 +497,10 @@ export class IcapConnection {
       }
       // A coding that cannot be decoded is never scanned: when that blocks, the answer goes out now
       // (at the end of a preview), never an early head and then an abort at the end.
-      const refuseUnread = !overLimit && coding.kind === 'undecodable' && service.decide(skippedFor(coding.reason, 0, startedAt)).action === 'block';
+      const refuseUnread = !overLimit && unscannable !== null && service.decide(skippedFor(unscannable, 0, startedAt)).action === 'block';
       if (refuseUnread) {
         dropping = true;
-        if (!inPreview) answered = await answerNow(notScanned((coding as { reason: string }).reason, 0, startedAt), 'the rest of a body that will not be scanned');
+        if (!inPreview) answered = await answerNow(notScanned(unscannable, 0, startedAt), 'the rest of a body that will not be scanned');
       }
       const expectedSize = Number.isFinite(declaredLength) && declaredLength <= limits.spoolMemory ? declaredLength : 0;
       let eagerCopy = service.scanner.engineLikely;
@@ -517,7 +540,7 @@ export class IcapConnection {
                 if (overLimit || refuseUnread) {
                   // Decided without the rest: the client must not send it (RFC 3507 4.5).
                   await spool.end();
-                  const v = overLimit ? this.skippedVerdict(service, spool.size + dropped, startedAt) : notScanned((coding as { reason: string }).reason, spool.size + dropped, startedAt);
+                  const v = overLimit ? this.skippedVerdict(service, spool.size + dropped, startedAt) : notScanned(unscannable as string, spool.size + dropped, startedAt);
                   return await this.finish(head, service, base, spool, v, url, echoHead, echoHeadName, echoBodyName, true, false);
                 }
                 await this.write(CONTINUE);
@@ -590,8 +613,8 @@ export class IcapConnection {
       let verdict: Verdict;
       if (overLimit) {
         verdict = this.skippedVerdict(service, spool.size + dropped, startedAt);
-      } else if (coding.kind === 'undecodable') {
-        verdict = notScanned(coding.reason, spool.size, startedAt);
+      } else if (unscannable !== null) {
+        verdict = notScanned(unscannable, spool.size, startedAt);
       } else if (scanPromise) {
         verdict = await scanPromise;
       } else if (coding.kind === 'decode') {
