@@ -135,9 +135,9 @@ export const mailProxyPolicySchema = z.strictObject({
    */
   'max-message-size': size.prefault('100MiB'),
   /**
-   * Whole messages (RETR, FETCH BODY[] ..., APPEND) with a document of one of these statuses
-   * replaced (or refused) are kept in the quarantine first, e.g. [infected]; [] = none. Every
-   * download of such a message adds an item (the encrypted object is stored once).
+   * Whole messages (RETR, FETCH BODY[] / RFC822, APPEND) with a document of one of these statuses
+   * replaced (or refused) are kept in the quarantine first, e.g. [infected]; [] = none. A message
+   * fetched again adds no item while an unreleased one of the same bytes and login is there.
    */
   quarantine: z.array(z.enum(MAIL_STATUSES)).default([]),
 });

@@ -8,6 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import fc from 'fast-check';
 import { imapProxySchema, type ImapProxyConfig } from '../../src/config/imap-schema.js';
+import { Listeners } from '../../src/core/listen.js';
 import { createLogger, silentLogger, type Logger } from '../../src/core/logging.js';
 import { eicarBytes } from '../../src/engines/clamd/testdb.js';
 import { ImapProxyServer } from '../../src/protocols/imap/server.js';
@@ -102,10 +103,54 @@ describe('imap proxy (Dovecot, clamd)', () => {
       const caps = r.untagged.find((u) => u.text.startsWith('* CAPABILITY'));
       assert.ok(caps);
       assert.match(caps.text, /IMAP4rev1/);
-      assert.doesNotMatch(caps.text, /STARTTLS|COMPRESS=|CATENATE/);
+      assert.doesNotMatch(caps.text, /STARTTLS|COMPRESS=|CATENATE|PREVIEW|SNIPPET/);
       // COMPRESS asked anyway is refused, and the session goes on.
       assert.match((await c.command('COMPRESS DEFLATE')).tagged, /^t\d+ NO /);
       assert.match((await c.command('NOOP')).tagged, / OK/);
+    } finally {
+      c.close();
+    }
+  });
+
+  test('PREVIEW and SNIPPET asked anyway: the preview comes back empty (quoted or literal), never the message text', async () => {
+    const eicar = eicarBytes().toString('latin1');
+    // Dovecot sends an ASCII preview as a quoted string, a UTF-8 one as a literal.
+    const messages = [
+      Buffer.from(`From: a@example.org\r\nTo: b@example.org\r\nSubject: preview\r\n\r\n${eicar}\r\n`, 'latin1'),
+      Buffer.concat([Buffer.from('From: a@example.org\r\nTo: b@example.org\r\nSubject: preview 8bit\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nGrüße ', 'utf8'), Buffer.from(`${eicar}\r\n`, 'latin1')]),
+    ];
+    // Stored directly (the proxy refuses infected uploads), in a mailbox of its own: the other tests count what INBOX holds.
+    const d = await session(dovecot.imapPort);
+    try {
+      assert.match((await d.command('CREATE Previews')).tagged, / OK/);
+      for (const m of messages) assert.match((await d.append('Previews', m)).tagged, / OK/);
+      await d.command('SELECT Previews');
+      const r = await d.command('FETCH 1:2 (PREVIEW)');
+      assert.ok(r.untagged.some((u) => u.text.includes(EICAR_MARK)) && r.untagged.some((u) => u.literals.some((l) => l.includes(EICAR_MARK))), 'Dovecot previews the text, quoted and as a literal');
+    } finally {
+      d.close();
+    }
+    const c = await session();
+    try {
+      await c.command('SELECT Previews');
+      const asked: Array<[string, RegExp]> = [
+        ['FETCH 1:2 (UID PREVIEW FLAGS)', /^\* [12] FETCH \(UID [12] PREVIEW "" FLAGS \([^)]*\)\)$/],
+        ['UID FETCH 1:* (PREVIEW (LAZY))', /^\* [12] FETCH \((?:UID [12] )?PREVIEW ""(?: UID [12])?\)$/],
+        ['FETCH 1:2 (SNIPPET (LAZY=FUZZY) UID)', /^\* [12] FETCH \(SNIPPET \(FUZZY ""\) UID [12]\)$/],
+        ['FETCH 1:* SNIPPET', /^\* [12] FETCH \(SNIPPET \(FUZZY ""\)\)$/],
+      ];
+      for (const [command, shape] of asked) {
+        const r = await c.command(command);
+        assert.match(r.tagged, / OK/, command);
+        const fetched = r.untagged.filter((u) => / FETCH /.test(u.text));
+        assert.equal(fetched.length, 2, command);
+        for (const u of fetched) {
+          assert.match(u.text, shape, command);
+          assert.equal(u.literals.length, 0);
+        }
+      }
+      assert.match((await c.command('NOOP')).tagged, / OK/);
+      assert.ok(!Buffer.concat(c.received).toString('latin1').includes(EICAR_MARK), 'no preview text reached the client');
     } finally {
       c.close();
     }
@@ -257,6 +302,33 @@ describe('imap proxy (Dovecot, clamd)', () => {
     c.close();
   });
 
+  test('reload: a session of the previous configuration gets a BYE that says the proxy is reloading (the port is served on); a stop says shutting down', async () => {
+    const generation = async (listeners: Listeners) => {
+      const proxy = new ImapProxyServer(imapProxySchema.parse({ listen: '127.0.0.1:0', upstream: `127.0.0.1:${dovecot.imapPort}` }), { stateDir: dir, scannerFor: () => ({ scanner }), log: silentLogger(), quarantine: null, listeners });
+      proxies.push(proxy);
+      return { proxy, port: (await proxy.listen()).port };
+    };
+    const first = new Listeners();
+    const old = await generation(first);
+    const before = await session(old.port);
+    // The next generation takes the listening socket over, as serve's reload does.
+    const nextListeners = new Listeners(first);
+    const next = await generation(nextListeners);
+    assert.equal(next.port, old.port);
+    assert.deepEqual(await nextListeners.takeOver(), []);
+    try {
+      await old.proxy.close(5000);
+      assert.match((await before.next()).text, /^\* BYE \[UNAVAILABLE\] The proxy is reloading, reconnect now/);
+      const after = await session(next.port);
+      assert.match((await after.command('NOOP')).tagged, / OK/);
+      await next.proxy.close(5000);
+      assert.match((await after.next()).text, /^\* BYE \[UNAVAILABLE\] Server shutting down/);
+      after.close();
+    } finally {
+      before.close();
+    }
+  });
+
   test('stop: a FETCH being scanned is answered before the BYE; a session in IDLE gets it at once; a command sent meanwhile is not relayed', async () => {
     // Scans held until the test lets them go: the FETCH is under way when close() starts.
     let release: () => void = () => undefined;
@@ -402,7 +474,7 @@ describe('imap proxy (Dovecot, clamd)', () => {
     }
   });
 
-  test('quarantine: [infected] keeps an infected message fetched whole (BODY.PEEK[]) as Dovecot holds it; a single part or a partial fetch adds nothing', async () => {
+  test('quarantine: [infected] keeps an infected message fetched whole (BODY.PEEK[]) as Dovecot holds it; a single part, a partial fetch or BINARY[] (the decoded copy) adds nothing', async () => {
     const q = await EncryptedQuarantine.open({ dir: join(dir, 'quarantine'), keyFile: join(dir, 'quarantine.key') });
     try {
       const { port: qport } = await startProxy({ quarantine: ['infected'] }, scanner, q);
@@ -414,7 +486,11 @@ describe('imap proxy (Dovecot, clamd)', () => {
         const part = Buffer.from(fetchLiterals((await c.command(`FETCH ${seq} (BODY.PEEK[2])`)).untagged)[0]?.data.toString('latin1') ?? '', 'base64').toString('utf8');
         assert.match(part, /replaced by avgate/, 'part 2 (eicar.com) was replaced');
         await c.command(`FETCH ${seq} (BODY.PEEK[]<0.400>)`);
-        assert.equal((await q.list()).length, 0, 'parts and partial fetches are not kept');
+        // BINARY[] is Dovecot's decoded copy (Content-Transfer-Encoding: binary): scanned and replaced, not kept.
+        const [bin] = fetchLiterals((await c.command(`FETCH ${seq} (BINARY.PEEK[])`)).untagged);
+        assert.ok(bin && !bin.data.includes(EICAR_MARK), 'BINARY[] scanned');
+        assert.match(bin.data.toString('utf8'), /replaced by avgate/);
+        assert.equal((await q.list()).length, 0, 'parts, partial fetches and BINARY[] are not kept');
         const r = await c.command(`FETCH ${seq} (BODY.PEEK[])`);
         assert.match(r.tagged, / OK/);
       } finally {
@@ -733,6 +809,29 @@ describe('imap proxy (Dovecot, clamd)', () => {
       // Sessions that moved to TLS are counted out when they end (the listener tracks the TCP sockets).
       for (let i = 0; i < 100 && proxy.openConnections > 0; i++) await new Promise((r) => setTimeout(r, 50));
       assert.equal(proxy.openConnections, 0);
+    });
+
+    test('STARTTLS is not offered once a login is under way: the post-login * CAPABILITY Dovecot sends inside the LOGIN / AUTHENTICATE answer has none', async () => {
+      const { port: p } = await startProxy({ tls: { cert, key } });
+      const plain = Buffer.from(`\0${dovecot.user}\0${dovecot.password}`).toString('base64');
+      for (const login of [`AUTHENTICATE PLAIN ${plain}`, `LOGIN ${dovecot.user} ${dovecot.password}`]) {
+        const { client: c } = await ImapTestClient.connect(p);
+        try {
+          // A CAPABILITY before the login makes Dovecot send the post-login list untagged, before the tagged OK.
+          assert.match(await capabilities(c), /\bSTARTTLS\b/);
+          const r = await c.command(login);
+          assert.match(r.tagged, /^t\d+ OK /);
+          const caps = r.untagged.find((u) => u.text.startsWith('* CAPABILITY'))?.text ?? '';
+          assert.match(caps, /\bIMAP4rev1\b.*\bMOVE\b/, `the post-login list (${login.split(' ')[0]})`);
+          assert.doesNotMatch(caps, /STARTTLS/, caps);
+          assert.doesNotMatch(r.tagged, /STARTTLS/);
+          assert.doesNotMatch(await capabilities(c), /STARTTLS/);
+          assert.match((await c.command('STARTTLS')).tagged, /^t\d+ BAD /);
+          assert.match((await c.command('SELECT INBOX')).tagged, / OK/);
+        } finally {
+          c.close();
+        }
+      }
     });
 
     test('tls.required: LOGINDISABLED, no LOGIN in clear, curl without TLS fails; a command sent in clear behind STARTTLS is never taken', async () => {

@@ -10,6 +10,8 @@ describe('imap proxy helpers', () => {
     assert.equal(line('* CAPABILITY IMAP4rev1 STARTTLS COMPRESS=DEFLATE CATENATE LITERAL+ IDLE'), '* CAPABILITY IMAP4rev1 LITERAL+ IDLE');
     assert.equal(line('* OK [CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN] ready'), '* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready');
     assert.equal(line('a1 OK [CAPABILITY IMAP4rev1 COMPRESS=DEFLATE] Logged in'), 'a1 OK [CAPABILITY IMAP4rev1] Logged in');
+    // A preview is message text the server cuts out, never scanned.
+    assert.equal(line('* CAPABILITY IMAP4rev1 BINARY MOVE SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW STATUS=SIZE'), '* CAPABILITY IMAP4rev1 BINARY MOVE STATUS=SIZE');
     assert.equal(filterCapabilities(Buffer.from('* OK [CAPABILITY IMAP4rev1 STARTTLS] hi'), { dropCode: true }).toString(), '* OK hi');
     assert.equal(filterCapabilities(Buffer.from('* CAPABILITY IMAP4rev1 APPENDLIMIT=900000000'), { appendLimit: 1000 }).toString(), '* CAPABILITY IMAP4rev1 APPENDLIMIT=1000');
     assert.equal(filterCapabilities(Buffer.from('* CAPABILITY APPENDLIMIT=10'), { appendLimit: 1000 }).toString(), '* CAPABILITY APPENDLIMIT=10');

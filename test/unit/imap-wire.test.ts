@@ -3,6 +3,7 @@ import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import { splitAt } from '../helpers/split.js';
 import {
+  blankStrings,
   commandName,
   contentKindOf,
   FetchItemTracker,
@@ -232,6 +233,32 @@ describe('fetch items', () => {
       }),
       { numRuns: 400 },
     );
+  });
+
+  test('preview strings (PREVIEW, SNIPPET) are found, quoted or literal, and blanked; other strings are not', () => {
+    /** Each segment as the proxy sends it (quoted preview strings blanked), and per literal whether it is a preview's. */
+    function blanked(segments: string[]): { sent: string[]; hidden: boolean[] } {
+      const t = new FetchItemTracker();
+      const sent: string[] = [];
+      const hidden: boolean[] = [];
+      segments.forEach((s, i) => {
+        const spec = parseLiteralMarker(Buffer.from(s));
+        const text = Buffer.from(spec ? s.slice(0, spec.markerStart) : s, 'latin1');
+        if (i === 0) assert.ok(t.start(text));
+        else t.continue(text);
+        sent.push(blankStrings(text, t.hidden).toString('latin1'));
+        if (spec) {
+          hidden.push(t.literalHidden());
+          t.literalItem();
+        }
+      });
+      return { sent, hidden };
+    }
+    assert.deepEqual(blanked(['* 1 FETCH (UID 4 PREVIEW "X5O!P%@AP[4\\\\PZX" FLAGS (\\Seen))']), { sent: ['* 1 FETCH (UID 4 PREVIEW "" FLAGS (\\Seen))'], hidden: [] });
+    assert.deepEqual(blanked(['* 1 FETCH (SNIPPET (FUZZY "a \\"b\\" (c)") ENVELOPE ("d" "subject"))']), { sent: ['* 1 FETCH (SNIPPET (FUZZY "") ENVELOPE ("d" "subject"))'], hidden: [] });
+    assert.deepEqual(blanked(['* 2 FETCH (UID 5 PREVIEW {76}', ' BODY[] {10}', ')']), { sent: ['* 2 FETCH (UID 5 PREVIEW ', ' BODY[] ', ')'], hidden: [true, false] });
+    assert.deepEqual(blanked(['* 2 FETCH (SNIPPET (FUZZY {76}', ') ENVELOPE ("x" {3}', ' NIL) PREVIEW NIL)']), { sent: ['* 2 FETCH (SNIPPET (FUZZY ', ') ENVELOPE ("x" ', ' NIL) PREVIEW NIL)'], hidden: [true, false] });
+    assert.deepEqual(blanked(['* 3 FETCH (BODY[HEADER.FIELDS (PREVIEW)] {5}', ' X-PREVIEW "kept")']), { sent: ['* 3 FETCH (BODY[HEADER.FIELDS (PREVIEW)] ', ' X-PREVIEW "kept")'], hidden: [false] });
   });
 
   test('content kinds', () => {

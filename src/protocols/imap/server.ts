@@ -101,11 +101,14 @@ export class ImapProxyServer extends GracefulServer {
 
   protected async closeNow(drain: Drain): Promise<void> {
     const server = this.server;
+    // A reload has handed the listening socket to the next generation (Listeners.takeOver): a
+    // client that reconnects is served at once, and the BYE says so. A stop ends the service.
+    const bye = server !== null && !server.listening ? '[UNAVAILABLE] The proxy is reloading, reconnect now' : '[UNAVAILABLE] Server shutting down';
     // Stop accepting now; the callback only comes once every connection is gone.
     const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
     // Each session says BYE once the command it is answering is done (never inside a literal
     // being relayed), at once when it has none or only IDLE; the drain's deadline cuts the rest.
-    await Promise.all([...this.sessions.values()].map((s) => s.finish('[UNAVAILABLE] Server shutting down')));
+    await Promise.all([...this.sessions.values()].map((s) => s.finish(bye)));
     await drain.wait(() => this.sessions.size === 0);
     for (const s of this.sessions.keys()) s.destroy();
     this.sends.stop();

@@ -17,6 +17,7 @@ import { filterMessage, filterPart, reasonOf, unscannedNotice, type FilterOutcom
 import { planFetch, wantedOf, type FetchPlan, type SectionWant } from './partial.js';
 import { connectUpstream } from './upstream.js';
 import {
+  blankStrings,
   capabilitiesOf,
   type CapabilityFilter,
   commandName,
@@ -200,8 +201,9 @@ type ClientMode =
  * relayed as they are, except APPEND (spooled, scanned, then sent upstream, or refused with NO),
  * STARTTLS (the proxy's own, with imap-proxy.tls; else NO), COMPRESS (NO) and what the
  * command-acl denies.
- * Server → client: responses are relayed as they are, except capability lists (filtered) and the
- * message content of untagged FETCH responses (spooled, scanned, rewritten with the new octet count).
+ * Server → client: responses are relayed as they are, except capability lists (filtered), the
+ * message content of untagged FETCH responses (spooled, scanned, rewritten with the new octet count)
+ * and preview strings (PREVIEW, SNIPPET: sent as `""`).
  */
 export class ImapSession {
   private upstream: Socket | null = null;
@@ -352,7 +354,10 @@ export class ImapSession {
 
   /** What the proxy's capability lists say of itself: STARTTLS while the client may still upgrade. */
   private capabilityFilter(): CapabilityFilter {
-    const offered = this.ctx.tls !== null && !this.secure && !this.loggedIn;
+    // Not while a login is pending either: a server sends its post-login `* CAPABILITY` before the
+    // tagged OK of the LOGIN or AUTHENTICATE (Dovecot does, for a client that asked CAPABILITY
+    // before), and STARTTLS is refused from then on.
+    const offered = this.ctx.tls !== null && !this.secure && !this.loggedIn && this.login === null;
     const mustUpgrade = this.ctx.config.tls.required && !this.secure;
     return {
       appendLimit: this.ctx.config['max-literal-size'],
@@ -554,7 +559,8 @@ export class ImapSession {
 
   // ---------------------------------------------------------------- server → client
 
-  private serverMessage: { release: (() => void) | null; tracker: FetchItemTracker | null; swallow: boolean } | null = null;
+  /** `dropLiteral`: the literal being received is a preview's string (blanked, see FetchItemTracker). */
+  private serverMessage: { release: (() => void) | null; tracker: FetchItemTracker | null; swallow: boolean; dropLiteral: boolean } | null = null;
   private collect: Collect | null = null;
 
   private async fromServer(e: WireEvent): Promise<void> {
@@ -567,9 +573,10 @@ export class ImapSession {
       case 'data':
         if (this.collect) {
           if (this.collect.spool) await this.collect.spool.write(e.data);
-        } else if (!this.serverMessage?.swallow) await writeTo(this.client, e.data);
+        } else if (!this.serverMessage?.swallow && !this.serverMessage?.dropLiteral) await writeTo(this.client, e.data);
         return;
       case 'literal-end':
+        if (this.serverMessage) this.serverMessage.dropLiteral = false;
         if (this.collect) {
           const c = this.collect;
           this.collect = null;
@@ -584,7 +591,7 @@ export class ImapSession {
   private async serverText(text: Buffer, raw: Buffer, first: boolean, literal: LiteralSpec | null): Promise<void> {
     if (first) {
       const release = await this.clientLock.acquire();
-      this.serverMessage = { release, tracker: null, swallow: false };
+      this.serverMessage = { release, tracker: null, swallow: false, dropLiteral: false };
       const s = text.toString('latin1');
       if (s.startsWith('+')) {
         if (this.continuation) {
@@ -615,6 +622,24 @@ export class ImapSession {
       this.serverMessage.tracker.continue(literal ? text.subarray(0, literal.markerStart) : text);
     }
     const msg = this.serverMessage;
+    if (msg?.tracker && msg.tracker.hidden.length > 0) {
+      // A preview's text (PREVIEW, SNIPPET: not offered, asked anyway) is not scanned: the client
+      // gets an empty one, RFC 8970's answer for a message without a preview.
+      const blanked = blankStrings(text, msg.tracker.hidden);
+      if (literal) literal = { ...literal, markerStart: literal.markerStart + blanked.length - text.length };
+      raw = Buffer.concat([blanked, raw.subarray(text.length)]);
+      text = blanked;
+      this.log.debug({}, 'imap: a preview string was blanked');
+    }
+    if (literal && msg?.tracker?.literalHidden()) {
+      // The same for one sent as a literal (Dovecot does for 8-bit text): `""` in its place, its
+      // bytes dropped; the response goes on with the next segment.
+      msg.tracker.literalItem();
+      msg.dropLiteral = true;
+      this.log.debug({ size: literal.size }, 'imap: a preview literal was blanked');
+      await writeTo(this.client, Buffer.concat([text.subarray(0, literal.markerStart), Buffer.from('""')]));
+      return;
+    }
     if (literal && msg?.tracker) {
       const item = msg.tracker.literalItem();
       const kind = item ? contentKindOf(item) : { kind: 'other' as const };
@@ -711,7 +736,9 @@ export class ImapSession {
         try {
           const deps = this.deps(label);
           // Asked for in pieces only: kept in quarantine when fetched whole, not once per piece.
-          if (c.want && !c.want.whole) deps.quarantine = null;
+          // BINARY[] is the server's decoded copy (transfer encodings undone, raw bytes), not the
+          // message it holds: a release would send binary content over SMTP; BODY[] keeps it.
+          if ((c.want && !c.want.whole) || c.binary) deps.quarantine = null;
           outcome = c.part
             ? await filterPart(c.spool, c.binary, deps, this.abort.signal, { partial: c.partial })
             : await filterMessage(c.spool, deps, this.abort.signal);

@@ -224,6 +224,14 @@ export function commandName(text: Buffer): { tag: string; name: string; rest: st
 }
 
 /**
+ * FETCH items whose strings are never relayed: a preview (RFC 8970 PREVIEW, Dovecot's SNIPPET) is
+ * up to 200 characters of the message text, decoded by the server and never scanned. The proxy
+ * does not offer them; a server that sends one anyway has its strings (quoted or literal) blanked
+ * to `""` (FetchItemTracker.hidden, literalHidden; blankStrings).
+ */
+const HIDDEN_ITEM = /^(?:PREVIEW|SNIPPET)$/;
+
+/**
  * Follows the attribute list of an untagged FETCH response across its segments (RFC 3501 §7.4.2)
  * to tell which item a literal is the value of. Items are `NAME value` pairs at depth 1; a literal
  * inside a nested list (ENVELOPE, BODYSTRUCTURE strings) belongs to no item of interest.
@@ -232,6 +240,8 @@ export class FetchItemTracker {
   private depth = 0;
   private expectName = true;
   private item: string | null = null;
+  /** Quoted strings of a hidden item (PREVIEW, SNIPPET) in the last segment walked: [start, end) offsets. */
+  hidden: Array<[number, number]> = [];
 
   /**
    * Starts a response; false when the segment is not `* n FETCH (`.
@@ -239,17 +249,27 @@ export class FetchItemTracker {
   start(text: Buffer): boolean {
     const s = text.toString('latin1');
     const m = /^\* \d+ FETCH \(/i.exec(s);
+    this.hidden = [];
     if (!m) return false;
     this.depth = 1;
     this.expectName = true;
     this.item = null;
-    this.walk(s.slice(m[0].length));
+    this.walk(s, m[0].length);
     return true;
   }
 
   /** A following segment (the text after a literal). */
   continue(text: Buffer): void {
-    this.walk(text.toString('latin1'));
+    this.hidden = [];
+    this.walk(text.toString('latin1'), 0);
+  }
+
+  /**
+   * Called before literalItem() when the segment ended with a literal marker: the literal is a
+   * string of a hidden item's value (`PREVIEW {76}`, `SNIPPET (FUZZY {76}`).
+   */
+  literalHidden(): boolean {
+    return this.depth >= 1 && !this.expectName && this.item !== null && HIDDEN_ITEM.test(this.item);
   }
 
   /**
@@ -267,9 +287,8 @@ export class FetchItemTracker {
     return null;
   }
 
-  /** Walks a piece of the attribute list (without a trailing literal marker). */
-  private walk(s: string): void {
-    let i = 0;
+  /** Walks a piece of the attribute list (without a trailing literal marker) from `i`. */
+  private walk(s: string, i: number): void {
     while (i < s.length) {
       const c = s[i] as string;
       if (c === ' ') {
@@ -303,11 +322,18 @@ export class FetchItemTracker {
         i++;
         continue;
       }
-      if (c === '"') i = skipQuoted(s, i);
+      if (c === '"') i = this.quoted(s, i);
       else i = skipAtom(s, i);
       this.expectName = true;
       this.item = null;
     }
+  }
+
+  /** Skips a quoted string; one of a hidden item's value is noted in `hidden`. */
+  private quoted(s: string, i: number): number {
+    const end = skipQuoted(s, i);
+    if (this.item !== null && HIDDEN_ITEM.test(this.item)) this.hidden.push([i, end]);
+    return end;
   }
 
   /** Inside a nested list: follow parentheses and quoted strings only. */
@@ -325,9 +351,21 @@ export class FetchItemTracker {
       }
       return i + 1;
     }
-    if (c === '"') return skipQuoted(s, i);
+    if (c === '"') return this.quoted(s, i);
     return skipAtom(s, i);
   }
+}
+
+/** The segment with the given spans (quoted strings) each replaced by `""`. */
+export function blankStrings(text: Buffer, spans: ReadonlyArray<readonly [number, number]>): Buffer {
+  const out: Buffer[] = [];
+  let at = 0;
+  for (const [start, end] of spans) {
+    out.push(text.subarray(at, start), Buffer.from('""'));
+    at = end;
+  }
+  out.push(text.subarray(at));
+  return Buffer.concat(out);
 }
 
 /** An item name: an atom with an optional `[section]` (which may hold lists and quoted strings) and `<partial>`. */
@@ -413,9 +451,10 @@ export function contentKindOf(item: string): ContentKind {
  * Capabilities of the server the proxy cannot honour toward the client: STARTTLS (the proxy's own
  * STARTTLS is added instead when it has a certificate), COMPRESS (the stream would no longer be
  * parseable), CATENATE (the message would be put together on the server from pieces the proxy
- * cannot scan as one).
+ * cannot scan as one), PREVIEW and SNIPPET (message text the server decodes and cuts, unscanned:
+ * see HIDDEN_ITEM).
  */
-const UNSUPPORTED_CAPABILITY = /^(?:STARTTLS|COMPRESS=\S+|CATENATE)$/i;
+const UNSUPPORTED_CAPABILITY = /^(?:STARTTLS|COMPRESS=\S+|CATENATE|PREVIEW(?:=\S+)?|SNIPPET(?:=\S+)?)$/i;
 
 export interface CapabilityFilter {
   /** Remove the `[CAPABILITY ...]` response code entirely (stale after an upstream STARTTLS). */
