@@ -44,6 +44,8 @@ export function codingPlan(codings: readonly string[], decode: boolean): CodingP
 class DeflateEither extends Transform {
   private inner: Transform | null = null;
   private head: Buffer = Buffer.alloc(0);
+  /** The inner decoder reached the end of the compressed stream: what comes after is not fed to it. */
+  private innerEnded = false;
 
   override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
     if (this.inner) return this.feed(chunk, cb);
@@ -58,7 +60,10 @@ class DeflateEither extends Transform {
   override _flush(cb: TransformCallback): void {
     if (!this.inner && this.head.length === 0) return cb();
     const inner = this.inner ?? this.start();
-    if (this.head.length > 0) inner.write(this.head);
+    if (this.head.length > 0 && !this.innerEnded) inner.write(this.head);
+    // The compressed stream may have ended long before the input did (bytes after it): its 'end'
+    // is then past, and waiting for it would hold the scan until scan-timeout.
+    if (this.innerEnded) return cb();
     inner.once('end', () => cb());
     inner.once('error', (e) => cb(e));
     inner.end();
@@ -75,6 +80,7 @@ class DeflateEither extends Transform {
     const zlib = (b0 & 0x0f) === 8 && (b0 >> 4) <= 7 && ((b0 << 8) | b1) % 31 === 0;
     const inner = zlib ? createInflate() : createInflateRaw();
     inner.on('data', (d: Buffer) => this.push(d));
+    inner.on('end', () => void (this.innerEnded = true));
     inner.on('error', (e) => this.destroy(e));
     this.inner = inner;
     return inner;
@@ -82,8 +88,19 @@ class DeflateEither extends Transform {
 
   private feed(chunk: Buffer, cb: TransformCallback): void {
     const inner = this.inner as Transform;
-    if (inner.write(chunk)) cb();
-    else inner.once('drain', () => cb());
+    // Bytes after the end of the compressed stream: counted as fed, never used (problem()).
+    if (this.innerEnded) return cb();
+    if (inner.write(chunk)) return cb();
+    let done = false;
+    const go = () => {
+      if (done) return;
+      done = true;
+      inner.off('drain', go);
+      inner.off('end', go);
+      cb();
+    };
+    inner.once('drain', go);
+    inner.once('end', go);
   }
 }
 

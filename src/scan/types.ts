@@ -38,8 +38,8 @@ export interface ScanRequest {
   origin?: ScanOrigin;
   /**
    * The caller's last word on the verdict, before it is counted, recorded in the statistics and
-   * logged: a decoded body whose decoding failed or left bytes over is `skipped`, whatever the
-   * engines said of what they saw. The verdict cache keeps the engines' verdict.
+   * logged: a decoded body whose decoding failed or left bytes over is `skipped` unless the engines
+   * found something in what they saw. The verdict cache keeps the engines' verdict.
    */
   verdictOf?: (v: Verdict) => Verdict;
 }

@@ -66,6 +66,20 @@ describe('content codings: the HTTP proxy and the ICAP server scan what the brow
         res.end(Buffer.concat([encode(Buffer.from('hello\n'), coders), eicar]));
         return;
       }
+      if (which === 'late') {
+        // A deflate stream, then (in a later write) 300 KB and the body after its end.
+        res.writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Encoding': 'deflate' });
+        res.write(deflateSync(Buffer.from('hello\n')));
+        setTimeout(() => res.end(Buffer.concat([Buffer.alloc(300_000, 0x41), eicar])), 100);
+        return;
+      }
+      if (which === 'found-trail') {
+        // EICAR inside the stream, junk after it: the finding must stand.
+        const [name, coders] = TRAILING[Number(what)] as [string, Coder[]];
+        res.writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Encoding': name });
+        res.end(Buffer.concat([encode(eicar, coders), Buffer.from('X')]));
+        return;
+      }
       if (which === 'corrupt') {
         res.writeHead(200, { 'Content-Type': 'text/plain', 'Content-Encoding': 'gzip' });
         res.end('this is not gzip at all');
@@ -82,7 +96,12 @@ describe('content codings: the HTTP proxy and the ICAP server scan what the brow
     });
     await new Promise<void>((r) => origin.listen(0, '127.0.0.1', r));
     originPort = (origin.address() as AddressInfo).port;
-    avgate = await startAvgatePeer({ stateDir: join(dir, 'state'), clamd, httpProxyYaml: 'decode-content-encoding: true' });
+    // The catch-all rule docs/http-proxy.md shows, skipped accepted, for the paths under /lax/.
+    avgate = await startAvgatePeer({
+      stateDir: join(dir, 'state'),
+      clamd,
+      httpProxyYaml: ['decode-content-encoding: true', 'doc-acl:', "  - name: lax", "    match: {url: '/\\/lax\\//'}", '    accept-status: [free, skipped]', '  - name: default'].join('\n'),
+    });
   });
 
   after(async () => {
@@ -167,5 +186,17 @@ describe('content codings: the HTTP proxy and the ICAP server scan what the brow
       const after = Number(/avgate_scans_total\{source="icap",status="skipped"\} (\d+)/.exec((await avgate.stats?.prometheus()) ?? '')?.[1] ?? 0);
       return after - before >= 2 ? true : null;
     }, 10_000);
+  });
+  test('HTTP proxy: a deflate stream whose trailing bytes come in a later write ends the scan at once (skipped), never held until scan-timeout; EICAR inside a stream with junk after it stays found even where skipped is accepted', async () => {
+    const out = join(dir, 'late');
+    const r = await curlVia(avgate.httpProxyPort as number, `http://127.0.0.1:${originPort}/late/x`, out, ['-D', `${out}.head`, '-m', '20']);
+    assert.equal(r.status, 403, r.stderr);
+    assert.match(await readFile(`${out}.head`, 'utf8'), /X-Avgate-Verdict: skipped; (not scanned: )?data after the end of the deflate stream/i);
+    for (const [i, [name]] of TRAILING.entries()) {
+      const o = join(dir, `found-trail-${i}`);
+      const f = await curlVia(avgate.httpProxyPort as number, `http://127.0.0.1:${originPort}/found-trail/${i}/lax/`, o, ['-D', `${o}.head`]);
+      assert.equal(f.status, 403, `${name} (case ${i})`);
+      assert.match(await readFile(`${o}.head`, 'utf8'), /X-Avgate-Verdict: found/i);
+    }
   });
 });

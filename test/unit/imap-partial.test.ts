@@ -21,6 +21,10 @@ test('planFetch: partial content items go upstream whole; headers, flags and who
   assert.equal(planFetch(' 1 (BODY.PEEK[]<0.10> BODY.PEEK[])').rest, ' 1 (BODY.PEEK[])');
   assert.equal(planFetch(' 1 BINARY.PEEK[1]<0.10>').rest, ' 1 BINARY.PEEK[1]');
   assert.equal(planFetch(' 1 BODY[1.TEXT]<5.5>').rest, ' 1 BODY[1.TEXT]');
+  // Long numbers are pieces too (the server clamps them), never a whole item with text left over.
+  const long = planFetch(' 1 (BODY.PEEK[]<0.1234567890123456> BODY.PEEK[]<0.100>)');
+  assert.equal(long.rest, ' 1 (BODY.PEEK[])');
+  assert.equal(long.plan.get('BODY[]')?.ranges.length, 2);
   // Not items: a name inside another, a header piece.
   assert.equal(planFetch(' 1 (XBODY[]<0.1>)').rest, ' 1 (XBODY[]<0.1>)');
   assert.equal(planFetch(' 1 (BODY[2.MIME]<0.1>)').plan.size, 0);

@@ -343,7 +343,8 @@ export class Exchange {
       const decoded = decodedStream(raw, plan.codings, this.ctx.config['max-decompression-ratio'], () => size);
       const verdictOf = (v: Verdict): Verdict => {
         const problem = decoded.problem();
-        return problem === null ? v : { ...skippedVerdict(problem, size), durationMs: v.durationMs };
+        // A finding stands whatever else is wrong with the body: skipped may be accepted, found never.
+        return problem === null || v.status === 'found' ? v : { ...skippedVerdict(problem, size), durationMs: v.durationMs };
       };
       return scanner.scan({ ...base, source: { kind: 'stream', stream: decoded.stream }, verdictOf }).finally(() => raw.destroy());
     }

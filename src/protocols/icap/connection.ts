@@ -469,7 +469,8 @@ export class IcapConnection {
         stream: d.stream,
         verdictOf: (v) => {
           const problem = d.problem();
-          return problem === null ? v : { ...skippedFor(problem, spool.size, startedAt), durationMs: v.durationMs };
+          // A finding stands whatever else is wrong with the body: skipped may be accepted, found never.
+          return problem === null || v.status === 'found' ? v : { ...skippedFor(problem, spool.size, startedAt), durationMs: v.durationMs };
         },
       };
     };

@@ -21,7 +21,7 @@ export type FetchPlan = Map<string, SectionWant>;
 
 // BODY[...] / BINARY[...] with an optional <origin.length>, or RFC822 / RFC822.TEXT, as items of
 // a FETCH attribute list (not inside another name).
-const ITEM = /(?<![A-Za-z0-9.])(?:(BODY|BINARY)(\.PEEK)?\[([^\]]*)\](?:<(\d{1,15})\.(\d{1,15})>)?|(RFC822(?:\.TEXT)?)(?![A-Za-z0-9.]))/gi;
+const ITEM = /(?<![A-Za-z0-9.])(?:(BODY|BINARY)(\.PEEK)?\[([^\]]*)\](?:<(\d+)\.(\d+)>)?|(RFC822(?:\.TEXT)?)(?![A-Za-z0-9.]))/gi;
 
 /**
  * The content sections a FETCH command's arguments (after `FETCH` / `UID FETCH`) ask for, and the
