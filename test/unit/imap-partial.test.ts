@@ -21,6 +21,8 @@ test('planFetch: partial content items go upstream whole; headers, flags and who
   assert.equal(planFetch(' 1 (BODY.PEEK[]<0.10> BODY.PEEK[])').rest, ' 1 (BODY.PEEK[])');
   assert.equal(planFetch(' 1 BINARY.PEEK[1]<0.10>').rest, ' 1 BINARY.PEEK[1]');
   assert.equal(planFetch(' 1 BODY[1.TEXT]<5.5>').rest, ' 1 BODY[1.TEXT]');
+  // A plain piece beside a PEEK whole: the plain whole item is added, so \Seen is still set.
+  assert.equal(planFetch(' 1 (BODY[]<0.100> BODY.PEEK[])').rest, ' 1 (BODY[] BODY.PEEK[])');
   // Long numbers are pieces too (the server clamps them), never a whole item with text left over.
   const long = planFetch(' 1 (BODY.PEEK[]<0.1234567890123456> BODY.PEEK[]<0.100>)');
   assert.equal(long.rest, ' 1 (BODY.PEEK[])');

@@ -32,6 +32,8 @@ const ITEM = /(?<![A-Za-z0-9.])(?:(BODY|BINARY)(\.PEEK)?\[([^\]]*)\](?:<(\d+)\.(
 export function planFetch(rest: string): { rest: string; plan: FetchPlan } {
   const plan: FetchPlan = new Map();
   const partials: Array<{ key: string; start: number; end: number; peek: boolean; name: string; section: string }> = [];
+  /** Sections asked for whole with PEEK only (a plain piece of one must still set \Seen). */
+  const wholePeek = new Map<string, boolean>();
   for (const m of rest.matchAll(ITEM)) {
     const name = (m[1] ?? m[6] ?? '').toUpperCase();
     const section = m[3] ?? '';
@@ -41,6 +43,7 @@ export function planFetch(rest: string): { rest: string; plan: FetchPlan } {
     plan.set(key, want);
     if (m[4] === undefined) {
       want.whole = true;
+      wholePeek.set(key, (wholePeek.get(key) ?? true) && m[2] !== undefined);
       continue;
     }
     want.ranges.push({ origin: Number(m[4]), length: Number(m[5]) });
@@ -49,16 +52,19 @@ export function planFetch(rest: string): { rest: string; plan: FetchPlan } {
   if (partials.length === 0) return { rest, plan };
   // From the end, so earlier offsets stay valid: the first partial of a section not asked for
   // whole becomes the whole item (PEEK only when every piece was asked with PEEK: a plain
-  // BODY[]<o.n> sets \Seen, and so must its replacement); the others go, with a space beside them.
+  // BODY[]<o.n> sets \Seen, and so must its replacement); so does the first plain piece of a
+  // section asked for whole with PEEK only; the others go, with a space beside them.
   let out = rest;
-  const firstOf = new Map<string, number>();
+  const keep = new Map<string, number>();
   partials.forEach((p, i) => {
-    if (!firstOf.has(p.key)) firstOf.set(p.key, i);
+    if (keep.has(p.key)) return;
+    const want = plan.get(p.key) as SectionWant;
+    if (!want.whole) keep.set(p.key, i);
+    else if (wholePeek.get(p.key) === true && !p.peek) keep.set(p.key, i);
   });
   for (let i = partials.length - 1; i >= 0; i--) {
     const p = partials[i] as (typeof partials)[number];
-    const want = plan.get(p.key) as SectionWant;
-    if (firstOf.get(p.key) === i && !want.whole) {
+    if (keep.get(p.key) === i) {
       const peek = partials.every((q) => q.key !== p.key || q.peek);
       out = `${out.slice(0, p.start)}${p.name}${peek ? '.PEEK' : ''}[${p.section}]${out.slice(p.end)}`;
     } else {
