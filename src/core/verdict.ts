@@ -40,6 +40,11 @@ export function withCommon(result: VerdictResult, common: VerdictCommon): Verdic
   return { ...common, ...result };
 }
 
+/** A verdict a front end reaches without the engines' word on the content: not scanned, and why. */
+export function skippedVerdict(reason: string, bytes: number, durationMs = 0): Verdict {
+  return { status: 'skipped', reason, engine: '-', signatureVersion: null, durationMs, bytes, cached: false };
+}
+
 /**
  * A verdict as one access-log field: the status, for `found` the names (`found:Eicar-Test`,
  * several joined by commas), for `error` its code (`error:AVG_ERR_ENGINE_CONNECT`), and `/cached`

@@ -1,6 +1,7 @@
 import type { Readable } from 'node:stream';
 import { Transform, type TransformCallback } from 'node:stream';
 import { createBrotliDecompress, createGunzip, createInflate, createInflateRaw } from 'node:zlib';
+import { skippedVerdict, type Verdict } from '../core/verdict.js';
 
 /**
  * HTTP content codings (RFC 9110 §8.4) of a body handed to the engines, for the HTTP proxy and
@@ -69,8 +70,8 @@ class DeflateEither extends Transform {
     inner.end();
   }
 
-  /** Input bytes the decoder used (the rest came after the end of the compressed stream). */
-  get used(): number {
+  /** Input bytes the decoder used (the rest came after the end of the compressed stream), as zlib's streams count them. */
+  get bytesWritten(): number {
     return (this.inner as unknown as { bytesWritten?: number } | null)?.bytesWritten ?? 0;
   }
 
@@ -144,9 +145,16 @@ class RatioMeter extends Transform {
  * `problem()`, once the result has ended (or failed): why what the engines saw is not what a
  * client may get — the decoded size passed the ratio, a coding could not be decoded (a corrupt
  * body), or bytes followed the end of a compressed stream (brotli and inflate stop there and drop
- * them, while a client that saves the body as sent keeps them) — else null.
+ * them, while a client that saves the body as sent keeps them) — else null. `verdictOf`, for the
+ * scan's ScanRequest.verdictOf: with a problem the verdict is skipped, unless the engines found
+ * something (a finding stands whatever else is wrong with the body: skipped may be accepted).
  */
-export function decodedStream(raw: Readable, codings: readonly string[], ratio: number, encodedBytes: () => number): { stream: Readable; problem: () => string | null } {
+export function decodedStream(
+  raw: Readable,
+  codings: readonly string[],
+  ratio: number,
+  encodedBytes: () => number,
+): { stream: Readable; problem: () => string | null; verdictOf: (v: Verdict) => Verdict } {
   const meter = new RatioMeter(encodedBytes, ratio);
   const order = [...codings].reverse();
   const stages: Transform[] = order.map(decoderFor);
@@ -161,7 +169,7 @@ export function decodedStream(raw: Readable, codings: readonly string[], ratio: 
   });
   prev.on('error', (e) => meter.destroy(e));
   prev.pipe(meter);
-  const used = (stage: Transform): number => (stage instanceof DeflateEither ? stage.used : ((stage as unknown as { bytesWritten?: number }).bytesWritten ?? 0));
+  const used = (stage: Transform): number => (stage as unknown as { bytesWritten?: number }).bytesWritten ?? 0;
   const problem = (): string | null => {
     if (meter.exceeded) return `decoded body over max-decompression-ratio (${ratio})`;
     if (failed) return `the body's Content-Encoding ${failed.coding} could not be decoded (${failed.message.slice(0, 80)})`;
@@ -169,5 +177,9 @@ export function decodedStream(raw: Readable, codings: readonly string[], ratio: 
     if (over >= 0) return `data after the end of the ${order[over]} stream (${(fed[over] as number) - used(stages[over] as Transform)} bytes) cannot be scanned as a client may keep it`;
     return null;
   };
-  return { stream: meter, problem };
+  const verdictOf = (v: Verdict): Verdict => {
+    const why = problem();
+    return why === null || v.status === 'found' ? v : skippedVerdict(why, encodedBytes(), v.durationMs);
+  };
+  return { stream: meter, problem, verdictOf };
 }

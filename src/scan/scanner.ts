@@ -196,11 +196,11 @@ export class Scanner implements ScanService {
   }
 
   note(verdict: Verdict, request: Pick<ScanRequest, 'name' | 'origin'>): void {
-    this.count({ source: { kind: 'chunks', chunks: [] }, ...request }, verdict);
+    this.count(request, verdict);
   }
 
   /** Counters, the statistics event and the scan log line of one verdict. */
-  private count(request: ScanRequest, verdict: Verdict): void {
+  private count(request: Pick<ScanRequest, 'name' | 'origin'>, verdict: Verdict): void {
     this.counters.scans++;
     this.counters.bytes += verdict.bytes;
     this.counters.byStatus[verdict.status]++;
@@ -229,7 +229,7 @@ export class Scanner implements ScanService {
   }
 
   /** One event per verdict; a recorder's trouble never reaches the scan. */
-  private report(stats: StatsRecorder, request: ScanRequest, verdict: Verdict): void {
+  private report(stats: StatsRecorder, request: Pick<ScanRequest, 'name' | 'origin'>, verdict: Verdict): void {
     const origin = request.origin ?? this.options.defaultOrigin ?? { source: 'api' };
     try {
       stats.record({

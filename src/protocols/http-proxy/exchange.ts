@@ -7,7 +7,7 @@ import type { Logger } from '../../core/logging.js';
 import { splitHostPort } from '../../core/net.js';
 import { cutConnection, type SendStallWatch } from '../../core/send-stall.js';
 import { SHARED_SLABS, Spool } from '../../core/spool.js';
-import { verdictLabel, type Verdict } from '../../core/verdict.js';
+import { skippedVerdict, verdictLabel, type Verdict } from '../../core/verdict.js';
 import { renderPage } from '../../policy/block-page.js';
 import { decide, verdictReason, type Decision } from '../../policy/verdict-policy.js';
 import { CleanHints } from '../../proxy/clean-hints.js';
@@ -181,9 +181,6 @@ function unscannedLabel(m: DocAclMatch): string {
   return m.rule.action === 'accept' ? 'accepted' : 'not-scanned';
 }
 
-function skippedVerdict(reason: string, bytes: number): Verdict {
-  return { status: 'skipped', reason, engine: '-', signatureVersion: null, durationMs: 0, bytes, cached: false };
-}
 
 /**
  * One request through the proxy: head checks, the doc-ACL per direction, the upload held and
@@ -341,12 +338,7 @@ export class Exchange {
       const raw = spool.createReadStream();
       const size = spool.size;
       const decoded = decodedStream(raw, plan.codings, this.ctx.config['max-decompression-ratio'], () => size);
-      const verdictOf = (v: Verdict): Verdict => {
-        const problem = decoded.problem();
-        // A finding stands whatever else is wrong with the body: skipped may be accepted, found never.
-        return problem === null || v.status === 'found' ? v : { ...skippedVerdict(problem, size), durationMs: v.durationMs };
-      };
-      return scanner.scan({ ...base, source: { kind: 'stream', stream: decoded.stream }, verdictOf }).finally(() => raw.destroy());
+      return scanner.scan({ ...base, source: { kind: 'stream', stream: decoded.stream }, verdictOf: decoded.verdictOf }).finally(() => raw.destroy());
     }
     const path = spool.filePath();
     return scanner.scan({

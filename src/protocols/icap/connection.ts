@@ -6,7 +6,7 @@ import type { Logger } from '../../core/logging.js';
 import { cutConnection, type SendStallWatch } from '../../core/send-stall.js';
 import { SHARED_SLABS, Spool } from '../../core/spool.js';
 import { drainedOrClosed } from '../../core/streams.js';
-import { verdictLabel, type Verdict } from '../../core/verdict.js';
+import { skippedVerdict, verdictLabel, type Verdict } from '../../core/verdict.js';
 import type { Decision } from '../../policy/verdict-policy.js';
 import { BodyTimeout, LimitExceeded, ReadTimeout, UnexpectedEof, ByteReader } from './reader.js';
 import { infectionHeaders, type IcapService } from './service.js';
@@ -108,16 +108,11 @@ function withoutHeaders(raw: Buffer, names: ReadonlySet<string>): Buffer | null 
   return kept.length === lines.length ? null : Buffer.from(kept.join('\r\n'), 'latin1');
 }
 
-/** A body the engines were not given (its coding cannot be decoded, or decodes too far): skipped. */
+/** A body the engines are not given (a coding not decoded here, a 206 part): skipped, and recorded through the scanner's note(). */
 function notScanned(reason: string, bytes: number, startedAt: number): Verdict {
-  const v = skippedFor(reason, bytes, startedAt);
+  const v = skippedVerdict(reason, bytes, performance.now() - startedAt);
   MADE_HERE.add(v);
   return v;
-}
-
-/** The same verdict for a scan's verdictOf (the scanner records that one itself). */
-function skippedFor(reason: string, bytes: number, startedAt: number): Verdict {
-  return { status: 'skipped', reason, engine: '-', signatureVersion: null, durationMs: performance.now() - startedAt, bytes, cached: false };
 }
 
 export class IcapConnection {
@@ -463,17 +458,7 @@ export class IcapConnection {
       coding.kind === 'undecodable' ? coding.reason : partial ? 'a part of an object (206 Partial Content) is not scanned alone: REQMOD to this service takes Range out so the whole is fetched (range-requests)' : null;
     const ratio = service.config['max-decompression-ratio'];
     /** The scan of the body decoded: what the engines read, and the verdict as the decoding leaves it (content-coding.ts). */
-    const decodedScan = (raw: Readable): { stream: Readable; verdictOf: (v: Verdict) => Verdict } => {
-      const d = decodedStream(raw, (coding as { codings: string[] }).codings, ratio, () => spool.size);
-      return {
-        stream: d.stream,
-        verdictOf: (v) => {
-          const problem = d.problem();
-          // A finding stands whatever else is wrong with the body: skipped may be accepted, found never.
-          return problem === null || v.status === 'found' ? v : { ...skippedFor(problem, spool.size, startedAt), durationMs: v.durationMs };
-        },
-      };
-    };
+    const decodedScan = (raw: Readable, codings: readonly string[]) => decodedStream(raw, codings, ratio, () => spool.size);
     /** Answers before the body is over (over max-object-size, the engine down); the rest gets at most read-timeout. */
     const answerNow = async (verdict: Verdict, rest: string): Promise<Outcome> => {
       const outcome = await this.finish(head, service, base, spool, verdict, url, echoHead, echoHeadName, echoBodyName, true, false);
@@ -498,7 +483,7 @@ export class IcapConnection {
       }
       // A coding that cannot be decoded is never scanned: when that blocks, the answer goes out now
       // (at the end of a preview), never an early head and then an abort at the end.
-      const refuseUnread = !overLimit && unscannable !== null && service.decide(skippedFor(unscannable, 0, startedAt)).action === 'block';
+      const refuseUnread = !overLimit && unscannable !== null && service.decide(skippedVerdict(unscannable, 0)).action === 'block';
       if (refuseUnread) {
         dropping = true;
         if (!inPreview) answered = await answerNow(notScanned(unscannable, 0, startedAt), 'the rest of a body that will not be scanned');
@@ -578,7 +563,7 @@ export class IcapConnection {
             // Too big to assemble first: stream to the engine from here on, while spooling for the echo.
             spool.stopHashing(); // the scanner hashes the stream for the cache: once is enough
             scanStream = new PassThrough({ highWaterMark: READ_PIECE });
-            const source = coding.kind === 'decode' ? decodedScan(scanStream) : { stream: scanStream, verdictOf: undefined };
+            const source = coding.kind === 'decode' ? decodedScan(scanStream, coding.codings) : { stream: scanStream, verdictOf: undefined };
             scanPromise = service.scanner.scan({ source: { kind: 'stream', stream: source.stream }, verdictOf: source.verdictOf, name: url, signal: scanAbort.signal, origin: { source: 'icap', group: service.name } });
             for (const held of spool.memoryChunks) await feed(scanStream, held);
           }
@@ -620,7 +605,7 @@ export class IcapConnection {
         verdict = await scanPromise;
       } else if (coding.kind === 'decode') {
         const raw = spool.createReadStream();
-        const decoded = decodedScan(raw);
+        const decoded = decodedScan(raw, coding.codings);
         verdict = await service.scanner
           .scan({ source: { kind: 'stream', stream: decoded.stream }, verdictOf: decoded.verdictOf, name: url, signal: scanAbort.signal, origin: { source: 'icap', group: service.name } })
           .finally(() => raw.destroy());
@@ -662,15 +647,7 @@ export class IcapConnection {
   }
 
   private skippedVerdict(service: IcapService, bytes: number, startedAt: number): Verdict {
-    const v: Verdict = {
-      status: 'skipped',
-      reason: `larger than max-object-size (${service.config['max-object-size']} bytes)`,
-      engine: '-',
-      signatureVersion: null,
-      durationMs: performance.now() - startedAt,
-      bytes,
-      cached: false,
-    };
+    const v = skippedVerdict(`larger than max-object-size (${service.config['max-object-size']} bytes)`, bytes, performance.now() - startedAt);
     OVER_LIMIT.add(v);
     return v;
   }

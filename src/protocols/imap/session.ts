@@ -1008,13 +1008,13 @@ export class ImapSession {
     this.clientMode = { kind: 'pass' };
     this.inflight.set(cmd.tag, decision.useAntivirus);
     if (base === 'IDLE') this.idleTag = cmd.tag;
-    if (base === 'FETCH' && decision.useAntivirus && !literal) raw = this.planFetch(cmd.tag, text, raw, cmd.rest);
+    if (base === 'FETCH' && decision.useAntivirus && !literal) raw = this.fetchLine(cmd.tag, text, raw, cmd.rest);
     await this.toServer(raw);
     this.clientSyncTag = literal && !literal.plus ? cmd.tag : null;
   }
 
   /** Notes what a FETCH asks of content; its partial items go upstream as whole ones (partial.ts). The line to send. */
-  private planFetch(tag: string, text: Buffer, raw: Buffer, rest: string): Buffer {
+  private fetchLine(tag: string, text: Buffer, raw: Buffer, rest: string): Buffer {
     const p = planFetch(rest);
     if (p.plan.size > 0) this.fetchPlans.set(tag, p.plan);
     if (p.rest === rest) return raw;
