@@ -299,6 +299,11 @@ describe('statistics in PostgreSQL', () => {
     first.record({ time: T0, source: 'http', status: 'found', virus: 'Old', group: null, engine: 'clamav', bytes: 1, durationMs: 1, cached: false, subject: 'gone' });
     assert.equal(await first.flush(), true);
     await first.close();
+    // The first store builds the found-events index in the background (not awaited by close()):
+    // it must be there before it is taken away again.
+    const foundIndexValid = async () =>
+      (await pgt.query<{ valid: boolean }>('upgrade', "SELECT indisvalid AS valid FROM pg_index WHERE indexrelid = to_regclass('avgate_stats_events_found')"))[0]?.valid === true ? true : null;
+    await waitFor('the first build of the found-events index', foundIndexValid);
     // Back to what version 1 created.
     await pgt.query('upgrade', 'DROP INDEX avgate_stats_events_found');
     await pgt.query('upgrade', 'ALTER TABLE avgate_stats_events DROP COLUMN subject');
@@ -315,9 +320,7 @@ describe('statistics in PostgreSQL', () => {
     );
     assert.deepEqual(await pgt.query('upgrade', "SELECT version FROM avgate_schema_version WHERE component = 'stats'"), [{ version: 2 }]);
     // The index of found events is built again in the background (CONCURRENTLY), valid.
-    await waitFor('the found-events index', async () =>
-      (await pgt.query<{ valid: boolean }>('upgrade', "SELECT indisvalid AS valid FROM pg_index WHERE indexrelid = to_regclass('avgate_stats_events_found')"))[0]?.valid === true ? true : null,
-    );
+    await waitFor('the found-events index', foundIndexValid);
     await second.close();
   });
 
